@@ -40,7 +40,8 @@ type Config struct {
 	Partitions int32 `yaml:"partitions"`
 	// ReplicationFactor of topics created at start; -1 takes the broker's default.
 	ReplicationFactor int16 `yaml:"replication_factor"`
-	// ProduceTimeout bounds how long a synchronous produce may wait.
+	// ProduceTimeout bounds how long a synchronous produce may wait; callers
+	// apply it as a context deadline.
 	ProduceTimeout time.Duration `yaml:"produce_timeout"`
 }
 
@@ -94,9 +95,10 @@ func ClientOpts(c Config, logger *slog.Logger) []kgo.Opt {
 		// default partitioner hashes keys like the Java client (murmur2), so
 		// other Kafka clients agree with ours.
 		kgo.RecordPartitioner(kgo.UniformBytesPartitioner(64<<10, true, true, nil)),
-		// A produce never waits forever: the caller learns about broker
-		// trouble within this bound.
-		kgo.RecordDeliveryTimeout(c.ProduceTimeout),
+		// No kgo.RecordDeliveryTimeout: franz-go measures it from the record
+		// timestamp, which is the event's time, so replayed or backlogged
+		// events would fail at once. Callers bound a produce with a context
+		// deadline of ProduceTimeout instead.
 	}
 }
 

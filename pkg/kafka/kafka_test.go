@@ -105,3 +105,16 @@ func TestConsumeLoopRetriesThenCommits(t *testing.T) {
 	})
 	require.Equal(t, []string{"d"}, second)
 }
+
+func TestProduceOldEvent(t *testing.T) {
+	// Records keep the event's time as their timestamp; a replayed event from
+	// long ago must still be produced.
+	addrs := kafkatest.NewCluster(t, 1, "t")
+	cl, err := kgo.NewClient(ClientOpts(testConfig(addrs), slog.New(slog.DiscardHandler))...)
+	require.NoError(t, err)
+	defer cl.Close()
+	ctx, cancel := context.WithTimeout(t.Context(), DefaultConfig().ProduceTimeout)
+	defer cancel()
+	rec := &kgo.Record{Topic: "t", Key: []byte("k"), Value: []byte("v"), Timestamp: time.Now().Add(-time.Hour)}
+	require.NoError(t, cl.ProduceSync(ctx, rec).FirstErr())
+}

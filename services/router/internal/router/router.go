@@ -1,0 +1,204 @@
+// Package router runs the router's consume-transform-produce loop: it reads
+// call facts and transfer outcomes, folds them, and writes the handoff
+// commands they cause in the same Kafka transaction that commits the
+// consumed offsets. A batch is either wholly done (commands visible to
+// read-committed consumers, offsets advanced) or not done at all.
+package router
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/baton-voice/baton/pkg/events"
+	batonv1 "github.com/baton-voice/baton/pkg/events/batonv1"
+	"github.com/baton-voice/baton/pkg/kafka"
+	"github.com/baton-voice/baton/services/router/internal/handoff"
+)
+
+// Source is the ce_source of the router's records.
+const Source = "baton/router"
+
+// endTimeout bounds producing and ending one transaction. It outlives
+// shutdown (the context is detached) so an in-flight batch is finished.
+const endTimeout = 30 * time.Second
+
+// retryPause is the wait after an aborted transaction before the batch is
+// polled and handled again.
+const retryPause = 500 * time.Millisecond
+
+// Options configures a Router.
+type Options struct {
+	Kafka kafka.Config
+	// Group is the consumer group id.
+	Group string
+	// TransactionalID is unique per instance.
+	TransactionalID string
+}
+
+// Router owns a transactional group session and the fold it feeds.
+type Router struct {
+	sess   *kgo.GroupTransactSession
+	fold   *handoff.Fold
+	topic  string
+	logger *slog.Logger
+	// beforeEnd, when set (tests only), runs after the batch's records
+	// were produced and before the transaction ends; returning true
+	// aborts the transaction.
+	beforeEnd func(ctx context.Context, produced []*kgo.Record) (abort bool)
+}
+
+// New connects a transactional group session. Close it when done.
+func New(opts Options, fold *handoff.Fold, logger *slog.Logger) (*Router, error) {
+	kopts := kafka.ClientOpts(opts.Kafka, logger)
+	kopts = append(kopts, kafka.ConsumerOpts(opts.Group, opts.Kafka.Topics.Calls, opts.Kafka.Topics.Transfers)...)
+	kopts = append(kopts,
+		// Commands and consumed offsets commit in one transaction; the id
+		// is unique per instance so a restarted instance fences its own
+		// unfinished transaction. (RequireStableFetchOffsets is not set:
+		// franz-go v1.22 always requires stable offsets, KIP-447, and the
+		// option is a deprecated no-op.)
+		kgo.TransactionalID(opts.TransactionalID),
+	)
+	sess, err := kgo.NewGroupTransactSession(kopts...)
+	if err != nil {
+		return nil, fmt.Errorf("new transactional session %s: %w", opts.TransactionalID, err)
+	}
+	return &Router{sess: sess, fold: fold, topic: opts.Kafka.Topics.Handoffs, logger: logger}, nil
+}
+
+// Client is the session's client, for topic creation at start. It must
+// not be used to produce or manage transactions.
+func (r *Router) Client() *kgo.Client { return r.sess.Client() }
+
+// Close leaves the group and closes the client.
+func (r *Router) Close() { r.sess.Close() }
+
+// Run handles batches until ctx ends. A batch under way when ctx ends is
+// finished and committed first. It returns an error only when the
+// transactional producer can no longer be used.
+func (r *Router) Run(ctx context.Context) error {
+	for {
+		fetches := r.sess.PollFetches(ctx)
+		if ctx.Err() != nil {
+			return nil
+		}
+		if fetches.IsClientClosed() {
+			return errors.New("kafka client closed")
+		}
+		fetches.EachError(func(topic string, partition int32, err error) {
+			r.logger.WarnContext(ctx, "fetch error", "topic", topic, "partition", partition, "err", err)
+		})
+		records := fetches.Records()
+		if len(records) == 0 {
+			continue
+		}
+		committed, err := r.transact(ctx, records)
+		if err != nil {
+			return err
+		}
+		if !committed {
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-time.After(retryPause):
+			}
+		}
+	}
+}
+
+// transact handles one polled batch in one transaction. When the
+// transaction aborts, the fold is rolled back and the session rewinds to
+// the committed offsets, so the next poll returns the batch again.
+func (r *Router) transact(ctx context.Context, records []*kgo.Record) (bool, error) {
+	if err := r.sess.Begin(); err != nil {
+		return false, fmt.Errorf("begin transaction: %w", err)
+	}
+	out := r.handle(ctx, records)
+
+	txCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), endTimeout)
+	defer cancel()
+	promise := kgo.AbortingFirstErrPromise(r.sess.Client())
+	for _, rec := range out {
+		r.sess.Produce(txCtx, rec, promise.Promise())
+	}
+	produceErr := promise.Err()
+	abort := produceErr != nil
+	if !abort && r.beforeEnd != nil {
+		abort = r.beforeEnd(txCtx, out)
+	}
+	committed, err := r.sess.End(txCtx, kgo.TransactionEndTry(!abort))
+	if err != nil {
+		r.fold.Rollback()
+		return false, fmt.Errorf("end transaction of %d records: %w", len(records), err)
+	}
+	if !committed {
+		r.fold.Rollback()
+		r.logger.WarnContext(ctx, "transaction aborted; batch will be handled again",
+			"records", len(records), "commands", len(out), "err", produceErr)
+		return false, nil
+	}
+	r.fold.Commit()
+	for _, rec := range out {
+		r.logger.InfoContext(ctx, "handoff command published", "call_id", string(rec.Key),
+			"command_id", headerValue(rec, events.HeaderID), "topic", rec.Topic, "partition", rec.Partition)
+	}
+	return true, nil
+}
+
+// handle folds the records and encodes the commands they cause.
+func (r *Router) handle(ctx context.Context, records []*kgo.Record) []*kgo.Record {
+	var out []*kgo.Record
+	for _, rec := range records {
+		ev, err := events.Decode(rec)
+		if err != nil {
+			// A record that cannot be decoded never will be: skip it
+			// rather than block its partition.
+			r.logger.WarnContext(ctx, "undecodable record skipped", "topic", rec.Topic,
+				"partition", rec.Partition, "offset", rec.Offset, "err", err)
+			continue
+		}
+		for _, cmd := range r.fold.Apply(ctx, ev) {
+			rec, err := r.encode(ev, cmd)
+			if err != nil {
+				r.logger.ErrorContext(ctx, "encode handoff command", "call_id", cmd.GetCallId(),
+					"command_id", cmd.GetCommandId(), "err", err)
+				continue
+			}
+			out = append(out, rec)
+		}
+	}
+	return out
+}
+
+// encode makes the record of a command. Its event id is the command id and
+// its time the trigger's, so a replay produces an identical record.
+func (r *Router) encode(trigger events.Event, cmd *batonv1.HandoffCommand) (*kgo.Record, error) {
+	ev := events.Event{
+		ID:          cmd.GetCommandId(),
+		Type:        events.TypeHandoffCommand,
+		Source:      Source,
+		Subject:     cmd.GetCallId(),
+		Time:        trigger.Time,
+		TraceParent: trigger.TraceParent,
+		Data:        cmd,
+	}
+	rec, err := events.Encode(r.topic, ev)
+	if err != nil {
+		return nil, fmt.Errorf("encode command %s of call %s: %w", cmd.GetCommandId(), cmd.GetCallId(), err)
+	}
+	return rec, nil
+}
+
+func headerValue(rec *kgo.Record, key string) string {
+	for _, h := range rec.Headers {
+		if h.Key == key {
+			return string(h.Value)
+		}
+	}
+	return ""
+}
