@@ -1,0 +1,119 @@
+// Command baton is the operator's tool for a Baton installation. It only
+// wires flags to the packages under internal/ that do the work.
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+
+	"github.com/alecthomas/kong"
+
+	"github.com/baton-voice/baton/cmd/baton/internal/broker"
+	"github.com/baton-voice/baton/cmd/baton/internal/version"
+	"github.com/baton-voice/baton/pkg/observability"
+)
+
+type cli struct {
+	Broker  brokerCmd  `cmd:"" help:"Run the embedded Kafka-protocol broker (franz-go kfake) for the local stack and tests. Events and committed offsets persist in --data-dir across restarts. Production uses a real Kafka cluster."`
+	Version versionCmd `cmd:"" help:"Print baton's version, commit and Go version."`
+}
+
+type brokerCmd struct {
+	Listen           string   `default:"${listen}" placeholder:"HOST:PORT" help:"Address to bind, host and port; the broker listens on that host only. Port 0 picks a free port. Default: ${default}."`
+	Advertise        string   `placeholder:"HOST:PORT" help:"Address clients are told to connect to (Kafka's advertised.listeners). Default: the bound address. Required when --listen binds all interfaces (0.0.0.0 or [::])."`
+	DataDir          string   `default:"${data_dir}" placeholder:"DIR" help:"Directory for log segments, topics and group offsets; created if missing, reloaded at start, locked while the broker runs. Default: ${default}."`
+	SyncWrites       bool     `help:"fsync every produced batch before acknowledging it. On: an acknowledged record survives power loss or a kernel crash, at a large cost in produce throughput. Off (default, as in Kafka): records go to the OS page cache at once and are fsynced on segment roll and at shutdown, so they survive the broker process dying but the last acknowledged batches can be lost if the machine itself goes down."`
+	Partitions       int32    `default:"${partitions}" help:"Partition count of the --topics created at start and of topics created with the default count. Existing topics keep theirs."`
+	Topics           []string `default:"${topics}" sep:"," placeholder:"NAME" help:"Topics created at start if missing, comma-separated. Default: ${default}."`
+	AutoCreateTopics bool     `help:"Let clients create a topic by asking for its metadata (Kafka's auto.create.topics.enable). Off by default so a misspelt topic fails instead of appearing empty."`
+	LogLevel         string   `default:"info" enum:"debug,info,warn,error" help:"Log level: debug, info, warn or error. debug includes every request the broker serves."`
+	LogFormat        string   `default:"json" enum:"json,text" help:"Log format: json or text. Logs go to stderr."`
+}
+
+func (c *brokerCmd) config() broker.Config {
+	return broker.Config{
+		Listen:           c.Listen,
+		Advertise:        c.Advertise,
+		DataDir:          c.DataDir,
+		SyncWrites:       c.SyncWrites,
+		Partitions:       c.Partitions,
+		Topics:           c.Topics,
+		AutoCreateTopics: c.AutoCreateTopics,
+	}
+}
+
+// Validate runs while flags are parsed, so bad flags exit 2 before anything starts.
+func (c *brokerCmd) Validate() error { return c.config().Validate() }
+
+func (c *brokerCmd) Run(ctx context.Context, s *streams) error {
+	logger, err := observability.NewLogger(s.err, observability.LogConfig{Level: c.LogLevel, Format: c.LogFormat}, "broker")
+	if err != nil {
+		return err
+	}
+	return broker.Run(ctx, c.config(), logger, s.out)
+}
+
+type versionCmd struct{}
+
+func (versionCmd) Run(s *streams) error {
+	_, err := fmt.Fprintln(s.out, version.Read())
+	return err
+}
+
+// streams are where commands write: out for results, err for logs.
+type streams struct{ out, err io.Writer }
+
+func main() {
+	os.Exit(run(os.Args[1:]))
+}
+
+func run(args []string) int {
+	// The first SIGINT/SIGTERM cancels ctx and the command shuts down
+	// gracefully; stop then restores the default handlers so a second
+	// signal ends the process at once.
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	context.AfterFunc(ctx, stop)
+
+	var c cli
+	parser, err := newParser(&c, os.Stdout, os.Stderr, os.Exit)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "baton: %v\n", err)
+		return 1
+	}
+	kctx, err := parser.Parse(args)
+	if err != nil {
+		parser.Errorf("%v", err)
+		return 2
+	}
+	kctx.BindTo(ctx, (*context.Context)(nil))
+	if err := kctx.Run(&streams{out: os.Stdout, err: os.Stderr}); err != nil {
+		fmt.Fprintf(os.Stderr, "baton %s: %v\n", kctx.Command(), err)
+		return 1
+	}
+	return 0
+}
+
+// newParser builds the command line of c; defaults come from the packages
+// that own them.
+func newParser(c *cli, stdout, stderr io.Writer, exit func(int)) (*kong.Kong, error) {
+	def := broker.DefaultConfig()
+	return kong.New(c,
+		kong.Name("baton"),
+		kong.Description("Baton operator tool: hands phone calls from voice-AI agents to people over SIP, with every step an event in Kafka."),
+		kong.Writers(stdout, stderr),
+		kong.Exit(exit),
+		kong.ConfigureHelp(kong.HelpOptions{Compact: true}),
+		kong.Vars{
+			"listen":     def.Listen,
+			"data_dir":   def.DataDir,
+			"partitions": fmt.Sprint(def.Partitions),
+			"topics":     strings.Join(def.Topics, ","),
+		},
+	)
+}
