@@ -1,0 +1,88 @@
+// Command ingress is Baton's SIP edge: it answers inbound calls and
+// publishes what happens to them on the calls topic.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	pkgconfig "github.com/baton-voice/baton/pkg/config"
+	"github.com/baton-voice/baton/pkg/kafka"
+	"github.com/baton-voice/baton/pkg/observability"
+	"github.com/baton-voice/baton/services/ingress/internal/config"
+	"github.com/baton-voice/baton/services/ingress/internal/server"
+)
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stderr))
+}
+
+func run(args []string, stderr io.Writer) int {
+	fs := flag.NewFlagSet("ingress", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	configPath := fs.String("config", "", "YAML configuration `file` (defaults when absent)")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		return 2
+	}
+
+	cfg := config.Default()
+	if *configPath != "" {
+		if err := pkgconfig.Load(*configPath, &cfg); err != nil {
+			_, _ = fmt.Fprintln(stderr, err) // stderr is all there is
+			return 2
+		}
+	} else if err := cfg.Validate(); err != nil {
+		_, _ = fmt.Fprintln(stderr, err) // stderr is all there is
+		return 2
+	}
+	logger, err := observability.NewLogger(stderr, cfg.Log, "ingress")
+	if err != nil {
+		_, _ = fmt.Fprintln(stderr, err) // stderr is all there is
+		return 2
+	}
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+
+	cl, err := kgo.NewClient(kafka.ClientOpts(cfg.Kafka, logger)...)
+	if err != nil {
+		logger.Error("kafka client", "err", err)
+		return 1
+	}
+	defer cl.Close()
+	if err := kafka.EnsureTopics(ctx, cl, cfg.Kafka.Partitions, cfg.Kafka.ReplicationFactor, cfg.Kafka.Topics.All()...); err != nil {
+		logger.Error("ensure topics", "err", err)
+		return 1
+	}
+
+	srv, err := server.Listen(cfg, cl, logger)
+	if err != nil {
+		logger.Error("start sip", "err", err)
+		return 1
+	}
+	serveErr := srv.Serve(ctx)
+	stop() // a second signal now kills the process
+
+	flushCtx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
+	defer cancel()
+	if err := cl.Flush(flushCtx); err != nil {
+		logger.Warn("flush producer", "err", err)
+	}
+	if serveErr != nil {
+		logger.Error("sip server stopped", "err", serveErr)
+		return 1
+	}
+	logger.Info("stopped")
+	return 0
+}

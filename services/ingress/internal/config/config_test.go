@@ -1,0 +1,61 @@
+package config
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+
+	pkgconfig "github.com/baton-voice/baton/pkg/config"
+)
+
+func TestDefaultIsValid(t *testing.T) {
+	c := Default()
+	require.NoError(t, c.Validate())
+	require.Equal(t, "127.0.0.1", c.ContactHost())
+	require.Equal(t, "127.0.0.1", c.RTPHost())
+}
+
+func TestExampleConfigLoads(t *testing.T) {
+	c := Default()
+	require.NoError(t, pkgconfig.Load("../../ingress.example.yaml", &c))
+}
+
+func TestValidateNamesFields(t *testing.T) {
+	cases := []struct {
+		name, yaml, want string
+	}{
+		{"bad listen", "listen: nope\n", "listen:"},
+		{"wildcard needs external host", "listen: 0.0.0.0:5060\n", "external_host: required"},
+		{"bad external host", "external_host: \"a b\"\n", "external_host:"},
+		{"bad trunk", "trunk: \"\"\n", "trunk:"},
+		{"rtp range", "rtp: {port_min: 30000, port_max: 20000}\n", "rtp.port_max:"},
+		{"rtp host", "rtp: {host: example.com}\n", "rtp.host:"},
+		{"publish timeout", "publish_timeout: 0s\n", "publish_timeout:"},
+		{"kafka", "kafka: {brokers: []}\n", "kafka.brokers"},
+		{"log", "log: {level: loud}\n", "log:"},
+		{"unknown key", "listen_addr: x\n", "field listen_addr not found"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "ingress.yaml")
+			require.NoError(t, os.WriteFile(path, []byte(tc.yaml), 0o600))
+			c := Default()
+			err := pkgconfig.Load(path, &c)
+			require.Error(t, err)
+			require.True(t, strings.Contains(err.Error(), tc.want), err.Error())
+		})
+	}
+}
+
+func TestExternalHostWins(t *testing.T) {
+	c := Default()
+	c.Listen = "0.0.0.0:5060"
+	c.ExternalHost = "198.51.100.4"
+	c.RTP.Host = "10.0.0.5"
+	require.NoError(t, c.Validate())
+	require.Equal(t, "198.51.100.4", c.ContactHost())
+	require.Equal(t, "10.0.0.5", c.RTPHost())
+}

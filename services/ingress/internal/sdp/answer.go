@@ -1,0 +1,271 @@
+// Package sdp answers an inbound SDP offer for the agent leg's media
+// anchor: G.711 (PCMU preferred, PCMA accepted) plus telephone-event when
+// offered, on the anchor's address and port.
+package sdp
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"strconv"
+	"strings"
+)
+
+// ErrNotAcceptable means the offer has no audio stream Baton can take; the
+// INVITE gets 488.
+var ErrNotAcceptable = errors.New("offer not acceptable")
+
+// Codec is an RTP payload format.
+type Codec struct {
+	PayloadType int
+	Name        string
+	ClockRate   int
+}
+
+// Static payload types of RFC 3551 that Baton speaks.
+var (
+	PCMU = Codec{PayloadType: 0, Name: "PCMU", ClockRate: 8000}
+	PCMA = Codec{PayloadType: 8, Name: "PCMA", ClockRate: 8000}
+)
+
+// Answer is the result of negotiating an offer.
+type Answer struct {
+	// SDP is the answer body.
+	SDP []byte
+	// Codec is the chosen audio codec.
+	Codec Codec
+	// TelephoneEvent is the payload type of RFC 4733 events, -1 when not offered.
+	TelephoneEvent int
+	// RemoteAddr is where the offer says to send RTP.
+	RemoteAddr string
+}
+
+// Params say where the anchor receives media.
+type Params struct {
+	// Host is the c= address (the external host).
+	Host string
+	// Port is the local RTP port.
+	Port int
+	// SessionID is the o= session id and version.
+	SessionID uint64
+}
+
+type media struct {
+	kind, port, proto string
+	formats           []string
+	rtpmap            map[string]string // payload type -> encoding/clock
+	fmtp              map[string]string
+	direction         string
+	conn              string
+}
+
+// Negotiate answers offer. The first audio stream is accepted; every other
+// media stream is rejected with port 0, as RFC 3264 6 requires.
+func Negotiate(offer []byte, p Params) (Answer, error) {
+	sessionConn, streams, err := parse(offer)
+	if err != nil {
+		return Answer{}, err
+	}
+	audio := -1
+	var chosen Codec
+	tel := -1
+	for i, m := range streams {
+		if m.kind != "audio" || m.port == "0" || !strings.HasPrefix(m.proto, "RTP/AVP") {
+			continue
+		}
+		c, ok := pickCodec(m)
+		if !ok {
+			continue
+		}
+		audio, chosen = i, c
+		tel = telephoneEvent(m)
+		break
+	}
+	if audio < 0 {
+		return Answer{}, fmt.Errorf("%w: no audio stream with PCMU or PCMA", ErrNotAcceptable)
+	}
+
+	ipVer := "IP4"
+	if ip := net.ParseIP(p.Host); ip != nil && ip.To4() == nil {
+		ipVer = "IP6"
+	}
+	var b strings.Builder
+	b.WriteString("v=0\r\n")
+	fmt.Fprintf(&b, "o=baton %d %d IN %s %s\r\n", p.SessionID, p.SessionID, ipVer, p.Host)
+	b.WriteString("s=baton\r\n")
+	fmt.Fprintf(&b, "c=IN %s %s\r\n", ipVer, p.Host)
+	b.WriteString("t=0 0\r\n")
+	for i, m := range streams {
+		if i != audio {
+			fmt.Fprintf(&b, "m=%s 0 %s %s\r\n", m.kind, m.proto, firstOr(m.formats, "0"))
+			continue
+		}
+		fmts := strconv.Itoa(chosen.PayloadType)
+		if tel >= 0 {
+			fmts += " " + strconv.Itoa(tel)
+		}
+		fmt.Fprintf(&b, "m=audio %d %s %s\r\n", p.Port, m.proto, fmts)
+		fmt.Fprintf(&b, "a=rtpmap:%d %s/%d\r\n", chosen.PayloadType, chosen.Name, chosen.ClockRate)
+		if tel >= 0 {
+			fmt.Fprintf(&b, "a=rtpmap:%d telephone-event/8000\r\n", tel)
+			events := m.fmtp[strconv.Itoa(tel)]
+			if events == "" {
+				events = "0-16"
+			}
+			fmt.Fprintf(&b, "a=fmtp:%d %s\r\n", tel, events)
+		}
+		b.WriteString("a=ptime:20\r\n")
+		fmt.Fprintf(&b, "a=%s\r\n", answerDirection(m.direction))
+	}
+
+	remote := ""
+	conn := streams[audio].conn
+	if conn == "" {
+		conn = sessionConn
+	}
+	if conn != "" {
+		remote = net.JoinHostPort(conn, streams[audio].port)
+	}
+	return Answer{SDP: []byte(b.String()), Codec: chosen, TelephoneEvent: tel, RemoteAddr: remote}, nil
+}
+
+func firstOr(s []string, def string) string {
+	if len(s) > 0 {
+		return s[0]
+	}
+	return def
+}
+
+// answerDirection mirrors the offer's direction (RFC 3264 6.1): a hold
+// offer (sendonly) is answered recvonly, never sendrecv.
+func answerDirection(offer string) string {
+	switch offer {
+	case "sendonly":
+		return "recvonly"
+	case "recvonly":
+		return "sendonly"
+	case "inactive":
+		return "inactive"
+	default:
+		return "sendrecv"
+	}
+}
+
+// pickCodec prefers PCMU over PCMA, in static or dynamic payload types.
+func pickCodec(m media) (Codec, bool) {
+	for _, want := range []Codec{PCMU, PCMA} {
+		for _, f := range m.formats {
+			enc, hasMap := m.rtpmap[f]
+			if hasMap {
+				name, rate, _ := strings.Cut(enc, "/")
+				rate, _, _ = strings.Cut(rate, "/")
+				if strings.EqualFold(name, want.Name) && rate == "8000" {
+					pt, _ := strconv.Atoi(f)
+					return Codec{PayloadType: pt, Name: want.Name, ClockRate: 8000}, true
+				}
+				continue
+			}
+			if f == strconv.Itoa(want.PayloadType) {
+				return want, true
+			}
+		}
+	}
+	return Codec{}, false
+}
+
+func telephoneEvent(m media) int {
+	for _, f := range m.formats {
+		name, rate, _ := strings.Cut(m.rtpmap[f], "/")
+		if strings.EqualFold(name, "telephone-event") && strings.HasPrefix(rate, "8000") {
+			pt, err := strconv.Atoi(f)
+			if err == nil && pt >= 96 && pt <= 127 {
+				return pt
+			}
+		}
+	}
+	return -1
+}
+
+// parse reads the parts of an SDP body the answer needs.
+func parse(body []byte) (sessionConn string, streams []media, err error) {
+	text := strings.ReplaceAll(string(body), "\r\n", "\n")
+	if !strings.HasPrefix(text, "v=0") {
+		return "", nil, fmt.Errorf("%w: body is not SDP (no v=0)", ErrNotAcceptable)
+	}
+	var cur *media
+	sessionDir := ""
+	for line := range strings.SplitSeq(text, "\n") {
+		line = strings.TrimRight(line, "\r")
+		if len(line) < 2 || line[1] != '=' {
+			continue
+		}
+		val := line[2:]
+		switch line[0] {
+		case 'c':
+			addr := connAddr(val)
+			if cur == nil {
+				sessionConn = addr
+			} else {
+				cur.conn = addr
+			}
+		case 'm':
+			fields := strings.Fields(val)
+			if len(fields) < 3 {
+				return "", nil, fmt.Errorf("%w: bad m= line %q", ErrNotAcceptable, truncate(line))
+			}
+			streams = append(streams, media{
+				kind: fields[0], port: fields[1], proto: fields[2], formats: fields[3:],
+				rtpmap: map[string]string{}, fmtp: map[string]string{},
+			})
+			cur = &streams[len(streams)-1]
+		case 'a':
+			attr, rest, _ := strings.Cut(val, ":")
+			if cur == nil {
+				if isDirection(attr) {
+					sessionDir = attr
+				}
+				continue
+			}
+			switch attr {
+			case "rtpmap":
+				pt, enc, _ := strings.Cut(rest, " ")
+				cur.rtpmap[pt] = strings.TrimSpace(enc)
+			case "fmtp":
+				pt, params, _ := strings.Cut(rest, " ")
+				cur.fmtp[pt] = strings.TrimSpace(params)
+			case "sendrecv", "sendonly", "recvonly", "inactive":
+				cur.direction = attr
+			}
+		}
+	}
+	if len(streams) == 0 {
+		return "", nil, fmt.Errorf("%w: no m= line", ErrNotAcceptable)
+	}
+	for i := range streams {
+		if streams[i].direction == "" {
+			streams[i].direction = sessionDir
+		}
+	}
+	return sessionConn, streams, nil
+}
+
+func isDirection(attr string) bool {
+	return attr == "sendrecv" || attr == "sendonly" || attr == "recvonly" || attr == "inactive"
+}
+
+// connAddr returns the address of a c= value "IN IP4 192.0.2.1[/ttl]".
+func connAddr(v string) string {
+	f := strings.Fields(v)
+	if len(f) < 3 {
+		return ""
+	}
+	addr, _, _ := strings.Cut(f[2], "/")
+	return addr
+}
+
+func truncate(s string) string {
+	if len(s) > 64 {
+		return s[:64] + "..."
+	}
+	return s
+}

@@ -1,0 +1,88 @@
+package sdp
+
+import (
+	"errors"
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+)
+
+func offer(lines ...string) []byte {
+	return []byte(strings.Join(append([]string{"v=0", "o=sbc 1 1 IN IP4 10.0.0.1", "s=-", "c=IN IP4 10.0.0.1", "t=0 0"}, lines...), "\r\n") + "\r\n")
+}
+
+func TestNegotiate(t *testing.T) {
+	p := Params{Host: "203.0.113.7", Port: 20002, SessionID: 42}
+	cases := []struct {
+		name  string
+		offer []byte
+		want  string // the answer's media section
+		codec Codec
+		tel   int
+	}{
+		{
+			name:  "pcmu and telephone-event",
+			offer: offer("m=audio 4000 RTP/AVP 8 0 101", "a=rtpmap:101 telephone-event/8000", "a=fmtp:101 0-15"),
+			want:  "m=audio 20002 RTP/AVP 0 101\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-15\r\na=ptime:20\r\na=sendrecv\r\n",
+			codec: PCMU, tel: 101,
+		},
+		{
+			name:  "pcma only, no events",
+			offer: offer("m=audio 4000 RTP/AVP 8", "a=rtpmap:8 PCMA/8000"),
+			want:  "m=audio 20002 RTP/AVP 8\r\na=rtpmap:8 PCMA/8000\r\na=ptime:20\r\na=sendrecv\r\n",
+			codec: PCMA, tel: -1,
+		},
+		{
+			name:  "other event payload type kept",
+			offer: offer("m=audio 4000 RTP/AVP 0 96", "a=rtpmap:96 telephone-event/8000"),
+			want:  "m=audio 20002 RTP/AVP 0 96\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:96 telephone-event/8000\r\na=fmtp:96 0-16\r\na=ptime:20\r\na=sendrecv\r\n",
+			codec: PCMU, tel: 96,
+		},
+		{
+			name:  "hold offer answered recvonly",
+			offer: offer("m=audio 4000 RTP/AVP 0", "a=sendonly"),
+			want:  "m=audio 20002 RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\na=ptime:20\r\na=recvonly\r\n",
+			codec: PCMU, tel: -1,
+		},
+		{
+			name:  "video rejected with port 0",
+			offer: offer("m=video 5000 RTP/AVP 96", "a=rtpmap:96 H264/90000", "m=audio 4000 RTP/AVP 0"),
+			want:  "m=video 0 RTP/AVP 96\r\nm=audio 20002 RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\na=ptime:20\r\na=sendrecv\r\n",
+			codec: PCMU, tel: -1,
+		},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			a, err := Negotiate(tc.offer, p)
+			require.NoError(t, err)
+			head := "v=0\r\no=baton 42 42 IN IP4 203.0.113.7\r\ns=baton\r\nc=IN IP4 203.0.113.7\r\nt=0 0\r\n"
+			require.Equal(t, head+tc.want, string(a.SDP))
+			require.Equal(t, tc.codec, a.Codec)
+			require.Equal(t, tc.tel, a.TelephoneEvent)
+			require.Equal(t, "10.0.0.1:4000", a.RemoteAddr)
+		})
+	}
+}
+
+func TestNegotiateIPv6(t *testing.T) {
+	a, err := Negotiate(offer("m=audio 4000 RTP/AVP 0"), Params{Host: "2001:db8::7", Port: 20000, SessionID: 1})
+	require.NoError(t, err)
+	require.Contains(t, string(a.SDP), "c=IN IP6 2001:db8::7\r\n")
+}
+
+func TestNegotiateRefuses(t *testing.T) {
+	for name, body := range map[string][]byte{
+		"empty":         nil,
+		"not sdp":       []byte("hello"),
+		"no media":      offer(),
+		"g729 only":     offer("m=audio 4000 RTP/AVP 18", "a=rtpmap:18 G729/8000"),
+		"audio refused": offer("m=audio 0 RTP/AVP 0"),
+		"pcmu wideband": offer("m=audio 4000 RTP/AVP 96", "a=rtpmap:96 PCMU/16000"),
+	} {
+		t.Run(name, func(t *testing.T) {
+			_, err := Negotiate(body, Params{Host: "127.0.0.1", Port: 20000})
+			require.True(t, errors.Is(err, ErrNotAcceptable), "%v", err)
+		})
+	}
+}

@@ -1,0 +1,557 @@
+// Package server is ingress's SIP edge: it answers inbound INVITEs once
+// Kafka holds their CallStarted, keeps a table of the calls it answered, and
+// turns the in-dialog requests the far end sends (ACK, BYE, NOTIFY, CANCEL)
+// into facts. It never sends a request of its own: transfer does that.
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/emiago/sipgo"
+	"github.com/emiago/sipgo/sip"
+	"github.com/twmb/franz-go/pkg/kgo"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	"github.com/baton-voice/baton/pkg/events"
+	"github.com/baton-voice/baton/pkg/events/batonv1"
+	"github.com/baton-voice/baton/pkg/sipx"
+	"github.com/baton-voice/baton/services/ingress/internal/config"
+	"github.com/baton-voice/baton/services/ingress/internal/headers"
+	"github.com/baton-voice/baton/services/ingress/internal/rtp"
+	"github.com/baton-voice/baton/services/ingress/internal/sdp"
+)
+
+// Source is the CloudEvents source of ingress's events.
+const Source = "baton/ingress"
+
+// retryAfter is the Retry-After of every 503 ingress sends.
+const retryAfter = "5"
+
+// allow lists the methods ingress answers.
+const allow = "INVITE, ACK, BYE, CANCEL, NOTIFY, OPTIONS, INFO"
+
+// Server is the SIP edge. Build it with Listen, run it with Serve.
+type Server struct {
+	cfg          config.Config
+	cl           *kgo.Client
+	log          *slog.Logger
+	ua           *sipgo.UserAgent
+	sip          *sipgo.Server
+	conn         *net.UDPConn
+	localContact string
+	rtp          *rtp.Allocator
+
+	mu       sync.Mutex
+	calls    map[string]*call
+	closing  bool
+	inflight sync.WaitGroup
+}
+
+// Listen binds the SIP socket (so Addr is known before Serve) and prepares
+// the server. cl publishes to cfg.Kafka.Topics.Calls.
+func Listen(cfg config.Config, cl *kgo.Client, logger *slog.Logger) (*Server, error) {
+	laddr, err := net.ResolveUDPAddr("udp", cfg.Listen)
+	if err != nil {
+		return nil, fmt.Errorf("listen address %s: %w", cfg.Listen, err)
+	}
+	conn, err := net.ListenUDP("udp", laddr)
+	if err != nil {
+		return nil, fmt.Errorf("listen sip on %s: %w", cfg.Listen, err)
+	}
+	sipLog := logger.With("component", "sip")
+	ua, err := sipgo.NewUA(
+		sipgo.WithUserAgent("baton-ingress"),
+		sipgo.WithUserAgentTransactionLayerOptions(sip.WithTransactionLayerLogger(sipLog)),
+		sipgo.WithUserAgentTransportLayerOptions(sip.WithTransportLayerLogger(sipLog)),
+	)
+	if err != nil {
+		return nil, errors.Join(fmt.Errorf("sip user agent: %w", err), conn.Close())
+	}
+	srv, err := sipgo.NewServer(ua, sipgo.WithServerLogger(sipLog))
+	if err != nil {
+		return nil, errors.Join(fmt.Errorf("sip server: %w", err), ua.Close(), conn.Close())
+	}
+	port := conn.LocalAddr().(*net.UDPAddr).Port
+	return &Server{
+		cfg:          cfg,
+		cl:           cl,
+		log:          logger,
+		ua:           ua,
+		sip:          srv,
+		conn:         conn,
+		localContact: "<sip:baton@" + net.JoinHostPort(cfg.ContactHost(), strconv.Itoa(port)) + ">",
+		rtp:          rtp.NewAllocator(cfg.RTPHost(), cfg.RTP.PortMin, cfg.RTP.PortMax),
+		calls:        map[string]*call{},
+	}, nil
+}
+
+// Addr is the bound SIP address (the real port when the config asked for 0).
+func (s *Server) Addr() *net.UDPAddr { return s.conn.LocalAddr().(*net.UDPAddr) }
+
+// LocalContact is the Contact ingress gives in its answers.
+func (s *Server) LocalContact() string { return s.localContact }
+
+// Serve answers SIP until ctx ends, then shuts down: new requests get 503,
+// requests in flight finish (their publishes are bounded by
+// publish_timeout), the listener closes and every RTP socket is released.
+// Flushing and closing the Kafka client is the caller's job.
+func (s *Server) Serve(ctx context.Context) error {
+	handle := func(h func(context.Context, *sip.Request, sip.ServerTransaction)) sipgo.RequestHandler {
+		return func(req *sip.Request, tx sip.ServerTransaction) {
+			if !s.enter() {
+				s.reply(req, tx, sip.StatusServiceUnavailable, "Service Unavailable", sip.NewHeader("Retry-After", retryAfter))
+				return
+			}
+			defer s.inflight.Done()
+			h(ctx, req, tx)
+		}
+	}
+	s.sip.OnInvite(handle(s.onInvite))
+	s.sip.OnAck(s.onAck) // ACK gets no answer, so it is not refused at shutdown
+	s.sip.OnBye(handle(s.onBye))
+	s.sip.OnCancel(handle(s.onCancel))
+	s.sip.OnNotify(handle(s.onNotify))
+	s.sip.OnOptions(handle(s.onOptions))
+	s.sip.OnInfo(handle(s.onInfo))
+	s.sip.OnNoRoute(handle(s.onOther))
+
+	s.log.InfoContext(ctx, "sip listening", "addr", s.Addr().String(), "contact", s.localContact)
+	served := make(chan error, 1)
+	go func() { served <- s.sip.ServeUDP(s.conn) }()
+
+	var serveErr error
+	select {
+	case <-ctx.Done():
+	case err := <-served:
+		serveErr = fmt.Errorf("serve sip: %w", err)
+		served <- nil
+	}
+	s.shutdown()
+	if err := <-served; err != nil && serveErr == nil {
+		serveErr = fmt.Errorf("serve sip: %w", err)
+	}
+	return serveErr
+}
+
+func (s *Server) enter() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closing {
+		return false
+	}
+	s.inflight.Add(1)
+	return true
+}
+
+func (s *Server) shutdown() {
+	s.mu.Lock()
+	s.closing = true
+	s.mu.Unlock()
+	s.inflight.Wait()
+
+	if err := s.conn.Close(); err != nil && !errors.Is(err, net.ErrClosed) {
+		s.log.Warn("close sip listener", "err", err)
+	}
+	s.mu.Lock()
+	calls := s.calls
+	s.calls = map[string]*call{}
+	s.mu.Unlock()
+	for _, c := range calls {
+		c.end()
+		st, err := c.media.Close()
+		if err != nil {
+			s.log.Warn("close rtp", "call_id", c.id, "err", err)
+		}
+		s.log.Info("call dropped at shutdown", "call_id", c.id, "rtp_packets", st.Packets)
+	}
+	if err := s.ua.Close(); err != nil {
+		s.log.Warn("close sip user agent", "err", err)
+	}
+}
+
+// callState is where an answered call stands.
+type callState int
+
+const (
+	statePending   callState = iota // CallStarted being published
+	stateAnswered                   // 200 OK sent, waiting for ACK
+	stateConfirmed                  // ACK received
+)
+
+type call struct {
+	id        string
+	localTag  string
+	remoteTag string
+	start     time.Time
+	media     *rtp.Session
+
+	mu           sync.Mutex
+	state        callState
+	cancelled    bool
+	cancelReason string
+	acked        chan struct{}
+	ended        chan struct{}
+}
+
+func (c *call) ack() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.state != stateConfirmed {
+		c.state = stateConfirmed
+		close(c.acked)
+	}
+}
+
+func (c *call) end() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	select {
+	case <-c.ended:
+	default:
+		close(c.ended)
+	}
+}
+
+func (c *call) setState(st callState) {
+	c.mu.Lock()
+	c.state = st
+	c.mu.Unlock()
+}
+
+// wasCancelled reports whether the INVITE was cancelled (sipgo then
+// answered 487) and the CANCEL's Reason.
+func (c *call) wasCancelled() (bool, string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.cancelled, c.cancelReason
+}
+
+// add registers c; false when a call with its Call-ID exists already.
+func (s *Server) add(c *call) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if _, ok := s.calls[c.id]; ok {
+		return false
+	}
+	s.calls[c.id] = c
+	return true
+}
+
+// remove drops c; only the first caller gets true, so a call ends once.
+func (s *Server) remove(c *call) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.calls[c.id] != c {
+		return false
+	}
+	delete(s.calls, c.id)
+	return true
+}
+
+// lookup finds the call whose dialog req belongs to (Call-ID, our tag in
+// To, theirs in From).
+func (s *Server) lookup(req *sip.Request) *call {
+	callID, from, to := req.CallID(), req.From(), req.To()
+	if callID == nil || from == nil || to == nil {
+		return nil
+	}
+	s.mu.Lock()
+	c := s.calls[callID.Value()]
+	s.mu.Unlock()
+	if c == nil {
+		return nil
+	}
+	toTag, _ := to.Params.Get("tag")
+	fromTag, _ := from.Params.Get("tag")
+	if toTag != c.localTag || fromTag != c.remoteTag {
+		return nil
+	}
+	return c
+}
+
+func (s *Server) onInvite(ctx context.Context, req *sip.Request, tx sip.ServerTransaction) {
+	callID := ""
+	if h := req.CallID(); h != nil {
+		callID = h.Value()
+	}
+	log := s.log.With("call_id", callID)
+	if to := req.To(); to != nil && to.Params.Has("tag") {
+		// A re-INVITE. Media changes are a later issue; the dialog stays
+		// up on a non-2xx answer (RFC 3261 14.2).
+		if s.lookup(req) == nil {
+			s.reply(req, tx, sip.StatusCallTransactionDoesNotExists, "Call/Transaction Does Not Exist")
+			return
+		}
+		log.InfoContext(ctx, "re-invite refused")
+		s.reply(req, tx, sip.StatusNotImplemented, "Not Implemented")
+		return
+	}
+	s.reply(req, tx, sip.StatusTrying, "Trying")
+
+	if ct := req.ContentType(); len(req.Body()) == 0 || ct == nil || !strings.EqualFold(mediaType(ct.Value()), "application/sdp") {
+		log.InfoContext(ctx, "invite without sdp offer")
+		s.reply(req, tx, sip.StatusNotAcceptableHere, "Not Acceptable Here")
+		return
+	}
+	media, err := s.rtp.Open()
+	if err != nil {
+		log.ErrorContext(ctx, "allocate rtp port", "err", err)
+		s.reply(req, tx, sip.StatusServiceUnavailable, "Service Unavailable", sip.NewHeader("Retry-After", retryAfter))
+		return
+	}
+	closeMedia := func() {
+		if _, err := media.Close(); err != nil {
+			log.WarnContext(ctx, "close rtp", "err", err)
+		}
+	}
+	start := time.Now()
+	answer, err := sdp.Negotiate(req.Body(), sdp.Params{Host: s.cfg.ContactHost(), Port: media.Port(), SessionID: uint64(start.Unix())})
+	if err != nil {
+		closeMedia()
+		log.InfoContext(ctx, "offer refused", "err", err)
+		s.reply(req, tx, sip.StatusNotAcceptableHere, "Not Acceptable Here")
+		return
+	}
+	localTag := sip.GenerateTagN(16)
+	facts, err := readInvite(req, dialogParams{localTag: localTag, localContact: s.localContact, trunk: s.cfg.Trunk, localSDP: answer.SDP})
+	if err != nil {
+		closeMedia()
+		log.InfoContext(ctx, "invite refused", "err", err)
+		s.reply(req, tx, sip.StatusBadRequest, "Bad Request")
+		return
+	}
+	for _, sk := range facts.skipped {
+		log.WarnContext(ctx, "custom header not made a variable", "header", sk.Name, "err", sk.Err)
+	}
+
+	c := &call{
+		id: callID, localTag: localTag, remoteTag: facts.started.Dialog.RemoteTag, start: start, media: media,
+		acked: make(chan struct{}), ended: make(chan struct{}),
+	}
+	if !s.add(c) {
+		// Same Call-ID, no To tag, another transaction: a merged request
+		// (RFC 3261 8.2.2.2), never a second call.
+		closeMedia()
+		log.WarnContext(ctx, "invite for a call that exists")
+		s.reply(req, tx, sip.StatusLoopDetected, "Loop Detected")
+		return
+	}
+	tx.OnCancel(func(cancel *sip.Request) {
+		c.mu.Lock()
+		c.cancelled = true
+		c.cancelReason = headers.Value(cancel.Headers(), "Reason")
+		c.mu.Unlock()
+	})
+
+	if err := s.publish(ctx, callID, facts.started); err != nil {
+		s.remove(c)
+		closeMedia()
+		log.ErrorContext(ctx, "call refused: publish call started", "err", err)
+		s.reply(req, tx, sip.StatusServiceUnavailable, "Service Unavailable", sip.NewHeader("Retry-After", retryAfter))
+		return
+	}
+	if cancelled, reason := c.wasCancelled(); cancelled {
+		s.endCall(ctx, c, sip.CANCEL, reason)
+		return
+	}
+
+	res := sip.NewResponseFromRequest(req, sip.StatusOK, "OK", answer.SDP)
+	res.To().Params.Add("tag", localTag)
+	res.AppendHeader(sip.NewHeader("Contact", s.localContact))
+	res.AppendHeader(sip.NewHeader("Allow", allow))
+	ct := sip.ContentTypeHeader("application/sdp")
+	res.AppendHeader(&ct)
+	c.setState(stateAnswered)
+	if err := tx.Respond(res); err != nil {
+		log.WarnContext(ctx, "send 200 ok", "err", err)
+	}
+	// A CANCEL that crossed the 200 was answered 487 before it, so the
+	// flag is set exactly when the caller saw the call cancelled.
+	if cancelled, reason := c.wasCancelled(); cancelled {
+		s.endCall(ctx, c, sip.CANCEL, reason)
+		return
+	}
+	log.InfoContext(ctx, "call answered", "codec", answer.Codec.Name, "rtp_port", media.Port(), "remote_rtp", answer.RemoteAddr)
+	s.awaitAck(ctx, c, tx, res)
+}
+
+// awaitAck retransmits the 200 OK until the ACK arrives (RFC 3261 13.3.1.4;
+// sipgo's transaction leaves 2xx retransmission to the UAS core).
+func (s *Server) awaitAck(ctx context.Context, c *call, tx sip.ServerTransaction, res *sip.Response) {
+	interval := sip.T1
+	retransmit := time.NewTimer(interval)
+	defer retransmit.Stop()
+	giveUp := time.NewTimer(64 * sip.T1)
+	defer giveUp.Stop()
+	for {
+		select {
+		case <-c.acked:
+			return
+		case <-tx.Acks(): // an ACK sent in the INVITE's transaction
+			c.ack()
+			return
+		case <-c.ended:
+			return
+		case <-ctx.Done():
+			return
+		case <-giveUp.C:
+			// Ingress never sends BYE; the call stays in the table until
+			// the far end or transfer ends it.
+			s.log.WarnContext(ctx, "no ack for 200 ok", "call_id", c.id)
+			return
+		case <-retransmit.C:
+			if err := tx.Respond(res); err != nil {
+				s.log.WarnContext(ctx, "retransmit 200 ok", "call_id", c.id, "err", err)
+			}
+			interval = min(2*interval, sip.T2)
+			retransmit.Reset(interval)
+		}
+	}
+}
+
+// endCall removes c, releases its media and publishes CallEnded.
+func (s *Server) endCall(ctx context.Context, c *call, method sip.RequestMethod, reason string) {
+	if !s.remove(c) {
+		return
+	}
+	c.end()
+	st, err := c.media.Close()
+	if err != nil {
+		s.log.WarnContext(ctx, "close rtp", "call_id", c.id, "err", err)
+	}
+	d := time.Since(c.start)
+	s.log.InfoContext(ctx, "call ended", "call_id", c.id, "method", string(method), "reason", reason,
+		"duration", d.String(), "rtp_packets", st.Packets, "rtp_bytes", st.Bytes)
+	ended := &batonv1.CallEnded{
+		CallId:   c.id,
+		EndedBy:  batonv1.Party_PARTY_REMOTE,
+		Method:   string(method),
+		Reason:   reason,
+		Duration: durationpb.New(d),
+	}
+	if err := s.publish(ctx, c.id, ended); err != nil {
+		s.log.ErrorContext(ctx, "publish call ended", "call_id", c.id, "err", err)
+	}
+}
+
+func (s *Server) onAck(req *sip.Request, _ sip.ServerTransaction) {
+	if c := s.lookup(req); c != nil {
+		c.ack()
+	}
+}
+
+func (s *Server) onBye(ctx context.Context, req *sip.Request, tx sip.ServerTransaction) {
+	c := s.lookup(req)
+	if c == nil {
+		s.reply(req, tx, sip.StatusCallTransactionDoesNotExists, "Call/Transaction Does Not Exist")
+		return
+	}
+	// The far end considers the call over whatever we answer, so BYE is
+	// answered 200 even when the CallEnded publish fails (it is logged).
+	s.endCall(ctx, c, sip.BYE, headers.Value(req.Headers(), "Reason"))
+	s.reply(req, tx, sip.StatusOK, "OK")
+}
+
+// onCancel sees only CANCELs that match no pending INVITE: sipgo answers
+// the others itself (200, then 487 on the INVITE) and calls OnCancel.
+func (s *Server) onCancel(_ context.Context, req *sip.Request, tx sip.ServerTransaction) {
+	s.reply(req, tx, sip.StatusCallTransactionDoesNotExists, "Call/Transaction Does Not Exist")
+}
+
+func (s *Server) onNotify(ctx context.Context, req *sip.Request, tx sip.ServerTransaction) {
+	c := s.lookup(req)
+	if c == nil {
+		s.reply(req, tx, sip.StatusCallTransactionDoesNotExists, "Call/Transaction Does Not Exist")
+		return
+	}
+	hs := req.Headers()
+	n := &batonv1.NotifyReceived{
+		CallId:            c.id,
+		Event:             headers.Value(hs, "Event"),
+		SubscriptionState: headers.Value(hs, "Subscription-State"),
+	}
+	if cseq := req.CSeq(); cseq != nil {
+		n.Cseq = cseq.SeqNo
+	}
+	if ct := req.ContentType(); ct != nil && strings.EqualFold(mediaType(ct.Value()), "message/sipfrag") {
+		if frag, err := sipx.ParseSipfrag(req.Body()); err == nil {
+			n.SipfragStatus = int32(frag.Status)
+			n.SipfragReason = frag.Reason
+		} else {
+			s.log.WarnContext(ctx, "notify body", "call_id", c.id, "err", err)
+		}
+	}
+	if err := s.publish(ctx, c.id, n); err != nil {
+		s.log.ErrorContext(ctx, "publish notify", "call_id", c.id, "err", err)
+		s.reply(req, tx, sip.StatusServiceUnavailable, "Service Unavailable", sip.NewHeader("Retry-After", retryAfter))
+		return
+	}
+	s.reply(req, tx, sip.StatusOK, "OK")
+}
+
+func (s *Server) onOptions(_ context.Context, req *sip.Request, tx sip.ServerTransaction) {
+	s.reply(req, tx, sip.StatusOK, "OK", sip.NewHeader("Allow", allow), sip.NewHeader("Accept", "application/sdp"))
+}
+
+// onInfo accepts INFO in a known dialog (DTMF relays send it); its body is
+// not used yet.
+func (s *Server) onInfo(_ context.Context, req *sip.Request, tx sip.ServerTransaction) {
+	if s.lookup(req) == nil {
+		s.reply(req, tx, sip.StatusCallTransactionDoesNotExists, "Call/Transaction Does Not Exist")
+		return
+	}
+	s.reply(req, tx, sip.StatusOK, "OK")
+}
+
+func (s *Server) onOther(_ context.Context, req *sip.Request, tx sip.ServerTransaction) {
+	s.reply(req, tx, sip.StatusNotImplemented, "Not Implemented", sip.NewHeader("Allow", allow))
+}
+
+func (s *Server) reply(req *sip.Request, tx sip.ServerTransaction, code int, reason string, extra ...sip.Header) {
+	res := sip.NewResponseFromRequest(req, code, reason, nil)
+	for _, h := range extra {
+		res.AppendHeader(h)
+	}
+	if err := tx.Respond(res); err != nil {
+		callID := ""
+		if h := req.CallID(); h != nil {
+			callID = h.Value()
+		}
+		s.log.Warn("send response", "call_id", callID, "status", code, "err", err)
+	}
+}
+
+// publish writes msg about callID to the calls topic and waits, at most
+// publish_timeout, until Kafka has it. It outlives ctx's cancellation so a
+// request in flight at shutdown still finishes.
+func (s *Server) publish(ctx context.Context, callID string, msg proto.Message) error {
+	ev, err := events.New(Source, callID, msg, time.Now())
+	if err != nil {
+		return fmt.Errorf("publish call %s: %w", callID, err)
+	}
+	rec, err := events.Encode(s.cfg.Kafka.Topics.Calls, ev)
+	if err != nil {
+		return fmt.Errorf("publish call %s: %w", callID, err)
+	}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.PublishTimeout)
+	defer cancel()
+	if err := s.cl.ProduceSync(ctx, rec).FirstErr(); err != nil {
+		return fmt.Errorf("publish %s for call %s: %w", ev.Type, callID, err)
+	}
+	return nil
+}
+
+// mediaType is the type/subtype of a Content-Type value, without parameters.
+func mediaType(v string) string {
+	t, _, _ := strings.Cut(v, ";")
+	return strings.TrimSpace(t)
+}
