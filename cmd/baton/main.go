@@ -14,11 +14,13 @@ import (
 	"github.com/alecthomas/kong"
 
 	"github.com/baton-voice/baton/cmd/baton/internal/broker"
+	"github.com/baton-voice/baton/cmd/baton/internal/stack"
 	"github.com/baton-voice/baton/cmd/baton/internal/version"
 	"github.com/baton-voice/baton/pkg/observability"
 )
 
 type cli struct {
+	Dev     devCmd     `cmd:"" help:"Run the whole pipeline locally: the embedded broker, a private ClickHouse, the four services and SIPp demo calls; print what happened and how to look further. Ctrl-C stops everything it started."`
 	Broker  brokerCmd  `cmd:"" help:"Run the embedded Kafka-protocol broker (franz-go kfake) for the local stack and tests. Events and committed offsets persist in --data-dir across restarts. Production uses a real Kafka cluster."`
 	Version versionCmd `cmd:"" help:"Print baton's version, commit and Go version."`
 }
@@ -56,6 +58,33 @@ func (c *brokerCmd) Run(ctx context.Context, s *streams) error {
 		return err
 	}
 	return broker.Run(ctx, c.config(), logger, s.out)
+}
+
+type devCmd struct {
+	BinDir  string `default:"bin" placeholder:"DIR" help:"Directory with the built binaries: ingress, router, transfer, analytics and baton (make build)."`
+	RunDir  string `default:".run" placeholder:"DIR" help:"Directory for the broker's and ClickHouse's data, the generated service configs and every log."`
+	RepoDir string `default:"." placeholder:"DIR" help:"Repository root: deploy/local/clickhouse.sh and deploy/sipp/ are read from it."`
+	Calls   int    `default:"5" help:"Demo calls SIPp places, each with the X- headers of one line of deploy/sipp/calls.csv."`
+	Rate    int    `default:"1" help:"New demo calls per second."`
+	Exit    bool   `help:"Stop the stack after the demo summary instead of running until Ctrl-C."`
+}
+
+func (c *devCmd) Validate() error {
+	if c.Calls < 0 || c.Rate < 1 {
+		return fmt.Errorf("--calls must be at least 0 and --rate at least 1 (got %d, %d)", c.Calls, c.Rate)
+	}
+	return nil
+}
+
+func (c *devCmd) Run(ctx context.Context, s *streams) error {
+	logger, err := observability.NewLogger(s.err, observability.LogConfig{Level: "info", Format: "text"}, "dev")
+	if err != nil {
+		return err
+	}
+	opts := stack.DefaultOptions()
+	opts.BinDir, opts.RunDir, opts.RepoDir = c.BinDir, c.RunDir, c.RepoDir
+	opts.Progress, opts.Logger = s.out, logger
+	return stack.Demo(ctx, opts, stack.DemoOptions{Calls: c.Calls, Rate: c.Rate, Exit: c.Exit}, s.out)
 }
 
 type versionCmd struct{}

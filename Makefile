@@ -1,0 +1,89 @@
+# Baton: `make help` lists the targets.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+# Every module of the workspace; `go test ./...` at the root does not reach them.
+MODULES := $(shell go list -m -f '{{.Dir}}' 2>/dev/null)
+BIN := $(CURDIR)/bin
+SERVICES := ingress router transfer analytics
+APT_PACKAGES := clickhouse-server clickhouse-client sip-tester kcat
+GO_TEST_FLAGS ?= -race -count=1
+
+.PHONY: help
+help: ## list the targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
+
+.PHONY: deps
+deps: ## install the Debian packages the stack and tests need (clickhouse-server, sip-tester, kcat)
+	@missing=""; \
+	for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing:$$missing"; \
+		sudo=""; [ "$$(id -u)" = 0 ] || sudo=sudo; \
+		$$sudo apt-get update -qq; \
+		DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+.PHONY: build
+build: ## build the four services and the baton CLI into bin/
+	@mkdir -p $(BIN)
+	@for s in $(SERVICES); do (cd services/$$s && go build -o $(BIN)/$$s ./cmd/$$s); done
+	@cd cmd/baton && go build -o $(BIN)/baton .
+
+.PHONY: run
+run: deps build ## run the whole pipeline locally with demo calls (Ctrl-C stops it)
+	@$(BIN)/baton dev --bin-dir $(BIN) --run-dir $(CURDIR)/.run
+
+.PHONY: test
+test: deps check build ## unit tests, integration tests and the end-to-end test (real SIPp, kfake, ClickHouse)
+	@for m in $(MODULES); do \
+		echo "== go test $$m"; \
+		(cd $$m && BATON_BIN_DIR=$(BIN) go test $(GO_TEST_FLAGS) ./...); \
+	done
+
+.PHONY: test-unit
+test-unit: ## unit tests only (no SIPp or ClickHouse needed)
+	@for m in $(MODULES); do (cd $$m && go test $(GO_TEST_FLAGS) -short ./...); done
+
+.PHONY: check
+check: ## gofmt, go vet, and that generated code and go.mod files are current
+	@out=$$(gofmt -l $(MODULES)); if [ -n "$$out" ]; then echo "not gofmt-clean:"; echo "$$out"; exit 1; fi
+	@for m in $(MODULES); do (cd $$m && go vet ./...); done
+	@$(MAKE) --no-print-directory generate-check tidy-check
+
+.PHONY: lint
+lint: $(BIN)/golangci-lint ## golangci-lint over every module
+	@for m in $(MODULES); do (cd $$m && $(BIN)/golangci-lint run --config $(CURDIR)/.golangci.yml ./...); done
+
+$(BIN)/golangci-lint $(BIN)/buf $(BIN)/protoc-gen-go: tools/go.mod
+	@mkdir -p $(BIN)
+	@cd tools && GOWORK=off go build -o $(BIN)/ \
+		github.com/golangci/golangci-lint/v2/cmd/golangci-lint \
+		github.com/bufbuild/buf/cmd/buf \
+		google.golang.org/protobuf/cmd/protoc-gen-go
+
+.PHONY: generate
+generate: $(BIN)/buf $(BIN)/protoc-gen-go ## lint the Protobuf contract and regenerate Go code
+	@$(BIN)/buf lint
+	@$(BIN)/buf generate
+
+.PHONY: generate-check
+generate-check: generate ## fail when generated code differs from the committed code
+	@if [ -n "$$(git status --porcelain -- pkg/events/batonv1)" ]; then \
+		echo "generated code drifted from schemas/: run 'make generate' and commit"; \
+		git --no-pager diff --stat -- pkg/events/batonv1; exit 1; fi
+
+.PHONY: tidy-check
+tidy-check: ## fail when a go.mod or go.sum is not tidy
+	@for m in $(MODULES) $(CURDIR)/tools; do \
+		(cd $$m && GOWORK=off go mod tidy -diff >/dev/null) || { echo "go.mod not tidy in $$m: run go mod tidy"; exit 1; }; \
+	done
+
+.PHONY: bench
+bench: ## run the Go benchmarks of every module
+	@for m in $(MODULES); do (cd $$m && go test -run '^$$' -bench . -benchmem ./...); done
+
+.PHONY: clean
+clean: ## remove build output and the local run directory
+	rm -rf $(BIN) .run

@@ -1,0 +1,85 @@
+package stack
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"time"
+)
+
+// DemoOptions shape `baton dev`.
+type DemoOptions struct {
+	// Calls is how many demo calls SIPp places.
+	Calls int
+	// Rate is new calls per second.
+	Rate int
+	// Exit stops the stack after the summary instead of waiting for ctx.
+	Exit bool
+}
+
+// Demo starts the stack, places the demo calls, prints what happened as
+// read back from ClickHouse and how to look further, then runs until ctx
+// ends (Ctrl-C) unless d.Exit. It stops everything it started.
+func Demo(ctx context.Context, opts Options, d DemoOptions, out io.Writer) (err error) {
+	s, err := Start(ctx, opts)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		fmt.Fprintln(out, "baton dev: stopping the services, the broker and ClickHouse")
+		s.Stop()
+	}()
+
+	if d.Calls > 0 {
+		fmt.Fprintf(out, "baton dev: SIPp (playing the carrier's SBC) places %d calls with X- headers into udp://%s\n", d.Calls, s.IngressAddr)
+		res, err := s.PlaceCalls(ctx, "sbc_refer", d.Calls, d.Rate)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(out, "baton dev: SIPp exited %d; the SBC received %d REFERs (log: %s)\n", res.ExitCode, len(res.Refers), res.LogDir)
+		for _, r := range res.Refers {
+			fmt.Fprintf(out, "  REFER for %s: Refer-To %s\n", r.CallID, r.ReferTo)
+		}
+		for _, f := range res.Failures {
+			fmt.Fprintf(out, "  SBC scenario failure: %s\n", f)
+		}
+
+		conn, err := s.Open()
+		if err != nil {
+			return err
+		}
+		defer conn.Close()
+		rows, err := WaitHandoffs(ctx, conn, d.Calls, 30*time.Second)
+		fmt.Fprintf(out, "\nWhat happened, read back from ClickHouse (database %s on %s):\n\n", s.Database, s.ClickHouseTCP)
+		if perr := PrintHandoffs(out, rows); perr != nil {
+			return perr
+		}
+		if err != nil {
+			return fmt.Errorf("demo calls: %w", err)
+		}
+		if res.ExitCode != 0 {
+			return fmt.Errorf("SIPp reported failed calls (exit %d); see %s and the service logs in %s", res.ExitCode, res.LogDir, s.opts.RunDir+"/logs")
+		}
+	}
+
+	fmt.Fprintf(out, `
+Look further:
+  every event of the demo calls (key = call id, CloudEvents headers):
+    kcat -b %[1]s -C -e -o beginning -t baton.calls -f '%%k %%h\n'
+    kcat -b %[1]s -C -e -o beginning -t baton.handoffs -f '%%k %%h\n'
+    kcat -b %[1]s -C -e -o beginning -t baton.transfers -f '%%k %%h\n'
+  the handoffs in ClickHouse:
+    clickhouse-client --port %[2]d -d %[3]s -q "SELECT call_id, destination, method, reason FROM handoffs FINAL"
+    clickhouse-client --port %[2]d -d %[3]s -q "SELECT call_id, status, sip_code, elapsed_ms FROM transfer_outcomes FINAL ORDER BY time_ms"
+  place more calls (SIPp as the SBC):
+    sipp %[4]s -sf deploy/sipp/sbc_refer.xml -inf deploy/sipp/calls.csv -m 5 -r 1 -default_behaviors all,-bye -trace_logs -log_file /tmp/refer.log
+  service logs and generated configs: %[5]s/logs, %[5]s/config
+`, s.BrokerAddr, s.opts.ClickHouseTCPPort, s.Database, s.IngressAddr, s.opts.RunDir)
+
+	if d.Exit {
+		return nil
+	}
+	fmt.Fprintln(out, "baton dev: running; press Ctrl-C to stop everything")
+	<-ctx.Done()
+	return nil
+}

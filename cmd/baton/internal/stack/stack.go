@@ -1,0 +1,382 @@
+// Package stack runs the whole Baton pipeline on one machine: the embedded
+// broker, a private ClickHouse, the four services as separate processes,
+// and SIPp as the carrier's SBC placing demo calls. `baton dev` and the
+// end-to-end test both drive it.
+package stack
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kgo"
+)
+
+// Services in start order; they stop in reverse.
+var services = []string{"analytics", "transfer", "router", "ingress"}
+
+// Options says where things are and which ports to use. A zero port picks
+// a free one.
+type Options struct {
+	// BinDir holds the service binaries and baton itself.
+	BinDir string
+	// RunDir holds the broker's and ClickHouse's data, configs and logs.
+	RunDir string
+	// RepoDir is the repository root: deploy/local and deploy/sipp live there.
+	RepoDir string
+
+	BrokerPort, ClickHouseTCPPort, ClickHouseHTTPPort int
+	IngressPort, TransferPort, SBCPort                int
+
+	// Progress receives one line per step.
+	Progress io.Writer
+	Logger   *slog.Logger
+}
+
+// DefaultOptions are the well-known local ports of `make run`.
+func DefaultOptions() Options {
+	return Options{
+		BinDir: "bin", RunDir: ".run", RepoDir: ".",
+		BrokerPort: 9092, ClickHouseTCPPort: 19000, ClickHouseHTTPPort: 18123,
+		IngressPort: 5060, TransferPort: 5070, SBCPort: 5061,
+	}
+}
+
+// Stack is a running pipeline.
+type Stack struct {
+	opts  Options
+	procs []*process
+
+	// BrokerAddr, IngressAddr and ClickHouseHTTP are where the parts listen.
+	BrokerAddr     string
+	IngressAddr    string
+	ClickHouseHTTP string
+	ClickHouseTCP  string
+	Database       string
+}
+
+type process struct {
+	name string
+	cmd  *exec.Cmd
+	log  string
+	done chan error
+}
+
+// Start brings the pipeline up and returns once every stage is ready. On
+// error everything already started is stopped again.
+func Start(ctx context.Context, opts Options) (_ *Stack, err error) {
+	if opts.Progress == nil {
+		opts.Progress = io.Discard
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	for _, p := range []struct {
+		name string
+		port *int
+	}{
+		{"broker", &opts.BrokerPort}, {"clickhouse tcp", &opts.ClickHouseTCPPort},
+		{"clickhouse http", &opts.ClickHouseHTTPPort}, {"ingress", &opts.IngressPort},
+		{"transfer", &opts.TransferPort}, {"sbc", &opts.SBCPort},
+	} {
+		if *p.port == 0 {
+			if *p.port, err = freePort(); err != nil {
+				return nil, fmt.Errorf("pick a port for %s: %w", p.name, err)
+			}
+		}
+	}
+	for _, dir := range []string{opts.BinDir, opts.RunDir, opts.RepoDir} {
+		if _, err := os.Stat(dir); err != nil {
+			return nil, fmt.Errorf("stack: %w", err)
+		}
+	}
+	if opts.RunDir, err = filepath.Abs(opts.RunDir); err != nil {
+		return nil, fmt.Errorf("run dir: %w", err)
+	}
+	for _, sub := range []string{"logs", "config"} {
+		if err := os.MkdirAll(filepath.Join(opts.RunDir, sub), 0o755); err != nil {
+			return nil, fmt.Errorf("create run dir: %w", err)
+		}
+	}
+	s := &Stack{
+		opts:           opts,
+		BrokerAddr:     fmt.Sprintf("127.0.0.1:%d", opts.BrokerPort),
+		IngressAddr:    fmt.Sprintf("127.0.0.1:%d", opts.IngressPort),
+		ClickHouseHTTP: fmt.Sprintf("127.0.0.1:%d", opts.ClickHouseHTTPPort),
+		ClickHouseTCP:  fmt.Sprintf("127.0.0.1:%d", opts.ClickHouseTCPPort),
+		Database:       "baton",
+	}
+	defer func() {
+		if err != nil {
+			s.Stop()
+		}
+	}()
+
+	s.progress("starting the embedded broker on %s", s.BrokerAddr)
+	if err := s.spawn("broker", filepath.Join(opts.BinDir, "baton"), "broker",
+		"--listen", s.BrokerAddr, "--data-dir", filepath.Join(opts.RunDir, "broker")); err != nil {
+		return nil, err
+	}
+	if err := s.waitTCP(ctx, "broker", s.BrokerAddr); err != nil {
+		return nil, err
+	}
+
+	s.progress("starting ClickHouse on %s (data in %s)", s.ClickHouseHTTP, filepath.Join(opts.RunDir, "clickhouse"))
+	if err := s.clickhouse(ctx, "start"); err != nil {
+		return nil, err
+	}
+
+	if err := s.writeConfigs(); err != nil {
+		return nil, err
+	}
+	for _, name := range services {
+		s.progress("starting %s", name)
+		if err := s.spawn(name, filepath.Join(opts.BinDir, name), "--config", s.configPath(name)); err != nil {
+			return nil, err
+		}
+	}
+	if err := s.waitReady(ctx); err != nil {
+		return nil, err
+	}
+	s.progress("pipeline ready: SIP on udp://%s, Kafka on %s, ClickHouse HTTP on %s", s.IngressAddr, s.BrokerAddr, s.ClickHouseHTTP)
+	return s, nil
+}
+
+func (s *Stack) progress(format string, args ...any) {
+	fmt.Fprintf(s.opts.Progress, "baton dev: "+format+"\n", args...)
+}
+
+// LogPath is where a part's output goes.
+func (s *Stack) LogPath(name string) string { return filepath.Join(s.opts.RunDir, "logs", name+".log") }
+
+func (s *Stack) spawn(name, bin string, args ...string) error {
+	logPath := s.LogPath(name)
+	f, err := os.Create(logPath)
+	if err != nil {
+		return fmt.Errorf("start %s: %w", name, err)
+	}
+	// The processes outlive ctx on purpose: Stop ends them with SIGTERM so
+	// each can shut down gracefully, in order.
+	cmd := exec.Command(bin, args...)
+	cmd.Stdout, cmd.Stderr = f, f
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		_ = f.Close()
+		return fmt.Errorf("start %s (%s): %w", name, bin, err)
+	}
+	p := &process{name: name, cmd: cmd, log: logPath, done: make(chan error, 1)}
+	go func() {
+		p.done <- cmd.Wait()
+		_ = f.Close()
+	}()
+	s.procs = append(s.procs, p)
+	return nil
+}
+
+// exited reports a process that is no longer running, with its log tail.
+func (s *Stack) exited() error {
+	for _, p := range s.procs {
+		select {
+		case err := <-p.done:
+			p.done <- err
+			return fmt.Errorf("%s exited (%v); last lines of %s:\n%s", p.name, err, p.log, tail(p.log, 15))
+		default:
+		}
+	}
+	return nil
+}
+
+func (s *Stack) waitTCP(ctx context.Context, name, addr string) error {
+	return s.poll(ctx, name, 30*time.Second, func(ctx context.Context) error {
+		var d net.Dialer
+		c, err := d.DialContext(ctx, "tcp", addr)
+		if err != nil {
+			return err
+		}
+		return c.Close()
+	})
+}
+
+// poll retries check every 100 ms until it succeeds, a process dies, or
+// the deadline passes.
+func (s *Stack) poll(ctx context.Context, what string, limit time.Duration, check func(context.Context) error) error {
+	ctx, cancel := context.WithTimeout(ctx, limit)
+	defer cancel()
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	var last error
+	for {
+		if err := s.exited(); err != nil {
+			return err
+		}
+		attempt, cancelAttempt := context.WithTimeout(ctx, time.Second)
+		last = check(attempt)
+		cancelAttempt()
+		if last == nil {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%s not ready after %v: %w", what, limit, last)
+		case <-tick.C:
+		}
+	}
+}
+
+// waitReady waits until ingress answers OPTIONS and the three consumer
+// groups are stable with a member each.
+func (s *Stack) waitReady(ctx context.Context) error {
+	if err := s.poll(ctx, "ingress", 30*time.Second, func(ctx context.Context) error {
+		return sipOptions(ctx, s.IngressAddr)
+	}); err != nil {
+		return err
+	}
+	cl, err := kgo.NewClient(kgo.SeedBrokers(s.BrokerAddr))
+	if err != nil {
+		return fmt.Errorf("kafka client: %w", err)
+	}
+	defer cl.Close()
+	adm := kadm.NewClient(cl)
+	groups := []string{"baton-router", "baton-transfer", "baton-analytics"}
+	return s.poll(ctx, "consumer groups "+strings.Join(groups, ", "), 60*time.Second, func(ctx context.Context) error {
+		described, err := adm.DescribeGroups(ctx, groups...)
+		if err != nil {
+			return err
+		}
+		for _, g := range groups {
+			d, ok := described[g]
+			if !ok || d.Err != nil || d.State != "Stable" || len(d.Members) == 0 {
+				return fmt.Errorf("group %s is %q", g, d.State)
+			}
+		}
+		return nil
+	})
+}
+
+// sipOptions sends one OPTIONS over UDP and waits for any final response.
+func sipOptions(ctx context.Context, addr string) error {
+	var d net.Dialer
+	conn, err := d.DialContext(ctx, "udp", addr)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	local := conn.LocalAddr().String()
+	branch := "z9hG4bK-ready-" + strconv.FormatInt(time.Now().UnixNano(), 36)
+	msg := "OPTIONS sip:" + addr + " SIP/2.0\r\n" +
+		"Via: SIP/2.0/UDP " + local + ";branch=" + branch + "\r\n" +
+		"Max-Forwards: 70\r\n" +
+		"From: <sip:ready@" + local + ">;tag=ready\r\n" +
+		"To: <sip:" + addr + ">\r\n" +
+		"Call-ID: " + branch + "@baton-dev\r\n" +
+		"CSeq: 1 OPTIONS\r\n" +
+		"Content-Length: 0\r\n\r\n"
+	if _, err := conn.Write([]byte(msg)); err != nil {
+		return err
+	}
+	if dl, ok := ctx.Deadline(); ok {
+		_ = conn.SetReadDeadline(dl)
+	}
+	buf := make([]byte, 4096)
+	n, err := conn.Read(buf)
+	if err != nil {
+		return err
+	}
+	if !strings.HasPrefix(string(buf[:n]), "SIP/2.0 200") {
+		line, _, _ := strings.Cut(string(buf[:n]), "\r\n")
+		return fmt.Errorf("OPTIONS answered %q", line)
+	}
+	return nil
+}
+
+func (s *Stack) clickhouse(ctx context.Context, verb string) error {
+	script := filepath.Join(s.opts.RepoDir, "deploy", "local", "clickhouse.sh")
+	cmd := exec.CommandContext(ctx, script, verb, filepath.Join(s.opts.RunDir, "clickhouse"))
+	cmd.Env = append(os.Environ(),
+		"CH_TCP_PORT="+strconv.Itoa(s.opts.ClickHouseTCPPort),
+		"CH_HTTP_PORT="+strconv.Itoa(s.opts.ClickHouseHTTPPort))
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("clickhouse %s: %w\n%s", verb, err, out)
+	}
+	return nil
+}
+
+// Stop ends the services in reverse start order with SIGTERM (SIGKILL
+// after 15 s), then ClickHouse.
+func (s *Stack) Stop() {
+	for i := len(s.procs) - 1; i >= 0; i-- {
+		p := s.procs[i]
+		_ = syscall.Kill(-p.cmd.Process.Pid, syscall.SIGTERM)
+		select {
+		case err := <-p.done:
+			p.done <- err
+		case <-time.After(15 * time.Second):
+			s.opts.Logger.Warn("process did not stop on SIGTERM; killing", "process", p.name)
+			_ = syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
+			p.done <- <-p.done
+		}
+	}
+	s.procs = nil
+	stopCtx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := s.clickhouse(stopCtx, "stop"); err != nil {
+		s.opts.Logger.Warn("stop clickhouse", "err", err)
+	}
+}
+
+// Kill sends SIGKILL to one running part, for tests that need a stage gone.
+func (s *Stack) Kill(name string) error {
+	for _, p := range s.procs {
+		if p.name == name {
+			if err := syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL); err != nil {
+				return fmt.Errorf("kill %s: %w", name, err)
+			}
+			err := <-p.done
+			p.done <- err
+			return nil
+		}
+	}
+	return errors.New("no process named " + name)
+}
+
+func freePort() (int, error) {
+	// A TCP and a UDP socket on the same port: the port is free for both.
+	for range 20 {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return 0, err
+		}
+		port := l.Addr().(*net.TCPAddr).Port
+		u, err := net.ListenPacket("udp", fmt.Sprintf("127.0.0.1:%d", port))
+		_ = l.Close()
+		if err == nil {
+			_ = u.Close()
+			return port, nil
+		}
+	}
+	return 0, errors.New("no port free for both TCP and UDP")
+}
+
+func tail(path string, n int) string {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return err.Error()
+	}
+	lines := strings.Split(strings.TrimRight(string(data), "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}

@@ -1,0 +1,147 @@
+package stack
+
+import (
+	"bytes"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/baton-voice/baton/pkg/sipx"
+)
+
+// repoRoot walks up to the directory that holds go.work.
+func repoRoot(tb testing.TB) string {
+	tb.Helper()
+	dir, err := os.Getwd()
+	require.NoError(tb, err)
+	for {
+		if _, err := os.Stat(filepath.Join(dir, "go.work")); err == nil {
+			return dir
+		}
+		parent := filepath.Dir(dir)
+		require.NotEqual(tb, parent, dir, "go.work not found above the test directory")
+		dir = parent
+	}
+}
+
+// binaries returns a directory with the built services: BATON_BIN_DIR when
+// set (make test builds them once), else a fresh build into a temp dir.
+func binaries(tb testing.TB, repo string) string {
+	tb.Helper()
+	if dir := os.Getenv("BATON_BIN_DIR"); dir != "" {
+		return dir
+	}
+	dir := tb.TempDir()
+	builds := map[string]string{
+		"ingress":   "./services/ingress/cmd/ingress",
+		"router":    "./services/router/cmd/router",
+		"transfer":  "./services/transfer/cmd/transfer",
+		"analytics": "./services/analytics/cmd/analytics",
+		"baton":     "./cmd/baton",
+	}
+	for name, pkg := range builds {
+		cmd := exec.Command("go", "build", "-o", filepath.Join(dir, name), pkg)
+		cmd.Dir = repo
+		out, err := cmd.CombinedOutput()
+		require.NoError(tb, err, "build %s: %s", name, out)
+	}
+	return dir
+}
+
+// requireTools fails (never skips) when a real component is missing.
+func requireTools(tb testing.TB, tools ...string) {
+	tb.Helper()
+	for _, tool := range tools {
+		if _, err := exec.LookPath(tool); err != nil {
+			tb.Fatalf("%s not found: the end-to-end test needs it (make deps installs sip-tester and clickhouse-server)", tool)
+		}
+	}
+}
+
+type testWriter struct{ tb testing.TB }
+
+func (w testWriter) Write(p []byte) (int, error) {
+	w.tb.Log(string(bytes.TrimRight(p, "\n")))
+	return len(p), nil
+}
+
+func startStack(t *testing.T) *Stack {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("end-to-end: needs sipp and clickhouse-server; run without -short")
+	}
+	requireTools(t, "sipp", "clickhouse-server")
+	repo := repoRoot(t)
+	opts := Options{
+		BinDir:   binaries(t, repo),
+		RunDir:   t.TempDir(),
+		RepoDir:  repo,
+		Progress: testWriter{t},
+	}
+	s, err := Start(t.Context(), opts)
+	require.NoError(t, err)
+	t.Cleanup(func() {
+		if t.Failed() {
+			for _, name := range append([]string{"broker"}, services...) {
+				t.Logf("--- %s log (tail) ---\n%s", name, tail(s.LogPath(name), 30))
+			}
+		}
+		s.Stop()
+	})
+	return s
+}
+
+// TestEndToEnd places real SIPp calls carrying X- headers through ingress,
+// Kafka (the embedded broker over TCP), router, transfer (REFER back to the
+// SIPp SBC, which answers 202 and NOTIFY 200) and analytics into
+// ClickHouse, then checks what reached the SBC and what reached ClickHouse.
+func TestEndToEnd(t *testing.T) {
+	s := startStack(t)
+	const calls = 3
+	res, err := s.PlaceCalls(t.Context(), "sbc_refer", calls, calls)
+	require.NoError(t, err)
+	require.Equal(t, 0, res.ExitCode, "sipp failed; logs in %s; failures %v\n%s", res.LogDir, res.Failures,
+		tail(filepath.Join(res.LogDir, "sipp.out"), 30))
+	require.Empty(t, res.Failures)
+	require.Len(t, res.Refers, calls, "every call must be REFERred back to the SBC")
+
+	conn, err := s.Open()
+	require.NoError(t, err)
+	defer conn.Close()
+	rows, err := WaitHandoffs(t.Context(), conn, calls, 60*time.Second)
+	require.NoError(t, err)
+	byCall := map[string]HandoffRow{}
+	for _, r := range rows {
+		byCall[r.CallID] = r
+	}
+
+	for _, refer := range res.Refers {
+		// The X- headers of the INVITE came back, rendered by the router's
+		// templates, inside the Refer-To URI.
+		headers, err := sipx.ReferToHeaders(refer.ReferTo)
+		require.NoError(t, err, refer.ReferTo)
+		got := map[string]string{}
+		for _, h := range headers {
+			got[h.Name] = h.Value
+		}
+		require.NotEmpty(t, refer.Sent["x_customer_id"])
+		require.Equal(t, refer.Sent["x_customer_id"], got["X-Customer-Id"], refer.ReferTo)
+		require.Equal(t, refer.Sent["x_intent"], got["X-Intent"], refer.ReferTo)
+		require.Equal(t, refer.Sent["x_language"], got["X-Language"], refer.ReferTo)
+		require.Equal(t, refer.CallID, got["X-Baton-Call-Id"], refer.ReferTo)
+
+		// ClickHouse has the call and its handoff, with the outcome the
+		// SBC's NOTIFY reported.
+		row, ok := byCall[refer.CallID]
+		require.True(t, ok, "call %s not in ClickHouse; rows: %+v", refer.CallID, rows)
+		require.Equal(t, refer.Sent["x_customer_id"], row.CustomerID)
+		require.Equal(t, "support", row.Destination)
+		require.Equal(t, "REFER", row.Method)
+		require.Equal(t, "succeeded", row.Status)
+		require.EqualValues(t, 200, row.SIPCode)
+	}
+}

@@ -1,0 +1,142 @@
+package stack
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/ClickHouse/clickhouse-go/v2"
+)
+
+// HandoffRow is one call and what became of its handoff, read back from
+// ClickHouse.
+type HandoffRow struct {
+	CallID       string
+	CallerNumber string
+	CalleeNumber string
+	CustomerID   string
+	Intent       string
+	Destination  string
+	Method       string
+	Status       string
+	SIPCode      int32
+}
+
+// summaryQuery joins calls, handoffs and the latest outcome of each
+// handoff. It runs on ClickHouse 18.16 (one JOIN per level, explicit ANY)
+// and on current releases.
+const summaryQuery = `
+SELECT call_id, caller_number, callee_number, customer_id, intent, destination, method, status, sip_code
+FROM
+(
+    SELECT call_id, caller_number, callee_number, started_ms,
+           variables.value[indexOf(variables.key, 'Customer-Id')] AS customer_id,
+           variables.value[indexOf(variables.key, 'Intent')] AS intent
+    FROM calls FINAL
+)
+ANY LEFT JOIN
+(
+    SELECT call_id, destination, method, status, sip_code
+    FROM
+    (
+        SELECT command_id, call_id, destination, method FROM handoffs FINAL
+    )
+    ANY LEFT JOIN
+    (
+        SELECT command_id, argMax(status, time_ms) AS status, argMax(sip_code, time_ms) AS sip_code
+        FROM transfer_outcomes FINAL
+        GROUP BY command_id
+    ) USING command_id
+) USING call_id
+ORDER BY started_ms`
+
+// Open connects to the stack's ClickHouse database.
+func (s *Stack) Open() (clickhouse.Conn, error) {
+	return OpenClickHouse(s.ClickHouseTCP, s.Database)
+}
+
+// OpenClickHouse connects over the native protocol, the one that works on
+// every server version Baton supports (18.16 has no usable HTTP for the driver).
+func OpenClickHouse(addr, database string) (clickhouse.Conn, error) {
+	conn, err := clickhouse.Open(&clickhouse.Options{
+		Addr:        []string{addr},
+		Protocol:    clickhouse.Native,
+		Auth:        clickhouse.Auth{Database: database, Username: "default"},
+		DialTimeout: 5 * time.Second,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("open clickhouse %s: %w", addr, err)
+	}
+	return conn, nil
+}
+
+// Handoffs reads every call and its handoff outcome.
+func Handoffs(ctx context.Context, conn clickhouse.Conn) ([]HandoffRow, error) {
+	rows, err := conn.Query(ctx, summaryQuery)
+	if err != nil {
+		return nil, fmt.Errorf("query handoffs: %w", err)
+	}
+	defer rows.Close()
+	var out []HandoffRow
+	for rows.Next() {
+		var r HandoffRow
+		if err := rows.Scan(&r.CallID, &r.CallerNumber, &r.CalleeNumber, &r.CustomerID, &r.Intent,
+			&r.Destination, &r.Method, &r.Status, &r.SIPCode); err != nil {
+			return nil, fmt.Errorf("scan handoff row: %w", err)
+		}
+		out = append(out, r)
+	}
+	return out, rows.Err()
+}
+
+// WaitHandoffs polls until want calls have a final handoff outcome
+// (succeeded or failed) or the limit passes; it returns what it saw last.
+func WaitHandoffs(ctx context.Context, conn clickhouse.Conn, want int, limit time.Duration) ([]HandoffRow, error) {
+	ctx, cancel := context.WithTimeout(ctx, limit)
+	defer cancel()
+	for {
+		rows, err := Handoffs(ctx, conn)
+		final := 0
+		for _, r := range rows {
+			if r.Status == "succeeded" || r.Status == "failed" {
+				final++
+			}
+		}
+		if err == nil && final >= want {
+			return rows, nil
+		}
+		select {
+		case <-ctx.Done():
+			if err != nil {
+				return rows, err
+			}
+			return rows, fmt.Errorf("%d of %d calls have a final handoff outcome in ClickHouse after %v", final, want, limit)
+		case <-time.After(250 * time.Millisecond):
+		}
+	}
+}
+
+// PrintHandoffs writes rows as a table.
+func PrintHandoffs(w io.Writer, rows []HandoffRow) error {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "CALL ID\tCALLER\tCALLEE\tX-CUSTOMER-ID\tX-INTENT\tDESTINATION\tMETHOD\tOUTCOME\tSIP")
+	for _, r := range rows {
+		status := r.Status
+		if status == "" {
+			status = "(none yet)"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\n", r.CallID, r.CallerNumber, r.CalleeNumber,
+			r.CustomerID, r.Intent, orDash(r.Destination), orDash(r.Method), status, r.SIPCode)
+	}
+	return tw.Flush()
+}
+
+func orDash(s string) string {
+	if strings.TrimSpace(s) == "" {
+		return "-"
+	}
+	return s
+}
