@@ -63,11 +63,14 @@ func (s *Stack) PlaceCalls(ctx context.Context, scenario string, n int, rate int
 	if err != nil {
 		return CallsResult{}, fmt.Errorf("sipp output: %w", err)
 	}
-	defer out.Close()
 	cmd := exec.CommandContext(ctx, sipp, args...)
 	cmd.Stdout, cmd.Stderr = out, out
 	res := CallsResult{LogDir: dir}
-	if err := cmd.Run(); err != nil {
+	err = cmd.Run()
+	if cerr := out.Close(); cerr != nil {
+		return res, fmt.Errorf("sipp output: %w", cerr)
+	}
+	if err != nil {
 		var exit *exec.ExitError
 		if !errors.As(err, &exit) {
 			return res, fmt.Errorf("run sipp: %w", err)
@@ -89,7 +92,7 @@ func readReferLog(path string) ([]Refer, []string, error) {
 	if err != nil {
 		return nil, nil, fmt.Errorf("read sipp log: %w", err)
 	}
-	defer f.Close()
+	defer func() { _ = f.Close() }()
 	var refers []Refer
 	var failures []string
 	sc := bufio.NewScanner(f)

@@ -27,7 +27,7 @@ func Demo(ctx context.Context, opts Options, d DemoOptions, out io.Writer) (err 
 	}
 	defer func() {
 		fmt.Fprintln(out, "baton dev: stopping the services, the broker and ClickHouse")
-		s.Stop()
+		s.Stop(ctx)
 	}()
 
 	if d.Calls > 0 {
@@ -48,7 +48,7 @@ func Demo(ctx context.Context, opts Options, d DemoOptions, out io.Writer) (err 
 		if err != nil {
 			return err
 		}
-		defer conn.Close()
+		defer func() { _ = conn.Close() }()
 		rows, err := WaitHandoffs(ctx, conn, d.Calls, 30*time.Second)
 		fmt.Fprintf(out, "\nWhat happened, read back from ClickHouse (database %s on %s):\n\n", s.Database, s.ClickHouseTCP)
 		if perr := PrintHandoffs(out, rows); perr != nil {

@@ -119,7 +119,7 @@ func Start(ctx context.Context, opts Options) (_ *Stack, err error) {
 	}
 	defer func() {
 		if err != nil {
-			s.Stop()
+			s.Stop(ctx)
 		}
 	}()
 
@@ -190,7 +190,7 @@ func (s *Stack) exited() error {
 		select {
 		case err := <-p.done:
 			p.done <- err
-			return fmt.Errorf("%s exited (%v); last lines of %s:\n%s", p.name, err, p.log, tail(p.log, 15))
+			return fmt.Errorf("%s exited (%w); last lines of %s:\n%s", p.name, err, p.log, tail(p.log, 15))
 		default:
 		}
 	}
@@ -271,7 +271,7 @@ func sipOptions(ctx context.Context, addr string) error {
 	if err != nil {
 		return err
 	}
-	defer conn.Close()
+	defer func() { _ = conn.Close() }()
 	local := conn.LocalAddr().String()
 	branch := "z9hG4bK-ready-" + strconv.FormatInt(time.Now().UnixNano(), 36)
 	msg := "OPTIONS sip:" + addr + " SIP/2.0\r\n" +
@@ -314,8 +314,9 @@ func (s *Stack) clickhouse(ctx context.Context, verb string) error {
 }
 
 // Stop ends the services in reverse start order with SIGTERM (SIGKILL
-// after 15 s), then ClickHouse.
-func (s *Stack) Stop() {
+// after 15 s), then ClickHouse. It runs to the end even when ctx is
+// already cancelled (Ctrl-C is what usually calls it).
+func (s *Stack) Stop(ctx context.Context) {
 	for i := len(s.procs) - 1; i >= 0; i-- {
 		p := s.procs[i]
 		_ = syscall.Kill(-p.cmd.Process.Pid, syscall.SIGTERM)
@@ -329,7 +330,7 @@ func (s *Stack) Stop() {
 		}
 	}
 	s.procs = nil
-	stopCtx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	stopCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 	defer cancel()
 	if err := s.clickhouse(stopCtx, "stop"); err != nil {
 		s.opts.Logger.Warn("stop clickhouse", "err", err)

@@ -2,6 +2,7 @@ package stack
 
 import (
 	"bytes"
+	"context"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -90,7 +91,7 @@ func startStack(t *testing.T) *Stack {
 				t.Logf("--- %s log (tail) ---\n%s", name, tail(s.LogPath(name), 30))
 			}
 		}
-		s.Stop()
+		s.Stop(context.WithoutCancel(t.Context()))
 	})
 	return s
 }

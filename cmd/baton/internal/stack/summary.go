@@ -79,7 +79,7 @@ func Handoffs(ctx context.Context, conn clickhouse.Conn) ([]HandoffRow, error) {
 	if err != nil {
 		return nil, fmt.Errorf("query handoffs: %w", err)
 	}
-	defer rows.Close()
+	defer func() { _ = rows.Close() }()
 	var out []HandoffRow
 	for rows.Next() {
 		var r HandoffRow
