@@ -1,0 +1,123 @@
+// Command transfer is Baton's outbound SIP stage: it consumes handoff
+// commands and the call facts they depend on, sends REFER or BYE inside
+// the caller's dialog, and publishes transfer outcomes.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/baton-voice/baton/pkg/kafka"
+	"github.com/baton-voice/baton/pkg/observability"
+	"github.com/baton-voice/baton/services/transfer/internal/config"
+	"github.com/baton-voice/baton/services/transfer/internal/transfer"
+	"github.com/baton-voice/baton/services/transfer/internal/uac"
+)
+
+// Exit codes.
+const (
+	exitOK     = 0
+	exitFailed = 1
+	exitConfig = 2
+)
+
+// ensureTopicsTimeout bounds topic creation at start.
+const ensureTopicsTimeout = 30 * time.Second
+
+func main() {
+	os.Exit(run(context.Background(), os.Args[1:], os.Stderr))
+}
+
+// run is the whole service; it returns the process exit code.
+func run(ctx context.Context, args []string, stderr io.Writer) int {
+	flags := flag.NewFlagSet("transfer", flag.ContinueOnError)
+	flags.SetOutput(stderr)
+	configPath := flags.String("config", "", "YAML configuration `file` (without it, the defaults)")
+	if err := flags.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return exitOK
+		}
+		return exitConfig
+	}
+	cfg, err := config.Load(*configPath)
+	if err != nil {
+		_, _ = fmt.Fprintf(stderr, "transfer: %v\n", err)
+		return exitConfig
+	}
+	logger, err := observability.NewLogger(stderr, cfg.Log, "transfer")
+	if err != nil {
+		_, _ = fmt.Fprintf(stderr, "transfer: %v\n", err)
+		return exitConfig
+	}
+
+	// The first SIGINT/SIGTERM stops taking commands; in-flight transfers
+	// get shutdown_timeout. After it, a second signal kills the process.
+	ctx, stop := signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	context.AfterFunc(ctx, stop)
+
+	sipClient, err := uac.Listen(ctx, cfg.Listen, cfg.ViaHost(), logger)
+	if err != nil {
+		logger.ErrorContext(ctx, "start sip", "err", err)
+		return exitFailed
+	}
+	defer func() {
+		if err := sipClient.Close(); err != nil {
+			logger.WarnContext(ctx, "close sip", "err", err)
+		}
+	}()
+
+	opts := kafka.ClientOpts(cfg.Kafka, logger)
+	opts = append(opts, kafka.ConsumerOpts(cfg.Group, cfg.Kafka.Topics.Handoffs, cfg.Kafka.Topics.Calls)...)
+	cl, err := kgo.NewClient(opts...)
+	if err != nil {
+		logger.ErrorContext(ctx, "start kafka client", "err", err)
+		return exitFailed
+	}
+	// Close leaves the group, so the partitions move on at once.
+	defer cl.Close()
+
+	ensureCtx, cancel := context.WithTimeout(ctx, ensureTopicsTimeout)
+	err = kafka.EnsureTopics(ensureCtx, cl, cfg.Kafka.Partitions, cfg.Kafka.ReplicationFactor, cfg.Kafka.Topics.All()...)
+	cancel()
+	if err != nil {
+		if ctx.Err() != nil {
+			return exitOK
+		}
+		logger.ErrorContext(ctx, "ensure topics", "err", err)
+		return exitFailed
+	}
+
+	svc := transfer.New(cl, sipClient, transfer.Options{
+		Topics:          cfg.Kafka.Topics,
+		NotifyTimeout:   cfg.NotifyTimeout,
+		MaxInFlight:     cfg.MaxInFlight,
+		MaxCommandAge:   cfg.MaxCommandAge,
+		ProduceTimeout:  cfg.Kafka.ProduceTimeout,
+		ShutdownTimeout: cfg.ShutdownTimeout,
+	}, logger)
+	logger.InfoContext(ctx, "transfer started", "sip", sipClient.Addr().String(), "via_host", cfg.ViaHost(),
+		"group", cfg.Group, "notify_timeout", cfg.NotifyTimeout.String())
+	code := exitOK
+	if err := svc.Run(ctx); err != nil {
+		logger.ErrorContext(ctx, "transfer stopped", "err", err)
+		code = exitFailed
+	}
+
+	flushCtx, cancelFlush := context.WithTimeout(context.WithoutCancel(ctx), cfg.Kafka.ProduceTimeout)
+	defer cancelFlush()
+	if err := cl.Flush(flushCtx); err != nil {
+		logger.WarnContext(ctx, "flush producer", "err", err)
+	}
+	logger.InfoContext(ctx, "transfer stopped")
+	return code
+}

@@ -1,0 +1,191 @@
+// Package request builds the in-dialog requests transfer sends on Baton's
+// behalf (REFER, BYE) from the dialog snapshot a command carries. It only
+// builds: nothing here touches the network.
+package request
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/emiago/sipgo/sip"
+
+	batonv1 "github.com/baton-voice/baton/pkg/events/batonv1"
+	"github.com/baton-voice/baton/pkg/sipx"
+)
+
+// MaxForwards is the Max-Forwards of every request (RFC 3261 8.1.1.6).
+const MaxForwards = 70
+
+// ErrDialog means the snapshot cannot produce a valid request.
+var ErrDialog = errors.New("unusable dialog snapshot")
+
+// CSeq is the CSeq number of a command's request: the dialog's next local
+// CSeq for the first attempt, one more for every later attempt, so a
+// fallback's request never reuses a number the far end has seen.
+func CSeq(d *batonv1.Dialog, attempt uint32) (uint32, error) {
+	if attempt < 1 {
+		attempt = 1
+	}
+	n := uint64(d.GetNextLocalCseq()) + uint64(attempt) - 1
+	if n >= 1<<31 { // RFC 3261 8.1.1.5: less than 2**31
+		return 0, fmt.Errorf("%w: cseq %d + attempt %d overflows", ErrDialog, d.GetNextLocalCseq(), attempt)
+	}
+	return uint32(n), nil
+}
+
+// InDialog builds method inside the dialog d (RFC 3261 12.2.1.1):
+// Request-URI = remote target, From = local URI with the local tag, To =
+// remote URI with the remote tag, the dialog's Call-ID, CSeq per CSeq,
+// Route = the route set in order (loose routing), Contact = the ingress
+// Contact, Max-Forwards 70. The transport is UDP; the Via is added when
+// the request is sent.
+func InDialog(method sip.RequestMethod, d *batonv1.Dialog, attempt uint32) (*sip.Request, error) {
+	if d == nil {
+		return nil, fmt.Errorf("%w: the command has no dialog", ErrDialog)
+	}
+	var missing []string
+	for _, f := range []struct{ name, v string }{
+		{"call_id", d.GetCallId()}, {"local_tag", d.GetLocalTag()}, {"remote_tag", d.GetRemoteTag()},
+		{"local_uri", d.GetLocalUri()}, {"remote_uri", d.GetRemoteUri()}, {"remote_target", d.GetRemoteTarget()},
+	} {
+		if strings.TrimSpace(f.v) == "" {
+			missing = append(missing, f.name)
+		}
+	}
+	if len(missing) > 0 {
+		return nil, fmt.Errorf("%w: missing %s", ErrDialog, strings.Join(missing, ", "))
+	}
+	switch d.GetTransport() {
+	case batonv1.Transport_TRANSPORT_UNSPECIFIED, batonv1.Transport_TRANSPORT_UDP:
+	default:
+		return nil, fmt.Errorf("%w: transport %s is not supported yet (UDP only)", ErrDialog, d.GetTransport())
+	}
+	for _, f := range []struct{ name, v string }{
+		{"call_id", d.GetCallId()}, {"local_tag", d.GetLocalTag()}, {"remote_tag", d.GetRemoteTag()},
+		{"local_contact", d.GetLocalContact()},
+	} {
+		if err := sipx.ValidateValue(f.v); err != nil {
+			return nil, fmt.Errorf("%w: %s: %w", ErrDialog, f.name, err)
+		}
+	}
+	target, err := parseURI("remote_target", d.GetRemoteTarget())
+	if err != nil {
+		return nil, err
+	}
+	local, err := parseURI("local_uri", d.GetLocalUri())
+	if err != nil {
+		return nil, err
+	}
+	remote, err := parseURI("remote_uri", d.GetRemoteUri())
+	if err != nil {
+		return nil, err
+	}
+	cseq, err := CSeq(d, attempt)
+	if err != nil {
+		return nil, err
+	}
+
+	req := sip.NewRequest(method, target)
+	req.SetTransport("UDP")
+	for i, r := range d.GetRouteSet() {
+		u, err := parseURI(fmt.Sprintf("route_set[%d]", i), r)
+		if err != nil {
+			return nil, err
+		}
+		if i == 0 && !u.UriParams.Has("lr") {
+			// A strict router would need the Request-URI rewritten
+			// (RFC 3261 12.2.1.1); no SBC Baton meets does that.
+			return nil, fmt.Errorf("%w: route_set[0] %q is a strict router (no ;lr), not supported", ErrDialog, r)
+		}
+		req.AppendHeader(&sip.RouteHeader{Address: u})
+	}
+	from := &sip.FromHeader{Address: local, Params: sip.NewParams()}
+	from.Params.Add("tag", d.GetLocalTag())
+	to := &sip.ToHeader{Address: remote, Params: sip.NewParams()}
+	to.Params.Add("tag", d.GetRemoteTag())
+	callID := sip.CallIDHeader(d.GetCallId())
+	maxFwd := sip.MaxForwardsHeader(MaxForwards)
+	req.AppendHeader(from)
+	req.AppendHeader(to)
+	req.AppendHeader(&callID)
+	req.AppendHeader(&sip.CSeqHeader{SeqNo: cseq, MethodName: method})
+	req.AppendHeader(&maxFwd)
+	if c := strings.TrimSpace(d.GetLocalContact()); c != "" {
+		contact := &sip.ContactHeader{}
+		if _, err := sip.ParseAddressValue(c, &contact.Address, &contact.Params); err != nil {
+			return nil, fmt.Errorf("%w: local_contact %q: %w", ErrDialog, c, err)
+		}
+		req.AppendHeader(contact)
+	}
+	return req, nil
+}
+
+// Refer builds the REFER of a blind transfer: InDialog plus Refer-To
+// (route with the headers embedded, sipx.ReferTo) and Referred-By (the
+// local URI). Headers are validated by sipx; an invalid one is an error and
+// nothing is built.
+func Refer(d *batonv1.Dialog, attempt uint32, route string, headers []*batonv1.SipHeader) (*sip.Request, error) {
+	hs := make([]sipx.Header, 0, len(headers))
+	for _, h := range headers {
+		hs = append(hs, sipx.Header{Name: h.GetName(), Value: h.GetValue()})
+	}
+	referTo, err := sipx.ReferTo(route, hs)
+	if err != nil {
+		return nil, err
+	}
+	req, err := InDialog(sip.REFER, d, attempt)
+	if err != nil {
+		return nil, err
+	}
+	req.AppendHeader(sip.NewHeader("Refer-To", referTo))
+	req.AppendHeader(sip.NewHeader("Referred-By", "<"+req.From().Address.String()+">"))
+	req.SetBody(nil)
+	return req, nil
+}
+
+// Bye builds the BYE that ends the agent leg, carrying the command's
+// custom headers; each is validated with sipx.ValidateCustom first.
+func Bye(d *batonv1.Dialog, attempt uint32, headers []*batonv1.SipHeader) (*sip.Request, error) {
+	for _, h := range headers {
+		if err := sipx.ValidateCustom(h.GetName(), h.GetValue()); err != nil {
+			return nil, err
+		}
+	}
+	req, err := InDialog(sip.BYE, d, attempt)
+	if err != nil {
+		return nil, err
+	}
+	for _, h := range headers {
+		req.AppendHeader(sip.NewHeader(h.GetName(), h.GetValue()))
+	}
+	req.SetBody(nil)
+	return req, nil
+}
+
+// parseURI reads a URI given bare (sip:a@b;lr) or as a name-addr
+// (<sip:a@b;lr>, "Name" <sip:a@b>); header parameters after '>' are dropped.
+func parseURI(field, s string) (sip.Uri, error) {
+	v := strings.TrimSpace(s)
+	if err := sipx.ValidateValue(v); err != nil {
+		return sip.Uri{}, fmt.Errorf("%w: %s: %w", ErrDialog, field, err)
+	}
+	if i := strings.IndexByte(v, '<'); i >= 0 {
+		j := strings.IndexByte(v[i:], '>')
+		if j < 0 {
+			return sip.Uri{}, fmt.Errorf("%w: %s %q: unclosed '<'", ErrDialog, field, s)
+		}
+		v = v[i+1 : i+j]
+	}
+	var u sip.Uri
+	if err := sip.ParseUri(v, &u); err != nil {
+		return sip.Uri{}, fmt.Errorf("%w: %s %q: %w", ErrDialog, field, s, err)
+	}
+	if u.Host == "" || u.Wildcard {
+		return sip.Uri{}, fmt.Errorf("%w: %s %q: no host", ErrDialog, field, s)
+	}
+	if s := strings.ToLower(u.Scheme); s != "sip" && s != "sips" {
+		return sip.Uri{}, fmt.Errorf("%w: %s %q: scheme %q, want sip or sips", ErrDialog, field, s, u.Scheme)
+	}
+	return u, nil
+}

@@ -1,0 +1,171 @@
+package request
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/emiago/sipgo/sip"
+	"github.com/stretchr/testify/require"
+
+	batonv1 "github.com/baton-voice/baton/pkg/events/batonv1"
+	"github.com/baton-voice/baton/pkg/sipx"
+)
+
+func dialog() *batonv1.Dialog {
+	return &batonv1.Dialog{
+		CallId:        "call-1@sbc",
+		LocalTag:      "ingress-tag",
+		RemoteTag:     "sbc-tag",
+		LocalUri:      "sip:agent@127.0.0.1:5060",
+		RemoteUri:     "sip:sbc@127.0.0.1:5061",
+		RemoteTarget:  "sip:sbc@127.0.0.1:5061;transport=udp",
+		RouteSet:      []string{"<sip:p1.example.com;lr>", "sip:p2.example.com:5080;lr"},
+		Transport:     batonv1.Transport_TRANSPORT_UDP,
+		NextLocalCseq: 7,
+		LocalContact:  "<sip:baton@127.0.0.1:5060>",
+	}
+}
+
+// parse round-trips a request through sipgo's parser, as the far end sees it.
+func parse(t *testing.T, req *sip.Request) *sip.Request {
+	t.Helper()
+	via := &sip.ViaHeader{ProtocolName: "SIP", ProtocolVersion: "2.0", Transport: "UDP",
+		Host: "127.0.0.1", Port: 5070, Params: sip.NewParams()}
+	via.Params.Add("branch", "z9hG4bK-test")
+	req.PrependHeader(via)
+	msg, err := sip.NewParser().ParseSIP([]byte(req.String()))
+	require.NoError(t, err)
+	out, ok := msg.(*sip.Request)
+	require.True(t, ok)
+	return out
+}
+
+func TestReferIsBuiltFromTheSnapshot(t *testing.T) {
+	headers := []*batonv1.SipHeader{
+		{Name: "X-Customer-Id", Value: "CUST 42&x=y"},
+		{Name: "X-Intent", Value: "billing_dispute"},
+	}
+	req, err := Refer(dialog(), 2, "sip:+4930123456@agents.example.com", headers)
+	require.NoError(t, err)
+	got := parse(t, req)
+
+	require.Equal(t, sip.REFER, got.Method)
+	require.Equal(t, "sip:sbc@127.0.0.1:5061;transport=udp", got.Recipient.String())
+	tag, _ := got.From().Params.Get("tag")
+	require.Equal(t, "ingress-tag", tag)
+	require.Equal(t, "sip:agent@127.0.0.1:5060", got.From().Address.String())
+	tag, _ = got.To().Params.Get("tag")
+	require.Equal(t, "sbc-tag", tag)
+	require.Equal(t, "sip:sbc@127.0.0.1:5061", got.To().Address.String())
+	require.Equal(t, "call-1@sbc", got.CallID().Value())
+	require.Equal(t, uint32(8), got.CSeq().SeqNo, "next_local_cseq 7, attempt 2")
+	require.Equal(t, sip.REFER, got.CSeq().MethodName)
+	require.Equal(t, "70", got.GetHeader("Max-Forwards").Value())
+	require.Equal(t, "sip:baton@127.0.0.1:5060", got.Contact().Address.String())
+	require.Equal(t, "<sip:agent@127.0.0.1:5060>", got.GetHeader("Referred-By").Value())
+
+	var routes []string
+	for _, h := range got.GetHeaders("Route") {
+		routes = append(routes, h.Value())
+	}
+	require.Equal(t, []string{"<sip:p1.example.com;lr>", "<sip:p2.example.com:5080;lr>"}, routes)
+	require.Equal(t, "p1.example.com:5060", got.Destination(), "sent to the first route")
+
+	referTo := got.GetHeader("Refer-To").Value()
+	require.True(t, strings.HasPrefix(referTo, "<sip:+4930123456@agents.example.com?"), referTo)
+	embedded, err := sipx.ReferToHeaders(referTo)
+	require.NoError(t, err)
+	require.Equal(t, []sipx.Header{{Name: "X-Customer-Id", Value: "CUST 42&x=y"}, {Name: "X-Intent", Value: "billing_dispute"}}, embedded)
+}
+
+func TestCSeqFollowsAttempt(t *testing.T) {
+	for _, tc := range []struct {
+		next, attempt, want uint32
+	}{
+		{next: 1, attempt: 1, want: 1},
+		{next: 1, attempt: 0, want: 1}, // an unset attempt is the first
+		{next: 5, attempt: 3, want: 7},
+	} {
+		d := dialog()
+		d.NextLocalCseq = tc.next
+		got, err := CSeq(d, tc.attempt)
+		require.NoError(t, err)
+		require.Equal(t, tc.want, got)
+	}
+	d := dialog()
+	d.NextLocalCseq = 1<<31 - 1
+	_, err := CSeq(d, 2)
+	require.ErrorIs(t, err, ErrDialog)
+}
+
+func TestNoRouteSetSendsToTheRemoteTarget(t *testing.T) {
+	d := dialog()
+	d.RouteSet = nil
+	req, err := InDialog(sip.BYE, d, 1)
+	require.NoError(t, err)
+	got := parse(t, req)
+	require.Empty(t, got.GetHeaders("Route"))
+	require.Equal(t, "127.0.0.1:5061", got.Destination())
+	require.Equal(t, uint32(7), got.CSeq().SeqNo)
+}
+
+func TestByeCarriesTheHeaders(t *testing.T) {
+	req, err := Bye(dialog(), 1, []*batonv1.SipHeader{{Name: "X-Handback", Value: "queue=7"}})
+	require.NoError(t, err)
+	got := parse(t, req)
+	require.Equal(t, sip.BYE, got.Method)
+	require.Equal(t, sip.BYE, got.CSeq().MethodName)
+	require.Equal(t, "queue=7", got.GetHeader("X-Handback").Value())
+	require.Nil(t, got.GetHeader("Refer-To"))
+}
+
+func TestBadInputsBuildNothing(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		build func() (*sip.Request, error)
+		want  string
+	}{
+		{"no dialog", func() (*sip.Request, error) { return Refer(nil, 1, "sip:a@b", nil) }, "no dialog"},
+		{"missing tags", func() (*sip.Request, error) {
+			d := dialog()
+			d.LocalTag, d.RemoteTag = "", ""
+			return Bye(d, 1, nil)
+		}, "missing local_tag, remote_tag"},
+		{"tel route", func() (*sip.Request, error) { return Refer(dialog(), 1, "tel:+15551234567", nil) }, "want sip or sips"},
+		{"CRLF in a REFER header", func() (*sip.Request, error) {
+			return Refer(dialog(), 1, "sip:a@b", []*batonv1.SipHeader{{Name: "X-A", Value: "x\r\nBYE: y"}})
+		}, "control character"},
+		{"CRLF in a BYE header", func() (*sip.Request, error) {
+			return Bye(dialog(), 1, []*batonv1.SipHeader{{Name: "X-A", Value: "x\nY"}})
+		}, "control character"},
+		{"non-X header on BYE", func() (*sip.Request, error) {
+			return Bye(dialog(), 1, []*batonv1.SipHeader{{Name: "Route", Value: "<sip:evil>"}})
+		}, "invalid custom header name"},
+		{"CRLF in the call id", func() (*sip.Request, error) {
+			d := dialog()
+			d.CallId = "a\r\nb"
+			return Bye(d, 1, nil)
+		}, "call_id"},
+		{"bad remote target", func() (*sip.Request, error) {
+			d := dialog()
+			d.RemoteTarget = "mailto:x@y"
+			return Bye(d, 1, nil)
+		}, "remote_target"},
+		{"strict router", func() (*sip.Request, error) {
+			d := dialog()
+			d.RouteSet = []string{"<sip:p1.example.com>"}
+			return Bye(d, 1, nil)
+		}, "strict router"},
+		{"tcp dialog", func() (*sip.Request, error) {
+			d := dialog()
+			d.Transport = batonv1.Transport_TRANSPORT_TCP
+			return Bye(d, 1, nil)
+		}, "UDP only"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			req, err := tc.build()
+			require.Nil(t, req)
+			require.ErrorContains(t, err, tc.want)
+		})
+	}
+}

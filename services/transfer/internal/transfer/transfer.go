@@ -1,0 +1,309 @@
+// Package transfer executes handoff commands: it consumes HandoffCommand
+// from the handoffs topic and the call facts transfer depends on
+// (NotifyReceived, CallEnded) from the calls topic in one group consumer,
+// sends the in-dialog SIP request the command asks for, and publishes
+// every step as a TransferOutcome on the transfers topic.
+//
+// Transfer is the only Baton process that sends SIP requests; the far
+// end's NOTIFY and BYE reach ingress, which publishes them as facts, so a
+// REFER's progress arrives here through Kafka, through the same consumer
+// that delivered the command. The consume handler therefore never waits on
+// a transfer: each command runs in its own goroutine, and facts are routed
+// to it by call id through a small registry.
+package transfer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/emiago/sipgo/sip"
+	"github.com/twmb/franz-go/pkg/kgo"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	"github.com/baton-voice/baton/pkg/events"
+	batonv1 "github.com/baton-voice/baton/pkg/events/batonv1"
+	"github.com/baton-voice/baton/pkg/kafka"
+)
+
+// Source is the ce_source of transfer's records.
+const Source = "baton/transfer"
+
+// retryPause is ConsumeLoop's pause before a failed batch is retried.
+const retryPause = 500 * time.Millisecond
+
+// Sender sends one request in a client transaction and returns its final
+// response; uac.Client is the real one.
+type Sender interface {
+	Do(ctx context.Context, req *sip.Request) (*sip.Response, error)
+}
+
+// Options configures a Service.
+type Options struct {
+	Topics kafka.Topics
+	// NotifyTimeout bounds the wait for the final NOTIFY when the command
+	// has no answer_timeout.
+	NotifyTimeout time.Duration
+	// MaxInFlight bounds the executions at once.
+	MaxInFlight int
+	// MaxCommandAge fails commands older than this without sending SIP;
+	// 0 disables the check.
+	MaxCommandAge time.Duration
+	// ProduceTimeout bounds publishing one outcome.
+	ProduceTimeout time.Duration
+	// ShutdownTimeout bounds how long in-flight executions run on once Run's
+	// context ends.
+	ShutdownTimeout time.Duration
+}
+
+// Service consumes commands and facts and executes the commands.
+type Service struct {
+	cl     *kgo.Client
+	sip    Sender
+	opts   Options
+	logger *slog.Logger
+	reg    *registry
+	wg     sync.WaitGroup
+	now    func() time.Time
+	// onDrain, when set (tests only), runs once shutdown has paused the
+	// handoffs topic.
+	onDrain func()
+}
+
+// New builds a Service. cl must be a group consumer of the handoffs and
+// calls topics (kafka.ConsumerOpts); it also publishes the outcomes.
+func New(cl *kgo.Client, sender Sender, opts Options, logger *slog.Logger) *Service {
+	return &Service{
+		cl:     cl,
+		sip:    sender,
+		opts:   opts,
+		logger: logger,
+		reg:    newRegistry(opts.MaxInFlight),
+		now:    time.Now,
+	}
+}
+
+// Run consumes until ctx ends, then shuts down in two stages: the handoffs
+// topic is paused (no new command starts) while the calls topic is still
+// read, so in-flight transfers get their NOTIFY and finish, for up to
+// ShutdownTimeout; then what is left is abandoned (logged, no outcome).
+// Flushing and closing the client is the caller's job.
+//
+// Offsets are committed once a batch's commands were dispatched, not when
+// they finished (kafka.ConsumeLoop commits after the handler returns). A
+// crash in between loses the transfers under way (no outcome), and a crash
+// after sending SIP but before the commit executes the command again on
+// redelivery. Recording the attempt before any SIP is sent, so a command is
+// executed at most once across crashes (DESIGN.md, Delivery), is a later
+// issue; within one process, redelivered command ids are skipped.
+func (s *Service) Run(ctx context.Context) error {
+	// Executions outlive ctx: they stop at the shutdown deadline.
+	work, abandon := context.WithCancel(context.WithoutCancel(ctx))
+	defer abandon()
+	err := kafka.ConsumeLoop(ctx, s.cl, s.logger, retryPause, func(ctx context.Context, records []*kgo.Record) error {
+		s.handle(ctx, work, records)
+		return nil
+	})
+
+	s.cl.PauseFetchTopics(s.opts.Topics.Handoffs)
+	if s.onDrain != nil {
+		s.onDrain()
+	}
+	pending := s.reg.inFlight()
+	s.logger.InfoContext(ctx, "stopped taking commands; finishing transfers", "in_flight", pending)
+	drain, stop := context.WithTimeout(context.WithoutCancel(ctx), s.opts.ShutdownTimeout)
+	defer stop()
+	finished := make(chan struct{})
+	go func() {
+		s.wg.Wait()
+		close(finished)
+		stop()
+	}()
+	if pending > 0 {
+		// Keep reading facts until the executions are done.
+		derr := kafka.ConsumeLoop(drain, s.cl, s.logger, retryPause, s.routeFacts)
+		err = errors.Join(err, derr)
+	}
+	select {
+	case <-finished:
+	case <-drain.Done():
+		select {
+		case <-finished:
+		default:
+			s.logger.WarnContext(ctx, "shutdown deadline: abandoning transfers", "in_flight", s.reg.inFlight())
+			abandon()
+			<-finished
+		}
+	}
+	return err
+}
+
+// handle dispatches the commands of a batch and routes its facts. It never
+// blocks on a transfer.
+func (s *Service) handle(ctx, work context.Context, records []*kgo.Record) {
+	for _, rec := range records {
+		ev, ok := s.decode(ctx, rec)
+		if !ok {
+			continue
+		}
+		if cmd, isCmd := ev.Data.(*batonv1.HandoffCommand); isCmd {
+			s.dispatch(ctx, work, ev, cmd)
+			continue
+		}
+		s.route(ctx, ev)
+	}
+}
+
+// errCommandWhileDraining keeps a batch uncommitted: a command fetched
+// after shutdown began is left to the next owner of its partition.
+var errCommandWhileDraining = errors.New("handoff command while draining; left uncommitted")
+
+// routeFacts is the handler while draining: facts only, no new command.
+// Pausing the handoffs topic strips its buffered records from polls, so a
+// command should never show up here.
+func (s *Service) routeFacts(ctx context.Context, records []*kgo.Record) error {
+	var err error
+	for _, rec := range records {
+		if rec.Topic == s.opts.Topics.Handoffs {
+			err = errCommandWhileDraining
+			continue
+		}
+		if ev, ok := s.decode(ctx, rec); ok {
+			s.route(ctx, ev)
+		}
+	}
+	return err
+}
+
+func (s *Service) decode(ctx context.Context, rec *kgo.Record) (events.Event, bool) {
+	ev, err := events.Decode(rec)
+	if err != nil {
+		// A record that cannot be decoded never will be: skip it rather
+		// than block its partition.
+		s.logger.WarnContext(ctx, "undecodable record skipped", "topic", rec.Topic,
+			"partition", rec.Partition, "offset", rec.Offset, "err", err)
+		return events.Event{}, false
+	}
+	return ev, true
+}
+
+// route hands NotifyReceived and CallEnded to the executions of their
+// call; other facts are not transfer's business.
+func (s *Service) route(ctx context.Context, ev events.Event) {
+	switch ev.Data.(type) {
+	case *batonv1.NotifyReceived, *batonv1.CallEnded:
+	default:
+		return
+	}
+	delivered, dropped := s.reg.deliver(ev.Subject, ev.Data)
+	if dropped > 0 {
+		s.logger.WarnContext(ctx, "fact dropped: execution not reading", "call_id", ev.Subject, "type", ev.Type)
+	}
+	if delivered > 0 {
+		s.logger.DebugContext(ctx, "fact routed", "call_id", ev.Subject, "type", ev.Type, "executions", delivered)
+	}
+}
+
+// dispatch registers the command's execution and starts it.
+func (s *Service) dispatch(ctx, work context.Context, ev events.Event, cmd *batonv1.HandoffCommand) {
+	e := &execution{cmd: cmd, callID: cmd.GetCallId(), start: s.now(), facts: make(chan proto.Message, factBuffer)}
+	if e.callID == "" {
+		e.callID = ev.Subject
+	}
+	log := s.logger.With("call_id", e.callID, "command_id", cmd.GetCommandId())
+	if age := s.now().Sub(ev.Time); s.opts.MaxCommandAge > 0 && age > s.opts.MaxCommandAge {
+		s.detached(ctx, work, e, log, failed(0, "", fmt.Sprintf("command is %v old, more than max_command_age %v: not executed",
+			age.Round(time.Second), s.opts.MaxCommandAge)))
+		return
+	}
+	switch s.reg.add(e) {
+	case duplicate:
+		log.InfoContext(ctx, "command already executed by this process; skipped")
+		return
+	case full:
+		s.detached(ctx, work, e, log, failed(0, "", fmt.Sprintf("too many transfers in flight (max_in_flight %d)", s.opts.MaxInFlight)))
+		return
+	}
+	log.InfoContext(ctx, "handoff command received", "method", cmd.GetMethod().String(), "destination", cmd.GetDestination(),
+		"attempt", cmd.GetAttempt())
+	s.wg.Go(func() {
+		defer s.reg.remove(e)
+		s.execute(work, e, log)
+	})
+}
+
+// detached publishes a single outcome for a command that does not run,
+// off the consume loop.
+func (s *Service) detached(ctx, work context.Context, e *execution, log *slog.Logger, o step) {
+	log.WarnContext(ctx, "command not executed", "detail", o.detail)
+	s.wg.Go(func() { s.publish(work, e, log, o) })
+}
+
+// execute carries out one command and publishes its outcomes.
+func (s *Service) execute(ctx context.Context, e *execution, log *slog.Logger) {
+	switch e.cmd.GetMethod() {
+	case batonv1.Method_METHOD_REFER:
+		s.refer(ctx, e, log)
+	case batonv1.Method_METHOD_BYE:
+		s.bye(ctx, e, log)
+	case batonv1.Method_METHOD_INVITE:
+		s.publish(ctx, e, log, failed(0, "", "warm transfer (INVITE) is not built yet"))
+	default:
+		s.publish(ctx, e, log, failed(0, "", fmt.Sprintf("unknown method %s", e.cmd.GetMethod())))
+	}
+}
+
+// step is one outcome to publish.
+type step struct {
+	status batonv1.OutcomeStatus
+	code   int
+	reason string
+	detail string
+}
+
+func failed(code int, reason, detail string) step {
+	return step{status: batonv1.OutcomeStatus_OUTCOME_STATUS_FAILED, code: code, reason: reason, detail: detail}
+}
+
+// publish writes one TransferOutcome. It is bounded by ProduceTimeout and
+// not by ctx, so an outcome decided at shutdown is still written.
+func (s *Service) publish(ctx context.Context, e *execution, log *slog.Logger, o step) {
+	out := &batonv1.TransferOutcome{
+		CommandId:   e.cmd.GetCommandId(),
+		CallId:      e.callID,
+		Status:      o.status,
+		Method:      e.cmd.GetMethod(),
+		Destination: e.cmd.GetDestination(),
+		SipCode:     int32(o.code),
+		SipReason:   o.reason,
+		Detail:      o.detail,
+		Reason:      e.cmd.GetReason(),
+		Elapsed:     durationpb.New(s.now().Sub(e.start)),
+	}
+	attrs := []any{"status", o.status.String(), "sip_code", o.code, "sip_reason", o.reason, "detail", o.detail}
+	ev, err := events.New(Source, e.callID, out, s.now())
+	if err != nil {
+		log.ErrorContext(ctx, "build outcome", append(attrs, "err", err)...)
+		return
+	}
+	rec, err := events.Encode(s.opts.Topics.Transfers, ev)
+	if err != nil {
+		log.ErrorContext(ctx, "encode outcome", append(attrs, "err", err)...)
+		return
+	}
+	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.opts.ProduceTimeout)
+	defer cancel()
+	if err := s.cl.ProduceSync(pctx, rec).FirstErr(); err != nil {
+		log.ErrorContext(ctx, "publish outcome", append(attrs, "err", err)...)
+		return
+	}
+	level := slog.LevelInfo
+	if o.status == batonv1.OutcomeStatus_OUTCOME_STATUS_FAILED {
+		level = slog.LevelWarn
+	}
+	log.Log(ctx, level, "transfer outcome", append(attrs, "topic", rec.Topic, "partition", rec.Partition)...)
+}

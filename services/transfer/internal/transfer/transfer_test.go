@@ -1,0 +1,579 @@
+package transfer
+
+import (
+	"context"
+	"log/slog"
+	"net"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/emiago/sipgo"
+	"github.com/emiago/sipgo/sip"
+	"github.com/stretchr/testify/require"
+	"github.com/twmb/franz-go/pkg/kgo"
+	"go.uber.org/goleak"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	"github.com/baton-voice/baton/pkg/events"
+	batonv1 "github.com/baton-voice/baton/pkg/events/batonv1"
+	"github.com/baton-voice/baton/pkg/kafka"
+	"github.com/baton-voice/baton/pkg/kafka/kafkatest"
+	"github.com/baton-voice/baton/pkg/sipx"
+	"github.com/baton-voice/baton/services/transfer/internal/uac"
+)
+
+func TestMain(m *testing.M) {
+	// Short SIP timers so an unanswered request times out in about a
+	// second (Timer F = 64*T1) instead of 32 s. Responses on loopback take
+	// well under T1, so nothing else changes.
+	sip.SetTimers(20*time.Millisecond, 160*time.Millisecond, 100*time.Millisecond)
+	goleak.VerifyTestMain(m)
+}
+
+// sbc is a sipgo UAS on loopback playing the carrier SBC.
+type sbc struct {
+	addr *net.UDPAddr
+	// answer is the status the next requests get; 0 means no answer.
+	mu       sync.Mutex
+	answer   int
+	received []received
+	got      chan received
+}
+
+// received is a request as the SBC saw it.
+type received struct {
+	req    *sip.Request
+	source string
+}
+
+func startSBC(t *testing.T, answer int) *sbc {
+	t.Helper()
+	ua, err := sipgo.NewUA(sipgo.WithUserAgent("test-sbc"))
+	require.NoError(t, err)
+	srv, err := sipgo.NewServer(ua)
+	require.NoError(t, err)
+	var lc net.ListenConfig
+	conn, err := lc.ListenPacket(t.Context(), "udp", "127.0.0.1:0")
+	require.NoError(t, err)
+	s := &sbc{addr: conn.LocalAddr().(*net.UDPAddr), answer: answer, got: make(chan received, 16)}
+	handle := func(req *sip.Request, tx sip.ServerTransaction) {
+		s.mu.Lock()
+		r := received{req: req, source: req.Source()}
+		s.received = append(s.received, r)
+		code := s.answer
+		s.mu.Unlock()
+		s.got <- r
+		if code == 0 {
+			return
+		}
+		res := sip.NewResponseFromRequest(req, code, reasonOf(code), nil)
+		if err := tx.Respond(res); err != nil {
+			t.Errorf("sbc respond %d: %v", code, err)
+		}
+	}
+	srv.OnRefer(handle)
+	srv.OnBye(handle)
+	served := make(chan struct{})
+	go func() {
+		defer close(served)
+		_ = srv.ServeUDP(conn)
+	}()
+	t.Cleanup(func() {
+		require.NoError(t, ua.Close())
+		_ = conn.Close()
+		<-served
+	})
+	return s
+}
+
+func reasonOf(code int) string {
+	switch code {
+	case 200:
+		return "OK"
+	case 202:
+		return "Accepted"
+	case 405:
+		return "Method Not Allowed"
+	case 481:
+		return "Call/Transaction Does Not Exist"
+	case 603:
+		return "Decline"
+	}
+	return "Status"
+}
+
+func (s *sbc) count() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.received)
+}
+
+// next waits for the next request the SBC received.
+func (s *sbc) next(t *testing.T) received {
+	t.Helper()
+	select {
+	case r := <-s.got:
+		return r
+	case <-time.After(5 * time.Second):
+		t.Fatal("the SBC received no request")
+		return received{}
+	}
+}
+
+// harness is a running transfer service against kfake and a test SBC.
+type harness struct {
+	topics  kafka.Topics
+	sip     *uac.Client
+	sbc     *sbc
+	pub     *kgo.Client
+	out     *kgo.Client
+	pending []*batonv1.TransferOutcome
+	// draining closes when shutdown has stopped taking commands.
+	draining chan struct{}
+	// stop ends Run (as SIGTERM would) and returns its error and how long
+	// it took to return.
+	stop func() (time.Duration, error)
+}
+
+func start(t *testing.T, answer int, tune func(*Options)) *harness {
+	t.Helper()
+	cfg := kafka.DefaultConfig()
+	brokers := kafkatest.NewCluster(t, 3, cfg.Topics.All()...)
+	cfg.Brokers = brokers
+	logger := slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelWarn}))
+
+	sipClient, err := uac.Listen(t.Context(), "127.0.0.1:0", "127.0.0.1", logger)
+	require.NoError(t, err)
+	t.Cleanup(func() { require.NoError(t, sipClient.Close()) })
+
+	opts := append(kafka.ClientOpts(cfg, logger), kafka.ConsumerOpts("baton-transfer", cfg.Topics.Handoffs, cfg.Topics.Calls)...)
+	cl, err := kgo.NewClient(opts...)
+	require.NoError(t, err)
+	t.Cleanup(cl.Close)
+
+	o := Options{
+		Topics:          cfg.Topics,
+		NotifyTimeout:   10 * time.Second,
+		MaxInFlight:     16,
+		MaxCommandAge:   time.Minute,
+		ProduceTimeout:  5 * time.Second,
+		ShutdownTimeout: 5 * time.Second,
+	}
+	if tune != nil {
+		tune(&o)
+	}
+	svc := New(cl, sipClient, o, logger)
+	draining := make(chan struct{})
+	svc.onDrain = func() { close(draining) }
+	ctx, cancel := context.WithCancel(context.WithoutCancel(t.Context()))
+	done := make(chan error, 1)
+	go func() { done <- svc.Run(ctx) }()
+	var once sync.Once
+	var runErr error
+	var took time.Duration
+	stop := func() (time.Duration, error) {
+		once.Do(func() {
+			began := time.Now()
+			cancel()
+			runErr = <-done
+			took = time.Since(began)
+		})
+		return took, runErr
+	}
+	t.Cleanup(func() {
+		_, err := stop()
+		require.NoError(t, err)
+	})
+
+	pub, err := kgo.NewClient(kafka.ClientOpts(cfg, logger)...)
+	require.NoError(t, err)
+	t.Cleanup(pub.Close)
+	out, err := kgo.NewClient(kgo.SeedBrokers(brokers...), kgo.ConsumeTopics(cfg.Topics.Transfers),
+		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
+	require.NoError(t, err)
+	t.Cleanup(out.Close)
+
+	return &harness{topics: cfg.Topics, sip: sipClient, sbc: startSBC(t, answer), pub: pub, out: out, stop: stop, draining: draining}
+}
+
+func (h *harness) publish(t *testing.T, topic, callID string, msg proto.Message, at time.Time) {
+	t.Helper()
+	ev, err := events.New("test", callID, msg, at)
+	require.NoError(t, err)
+	rec, err := events.Encode(topic, ev)
+	require.NoError(t, err)
+	require.NoError(t, h.pub.ProduceSync(t.Context(), rec).FirstErr())
+}
+
+func (h *harness) command(t *testing.T, cmd *batonv1.HandoffCommand) {
+	t.Helper()
+	h.publish(t, h.topics.Handoffs, cmd.GetCallId(), cmd, time.Now())
+}
+
+func (h *harness) fact(t *testing.T, callID string, msg proto.Message) {
+	t.Helper()
+	h.publish(t, h.topics.Calls, callID, msg, time.Now())
+}
+
+// outcome returns the next outcome of the command.
+func (h *harness) outcome(t *testing.T, commandID string) *batonv1.TransferOutcome {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	for {
+		for i, o := range h.pending {
+			if o.GetCommandId() == commandID {
+				h.pending = append(h.pending[:i], h.pending[i+1:]...)
+				return o
+			}
+		}
+		fetches := h.out.PollFetches(ctx)
+		require.NoError(t, ctx.Err(), "no outcome for command %s", commandID)
+		for _, rec := range fetches.Records() {
+			ev, err := events.Decode(rec)
+			require.NoError(t, err)
+			require.Equal(t, Source, ev.Source)
+			o, ok := ev.Data.(*batonv1.TransferOutcome)
+			require.True(t, ok, "unexpected %T on the transfers topic", ev.Data)
+			require.Equal(t, o.GetCallId(), string(rec.Key), "outcomes are keyed by call id")
+			h.pending = append(h.pending, o)
+		}
+	}
+}
+
+// dialogTo is the snapshot of a call with the SBC at addr.
+func dialogTo(addr *net.UDPAddr, callID string) *batonv1.Dialog {
+	hostport := net.JoinHostPort(addr.IP.String(), strconv.Itoa(addr.Port))
+	return &batonv1.Dialog{
+		CallId:        callID,
+		LocalTag:      "ingress-" + callID,
+		RemoteTag:     "sbc-" + callID,
+		LocalUri:      "sip:agent@127.0.0.1:5060",
+		RemoteUri:     "sip:sbc@" + hostport,
+		RemoteTarget:  "sip:sbc@" + hostport,
+		Transport:     batonv1.Transport_TRANSPORT_UDP,
+		NextLocalCseq: 1,
+		LocalContact:  "<sip:baton@127.0.0.1:5060>",
+	}
+}
+
+func referCommand(h *harness, id string) *batonv1.HandoffCommand {
+	return &batonv1.HandoffCommand{
+		CommandId:   "cmd-" + id,
+		CallId:      "call-" + id,
+		Method:      batonv1.Method_METHOD_REFER,
+		Destination: "support",
+		Route:       "sip:+4930123456@agents.example.com",
+		Headers: []*batonv1.SipHeader{
+			{Name: "X-Customer-Id", Value: "CUST-10042"},
+			{Name: "X-Intent", Value: "billing dispute & more"},
+		},
+		Dialog:  dialogTo(h.sbc.addr, "call-"+id),
+		Reason:  "billing_dispute",
+		Attempt: 1,
+	}
+}
+
+func requireOutcome(t *testing.T, o *batonv1.TransferOutcome, status batonv1.OutcomeStatus, code int32) {
+	t.Helper()
+	require.Equal(t, status.String(), o.GetStatus().String(), "detail: %s", o.GetDetail())
+	require.Equal(t, code, o.GetSipCode(), "detail: %s", o.GetDetail())
+}
+
+func TestReferAcceptedThenSucceeds(t *testing.T) {
+	t.Parallel()
+	h := start(t, 202, nil)
+	cmd := referCommand(h, "a")
+	sbcHost := net.JoinHostPort("127.0.0.1", strconv.Itoa(h.sbc.addr.Port))
+	cmd.Dialog.RouteSet = []string{"<sip:" + sbcHost + ";lr>", "<sip:edge.example.com;lr>"}
+	cmd.Dialog.NextLocalCseq = 5
+	cmd.Attempt = 2
+	h.command(t, cmd)
+
+	r := h.sbc.next(t)
+	req := r.req
+	require.Equal(t, sip.REFER, req.Method)
+	require.Equal(t, "sip:sbc@"+sbcHost, req.Recipient.String())
+	fromTag, _ := req.From().Params.Get("tag")
+	toTag, _ := req.To().Params.Get("tag")
+	require.Equal(t, "ingress-call-a", fromTag)
+	require.Equal(t, "sbc-call-a", toTag)
+	require.Equal(t, "call-a", req.CallID().Value())
+	require.Equal(t, uint32(6), req.CSeq().SeqNo, "next_local_cseq 5 + attempt 2 - 1")
+	var routes []string
+	for _, h := range req.GetHeaders("Route") {
+		routes = append(routes, h.Value())
+	}
+	require.Equal(t, []string{"<sip:" + sbcHost + ";lr>", "<sip:edge.example.com;lr>"}, routes)
+	require.Equal(t, "<sip:agent@127.0.0.1:5060>", req.GetHeader("Referred-By").Value())
+	require.Equal(t, "sip:baton@127.0.0.1:5060", req.Contact().Address.String())
+	require.Equal(t, "70", req.GetHeader("Max-Forwards").Value())
+	// The Via names the transfer socket with its port, and the request
+	// really left from it, so a peer answering the Via reaches us.
+	transferAddr := h.sip.Addr().String()
+	via := req.Via()
+	require.Equal(t, transferAddr, net.JoinHostPort(via.Host, strconv.Itoa(via.Port)))
+	require.Equal(t, transferAddr, r.source)
+	embedded, err := sipx.ReferToHeaders(req.GetHeader("Refer-To").Value())
+	require.NoError(t, err)
+	require.Equal(t, []sipx.Header{{Name: "X-Customer-Id", Value: "CUST-10042"}, {Name: "X-Intent", Value: "billing dispute & more"}}, embedded)
+
+	o := h.outcome(t, cmd.CommandId)
+	requireOutcome(t, o, batonv1.OutcomeStatus_OUTCOME_STATUS_ACCEPTED, 202)
+	require.Equal(t, "call-a", o.GetCallId())
+	require.Equal(t, batonv1.Method_METHOD_REFER, o.GetMethod())
+	require.Equal(t, "support", o.GetDestination())
+	require.Equal(t, "billing_dispute", o.GetReason())
+
+	h.fact(t, cmd.CallId, &batonv1.NotifyReceived{CallId: cmd.CallId, Event: "refer", SubscriptionState: "active",
+		SipfragStatus: 100, SipfragReason: "Trying"})
+	requireOutcome(t, h.outcome(t, cmd.CommandId), batonv1.OutcomeStatus_OUTCOME_STATUS_PROGRESS, 100)
+
+	h.fact(t, cmd.CallId, &batonv1.NotifyReceived{CallId: cmd.CallId, Event: "refer",
+		SubscriptionState: "terminated;reason=noresource", SipfragStatus: 200, SipfragReason: "OK"})
+	o = h.outcome(t, cmd.CommandId)
+	requireOutcome(t, o, batonv1.OutcomeStatus_OUTCOME_STATUS_SUCCEEDED, 200)
+	require.Equal(t, "OK", o.GetSipReason())
+	require.Positive(t, o.GetElapsed().AsDuration())
+	require.Equal(t, 1, h.sbc.count(), "exactly one REFER")
+}
+
+// TestReferOutcomes runs each case against its own SBC and cluster.
+func TestReferOutcomes(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name   string
+		answer int
+		tune   func(cmd *batonv1.HandoffCommand)
+		facts  []proto.Message
+		want   []batonv1.OutcomeStatus
+		code   int32
+		detail string
+		sent   int
+	}{
+		{
+			name: "REFER rejected 405", answer: 405,
+			want: []batonv1.OutcomeStatus{batonv1.OutcomeStatus_OUTCOME_STATUS_FAILED}, code: 405, detail: "REFER rejected", sent: 1,
+		},
+		{
+			name: "REFER declined 603", answer: 603,
+			want: []batonv1.OutcomeStatus{batonv1.OutcomeStatus_OUTCOME_STATUS_FAILED}, code: 603, detail: "REFER rejected", sent: 1,
+		},
+		{
+			name: "target busy: sipfrag 486", answer: 202,
+			facts: []proto.Message{&batonv1.NotifyReceived{Event: "refer", SipfragStatus: 486, SipfragReason: "Busy Here"}},
+			want:  []batonv1.OutcomeStatus{batonv1.OutcomeStatus_OUTCOME_STATUS_ACCEPTED, batonv1.OutcomeStatus_OUTCOME_STATUS_FAILED},
+			code:  486, detail: "486", sent: 1,
+		},
+		{
+			name: "no final NOTIFY within the answer timeout", answer: 202,
+			tune:  func(cmd *batonv1.HandoffCommand) { cmd.AnswerTimeout = durationpb.New(300 * time.Millisecond) },
+			facts: []proto.Message{&batonv1.NotifyReceived{Event: "refer", SipfragStatus: 100}},
+			want: []batonv1.OutcomeStatus{batonv1.OutcomeStatus_OUTCOME_STATUS_ACCEPTED, batonv1.OutcomeStatus_OUTCOME_STATUS_PROGRESS,
+				batonv1.OutcomeStatus_OUTCOME_STATUS_FAILED},
+			detail: "no final NOTIFY within 300ms", sent: 1,
+		},
+		{
+			name: "call ended before the final NOTIFY", answer: 202,
+			facts:  []proto.Message{&batonv1.CallEnded{EndedBy: batonv1.Party_PARTY_REMOTE, Method: "BYE"}},
+			want:   []batonv1.OutcomeStatus{batonv1.OutcomeStatus_OUTCOME_STATUS_ACCEPTED, batonv1.OutcomeStatus_OUTCOME_STATUS_FAILED},
+			detail: "call ended before the transfer completed", sent: 1,
+		},
+		{
+			name: "call ends after the 200 sipfrag: still succeeded", answer: 202,
+			facts: []proto.Message{
+				&batonv1.NotifyReceived{Event: "refer", SipfragStatus: 200, SipfragReason: "OK"},
+				&batonv1.CallEnded{EndedBy: batonv1.Party_PARTY_REMOTE, Method: "BYE"},
+			},
+			want: []batonv1.OutcomeStatus{batonv1.OutcomeStatus_OUTCOME_STATUS_ACCEPTED, batonv1.OutcomeStatus_OUTCOME_STATUS_SUCCEEDED},
+			code: 200, sent: 1,
+		},
+		{
+			name: "NOTIFY of another REFER is ignored", answer: 202,
+			tune:   func(cmd *batonv1.HandoffCommand) { cmd.AnswerTimeout = durationpb.New(300 * time.Millisecond) },
+			facts:  []proto.Message{&batonv1.NotifyReceived{Event: "refer;id=99", SipfragStatus: 200}},
+			want:   []batonv1.OutcomeStatus{batonv1.OutcomeStatus_OUTCOME_STATUS_ACCEPTED, batonv1.OutcomeStatus_OUTCOME_STATUS_FAILED},
+			detail: "no final NOTIFY", sent: 1,
+		},
+		{
+			name: "SBC never answers", answer: 0,
+			want:   []batonv1.OutcomeStatus{batonv1.OutcomeStatus_OUTCOME_STATUS_FAILED},
+			detail: "refer timed out", sent: 1,
+		},
+		{
+			name: "CR/LF in a header value: nothing is sent", answer: 202,
+			tune: func(cmd *batonv1.HandoffCommand) {
+				cmd.Headers = append(cmd.Headers, &batonv1.SipHeader{Name: "X-Evil", Value: "a\r\nRoute: <sip:evil>"})
+			},
+			want:   []batonv1.OutcomeStatus{batonv1.OutcomeStatus_OUTCOME_STATUS_FAILED},
+			detail: "control character", sent: 0,
+		},
+		{
+			name: "tel: route cannot carry a REFER", answer: 202,
+			tune:   func(cmd *batonv1.HandoffCommand) { cmd.Route = "tel:+15551234567" },
+			want:   []batonv1.OutcomeStatus{batonv1.OutcomeStatus_OUTCOME_STATUS_FAILED},
+			detail: "want sip or sips", sent: 0,
+		},
+		{
+			name: "command without a dialog", answer: 202,
+			tune:   func(cmd *batonv1.HandoffCommand) { cmd.Dialog = nil },
+			want:   []batonv1.OutcomeStatus{batonv1.OutcomeStatus_OUTCOME_STATUS_FAILED},
+			detail: "the command has no dialog", sent: 0,
+		},
+		{
+			name: "warm transfer is not built", answer: 202,
+			tune:   func(cmd *batonv1.HandoffCommand) { cmd.Method = batonv1.Method_METHOD_INVITE },
+			want:   []batonv1.OutcomeStatus{batonv1.OutcomeStatus_OUTCOME_STATUS_FAILED},
+			detail: "warm transfer (INVITE) is not built yet", sent: 0,
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			h := start(t, tc.answer, nil)
+			cmd := referCommand(h, "x")
+			if tc.tune != nil {
+				tc.tune(cmd)
+			}
+			h.command(t, cmd)
+			for i, want := range tc.want {
+				if i == 1 {
+					for _, f := range tc.facts {
+						h.fact(t, cmd.CallId, f)
+					}
+				}
+				o := h.outcome(t, cmd.CommandId)
+				require.Equal(t, want.String(), o.GetStatus().String(), "outcome %d, detail %q", i, o.GetDetail())
+				if i == len(tc.want)-1 {
+					require.Equal(t, tc.code, o.GetSipCode(), "detail %q", o.GetDetail())
+					require.Contains(t, o.GetDetail(), tc.detail)
+				}
+			}
+			if tc.answer == 0 {
+				// Unanswered over UDP: the REFER is retransmitted.
+				require.GreaterOrEqual(t, h.sbc.count(), tc.sent, "requests the SBC received")
+				return
+			}
+			require.Equal(t, tc.sent, h.sbc.count(), "requests the SBC received")
+		})
+	}
+}
+
+func TestByeCarriesTheHeaders(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name   string
+		answer int
+		want   batonv1.OutcomeStatus
+		code   int32
+	}{
+		{name: "accepted", answer: 200, want: batonv1.OutcomeStatus_OUTCOME_STATUS_SUCCEEDED, code: 200},
+		{name: "unknown dialog", answer: 481, want: batonv1.OutcomeStatus_OUTCOME_STATUS_FAILED, code: 481},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			h := start(t, tc.answer, nil)
+			cmd := referCommand(h, "bye")
+			cmd.Method = batonv1.Method_METHOD_BYE
+			cmd.Route = ""
+			cmd.Dialog.NextLocalCseq = 3
+			cmd.Headers = []*batonv1.SipHeader{{Name: "X-Handback", Value: "queue=7; reason=agent"}}
+			h.command(t, cmd)
+
+			req := h.sbc.next(t).req
+			require.Equal(t, sip.BYE, req.Method)
+			require.Equal(t, "call-bye", req.CallID().Value())
+			require.Equal(t, uint32(3), req.CSeq().SeqNo)
+			require.Equal(t, sip.BYE, req.CSeq().MethodName)
+			fromTag, _ := req.From().Params.Get("tag")
+			require.Equal(t, "ingress-call-bye", fromTag)
+			require.Equal(t, "queue=7; reason=agent", req.GetHeader("X-Handback").Value())
+			require.Nil(t, req.GetHeader("Refer-To"))
+
+			o := h.outcome(t, cmd.CommandId)
+			requireOutcome(t, o, tc.want, tc.code)
+			require.Equal(t, batonv1.Method_METHOD_BYE, o.GetMethod())
+		})
+	}
+}
+
+func TestByeWithAnInvalidHeaderIsNeverSent(t *testing.T) {
+	t.Parallel()
+	h := start(t, 200, nil)
+	cmd := referCommand(h, "badbye")
+	cmd.Method = batonv1.Method_METHOD_BYE
+	cmd.Headers = []*batonv1.SipHeader{{Name: "X-Ok", Value: "1"}, {Name: "X-Bad", Value: "line\nbreak"}}
+	h.command(t, cmd)
+	o := h.outcome(t, cmd.CommandId)
+	requireOutcome(t, o, batonv1.OutcomeStatus_OUTCOME_STATUS_FAILED, 0)
+	require.Contains(t, o.GetDetail(), "BYE not sent")
+	require.Zero(t, h.sbc.count())
+}
+
+func TestStaleAndDuplicateCommandsSendNothingMore(t *testing.T) {
+	t.Parallel()
+	h := start(t, 200, nil)
+
+	stale := referCommand(h, "stale")
+	stale.Method = batonv1.Method_METHOD_BYE
+	h.publish(t, h.topics.Handoffs, stale.CallId, stale, time.Now().Add(-time.Hour))
+	o := h.outcome(t, stale.CommandId)
+	requireOutcome(t, o, batonv1.OutcomeStatus_OUTCOME_STATUS_FAILED, 0)
+	require.Contains(t, o.GetDetail(), "max_command_age")
+
+	dup := referCommand(h, "dup")
+	dup.Method = batonv1.Method_METHOD_BYE
+	h.command(t, dup)
+	requireOutcome(t, h.outcome(t, dup.CommandId), batonv1.OutcomeStatus_OUTCOME_STATUS_SUCCEEDED, 200)
+	h.command(t, dup) // redelivered: same command id
+	// A marker command after the duplicate: once its BYE arrives, the
+	// duplicate (earlier in the same partition) was handled and skipped.
+	marker := referCommand(h, "dup")
+	marker.CommandId = "cmd-marker"
+	marker.Method = batonv1.Method_METHOD_BYE
+	h.command(t, marker)
+	requireOutcome(t, h.outcome(t, marker.CommandId), batonv1.OutcomeStatus_OUTCOME_STATUS_SUCCEEDED, 200)
+	require.Equal(t, 2, h.sbc.count(), "the duplicate sent no BYE")
+}
+
+func TestShutdownLetsAnAcceptedReferFinish(t *testing.T) {
+	t.Parallel()
+	h := start(t, 202, nil)
+	cmd := referCommand(h, "drain")
+	h.command(t, cmd)
+	requireOutcome(t, h.outcome(t, cmd.CommandId), batonv1.OutcomeStatus_OUTCOME_STATUS_ACCEPTED, 202)
+
+	stopped := make(chan error, 1)
+	go func() {
+		_, err := h.stop()
+		stopped <- err
+	}()
+	<-h.draining
+	// Shutdown has begun; the NOTIFY still gets through, and a command
+	// published now is not started.
+	late := referCommand(h, "too-late")
+	h.command(t, late)
+	h.fact(t, cmd.CallId, &batonv1.NotifyReceived{Event: "refer", SipfragStatus: 200, SipfragReason: "OK"})
+	requireOutcome(t, h.outcome(t, cmd.CommandId), batonv1.OutcomeStatus_OUTCOME_STATUS_SUCCEEDED, 200)
+	select {
+	case err := <-stopped:
+		require.NoError(t, err)
+	case <-time.After(5 * time.Second):
+		t.Fatal("Run did not return once the transfer finished")
+	}
+	require.Equal(t, 1, h.sbc.count(), "no REFER for the command published during shutdown")
+}
+
+func TestShutdownAbandonsTransfersAtTheDeadline(t *testing.T) {
+	t.Parallel()
+	h := start(t, 202, func(o *Options) { o.ShutdownTimeout = 200 * time.Millisecond })
+	cmd := referCommand(h, "late")
+	h.command(t, cmd)
+	requireOutcome(t, h.outcome(t, cmd.CommandId), batonv1.OutcomeStatus_OUTCOME_STATUS_ACCEPTED, 202)
+	took, err := h.stop()
+	require.NoError(t, err)
+	require.GreaterOrEqual(t, took, 200*time.Millisecond, "in-flight transfer was given the shutdown timeout")
+	require.Less(t, took, 5*time.Second, "and no more than that (notify_timeout is 10s)")
+}

@@ -1,0 +1,71 @@
+package uac
+
+import (
+	"log/slog"
+	"net"
+	"testing"
+	"time"
+
+	"github.com/emiago/sipgo/sip"
+	"github.com/stretchr/testify/require"
+	"go.uber.org/goleak"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// TestRequestsLeaveFromTheListeningSocket checks on the wire what SIPp
+// depends on: the top Via names via host and the bound port explicitly,
+// the datagram's source is that socket, and the response sent back to the
+// Via reaches the transaction.
+func TestRequestsLeaveFromTheListeningSocket(t *testing.T) {
+	logger := slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelWarn}))
+	c, err := Listen(t.Context(), "127.0.0.1:0", "transfer.test", logger)
+	require.NoError(t, err)
+	defer func() { require.NoError(t, c.Close()) }()
+
+	var lc net.ListenConfig
+	peer, err := lc.ListenPacket(t.Context(), "udp", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer func() { require.NoError(t, peer.Close()) }()
+	peerAddr := peer.LocalAddr().(*net.UDPAddr)
+
+	type result struct {
+		res *sip.Response
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		req := sip.NewRequest(sip.OPTIONS, sip.Uri{Scheme: "sip", Host: "127.0.0.1", Port: peerAddr.Port})
+		res, err := c.Do(t.Context(), req)
+		done <- result{res, err}
+	}()
+
+	require.NoError(t, peer.SetReadDeadline(time.Now().Add(5*time.Second)))
+	buf := make([]byte, 4096)
+	n, from, err := peer.ReadFrom(buf)
+	require.NoError(t, err)
+	require.Equal(t, c.Addr().String(), from.String(), "sent from the listening socket")
+	msg, err := sip.NewParser().ParseSIP(buf[:n])
+	require.NoError(t, err)
+	req := msg.(*sip.Request)
+	via := req.Via()
+	require.Equal(t, "transfer.test", via.Host)
+	require.Equal(t, c.Addr().Port, via.Port)
+
+	// Answer to the address the Via would resolve to (here: the socket).
+	res := sip.NewResponseFromRequest(req, 200, "OK", nil)
+	_, err = peer.WriteTo([]byte(res.String()), &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: via.Port})
+	require.NoError(t, err)
+	r := <-done
+	require.NoError(t, r.err)
+	require.Equal(t, 200, r.res.StatusCode)
+}
+
+func TestListenOnABusyPortFails(t *testing.T) {
+	logger := slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelWarn}))
+	a, err := Listen(t.Context(), "127.0.0.1:0", "127.0.0.1", logger)
+	require.NoError(t, err)
+	defer func() { require.NoError(t, a.Close()) }()
+	_, err = Listen(t.Context(), a.Addr().String(), "127.0.0.1", logger)
+	require.ErrorContains(t, err, "listen sip")
+}
