@@ -47,10 +47,10 @@ test-unit: ## unit tests only (no SIPp or ClickHouse needed)
 	@for m in $(MODULES); do (cd $$m && go test $(GO_TEST_FLAGS) -short ./...); done
 
 .PHONY: check
-check: ## gofmt, go vet, and that generated code and go.mod files are current
+check: ## gofmt, go vet, golangci-lint, and that generated code and go.mod files are current
 	@out=$$(gofmt -l $(MODULES)); if [ -n "$$out" ]; then echo "not gofmt-clean:"; echo "$$out"; exit 1; fi
 	@for m in $(MODULES); do (cd $$m && go vet ./...); done
-	@$(MAKE) --no-print-directory generate-check tidy-check
+	@$(MAKE) --no-print-directory generate-check tidy-check lint
 
 .PHONY: lint
 lint: $(BIN)/golangci-lint ## golangci-lint over every module
