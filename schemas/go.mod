@@ -1,0 +1,3 @@
+module github.com/baton-voice/baton/schemas
+
+go 1.26.0

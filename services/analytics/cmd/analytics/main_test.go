@@ -1,0 +1,99 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+	"go.uber.org/goleak"
+)
+
+func TestMain(m *testing.M) {
+	// signal.Notify starts the runtime's signal watcher, which lives on.
+	goleak.VerifyTestMain(m, goleak.IgnoreTopFunction("os/signal.signal_recv"))
+}
+
+func noEnv(string) string { return "" }
+
+func writeConfig(t *testing.T, doc string) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "analytics.yaml")
+	require.NoError(t, os.WriteFile(path, []byte(doc), 0o600))
+	return path
+}
+
+func TestExitCodes(t *testing.T) {
+	tests := []struct {
+		name string
+		args func(t *testing.T) []string
+		code int
+		want string
+	}{
+		{"help", func(*testing.T) []string { return []string{"--help"} }, exitOK, "-config file"},
+		{"unknown flag", func(*testing.T) []string { return []string{"--nope"} }, exitConfig, "flag provided but not defined"},
+		{"missing file", func(*testing.T) []string { return []string{"--config", "/nonexistent.yaml"} }, exitConfig, "read config"},
+		{"bad field", func(t *testing.T) []string {
+			return []string{"--config", writeConfig(t, "group: g\nretry_pause: -1s\n")}
+		}, exitConfig, "analytics.yaml:2: retry_pause"},
+		{"password in file", func(t *testing.T) []string {
+			return []string{"--config", writeConfig(t, "clickhouse:\n  password: x\n")}
+		}, exitConfig, "password"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var stderr bytes.Buffer
+			require.Equal(t, tt.code, run(t.Context(), tt.args(t), &stderr, noEnv))
+			require.Contains(t, stderr.String(), tt.want)
+		})
+	}
+}
+
+// Stopped while ClickHouse is still unreachable, the service exits 0.
+func TestStopWhileWaitingForClickHouse(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	addr := l.Addr().String()
+	require.NoError(t, l.Close())
+	path := writeConfig(t, "clickhouse:\n  addr: "+addr+"\n")
+
+	var stderr syncBuffer
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan int, 1)
+	go func() { done <- run(ctx, []string{"--config", path}, &stderr, noEnv) }()
+	require.Eventually(t, func() bool {
+		return strings.Contains(stderr.String(), `"msg":"waiting for clickhouse"`)
+	}, 10*time.Second, 20*time.Millisecond)
+	cancel()
+	select {
+	case code := <-done:
+		require.Equal(t, exitOK, code, stderr.String())
+	case <-time.After(10 * time.Second):
+		t.Fatal("analytics did not stop")
+	}
+	require.Contains(t, stderr.String(), `"msg":"analytics stopped"`)
+}
+
+// syncBuffer is a bytes.Buffer safe for the logger's concurrent writes.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}

@@ -1,0 +1,141 @@
+// Package config is the analytics service's configuration: Kafka, logging,
+// the consumer group, the dead-letter topic and the ClickHouse connection.
+// The ClickHouse password comes from the environment only, never the file.
+package config
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	pkgconfig "github.com/baton-voice/baton/pkg/config"
+	"github.com/baton-voice/baton/pkg/kafka"
+	"github.com/baton-voice/baton/pkg/observability"
+)
+
+// PasswordEnv is the environment variable that holds the ClickHouse password.
+const PasswordEnv = "BATON_CLICKHOUSE_PASSWORD"
+
+// Config is the analytics configuration file.
+type Config struct {
+	Kafka kafka.Config            `yaml:"kafka"`
+	Log   observability.LogConfig `yaml:"log"`
+	// ClickHouse is where the rows go.
+	ClickHouse ClickHouse `yaml:"clickhouse"`
+	// Group is the consumer group every analytics instance joins.
+	Group string `yaml:"group"`
+	// RetryPause is the wait before a batch whose insert failed is tried
+	// again. A batch is never skipped.
+	RetryPause time.Duration `yaml:"retry_pause"`
+	// DeadLetterTopic receives records that cannot be decoded, so they
+	// never block their partition. It is created at start.
+	DeadLetterTopic string `yaml:"dead_letter_topic"`
+}
+
+// ClickHouse is the connection to the ClickHouse server (native protocol).
+type ClickHouse struct {
+	// Addr is the native TCP host:port (not the HTTP port).
+	Addr string `yaml:"addr"`
+	// Database is created by the migrator when missing.
+	Database string `yaml:"database"`
+	Username string `yaml:"username"`
+	// Password is read from BATON_CLICKHOUSE_PASSWORD only; a password key
+	// in the file is an error.
+	Password string `yaml:"-"`
+	// DialTimeout bounds one connection attempt.
+	DialTimeout time.Duration `yaml:"dial_timeout"`
+}
+
+// Default returns the configuration before the file is read.
+func Default() Config {
+	k := kafka.DefaultConfig()
+	k.ClientID = "baton-analytics"
+	return Config{
+		Kafka: k,
+		Log:   observability.DefaultLogConfig(),
+		ClickHouse: ClickHouse{
+			Addr:        "127.0.0.1:19000",
+			Database:    "baton",
+			Username:    "default",
+			DialTimeout: 5 * time.Second,
+		},
+		Group:           "baton-analytics",
+		RetryPause:      time.Second,
+		DeadLetterTopic: "baton.dlq",
+	}
+}
+
+// Load reads the file at path over the defaults, takes the password from
+// getenv and validates the result; with an empty path the defaults alone
+// are validated.
+func Load(path string, getenv func(string) string) (Config, error) {
+	c := Default()
+	c.ClickHouse.Password = getenv(PasswordEnv)
+	if path == "" {
+		if err := c.Validate(); err != nil {
+			return Config{}, fmt.Errorf("invalid configuration (no --config given): %w", err)
+		}
+		return c, nil
+	}
+	if err := pkgconfig.Load(path, &c); err != nil {
+		return Config{}, err
+	}
+	return c, nil
+}
+
+// identifier is what a database name may be: it is written into SQL.
+var identifier = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
+
+// Validate returns every problem, each naming its field.
+func (c *Config) Validate() error {
+	var errs []error
+	if err := c.Kafka.Validate(); err != nil {
+		errs = append(errs, err)
+	}
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(c.Log.Level)); err != nil {
+		errs = append(errs, pkgconfig.Errorf("log.level", "%q: want debug, info, warn or error", c.Log.Level))
+	}
+	if f := strings.ToLower(c.Log.Format); f != "json" && f != "text" && f != "" {
+		errs = append(errs, pkgconfig.Errorf("log.format", "%q: want json or text", c.Log.Format))
+	}
+	if strings.TrimSpace(c.Group) == "" {
+		errs = append(errs, pkgconfig.Errorf("group", "a consumer group id is required"))
+	}
+	if c.RetryPause <= 0 {
+		errs = append(errs, pkgconfig.Errorf("retry_pause", "%v: want a positive duration", c.RetryPause))
+	}
+	switch {
+	case strings.TrimSpace(c.DeadLetterTopic) == "":
+		errs = append(errs, pkgconfig.Errorf("dead_letter_topic", "a topic name is required"))
+	case slices.Contains(c.Kafka.Topics.All(), c.DeadLetterTopic):
+		errs = append(errs, pkgconfig.Errorf("dead_letter_topic", "%q is a consumed topic; dead letters would loop", c.DeadLetterTopic))
+	}
+	errs = append(errs, c.ClickHouse.validate()...)
+	return errors.Join(errs...)
+}
+
+func (c ClickHouse) validate() []error {
+	var errs []error
+	if host, port, err := net.SplitHostPort(c.Addr); err != nil || host == "" {
+		errs = append(errs, pkgconfig.Errorf("clickhouse.addr", "%q: want host:port of the native TCP port", c.Addr))
+	} else if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
+		errs = append(errs, pkgconfig.Errorf("clickhouse.addr", "%q: port must be 1-65535", c.Addr))
+	}
+	if !identifier.MatchString(c.Database) {
+		errs = append(errs, pkgconfig.Errorf("clickhouse.database", "%q: want letters, digits and '_', not starting with a digit", c.Database))
+	}
+	if c.Username == "" {
+		errs = append(errs, pkgconfig.Errorf("clickhouse.username", "a user name is required"))
+	}
+	if c.DialTimeout <= 0 {
+		errs = append(errs, pkgconfig.Errorf("clickhouse.dial_timeout", "%v: want a positive duration", c.DialTimeout))
+	}
+	return errs
+}

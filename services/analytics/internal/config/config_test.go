@@ -1,0 +1,77 @@
+package config_test
+
+import (
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/baton-voice/baton/services/analytics/internal/config"
+)
+
+func env(vars map[string]string) func(string) string {
+	return func(k string) string { return vars[k] }
+}
+
+func write(t *testing.T, yaml string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "analytics.yaml")
+	require.NoError(t, os.WriteFile(p, []byte(yaml), 0o600))
+	return p
+}
+
+func TestDefaults(t *testing.T) {
+	c, err := config.Load("", env(nil))
+	require.NoError(t, err)
+	require.Equal(t, "baton-analytics", c.Group)
+	require.Equal(t, "baton.dlq", c.DeadLetterTopic)
+	require.Equal(t, time.Second, c.RetryPause)
+	require.Equal(t, "127.0.0.1:19000", c.ClickHouse.Addr)
+	require.Equal(t, "baton", c.ClickHouse.Database)
+	require.Equal(t, "default", c.ClickHouse.Username)
+	require.Equal(t, 5*time.Second, c.ClickHouse.DialTimeout)
+	require.Empty(t, c.ClickHouse.Password)
+}
+
+func TestPasswordFromEnvironmentOnly(t *testing.T) {
+	c, err := config.Load(write(t, "group: g\n"), env(map[string]string{config.PasswordEnv: "s3cret"}))
+	require.NoError(t, err)
+	require.Equal(t, "s3cret", c.ClickHouse.Password)
+
+	_, err = config.Load(write(t, "clickhouse:\n  password: s3cret\n"), env(nil))
+	require.ErrorContains(t, err, "password")
+}
+
+func TestExampleConfig(t *testing.T) {
+	c, err := config.Load("../../analytics.example.yaml", env(nil))
+	require.NoError(t, err)
+	require.Equal(t, "baton-analytics", c.Group)
+}
+
+func TestValidate(t *testing.T) {
+	tests := []struct {
+		name string
+		yaml string
+		want string
+	}{
+		{"group", "group: ''\n", "analytics.yaml:1: group: a consumer group id is required"},
+		{"retry pause", "retry_pause: 0s\n", "retry_pause: 0s: want a positive duration"},
+		{"dead letters loop", "dead_letter_topic: baton.calls\n", "dead_letter_topic: \"baton.calls\" is a consumed topic"},
+		{"addr", "clickhouse:\n  addr: localhost\n", "analytics.yaml:2: clickhouse.addr"},
+		{"addr port", "clickhouse:\n  addr: localhost:0\n", "port must be 1-65535"},
+		{"database", "clickhouse:\n  database: baton-prod\n", "clickhouse.database: \"baton-prod\""},
+		{"username", "clickhouse:\n  username: ''\n", "clickhouse.username"},
+		{"dial timeout", "clickhouse:\n  dial_timeout: -1s\n", "clickhouse.dial_timeout"},
+		{"log level", "log:\n  level: loud\n", "log.level"},
+		{"kafka", "kafka:\n  brokers: []\n", "kafka.brokers"},
+		{"unknown key", "clikhouse: {}\n", "clikhouse"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := config.Load(write(t, tt.yaml), env(nil))
+			require.ErrorContains(t, err, tt.want)
+		})
+	}
+}

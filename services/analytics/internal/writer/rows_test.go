@@ -1,0 +1,124 @@
+package writer
+
+import (
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+	"github.com/twmb/franz-go/pkg/kgo"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/baton-voice/baton/pkg/events"
+	batonv1 "github.com/baton-voice/baton/pkg/events/batonv1"
+	"github.com/baton-voice/baton/pkg/kafka"
+)
+
+func encode(tb testing.TB, id string, at time.Time, msg proto.Message) *kgo.Record {
+	tb.Helper()
+	typ, err := events.TypeOf(msg)
+	require.NoError(tb, err)
+	rec, err := events.Encode("baton.calls", events.Event{ID: id, Type: typ, Source: "baton/test", Subject: "c1", Time: at, Data: msg})
+	require.NoError(tb, err)
+	return rec
+}
+
+func TestBuildDeadLetters(t *testing.T) {
+	tests := []struct {
+		name    string
+		rec     func(testing.TB) *kgo.Record
+		wantErr error
+	}{
+		{"garbage headers", func(testing.TB) *kgo.Record {
+			return &kgo.Record{Key: []byte("c1"), Value: []byte{0xff}, Headers: []kgo.RecordHeader{{Key: "ce_id", Value: []byte("x")}}}
+		}, events.ErrMissingHeader},
+		{"payload is not the type's message", func(tb testing.TB) *kgo.Record {
+			rec := encode(tb, "e1", eventTime, &batonv1.CallEnded{CallId: "c1"})
+			rec.Value = []byte{0xff, 0xff}
+			return rec
+		}, events.ErrInvalidPayload},
+		{"handoff without command id", func(tb testing.TB) *kgo.Record {
+			return encode(tb, "e2", eventTime, &batonv1.HandoffCommand{CallId: "c1"})
+		}, ErrUnwritable},
+		{"outcome without command id", func(tb testing.TB) *kgo.Record {
+			return encode(tb, "e3", eventTime, &batonv1.TransferOutcome{CallId: "c1"})
+		}, ErrUnwritable},
+		{"time before 1970", func(tb testing.TB) *kgo.Record {
+			return encode(tb, "e4", time.Date(1969, 12, 31, 0, 0, 0, 0, time.UTC), &batonv1.CallEnded{CallId: "c1"})
+		}, ErrUnwritable},
+		{"time after DateTime's range", func(tb testing.TB) *kgo.Record {
+			return encode(tb, "e5", time.Date(2107, 1, 1, 0, 0, 0, 0, time.UTC), &batonv1.CallEnded{CallId: "c1"})
+		}, ErrUnwritable},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			good := encode(t, "good", eventTime, &batonv1.CallEnded{CallId: "c1"})
+			bad := tt.rec(t)
+			r, dead := build([]*kgo.Record{bad, good})
+			require.Len(t, dead, 1)
+			require.Same(t, bad, dead[0].rec)
+			require.True(t, errors.Is(dead[0].err, tt.wantErr), "err %v, want %v", dead[0].err, tt.wantErr)
+			require.Len(t, r.events, 1, "the good record after the bad one is kept")
+			require.Equal(t, "good", r.events[0].EventID)
+			require.Empty(t, r.handoffs)
+			require.Empty(t, r.outcomes)
+			require.Len(t, r.callEnds, 1)
+		})
+	}
+}
+
+func TestBuildEnums(t *testing.T) {
+	tests := []struct {
+		msg  proto.Message
+		want func(*rows) string
+		exp  string
+	}{
+		{&batonv1.CallEnded{EndedBy: batonv1.Party_PARTY_REMOTE}, func(r *rows) string { return r.callEnds[0].EndedBy }, "remote"},
+		{&batonv1.CallEnded{EndedBy: batonv1.Party_PARTY_BATON}, func(r *rows) string { return r.callEnds[0].EndedBy }, "baton"},
+		{&batonv1.CallEnded{}, func(r *rows) string { return r.callEnds[0].EndedBy }, ""},
+		{&batonv1.HandoffCommand{CommandId: "k", Method: batonv1.Method_METHOD_INVITE}, func(r *rows) string { return r.handoffs[0].Method }, "INVITE"},
+		{&batonv1.HandoffCommand{CommandId: "k", Method: batonv1.Method_METHOD_BYE}, func(r *rows) string { return r.handoffs[0].Method }, "BYE"},
+		{&batonv1.HandoffCommand{CommandId: "k"}, func(r *rows) string { return r.handoffs[0].Method }, ""},
+		{&batonv1.TransferOutcome{CommandId: "k", Status: batonv1.OutcomeStatus_OUTCOME_STATUS_ACCEPTED}, func(r *rows) string { return r.outcomes[0].Status }, "accepted"},
+		{&batonv1.TransferOutcome{CommandId: "k", Status: batonv1.OutcomeStatus_OUTCOME_STATUS_PROGRESS}, func(r *rows) string { return r.outcomes[0].Status }, "progress"},
+		{&batonv1.TransferOutcome{CommandId: "k", Status: batonv1.OutcomeStatus_OUTCOME_STATUS_FAILED}, func(r *rows) string { return r.outcomes[0].Status }, "failed"},
+		{&batonv1.TransferOutcome{CommandId: "k", Status: 99}, func(r *rows) string { return r.outcomes[0].Status }, "99"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.exp, func(t *testing.T) {
+			r, dead := build([]*kgo.Record{encode(t, "e", eventTime, tt.msg)})
+			require.Empty(t, dead)
+			require.Equal(t, tt.exp, tt.want(r))
+		})
+	}
+}
+
+// Events without a table of their own still reach events.
+func TestBuildEventsOnly(t *testing.T) {
+	r, dead := build([]*kgo.Record{
+		encode(t, "n", eventTime, &batonv1.NotifyReceived{CallId: "c1", SipfragStatus: 200}),
+		encode(t, "h", eventTime, &batonv1.HandoffRequested{CallId: "c1"}),
+	})
+	require.Empty(t, dead)
+	require.Len(t, r.events, 2)
+	require.Equal(t, events.TypeNotifyReceived, r.events[0].Type)
+	require.Contains(t, r.events[0].Payload, `"sipfragStatus":200`)
+	require.Empty(t, r.calls)
+}
+
+func BenchmarkBuild(b *testing.B) {
+	topics := kafka.DefaultConfig().Topics
+	recs := callEvents(b, topics, "call-bench")
+	var size int64
+	for _, r := range recs {
+		size += int64(len(r.Value))
+	}
+	b.SetBytes(size)
+	b.ReportAllocs()
+	for b.Loop() {
+		r, dead := build(recs)
+		if len(dead) != 0 || r.len() != len(recs) {
+			b.Fatalf("built %d events, %d dead letters", r.len(), len(dead))
+		}
+	}
+}
