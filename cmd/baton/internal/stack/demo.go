@@ -32,6 +32,8 @@ func Demo(ctx context.Context, opts Options, d DemoOptions, out io.Writer) (err 
 
 	if d.Calls > 0 {
 		fmt.Fprintf(out, "baton dev: SIPp (playing the carrier's SBC) places %d calls with X- headers into udp://%s\n", d.Calls, s.IngressAddr)
+		// Only this run's calls: the broker and ClickHouse keep earlier runs.
+		since := time.Now().Add(-time.Second)
 		res, err := s.PlaceCalls(ctx, "sbc_refer", d.Calls, d.Rate)
 		if err != nil {
 			return err
@@ -49,7 +51,7 @@ func Demo(ctx context.Context, opts Options, d DemoOptions, out io.Writer) (err 
 			return err
 		}
 		defer func() { _ = conn.Close() }()
-		rows, err := WaitHandoffs(ctx, conn, d.Calls, 30*time.Second)
+		rows, err := WaitHandoffs(ctx, conn, since, d.Calls, 30*time.Second)
 		fmt.Fprintf(out, "\nWhat happened, read back from ClickHouse (database %s on %s):\n\n", s.Database, s.ClickHouseTCP)
 		if perr := PrintHandoffs(out, rows); perr != nil {
 			return perr
@@ -72,7 +74,8 @@ Look further:
     clickhouse-client --port %[2]d -d %[3]s -q "SELECT call_id, destination, method, reason FROM handoffs FINAL"
     clickhouse-client --port %[2]d -d %[3]s -q "SELECT call_id, status, sip_code, elapsed_ms FROM transfer_outcomes FINAL ORDER BY time_ms"
   place more calls (SIPp as the SBC):
-    sipp %[4]s -sf deploy/sipp/sbc_refer.xml -inf deploy/sipp/calls.csv -m 5 -r 1 -default_behaviors all,-bye -trace_logs -log_file /tmp/refer.log
+    sipp %[4]s -sf deploy/sipp/sbc_refer.xml -inf deploy/sipp/calls.csv -i 127.0.0.1 -p 5062 -m 5 -r 1 \
+      -default_behaviors all,-bye -trace_logs -log_file /tmp/refer.log
   service logs and generated configs: %[5]s/logs, %[5]s/config
 `, s.BrokerAddr, s.opts.ClickHouseTCPPort, s.Database, s.IngressAddr, s.opts.RunDir)
 

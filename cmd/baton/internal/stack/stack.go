@@ -96,10 +96,13 @@ func Start(ctx context.Context, opts Options) (_ *Stack, err error) {
 			}
 		}
 	}
-	for _, dir := range []string{opts.BinDir, opts.RunDir, opts.RepoDir} {
-		if _, err := os.Stat(dir); err != nil {
-			return nil, fmt.Errorf("stack: %w", err)
+	for _, bin := range append([]string{"baton"}, services...) {
+		if _, err := os.Stat(filepath.Join(opts.BinDir, bin)); err != nil {
+			return nil, fmt.Errorf("binary %s missing in %s (run make build): %w", bin, opts.BinDir, err)
 		}
+	}
+	if _, err := os.Stat(filepath.Join(opts.RepoDir, "deploy", "local", "clickhouse.sh")); err != nil {
+		return nil, fmt.Errorf("repository root %s has no deploy/local/clickhouse.sh (set --repo-dir): %w", opts.RepoDir, err)
 	}
 	if opts.RunDir, err = filepath.Abs(opts.RunDir); err != nil {
 		return nil, fmt.Errorf("run dir: %w", err)

@@ -103,6 +103,7 @@ func startStack(t *testing.T) *Stack {
 func TestEndToEnd(t *testing.T) {
 	s := startStack(t)
 	const calls = 3
+	since := time.Now().Add(-time.Second)
 	res, err := s.PlaceCalls(t.Context(), "sbc_refer", calls, calls)
 	require.NoError(t, err)
 	require.Equal(t, 0, res.ExitCode, "sipp failed; logs in %s; failures %v\n%s", res.LogDir, res.Failures,
@@ -113,7 +114,7 @@ func TestEndToEnd(t *testing.T) {
 	conn, err := s.Open()
 	require.NoError(t, err)
 	defer conn.Close()
-	rows, err := WaitHandoffs(t.Context(), conn, calls, 60*time.Second)
+	rows, err := WaitHandoffs(t.Context(), conn, since, calls, 60*time.Second)
 	require.NoError(t, err)
 	byCall := map[string]HandoffRow{}
 	for _, r := range rows {

@@ -36,6 +36,7 @@ FROM
            variables.value[indexOf(variables.key, 'Customer-Id')] AS customer_id,
            variables.value[indexOf(variables.key, 'Intent')] AS intent
     FROM calls FINAL
+    WHERE started_ms >= ?
 )
 ANY LEFT JOIN
 (
@@ -73,9 +74,10 @@ func OpenClickHouse(addr, database string) (clickhouse.Conn, error) {
 	return conn, nil
 }
 
-// Handoffs reads every call and its handoff outcome.
-func Handoffs(ctx context.Context, conn clickhouse.Conn) ([]HandoffRow, error) {
-	rows, err := conn.Query(ctx, summaryQuery)
+// Handoffs reads every call that started at or after since and its
+// handoff outcome.
+func Handoffs(ctx context.Context, conn clickhouse.Conn, since time.Time) ([]HandoffRow, error) {
+	rows, err := conn.Query(ctx, summaryQuery, uint64(max(since.UnixMilli(), 0)))
 	if err != nil {
 		return nil, fmt.Errorf("query handoffs: %w", err)
 	}
@@ -92,13 +94,14 @@ func Handoffs(ctx context.Context, conn clickhouse.Conn) ([]HandoffRow, error) {
 	return out, rows.Err()
 }
 
-// WaitHandoffs polls until want calls have a final handoff outcome
-// (succeeded or failed) or the limit passes; it returns what it saw last.
-func WaitHandoffs(ctx context.Context, conn clickhouse.Conn, want int, limit time.Duration) ([]HandoffRow, error) {
+// WaitHandoffs polls until want calls started since have a final handoff
+// outcome (succeeded or failed) or the limit passes; it returns what it saw
+// last.
+func WaitHandoffs(ctx context.Context, conn clickhouse.Conn, since time.Time, want int, limit time.Duration) ([]HandoffRow, error) {
 	ctx, cancel := context.WithTimeout(ctx, limit)
 	defer cancel()
 	for {
-		rows, err := Handoffs(ctx, conn)
+		rows, err := Handoffs(ctx, conn, since)
 		final := 0
 		for _, r := range rows {
 			if r.Status == "succeeded" || r.Status == "failed" {
