@@ -10,10 +10,13 @@ import (
 	"os/signal"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/alecthomas/kong"
+	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/baton-voice/baton/cmd/baton/internal/broker"
+	"github.com/baton-voice/baton/cmd/baton/internal/replay"
 	"github.com/baton-voice/baton/cmd/baton/internal/stack"
 	"github.com/baton-voice/baton/cmd/baton/internal/version"
 	"github.com/baton-voice/baton/pkg/observability"
@@ -22,6 +25,8 @@ import (
 type cli struct {
 	Dev     devCmd     `cmd:"" help:"Run the whole pipeline locally: the embedded broker, a private ClickHouse, the four services and SIPp demo calls; print what happened and how to look further. Ctrl-C stops everything it started."`
 	Broker  brokerCmd  `cmd:"" help:"Run the embedded Kafka-protocol broker (franz-go kfake) for the local stack and tests. Events and committed offsets persist in --data-dir across restarts. Production uses a real Kafka cluster."`
+	Replay  replayCmd  `cmd:"" help:"Show one call as recorded in Kafka: an ordered timeline of facts, commands and outcomes with the time between steps, and a SIP ladder (text, or HTML/SVG with --html). Reads only the partition the call id hashes to, from --since on."`
+	Export  exportCmd  `cmd:"" help:"Write every record of one call as NDJSON (exact bytes plus the decoded event), for 'baton replay --from-file' without a broker."`
 	Version versionCmd `cmd:"" help:"Print baton's version, commit and Go version."`
 }
 
@@ -85,6 +90,106 @@ func (c *devCmd) Run(ctx context.Context, s *streams) error {
 	opts.BinDir, opts.RunDir, opts.RepoDir = c.BinDir, c.RunDir, c.RepoDir
 	opts.Progress, opts.Logger = s.out, logger
 	return stack.Demo(ctx, opts, stack.DemoOptions{Calls: c.Calls, Rate: c.Rate, Exit: c.Exit}, s.out)
+}
+
+// callSource is where replay and export read a call from.
+type callSource struct {
+	Call     string        `required:"" placeholder:"CALL-ID" help:"The call id (SIP Call-ID): the record key on every topic."`
+	Brokers  []string      `default:"127.0.0.1:9092" sep:"," placeholder:"HOST:PORT" help:"Kafka seed brokers."`
+	Topics   []string      `default:"baton.calls,baton.handoffs,baton.transfers" sep:"," placeholder:"NAME" help:"Topics to read."`
+	Since    time.Duration `default:"24h" help:"Read records from this long ago on (the broker finds the offset by timestamp)."`
+	FromFile string        `placeholder:"FILE" type:"existingfile" help:"Read an NDJSON export instead of a broker."`
+}
+
+func (c *callSource) records(ctx context.Context, s *streams) ([]replay.Record, error) {
+	if c.FromFile != "" {
+		f, err := os.Open(c.FromFile)
+		if err != nil {
+			return nil, err
+		}
+		defer func() { _ = f.Close() }()
+		return replay.ReadNDJSON(f, c.Call)
+	}
+	cl, err := kgo.NewClient(kgo.SeedBrokers(c.Brokers...))
+	if err != nil {
+		return nil, fmt.Errorf("kafka client: %w", err)
+	}
+	defer cl.Close()
+	q := replay.Query{CallID: c.Call, Topics: c.Topics, Since: time.Now().Add(-c.Since)}
+	return replay.Fetch(ctx, cl, q, func(topic string, partition int32, scanned, total int64) {
+		fmt.Fprintf(s.err, "\rscanning %s/%d: %d of %d records", topic, partition, scanned, total)
+		if scanned >= total {
+			fmt.Fprintln(s.err)
+		}
+	})
+}
+
+type replayCmd struct {
+	callSource
+	HTML string `name:"html" placeholder:"FILE" help:"Also write the ladder (SVG) and timeline as a standalone HTML page to FILE."`
+}
+
+func (c *replayCmd) Run(ctx context.Context, s *streams) error {
+	recs, err := c.records(ctx, s)
+	if err != nil {
+		return err
+	}
+	steps := replay.Steps(recs)
+	if err := replay.WriteTimeline(s.out, c.Call, steps); err != nil {
+		return err
+	}
+	if len(steps) == 0 {
+		return nil
+	}
+	arrows := replay.Ladder(steps)
+	fmt.Fprintln(s.out)
+	if err := replay.WriteLadder(s.out, arrows); err != nil {
+		return err
+	}
+	if c.HTML == "" {
+		return nil
+	}
+	f, err := os.Create(c.HTML)
+	if err != nil {
+		return err
+	}
+	if err := replay.WriteHTML(f, c.Call, steps, arrows); err != nil {
+		_ = f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	fmt.Fprintf(s.out, "\nwrote %s\n", c.HTML)
+	return nil
+}
+
+type exportCmd struct {
+	callSource
+	Out string `short:"o" placeholder:"FILE" help:"Write to FILE instead of standard output."`
+}
+
+func (c *exportCmd) Run(ctx context.Context, s *streams) error {
+	recs, err := c.records(ctx, s)
+	if err != nil {
+		return err
+	}
+	if c.Out == "" {
+		return replay.WriteNDJSON(s.out, recs)
+	}
+	f, err := os.Create(c.Out)
+	if err != nil {
+		return err
+	}
+	if err := replay.WriteNDJSON(f, recs); err != nil {
+		_ = f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	fmt.Fprintf(s.err, "wrote %d records of call %s to %s\n", len(recs), c.Call, c.Out)
+	return nil
 }
 
 type versionCmd struct{}

@@ -184,3 +184,12 @@ func ConsumeLoop(ctx context.Context, cl *kgo.Client, logger *slog.Logger, retry
 		}
 	}
 }
+
+// PartitionFor returns the partition a record keyed by key lands in on a
+// topic with n partitions: the same murmur2 mapping the producers use
+// (ClientOpts) and the Java client uses, so a reader can find one call's
+// records without reading the other partitions.
+func PartitionFor(key []byte, n int) int32 {
+	p := kgo.StickyKeyPartitioner(nil).ForTopic("")
+	return int32(p.Partition(&kgo.Record{Key: key}, n))
+}

@@ -118,3 +118,20 @@ func TestProduceOldEvent(t *testing.T) {
 	rec := &kgo.Record{Topic: "t", Key: []byte("k"), Value: []byte("v"), Timestamp: time.Now().Add(-time.Hour)}
 	require.NoError(t, cl.ProduceSync(ctx, rec).FirstErr())
 }
+
+func TestPartitionForMatchesProducer(t *testing.T) {
+	const partitions = 6
+	addrs := kafkatest.NewCluster(t, partitions, "t")
+	cl, err := kgo.NewClient(ClientOpts(testConfig(addrs), slog.New(slog.DiscardHandler))...)
+	require.NoError(t, err)
+	defer cl.Close()
+	seen := map[int32]bool{}
+	for i := range 40 {
+		key := []byte("call-" + string(rune('a'+i%26)) + string(rune('0'+i/26)))
+		r, err := cl.ProduceSync(t.Context(), &kgo.Record{Topic: "t", Key: key, Value: []byte("v")}).First()
+		require.NoError(t, err)
+		require.Equal(t, r.Partition, PartitionFor(key, partitions), "key %s", key)
+		seen[r.Partition] = true
+	}
+	require.Greater(t, len(seen), 2, "keys spread over partitions")
+}

@@ -1,0 +1,163 @@
+package replay
+
+import (
+	"fmt"
+	"io"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/baton-voice/baton/pkg/events"
+	batonv1 "github.com/baton-voice/baton/pkg/events/batonv1"
+)
+
+// Step is one decoded record of the call.
+type Step struct {
+	Record Record
+	Event  events.Event
+	// Err is set when the record does not decode; such steps are shown,
+	// never dropped.
+	Err error
+}
+
+// Time is the event's time, or the record's when it did not decode.
+func (s Step) Time() time.Time {
+	if s.Err != nil {
+		return s.Record.Timestamp
+	}
+	return s.Event.Time
+}
+
+// Steps decodes records and orders them by event time; records of equal
+// time keep their topic order (calls, handoffs, transfers) and offset.
+func Steps(recs []Record) []Step {
+	steps := make([]Step, 0, len(recs))
+	for _, r := range recs {
+		ev, err := events.Decode(&kgo.Record{Topic: r.Topic, Partition: r.Partition, Offset: r.Offset,
+			Key: r.Key, Value: r.Value, Headers: r.Headers, Timestamp: r.Timestamp})
+		steps = append(steps, Step{Record: r, Event: ev, Err: err})
+	}
+	sort.SliceStable(steps, func(i, j int) bool {
+		ti, tj := steps[i].Time(), steps[j].Time()
+		if !ti.Equal(tj) {
+			return ti.Before(tj)
+		}
+		if steps[i].Record.Topic != steps[j].Record.Topic {
+			return topicRank(steps[i].Record.Topic) < topicRank(steps[j].Record.Topic)
+		}
+		return steps[i].Record.Offset < steps[j].Record.Offset
+	})
+	return steps
+}
+
+func topicRank(topic string) int {
+	switch {
+	case strings.Contains(topic, "calls"):
+		return 0
+	case strings.Contains(topic, "handoffs"):
+		return 1
+	default:
+		return 2
+	}
+}
+
+// Summary is one line saying what a step means.
+func (s Step) Summary() string {
+	if s.Err != nil {
+		return "undecodable record: " + s.Err.Error()
+	}
+	switch m := s.Event.Data.(type) {
+	case *batonv1.CallStarted:
+		var vars []string
+		for _, k := range sortedKeys(m.GetVariables()) {
+			vars = append(vars, k+"="+m.GetVariables()[k])
+		}
+		return fmt.Sprintf("call started: %s -> %s from %s (trunk %s) vars [%s]", m.GetCallerNumber(), m.GetCalleeNumber(),
+			m.GetSourceAddress(), m.GetTrunk(), strings.Join(vars, " "))
+	case *batonv1.CallEnded:
+		return fmt.Sprintf("call ended by %s with %s %s", partyName(m.GetEndedBy()), m.GetMethod(), m.GetReason())
+	case *batonv1.NotifyReceived:
+		return fmt.Sprintf("NOTIFY %s (%s): sipfrag %d %s", m.GetEvent(), m.GetSubscriptionState(), m.GetSipfragStatus(), m.GetSipfragReason())
+	case *batonv1.HandoffRequested:
+		return fmt.Sprintf("handoff requested by %s: destination %q reason %q utterance %q", m.GetRequestedBy(), m.GetDestination(), m.GetReason(), m.GetUtterance())
+	case *batonv1.HandoffCommand:
+		var hs []string
+		for _, h := range m.GetHeaders() {
+			hs = append(hs, h.GetName()+"="+h.GetValue())
+		}
+		return fmt.Sprintf("command %s: %s to %s (%s) attempt %d, reason %q, headers [%s]", short(m.GetCommandId()),
+			methodName(m.GetMethod()), m.GetDestination(), m.GetRoute(), m.GetAttempt(), m.GetReason(), strings.Join(hs, " "))
+	case *batonv1.TransferOutcome:
+		out := fmt.Sprintf("outcome of %s: %s %s", short(m.GetCommandId()), statusName(m.GetStatus()), methodName(m.GetMethod()))
+		if m.GetSipCode() != 0 {
+			out += fmt.Sprintf(" SIP %d %s", m.GetSipCode(), m.GetSipReason())
+		}
+		if m.GetDetail() != "" {
+			out += " (" + m.GetDetail() + ")"
+		}
+		return out
+	default:
+		return s.Event.Type
+	}
+}
+
+// WriteTimeline prints the steps with the time since the first and since
+// the previous step.
+func WriteTimeline(w io.Writer, callID string, steps []Step) error {
+	if len(steps) == 0 {
+		_, err := fmt.Fprintf(w, "no records for call %s\n", callID)
+		return err
+	}
+	start := steps[0].Time()
+	prev := start
+	fmt.Fprintf(w, "call %s: %d records, first at %s\n\n", callID, len(steps), start.UTC().Format(time.RFC3339Nano))
+	fmt.Fprintf(w, "%10s %9s  %-16s %-26s %s\n", "T+", "delta", "topic", "type", "what")
+	for _, s := range steps {
+		t := s.Time()
+		typ := s.Event.Type
+		if s.Err != nil {
+			typ = "?"
+		}
+		fmt.Fprintf(w, "%9.3fs %8.3fs  %-16s %-26s %s\n", t.Sub(start).Seconds(), t.Sub(prev).Seconds(),
+			s.Record.Topic, typ, s.Summary())
+		prev = t
+	}
+	return nil
+}
+
+func sortedKeys(m map[string]string) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
+}
+
+func short(id string) string {
+	if len(id) > 12 {
+		return id[:12]
+	}
+	return id
+}
+
+func partyName(p batonv1.Party) string {
+	switch p {
+	case batonv1.Party_PARTY_REMOTE:
+		return "remote"
+	case batonv1.Party_PARTY_BATON:
+		return "baton"
+	default:
+		return "unknown"
+	}
+}
+
+func methodName(m batonv1.Method) string {
+	return strings.TrimPrefix(m.String(), "METHOD_")
+}
+
+func statusName(s batonv1.OutcomeStatus) string {
+	return strings.ToLower(strings.TrimPrefix(s.String(), "OUTCOME_STATUS_"))
+}
