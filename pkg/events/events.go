@@ -23,6 +23,10 @@ const (
 	TypeHandoffRequested = "baton.handoff.requested.v1"
 	TypeHandoffCommand   = "baton.handoff.command.v1"
 	TypeTransferOutcome  = "baton.transfer.outcome.v1"
+	TypeTransferAttempt  = "baton.transfer.attempt.v1"
+	TypeCallStateChanged = "baton.call.state.v1"
+	TypeAgentMetric      = "baton.agent.metric.v1"
+	TypeHandoffRefused   = "baton.handoff.refused.v1"
 )
 
 // ContentType is the content-type header of every Baton record.
@@ -92,6 +96,14 @@ func TypeOf(msg proto.Message) (string, error) {
 		return TypeHandoffCommand, nil
 	case *batonv1.TransferOutcome:
 		return TypeTransferOutcome, nil
+	case *batonv1.TransferAttempt:
+		return TypeTransferAttempt, nil
+	case *batonv1.CallStateChanged:
+		return TypeCallStateChanged, nil
+	case *batonv1.AgentMetric:
+		return TypeAgentMetric, nil
+	case *batonv1.HandoffRefused:
+		return TypeHandoffRefused, nil
 	default:
 		return "", fmt.Errorf("%w: message %T", ErrUnknownType, msg)
 	}
@@ -112,6 +124,14 @@ func newMessage(typ string) (proto.Message, error) {
 		return &batonv1.HandoffCommand{}, nil
 	case TypeTransferOutcome:
 		return &batonv1.TransferOutcome{}, nil
+	case TypeTransferAttempt:
+		return &batonv1.TransferAttempt{}, nil
+	case TypeCallStateChanged:
+		return &batonv1.CallStateChanged{}, nil
+	case TypeAgentMetric:
+		return &batonv1.AgentMetric{}, nil
+	case TypeHandoffRefused:
+		return &batonv1.HandoffRefused{}, nil
 	default:
 		return nil, fmt.Errorf("%w: %q", ErrUnknownType, typ)
 	}

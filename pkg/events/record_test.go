@@ -38,7 +38,11 @@ func sampleMessages() map[string]proto.Message {
 			CommandId: "c1", CallId: dialog.CallId, Method: batonv1.Method_METHOD_REFER, Destination: "support",
 			Route: "sip:support@pbx.example.com", Dialog: dialog, Headers: []*batonv1.SipHeader{{Name: "X-Customer-Id", Value: "C-1001"}},
 		},
-		TypeTransferOutcome: &batonv1.TransferOutcome{CommandId: "c1", CallId: dialog.CallId, Status: batonv1.OutcomeStatus_OUTCOME_STATUS_SUCCEEDED, SipCode: 200},
+		TypeTransferOutcome:  &batonv1.TransferOutcome{CommandId: "c1", CallId: dialog.CallId, Status: batonv1.OutcomeStatus_OUTCOME_STATUS_SUCCEEDED, SipCode: 200},
+		TypeTransferAttempt:  &batonv1.TransferAttempt{CommandId: "c1", CallId: dialog.CallId, Method: "METHOD_REFER", Instance: "transfer-1"},
+		TypeCallStateChanged: &batonv1.CallStateChanged{CallId: dialog.CallId, Set: map[string]string{"tier": "gold"}, Removed: []string{"draft"}, SetBy: "agent-api"},
+		TypeAgentMetric:      &batonv1.AgentMetric{CallId: dialog.CallId, Name: "sentiment", Value: 0.75, Tags: map[string]string{"model": "m1"}},
+		TypeHandoffRefused:   &batonv1.HandoffRefused{CallId: dialog.CallId, RequestId: "r1", Destination: "sip:+19005550100@premium.example", ReasonCode: "route_not_allowed"},
 	}
 }
 

@@ -197,6 +197,15 @@ const (
 	OutcomeStatus_OUTCOME_STATUS_PROGRESS    OutcomeStatus = 2
 	OutcomeStatus_OUTCOME_STATUS_SUCCEEDED   OutcomeStatus = 3
 	OutcomeStatus_OUTCOME_STATUS_FAILED      OutcomeStatus = 4
+	// OUTCOME_STATUS_RINGING: the new leg of a warm transfer got a 18x.
+	OutcomeStatus_OUTCOME_STATUS_RINGING OutcomeStatus = 5
+	// OUTCOME_STATUS_ANSWERED: the new leg answered 2xx (and was ACKed).
+	OutcomeStatus_OUTCOME_STATUS_ANSWERED OutcomeStatus = 6
+	// OUTCOME_STATUS_BRIDGED: the caller's media moved to the bridge.
+	OutcomeStatus_OUTCOME_STATUS_BRIDGED OutcomeStatus = 7
+	// OUTCOME_STATUS_ENDED: the transferred call ended (BYE either side,
+	// media timeout); a REFER's agent leg ended after success.
+	OutcomeStatus_OUTCOME_STATUS_ENDED OutcomeStatus = 8
 )
 
 // Enum value maps for OutcomeStatus.
@@ -207,6 +216,10 @@ var (
 		2: "OUTCOME_STATUS_PROGRESS",
 		3: "OUTCOME_STATUS_SUCCEEDED",
 		4: "OUTCOME_STATUS_FAILED",
+		5: "OUTCOME_STATUS_RINGING",
+		6: "OUTCOME_STATUS_ANSWERED",
+		7: "OUTCOME_STATUS_BRIDGED",
+		8: "OUTCOME_STATUS_ENDED",
 	}
 	OutcomeStatus_value = map[string]int32{
 		"OUTCOME_STATUS_UNSPECIFIED": 0,
@@ -214,6 +227,10 @@ var (
 		"OUTCOME_STATUS_PROGRESS":    2,
 		"OUTCOME_STATUS_SUCCEEDED":   3,
 		"OUTCOME_STATUS_FAILED":      4,
+		"OUTCOME_STATUS_RINGING":     5,
+		"OUTCOME_STATUS_ANSWERED":    6,
+		"OUTCOME_STATUS_BRIDGED":     7,
+		"OUTCOME_STATUS_ENDED":       8,
 	}
 )
 
@@ -884,8 +901,15 @@ type HandoffCommand struct {
 	Utterance     string               `protobuf:"bytes,9,opt,name=utterance,proto3" json:"utterance,omitempty"`
 	AnswerTimeout *durationpb.Duration `protobuf:"bytes,10,opt,name=answer_timeout,json=answerTimeout,proto3" json:"answer_timeout,omitempty"`
 	// attempt is 1 for the first destination and grows along the fallback list.
-	Attempt       uint32 `protobuf:"varint,11,opt,name=attempt,proto3" json:"attempt,omitempty"`
-	RequestId     string `protobuf:"bytes,12,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	Attempt   uint32 `protobuf:"varint,11,opt,name=attempt,proto3" json:"attempt,omitempty"`
+	RequestId string `protobuf:"bytes,12,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	// encryption is the INVITE leg's transport and media: "tls_srtp" (TLS
+	// signalling, SRTP with SDES) or "udp_rtp" (legacy, plain). Empty
+	// follows the route: sips: means tls_srtp, anything else udp_rtp.
+	Encryption string `protobuf:"bytes,13,opt,name=encryption,proto3" json:"encryption,omitempty"`
+	// local_sdp is the SDP Baton's ingress answered the caller with
+	// (CallStarted.local_sdp); a re-INVITE continues its o= line.
+	LocalSdp      string `protobuf:"bytes,14,opt,name=local_sdp,json=localSdp,proto3" json:"local_sdp,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1004,6 +1028,20 @@ func (x *HandoffCommand) GetRequestId() string {
 	return ""
 }
 
+func (x *HandoffCommand) GetEncryption() string {
+	if x != nil {
+		return x.Encryption
+	}
+	return ""
+}
+
+func (x *HandoffCommand) GetLocalSdp() string {
+	if x != nil {
+		return x.LocalSdp
+	}
+	return ""
+}
+
 // TransferOutcome reports what happened to a HandoffCommand.
 type TransferOutcome struct {
 	state       protoimpl.MessageState `protogen:"open.v1"`
@@ -1020,7 +1058,9 @@ type TransferOutcome struct {
 	Detail string `protobuf:"bytes,8,opt,name=detail,proto3" json:"detail,omitempty"`
 	Reason string `protobuf:"bytes,9,opt,name=reason,proto3" json:"reason,omitempty"`
 	// elapsed is the time from the command to this outcome.
-	Elapsed       *durationpb.Duration `protobuf:"bytes,10,opt,name=elapsed,proto3" json:"elapsed,omitempty"`
+	Elapsed *durationpb.Duration `protobuf:"bytes,10,opt,name=elapsed,proto3" json:"elapsed,omitempty"`
+	// bridge is the media summary of a warm transfer, set on ENDED.
+	Bridge        *BridgeStats `protobuf:"bytes,11,opt,name=bridge,proto3" json:"bridge,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1125,11 +1165,18 @@ func (x *TransferOutcome) GetElapsed() *durationpb.Duration {
 	return nil
 }
 
+func (x *TransferOutcome) GetBridge() *BridgeStats {
+	if x != nil {
+		return x.Bridge
+	}
+	return nil
+}
+
 var File_baton_v1_events_proto protoreflect.FileDescriptor
 
 const file_baton_v1_events_proto_rawDesc = "" +
 	"\n" +
-	"\x15baton/v1/events.proto\x12\bbaton.v1\x1a\x1egoogle/protobuf/duration.proto\"S\n" +
+	"\x15baton/v1/events.proto\x12\bbaton.v1\x1a\x17baton/v1/transfer.proto\x1a\x1egoogle/protobuf/duration.proto\"S\n" +
 	"\tSipHeader\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value\x12\x1c\n" +
@@ -1198,7 +1245,7 @@ const file_baton_v1_events_proto_rawDesc = "" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a:\n" +
 	"\fHeadersEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xb4\x03\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xf1\x03\n" +
 	"\x0eHandoffCommand\x12\x1d\n" +
 	"\n" +
 	"command_id\x18\x01 \x01(\tR\tcommandId\x12\x17\n" +
@@ -1214,7 +1261,11 @@ const file_baton_v1_events_proto_rawDesc = "" +
 	" \x01(\v2\x19.google.protobuf.DurationR\ranswerTimeout\x12\x18\n" +
 	"\aattempt\x18\v \x01(\rR\aattempt\x12\x1d\n" +
 	"\n" +
-	"request_id\x18\f \x01(\tR\trequestId\"\xe5\x02\n" +
+	"request_id\x18\f \x01(\tR\trequestId\x12\x1e\n" +
+	"\n" +
+	"encryption\x18\r \x01(\tR\n" +
+	"encryption\x12\x1b\n" +
+	"\tlocal_sdp\x18\x0e \x01(\tR\blocalSdp\"\x94\x03\n" +
 	"\x0fTransferOutcome\x12\x1d\n" +
 	"\n" +
 	"command_id\x18\x01 \x01(\tR\tcommandId\x12\x17\n" +
@@ -1228,7 +1279,8 @@ const file_baton_v1_events_proto_rawDesc = "" +
 	"\x06detail\x18\b \x01(\tR\x06detail\x12\x16\n" +
 	"\x06reason\x18\t \x01(\tR\x06reason\x123\n" +
 	"\aelapsed\x18\n" +
-	" \x01(\v2\x19.google.protobuf.DurationR\aelapsed*_\n" +
+	" \x01(\v2\x19.google.protobuf.DurationR\aelapsed\x12-\n" +
+	"\x06bridge\x18\v \x01(\v2\x15.baton.v1.BridgeStatsR\x06bridge*_\n" +
 	"\tTransport\x12\x19\n" +
 	"\x15TRANSPORT_UNSPECIFIED\x10\x00\x12\x11\n" +
 	"\rTRANSPORT_UDP\x10\x01\x12\x11\n" +
@@ -1243,13 +1295,17 @@ const file_baton_v1_events_proto_rawDesc = "" +
 	"\fMETHOD_REFER\x10\x01\x12\x11\n" +
 	"\rMETHOD_INVITE\x10\x02\x12\x0e\n" +
 	"\n" +
-	"METHOD_BYE\x10\x03*\xa2\x01\n" +
+	"METHOD_BYE\x10\x03*\x91\x02\n" +
 	"\rOutcomeStatus\x12\x1e\n" +
 	"\x1aOUTCOME_STATUS_UNSPECIFIED\x10\x00\x12\x1b\n" +
 	"\x17OUTCOME_STATUS_ACCEPTED\x10\x01\x12\x1b\n" +
 	"\x17OUTCOME_STATUS_PROGRESS\x10\x02\x12\x1c\n" +
 	"\x18OUTCOME_STATUS_SUCCEEDED\x10\x03\x12\x19\n" +
-	"\x15OUTCOME_STATUS_FAILED\x10\x04B9Z7github.com/baton-voice/baton/pkg/events/batonv1;batonv1b\x06proto3"
+	"\x15OUTCOME_STATUS_FAILED\x10\x04\x12\x1a\n" +
+	"\x16OUTCOME_STATUS_RINGING\x10\x05\x12\x1b\n" +
+	"\x17OUTCOME_STATUS_ANSWERED\x10\x06\x12\x1a\n" +
+	"\x16OUTCOME_STATUS_BRIDGED\x10\a\x12\x18\n" +
+	"\x14OUTCOME_STATUS_ENDED\x10\bB9Z7github.com/baton-voice/baton/pkg/events/batonv1;batonv1b\x06proto3"
 
 var (
 	file_baton_v1_events_proto_rawDescOnce sync.Once
@@ -1282,6 +1338,7 @@ var file_baton_v1_events_proto_goTypes = []any{
 	nil,                         // 13: baton.v1.HandoffRequested.VariablesEntry
 	nil,                         // 14: baton.v1.HandoffRequested.HeadersEntry
 	(*durationpb.Duration)(nil), // 15: google.protobuf.Duration
+	(*BridgeStats)(nil),         // 16: baton.v1.BridgeStats
 }
 var file_baton_v1_events_proto_depIdxs = []int32{
 	0,  // 0: baton.v1.Dialog.transport:type_name -> baton.v1.Transport
@@ -1299,11 +1356,12 @@ var file_baton_v1_events_proto_depIdxs = []int32{
 	3,  // 12: baton.v1.TransferOutcome.status:type_name -> baton.v1.OutcomeStatus
 	2,  // 13: baton.v1.TransferOutcome.method:type_name -> baton.v1.Method
 	15, // 14: baton.v1.TransferOutcome.elapsed:type_name -> google.protobuf.Duration
-	15, // [15:15] is the sub-list for method output_type
-	15, // [15:15] is the sub-list for method input_type
-	15, // [15:15] is the sub-list for extension type_name
-	15, // [15:15] is the sub-list for extension extendee
-	0,  // [0:15] is the sub-list for field type_name
+	16, // 15: baton.v1.TransferOutcome.bridge:type_name -> baton.v1.BridgeStats
+	16, // [16:16] is the sub-list for method output_type
+	16, // [16:16] is the sub-list for method input_type
+	16, // [16:16] is the sub-list for extension type_name
+	16, // [16:16] is the sub-list for extension extendee
+	0,  // [0:16] is the sub-list for field type_name
 }
 
 func init() { file_baton_v1_events_proto_init() }
@@ -1311,6 +1369,7 @@ func file_baton_v1_events_proto_init() {
 	if File_baton_v1_events_proto != nil {
 		return
 	}
+	file_baton_v1_transfer_proto_init()
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{

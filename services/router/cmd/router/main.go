@@ -9,15 +9,25 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
+	"net"
+	"net/http"
 	"os"
 	"os/signal"
+	"reflect"
+	"strings"
+	"sync"
 	"syscall"
 	"time"
 
+	"github.com/twmb/franz-go/pkg/kgo"
+
 	"github.com/baton-voice/baton/pkg/kafka"
 	"github.com/baton-voice/baton/pkg/observability"
+	"github.com/baton-voice/baton/services/router/internal/api"
 	"github.com/baton-voice/baton/services/router/internal/config"
 	"github.com/baton-voice/baton/services/router/internal/handoff"
+	"github.com/baton-voice/baton/services/router/internal/reload"
 	"github.com/baton-voice/baton/services/router/internal/router"
 )
 
@@ -62,6 +72,24 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 	if err != nil {
 		return configError(stderr, err)
 	}
+	var tokens []string
+	if cfg.API.Listen != "" {
+		for _, t := range strings.Split(os.Getenv(cfg.API.TokensEnv), ",") {
+			if t = strings.TrimSpace(t); t != "" {
+				tokens = append(tokens, t)
+			}
+		}
+		if len(tokens) == 0 {
+			return configError(stderr, fmt.Errorf("api.tokens_env: $%s holds no token; the API needs at least one", cfg.API.TokensEnv))
+		}
+	}
+	for _, w := range cfg.Warnings() {
+		logger.WarnContext(ctx, "config warning", "warning", w)
+	}
+	holder, err := reload.New(table, *configPath, reloader(cfg, hostname, logger), logger)
+	if err != nil {
+		return configError(stderr, err)
+	}
 
 	// The first SIGINT/SIGTERM stops taking new batches; the one under way
 	// is finished. After it, a second signal kills the process.
@@ -69,8 +97,11 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 	defer stop()
 	context.AfterFunc(ctx, stop)
 
-	fold := handoff.New(table, logger)
-	rt, err := router.New(router.Options{Kafka: cfg.Kafka, Group: cfg.Group, TransactionalID: cfg.TransactionalID}, fold, logger)
+	fold := handoff.New(holder, logger)
+	rt, err := router.New(router.Options{
+		Kafka: cfg.Kafka, Group: cfg.Group, TransactionalID: cfg.TransactionalID,
+		SessionTimeout: cfg.SessionTimeout, TransactionTimeout: cfg.TransactionTimeout,
+	}, fold, logger)
 	if err != nil {
 		logger.ErrorContext(ctx, "start router", "err", err)
 		return exitFailed
@@ -88,14 +119,100 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 		return exitFailed
 	}
 
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	if cfg.API.Listen != "" {
+		stopAPI, err := serveAPI(ctx, &wg, cfg, fold, holder, tokens, logger)
+		if err != nil {
+			logger.ErrorContext(ctx, "start agent API", "err", err)
+			return exitFailed
+		}
+		defer stopAPI()
+	}
+
+	// SIGHUP and file changes reload the destinations and rules.
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	wg.Go(func() { holder.Run(ctx, hup, cfg.Reload.PollInterval) })
+
 	logger.InfoContext(ctx, "router started", "group", cfg.Group, "transactional_id", cfg.TransactionalID,
-		"destinations", len(table.Destinations), "default", table.Default, "rules", len(table.Rules))
+		"destinations", len(table.Destinations), "default", table.Default, "rules", len(table.Rules), "api", cfg.API.Listen)
 	if err := rt.Run(ctx); err != nil {
 		logger.ErrorContext(ctx, "router stopped", "err", err)
+		stop()
 		return exitFailed
 	}
 	logger.InfoContext(ctx, "router stopped")
 	return exitOK
+}
+
+// apiShutdownTimeout bounds the agent API's graceful shutdown.
+const apiShutdownTimeout = 5 * time.Second
+
+// serveAPI starts the agent API; it stops when ctx ends. The returned
+// function closes the API's producer after the server stopped.
+func serveAPI(ctx context.Context, wg *sync.WaitGroup, cfg config.Config, fold *handoff.Fold, tables handoff.Source,
+	tokens []string, logger *slog.Logger) (func(), error) {
+	ln, err := net.Listen("tcp", cfg.API.Listen)
+	if err != nil {
+		return nil, fmt.Errorf("listen %s: %w", cfg.API.Listen, err)
+	}
+	// A plain idempotent producer: the API's events are facts, not part
+	// of the router's consume-transform-produce transactions.
+	prod, err := kgo.NewClient(kafka.ClientOpts(cfg.Kafka, logger)...)
+	if err != nil {
+		_ = ln.Close() // the error that matters is the client's
+		return nil, fmt.Errorf("new API producer: %w", err)
+	}
+	pub := api.NewKafkaPublisher(prod, cfg.Kafka.Topics.Calls, cfg.Kafka.ProduceTimeout)
+	srv := &http.Server{
+		Handler:           api.New(fold, tables, pub, tokens, logger, time.Now),
+		ReadHeaderTimeout: 5 * time.Second,
+		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
+	}
+	done := make(chan struct{})
+	wg.Go(func() {
+		defer close(done)
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			logger.ErrorContext(ctx, "agent API stopped", "err", err)
+		}
+	})
+	wg.Go(func() {
+		<-ctx.Done()
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), apiShutdownTimeout)
+		defer cancel()
+		if err := srv.Shutdown(sctx); err != nil {
+			logger.WarnContext(ctx, "agent API shutdown", "err", err)
+		}
+	})
+	logger.InfoContext(ctx, "agent API listening", "addr", ln.Addr().String())
+	return func() {
+		<-done
+		prod.Close()
+	}, nil
+}
+
+// reloader loads the file again for a reload. Settings a reload cannot
+// change (Kafka, group, API, logging) are reported and kept.
+func reloader(started config.Config, hostname string, logger *slog.Logger) reload.Load {
+	return func(path string) (*handoff.Table, []string, error) {
+		cfg, err := config.Load(path, hostname)
+		if err != nil {
+			return nil, nil, err
+		}
+		table, err := cfg.Table()
+		if err != nil {
+			return nil, nil, err
+		}
+		if !reflect.DeepEqual(cfg.Kafka, started.Kafka) || cfg.Group != started.Group ||
+			cfg.TransactionalID != started.TransactionalID || cfg.API != started.API ||
+			cfg.SessionTimeout != started.SessionTimeout || cfg.TransactionTimeout != started.TransactionTimeout ||
+			cfg.Log != started.Log || cfg.Reload != started.Reload {
+			logger.Warn("config reload: kafka, group, transactional_id, api, log and reload settings need a restart; kept as started")
+		}
+		return table, cfg.Warnings(), nil
+	}
 }
 
 // configError reports a configuration problem before the logger exists.

@@ -19,7 +19,14 @@ import (
 	"github.com/baton-voice/baton/pkg/kafka/kafkatest"
 )
 
+// childEnv, when set, makes the test binary run the router itself (with
+// the config file it names), so a test can SIGKILL a real process.
+const childEnv = "BATON_ROUTER_TEST_CHILD_CONFIG"
+
 func TestMain(m *testing.M) {
+	if path := os.Getenv(childEnv); path != "" {
+		os.Exit(run(context.Background(), []string{"--config", path}, os.Stderr))
+	}
 	// signal.Notify starts the runtime's signal watcher, which lives on.
 	goleak.VerifyTestMain(m, goleak.IgnoreTopFunction("os/signal.signal_recv"))
 }

@@ -8,7 +8,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"regexp"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -20,6 +22,7 @@ import (
 	"github.com/baton-voice/baton/pkg/observability"
 	"github.com/baton-voice/baton/pkg/sipx"
 	"github.com/baton-voice/baton/services/router/internal/handoff"
+	"github.com/baton-voice/baton/services/router/internal/rules"
 	"github.com/baton-voice/baton/services/router/internal/template"
 )
 
@@ -28,6 +31,30 @@ const DefaultAnswerTimeout = 30 * time.Second
 
 // MaxAnswerTimeout bounds answer_timeout; longer is surely a typo.
 const MaxAnswerTimeout = 10 * time.Minute
+
+// DefaultMaxAttempts is max_attempts when none is set.
+const DefaultMaxAttempts = 3
+
+// DefaultPollInterval is reload.poll_interval when none is set.
+const DefaultPollInterval = 2 * time.Second
+
+// on_all_failed values.
+const (
+	OnAllFailedHangup        = "hangup"
+	OnAllFailedReturnToAgent = "return_to_agent"
+)
+
+// on_missing_variable values.
+const (
+	OnMissingEmpty  = "empty"
+	OnMissingRefuse = "refuse"
+)
+
+// encryption values.
+const (
+	EncryptionTLSSRTP = "tls_srtp"
+	EncryptionUDPRTP  = "udp_rtp"
+)
 
 // Config is the router's configuration file.
 type Config struct {
@@ -39,10 +66,74 @@ type Config struct {
 	// be unique per instance and stable across its restarts, so a restarted
 	// instance fences its own unfinished transaction.
 	TransactionalID string `yaml:"transactional_id"`
+	// SessionTimeout is how long the group waits for a silent instance
+	// before its partitions move to another; 0 is franz-go's default (45s).
+	SessionTimeout time.Duration `yaml:"session_timeout"`
+	// TransactionTimeout is how long the broker keeps a transaction of a
+	// dead instance open before aborting it; 0 is franz-go's default (40s).
+	TransactionTimeout time.Duration `yaml:"transaction_timeout"`
 	// Destinations are where calls can be handed off.
 	Destinations []Destination `yaml:"destinations"`
-	// Rules are tried in order when a call starts.
+	// Trunks are the carriers and SBCs destinations are reached through,
+	// with their integration constraints.
+	Trunks []Trunk `yaml:"trunks"`
+	// Rules are tried in order when a call starts and when a handoff
+	// request names no destination.
 	Rules []Rule `yaml:"rules"`
+	// Allowlist admits routes a handoff request may name directly; any
+	// other target that is not a configured destination is refused.
+	Allowlist Allowlist `yaml:"allowlist"`
+	// MaxAttempts bounds the commands of one handoff, fallbacks included.
+	MaxAttempts uint32 `yaml:"max_attempts"`
+	// OnAllFailed is hangup (a BYE ends the call) or return_to_agent.
+	OnAllFailed string `yaml:"on_all_failed"`
+	// API is the agent HTTP API.
+	API API `yaml:"api"`
+	// Reload is how configuration changes are picked up.
+	Reload Reload `yaml:"reload"`
+
+	// compiled holds the rule conditions Validate compiled (nil: no when).
+	compiled []*rules.Condition
+	// warnings are problems that do not stop the router; see Warnings.
+	warnings []string
+}
+
+// Trunk is a carrier or SBC and what it allows.
+type Trunk struct {
+	Name string `yaml:"name"`
+	// Method, when set, is the only method the trunk accepts; a destination
+	// on the trunk without a method takes it.
+	Method string `yaml:"method"`
+	// Route, when set, is fixed by the carrier; a destination on the trunk
+	// without a route takes it.
+	Route string `yaml:"route"`
+	// HeadersSupported false says the trunk drops custom headers (Twilio
+	// on REFER, say); a destination with headers on it is warned about.
+	HeadersSupported *bool `yaml:"headers_supported"`
+}
+
+// Allowlist is the transfer-target allowlist.
+type Allowlist struct {
+	// Routes are patterns: a glob ("sip:*@pbx.example.com", '*' matches any
+	// run of characters but '/') or "re:" and a regular expression that
+	// must match the whole route.
+	Routes []string `yaml:"routes"`
+}
+
+// API configures the agent HTTP API.
+type API struct {
+	// Listen is the address to serve on; empty turns the API off.
+	Listen string `yaml:"listen"`
+	// TokensEnv names the environment variable that holds the accepted
+	// bearer tokens, comma-separated. Tokens never live in the file.
+	TokensEnv string `yaml:"tokens_env"`
+}
+
+// Reload configures configuration reloading. SIGHUP always reloads.
+type Reload struct {
+	// PollInterval is how often the file is checked for changes; 0 turns
+	// polling off.
+	PollInterval time.Duration `yaml:"poll_interval"`
 }
 
 // Destination is one handoff destination as configured.
@@ -61,14 +152,38 @@ type Destination struct {
 	// AnswerTimeout bounds how long the destination may take to answer;
 	// 0 means DefaultAnswerTimeout.
 	AnswerTimeout time.Duration `yaml:"answer_timeout"`
+	// Trunk names the trunk the destination is reached through.
+	Trunk string `yaml:"trunk"`
+	// Encryption of an INVITE leg: tls_srtp (default) or udp_rtp.
+	Encryption string `yaml:"encryption"`
+	// Whisper is the audio (an absolute path or an http(s) URL) played to
+	// the destination before the caller is bridged; INVITE only.
+	Whisper string `yaml:"whisper"`
+	// Fallback names the destinations tried, in order, when this one fails.
+	Fallback []string `yaml:"fallback"`
+	// OnMissingVariable is empty (render "" and log, the default) or refuse.
+	OnMissingVariable string `yaml:"on_missing_variable"`
 }
 
-// Rule is a routing rule. It has no condition yet, so it matches every
-// call; a `when:` expression will be added here.
+// Rule is a routing rule: a CEL condition and its actions (see package
+// rules for what a condition sees).
 type Rule struct {
 	Name string `yaml:"name"`
+	// When is a CEL bool expression; empty matches every call.
+	When string `yaml:"when"`
+	// Set writes variables or state when the rule matches.
+	Set RuleSet `yaml:"set"`
 	// Handoff names the destination a matching call is handed off to at once.
 	Handoff string `yaml:"handoff"`
+	// Continue goes on to the next rule after a match without a handoff;
+	// otherwise a match stops the rules and leaves the call to the agent.
+	Continue bool `yaml:"continue"`
+}
+
+// RuleSet is a rule's set action.
+type RuleSet struct {
+	Variables map[string]string `yaml:"variables"`
+	State     map[string]string `yaml:"state"`
 }
 
 // Default returns the configuration before the file is read. hostname
@@ -79,8 +194,16 @@ func Default(hostname string) Config {
 		Log:             observability.DefaultLogConfig(),
 		Group:           "baton-router",
 		TransactionalID: "baton-router-" + hostname,
+		MaxAttempts:     DefaultMaxAttempts,
+		OnAllFailed:     OnAllFailedHangup,
+		API:             API{TokensEnv: "BATON_API_TOKENS"},
+		Reload:          Reload{PollInterval: DefaultPollInterval},
 	}
 }
+
+// Warnings returns the problems Validate found that do not stop the
+// router, each as "field: problem".
+func (c *Config) Warnings() []string { return c.warnings }
 
 // Load reads the file at path over the defaults and validates the result;
 // with an empty path the defaults alone are validated. This is exactly what
@@ -99,10 +222,10 @@ func Load(path, hostname string) (Config, error) {
 	return c, nil
 }
 
-var destinationName = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]*$`)
-
-// Validate returns every problem, each naming its field.
+// Validate returns every problem, each naming its field, and collects
+// the warnings (see Warnings).
 func (c *Config) Validate() error {
+	c.warnings = nil
 	var errs []error
 	if err := c.Kafka.Validate(); err != nil {
 		errs = append(errs, err)
@@ -120,10 +243,99 @@ func (c *Config) Validate() error {
 	if strings.TrimSpace(c.TransactionalID) == "" {
 		errs = append(errs, pkgconfig.Errorf("transactional_id", "a transactional id, unique per instance, is required"))
 	}
+	if c.SessionTimeout < 0 {
+		errs = append(errs, pkgconfig.Errorf("session_timeout", "%v: want 0 (default) or a positive duration", c.SessionTimeout))
+	}
+	if c.TransactionTimeout < 0 {
+		errs = append(errs, pkgconfig.Errorf("transaction_timeout", "%v: want 0 (default) or a positive duration", c.TransactionTimeout))
+	}
+	errs = append(errs, c.validateTrunks()...)
 	errs = append(errs, c.validateDestinations()...)
+	errs = append(errs, c.validateFallback()...)
 	errs = append(errs, c.validateRules()...)
+	for i, p := range c.Allowlist.Routes {
+		if _, err := handoff.NewPattern(p); err != nil {
+			errs = append(errs, pkgconfig.Errorf(fmt.Sprintf("allowlist.routes[%d]", i), "%q: %v", p, err))
+		}
+	}
+	if c.MaxAttempts < 1 || c.MaxAttempts > 10 {
+		errs = append(errs, pkgconfig.Errorf("max_attempts", "%d: want 1 to 10", c.MaxAttempts))
+	}
+	if p := c.OnAllFailed; p != OnAllFailedHangup && p != OnAllFailedReturnToAgent {
+		errs = append(errs, pkgconfig.Errorf("on_all_failed", "%q: want %s or %s", p, OnAllFailedHangup, OnAllFailedReturnToAgent))
+	}
+	if c.API.Listen != "" {
+		if _, _, err := net.SplitHostPort(c.API.Listen); err != nil {
+			errs = append(errs, pkgconfig.Errorf("api.listen", "%q: want host:port", c.API.Listen))
+		}
+		if strings.TrimSpace(c.API.TokensEnv) == "" {
+			errs = append(errs, pkgconfig.Errorf("api.tokens_env", "the environment variable holding the API tokens is required"))
+		}
+	}
+	if c.Reload.PollInterval < 0 {
+		errs = append(errs, pkgconfig.Errorf("reload.poll_interval", "%v: want 0 (off) or a positive duration", c.Reload.PollInterval))
+	}
 	return errors.Join(errs...)
 }
+
+func (c *Config) warnf(path, format string, args ...any) {
+	c.warnings = append(c.warnings, path+": "+fmt.Sprintf(format, args...))
+}
+
+func (c *Config) validateTrunks() []error {
+	var errs []error
+	seen := map[string]int{}
+	for i, t := range c.Trunks {
+		path := fmt.Sprintf("trunks[%d]", i)
+		switch {
+		case !destinationName.MatchString(t.Name):
+			errs = append(errs, pkgconfig.Errorf(path+".name", "%q: want letters, digits, '_', '-' or '.'", t.Name))
+		default:
+			if j, dup := seen[strings.ToLower(t.Name)]; dup {
+				errs = append(errs, pkgconfig.Errorf(path+".name", "duplicate trunk %q (also trunks[%d])", t.Name, j))
+			}
+			seen[strings.ToLower(t.Name)] = i
+		}
+		if t.Method != "" {
+			if _, err := ParseMethod(t.Method); err != nil {
+				errs = append(errs, pkgconfig.Errorf(path+".method", "%v", err))
+			}
+		}
+		if t.Route != "" {
+			if _, err := RouteKind(t.Route); err != nil {
+				errs = append(errs, pkgconfig.Errorf(path+".route", "%v", err))
+			}
+		}
+	}
+	return errs
+}
+
+// trunk returns the trunk named name, ignoring case.
+func (c *Config) trunk(name string) (Trunk, bool) {
+	for _, t := range c.Trunks {
+		if strings.EqualFold(t.Name, name) {
+			return t, true
+		}
+	}
+	return Trunk{}, false
+}
+
+// effective returns the method and route a destination uses: its own, or
+// its trunk's where it gives none.
+func (c *Config) effective(d Destination) (method, route string) {
+	method, route = d.Method, d.Route
+	if t, ok := c.trunk(d.Trunk); ok {
+		if method == "" {
+			method = t.Method
+		}
+		if route == "" {
+			route = t.Route
+		}
+	}
+	return method, route
+}
+
+var destinationName = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]*$`)
 
 func (c *Config) validateDestinations() []error {
 	if len(c.Destinations) == 0 {
@@ -150,14 +362,20 @@ func (c *Config) validateDestinations() []error {
 		if d.Default {
 			defaults = append(defaults, i)
 		}
-		method, err := ParseMethod(d.Method)
+		methodName, route := c.effective(d)
+		method, err := ParseMethod(methodName)
 		if err != nil {
 			errs = append(errs, pkgconfig.Errorf(path+".method", "%v", err))
 		}
-		errs = append(errs, validateRoute(path, d.Route, method)...)
+		errs = append(errs, c.validateTrunkUse(path, d, method)...)
+		errs = append(errs, validateRoute(path, route, method)...)
 		errs = append(errs, validateHeaders(path, d.Headers)...)
 		if d.AnswerTimeout < 0 || d.AnswerTimeout > MaxAnswerTimeout {
 			errs = append(errs, pkgconfig.Errorf(path+".answer_timeout", "%v: want a positive duration up to %v", d.AnswerTimeout, MaxAnswerTimeout))
+		}
+		errs = append(errs, validateMedia(path, d, method, route)...)
+		if p := d.OnMissingVariable; p != "" && p != OnMissingEmpty && p != OnMissingRefuse {
+			errs = append(errs, pkgconfig.Errorf(path+".on_missing_variable", "%q: want %s or %s", p, OnMissingEmpty, OnMissingRefuse))
 		}
 	}
 	if len(defaults) > 1 {
@@ -167,6 +385,127 @@ func (c *Config) validateDestinations() []error {
 		}
 		errs = append(errs, pkgconfig.Errorf(fmt.Sprintf("destinations[%d].default", defaults[1]),
 			"more than one default destination: %s; mark exactly one", strings.Join(names, " and ")))
+	}
+	return errs
+}
+
+// validateTrunkUse checks a destination against its trunk's constraints.
+// A locked method or a fixed route that the destination breaks is an
+// error: the carrier would reject the transfer. Headers on a trunk that
+// drops them are a warning: the transfer works, only the context is lost.
+func (c *Config) validateTrunkUse(path string, d Destination, method batonv1.Method) []error {
+	if d.Trunk == "" {
+		return nil
+	}
+	t, ok := c.trunk(d.Trunk)
+	if !ok {
+		return []error{pkgconfig.Errorf(path+".trunk", "unknown trunk %q", d.Trunk)}
+	}
+	var errs []error
+	if t.Method != "" {
+		if locked, err := ParseMethod(t.Method); err == nil && locked != method {
+			errs = append(errs, pkgconfig.Errorf(path+".method", "%s: trunk %q only accepts %s", methodName(method), t.Name, methodName(locked)))
+		}
+	}
+	if t.Route != "" && d.Route != "" && d.Route != t.Route {
+		errs = append(errs, pkgconfig.Errorf(path+".route", "%q: trunk %q fixes the route to %q; omit route or use it", d.Route, t.Name, t.Route))
+	}
+	if t.HeadersSupported != nil && !*t.HeadersSupported && len(d.Headers) > 0 {
+		c.warnf(path+".headers", "trunk %q drops custom headers; %d header(s) will not reach the destination", t.Name, len(d.Headers))
+	}
+	return errs
+}
+
+// validateMedia checks encryption and whisper, which only INVITE uses.
+func validateMedia(path string, d Destination, method batonv1.Method, route string) []error {
+	var errs []error
+	invite := method == batonv1.Method_METHOD_INVITE
+	switch d.Encryption {
+	case "":
+	case EncryptionTLSSRTP, EncryptionUDPRTP:
+		if !invite {
+			errs = append(errs, pkgconfig.Errorf(path+".encryption", "applies to INVITE only; %s has no media leg of its own", methodName(method)))
+		} else if d.Encryption == EncryptionUDPRTP && strings.HasPrefix(strings.ToLower(route), "sips:") {
+			errs = append(errs, pkgconfig.Errorf(path+".encryption", "udp_rtp contradicts the sips: route %q", route))
+		}
+	default:
+		errs = append(errs, pkgconfig.Errorf(path+".encryption", "%q: want %s (default) or %s", d.Encryption, EncryptionTLSSRTP, EncryptionUDPRTP))
+	}
+	if d.Whisper != "" {
+		switch {
+		case !invite:
+			errs = append(errs, pkgconfig.Errorf(path+".whisper", "applies to INVITE only: the whisper plays on the new leg before the bridge"))
+		case !strings.HasPrefix(d.Whisper, "/") && !strings.HasPrefix(d.Whisper, "http://") && !strings.HasPrefix(d.Whisper, "https://"):
+			errs = append(errs, pkgconfig.Errorf(path+".whisper", "%q: want an absolute path or an http(s) URL", d.Whisper))
+		case strings.ContainsAny(d.Whisper, "\r\n\x00"):
+			errs = append(errs, pkgconfig.Errorf(path+".whisper", "contains a control character"))
+		}
+	}
+	return errs
+}
+
+// validateFallback checks that every fallback names another destination
+// once, and that the fallback lists form no cycle.
+func (c *Config) validateFallback() []error {
+	var errs []error
+	graph := map[string][]string{}
+	for i, d := range c.Destinations {
+		seen := map[string]bool{}
+		for j, name := range d.Fallback {
+			path := fmt.Sprintf("destinations[%d].fallback[%d]", i, j)
+			k := c.destination(name)
+			switch {
+			case k < 0:
+				errs = append(errs, pkgconfig.Errorf(path, "unknown destination %q", name))
+				continue
+			case k == i:
+				errs = append(errs, pkgconfig.Errorf(path, "%q falls back to itself", name))
+				continue
+			case seen[strings.ToLower(name)]:
+				errs = append(errs, pkgconfig.Errorf(path, "%q is listed twice", name))
+				continue
+			}
+			seen[strings.ToLower(name)] = true
+			graph[strings.ToLower(d.Name)] = append(graph[strings.ToLower(d.Name)], strings.ToLower(c.Destinations[k].Name))
+		}
+	}
+	// Depth-first search; a back edge is a cycle.
+	const (
+		white = iota
+		grey
+		black
+	)
+	color := map[string]int{}
+	var cycle []string
+	var visit func(n string, stack []string) bool
+	visit = func(n string, stack []string) bool {
+		color[n] = grey
+		stack = append(stack, n)
+		for _, m := range graph[n] {
+			switch color[m] {
+			case grey:
+				at := 0
+				for i, s := range stack {
+					if s == m {
+						at = i
+					}
+				}
+				cycle = append(append([]string{}, stack[at:]...), m)
+				return true
+			case white:
+				if visit(m, stack) {
+					return true
+				}
+			}
+		}
+		color[n] = black
+		return false
+	}
+	for i, d := range c.Destinations {
+		if color[strings.ToLower(d.Name)] == white && visit(strings.ToLower(d.Name), nil) {
+			errs = append(errs, pkgconfig.Errorf(fmt.Sprintf("destinations[%d].fallback", i), "fallback cycle: %s", strings.Join(cycle, " -> ")))
+			break
+		}
 	}
 	return errs
 }
@@ -301,6 +640,8 @@ func validateHeaders(path string, headers map[string]string) []error {
 
 func (c *Config) validateRules() []error {
 	var errs []error
+	c.compiled = make([]*rules.Condition, len(c.Rules))
+	var env *rules.Env
 	names := map[string]int{}
 	for i, r := range c.Rules {
 		path := fmt.Sprintf("rules[%d]", i)
@@ -311,15 +652,39 @@ func (c *Config) validateRules() []error {
 		} else {
 			names[r.Name] = i
 		}
-		switch {
-		case r.Handoff == "":
-			errs = append(errs, pkgconfig.Errorf(path+".handoff", "a destination name is required"))
-		case c.destination(r.Handoff) < 0:
+		if r.When != "" {
+			if env == nil {
+				var err error
+				if env, err = rules.NewEnv(); err != nil {
+					return append(errs, err)
+				}
+			}
+			cond, err := env.Compile(r.When)
+			if err != nil {
+				errs = append(errs, pkgconfig.Errorf(path+".when", "%v", err))
+			}
+			c.compiled[i] = cond
+		}
+		if r.Handoff != "" && c.destination(r.Handoff) < 0 {
 			errs = append(errs, pkgconfig.Errorf(path+".handoff", "unknown destination %q", r.Handoff))
 		}
-		if i > 0 {
-			// Without conditions the first rule matches every call.
-			errs = append(errs, pkgconfig.Errorf(path, "unreachable: rule %q before it matches every call", c.Rules[0].Name))
+		if r.Handoff != "" && r.Continue {
+			errs = append(errs, pkgconfig.Errorf(path+".continue", "a rule that hands off ends the rules; remove continue"))
+		}
+		for _, k := range sortedKeys(r.Set.Variables) {
+			if err := sipx.ValidateValue(r.Set.Variables[k]); err != nil || k == "" {
+				errs = append(errs, pkgconfig.Errorf(path+".set.variables."+k, "invalid variable: %v", err))
+			}
+		}
+		for _, k := range sortedKeys(r.Set.State) {
+			if k == "" {
+				errs = append(errs, pkgconfig.Errorf(path+".set.state", "an empty key"))
+			}
+		}
+		if r.When == "" && !r.Continue && i < len(c.Rules)-1 {
+			// A rule without a condition matches every call, and stops
+			// the rules unless it continues.
+			errs = append(errs, pkgconfig.Errorf(fmt.Sprintf("rules[%d]", i+1), "unreachable: rule %q before it matches every call and stops the rules", r.Name))
 		}
 	}
 	return errs
@@ -349,34 +714,75 @@ func (c *Config) DefaultDestination() string {
 }
 
 // Table turns a validated configuration into the router's decision table.
-func (c *Config) Table() (handoff.Table, error) {
-	t := handoff.Table{Destinations: map[string]handoff.Destination{}, Default: c.DefaultDestination()}
+func (c *Config) Table() (*handoff.Table, error) {
+	if c.compiled == nil && len(c.Rules) > 0 {
+		if err := c.Validate(); err != nil {
+			return nil, err
+		}
+	}
+	t := &handoff.Table{
+		Destinations:       map[string]handoff.Destination{},
+		Default:            c.DefaultDestination(),
+		MaxAttempts:        c.MaxAttempts,
+		AdHocAnswerTimeout: DefaultAnswerTimeout,
+	}
+	if c.OnAllFailed == OnAllFailedReturnToAgent {
+		t.OnAllFailed = handoff.EndReturnToAgent
+	}
 	for i, d := range c.Destinations {
-		method, err := ParseMethod(d.Method)
+		methodName, route := c.effective(d)
+		method, err := ParseMethod(methodName)
 		if err != nil {
-			return handoff.Table{}, fmt.Errorf("destinations[%d].method: %w", i, err)
+			return nil, fmt.Errorf("destinations[%d].method: %w", i, err)
 		}
 		timeout := d.AnswerTimeout
 		if timeout == 0 {
 			timeout = DefaultAnswerTimeout
 		}
-		hd := handoff.Destination{Name: d.Name, Method: method, Route: d.Route, AnswerTimeout: timeout}
+		hd := handoff.Destination{
+			Name: d.Name, Method: method, Route: route, AnswerTimeout: timeout,
+			Fallback: slices.Clone(d.Fallback),
+		}
+		if method == batonv1.Method_METHOD_INVITE {
+			hd.Encryption = handoff.EncryptionTLSSRTP
+			if d.Encryption == EncryptionUDPRTP {
+				hd.Encryption = handoff.EncryptionUDPRTP
+			}
+			hd.Whisper = d.Whisper
+		}
+		if d.OnMissingVariable == OnMissingRefuse {
+			hd.OnMissing = handoff.MissingRefuse
+		}
 		for _, name := range sortedKeys(d.Headers) {
 			tpl, err := template.Parse(d.Headers[name])
 			if err != nil {
-				return handoff.Table{}, fmt.Errorf("destinations[%d].headers.%s: %w", i, name, err)
+				return nil, fmt.Errorf("destinations[%d].headers.%s: %w", i, name, err)
 			}
 			hd.Headers = append(hd.Headers, handoff.Header{Name: name, Value: tpl})
 		}
 		t.Destinations[d.Name] = hd
 	}
-	for _, r := range c.Rules {
-		t.Rules = append(t.Rules, handoff.Rule{Name: r.Name, Destination: r.Handoff})
+	for i, r := range c.Rules {
+		hr := handoff.Rule{
+			Name: r.Name, Destination: r.Handoff, Continue: r.Continue,
+			SetVariables: r.Set.Variables, SetState: r.Set.State,
+		}
+		if cond := c.compiled[i]; cond != nil {
+			hr.When = cond
+		}
+		t.Rules = append(t.Rules, hr)
+	}
+	for i, p := range c.Allowlist.Routes {
+		pat, err := handoff.NewPattern(p)
+		if err != nil {
+			return nil, fmt.Errorf("allowlist.routes[%d]: %w", i, err)
+		}
+		t.AllowedRoutes = append(t.AllowedRoutes, pat)
 	}
 	return t, nil
 }
 
-func sortedKeys(m map[string]string) []string {
+func sortedKeys[V any](m map[string]V) []string {
 	keys := make([]string, 0, len(m))
 	for k := range m {
 		keys = append(keys, k)

@@ -179,7 +179,6 @@ rules:
 				`router.yaml:7: rules[1].name: duplicate rule "everyone" (also rules[0])`,
 				`router.yaml:7: rules[1]: unreachable: rule "everyone" before it matches every call`,
 				`router.yaml:9: rules[2].name: a name is required`,
-				`router.yaml:9: rules[2].handoff: a destination name is required`,
 				`router.yaml:9: rules[2]: unreachable`,
 			},
 		},
@@ -333,5 +332,6 @@ func TestExampleConfigIsValid(t *testing.T) {
 	require.Equal(t, "support", tbl.Default)
 	require.Equal(t, batonv1.Method_METHOD_REFER, tbl.Destinations["support"].Method)
 	require.Equal(t, "sip:support@127.0.0.1:5090", tbl.Destinations["support"].Route)
-	require.Equal(t, "handoff-everyone", tbl.Rules[0].Name)
+	require.Equal(t, "handoff-everyone", tbl.Rules[len(tbl.Rules)-1].Name)
+	require.Equal(t, []string{"support"}, tbl.Destinations["billing"].Fallback)
 }

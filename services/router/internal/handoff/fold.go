@@ -2,8 +2,13 @@ package handoff
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"maps"
+	"slices"
+	"sort"
+	"strings"
+	"sync"
 
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
@@ -11,8 +16,30 @@ import (
 	"github.com/baton-voice/baton/pkg/events"
 	batonv1 "github.com/baton-voice/baton/pkg/events/batonv1"
 	"github.com/baton-voice/baton/pkg/sipx"
+	"github.com/baton-voice/baton/services/router/internal/rules"
 	"github.com/baton-voice/baton/services/router/internal/template"
 )
+
+// Refusal reason codes (HandoffRefused.reason_code).
+const (
+	RefusedUnknownDestination = "unknown_destination"
+	RefusedRouteNotAllowed    = "route_not_allowed"
+	RefusedInvalidHeader      = "invalid_header"
+	RefusedMissingVariable    = "missing_variable"
+	RefusedInProgress         = "handoff_in_progress"
+)
+
+// ReasonAllFailed is the reason of the BYE that ends a call after every
+// destination of its handoff failed (on_all_failed: hangup).
+const ReasonAllFailed = "all_destinations_failed"
+
+// Decision is one record the router publishes: a *batonv1.HandoffCommand
+// or a *batonv1.HandoffRefused. ID is its event id, derived from the
+// trigger (see CommandID), so a replay gives the same id.
+type Decision struct {
+	ID  string
+	Msg proto.Message
+}
 
 // Fold is the router's state: every live call it saw start, kept until
 // the call ends. Changes are made in batches that mirror the Kafka
@@ -20,45 +47,125 @@ import (
 // state as it was after the last Commit, so records handled again after an
 // aborted transaction are decided again, exactly as the first time.
 //
-// A Fold is not safe for concurrent use.
+// Apply, Commit and Rollback must be called from one goroutine; View may
+// be called from any, and sees committed state only.
 type Fold struct {
-	table  Table
+	tables Source
 	logger *slog.Logger
 	calls  map[string]*call
 	// undo holds, for every call touched since the last Commit, its state
 	// before the batch (nil: the call was unknown).
 	undo map[string]*call
+
+	// view is the committed state, for readers on other goroutines. The
+	// calls it points to are never changed (see mutable).
+	mu    sync.RWMutex
+	view  map[string]*call
+	ended *tombstones
 }
 
 // call is the state of one live call. A call value is never changed once
-// a batch can roll back to it: changes copy it first (see mutable).
+// a batch can roll back to it or a reader can see it: changes copy it
+// first (see mutable).
 type call struct {
+	id           string
 	startedID    string
 	dialog       *batonv1.Dialog
-	variables    map[string]string
+	sipHeaders   []*batonv1.SipHeader
+	headerIndex  map[string][]string // lower-cased name → values
+	variables    map[string]string   // stripped X- headers (CallStarted)
+	setVariables map[string]string   // written by rules
+	state        map[string]string   // written by the agent and by rules
 	callerNumber string
 	calleeNumber string
 	// handled holds the ids of the events that already produced a
 	// decision, so a duplicated record decides nothing twice.
 	handled map[string]bool
+	handoff *handoffState
 }
 
 func (c *call) clone() *call {
 	cp := *c
 	cp.handled = maps.Clone(c.handled)
+	cp.setVariables = maps.Clone(c.setVariables)
+	cp.state = maps.Clone(c.state)
+	if c.handoff != nil {
+		h := *c.handoff
+		h.tried = slices.Clone(c.handoff.tried)
+		cp.handoff = &h
+	}
 	return &cp
 }
 
-// New returns an empty fold over table.
-func New(table Table, logger *slog.Logger) *Fold {
-	return &Fold{table: table, logger: logger, calls: map[string]*call{}, undo: map[string]*call{}}
+// handoffState is the handoff a call is in, from its first command to its
+// last outcome. It keeps the table the handoff started under, so a reload
+// never changes a handoff in flight.
+type handoffState struct {
+	table      *Table
+	requestID  string
+	reason     string
+	utterance  string
+	reqVars    map[string]string
+	reqHeaders map[string]string
+	// origin is the first destination: its fallback list is followed.
+	origin      Destination
+	tried       []string
+	attempt     uint32
+	commandID   string
+	destination string
+	route       string
+	method      batonv1.Method
+	status      Status
+	sipCode     int32
+	sipReason   string
+	detail      string
+	refusedCode string
+	// ending is set once the end policy sent its BYE.
+	ending bool
+}
+
+// Status is where a call's handoff stands.
+type Status string
+
+// Handoff statuses.
+const (
+	StatusNone      Status = "none"
+	StatusRequested Status = "requested"
+	StatusExecuting Status = "executing"
+	StatusSucceeded Status = "succeeded"
+	StatusFailed    Status = "failed"
+	StatusRefused   Status = "refused"
+)
+
+// New returns an empty fold deciding with the tables of src.
+func New(src Source, logger *slog.Logger) *Fold {
+	return &Fold{
+		tables: src, logger: logger,
+		calls: map[string]*call{}, undo: map[string]*call{},
+		view: map[string]*call{}, ended: newTombstones(maxTombstones),
+	}
 }
 
 // Calls is the number of live calls.
 func (f *Fold) Calls() int { return len(f.calls) }
 
-// Commit keeps every change since the last Commit or Rollback.
-func (f *Fold) Commit() { clear(f.undo) }
+// Commit keeps every change since the last Commit or Rollback and
+// publishes it to View.
+func (f *Fold) Commit() {
+	f.mu.Lock()
+	for id := range f.undo {
+		if c := f.calls[id]; c != nil {
+			f.view[id] = c
+			continue
+		}
+		// Only callStarted creates and only callEnded deletes: a touched
+		// call that is gone ended in this batch.
+		f.ended.add(id)
+		delete(f.view, id)
+	}
+	f.mu.Unlock()
+	clear(f.undo)
+}
 
 // Rollback undoes every change since the last Commit or Rollback.
 func (f *Fold) Rollback() {
@@ -90,26 +197,35 @@ func (f *Fold) mutable(id string) *call {
 	return c
 }
 
-// Apply folds one event and returns the commands it causes.
-func (f *Fold) Apply(ctx context.Context, ev events.Event) []*batonv1.HandoffCommand {
+// Apply folds one event and returns the decisions it causes.
+func (f *Fold) Apply(ctx context.Context, ev events.Event) []Decision {
+	// One table for the whole event: a reload between two events never
+	// splits a decision.
+	table := f.tables.Current()
+	var d *Decision
 	switch msg := ev.Data.(type) {
 	case *batonv1.CallStarted:
-		return f.callStarted(ctx, ev, msg)
+		d = f.callStarted(ctx, table, ev, msg)
 	case *batonv1.CallEnded:
 		f.callEnded(ctx, ev)
 	case *batonv1.HandoffRequested:
-		return f.handoffRequested(ctx, ev, msg)
+		d = f.handoffRequested(ctx, table, ev, msg)
+	case *batonv1.CallStateChanged:
+		f.stateChanged(ctx, ev, msg)
 	case *batonv1.TransferOutcome:
-		f.logger.InfoContext(ctx, "transfer outcome", "call_id", ev.Subject, "command_id", msg.GetCommandId(),
-			"status", msg.GetStatus().String(), "destination", msg.GetDestination(),
-			"sip_code", msg.GetSipCode(), "detail", msg.GetDetail())
+		d = f.transferOutcome(ctx, ev, msg)
+	case *batonv1.AgentMetric:
+		f.logger.DebugContext(ctx, "agent metric", "call_id", ev.Subject, "name", msg.GetName(), "value", msg.GetValue())
 	default:
 		f.logger.DebugContext(ctx, "event ignored", "call_id", ev.Subject, "type", ev.Type)
 	}
-	return nil
+	if d == nil {
+		return nil
+	}
+	return []Decision{*d}
 }
 
-func (f *Fold) callStarted(ctx context.Context, ev events.Event, msg *batonv1.CallStarted) []*batonv1.HandoffCommand {
+func (f *Fold) callStarted(ctx context.Context, table *Table, ev events.Event, msg *batonv1.CallStarted) *Decision {
 	id := ev.Subject
 	if c := f.calls[id]; c != nil {
 		f.logger.InfoContext(ctx, "call already started; duplicate ignored", "call_id", id,
@@ -118,32 +234,103 @@ func (f *Fold) callStarted(ctx context.Context, ev events.Event, msg *batonv1.Ca
 	}
 	f.touch(id)
 	c := &call{
+		id:           id,
 		startedID:    ev.ID,
 		dialog:       msg.GetDialog(),
+		sipHeaders:   msg.GetSipHeaders(),
+		headerIndex:  indexHeaders(msg.GetSipHeaders()),
 		variables:    msg.GetVariables(),
 		callerNumber: msg.GetCallerNumber(),
 		calleeNumber: msg.GetCalleeNumber(),
 		handled:      map[string]bool{ev.ID: true},
 	}
 	f.calls[id] = c
-	r, ok := f.matchRule(c)
-	if !ok {
+	dest, rule := f.runRules(ctx, table, c, ev, "")
+	if dest == "" {
 		return nil
 	}
-	cmd := f.decide(ctx, id, c, ev.ID, r.Destination, "rule:"+r.Name, nil)
-	if cmd == nil {
-		return nil
-	}
-	return []*batonv1.HandoffCommand{cmd}
+	return f.startHandoff(ctx, table, c, ev, dest, "rule:"+rule, nil)
 }
 
-// matchRule returns the first rule that matches a starting call. Rules have
-// no conditions yet, so the first rule matches every call.
-func (f *Fold) matchRule(*call) (Rule, bool) {
-	if len(f.table.Rules) == 0 {
-		return Rule{}, false
+func indexHeaders(hs []*batonv1.SipHeader) map[string][]string {
+	idx := make(map[string][]string, len(hs))
+	for _, h := range hs {
+		k := strings.ToLower(h.GetName())
+		idx[k] = append(idx[k], h.GetValue())
 	}
-	return f.table.Rules[0], true
+	return idx
+}
+
+// runRules evaluates the table's rules for c, which must be mutable, and
+// applies the set actions of the rules that match. It returns the
+// destination of the first matching rule that hands off, with that rule's
+// name, or "" when the rules leave the call to the agent.
+func (f *Fold) runRules(ctx context.Context, table *Table, c *call, ev events.Event, reason string) (dest, rule string) {
+	if len(table.Rules) == 0 {
+		return "", ""
+	}
+	in := &rules.Input{
+		CallerNumber: c.callerNumber,
+		CalleeNumber: c.calleeNumber,
+		SipHeaders:   c.headerIndex,
+		Variables:    c.ruleVariables(),
+		State:        c.state,
+		Reason:       reason,
+		Time:         ev.Time,
+	}
+	for _, r := range table.Rules {
+		if r.When != nil {
+			ok, err := r.When.Match(in)
+			if err != nil {
+				f.logger.WarnContext(ctx, "rule condition failed; no match", "call_id", c.id, "rule", r.Name, "err", err)
+			}
+			if !ok {
+				continue
+			}
+		}
+		if len(r.SetVariables) > 0 || len(r.SetState) > 0 {
+			c.setVariables = setAll(c.setVariables, r.SetVariables)
+			c.state = setAll(c.state, r.SetState)
+			in.Variables, in.State = c.ruleVariables(), c.state
+			in.Invalidate()
+		}
+		f.logger.DebugContext(ctx, "rule matched", "call_id", c.id, "rule", r.Name, "handoff", r.Destination)
+		if r.Destination != "" {
+			return r.Destination, r.Name
+		}
+		if !r.Continue {
+			return "", r.Name
+		}
+	}
+	return "", ""
+}
+
+// setAll copies m (which may be shared with a committed call) and writes kv.
+func setAll(m, kv map[string]string) map[string]string {
+	if len(kv) == 0 {
+		return m
+	}
+	out := maps.Clone(m)
+	if out == nil {
+		out = make(map[string]string, len(kv))
+	}
+	maps.Copy(out, kv)
+	return out
+}
+
+// ruleVariables are the variables rules see: the stripped X- headers
+// overlaid with the variables rules set, names normalised.
+func (c *call) ruleVariables() map[string]string {
+	out := make(map[string]string, len(c.variables)+len(c.setVariables))
+	for _, k := range sortedKeys(c.variables) {
+		if _, dup := out[template.Normalize(k)]; !dup {
+			out[template.Normalize(k)] = c.variables[k]
+		}
+	}
+	for _, k := range sortedKeys(c.setVariables) {
+		out[template.Normalize(k)] = c.setVariables[k]
+	}
+	return out
 }
 
 func (f *Fold) callEnded(ctx context.Context, ev events.Event) {
@@ -156,7 +343,23 @@ func (f *Fold) callEnded(ctx context.Context, ev events.Event) {
 	delete(f.calls, id)
 }
 
-func (f *Fold) handoffRequested(ctx context.Context, ev events.Event, msg *batonv1.HandoffRequested) []*batonv1.HandoffCommand {
+func (f *Fold) stateChanged(ctx context.Context, ev events.Event, msg *batonv1.CallStateChanged) {
+	id := ev.Subject
+	if f.calls[id] == nil {
+		f.logger.WarnContext(ctx, "state change for an unknown call; skipped", "call_id", id, "request_id", msg.GetRequestId())
+		return
+	}
+	c := f.mutable(id)
+	c.state = setAll(c.state, msg.GetSet())
+	if len(msg.GetRemoved()) > 0 {
+		c.state = maps.Clone(c.state)
+		for _, k := range msg.GetRemoved() {
+			delete(c.state, k)
+		}
+	}
+}
+
+func (f *Fold) handoffRequested(ctx context.Context, table *Table, ev events.Event, msg *batonv1.HandoffRequested) *Decision {
 	id := ev.Subject
 	if msg.GetCallId() != "" && msg.GetCallId() != id {
 		f.logger.WarnContext(ctx, "handoff request names another call; skipped", "call_id", id,
@@ -176,71 +379,299 @@ func (f *Fold) handoffRequested(ctx context.Context, ev events.Event, msg *baton
 	c := f.mutable(id)
 	c.handled[ev.ID] = true
 
-	dest := msg.GetDestination()
+	if h := c.handoff; h != nil && (h.status == StatusRequested || h.status == StatusExecuting || h.status == StatusSucceeded) {
+		return f.refuse(ctx, c, ev, msg, msg.GetDestination(), "", RefusedInProgress,
+			fmt.Sprintf("handoff %s is %s (destination %s, attempt %d)", h.commandID, h.status, h.destination, h.attempt))
+	}
+	dest, reason := msg.GetDestination(), msg.GetReason()
 	if dest == "" {
-		dest = f.table.Default
-	} else if _, ok := f.table.destination(dest); !ok {
-		f.logger.WarnContext(ctx, "handoff requested to an unknown destination; using the default", "call_id", id,
-			"request_id", msg.GetRequestId(), "destination", dest, "default", f.table.Default)
-		dest = f.table.Default
+		var rule string
+		dest, rule = f.runRules(ctx, table, c, ev, reason)
+		if dest == "" {
+			dest = table.Default
+		} else if reason == "" {
+			reason = "rule:" + rule
+		}
 	}
-	cmd := f.decide(ctx, id, c, ev.ID, dest, msg.GetReason(), msg)
-	if cmd == nil {
-		return nil
-	}
-	return []*batonv1.HandoffCommand{cmd}
+	return f.startHandoff(ctx, table, c, ev, dest, reason, msg)
 }
 
-// decide builds the command that hands call id off to the destination
-// named dest, or returns nil when a header renders to a value that must not
-// be sent.
-func (f *Fold) decide(ctx context.Context, id string, c *call, triggerID, dest, reason string, req *batonv1.HandoffRequested) *batonv1.HandoffCommand {
-	d, ok := f.table.destination(dest)
-	if !ok {
-		// Configuration validation makes this unreachable.
-		f.logger.ErrorContext(ctx, "handoff refused: destination not configured", "call_id", id, "destination", dest)
-		return nil
+// startHandoff begins a handoff of c to target (a destination name, or a
+// route the allowlist admits) and returns its first command, or the
+// refusal.
+func (f *Fold) startHandoff(ctx context.Context, table *Table, c *call, ev events.Event, target, reason string, req *batonv1.HandoffRequested) *Decision {
+	d, code, detail := resolve(table, target)
+	if code != "" {
+		return f.refuse(ctx, c, ev, req, target, "", code, detail)
 	}
-	commandID := CommandID(id, triggerID)
+	h := &handoffState{
+		table:      table,
+		requestID:  req.GetRequestId(),
+		reason:     reason,
+		utterance:  req.GetUtterance(),
+		reqVars:    req.GetVariables(),
+		reqHeaders: req.GetHeaders(),
+		origin:     d,
+	}
+	cmd, code, detail := f.render(ctx, c, h, d, ev.ID)
+	if code != "" {
+		return f.refuse(ctx, c, ev, req, target, d.Route, code, detail)
+	}
+	cmd.Attempt = 1
+	h.record(cmd)
+	c.handoff = h
+	return &Decision{ID: cmd.GetCommandId(), Msg: cmd}
+}
+
+// resolve finds the destination a handoff targets: a configured
+// destination by name, or an ad-hoc route the allowlist admits.
+func resolve(table *Table, target string) (Destination, string, string) {
+	if d, ok := table.destination(target); ok {
+		return d, "", ""
+	}
+	if !looksLikeRoute(target) {
+		return Destination{}, RefusedUnknownDestination, fmt.Sprintf("%q is not a configured destination", target)
+	}
+	if !table.routeAllowed(target) || !safeRoute(target) {
+		return Destination{}, RefusedRouteNotAllowed, fmt.Sprintf("route %q matches no allowlist pattern", target)
+	}
+	method := batonv1.Method_METHOD_INVITE
+	if l := strings.ToLower(target); strings.HasPrefix(l, "sip:") || strings.HasPrefix(l, "sips:") {
+		method = batonv1.Method_METHOD_REFER
+	}
+	d := Destination{Name: target, Method: method, Route: target, AnswerTimeout: table.AdHocAnswerTimeout}
+	if method == batonv1.Method_METHOD_INVITE {
+		d.Encryption = EncryptionTLSSRTP
+	}
+	return d, "", ""
+}
+
+// looksLikeRoute tells a route (a URI or a number) from a destination name.
+func looksLikeRoute(s string) bool {
+	if strings.Contains(s, ":") {
+		return true
+	}
+	s = strings.TrimPrefix(s, "+")
+	return s != "" && strings.Trim(s, "0123456789*#") == ""
+}
+
+// safeRoute refuses what an over-broad glob could let through: anything
+// that could break out of a Request-URI or a Refer-To.
+func safeRoute(route string) bool {
+	return len(route) <= 256 && !strings.ContainsAny(route, " \t\r\n\x00<>\"?")
+}
+
+// render builds the command that hands c off to d, or a refusal code and
+// detail when a header is invalid or a required variable is missing.
+func (f *Fold) render(ctx context.Context, c *call, h *handoffState, d Destination, triggerID string) (*batonv1.HandoffCommand, string, string) {
+	commandID := CommandID(c.id, triggerID)
 	system := map[string]any{
-		"call_id":           id,
+		"call_id":           c.id,
 		"caller_number":     c.callerNumber,
 		"callee_number":     c.calleeNumber,
 		"from_phone_number": c.callerNumber,
 		"to_phone_number":   c.calleeNumber,
 	}
-	scope := template.NewScope(system, template.Strings(req.GetVariables()), template.Strings(c.variables))
+	scope := template.NewScope(system, template.Strings(h.reqVars), template.Strings(c.setVariables),
+		map[string]any{"state": template.Strings(c.state)}, template.Strings(c.variables))
 	headers := make([]*batonv1.SipHeader, 0, len(d.Headers))
 	var missing []string
-	for _, h := range d.Headers {
-		v, miss := h.Value.Render(scope)
-		missing = append(missing, miss...)
-		if err := sipx.ValidateCustom(h.Name, v); err != nil {
-			f.logger.WarnContext(ctx, "handoff refused: rendered header is invalid", "call_id", id,
-				"command_id", commandID, "destination", d.Name, "header", h.Name, "reason", err.Error())
-			return nil
+	for _, hd := range d.Headers {
+		v, miss := hd.Value.Render(scope)
+		if agent, ok := agentHeader(h.reqHeaders, hd.Name); ok {
+			v, miss = agent, nil
 		}
-		headers = append(headers, &batonv1.SipHeader{Name: h.Name, Value: v})
+		missing = append(missing, miss...)
+		if err := sipx.ValidateCustom(hd.Name, v); err != nil {
+			f.logger.WarnContext(ctx, "handoff refused: rendered header is invalid", "call_id", c.id,
+				"command_id", commandID, "destination", d.Name, "header", hd.Name, "reason", err.Error())
+			return nil, RefusedInvalidHeader, fmt.Sprintf("header %s: %v", hd.Name, err)
+		}
+		headers = append(headers, &batonv1.SipHeader{Name: hd.Name, Value: v})
+	}
+	if dropped := droppedHeaders(h.reqHeaders, d); len(dropped) > 0 {
+		f.logger.InfoContext(ctx, "agent headers not configured for the destination; not sent", "call_id", c.id,
+			"command_id", commandID, "destination", d.Name, "headers", dropped)
 	}
 	if len(missing) > 0 {
-		f.logger.InfoContext(ctx, "template variables missing; rendered empty", "call_id", id,
+		if d.OnMissing == MissingRefuse {
+			f.logger.WarnContext(ctx, "handoff refused: template variables missing", "call_id", c.id,
+				"command_id", commandID, "destination", d.Name, "missing", missing)
+			return nil, RefusedMissingVariable, "missing variables: " + strings.Join(missing, ", ")
+		}
+		f.logger.InfoContext(ctx, "template variables missing; rendered empty", "call_id", c.id,
 			"command_id", commandID, "destination", d.Name, "missing", missing)
 	}
 	cmd := &batonv1.HandoffCommand{
 		CommandId:     commandID,
-		CallId:        id,
+		CallId:        c.id,
 		Method:        d.Method,
 		Destination:   d.Name,
 		Route:         d.Route,
 		Headers:       headers,
-		Reason:        reason,
+		Reason:        h.reason,
 		AnswerTimeout: durationpb.New(d.AnswerTimeout),
-		Attempt:       1,
-		Utterance:     req.GetUtterance(),
-		RequestId:     req.GetRequestId(),
+		Utterance:     h.utterance,
+		RequestId:     h.requestID,
+		// Set for INVITE only (tls_srtp or udp_rtp); empty otherwise.
+		Encryption: string(d.Encryption),
 	}
 	if c.dialog != nil {
 		cmd.Dialog = proto.CloneOf(c.dialog)
 	}
-	return cmd
+	return cmd, "", ""
+}
+
+// agentHeader finds the agent-supplied value of a header, ignoring case;
+// when several keys match, the smallest wins, so the choice is stable.
+func agentHeader(hs map[string]string, name string) (string, bool) {
+	for _, k := range sortedKeys(hs) {
+		if strings.EqualFold(k, name) {
+			return hs[k], true
+		}
+	}
+	return "", false
+}
+
+// droppedHeaders lists the agent-supplied headers d does not configure:
+// they are never sent, so internal headers cannot leak to a carrier.
+func droppedHeaders(hs map[string]string, d Destination) []string {
+	var out []string
+	for _, k := range sortedKeys(hs) {
+		if _, ok := d.header(k); !ok {
+			out = append(out, k)
+		}
+	}
+	return out
+}
+
+// record makes cmd the handoff's current command.
+func (h *handoffState) record(cmd *batonv1.HandoffCommand) {
+	h.attempt = cmd.GetAttempt()
+	h.commandID = cmd.GetCommandId()
+	h.destination = cmd.GetDestination()
+	h.route = cmd.GetRoute()
+	h.method = cmd.GetMethod()
+	h.status = StatusRequested
+	h.sipCode, h.sipReason, h.detail = 0, "", ""
+	if cmd.GetDestination() != "" {
+		h.tried = append(h.tried, strings.ToLower(cmd.GetDestination()))
+	}
+}
+
+// refuse records a refused handoff on c and returns the HandoffRefused.
+func (f *Fold) refuse(ctx context.Context, c *call, ev events.Event, req *batonv1.HandoffRequested, target, route, code, detail string) *Decision {
+	id := CommandID(c.id, ev.ID)
+	f.logger.WarnContext(ctx, "handoff refused", "call_id", c.id, "command_id", id, "request_id", req.GetRequestId(),
+		"destination", target, "reason_code", code, "detail", detail)
+	if c.handoff == nil || code != RefusedInProgress {
+		c.handoff = &handoffState{requestID: req.GetRequestId(), reason: req.GetReason(), destination: target,
+			route: route, status: StatusRefused, refusedCode: code, detail: detail}
+	}
+	return &Decision{ID: id, Msg: &batonv1.HandoffRefused{
+		CallId: c.id, RequestId: req.GetRequestId(), Destination: target, Route: route,
+		ReasonCode: code, Detail: detail, TriggerId: ev.ID,
+	}}
+}
+
+func (f *Fold) transferOutcome(ctx context.Context, ev events.Event, msg *batonv1.TransferOutcome) *Decision {
+	id := ev.Subject
+	log := f.logger.With("call_id", id, "command_id", msg.GetCommandId(), "status", msg.GetStatus().String(),
+		"destination", msg.GetDestination(), "sip_code", msg.GetSipCode())
+	log.InfoContext(ctx, "transfer outcome", "detail", msg.GetDetail())
+	c := f.calls[id]
+	if c == nil || c.handoff == nil || c.handoff.commandID != msg.GetCommandId() {
+		log.DebugContext(ctx, "outcome of no current command; ignored")
+		return nil
+	}
+	if c.handled[ev.ID] {
+		log.InfoContext(ctx, "outcome already handled; duplicate ignored", "event_id", ev.ID)
+		return nil
+	}
+	c = f.mutable(id)
+	c.handled[ev.ID] = true
+	h := c.handoff
+	if h.ending {
+		return nil // the outcome of the end policy's BYE
+	}
+	switch msg.GetStatus() {
+	case batonv1.OutcomeStatus_OUTCOME_STATUS_ACCEPTED, batonv1.OutcomeStatus_OUTCOME_STATUS_PROGRESS:
+		if h.status == StatusRequested {
+			h.status = StatusExecuting
+		}
+		return nil
+	case batonv1.OutcomeStatus_OUTCOME_STATUS_SUCCEEDED:
+		h.status = StatusSucceeded
+		h.sipCode, h.sipReason = msg.GetSipCode(), msg.GetSipReason()
+		return nil
+	case batonv1.OutcomeStatus_OUTCOME_STATUS_FAILED:
+		h.status = StatusFailed
+		h.sipCode, h.sipReason, h.detail = msg.GetSipCode(), msg.GetSipReason(), msg.GetDetail()
+		return f.fallback(ctx, c, h, ev)
+	default:
+		return nil
+	}
+}
+
+// fallback decides what follows a failed command: the next untried
+// destination of the origin's fallback list, then the default, within
+// max_attempts; then the end policy. Every command of a handoff carries
+// the attempt number, one more than the last.
+func (f *Fold) fallback(ctx context.Context, c *call, h *handoffState, ev events.Event) *Decision {
+	table := h.table
+	if h.attempt < table.MaxAttempts {
+		for _, name := range append(slices.Clone(h.origin.Fallback), table.Default) {
+			if slices.Contains(h.tried, strings.ToLower(name)) {
+				continue
+			}
+			d, ok := table.destination(name)
+			if !ok {
+				continue // validation makes this unreachable
+			}
+			h.tried = append(h.tried, strings.ToLower(d.Name)) // tried even when refused below
+			cmd, code, detail := f.render(ctx, c, h, d, ev.ID)
+			if code != "" {
+				f.logger.WarnContext(ctx, "fallback destination refused; trying the next", "call_id", c.id,
+					"destination", d.Name, "reason_code", code, "detail", detail)
+				continue
+			}
+			cmd.Attempt = h.attempt + 1
+			h.tried = h.tried[:len(h.tried)-1] // record adds it back
+			h.record(cmd)
+			f.logger.InfoContext(ctx, "transfer failed; falling back", "call_id", c.id, "command_id", cmd.GetCommandId(),
+				"destination", d.Name, "attempt", cmd.GetAttempt(), "failed_sip_code", h.sipCode)
+			return &Decision{ID: cmd.GetCommandId(), Msg: cmd}
+		}
+	}
+	if table.OnAllFailed == EndReturnToAgent {
+		f.logger.InfoContext(ctx, "every destination failed; the call returns to the agent", "call_id", c.id,
+			"attempt", h.attempt, "sip_code", h.sipCode)
+		return nil
+	}
+	cmd := &batonv1.HandoffCommand{
+		CommandId: CommandID(c.id, ev.ID),
+		CallId:    c.id,
+		Method:    batonv1.Method_METHOD_BYE,
+		Reason:    ReasonAllFailed,
+		Attempt:   h.attempt + 1,
+		RequestId: h.requestID,
+	}
+	if c.dialog != nil {
+		cmd.Dialog = proto.CloneOf(c.dialog)
+	}
+	h.ending = true
+	h.commandID = cmd.GetCommandId()
+	h.attempt = cmd.GetAttempt()
+	f.logger.InfoContext(ctx, "every destination failed; hanging up", "call_id", c.id, "command_id", cmd.GetCommandId(),
+		"attempt", cmd.GetAttempt())
+	return &Decision{ID: cmd.GetCommandId(), Msg: cmd}
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
 }

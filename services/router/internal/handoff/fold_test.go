@@ -24,9 +24,9 @@ func tpl(t testing.TB, src string) *template.Template {
 	return p
 }
 
-func testTable(t testing.TB, rules ...Rule) Table {
+func testTable(t testing.TB, rules ...Rule) *Table {
 	t.Helper()
-	return Table{
+	return &Table{
 		Destinations: map[string]Destination{
 			"support": {
 				Name:   "support",
@@ -47,9 +47,32 @@ func testTable(t testing.TB, rules ...Rule) Table {
 				AnswerTimeout: 12 * time.Second,
 			},
 		},
-		Default: "support",
-		Rules:   rules,
+		Default:     "support",
+		Rules:       rules,
+		MaxAttempts: 3,
 	}
+}
+
+// commands returns the commands among ds, failing on anything else.
+func commands(t testing.TB, ds []Decision) []*batonv1.HandoffCommand {
+	t.Helper()
+	var out []*batonv1.HandoffCommand
+	for _, d := range ds {
+		cmd, ok := d.Msg.(*batonv1.HandoffCommand)
+		require.True(t, ok, "decision is a %T: %v", d.Msg, d.Msg)
+		require.Equal(t, cmd.GetCommandId(), d.ID)
+		out = append(out, cmd)
+	}
+	return out
+}
+
+// refusal returns the one refusal in ds.
+func refusal(t testing.TB, ds []Decision) *batonv1.HandoffRefused {
+	t.Helper()
+	require.Len(t, ds, 1)
+	r, ok := ds[0].Msg.(*batonv1.HandoffRefused)
+	require.True(t, ok, "decision is a %T: %v", ds[0].Msg, ds[0].Msg)
+	return r
 }
 
 func newFold(t testing.TB, rules ...Rule) (*Fold, *bytes.Buffer) {
@@ -82,7 +105,7 @@ func TestRuleHandsOffOnCallStarted(t *testing.T) {
 	msg := started("c1", map[string]string{"Customer-Id": "C-42", "Intent": "billing"})
 	ev := event(t, "c1", msg)
 
-	cmds := f.Apply(t.Context(), ev)
+	cmds := commands(t, f.Apply(t.Context(), ev))
 	require.Len(t, cmds, 1)
 	cmd := cmds[0]
 	require.Equal(t, CommandID("c1", ev.ID), cmd.GetCommandId())
@@ -152,16 +175,6 @@ func TestHandoffRequested(t *testing.T) {
 			},
 		},
 		{
-			name:     "unknown destination takes the default",
-			req:      &batonv1.HandoffRequested{Destination: "nowhere", Reason: "upsell", Utterance: "buy", RequestId: "r1"},
-			wantDest: "support",
-			wantHeaders: []*batonv1.SipHeader{
-				{Name: "X-Baton-Call-Id", Value: "c1"},
-				{Name: "X-Customer-Id", Value: "C-42"},
-				{Name: "X-Intent", Value: "sales"},
-			},
-		},
-		{
 			name: "request variables win over call variables, not over system ones",
 			req: &batonv1.HandoffRequested{Reason: "upsell", Utterance: "buy", RequestId: "r1",
 				Variables: map[string]string{"intent": "refund", "call_id": "spoofed", "customer_id": "C-99"}},
@@ -177,7 +190,7 @@ func TestHandoffRequested(t *testing.T) {
 			f, _ := newFold(t)
 			require.Empty(t, f.Apply(t.Context(), event(t, "c1", started("c1", map[string]string{"Customer-Id": "C-42", "Intent": "sales"}))))
 			ev := event(t, "c1", tc.req)
-			cmds := f.Apply(t.Context(), ev)
+			cmds := commands(t, f.Apply(t.Context(), ev))
 			require.Len(t, cmds, 1)
 			cmd := cmds[0]
 			require.Equal(t, CommandID("c1", ev.ID), cmd.GetCommandId())
@@ -193,7 +206,7 @@ func TestHandoffRequested(t *testing.T) {
 
 func TestSalesDestinationUsesItsMethodAndTimeout(t *testing.T) {
 	f, _ := newFold(t, Rule{Name: "to-sales", Destination: "sales"})
-	cmds := f.Apply(t.Context(), event(t, "c1", started("c1", nil)))
+	cmds := commands(t, f.Apply(t.Context(), event(t, "c1", started("c1", nil))))
 	require.Len(t, cmds, 1)
 	require.Equal(t, batonv1.Method_METHOD_INVITE, cmds[0].GetMethod())
 	require.Equal(t, "tel:+15550001111", cmds[0].GetRoute())
@@ -241,8 +254,10 @@ func TestHeaderInjectionRefusesTheHandoff(t *testing.T) {
 	} {
 		t.Run(name, func(t *testing.T) {
 			f, logs := newFold(t, Rule{Name: "everyone", Destination: "support"})
-			cmds := f.Apply(t.Context(), event(t, "c1", started("c1", map[string]string{"Customer-Id": value})))
-			require.Empty(t, cmds)
+			r := refusal(t, f.Apply(t.Context(), event(t, "c1", started("c1", map[string]string{"Customer-Id": value}))))
+			require.Equal(t, RefusedInvalidHeader, r.GetReasonCode())
+			require.Equal(t, "support", r.GetDestination())
+			require.Contains(t, r.GetDetail(), "X-Customer-Id")
 			require.Contains(t, logs.String(), "handoff refused: rendered header is invalid")
 			require.Contains(t, logs.String(), `"header":"X-Customer-Id"`)
 			require.Equal(t, 1, f.Calls(), "the call is still known; only the handoff is refused")
@@ -252,7 +267,7 @@ func TestHeaderInjectionRefusesTheHandoff(t *testing.T) {
 
 func TestMissingVariablesRenderEmptyAndAreLogged(t *testing.T) {
 	f, logs := newFold(t, Rule{Name: "everyone", Destination: "support"})
-	cmds := f.Apply(t.Context(), event(t, "c1", started("c1", map[string]string{"Intent": "billing"})))
+	cmds := commands(t, f.Apply(t.Context(), event(t, "c1", started("c1", map[string]string{"Intent": "billing"}))))
 	require.Len(t, cmds, 1)
 	require.Equal(t, "", cmds[0].GetHeaders()[1].GetValue())
 	require.Contains(t, logs.String(), `"missing":["Customer-Id"]`)

@@ -1,15 +1,18 @@
 // Package handoff folds a call's facts into per-call state and decides the
 // handoff commands: which destination, which method, and the X- headers
-// rendered from the call's variables.
+// rendered from the call's variables; on a failed transfer, the fallback.
 package handoff
 
 import (
 	"crypto/sha256"
 	"encoding/hex"
+	"path"
+	"regexp"
 	"strings"
 	"time"
 
 	batonv1 "github.com/baton-voice/baton/pkg/events/batonv1"
+	"github.com/baton-voice/baton/services/router/internal/rules"
 	"github.com/baton-voice/baton/services/router/internal/template"
 )
 
@@ -19,6 +22,27 @@ type Header struct {
 	Value *template.Template
 }
 
+// MissingPolicy is what a destination does when a header template names a
+// variable the call does not have.
+type MissingPolicy int
+
+// Missing-variable policies.
+const (
+	// MissingEmpty renders the variable as "" and logs it.
+	MissingEmpty MissingPolicy = iota
+	// MissingRefuse refuses the handoff (HandoffRefused, missing_variable).
+	MissingRefuse
+)
+
+// Encryption is the media and signalling protection of an INVITE leg.
+type Encryption string
+
+// Encryptions.
+const (
+	EncryptionTLSSRTP Encryption = "tls_srtp"
+	EncryptionUDPRTP  Encryption = "udp_rtp"
+)
+
 // Destination is a validated handoff destination.
 type Destination struct {
 	Name          string
@@ -26,26 +50,119 @@ type Destination struct {
 	Route         string
 	Headers       []Header // sorted by name
 	AnswerTimeout time.Duration
+	// Encryption applies to INVITE only; empty for REFER and BYE.
+	Encryption Encryption
+	// Whisper is the audio played to the destination before bridging
+	// (INVITE only); empty for none.
+	Whisper string
+	// Fallback names the destinations tried, in order, after this one fails.
+	Fallback  []string
+	OnMissing MissingPolicy
 }
 
-// Rule is a routing rule. A rule without a condition matches every call
-// when its CallStarted arrives; conditions come later.
+// header finds the destination's header named name, ignoring case.
+func (d Destination) header(name string) (Header, bool) {
+	for _, h := range d.Headers {
+		if strings.EqualFold(h.Name, name) {
+			return h, true
+		}
+	}
+	return Header{}, false
+}
+
+// Condition is a compiled rule condition (see package rules).
+type Condition interface {
+	Match(in *rules.Input) (bool, error)
+}
+
+// Rule is a routing rule. Rules are tried in order when a call starts and
+// when a handoff request names no destination. A matching rule applies its
+// set actions, then hands off at once when it names a destination;
+// otherwise evaluation stops (the call is left to the agent) unless
+// Continue is set.
 type Rule struct {
-	Name        string
+	Name string
+	// When is the condition; nil matches every call.
+	When Condition
+	// SetVariables and SetState are written to the call when the rule matches.
+	SetVariables map[string]string
+	SetState     map[string]string
+	// Destination, when set, is handed off to at once.
 	Destination string
+	// Continue goes on to the next rule after a match without a handoff.
+	Continue bool
 }
 
-// Table is what the router knows from its configuration.
+// EndPolicy is what happens when every destination of a handoff failed.
+type EndPolicy int
+
+// End policies.
+const (
+	// EndHangup ends the call: a BYE command.
+	EndHangup EndPolicy = iota
+	// EndReturnToAgent leaves the call with the agent; nothing is sent.
+	EndReturnToAgent
+)
+
+// Pattern is one route pattern of the transfer-target allowlist.
+type Pattern struct {
+	src string
+	re  *regexp.Regexp // nil: a glob
+}
+
+// NewPattern makes a pattern: "re:<regexp>" is a regular expression that
+// must match the whole route; anything else is a glob (path.Match syntax:
+// '*' any run of characters except '/', '?' one character, [class]).
+func NewPattern(src string) (Pattern, error) {
+	if expr, ok := strings.CutPrefix(src, "re:"); ok {
+		re, err := regexp.Compile("^(?:" + expr + ")$")
+		if err != nil {
+			return Pattern{}, err
+		}
+		return Pattern{src: src, re: re}, nil
+	}
+	if _, err := path.Match(src, ""); err != nil {
+		return Pattern{}, err
+	}
+	return Pattern{src: src}, nil
+}
+
+// Match reports whether route matches the pattern.
+func (p Pattern) Match(route string) bool {
+	if p.re != nil {
+		return p.re.MatchString(route)
+	}
+	ok, _ := path.Match(p.src, route)
+	return ok
+}
+
+// String returns the pattern as configured.
+func (p Pattern) String() string { return p.src }
+
+// Table is what the router knows from its configuration. A Table is never
+// changed once built; a reload builds a new one.
 type Table struct {
 	Destinations map[string]Destination
 	// Default names the destination used when a request names none.
 	Default string
-	// Rules are tried in order; the first match decides.
+	// Rules are tried in order.
 	Rules []Rule
+	// AllowedRoutes are the patterns a request may name a route by, beside
+	// the configured destinations.
+	AllowedRoutes []Pattern
+	// MaxAttempts bounds the commands of one handoff, fallbacks included.
+	MaxAttempts uint32
+	// OnAllFailed is what happens when no destination is left.
+	OnAllFailed EndPolicy
+	// AdHocAnswerTimeout is the answer timeout of an allowlisted route.
+	AdHocAnswerTimeout time.Duration
 }
 
+// Current returns t itself: a fixed table is its own source.
+func (t *Table) Current() *Table { return t }
+
 // destination finds a destination by name: exactly, else ignoring case.
-func (t Table) destination(name string) (Destination, bool) {
+func (t *Table) destination(name string) (Destination, bool) {
 	if d, ok := t.Destinations[name]; ok {
 		return d, true
 	}
@@ -55,6 +172,34 @@ func (t Table) destination(name string) (Destination, bool) {
 		}
 	}
 	return Destination{}, false
+}
+
+// routeAllowed reports whether an ad-hoc route matches the allowlist.
+func (t *Table) routeAllowed(route string) bool {
+	for _, p := range t.AllowedRoutes {
+		if p.Match(route) {
+			return true
+		}
+	}
+	return false
+}
+
+// Allows reports whether a handoff may target target (a destination
+// name, or a route the allowlist admits); when not, it returns the
+// refusal code and why. The empty target (rules, then the default) is
+// always allowed.
+func (t *Table) Allows(target string) (ok bool, code, detail string) {
+	if target == "" {
+		return true, "", ""
+	}
+	_, code, detail = resolve(t, target)
+	return code == "", code, detail
+}
+
+// Source gives the table decisions use. A reloading source returns the
+// newest valid table; a decision loads it once and uses that snapshot.
+type Source interface {
+	Current() *Table
 }
 
 // CommandID is the deterministic id of the command that trigger (an event

@@ -15,7 +15,6 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/baton-voice/baton/pkg/events"
-	batonv1 "github.com/baton-voice/baton/pkg/events/batonv1"
 	"github.com/baton-voice/baton/pkg/kafka"
 	"github.com/baton-voice/baton/services/router/internal/handoff"
 )
@@ -38,6 +37,10 @@ type Options struct {
 	Group string
 	// TransactionalID is unique per instance.
 	TransactionalID string
+	// SessionTimeout and TransactionTimeout override franz-go's defaults
+	// when positive.
+	SessionTimeout     time.Duration
+	TransactionTimeout time.Duration
 }
 
 // Router owns a transactional group session and the fold it feeds.
@@ -64,6 +67,14 @@ func New(opts Options, fold *handoff.Fold, logger *slog.Logger) (*Router, error)
 		// option is a deprecated no-op.)
 		kgo.TransactionalID(opts.TransactionalID),
 	)
+	if opts.SessionTimeout > 0 {
+		// How fast a dead instance's partitions move to a live one.
+		kopts = append(kopts, kgo.SessionTimeout(opts.SessionTimeout))
+	}
+	if opts.TransactionTimeout > 0 {
+		// How long a dead instance's open transaction blocks its partitions.
+		kopts = append(kopts, kgo.TransactionTimeout(opts.TransactionTimeout))
+	}
 	sess, err := kgo.NewGroupTransactSession(kopts...)
 	if err != nil {
 		return nil, fmt.Errorf("new transactional session %s: %w", opts.TransactionalID, err)
@@ -144,7 +155,7 @@ func (r *Router) transact(ctx context.Context, records []*kgo.Record) (bool, err
 	}
 	r.fold.Commit()
 	for _, rec := range out {
-		r.logger.InfoContext(ctx, "handoff command published", "call_id", string(rec.Key),
+		r.logger.InfoContext(ctx, "decision published", "call_id", string(rec.Key), "type", headerValue(rec, events.HeaderType),
 			"command_id", headerValue(rec, events.HeaderID), "topic", rec.Topic, "partition", rec.Partition)
 	}
 	return true, nil
@@ -162,11 +173,10 @@ func (r *Router) handle(ctx context.Context, records []*kgo.Record) []*kgo.Recor
 				"partition", rec.Partition, "offset", rec.Offset, "err", err)
 			continue
 		}
-		for _, cmd := range r.fold.Apply(ctx, ev) {
-			rec, err := r.encode(ev, cmd)
+		for _, d := range r.fold.Apply(ctx, ev) {
+			rec, err := r.encode(ev, d)
 			if err != nil {
-				r.logger.ErrorContext(ctx, "encode handoff command", "call_id", cmd.GetCallId(),
-					"command_id", cmd.GetCommandId(), "err", err)
+				r.logger.ErrorContext(ctx, "encode decision", "call_id", ev.Subject, "command_id", d.ID, "err", err)
 				continue
 			}
 			out = append(out, rec)
@@ -175,21 +185,26 @@ func (r *Router) handle(ctx context.Context, records []*kgo.Record) []*kgo.Recor
 	return out
 }
 
-// encode makes the record of a command. Its event id is the command id and
-// its time the trigger's, so a replay produces an identical record.
-func (r *Router) encode(trigger events.Event, cmd *batonv1.HandoffCommand) (*kgo.Record, error) {
+// encode makes the record of a decision (a command or a refusal). Its
+// event id is derived from the trigger and its time is the trigger's, so a
+// replay produces an identical record.
+func (r *Router) encode(trigger events.Event, d handoff.Decision) (*kgo.Record, error) {
+	typ, err := events.TypeOf(d.Msg)
+	if err != nil {
+		return nil, fmt.Errorf("encode decision %s of call %s: %w", d.ID, trigger.Subject, err)
+	}
 	ev := events.Event{
-		ID:          cmd.GetCommandId(),
-		Type:        events.TypeHandoffCommand,
+		ID:          d.ID,
+		Type:        typ,
 		Source:      Source,
-		Subject:     cmd.GetCallId(),
+		Subject:     trigger.Subject,
 		Time:        trigger.Time,
 		TraceParent: trigger.TraceParent,
-		Data:        cmd,
+		Data:        d.Msg,
 	}
 	rec, err := events.Encode(r.topic, ev)
 	if err != nil {
-		return nil, fmt.Errorf("encode command %s of call %s: %w", cmd.GetCommandId(), cmd.GetCallId(), err)
+		return nil, fmt.Errorf("encode decision %s of call %s: %w", d.ID, trigger.Subject, err)
 	}
 	return rec, nil
 }

@@ -43,7 +43,7 @@ const waitTimeout = 20 * time.Second
 type harness struct {
 	t      *testing.T
 	kcfg   kafka.Config
-	table  handoff.Table
+	table  *handoff.Table
 	logger *slog.Logger
 	prod   *kgo.Client
 }

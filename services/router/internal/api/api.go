@@ -1,0 +1,458 @@
+// Package api is the agent HTTP API: the conv object over HTTP/JSON. It
+// reads a call from the router's committed fold and writes by publishing
+// events to the calls topic (HandoffRequested, CallStateChanged,
+// AgentMetric), which the fold applies like any other fact, so a call's
+// state stays a fold over its events.
+//
+// Reads are served from this instance's memory, so with several router
+// instances a request must reach the instance that owns the call's
+// partition (or, later, a shared view). A call whose CallStarted was
+// published but not yet folded reads as unknown (404) for that moment.
+//
+// The API is described by api/openapi.yaml; a test keeps the two equal.
+package api
+
+import (
+	"context"
+	"crypto/subtle"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math"
+	"net/http"
+	"regexp"
+	"strings"
+	"time"
+
+	"github.com/google/uuid"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/baton-voice/baton/pkg/events"
+	batonv1 "github.com/baton-voice/baton/pkg/events/batonv1"
+	"github.com/baton-voice/baton/pkg/sipx"
+	"github.com/baton-voice/baton/services/router/internal/handoff"
+)
+
+// Source is the ce_source of the events the API publishes.
+const Source = "baton/router"
+
+// RequestedBy is HandoffRequested.requested_by and CallStateChanged.set_by.
+const RequestedBy = "agent-api"
+
+// maxBody bounds a request body.
+const maxBody = 64 << 10
+
+// Limits on what an agent may write.
+const (
+	maxKeyLen   = 128
+	maxValueLen = 4096
+	maxEntries  = 64
+)
+
+// Calls reads the committed state of a call.
+type Calls interface {
+	View(id string) (v handoff.CallView, found, ended bool)
+}
+
+// Publisher writes an event to the calls topic and waits for the ack.
+type Publisher interface {
+	Publish(ctx context.Context, ev events.Event) error
+}
+
+// Route is one operation of the API.
+type Route struct {
+	Method  string
+	Pattern string // a net/http pattern path: /v1/calls/{id}
+}
+
+// Server is the API's handler.
+type Server struct {
+	calls  Calls
+	tables handoff.Source
+	pub    Publisher
+	tokens [][]byte
+	logger *slog.Logger
+	now    func() time.Time
+	mux    *http.ServeMux
+	// paths routes on the path alone, to tell 405 from 404.
+	paths *http.ServeMux
+}
+
+// New returns the API. tokens are the accepted bearer tokens (from the
+// environment); now stamps the events it publishes.
+func New(calls Calls, tables handoff.Source, pub Publisher, tokens []string, logger *slog.Logger, now func() time.Time) *Server {
+	s := &Server{calls: calls, tables: tables, pub: pub, logger: logger, now: now,
+		mux: http.NewServeMux(), paths: http.NewServeMux()}
+	for _, t := range tokens {
+		if t = strings.TrimSpace(t); t != "" {
+			s.tokens = append(s.tokens, []byte(t))
+		}
+	}
+	allow := map[string][]string{}
+	for _, r := range s.routes() {
+		s.mux.Handle(r.Method+" "+r.Pattern, r.handler)
+		allow[r.Pattern] = append(allow[r.Pattern], r.Method)
+	}
+	for pattern, methods := range allow {
+		s.paths.Handle(pattern, methodNotAllowed(methods))
+	}
+	return s
+}
+
+type route struct {
+	Route
+	handler http.HandlerFunc
+}
+
+func (s *Server) routes() []route {
+	return []route{
+		{Route{http.MethodGet, "/v1/calls/{id}"}, s.getCall},
+		{Route{http.MethodPatch, "/v1/calls/{id}/state"}, s.patchState},
+		{Route{http.MethodPost, "/v1/calls/{id}/handoff"}, s.postHandoff},
+		{Route{http.MethodGet, "/v1/calls/{id}/handoff"}, s.getHandoff},
+		{Route{http.MethodPost, "/v1/calls/{id}/metrics"}, s.postMetric},
+	}
+}
+
+// Routes lists the API's operations.
+func (s *Server) Routes() []Route {
+	var out []Route
+	for _, r := range s.routes() {
+		out = append(out, r.Route)
+	}
+	return out
+}
+
+// ServeHTTP authenticates, then dispatches.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if !s.authorized(r) {
+		w.Header().Set("WWW-Authenticate", `Bearer realm="baton"`)
+		problem(w, http.StatusUnauthorized, "unauthorized", "a valid bearer token is required")
+		return
+	}
+	if _, pattern := s.mux.Handler(r); pattern == "" {
+		if h, pattern := s.paths.Handler(r); pattern != "" {
+			h.ServeHTTP(w, r)
+			return
+		}
+		problem(w, http.StatusNotFound, "not found", "no such operation: "+r.Method+" "+r.URL.Path)
+		return
+	}
+	s.mux.ServeHTTP(w, r)
+}
+
+func methodNotAllowed(methods []string) http.HandlerFunc {
+	allow := strings.Join(methods, ", ")
+	return func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Allow", allow)
+		problem(w, http.StatusMethodNotAllowed, "method not allowed", r.Method+" is not allowed here; use "+allow)
+	}
+}
+
+func (s *Server) authorized(r *http.Request) bool {
+	token, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+	if !ok || token == "" {
+		return false
+	}
+	match := 0
+	for _, t := range s.tokens {
+		match |= subtle.ConstantTimeCompare([]byte(token), t)
+	}
+	return match == 1
+}
+
+// Problem is an RFC 9457 problem document.
+type Problem struct {
+	Type   string `json:"type"`
+	Title  string `json:"title"`
+	Status int    `json:"status"`
+	Detail string `json:"detail,omitempty"`
+	// RequestID is set when the request was published anyway (a refused
+	// handoff is recorded as an event).
+	RequestID string `json:"request_id,omitempty"`
+	Code      string `json:"code,omitempty"`
+}
+
+func problem(w http.ResponseWriter, status int, title, detail string) {
+	writeProblem(w, Problem{Type: "about:blank", Title: title, Status: status, Detail: detail})
+}
+
+func writeProblem(w http.ResponseWriter, p Problem) {
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(p.Status)
+	_ = json.NewEncoder(w).Encode(p) // the client went away
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(v) // the client went away
+}
+
+// live finds the call of the request or writes 404 (unknown) or 409
+// (ended).
+func (s *Server) live(w http.ResponseWriter, r *http.Request) (handoff.CallView, bool) {
+	id := r.PathValue("id")
+	v, found, ended := s.calls.View(id)
+	switch {
+	case ended:
+		problem(w, http.StatusConflict, "call ended", fmt.Sprintf("call %s has ended", id))
+		return v, false
+	case !found:
+		problem(w, http.StatusNotFound, "unknown call", fmt.Sprintf("no live call %s", id))
+		return v, false
+	}
+	return v, true
+}
+
+// decode reads a JSON body strictly: unknown fields and trailing data are
+// errors.
+func decode(w http.ResponseWriter, r *http.Request, v any) bool {
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxBody))
+	dec.DisallowUnknownFields()
+	err := dec.Decode(v)
+	if err == nil && dec.Decode(&struct{}{}) != io.EOF {
+		err = errors.New("trailing data after the JSON value")
+	}
+	if err != nil {
+		problem(w, http.StatusBadRequest, "bad request", "invalid JSON body: "+err.Error())
+		return false
+	}
+	return true
+}
+
+// CallJSON is the conv view of a call.
+type CallJSON struct {
+	CallID       string              `json:"call_id"`
+	CallerNumber string              `json:"caller_number"`
+	CalleeNumber string              `json:"callee_number"`
+	SipHeaders   map[string][]string `json:"sip_headers"`
+	Variables    map[string]string   `json:"variables"`
+	State        map[string]string   `json:"state"`
+	Handoff      HandoffJSON         `json:"handoff"`
+}
+
+// HandoffJSON is where a call's handoff stands.
+type HandoffJSON struct {
+	Status      string `json:"status"`
+	RequestID   string `json:"request_id,omitempty"`
+	CommandID   string `json:"command_id,omitempty"`
+	Destination string `json:"destination,omitempty"`
+	Route       string `json:"route,omitempty"`
+	Method      string `json:"method,omitempty"`
+	Reason      string `json:"reason,omitempty"`
+	Attempt     uint32 `json:"attempt,omitempty"`
+	SipCode     int32  `json:"sip_code,omitempty"`
+	SipReason   string `json:"sip_reason,omitempty"`
+	Detail      string `json:"detail,omitempty"`
+	RefusedCode string `json:"refused_code,omitempty"`
+	Ending      bool   `json:"ending,omitempty"`
+}
+
+func handoffJSON(h handoff.HandoffView) HandoffJSON {
+	return HandoffJSON{
+		Status: string(h.Status), RequestID: h.RequestID, CommandID: h.CommandID, Destination: h.Destination,
+		Route: h.Route, Method: h.Method, Reason: h.Reason, Attempt: h.Attempt, SipCode: h.SipCode,
+		SipReason: h.SipReason, Detail: h.Detail, RefusedCode: h.RefusedCode, Ending: h.Ending,
+	}
+}
+
+func (s *Server) getCall(w http.ResponseWriter, r *http.Request) {
+	v, ok := s.live(w, r)
+	if !ok {
+		return
+	}
+	if v.SipHeaders == nil {
+		v.SipHeaders = map[string][]string{}
+	}
+	writeJSON(w, http.StatusOK, CallJSON{
+		CallID: v.CallID, CallerNumber: v.CallerNumber, CalleeNumber: v.CalleeNumber,
+		SipHeaders: v.SipHeaders, Variables: v.Variables, State: v.State, Handoff: handoffJSON(v.Handoff),
+	})
+}
+
+func (s *Server) getHandoff(w http.ResponseWriter, r *http.Request) {
+	v, ok := s.live(w, r)
+	if !ok {
+		return
+	}
+	writeJSON(w, http.StatusOK, handoffJSON(v.Handoff))
+}
+
+// Accepted is the answer to a write: the event is in Kafka; the router
+// applies it shortly.
+type Accepted struct {
+	RequestID string `json:"request_id"`
+	CallID    string `json:"call_id"`
+}
+
+func (s *Server) publish(w http.ResponseWriter, r *http.Request, callID string, msg proto.Message) bool {
+	ev, err := events.New(Source, callID, msg, s.now())
+	if err == nil {
+		err = s.pub.Publish(r.Context(), ev)
+	}
+	if err != nil {
+		s.logger.ErrorContext(r.Context(), "publish agent event", "call_id", callID, "err", err)
+		problem(w, http.StatusServiceUnavailable, "unavailable", "the event could not be published; retry")
+		return false
+	}
+	return true
+}
+
+var (
+	codePattern   = regexp.MustCompile(`^[A-Za-z0-9_.:-]{1,64}$`)
+	metricPattern = regexp.MustCompile(`^[A-Za-z][A-Za-z0-9_.]{0,63}$`)
+)
+
+// checkMap validates agent-written keys and values: bounded, and free of
+// CR, LF and NUL so nothing can ever be smuggled into a header.
+func checkMap(field string, m map[string]string) error {
+	if len(m) > maxEntries {
+		return fmt.Errorf("%s: at most %d entries", field, maxEntries)
+	}
+	for k, v := range m {
+		if k == "" || len(k) > maxKeyLen || strings.ContainsAny(k, "\r\n\x00") {
+			return fmt.Errorf("%s: bad key %q", field, k)
+		}
+		if len(v) > maxValueLen || sipx.ValidateValue(v) != nil {
+			return fmt.Errorf("%s.%s: value has CR, LF or NUL, or is over %d bytes", field, k, maxValueLen)
+		}
+	}
+	return nil
+}
+
+func (s *Server) patchState(w http.ResponseWriter, r *http.Request) {
+	v, ok := s.live(w, r)
+	if !ok {
+		return
+	}
+	// A JSON merge patch (RFC 7396) of string values: null deletes a key.
+	var patch map[string]*string
+	if !decode(w, r, &patch) {
+		return
+	}
+	msg := &batonv1.CallStateChanged{CallId: v.CallID, SetBy: RequestedBy, RequestId: uuid.NewString(), Set: map[string]string{}}
+	for k, val := range patch {
+		if val == nil {
+			msg.Removed = append(msg.Removed, k)
+		} else {
+			msg.Set[k] = *val
+		}
+	}
+	if err := checkMap("state", msg.GetSet()); err != nil || len(patch) == 0 {
+		if err == nil {
+			err = errors.New("an empty patch")
+		}
+		problem(w, http.StatusBadRequest, "bad request", err.Error())
+		return
+	}
+	if !s.publish(w, r, v.CallID, msg) {
+		return
+	}
+	writeJSON(w, http.StatusAccepted, Accepted{RequestID: msg.GetRequestId(), CallID: v.CallID})
+}
+
+// HandoffRequest is the body of POST /v1/calls/{id}/handoff.
+type HandoffRequest struct {
+	Destination string            `json:"destination"`
+	Reason      string            `json:"reason"`
+	Utterance   string            `json:"utterance"`
+	Variables   map[string]string `json:"variables"`
+	Headers     map[string]string `json:"headers"`
+}
+
+func (s *Server) postHandoff(w http.ResponseWriter, r *http.Request) {
+	v, ok := s.live(w, r)
+	if !ok {
+		return
+	}
+	var req HandoffRequest
+	if !decode(w, r, &req) {
+		return
+	}
+	if err := req.check(); err != nil {
+		problem(w, http.StatusBadRequest, "bad request", err.Error())
+		return
+	}
+	msg := &batonv1.HandoffRequested{
+		CallId: v.CallID, RequestId: uuid.NewString(), Destination: req.Destination, Reason: req.Reason,
+		Utterance: req.Utterance, Variables: req.Variables, Headers: req.Headers, RequestedBy: RequestedBy,
+	}
+	allowed, code, detail := s.tables.Current().Allows(req.Destination)
+	// A refused target is published too: the router records the refusal
+	// as a HandoffRefused event, so every attempt is in the log.
+	if !s.publish(w, r, v.CallID, msg) {
+		return
+	}
+	if !allowed {
+		writeProblem(w, Problem{Type: "about:blank", Title: "destination not allowed", Status: http.StatusForbidden,
+			Detail: detail, Code: code, RequestID: msg.GetRequestId()})
+		return
+	}
+	w.Header().Set("Location", "/v1/calls/"+v.CallID+"/handoff")
+	writeJSON(w, http.StatusAccepted, Accepted{RequestID: msg.GetRequestId(), CallID: v.CallID})
+}
+
+func (req HandoffRequest) check() error {
+	if len(req.Destination) > 256 || strings.ContainsAny(req.Destination, "\r\n\x00") {
+		return errors.New("destination: at most 256 bytes, no CR, LF or NUL")
+	}
+	if req.Reason != "" && !codePattern.MatchString(req.Reason) {
+		return fmt.Errorf("reason %q: a machine code of letters, digits, '_', '.', ':' or '-'", req.Reason)
+	}
+	if len(req.Utterance) > maxValueLen {
+		return fmt.Errorf("utterance: at most %d bytes", maxValueLen)
+	}
+	if err := checkMap("variables", req.Variables); err != nil {
+		return err
+	}
+	if len(req.Headers) > maxEntries {
+		return fmt.Errorf("headers: at most %d entries", maxEntries)
+	}
+	for name, val := range req.Headers {
+		if err := sipx.ValidateCustom(name, val); err != nil {
+			return fmt.Errorf("headers.%s: %w", name, err)
+		}
+	}
+	return nil
+}
+
+// MetricRequest is the body of POST /v1/calls/{id}/metrics.
+type MetricRequest struct {
+	Name  string            `json:"name"`
+	Value *float64          `json:"value"`
+	Tags  map[string]string `json:"tags"`
+}
+
+func (s *Server) postMetric(w http.ResponseWriter, r *http.Request) {
+	v, ok := s.live(w, r)
+	if !ok {
+		return
+	}
+	var req MetricRequest
+	if !decode(w, r, &req) {
+		return
+	}
+	var err error
+	switch {
+	case !metricPattern.MatchString(req.Name):
+		err = fmt.Errorf("name %q: a letter, then letters, digits, '_' or '.', at most 64", req.Name)
+	case req.Value == nil:
+		err = errors.New("value is required")
+	case math.IsNaN(*req.Value) || math.IsInf(*req.Value, 0):
+		err = errors.New("value must be finite")
+	default:
+		err = checkMap("tags", req.Tags)
+	}
+	if err != nil {
+		problem(w, http.StatusBadRequest, "bad request", err.Error())
+		return
+	}
+	msg := &batonv1.AgentMetric{CallId: v.CallID, Name: req.Name, Value: *req.Value, Tags: req.Tags, RequestId: uuid.NewString()}
+	if !s.publish(w, r, v.CallID, msg) {
+		return
+	}
+	writeJSON(w, http.StatusAccepted, Accepted{RequestID: msg.GetRequestId(), CallID: v.CallID})
+}
