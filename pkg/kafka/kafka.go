@@ -43,6 +43,9 @@ type Config struct {
 	// ProduceTimeout bounds how long a synchronous produce may wait; callers
 	// apply it as a context deadline.
 	ProduceTimeout time.Duration `yaml:"produce_timeout"`
+	// SessionTimeout is how long a consumer group waits for a silent member
+	// (crashed, partitioned) before giving its partitions to the others.
+	SessionTimeout time.Duration `yaml:"session_timeout"`
 }
 
 // DefaultConfig returns the configuration for the local stack.
@@ -54,6 +57,7 @@ func DefaultConfig() Config {
 		Partitions:        6,
 		ReplicationFactor: -1,
 		ProduceTimeout:    2 * time.Second,
+		SessionTimeout:    45 * time.Second,
 	}
 }
 
@@ -73,6 +77,9 @@ func (c Config) Validate() error {
 	}
 	if c.Partitions < 1 {
 		errs = append(errs, fmt.Errorf("kafka.partitions: %d, want at least 1", c.Partitions))
+	}
+	if c.SessionTimeout < time.Second {
+		errs = append(errs, fmt.Errorf("kafka.session_timeout: %v, want at least 1s", c.SessionTimeout))
 	}
 	if c.ProduceTimeout <= 0 {
 		errs = append(errs, fmt.Errorf("kafka.produce_timeout: %v, want a positive duration", c.ProduceTimeout))
@@ -95,6 +102,9 @@ func ClientOpts(c Config, logger *slog.Logger) []kgo.Opt {
 		// default partitioner hashes keys like the Java client (murmur2), so
 		// other Kafka clients agree with ours.
 		kgo.RecordPartitioner(kgo.UniformBytesPartitioner(64<<10, true, true, nil)),
+		// Group members (for clients that join one) are declared dead after
+		// this long without a heartbeat.
+		kgo.SessionTimeout(c.SessionTimeout),
 		// No kgo.RecordDeliveryTimeout: franz-go measures it from the record
 		// timestamp, which is the event's time, so replayed or backlogged
 		// events would fail at once. Callers bound a produce with a context

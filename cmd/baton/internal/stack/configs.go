@@ -12,13 +12,18 @@ func (s *Stack) configPath(service string) string {
 	return filepath.Join(s.opts.RunDir, "config", service+".yaml")
 }
 
-// writeConfigs writes each service's configuration for this stack; they
-// are ordinary config files an operator can read and reuse.
+// sessionTimeout lets a group hand a killed member's partitions to the
+// others quickly (kfake's floor is 6 s).
+const sessionTimeout = "6s"
+
+// writeConfigs writes each service instance's configuration for this
+// stack; they are ordinary config files an operator can read and reuse.
 func (s *Stack) writeConfigs() error {
 	kafka := func(service string) map[string]any {
 		return map[string]any{
-			"brokers":   []string{s.BrokerAddr},
-			"client_id": "baton-" + service,
+			"brokers":         []string{s.BrokerAddr},
+			"client_id":       "baton-" + service,
+			"session_timeout": sessionTimeout,
 		}
 	}
 	logs := map[string]any{"level": "info", "format": "json"}
@@ -52,7 +57,6 @@ func (s *Stack) writeConfigs() error {
 		"transfer": {
 			"kafka":         kafka("transfer"),
 			"log":           logs,
-			"listen":        fmt.Sprintf("127.0.0.1:%d", s.opts.TransferPort),
 			"external_host": "127.0.0.1",
 		},
 		"analytics": {
@@ -64,7 +68,26 @@ func (s *Stack) writeConfigs() error {
 			},
 		},
 	}
-	for name, cfg := range configs {
+	for _, inst := range s.instances() {
+		cfg := map[string]any{}
+		for k, v := range configs[inst.service] {
+			cfg[k] = v
+		}
+		switch inst.service {
+		case "router":
+			cfg["transactional_id"] = "baton-" + inst.name
+		case "transfer":
+			port := s.opts.TransferPort
+			if inst.index > 1 {
+				p, err := freePort()
+				if err != nil {
+					return fmt.Errorf("port for %s: %w", inst.name, err)
+				}
+				port = p
+			}
+			cfg["listen"] = fmt.Sprintf("127.0.0.1:%d", port)
+		}
+		name := inst.name
 		data, err := yaml.Marshal(cfg)
 		if err != nil {
 			return fmt.Errorf("config for %s: %w", name, err)

@@ -26,6 +26,40 @@ import (
 // Services in start order; they stop in reverse.
 var services = []string{"analytics", "transfer", "router", "ingress"}
 
+// instance is one process of a service: "router", or "router-2" when
+// several run.
+type instance struct {
+	service, name string
+	index         int
+}
+
+func (s *Stack) instances() []instance {
+	var out []instance
+	for _, svc := range services {
+		n := max(s.opts.Replicas[svc], 1)
+		if svc == "ingress" {
+			n = 1
+		}
+		for i := 1; i <= n; i++ {
+			name := svc
+			if n > 1 {
+				name = fmt.Sprintf("%s-%d", svc, i)
+			}
+			out = append(out, instance{service: svc, name: name, index: i})
+		}
+	}
+	return out
+}
+
+// Instances names every service process, for logs and Kill.
+func (s *Stack) Instances() []string {
+	var names []string
+	for _, inst := range s.instances() {
+		names = append(names, inst.name)
+	}
+	return names
+}
+
 // Options says where things are and which ports to use. A zero port picks
 // a free one.
 type Options struct {
@@ -38,6 +72,10 @@ type Options struct {
 
 	BrokerPort, ClickHouseTCPPort, ClickHouseHTTPPort int
 	IngressPort, TransferPort, SBCPort                int
+
+	// Replicas runs that many instances of router, transfer or analytics
+	// in one consumer group (default 1). Ingress is the SIP edge: one.
+	Replicas map[string]int
 
 	// Progress receives one line per step.
 	Progress io.Writer
@@ -143,9 +181,9 @@ func Start(ctx context.Context, opts Options) (_ *Stack, err error) {
 	if err := s.writeConfigs(); err != nil {
 		return nil, err
 	}
-	for _, name := range services {
-		s.progress("starting %s", name)
-		if err := s.spawn(name, filepath.Join(opts.BinDir, name), "--config", s.configPath(name)); err != nil {
+	for _, inst := range s.instances() {
+		s.progress("starting %s", inst.name)
+		if err := s.spawn(inst.name, filepath.Join(opts.BinDir, inst.service), "--config", s.configPath(inst.name)); err != nil {
 			return nil, err
 		}
 	}
@@ -251,6 +289,12 @@ func (s *Stack) waitReady(ctx context.Context) error {
 	}
 	defer cl.Close()
 	adm := kadm.NewClient(cl)
+	members := map[string]int{}
+	for _, inst := range s.instances() {
+		if inst.service != "ingress" {
+			members["baton-"+inst.service]++
+		}
+	}
 	groups := []string{"baton-router", "baton-transfer", "baton-analytics"}
 	return s.poll(ctx, "consumer groups "+strings.Join(groups, ", "), 60*time.Second, func(ctx context.Context) error {
 		described, err := adm.DescribeGroups(ctx, groups...)
@@ -259,8 +303,8 @@ func (s *Stack) waitReady(ctx context.Context) error {
 		}
 		for _, g := range groups {
 			d, ok := described[g]
-			if !ok || d.Err != nil || d.State != "Stable" || len(d.Members) == 0 {
-				return fmt.Errorf("group %s is %q", g, d.State)
+			if !ok || d.Err != nil || d.State != "Stable" || len(d.Members) < members[g] {
+				return fmt.Errorf("group %s is %q with %d of %d members", g, d.State, len(d.Members), members[g])
 			}
 		}
 		return nil

@@ -87,7 +87,7 @@ func startStack(t *testing.T) *Stack {
 	require.NoError(t, err)
 	t.Cleanup(func() {
 		if t.Failed() {
-			for _, name := range append([]string{"broker"}, services...) {
+			for _, name := range append([]string{"broker"}, s.Instances()...) {
 				t.Logf("--- %s log (tail) ---\n%s", name, tail(s.LogPath(name), 30))
 			}
 		}
