@@ -72,6 +72,12 @@ func (w testWriter) Write(p []byte) (int, error) {
 
 func startStack(t *testing.T) *Stack {
 	t.Helper()
+	return startStackWith(t, nil)
+}
+
+// startStackWith starts the pipeline with replicas instances per stage.
+func startStackWith(t *testing.T, replicas map[string]int) *Stack {
+	t.Helper()
 	if testing.Short() {
 		t.Skip("end-to-end: needs sipp and clickhouse-server; run without -short")
 	}
@@ -82,6 +88,7 @@ func startStack(t *testing.T) *Stack {
 		RunDir:   t.TempDir(),
 		RepoDir:  repo,
 		Progress: testWriter{t},
+		Replicas: replicas,
 	}
 	s, err := Start(t.Context(), opts)
 	require.NoError(t, err)
