@@ -909,7 +909,10 @@ type HandoffCommand struct {
 	Encryption string `protobuf:"bytes,13,opt,name=encryption,proto3" json:"encryption,omitempty"`
 	// local_sdp is the SDP Baton's ingress answered the caller with
 	// (CallStarted.local_sdp); a re-INVITE continues its o= line.
-	LocalSdp      string `protobuf:"bytes,14,opt,name=local_sdp,json=localSdp,proto3" json:"local_sdp,omitempty"`
+	LocalSdp string `protobuf:"bytes,14,opt,name=local_sdp,json=localSdp,proto3" json:"local_sdp,omitempty"`
+	// whisper is the audio (file path or URL) played to the destination of a
+	// warm transfer before the caller is bridged; empty plays nothing.
+	Whisper       string `protobuf:"bytes,15,opt,name=whisper,proto3" json:"whisper,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1038,6 +1041,13 @@ func (x *HandoffCommand) GetEncryption() string {
 func (x *HandoffCommand) GetLocalSdp() string {
 	if x != nil {
 		return x.LocalSdp
+	}
+	return ""
+}
+
+func (x *HandoffCommand) GetWhisper() string {
+	if x != nil {
+		return x.Whisper
 	}
 	return ""
 }
@@ -1245,7 +1255,7 @@ const file_baton_v1_events_proto_rawDesc = "" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a:\n" +
 	"\fHeadersEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xf1\x03\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x8b\x04\n" +
 	"\x0eHandoffCommand\x12\x1d\n" +
 	"\n" +
 	"command_id\x18\x01 \x01(\tR\tcommandId\x12\x17\n" +
@@ -1265,7 +1275,8 @@ const file_baton_v1_events_proto_rawDesc = "" +
 	"\n" +
 	"encryption\x18\r \x01(\tR\n" +
 	"encryption\x12\x1b\n" +
-	"\tlocal_sdp\x18\x0e \x01(\tR\blocalSdp\"\x94\x03\n" +
+	"\tlocal_sdp\x18\x0e \x01(\tR\blocalSdp\x12\x18\n" +
+	"\awhisper\x18\x0f \x01(\tR\awhisper\"\x94\x03\n" +
 	"\x0fTransferOutcome\x12\x1d\n" +
 	"\n" +
 	"command_id\x18\x01 \x01(\tR\tcommandId\x12\x17\n" +
