@@ -12,6 +12,7 @@ import (
 	"os/signal"
 	"syscall"
 
+	"github.com/emiago/sipgo/sip"
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	pkgconfig "github.com/baton-voice/baton/pkg/config"
@@ -51,6 +52,11 @@ func run(args []string, stderr io.Writer) int {
 		_, _ = fmt.Fprintln(stderr, err) // stderr is all there is
 		return 2
 	}
+
+	// sipgo refuses to send UDP messages over 1300 bytes (RFC 3261
+	// 18.1.1 asks for TCP there), but a 200 OK echoing a carrier's large
+	// INVITE must go back the way the INVITE came.
+	sip.UDPMTUSize = 65535
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()

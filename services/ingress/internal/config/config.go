@@ -6,15 +6,19 @@ package config
 
 import (
 	"errors"
+	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"regexp"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/baton-voice/baton/pkg/config"
 	"github.com/baton-voice/baton/pkg/kafka"
 	"github.com/baton-voice/baton/pkg/observability"
+	"github.com/baton-voice/baton/services/ingress/internal/numbers"
 )
 
 // Config is the whole ingress configuration.
@@ -25,8 +29,14 @@ type Config struct {
 	// empty means the listen host. Set it behind NAT.
 	ExternalHost string `yaml:"external_host"`
 	// Trunk names the trunk calls arrive on; it is copied into CallStarted.
+	// Only used when Trunks is empty: the one trunk then accepts any source.
 	Trunk string `yaml:"trunk"`
-	RTP   RTP    `yaml:"rtp"`
+	// Trunks identify callers by source address; a request from an address
+	// no trunk lists is dropped without an answer and counted.
+	Trunks []Trunk `yaml:"trunks"`
+	// Limits bound the load ingress takes before it answers 503.
+	Limits Limits `yaml:"limits"`
+	RTP    RTP    `yaml:"rtp"`
 	// PublishTimeout bounds the publish of CallStarted; when Kafka does not
 	// accept it in time the INVITE gets 503 and no call exists.
 	PublishTimeout time.Duration `yaml:"publish_timeout"`
@@ -34,6 +44,73 @@ type Config struct {
 	ShutdownTimeout time.Duration           `yaml:"shutdown_timeout"`
 	Kafka           kafka.Config            `yaml:"kafka"`
 	Log             observability.LogConfig `yaml:"log"`
+}
+
+// Trunk is one carrier or SBC: where its requests come from and how its
+// numbers read.
+type Trunk struct {
+	// Name is copied into CallStarted.trunk.
+	Name string `yaml:"name"`
+	// Sources is the CIDR allowlist (a bare IP means a /32 or /128).
+	Sources []string `yaml:"sources"`
+	// Region is the ISO 3166 region national numbers belong to (US, DE);
+	// empty means only numbers with a leading + are normalised.
+	Region string `yaml:"region"`
+	// CallerFrom and CalleeFrom list where numbers are read, first match
+	// wins: from, to, request_uri, pai, rpid, diversion.
+	CallerFrom []numbers.Source `yaml:"caller_from"`
+	CalleeFrom []numbers.Source `yaml:"callee_from"`
+}
+
+// Limits are the overload bounds; beyond them a new INVITE gets 503 with
+// Retry-After.
+type Limits struct {
+	// MaxCalls bounds the calls up or being set up at once.
+	MaxCalls int `yaml:"max_calls"`
+	// MaxCPS bounds new INVITEs accepted per second (a token bucket with a
+	// burst of one second's worth); retransmissions are never counted.
+	MaxCPS int `yaml:"max_cps"`
+	// RetryAfter is the Retry-After of the 503 (whole seconds).
+	RetryAfter time.Duration `yaml:"retry_after"`
+}
+
+// EffectiveTrunks returns the trunks in force: the configured ones, or,
+// when none are, one named Trunk accepting any source with numbers from
+// From and To.
+func (c Config) EffectiveTrunks() []Trunk {
+	if len(c.Trunks) > 0 {
+		out := make([]Trunk, len(c.Trunks))
+		for i, t := range c.Trunks {
+			if len(t.CallerFrom) == 0 {
+				t.CallerFrom = []numbers.Source{numbers.From}
+			}
+			if len(t.CalleeFrom) == 0 {
+				t.CalleeFrom = []numbers.Source{numbers.To}
+			}
+			out[i] = t
+		}
+		return out
+	}
+	return []Trunk{{
+		Name: c.Trunk, Sources: []string{"0.0.0.0/0", "::/0"},
+		CallerFrom: []numbers.Source{numbers.From}, CalleeFrom: []numbers.Source{numbers.To},
+	}}
+}
+
+// Prefix parses a source entry: a CIDR or a bare address.
+func Prefix(s string) (netip.Prefix, error) {
+	if strings.Contains(s, "/") {
+		p, err := netip.ParsePrefix(s)
+		if err != nil {
+			return netip.Prefix{}, err
+		}
+		return p.Masked(), nil
+	}
+	a, err := netip.ParseAddr(s)
+	if err != nil {
+		return netip.Prefix{}, err
+	}
+	return netip.PrefixFrom(a.Unmap(), a.Unmap().BitLen()), nil
 }
 
 // RTP is the media anchor's port range.
@@ -51,6 +128,7 @@ func Default() Config {
 		Listen:          "127.0.0.1:5060",
 		Trunk:           "default",
 		RTP:             RTP{PortMin: 20000, PortMax: 20999},
+		Limits:          Limits{MaxCalls: 5000, MaxCPS: 1000, RetryAfter: 5 * time.Second},
 		PublishTimeout:  2 * time.Second,
 		ShutdownTimeout: 5 * time.Second,
 		Kafka:           kafka.DefaultConfig(),
@@ -83,6 +161,16 @@ func (c Config) Validate() error {
 	if !trunkName.MatchString(c.Trunk) {
 		errs = append(errs, config.Errorf("trunk", "%q, want letters, digits, '.', '_' or '-'", c.Trunk))
 	}
+	errs = append(errs, c.validateTrunks()...)
+	if c.Limits.MaxCalls < 1 {
+		errs = append(errs, config.Errorf("limits.max_calls", "%d, want at least 1", c.Limits.MaxCalls))
+	}
+	if c.Limits.MaxCPS < 1 {
+		errs = append(errs, config.Errorf("limits.max_cps", "%d, want at least 1", c.Limits.MaxCPS))
+	}
+	if c.Limits.RetryAfter < time.Second || c.Limits.RetryAfter%time.Second != 0 {
+		errs = append(errs, config.Errorf("limits.retry_after", "%v, want whole seconds, at least 1s", c.Limits.RetryAfter))
+	}
 	if c.RTP.Host != "" && net.ParseIP(c.RTP.Host) == nil {
 		errs = append(errs, config.Errorf("rtp.host", "%q, want an IP address", c.RTP.Host))
 	}
@@ -105,6 +193,42 @@ func (c Config) Validate() error {
 		errs = append(errs, config.Errorf("log", "%v", err))
 	}
 	return errors.Join(errs...)
+}
+
+func (c Config) validateTrunks() []error {
+	var errs []error
+	names := map[string]bool{}
+	for i, t := range c.Trunks {
+		field := func(f string) string { return fmt.Sprintf("trunks[%d].%s", i, f) }
+		if !trunkName.MatchString(t.Name) {
+			errs = append(errs, config.Errorf(field("name"), "%q, want letters, digits, '.', '_' or '-'", t.Name))
+		} else if names[t.Name] {
+			errs = append(errs, config.Errorf(field("name"), "%q used twice", t.Name))
+		}
+		names[t.Name] = true
+		if len(t.Sources) == 0 {
+			errs = append(errs, config.Errorf(field("sources"), "empty, want at least one CIDR"))
+		}
+		for j, s := range t.Sources {
+			if _, err := Prefix(s); err != nil {
+				errs = append(errs, config.Errorf(fmt.Sprintf("trunks[%d].sources[%d]", i, j), "%q, want a CIDR or an IP address", s))
+			}
+		}
+		if err := numbers.ValidRegion(t.Region); err != nil {
+			errs = append(errs, config.Errorf(field("region"), "%v", err))
+		}
+		for _, l := range []struct {
+			field string
+			list  []numbers.Source
+		}{{"caller_from", t.CallerFrom}, {"callee_from", t.CalleeFrom}} {
+			for j, src := range l.list {
+				if !src.Valid() {
+					errs = append(errs, config.Errorf(fmt.Sprintf("trunks[%d].%s[%d]", i, l.field, j), "%q, want one of %v", src, numbers.Sources))
+				}
+			}
+		}
+	}
+	return errs
 }
 
 // ContactHost is the host given out in Contact and SDP.

@@ -37,6 +37,14 @@ func TestValidateNamesFields(t *testing.T) {
 		{"kafka", "kafka: {brokers: []}\n", "kafka.brokers"},
 		{"log", "log: {level: loud}\n", "log:"},
 		{"unknown key", "listen_addr: x\n", "field listen_addr not found"},
+		{"trunk cidr", "trunks: [{name: a, sources: [10.0.0.0/33]}]\n", "trunks[0].sources[0]:"},
+		{"trunk without sources", "trunks: [{name: a}]\n", "trunks[0].sources:"},
+		{"trunk name twice", "trunks: [{name: a, sources: [10.0.0.1]}, {name: a, sources: [10.0.0.2]}]\n", "trunks[1].name:"},
+		{"trunk region", "trunks: [{name: a, sources: [10.0.0.1], region: XX}]\n", "trunks[0].region:"},
+		{"trunk number source", "trunks: [{name: a, sources: [10.0.0.1], caller_from: [contact]}]\n", "trunks[0].caller_from[0]:"},
+		{"max calls", "limits: {max_calls: 0}\n", "limits.max_calls:"},
+		{"max cps", "limits: {max_cps: -1}\n", "limits.max_cps:"},
+		{"retry after", "limits: {retry_after: 1500ms}\n", "limits.retry_after:"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -58,4 +66,22 @@ func TestExternalHostWins(t *testing.T) {
 	require.NoError(t, c.Validate())
 	require.Equal(t, "198.51.100.4", c.ContactHost())
 	require.Equal(t, "10.0.0.5", c.RTPHost())
+}
+
+func TestTrunksKeepDefaults(t *testing.T) {
+	c := Default()
+	c.Trunk = "demo-sbc"
+	got := c.EffectiveTrunks()
+	require.Len(t, got, 1)
+	require.Equal(t, "demo-sbc", got[0].Name)
+	require.Equal(t, []string{"0.0.0.0/0", "::/0"}, got[0].Sources)
+
+	path := filepath.Join(t.TempDir(), "ingress.yaml")
+	require.NoError(t, os.WriteFile(path, []byte("trunks:\n  - name: carrier\n    sources: [203.0.113.0/24, \"2001:db8::1\"]\n    region: us\n    caller_from: [pai, from]\n"), 0o600))
+	c = Default()
+	require.NoError(t, pkgconfig.Load(path, &c))
+	got = c.EffectiveTrunks()
+	require.Equal(t, "carrier", got[0].Name)
+	require.Equal(t, "to", string(got[0].CalleeFrom[0]), "callee defaults to To")
+	require.Equal(t, "pai", string(got[0].CallerFrom[0]))
 }

@@ -1,17 +1,193 @@
-// Package numbers derives caller and callee numbers from SIP URIs. Today a
-// number is the URI's user part as received; normalisation to E.164 (and
-// the choice of P-Asserted-Identity or Diversion as the source) replaces
-// Normalize later without touching its callers.
+// Package numbers derives a call's caller and callee numbers from the
+// headers a trunk names (From, To, Request-URI, P-Asserted-Identity,
+// Remote-Party-ID, Diversion) and normalises them to E.164 with
+// github.com/nyaruka/phonenumbers. The raw user part is always kept; when
+// a value is not a phone number (an extension, a name) the number is the
+// raw value unchanged.
 package numbers
 
-import "github.com/emiago/sipgo/sip"
+import (
+	"fmt"
+	"net/url"
+	"strings"
 
-// FromURI returns the number of u: normalised, and raw as in the URI.
-func FromURI(u sip.Uri) (number, raw string) {
-	raw = u.User
-	return Normalize(raw), raw
+	"github.com/emiago/sipgo/sip"
+	"github.com/nyaruka/phonenumbers"
+)
+
+// Source names where a number is read from.
+type Source string
+
+// The sources a trunk may list.
+const (
+	From       Source = "from"
+	To         Source = "to"
+	RequestURI Source = "request_uri"
+	PAI        Source = "pai"       // P-Asserted-Identity
+	RPID       Source = "rpid"      // Remote-Party-ID
+	Diversion  Source = "diversion" // the oldest Diversion entry: the number first dialled
+)
+
+// Sources lists every valid source.
+var Sources = []Source{From, To, RequestURI, PAI, RPID, Diversion}
+
+// Valid reports whether s is a known source.
+func (s Source) Valid() bool {
+	for _, v := range Sources {
+		if s == v {
+			return true
+		}
+	}
+	return false
 }
 
-// Normalize turns a raw user part into Baton's number form. It is the
-// identity for now.
-func Normalize(raw string) string { return raw }
+// Number is a number with the raw value it came from.
+type Number struct {
+	E164   string // normalised; the raw value when it is not a phone number
+	Raw    string // the URI user part as received (percent-decoded)
+	Source Source
+}
+
+// Pick returns the number of the first source in order that yields a
+// non-empty user part.
+func Pick(req *sip.Request, sources []Source, region string) Number {
+	for _, src := range sources {
+		if raw := userOf(req, src); raw != "" {
+			return Number{E164: Normalize(raw, region), Raw: raw, Source: src}
+		}
+	}
+	return Number{}
+}
+
+func userOf(req *sip.Request, src Source) string {
+	switch src {
+	case From:
+		if h := req.From(); h != nil {
+			return User(h.Address.String())
+		}
+	case To:
+		if h := req.To(); h != nil {
+			return User(h.Address.String())
+		}
+	case RequestURI:
+		return User(req.Recipient.String())
+	case PAI, RPID:
+		name := "P-Asserted-Identity"
+		if src == RPID {
+			name = "Remote-Party-ID"
+		}
+		for _, h := range req.GetHeaders(name) {
+			for _, v := range splitComma(h.Value()) {
+				if u := User(AddressURI(v)); u != "" {
+					return u
+				}
+			}
+		}
+	case Diversion:
+		var last string
+		for _, h := range req.GetHeaders("Diversion") {
+			for _, v := range splitComma(h.Value()) {
+				if u := User(AddressURI(v)); u != "" {
+					last = u
+				}
+			}
+		}
+		return last
+	}
+	return ""
+}
+
+// AddressURI returns the URI of a name-addr or addr-spec header value.
+func AddressURI(v string) string {
+	if lt := strings.IndexByte(v, '<'); lt >= 0 {
+		if gt := strings.IndexByte(v[lt:], '>'); gt >= 0 {
+			return v[lt+1 : lt+gt]
+		}
+		return ""
+	}
+	u, _, _ := strings.Cut(strings.TrimSpace(v), ";")
+	return u
+}
+
+// User returns the user part of a sip:, sips: or tel: URI, percent-decoded,
+// without user parameters (";npdi", ";isub=..."); "" for other schemes.
+func User(uri string) string {
+	scheme, rest, ok := strings.Cut(strings.TrimSpace(uri), ":")
+	if !ok {
+		return ""
+	}
+	var user string
+	switch strings.ToLower(scheme) {
+	case "sip", "sips":
+		at := strings.IndexByte(rest, '@')
+		if at < 0 {
+			return ""
+		}
+		user = rest[:at]
+		user, _, _ = strings.Cut(user, ":") // password
+	case "tel":
+		user = rest
+	default:
+		return ""
+	}
+	user, _, _ = strings.Cut(user, ";")
+	if dec, err := url.PathUnescape(user); err == nil {
+		user = dec
+	}
+	return user
+}
+
+// Normalize returns raw in E.164 when it is a phone number: "+" numbers
+// are parsed as international, others as national numbers of region (an
+// ISO 3166 code; empty means only "+" numbers are normalised). Values that
+// are not possible numbers, such as extensions, come back unchanged.
+func Normalize(raw, region string) string {
+	s := strings.TrimSpace(raw)
+	if s == "" || len(s) > 64 {
+		return raw
+	}
+	international := strings.HasPrefix(s, "+")
+	if !international && region == "" {
+		return raw
+	}
+	if !international {
+		region = strings.ToUpper(region)
+	} else {
+		region = "ZZ"
+	}
+	n, err := phonenumbers.Parse(s, region)
+	if err != nil {
+		return raw
+	}
+	if !international && !phonenumbers.IsPossibleNumber(n) {
+		return raw
+	}
+	return phonenumbers.Format(n, phonenumbers.E164)
+}
+
+// ValidRegion reports whether region is a region phonenumbers knows.
+func ValidRegion(region string) error {
+	if region == "" || phonenumbers.GetSupportedRegions()[strings.ToUpper(region)] {
+		return nil
+	}
+	return fmt.Errorf("unknown region %q, want an ISO 3166-1 alpha-2 code such as US or DE", region)
+}
+
+func splitComma(v string) []string {
+	var out []string
+	in, depth, start := false, 0, 0
+	for i := 0; i < len(v); i++ {
+		switch c := v[i]; {
+		case c == '"':
+			in = !in
+		case !in && c == '<':
+			depth++
+		case !in && c == '>':
+			depth--
+		case !in && depth == 0 && c == ',':
+			out = append(out, v[start:i])
+			start = i + 1
+		}
+	}
+	return append(out, v[start:])
+}

@@ -9,6 +9,7 @@ import (
 	"github.com/baton-voice/baton/pkg/events/batonv1"
 	"github.com/baton-voice/baton/services/ingress/internal/headers"
 	"github.com/baton-voice/baton/services/ingress/internal/numbers"
+	"github.com/baton-voice/baton/services/ingress/internal/trunks"
 )
 
 // errBadRequest marks an INVITE that lacks what a dialog needs; it gets 400.
@@ -24,7 +25,7 @@ type callFacts struct {
 type dialogParams struct {
 	localTag     string
 	localContact string
-	trunk        string
+	trunk        *trunks.Trunk
 	localSDP     []byte
 }
 
@@ -51,8 +52,8 @@ func readInvite(req *sip.Request, p dialogParams) (callFacts, error) {
 			routeSet = append(routeSet, h.Value())
 		}
 	}
-	caller, callerRaw := numbers.FromURI(from.Address)
-	callee, calleeRaw := numbers.FromURI(to.Address)
+	caller := numbers.Pick(req, p.trunk.CallerFrom, p.trunk.Region)
+	callee := numbers.Pick(req, p.trunk.CalleeFrom, p.trunk.Region)
 	source := req.Source()
 
 	return callFacts{
@@ -72,12 +73,12 @@ func readInvite(req *sip.Request, p dialogParams) (callFacts, error) {
 			},
 			SipHeaders:       ex.Headers,
 			Variables:        ex.Variables,
-			CallerNumber:     caller,
-			CallerNumberRaw:  callerRaw,
-			CalleeNumber:     callee,
-			CalleeNumberRaw:  calleeRaw,
+			CallerNumber:     caller.E164,
+			CallerNumberRaw:  caller.Raw,
+			CalleeNumber:     callee.E164,
+			CalleeNumberRaw:  callee.Raw,
 			SourceAddress:    source,
-			Trunk:            p.trunk,
+			Trunk:            p.trunk.Name,
 			RequestUri:       req.Recipient.String(),
 			OversizedHeaders: ex.Oversized,
 			LocalSdp:         string(p.localSDP),

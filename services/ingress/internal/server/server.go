@@ -10,9 +10,11 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/emiago/sipgo"
@@ -28,13 +30,12 @@ import (
 	"github.com/baton-voice/baton/services/ingress/internal/headers"
 	"github.com/baton-voice/baton/services/ingress/internal/rtp"
 	"github.com/baton-voice/baton/services/ingress/internal/sdp"
+	"github.com/baton-voice/baton/services/ingress/internal/sipcheck"
+	"github.com/baton-voice/baton/services/ingress/internal/trunks"
 )
 
 // Source is the CloudEvents source of ingress's events.
 const Source = "baton/ingress"
-
-// retryAfter is the Retry-After of every 503 ingress sends.
-const retryAfter = "5"
 
 // allow lists the methods ingress answers.
 const allow = "INVITE, ACK, BYE, CANCEL, NOTIFY, OPTIONS, INFO"
@@ -49,6 +50,14 @@ type Server struct {
 	conn         *net.UDPConn
 	localContact string
 	rtp          *rtp.Allocator
+	trunks       *trunks.Table
+	policy       sipcheck.Policy
+	admit        *admission
+	retryAfter   string
+	stats        Stats
+	rejectLog    *rateLog
+	draining     atomic.Bool
+	active       atomic.Int64 // calls in the table, pending ones included
 
 	mu       sync.Mutex
 	calls    map[string]*call
@@ -67,11 +76,35 @@ func Listen(cfg config.Config, cl *kgo.Client, logger *slog.Logger) (*Server, er
 	if err != nil {
 		return nil, fmt.Errorf("listen sip on %s: %w", cfg.Listen, err)
 	}
-	sipLog := logger.With("component", "sip")
+	table, err := trunks.New(cfg.EffectiveTrunks())
+	if err != nil {
+		return nil, errors.Join(err, conn.Close())
+	}
+	port := conn.LocalAddr().(*net.UDPAddr).Port
+	s := &Server{
+		cfg:          cfg,
+		cl:           cl,
+		log:          logger,
+		conn:         conn,
+		localContact: "<sip:baton@" + net.JoinHostPort(cfg.ContactHost(), strconv.Itoa(port)) + ">",
+		rtp:          rtp.NewAllocator(cfg.RTPHost(), cfg.RTP.PortMin, cfg.RTP.PortMax),
+		trunks:       table,
+		policy:       sipcheck.DefaultPolicy(),
+		retryAfter:   retryAfterSeconds(cfg.Limits.RetryAfter),
+		rejectLog:    &rateLog{perSecond: 10},
+		calls:        map[string]*call{},
+	}
+	s.admit = newAdmission(cfg.Limits.MaxCalls, cfg.Limits.MaxCPS, &s.active)
+	// sipgo logs unparsable packets at ERROR with the packet attached:
+	// its logger drops the packet and is rate-limited.
+	sipLog := slog.New(quietHandler{next: logger.Handler(), lim: &rateLog{perSecond: 10}}).With("component", "sip")
 	ua, err := sipgo.NewUA(
 		sipgo.WithUserAgent("baton-ingress"),
 		sipgo.WithUserAgentTransactionLayerOptions(sip.WithTransactionLayerLogger(sipLog)),
-		sipgo.WithUserAgentTransportLayerOptions(sip.WithTransportLayerLogger(sipLog)),
+		sipgo.WithUserAgentTransportLayerOptions(
+			sip.WithTransportLayerLogger(sipLog),
+			sip.WithTransportLayerReadFilter(s.filter),
+		),
 	)
 	if err != nil {
 		return nil, errors.Join(fmt.Errorf("sip user agent: %w", err), conn.Close())
@@ -80,19 +113,12 @@ func Listen(cfg config.Config, cl *kgo.Client, logger *slog.Logger) (*Server, er
 	if err != nil {
 		return nil, errors.Join(fmt.Errorf("sip server: %w", err), ua.Close(), conn.Close())
 	}
-	port := conn.LocalAddr().(*net.UDPAddr).Port
-	return &Server{
-		cfg:          cfg,
-		cl:           cl,
-		log:          logger,
-		ua:           ua,
-		sip:          srv,
-		conn:         conn,
-		localContact: "<sip:baton@" + net.JoinHostPort(cfg.ContactHost(), strconv.Itoa(port)) + ">",
-		rtp:          rtp.NewAllocator(cfg.RTPHost(), cfg.RTP.PortMin, cfg.RTP.PortMax),
-		calls:        map[string]*call{},
-	}, nil
+	s.ua, s.sip = ua, srv
+	return s, nil
 }
+
+// Stats returns the server's counters.
+func (s *Server) Stats() *Stats { return &s.stats }
 
 // Addr is the bound SIP address (the real port when the config asked for 0).
 func (s *Server) Addr() *net.UDPAddr { return s.conn.LocalAddr().(*net.UDPAddr) }
@@ -108,7 +134,7 @@ func (s *Server) Serve(ctx context.Context) error {
 	handle := func(h func(context.Context, *sip.Request, sip.ServerTransaction)) sipgo.RequestHandler {
 		return func(req *sip.Request, tx sip.ServerTransaction) {
 			if !s.enter() {
-				s.reply(req, tx, sip.StatusServiceUnavailable, "Service Unavailable", sip.NewHeader("Retry-After", retryAfter))
+				s.reply(req, tx, sip.StatusServiceUnavailable, "Service Unavailable", sip.NewHeader("Retry-After", s.retryAfter))
 				return
 			}
 			defer s.inflight.Done()
@@ -135,7 +161,9 @@ func (s *Server) Serve(ctx context.Context) error {
 		serveErr = fmt.Errorf("serve sip: %w", err)
 		served <- nil
 	}
+	s.draining.Store(true)
 	s.shutdown()
+	s.log.Info("sip counters", "counters", s.stats.Snapshot())
 	if err := <-served; err != nil && serveErr == nil {
 		serveErr = fmt.Errorf("serve sip: %w", err)
 	}
@@ -164,6 +192,7 @@ func (s *Server) shutdown() {
 	s.mu.Lock()
 	calls := s.calls
 	s.calls = map[string]*call{}
+	s.active.Store(0)
 	s.mu.Unlock()
 	for _, c := range calls {
 		c.end()
@@ -235,15 +264,26 @@ func (c *call) wasCancelled() (bool, string) {
 	return c.cancelled, c.cancelReason
 }
 
-// add registers c; false when a call with its Call-ID exists already.
-func (s *Server) add(c *call) bool {
+// Reasons add refuses a call.
+var (
+	errCallExists = errors.New("a call with this Call-ID exists")
+	errOverCalls  = errors.New("max_calls reached")
+)
+
+// add registers c unless a call with its Call-ID exists or max_calls
+// calls are up.
+func (s *Server) add(c *call) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if _, ok := s.calls[c.id]; ok {
-		return false
+		return errCallExists
+	}
+	if len(s.calls) >= s.cfg.Limits.MaxCalls {
+		return errOverCalls
 	}
 	s.calls[c.id] = c
-	return true
+	s.active.Add(1)
+	return nil
 }
 
 // remove drops c; only the first caller gets true, so a call ends once.
@@ -254,6 +294,7 @@ func (s *Server) remove(c *call) bool {
 		return false
 	}
 	delete(s.calls, c.id)
+	s.active.Add(-1)
 	return true
 }
 
@@ -305,7 +346,7 @@ func (s *Server) onInvite(ctx context.Context, req *sip.Request, tx sip.ServerTr
 	media, err := s.rtp.Open()
 	if err != nil {
 		log.ErrorContext(ctx, "allocate rtp port", "err", err)
-		s.reply(req, tx, sip.StatusServiceUnavailable, "Service Unavailable", sip.NewHeader("Retry-After", retryAfter))
+		s.reply(req, tx, sip.StatusServiceUnavailable, "Service Unavailable", sip.NewHeader("Retry-After", s.retryAfter))
 		return
 	}
 	closeMedia := func() {
@@ -322,7 +363,15 @@ func (s *Server) onInvite(ctx context.Context, req *sip.Request, tx sip.ServerTr
 		return
 	}
 	localTag := sip.GenerateTagN(16)
-	facts, err := readInvite(req, dialogParams{localTag: localTag, localContact: s.localContact, trunk: s.cfg.Trunk, localSDP: answer.SDP})
+	trunk := s.trunkOf(req)
+	if trunk == nil {
+		// The filter let it through, so the ACL changed or the source
+		// is not what it was; never answer an unknown source.
+		closeMedia()
+		s.stats.ACLDropped.Add(1)
+		return
+	}
+	facts, err := readInvite(req, dialogParams{localTag: localTag, localContact: s.localContact, trunk: trunk, localSDP: answer.SDP})
 	if err != nil {
 		closeMedia()
 		log.InfoContext(ctx, "invite refused", "err", err)
@@ -337,7 +386,13 @@ func (s *Server) onInvite(ctx context.Context, req *sip.Request, tx sip.ServerTr
 		id: callID, localTag: localTag, remoteTag: facts.started.Dialog.RemoteTag, start: start, media: media,
 		acked: make(chan struct{}), ended: make(chan struct{}),
 	}
-	if !s.add(c) {
+	if err := s.add(c); errors.Is(err, errOverCalls) {
+		closeMedia()
+		s.stats.OverloadCalls.Add(1)
+		log.WarnContext(ctx, "call refused", "err", err)
+		s.reply(req, tx, sip.StatusServiceUnavailable, "Service Unavailable", sip.NewHeader("Retry-After", s.retryAfter))
+		return
+	} else if err != nil {
 		// Same Call-ID, no To tag, another transaction: a merged request
 		// (RFC 3261 8.2.2.2), never a second call.
 		closeMedia()
@@ -356,7 +411,7 @@ func (s *Server) onInvite(ctx context.Context, req *sip.Request, tx sip.ServerTr
 		s.remove(c)
 		closeMedia()
 		log.ErrorContext(ctx, "call refused: publish call started", "err", err)
-		s.reply(req, tx, sip.StatusServiceUnavailable, "Service Unavailable", sip.NewHeader("Retry-After", retryAfter))
+		s.reply(req, tx, sip.StatusServiceUnavailable, "Service Unavailable", sip.NewHeader("Retry-After", s.retryAfter))
 		return
 	}
 	if cancelled, reason := c.wasCancelled(); cancelled {
@@ -492,7 +547,7 @@ func (s *Server) onNotify(ctx context.Context, req *sip.Request, tx sip.ServerTr
 	}
 	if err := s.publish(ctx, c.id, n); err != nil {
 		s.log.ErrorContext(ctx, "publish notify", "call_id", c.id, "err", err)
-		s.reply(req, tx, sip.StatusServiceUnavailable, "Service Unavailable", sip.NewHeader("Retry-After", retryAfter))
+		s.reply(req, tx, sip.StatusServiceUnavailable, "Service Unavailable", sip.NewHeader("Retry-After", s.retryAfter))
 		return
 	}
 	s.reply(req, tx, sip.StatusOK, "OK")
@@ -512,8 +567,24 @@ func (s *Server) onInfo(_ context.Context, req *sip.Request, tx sip.ServerTransa
 	s.reply(req, tx, sip.StatusOK, "OK")
 }
 
+// onOther answers methods ingress does not serve: 405 for the ones SIP
+// defines (RFC 3261 8.2.1), 501 for unknown ones; both carry Allow.
 func (s *Server) onOther(_ context.Context, req *sip.Request, tx sip.ServerTransaction) {
-	s.reply(req, tx, sip.StatusNotImplemented, "Not Implemented", sip.NewHeader("Allow", allow))
+	switch req.Method {
+	case sip.REGISTER, sip.SUBSCRIBE, sip.MESSAGE, sip.REFER, sip.UPDATE, sip.PRACK, sip.PUBLISH:
+		s.reply(req, tx, sip.StatusMethodNotAllowed, "Method Not Allowed", sip.NewHeader("Allow", allow))
+	default:
+		s.reply(req, tx, sip.StatusNotImplemented, "Not Implemented", sip.NewHeader("Allow", allow))
+	}
+}
+
+// trunkOf returns the trunk of req's source address, nil when none.
+func (s *Server) trunkOf(req *sip.Request) *trunks.Trunk {
+	ap, err := netip.ParseAddrPort(req.Source())
+	if err != nil {
+		return nil
+	}
+	return s.trunks.Lookup(ap.Addr())
 }
 
 func (s *Server) reply(req *sip.Request, tx sip.ServerTransaction, code int, reason string, extra ...sip.Header) {

@@ -103,6 +103,11 @@ func newSBC(t *testing.T) *sipgo.Client {
 // parseRequest turns SIP text (LF line ends allowed) into a request.
 func parseRequest(t *testing.T, text string, body string) *sip.Request {
 	t.Helper()
+	if !strings.Contains(text, "Max-Forwards:") {
+		// RFC 3261 8.1.1: every request has one; sipgo's client adds none.
+		first, rest, _ := strings.Cut(text, "\n")
+		text = first + "\nMax-Forwards: 70\n" + rest
+	}
 	text = strings.ReplaceAll(text, "\n", "\r\n")
 	raw := fmt.Sprintf("%sContent-Length: %d\r\n\r\n%s", text, len(body), body)
 	msg, err := sip.NewParser().ParseSIP([]byte(raw))
