@@ -121,8 +121,8 @@ func (x *TransferAttempt) GetInstance() string {
 // MediaStreamStats counts one direction of a bridge, as received.
 type MediaStreamStats struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// packets and bytes were forwarded (RTP payload plus header, after SRTP
-	// decryption).
+	// packets and bytes were received from the leg's latched source (valid
+	// RTP, header plus payload, after SRTP decryption).
 	Packets uint64 `protobuf:"varint,1,opt,name=packets,proto3" json:"packets,omitempty"`
 	Bytes   uint64 `protobuf:"varint,2,opt,name=bytes,proto3" json:"bytes,omitempty"`
 	// lost is the number of sequence numbers never seen (RFC 3550 A.3).

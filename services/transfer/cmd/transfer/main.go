@@ -9,6 +9,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net/netip"
 	"os"
 	"os/signal"
 	"syscall"
@@ -18,7 +19,10 @@ import (
 
 	"github.com/baton-voice/baton/pkg/kafka"
 	"github.com/baton-voice/baton/pkg/observability"
+	"github.com/baton-voice/baton/services/transfer/internal/attempts"
+	"github.com/baton-voice/baton/services/transfer/internal/bridge"
 	"github.com/baton-voice/baton/services/transfer/internal/config"
+	"github.com/baton-voice/baton/services/transfer/internal/request"
 	"github.com/baton-voice/baton/services/transfer/internal/transfer"
 	"github.com/baton-voice/baton/services/transfer/internal/uac"
 )
@@ -32,6 +36,10 @@ const (
 
 // ensureTopicsTimeout bounds topic creation at start.
 const ensureTopicsTimeout = 30 * time.Second
+
+// byeTimeout bounds the BYEs that end a bridged call (Timer F bounds each
+// anyway; this caps them at shutdown).
+const byeTimeout = 5 * time.Second
 
 func main() {
 	os.Exit(run(context.Background(), os.Args[1:], os.Stderr))
@@ -76,8 +84,29 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 		}
 	}()
 
+	ensureCtx, cancel := context.WithTimeout(ctx, ensureTopicsTimeout)
+	defer cancel()
+	attemptLog, err := attempts.Open(ensureCtx, kafka.ClientOpts(cfg.Kafka, logger), attempts.Options{
+		Topic:             cfg.AttemptLog.Topic,
+		Partitions:        cfg.Kafka.Partitions,
+		ReplicationFactor: cfg.Kafka.ReplicationFactor,
+		Retention:         cfg.AttemptLog.Retention,
+		Instance:          cfg.InstanceName(),
+	}, logger)
+	if err != nil {
+		if ctx.Err() != nil {
+			return exitOK
+		}
+		logger.ErrorContext(ctx, "open attempt log", "err", err)
+		return exitFailed
+	}
+	defer attemptLog.Close()
+
 	opts := kafka.ClientOpts(cfg.Kafka, logger)
 	opts = append(opts, kafka.ConsumerOpts(cfg.Group, cfg.Kafka.Topics.Handoffs, cfg.Kafka.Topics.Calls)...)
+	// Partitions taken over from another instance: read its attempts
+	// before running their commands.
+	opts = append(opts, kgo.OnPartitionsAssigned(attemptLog.OnAssigned))
 	cl, err := kgo.NewClient(opts...)
 	if err != nil {
 		logger.ErrorContext(ctx, "start kafka client", "err", err)
@@ -86,7 +115,6 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 	// Close leaves the group, so the partitions move on at once.
 	defer cl.Close()
 
-	ensureCtx, cancel := context.WithTimeout(ctx, ensureTopicsTimeout)
 	err = kafka.EnsureTopics(ensureCtx, cl, cfg.Kafka.Partitions, cfg.Kafka.ReplicationFactor, cfg.Kafka.Topics.All()...)
 	cancel()
 	if err != nil {
@@ -97,13 +125,26 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 		return exitFailed
 	}
 
-	svc := transfer.New(cl, sipClient, transfer.Options{
+	mediaHost, _ := netip.ParseAddr(cfg.Media.Host) // validated
+	svc := transfer.New(cl, sipClient, attemptLog, transfer.Options{
 		Topics:          cfg.Kafka.Topics,
 		NotifyTimeout:   cfg.NotifyTimeout,
+		ByeAfterRefer:   cfg.ByeAfterRefer,
 		MaxInFlight:     cfg.MaxInFlight,
 		MaxCommandAge:   cfg.MaxCommandAge,
 		ProduceTimeout:  cfg.Kafka.ProduceTimeout,
 		ShutdownTimeout: cfg.ShutdownTimeout,
+		Invite: transfer.InviteOptions{
+			Ports:         &bridge.Ports{Host: mediaHost, Min: cfg.Media.PortMin, Max: cfg.Media.PortMax},
+			MediaAddr:     cfg.MediaAddr(),
+			IdleTimeout:   cfg.Media.IdleTimeout,
+			AnswerTimeout: cfg.Invite.AnswerTimeout,
+			CallerID: request.CallerID{Policy: cfg.Invite.CallerID.Policy, Number: cfg.Invite.CallerID.Number,
+				DisplayName: cfg.Invite.CallerID.DisplayName, Host: cfg.ViaHost()},
+			SRTPSuites:       cfg.Invite.SRTPSuites,
+			AllowSDESOverUDP: cfg.Invite.AllowSDESOverUDP,
+			ByeTimeout:       byeTimeout,
+		},
 	}, logger)
 	logger.InfoContext(ctx, "transfer started", "sip", sipClient.Addr().String(), "via_host", cfg.ViaHost(),
 		"group", cfg.Group, "notify_timeout", cfg.NotifyTimeout.String())

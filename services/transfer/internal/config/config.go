@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
+	"os"
 	"regexp"
 	"strconv"
 	"strings"
@@ -30,6 +32,10 @@ type Config struct {
 	// NotifyTimeout bounds the wait for the final NOTIFY after a REFER was
 	// accepted, when the command carries no answer_timeout.
 	NotifyTimeout time.Duration `yaml:"notify_timeout"`
+	// ByeAfterRefer is how long transfer waits, after a successful REFER
+	// (final 2xx NOTIFY), for the far end to end the agent leg before it
+	// sends BYE itself; 0 never sends it.
+	ByeAfterRefer time.Duration `yaml:"bye_after_refer"`
 	// MaxInFlight bounds the transfers executing at once; a command beyond
 	// it fails at once instead of queueing behind the others.
 	MaxInFlight int `yaml:"max_in_flight"`
@@ -39,9 +45,66 @@ type Config struct {
 	MaxCommandAge time.Duration `yaml:"max_command_age"`
 	// ShutdownTimeout bounds how long in-flight transfers may run on after
 	// a shutdown signal.
-	ShutdownTimeout time.Duration           `yaml:"shutdown_timeout"`
-	Kafka           kafka.Config            `yaml:"kafka"`
-	Log             observability.LogConfig `yaml:"log"`
+	ShutdownTimeout time.Duration `yaml:"shutdown_timeout"`
+	// Media is where warm transfers' bridges bind and what SDP names.
+	Media Media `yaml:"media"`
+	// Invite configures warm transfers (new legs).
+	Invite Invite `yaml:"invite"`
+	// AttemptLog is where attempts are recorded before SIP is sent.
+	AttemptLog AttemptLog              `yaml:"attempt_log"`
+	Kafka      kafka.Config            `yaml:"kafka"`
+	Log        observability.LogConfig `yaml:"log"`
+}
+
+// Media configures the RTP/SRTP bridge of warm transfers.
+type Media struct {
+	// Host is the local IP bridge sockets bind to.
+	Host string `yaml:"host"`
+	// ExternalHost is the IP written into SDP (c=); empty means Host.
+	// Required when Host is a wildcard.
+	ExternalHost string `yaml:"external_host"`
+	// PortMin and PortMax bound the media ports (RTP on even ports); 0
+	// and 0 let the OS choose.
+	PortMin int `yaml:"port_min"`
+	PortMax int `yaml:"port_max"`
+	// IdleTimeout tears a bridge down when a leg sent nothing for it.
+	IdleTimeout time.Duration `yaml:"idle_timeout"`
+}
+
+// Invite configures the new leg of a warm transfer.
+type Invite struct {
+	// AnswerTimeout bounds ringing (then CANCEL) when the command has no
+	// answer_timeout.
+	AnswerTimeout time.Duration `yaml:"answer_timeout"`
+	// CallerID is what the new leg's From shows.
+	CallerID CallerID `yaml:"caller_id"`
+	// SRTPSuites are the SDES suites offered on SRTP legs, in order.
+	SRTPSuites []string `yaml:"srtp_suites"`
+	// AllowSDESOverUDP accepts commands with encryption udp_srtp, whose
+	// SDES keys travel in clear UDP signalling.
+	AllowSDESOverUDP bool `yaml:"allow_sdes_over_udp"`
+}
+
+// CallerID is the caller-id policy of new legs.
+type CallerID struct {
+	// Policy: caller (the caller's number), callee (the dialled number) or
+	// fixed (Number).
+	Policy      string `yaml:"policy"`
+	Number      string `yaml:"number"`
+	DisplayName string `yaml:"display_name"`
+}
+
+// AttemptLog configures the attempt log (docs/decisions/0007).
+type AttemptLog struct {
+	// Topic is the compacted topic, keyed by command id.
+	Topic string `yaml:"topic"`
+	// Retention is how long an attempt is remembered (topic retention.ms
+	// when the topic is created, and the in-memory index). It should be
+	// well above max_command_age.
+	Retention time.Duration `yaml:"retention"`
+	// Instance names this process in its attempt records; empty means
+	// the host name and the process id.
+	Instance string `yaml:"instance"`
 }
 
 // Default returns the configuration used when no file is given.
@@ -50,11 +113,19 @@ func Default() Config {
 		Listen:          "127.0.0.1:5070",
 		Group:           "baton-transfer",
 		NotifyTimeout:   32 * time.Second,
+		ByeAfterRefer:   4 * time.Second,
 		MaxInFlight:     1024,
 		MaxCommandAge:   5 * time.Minute,
 		ShutdownTimeout: 10 * time.Second,
-		Kafka:           kafka.DefaultConfig(),
-		Log:             observability.DefaultLogConfig(),
+		AttemptLog:      AttemptLog{Topic: "baton.transfer-attempts", Retention: 24 * time.Hour},
+		Media:           Media{Host: "127.0.0.1", IdleTimeout: 30 * time.Second},
+		Invite: Invite{
+			AnswerTimeout: 30 * time.Second,
+			CallerID:      CallerID{Policy: "caller"},
+			SRTPSuites:    []string{"AES_CM_128_HMAC_SHA1_80", "AEAD_AES_128_GCM"},
+		},
+		Kafka: kafka.DefaultConfig(),
+		Log:   observability.DefaultLogConfig(),
 	}
 }
 
@@ -104,6 +175,9 @@ func (c *Config) Validate() error {
 	if c.NotifyTimeout <= 0 {
 		errs = append(errs, pkgconfig.Errorf("notify_timeout", "%v, want a positive duration", c.NotifyTimeout))
 	}
+	if c.ByeAfterRefer < 0 {
+		errs = append(errs, pkgconfig.Errorf("bye_after_refer", "%v, want 0 (never) or a positive duration", c.ByeAfterRefer))
+	}
 	if c.MaxInFlight < 1 {
 		errs = append(errs, pkgconfig.Errorf("max_in_flight", "%d, want at least 1", c.MaxInFlight))
 	}
@@ -113,6 +187,22 @@ func (c *Config) Validate() error {
 	if c.ShutdownTimeout <= 0 {
 		errs = append(errs, pkgconfig.Errorf("shutdown_timeout", "%v, want a positive duration", c.ShutdownTimeout))
 	}
+	errs = append(errs, c.validateMedia()...)
+	if strings.TrimSpace(c.AttemptLog.Topic) == "" {
+		errs = append(errs, pkgconfig.Errorf("attempt_log.topic", "a topic name is required"))
+	}
+	for _, t := range c.Kafka.Topics.All() {
+		if t == c.AttemptLog.Topic {
+			errs = append(errs, pkgconfig.Errorf("attempt_log.topic", "%q is also a kafka.topics entry; it needs its own topic", t))
+		}
+	}
+	if c.AttemptLog.Retention <= 0 {
+		errs = append(errs, pkgconfig.Errorf("attempt_log.retention", "%v, want a positive duration", c.AttemptLog.Retention))
+	} else if c.MaxCommandAge > 0 && c.AttemptLog.Retention <= c.MaxCommandAge {
+		errs = append(errs, pkgconfig.Errorf("attempt_log.retention",
+			"%v, want more than max_command_age %v: a redelivered command older than the retention would run again",
+			c.AttemptLog.Retention, c.MaxCommandAge))
+	}
 	if err := c.Kafka.Validate(); err != nil {
 		errs = append(errs, err)
 	}
@@ -120,6 +210,80 @@ func (c *Config) Validate() error {
 		errs = append(errs, pkgconfig.Errorf("log", "%v", err))
 	}
 	return errors.Join(errs...)
+}
+
+func (c *Config) validateMedia() []error {
+	var errs []error
+	m := c.Media
+	host, err := netip.ParseAddr(m.Host)
+	if err != nil {
+		errs = append(errs, pkgconfig.Errorf("media.host", "%q, want an IP address", m.Host))
+	}
+	if m.ExternalHost != "" {
+		if _, err := netip.ParseAddr(m.ExternalHost); err != nil {
+			errs = append(errs, pkgconfig.Errorf("media.external_host", "%q, want an IP address", m.ExternalHost))
+		}
+	} else if err == nil && host.IsUnspecified() {
+		errs = append(errs, pkgconfig.Errorf("media.external_host", "required when media.host %q is a wildcard", m.Host))
+	}
+	switch {
+	case m.PortMin == 0 && m.PortMax == 0:
+	case m.PortMin < 1024 || m.PortMax > 65535 || m.PortMin > m.PortMax:
+		errs = append(errs, pkgconfig.Errorf("media.port_min", "range %d-%d, want 1024 <= port_min <= port_max <= 65535 (or both 0)",
+			m.PortMin, m.PortMax))
+	}
+	if m.IdleTimeout <= 0 {
+		errs = append(errs, pkgconfig.Errorf("media.idle_timeout", "%v, want a positive duration", m.IdleTimeout))
+	}
+	if c.Invite.AnswerTimeout <= 0 {
+		errs = append(errs, pkgconfig.Errorf("invite.answer_timeout", "%v, want a positive duration", c.Invite.AnswerTimeout))
+	}
+	switch c.Invite.CallerID.Policy {
+	case "caller", "callee":
+	case "fixed":
+		if !callerNumber.MatchString(c.Invite.CallerID.Number) {
+			errs = append(errs, pkgconfig.Errorf("invite.caller_id.number", "%q, want digits with an optional leading +",
+				c.Invite.CallerID.Number))
+		}
+	default:
+		errs = append(errs, pkgconfig.Errorf("invite.caller_id.policy", "%q, want caller, callee or fixed", c.Invite.CallerID.Policy))
+	}
+	if strings.ContainsAny(c.Invite.CallerID.DisplayName, "\"\r\n\x00") {
+		errs = append(errs, pkgconfig.Errorf("invite.caller_id.display_name", "must not contain quotes or control characters"))
+	}
+	if len(c.Invite.SRTPSuites) == 0 {
+		errs = append(errs, pkgconfig.Errorf("invite.srtp_suites", "at least one suite is required"))
+	}
+	for i, s := range c.Invite.SRTPSuites {
+		if s != "AES_CM_128_HMAC_SHA1_80" && s != "AEAD_AES_128_GCM" {
+			errs = append(errs, pkgconfig.Errorf(fmt.Sprintf("invite.srtp_suites[%d]", i),
+				"%q, want AES_CM_128_HMAC_SHA1_80 or AEAD_AES_128_GCM", s))
+		}
+	}
+	return errs
+}
+
+var callerNumber = regexp.MustCompile(`^\+?[0-9]{1,20}$`)
+
+// MediaAddr is the address written into SDP.
+func (c *Config) MediaAddr() netip.Addr {
+	if a, err := netip.ParseAddr(c.Media.ExternalHost); err == nil {
+		return a
+	}
+	a, _ := netip.ParseAddr(c.Media.Host)
+	return a
+}
+
+// InstanceName is AttemptLog.Instance or, when empty, host name and pid.
+func (c *Config) InstanceName() string {
+	if c.AttemptLog.Instance != "" {
+		return c.AttemptLog.Instance
+	}
+	host, err := os.Hostname()
+	if err != nil {
+		host = "unknown"
+	}
+	return host + "/" + strconv.Itoa(os.Getpid())
 }
 
 // ViaHost is the host written into the Via sent-by.

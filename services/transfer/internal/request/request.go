@@ -41,6 +41,20 @@ func CSeq(d *batonv1.Dialog, attempt uint32) (uint32, error) {
 // Contact, Max-Forwards 70. The transport is UDP; the Via is added when
 // the request is sent.
 func InDialog(method sip.RequestMethod, d *batonv1.Dialog, attempt uint32) (*sip.Request, error) {
+	cseq, err := CSeq(d, attempt)
+	if err != nil {
+		return nil, err
+	}
+	return InDialogCSeq(method, d, cseq)
+}
+
+// InDialogCSeq is InDialog with an explicit CSeq number, for the requests
+// that follow a command's first one (the BYE after a REFER, the BYE after
+// a re-INVITE).
+func InDialogCSeq(method sip.RequestMethod, d *batonv1.Dialog, cseq uint32) (*sip.Request, error) {
+	if cseq >= 1<<31 {
+		return nil, fmt.Errorf("%w: cseq %d overflows", ErrDialog, cseq)
+	}
 	if d == nil {
 		return nil, fmt.Errorf("%w: the command has no dialog", ErrDialog)
 	}
@@ -78,10 +92,6 @@ func InDialog(method sip.RequestMethod, d *batonv1.Dialog, attempt uint32) (*sip
 		return nil, err
 	}
 	remote, err := parseURI("remote_uri", d.GetRemoteUri())
-	if err != nil {
-		return nil, err
-	}
-	cseq, err := CSeq(d, attempt)
 	if err != nil {
 		return nil, err
 	}
@@ -188,4 +198,120 @@ func parseURI(field, s string) (sip.Uri, error) {
 		return sip.Uri{}, fmt.Errorf("%w: %s %q: scheme %q, want sip or sips", ErrDialog, field, s, u.Scheme)
 	}
 	return u, nil
+}
+
+// Caller-id policies of a new leg's From.
+const (
+	// CallerIDCaller presents the caller's number (the From user of the
+	// caller's dialog): the destination sees who is calling.
+	CallerIDCaller = "caller"
+	// CallerIDCallee presents the number the caller dialled.
+	CallerIDCallee = "callee"
+	// CallerIDFixed presents a configured number.
+	CallerIDFixed = "fixed"
+)
+
+// CallerID says what the From of a new leg shows.
+type CallerID struct {
+	Policy      string
+	Number      string // for CallerIDFixed
+	DisplayName string
+	// Host is the From host: Baton's own address.
+	Host string
+}
+
+// NewLeg builds the INVITE of a warm transfer's new leg to route (a sip:
+// URI; sips: needs TLS, which is refused here until it is built), with the
+// command's custom headers (validated) and the SDP offer. Call-ID, CSeq and
+// Via are added when it is sent.
+func NewLeg(route string, d *batonv1.Dialog, cid CallerID, headers []*batonv1.SipHeader, offer string) (*sip.Request, error) {
+	target, err := parseRoute(route)
+	if err != nil {
+		return nil, err
+	}
+	for _, h := range headers {
+		if err := sipx.ValidateCustom(h.GetName(), h.GetValue()); err != nil {
+			return nil, err
+		}
+	}
+	user, err := callerUser(d, cid)
+	if err != nil {
+		return nil, err
+	}
+	req := sip.NewRequest(sip.INVITE, target)
+	req.SetTransport("UDP")
+	from := &sip.FromHeader{DisplayName: cid.DisplayName, Address: sip.Uri{Scheme: "sip", User: user, Host: cid.Host},
+		Params: sip.NewParams()}
+	from.Params.Add("tag", sip.GenerateTagN(16))
+	to := &sip.ToHeader{Address: sip.Uri{Scheme: target.Scheme, User: target.User, Host: target.Host, Port: target.Port},
+		Params: sip.NewParams()}
+	maxFwd := sip.MaxForwardsHeader(MaxForwards)
+	req.AppendHeader(from)
+	req.AppendHeader(to)
+	req.AppendHeader(&maxFwd)
+	for _, h := range headers {
+		req.AppendHeader(sip.NewHeader(h.GetName(), h.GetValue()))
+	}
+	req.AppendHeader(sip.NewHeader("Content-Type", "application/sdp"))
+	req.SetBody([]byte(offer))
+	return req, nil
+}
+
+// WithSDP adds an SDP body to an in-dialog request (the re-INVITE).
+func WithSDP(req *sip.Request, body string) *sip.Request {
+	req.AppendHeader(sip.NewHeader("Content-Type", "application/sdp"))
+	req.SetBody([]byte(body))
+	return req
+}
+
+// parseRoute reads a destination route for a new leg.
+func parseRoute(route string) (sip.Uri, error) {
+	r := strings.TrimSpace(route)
+	scheme, _, ok := strings.Cut(r, ":")
+	switch s := strings.ToLower(scheme); {
+	case !ok || r == "":
+		return sip.Uri{}, fmt.Errorf("%w: route %q is an extension: a new leg needs a sip: URI (no trunk for extensions yet)", ErrRoute, route)
+	case s == "tel":
+		return sip.Uri{}, fmt.Errorf("%w: route %q is a tel: URI: a new leg needs a sip: URI (no trunk for tel: yet)", ErrRoute, route)
+	case s == "sips":
+		return sip.Uri{}, fmt.Errorf("%w: route %q needs TLS, not built yet", ErrRoute, route)
+	}
+	u, err := parseURI("route", r)
+	if err != nil {
+		return sip.Uri{}, fmt.Errorf("%w: %w", ErrRoute, err)
+	}
+	if t, ok := u.UriParams.Get("transport"); ok && !strings.EqualFold(t, "udp") {
+		return sip.Uri{}, fmt.Errorf("%w: route %q: transport %s not built yet (UDP only)", ErrRoute, route, t)
+	}
+	return u, nil
+}
+
+// ErrRoute means a destination route cannot be dialled.
+var ErrRoute = errors.New("route not supported")
+
+func callerUser(d *batonv1.Dialog, cid CallerID) (string, error) {
+	var v string
+	switch cid.Policy {
+	case CallerIDFixed:
+		v = cid.Number
+	case CallerIDCallee:
+		u, err := parseURI("local_uri", d.GetLocalUri())
+		if err != nil {
+			return "", err
+		}
+		v = u.User
+	default:
+		u, err := parseURI("remote_uri", d.GetRemoteUri())
+		if err != nil {
+			return "", err
+		}
+		v = u.User
+	}
+	if v == "" {
+		return "anonymous", nil
+	}
+	if err := sipx.ValidateValue(v); err != nil || strings.ContainsAny(v, "<>@;:\" ") {
+		return "", fmt.Errorf("%w: caller id %q", ErrDialog, v)
+	}
+	return v, nil
 }

@@ -169,3 +169,26 @@ func TestBadInputsBuildNothing(t *testing.T) {
 		})
 	}
 }
+
+func TestNewLegCallerIDAndHeaders(t *testing.T) {
+	d := &batonv1.Dialog{LocalUri: "sip:+4930999@baton.example", RemoteUri: "<sip:+4915112345678@carrier.example>"}
+	for _, tc := range []struct {
+		cid  CallerID
+		want string
+	}{
+		{CallerID{Policy: CallerIDCaller, Host: "10.0.0.5"}, "sip:+4915112345678@10.0.0.5"},
+		{CallerID{Policy: CallerIDCallee, Host: "10.0.0.5"}, "sip:+4930999@10.0.0.5"},
+		{CallerID{Policy: CallerIDFixed, Number: "+18005550100", Host: "10.0.0.5"}, "sip:+18005550100@10.0.0.5"},
+	} {
+		req, err := NewLeg("sip:queue@pbx.example:5080", d, tc.cid, []*batonv1.SipHeader{{Name: "X-Intent", Value: "billing"}}, "v=0\r\n")
+		require.NoError(t, err)
+		require.Equal(t, tc.want, req.From().Address.String(), tc.cid.Policy)
+		require.Equal(t, "sip:queue@pbx.example:5080", req.Recipient.String())
+		require.Equal(t, "billing", req.GetHeader("X-Intent").Value())
+		require.Equal(t, "application/sdp", req.GetHeader("Content-Type").Value())
+	}
+	_, err := NewLeg("sip:queue@pbx.example", d, CallerID{Host: "h"}, []*batonv1.SipHeader{{Name: "Route", Value: "x"}}, "")
+	require.Error(t, err, "only X- headers go out")
+	_, err = NewLeg("sip:queue@pbx.example;transport=tcp", d, CallerID{Host: "h"}, nil, "")
+	require.ErrorIs(t, err, ErrRoute)
+}

@@ -21,6 +21,10 @@ const (
 	accepted  = batonv1.OutcomeStatus_OUTCOME_STATUS_ACCEPTED
 	progress  = batonv1.OutcomeStatus_OUTCOME_STATUS_PROGRESS
 	succeeded = batonv1.OutcomeStatus_OUTCOME_STATUS_SUCCEEDED
+	ringing   = batonv1.OutcomeStatus_OUTCOME_STATUS_RINGING
+	answered  = batonv1.OutcomeStatus_OUTCOME_STATUS_ANSWERED
+	bridged   = batonv1.OutcomeStatus_OUTCOME_STATUS_BRIDGED
+	ended     = batonv1.OutcomeStatus_OUTCOME_STATUS_ENDED
 )
 
 // refer carries out a blind transfer (RFC 3515): REFER in the caller's
@@ -60,6 +64,9 @@ func (s *Service) refer(ctx context.Context, e *execution, log *slog.Logger) {
 				if o, final := sipfragStep(f); o.status != batonv1.OutcomeStatus_OUTCOME_STATUS_UNSPECIFIED {
 					s.publish(ctx, e, log, o)
 					if final {
+						if o.status == succeeded {
+							s.endAgentLeg(ctx, e, log, cseq+1)
+						}
 						return
 					}
 				}
@@ -73,6 +80,62 @@ func (s *Service) refer(ctx context.Context, e *execution, log *slog.Logger) {
 		case <-ctx.Done():
 			log.WarnContext(ctx, "transfer abandoned at shutdown: REFER accepted, no final NOTIFY yet")
 			return
+		}
+	}
+}
+
+// endAgentLeg ends the caller's dialog with Baton after a successful
+// REFER: the far end usually sends BYE itself (its CallEnded fact arrives
+// here), so transfer waits up to ByeAfterRefer for it and only then sends
+// its own BYE. No outcome follows SUCCEEDED (readers take the last outcome
+// of a REFER as its result); what happened is logged.
+func (s *Service) endAgentLeg(ctx context.Context, e *execution, log *slog.Logger, cseq uint32) {
+	wait := s.opts.ByeAfterRefer
+	if wait <= 0 {
+		return
+	}
+	f, err := waitCallEnded(ctx, e, wait)
+	switch {
+	case err != nil:
+		log.WarnContext(ctx, "transfer abandoned at shutdown: agent leg not ended yet")
+		return
+	case f != nil:
+		log.InfoContext(ctx, "far end ended the agent leg", "method", f.GetMethod())
+		return
+	}
+	req, err := request.InDialogCSeq(sip.BYE, e.cmd.GetDialog(), cseq)
+	if err != nil {
+		log.WarnContext(ctx, "agent leg BYE not sent", "err", err)
+		return
+	}
+	log.InfoContext(ctx, "no BYE from the far end: ending the agent leg", "wait", wait.String(), "cseq", cseq)
+	res, err := s.sip.Do(ctx, req)
+	switch {
+	case err != nil:
+		log.WarnContext(ctx, "agent leg BYE", "err", err)
+	case !res.IsSuccess():
+		log.WarnContext(ctx, "agent leg BYE rejected", "sip_code", res.StatusCode, "sip_reason", res.Reason)
+	default:
+		log.InfoContext(ctx, "agent leg ended", "sip_code", res.StatusCode)
+	}
+}
+
+// waitCallEnded waits up to d for the call's CallEnded fact; other facts
+// are dropped. It returns nil when none came in time, and ctx's error when
+// the execution is abandoned.
+func waitCallEnded(ctx context.Context, e *execution, d time.Duration) (*batonv1.CallEnded, error) {
+	timer := time.NewTimer(d)
+	defer timer.Stop()
+	for {
+		select {
+		case fact := <-e.facts:
+			if f, ok := fact.(*batonv1.CallEnded); ok {
+				return f, nil
+			}
+		case <-timer.C:
+			return nil, nil
+		case <-ctx.Done():
+			return nil, ctx.Err()
 		}
 	}
 }

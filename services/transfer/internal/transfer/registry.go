@@ -53,6 +53,17 @@ const (
 	full
 )
 
+// known reports whether this process runs or recently ran the command.
+func (r *registry) known(id string) bool {
+	if id == "" {
+		return false
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	_, ok := r.seen[id]
+	return ok
+}
+
 // add registers e before its request is sent, so no fact is missed.
 func (r *registry) add(e *execution) int {
 	r.mu.Lock()

@@ -28,6 +28,7 @@ import (
 	"github.com/baton-voice/baton/pkg/events"
 	batonv1 "github.com/baton-voice/baton/pkg/events/batonv1"
 	"github.com/baton-voice/baton/pkg/kafka"
+	"github.com/baton-voice/baton/services/transfer/internal/attempts"
 )
 
 // Source is the ce_source of transfer's records.
@@ -48,6 +49,10 @@ type Options struct {
 	// NotifyTimeout bounds the wait for the final NOTIFY when the command
 	// has no answer_timeout.
 	NotifyTimeout time.Duration
+	// ByeAfterRefer is how long, after a successful REFER, transfer waits
+	// for the far end's BYE (a CallEnded fact) before it ends the agent
+	// leg with its own BYE; 0 never sends that BYE.
+	ByeAfterRefer time.Duration
 	// MaxInFlight bounds the executions at once.
 	MaxInFlight int
 	// MaxCommandAge fails commands older than this without sending SIP;
@@ -58,32 +63,51 @@ type Options struct {
 	// ShutdownTimeout bounds how long in-flight executions run on once Run's
 	// context ends.
 	ShutdownTimeout time.Duration
+	// Invite configures warm transfers; without Invite.Ports an INVITE
+	// command fails.
+	Invite InviteOptions
+}
+
+// AttemptLog is the durable record of the commands attempted
+// (attempts.Log is the real one).
+type AttemptLog interface {
+	// EnsureSynced returns once attempts other instances recorded for this
+	// process's partitions are known.
+	EnsureSynced(ctx context.Context) error
+	Lookup(commandID string) (attempts.Attempt, bool)
+	// Record makes the attempts durable; one error per command.
+	Record(ctx context.Context, cmds []*batonv1.HandoffCommand, callIDs []string) []error
 }
 
 // Service consumes commands and facts and executes the commands.
 type Service struct {
-	cl     *kgo.Client
-	sip    Sender
-	opts   Options
-	logger *slog.Logger
-	reg    *registry
-	wg     sync.WaitGroup
-	now    func() time.Time
+	cl       *kgo.Client
+	sip      Sender
+	attempts AttemptLog
+	opts     Options
+	logger   *slog.Logger
+	reg      *registry
+	wg       sync.WaitGroup
+	now      func() time.Time
 	// onDrain, when set (tests only), runs once shutdown has paused the
 	// handoffs topic.
 	onDrain func()
+	// afterHandle, when set (tests only), runs after a batch was handled
+	// and before its offsets are committed.
+	afterHandle func()
 }
 
 // New builds a Service. cl must be a group consumer of the handoffs and
 // calls topics (kafka.ConsumerOpts); it also publishes the outcomes.
-func New(cl *kgo.Client, sender Sender, opts Options, logger *slog.Logger) *Service {
+func New(cl *kgo.Client, sender Sender, log AttemptLog, opts Options, logger *slog.Logger) *Service {
 	return &Service{
-		cl:     cl,
-		sip:    sender,
-		opts:   opts,
-		logger: logger,
-		reg:    newRegistry(opts.MaxInFlight),
-		now:    time.Now,
+		cl:       cl,
+		sip:      sender,
+		attempts: log,
+		opts:     opts,
+		logger:   logger,
+		reg:      newRegistry(opts.MaxInFlight),
+		now:      time.Now,
 	}
 }
 
@@ -93,20 +117,18 @@ func New(cl *kgo.Client, sender Sender, opts Options, logger *slog.Logger) *Serv
 // ShutdownTimeout; then what is left is abandoned (logged, no outcome).
 // Flushing and closing the client is the caller's job.
 //
-// Offsets are committed once a batch's commands were dispatched, not when
-// they finished (kafka.ConsumeLoop commits after the handler returns). A
-// crash in between loses the transfers under way (no outcome), and a crash
-// after sending SIP but before the commit executes the command again on
-// redelivery. Recording the attempt before any SIP is sent, so a command is
-// executed at most once across crashes (DESIGN.md, Delivery), is a later
-// issue; within one process, redelivered command ids are skipped.
+// At most once: a batch's new commands have their attempt recorded in the
+// attempt log before any SIP is sent, and the batch's offsets are committed
+// (kafka.ConsumeLoop, after the handler returns) only once those attempts
+// are durable. A command redelivered after a crash or a rebalance finds its
+// attempt and is reported, not executed again. A crash after the commit
+// loses the transfers under way (no final outcome); never a second one.
 func (s *Service) Run(ctx context.Context) error {
 	// Executions outlive ctx: they stop at the shutdown deadline.
 	work, abandon := context.WithCancel(context.WithoutCancel(ctx))
 	defer abandon()
 	err := kafka.ConsumeLoop(ctx, s.cl, s.logger, retryPause, func(ctx context.Context, records []*kgo.Record) error {
-		s.handle(ctx, work, records)
-		return nil
+		return s.handle(ctx, work, records)
 	})
 
 	s.cl.PauseFetchTopics(s.opts.Topics.Handoffs)
@@ -142,20 +164,101 @@ func (s *Service) Run(ctx context.Context) error {
 	return err
 }
 
-// handle dispatches the commands of a batch and routes its facts. It never
-// blocks on a transfer.
-func (s *Service) handle(ctx, work context.Context, records []*kgo.Record) {
+// handle records the attempts of a batch's new commands, then dispatches
+// them and routes the batch's facts, in order. It never waits on a
+// transfer. An error leaves the batch uncommitted (it is retried): the
+// offsets of a command are committed only after its attempt is durable.
+func (s *Service) handle(ctx, work context.Context, records []*kgo.Record) error {
+	type item struct {
+		ev  events.Event
+		cmd *batonv1.HandoffCommand
+		run bool
+	}
+	items := make([]item, 0, len(records))
+	var fresh []*batonv1.HandoffCommand
+	var freshCalls []string
+	var freshIdx []int
+	synced := false
 	for _, rec := range records {
 		ev, ok := s.decode(ctx, rec)
 		if !ok {
 			continue
 		}
-		if cmd, isCmd := ev.Data.(*batonv1.HandoffCommand); isCmd {
-			s.dispatch(ctx, work, ev, cmd)
+		cmd, isCmd := ev.Data.(*batonv1.HandoffCommand)
+		items = append(items, item{ev: ev, cmd: cmd})
+		if !isCmd {
 			continue
 		}
-		s.route(ctx, ev)
+		if !synced {
+			// This process may just have been given partitions whose
+			// commands another instance attempted: read its attempts first.
+			if err := s.attempts.EnsureSynced(ctx); err != nil {
+				return err
+			}
+			synced = true
+		}
+		if s.skip(ctx, work, ev, cmd) {
+			continue
+		}
+		items[len(items)-1].run = true
+		fresh = append(fresh, cmd)
+		freshCalls = append(freshCalls, callIDOf(ev, cmd))
+		freshIdx = append(freshIdx, len(items)-1)
 	}
+	var errs []error
+	if len(fresh) > 0 {
+		for j, err := range s.attempts.Record(ctx, fresh, freshCalls) {
+			if err != nil {
+				// Not durable: not executed now; the batch is retried.
+				items[freshIdx[j]].run = false
+				errs = append(errs, err)
+			}
+		}
+	}
+	for _, it := range items {
+		switch {
+		case it.cmd == nil:
+			s.route(ctx, it.ev)
+		case it.run:
+			s.dispatch(ctx, work, it.ev, it.cmd)
+		}
+	}
+	if s.afterHandle != nil {
+		s.afterHandle()
+	}
+	return errors.Join(errs...)
+}
+
+func callIDOf(ev events.Event, cmd *batonv1.HandoffCommand) string {
+	if id := cmd.GetCallId(); id != "" {
+		return id
+	}
+	return ev.Subject
+}
+
+// skip decides, before any attempt is recorded, that a command does not
+// run: this process already runs or ran it (a redelivery; silently), its
+// attempt is in the log (a redelivery after a crash or a rebalance;
+// reported, never executed again), or it is too old (reported).
+func (s *Service) skip(ctx, work context.Context, ev events.Event, cmd *batonv1.HandoffCommand) bool {
+	id := cmd.GetCommandId()
+	e := &execution{cmd: cmd, callID: callIDOf(ev, cmd), start: s.now()}
+	log := s.logger.With("call_id", e.callID, "command_id", id)
+	if s.reg.known(id) {
+		log.InfoContext(ctx, "command already executed by this process; skipped")
+		return true
+	}
+	if a, ok := s.attempts.Lookup(id); ok && id != "" {
+		s.detached(ctx, work, e, log, failed(0, "", fmt.Sprintf("already attempted at %s by %s: not executed again",
+			a.AttemptedAt.UTC().Format(time.RFC3339Nano), a.Instance)))
+		return true
+	}
+	if age := s.now().Sub(ev.Time); s.opts.MaxCommandAge > 0 && age > s.opts.MaxCommandAge {
+		s.detached(ctx, work, e, log, failed(0, "", fmt.Sprintf("command is %v old, more than max_command_age %v: not executed",
+			age.Round(time.Second), s.opts.MaxCommandAge)))
+		return true
+	}
+	return false
 }
 
 // errCommandWhileDraining keeps a batch uncommitted: a command fetched
@@ -210,16 +313,8 @@ func (s *Service) route(ctx context.Context, ev events.Event) {
 
 // dispatch registers the command's execution and starts it.
 func (s *Service) dispatch(ctx, work context.Context, ev events.Event, cmd *batonv1.HandoffCommand) {
-	e := &execution{cmd: cmd, callID: cmd.GetCallId(), start: s.now(), facts: make(chan proto.Message, factBuffer)}
-	if e.callID == "" {
-		e.callID = ev.Subject
-	}
+	e := &execution{cmd: cmd, callID: callIDOf(ev, cmd), start: s.now(), facts: make(chan proto.Message, factBuffer)}
 	log := s.logger.With("call_id", e.callID, "command_id", cmd.GetCommandId())
-	if age := s.now().Sub(ev.Time); s.opts.MaxCommandAge > 0 && age > s.opts.MaxCommandAge {
-		s.detached(ctx, work, e, log, failed(0, "", fmt.Sprintf("command is %v old, more than max_command_age %v: not executed",
-			age.Round(time.Second), s.opts.MaxCommandAge)))
-		return
-	}
 	switch s.reg.add(e) {
 	case duplicate:
 		log.InfoContext(ctx, "command already executed by this process; skipped")
@@ -251,7 +346,7 @@ func (s *Service) execute(ctx context.Context, e *execution, log *slog.Logger) {
 	case batonv1.Method_METHOD_BYE:
 		s.bye(ctx, e, log)
 	case batonv1.Method_METHOD_INVITE:
-		s.publish(ctx, e, log, failed(0, "", "warm transfer (INVITE) is not built yet"))
+		s.invite(ctx, e, log)
 	default:
 		s.publish(ctx, e, log, failed(0, "", fmt.Sprintf("unknown method %s", e.cmd.GetMethod())))
 	}
@@ -263,6 +358,7 @@ type step struct {
 	code   int
 	reason string
 	detail string
+	bridge *batonv1.BridgeStats
 }
 
 func failed(code int, reason, detail string) step {
@@ -283,6 +379,7 @@ func (s *Service) publish(ctx context.Context, e *execution, log *slog.Logger, o
 		Detail:      o.detail,
 		Reason:      e.cmd.GetReason(),
 		Elapsed:     durationpb.New(s.now().Sub(e.start)),
+		Bridge:      o.bridge,
 	}
 	attrs := []any{"status", o.status.String(), "sip_code", o.code, "sip_reason", o.reason, "detail", o.detail}
 	ev, err := events.New(Source, e.callID, out, s.now())

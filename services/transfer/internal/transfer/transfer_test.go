@@ -6,6 +6,7 @@ import (
 	"net"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -22,6 +23,7 @@ import (
 	"github.com/baton-voice/baton/pkg/kafka"
 	"github.com/baton-voice/baton/pkg/kafka/kafkatest"
 	"github.com/baton-voice/baton/pkg/sipx"
+	"github.com/baton-voice/baton/services/transfer/internal/attempts"
 	"github.com/baton-voice/baton/services/transfer/internal/uac"
 )
 
@@ -65,6 +67,9 @@ func startSBC(t *testing.T, answer int) *sbc {
 		s.received = append(s.received, r)
 		code := s.answer
 		s.mu.Unlock()
+		if req.Method == sip.BYE && code == 202 {
+			code = 200
+		}
 		s.got <- r
 		if code == 0 {
 			return
@@ -126,6 +131,8 @@ func (s *sbc) next(t *testing.T) received {
 // harness is a running transfer service against kfake and a test SBC.
 type harness struct {
 	topics  kafka.Topics
+	cfg     kafka.Config
+	logger  *slog.Logger
 	sip     *uac.Client
 	sbc     *sbc
 	pub     *kgo.Client
@@ -136,7 +143,23 @@ type harness struct {
 	// stop ends Run (as SIGTERM would) and returns its error and how long
 	// it took to return.
 	stop func() (time.Duration, error)
+	// in is the instance start launched.
+	in *instance
 }
+
+// instance is one transfer process: its SIP socket, attempt log, Kafka
+// client and Service.
+type instance struct {
+	sip      *uac.Client
+	cl       *kgo.Client
+	svc      *Service
+	draining chan struct{}
+	done     chan error
+	cancel   context.CancelFunc
+}
+
+// attemptTopic is the attempt log of the tests.
+const attemptTopic = "baton.transfer-attempts"
 
 func start(t *testing.T, answer int, tune func(*Options)) *harness {
 	t.Helper()
@@ -144,41 +167,17 @@ func start(t *testing.T, answer int, tune func(*Options)) *harness {
 	brokers := kafkatest.NewCluster(t, 3, cfg.Topics.All()...)
 	cfg.Brokers = brokers
 	logger := slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelWarn}))
+	h := &harness{topics: cfg.Topics, cfg: cfg, logger: logger}
 
-	sipClient, err := uac.Listen(t.Context(), "127.0.0.1:0", "127.0.0.1", logger)
-	require.NoError(t, err)
-	t.Cleanup(func() { require.NoError(t, sipClient.Close()) })
-
-	opts := append(kafka.ClientOpts(cfg, logger), kafka.ConsumerOpts("baton-transfer", cfg.Topics.Handoffs, cfg.Topics.Calls)...)
-	cl, err := kgo.NewClient(opts...)
-	require.NoError(t, err)
-	t.Cleanup(cl.Close)
-
-	o := Options{
-		Topics:          cfg.Topics,
-		NotifyTimeout:   10 * time.Second,
-		MaxInFlight:     16,
-		MaxCommandAge:   time.Minute,
-		ProduceTimeout:  5 * time.Second,
-		ShutdownTimeout: 5 * time.Second,
-	}
-	if tune != nil {
-		tune(&o)
-	}
-	svc := New(cl, sipClient, o, logger)
-	draining := make(chan struct{})
-	svc.onDrain = func() { close(draining) }
-	ctx, cancel := context.WithCancel(context.WithoutCancel(t.Context()))
-	done := make(chan error, 1)
-	go func() { done <- svc.Run(ctx) }()
+	in := h.launch(t, tune)
 	var once sync.Once
 	var runErr error
 	var took time.Duration
 	stop := func() (time.Duration, error) {
 		once.Do(func() {
 			began := time.Now()
-			cancel()
-			runErr = <-done
+			in.cancel()
+			runErr = <-in.done
 			took = time.Since(began)
 		})
 		return took, runErr
@@ -196,7 +195,52 @@ func start(t *testing.T, answer int, tune func(*Options)) *harness {
 	require.NoError(t, err)
 	t.Cleanup(out.Close)
 
-	return &harness{topics: cfg.Topics, sip: sipClient, sbc: startSBC(t, answer), pub: pub, out: out, stop: stop, draining: draining}
+	h.in = in
+	h.sip, h.sbc, h.pub, h.out, h.stop, h.draining = in.sip, startSBC(t, answer), pub, out, stop, in.draining
+	return h
+}
+
+// launch starts one more transfer instance in the group. Its cleanup is
+// the caller's (cancel, then read done).
+func (h *harness) launch(t *testing.T, tune func(*Options), prepare ...func(*instance)) *instance {
+	t.Helper()
+	sipClient, err := uac.Listen(t.Context(), "127.0.0.1:0", "127.0.0.1", h.logger)
+	require.NoError(t, err)
+	t.Cleanup(func() { require.NoError(t, sipClient.Close()) })
+
+	alog, err := attempts.Open(t.Context(), kafka.ClientOpts(h.cfg, h.logger), attempts.Options{
+		Topic: attemptTopic, Partitions: 3, ReplicationFactor: -1, Retention: time.Hour, Instance: t.Name(),
+	}, h.logger)
+	require.NoError(t, err)
+	t.Cleanup(alog.Close)
+
+	opts := append(kafka.ClientOpts(h.cfg, h.logger), kafka.ConsumerOpts("baton-transfer", h.cfg.Topics.Handoffs, h.cfg.Topics.Calls)...)
+	opts = append(opts, kgo.OnPartitionsAssigned(alog.OnAssigned))
+	cl, err := kgo.NewClient(opts...)
+	require.NoError(t, err)
+	t.Cleanup(cl.Close)
+
+	o := Options{
+		Topics:          h.cfg.Topics,
+		NotifyTimeout:   10 * time.Second,
+		MaxInFlight:     16,
+		MaxCommandAge:   time.Minute,
+		ProduceTimeout:  5 * time.Second,
+		ShutdownTimeout: 5 * time.Second,
+	}
+	if tune != nil {
+		tune(&o)
+	}
+	svc := New(cl, sipClient, alog, o, h.logger)
+	in := &instance{sip: sipClient, cl: cl, svc: svc, draining: make(chan struct{}), done: make(chan error, 1)}
+	svc.onDrain = func() { close(in.draining) }
+	for _, p := range prepare {
+		p(in)
+	}
+	ctx, cancel := context.WithCancel(context.WithoutCancel(t.Context()))
+	in.cancel = cancel
+	go func() { in.done <- svc.Run(ctx) }()
+	return in
 }
 
 func (h *harness) publish(t *testing.T, topic, callID string, msg proto.Message, at time.Time) {
@@ -424,10 +468,10 @@ func TestReferOutcomes(t *testing.T) {
 			detail: "the command has no dialog", sent: 0,
 		},
 		{
-			name: "warm transfer is not built", answer: 202,
+			name: "warm transfer without media config", answer: 202,
 			tune:   func(cmd *batonv1.HandoffCommand) { cmd.Method = batonv1.Method_METHOD_INVITE },
 			want:   []batonv1.OutcomeStatus{batonv1.OutcomeStatus_OUTCOME_STATUS_FAILED},
-			detail: "warm transfer (INVITE) is not built yet", sent: 0,
+			detail: "warm transfer (INVITE) is not configured", sent: 0,
 		},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -576,4 +620,107 @@ func TestShutdownAbandonsTransfersAtTheDeadline(t *testing.T) {
 	require.NoError(t, err)
 	require.GreaterOrEqual(t, took, 200*time.Millisecond, "in-flight transfer was given the shutdown timeout")
 	require.Less(t, took, 5*time.Second, "and no more than that (notify_timeout is 10s)")
+}
+
+// TestCrashAfterReferBeforeCommitSendsNoSecondRefer: an instance records
+// the attempt, sends the REFER and dies before committing the command's
+// offset. The command is redelivered to the next instance, which finds the
+// attempt in the log, reports it and sends nothing.
+func TestCrashAfterReferBeforeCommitSendsNoSecondRefer(t *testing.T) {
+	t.Parallel()
+	h := start(t, 202, nil)
+	// The first instance of start() must not take the command: stop it
+	// before it is published.
+	_, err := h.stop()
+	require.NoError(t, err)
+	h.in.cl.Close() // leave the group
+
+	var crashed atomic.Bool
+	first := h.launch(t, func(o *Options) { o.ShutdownTimeout = 100 * time.Millisecond }, func(in *instance) {
+		in.svc.afterHandle = func() {
+			if crashed.Load() {
+				return
+			}
+			// The batch's attempt is recorded and its REFER is on its way;
+			// die once the SBC has it, before ConsumeLoop commits.
+			select {
+			case <-h.sbc.got:
+			case <-time.After(5 * time.Second):
+			}
+			crashed.Store(true)
+			in.cl.Close() // no commit, no graceful drain
+		}
+	})
+	cmd := referCommand(h, "crash")
+	h.command(t, cmd)
+	select {
+	case <-first.done: // Run fails: its client is gone
+	case <-time.After(10 * time.Second):
+		t.Fatal("the crashed instance did not stop")
+	}
+	first.cancel()
+	require.True(t, crashed.Load())
+	require.Equal(t, 1, h.sbc.count(), "the first instance sent the REFER")
+
+	second := h.launch(t, func(o *Options) { o.ShutdownTimeout = 100 * time.Millisecond })
+	t.Cleanup(func() {
+		second.cancel()
+		require.NoError(t, <-second.done)
+	})
+	var o *batonv1.TransferOutcome
+	for o = h.outcome(t, cmd.CommandId); o.GetStatus() != batonv1.OutcomeStatus_OUTCOME_STATUS_FAILED; o = h.outcome(t, cmd.CommandId) {
+		// The first instance may have published ACCEPTED before dying.
+		require.Equal(t, batonv1.OutcomeStatus_OUTCOME_STATUS_ACCEPTED.String(), o.GetStatus().String())
+	}
+	require.Contains(t, o.GetDetail(), "already attempted")
+	require.Contains(t, o.GetDetail(), t.Name(), "names the instance that attempted it")
+
+	// The second instance works: a new command is executed.
+	next := referCommand(h, "after-crash")
+	h.command(t, next)
+	requireOutcome(t, h.outcome(t, next.CommandId), batonv1.OutcomeStatus_OUTCOME_STATUS_ACCEPTED, 202)
+	require.Equal(t, 2, h.sbc.count(), "one REFER per command: the redelivered one sent nothing")
+}
+
+// TestReferSuccessEndsTheAgentLeg: after the final 2xx NOTIFY, transfer
+// waits bye_after_refer for the far end's BYE and sends its own only when
+// none came. SUCCEEDED stays the last outcome.
+func TestReferSuccessEndsTheAgentLeg(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name     string
+		farEnd   bool
+		requests int
+	}{
+		{name: "far end hangs up first: no BYE", farEnd: true, requests: 1},
+		{name: "far end silent: transfer sends BYE", requests: 2},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			wait := 300 * time.Millisecond
+			if tc.farEnd {
+				wait = 10 * time.Second // the far end's BYE ends the wait long before
+			}
+			h := start(t, 202, func(o *Options) { o.ByeAfterRefer = wait })
+			cmd := referCommand(h, "bye-after")
+			cmd.Dialog.NextLocalCseq = 7
+			h.command(t, cmd)
+			require.Equal(t, sip.REFER, h.sbc.next(t).req.Method)
+			requireOutcome(t, h.outcome(t, cmd.CommandId), batonv1.OutcomeStatus_OUTCOME_STATUS_ACCEPTED, 202)
+			h.fact(t, cmd.CallId, &batonv1.NotifyReceived{Event: "refer", SipfragStatus: 200, SipfragReason: "OK"})
+			if tc.farEnd {
+				h.fact(t, cmd.CallId, &batonv1.CallEnded{CallId: cmd.CallId, EndedBy: batonv1.Party_PARTY_REMOTE, Method: "BYE"})
+			}
+			requireOutcome(t, h.outcome(t, cmd.CommandId), batonv1.OutcomeStatus_OUTCOME_STATUS_SUCCEEDED, 200)
+			if !tc.farEnd {
+				bye := h.sbc.next(t).req
+				require.Equal(t, sip.BYE, bye.Method)
+				require.Equal(t, uint32(8), bye.CSeq().SeqNo, "the REFER's CSeq + 1")
+				require.Equal(t, cmd.Dialog.CallId, bye.CallID().Value())
+			}
+			require.Eventually(t, func() bool { return h.in.svc.reg.inFlight() == 0 }, 5*time.Second, time.Millisecond,
+				"the execution ends")
+			require.Equal(t, tc.requests, h.sbc.count())
+		})
+	}
 }

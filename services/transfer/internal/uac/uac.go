@@ -22,10 +22,12 @@ const readyTimeout = 5 * time.Second
 
 // Client sends requests from one UDP socket.
 type Client struct {
-	ua     *sipgo.UserAgent
-	client *sipgo.Client
-	conn   net.PacketConn
-	served chan struct{}
+	ua      *sipgo.UserAgent
+	client  *sipgo.Client
+	conn    net.PacketConn
+	served  chan struct{}
+	dialogs *sipgo.DialogClientCache
+	contact sip.ContactHeader
 }
 
 // Listen binds listen (host:port, port 0 picks one) and builds a client
@@ -62,6 +64,21 @@ func Listen(ctx context.Context, listen, viaHost string, logger *slog.Logger) (*
 		return nil, errors.Join(fmt.Errorf("new sip client: %w", err), ua.Close(), conn.Close())
 	}
 	c := &Client{ua: ua, client: client, conn: conn, served: make(chan struct{})}
+	// New legs (warm transfer) give this socket as their Contact: the
+	// destination's BYE comes here.
+	c.contact = sip.ContactHeader{Address: sip.Uri{Scheme: "sip", User: "baton-transfer", Host: viaHost, Port: port}}
+	c.dialogs = sipgo.NewDialogClientCache(client, c.contact)
+	srv.OnBye(func(req *sip.Request, tx sip.ServerTransaction) {
+		if err := c.dialogs.ReadBye(req, tx); err != nil {
+			_ = tx.Respond(sip.NewResponseFromRequest(req, sip.StatusCallTransactionDoesNotExists, "Call/Transaction Does Not Exist", nil))
+		}
+	})
+	srv.OnAck(func(*sip.Request, sip.ServerTransaction) {})
+	srv.OnInvite(func(req *sip.Request, tx sip.ServerTransaction) {
+		// A re-INVITE from a destination (hold, codec change) is not
+		// supported yet: the bridge keeps the negotiated stream.
+		_ = tx.Respond(sip.NewResponseFromRequest(req, sip.StatusNotAcceptableHere, "Not Acceptable Here", nil))
+	})
 	go func() {
 		defer close(c.served)
 		// Responses arrive here and are matched to their transactions;
@@ -112,6 +129,28 @@ func (c *Client) Do(ctx context.Context, req *sip.Request) (*sip.Response, error
 	default:
 		return nil, fmt.Errorf("%s %s: %w", req.Method, req.Recipient.String(), err)
 	}
+}
+
+// Contact is the Contact of the legs this client starts.
+func (c *Client) Contact() sip.ContactHeader { return c.contact }
+
+// Invite sends req, an INVITE that starts a new dialog, and returns its
+// session: WaitAnswer (CANCEL when its ctx ends), Ack, Bye, and
+// Context(), done when the far end sent BYE.
+func (c *Client) Invite(ctx context.Context, req *sip.Request) (*sipgo.DialogClientSession, error) {
+	d, err := c.dialogs.WriteInvite(ctx, req)
+	if err != nil {
+		return nil, fmt.Errorf("INVITE %s: %w", req.Recipient.String(), err)
+	}
+	return d, nil
+}
+
+// Write sends a request outside any transaction (the ACK of a 2xx).
+func (c *Client) Write(req *sip.Request) error {
+	if err := c.client.WriteRequest(req); err != nil {
+		return fmt.Errorf("%s %s: %w", req.Method, req.Recipient.String(), err)
+	}
+	return nil
 }
 
 // ErrTimeout means a request got no final response in time.

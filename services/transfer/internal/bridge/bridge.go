@@ -1,0 +1,350 @@
+// Package bridge is the media bridge of a warm transfer: two UDP sockets,
+// one facing the caller and one facing the destination, and a loop per
+// socket that forwards each RTP packet to the other leg.
+//
+// Each outgoing stream keeps one SSRC and continuous sequence numbers and
+// timestamps whatever the source does (a new SSRC after a re-INVITE, a
+// switch of the media source): the rewriter re-bases on every source
+// change and marks the first packet. Each leg latches to the address its
+// packets really come from (symmetric RTP), so NAT and wrong SDP addresses
+// do not matter; before the first packet, media goes to the SDP address.
+// A leg may use SRTP (SDES keys, pion/srtp): packets are decrypted as they
+// arrive and encrypted as they leave. Per-direction statistics follow RFC
+// 3550 (loss from sequence numbers, interarrival jitter).
+package bridge
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/pion/rtp"
+	"github.com/pion/srtp/v3"
+
+	batonv1 "github.com/baton-voice/baton/pkg/events/batonv1"
+	"github.com/baton-voice/baton/services/transfer/internal/sdp"
+)
+
+// maxPacket is the receive buffer: an MTU plus room for SRTP tags.
+const maxPacket = 1500
+
+// ErrNoPort means no media port could be bound in the configured range.
+var ErrNoPort = errors.New("no free media port")
+
+// Ports is where media sockets are bound. One Ports is shared by all the
+// bridges of a process (use it by pointer).
+type Ports struct {
+	// Host is the local IP to bind.
+	Host netip.Addr
+	// Min and Max bound the port range; 0 and 0 let the OS choose.
+	Min, Max int
+	// next spreads allocations over the range.
+	next atomic.Uint32
+}
+
+// Side names a leg.
+type Side int
+
+// The two legs.
+const (
+	Caller Side = iota
+	Destination
+)
+
+func (s Side) String() string {
+	if s == Caller {
+		return "caller"
+	}
+	return "destination"
+}
+
+// Bridge relays media between the caller and destination legs.
+type Bridge struct {
+	legs   [2]*Leg
+	active atomic.Bool
+	// started is when Activate was called (unix nanos).
+	started atomic.Int64
+	wg      sync.WaitGroup
+	closed  atomic.Bool
+	codec   atomic.Pointer[string]
+}
+
+// Leg is one side of the bridge: its socket, where it sends, its SRTP
+// contexts, and the statistics of what it received.
+type Leg struct {
+	side Side
+	conn *net.UDPConn
+	// remote is where packets for this leg go: the SDP address, then the
+	// latched source.
+	remote  atomic.Pointer[netip.AddrPort]
+	latched atomic.Bool
+	// clockRate is the RTP clock of the leg's codec (jitter, re-basing).
+	clockRate atomic.Uint32
+	// srtpIn decrypts what the leg receives; srtpOut encrypts what it
+	// sends. Set before media flows (SetRemote), read by one loop each.
+	srtpIn, srtpOut atomic.Pointer[srtp.Context]
+	profile         atomic.Pointer[string]
+	// lastRecv is when the leg last received a valid packet (unix nanos).
+	lastRecv atomic.Int64
+	stats    receiveStats
+	out      rewriter
+}
+
+// New binds the two legs' sockets in ports.
+func New(ports *Ports) (*Bridge, error) {
+	b := &Bridge{}
+	for i := range b.legs {
+		conn, err := listen(ports)
+		if err != nil {
+			b.Close()
+			return nil, err
+		}
+		b.legs[i] = &Leg{side: Side(i), conn: conn, out: newRewriter()}
+		b.legs[i].clockRate.Store(8000)
+	}
+	for i := range b.legs {
+		b.wg.Go(func() { b.forward(b.legs[i], b.legs[1-i]) })
+	}
+	return b, nil
+}
+
+func listen(p *Ports) (*net.UDPConn, error) {
+	if p.Min == 0 && p.Max == 0 {
+		conn, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(netip.AddrPortFrom(p.Host, 0)))
+		if err != nil {
+			return nil, fmt.Errorf("%w: %w", ErrNoPort, err)
+		}
+		return conn, nil
+	}
+	// Even ports only (RFC 3550 11: RTP even, RTCP odd).
+	lo, hi := (p.Min+1)&^1, p.Max
+	n := (hi-lo)/2 + 1
+	if n <= 0 {
+		return nil, fmt.Errorf("%w: empty range %d-%d", ErrNoPort, p.Min, p.Max)
+	}
+	start := int(p.next.Add(1)) % n
+	for i := range n {
+		port := lo + 2*((start+i)%n)
+		conn, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(netip.AddrPortFrom(p.Host, uint16(port))))
+		if err == nil {
+			return conn, nil
+		}
+	}
+	return nil, fmt.Errorf("%w in %d-%d", ErrNoPort, p.Min, p.Max)
+}
+
+// Leg returns one side.
+func (b *Bridge) Leg(s Side) *Leg { return b.legs[s] }
+
+// Port is the leg's local media port.
+func (l *Leg) Port() int { return l.conn.LocalAddr().(*net.UDPAddr).Port }
+
+// Remote is where the leg currently sends.
+func (l *Leg) Remote() (netip.AddrPort, bool) {
+	r := l.remote.Load()
+	if r == nil {
+		return netip.AddrPort{}, false
+	}
+	return *r, true
+}
+
+// Keys are a leg's SRTP keys: Local encrypts what Baton sends, Remote
+// decrypts what the peer sends. Zero Keys means plain RTP.
+type Keys struct {
+	Local, Remote sdp.Crypto
+}
+
+// SetRemote sets the leg's peer from its SDP: the address media goes to
+// until a packet latches the leg, the codec's clock rate, and SRTP keys.
+func (l *Leg) SetRemote(addr netip.AddrPort, clockRate uint32, keys Keys) error {
+	if keys.Local.Suite != "" {
+		profile, err := profileOf(keys.Local.Suite)
+		if err != nil {
+			return err
+		}
+		if keys.Remote.Suite != keys.Local.Suite {
+			return fmt.Errorf("srtp: local suite %s, remote %s", keys.Local.Suite, keys.Remote.Suite)
+		}
+		out, err := contextOf(keys.Local, profile)
+		if err != nil {
+			return err
+		}
+		in, err := contextOf(keys.Remote, profile)
+		if err != nil {
+			return err
+		}
+		l.srtpOut.Store(out)
+		l.srtpIn.Store(in)
+		suite := keys.Local.Suite
+		l.profile.Store(&suite)
+	}
+	if clockRate > 0 {
+		l.clockRate.Store(clockRate)
+	}
+	if !l.latched.Load() {
+		l.remote.Store(&addr)
+	}
+	return nil
+}
+
+func profileOf(suite string) (srtp.ProtectionProfile, error) {
+	switch suite {
+	case "AES_CM_128_HMAC_SHA1_80":
+		return srtp.ProtectionProfileAes128CmHmacSha1_80, nil
+	case "AEAD_AES_128_GCM":
+		return srtp.ProtectionProfileAeadAes128Gcm, nil
+	}
+	return 0, fmt.Errorf("srtp suite %q not supported", suite)
+}
+
+func contextOf(c sdp.Crypto, profile srtp.ProtectionProfile) (*srtp.Context, error) {
+	k, s, ok := sdp.KeyLen(c.Suite)
+	if !ok || len(c.Key) != k+s {
+		return nil, fmt.Errorf("srtp %s: key of %d bytes", c.Suite, len(c.Key))
+	}
+	ctx, err := srtp.CreateContext(c.Key[:k], c.Key[k:], profile)
+	if err != nil {
+		return nil, fmt.Errorf("srtp %s context: %w", c.Suite, err)
+	}
+	return ctx, nil
+}
+
+// SetCodec names the codec for the statistics.
+func (b *Bridge) SetCodec(name string) { b.codec.Store(&name) }
+
+// Activate starts forwarding both ways; before it, packets are received
+// (and latch their leg) but dropped.
+func (b *Bridge) Activate() {
+	now := time.Now().UnixNano()
+	for _, l := range b.legs {
+		l.lastRecv.Store(now)
+	}
+	b.started.Store(now)
+	b.active.Store(true)
+}
+
+// Idle returns the first leg that received nothing for d since the bridge
+// was activated, if any.
+func (b *Bridge) Idle(now time.Time, d time.Duration) (Side, bool) {
+	if !b.active.Load() {
+		return 0, false
+	}
+	for _, l := range b.legs {
+		if now.Sub(time.Unix(0, l.lastRecv.Load())) > d {
+			return l.side, true
+		}
+	}
+	return 0, false
+}
+
+// forward relays what from receives to to, until from's socket closes.
+func (b *Bridge) forward(from, to *Leg) {
+	buf := make([]byte, maxPacket)
+	plain := make([]byte, maxPacket)
+	enc := make([]byte, maxPacket+32)
+	var h rtp.Header
+	for {
+		n, src, err := from.conn.ReadFromUDPAddrPort(buf)
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			continue
+		}
+		pkt := buf[:n]
+		now := time.Now()
+		if in := from.srtpIn.Load(); in != nil {
+			out, err := in.DecryptRTP(plain[:0], pkt, &h)
+			if err != nil {
+				from.stats.dropped.Add(1)
+				continue
+			}
+			pkt = out
+		} else if _, err := h.Unmarshal(pkt); err != nil {
+			from.stats.dropped.Add(1)
+			continue
+		}
+		// Latch only to packets that parsed (and authenticated).
+		if !from.accept(src) {
+			from.stats.dropped.Add(1)
+			continue
+		}
+		from.lastRecv.Store(now.UnixNano())
+		from.stats.record(&h, len(pkt), now, from.clockRate.Load())
+		dst, ok := to.Remote()
+		if !b.active.Load() || !ok {
+			from.stats.dropped.Add(1)
+			continue
+		}
+		to.out.rewrite(pkt, &h, now, to.clockRate.Load())
+		if out := to.srtpOut.Load(); out != nil {
+			e, err := out.EncryptRTP(enc[:0], pkt, &h)
+			if err != nil {
+				from.stats.dropped.Add(1)
+				continue
+			}
+			pkt = e
+		}
+		if _, err := to.conn.WriteToUDPAddrPort(pkt, dst); err != nil {
+			from.stats.dropped.Add(1)
+			continue
+		}
+		from.stats.forwarded.Add(1)
+	}
+}
+
+// accept latches the leg to the first source it hears from and then
+// accepts only that source.
+func (l *Leg) accept(src netip.AddrPort) bool {
+	if l.latched.Load() {
+		r := l.remote.Load()
+		return r != nil && *r == src
+	}
+	src = netip.AddrPortFrom(src.Addr().Unmap(), src.Port())
+	l.remote.Store(&src)
+	l.latched.Store(true)
+	return true
+}
+
+// Stats returns the statistics so far.
+func (b *Bridge) Stats() *batonv1.BridgeStats {
+	s := &batonv1.BridgeStats{
+		CallerToDestination: b.legs[Caller].stats.snapshot(),
+		DestinationToCaller: b.legs[Destination].stats.snapshot(),
+	}
+	if c := b.codec.Load(); c != nil {
+		s.Codec = *c
+	}
+	if p := b.legs[Caller].profile.Load(); p != nil {
+		s.CallerSrtp = *p
+	}
+	if p := b.legs[Destination].profile.Load(); p != nil {
+		s.DestinationSrtp = *p
+	}
+	return s
+}
+
+// Since is when the bridge was activated; zero before.
+func (b *Bridge) Since() time.Time {
+	if n := b.started.Load(); n != 0 {
+		return time.Unix(0, n)
+	}
+	return time.Time{}
+}
+
+// Close releases both sockets and waits for the loops.
+func (b *Bridge) Close() {
+	if b.closed.Swap(true) {
+		return
+	}
+	for _, l := range b.legs {
+		if l != nil {
+			_ = l.conn.Close()
+		}
+	}
+	b.wg.Wait()
+}

@@ -1,0 +1,616 @@
+package transfer
+
+import (
+	"bytes"
+	"fmt"
+	"math/rand/v2"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/emiago/sipgo"
+	"github.com/emiago/sipgo/sip"
+	"github.com/pion/rtp"
+	"github.com/pion/srtp/v3"
+	"github.com/stretchr/testify/require"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	batonv1 "github.com/baton-voice/baton/pkg/events/batonv1"
+	"github.com/baton-voice/baton/services/transfer/internal/bridge"
+	"github.com/baton-voice/baton/services/transfer/internal/request"
+	"github.com/baton-voice/baton/services/transfer/internal/sdp"
+)
+
+var loopback = netip.MustParseAddr("127.0.0.1")
+
+// withInvite configures warm transfers on loopback with short timers.
+func withInvite(tune func(*InviteOptions)) func(*Options) {
+	return func(o *Options) {
+		o.Invite = InviteOptions{
+			Ports:         &bridge.Ports{Host: loopback},
+			MediaAddr:     loopback,
+			IdleTimeout:   5 * time.Second,
+			AnswerTimeout: 5 * time.Second,
+			CallerID:      request.CallerID{Policy: request.CallerIDCaller, Host: "127.0.0.1"},
+			SRTPSuites:    []string{"AES_CM_128_HMAC_SHA1_80", "AEAD_AES_128_GCM"},
+			ByeTimeout:    2 * time.Second,
+		}
+		o.ShutdownTimeout = 500 * time.Millisecond
+		if tune != nil {
+			tune(&o.Invite)
+		}
+	}
+}
+
+// sippRun is a SIPp destination (UAS) on loopback.
+type sippRun struct {
+	port, mediaPort int
+	logFile         string
+	out             bytes.Buffer
+	done            chan error
+}
+
+// startSIPp runs scenario (a file of deploy/sipp) for one call, with RTP
+// echo on its media port.
+func startSIPp(t *testing.T, scenario string, extra ...string) *sippRun {
+	t.Helper()
+	bin, err := exec.LookPath("sipp")
+	require.NoError(t, err, "SIPp is required (Debian package sip-tester)")
+	dir, err := filepath.Abs(filepath.Join("..", "..", "..", "..", "deploy", "sipp"))
+	require.NoError(t, err)
+	tmp := t.TempDir()
+	r := &sippRun{port: freeUDPPort(t), mediaPort: freeMediaPort(t), logFile: filepath.Join(tmp, "sipp.log"), done: make(chan error, 1)}
+	args := append([]string{
+		"-sf", filepath.Join(dir, scenario), "-i", "127.0.0.1", "-p", strconv.Itoa(r.port),
+		"-m", "1", "-rtp_echo", "-mp", strconv.Itoa(r.mediaPort), "-mi", "127.0.0.1",
+		"-timeout", "60s", "-timeout_error", "-max_socket", "100",
+		"-trace_logs", "-log_file", r.logFile,
+		"-trace_err", "-error_file", filepath.Join(tmp, "errors.log"),
+		"-trace_msg", "-message_file", filepath.Join(tmp, "messages.log"),
+		"-nostdin",
+	}, extra...)
+	cmd := exec.CommandContext(t.Context(), bin, args...)
+	cmd.Stdout, cmd.Stderr = &r.out, &r.out
+	require.NoError(t, cmd.Start())
+	go func() { r.done <- cmd.Wait() }()
+	t.Cleanup(func() {
+		select {
+		case <-r.done:
+		default:
+			_ = cmd.Process.Kill()
+			<-r.done
+		}
+		if t.Failed() {
+			msgs, _ := os.ReadFile(filepath.Join(tmp, "messages.log"))
+			errs, _ := os.ReadFile(filepath.Join(tmp, "errors.log"))
+			t.Logf("sipp output:\n%s\nmessages:\n%s\nerrors:\n%s", r.out.String(), msgs, errs)
+		}
+	})
+	// Ready once its SIP socket is bound.
+	require.Eventually(t, func() bool {
+		c, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(netip.AddrPortFrom(loopback, uint16(r.port))))
+		if err != nil {
+			return true
+		}
+		_ = c.Close()
+		return false
+	}, 10*time.Second, 5*time.Millisecond, "sipp did not bind its port")
+	return r
+}
+
+// wait returns sipp's log lines and its exit error (nil for exit 0).
+func (r *sippRun) wait(t *testing.T) (string, error) {
+	t.Helper()
+	select {
+	case err := <-r.done:
+		r.done <- err
+		b, _ := os.ReadFile(r.logFile)
+		return string(b), err
+	case <-time.After(20 * time.Second):
+		t.Fatal("sipp did not finish")
+		return "", nil
+	}
+}
+
+func (r *sippRun) route() string { return "sip:queue@127.0.0.1:" + strconv.Itoa(r.port) }
+
+func freeUDPPort(t *testing.T) int {
+	t.Helper()
+	c, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(netip.AddrPortFrom(loopback, 0)))
+	require.NoError(t, err)
+	defer func() { _ = c.Close() }()
+	return c.LocalAddr().(*net.UDPAddr).Port
+}
+
+// freeMediaPort finds an even port p with p and p+2 free (SIPp echoes on
+// both).
+func freeMediaPort(t *testing.T) int {
+	t.Helper()
+	for range 100 {
+		p := 20000 + 2*rand.IntN(5000)
+		a, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(netip.AddrPortFrom(loopback, uint16(p))))
+		if err != nil {
+			continue
+		}
+		b, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(netip.AddrPortFrom(loopback, uint16(p+2))))
+		_ = a.Close()
+		if err != nil {
+			continue
+		}
+		_ = b.Close()
+		return p
+	}
+	t.Fatal("no free media port")
+	return 0
+}
+
+// callerSBC is the caller's side of the call: a sipgo UAS that answers the
+// re-INVITE with its own media address, and a media socket.
+type callerSBC struct {
+	addr  *net.UDPAddr
+	media *net.UDPConn
+	got   chan *sip.Request
+	mu    sync.Mutex
+	reqs  []*sip.Request
+	// reject, when set, is the re-INVITE's answer.
+	reject int
+}
+
+func startCallerSBC(t *testing.T, reject int) *callerSBC {
+	t.Helper()
+	ua, err := sipgo.NewUA(sipgo.WithUserAgent("test-caller-sbc"))
+	require.NoError(t, err)
+	srv, err := sipgo.NewServer(ua)
+	require.NoError(t, err)
+	var lc net.ListenConfig
+	conn, err := lc.ListenPacket(t.Context(), "udp", "127.0.0.1:0")
+	require.NoError(t, err)
+	media, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(netip.AddrPortFrom(loopback, 0)))
+	require.NoError(t, err)
+	c := &callerSBC{addr: conn.LocalAddr().(*net.UDPAddr), media: media, got: make(chan *sip.Request, 16), reject: reject}
+	record := func(req *sip.Request) {
+		c.mu.Lock()
+		c.reqs = append(c.reqs, req)
+		c.mu.Unlock()
+		c.got <- req
+	}
+	srv.OnInvite(func(req *sip.Request, tx sip.ServerTransaction) {
+		record(req)
+		if c.reject != 0 {
+			_ = tx.Respond(sip.NewResponseFromRequest(req, c.reject, "Not Acceptable Here", nil))
+			return
+		}
+		offer, err := sdp.Parse(string(req.Body()))
+		if err != nil {
+			_ = tx.Respond(sip.NewResponseFromRequest(req, 488, "Not Acceptable Here", nil))
+			return
+		}
+		ans := sdp.Session{Origin: "sbc 1 1 IN IP4 127.0.0.1", Addr: media.LocalAddr().(*net.UDPAddr).AddrPort(), Formats: offer.Formats}
+		res := sip.NewResponseFromRequest(req, 200, "OK", []byte(ans.String()))
+		res.AppendHeader(sip.NewHeader("Content-Type", "application/sdp"))
+		_ = tx.Respond(res)
+	})
+	srv.OnAck(func(req *sip.Request, _ sip.ServerTransaction) { record(req) })
+	srv.OnBye(func(req *sip.Request, tx sip.ServerTransaction) {
+		record(req)
+		_ = tx.Respond(sip.NewResponseFromRequest(req, 200, "OK", nil))
+	})
+	served := make(chan struct{})
+	go func() {
+		defer close(served)
+		_ = srv.ServeUDP(conn)
+	}()
+	t.Cleanup(func() {
+		require.NoError(t, ua.Close())
+		_ = conn.Close()
+		_ = media.Close()
+		<-served
+	})
+	return c
+}
+
+// next waits for the next request of method.
+func (c *callerSBC) next(t *testing.T, method sip.RequestMethod) *sip.Request {
+	t.Helper()
+	for {
+		select {
+		case r := <-c.got:
+			if r.Method == method {
+				return r
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("the caller's SBC received no %s", method)
+			return nil
+		}
+	}
+}
+
+func (c *callerSBC) count(method sip.RequestMethod) int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	n := 0
+	for _, r := range c.reqs {
+		if r.Method == method {
+			n++
+		}
+	}
+	return n
+}
+
+// echo sends n packets from the caller's media socket to to and reads the
+// echo of each: media crossed the bridge both ways.
+func (c *callerSBC) echo(t *testing.T, to netip.AddrPort, n int) {
+	t.Helper()
+	buf := make([]byte, 1500)
+	for i := range n {
+		pkt := &rtp.Packet{Header: rtp.Header{Version: 2, PayloadType: 0, SequenceNumber: uint16(1000 + i),
+			Timestamp: uint32(160 * i), SSRC: 0xCA11E4}, Payload: bytes.Repeat([]byte{byte(i)}, 160)}
+		b, err := pkt.Marshal()
+		require.NoError(t, err)
+		_, err = c.media.WriteToUDPAddrPort(b, to)
+		require.NoError(t, err)
+		require.NoError(t, c.media.SetReadDeadline(time.Now().Add(3*time.Second)))
+		m, from, err := c.media.ReadFromUDPAddrPort(buf)
+		require.NoError(t, err, "no echo of packet %d", i)
+		require.Equal(t, to, from, "the echo comes from the bridge's caller leg")
+		var back rtp.Packet
+		require.NoError(t, back.Unmarshal(buf[:m]))
+		require.Equal(t, pkt.Payload, back.Payload, "packet %d came back", i)
+		require.NotEqual(t, uint32(0xCA11E4), back.SSRC, "the bridge's own SSRC toward the caller")
+	}
+}
+
+func inviteCommand(c *callerSBC, id, route string) *batonv1.HandoffCommand {
+	d := dialogTo(c.addr, "call-"+id)
+	d.RemoteUri = "sip:+4915112345678@" + c.addr.String()
+	d.NextLocalCseq = 4
+	return &batonv1.HandoffCommand{
+		CommandId:     "cmd-" + id,
+		CallId:        "call-" + id,
+		Method:        batonv1.Method_METHOD_INVITE,
+		Destination:   "queue",
+		Route:         route,
+		Headers:       []*batonv1.SipHeader{{Name: "X-Customer-Id", Value: "CUST-7"}, {Name: "X-Intent", Value: "billing"}},
+		Dialog:        d,
+		Attempt:       1,
+		AnswerTimeout: durationpb.New(5 * time.Second),
+		LocalSdp:      "v=0\r\no=ingress 77 3 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 31000 RTP/AVP 0 101\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:101 telephone-event/8000\r\n",
+	}
+}
+
+// statuses reads the command's outcomes until want's length.
+func (h *harness) statuses(t *testing.T, id string, want ...batonv1.OutcomeStatus) []*batonv1.TransferOutcome {
+	t.Helper()
+	var got []*batonv1.TransferOutcome
+	for i, w := range want {
+		o := h.outcome(t, id)
+		require.Equal(t, w.String(), o.GetStatus().String(), "outcome %d: detail %q", i, o.GetDetail())
+		got = append(got, o)
+	}
+	return got
+}
+
+func TestWarmTransferBridgesMediaBothWays(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name string
+		// hangup: who ends the call.
+		scenario, hangup string
+	}{
+		{name: "caller hangs up", scenario: "dest_answer.xml", hangup: "caller"},
+		{name: "destination hangs up", scenario: "dest_hangup.xml", hangup: "destination"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			h := start(t, 202, withInvite(nil))
+			caller := startCallerSBC(t, 0)
+			var dest *sippRun
+			if tc.hangup == "destination" {
+				dest = startSIPp(t, tc.scenario, "-d", "1500")
+			} else {
+				dest = startSIPp(t, tc.scenario)
+			}
+			cmd := inviteCommand(caller, "warm", dest.route())
+			h.command(t, cmd)
+
+			want := []batonv1.OutcomeStatus{batonv1.OutcomeStatus_OUTCOME_STATUS_ANSWERED, batonv1.OutcomeStatus_OUTCOME_STATUS_BRIDGED}
+			if tc.hangup == "caller" {
+				want = append([]batonv1.OutcomeStatus{batonv1.OutcomeStatus_OUTCOME_STATUS_RINGING}, want...)
+			}
+			got := h.statuses(t, cmd.CommandId, want...)
+			if tc.hangup == "caller" {
+				require.Equal(t, int32(180), got[0].GetSipCode())
+			}
+			require.Less(t, got[len(got)-2].GetElapsed().AsDuration(), got[len(got)-1].GetElapsed().AsDuration(), "timings grow")
+
+			// The caller's dialog was re-INVITEd to the bridge: in dialog,
+			// next CSeq, ingress's o= line continued.
+			reinvite := caller.next(t, sip.INVITE)
+			require.Equal(t, cmd.Dialog.CallId, reinvite.CallID().Value())
+			require.Equal(t, uint32(4), reinvite.CSeq().SeqNo)
+			tag, _ := reinvite.To().Params.Get("tag")
+			require.Equal(t, cmd.Dialog.RemoteTag, tag)
+			offer, err := sdp.Parse(string(reinvite.Body()))
+			require.NoError(t, err)
+			require.Equal(t, "ingress 77 4 IN IP4 127.0.0.1", offer.Origin)
+			codec, ok := offer.Audio()
+			require.True(t, ok)
+			require.Equal(t, "PCMU", codec.Name)
+			ack := caller.next(t, sip.ACK)
+			require.Equal(t, uint32(4), ack.CSeq().SeqNo)
+
+			const packets = 20
+			caller.echo(t, offer.Addr, packets)
+
+			if tc.hangup == "caller" {
+				h.fact(t, cmd.CallId, &batonv1.CallEnded{CallId: cmd.CallId, EndedBy: batonv1.Party_PARTY_REMOTE, Method: "BYE"})
+			} else {
+				bye := caller.next(t, sip.BYE)
+				require.Equal(t, uint32(5), bye.CSeq().SeqNo, "after the re-INVITE")
+			}
+			end := h.outcome(t, cmd.CommandId)
+			require.Equal(t, batonv1.OutcomeStatus_OUTCOME_STATUS_ENDED.String(), end.GetStatus().String(), end.GetDetail())
+			require.Contains(t, end.GetDetail(), tc.hangup+" hung up")
+			st := end.GetBridge()
+			require.NotNil(t, st)
+			require.Equal(t, uint64(packets), st.GetCallerToDestination().GetPackets())
+			require.Equal(t, uint64(packets), st.GetDestinationToCaller().GetPackets(), "every echo crossed back")
+			require.Equal(t, uint64(packets*(12+160)), st.GetCallerToDestination().GetBytes())
+			require.Zero(t, st.GetCallerToDestination().GetLost())
+			require.Equal(t, "PCMU/8000", st.GetCodec())
+			require.Positive(t, st.GetDuration().AsDuration())
+
+			log, err := dest.wait(t)
+			require.NoError(t, err, "sipp: %s", log)
+			require.Contains(t, log, "x_customer_id=CUST-7", "the X- headers reached the destination")
+			if tc.hangup == "caller" {
+				require.Contains(t, log, "from=<sip:+4915112345678@127.0.0.1>", "caller-id policy caller")
+				require.Contains(t, log, "BYE call_id=")
+				require.Zero(t, caller.count(sip.BYE), "the caller's leg was not BYEd: it hung up")
+			} else {
+				require.Contains(t, log, "HANGUP call_id=")
+			}
+		})
+	}
+}
+
+func TestWarmTransferFailures(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name     string
+		scenario string
+		timeout  time.Duration
+		want     []batonv1.OutcomeStatus
+		code     int32
+		detail   string
+		log      string
+	}{
+		{
+			name: "busy", scenario: "dest_busy.xml",
+			want: []batonv1.OutcomeStatus{batonv1.OutcomeStatus_OUTCOME_STATUS_FAILED},
+			code: 486, detail: "destination answered 486", log: "BUSY",
+		},
+		{
+			name: "no answer: CANCEL", scenario: "dest_no_answer.xml", timeout: 700 * time.Millisecond,
+			want: []batonv1.OutcomeStatus{batonv1.OutcomeStatus_OUTCOME_STATUS_RINGING, batonv1.OutcomeStatus_OUTCOME_STATUS_FAILED},
+			code: 487, detail: "no answer within 700ms", log: "CANCELLED",
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			h := start(t, 202, withInvite(nil))
+			caller := startCallerSBC(t, 0)
+			dest := startSIPp(t, tc.scenario)
+			cmd := inviteCommand(caller, "fail", dest.route())
+			if tc.timeout > 0 {
+				cmd.AnswerTimeout = durationpb.New(tc.timeout)
+			}
+			h.command(t, cmd)
+			got := h.statuses(t, cmd.CommandId, tc.want...)
+			last := got[len(got)-1]
+			require.Equal(t, tc.code, last.GetSipCode(), last.GetDetail())
+			require.Contains(t, last.GetDetail(), tc.detail)
+			log, err := dest.wait(t)
+			require.NoError(t, err, "sipp: %s", log)
+			require.Contains(t, log, tc.log)
+			require.Zero(t, caller.count(sip.INVITE), "the caller's media never moved")
+		})
+	}
+}
+
+func TestWarmTransferCallerRejectsTheReInvite(t *testing.T) {
+	t.Parallel()
+	h := start(t, 202, withInvite(nil))
+	caller := startCallerSBC(t, 488)
+	dest := startSIPp(t, "dest_answer.xml")
+	cmd := inviteCommand(caller, "reject", dest.route())
+	h.command(t, cmd)
+	got := h.statuses(t, cmd.CommandId, batonv1.OutcomeStatus_OUTCOME_STATUS_RINGING,
+		batonv1.OutcomeStatus_OUTCOME_STATUS_ANSWERED, batonv1.OutcomeStatus_OUTCOME_STATUS_FAILED)
+	require.Equal(t, int32(488), got[2].GetSipCode())
+	require.Contains(t, got[2].GetDetail(), "the call stays with the agent")
+	log, err := dest.wait(t)
+	require.NoError(t, err, "the destination got its BYE: %s", log)
+	require.Contains(t, log, "BYE call_id=")
+}
+
+func TestWarmTransferIdleMediaTearsDown(t *testing.T) {
+	t.Parallel()
+	h := start(t, 202, withInvite(func(o *InviteOptions) { o.IdleTimeout = 600 * time.Millisecond }))
+	caller := startCallerSBC(t, 0)
+	dest := startSIPp(t, "dest_answer.xml")
+	cmd := inviteCommand(caller, "idle", dest.route())
+	h.command(t, cmd)
+	h.statuses(t, cmd.CommandId, batonv1.OutcomeStatus_OUTCOME_STATUS_RINGING,
+		batonv1.OutcomeStatus_OUTCOME_STATUS_ANSWERED, batonv1.OutcomeStatus_OUTCOME_STATUS_BRIDGED)
+	// Nobody sends media.
+	end := h.outcome(t, cmd.CommandId)
+	require.Equal(t, batonv1.OutcomeStatus_OUTCOME_STATUS_ENDED.String(), end.GetStatus().String())
+	require.Contains(t, end.GetDetail(), "no media from the")
+	require.Equal(t, uint32(5), caller.next(t, sip.BYE).CSeq().SeqNo, "the caller's leg is ended too")
+	log, err := dest.wait(t)
+	require.NoError(t, err, "sipp: %s", log)
+	require.Contains(t, log, "BYE call_id=")
+}
+
+func TestWarmTransferRefusedBeforeSIP(t *testing.T) {
+	t.Parallel()
+	h := start(t, 202, withInvite(nil))
+	caller := startCallerSBC(t, 0)
+	for i, tc := range []struct {
+		route, encryption, detail string
+	}{
+		{route: "tel:+15551234567", detail: "tel: URI"},
+		{route: "sips:queue@127.0.0.1:5999", detail: "TLS"},
+		{route: "sip:queue@127.0.0.1:5999", encryption: "udp_srtp", detail: "allow_sdes_over_udp"},
+		{route: "1234", detail: "extension"},
+	} {
+		cmd := inviteCommand(caller, fmt.Sprintf("refused-%d", i), tc.route)
+		cmd.Encryption = tc.encryption
+		h.command(t, cmd)
+		o := h.outcome(t, cmd.CommandId)
+		require.Equal(t, batonv1.OutcomeStatus_OUTCOME_STATUS_FAILED.String(), o.GetStatus().String())
+		require.Contains(t, o.GetDetail(), tc.detail)
+		require.True(t, strings.HasPrefix(o.GetDetail(), "INVITE not sent"), o.GetDetail())
+	}
+	require.Zero(t, caller.count(sip.INVITE))
+}
+
+// srtpDestination is a pion-based destination: a sipgo UAS answering
+// RTP/SAVP with its own SDES key for suite, echoing every packet it
+// decrypts (with Baton's key) back encrypted with its own.
+type srtpDestination struct {
+	addr   *net.UDPAddr
+	echoed atomic.Int64
+}
+
+func startSRTPDestination(t *testing.T, suite string) *srtpDestination {
+	t.Helper()
+	ua, err := sipgo.NewUA(sipgo.WithUserAgent("test-srtp-destination"))
+	require.NoError(t, err)
+	srv, err := sipgo.NewServer(ua)
+	require.NoError(t, err)
+	var lc net.ListenConfig
+	conn, err := lc.ListenPacket(t.Context(), "udp", "127.0.0.1:0")
+	require.NoError(t, err)
+	media, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(netip.AddrPortFrom(loopback, 0)))
+	require.NoError(t, err)
+	d := &srtpDestination{addr: conn.LocalAddr().(*net.UDPAddr)}
+	var wg sync.WaitGroup
+	srv.OnInvite(func(req *sip.Request, tx sip.ServerTransaction) {
+		offer, err := sdp.Parse(string(req.Body()))
+		if err != nil || offer.Proto != "RTP/SAVP" {
+			_ = tx.Respond(sip.NewResponseFromRequest(req, 488, "Not Acceptable Here", nil))
+			return
+		}
+		var theirs sdp.Crypto
+		for _, c := range offer.Crypto {
+			if c.Suite == suite {
+				theirs = c
+			}
+		}
+		ours, err := sdp.NewCrypto(theirs.Tag, suite)
+		if err != nil || theirs.Suite == "" {
+			_ = tx.Respond(sip.NewResponseFromRequest(req, 488, "Not Acceptable Here", nil))
+			return
+		}
+		dec, derr := srtpContext(theirs)
+		enc, eerr := srtpContext(ours)
+		if derr != nil || eerr != nil {
+			_ = tx.Respond(sip.NewResponseFromRequest(req, 488, "Not Acceptable Here", nil))
+			return
+		}
+		wg.Go(func() {
+			buf := make([]byte, 1500)
+			for {
+				n, from, err := media.ReadFromUDPAddrPort(buf)
+				if err != nil {
+					return
+				}
+				plain, err := dec.DecryptRTP(nil, buf[:n], nil)
+				if err != nil {
+					continue
+				}
+				out, err := enc.EncryptRTP(nil, plain, nil)
+				if err != nil {
+					continue
+				}
+				if _, err := media.WriteToUDPAddrPort(out, from); err == nil {
+					d.echoed.Add(1)
+				}
+			}
+		})
+		ans := sdp.Session{Origin: "dest 1 1 IN IP4 127.0.0.1", Addr: media.LocalAddr().(*net.UDPAddr).AddrPort(),
+			Proto: "RTP/SAVP", Formats: offer.Formats[:1], Crypto: []sdp.Crypto{ours}}
+		res := sip.NewResponseFromRequest(req, 200, "OK", []byte(ans.String()))
+		res.To().Params.Add("tag", "dest-srtp")
+		res.AppendHeader(&sip.ContactHeader{Address: sip.Uri{Scheme: "sip", User: "dest", Host: "127.0.0.1", Port: d.addr.Port}})
+		res.AppendHeader(sip.NewHeader("Content-Type", "application/sdp"))
+		_ = tx.Respond(res)
+	})
+	srv.OnAck(func(*sip.Request, sip.ServerTransaction) {})
+	srv.OnBye(func(req *sip.Request, tx sip.ServerTransaction) {
+		_ = tx.Respond(sip.NewResponseFromRequest(req, 200, "OK", nil))
+	})
+	served := make(chan struct{})
+	go func() {
+		defer close(served)
+		_ = srv.ServeUDP(conn)
+	}()
+	t.Cleanup(func() {
+		require.NoError(t, ua.Close())
+		_ = conn.Close()
+		_ = media.Close()
+		<-served
+		wg.Wait()
+	})
+	return d
+}
+
+func srtpContext(c sdp.Crypto) (*srtp.Context, error) {
+	profile := srtp.ProtectionProfileAes128CmHmacSha1_80
+	if c.Suite == "AEAD_AES_128_GCM" {
+		profile = srtp.ProtectionProfileAeadAes128Gcm
+	}
+	k, _, _ := sdp.KeyLen(c.Suite)
+	return srtp.CreateContext(c.Key[:k], c.Key[k:], profile)
+}
+
+func TestWarmTransferSRTPLeg(t *testing.T) {
+	t.Parallel()
+	for _, suite := range []string{"AES_CM_128_HMAC_SHA1_80", "AEAD_AES_128_GCM"} {
+		t.Run(suite, func(t *testing.T) {
+			t.Parallel()
+			h := start(t, 202, withInvite(func(o *InviteOptions) { o.AllowSDESOverUDP = true }))
+			caller := startCallerSBC(t, 0)
+			dest := startSRTPDestination(t, suite)
+			cmd := inviteCommand(caller, "srtp", "sip:queue@"+dest.addr.String())
+			cmd.Encryption = "udp_srtp"
+			h.command(t, cmd)
+			h.statuses(t, cmd.CommandId, batonv1.OutcomeStatus_OUTCOME_STATUS_ANSWERED, batonv1.OutcomeStatus_OUTCOME_STATUS_BRIDGED)
+			offer, err := sdp.Parse(string(caller.next(t, sip.INVITE).Body()))
+			require.NoError(t, err)
+			require.Equal(t, "RTP/AVP", offer.Proto, "the caller's leg stays plain RTP")
+			require.Empty(t, offer.Crypto)
+
+			caller.echo(t, offer.Addr, 10) // plain → SRTP → echoed SRTP → plain
+			require.Equal(t, int64(10), dest.echoed.Load(), "the destination decrypted every packet with Baton's key")
+
+			h.fact(t, cmd.CallId, &batonv1.CallEnded{CallId: cmd.CallId, EndedBy: batonv1.Party_PARTY_REMOTE, Method: "BYE"})
+			end := h.outcome(t, cmd.CommandId)
+			require.Equal(t, batonv1.OutcomeStatus_OUTCOME_STATUS_ENDED.String(), end.GetStatus().String())
+			require.Equal(t, suite, end.GetBridge().GetDestinationSrtp())
+			require.Empty(t, end.GetBridge().GetCallerSrtp())
+			require.Equal(t, uint64(10), end.GetBridge().GetDestinationToCaller().GetPackets())
+			require.Zero(t, end.GetBridge().GetDestinationToCaller().GetDropped())
+		})
+	}
+}
