@@ -3,6 +3,7 @@ package stack
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -153,4 +154,31 @@ func TestEndToEnd(t *testing.T) {
 		require.Equal(t, "succeeded", row.Status)
 		require.EqualValues(t, 200, row.SIPCode)
 	}
+
+	// The summary decides a warm transfer by its bridged outcome, not by the
+	// ended one that follows, and shows an undecided one as it stands.
+	seed := func(query string) {
+		require.NoError(t, conn.Exec(t.Context(), query))
+	}
+	at := uint64(time.Now().UnixMilli())
+	seed(fmt.Sprintf("INSERT INTO calls (call_id, started_ms, version) SELECT 'warm-1', %d, %d", at, at))
+	seed(fmt.Sprintf("INSERT INTO calls (call_id, started_ms, version) SELECT 'warm-2', %d, %d", at, at))
+	seed("INSERT INTO handoffs (command_id, call_id, destination, method) SELECT 'wc1', 'warm-1', 'sales', 'INVITE'")
+	seed("INSERT INTO handoffs (command_id, call_id, destination, method) SELECT 'wc2', 'warm-2', 'sales', 'INVITE'")
+	for i, o := range []struct {
+		cmd, status string
+		code        int
+	}{{"wc1", "ringing", 180}, {"wc1", "bridged", 200}, {"wc1", "ended", 0}, {"wc2", "ringing", 180}} {
+		seed(fmt.Sprintf("INSERT INTO transfer_outcomes (event_id, command_id, call_id, time_ms, status, sip_code) "+
+			"SELECT 'we%d', '%s', '', %d, '%s', %d", i, o.cmd, at+uint64(i), o.status, o.code))
+	}
+	rows, err = Handoffs(t.Context(), conn, time.UnixMilli(int64(at)))
+	require.NoError(t, err)
+	got := map[string]HandoffRow{}
+	for _, r := range rows {
+		got[r.CallID] = r
+	}
+	require.Equal(t, "succeeded", got["warm-1"].Status)
+	require.EqualValues(t, 200, got["warm-1"].SIPCode)
+	require.Equal(t, "ringing", got["warm-2"].Status)
 }

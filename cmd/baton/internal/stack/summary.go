@@ -25,11 +25,13 @@ type HandoffRow struct {
 	SIPCode      int32
 }
 
-// summaryQuery joins calls, handoffs and the latest outcome of each
-// handoff. It runs on ClickHouse 18.16 (one JOIN per level, explicit ANY)
+// summaryQuery joins calls, handoffs and the deciding outcome of each
+// handoff: the last succeeded or failed one, where a warm transfer that
+// reached bridged counts as succeeded (its later ended outcome does not
+// change that); without one, the latest outcome so far. It runs on ClickHouse 18.16 (one JOIN per level, explicit ANY)
 // and on current releases.
 const summaryQuery = `
-SELECT call_id, caller_number, callee_number, customer_id, intent, destination, method, status, sip_code
+SELECT call_id, caller_number, callee_number, customer_id, intent, destination, method, o_status, o_code
 FROM
 (
     SELECT call_id, caller_number, callee_number, started_ms,
@@ -40,14 +42,17 @@ FROM
 )
 ANY LEFT JOIN
 (
-    SELECT call_id, destination, method, status, sip_code
+    SELECT call_id, destination, method, o_status, o_code
     FROM
     (
         SELECT command_id, call_id, destination, method FROM handoffs FINAL
     )
     ANY LEFT JOIN
     (
-        SELECT command_id, argMax(status, time_ms) AS status, argMax(sip_code, time_ms) AS sip_code
+        SELECT command_id,
+               argMaxIf(status, time_ms, status IN ('succeeded', 'failed', 'bridged')) AS decided,
+               if(decided = 'bridged', 'succeeded', if(decided = '', argMax(status, time_ms), decided)) AS o_status,
+               if(decided = '', argMax(sip_code, time_ms), argMaxIf(sip_code, time_ms, status IN ('succeeded', 'failed', 'bridged'))) AS o_code
         FROM transfer_outcomes FINAL
         GROUP BY command_id
     ) USING command_id
