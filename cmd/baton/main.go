@@ -17,6 +17,7 @@ import (
 
 	"github.com/baton-voice/baton/cmd/baton/internal/broker"
 	"github.com/baton-voice/baton/cmd/baton/internal/replay"
+	"github.com/baton-voice/baton/cmd/baton/internal/report"
 	"github.com/baton-voice/baton/cmd/baton/internal/stack"
 	"github.com/baton-voice/baton/cmd/baton/internal/version"
 	"github.com/baton-voice/baton/pkg/observability"
@@ -24,6 +25,7 @@ import (
 
 type cli struct {
 	Dev     devCmd     `cmd:"" help:"Run the whole pipeline locally: the embedded broker, a private ClickHouse, the four services and SIPp demo calls; print what happened and how to look further. Ctrl-C stops everything it started."`
+	Report  reportCmd  `cmd:"" help:"Print the dashboard's figures from ClickHouse: handoffs by reason per hour, success rate by destination and method, time to transfer, calls per dialed number, recent handoffs. The password comes from BATON_CLICKHOUSE_PASSWORD."`
 	Broker  brokerCmd  `cmd:"" help:"Run the embedded Kafka-protocol broker (franz-go kfake) for the local stack and tests. Events and committed offsets persist in --data-dir across restarts. Production uses a real Kafka cluster."`
 	Replay  replayCmd  `cmd:"" help:"Show one call as recorded in Kafka: an ordered timeline of facts, commands and outcomes with the time between steps, and a SIP ladder (text, or HTML/SVG with --html). Reads only the partition the call id hashes to, from --since on."`
 	Export  exportCmd  `cmd:"" help:"Write every record of one call as NDJSON (exact bytes plus the decoded event), for 'baton replay --from-file' without a broker."`
@@ -190,6 +192,22 @@ func (c *exportCmd) Run(ctx context.Context, s *streams) error {
 	}
 	fmt.Fprintf(s.err, "wrote %d records of call %s to %s\n", len(recs), c.Call, c.Out)
 	return nil
+}
+
+type reportCmd struct {
+	ClickHouse string        `name:"clickhouse" default:"127.0.0.1:19000" placeholder:"HOST:PORT" help:"ClickHouse native TCP address. Default: ${default}."`
+	Database   string        `default:"baton" help:"Database analytics writes. Default: ${default}."`
+	User       string        `default:"default" help:"ClickHouse user. Default: ${default}."`
+	Since      time.Duration `default:"24h" help:"Window: this long back from now. Default: ${default}."`
+	Limit      int           `default:"20" help:"Rows of the list panels. Default: ${default}."`
+}
+
+func (c *reportCmd) Run(ctx context.Context, s *streams) error {
+	now := time.Now()
+	return report.Run(ctx, report.Options{
+		Addr: c.ClickHouse, Database: c.Database, Username: c.User, Password: os.Getenv(report.PasswordEnv),
+		From: now.Add(-c.Since), To: now, Limit: c.Limit,
+	}, s.out)
 }
 
 type versionCmd struct{}

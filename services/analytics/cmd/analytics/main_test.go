@@ -3,6 +3,8 @@ package main
 import (
 	"bytes"
 	"context"
+	"flag"
+	"fmt"
 	"net"
 	"os"
 	"path/filepath"
@@ -13,11 +15,25 @@ import (
 
 	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
+
+	"github.com/baton-voice/baton/services/analytics/internal/chtest"
 )
 
+var server *chtest.Server
+
 func TestMain(m *testing.M) {
-	// signal.Notify starts the runtime's signal watcher, which lives on.
-	goleak.VerifyTestMain(m, goleak.IgnoreTopFunction("os/signal.signal_recv"))
+	flag.Parse()
+	server = chtest.Start()
+	code := m.Run()
+	server.Stop()
+	if code == 0 {
+		// signal.Notify starts the runtime's signal watcher, which lives on.
+		if err := goleak.Find(goleak.IgnoreTopFunction("os/signal.signal_recv")); err != nil {
+			_, _ = fmt.Fprintf(os.Stderr, "goleak: %v\n", err)
+			code = 1
+		}
+	}
+	os.Exit(code)
 }
 
 func noEnv(string) string { return "" }

@@ -33,9 +33,33 @@ type Config struct {
 	// RetryPause is the wait before a batch whose insert failed is tried
 	// again. A batch is never skipped.
 	RetryPause time.Duration `yaml:"retry_pause"`
+	// RetryMaxPause caps the pause between retries: it doubles from
+	// RetryPause on every failed attempt of one batch, up to this.
+	RetryMaxPause time.Duration `yaml:"retry_max_pause"`
 	// DeadLetterTopic receives records that cannot be decoded, so they
 	// never block their partition. It is created at start.
 	DeadLetterTopic string `yaml:"dead_letter_topic"`
+	// SessionTimeout is the consumer group session timeout: how long the
+	// group waits for a member that stopped heartbeating (one that was
+	// killed) before it gives its partitions to another.
+	SessionTimeout time.Duration `yaml:"session_timeout"`
+	// Batch is how records are gathered across polls into one insert.
+	Batch Batch `yaml:"batch"`
+	// HTTP serves the dashboard page, its JSON API and /metrics.
+	HTTP HTTP `yaml:"http"`
+}
+
+// Batch bounds one insert: it is written when it holds MaxRows records or
+// MaxWait after its first record arrived, whichever comes first.
+type Batch struct {
+	MaxRows int           `yaml:"max_rows"`
+	MaxWait time.Duration `yaml:"max_wait"`
+}
+
+// HTTP is the dashboard's listener.
+type HTTP struct {
+	// Listen is host:port; "" disables the dashboard and /metrics.
+	Listen string `yaml:"listen"`
 }
 
 // ClickHouse is the connection to the ClickHouse server (native protocol).
@@ -67,7 +91,11 @@ func Default() Config {
 		},
 		Group:           "baton-analytics",
 		RetryPause:      time.Second,
+		RetryMaxPause:   30 * time.Second,
 		DeadLetterTopic: "baton.dlq",
+		SessionTimeout:  45 * time.Second,
+		Batch:           Batch{MaxRows: 10000, MaxWait: time.Second},
+		HTTP:            HTTP{Listen: "127.0.0.1:8081"},
 	}
 }
 
@@ -110,6 +138,25 @@ func (c *Config) Validate() error {
 	}
 	if c.RetryPause <= 0 {
 		errs = append(errs, pkgconfig.Errorf("retry_pause", "%v: want a positive duration", c.RetryPause))
+	}
+	if c.RetryMaxPause < c.RetryPause {
+		errs = append(errs, pkgconfig.Errorf("retry_max_pause", "%v: want at least retry_pause (%v)", c.RetryMaxPause, c.RetryPause))
+	}
+	if c.SessionTimeout < time.Second {
+		errs = append(errs, pkgconfig.Errorf("session_timeout", "%v: want at least 1s", c.SessionTimeout))
+	}
+	if c.Batch.MaxRows < 1 {
+		errs = append(errs, pkgconfig.Errorf("batch.max_rows", "%d: want at least 1", c.Batch.MaxRows))
+	}
+	if c.Batch.MaxWait <= 0 {
+		errs = append(errs, pkgconfig.Errorf("batch.max_wait", "%v: want a positive duration", c.Batch.MaxWait))
+	}
+	if c.HTTP.Listen != "" {
+		if _, port, err := net.SplitHostPort(c.HTTP.Listen); err != nil {
+			errs = append(errs, pkgconfig.Errorf("http.listen", "%q: want host:port, or \"\" to disable", c.HTTP.Listen))
+		} else if n, err := strconv.Atoi(port); err != nil || n < 0 || n > 65535 {
+			errs = append(errs, pkgconfig.Errorf("http.listen", "%q: port must be 0-65535", c.HTTP.Listen))
+		}
 	}
 	switch {
 	case strings.TrimSpace(c.DeadLetterTopic) == "":

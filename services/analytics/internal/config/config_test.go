@@ -33,6 +33,16 @@ func TestDefaults(t *testing.T) {
 	require.Equal(t, "default", c.ClickHouse.Username)
 	require.Equal(t, 5*time.Second, c.ClickHouse.DialTimeout)
 	require.Empty(t, c.ClickHouse.Password)
+	require.Equal(t, config.Batch{MaxRows: 10000, MaxWait: time.Second}, c.Batch)
+	require.Equal(t, "127.0.0.1:8081", c.HTTP.Listen)
+	require.Equal(t, 30*time.Second, c.RetryMaxPause)
+	require.Equal(t, 45*time.Second, c.SessionTimeout)
+}
+
+func TestHTTPDisabled(t *testing.T) {
+	c, err := config.Load(write(t, "http:\n  listen: \"\"\n"), env(nil))
+	require.NoError(t, err)
+	require.Empty(t, c.HTTP.Listen)
 }
 
 func TestPasswordFromEnvironmentOnly(t *testing.T) {
@@ -66,6 +76,11 @@ func TestValidate(t *testing.T) {
 		{"dial timeout", "clickhouse:\n  dial_timeout: -1s\n", "clickhouse.dial_timeout"},
 		{"log level", "log:\n  level: loud\n", "log.level"},
 		{"kafka", "kafka:\n  brokers: []\n", "kafka.brokers"},
+		{"batch rows", "batch:\n  max_rows: 0\n", "analytics.yaml:2: batch.max_rows: 0: want at least 1"},
+		{"batch wait", "batch:\n  max_wait: 0s\n", "batch.max_wait"},
+		{"retry max pause", "retry_pause: 2s\nretry_max_pause: 1s\n", "retry_max_pause: 1s: want at least retry_pause"},
+		{"session timeout", "session_timeout: 10ms\n", "session_timeout"},
+		{"http listen", "http:\n  listen: nope\n", "http.listen: \"nope\""},
 		{"unknown key", "clikhouse: {}\n", "clikhouse"},
 	}
 	for _, tt := range tests {

@@ -76,13 +76,24 @@ type outcomeRow struct {
 	ElapsedMS                           uint64
 }
 
-// rows are one poll's rows, one slice per table.
+type agentMetricRow struct {
+	EventID, CallID    string
+	Time               time.Time
+	TimeMS             uint64
+	Name               string
+	Value              float64
+	TagKeys, TagValues []string
+	RequestID          string
+}
+
+// rows are one batch's rows, one slice per table.
 type rows struct {
 	events   []eventRow
 	calls    []callRow
 	callEnds []callEndRow
 	handoffs []handoffRow
 	outcomes []outcomeRow
+	metrics  []agentMetricRow
 }
 
 func (r *rows) len() int { return len(r.events) }
@@ -93,7 +104,7 @@ type deadLetter struct {
 	err error
 }
 
-// build turns a poll's records into rows; the records it cannot use are
+// build turns a batch's records into rows; the records it cannot use are
 // returned as dead letters, in order.
 func build(records []*kgo.Record) (*rows, []deadLetter) {
 	r := &rows{events: make([]eventRow, 0, len(records))}
@@ -165,6 +176,15 @@ func (r *rows) add(rec *kgo.Record) error {
 			Status: status(m.GetStatus()), Method: method(m.GetMethod()), Destination: m.GetDestination(),
 			Reason: m.GetReason(), SIPCode: m.GetSipCode(), SIPReason: m.GetSipReason(), Detail: m.GetDetail(),
 			ElapsedMS: durationMS(m.GetElapsed()),
+		})
+	case *batonv1.AgentMetric:
+		if math.IsNaN(m.GetValue()) || math.IsInf(m.GetValue(), 0) {
+			return fmt.Errorf("%w: event %s: metric %q value %v is not a finite number", ErrUnwritable, ev.ID, m.GetName(), m.GetValue())
+		}
+		keys, values := variables(m.GetTags())
+		r.metrics = append(r.metrics, agentMetricRow{
+			EventID: ev.ID, CallID: ev.Subject, Time: at, TimeMS: ms,
+			Name: m.GetName(), Value: m.GetValue(), TagKeys: keys, TagValues: values, RequestID: m.GetRequestId(),
 		})
 	}
 	r.events = append(r.events, eventRow{

@@ -1,8 +1,10 @@
 // Package writer is the analytics stage: it consumes every Baton topic in
 // one consumer group and writes ClickHouse.
 //
-// Delivery is at least once from Kafka and exactly once in ClickHouse: a
-// poll's offsets are committed only after all of its rows were inserted,
+// Records are gathered across polls into batches (Batch.MaxRows records or
+// Batch.MaxWait). Delivery is at least once from Kafka and exactly once in
+// ClickHouse: a batch's offsets are committed only after all of its rows
+// were inserted,
 // and every table is a ReplacingMergeTree keyed by event or command id, so
 // a batch inserted again after a crash or a retry adds no row that FINAL
 // counts. A record that cannot be decoded goes to the dead-letter topic
@@ -13,9 +15,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"log/slog"
+	"net"
 	"strconv"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -25,6 +30,7 @@ import (
 	"github.com/baton-voice/baton/pkg/kafka"
 	"github.com/baton-voice/baton/services/analytics/internal/chconn"
 	"github.com/baton-voice/baton/services/analytics/internal/config"
+	"github.com/baton-voice/baton/services/analytics/internal/dashboard"
 	"github.com/baton-voice/baton/services/analytics/internal/migrate"
 )
 
@@ -43,6 +49,9 @@ const insertTimeout = 30 * time.Second
 // startTimeout bounds migrations and topic creation at start.
 const startTimeout = 60 * time.Second
 
+// commitTimeout bounds the offset commit that follows a written batch.
+const commitTimeout = 5 * time.Second
+
 // insertFunc writes one batch's rows; it must be idempotent.
 type insertFunc func(ctx context.Context, r *rows) error
 
@@ -53,16 +62,59 @@ type Writer struct {
 	logger     *slog.Logger
 	// deadLettered counts records sent to the dead-letter topic.
 	deadLettered atomic.Int64
+	stats        stats
+	// afterInsert runs after a batch was written and before its offsets
+	// are committed: the crash test's hook (WithAfterInsert).
+	afterInsert func()
 }
+
+// stats are the writer's counters, exported by WriteMetrics.
+type stats struct {
+	batches, records, rows, retries atomic.Int64
+	// lastBatch is the unix nanosecond time the last batch was committed.
+	lastBatch atomic.Int64
+}
+
+// Option changes a Writer.
+type Option func(*Writer)
+
+// WithAfterInsert runs f after every batch is inserted and before its
+// offsets are committed. Tests use it to stop the process at that point.
+func WithAfterInsert(f func()) Option { return func(w *Writer) { w.afterInsert = f } }
 
 // New returns a writer for cfg that applies migrations (NNNN_name.sql files
 // at the root of the FS) at start.
-func New(cfg config.Config, migrations fs.FS, logger *slog.Logger) *Writer {
-	return &Writer{cfg: cfg, migrations: migrations, logger: logger}
+func New(cfg config.Config, migrations fs.FS, logger *slog.Logger, opts ...Option) *Writer {
+	w := &Writer{cfg: cfg, migrations: migrations, logger: logger}
+	for _, o := range opts {
+		o(w)
+	}
+	return w
 }
 
 // DeadLettered returns how many records went to the dead-letter topic.
 func (w *Writer) DeadLettered() int64 { return w.deadLettered.Load() }
+
+// WriteMetrics writes the writer's counters in the Prometheus text format.
+func (w *Writer) WriteMetrics(out io.Writer) error {
+	metrics := []struct {
+		name, kind, help string
+		value            int64
+	}{
+		{"baton_analytics_batches_total", "counter", "Batches inserted and committed.", w.stats.batches.Load()},
+		{"baton_analytics_records_total", "counter", "Kafka records in committed batches.", w.stats.records.Load()},
+		{"baton_analytics_events_inserted_total", "counter", "Events inserted (rows of the events table).", w.stats.rows.Load()},
+		{"baton_analytics_insert_retries_total", "counter", "Failed batch writes that were retried.", w.stats.retries.Load()},
+		{"baton_analytics_dead_lettered_total", "counter", "Records sent to the dead-letter topic.", w.deadLettered.Load()},
+		{"baton_analytics_last_batch_timestamp_seconds", "gauge", "When the last batch was committed (unix seconds).", w.stats.lastBatch.Load() / int64(time.Second)},
+	}
+	for _, m := range metrics {
+		if _, err := fmt.Fprintf(out, "# HELP %s %s\n# TYPE %s %s\n%s %d\n", m.name, m.help, m.name, m.kind, m.name, m.value); err != nil {
+			return err
+		}
+	}
+	return nil
+}
 
 // Run connects to ClickHouse (waiting for it), migrates, creates the
 // topics and consumes until ctx ends. The batch under way when ctx ends is
@@ -99,8 +151,7 @@ func (w *Writer) Run(ctx context.Context) error {
 	}()
 
 	topics := w.cfg.Kafka.Topics.All()
-	opts := append(kafka.ClientOpts(w.cfg.Kafka, w.logger), kafka.ConsumerOpts(w.cfg.Group, topics...)...)
-	cl, err := kgo.NewClient(opts...)
+	cl, err := kgo.NewClient(w.clientOpts()...)
 	if err != nil {
 		return fmt.Errorf("kafka client: %w", err)
 	}
@@ -113,9 +164,52 @@ func (w *Writer) Run(ctx context.Context) error {
 	}
 	cancel()
 
+	var serving sync.WaitGroup
+	defer serving.Wait()
+	httpCtx, stopHTTP := context.WithCancel(ctx)
+	defer stopHTTP()
+	if w.cfg.HTTP.Listen != "" {
+		w.serveDashboard(httpCtx, conn, &serving)
+	}
+
 	w.logger.InfoContext(ctx, "ready", "group", w.cfg.Group, "topics", topics,
-		"dead_letter_topic", w.cfg.DeadLetterTopic, "database", ch.Database)
+		"dead_letter_topic", w.cfg.DeadLetterTopic, "database", ch.Database,
+		"batch_max_rows", w.cfg.Batch.MaxRows, "batch_max_wait", w.cfg.Batch.MaxWait)
 	return w.consume(ctx, cl, func(ctx context.Context, r *rows) error { return insert(ctx, conn, r) })
+}
+
+// clientOpts are the group consumer's options.
+func (w *Writer) clientOpts() []kgo.Opt {
+	opts := append(kafka.ClientOpts(w.cfg.Kafka, w.logger), kafka.ConsumerOpts(w.cfg.Group, w.cfg.Kafka.Topics.All()...)...)
+	return append(opts,
+		// A batch gathers records across polls; no rebalance may take a
+		// partition away between a poll and the commit of its batch.
+		// flush calls AllowRebalance after every commit.
+		kgo.BlockRebalanceOnPoll(),
+		// How soon a killed member's partitions move to another.
+		kgo.SessionTimeout(w.cfg.SessionTimeout),
+		// Fetch up to a batch's worth per partition request: the default
+		// 1 MiB holds only a few thousand events.
+		kgo.FetchMaxPartitionBytes(16<<20),
+	)
+}
+
+// serveDashboard serves the dashboard on cfg.HTTP.Listen until ctx ends. A
+// listener that cannot be opened is logged and the writer goes on without
+// the page: rows matter more than charts.
+func (w *Writer) serveDashboard(ctx context.Context, conn driver.Conn, wg *sync.WaitGroup) {
+	l, err := net.Listen("tcp", w.cfg.HTTP.Listen)
+	if err != nil {
+		w.logger.ErrorContext(ctx, "dashboard disabled: listen", "listen", w.cfg.HTTP.Listen, "err", err)
+		return
+	}
+	w.logger.InfoContext(ctx, "dashboard listening", "url", "http://"+l.Addr().String()+"/")
+	h := dashboard.NewHandler(dashboard.New(conn), w, w.logger, time.Now)
+	wg.Go(func() {
+		if err := dashboard.Serve(ctx, l, h, w.logger); err != nil {
+			w.logger.ErrorContext(ctx, "dashboard stopped", "err", err)
+		}
+	})
 }
 
 // stopped turns an error caused by the end of ctx into a clean stop.
@@ -126,19 +220,116 @@ func (w *Writer) stopped(ctx context.Context, err error) error {
 	return err
 }
 
-// consume runs the commit-after-insert loop over cl's fetches.
+// errStopped ends consume when ctx ended while a batch could not be
+// written: the batch stays uncommitted and is read again after a restart.
+var errStopped = errors.New("stopped before the batch was written")
+
+// consume gathers records across polls into batches of at most
+// Batch.MaxRows records, or what arrived within Batch.MaxWait of a batch's
+// first record, writes each batch (retrying until it is written), and then
+// commits exactly its records. Polling stops while a batch is retried, so
+// a partition's records are written in order and none is skipped. When ctx
+// ends, the batch under way is written and committed before consume
+// returns nil.
 func (w *Writer) consume(ctx context.Context, cl *kgo.Client, ins insertFunc) error {
-	return kafka.ConsumeLoop(ctx, cl, w.logger, w.cfg.RetryPause, func(ctx context.Context, records []*kgo.Record) error {
-		return w.handle(ctx, cl, ins, records)
-	})
+	maxRows, maxWait := w.cfg.Batch.MaxRows, w.cfg.Batch.MaxWait
+	// With BlockRebalanceOnPoll, leaving the group (Close) waits for this.
+	defer cl.AllowRebalance()
+	var (
+		pending  []*kgo.Record
+		deadline time.Time
+	)
+	for {
+		if ctx.Err() == nil {
+			pollCtx, cancel := ctx, context.CancelFunc(func() {})
+			if len(pending) > 0 {
+				pollCtx, cancel = context.WithDeadline(ctx, deadline)
+			}
+			fetches := cl.PollRecords(pollCtx, maxRows-len(pending))
+			cancel()
+			if fetches.IsClientClosed() {
+				return errors.New("kafka client closed")
+			}
+			fetches.EachError(func(topic string, partition int32, err error) {
+				if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+					return
+				}
+				w.logger.WarnContext(ctx, "fetch error", "topic", topic, "partition", partition, "err", err)
+			})
+			if recs := fetches.Records(); len(recs) > 0 {
+				if len(pending) == 0 {
+					deadline = time.Now().Add(maxWait)
+				}
+				pending = append(pending, recs...)
+			}
+		}
+		stopping := ctx.Err() != nil
+		if len(pending) > 0 && (len(pending) >= maxRows || !time.Now().Before(deadline) || stopping) {
+			err := w.flush(ctx, cl, ins, pending)
+			if errors.Is(err, errStopped) {
+				w.logger.WarnContext(ctx, "batch not written at shutdown; it will be read again", "records", len(pending))
+				return nil
+			}
+			if err != nil {
+				return err
+			}
+			pending = nil
+		}
+		if stopping {
+			return nil
+		}
+	}
 }
 
-// handle writes one poll. It returns an error, so the poll is retried and
-// not committed, unless every row was inserted and every dead letter
-// produced. Shutdown does not cut it short: it runs on a context that
-// outlives ctx, bounded by insertTimeout.
-func (w *Writer) handle(ctx context.Context, cl *kgo.Client, ins insertFunc, records []*kgo.Record) error {
+// flush writes one batch, retrying with a doubling pause while it fails,
+// then commits its records. It returns errStopped if ctx ended before the
+// batch could be written.
+func (w *Writer) flush(ctx context.Context, cl *kgo.Client, ins insertFunc, records []*kgo.Record) error {
 	r, dead := build(records)
+	pause := w.cfg.RetryPause
+	for attempt := 1; ; attempt++ {
+		err := w.write(ctx, cl, ins, r, dead)
+		if err == nil {
+			break
+		}
+		w.stats.retries.Add(1)
+		w.logger.ErrorContext(ctx, "write batch; retrying", "records", len(records), "attempt", attempt,
+			"retry_in", pause, "err", err)
+		select {
+		case <-ctx.Done():
+			return errStopped
+		case <-time.After(pause):
+		}
+		pause = min(2*pause, w.cfg.RetryMaxPause)
+	}
+	if w.afterInsert != nil {
+		w.afterInsert()
+	}
+	// A written batch is committed even when shutdown began meanwhile, so
+	// a restart does not write it again.
+	commitCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), commitTimeout)
+	err := cl.CommitRecords(commitCtx, records...)
+	cancel()
+	if err != nil {
+		// The rows are in; the records will be read and written again, and
+		// their keys make that change nothing.
+		w.logger.WarnContext(ctx, "commit offsets", "records", len(records), "err", err)
+	}
+	// Rebalances wait while a batch is gathered and written, so a batch
+	// never holds records of a partition this member no longer owns.
+	cl.AllowRebalance()
+	w.stats.batches.Add(1)
+	w.stats.records.Add(int64(len(records)))
+	w.stats.rows.Add(int64(r.len()))
+	w.stats.lastBatch.Store(time.Now().UnixNano())
+	w.logger.DebugContext(ctx, "batch written", "records", len(records), "events", r.len(), "dead_letters", len(dead))
+	return nil
+}
+
+// write inserts one batch's rows and produces its dead letters. Shutdown
+// does not cut it short: it runs on a context that outlives ctx, bounded
+// by insertTimeout.
+func (w *Writer) write(ctx context.Context, cl *kgo.Client, ins insertFunc, r *rows, dead []deadLetter) error {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), insertTimeout)
 	defer cancel()
 	// Rows first: inserting again is harmless, producing a dead letter
@@ -151,7 +342,6 @@ func (w *Writer) handle(ctx context.Context, cl *kgo.Client, ins insertFunc, rec
 			return err
 		}
 	}
-	w.logger.DebugContext(ctx, "batch written", "records", len(records), "events", r.len(), "dead_letters", len(dead))
 	return nil
 }
 
@@ -198,6 +388,7 @@ func insert(ctx context.Context, conn driver.Conn, r *rows) error {
 		send(ctx, conn, "call_ends", callEndColumns, r.callEnds, callEndRow.values),
 		send(ctx, conn, "handoffs", handoffColumns, r.handoffs, handoffRow.values),
 		send(ctx, conn, "transfer_outcomes", outcomeColumns, r.outcomes, outcomeRow.values),
+		send(ctx, conn, "agent_metrics", agentMetricColumns, r.metrics, agentMetricRow.values),
 	)
 }
 
@@ -257,4 +448,10 @@ const outcomeColumns = "event_id, command_id, call_id, time, time_ms, status, me
 func (r outcomeRow) values() []any {
 	return []any{r.EventID, r.CommandID, r.CallID, r.Time, r.TimeMS, r.Status, r.Method, r.Destination, r.Reason,
 		r.SIPCode, r.SIPReason, r.Detail, r.ElapsedMS}
+}
+
+const agentMetricColumns = "event_id, call_id, time, time_ms, name, value, tags.key, tags.value, request_id"
+
+func (r agentMetricRow) values() []any {
+	return []any{r.EventID, r.CallID, r.Time, r.TimeMS, r.Name, r.Value, r.TagKeys, r.TagValues, r.RequestID}
 }

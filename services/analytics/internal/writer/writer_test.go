@@ -139,9 +139,27 @@ func (e *env) waitCommitted(group string) {
 	}, waitTimeout, pollEvery, "group %s did not commit every record", group)
 }
 
-// callEvents are one call's four events, encoded for their topics. The
-// same ids every time, so encoding them again replays them.
+// consumer is a group client with the writer's options, closed when the
+// test ends.
+func (e *env) consumer() *kgo.Client {
+	e.t.Helper()
+	w := New(e.cfg, nil, slog.New(slog.DiscardHandler))
+	cl, err := kgo.NewClient(w.clientOpts()...)
+	require.NoError(e.t, err)
+	e.t.Cleanup(cl.Close)
+	return cl
+}
+
+// callEvents are one call's four events, encoded for their topics, a
+// second apart. The same ids every time, so encoding them again replays
+// them.
 func callEvents(t testing.TB, topics kafka.Topics, callID string) []*kgo.Record {
+	t.Helper()
+	return callEventsAt(t, topics, callID, eventTime, time.Second)
+}
+
+// callEventsAt are callEvents starting at start, step apart.
+func callEventsAt(t testing.TB, topics kafka.Topics, callID string, start time.Time, step time.Duration) []*kgo.Record {
 	t.Helper()
 	mk := func(id, topic string, at time.Time, msg proto.Message) *kgo.Record {
 		typ, err := events.TypeOf(msg)
@@ -154,7 +172,7 @@ func callEvents(t testing.TB, topics kafka.Topics, callID string) []*kgo.Record 
 	}
 	cmdID := callID + "-cmd-1"
 	return []*kgo.Record{
-		mk("started", topics.Calls, eventTime, &batonv1.CallStarted{
+		mk("started", topics.Calls, start, &batonv1.CallStarted{
 			Trunk: "carrier-a", SourceAddress: "192.0.2.10:5060",
 			CallerNumber: "+15550100", CallerNumberRaw: "sip:5550100@carrier",
 			CalleeNumber: "+15550199", CalleeNumberRaw: "sip:5550199@baton",
@@ -162,17 +180,17 @@ func callEvents(t testing.TB, topics kafka.Topics, callID string) []*kgo.Record 
 			Variables:  map[string]string{"Customer-Id": "42", "Intent": "billing"},
 			SipHeaders: []*batonv1.SipHeader{{Name: "Via", Value: "SIP/2.0/UDP x"}, {Name: "X-Customer-Id", Value: "42"}},
 		}),
-		mk("handoff", topics.Handoffs, eventTime.Add(time.Second), &batonv1.HandoffCommand{
+		mk("handoff", topics.Handoffs, start.Add(step), &batonv1.HandoffCommand{
 			CommandId: cmdID, CallId: callID, Method: batonv1.Method_METHOD_REFER, Destination: "support",
 			Route: "sip:support@127.0.0.1:5090", Reason: "billing_dispute", Utterance: "a human please", Attempt: 1,
 			Headers: []*batonv1.SipHeader{{Name: "X-Customer-Id", Value: "42"}},
 		}),
-		mk("outcome", topics.Transfers, eventTime.Add(2*time.Second), &batonv1.TransferOutcome{
+		mk("outcome", topics.Transfers, start.Add(2*step), &batonv1.TransferOutcome{
 			CommandId: cmdID, CallId: callID, Status: batonv1.OutcomeStatus_OUTCOME_STATUS_SUCCEEDED,
 			Method: batonv1.Method_METHOD_REFER, Destination: "support", SipCode: 200, SipReason: "OK",
 			Elapsed: durationpb.New(1500 * time.Millisecond),
 		}),
-		mk("ended", topics.Calls, eventTime.Add(3*time.Second), &batonv1.CallEnded{
+		mk("ended", topics.Calls, start.Add(3*step), &batonv1.CallEnded{
 			CallId: callID, EndedBy: batonv1.Party_PARTY_BATON, Method: "BYE",
 			Duration: durationpb.New(3 * time.Second),
 		}),
@@ -377,10 +395,7 @@ func TestNoCommitBeforeInsert(t *testing.T) {
 		return n
 	}
 
-	cl, err := kgo.NewClient(append(kafka.ClientOpts(e.cfg.Kafka, slog.New(slog.DiscardHandler)),
-		kafka.ConsumerOpts(e.cfg.Group, e.cfg.Kafka.Topics.All()...)...)...)
-	require.NoError(t, err)
-	defer cl.Close()
+	cl := e.consumer()
 
 	var attempts atomic.Int32
 	var seen sync.Map // attempt -> event ids
@@ -417,7 +432,11 @@ func TestNoCommitBeforeInsert(t *testing.T) {
 		require.Equal(t, first, again, "attempt %d retried other records", i)
 	}
 	require.Len(t, first, len(recs))
-	require.Equal(t, 2, strings.Count(e.logs.String(), `"msg":"handle batch; retrying"`))
+	logs := e.logs.String()
+	require.Equal(t, 2, strings.Count(logs, `"msg":"write batch; retrying"`))
+	// The pause doubles: 20ms, then 40ms.
+	require.Contains(t, logs, `"attempt":1,"retry_in":20000000`)
+	require.Contains(t, logs, `"attempt":2,"retry_in":40000000`)
 }
 
 // SIGTERM during an insert: the insert finishes on a live context and the
@@ -426,10 +445,7 @@ func TestShutdownFinishesBatch(t *testing.T) {
 	e := newEnv(t, false)
 	recs := callEvents(t, e.cfg.Kafka.Topics, "call-s")
 	e.produce(recs...)
-	cl, err := kgo.NewClient(append(kafka.ClientOpts(e.cfg.Kafka, slog.New(slog.DiscardHandler)),
-		kafka.ConsumerOpts(e.cfg.Group, e.cfg.Kafka.Topics.All()...)...)...)
-	require.NoError(t, err)
-	defer cl.Close()
+	cl := e.consumer()
 
 	ctx, cancel := context.WithCancel(t.Context())
 	var inserted atomic.Int32

@@ -1,0 +1,176 @@
+package dashboard
+
+import (
+	"bytes"
+	"context"
+	"image"
+	"image/png"
+	"log/slog"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+)
+
+// ScreenshotEnv names a path the test copies its screenshot to; the copy
+// in docs/img/dashboard.png is made with it.
+const ScreenshotEnv = "BATON_DASHBOARD_SCREENSHOT"
+
+// chromiumTimeout bounds one headless Chromium run.
+const chromiumTimeout = 90 * time.Second
+
+// chromium finds Debian's chromium; without it the test fails (only -short
+// skips it).
+func chromium(t *testing.T) string {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("needs chromium and clickhouse-server; run without -short")
+	}
+	if p := os.Getenv("CHROMIUM"); p != "" {
+		return p
+	}
+	for _, name := range []string{"chromium", "chromium-browser"} {
+		if p, err := exec.LookPath(name); err == nil {
+			return p
+		}
+	}
+	t.Fatal("the dashboard page test needs Debian's chromium (apt-get install chromium), or set CHROMIUM; " +
+		"`go test -short` skips it")
+	return ""
+}
+
+// headless runs chromium with args on url and returns its stdout.
+func headless(t *testing.T, bin, url string, args ...string) []byte {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), chromiumTimeout)
+	defer cancel()
+	all := append([]string{
+		"--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+		"--disable-component-update", "--disable-sync", "--no-first-run", "--hide-scrollbars",
+		"--user-data-dir=" + t.TempDir(),
+	}, args...)
+	cmd := exec.CommandContext(ctx, bin, append(all, url)...)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	require.NoError(t, err, "chromium: %s", stderr.String())
+	return out
+}
+
+var (
+	rectRe = regexp.MustCompile(`<(?:rect|path) [^>]*class="bar ([a-z-]+)"[^>]*>`)
+	attrRe = regexp.MustCompile(`(data-[a-z-]+)="([^"]*)"`)
+	rowRe  = regexp.MustCompile(`<tr class="handoff" data-call-id="([^"]*)"`)
+)
+
+// bars returns the data-* attributes of every drawn bar, by bar class.
+func bars(dom string) map[string][]map[string]string {
+	out := map[string][]map[string]string{}
+	for _, m := range rectRe.FindAllStringSubmatch(dom, -1) {
+		attrs := map[string]string{}
+		for _, a := range attrRe.FindAllStringSubmatch(m[0], -1) {
+			attrs[a[1]] = a[2]
+		}
+		out[m[1]] = append(out[m[1]], attrs)
+	}
+	return out
+}
+
+// The page in headless Chromium draws every panel from the seed with the
+// right numbers, and a screenshot shows it.
+func TestPageInChromium(t *testing.T) {
+	bin := chromium(t)
+	conn := seeded(t)
+	srv := httptest.NewServer(NewHandler(New(conn), nil, slog.New(slog.DiscardHandler), func() time.Time { return to }))
+	defer srv.Close()
+	url := srv.URL + "/?from=" + strconv.FormatInt(from.Unix(), 10) + "&to=" + strconv.FormatInt(to.Unix(), 10) + "&limit=3"
+
+	dom := string(headless(t, bin, url, "--dump-dom"))
+	require.Contains(t, dom, "<svg", "no chart drawn:\n%s", dom)
+	b := bars(dom)
+
+	type reasonBar struct{ hour, reason, count string }
+	var reasons []reasonBar
+	for _, a := range b["reason-bar"] {
+		reasons = append(reasons, reasonBar{a["data-hour"], a["data-reason"], a["data-count"]})
+	}
+	require.Equal(t, []reasonBar{
+		{"2025-06-01T10:00:00Z", "billing", "2"},
+		{"2025-06-01T11:00:00Z", "billing", "1"},
+		{"2025-06-01T11:00:00Z", "technical", "2"},
+		{"2025-06-01T12:00:00Z", "complaint", "2"},
+	}, reasons)
+
+	type rateBar struct{ destination, method, rate, succeeded, failed, pending string }
+	var rates []rateBar
+	for _, a := range b["success-bar"] {
+		rates = append(rates, rateBar{a["data-destination"], a["data-method"], a["data-rate"], a["data-succeeded"], a["data-failed"], a["data-pending"]})
+	}
+	require.Equal(t, []rateBar{
+		{"sales", "INVITE", "1.0000", "1", "0", "1"},
+		{"sales", "REFER", "1.0000", "1", "0", "0"},
+		{"support", "BYE", "1.0000", "1", "0", "0"},
+		{"support", "REFER", "0.6667", "2", "1", "0"},
+	}, rates)
+
+	ttt := map[string]string{}
+	for _, a := range b["ttt-bar"] {
+		ttt[a["data-method"]+" "+a["data-quantile"]] = a["data-ms"]
+	}
+	require.Equal(t, map[string]string{
+		"BYE p50": "50", "BYE p90": "50", "BYE p99": "50",
+		"INVITE p50": "2500", "INVITE p90": "2500", "INVITE p99": "2500",
+		"REFER p50": "1200", "REFER p90": "2000", "REFER p99": "2000",
+	}, ttt)
+
+	var dialed []string
+	for _, a := range b["dialed-bar"] {
+		dialed = append(dialed, a["data-number"]+"="+a["data-count"])
+	}
+	require.Equal(t, []string{"+15550100=3", "+15550199=2", "+15550123=1"}, dialed)
+
+	var calls []string
+	for _, m := range rowRe.FindAllStringSubmatch(dom, -1) {
+		calls = append(calls, m[1])
+	}
+	require.Equal(t, []string{"call-h7", "call-h6", "call-h5"}, calls, "recent handoffs, newest first")
+
+	// The screenshot: 1280x900, and charts drawn in it (the bars' colors).
+	shot := filepath.Join(t.TempDir(), "dashboard.png")
+	headless(t, bin, url, "--screenshot="+shot, "--window-size=1280,900")
+	f, err := os.Open(shot)
+	require.NoError(t, err)
+	defer func() { _ = f.Close() }()
+	img, err := png.Decode(f)
+	require.NoError(t, err)
+	require.Equal(t, image.Rect(0, 0, 1280, 900), img.Bounds())
+	require.Positive(t, countColor(img, 0x3b, 0x6f, 0xd8), "no pixel of the first series' blue: charts not drawn")
+	require.Positive(t, countColor(img, 0xe0, 0x7b, 0x2a), "no pixel of the second series' orange")
+	t.Logf("screenshot: %s", shot)
+	if dst := os.Getenv(ScreenshotEnv); dst != "" {
+		data, err := os.ReadFile(shot)
+		require.NoError(t, err)
+		require.NoError(t, os.WriteFile(dst, data, 0o644))
+	}
+}
+
+// countColor counts the pixels of img that are r, g, b.
+func countColor(img image.Image, r, g, b uint8) int {
+	n := 0
+	bounds := img.Bounds()
+	for y := bounds.Min.Y; y < bounds.Max.Y; y++ {
+		for x := bounds.Min.X; x < bounds.Max.X; x++ {
+			pr, pg, pb, _ := img.At(x, y).RGBA()
+			if uint8(pr>>8) == r && uint8(pg>>8) == g && uint8(pb>>8) == b {
+				n++
+			}
+		}
+	}
+	return n
+}

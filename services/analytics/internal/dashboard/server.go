@@ -1,0 +1,185 @@
+package dashboard
+
+import (
+	"bytes"
+	"context"
+	_ "embed"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/url"
+	"strconv"
+	"time"
+)
+
+//go:embed page.html
+var pageHTML []byte
+
+// reportMarker is replaced in page.html by the report as JSON, so the
+// first drawing needs no request; the page then refreshes from the API.
+var reportMarker = []byte("/*REPORT*/null")
+
+// DefaultSince is the window of a request that names none.
+const DefaultSince = 24 * time.Hour
+
+// queryTimeout bounds the panels of one request.
+const queryTimeout = 30 * time.Second
+
+// Metrics writes Prometheus text-format metrics.
+type Metrics interface {
+	WriteMetrics(w io.Writer) error
+}
+
+// Handler serves the dashboard page, its JSON API and the metrics:
+//
+//	GET /                  the page, charts drawn from the report inline
+//	GET /api/dashboard     the report as JSON
+//	GET /metrics           the writer's counters (Prometheus text format)
+//	GET /healthz           200
+//
+// The window is ?from=&to= (RFC 3339 or unix seconds; to defaults to now)
+// or ?since=24h (a Go duration back from now); limit=N caps the lists.
+type Handler struct {
+	queries *Queries
+	metrics Metrics
+	logger  *slog.Logger
+	now     func() time.Time
+	mux     *http.ServeMux
+}
+
+// NewHandler returns the handler; metrics may be nil, now is the clock.
+func NewHandler(queries *Queries, metrics Metrics, logger *slog.Logger, now func() time.Time) *Handler {
+	h := &Handler{queries: queries, metrics: metrics, logger: logger, now: now, mux: http.NewServeMux()}
+	h.mux.HandleFunc("GET /{$}", h.page)
+	h.mux.HandleFunc("GET /api/dashboard", h.api)
+	h.mux.HandleFunc("GET /metrics", h.writeMetrics)
+	h.mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(http.StatusOK) })
+	return h
+}
+
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) { h.mux.ServeHTTP(w, r) }
+
+// Window reads the request's window and list limit.
+func Window(q url.Values, now time.Time) (from, to time.Time, limit int, err error) {
+	to = now
+	if s := q.Get("to"); s != "" {
+		if to, err = parseTime(s); err != nil {
+			return from, to, 0, fmt.Errorf("to: %w", err)
+		}
+	}
+	since := DefaultSince
+	if s := q.Get("since"); s != "" {
+		if since, err = time.ParseDuration(s); err != nil || since <= 0 {
+			return from, to, 0, fmt.Errorf("since %q: want a positive duration such as 24h", s)
+		}
+	}
+	from = to.Add(-since)
+	if s := q.Get("from"); s != "" {
+		if from, err = parseTime(s); err != nil {
+			return from, to, 0, fmt.Errorf("from: %w", err)
+		}
+	}
+	if !from.Before(to) {
+		return from, to, 0, errors.New("from must be before to")
+	}
+	limit = DefaultLimit
+	if s := q.Get("limit"); s != "" {
+		if limit, err = strconv.Atoi(s); err != nil || limit < 1 || limit > 1000 {
+			return from, to, 0, fmt.Errorf("limit %q: want 1-1000", s)
+		}
+	}
+	return from, to, limit, nil
+}
+
+func parseTime(s string) (time.Time, error) {
+	if n, err := strconv.ParseInt(s, 10, 64); err == nil {
+		return time.Unix(n, 0).UTC(), nil
+	}
+	t, err := time.Parse(time.RFC3339, s)
+	if err != nil {
+		return time.Time{}, fmt.Errorf("%q: want RFC 3339 or unix seconds", s)
+	}
+	return t, nil
+}
+
+func (h *Handler) report(w http.ResponseWriter, r *http.Request) ([]byte, bool) {
+	from, to, limit, err := Window(r.URL.Query(), h.now())
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return nil, false
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), queryTimeout)
+	defer cancel()
+	rep, err := h.queries.Report(ctx, from, to, limit)
+	if err != nil {
+		h.logger.ErrorContext(ctx, "dashboard report", "err", err)
+		http.Error(w, "query clickhouse: "+err.Error(), http.StatusBadGateway)
+		return nil, false
+	}
+	// json.Marshal escapes <, > and &, so the result is safe inside the
+	// page's <script> element.
+	data, err := json.Marshal(rep)
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusInternalServerError)
+		return nil, false
+	}
+	return data, true
+}
+
+func (h *Handler) page(w http.ResponseWriter, r *http.Request) {
+	data, ok := h.report(w, r)
+	if !ok {
+		return
+	}
+	w.Header().Set("Content-Type", "text/html; charset=utf-8")
+	w.Header().Set("Cache-Control", "no-store")
+	_, _ = w.Write(bytes.Replace(pageHTML, reportMarker, data, 1))
+}
+
+func (h *Handler) api(w http.ResponseWriter, r *http.Request) {
+	data, ok := h.report(w, r)
+	if !ok {
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	_, _ = w.Write(data)
+}
+
+func (h *Handler) writeMetrics(w http.ResponseWriter, _ *http.Request) {
+	w.Header().Set("Content-Type", "text/plain; version=0.0.4")
+	if h.metrics == nil {
+		return
+	}
+	if err := h.metrics.WriteMetrics(w); err != nil {
+		h.logger.Warn("write metrics", "err", err)
+	}
+}
+
+// shutdownTimeout bounds the wait for requests under way at shutdown.
+const shutdownTimeout = 5 * time.Second
+
+// Serve serves h on l until ctx ends, then shuts down gracefully.
+func Serve(ctx context.Context, l net.Listener, h http.Handler, logger *slog.Logger) error {
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(l) }()
+	select {
+	case err := <-done:
+		return fmt.Errorf("dashboard http: %w", err)
+	case <-ctx.Done():
+	}
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), shutdownTimeout)
+	defer cancel()
+	if err := srv.Shutdown(sctx); err != nil {
+		logger.WarnContext(ctx, "dashboard http shutdown", "err", err)
+	}
+	if err := <-done; err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return fmt.Errorf("dashboard http: %w", err)
+	}
+	return nil
+}
