@@ -7,7 +7,7 @@ SHELL := /bin/bash
 MODULES := $(shell go list -m -f '{{.Dir}}' 2>/dev/null)
 BIN := $(CURDIR)/bin
 SERVICES := ingress router transfer analytics
-APT_PACKAGES := clickhouse-server clickhouse-client sip-tester kcat
+APT_PACKAGES := clickhouse-server clickhouse-client sip-tester kcat kamailio chromium
 GO_TEST_FLAGS ?= -race -count=1
 
 .PHONY: help
@@ -15,7 +15,7 @@ help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
 
 .PHONY: deps
-deps: ## install the Debian packages the stack and tests need (clickhouse-server, sip-tester, kcat)
+deps: ## install the Debian packages the stack and tests need (ClickHouse, SIPp, kcat, Kamailio, Chromium)
 	@missing=""; \
 	for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \

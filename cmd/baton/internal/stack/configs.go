@@ -66,6 +66,7 @@ func (s *Stack) writeConfigs() error {
 				"addr":     s.ClickHouseTCP,
 				"database": s.Database,
 			},
+			"http": map[string]any{"listen": s.DashboardAddr},
 		},
 	}
 	for _, inst := range s.instances() {
@@ -76,6 +77,10 @@ func (s *Stack) writeConfigs() error {
 		switch inst.service {
 		case "router":
 			cfg["transactional_id"] = "baton-" + inst.name
+		case "analytics":
+			if inst.index > 1 {
+				cfg["http"] = map[string]any{"listen": ""} // one dashboard is enough
+			}
 		case "transfer":
 			port := s.opts.TransferPort
 			if inst.index > 1 {

@@ -76,8 +76,12 @@ Look further:
   place more calls (SIPp as the SBC):
     sipp %[4]s -sf deploy/sipp/sbc_refer.xml -inf deploy/sipp/calls.csv -i 127.0.0.1 -p 5062 -m 5 -r 1 \
       -default_behaviors all,-bye -trace_logs -log_file /tmp/refer.log
+  the dashboard (handoffs by reason, success rates, time to transfer, recent handoffs):
+    http://%[6]s/        and in the terminal: bin/baton report --clickhouse %[7]s
+  one call's timeline and SIP ladder:
+    bin/baton replay --call CALL-ID --brokers %[1]s
   service logs and generated configs: %[5]s/logs, %[5]s/config
-`, s.BrokerAddr, s.opts.ClickHouseTCPPort, s.Database, s.IngressAddr, s.opts.RunDir)
+`, s.BrokerAddr, s.opts.ClickHouseTCPPort, s.Database, s.IngressAddr, s.opts.RunDir, s.DashboardAddr, s.ClickHouseTCP)
 
 	if d.Exit {
 		return nil

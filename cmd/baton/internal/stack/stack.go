@@ -72,6 +72,7 @@ type Options struct {
 
 	BrokerPort, ClickHouseTCPPort, ClickHouseHTTPPort int
 	IngressPort, TransferPort, SBCPort                int
+	DashboardPort                                    int
 
 	// Replicas runs that many instances of router, transfer or analytics
 	// in one consumer group (default 1). Ingress is the SIP edge: one.
@@ -87,7 +88,7 @@ func DefaultOptions() Options {
 	return Options{
 		BinDir: "bin", RunDir: ".run", RepoDir: ".",
 		BrokerPort: 9092, ClickHouseTCPPort: 19000, ClickHouseHTTPPort: 18123,
-		IngressPort: 5060, TransferPort: 5070, SBCPort: 5061,
+		IngressPort: 5060, TransferPort: 5070, SBCPort: 5061, DashboardPort: 8081,
 	}
 }
 
@@ -102,6 +103,9 @@ type Stack struct {
 	ClickHouseHTTP string
 	ClickHouseTCP  string
 	Database       string
+	// DashboardAddr is where the first analytics instance serves its
+	// dashboard page.
+	DashboardAddr string
 }
 
 type process struct {
@@ -126,7 +130,7 @@ func Start(ctx context.Context, opts Options) (_ *Stack, err error) {
 	}{
 		{"broker", &opts.BrokerPort}, {"clickhouse tcp", &opts.ClickHouseTCPPort},
 		{"clickhouse http", &opts.ClickHouseHTTPPort}, {"ingress", &opts.IngressPort},
-		{"transfer", &opts.TransferPort}, {"sbc", &opts.SBCPort},
+		{"transfer", &opts.TransferPort}, {"sbc", &opts.SBCPort}, {"dashboard", &opts.DashboardPort},
 	} {
 		if *p.port == 0 {
 			if *p.port, err = freePort(); err != nil {
@@ -157,6 +161,7 @@ func Start(ctx context.Context, opts Options) (_ *Stack, err error) {
 		ClickHouseHTTP: fmt.Sprintf("127.0.0.1:%d", opts.ClickHouseHTTPPort),
 		ClickHouseTCP:  fmt.Sprintf("127.0.0.1:%d", opts.ClickHouseTCPPort),
 		Database:       "baton",
+		DashboardAddr:  fmt.Sprintf("127.0.0.1:%d", opts.DashboardPort),
 	}
 	defer func() {
 		if err != nil {

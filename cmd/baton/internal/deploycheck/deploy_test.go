@@ -1,0 +1,113 @@
+package deploycheck
+
+import (
+	"bytes"
+	"errors"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+	"gopkg.in/yaml.v3"
+)
+
+func deployDir(t *testing.T) string {
+	t.Helper()
+	dir, err := os.Getwd()
+	require.NoError(t, err)
+	for {
+		if _, err := os.Stat(filepath.Join(dir, "go.work")); err == nil {
+			return filepath.Join(dir, "deploy")
+		}
+		parent := filepath.Dir(dir)
+		require.NotEqual(t, parent, dir, "go.work not found")
+		dir = parent
+	}
+}
+
+func docs(t *testing.T, path string) []map[string]any {
+	t.Helper()
+	data, err := os.ReadFile(path)
+	require.NoError(t, err)
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	var out []map[string]any
+	for {
+		var doc map[string]any
+		err := dec.Decode(&doc)
+		if errors.Is(err, io.EOF) {
+			return out
+		}
+		require.NoError(t, err, path)
+		if doc != nil {
+			out = append(out, doc)
+		}
+	}
+}
+
+func TestKubernetesManifests(t *testing.T) {
+	dir := deployDir(t)
+	kust := docs(t, filepath.Join(dir, "kustomization.yaml"))[0]
+	kinds := map[string]int{}
+	for _, r := range kust["resources"].([]any) {
+		for _, d := range docs(t, filepath.Join(dir, r.(string))) {
+			kinds[d["kind"].(string)]++
+			if d["kind"] == "Deployment" {
+				spec := d["spec"].(map[string]any)["template"].(map[string]any)["spec"].(map[string]any)
+				cm := spec["volumes"].([]any)[0].(map[string]any)["configMap"].(map[string]any)["name"].(string)
+				require.True(t, strings.HasPrefix(cm, "baton-"), cm)
+			}
+		}
+	}
+	require.Equal(t, 4, kinds["Deployment"], "one Deployment per stage")
+	require.Equal(t, 4, kinds["HorizontalPodAutoscaler"], "one HPA per stage")
+	for _, g := range kust["configMapGenerator"].([]any) {
+		for _, f := range g.(map[string]any)["files"].([]any) {
+			_, src, _ := strings.Cut(f.(string), "=")
+			_, err := os.Stat(filepath.Join(dir, src))
+			require.NoError(t, err, "configMapGenerator file %s", src)
+		}
+	}
+}
+
+func TestComposeMountsExist(t *testing.T) {
+	dir := deployDir(t)
+	compose := docs(t, filepath.Join(dir, "compose.yaml"))[0]
+	services := compose["services"].(map[string]any)
+	for _, name := range []string{"kafka", "clickhouse", "ingress", "router", "transfer", "analytics", "grafana"} {
+		require.Contains(t, services, name)
+	}
+	for name, s := range services {
+		vols, _ := s.(map[string]any)["volumes"].([]any)
+		for _, v := range vols {
+			src, _, _ := strings.Cut(v.(string), ":")
+			if !strings.HasPrefix(src, "./") {
+				continue // a named volume
+			}
+			_, err := os.Stat(filepath.Join(dir, src))
+			require.NoError(t, err, "service %s mounts %s", name, src)
+		}
+	}
+}
+
+func TestKamailioConfig(t *testing.T) {
+	if testing.Short() {
+		t.Skip("needs kamailio; run without -short")
+	}
+	kamailio, err := exec.LookPath("kamailio")
+	if err != nil {
+		t.Fatal("kamailio not found: install Debian's kamailio package (make deps)")
+	}
+	dir := filepath.Join(deployDir(t), "kamailio")
+	cfg, err := os.ReadFile(filepath.Join(dir, "kamailio.cfg"))
+	require.NoError(t, err)
+	// Point the dispatcher at the example list next to the config.
+	local := strings.ReplaceAll(string(cfg), "/etc/kamailio/baton/dispatcher.list", filepath.Join(dir, "dispatcher.list"))
+	path := filepath.Join(t.TempDir(), "kamailio.cfg")
+	require.NoError(t, os.WriteFile(path, []byte(local), 0o600))
+	out, err := exec.CommandContext(t.Context(), kamailio, "-c", "-f", path).CombinedOutput()
+	require.NoError(t, err, "kamailio -c rejected the config:\n%s", out)
+	require.NotContains(t, string(out), "ERROR")
+}
