@@ -72,7 +72,7 @@ type Options struct {
 
 	BrokerPort, ClickHouseTCPPort, ClickHouseHTTPPort int
 	IngressPort, TransferPort, SBCPort                int
-	DashboardPort                                    int
+	DashboardPort                                     int
 
 	// Replicas runs that many instances of router, transfer or analytics
 	// in one consumer group (default 1). Ingress is the SIP edge: one.
