@@ -57,12 +57,12 @@ func TestCrashBetweenInsertAndCommit(t *testing.T) {
 	path := writeConfig(t, fmt.Sprintf(`kafka:
   brokers: [%q]
   partitions: 2
+  session_timeout: 6s
 clickhouse:
   addr: %q
   database: %s
 group: crash-test
 retry_pause: 50ms
-session_timeout: 6s
 batch:
   max_rows: 50
   max_wait: 100ms

@@ -39,10 +39,6 @@ type Config struct {
 	// DeadLetterTopic receives records that cannot be decoded, so they
 	// never block their partition. It is created at start.
 	DeadLetterTopic string `yaml:"dead_letter_topic"`
-	// SessionTimeout is the consumer group session timeout: how long the
-	// group waits for a member that stopped heartbeating (one that was
-	// killed) before it gives its partitions to another.
-	SessionTimeout time.Duration `yaml:"session_timeout"`
 	// Batch is how records are gathered across polls into one insert.
 	Batch Batch `yaml:"batch"`
 	// HTTP serves the dashboard page, its JSON API and /metrics.
@@ -93,7 +89,6 @@ func Default() Config {
 		RetryPause:      time.Second,
 		RetryMaxPause:   30 * time.Second,
 		DeadLetterTopic: "baton.dlq",
-		SessionTimeout:  45 * time.Second,
 		Batch:           Batch{MaxRows: 10000, MaxWait: time.Second},
 		HTTP:            HTTP{Listen: "127.0.0.1:8081"},
 	}
@@ -141,9 +136,6 @@ func (c *Config) Validate() error {
 	}
 	if c.RetryMaxPause < c.RetryPause {
 		errs = append(errs, pkgconfig.Errorf("retry_max_pause", "%v: want at least retry_pause (%v)", c.RetryMaxPause, c.RetryPause))
-	}
-	if c.SessionTimeout < time.Second {
-		errs = append(errs, pkgconfig.Errorf("session_timeout", "%v: want at least 1s", c.SessionTimeout))
 	}
 	if c.Batch.MaxRows < 1 {
 		errs = append(errs, pkgconfig.Errorf("batch.max_rows", "%d: want at least 1", c.Batch.MaxRows))

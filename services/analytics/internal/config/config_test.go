@@ -36,7 +36,7 @@ func TestDefaults(t *testing.T) {
 	require.Equal(t, config.Batch{MaxRows: 10000, MaxWait: time.Second}, c.Batch)
 	require.Equal(t, "127.0.0.1:8081", c.HTTP.Listen)
 	require.Equal(t, 30*time.Second, c.RetryMaxPause)
-	require.Equal(t, 45*time.Second, c.SessionTimeout)
+	require.Equal(t, 45*time.Second, c.Kafka.SessionTimeout)
 }
 
 func TestHTTPDisabled(t *testing.T) {
@@ -79,7 +79,7 @@ func TestValidate(t *testing.T) {
 		{"batch rows", "batch:\n  max_rows: 0\n", "analytics.yaml:2: batch.max_rows: 0: want at least 1"},
 		{"batch wait", "batch:\n  max_wait: 0s\n", "batch.max_wait"},
 		{"retry max pause", "retry_pause: 2s\nretry_max_pause: 1s\n", "retry_max_pause: 1s: want at least retry_pause"},
-		{"session timeout", "session_timeout: 10ms\n", "session_timeout"},
+		{"session timeout", "kafka:\n  session_timeout: 10ms\n", "kafka.session_timeout"},
 		{"http listen", "http:\n  listen: nope\n", "http.listen: \"nope\""},
 		{"unknown key", "clikhouse: {}\n", "clikhouse"},
 	}

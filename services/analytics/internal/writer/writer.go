@@ -186,8 +186,6 @@ func (w *Writer) clientOpts() []kgo.Opt {
 		// partition away between a poll and the commit of its batch.
 		// flush calls AllowRebalance after every commit.
 		kgo.BlockRebalanceOnPoll(),
-		// How soon a killed member's partitions move to another.
-		kgo.SessionTimeout(w.cfg.SessionTimeout),
 		// Fetch up to a batch's worth per partition request: the default
 		// 1 MiB holds only a few thousand events.
 		kgo.FetchMaxPartitionBytes(16<<20),
