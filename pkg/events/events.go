@@ -27,6 +27,9 @@ const (
 	TypeCallStateChanged = "baton.call.state.v1"
 	TypeAgentMetric      = "baton.agent.metric.v1"
 	TypeHandoffRefused   = "baton.handoff.refused.v1"
+	TypePreCallData      = "baton.call.precall.v1"
+	TypeCallUpdated      = "baton.call.updated.v1"
+	TypeDtmfReceived     = "baton.call.dtmf.v1"
 )
 
 // ContentType is the content-type header of every Baton record.
@@ -104,6 +107,12 @@ func TypeOf(msg proto.Message) (string, error) {
 		return TypeAgentMetric, nil
 	case *batonv1.HandoffRefused:
 		return TypeHandoffRefused, nil
+	case *batonv1.PreCallData:
+		return TypePreCallData, nil
+	case *batonv1.CallUpdated:
+		return TypeCallUpdated, nil
+	case *batonv1.DtmfReceived:
+		return TypeDtmfReceived, nil
 	default:
 		return "", fmt.Errorf("%w: message %T", ErrUnknownType, msg)
 	}
@@ -132,6 +141,12 @@ func newMessage(typ string) (proto.Message, error) {
 		return &batonv1.AgentMetric{}, nil
 	case TypeHandoffRefused:
 		return &batonv1.HandoffRefused{}, nil
+	case TypePreCallData:
+		return &batonv1.PreCallData{}, nil
+	case TypeCallUpdated:
+		return &batonv1.CallUpdated{}, nil
+	case TypeDtmfReceived:
+		return &batonv1.DtmfReceived{}, nil
 	default:
 		return nil, fmt.Errorf("%w: %q", ErrUnknownType, typ)
 	}

@@ -43,6 +43,9 @@ func sampleMessages() map[string]proto.Message {
 		TypeCallStateChanged: &batonv1.CallStateChanged{CallId: dialog.CallId, Set: map[string]string{"tier": "gold"}, Removed: []string{"draft"}, SetBy: "agent-api"},
 		TypeAgentMetric:      &batonv1.AgentMetric{CallId: dialog.CallId, Name: "sentiment", Value: 0.75, Tags: map[string]string{"model": "m1"}},
 		TypeHandoffRefused:   &batonv1.HandoffRefused{CallId: dialog.CallId, RequestId: "r1", Destination: "sip:+19005550100@premium.example", ReasonCode: "route_not_allowed"},
+		TypePreCallData:      &batonv1.PreCallData{CallId: dialog.CallId, DataJson: `{"data":{"account":{"tier":"gold"}}}`, FetchedBy: "baton-router-1"},
+		TypeCallUpdated:      &batonv1.CallUpdated{CallId: dialog.CallId, Direction: "recvonly", RemoteDirection: "sendonly", Hold: true, Codec: "PCMU", Cseq: 2},
+		TypeDtmfReceived:     &batonv1.DtmfReceived{CallId: dialog.CallId, Digit: "5", DurationMs: 160, Source: "rfc4733"},
 	}
 }
 

@@ -285,6 +285,83 @@ func (x *HandoffRefused) GetTriggerId() string {
 	return ""
 }
 
+// PreCallData is published by the router's pre-call fetcher once per call,
+// after the call's CallStarted was committed: the result of the pre-call
+// webhook. The router folds it (first one per call wins), so decisions
+// stay a function of the log and never of when the webhook answered.
+type PreCallData struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	CallId string                 `protobuf:"bytes,1,opt,name=call_id,json=callId,proto3" json:"call_id,omitempty"`
+	// data_json is the webhook's response: a JSON object, compacted; empty
+	// when error is set.
+	DataJson string `protobuf:"bytes,2,opt,name=data_json,json=dataJson,proto3" json:"data_json,omitempty"`
+	// fetched_by names the instance that called the webhook.
+	FetchedBy string `protobuf:"bytes,3,opt,name=fetched_by,json=fetchedBy,proto3" json:"fetched_by,omitempty"`
+	// error says why there is no data (timeout, HTTP status, not a JSON
+	// object, too large); empty on success.
+	Error         string `protobuf:"bytes,4,opt,name=error,proto3" json:"error,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PreCallData) Reset() {
+	*x = PreCallData{}
+	mi := &file_baton_v1_agent_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PreCallData) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PreCallData) ProtoMessage() {}
+
+func (x *PreCallData) ProtoReflect() protoreflect.Message {
+	mi := &file_baton_v1_agent_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PreCallData.ProtoReflect.Descriptor instead.
+func (*PreCallData) Descriptor() ([]byte, []int) {
+	return file_baton_v1_agent_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *PreCallData) GetCallId() string {
+	if x != nil {
+		return x.CallId
+	}
+	return ""
+}
+
+func (x *PreCallData) GetDataJson() string {
+	if x != nil {
+		return x.DataJson
+	}
+	return ""
+}
+
+func (x *PreCallData) GetFetchedBy() string {
+	if x != nil {
+		return x.FetchedBy
+	}
+	return ""
+}
+
+func (x *PreCallData) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
+
 var File_baton_v1_agent_proto protoreflect.FileDescriptor
 
 const file_baton_v1_agent_proto_rawDesc = "" +
@@ -320,7 +397,13 @@ const file_baton_v1_agent_proto_rawDesc = "" +
 	"reasonCode\x12\x16\n" +
 	"\x06detail\x18\x06 \x01(\tR\x06detail\x12\x1d\n" +
 	"\n" +
-	"trigger_id\x18\a \x01(\tR\ttriggerIdB9Z7github.com/baton-voice/baton/pkg/events/batonv1;batonv1b\x06proto3"
+	"trigger_id\x18\a \x01(\tR\ttriggerId\"x\n" +
+	"\vPreCallData\x12\x17\n" +
+	"\acall_id\x18\x01 \x01(\tR\x06callId\x12\x1b\n" +
+	"\tdata_json\x18\x02 \x01(\tR\bdataJson\x12\x1d\n" +
+	"\n" +
+	"fetched_by\x18\x03 \x01(\tR\tfetchedBy\x12\x14\n" +
+	"\x05error\x18\x04 \x01(\tR\x05errorB9Z7github.com/baton-voice/baton/pkg/events/batonv1;batonv1b\x06proto3"
 
 var (
 	file_baton_v1_agent_proto_rawDescOnce sync.Once
@@ -334,17 +417,18 @@ func file_baton_v1_agent_proto_rawDescGZIP() []byte {
 	return file_baton_v1_agent_proto_rawDescData
 }
 
-var file_baton_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 5)
+var file_baton_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 6)
 var file_baton_v1_agent_proto_goTypes = []any{
 	(*CallStateChanged)(nil), // 0: baton.v1.CallStateChanged
 	(*AgentMetric)(nil),      // 1: baton.v1.AgentMetric
 	(*HandoffRefused)(nil),   // 2: baton.v1.HandoffRefused
-	nil,                      // 3: baton.v1.CallStateChanged.SetEntry
-	nil,                      // 4: baton.v1.AgentMetric.TagsEntry
+	(*PreCallData)(nil),      // 3: baton.v1.PreCallData
+	nil,                      // 4: baton.v1.CallStateChanged.SetEntry
+	nil,                      // 5: baton.v1.AgentMetric.TagsEntry
 }
 var file_baton_v1_agent_proto_depIdxs = []int32{
-	3, // 0: baton.v1.CallStateChanged.set:type_name -> baton.v1.CallStateChanged.SetEntry
-	4, // 1: baton.v1.AgentMetric.tags:type_name -> baton.v1.AgentMetric.TagsEntry
+	4, // 0: baton.v1.CallStateChanged.set:type_name -> baton.v1.CallStateChanged.SetEntry
+	5, // 1: baton.v1.AgentMetric.tags:type_name -> baton.v1.AgentMetric.TagsEntry
 	2, // [2:2] is the sub-list for method output_type
 	2, // [2:2] is the sub-list for method input_type
 	2, // [2:2] is the sub-list for extension type_name
@@ -363,7 +447,7 @@ func file_baton_v1_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_baton_v1_agent_proto_rawDesc), len(file_baton_v1_agent_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   5,
+			NumMessages:   6,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

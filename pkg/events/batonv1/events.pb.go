@@ -618,8 +618,10 @@ type CallEnded struct {
 	// method is the request that ended the call: BYE or CANCEL.
 	Method string `protobuf:"bytes,3,opt,name=method,proto3" json:"method,omitempty"`
 	// reason is the Reason header, when there was one.
-	Reason        string               `protobuf:"bytes,4,opt,name=reason,proto3" json:"reason,omitempty"`
-	Duration      *durationpb.Duration `protobuf:"bytes,5,opt,name=duration,proto3" json:"duration,omitempty"`
+	Reason   string               `protobuf:"bytes,4,opt,name=reason,proto3" json:"reason,omitempty"`
+	Duration *durationpb.Duration `protobuf:"bytes,5,opt,name=duration,proto3" json:"duration,omitempty"`
+	// media is the inbound RTP ingress received on the call, set by ingress.
+	Media         *MediaStats `protobuf:"bytes,6,opt,name=media,proto3" json:"media,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -685,6 +687,13 @@ func (x *CallEnded) GetReason() string {
 func (x *CallEnded) GetDuration() *durationpb.Duration {
 	if x != nil {
 		return x.Duration
+	}
+	return nil
+}
+
+func (x *CallEnded) GetMedia() *MediaStats {
+	if x != nil {
+		return x.Media
 	}
 	return nil
 }
@@ -1186,7 +1195,7 @@ var File_baton_v1_events_proto protoreflect.FileDescriptor
 
 const file_baton_v1_events_proto_rawDesc = "" +
 	"\n" +
-	"\x15baton/v1/events.proto\x12\bbaton.v1\x1a\x17baton/v1/transfer.proto\x1a\x1egoogle/protobuf/duration.proto\"S\n" +
+	"\x15baton/v1/events.proto\x12\bbaton.v1\x1a\x16baton/v1/ingress.proto\x1a\x17baton/v1/transfer.proto\x1a\x1egoogle/protobuf/duration.proto\"S\n" +
 	"\tSipHeader\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value\x12\x1c\n" +
@@ -1226,13 +1235,14 @@ const file_baton_v1_events_proto_rawDesc = "" +
 	"remote_sdp\x18\r \x01(\tR\tremoteSdp\x1a<\n" +
 	"\x0eVariablesEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xb7\x01\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xe3\x01\n" +
 	"\tCallEnded\x12\x17\n" +
 	"\acall_id\x18\x01 \x01(\tR\x06callId\x12*\n" +
 	"\bended_by\x18\x02 \x01(\x0e2\x0f.baton.v1.PartyR\aendedBy\x12\x16\n" +
 	"\x06method\x18\x03 \x01(\tR\x06method\x12\x16\n" +
 	"\x06reason\x18\x04 \x01(\tR\x06reason\x125\n" +
-	"\bduration\x18\x05 \x01(\v2\x19.google.protobuf.DurationR\bduration\"\xd0\x01\n" +
+	"\bduration\x18\x05 \x01(\v2\x19.google.protobuf.DurationR\bduration\x12*\n" +
+	"\x05media\x18\x06 \x01(\v2\x14.baton.v1.MediaStatsR\x05media\"\xd0\x01\n" +
 	"\x0eNotifyReceived\x12\x17\n" +
 	"\acall_id\x18\x01 \x01(\tR\x06callId\x12\x14\n" +
 	"\x05event\x18\x02 \x01(\tR\x05event\x12-\n" +
@@ -1349,7 +1359,8 @@ var file_baton_v1_events_proto_goTypes = []any{
 	nil,                         // 13: baton.v1.HandoffRequested.VariablesEntry
 	nil,                         // 14: baton.v1.HandoffRequested.HeadersEntry
 	(*durationpb.Duration)(nil), // 15: google.protobuf.Duration
-	(*BridgeStats)(nil),         // 16: baton.v1.BridgeStats
+	(*MediaStats)(nil),          // 16: baton.v1.MediaStats
+	(*BridgeStats)(nil),         // 17: baton.v1.BridgeStats
 }
 var file_baton_v1_events_proto_depIdxs = []int32{
 	0,  // 0: baton.v1.Dialog.transport:type_name -> baton.v1.Transport
@@ -1358,21 +1369,22 @@ var file_baton_v1_events_proto_depIdxs = []int32{
 	12, // 3: baton.v1.CallStarted.variables:type_name -> baton.v1.CallStarted.VariablesEntry
 	1,  // 4: baton.v1.CallEnded.ended_by:type_name -> baton.v1.Party
 	15, // 5: baton.v1.CallEnded.duration:type_name -> google.protobuf.Duration
-	13, // 6: baton.v1.HandoffRequested.variables:type_name -> baton.v1.HandoffRequested.VariablesEntry
-	14, // 7: baton.v1.HandoffRequested.headers:type_name -> baton.v1.HandoffRequested.HeadersEntry
-	2,  // 8: baton.v1.HandoffCommand.method:type_name -> baton.v1.Method
-	4,  // 9: baton.v1.HandoffCommand.headers:type_name -> baton.v1.SipHeader
-	5,  // 10: baton.v1.HandoffCommand.dialog:type_name -> baton.v1.Dialog
-	15, // 11: baton.v1.HandoffCommand.answer_timeout:type_name -> google.protobuf.Duration
-	3,  // 12: baton.v1.TransferOutcome.status:type_name -> baton.v1.OutcomeStatus
-	2,  // 13: baton.v1.TransferOutcome.method:type_name -> baton.v1.Method
-	15, // 14: baton.v1.TransferOutcome.elapsed:type_name -> google.protobuf.Duration
-	16, // 15: baton.v1.TransferOutcome.bridge:type_name -> baton.v1.BridgeStats
-	16, // [16:16] is the sub-list for method output_type
-	16, // [16:16] is the sub-list for method input_type
-	16, // [16:16] is the sub-list for extension type_name
-	16, // [16:16] is the sub-list for extension extendee
-	0,  // [0:16] is the sub-list for field type_name
+	16, // 6: baton.v1.CallEnded.media:type_name -> baton.v1.MediaStats
+	13, // 7: baton.v1.HandoffRequested.variables:type_name -> baton.v1.HandoffRequested.VariablesEntry
+	14, // 8: baton.v1.HandoffRequested.headers:type_name -> baton.v1.HandoffRequested.HeadersEntry
+	2,  // 9: baton.v1.HandoffCommand.method:type_name -> baton.v1.Method
+	4,  // 10: baton.v1.HandoffCommand.headers:type_name -> baton.v1.SipHeader
+	5,  // 11: baton.v1.HandoffCommand.dialog:type_name -> baton.v1.Dialog
+	15, // 12: baton.v1.HandoffCommand.answer_timeout:type_name -> google.protobuf.Duration
+	3,  // 13: baton.v1.TransferOutcome.status:type_name -> baton.v1.OutcomeStatus
+	2,  // 14: baton.v1.TransferOutcome.method:type_name -> baton.v1.Method
+	15, // 15: baton.v1.TransferOutcome.elapsed:type_name -> google.protobuf.Duration
+	17, // 16: baton.v1.TransferOutcome.bridge:type_name -> baton.v1.BridgeStats
+	17, // [17:17] is the sub-list for method output_type
+	17, // [17:17] is the sub-list for method input_type
+	17, // [17:17] is the sub-list for extension type_name
+	17, // [17:17] is the sub-list for extension extendee
+	0,  // [0:17] is the sub-list for field type_name
 }
 
 func init() { file_baton_v1_events_proto_init() }
@@ -1380,6 +1392,7 @@ func file_baton_v1_events_proto_init() {
 	if File_baton_v1_events_proto != nil {
 		return
 	}
+	file_baton_v1_ingress_proto_init()
 	file_baton_v1_transfer_proto_init()
 	type x struct{}
 	out := protoimpl.TypeBuilder{

@@ -58,11 +58,11 @@ func TestExactlyOnceWhenAnInstanceIsKilled(t *testing.T) {
 		return writeConfig(t, fmt.Sprintf(`kafka:
   brokers: [%q]
   partitions: %d
+  # kfake's smallest session timeout; the dead instance's transaction is
+  # aborted sooner than its partitions move.
+  session_timeout: 6s
 group: eo-test
 transactional_id: %s
-# kfake's smallest session timeout; the dead instance's transaction is
-# aborted sooner than its partitions move.
-session_timeout: 6s
 transaction_timeout: 3s
 reload:
   poll_interval: 0s

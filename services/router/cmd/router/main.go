@@ -27,6 +27,7 @@ import (
 	"github.com/baton-voice/baton/services/router/internal/api"
 	"github.com/baton-voice/baton/services/router/internal/config"
 	"github.com/baton-voice/baton/services/router/internal/handoff"
+	"github.com/baton-voice/baton/services/router/internal/precall"
 	"github.com/baton-voice/baton/services/router/internal/reload"
 	"github.com/baton-voice/baton/services/router/internal/router"
 )
@@ -83,6 +84,12 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 			return configError(stderr, fmt.Errorf("api.tokens_env: $%s holds no token; the API needs at least one", cfg.API.TokensEnv))
 		}
 	}
+	var preCallHeader http.Header
+	if cfg.PreCall.URL != "" && cfg.PreCall.HeadersEnv != "" {
+		if preCallHeader, err = precall.ParseHeaders(os.Getenv(cfg.PreCall.HeadersEnv)); err != nil {
+			return configError(stderr, fmt.Errorf("precall.headers_env: $%s: %w", cfg.PreCall.HeadersEnv, err))
+		}
+	}
 	for _, w := range cfg.Warnings() {
 		logger.WarnContext(ctx, "config warning", "warning", w)
 	}
@@ -98,9 +105,31 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 	context.AfterFunc(ctx, stop)
 
 	fold := handoff.New(holder, logger)
+
+	// Facts the router writes outside its transactions (the agent API's
+	// requests, pre-call data) go through a plain idempotent producer.
+	var pub *api.KafkaPublisher
+	if cfg.API.Listen != "" || cfg.PreCall.URL != "" {
+		prod, err := kgo.NewClient(kafka.ClientOpts(cfg.Kafka, logger)...)
+		if err != nil {
+			logger.ErrorContext(ctx, "start facts producer", "err", err)
+			return exitFailed
+		}
+		defer prod.Close() // after every user of it stopped (deferred below)
+		pub = api.NewKafkaPublisher(prod, cfg.Kafka.Topics.Calls, cfg.Kafka.ProduceTimeout)
+	}
+	var fetcher *precall.Fetcher
+	var started router.StartWatcher
+	if cfg.PreCall.URL != "" {
+		fetcher = precall.New(precall.Options{
+			URL: cfg.PreCall.URL, Header: preCallHeader, Timeout: cfg.PreCall.Timeout, MaxAge: cfg.PreCall.MaxAge,
+			MaxInFlight: cfg.PreCall.MaxInFlight, FetchedBy: cfg.TransactionalID,
+		}, fold, pub, logger, time.Now)
+		started = fetcher
+	}
 	rt, err := router.New(router.Options{
 		Kafka: cfg.Kafka, Group: cfg.Group, TransactionalID: cfg.TransactionalID,
-		SessionTimeout: cfg.SessionTimeout, TransactionTimeout: cfg.TransactionTimeout,
+		TransactionTimeout: cfg.TransactionTimeout, Started: started,
 	}, fold, logger)
 	if err != nil {
 		logger.ErrorContext(ctx, "start router", "err", err)
@@ -122,12 +151,13 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	if cfg.API.Listen != "" {
-		stopAPI, err := serveAPI(ctx, &wg, cfg, fold, holder, tokens, logger)
-		if err != nil {
+		if err := serveAPI(ctx, &wg, cfg, fold, holder, pub, tokens, logger); err != nil {
 			logger.ErrorContext(ctx, "start agent API", "err", err)
 			return exitFailed
 		}
-		defer stopAPI()
+	}
+	if fetcher != nil {
+		wg.Go(func() { fetcher.Run(ctx) })
 	}
 
 	// SIGHUP and file changes reload the destinations and rules.
@@ -150,30 +180,20 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 // apiShutdownTimeout bounds the agent API's graceful shutdown.
 const apiShutdownTimeout = 5 * time.Second
 
-// serveAPI starts the agent API; it stops when ctx ends. The returned
-// function closes the API's producer after the server stopped.
+// serveAPI starts the agent API; it stops when ctx ends, and wg waits
+// for it.
 func serveAPI(ctx context.Context, wg *sync.WaitGroup, cfg config.Config, fold *handoff.Fold, tables handoff.Source,
-	tokens []string, logger *slog.Logger) (func(), error) {
+	pub api.Publisher, tokens []string, logger *slog.Logger) error {
 	ln, err := net.Listen("tcp", cfg.API.Listen)
 	if err != nil {
-		return nil, fmt.Errorf("listen %s: %w", cfg.API.Listen, err)
+		return fmt.Errorf("listen %s: %w", cfg.API.Listen, err)
 	}
-	// A plain idempotent producer: the API's events are facts, not part
-	// of the router's consume-transform-produce transactions.
-	prod, err := kgo.NewClient(kafka.ClientOpts(cfg.Kafka, logger)...)
-	if err != nil {
-		_ = ln.Close() // the error that matters is the client's
-		return nil, fmt.Errorf("new API producer: %w", err)
-	}
-	pub := api.NewKafkaPublisher(prod, cfg.Kafka.Topics.Calls, cfg.Kafka.ProduceTimeout)
 	srv := &http.Server{
 		Handler:           api.New(fold, tables, pub, tokens, logger, time.Now),
 		ReadHeaderTimeout: 5 * time.Second,
 		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
 	}
-	done := make(chan struct{})
 	wg.Go(func() {
-		defer close(done)
 		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			logger.ErrorContext(ctx, "agent API stopped", "err", err)
 		}
@@ -187,10 +207,7 @@ func serveAPI(ctx context.Context, wg *sync.WaitGroup, cfg config.Config, fold *
 		}
 	})
 	logger.InfoContext(ctx, "agent API listening", "addr", ln.Addr().String())
-	return func() {
-		<-done
-		prod.Close()
-	}, nil
+	return nil
 }
 
 // reloader loads the file again for a reload. Settings a reload cannot
@@ -207,9 +224,9 @@ func reloader(started config.Config, hostname string, logger *slog.Logger) reloa
 		}
 		if !reflect.DeepEqual(cfg.Kafka, started.Kafka) || cfg.Group != started.Group ||
 			cfg.TransactionalID != started.TransactionalID || cfg.API != started.API ||
-			cfg.SessionTimeout != started.SessionTimeout || cfg.TransactionTimeout != started.TransactionTimeout ||
+			cfg.TransactionTimeout != started.TransactionTimeout || cfg.PreCall != started.PreCall ||
 			cfg.Log != started.Log || cfg.Reload != started.Reload {
-			logger.Warn("config reload: kafka, group, transactional_id, api, log and reload settings need a restart; kept as started")
+			logger.Warn("config reload: kafka, group, transactional_id, transaction_timeout, api, precall, log and reload settings need a restart; kept as started")
 		}
 		return table, cfg.Warnings(), nil
 	}

@@ -87,6 +87,22 @@ func TestBadConfigStopsTheServiceWithExitCode2(t *testing.T) {
 			want: []string{"read config", "no such file"},
 		},
 		{
+			name: "pre-call headers variable named but empty",
+			args: func(t *testing.T) []string {
+				t.Setenv("BATON_TEST_PRECALL_HEADERS", "")
+				return []string{"--config", writeConfig(t, "destinations:\n  - name: support\n    route: sip:support@127.0.0.1:5090\n"+
+					"precall:\n  url: http://127.0.0.1:1/precall\n  headers_env: BATON_TEST_PRECALL_HEADERS\n")}
+			},
+			want: []string{"precall.headers_env: $BATON_TEST_PRECALL_HEADERS: no header"},
+		},
+		{
+			name: "top-level session_timeout moved under kafka",
+			args: func(t *testing.T) []string {
+				return []string{"--config", writeConfig(t, "session_timeout: 6s\ndestinations:\n  - name: support\n    route: sip:support@127.0.0.1:5090\n")}
+			},
+			want: []string{"field session_timeout not found"},
+		},
+		{
 			name: "unknown flag",
 			args: func(*testing.T) []string { return []string{"--listen", ":80"} },
 			want: []string{"flag provided but not defined: -listen"},

@@ -231,7 +231,11 @@ type CallJSON struct {
 	SipHeaders   map[string][]string `json:"sip_headers"`
 	Variables    map[string]string   `json:"variables"`
 	State        map[string]string   `json:"state"`
-	Handoff      HandoffJSON         `json:"handoff"`
+	// Results is the pre-call webhook's answer, once folded.
+	Results map[string]any `json:"results,omitempty"`
+	// PreCallError says why the call has no pre-call data.
+	PreCallError string      `json:"precall_error,omitempty"`
+	Handoff      HandoffJSON `json:"handoff"`
 }
 
 // HandoffJSON is where a call's handoff stands.
@@ -269,7 +273,8 @@ func (s *Server) getCall(w http.ResponseWriter, r *http.Request) {
 	}
 	writeJSON(w, http.StatusOK, CallJSON{
 		CallID: v.CallID, CallerNumber: v.CallerNumber, CalleeNumber: v.CalleeNumber,
-		SipHeaders: v.SipHeaders, Variables: v.Variables, State: v.State, Handoff: handoffJSON(v.Handoff),
+		SipHeaders: v.SipHeaders, Variables: v.Variables, State: v.State, Results: v.Results,
+		PreCallError: v.PreCallError, Handoff: handoffJSON(v.Handoff),
 	})
 }
 

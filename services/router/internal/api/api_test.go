@@ -192,6 +192,21 @@ func TestReadTheCall(t *testing.T) {
 	}, body)
 }
 
+func TestReadThePreCallData(t *testing.T) {
+	f := newFixture(t)
+	for id, msg := range map[string]*batonv1.PreCallData{
+		"c1": {DataJson: `{"data":{"account":{"tier":"gold","open":2}}}`},
+	} {
+		ev, err := events.New("baton/router", id, msg, at)
+		require.NoError(t, err)
+		f.fold.Apply(t.Context(), ev)
+	}
+	f.fold.Commit()
+	_, body := f.do(t, "GET", "/v1/calls/c1", "tok-1", "")
+	require.Equal(t, map[string]any{"data": map[string]any{"account": map[string]any{"tier": "gold", "open": float64(2)}}}, body["results"])
+	require.NotContains(t, body, "precall_error")
+}
+
 func TestWritesAreEventsTheFoldApplies(t *testing.T) {
 	f := newFixture(t)
 

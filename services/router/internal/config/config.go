@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/url"
 	"regexp"
 	"slices"
 	"sort"
@@ -66,9 +67,6 @@ type Config struct {
 	// be unique per instance and stable across its restarts, so a restarted
 	// instance fences its own unfinished transaction.
 	TransactionalID string `yaml:"transactional_id"`
-	// SessionTimeout is how long the group waits for a silent instance
-	// before its partitions move to another; 0 is franz-go's default (45s).
-	SessionTimeout time.Duration `yaml:"session_timeout"`
 	// TransactionTimeout is how long the broker keeps a transaction of a
 	// dead instance open before aborting it; 0 is franz-go's default (40s).
 	TransactionTimeout time.Duration `yaml:"transaction_timeout"`
@@ -91,6 +89,8 @@ type Config struct {
 	API API `yaml:"api"`
 	// Reload is how configuration changes are picked up.
 	Reload Reload `yaml:"reload"`
+	// PreCall is the pre-call webhook.
+	PreCall PreCall `yaml:"precall"`
 
 	// compiled holds the rule conditions Validate compiled (nil: no when).
 	compiled []*rules.Condition
@@ -136,6 +136,41 @@ type Reload struct {
 	PollInterval time.Duration `yaml:"poll_interval"`
 }
 
+// Pre-call defaults and bounds.
+const (
+	DefaultPreCallTimeout     = 2 * time.Second
+	MaxPreCallTimeout         = 30 * time.Second
+	DefaultPreCallMaxAge      = time.Minute
+	DefaultPreCallMaxInFlight = 16
+)
+
+// PreCall configures the pre-call webhook: when a call starts (its
+// CallStarted committed), the router POSTs the call to URL and publishes
+// the answer, or why there is none, as a PreCallData fact.
+type PreCall struct {
+	// URL is the webhook, http or https; empty turns fetching off (the
+	// fold still uses PreCallData found in the log, as in a replay).
+	URL string `yaml:"url"`
+	// Timeout bounds one webhook call, connection to last byte.
+	Timeout time.Duration `yaml:"timeout"`
+	// HeadersEnv names an environment variable holding extra request
+	// headers ("Name: value" lines), such as Authorization. Secrets never
+	// live in the file.
+	HeadersEnv string `yaml:"headers_env"`
+	// MaxAge skips calls whose CallStarted is older than this (by its
+	// event time): a group that re-reads old history fetches nothing.
+	MaxAge time.Duration `yaml:"max_age"`
+	// MaxInFlight bounds concurrent webhook calls; calls started beyond it
+	// wait in a bounded queue, and are skipped (logged) when it is full.
+	MaxInFlight int `yaml:"max_in_flight"`
+}
+
+// Rule after values.
+const (
+	AfterStart   = ""
+	AfterPreCall = "precall"
+)
+
 // Destination is one handoff destination as configured.
 type Destination struct {
 	Name        string `yaml:"name"`
@@ -178,6 +213,10 @@ type Rule struct {
 	// Continue goes on to the next rule after a match without a handoff;
 	// otherwise a match stops the rules and leaves the call to the agent.
 	Continue bool `yaml:"continue"`
+	// After is "" (the rule runs when the call starts) or "precall" (it
+	// runs when the call's pre-call data is folded, and sees it). Both
+	// kinds run for a handoff request without destination.
+	After string `yaml:"after"`
 }
 
 // RuleSet is a rule's set action.
@@ -198,6 +237,9 @@ func Default(hostname string) Config {
 		OnAllFailed:     OnAllFailedHangup,
 		API:             API{TokensEnv: "BATON_API_TOKENS"},
 		Reload:          Reload{PollInterval: DefaultPollInterval},
+		PreCall: PreCall{
+			Timeout: DefaultPreCallTimeout, MaxAge: DefaultPreCallMaxAge, MaxInFlight: DefaultPreCallMaxInFlight,
+		},
 	}
 }
 
@@ -243,9 +285,6 @@ func (c *Config) Validate() error {
 	if strings.TrimSpace(c.TransactionalID) == "" {
 		errs = append(errs, pkgconfig.Errorf("transactional_id", "a transactional id, unique per instance, is required"))
 	}
-	if c.SessionTimeout < 0 {
-		errs = append(errs, pkgconfig.Errorf("session_timeout", "%v: want 0 (default) or a positive duration", c.SessionTimeout))
-	}
 	if c.TransactionTimeout < 0 {
 		errs = append(errs, pkgconfig.Errorf("transaction_timeout", "%v: want 0 (default) or a positive duration", c.TransactionTimeout))
 	}
@@ -275,7 +314,42 @@ func (c *Config) Validate() error {
 	if c.Reload.PollInterval < 0 {
 		errs = append(errs, pkgconfig.Errorf("reload.poll_interval", "%v: want 0 (off) or a positive duration", c.Reload.PollInterval))
 	}
+	errs = append(errs, c.validatePreCall()...)
 	return errors.Join(errs...)
+}
+
+func (c *Config) validatePreCall() []error {
+	var errs []error
+	p := c.PreCall
+	if p.URL != "" {
+		u, err := url.Parse(p.URL)
+		switch {
+		case err != nil:
+			errs = append(errs, pkgconfig.Errorf("precall.url", "%v", err))
+		case u.Scheme != "http" && u.Scheme != "https", u.Host == "":
+			errs = append(errs, pkgconfig.Errorf("precall.url", "%q: want an absolute http(s) URL", p.URL))
+		case u.User != nil:
+			errs = append(errs, pkgconfig.Errorf("precall.url", "credentials in the URL; put them in the variable named by precall.headers_env"))
+		}
+	}
+	if p.Timeout <= 0 || p.Timeout > MaxPreCallTimeout {
+		errs = append(errs, pkgconfig.Errorf("precall.timeout", "%v: want a positive duration up to %v", p.Timeout, MaxPreCallTimeout))
+	}
+	if p.MaxAge <= 0 {
+		errs = append(errs, pkgconfig.Errorf("precall.max_age", "%v: want a positive duration", p.MaxAge))
+	}
+	if p.MaxInFlight < 1 || p.MaxInFlight > 1024 {
+		errs = append(errs, pkgconfig.Errorf("precall.max_in_flight", "%d: want 1 to 1024", p.MaxInFlight))
+	}
+	if p.URL == "" {
+		for i, r := range c.Rules {
+			if r.After == AfterPreCall {
+				c.warnf(fmt.Sprintf("rules[%d].after", i),
+					"precall.url is empty: rule %q runs only for pre-call data already in the log (a replay)", r.Name)
+			}
+		}
+	}
+	return errs
 }
 
 func (c *Config) warnf(path, format string, args ...any) {
@@ -643,6 +717,7 @@ func (c *Config) validateRules() []error {
 	c.compiled = make([]*rules.Condition, len(c.Rules))
 	var env *rules.Env
 	names := map[string]int{}
+	stopper := map[string]string{} // after → the rule that stops its pass
 	for i, r := range c.Rules {
 		path := fmt.Sprintf("rules[%d]", i)
 		if r.Name == "" {
@@ -681,10 +756,18 @@ func (c *Config) validateRules() []error {
 				errs = append(errs, pkgconfig.Errorf(path+".set.state", "an empty key"))
 			}
 		}
-		if r.When == "" && !r.Continue && i < len(c.Rules)-1 {
-			// A rule without a condition matches every call, and stops
-			// the rules unless it continues.
-			errs = append(errs, pkgconfig.Errorf(fmt.Sprintf("rules[%d]", i+1), "unreachable: rule %q before it matches every call and stops the rules", r.Name))
+		if r.After != AfterStart && r.After != AfterPreCall {
+			errs = append(errs, pkgconfig.Errorf(path+".after", "%q: want %s, or nothing (when the call starts)", r.After, AfterPreCall))
+		}
+		// A rule without a condition matches every call, and stops the
+		// rules of its pass unless it continues: the next rule of the same
+		// pass (after) is unreachable.
+		if name, ok := stopper[r.After]; ok {
+			errs = append(errs, pkgconfig.Errorf(path, "unreachable: rule %q before it matches every call and stops the rules", name))
+			delete(stopper, r.After) // report once per stopping rule
+		}
+		if r.When == "" && !r.Continue {
+			stopper[r.After] = r.Name
 		}
 	}
 	return errs
@@ -766,6 +849,7 @@ func (c *Config) Table() (*handoff.Table, error) {
 		hr := handoff.Rule{
 			Name: r.Name, Destination: r.Handoff, Continue: r.Continue,
 			SetVariables: r.Set.Variables, SetState: r.Set.State,
+			AfterPreCall: r.After == AfterPreCall,
 		}
 		if cond := c.compiled[i]; cond != nil {
 			hr.When = cond

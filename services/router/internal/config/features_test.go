@@ -156,6 +156,68 @@ reload:
 				`router.yaml:12: reload.poll_interval: -1s`,
 			},
 		},
+		{
+			name: "precall and rule after",
+			doc: `destinations:
+  - name: a
+    route: sip:a@example.com
+precall:
+  url: ftp://crm.example.com/lookup
+  timeout: 0s
+  max_age: -1s
+  max_in_flight: 0
+rules:
+  - name: later
+    when: results.data.tier == 'gold'
+    after: later
+    handoff: a
+`,
+			want: []string{
+				`router.yaml:5: precall.url: "ftp://crm.example.com/lookup": want an absolute http(s) URL`,
+				`router.yaml:6: precall.timeout: 0s: want a positive duration up to 30s`,
+				`router.yaml:7: precall.max_age: -1s: want a positive duration`,
+				`router.yaml:8: precall.max_in_flight: 0: want 1 to 1024`,
+				`router.yaml:12: rules[0].after: "later": want precall, or nothing`,
+			},
+		},
+		{
+			name: "precall url with credentials, relative url",
+			doc: `destinations:
+  - name: a
+    route: sip:a@example.com
+precall:
+  url: https://user:secret@crm.example.com/lookup
+`,
+			want: []string{`router.yaml:5: precall.url: credentials in the URL`},
+		},
+		{
+			name: "unreachable within a pass",
+			doc: `destinations:
+  - name: a
+    route: sip:a@example.com
+rules:
+  - name: everyone
+    handoff: a
+  - name: gold
+    when: results.data.tier == 'gold'
+    after: precall
+    handoff: a
+  - name: never
+    when: caller_number == '1'
+    handoff: a
+`,
+			want: []string{`router.yaml:11: rules[2]: unreachable: rule "everyone" before it matches every call`},
+		},
+		{
+			name: "session_timeout lives under kafka",
+			doc: `kafka:
+  session_timeout: 500ms
+destinations:
+  - name: a
+    route: sip:a@example.com
+`,
+			want: []string{`kafka.session_timeout: 500ms, want at least 1s`},
+		},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := parse(t, tc.doc)
@@ -273,4 +335,58 @@ func TestDefaultsOfTheNewSections(t *testing.T) {
 	require.Equal(t, OnAllFailedHangup, c.OnAllFailed)
 	require.Empty(t, c.API.Listen, "the API is off unless configured")
 	require.Equal(t, 2*time.Second, c.Reload.PollInterval)
+	require.Equal(t, PreCall{Timeout: 2 * time.Second, MaxAge: time.Minute, MaxInFlight: 16}, c.PreCall, "pre-call fetching is off unless configured")
+	require.Equal(t, 45*time.Second, c.Kafka.SessionTimeout)
+}
+
+func TestTopLevelSessionTimeoutIsGone(t *testing.T) {
+	_, err := parse(t, `session_timeout: 6s
+destinations:
+  - name: a
+    route: sip:a@example.com
+`)
+	require.ErrorContains(t, err, "line 1: field session_timeout not found")
+}
+
+func TestPreCallConfig(t *testing.T) {
+	c, err := parse(t, `destinations:
+  - name: a
+    route: sip:a@example.com
+  - name: vip
+    route: sip:vip@example.com
+precall:
+  url: https://crm.example.com/baton/precall?tenant=1
+  timeout: 1500ms
+  headers_env: CRM_HEADERS
+  max_age: 5m
+  max_in_flight: 4
+rules:
+  - name: gold
+    when: has(results.data) && results.data.account.tier == 'gold'
+    after: precall
+    handoff: vip
+  - name: start
+    when: caller_number == '+1'
+    handoff: a
+`)
+	require.NoError(t, err)
+	require.Equal(t, PreCall{URL: "https://crm.example.com/baton/precall?tenant=1", Timeout: 1500 * time.Millisecond,
+		HeadersEnv: "CRM_HEADERS", MaxAge: 5 * time.Minute, MaxInFlight: 4}, c.PreCall)
+	require.Empty(t, c.Warnings())
+	tbl, err := c.Table()
+	require.NoError(t, err)
+	require.True(t, tbl.Rules[0].AfterPreCall)
+	require.False(t, tbl.Rules[1].AfterPreCall)
+
+	// Without a URL, an after: precall rule runs only on data in the log.
+	c, err = parse(t, `destinations:
+  - name: a
+    route: sip:a@example.com
+rules:
+  - name: gold
+    after: precall
+    handoff: a
+`)
+	require.NoError(t, err)
+	require.Equal(t, []string{`rules[0].after: precall.url is empty: rule "gold" runs only for pre-call data already in the log (a replay)`}, c.Warnings())
 }

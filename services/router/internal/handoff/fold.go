@@ -78,6 +78,8 @@ type call struct {
 	state        map[string]string   // written by the agent and by rules
 	callerNumber string
 	calleeNumber string
+	// precall is the call's pre-call data; nil until its PreCallData.
+	precall *preCall
 	// handled holds the ids of the events that already produced a
 	// decision, so a duplicated record decides nothing twice.
 	handled map[string]bool
@@ -212,6 +214,8 @@ func (f *Fold) Apply(ctx context.Context, ev events.Event) []Decision {
 		d = f.handoffRequested(ctx, table, ev, msg)
 	case *batonv1.CallStateChanged:
 		f.stateChanged(ctx, ev, msg)
+	case *batonv1.PreCallData:
+		d = f.preCallData(ctx, table, ev, msg)
 	case *batonv1.TransferOutcome:
 		d = f.transferOutcome(ctx, ev, msg)
 	case *batonv1.AgentMetric:
@@ -245,7 +249,7 @@ func (f *Fold) callStarted(ctx context.Context, table *Table, ev events.Event, m
 		handled:      map[string]bool{ev.ID: true},
 	}
 	f.calls[id] = c
-	dest, rule := f.runRules(ctx, table, c, ev, "")
+	dest, rule := f.runRules(ctx, table, c, ev, "", phaseStart)
 	if dest == "" {
 		return nil
 	}
@@ -261,11 +265,37 @@ func indexHeaders(hs []*batonv1.SipHeader) map[string][]string {
 	return idx
 }
 
-// runRules evaluates the table's rules for c, which must be mutable, and
-// applies the set actions of the rules that match. It returns the
-// destination of the first matching rule that hands off, with that rule's
-// name, or "" when the rules leave the call to the agent.
-func (f *Fold) runRules(ctx context.Context, table *Table, c *call, ev events.Event, reason string) (dest, rule string) {
+// phase says which rules a pass tries.
+type phase int
+
+const (
+	// phaseStart is the pass when a call starts: the rules not marked
+	// after: precall. Pre-call data is never folded yet.
+	phaseStart phase = iota
+	// phasePreCall is the pass when the call's PreCallData is folded: the
+	// rules marked after: precall.
+	phasePreCall
+	// phaseRequest is the pass for a handoff request without destination:
+	// every rule, with whatever pre-call data the log holds before it.
+	phaseRequest
+)
+
+// tries reports whether a pass of phase p tries rule r.
+func (p phase) tries(r Rule) bool {
+	switch p {
+	case phaseStart:
+		return !r.AfterPreCall
+	case phasePreCall:
+		return r.AfterPreCall
+	}
+	return true
+}
+
+// runRules evaluates the table's rules of a phase for c, which must be
+// mutable, and applies the set actions of the rules that match. It returns
+// the destination of the first matching rule that hands off, with that
+// rule's name, or "" when the rules leave the call to the agent.
+func (f *Fold) runRules(ctx context.Context, table *Table, c *call, ev events.Event, reason string, p phase) (dest, rule string) {
 	if len(table.Rules) == 0 {
 		return "", ""
 	}
@@ -277,8 +307,12 @@ func (f *Fold) runRules(ctx context.Context, table *Table, c *call, ev events.Ev
 		State:        c.state,
 		Reason:       reason,
 		Time:         ev.Time,
+		Results:      c.results(),
 	}
 	for _, r := range table.Rules {
+		if !p.tries(r) {
+			continue
+		}
 		if r.When != nil {
 			ok, err := r.When.Match(in)
 			if err != nil {
@@ -386,7 +420,7 @@ func (f *Fold) handoffRequested(ctx context.Context, table *Table, ev events.Eve
 	dest, reason := msg.GetDestination(), msg.GetReason()
 	if dest == "" {
 		var rule string
-		dest, rule = f.runRules(ctx, table, c, ev, reason)
+		dest, rule = f.runRules(ctx, table, c, ev, reason, phaseRequest)
 		if dest == "" {
 			dest = table.Default
 		} else if reason == "" {
@@ -465,15 +499,20 @@ func safeRoute(route string) bool {
 // detail when a header is invalid or a required variable is missing.
 func (f *Fold) render(ctx context.Context, c *call, h *handoffState, d Destination, triggerID string) (*batonv1.HandoffCommand, string, string) {
 	commandID := CommandID(c.id, triggerID)
-	system := map[string]any{
-		"call_id":           c.id,
-		"caller_number":     c.callerNumber,
-		"callee_number":     c.calleeNumber,
-		"from_phone_number": c.callerNumber,
-		"to_phone_number":   c.calleeNumber,
-	}
-	scope := template.NewScope(system, template.Strings(h.reqVars), template.Strings(c.setVariables),
-		map[string]any{"state": template.Strings(c.state)}, template.Strings(c.variables))
+	scope := template.Call{
+		System: map[string]string{
+			"call_id":           c.id,
+			"caller_number":     c.callerNumber,
+			"callee_number":     c.calleeNumber,
+			"from_phone_number": c.callerNumber,
+			"to_phone_number":   c.calleeNumber,
+		},
+		Agent:   h.reqVars,
+		Rules:   c.setVariables,
+		State:   c.state,
+		Results: c.results(),
+		Headers: c.variables,
+	}.Scope()
 	headers := make([]*batonv1.SipHeader, 0, len(d.Headers))
 	var missing []string
 	for _, hd := range d.Headers {
@@ -515,6 +554,8 @@ func (f *Fold) render(ctx context.Context, c *call, h *handoffState, d Destinati
 		RequestId:     h.requestID,
 		// Set for INVITE only (tls_srtp or udp_rtp); empty otherwise.
 		Encryption: string(d.Encryption),
+		// INVITE only, like Encryption: the audio played to the destination.
+		Whisper: d.Whisper,
 	}
 	if c.dialog != nil {
 		cmd.Dialog = proto.CloneOf(c.dialog)

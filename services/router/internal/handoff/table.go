@@ -75,8 +75,9 @@ type Condition interface {
 	Match(in *rules.Input) (bool, error)
 }
 
-// Rule is a routing rule. Rules are tried in order when a call starts and
-// when a handoff request names no destination. A matching rule applies its
+// Rule is a routing rule. Rules are tried in order when a call starts (those
+// not marked AfterPreCall), when its pre-call data is folded (those marked)
+// and when a handoff request names no destination (all). A matching rule applies its
 // set actions, then hands off at once when it names a destination;
 // otherwise evaluation stops (the call is left to the agent) unless
 // Continue is set.
@@ -91,6 +92,9 @@ type Rule struct {
 	Destination string
 	// Continue goes on to the next rule after a match without a handoff.
 	Continue bool
+	// AfterPreCall moves the rule from the call-start pass to the pass
+	// that runs when the call's pre-call data is folded (after: precall).
+	AfterPreCall bool
 }
 
 // EndPolicy is what happens when every destination of a handoff failed.

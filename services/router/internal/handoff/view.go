@@ -22,7 +22,13 @@ type CallView struct {
 	// those rules set.
 	Variables map[string]string
 	State     map[string]string
-	Handoff   HandoffView
+	// Results is the pre-call webhook's JSON object (nil: none). It is
+	// shared: callers must not change it.
+	Results map[string]any
+	// PreCallError says why the call has no pre-call data, when its fetch
+	// failed.
+	PreCallError string
+	Handoff      HandoffView
 }
 
 // HandoffView is where a call's handoff stands.
@@ -65,7 +71,11 @@ func (f *Fold) View(id string) (v CallView, found, ended bool) {
 		SipHeaders:   maps.Clone(c.headerIndex),
 		Variables:    maps.Clone(c.variables),
 		State:        maps.Clone(c.state),
+		Results:      c.results(),
 		Handoff:      HandoffView{Status: StatusNone},
+	}
+	if c.precall != nil {
+		v.PreCallError = c.precall.err
 	}
 	if v.Variables == nil {
 		v.Variables = map[string]string{}

@@ -158,7 +158,7 @@ func TestReplayGivesTheSameCommands(t *testing.T) {
 	table2, err := c2.Table()
 	require.NoError(t, err)
 	fresh := &Router{fold: handoff.New(table2, logger), topic: kcfg.Topics.Handoffs, logger: logger}
-	replayed := fresh.handle(context.WithoutCancel(t.Context()), log)
+	replayed, _ := fresh.handle(context.WithoutCancel(t.Context()), log)
 
 	require.Len(t, replayed, len(live))
 	for i := range live {

@@ -37,18 +37,26 @@ type Options struct {
 	Group string
 	// TransactionalID is unique per instance.
 	TransactionalID string
-	// SessionTimeout and TransactionTimeout override franz-go's defaults
-	// when positive.
-	SessionTimeout     time.Duration
+	// TransactionTimeout overrides franz-go's default when positive. (The
+	// session timeout is Kafka.SessionTimeout, set by kafka.ClientOpts.)
 	TransactionTimeout time.Duration
+	// Started, when set, hears of every CallStarted of a batch once the
+	// batch committed (the pre-call fetcher). It must not block.
+	Started StartWatcher
+}
+
+// StartWatcher hears of calls that started, after their batch committed.
+type StartWatcher interface {
+	Started(ev events.Event)
 }
 
 // Router owns a transactional group session and the fold it feeds.
 type Router struct {
-	sess   *kgo.GroupTransactSession
-	fold   *handoff.Fold
-	topic  string
-	logger *slog.Logger
+	sess    *kgo.GroupTransactSession
+	started StartWatcher
+	fold    *handoff.Fold
+	topic   string
+	logger  *slog.Logger
 	// beforeEnd, when set (tests only), runs after the batch's records
 	// were produced and before the transaction ends; returning true
 	// aborts the transaction.
@@ -71,10 +79,6 @@ func New(opts Options, fold *handoff.Fold, logger *slog.Logger) (*Router, error)
 		// 1000 requests/s went from 41 ms to 10 ms.
 		kgo.ProducerLinger(0),
 	)
-	if opts.SessionTimeout > 0 {
-		// How fast a dead instance's partitions move to a live one.
-		kopts = append(kopts, kgo.SessionTimeout(opts.SessionTimeout))
-	}
 	if opts.TransactionTimeout > 0 {
 		// How long a dead instance's open transaction blocks its partitions.
 		kopts = append(kopts, kgo.TransactionTimeout(opts.TransactionTimeout))
@@ -83,7 +87,7 @@ func New(opts Options, fold *handoff.Fold, logger *slog.Logger) (*Router, error)
 	if err != nil {
 		return nil, fmt.Errorf("new transactional session %s: %w", opts.TransactionalID, err)
 	}
-	return &Router{sess: sess, fold: fold, topic: opts.Kafka.Topics.Handoffs, logger: logger}, nil
+	return &Router{sess: sess, started: opts.Started, fold: fold, topic: opts.Kafka.Topics.Handoffs, logger: logger}, nil
 }
 
 // Client is the session's client, for topic creation at start. It must
@@ -133,7 +137,7 @@ func (r *Router) transact(ctx context.Context, records []*kgo.Record) (bool, err
 	if err := r.sess.Begin(); err != nil {
 		return false, fmt.Errorf("begin transaction: %w", err)
 	}
-	out := r.handle(ctx, records)
+	out, started := r.handle(ctx, records)
 
 	txCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), endTimeout)
 	defer cancel()
@@ -158,6 +162,13 @@ func (r *Router) transact(ctx context.Context, records []*kgo.Record) (bool, err
 		return false, nil
 	}
 	r.fold.Commit()
+	if r.started != nil {
+		// Outside the transaction: what the watcher does (a webhook call)
+		// comes back as a new fact, never as part of this batch.
+		for _, ev := range started {
+			r.started.Started(ev)
+		}
+	}
 	for _, rec := range out {
 		r.logger.InfoContext(ctx, "decision published", "call_id", string(rec.Key), "type", headerValue(rec, events.HeaderType),
 			"command_id", headerValue(rec, events.HeaderID), "topic", rec.Topic, "partition", rec.Partition)
@@ -165,9 +176,9 @@ func (r *Router) transact(ctx context.Context, records []*kgo.Record) (bool, err
 	return true, nil
 }
 
-// handle folds the records and encodes the commands they cause.
-func (r *Router) handle(ctx context.Context, records []*kgo.Record) []*kgo.Record {
-	var out []*kgo.Record
+// handle folds the records and encodes the commands they cause. It also
+// returns the batch's CallStarted events.
+func (r *Router) handle(ctx context.Context, records []*kgo.Record) (out []*kgo.Record, started []events.Event) {
 	for _, rec := range records {
 		ev, err := events.Decode(rec)
 		if err != nil {
@@ -176,6 +187,9 @@ func (r *Router) handle(ctx context.Context, records []*kgo.Record) []*kgo.Recor
 			r.logger.WarnContext(ctx, "undecodable record skipped", "topic", rec.Topic,
 				"partition", rec.Partition, "offset", rec.Offset, "err", err)
 			continue
+		}
+		if ev.Type == events.TypeCallStarted {
+			started = append(started, ev)
 		}
 		for _, d := range r.fold.Apply(ctx, ev) {
 			rec, err := r.encode(ev, d)
@@ -186,7 +200,7 @@ func (r *Router) handle(ctx context.Context, records []*kgo.Record) []*kgo.Recor
 			out = append(out, rec)
 		}
 	}
-	return out
+	return out, started
 }
 
 // encode makes the record of a decision (a command or a refusal). Its

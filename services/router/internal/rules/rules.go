@@ -8,6 +8,7 @@
 //	state          map(string, string)    the call's state (agent API, rule actions)
 //	reason         string                 the handoff request's reason; "" when the call starts
 //	time           timestamp              the time of the event being decided (never the wall clock)
+//	results        map(string, dyn)       the pre-call webhook's JSON object ({} before it is folded)
 //
 // For example:
 //
@@ -15,6 +16,7 @@
 //	callee_number.startsWith('+1800') && time.getHours('America/New_York') < 9
 //	'x-tier' in sip_headers && sip_headers['x-tier'][0] == 'gold'
 //	variables.customer_id != '' && reason == 'billing_dispute'
+//	has(results.data) && results.data.account.tier == 'gold'
 //
 // A condition must have type bool; anything else is a compile error, so a
 // broken rule fails at configuration load. An evaluation error (a missing
@@ -50,6 +52,9 @@ type Input struct {
 	State     map[string]string
 	Reason    string
 	Time      time.Time
+	// Results is the pre-call webhook's JSON object: strings, float64 or
+	// int64 numbers, bools, nil, []any and map[string]any.
+	Results map[string]any
 
 	act map[string]any
 }
@@ -65,6 +70,7 @@ func (in *Input) activation() map[string]any {
 			"state":         nonNil(in.State),
 			"reason":        in.Reason,
 			"time":          in.Time.UTC(),
+			"results":       nonNil(in.Results),
 		}
 	}
 	return in.act
@@ -97,6 +103,7 @@ func NewEnv() (*Env, error) {
 		cel.Variable("state", cel.MapType(cel.StringType, cel.StringType)),
 		cel.Variable("reason", cel.StringType),
 		cel.Variable("time", cel.TimestampType),
+		cel.Variable("results", cel.MapType(cel.StringType, cel.DynType)),
 	)
 	if err != nil {
 		return nil, fmt.Errorf("new CEL environment: %w", err)

@@ -17,6 +17,11 @@ func input() *Input {
 		Reason:       "billing_dispute",
 		// 13:30 UTC is 08:30 in New York (EST, winter).
 		Time: time.Date(2025, 1, 15, 13, 30, 0, 0, time.UTC),
+		Results: map[string]any{"data": map[string]any{
+			"account": map[string]any{"tier": "gold", "balance": 12.5, "open_tickets": int64(3)},
+			"tags":    []any{"churn-risk"},
+			"vip":     true,
+		}},
 	}
 }
 
@@ -39,6 +44,10 @@ func TestMatch(t *testing.T) {
 		{`time.getHours('America/New_York') < 9`, true},
 		{`time.getHours() == 13`, true},
 		{`time > timestamp('2025-01-01T00:00:00Z')`, true},
+		{`results.data.account.tier == 'gold'`, true},
+		{`results.data.account.balance > 10.0 && results.data.account.open_tickets >= 3`, true},
+		{`'churn-risk' in results.data.tags && results.data.vip`, true},
+		{`has(results.data) && !has(results.error)`, true},
 	} {
 		t.Run(tc.expr, func(t *testing.T) {
 			c, err := env.Compile(tc.expr)
@@ -64,7 +73,7 @@ func TestMatchEvaluationErrorIsNoMatch(t *testing.T) {
 func TestEmptyMapsAreUsable(t *testing.T) {
 	env, err := NewEnv()
 	require.NoError(t, err)
-	c, err := env.Compile(`!('x-tier' in sip_headers) && size(state) == 0`)
+	c, err := env.Compile(`!('x-tier' in sip_headers) && size(state) == 0 && !has(results.data)`)
 	require.NoError(t, err)
 	got, err := c.Match(&Input{})
 	require.NoError(t, err)

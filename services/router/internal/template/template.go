@@ -32,10 +32,26 @@
 // # Precedence
 //
 // A Scope is an ordered list of layers; the first layer that has a name wins.
-// The router builds it as: system variables (call_id, caller_number,
-// callee_number, from_phone_number, to_phone_number; they cannot be
-// overridden), then the variables of the handoff request, then the call's
-// variables (stripped X- headers).
+// The router builds it as:
+//
+//  1. system variables: call_id, caller_number, callee_number,
+//     from_phone_number, to_phone_number; they cannot be overridden;
+//  2. the variables of the handoff request (given by the agent);
+//  3. the variables rules set;
+//  4. the namespaces {state.name} (the call's state) and {results.…} (the
+//     pre-call webhook's JSON object, as returned: {results.data.name});
+//  5. pre-call data under plain names: the keys of the webhook's "data"
+//     object (results.data), so {name} finds results.data.name and
+//     {account.tier} finds results.data.account.tier. Only "data" is
+//     searched: other top-level keys of the response are reached through
+//     {results.…} alone;
+//  6. the call's variables (stripped X- headers).
+//
+// So for a plain name the agent's variables win over pre-call data, which
+// wins over X- headers. A segment of digits indexes a JSON list
+// ({results.data.phones.0}). Numbers render in JSON's shortest form,
+// booleans as true/false; an object, a list or null is not a value and
+// counts as missing.
 //
 // A missing variable renders as "" and its name is reported, so the caller
 // can log it.
@@ -203,6 +219,42 @@ type Scope []map[string]any
 // NewScope returns a scope of layers, highest precedence first.
 func NewScope(layers ...map[string]any) Scope { return Scope(layers) }
 
+// Call is the variables of a call by source; Scope layers them in the
+// router's order of precedence (see the package documentation).
+type Call struct {
+	// System holds call_id, caller_number, callee_number,
+	// from_phone_number and to_phone_number.
+	System map[string]string
+	// Agent is HandoffRequested.variables.
+	Agent map[string]string
+	// Rules are the variables rules set.
+	Rules map[string]string
+	// State is the call's state, reached as {state.name}.
+	State map[string]string
+	// Results is the pre-call webhook's JSON object, reached as
+	// {results.…}; its "data" object also serves plain names. Nil: none.
+	Results map[string]any
+	// Headers are the stripped X- headers (CallStarted.variables).
+	Headers map[string]string
+}
+
+// Scope returns the call's variables, highest precedence first.
+func (c Call) Scope() Scope {
+	results := c.Results
+	if results == nil {
+		results = map[string]any{}
+	}
+	data, _ := results["data"].(map[string]any)
+	return NewScope(
+		Strings(c.System),
+		Strings(c.Agent),
+		Strings(c.Rules),
+		map[string]any{"state": Strings(c.State), "results": results},
+		data,
+		Strings(c.Headers),
+	)
+}
+
 // Strings turns a string map into a scope layer.
 func Strings(m map[string]string) map[string]any {
 	out := make(map[string]any, len(m))
@@ -238,11 +290,8 @@ func lookupLayer(layer map[string]any, name string) (string, bool) {
 	}
 	var cur any = layer
 	for _, seg := range strings.Split(name, ".") {
-		m, ok := asMap(cur)
-		if !ok {
-			return "", false
-		}
-		if cur, ok = key(m, seg); !ok {
+		var ok bool
+		if cur, ok = step(cur, seg); !ok {
 			return "", false
 		}
 	}
@@ -276,6 +325,22 @@ func asMap(v any) (map[string]any, bool) {
 		return Strings(m), true
 	}
 	return nil, false
+}
+
+// step walks one path segment into a map, or into a list by index.
+func step(cur any, seg string) (any, bool) {
+	if m, ok := asMap(cur); ok {
+		return key(m, seg)
+	}
+	list, ok := cur.([]any)
+	if !ok {
+		return nil, false
+	}
+	i, err := strconv.Atoi(seg)
+	if err != nil || i < 0 || i >= len(list) || seg != strconv.Itoa(i) {
+		return nil, false
+	}
+	return list[i], true
 }
 
 // scalar renders a leaf value; maps and nil are not renderable.

@@ -149,3 +149,61 @@ func uniq(in []string) []string {
 	}
 	return out
 }
+
+// TestCallPrecedence is the router's precedence table: system variables,
+// then the agent's, then the rules', then the state and results
+// namespaces, then pre-call data (results.data) under plain names, then
+// the stripped X- headers.
+func TestCallPrecedence(t *testing.T) {
+	full := Call{
+		System: map[string]string{"call_id": "c-1", "caller_number": "+15551230001"},
+		Agent:  map[string]string{"call_id": "spoofed", "Tier": "agent-tier"},
+		Rules:  map[string]string{"line": "tollfree", "Lang": "rule-lang"},
+		State:  map[string]string{"tier": "state-tier"},
+		Results: map[string]any{
+			"data": map[string]any{
+				"tier": "precall-tier", "Lang": "precall-lang", "name": "Ada", "customer_id": "P-7",
+				"account": map[string]any{"tier": "gold", "id": int64(9007199254740993)},
+				"phones":  []any{"+15550001", "+15550002"},
+				"state":   map[string]any{"tier": "shadowed"},
+			},
+			"meta": map[string]any{"source": "crm"},
+		},
+		Headers: map[string]string{"Customer-Id": "C-42", "Intent": "billing", "Tier": "header-tier", "name": "header-name"},
+	}
+	noAgent := full
+	noAgent.Agent = nil
+	noPreCall := noAgent
+	noPreCall.Results = nil
+	for _, tc := range []struct {
+		name    string
+		call    Call
+		src     string
+		want    string
+		missing []string
+	}{
+		{name: "system beats agent", call: full, src: "$call_id", want: "c-1"},
+		{name: "agent beats pre-call and headers", call: full, src: "{tier}", want: "agent-tier"},
+		{name: "pre-call beats headers", call: noAgent, src: "{tier}", want: "precall-tier"},
+		{name: "headers when no pre-call", call: noPreCall, src: "{tier}/{name}", want: "header-tier/header-name"},
+		{name: "pre-call beats headers, normalised", call: full, src: "{Customer-Id}", want: "P-7"},
+		{name: "headers fill what pre-call lacks", call: full, src: "{intent}", want: "billing"},
+		{name: "rules beat pre-call", call: full, src: "$lang", want: "rule-lang"},
+		{name: "results namespace", call: full, src: "{results.data.account.tier}", want: "gold"},
+		{name: "plain dotted into data", call: full, src: "{account.tier}", want: "gold"},
+		{name: "large integer kept", call: full, src: "{results.data.account.id}", want: "9007199254740993"},
+		{name: "list index", call: full, src: "{results.data.phones.1}", want: "+15550002"},
+		{name: "list out of range", call: full, src: "{results.data.phones.2}", missing: []string{"results.data.phones.2"}},
+		{name: "only data serves plain names", call: full, src: "{meta.source}|{results.meta.source}", want: "|crm", missing: []string{"meta.source"}},
+		{name: "state namespace not shadowed by pre-call", call: full, src: "{state.tier}", want: "state-tier"},
+		{name: "no pre-call: results missing", call: noPreCall, src: "{results.data.account.tier}", missing: []string{"results.data.account.tier"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tpl, err := Parse(tc.src)
+			require.NoError(t, err)
+			got, missing := tpl.Render(tc.call.Scope())
+			require.Equal(t, tc.want, got)
+			require.Equal(t, tc.missing, missing)
+		})
+	}
+}
