@@ -33,7 +33,7 @@ func TestDefaults(t *testing.T) {
 	require.Equal(t, "default", c.ClickHouse.Username)
 	require.Equal(t, 5*time.Second, c.ClickHouse.DialTimeout)
 	require.Empty(t, c.ClickHouse.Password)
-	require.Equal(t, config.Batch{MaxRows: 10000, MaxWait: time.Second}, c.Batch)
+	require.Equal(t, config.Batch{MaxRows: 50000, MaxWait: time.Second}, c.Batch)
 	require.Equal(t, "127.0.0.1:8081", c.HTTP.Listen)
 	require.Equal(t, 30*time.Second, c.RetryMaxPause)
 	require.Equal(t, 45*time.Second, c.Kafka.SessionTimeout)

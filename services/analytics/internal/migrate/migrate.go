@@ -163,7 +163,13 @@ func apply(ctx context.Context, conn driver.Conn, database string, migrations []
 			continue
 		}
 		for i, stmt := range m.Statements {
-			if err := conn.Exec(ctx, stmt); err != nil {
+			err := conn.Exec(ctx, stmt)
+			if err != nil && isAddColumn(stmt) && columnExists(err) {
+				// Added by an earlier run that stopped before recording m.
+				logger.InfoContext(ctx, "migration column already added", "database", database, "migration", m.Name, "statement", i+1)
+				err = nil
+			}
+			if err != nil {
 				return applied, fmt.Errorf("migrate %s: %s statement %d: %w", database, m.Name, i+1, err)
 			}
 		}
@@ -174,6 +180,37 @@ func apply(ctx context.Context, conn driver.Conn, database string, migrations []
 		applied = append(applied, m.Name)
 	}
 	return applied, nil
+}
+
+// addColumn matches an ALTER TABLE ... ADD COLUMN statement.
+var addColumn = regexp.MustCompile(`(?is)^ALTER\s+TABLE\s+\S+\s+ADD\s+COLUMN\s`)
+
+// isAddColumn reports whether stmt, past its comment lines, adds a column.
+// 18.16 has no ADD COLUMN IF NOT EXISTS, so such a statement is made
+// idempotent here instead of in its file.
+func isAddColumn(stmt string) bool {
+	var b strings.Builder
+	for line := range strings.Lines(stmt) {
+		if t := strings.TrimSpace(line); t != "" && !strings.HasPrefix(t, "--") {
+			b.WriteString(line)
+		}
+	}
+	return addColumn.MatchString(strings.TrimSpace(b.String()))
+}
+
+// Codes a server answers ADD COLUMN with when the column exists: 18.16
+// says ILLEGAL_COLUMN, current servers DUPLICATE_COLUMN.
+const (
+	codeDuplicateColumn = 15
+	codeIllegalColumn   = 44
+)
+
+// columnExists reports whether err is the server refusing to add a column
+// that is already there.
+func columnExists(err error) bool {
+	var ex *clickhouse.Exception
+	return errors.As(err, &ex) && (ex.Code == codeDuplicateColumn || ex.Code == codeIllegalColumn) &&
+		strings.Contains(ex.Message, "already exists")
 }
 
 // record inserts m's row. A batch, not INSERT ... VALUES through Exec:

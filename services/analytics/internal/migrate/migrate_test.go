@@ -190,3 +190,34 @@ func TestRunStopsAtFailure(t *testing.T) {
 	require.NoError(t, conn.QueryRow(t.Context(), "SELECT count() FROM schema_migrations").Scan(&n))
 	require.Zero(t, n)
 }
+
+// An ADD COLUMN whose column is already there (an earlier run added it and
+// stopped before recording the file) counts as done; other ADD COLUMN
+// failures still stop the run.
+func TestRunAddColumnAgain(t *testing.T) {
+	cfg := server.Config(t)
+	opts := chconn.Options(cfg, cfg.Database)
+	logger := slog.New(slog.DiscardHandler)
+	fsys := fstest.MapFS{"0001_d.sql": {Data: []byte("CREATE TABLE d (x UInt8) ENGINE = MergeTree() ORDER BY x;\n")}}
+	_, err := migrate.Run(t.Context(), opts, fsys, logger)
+	require.NoError(t, err)
+	conn := server.Conn(t, cfg)
+	// 0002 ran its first statement, then the process died.
+	require.NoError(t, conn.Exec(t.Context(), "ALTER TABLE d ADD COLUMN y String"))
+
+	fsys["0002_y.sql"] = &fstest.MapFile{Data: []byte("-- y was added before the crash.\n" +
+		"ALTER TABLE d ADD COLUMN y String;\n" +
+		"alter table d add column z UInt8;\n")}
+	applied, err := migrate.Run(t.Context(), opts, fsys, logger)
+	require.NoError(t, err)
+	require.Equal(t, []string{"0002_y.sql"}, applied)
+	var n uint64
+	require.NoError(t, conn.QueryRow(t.Context(),
+		"SELECT count() FROM system.columns WHERE database = ? AND table = 'd' AND name IN ('y', 'z')", cfg.Database).Scan(&n))
+	require.Equal(t, uint64(2), n)
+
+	fsys["0003_m.sql"] = &fstest.MapFile{Data: []byte("ALTER TABLE no_such_table ADD COLUMN y String;\n")}
+	applied, err = migrate.Run(t.Context(), opts, fsys, logger)
+	require.ErrorContains(t, err, "0003_m.sql statement 1")
+	require.Empty(t, applied)
+}

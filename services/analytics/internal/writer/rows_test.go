@@ -2,6 +2,7 @@ package writer
 
 import (
 	"errors"
+	"fmt"
 	"testing"
 	"time"
 
@@ -95,14 +96,18 @@ func TestBuildEnums(t *testing.T) {
 
 // Events without a table of their own still reach events.
 func TestBuildEventsOnly(t *testing.T) {
+	notify := encode(t, "n", eventTime, &batonv1.NotifyReceived{CallId: "c1", SipfragStatus: 200})
 	r, dead := build([]*kgo.Record{
-		encode(t, "n", eventTime, &batonv1.NotifyReceived{CallId: "c1", SipfragStatus: 200}),
+		notify,
 		encode(t, "h", eventTime, &batonv1.HandoffRequested{CallId: "c1"}),
 	})
 	require.Empty(t, dead)
 	require.Len(t, r.events, 2)
 	require.Equal(t, events.TypeNotifyReceived, r.events[0].Type)
-	require.Contains(t, r.events[0].Payload, `"sipfragStatus":200`)
+	require.Equal(t, notify.Value, r.events[0].PayloadProto, "the payload is the record's value as it came")
+	var got batonv1.NotifyReceived
+	require.NoError(t, proto.Unmarshal(r.events[0].PayloadProto, &got))
+	require.Equal(t, int32(200), got.GetSipfragStatus())
 	require.Empty(t, r.calls)
 }
 
@@ -121,4 +126,27 @@ func BenchmarkBuild(b *testing.B) {
 			b.Fatalf("built %d events, %d dead letters", r.len(), len(dead))
 		}
 	}
+}
+
+// A batch built in concurrent parts is the batch built in one: the same
+// rows in the same order, the same dead letters in order.
+func TestBuildPartsSameAsOne(t *testing.T) {
+	topics := kafka.DefaultConfig().Topics
+	var recs []*kgo.Record
+	for i := range 10 {
+		recs = append(recs, callEvents(t, topics, fmt.Sprintf("call-p%d", i))...)
+		recs = append(recs, encode(t, fmt.Sprintf("m%d", i), eventTime, &batonv1.AgentMetric{CallId: "c1", Name: "latency", Value: float64(i)}))
+		if i%3 == 0 {
+			recs = append(recs, encode(t, fmt.Sprintf("bad%d", i), eventTime, &batonv1.HandoffCommand{CallId: "c1"}))
+		}
+	}
+	one, oneDead := buildParts(recs, 1)
+	for _, parts := range []int{2, 3, 7} {
+		r, dead := buildParts(recs, parts)
+		require.Equal(t, one, r, "%d parts", parts)
+		require.Equal(t, oneDead, dead, "%d parts", parts)
+	}
+	require.Len(t, oneDead, 4)
+	require.Len(t, one.events, 50)
+	require.Len(t, one.metrics, 10)
 }

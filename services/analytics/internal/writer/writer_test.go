@@ -293,11 +293,17 @@ func TestEndToEnd(t *testing.T) {
 	require.Equal(t, "BYE", endMethod)
 	require.Equal(t, uint64(3000), durationMS)
 
-	var topic, payload string
-	require.NoError(t, conn.QueryRow(t.Context(), `SELECT topic, payload FROM events FINAL WHERE event_id = ?`,
-		"call-e2e-outcome").Scan(&topic, &payload))
+	// The payload is the record's Protobuf message, byte for byte; the
+	// protojson column of 0001 is no longer filled.
+	var topic, typ, payloadJSON, payload string
+	require.NoError(t, conn.QueryRow(t.Context(), `SELECT topic, type, payload, payload_proto FROM events FINAL
+		WHERE event_id = ?`, "call-e2e-outcome").Scan(&topic, &typ, &payloadJSON, &payload))
 	require.Equal(t, e.cfg.Kafka.Topics.Transfers, topic)
-	require.Contains(t, payload, `"sipCode":200`)
+	require.Equal(t, events.TypeTransferOutcome, typ)
+	require.Empty(t, payloadJSON)
+	var outcome batonv1.TransferOutcome
+	require.NoError(t, proto.Unmarshal([]byte(payload), &outcome))
+	require.Equal(t, int32(200), outcome.GetSipCode())
 }
 
 // Replayed records change no count: the same events twice in one run, then
