@@ -73,7 +73,16 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 	defer stop()
 	context.AfterFunc(ctx, stop)
 
-	sipClient, err := uac.Listen(ctx, cfg.Listen, cfg.ViaHost(), logger)
+	var sipOpts []uac.Option
+	tlsServer, tlsClient, err := cfg.TLSConfigs()
+	if err != nil {
+		_, _ = fmt.Fprintf(stderr, "transfer: %v\n", err)
+		return exitConfig
+	}
+	if tlsServer != nil {
+		sipOpts = append(sipOpts, uac.WithTLS(uac.TLS{Listen: cfg.TLS.Listen, Server: tlsServer, Client: tlsClient}))
+	}
+	sipClient, err := uac.Listen(ctx, cfg.Listen, cfg.ViaHost(), logger, sipOpts...)
 	if err != nil {
 		logger.ErrorContext(ctx, "start sip", "err", err)
 		return exitFailed
@@ -135,7 +144,8 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 		ProduceTimeout:  cfg.Kafka.ProduceTimeout,
 		ShutdownTimeout: cfg.ShutdownTimeout,
 		Invite: transfer.InviteOptions{
-			Ports:         &bridge.Ports{Host: mediaHost, Min: cfg.Media.PortMin, Max: cfg.Media.PortMax},
+			Ports: &bridge.Ports{Host: mediaHost, Min: cfg.Media.PortMin, Max: cfg.Media.PortMax,
+				RTCPInterval: cfg.Media.RTCPInterval},
 			MediaAddr:     cfg.MediaAddr(),
 			IdleTimeout:   cfg.Media.IdleTimeout,
 			AnswerTimeout: cfg.Invite.AnswerTimeout,
@@ -144,9 +154,16 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 			SRTPSuites:       cfg.Invite.SRTPSuites,
 			AllowSDESOverUDP: cfg.Invite.AllowSDESOverUDP,
 			ByeTimeout:       byeTimeout,
+			TLS:              tlsServer != nil,
+			TrunkHost:        cfg.Invite.TrunkHost,
+			WhisperMax:       cfg.Invite.Whisper.MaxDuration,
 		},
 	}, logger)
-	logger.InfoContext(ctx, "transfer started", "sip", sipClient.Addr().String(), "via_host", cfg.ViaHost(),
+	sipTLS := ""
+	if a := sipClient.TLSAddr(); a != nil {
+		sipTLS = a.String()
+	}
+	logger.InfoContext(ctx, "transfer started", "sip", sipClient.Addr().String(), "sip_tls", sipTLS, "via_host", cfg.ViaHost(),
 		"group", cfg.Group, "notify_timeout", cfg.NotifyTimeout.String())
 	code := exitOK
 	if err := svc.Run(ctx); err != nil {

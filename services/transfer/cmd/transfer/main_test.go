@@ -3,6 +3,15 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"fmt"
+	"math/big"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -75,14 +84,30 @@ func TestHelpExitsZero(t *testing.T) {
 }
 
 func TestStartsAndStopsCleanly(t *testing.T) {
+	for _, withTLS := range []bool{false, true} {
+		t.Run(fmt.Sprintf("tls=%v", withTLS), func(t *testing.T) { startAndStop(t, withTLS) })
+	}
+}
+
+func startAndStop(t *testing.T, withTLS bool) {
 	brokers := kafkatest.NewCluster(t, 1)
-	path := writeConfig(t, "listen: 127.0.0.1:0\nkafka:\n  brokers: ["+brokers[0]+"]\n  partitions: 1\n")
+	doc := "listen: 127.0.0.1:0\nkafka:\n  brokers: [" + brokers[0] + "]\n  partitions: 1\n"
+	if withTLS {
+		cert, key := writeCert(t)
+		doc += "tls:\n  listen: 127.0.0.1:0\n  cert_file: " + cert + "\n  key_file: " + key + "\n  ca_file: " + cert + "\n"
+	}
+	path := writeConfig(t, doc)
 	ctx, cancel := context.WithCancel(t.Context())
 	var stderr syncBuffer
 	done := make(chan int, 1)
 	go func() { done <- run(ctx, []string{"--config", path}, &stderr) }()
 	require.Eventually(t, func() bool { return strings.Contains(stderr.String(), `"msg":"transfer started"`) },
 		10*time.Second, 10*time.Millisecond, "log: %s", &stderr)
+	if withTLS {
+		require.Regexp(t, `"sip_tls":"127\.0\.0\.1:[1-9][0-9]*"`, stderr.String(), "the TLS listener is up")
+	} else {
+		require.Contains(t, stderr.String(), `"sip_tls":""`)
+	}
 	cancel()
 	select {
 	case code := <-done:
@@ -91,4 +116,22 @@ func TestStartsAndStopsCleanly(t *testing.T) {
 		t.Fatal("run did not return after cancel")
 	}
 	require.Contains(t, stderr.String(), `"msg":"transfer stopped"`)
+}
+
+func writeCert(t *testing.T) (certFile, keyFile string) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	require.NoError(t, err)
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "transfer"},
+		IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)}, NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		IsCA: true, BasicConstraintsValid: true}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	require.NoError(t, err)
+	kb, err := x509.MarshalECPrivateKey(key)
+	require.NoError(t, err)
+	dir := t.TempDir()
+	certFile, keyFile = filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
+	require.NoError(t, os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600))
+	require.NoError(t, os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kb}), 0o600))
+	return certFile, keyFile
 }

@@ -10,10 +10,16 @@
 // do not matter; before the first packet, media goes to the SDP address.
 // A leg may use SRTP (SDES keys, pion/srtp): packets are decrypted as they
 // arrive and encrypted as they leave. Per-direction statistics follow RFC
-// 3550 (loss from sequence numbers, interarrival jitter).
+// 3550 (loss from sequence numbers, interarrival jitter). Play sends
+// prepared frames (a whisper) out of one leg before the bridge is active,
+// as the start of that leg's outgoing stream. RTCP, when enabled, is
+// generated per leg and terminated, not relayed (rtcp.go).
 package bridge
 
 import (
+	"context"
+	"crypto/rand"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"net"
@@ -42,6 +48,9 @@ type Ports struct {
 	Host netip.Addr
 	// Min and Max bound the port range; 0 and 0 let the OS choose.
 	Min, Max int
+	// RTCPInterval is how often each leg gets an RTCP report (rtcp.go);
+	// 0 turns RTCP off (no RTCP sockets).
+	RTCPInterval time.Duration
 	// next spreads allocations over the range.
 	next atomic.Uint32
 }
@@ -71,6 +80,9 @@ type Bridge struct {
 	wg      sync.WaitGroup
 	closed  atomic.Bool
 	codec   atomic.Pointer[string]
+	// done closes with the bridge (ends the report loop).
+	done  chan struct{}
+	cname string
 }
 
 // Leg is one side of the bridge: its socket, where it sends, its SRTP
@@ -92,22 +104,41 @@ type Leg struct {
 	lastRecv atomic.Int64
 	stats    receiveStats
 	out      rewriter
+	// sent is what the bridge sent this leg (sender reports).
+	sent sendState
+	// rtcp is nil when RTCP is off.
+	rtcp *rtcpState
 }
 
 // New binds the two legs' sockets in ports.
 func New(ports *Ports) (*Bridge, error) {
-	b := &Bridge{}
+	b := &Bridge{done: make(chan struct{}), cname: newCNAME()}
 	for i := range b.legs {
-		conn, err := listen(ports)
+		var conn, rtcpConn *net.UDPConn
+		var err error
+		if ports.RTCPInterval > 0 {
+			conn, rtcpConn, err = listenPair(ports)
+		} else {
+			conn, err = listen(ports)
+		}
 		if err != nil {
 			b.Close()
 			return nil, err
 		}
 		b.legs[i] = &Leg{side: Side(i), conn: conn, out: newRewriter()}
 		b.legs[i].clockRate.Store(8000)
+		if rtcpConn != nil {
+			b.legs[i].rtcp = &rtcpState{conn: rtcpConn}
+		}
 	}
 	for i := range b.legs {
 		b.wg.Go(func() { b.forward(b.legs[i], b.legs[1-i]) })
+		if b.legs[i].rtcp != nil {
+			b.wg.Go(func() { b.readRTCP(b.legs[i]) })
+		}
+	}
+	if ports.RTCPInterval > 0 {
+		b.wg.Go(func() { b.reportLoop(ports.RTCPInterval) })
 	}
 	return b, nil
 }
@@ -179,6 +210,21 @@ func (l *Leg) SetRemote(addr netip.AddrPort, clockRate uint32, keys Keys) error 
 		}
 		l.srtpOut.Store(out)
 		l.srtpIn.Store(in)
+		if l.rtcp != nil {
+			// SRTCP gets its own contexts: a Context is not safe for
+			// concurrent use, and RTCP runs on its own goroutines.
+			rout, err := contextOf(keys.Local, profile)
+			if err != nil {
+				return err
+			}
+			rin, err := contextOf(keys.Remote, profile)
+			if err != nil {
+				return err
+			}
+			l.rtcp.mu.Lock()
+			l.rtcp.in, l.rtcp.out = rin, rout
+			l.rtcp.mu.Unlock()
+		}
 		suite := keys.Local.Suite
 		l.profile.Store(&suite)
 	}
@@ -187,6 +233,9 @@ func (l *Leg) SetRemote(addr netip.AddrPort, clockRate uint32, keys Keys) error 
 	}
 	if !l.latched.Load() {
 		l.remote.Store(&addr)
+	}
+	if l.rtcp != nil && addr.Port() < 65535 {
+		l.SetRTCP(netip.AddrPortFrom(addr.Addr(), addr.Port()+1))
 	}
 	return nil
 }
@@ -225,6 +274,66 @@ func (b *Bridge) Activate() {
 	}
 	b.started.Store(now)
 	b.active.Store(true)
+}
+
+// ErrActive means Play was called on an active bridge.
+var ErrActive = errors.New("bridge already active")
+
+// Ptime is the packet interval of Play.
+const Ptime = 20 * time.Millisecond
+
+// Play sends frames (payloads of payload type pt, samples RTP clock ticks
+// each) out of the leg side to its peer, one every Ptime, as the start of
+// the stream that leg sends: its SSRC, sequence numbers and timestamps
+// continue into the bridged media that follows (which starts a new source:
+// marker bit, re-based). SRTP legs encrypt. Call it before Activate, while
+// nothing else writes that stream. It returns the packets sent, early
+// when ctx ends.
+func (b *Bridge) Play(ctx context.Context, side Side, pt uint8, samples uint32, frames [][]byte) (int, error) {
+	if b.active.Load() {
+		return 0, ErrActive
+	}
+	l := b.legs[side]
+	dst, ok := l.Remote()
+	if !ok {
+		return 0, fmt.Errorf("play to the %s: no remote address", side)
+	}
+	var whisperSSRC [4]byte
+	_, _ = rand.Read(whisperSSRC[:])
+	h := rtp.Header{Version: 2, PayloadType: pt, SSRC: binary.BigEndian.Uint32(whisperSSRC[:])}
+	enc := make([]byte, 0, maxPacket+32)
+	tick := time.NewTicker(Ptime)
+	defer tick.Stop()
+	sent := 0
+	for i, f := range frames {
+		if i > 0 {
+			select {
+			case <-ctx.Done():
+				return sent, ctx.Err()
+			case <-tick.C:
+			}
+		}
+		h.SequenceNumber, h.Timestamp, h.Marker = uint16(i), uint32(i)*samples, false
+		pkt, err := (&rtp.Packet{Header: h, Payload: f}).Marshal()
+		if err != nil {
+			return sent, fmt.Errorf("play: %w", err)
+		}
+		hh := h
+		l.out.rewrite(pkt, &hh, time.Now(), l.clockRate.Load())
+		if out := l.srtpOut.Load(); out != nil {
+			if pkt, err = out.EncryptRTP(enc[:0], pkt, &hh); err != nil {
+				return sent, fmt.Errorf("play: srtp: %w", err)
+			}
+		}
+		if _, err := l.conn.WriteToUDPAddrPort(pkt, dst); err != nil {
+			return sent, fmt.Errorf("play to the %s: %w", side, err)
+		}
+		l.sent.add(len(f), hh.Timestamp, time.Now())
+		sent++
+	}
+	// What follows (the bridged media) is a new source.
+	l.out.fresh = true
+	return sent, nil
 }
 
 // Idle returns the first leg that received nothing for d since the bridge
@@ -281,6 +390,7 @@ func (b *Bridge) forward(from, to *Leg) {
 			continue
 		}
 		to.out.rewrite(pkt, &h, now, to.clockRate.Load())
+		plainLen := len(pkt)
 		if out := to.srtpOut.Load(); out != nil {
 			e, err := out.EncryptRTP(enc[:0], pkt, &h)
 			if err != nil {
@@ -294,6 +404,9 @@ func (b *Bridge) forward(from, to *Leg) {
 			continue
 		}
 		from.stats.forwarded.Add(1)
+		if to.rtcp != nil {
+			to.sent.add(plainLen-h.MarshalSize(), h.Timestamp, now)
+		}
 	}
 }
 
@@ -341,9 +454,13 @@ func (b *Bridge) Close() {
 	if b.closed.Swap(true) {
 		return
 	}
+	close(b.done)
 	for _, l := range b.legs {
 		if l != nil {
 			_ = l.conn.Close()
+			if l.rtcp != nil {
+				_ = l.rtcp.conn.Close()
+			}
 		}
 	}
 	b.wg.Wait()

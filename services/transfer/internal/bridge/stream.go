@@ -16,8 +16,10 @@ import (
 // numbers and timestamps. Only the forwarding loop of the other leg calls
 // rewrite.
 type rewriter struct {
-	ssrc     uint32
-	started  bool
+	ssrc    uint32
+	started bool
+	// fresh makes the next packet start a new source (after a whisper).
+	fresh    bool
 	inSSRC   uint32
 	seqDelta uint16
 	tsDelta  uint32
@@ -42,14 +44,18 @@ func newRewriter() rewriter {
 // after the last packet sent and a timestamp advanced by the wall-clock
 // time since, and gets the marker bit.
 func (r *rewriter) rewrite(pkt []byte, h *rtp.Header, now time.Time, clockRate uint32) {
-	if !r.started || h.SSRC != r.inSSRC {
+	if !r.started || r.fresh || h.SSRC != r.inSSRC {
+		r.fresh = false
 		outSeq := r.lastSeq + 1
 		outTS := r.lastTS
 		if r.started {
 			elapsed := now.Sub(r.lastAt)
 			step := uint32(elapsed.Seconds() * float64(clockRate))
-			if step == 0 {
-				step = clockRate / 50 // one 20 ms frame
+			// At least one 20 ms frame: the last packet's samples run
+			// from lastTS to lastTS + one frame, and the new source must
+			// not overlap them.
+			if frame := clockRate / 50; step < frame {
+				step = frame
 			}
 			outTS += step
 		}

@@ -3,6 +3,8 @@
 package config
 
 import (
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
@@ -50,6 +52,8 @@ type Config struct {
 	Media Media `yaml:"media"`
 	// Invite configures warm transfers (new legs).
 	Invite Invite `yaml:"invite"`
+	// TLS is the TLS transport of new legs (encryption tls_srtp, sips:).
+	TLS TLS `yaml:"tls"`
 	// AttemptLog is where attempts are recorded before SIP is sent.
 	AttemptLog AttemptLog              `yaml:"attempt_log"`
 	Kafka      kafka.Config            `yaml:"kafka"`
@@ -69,6 +73,10 @@ type Media struct {
 	PortMax int `yaml:"port_max"`
 	// IdleTimeout tears a bridge down when a leg sent nothing for it.
 	IdleTimeout time.Duration `yaml:"idle_timeout"`
+	// RTCPInterval is how often each leg gets a generated RTCP report
+	// (RFC 3550 SR/RR with SDES, RTCP on the RTP port + 1); 0 turns RTCP
+	// off.
+	RTCPInterval time.Duration `yaml:"rtcp_interval"`
 }
 
 // Invite configures the new leg of a warm transfer.
@@ -83,6 +91,36 @@ type Invite struct {
 	// AllowSDESOverUDP accepts commands with encryption udp_srtp, whose
 	// SDES keys travel in clear UDP signalling.
 	AllowSDESOverUDP bool `yaml:"allow_sdes_over_udp"`
+	// TrunkHost (host or host:port) is where tel: routes
+	// (sip:<number>@TrunkHost;user=phone) and extensions
+	// (sip:<ext>@TrunkHost) are dialled; empty refuses them.
+	TrunkHost string `yaml:"trunk_host"`
+	// Whisper configures the audio played to a destination before the
+	// bridge.
+	Whisper Whisper `yaml:"whisper"`
+}
+
+// Whisper configures whispers.
+type Whisper struct {
+	// MaxDuration refuses longer whisper files (the caller waits through
+	// them).
+	MaxDuration time.Duration `yaml:"max_duration"`
+}
+
+// TLS configures SIP over TLS for new legs. An empty Listen disables it:
+// tls_srtp commands then fail before any SIP is sent.
+type TLS struct {
+	// Listen is the TLS listener (host:port): the Via and Contact of legs
+	// over TLS name it, and peers send in-dialog requests (BYE) to it.
+	Listen string `yaml:"listen"`
+	// CertFile and KeyFile (PEM) are the listener's certificate, also
+	// offered to peers that ask for a client certificate.
+	CertFile string `yaml:"cert_file"`
+	KeyFile  string `yaml:"key_file"`
+	// CAFile (PEM) verifies the peers dialled; empty means the system roots.
+	CAFile string `yaml:"ca_file"`
+	// InsecureSkipVerify accepts any peer certificate: tests only.
+	InsecureSkipVerify bool `yaml:"insecure_skip_verify"`
 }
 
 // CallerID is the caller-id policy of new legs.
@@ -118,11 +156,12 @@ func Default() Config {
 		MaxCommandAge:   5 * time.Minute,
 		ShutdownTimeout: 10 * time.Second,
 		AttemptLog:      AttemptLog{Topic: "baton.transfer-attempts", Retention: 24 * time.Hour},
-		Media:           Media{Host: "127.0.0.1", IdleTimeout: 30 * time.Second},
+		Media:           Media{Host: "127.0.0.1", IdleTimeout: 30 * time.Second, RTCPInterval: 5 * time.Second},
 		Invite: Invite{
 			AnswerTimeout: 30 * time.Second,
 			CallerID:      CallerID{Policy: "caller"},
 			SRTPSuites:    []string{"AES_CM_128_HMAC_SHA1_80", "AEAD_AES_128_GCM"},
+			Whisper:       Whisper{MaxDuration: 30 * time.Second},
 		},
 		Kafka: kafka.DefaultConfig(),
 		Log:   observability.DefaultLogConfig(),
@@ -188,6 +227,7 @@ func (c *Config) Validate() error {
 		errs = append(errs, pkgconfig.Errorf("shutdown_timeout", "%v, want a positive duration", c.ShutdownTimeout))
 	}
 	errs = append(errs, c.validateMedia()...)
+	errs = append(errs, c.validateTLS()...)
 	if strings.TrimSpace(c.AttemptLog.Topic) == "" {
 		errs = append(errs, pkgconfig.Errorf("attempt_log.topic", "a topic name is required"))
 	}
@@ -232,6 +272,9 @@ func (c *Config) validateMedia() []error {
 		errs = append(errs, pkgconfig.Errorf("media.port_min", "range %d-%d, want 1024 <= port_min <= port_max <= 65535 (or both 0)",
 			m.PortMin, m.PortMax))
 	}
+	if m.RTCPInterval < 0 || m.RTCPInterval > 0 && m.RTCPInterval < 100*time.Millisecond {
+		errs = append(errs, pkgconfig.Errorf("media.rtcp_interval", "%v, want 0 (off) or at least 100ms", m.RTCPInterval))
+	}
 	if m.IdleTimeout <= 0 {
 		errs = append(errs, pkgconfig.Errorf("media.idle_timeout", "%v, want a positive duration", m.IdleTimeout))
 	}
@@ -261,6 +304,86 @@ func (c *Config) validateMedia() []error {
 		}
 	}
 	return errs
+}
+
+func (c *Config) validateTLS() []error {
+	var errs []error
+	if t := c.Invite.TrunkHost; t != "" {
+		host, port, err := net.SplitHostPort(t)
+		if err != nil {
+			host, port = t, ""
+		}
+		if net.ParseIP(host) == nil && !hostName.MatchString(host) {
+			errs = append(errs, pkgconfig.Errorf("invite.trunk_host", "%q, want host or host:port", t))
+		}
+		if p, err := strconv.Atoi(port); port != "" && (err != nil || p < 1 || p > 65535) {
+			errs = append(errs, pkgconfig.Errorf("invite.trunk_host", "port %q, want 1-65535", port))
+		}
+	}
+	if c.Invite.Whisper.MaxDuration <= 0 {
+		errs = append(errs, pkgconfig.Errorf("invite.whisper.max_duration", "%v, want a positive duration", c.Invite.Whisper.MaxDuration))
+	}
+	t := c.TLS
+	if t.Listen == "" {
+		if t.CertFile != "" || t.KeyFile != "" || t.CAFile != "" {
+			errs = append(errs, pkgconfig.Errorf("tls.listen", "required when tls.cert_file, key_file or ca_file is set"))
+		}
+		return errs
+	}
+	if _, port, err := net.SplitHostPort(t.Listen); err != nil {
+		errs = append(errs, pkgconfig.Errorf("tls.listen", "%q is not host:port: %v", t.Listen, err))
+	} else if p, err := strconv.Atoi(port); err != nil || p < 0 || p > 65535 {
+		errs = append(errs, pkgconfig.Errorf("tls.listen", "port %q, want 0-65535", port))
+	}
+	if t.CertFile == "" || t.KeyFile == "" {
+		errs = append(errs, pkgconfig.Errorf("tls.cert_file", "tls.cert_file and tls.key_file are required with tls.listen"))
+		return errs
+	}
+	if _, err := tls.LoadX509KeyPair(t.CertFile, t.KeyFile); err != nil {
+		errs = append(errs, pkgconfig.Errorf("tls.cert_file", "%v", err))
+	}
+	if t.CAFile != "" {
+		if _, err := caPool(t.CAFile); err != nil {
+			errs = append(errs, pkgconfig.Errorf("tls.ca_file", "%v", err))
+		}
+	}
+	return errs
+}
+
+func caPool(path string) (*x509.CertPool, error) {
+	pem, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(pem) {
+		return nil, fmt.Errorf("%s: no PEM certificate", path)
+	}
+	return pool, nil
+}
+
+// TLSConfigs returns the listener's and the dialler's TLS configurations;
+// nil, nil when TLS is off (tls.listen empty).
+func (c *Config) TLSConfigs() (server, client *tls.Config, err error) {
+	t := c.TLS
+	if t.Listen == "" {
+		return nil, nil, nil
+	}
+	cert, err := tls.LoadX509KeyPair(t.CertFile, t.KeyFile)
+	if err != nil {
+		return nil, nil, fmt.Errorf("tls certificate: %w", err)
+	}
+	server = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	client = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12,
+		InsecureSkipVerify: t.InsecureSkipVerify} //nolint:gosec // tests only, documented
+	if t.CAFile != "" {
+		pool, err := caPool(t.CAFile)
+		if err != nil {
+			return nil, nil, fmt.Errorf("tls ca: %w", err)
+		}
+		client.RootCAs = pool
+	}
+	return server, client, nil
 }
 
 var callerNumber = regexp.MustCompile(`^\+?[0-9]{1,20}$`)

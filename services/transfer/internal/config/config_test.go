@@ -1,6 +1,13 @@
 package config
 
 import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"math/big"
 	"os"
 	"path/filepath"
 	"testing"
@@ -52,10 +59,18 @@ func TestValidateNamesTheField(t *testing.T) {
 		{"wildcard media host", "media:\n  host: 0.0.0.0\n", "media.external_host: required"},
 		{"media port range", "media:\n  port_min: 40000\n  port_max: 30000\n", "media.port_min: range"},
 		{"idle timeout", "media:\n  idle_timeout: 0s\n", "media.idle_timeout:"},
+		{"rtcp interval", "media:\n  rtcp_interval: 1ms\n", "t.yaml:2: media.rtcp_interval:"},
 		{"answer timeout", "invite:\n  answer_timeout: 0s\n", "t.yaml:2: invite.answer_timeout:"},
 		{"caller id policy", "invite:\n  caller_id:\n    policy: random\n", "t.yaml:3: invite.caller_id.policy:"},
 		{"fixed caller id needs a number", "invite:\n  caller_id:\n    policy: fixed\n", "invite.caller_id.number:"},
 		{"srtp suite", "invite:\n  srtp_suites: [AES_256_CM]\n", "invite.srtp_suites[0]:"},
+		{"trunk host", "invite:\n  trunk_host: 'a b:5060'\n", "t.yaml:2: invite.trunk_host:"},
+		{"trunk port", "invite:\n  trunk_host: trunk.example:0\n", "invite.trunk_host: port"},
+		{"whisper length", "invite:\n  whisper:\n    max_duration: 0s\n", "t.yaml:3: invite.whisper.max_duration:"},
+		{"tls without listen", "tls:\n  cert_file: /x.pem\n", "tls.listen: required"},
+		{"tls without cert", "tls:\n  listen: 127.0.0.1:5061\n", "tls.cert_file: tls.cert_file and tls.key_file are required"},
+		{"tls cert missing", "tls:\n  listen: 127.0.0.1:5061\n  cert_file: /nope.pem\n  key_file: /nope.key\n", "tls.cert_file: open /nope.pem"},
+		{"tls listen", "tls:\n  listen: nope\n  cert_file: a\n  key_file: b\n", "t.yaml:2: tls.listen:"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			path := filepath.Join(t.TempDir(), "t.yaml")
@@ -72,4 +87,41 @@ func TestExternalHostGoesIntoTheVia(t *testing.T) {
 	c.ExternalHost = "transfer.example.com"
 	require.NoError(t, c.Validate())
 	require.Equal(t, "transfer.example.com", c.ViaHost())
+}
+
+func TestTLSConfigs(t *testing.T) {
+	c := Default()
+	server, client, err := c.TLSConfigs()
+	require.NoError(t, err)
+	require.Nil(t, server, "TLS is off by default")
+	require.Nil(t, client)
+
+	dir := t.TempDir()
+	certFile, keyFile := writeCert(t, dir)
+	c.TLS = TLS{Listen: "127.0.0.1:0", CertFile: certFile, KeyFile: keyFile, CAFile: certFile}
+	require.NoError(t, c.Validate())
+	server, client, err = c.TLSConfigs()
+	require.NoError(t, err)
+	require.Len(t, server.Certificates, 1)
+	require.NotNil(t, client.RootCAs, "ca_file verifies peers")
+	require.False(t, client.InsecureSkipVerify)
+
+	c.TLS.CAFile = keyFile // not a certificate
+	require.ErrorContains(t, c.Validate(), "tls.ca_file:")
+}
+
+func writeCert(t *testing.T, dir string) (certFile, keyFile string) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	require.NoError(t, err)
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "t"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), IsCA: true, BasicConstraintsValid: true}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	require.NoError(t, err)
+	kb, err := x509.MarshalECPrivateKey(key)
+	require.NoError(t, err)
+	certFile, keyFile = filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
+	require.NoError(t, os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600))
+	require.NoError(t, os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kb}), 0o600))
+	return certFile, keyFile
 }

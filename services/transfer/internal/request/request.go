@@ -6,6 +6,9 @@ package request
 import (
 	"errors"
 	"fmt"
+	"net"
+	"regexp"
+	"strconv"
 	"strings"
 
 	"github.com/emiago/sipgo/sip"
@@ -220,12 +223,24 @@ type CallerID struct {
 	Host string
 }
 
+// LegOptions says how a new leg reaches its route.
+type LegOptions struct {
+	// TLS sends the leg's signalling over TLS (encryption tls_srtp); a
+	// sips: route needs it.
+	TLS bool
+	// TrunkHost (host or host:port) is where tel: and extension routes go:
+	// tel:+15551234567 becomes sip:+15551234567@TrunkHost;user=phone and
+	// 1234 becomes sip:1234@TrunkHost. Empty refuses such routes.
+	TrunkHost string
+}
+
 // NewLeg builds the INVITE of a warm transfer's new leg to route (a sip:
-// URI; sips: needs TLS, which is refused here until it is built), with the
-// command's custom headers (validated) and the SDP offer. Call-ID, CSeq and
-// Via are added when it is sent.
-func NewLeg(route string, d *batonv1.Dialog, cid CallerID, headers []*batonv1.SipHeader, offer string) (*sip.Request, error) {
-	target, err := parseRoute(route)
+// or sips: URI, a tel: URI or an extension through opts.TrunkHost), with
+// the command's custom headers (validated) and the SDP offer. Call-ID,
+// CSeq and Via are added when it is sent; the transport is UDP, or TLS
+// when opts.TLS.
+func NewLeg(route string, opts LegOptions, d *batonv1.Dialog, cid CallerID, headers []*batonv1.SipHeader, offer string) (*sip.Request, error) {
+	target, err := Target(route, opts)
 	if err != nil {
 		return nil, err
 	}
@@ -240,11 +255,22 @@ func NewLeg(route string, d *batonv1.Dialog, cid CallerID, headers []*batonv1.Si
 	}
 	req := sip.NewRequest(sip.INVITE, target)
 	req.SetTransport("UDP")
-	from := &sip.FromHeader{DisplayName: cid.DisplayName, Address: sip.Uri{Scheme: "sip", User: user, Host: cid.Host},
+	if opts.TLS {
+		req.SetTransport("TLS")
+	}
+	fromScheme := "sip"
+	if target.IsEncrypted() {
+		fromScheme = "sips"
+	}
+	from := &sip.FromHeader{DisplayName: cid.DisplayName, Address: sip.Uri{Scheme: fromScheme, User: user, Host: cid.Host},
 		Params: sip.NewParams()}
 	from.Params.Add("tag", sip.GenerateTagN(16))
 	to := &sip.ToHeader{Address: sip.Uri{Scheme: target.Scheme, User: target.User, Host: target.Host, Port: target.Port},
 		Params: sip.NewParams()}
+	if v, ok := target.UriParams.Get("user"); ok {
+		to.Address.UriParams = sip.NewParams()
+		to.Address.UriParams.Add("user", v)
+	}
 	maxFwd := sip.MaxForwardsHeader(MaxForwards)
 	req.AppendHeader(from)
 	req.AppendHeader(to)
@@ -264,24 +290,81 @@ func WithSDP(req *sip.Request, body string) *sip.Request {
 	return req
 }
 
-// parseRoute reads a destination route for a new leg.
-func parseRoute(route string) (sip.Uri, error) {
+// Target is the Request-URI of a new leg to route. sip: and sips: routes
+// are kept as configured (a sips: route needs opts.TLS; a transport=
+// parameter must match the leg's transport); tel: routes and extensions go
+// to opts.TrunkHost, the number or extension unchanged (DESIGN: never
+// rewrite a number into something the carrier rejects).
+func Target(route string, opts LegOptions) (sip.Uri, error) {
 	r := strings.TrimSpace(route)
-	scheme, _, ok := strings.Cut(r, ":")
+	scheme, rest, ok := strings.Cut(r, ":")
 	switch s := strings.ToLower(scheme); {
-	case !ok || r == "":
-		return sip.Uri{}, fmt.Errorf("%w: route %q is an extension: a new leg needs a sip: URI (no trunk for extensions yet)", ErrRoute, route)
-	case s == "tel":
-		return sip.Uri{}, fmt.Errorf("%w: route %q is a tel: URI: a new leg needs a sip: URI (no trunk for tel: yet)", ErrRoute, route)
-	case s == "sips":
-		return sip.Uri{}, fmt.Errorf("%w: route %q needs TLS, not built yet", ErrRoute, route)
+	case r == "":
+		return sip.Uri{}, fmt.Errorf("%w: empty route", ErrRoute)
+	case s == "tel" && ok:
+		if opts.TrunkHost == "" {
+			return sip.Uri{}, fmt.Errorf("%w: route %q is a tel: URI: set invite.trunk_host to dial it through a trunk", ErrRoute, route)
+		}
+		if strings.Contains(rest, ";") {
+			return sip.Uri{}, fmt.Errorf("%w: route %q: tel: parameters are not supported", ErrRoute, route)
+		}
+		if !telNumber.MatchString(rest) {
+			return sip.Uri{}, fmt.Errorf("%w: route %q: not a tel: number", ErrRoute, route)
+		}
+		u, err := trunkURI(rest, opts.TrunkHost)
+		if err != nil {
+			return sip.Uri{}, err
+		}
+		u.UriParams = sip.NewParams()
+		u.UriParams.Add("user", "phone")
+		return u, nil
+	case !ok || s != "sip" && s != "sips":
+		if opts.TrunkHost == "" {
+			return sip.Uri{}, fmt.Errorf("%w: route %q is an extension: set invite.trunk_host to dial it through a trunk", ErrRoute, route)
+		}
+		if !extension.MatchString(r) {
+			return sip.Uri{}, fmt.Errorf("%w: route %q is neither a SIP URI nor an extension", ErrRoute, route)
+		}
+		return trunkURI(r, opts.TrunkHost)
+	case s == "sips" && !opts.TLS:
+		return sip.Uri{}, fmt.Errorf("%w: route %q needs TLS: encryption %q contradicts it", ErrRoute, route, "udp_rtp")
 	}
 	u, err := parseURI("route", r)
 	if err != nil {
 		return sip.Uri{}, fmt.Errorf("%w: %w", ErrRoute, err)
 	}
-	if t, ok := u.UriParams.Get("transport"); ok && !strings.EqualFold(t, "udp") {
-		return sip.Uri{}, fmt.Errorf("%w: route %q: transport %s not built yet (UDP only)", ErrRoute, route, t)
+	want := "udp"
+	if opts.TLS {
+		want = "tls"
+	}
+	if t, ok := u.UriParams.Get("transport"); ok && !strings.EqualFold(t, want) {
+		return sip.Uri{}, fmt.Errorf("%w: route %q: transport %s, but this leg goes over %s (TCP is not built)", ErrRoute, route, t, strings.ToUpper(want))
+	}
+	return u, nil
+}
+
+var (
+	// telNumber is a global or local number with RFC 3966 visual separators.
+	telNumber = regexp.MustCompile(`^\+?[0-9*#A-Fa-f][0-9*#A-Fa-f().-]*$`)
+	// extension is what custom telephony dials: digits, letters, * and #.
+	extension = regexp.MustCompile(`^[0-9A-Za-z*#+][0-9A-Za-z*#+._-]*$`)
+)
+
+// trunkURI is sip:user@trunk (sips: over TLS is not implied: the trunk's
+// URI stays sip:, the transport says TLS).
+func trunkURI(user, trunk string) (sip.Uri, error) {
+	host, portStr, err := net.SplitHostPort(trunk)
+	if err != nil {
+		host, portStr = trunk, ""
+	}
+	// '#' is not allowed unescaped in a SIP user part (RFC 3261 25.1).
+	u := sip.Uri{Scheme: "sip", User: strings.ReplaceAll(user, "#", "%23"), Host: host}
+	if portStr != "" {
+		p, err := strconv.Atoi(portStr)
+		if err != nil || p < 1 || p > 65535 {
+			return sip.Uri{}, fmt.Errorf("%w: trunk %q: bad port", ErrRoute, trunk)
+		}
+		u.Port = p
 	}
 	return u, nil
 }

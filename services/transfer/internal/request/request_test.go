@@ -180,15 +180,68 @@ func TestNewLegCallerIDAndHeaders(t *testing.T) {
 		{CallerID{Policy: CallerIDCallee, Host: "10.0.0.5"}, "sip:+4930999@10.0.0.5"},
 		{CallerID{Policy: CallerIDFixed, Number: "+18005550100", Host: "10.0.0.5"}, "sip:+18005550100@10.0.0.5"},
 	} {
-		req, err := NewLeg("sip:queue@pbx.example:5080", d, tc.cid, []*batonv1.SipHeader{{Name: "X-Intent", Value: "billing"}}, "v=0\r\n")
+		req, err := NewLeg("sip:queue@pbx.example:5080", LegOptions{}, d, tc.cid, []*batonv1.SipHeader{{Name: "X-Intent", Value: "billing"}}, "v=0\r\n")
 		require.NoError(t, err)
 		require.Equal(t, tc.want, req.From().Address.String(), tc.cid.Policy)
 		require.Equal(t, "sip:queue@pbx.example:5080", req.Recipient.String())
 		require.Equal(t, "billing", req.GetHeader("X-Intent").Value())
 		require.Equal(t, "application/sdp", req.GetHeader("Content-Type").Value())
 	}
-	_, err := NewLeg("sip:queue@pbx.example", d, CallerID{Host: "h"}, []*batonv1.SipHeader{{Name: "Route", Value: "x"}}, "")
+	_, err := NewLeg("sip:queue@pbx.example", LegOptions{}, d, CallerID{Host: "h"}, []*batonv1.SipHeader{{Name: "Route", Value: "x"}}, "")
 	require.Error(t, err, "only X- headers go out")
-	_, err = NewLeg("sip:queue@pbx.example;transport=tcp", d, CallerID{Host: "h"}, nil, "")
+	_, err = NewLeg("sip:queue@pbx.example;transport=tcp", LegOptions{}, d, CallerID{Host: "h"}, nil, "")
 	require.ErrorIs(t, err, ErrRoute)
+}
+
+func TestTarget(t *testing.T) {
+	for _, tc := range []struct {
+		route string
+		opts  LegOptions
+		want  string // empty: refused
+		err   string
+	}{
+		{route: "sip:queue@pbx.example:5080", want: "sip:queue@pbx.example:5080"},
+		{route: "sip:+15551234567@carrier.example;user=phone", want: "sip:+15551234567@carrier.example;user=phone"},
+		{route: "sips:queue@pbx.example", err: "needs TLS"},
+		{route: "sips:queue@pbx.example", opts: LegOptions{TLS: true}, want: "sips:queue@pbx.example"},
+		{route: "sip:queue@pbx.example;transport=tls", opts: LegOptions{TLS: true}, want: "sip:queue@pbx.example;transport=tls"},
+		{route: "sip:queue@pbx.example;transport=udp", opts: LegOptions{TLS: true}, err: "transport udp"},
+		{route: "sip:queue@pbx.example;transport=tcp", err: "transport tcp"},
+		{route: "tel:+15551234567", err: "invite.trunk_host"},
+		{route: "1234", err: "invite.trunk_host"},
+		{route: "tel:+15551234567", opts: LegOptions{TrunkHost: "trunk.example:5080"}, want: "sip:+15551234567@trunk.example:5080;user=phone"},
+		{route: "tel:+1-555-123-4567", opts: LegOptions{TrunkHost: "10.0.0.9"}, want: "sip:+1-555-123-4567@10.0.0.9;user=phone"},
+		{route: "tel:+15551234567;phone-context=example.com", opts: LegOptions{TrunkHost: "t"}, err: "parameters"},
+		{route: "tel:call-me", opts: LegOptions{TrunkHost: "t"}, err: "not a tel: number"},
+		{route: "1234", opts: LegOptions{TrunkHost: "pbx.local"}, want: "sip:1234@pbx.local"},
+		{route: "*72#", opts: LegOptions{TrunkHost: "pbx.local:5062"}, want: "sip:*72%23@pbx.local:5062"},
+		{route: "12 34", opts: LegOptions{TrunkHost: "pbx.local"}, err: "neither a SIP URI nor an extension"},
+		{route: "http://x", opts: LegOptions{TrunkHost: "pbx.local"}, err: "neither"},
+		{route: "tel:+15551234567", opts: LegOptions{TrunkHost: "t:99999"}, err: "bad port"},
+	} {
+		t.Run(tc.route, func(t *testing.T) {
+			u, err := Target(tc.route, tc.opts)
+			if tc.err != "" {
+				require.ErrorIs(t, err, ErrRoute)
+				require.ErrorContains(t, err, tc.err)
+				return
+			}
+			require.NoError(t, err)
+			require.Equal(t, tc.want, u.String())
+		})
+	}
+}
+
+func TestNewLegOverTLSAndTrunk(t *testing.T) {
+	d := &batonv1.Dialog{RemoteUri: "sip:+4915112345678@carrier.example"}
+	req, err := NewLeg("sips:queue@pbx.example", LegOptions{TLS: true}, d, CallerID{Host: "10.0.0.5"}, nil, "v=0\r\n")
+	require.NoError(t, err)
+	require.Equal(t, "TLS", req.Transport())
+	require.Equal(t, "sips", req.From().Address.Scheme, "a sips: request has a sips: From")
+
+	req, err = NewLeg("tel:+15551234567", LegOptions{TrunkHost: "trunk.example"}, d, CallerID{Host: "10.0.0.5"}, nil, "v=0\r\n")
+	require.NoError(t, err)
+	require.Equal(t, "UDP", req.Transport())
+	require.Equal(t, "sip:+15551234567@trunk.example;user=phone", req.Recipient.String())
+	require.Equal(t, "<sip:+15551234567@trunk.example;user=phone>", req.To().Value(), "the To names the number too")
 }

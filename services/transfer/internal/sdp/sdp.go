@@ -44,6 +44,9 @@ type Session struct {
 	Formats   []Format
 	Direction string // sendrecv (default), sendonly, recvonly, inactive
 	Crypto    []Crypto
+	// RTCP is the stream's RTCP address from a=rtcp (RFC 3605); zero when
+	// absent (then it is the RTP port + 1).
+	RTCP netip.AddrPort
 }
 
 // Suites Baton offers, with their key and salt lengths.
@@ -87,6 +90,7 @@ func Parse(body string) (Session, error) {
 	maps := map[uint8]Format{}
 	fmtps := map[uint8]string{}
 	inAudio, seenAudio := false, false
+	var rtcpLine string
 	s.Direction = "sendrecv"
 	for _, line := range strings.Split(strings.ReplaceAll(body, "\r\n", "\n"), "\n") {
 		line = strings.TrimSpace(line)
@@ -163,6 +167,8 @@ func Parse(body string) (Session, error) {
 				if c, err := parseCrypto(val); err == nil {
 					s.Crypto = append(s.Crypto, c)
 				}
+			case "rtcp":
+				rtcpLine = val
 			}
 		}
 	}
@@ -177,6 +183,17 @@ func Parse(body string) (Session, error) {
 		return Session{}, fmt.Errorf("%w: no connection address", ErrSDP)
 	}
 	s.Addr = netip.AddrPortFrom(addr, uint16(port))
+	if f := strings.Fields(rtcpLine); len(f) > 0 {
+		if p, err := strconv.Atoi(f[0]); err == nil && p > 0 && p <= 65535 {
+			a := addr
+			if len(f) >= 4 {
+				if x, err := netip.ParseAddr(f[3]); err == nil {
+					a = x
+				}
+			}
+			s.RTCP = netip.AddrPortFrom(a, uint16(p))
+		}
+	}
 	for _, pt := range pts {
 		f, ok := maps[pt]
 		if !ok {

@@ -96,3 +96,17 @@ func FuzzParse(f *testing.F) {
 		require.Len(t, back.Formats, len(s.Formats))
 	})
 }
+
+func TestParseRTCPAttribute(t *testing.T) {
+	base := "v=0\r\no=- 1 1 IN IP4 10.0.0.1\r\ns=-\r\nc=IN IP4 10.0.0.1\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\n"
+	for _, tc := range []struct{ attr, want string }{
+		{"", "invalid AddrPort"},
+		{"a=rtcp:4011\r\n", "10.0.0.1:4011"},
+		{"a=rtcp:53020 IN IP4 192.0.2.7\r\n", "192.0.2.7:53020"},
+		{"a=rtcp:nope\r\n", "invalid AddrPort"},
+	} {
+		s, err := Parse(base + tc.attr)
+		require.NoError(t, err)
+		require.Equal(t, tc.want, s.RTCP.String(), tc.attr)
+	}
+}

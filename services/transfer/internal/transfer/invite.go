@@ -17,6 +17,7 @@ import (
 	"github.com/baton-voice/baton/services/transfer/internal/bridge"
 	"github.com/baton-voice/baton/services/transfer/internal/request"
 	"github.com/baton-voice/baton/services/transfer/internal/sdp"
+	"github.com/baton-voice/baton/services/transfer/internal/whisper"
 )
 
 // Encryption values of a HandoffCommand.
@@ -44,6 +45,14 @@ type InviteOptions struct {
 	AllowSDESOverUDP bool
 	// ByeTimeout bounds the BYEs sent when a bridged call ends.
 	ByeTimeout time.Duration
+	// TLS says the SIP client has a TLS transport: encryption tls_srtp
+	// (and sips: routes) work only with it.
+	TLS bool
+	// WhisperMax refuses whisper files longer than this (0: no limit).
+	WhisperMax time.Duration
+	// TrunkHost (host[:port]) is where tel: and extension routes are
+	// dialled; empty refuses them.
+	TrunkHost string
 }
 
 // Sender's leg-related methods (uac.Client implements them).
@@ -66,10 +75,21 @@ func (s *Service) invite(ctx context.Context, e *execution, log *slog.Logger) {
 		return
 	}
 	cmd := e.cmd
-	enc, err := encryptionOf(cmd, o.AllowSDESOverUDP)
+	enc, err := encryptionOf(cmd, o.AllowSDESOverUDP, o.TLS)
 	if err != nil {
 		s.publish(ctx, e, log, failed(0, "", "INVITE not sent: "+err.Error()))
 		return
+	}
+	// The whisper is read before any SIP: a bad file fails the command
+	// with nothing sent.
+	var whisperAudio *whisper.Audio
+	if w := cmd.GetWhisper(); w != "" {
+		a, err := whisper.Load(w, o.WhisperMax)
+		if err != nil {
+			s.publish(ctx, e, log, failed(0, "", "INVITE not sent: "+err.Error()))
+			return
+		}
+		whisperAudio = &a
 	}
 	br, err := bridge.New(o.Ports)
 	if err != nil {
@@ -91,7 +111,7 @@ func (s *Service) invite(ctx context.Context, e *execution, log *slog.Logger) {
 		Addr:    netip.AddrPortFrom(o.MediaAddr, uint16(br.Leg(bridge.Destination).Port())),
 		Formats: formats,
 	}
-	if enc == encUDPSRTP {
+	if enc == encUDPSRTP || enc == encTLSSRTP {
 		offer.Proto = "RTP/SAVP"
 		for i, suite := range o.SRTPSuites {
 			c, err := sdp.NewCrypto(i+1, suite)
@@ -102,7 +122,8 @@ func (s *Service) invite(ctx context.Context, e *execution, log *slog.Logger) {
 			offer.Crypto = append(offer.Crypto, c)
 		}
 	}
-	req, err := request.NewLeg(cmd.GetRoute(), cmd.GetDialog(), o.CallerID, cmd.GetHeaders(), offer.String())
+	req, err := request.NewLeg(cmd.GetRoute(), request.LegOptions{TLS: enc == encTLSSRTP, TrunkHost: o.TrunkHost},
+		cmd.GetDialog(), o.CallerID, cmd.GetHeaders(), offer.String())
 	if err != nil {
 		s.publish(ctx, e, log, failed(0, "", "INVITE not sent: "+err.Error()))
 		return
@@ -133,6 +154,9 @@ func (s *Service) invite(ctx context.Context, e *execution, log *slog.Logger) {
 		return
 	}
 	br.SetCodec(fmt.Sprintf("%s/%d", codec.Name, codec.ClockRate))
+	if whisperAudio != nil && !s.whisper(ctx, e, log, br, leg, codec, *whisperAudio) {
+		return
+	}
 
 	cseq, ok := s.moveCaller(ctx, e, log, br, codec, offer.Formats, leg)
 	if !ok {
@@ -143,8 +167,61 @@ func (s *Service) invite(ctx context.Context, e *execution, log *slog.Logger) {
 	s.bridged(ctx, e, log, br, leg, cseq)
 }
 
+// whisper plays the audio to the destination before the caller is moved
+// to the bridge. It returns false when the transfer ended (outcome
+// published, destination BYEd when still there).
+func (s *Service) whisper(ctx context.Context, e *execution, log *slog.Logger, br *bridge.Bridge,
+	leg *sipgo.DialogClientSession, codec sdp.Format, audio whisper.Audio) bool {
+	frames, err := audio.Frames(codec.Name)
+	if err != nil {
+		s.byeLeg(ctx, leg, log)
+		s.publish(ctx, e, log, failed(0, "", "whisper: "+err.Error()))
+		return false
+	}
+	playCtx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	type result struct {
+		n   int
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		n, err := br.Play(playCtx, bridge.Destination, codec.PT, whisper.FrameSamples, frames)
+		done <- result{n, err}
+	}()
+	var why string
+	byeDestination := true
+	for why == "" {
+		select {
+		case r := <-done:
+			if r.err != nil {
+				s.byeLeg(ctx, leg, log)
+				s.publish(ctx, e, log, failed(0, "", "whisper: "+r.err.Error()))
+				return false
+			}
+			log.InfoContext(ctx, "whisper played", "packets", r.n, "duration", audio.Duration().String())
+			return true
+		case <-leg.Context().Done():
+			why, byeDestination = "destination hung up during the whisper", false
+		case fact := <-e.facts:
+			if _, ok := fact.(*batonv1.CallEnded); ok {
+				why = "caller hung up during the whisper"
+			}
+		case <-ctx.Done():
+			why = "transfer shut down during the whisper"
+		}
+	}
+	cancel()
+	<-done
+	if byeDestination {
+		s.byeLeg(ctx, leg, log)
+	}
+	s.publish(ctx, e, log, failed(0, "", why))
+	return false
+}
+
 // encryptionOf reads the command's encryption; empty follows the route.
-func encryptionOf(cmd *batonv1.HandoffCommand, allowSDES bool) (string, error) {
+func encryptionOf(cmd *batonv1.HandoffCommand, allowSDES, haveTLS bool) (string, error) {
 	enc := strings.ToLower(strings.TrimSpace(cmd.GetEncryption()))
 	if enc == "" {
 		enc = encUDPRTP
@@ -161,7 +238,10 @@ func encryptionOf(cmd *batonv1.HandoffCommand, allowSDES bool) (string, error) {
 		}
 		return enc, nil
 	case encTLSSRTP:
-		return "", errors.New("encryption tls_srtp: TLS signalling is not built yet")
+		if !haveTLS {
+			return "", errors.New("encryption tls_srtp needs TLS signalling: set tls.listen, tls.cert_file and tls.key_file")
+		}
+		return enc, nil
 	}
 	return "", fmt.Errorf("encryption %q, want udp_rtp, tls_srtp or udp_srtp", enc)
 }
@@ -263,6 +343,9 @@ func (s *Service) answerDestination(br *bridge.Bridge, offer sdp.Session, res *s
 	if err := br.Leg(bridge.Destination).SetRemote(ans.Addr, codec.ClockRate, keys); err != nil {
 		return sdp.Format{}, err
 	}
+	if ans.RTCP.IsValid() {
+		br.Leg(bridge.Destination).SetRTCP(ans.RTCP)
+	}
 	return codec, nil
 }
 
@@ -341,6 +424,9 @@ func (s *Service) moveCaller(ctx context.Context, e *execution, log *slog.Logger
 	if err := br.Leg(bridge.Caller).SetRemote(ans.Addr, codec.ClockRate, bridge.Keys{}); err != nil {
 		return fail(0, "", "caller media: "+err.Error())
 	}
+	if ans.RTCP.IsValid() {
+		br.Leg(bridge.Caller).SetRTCP(ans.RTCP)
+	}
 	return cseq, true
 }
 
@@ -390,6 +476,12 @@ func (s *Service) bridged(ctx context.Context, e *execution, log *slog.Logger, b
 		}
 	}
 	stats := br.Stats()
+	for _, side := range []bridge.Side{bridge.Caller, bridge.Destination} {
+		l := br.Leg(side)
+		if sent, recv := l.RTCPCounts(); sent+recv > 0 {
+			log.InfoContext(ctx, "rtcp", "leg", side.String(), "sent", sent, "received", recv, "rtt", l.RTT().String())
+		}
+	}
 	if since := br.Since(); !since.IsZero() {
 		stats.Duration = durationpb.New(s.now().Sub(since))
 	}

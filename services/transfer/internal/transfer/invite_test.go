@@ -2,6 +2,7 @@ package transfer
 
 import (
 	"bytes"
+	"crypto/tls"
 	"fmt"
 	"math/rand/v2"
 	"net"
@@ -12,7 +13,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -27,6 +27,8 @@ import (
 	"github.com/baton-voice/baton/services/transfer/internal/bridge"
 	"github.com/baton-voice/baton/services/transfer/internal/request"
 	"github.com/baton-voice/baton/services/transfer/internal/sdp"
+	"github.com/baton-voice/baton/services/transfer/internal/uac"
+	"github.com/baton-voice/baton/services/transfer/internal/whisper"
 )
 
 var loopback = netip.MustParseAddr("127.0.0.1")
@@ -35,7 +37,7 @@ var loopback = netip.MustParseAddr("127.0.0.1")
 func withInvite(tune func(*InviteOptions)) func(*Options) {
 	return func(o *Options) {
 		o.Invite = InviteOptions{
-			Ports:         &bridge.Ports{Host: loopback},
+			Ports:         &bridge.Ports{Host: loopback, RTCPInterval: 100 * time.Millisecond},
 			MediaAddr:     loopback,
 			IdleTimeout:   5 * time.Second,
 			AnswerTimeout: 5 * time.Second,
@@ -469,7 +471,7 @@ func TestWarmTransferRefusedBeforeSIP(t *testing.T) {
 		route, encryption, detail string
 	}{
 		{route: "tel:+15551234567", detail: "tel: URI"},
-		{route: "sips:queue@127.0.0.1:5999", detail: "TLS"},
+		{route: "sips:queue@127.0.0.1:5999", encryption: "udp_rtp", detail: "needs TLS"},
 		{route: "sip:queue@127.0.0.1:5999", encryption: "udp_srtp", detail: "allow_sdes_over_udp"},
 		{route: "1234", detail: "extension"},
 	} {
@@ -482,97 +484,6 @@ func TestWarmTransferRefusedBeforeSIP(t *testing.T) {
 		require.True(t, strings.HasPrefix(o.GetDetail(), "INVITE not sent"), o.GetDetail())
 	}
 	require.Zero(t, caller.count(sip.INVITE))
-}
-
-// srtpDestination is a pion-based destination: a sipgo UAS answering
-// RTP/SAVP with its own SDES key for suite, echoing every packet it
-// decrypts (with Baton's key) back encrypted with its own.
-type srtpDestination struct {
-	addr   *net.UDPAddr
-	echoed atomic.Int64
-}
-
-func startSRTPDestination(t *testing.T, suite string) *srtpDestination {
-	t.Helper()
-	ua, err := sipgo.NewUA(sipgo.WithUserAgent("test-srtp-destination"))
-	require.NoError(t, err)
-	srv, err := sipgo.NewServer(ua)
-	require.NoError(t, err)
-	var lc net.ListenConfig
-	conn, err := lc.ListenPacket(t.Context(), "udp", "127.0.0.1:0")
-	require.NoError(t, err)
-	media, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(netip.AddrPortFrom(loopback, 0)))
-	require.NoError(t, err)
-	d := &srtpDestination{addr: conn.LocalAddr().(*net.UDPAddr)}
-	var wg sync.WaitGroup
-	srv.OnInvite(func(req *sip.Request, tx sip.ServerTransaction) {
-		offer, err := sdp.Parse(string(req.Body()))
-		if err != nil || offer.Proto != "RTP/SAVP" {
-			_ = tx.Respond(sip.NewResponseFromRequest(req, 488, "Not Acceptable Here", nil))
-			return
-		}
-		var theirs sdp.Crypto
-		for _, c := range offer.Crypto {
-			if c.Suite == suite {
-				theirs = c
-			}
-		}
-		ours, err := sdp.NewCrypto(theirs.Tag, suite)
-		if err != nil || theirs.Suite == "" {
-			_ = tx.Respond(sip.NewResponseFromRequest(req, 488, "Not Acceptable Here", nil))
-			return
-		}
-		dec, derr := srtpContext(theirs)
-		enc, eerr := srtpContext(ours)
-		if derr != nil || eerr != nil {
-			_ = tx.Respond(sip.NewResponseFromRequest(req, 488, "Not Acceptable Here", nil))
-			return
-		}
-		wg.Go(func() {
-			buf := make([]byte, 1500)
-			for {
-				n, from, err := media.ReadFromUDPAddrPort(buf)
-				if err != nil {
-					return
-				}
-				plain, err := dec.DecryptRTP(nil, buf[:n], nil)
-				if err != nil {
-					continue
-				}
-				out, err := enc.EncryptRTP(nil, plain, nil)
-				if err != nil {
-					continue
-				}
-				if _, err := media.WriteToUDPAddrPort(out, from); err == nil {
-					d.echoed.Add(1)
-				}
-			}
-		})
-		ans := sdp.Session{Origin: "dest 1 1 IN IP4 127.0.0.1", Addr: media.LocalAddr().(*net.UDPAddr).AddrPort(),
-			Proto: "RTP/SAVP", Formats: offer.Formats[:1], Crypto: []sdp.Crypto{ours}}
-		res := sip.NewResponseFromRequest(req, 200, "OK", []byte(ans.String()))
-		res.To().Params.Add("tag", "dest-srtp")
-		res.AppendHeader(&sip.ContactHeader{Address: sip.Uri{Scheme: "sip", User: "dest", Host: "127.0.0.1", Port: d.addr.Port}})
-		res.AppendHeader(sip.NewHeader("Content-Type", "application/sdp"))
-		_ = tx.Respond(res)
-	})
-	srv.OnAck(func(*sip.Request, sip.ServerTransaction) {})
-	srv.OnBye(func(req *sip.Request, tx sip.ServerTransaction) {
-		_ = tx.Respond(sip.NewResponseFromRequest(req, 200, "OK", nil))
-	})
-	served := make(chan struct{})
-	go func() {
-		defer close(served)
-		_ = srv.ServeUDP(conn)
-	}()
-	t.Cleanup(func() {
-		require.NoError(t, ua.Close())
-		_ = conn.Close()
-		_ = media.Close()
-		<-served
-		wg.Wait()
-	})
-	return d
 }
 
 func srtpContext(c sdp.Crypto) (*srtp.Context, error) {
@@ -591,7 +502,7 @@ func TestWarmTransferSRTPLeg(t *testing.T) {
 			t.Parallel()
 			h := start(t, 202, withInvite(func(o *InviteOptions) { o.AllowSDESOverUDP = true }))
 			caller := startCallerSBC(t, 0)
-			dest := startSRTPDestination(t, suite)
+			dest := startDestination(t, destOptions{suite: suite})
 			cmd := inviteCommand(caller, "srtp", "sip:queue@"+dest.addr.String())
 			cmd.Encryption = "udp_srtp"
 			h.command(t, cmd)
@@ -602,7 +513,9 @@ func TestWarmTransferSRTPLeg(t *testing.T) {
 			require.Empty(t, offer.Crypto)
 
 			caller.echo(t, offer.Addr, 10) // plain → SRTP → echoed SRTP → plain
-			require.Equal(t, int64(10), dest.echoed.Load(), "the destination decrypted every packet with Baton's key")
+			// The echo can overtake the peer's count: wait for it.
+			require.Eventually(t, func() bool { return dest.echoed.Load() == 10 }, 2*time.Second, time.Millisecond,
+				"the destination decrypted every packet with Baton's key")
 
 			h.fact(t, cmd.CallId, &batonv1.CallEnded{CallId: cmd.CallId, EndedBy: batonv1.Party_PARTY_REMOTE, Method: "BYE"})
 			end := h.outcome(t, cmd.CommandId)
@@ -613,4 +526,244 @@ func TestWarmTransferSRTPLeg(t *testing.T) {
 			require.Zero(t, end.GetBridge().GetDestinationToCaller().GetDropped())
 		})
 	}
+}
+
+// TestWarmTransferOverTLS: encryption tls_srtp (the router's default for
+// INVITE) and sips: routes send the new leg over TLS, verified against the
+// destination's certificate, with SRTP on its media; media crosses the
+// bridge both ways (the destination decrypts with Baton's key, Baton with
+// the destination's).
+func TestWarmTransferOverTLS(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name, route, encryption string
+		suite                   string
+	}{
+		{name: "sip route, tls_srtp", route: "sip:queue@127.0.0.1:%d", encryption: "tls_srtp", suite: "AES_CM_128_HMAC_SHA1_80"},
+		{name: "sips route, encryption from the route", route: "sips:queue@127.0.0.1:%d", suite: "AEAD_AES_128_GCM"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			destCert, ourCert := newSelfSigned(t, "destination"), newSelfSigned(t, "baton")
+			h := start(t, 202, withInvite(func(o *InviteOptions) { o.TLS = true }), uac.WithTLS(uac.TLS{
+				Listen: "127.0.0.1:0",
+				Server: &tls.Config{Certificates: []tls.Certificate{ourCert.cert}, MinVersion: tls.VersionTLS12},
+				Client: &tls.Config{RootCAs: destCert.pool, MinVersion: tls.VersionTLS12},
+			}))
+			caller := startCallerSBC(t, 0)
+			dest := startDestination(t, destOptions{suite: tc.suite,
+				tls: &tls.Config{Certificates: []tls.Certificate{destCert.cert}, MinVersion: tls.VersionTLS12}})
+			cmd := inviteCommand(caller, "tls", fmt.Sprintf(tc.route, dest.port()))
+			cmd.Encryption = tc.encryption
+			h.command(t, cmd)
+			h.statuses(t, cmd.CommandId, batonv1.OutcomeStatus_OUTCOME_STATUS_ANSWERED, batonv1.OutcomeStatus_OUTCOME_STATUS_BRIDGED)
+
+			inv := dest.invite(t)
+			require.Equal(t, "TLS", inv.Via().Transport, "the INVITE came over TLS")
+			require.Equal(t, h.in.sip.TLSAddr().Port, inv.Via().Port, "the Via names the TLS listener")
+			require.Equal(t, h.in.sip.TLSAddr().Port, inv.Contact().Address.Port)
+			if inv.Recipient.Scheme == "sips" {
+				require.Equal(t, "sips", inv.Contact().Address.Scheme)
+			} else {
+				tp, _ := inv.Contact().Address.UriParams.Get("transport")
+				require.Equal(t, "tls", tp)
+			}
+			require.Equal(t, "CUST-7", inv.GetHeader("X-Customer-Id").Value())
+
+			offer, err := sdp.Parse(string(caller.next(t, sip.INVITE).Body()))
+			require.NoError(t, err)
+			caller.echo(t, offer.Addr, 10) // plain → SRTP → echoed SRTP → plain
+			// The echo can overtake the peer's count: wait for it.
+			require.Eventually(t, func() bool { return dest.echoed.Load() == 10 }, 2*time.Second, time.Millisecond,
+				"the destination decrypted every packet with Baton's key")
+
+			h.fact(t, cmd.CallId, &batonv1.CallEnded{CallId: cmd.CallId, EndedBy: batonv1.Party_PARTY_REMOTE, Method: "BYE"})
+			end := h.outcome(t, cmd.CommandId)
+			require.Equal(t, batonv1.OutcomeStatus_OUTCOME_STATUS_ENDED.String(), end.GetStatus().String(), end.GetDetail())
+			require.Equal(t, tc.suite, end.GetBridge().GetDestinationSrtp())
+			require.Equal(t, uint64(10), end.GetBridge().GetDestinationToCaller().GetPackets(), "Baton decrypted every echo")
+			require.Zero(t, end.GetBridge().GetDestinationToCaller().GetDropped())
+		})
+	}
+}
+
+// TestWarmTransferTLSRefusedWithoutTLS: without a TLS transport, tls_srtp
+// fails before any SIP; an untrusted destination certificate fails the
+// INVITE.
+func TestWarmTransferTLSRefused(t *testing.T) {
+	t.Parallel()
+	t.Run("no tls configured", func(t *testing.T) {
+		t.Parallel()
+		h := start(t, 202, withInvite(nil))
+		caller := startCallerSBC(t, 0)
+		cmd := inviteCommand(caller, "notls", "sip:queue@127.0.0.1:5999")
+		cmd.Encryption = "tls_srtp"
+		h.command(t, cmd)
+		o := h.outcome(t, cmd.CommandId)
+		require.Equal(t, batonv1.OutcomeStatus_OUTCOME_STATUS_FAILED.String(), o.GetStatus().String())
+		require.Contains(t, o.GetDetail(), "INVITE not sent: encryption tls_srtp needs TLS signalling")
+	})
+	t.Run("untrusted certificate", func(t *testing.T) {
+		t.Parallel()
+		destCert, ourCert, other := newSelfSigned(t, "destination"), newSelfSigned(t, "baton"), newSelfSigned(t, "other")
+		h := start(t, 202, withInvite(func(o *InviteOptions) { o.TLS = true }), uac.WithTLS(uac.TLS{
+			Listen: "127.0.0.1:0",
+			Server: &tls.Config{Certificates: []tls.Certificate{ourCert.cert}, MinVersion: tls.VersionTLS12},
+			Client: &tls.Config{RootCAs: other.pool, MinVersion: tls.VersionTLS12},
+		}))
+		caller := startCallerSBC(t, 0)
+		dest := startDestination(t, destOptions{suite: "AES_CM_128_HMAC_SHA1_80",
+			tls: &tls.Config{Certificates: []tls.Certificate{destCert.cert}, MinVersion: tls.VersionTLS12}})
+		cmd := inviteCommand(caller, "badcert", fmt.Sprintf("sips:queue@127.0.0.1:%d", dest.port()))
+		h.command(t, cmd)
+		o := h.outcome(t, cmd.CommandId)
+		require.Equal(t, batonv1.OutcomeStatus_OUTCOME_STATUS_FAILED.String(), o.GetStatus().String())
+		require.Contains(t, o.GetDetail(), "certificate")
+		require.Zero(t, caller.count(sip.INVITE))
+	})
+}
+
+// TestWarmTransferWhisper: after the answer and before the caller's
+// re-INVITE, the destination hears the whisper (G.711 of the WAV, 20 ms
+// packets), then the caller's media continues the same stream: one SSRC,
+// consecutive sequence numbers, timestamps 160 apart within the whisper and
+// moving forward after it, the marker on the first packet of each part.
+func TestWarmTransferWhisper(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name, codec, suite string
+		encode             func(int16) byte
+	}{
+		{name: "PCMU, plain RTP", codec: "PCMU", encode: whisper.ULaw},
+		{name: "PCMA, SRTP", codec: "PCMA", suite: "AEAD_AES_128_GCM", encode: whisper.ALaw},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			const whisperPackets, callerPackets = 7, 5
+			samples := make([]int16, 160*whisperPackets-60) // the last frame is padded
+			for i := range samples {
+				samples[i] = int16((i%80)*400 - 16000)
+			}
+			h := start(t, 202, withInvite(func(o *InviteOptions) { o.AllowSDESOverUDP = true }))
+			caller := startCallerSBC(t, 0)
+			dest := startDestination(t, destOptions{suite: tc.suite, noEcho: true})
+			cmd := inviteCommand(caller, "whisper", "sip:queue@"+dest.addr.String())
+			cmd.LocalSdp = strings.ReplaceAll(strings.ReplaceAll(cmd.LocalSdp, "RTP/AVP 0 101", "RTP/AVP 8 101"), "0 PCMU", "8 PCMA")
+			if tc.codec == "PCMU" {
+				cmd.LocalSdp = inviteCommand(caller, "x", "").LocalSdp
+			}
+			if tc.suite != "" {
+				cmd.Encryption = "udp_srtp"
+			}
+			cmd.Whisper = writeWAV(t, samples)
+			h.command(t, cmd)
+			h.statuses(t, cmd.CommandId, batonv1.OutcomeStatus_OUTCOME_STATUS_ANSWERED)
+			reinvite := caller.next(t, sip.INVITE)
+			// The whisper is over before the caller is moved.
+			require.Len(t, dest.media(), whisperPackets, "exactly the whisper's packets before the re-INVITE")
+			h.statuses(t, cmd.CommandId, batonv1.OutcomeStatus_OUTCOME_STATUS_BRIDGED)
+			offer, err := sdp.Parse(string(reinvite.Body()))
+			require.NoError(t, err)
+
+			for i := range callerPackets {
+				pkt := &rtp.Packet{Header: rtp.Header{Version: 2, PayloadType: offer.Formats[0].PT, SequenceNumber: uint16(40000 + i),
+					Timestamp: uint32(999 + 160*i), SSRC: 0xCA11E4}, Payload: bytes.Repeat([]byte{0x42}, 160)}
+				b, err := pkt.Marshal()
+				require.NoError(t, err)
+				_, err = caller.media.WriteToUDPAddrPort(b, offer.Addr)
+				require.NoError(t, err)
+			}
+			require.Eventually(t, func() bool { return len(dest.media()) == whisperPackets+callerPackets },
+				5*time.Second, 5*time.Millisecond, "the caller's packets follow")
+			got := dest.media()
+			padded := append(append([]int16(nil), samples...), make([]int16, 60)...)
+			for i, p := range got {
+				require.Equal(t, got[0].header.SSRC, p.header.SSRC, "packet %d: one SSRC", i)
+				require.Equal(t, got[0].header.SequenceNumber+uint16(i), p.header.SequenceNumber, "packet %d: consecutive", i)
+				require.Equal(t, i == 0 || i == whisperPackets, p.header.Marker, "packet %d: marker on each part's first", i)
+				if i >= whisperPackets {
+					require.Equal(t, bytes.Repeat([]byte{0x42}, 160), p.payload, "packet %d: the caller's", i)
+					continue
+				}
+				require.Equal(t, offer.Formats[0].PT, p.header.PayloadType)
+				require.Equal(t, got[0].header.Timestamp+uint32(160*i), p.header.Timestamp, "packet %d: 20 ms apart", i)
+				want := make([]byte, 160)
+				for j := range want {
+					want[j] = tc.encode(padded[160*i+j])
+				}
+				require.Equal(t, want, p.payload, "whisper packet %d", i)
+			}
+			last := got[whisperPackets-1].header.Timestamp
+			require.Greater(t, got[whisperPackets].header.Timestamp-last, uint32(160)-1, "timestamps move forward into the caller's media")
+			require.Less(t, got[whisperPackets].header.Timestamp-last, uint32(8000*10), "by about the time that passed")
+
+			h.fact(t, cmd.CallId, &batonv1.CallEnded{CallId: cmd.CallId, EndedBy: batonv1.Party_PARTY_REMOTE, Method: "BYE"})
+			require.Equal(t, batonv1.OutcomeStatus_OUTCOME_STATUS_ENDED.String(), h.outcome(t, cmd.CommandId).GetStatus().String())
+		})
+	}
+}
+
+func TestWarmTransferWhisperRefused(t *testing.T) {
+	t.Parallel()
+	h := start(t, 202, withInvite(func(o *InviteOptions) { o.WhisperMax = time.Second }))
+	caller := startCallerSBC(t, 0)
+	long := writeWAV(t, make([]int16, 8000*2))
+	for i, tc := range []struct{ whisper, detail string }{
+		{whisper: "https://cdn.example/w.wav", detail: "is a URL: only local files are supported"},
+		{whisper: "/nonexistent/w.wav", detail: "no such file"},
+		{whisper: long, detail: "max_duration"},
+	} {
+		cmd := inviteCommand(caller, fmt.Sprintf("whisper-refused-%d", i), "sip:queue@127.0.0.1:5999")
+		cmd.Whisper = tc.whisper
+		h.command(t, cmd)
+		o := h.outcome(t, cmd.CommandId)
+		require.Equal(t, batonv1.OutcomeStatus_OUTCOME_STATUS_FAILED.String(), o.GetStatus().String())
+		require.True(t, strings.HasPrefix(o.GetDetail(), "INVITE not sent: "), o.GetDetail())
+		require.Contains(t, o.GetDetail(), tc.detail)
+	}
+	require.Zero(t, caller.count(sip.INVITE))
+}
+
+// TestWarmTransferThroughTrunk: tel: routes and extensions go to
+// invite.trunk_host, the number kept as configured.
+func TestWarmTransferThroughTrunk(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct{ route, want string }{
+		{route: "tel:+15551234567", want: "sip:+15551234567@%s;user=phone"},
+		{route: "1234", want: "sip:1234@%s"},
+	} {
+		t.Run(tc.route, func(t *testing.T) {
+			t.Parallel()
+			dest := startDestination(t, destOptions{})
+			h := start(t, 202, withInvite(func(o *InviteOptions) { o.TrunkHost = dest.addr.String() }))
+			caller := startCallerSBC(t, 0)
+			cmd := inviteCommand(caller, "trunk", tc.route)
+			h.command(t, cmd)
+			h.statuses(t, cmd.CommandId, batonv1.OutcomeStatus_OUTCOME_STATUS_ANSWERED, batonv1.OutcomeStatus_OUTCOME_STATUS_BRIDGED)
+			inv := dest.invite(t)
+			require.Equal(t, fmt.Sprintf(tc.want, dest.addr.String()), inv.Recipient.String())
+			require.Equal(t, "UDP", inv.Via().Transport)
+			h.fact(t, cmd.CallId, &batonv1.CallEnded{CallId: cmd.CallId, EndedBy: batonv1.Party_PARTY_REMOTE, Method: "BYE"})
+			require.Equal(t, batonv1.OutcomeStatus_OUTCOME_STATUS_ENDED.String(), h.outcome(t, cmd.CommandId).GetStatus().String())
+		})
+	}
+}
+
+func TestWarmTransferCallerHangsUpDuringTheWhisper(t *testing.T) {
+	t.Parallel()
+	h := start(t, 202, withInvite(nil))
+	caller := startCallerSBC(t, 0)
+	dest := startDestination(t, destOptions{noEcho: true})
+	cmd := inviteCommand(caller, "whisper-hangup", "sip:queue@"+dest.addr.String())
+	cmd.Whisper = writeWAV(t, make([]int16, 8000*10)) // 10 s
+	h.command(t, cmd)
+	h.statuses(t, cmd.CommandId, batonv1.OutcomeStatus_OUTCOME_STATUS_ANSWERED)
+	require.Eventually(t, func() bool { return len(dest.media()) > 0 }, 5*time.Second, time.Millisecond, "the whisper started")
+	h.fact(t, cmd.CallId, &batonv1.CallEnded{CallId: cmd.CallId, EndedBy: batonv1.Party_PARTY_REMOTE, Method: "BYE"})
+	o := h.outcome(t, cmd.CommandId)
+	require.Equal(t, batonv1.OutcomeStatus_OUTCOME_STATUS_FAILED.String(), o.GetStatus().String())
+	require.Equal(t, "caller hung up during the whisper", o.GetDetail())
+	require.Equal(t, int64(1), dest.byes.Load(), "the destination was BYEd")
+	require.Less(t, len(dest.media()), 8000*10/160, "the whisper stopped")
+	require.Zero(t, caller.count(sip.INVITE), "the caller was never moved")
 }

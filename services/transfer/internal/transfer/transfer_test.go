@@ -130,6 +130,7 @@ func (s *sbc) next(t *testing.T) received {
 
 // harness is a running transfer service against kfake and a test SBC.
 type harness struct {
+	sipOpts []uac.Option
 	topics  kafka.Topics
 	cfg     kafka.Config
 	logger  *slog.Logger
@@ -161,13 +162,13 @@ type instance struct {
 // attemptTopic is the attempt log of the tests.
 const attemptTopic = "baton.transfer-attempts"
 
-func start(t *testing.T, answer int, tune func(*Options)) *harness {
+func start(t *testing.T, answer int, tune func(*Options), sipOpts ...uac.Option) *harness {
 	t.Helper()
 	cfg := kafka.DefaultConfig()
 	brokers := kafkatest.NewCluster(t, 3, cfg.Topics.All()...)
 	cfg.Brokers = brokers
 	logger := slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelWarn}))
-	h := &harness{topics: cfg.Topics, cfg: cfg, logger: logger}
+	h := &harness{topics: cfg.Topics, cfg: cfg, logger: logger, sipOpts: sipOpts}
 
 	in := h.launch(t, tune)
 	var once sync.Once
@@ -204,7 +205,7 @@ func start(t *testing.T, answer int, tune func(*Options)) *harness {
 // the caller's (cancel, then read done).
 func (h *harness) launch(t *testing.T, tune func(*Options), prepare ...func(*instance)) *instance {
 	t.Helper()
-	sipClient, err := uac.Listen(t.Context(), "127.0.0.1:0", "127.0.0.1", h.logger)
+	sipClient, err := uac.Listen(t.Context(), "127.0.0.1:0", "127.0.0.1", h.logger, h.sipOpts...)
 	require.NoError(t, err)
 	t.Cleanup(func() { require.NoError(t, sipClient.Close()) })
 

@@ -69,3 +69,15 @@ func TestListenOnABusyPortFails(t *testing.T) {
 	_, err = Listen(t.Context(), a.Addr().String(), "127.0.0.1", logger)
 	require.ErrorContains(t, err, "listen sip")
 }
+
+func TestInviteOverTLSWithoutTLSFails(t *testing.T) {
+	logger := slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelWarn}))
+	c, err := Listen(t.Context(), "127.0.0.1:0", "127.0.0.1", logger)
+	require.NoError(t, err)
+	defer func() { require.NoError(t, c.Close()) }()
+	require.Nil(t, c.TLSAddr())
+	req := sip.NewRequest(sip.INVITE, sip.Uri{Scheme: "sips", User: "q", Host: "127.0.0.1", Port: 5061})
+	req.SetTransport("TLS")
+	_, err = c.Invite(t.Context(), req)
+	require.ErrorIs(t, err, ErrNoTLS)
+}

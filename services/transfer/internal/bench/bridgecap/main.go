@@ -4,19 +4,24 @@
 // exceeds 0.1% or the p99 one-way delay exceeds 5 ms. Three relays are
 // measured in the same run: a minimal Go UDP relay loop (the floor), the
 // bridge with plain RTP on both legs, and the bridge with SRTP
-// (AES_CM_128_HMAC_SHA1_80) on the destination leg. The load generator
-// runs in the same process and shares the CPUs. Run it through
-// bench/transfer/bridge.sh.
+// (AES_CM_128_HMAC_SHA1_80) on the destination leg. Each relay runs in a
+// child process of its own (this binary with -serve), so its CPU time is
+// measured alone and its scheduler is not shared with the load generator
+// (the machine's cores still are). Run it through bench/transfer/run.sh.
 package main
 
 import (
+	"bufio"
+	"encoding/base64"
 	"encoding/binary"
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
 	"os"
+	"os/exec"
 	"slices"
 	"strconv"
 	"strings"
@@ -49,7 +54,17 @@ func main() {
 	levelsFlag := flag.String("calls", "100,250,500,750,1000,1250,1500,2000,2500", "call counts to ramp through")
 	step := flag.Duration("step", 3*time.Second, "measuring time per level")
 	modesFlag := flag.String("modes", "floor,rtp,srtp", "relays to measure")
+	serveMode := flag.String("serve", "", "internal: run relays of this mode for the parent (child role)")
+	serveCalls := flag.Int("n", 0, "internal: calls to serve")
+	inProcess := flag.Bool("inproc", false, "run the relays in the generator's process (cpu then counts both)")
 	flag.Parse()
+	if *serveMode != "" {
+		if err := serve(*serveMode, *serveCalls); err != nil {
+			fmt.Fprintf(os.Stderr, "bridgecap relay: %v\n", err)
+			os.Exit(1)
+		}
+		return
+	}
 	var levels []int
 	for _, f := range strings.Split(*levelsFlag, ",") {
 		n, err := strconv.Atoi(strings.TrimSpace(f))
@@ -63,11 +78,11 @@ func main() {
 	w := os.Stdout
 	capacity := map[string]int{}
 	cpuAt := map[string]map[int]float64{}
-	fmt.Fprintf(w, "%-6s %6s %10s %9s %9s %9s %12s\n", "relay", "calls", "packets", "loss%", "p50_ms", "p99_ms", "cpu_us/pkt")
+	fmt.Fprintf(w, "%-6s %6s %10s %9s %9s %9s %12s %10s\n", "relay", "calls", "packets", "loss%", "p50_ms", "p99_ms", "cpu_us/pkt", "relay_cpu%")
 	for _, mode := range modes {
 		cpuAt[mode] = map[int]float64{}
 		for _, n := range levels {
-			r, err := run(mode, n, *step)
+			r, err := run(mode, n, *step, *inProcess)
 			if err != nil {
 				fmt.Fprintf(w, "%-6s %6d error: %v\n", mode, n, err)
 				break
@@ -77,8 +92,8 @@ func main() {
 			if !ok {
 				mark = "  <- limit"
 			}
-			fmt.Fprintf(w, "%-6s %6d %10d %9.3f %9.2f %9.2f %12.2f%s\n", mode, n, r.sent, 100*r.loss,
-				ms(r.p50), ms(r.p99), r.cpuPerPacket, mark)
+			fmt.Fprintf(w, "%-6s %6d %10d %9.3f %9.2f %9.2f %12.2f %10.0f%s\n", mode, n, r.sent, 100*r.loss,
+				ms(r.p50), ms(r.p99), r.cpuPerPacket, r.cpuPercent, mark)
 			cpuAt[mode][n] = r.cpuPerPacket
 			if !ok {
 				break
@@ -104,7 +119,11 @@ func main() {
 			a, okA := cpuAt["rtp"][n]
 			b, okB := cpuAt["srtp"][n]
 			if okA && okB && n <= min(r, s) {
-				fmt.Fprintf(w, "ratio srtp/rtp cpu per packet at %d calls: %.2f (whole process, generator included)\n", n, b/a)
+				who := "relay process only"
+				if *inProcess {
+					who = "whole process, generator included"
+				}
+				fmt.Fprintf(w, "ratio srtp/rtp cpu per packet at %d calls: %.2f (%s)\n", n, b/a, who)
 				break
 			}
 		}
@@ -117,7 +136,9 @@ type result struct {
 	sent, received uint64
 	loss           float64
 	p50, p99       time.Duration
-	cpuPerPacket   float64
+	// cpuPerPacket is the relay process's CPU time per packet relayed;
+	// cpuPercent its CPU use (100 = one core).
+	cpuPerPacket, cpuPercent float64
 }
 
 // endpoint is one far end: caller or destination of a call.
@@ -142,8 +163,9 @@ type floorRelay struct {
 	wg   sync.WaitGroup
 }
 
-// newFloor is the minimal relay: read, write to the other side's peer.
-func newFloor(callerPeer, destPeer netip.AddrPort) (*floorRelay, error) {
+// newFloor is the minimal relay: read, latch the sender, write to the
+// other side's latched peer (symmetric, like the bridge).
+func newFloor() (*floorRelay, error) {
 	a, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(netip.AddrPortFrom(loopback, 0)))
 	if err != nil {
 		return nil, err
@@ -154,18 +176,24 @@ func newFloor(callerPeer, destPeer netip.AddrPort) (*floorRelay, error) {
 		return nil, err
 	}
 	f := &floorRelay{a: a, b: b}
-	loop := func(from, to *net.UDPConn, peer netip.AddrPort) {
+	var peers [2]atomic.Pointer[netip.AddrPort]
+	loop := func(from, to *net.UDPConn, mine, theirs *atomic.Pointer[netip.AddrPort]) {
 		buf := make([]byte, 1500)
 		for {
-			n, _, err := from.ReadFromUDPAddrPort(buf)
+			n, src, err := from.ReadFromUDPAddrPort(buf)
 			if err != nil {
 				return
 			}
-			_, _ = to.WriteToUDPAddrPort(buf[:n], peer)
+			if mine.Load() == nil {
+				mine.Store(&src)
+			}
+			if peer := theirs.Load(); peer != nil {
+				_, _ = to.WriteToUDPAddrPort(buf[:n], *peer)
+			}
 		}
 	}
-	f.wg.Go(func() { loop(a, b, destPeer) })
-	f.wg.Go(func() { loop(b, a, callerPeer) })
+	f.wg.Go(func() { loop(a, b, &peers[0], &peers[1]) })
+	f.wg.Go(func() { loop(b, a, &peers[1], &peers[0]) })
 	return f, nil
 }
 
@@ -227,71 +255,239 @@ func listenEndpoint() (*endpoint, error) {
 	return &endpoint{conn: c, buf: make([]byte, 0, 1500)}, nil
 }
 
-func (e *endpoint) addr() netip.AddrPort { return e.conn.LocalAddr().(*net.UDPAddr).AddrPort() }
+// discard is where a bridge leg sends before its peer's first packet
+// latches it.
+var discard = netip.MustParseAddrPort("127.0.0.1:9")
 
-// run measures one relay at n calls.
-func run(mode string, n int, step time.Duration) (result, error) {
-	var eps []*endpoint
-	var relays []relay
-	var ports bridge.Ports
-	ports.Host = loopback
+// serve is the child: it runs n relays of mode, prints one line per call
+// ("caller_port dest_port [baton_key their_key]", keys in base64), then
+// "ready"; each "cpu" line on stdin is answered with "cpu <nanoseconds>";
+// stdin's end stops it.
+func serve(mode string, n int) error {
+	relays, lines, err := startRelays(mode, n)
 	defer func() {
 		for _, r := range relays {
 			r.close()
 		}
+	}()
+	if err != nil {
+		return err
+	}
+	out := bufio.NewWriter(os.Stdout)
+	for _, l := range lines {
+		fmt.Fprintln(out, l)
+	}
+	fmt.Fprintln(out, "ready")
+	if err := out.Flush(); err != nil {
+		return err
+	}
+	in := bufio.NewScanner(os.Stdin)
+	for in.Scan() {
+		if in.Text() == "cpu" {
+			fmt.Fprintf(os.Stdout, "cpu %d\n", cpuTime().Nanoseconds())
+		}
+	}
+	return nil
+}
+
+// startRelays starts n relays of mode and describes each in a line
+// ("caller_port dest_port [baton_key their_key]"). On error the relays
+// started so far are returned for closing.
+func startRelays(mode string, n int) ([]relay, []string, error) {
+	var relays []relay
+	var lines []string
+	for range n {
+		var r relay
+		var keyLine string
+		switch mode {
+		case "floor":
+			f, err := newFloor()
+			if err != nil {
+				return relays, nil, err
+			}
+			r = f
+		case "rtp", "srtp":
+			b, err := bridge.New(&bridge.Ports{Host: loopback})
+			if err != nil {
+				return relays, nil, err
+			}
+			var keys bridge.Keys
+			if mode == "srtp" {
+				if keys, err = newKeys(); err != nil {
+					b.Close()
+					return relays, nil, err
+				}
+				keyLine = " " + base64.StdEncoding.EncodeToString(keys.Local.Key) + " " + base64.StdEncoding.EncodeToString(keys.Remote.Key)
+			}
+			if err := b.Leg(bridge.Caller).SetRemote(discard, 8000, bridge.Keys{}); err != nil {
+				b.Close()
+				return relays, nil, err
+			}
+			if err := b.Leg(bridge.Destination).SetRemote(discard, 8000, keys); err != nil {
+				b.Close()
+				return relays, nil, err
+			}
+			b.Activate()
+			r = bridgeRelay{b}
+		default:
+			return relays, nil, fmt.Errorf("unknown relay %q", mode)
+		}
+		relays = append(relays, r)
+		cp, dp := r.ports()
+		lines = append(lines, fmt.Sprintf("%d %d%s", cp, dp, keyLine))
+	}
+	return relays, lines, nil
+}
+
+// relays is where the measured relays run: a child process, or this
+// process (-inproc).
+type relays interface {
+	// next returns the next line of startRelays' output, then "ready".
+	next() (string, error)
+	// cpu is the CPU time used so far by the relays' process.
+	cpu() (time.Duration, error)
+	stop()
+}
+
+// inproc runs the relays in this process (the old way: generator and
+// relays share one runtime; cpu counts both).
+type inproc struct {
+	relays []relay
+	lines  []string
+}
+
+func (p *inproc) next() (string, error) {
+	if len(p.lines) == 0 {
+		return "ready", nil
+	}
+	l := p.lines[0]
+	p.lines = p.lines[1:]
+	return l, nil
+}
+
+func (p *inproc) cpu() (time.Duration, error) { return cpuTime(), nil }
+
+func (p *inproc) stop() {
+	for _, r := range p.relays {
+		r.close()
+	}
+}
+
+// child is a relay process.
+type child struct {
+	cmd *exec.Cmd
+	in  io.WriteCloser
+	out *bufio.Scanner
+}
+
+func (c *child) next() (string, error) {
+	if !c.out.Scan() {
+		return "", fmt.Errorf("relay process ended early: %w", c.out.Err())
+	}
+	return c.out.Text(), nil
+}
+
+func (c *child) cpu() (time.Duration, error) {
+	if _, err := io.WriteString(c.in, "cpu\n"); err != nil {
+		return 0, err
+	}
+	if !c.out.Scan() {
+		return 0, fmt.Errorf("relay process: no cpu answer: %w", c.out.Err())
+	}
+	var ns int64
+	if _, err := fmt.Sscanf(c.out.Text(), "cpu %d", &ns); err != nil {
+		return 0, fmt.Errorf("relay process: %q: %w", c.out.Text(), err)
+	}
+	return time.Duration(ns), nil
+}
+
+func (c *child) stop() {
+	_ = c.in.Close()
+	_ = c.cmd.Wait()
+}
+
+// startChild starts the relays in a child process.
+func startChild(mode string, n int) (*child, error) {
+	self, err := os.Executable()
+	if err != nil {
+		return nil, err
+	}
+	cmd := exec.Command(self, "-serve", mode, "-n", strconv.Itoa(n))
+	cmd.Stderr = os.Stderr
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		return nil, err
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		return nil, err
+	}
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	return &child{cmd: cmd, in: stdin, out: bufio.NewScanner(stdout)}, nil
+}
+
+// run measures one relay at n calls: the relays in a child process (or
+// here with inProcess), the endpoints here.
+func run(mode string, n int, step time.Duration, inProcess bool) (result, error) {
+	var c relays
+	if inProcess {
+		rs, lines, err := startRelays(mode, n)
+		p := &inproc{relays: rs, lines: lines}
+		if err != nil {
+			p.stop()
+			return result{}, err
+		}
+		c = p
+	} else {
+		ch, err := startChild(mode, n)
+		if err != nil {
+			return result{}, err
+		}
+		c = ch
+	}
+	defer c.stop()
+	var eps []*endpoint
+	defer func() {
 		for _, e := range eps {
 			_ = e.conn.Close()
 		}
 	}()
 	for i := range n {
+		line, err := c.next()
+		if err != nil {
+			return result{}, err
+		}
+		f := strings.Fields(line)
+		if len(f) < 2 {
+			return result{}, fmt.Errorf("relay process: %q", line)
+		}
+		cp, _ := strconv.Atoi(f[0])
+		dp, _ := strconv.Atoi(f[1])
 		caller, err := listenEndpoint()
 		if err != nil {
 			return result{}, err
 		}
+		eps = append(eps, caller)
 		dest, err := listenEndpoint()
 		if err != nil {
-			_ = caller.conn.Close()
 			return result{}, err
 		}
-		eps = append(eps, caller, dest)
+		eps = append(eps, dest)
 		caller.ssrc, dest.ssrc = uint32(2*i+1), uint32(2*i+2)
-		var r relay
-		switch mode {
-		case "floor":
-			f, err := newFloor(caller.addr(), dest.addr())
-			if err != nil {
+		if len(f) == 4 {
+			if err := dest.useKeys(f[2], f[3]); err != nil {
 				return result{}, err
 			}
-			r = f
-		case "rtp", "srtp":
-			b, err := bridge.New(&ports)
-			if err != nil {
-				return result{}, err
-			}
-			var keys bridge.Keys
-			if mode == "srtp" {
-				if keys, err = srtpKeys(dest); err != nil {
-					b.Close()
-					return result{}, err
-				}
-			}
-			if err := b.Leg(bridge.Caller).SetRemote(caller.addr(), 8000, bridge.Keys{}); err != nil {
-				b.Close()
-				return result{}, err
-			}
-			if err := b.Leg(bridge.Destination).SetRemote(dest.addr(), 8000, keys); err != nil {
-				b.Close()
-				return result{}, err
-			}
-			b.Activate()
-			r = bridgeRelay{b}
-		default:
-			return result{}, fmt.Errorf("unknown relay %q", mode)
 		}
-		relays = append(relays, r)
-		cp, dp := r.ports()
 		caller.to = netip.AddrPortFrom(loopback, uint16(cp))
 		dest.to = netip.AddrPortFrom(loopback, uint16(dp))
+	}
+	if line, err := c.next(); err != nil {
+		return result{}, err
+	} else if line != "ready" {
+		return result{}, fmt.Errorf("relay process not ready: %q", line)
 	}
 
 	base := time.Now()
@@ -331,11 +527,19 @@ func run(mode string, n int, step time.Duration) (result, error) {
 	}
 	// Warm up (latching, first packets), then measure.
 	time.Sleep(500 * time.Millisecond)
-	cpu0 := cpuTime()
+	cpu0, err := c.cpu()
+	if err != nil {
+		return result{}, err
+	}
 	measuring.Store(true)
+	began := time.Now()
 	time.Sleep(step)
 	measuring.Store(false)
-	cpu1 := cpuTime()
+	took := time.Since(began)
+	cpu1, err := c.cpu()
+	if err != nil {
+		return result{}, err
+	}
 	close(stop)
 	swg.Wait()
 	// Packets in flight at the end are still counted as received.
@@ -352,13 +556,13 @@ func run(mode string, n int, step time.Duration) (result, error) {
 		}
 		r.loss = lost / float64(r.sent)
 		r.cpuPerPacket = float64((cpu1 - cpu0).Microseconds()) / float64(r.sent)
+		r.cpuPercent = 100 * float64(cpu1-cpu0) / float64(took)
 	}
 	return r, nil
 }
 
-// srtpKeys gives the bridge's destination leg and the destination
-// endpoint matching SDES keys.
-func srtpKeys(dest *endpoint) (bridge.Keys, error) {
+// newKeys are SDES keys for the bridge's destination leg.
+func newKeys() (bridge.Keys, error) {
 	baton, err := sdp.NewCrypto(1, suiteSRTP)
 	if err != nil {
 		return bridge.Keys{}, err
@@ -367,16 +571,25 @@ func srtpKeys(dest *endpoint) (bridge.Keys, error) {
 	if err != nil {
 		return bridge.Keys{}, err
 	}
-	ctx := func(c sdp.Crypto) (*srtp.Context, error) {
-		return srtp.CreateContext(c.Key[:16], c.Key[16:], srtp.ProtectionProfileAes128CmHmacSha1_80)
-	}
-	if dest.enc, err = ctx(theirs); err != nil {
-		return bridge.Keys{}, err
-	}
-	if dest.dec, err = ctx(baton); err != nil {
-		return bridge.Keys{}, err
-	}
 	return bridge.Keys{Local: baton, Remote: theirs}, nil
+}
+
+// useKeys makes e the destination of an SRTP leg: it decrypts with
+// Baton's key and encrypts with its own.
+func (e *endpoint) useKeys(batonB64, theirsB64 string) error {
+	ctx := func(s string) (*srtp.Context, error) {
+		k, err := base64.StdEncoding.DecodeString(s)
+		if err != nil || len(k) != 30 {
+			return nil, fmt.Errorf("bad key %q", s)
+		}
+		return srtp.CreateContext(k[:16], k[16:], srtp.ProtectionProfileAes128CmHmacSha1_80)
+	}
+	var err error
+	if e.dec, err = ctx(batonB64); err != nil {
+		return err
+	}
+	e.enc, err = ctx(theirsB64)
+	return err
 }
 
 // send writes one packet stamped with its send time and whether it is
