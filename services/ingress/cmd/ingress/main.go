@@ -18,7 +18,9 @@ import (
 	pkgconfig "github.com/baton-voice/baton/pkg/config"
 	"github.com/baton-voice/baton/pkg/kafka"
 	"github.com/baton-voice/baton/pkg/observability"
+	"github.com/baton-voice/baton/pkg/opshttp"
 	"github.com/baton-voice/baton/services/ingress/internal/config"
+	"github.com/baton-voice/baton/services/ingress/internal/metrics"
 	"github.com/baton-voice/baton/services/ingress/internal/server"
 )
 
@@ -60,8 +62,16 @@ func run(args []string, stderr io.Writer) int {
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
+	// The first signal starts the drain (Serve); a second one kills the
+	// process at once.
+	go func() {
+		<-ctx.Done()
+		stop()
+	}()
 
-	cl, err := kgo.NewClient(kafka.ClientOpts(cfg.Kafka, logger)...)
+	reg := opshttp.NewRegistry()
+	publishHook := metrics.NewHook(reg, cfg.Kafka.Topics.Calls)
+	cl, err := kgo.NewClient(append(kafka.ClientOpts(cfg.Kafka, logger), kgo.WithHooks(publishHook))...)
 	if err != nil {
 		logger.Error("kafka client", "err", err)
 		return 1
@@ -77,8 +87,14 @@ func run(args []string, stderr io.Writer) int {
 		logger.Error("start sip", "err", err)
 		return 1
 	}
+	metrics.RegisterCounters(reg, srv.Stats().Snapshot)
+	stopOps, err := serveOps(ctx, cfg.Metrics.Listen, reg, cl, srv.Addrs, logger)
+	if err != nil {
+		logger.Error("start metrics server", "err", err)
+		return 1
+	}
+	defer stopOps() // after the drain: /metrics stays up while calls finish
 	serveErr := srv.Serve(ctx)
-	stop() // a second signal now kills the process
 
 	flushCtx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
 	defer cancel()

@@ -5,6 +5,7 @@
 package config
 
 import (
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -18,13 +19,20 @@ import (
 	"github.com/baton-voice/baton/pkg/config"
 	"github.com/baton-voice/baton/pkg/kafka"
 	"github.com/baton-voice/baton/pkg/observability"
+	"github.com/baton-voice/baton/pkg/opshttp"
+	"github.com/baton-voice/baton/pkg/tracing"
+	"github.com/baton-voice/baton/services/ingress/internal/audio"
 	"github.com/baton-voice/baton/services/ingress/internal/numbers"
 )
 
 // Config is the whole ingress configuration.
 type Config struct {
 	// Listen is the UDP host:port SIP arrives on; port 0 lets the OS choose.
+	// Ignored when Listeners is set.
 	Listen string `yaml:"listen"`
+	// Listeners are the SIP sockets (UDP, TCP, TLS; IPv4 or IPv6); empty
+	// means one UDP listener on Listen.
+	Listeners []Listener `yaml:"listeners"`
 	// ExternalHost is the host written into Contact and the SDP c= line;
 	// empty means the listen host. Set it behind NAT.
 	ExternalHost string `yaml:"external_host"`
@@ -37,13 +45,51 @@ type Config struct {
 	// Limits bound the load ingress takes before it answers 503.
 	Limits Limits `yaml:"limits"`
 	RTP    RTP    `yaml:"rtp"`
+	// Media is what ingress plays to the caller once the call is up.
+	Media Media `yaml:"media"`
 	// PublishTimeout bounds the publish of CallStarted; when Kafka does not
 	// accept it in time the INVITE gets 503 and no call exists.
 	PublishTimeout time.Duration `yaml:"publish_timeout"`
+	// DrainTimeout bounds the drain at SIGTERM: new INVITEs get 503 while
+	// the calls up are served (BYE, NOTIFY, ACK, INFO) until they end or
+	// this passes.
+	DrainTimeout time.Duration `yaml:"drain_timeout"`
 	// ShutdownTimeout bounds the producer flush at shutdown.
 	ShutdownTimeout time.Duration           `yaml:"shutdown_timeout"`
 	Kafka           kafka.Config            `yaml:"kafka"`
 	Log             observability.LogConfig `yaml:"log"`
+	// Metrics serves /metrics, /healthz and /readyz.
+	Metrics opshttp.Config `yaml:"metrics"`
+	// Tracing is the OpenTelemetry tracer's setup.
+	Tracing tracing.Config `yaml:"tracing"`
+}
+
+// Transports of a listener.
+const (
+	UDP = "udp"
+	TCP = "tcp"
+	TLS = "tls"
+)
+
+// Listener is one SIP socket.
+type Listener struct {
+	// Transport is udp, tcp or tls.
+	Transport string `yaml:"transport"`
+	// Address is host:port; an IPv6 host is bracketed ([::1]:5060).
+	Address string `yaml:"address"`
+	// CertFile and KeyFile are the PEM certificate chain and key of a tls
+	// listener.
+	CertFile string `yaml:"cert_file"`
+	KeyFile  string `yaml:"key_file"`
+}
+
+// EffectiveListeners returns the listeners in force: the configured ones,
+// or one UDP listener on Listen.
+func (c Config) EffectiveListeners() []Listener {
+	if len(c.Listeners) > 0 {
+		return c.Listeners
+	}
+	return []Listener{{Transport: UDP, Address: c.Listen}}
 }
 
 // Trunk is one carrier or SBC: where its requests come from and how its
@@ -113,6 +159,18 @@ func Prefix(s string) (netip.Prefix, error) {
 	return netip.PrefixFrom(a.Unmap(), a.Unmap().BitLen()), nil
 }
 
+// Media is the audio ingress sends on the agent leg.
+type Media struct {
+	// Greeting is a WAV file (8000 Hz mono 16-bit PCM) played once to
+	// the caller after the ACK, in the negotiated G.711 law; empty plays
+	// Silence instead.
+	Greeting string `yaml:"greeting"`
+	// Silence is how long to send G.711 silence when there is no greeting
+	// (it opens NAT bindings and latches symmetric-RTP peers); 0 sends
+	// nothing.
+	Silence time.Duration `yaml:"silence"`
+}
+
 // RTP is the media anchor's port range.
 type RTP struct {
 	// Host is the address RTP sockets bind to; empty means the listen host.
@@ -130,29 +188,42 @@ func Default() Config {
 		RTP:             RTP{PortMin: 20000, PortMax: 20999},
 		Limits:          Limits{MaxCalls: 5000, MaxCPS: 1000, RetryAfter: 5 * time.Second},
 		PublishTimeout:  2 * time.Second,
+		DrainTimeout:    30 * time.Second,
 		ShutdownTimeout: 5 * time.Second,
 		Kafka:           kafka.DefaultConfig(),
 		Log:             observability.DefaultLogConfig(),
+		Metrics:         opshttp.Config{Listen: DefaultMetricsListen},
+		Tracing:         tracing.DefaultConfig(),
 	}
 }
+
+// DefaultMetricsListen is where /metrics, /healthz and /readyz are served.
+const DefaultMetricsListen = "127.0.0.1:9461"
 
 var trunkName = regexp.MustCompile(`^[A-Za-z0-9._-]+$`)
 
 // Validate returns every problem, each naming its field.
 func (c Config) Validate() error {
-	var errs []error
-	host, port, err := net.SplitHostPort(c.Listen)
-	if err != nil {
-		errs = append(errs, config.Errorf("listen", "%q is not host:port: %v", c.Listen, err))
-	} else {
-		if p, perr := strconv.Atoi(port); perr != nil || p < 0 || p > 65535 {
-			errs = append(errs, config.Errorf("listen", "port %q, want 0-65535", port))
-		}
-		if host != "" && net.ParseIP(host) == nil {
-			errs = append(errs, config.Errorf("listen", "host %q, want an IP address", host))
-		}
-		if ip := net.ParseIP(host); (host == "" || ip != nil && ip.IsUnspecified()) && c.ExternalHost == "" {
-			errs = append(errs, config.Errorf("external_host", "required when listen host %q is a wildcard", host))
+	errs := []error{c.Metrics.Validate(), c.Tracing.Validate()}
+	if len(c.Listeners) == 0 {
+		errs = append(errs, c.validateAddress("listen", c.Listen)...)
+	}
+	for i, l := range c.Listeners {
+		field := func(f string) string { return fmt.Sprintf("listeners[%d].%s", i, f) }
+		errs = append(errs, c.validateAddress(field("address"), l.Address)...)
+		switch l.Transport {
+		case UDP, TCP:
+			if l.CertFile != "" || l.KeyFile != "" {
+				errs = append(errs, config.Errorf(field("cert_file"), "only for transport tls"))
+			}
+		case TLS:
+			if l.CertFile == "" || l.KeyFile == "" {
+				errs = append(errs, config.Errorf(field("cert_file"), "cert_file and key_file are required for tls"))
+			} else if _, err := tls.LoadX509KeyPair(l.CertFile, l.KeyFile); err != nil {
+				errs = append(errs, config.Errorf(field("cert_file"), "%v", err))
+			}
+		default:
+			errs = append(errs, config.Errorf(field("transport"), "%q, want udp, tcp or tls", l.Transport))
 		}
 	}
 	if !validHost(c.ExternalHost) {
@@ -180,8 +251,19 @@ func (c Config) Validate() error {
 	if c.RTP.PortMax < c.RTP.PortMin+1 || c.RTP.PortMax > 65535 {
 		errs = append(errs, config.Errorf("rtp.port_max", "%d, want above port_min (%d) and at most 65535", c.RTP.PortMax, c.RTP.PortMin))
 	}
+	if c.Media.Greeting != "" {
+		if _, err := audio.Load(c.Media.Greeting); err != nil {
+			errs = append(errs, config.Errorf("media.greeting", "%v", err))
+		}
+	}
+	if c.Media.Silence < 0 || c.Media.Silence > time.Hour {
+		errs = append(errs, config.Errorf("media.silence", "%v, want 0 to 1h", c.Media.Silence))
+	}
 	if c.PublishTimeout <= 0 {
 		errs = append(errs, config.Errorf("publish_timeout", "%v, want a positive duration", c.PublishTimeout))
+	}
+	if c.DrainTimeout < 0 {
+		errs = append(errs, config.Errorf("drain_timeout", "%v, want 0 or more", c.DrainTimeout))
 	}
 	if c.ShutdownTimeout <= 0 {
 		errs = append(errs, config.Errorf("shutdown_timeout", "%v, want a positive duration", c.ShutdownTimeout))
@@ -193,6 +275,24 @@ func (c Config) Validate() error {
 		errs = append(errs, config.Errorf("log", "%v", err))
 	}
 	return errors.Join(errs...)
+}
+
+func (c Config) validateAddress(field, addr string) []error {
+	var errs []error
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return []error{config.Errorf(field, "%q is not host:port: %v", addr, err)}
+	}
+	if p, perr := strconv.Atoi(port); perr != nil || p < 0 || p > 65535 {
+		errs = append(errs, config.Errorf(field, "port %q, want 0-65535", port))
+	}
+	if host != "" && net.ParseIP(host) == nil {
+		errs = append(errs, config.Errorf(field, "host %q, want an IP address", host))
+	}
+	if ip := net.ParseIP(host); (host == "" || ip != nil && ip.IsUnspecified()) && c.ExternalHost == "" {
+		errs = append(errs, config.Errorf("external_host", "required when %s host %q is a wildcard", field, host))
+	}
+	return errs
 }
 
 func (c Config) validateTrunks() []error {
@@ -231,21 +331,26 @@ func (c Config) validateTrunks() []error {
 	return errs
 }
 
-// ContactHost is the host given out in Contact and SDP.
+// ContactHost is the host given out in Contact and SDP: external_host, or
+// the host of the first listener.
 func (c Config) ContactHost() string {
 	if c.ExternalHost != "" {
 		return c.ExternalHost
 	}
-	host, _, _ := net.SplitHostPort(c.Listen)
-	return host
+	return c.listenHost()
 }
 
-// RTPHost is the address RTP sockets bind to.
+// RTPHost is the address RTP sockets bind to: rtp.host, or the host of
+// the first listener.
 func (c Config) RTPHost() string {
 	if c.RTP.Host != "" {
 		return c.RTP.Host
 	}
-	host, _, _ := net.SplitHostPort(c.Listen)
+	return c.listenHost()
+}
+
+func (c Config) listenHost() string {
+	host, _, _ := net.SplitHostPort(c.EffectiveListeners()[0].Address)
 	return host
 }
 

@@ -5,6 +5,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 
@@ -45,6 +46,15 @@ func TestValidateNamesFields(t *testing.T) {
 		{"max calls", "limits: {max_calls: 0}\n", "limits.max_calls:"},
 		{"max cps", "limits: {max_cps: -1}\n", "limits.max_cps:"},
 		{"retry after", "limits: {retry_after: 1500ms}\n", "limits.retry_after:"},
+		{"listener transport", "listeners: [{transport: sctp, address: 127.0.0.1:5060}]\n", "listeners[0].transport:"},
+		{"listener address", "listeners: [{transport: udp, address: nowhere}]\n", "listeners[0].address:"},
+		{"tls without cert", "listeners: [{transport: tls, address: 127.0.0.1:5061}]\n", "listeners[0].cert_file:"},
+		{"tls cert missing", "listeners: [{transport: tls, address: 127.0.0.1:5061, cert_file: /nonexistent.pem, key_file: /nonexistent.key}]\n", "listeners[0].cert_file:"},
+		{"cert on udp", "listeners: [{transport: udp, address: 127.0.0.1:5061, cert_file: a.pem}]\n", "listeners[0].cert_file: only for transport tls"},
+		{"wildcard listener", "listeners: [{transport: tcp, address: \"[::]:5060\"}]\n", "external_host: required when listeners[0].address"},
+		{"greeting missing", "media: {greeting: /nonexistent.wav}\n", "media.greeting:"},
+		{"silence", "media: {silence: -1s}\n", "media.silence:"},
+		{"drain timeout", "drain_timeout: -1s\n", "drain_timeout:"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -84,4 +94,18 @@ func TestTrunksKeepDefaults(t *testing.T) {
 	require.Equal(t, "carrier", got[0].Name)
 	require.Equal(t, "to", string(got[0].CalleeFrom[0]), "callee defaults to To")
 	require.Equal(t, "pai", string(got[0].CallerFrom[0]))
+}
+
+func TestListenersReplaceListen(t *testing.T) {
+	c := Default()
+	require.Equal(t, []Listener{{Transport: UDP, Address: "127.0.0.1:5060"}}, c.EffectiveListeners(), "listen is one UDP listener")
+	require.Equal(t, 30*time.Second, c.DrainTimeout)
+
+	path := filepath.Join(t.TempDir(), "ingress.yaml")
+	require.NoError(t, os.WriteFile(path, []byte("listen: nonsense\nlisteners:\n  - {transport: udp, address: \"[::1]:5060\"}\n  - {transport: tcp, address: \"127.0.0.1:5060\"}\n"), 0o600))
+	c = Default()
+	require.NoError(t, pkgconfig.Load(path, &c), "listen is ignored when listeners is set")
+	require.Len(t, c.EffectiveListeners(), 2)
+	require.Equal(t, "::1", c.ContactHost(), "the first listener's host")
+	require.Equal(t, "::1", c.RTPHost())
 }

@@ -1,15 +1,17 @@
 // Package rtp is the thin media anchor of the agent leg: it allocates a UDP
-// port from the configured range for each call and counts the packets that
-// arrive on it until the call ends.
+// port from the configured range for each call, reads what arrives on it
+// until the call ends (statistics per RFC 3550, DTMF digits per RFC 4733)
+// and plays the greeting or silence to the caller from the same port.
 package rtp
 
 import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"strconv"
 	"sync"
-	"sync/atomic"
+	"time"
 )
 
 // ErrNoPorts means every port of the range is in use.
@@ -31,8 +33,9 @@ func NewAllocator(host string, portMin, portMax int) *Allocator {
 	return &Allocator{host: host, min: first, max: portMax, next: first}
 }
 
-// Open binds the next free port and starts counting what arrives on it.
-func (a *Allocator) Open() (*Session, error) {
+// Open binds the next free port and starts reading what arrives on it;
+// onDTMF (may be nil) gets each RFC 4733 digit, on the reading goroutine.
+func (a *Allocator) Open(onDTMF func(DTMF)) (*Session, error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if a.max < a.min {
@@ -53,54 +56,101 @@ func (a *Allocator) Open() (*Session, error) {
 		if err != nil {
 			continue // in use by another call or process; try the next one
 		}
-		s := &Session{conn: conn, port: port, done: make(chan struct{})}
+		s := &Session{conn: conn, port: port, onDTMF: onDTMF, done: make(chan struct{}),
+			recv: receiver{start: time.Now(), media: Media{PayloadType: -1, EventPayloadType: -1, ClockRate: 8000}}}
 		go s.read()
 		return s, nil
 	}
 	return nil, fmt.Errorf("%w in %d-%d", ErrNoPorts, a.min, a.max)
 }
 
-// Session is one call's RTP socket.
+// Session is one call's RTP socket: it receives the far end's RTP
+// (statistics, RFC 4733 digits) and plays audio to it from the same port
+// (symmetric RTP).
 type Session struct {
-	conn    *net.UDPConn
-	port    int
-	packets atomic.Uint64
-	bytes   atomic.Uint64
-	done    chan struct{}
-	once    sync.Once
+	conn   *net.UDPConn
+	port   int
+	onDTMF func(DTMF)
+	done   chan struct{}
+	once   sync.Once
+
+	mu     sync.Mutex
+	recv   receiver
+	remote netip.AddrPort // where to send; zero until known
+	latch  netip.AddrPort // the far end's source, once it sends
+	send   bool           // the direction allows sending
+	player *player
 }
 
 // Port is the local port RTP is received on.
 func (s *Session) Port() int { return s.port }
 
-// Stats is what a session received.
-type Stats struct {
-	Packets, Bytes uint64
-}
-
 // Stats returns the counts so far.
 func (s *Session) Stats() Stats {
-	return Stats{Packets: s.packets.Load(), Bytes: s.bytes.Load()}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.recv.stats()
+}
+
+// SetMedia applies an offer/answer: the codec, where the far end receives
+// RTP, and whether Baton may send (direction sendrecv or sendonly).
+func (s *Session) SetMedia(m Media, remote netip.AddrPort, send bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.recv.media = m
+	if remote != s.remote {
+		s.remote, s.latch = remote, netip.AddrPort{}
+	}
+	s.send = send
+}
+
+// target is where audio goes: the address RTP comes from once the far end
+// sends (symmetric RTP through NAT), else the SDP address. ok is false on
+// hold or when no address is known.
+func (s *Session) target() (netip.AddrPort, uint8, string, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	to := s.remote
+	if s.latch.IsValid() {
+		to = s.latch
+	}
+	if !s.send || !to.IsValid() || to.Addr().IsUnspecified() || to.Port() == 0 {
+		return netip.AddrPort{}, 0, "", false
+	}
+	return to, uint8(s.recv.media.PayloadType), s.recv.media.Codec, true
 }
 
 func (s *Session) read() {
 	defer close(s.done)
 	buf := make([]byte, 1500)
 	for {
-		n, _, err := s.conn.ReadFromUDP(buf)
+		n, from, err := s.conn.ReadFromUDPAddrPort(buf)
 		if err != nil {
 			return // closed
 		}
-		s.packets.Add(1)
-		s.bytes.Add(uint64(n))
+		s.mu.Lock()
+		d, ok := s.recv.packet(buf[:n], time.Now())
+		if s.remote.IsValid() && !s.latch.IsValid() {
+			s.latch = netip.AddrPortFrom(from.Addr().Unmap(), from.Port())
+		}
+		s.mu.Unlock()
+		if ok && s.onDTMF != nil {
+			s.onDTMF(d)
+		}
 	}
 }
 
-// Close releases the port and waits for the reader; it is safe to call
-// more than once.
+// Close stops playing, releases the port and waits for the reader; it is
+// safe to call more than once.
 func (s *Session) Close() (Stats, error) {
 	var err error
 	s.once.Do(func() {
+		s.mu.Lock()
+		p := s.player
+		s.mu.Unlock()
+		if p != nil {
+			p.stop()
+		}
 		err = s.conn.Close()
 	})
 	<-s.done

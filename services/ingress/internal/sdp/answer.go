@@ -38,6 +38,12 @@ type Answer struct {
 	TelephoneEvent int
 	// RemoteAddr is where the offer says to send RTP.
 	RemoteAddr string
+	// Direction is the direction of the answer (Baton's side); RemoteDirection
+	// the offer's (sendrecv when it gave none).
+	Direction, RemoteDirection string
+	// Hold is set when the offer puts the call on hold: sendonly, inactive,
+	// or a 0.0.0.0 connection address (RFC 2543 style).
+	Hold bool
 }
 
 // Params say where the anchor receives media.
@@ -46,8 +52,18 @@ type Params struct {
 	Host string
 	// Port is the local RTP port.
 	Port int
-	// SessionID is the o= session id and version.
+	// SessionID is the o= session id.
 	SessionID uint64
+	// Version is the o= version; 0 means SessionID. A re-INVITE's answer
+	// must carry a higher version than the previous SDP (RFC 3264 8).
+	Version uint64
+}
+
+func (p Params) version() uint64 {
+	if p.Version == 0 {
+		return p.SessionID
+	}
+	return p.Version
 }
 
 type media struct {
@@ -66,67 +82,124 @@ func Negotiate(offer []byte, p Params) (Answer, error) {
 	if err != nil {
 		return Answer{}, err
 	}
-	audio := -1
-	var chosen Codec
-	tel := -1
-	for i, m := range streams {
-		if m.kind != "audio" || m.port == "0" || !strings.HasPrefix(m.proto, "RTP/AVP") {
-			continue
-		}
-		c, ok := pickCodec(m)
-		if !ok {
-			continue
-		}
-		audio, chosen = i, c
-		tel = telephoneEvent(m)
-		break
-	}
+	audio, chosen, tel := pickStream(streams)
 	if audio < 0 {
 		return Answer{}, fmt.Errorf("%w: no audio stream with PCMU or PCMA", ErrNotAcceptable)
 	}
 
-	ipVer := "IP4"
-	if ip := net.ParseIP(p.Host); ip != nil && ip.To4() == nil {
-		ipVer = "IP6"
-	}
 	var b strings.Builder
-	b.WriteString("v=0\r\n")
-	fmt.Fprintf(&b, "o=baton %d %d IN %s %s\r\n", p.SessionID, p.SessionID, ipVer, p.Host)
-	b.WriteString("s=baton\r\n")
-	fmt.Fprintf(&b, "c=IN %s %s\r\n", ipVer, p.Host)
-	b.WriteString("t=0 0\r\n")
+	writeSession(&b, p)
+	dir := answerDirection(streams[audio].direction)
 	for i, m := range streams {
 		if i != audio {
 			fmt.Fprintf(&b, "m=%s 0 %s %s\r\n", m.kind, m.proto, firstOr(m.formats, "0"))
 			continue
 		}
-		fmts := strconv.Itoa(chosen.PayloadType)
+		events := ""
 		if tel >= 0 {
-			fmts += " " + strconv.Itoa(tel)
+			events = m.fmtp[strconv.Itoa(tel)]
 		}
-		fmt.Fprintf(&b, "m=audio %d %s %s\r\n", p.Port, m.proto, fmts)
-		fmt.Fprintf(&b, "a=rtpmap:%d %s/%d\r\n", chosen.PayloadType, chosen.Name, chosen.ClockRate)
-		if tel >= 0 {
-			fmt.Fprintf(&b, "a=rtpmap:%d telephone-event/8000\r\n", tel)
-			events := m.fmtp[strconv.Itoa(tel)]
-			if events == "" {
-				events = "0-16"
-			}
-			fmt.Fprintf(&b, "a=fmtp:%d %s\r\n", tel, events)
-		}
-		b.WriteString("a=ptime:20\r\n")
-		fmt.Fprintf(&b, "a=%s\r\n", answerDirection(m.direction))
+		writeAudio(&b, p.Port, m.proto, []Codec{chosen}, tel, events, dir)
 	}
+	a := Answer{SDP: []byte(b.String()), Codec: chosen, TelephoneEvent: tel, Direction: dir}
+	a.RemoteAddr, a.RemoteDirection, a.Hold = remoteOf(sessionConn, streams[audio])
+	return a, nil
+}
 
-	remote := ""
-	conn := streams[audio].conn
+// Offer is the SDP ingress offers in the 200 OK to a re-INVITE without a
+// body: PCMU, PCMA and telephone-event 101, sendrecv.
+func Offer(p Params) []byte {
+	var b strings.Builder
+	writeSession(&b, p)
+	writeAudio(&b, p.Port, "RTP/AVP", []Codec{PCMU, PCMA}, OfferTelephoneEvent, "", "sendrecv")
+	return []byte(b.String())
+}
+
+// OfferTelephoneEvent is the telephone-event payload type of Offer.
+const OfferTelephoneEvent = 101
+
+// ReadAnswer reads the far end's answer to Offer (in the ACK): the codec
+// it chose, where it receives RTP and its direction. The Answer's SDP is
+// the one offered, unchanged.
+func ReadAnswer(answer, offered []byte) (Answer, error) {
+	sessionConn, streams, err := parse(answer)
+	if err != nil {
+		return Answer{}, err
+	}
+	audio, chosen, tel := pickStream(streams)
+	if audio < 0 {
+		return Answer{}, fmt.Errorf("%w: answer has no audio stream with PCMU or PCMA", ErrNotAcceptable)
+	}
+	a := Answer{SDP: offered, Codec: chosen, TelephoneEvent: tel}
+	a.RemoteAddr, a.RemoteDirection, a.Hold = remoteOf(sessionConn, streams[audio])
+	// Baton offered sendrecv; its side is the mirror of the answer's.
+	a.Direction = answerDirection(a.RemoteDirection)
+	return a, nil
+}
+
+func remoteOf(sessionConn string, m media) (addr, dir string, hold bool) {
+	conn := m.conn
 	if conn == "" {
 		conn = sessionConn
 	}
 	if conn != "" {
-		remote = net.JoinHostPort(conn, streams[audio].port)
+		addr = net.JoinHostPort(conn, m.port)
 	}
-	return Answer{SDP: []byte(b.String()), Codec: chosen, TelephoneEvent: tel, RemoteAddr: remote}, nil
+	dir = m.direction
+	if dir == "" {
+		dir = "sendrecv"
+	}
+	hold = dir == "sendonly" || dir == "inactive" || conn == "0.0.0.0" || conn == "::"
+	return addr, dir, hold
+}
+
+func writeSession(b *strings.Builder, p Params) {
+	ipVer := "IP4"
+	if ip := net.ParseIP(p.Host); ip != nil && ip.To4() == nil {
+		ipVer = "IP6"
+	}
+	b.WriteString("v=0\r\n")
+	fmt.Fprintf(b, "o=baton %d %d IN %s %s\r\n", p.SessionID, p.version(), ipVer, p.Host)
+	b.WriteString("s=baton\r\n")
+	fmt.Fprintf(b, "c=IN %s %s\r\n", ipVer, p.Host)
+	b.WriteString("t=0 0\r\n")
+}
+
+func writeAudio(b *strings.Builder, port int, proto string, codecs []Codec, tel int, events, dir string) {
+	fmts := make([]string, 0, len(codecs)+1)
+	for _, c := range codecs {
+		fmts = append(fmts, strconv.Itoa(c.PayloadType))
+	}
+	if tel >= 0 {
+		fmts = append(fmts, strconv.Itoa(tel))
+	}
+	fmt.Fprintf(b, "m=audio %d %s %s\r\n", port, proto, strings.Join(fmts, " "))
+	for _, c := range codecs {
+		fmt.Fprintf(b, "a=rtpmap:%d %s/%d\r\n", c.PayloadType, c.Name, c.ClockRate)
+	}
+	if tel >= 0 {
+		fmt.Fprintf(b, "a=rtpmap:%d telephone-event/8000\r\n", tel)
+		if events == "" {
+			events = "0-16"
+		}
+		fmt.Fprintf(b, "a=fmtp:%d %s\r\n", tel, events)
+	}
+	b.WriteString("a=ptime:20\r\n")
+	fmt.Fprintf(b, "a=%s\r\n", dir)
+}
+
+// pickStream returns the first usable audio stream, its codec and its
+// telephone-event payload type; -1 when there is none.
+func pickStream(streams []media) (int, Codec, int) {
+	for i, m := range streams {
+		if m.kind != "audio" || m.port == "0" || !strings.HasPrefix(m.proto, "RTP/AVP") {
+			continue
+		}
+		if c, ok := pickCodec(m); ok {
+			return i, c, telephoneEvent(m)
+		}
+	}
+	return -1, Codec{}, -1
 }
 
 func firstOr(s []string, def string) string {

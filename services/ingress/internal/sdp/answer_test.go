@@ -86,3 +86,54 @@ func TestNegotiateRefuses(t *testing.T) {
 		})
 	}
 }
+
+func TestNegotiateDirectionAndHold(t *testing.T) {
+	p := Params{Host: "203.0.113.7", Port: 20002, SessionID: 42, Version: 43}
+	cases := []struct {
+		name           string
+		offer          []byte
+		dir, remoteDir string
+		hold           bool
+		remote         string
+	}{
+		{"sendrecv", offer("m=audio 4000 RTP/AVP 0", "a=sendrecv"), "sendrecv", "sendrecv", false, "10.0.0.1:4000"},
+		{"no attribute", offer("m=audio 4000 RTP/AVP 0"), "sendrecv", "sendrecv", false, "10.0.0.1:4000"},
+		{"hold", offer("m=audio 4002 RTP/AVP 0", "a=sendonly"), "recvonly", "sendonly", true, "10.0.0.1:4002"},
+		{"inactive", offer("m=audio 4000 RTP/AVP 0", "a=inactive"), "inactive", "inactive", true, "10.0.0.1:4000"},
+		{"recvonly", offer("m=audio 4000 RTP/AVP 0", "a=recvonly"), "sendonly", "recvonly", false, "10.0.0.1:4000"},
+		{"rfc2543 hold", offer("m=audio 4000 RTP/AVP 0", "c=IN IP4 0.0.0.0"), "sendrecv", "sendrecv", true, "0.0.0.0:4000"},
+		{"new media address", offer("m=audio 6000 RTP/AVP 8", "c=IN IP4 10.0.0.9"), "sendrecv", "sendrecv", false, "10.0.0.9:6000"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			a, err := Negotiate(tc.offer, p)
+			require.NoError(t, err)
+			require.Equal(t, tc.dir, a.Direction)
+			require.Equal(t, tc.remoteDir, a.RemoteDirection)
+			require.Equal(t, tc.hold, a.Hold)
+			require.Equal(t, tc.remote, a.RemoteAddr)
+			require.Contains(t, string(a.SDP), "o=baton 42 43 IN IP4 203.0.113.7\r\n")
+			require.Contains(t, string(a.SDP), "a="+tc.dir+"\r\n")
+		})
+	}
+}
+
+func TestOfferAndReadAnswer(t *testing.T) {
+	off := Offer(Params{Host: "203.0.113.7", Port: 20002, SessionID: 42, Version: 44})
+	require.Equal(t, "v=0\r\no=baton 42 44 IN IP4 203.0.113.7\r\ns=baton\r\nc=IN IP4 203.0.113.7\r\nt=0 0\r\n"+
+		"m=audio 20002 RTP/AVP 0 8 101\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:8 PCMA/8000\r\n"+
+		"a=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-16\r\na=ptime:20\r\na=sendrecv\r\n", string(off))
+
+	a, err := ReadAnswer(offer("m=audio 7000 RTP/AVP 8 101", "a=rtpmap:101 telephone-event/8000", "a=sendonly"), off)
+	require.NoError(t, err)
+	require.Equal(t, PCMA, a.Codec)
+	require.Equal(t, 101, a.TelephoneEvent)
+	require.Equal(t, "10.0.0.1:7000", a.RemoteAddr)
+	require.Equal(t, "sendonly", a.RemoteDirection)
+	require.Equal(t, "recvonly", a.Direction)
+	require.True(t, a.Hold)
+	require.Equal(t, off, a.SDP)
+
+	_, err = ReadAnswer(offer("m=audio 7000 RTP/AVP 18"), off)
+	require.ErrorIs(t, err, ErrNotAcceptable)
+}

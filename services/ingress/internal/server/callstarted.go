@@ -66,7 +66,7 @@ func readInvite(req *sip.Request, p dialogParams) (callFacts, error) {
 				RemoteUri:     from.Address.String(),
 				RemoteTarget:  contact.Address.String(),
 				RouteSet:      routeSet,
-				Transport:     batonv1.Transport_TRANSPORT_UDP,
+				Transport:     transportOf(req),
 				NextLocalCseq: 1,
 				LocalContact:  p.localContact,
 				RemoteAddress: source,
@@ -86,4 +86,16 @@ func readInvite(req *sip.Request, p dialogParams) (callFacts, error) {
 		},
 		skipped: ex.Skipped,
 	}, nil
+}
+
+// transportOf is the transport req arrived on.
+func transportOf(req *sip.Request) batonv1.Transport {
+	switch req.Transport() {
+	case "TCP":
+		return batonv1.Transport_TRANSPORT_TCP
+	case "TLS":
+		return batonv1.Transport_TRANSPORT_TLS
+	default:
+		return batonv1.Transport_TRANSPORT_UDP
+	}
 }

@@ -3,6 +3,7 @@ package server
 import (
 	"bytes"
 	"context"
+	"errors"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -47,6 +48,9 @@ func (s *Stats) Snapshot() map[string]uint64 {
 	}
 }
 
+// errACL closes a TCP or TLS connection from an address no trunk allows.
+var errACL = errors.New("source address not allowed by any trunk")
+
 // filter sees every UDP datagram before sipgo parses it (sipgo's
 // TransportReadFilter): the ACL, validation and admission of new INVITEs
 // happen here, so sipgo builds no transaction for what ingress refuses.
@@ -54,14 +58,22 @@ func (s *Stats) Snapshot() map[string]uint64 {
 // skip the datagram; it never returns an error (that would stop sipgo's
 // reader).
 func (s *Server) filter(p sip.TransportReadProps, data []byte) ([]byte, error) {
-	if p.Transport != "UDP" {
-		return data, nil
+	if s.stopped.Load() {
+		return nil, nil
 	}
 	src := addrPort(p.RemoteAddr)
-	if s.trunks.Lookup(src.Addr()) == nil {
+	if s.trunks.Lookup(src.Addr().Unmap()) == nil {
 		s.stats.ACLDropped.Add(1)
 		s.rejectLog.log(s.log, "request from an address no trunk allows", "source", src.String())
+		if p.Transport != "UDP" {
+			return nil, errACL // sipgo closes the connection
+		}
 		return nil, nil
+	}
+	if p.Transport != "UDP" {
+		// A stream read is a chunk, not a message: validation runs on the
+		// parsed request (checkStream).
+		return data, nil
 	}
 	if len(bytes.Trim(data, "\r\n")) == 0 {
 		return data, nil // keepalive; sipgo ignores it
@@ -78,12 +90,12 @@ func (s *Server) filter(p sip.TransportReadProps, data []byte) ([]byte, error) {
 	case !r.OK():
 		s.stats.Invalid.Add(1)
 		s.rejectLog.log(s.log, "sip request refused", "source", src.String(), "status", r.Status, "reason", r.Detail, "call_id", r.CallID)
-		s.sendRaw(p.RemoteAddr, sipcheck.Reply(data, r, sip.GenerateTagN(16), src))
+		s.sendRaw(p.LocalAddr, p.RemoteAddr, sipcheck.Reply(data, r, sip.GenerateTagN(16), src))
 		return nil, nil
 	}
 	if r.Method == "INVITE" && !r.ToTag {
 		if refused := s.admitInvite(r); refused.Status != 0 {
-			s.sendRaw(p.RemoteAddr, sipcheck.Reply(data, refused, sip.GenerateTagN(16), src))
+			s.sendRaw(p.LocalAddr, p.RemoteAddr, sipcheck.Reply(data, refused, sip.GenerateTagN(16), src))
 			return nil, nil
 		}
 	}
@@ -122,11 +134,12 @@ func (s *Server) admitInvite(r sipcheck.Result) sipcheck.Result {
 	return sipcheck.Result{}
 }
 
-func (s *Server) sendRaw(to net.Addr, msg []byte) {
-	if msg == nil {
+func (s *Server) sendRaw(local, to net.Addr, msg []byte) {
+	conn := s.udpConn(local)
+	if msg == nil || conn == nil {
 		return
 	}
-	if _, err := s.conn.WriteTo(msg, to); err != nil {
+	if _, err := conn.WriteTo(msg, to); err != nil {
 		s.rejectLog.log(s.log, "send stateless response", "err", err)
 	}
 }

@@ -11,7 +11,6 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -26,6 +25,7 @@ import (
 	"github.com/baton-voice/baton/pkg/events"
 	"github.com/baton-voice/baton/pkg/events/batonv1"
 	"github.com/baton-voice/baton/pkg/sipx"
+	"github.com/baton-voice/baton/services/ingress/internal/audio"
 	"github.com/baton-voice/baton/services/ingress/internal/config"
 	"github.com/baton-voice/baton/services/ingress/internal/headers"
 	"github.com/baton-voice/baton/services/ingress/internal/rtp"
@@ -47,9 +47,12 @@ type Server struct {
 	log          *slog.Logger
 	ua           *sipgo.UserAgent
 	sip          *sipgo.Server
-	conn         *net.UDPConn
-	localContact string
+	udp          []*net.UDPConn
+	streams      []stream
+	contacts     map[string]string // by transport and address family, see contactFor
+	localContact string            // the first listener's
 	rtp          *rtp.Allocator
+	clip         rtp.Clip // played after the ACK: the greeting, silence or nothing
 	trunks       *trunks.Table
 	policy       sipcheck.Policy
 	admit        *admission
@@ -57,7 +60,9 @@ type Server struct {
 	stats        Stats
 	rejectLog    *rateLog
 	draining     atomic.Bool
-	active       atomic.Int64 // calls in the table, pending ones included
+	stopped      atomic.Bool   // the read filter drops everything
+	active       atomic.Int64  // calls in the table, pending ones included
+	drained      chan struct{} // gets a value when the last call ends while draining
 
 	mu       sync.Mutex
 	calls    map[string]*call
@@ -65,35 +70,36 @@ type Server struct {
 	inflight sync.WaitGroup
 }
 
-// Listen binds the SIP socket (so Addr is known before Serve) and prepares
-// the server. cl publishes to cfg.Kafka.Topics.Calls.
+// stream is a TCP or TLS listener.
+type stream struct {
+	transport string // config.TCP or config.TLS
+	ln        net.Listener
+}
+
+// Listen binds the SIP sockets (so their addresses are known before Serve)
+// and prepares the server. cl publishes to cfg.Kafka.Topics.Calls.
 func Listen(cfg config.Config, cl *kgo.Client, logger *slog.Logger) (*Server, error) {
-	laddr, err := net.ResolveUDPAddr("udp", cfg.Listen)
-	if err != nil {
-		return nil, fmt.Errorf("listen address %s: %w", cfg.Listen, err)
-	}
-	conn, err := net.ListenUDP("udp", laddr)
-	if err != nil {
-		return nil, fmt.Errorf("listen sip on %s: %w", cfg.Listen, err)
+	s := &Server{cfg: cfg, cl: cl, log: logger, contacts: map[string]string{}, drained: make(chan struct{}, 1)}
+	if err := s.bind(); err != nil {
+		return nil, errors.Join(err, s.closeListeners())
 	}
 	table, err := trunks.New(cfg.EffectiveTrunks())
 	if err != nil {
-		return nil, errors.Join(err, conn.Close())
+		return nil, errors.Join(err, s.closeListeners())
 	}
-	port := conn.LocalAddr().(*net.UDPAddr).Port
-	s := &Server{
-		cfg:          cfg,
-		cl:           cl,
-		log:          logger,
-		conn:         conn,
-		localContact: "<sip:baton@" + net.JoinHostPort(cfg.ContactHost(), strconv.Itoa(port)) + ">",
-		rtp:          rtp.NewAllocator(cfg.RTPHost(), cfg.RTP.PortMin, cfg.RTP.PortMax),
-		trunks:       table,
-		policy:       sipcheck.DefaultPolicy(),
-		retryAfter:   retryAfterSeconds(cfg.Limits.RetryAfter),
-		rejectLog:    &rateLog{perSecond: 10},
-		calls:        map[string]*call{},
+	clip := rtp.Silence(cfg.Media.Silence)
+	if cfg.Media.Greeting != "" {
+		if clip, err = audio.Load(cfg.Media.Greeting); err != nil {
+			return nil, errors.Join(err, s.closeListeners())
+		}
 	}
+	s.rtp = rtp.NewAllocator(cfg.RTPHost(), cfg.RTP.PortMin, cfg.RTP.PortMax)
+	s.clip = clip
+	s.trunks = table
+	s.policy = sipcheck.DefaultPolicy()
+	s.retryAfter = retryAfterSeconds(cfg.Limits.RetryAfter)
+	s.rejectLog = &rateLog{perSecond: 10}
+	s.calls = map[string]*call{}
 	s.admit = newAdmission(cfg.Limits.MaxCalls, cfg.Limits.MaxCPS, &s.active)
 	// sipgo logs unparsable packets at ERROR with the packet attached:
 	// its logger drops the packet and is rate-limited.
@@ -107,11 +113,11 @@ func Listen(cfg config.Config, cl *kgo.Client, logger *slog.Logger) (*Server, er
 		),
 	)
 	if err != nil {
-		return nil, errors.Join(fmt.Errorf("sip user agent: %w", err), conn.Close())
+		return nil, errors.Join(fmt.Errorf("sip user agent: %w", err), s.closeListeners())
 	}
 	srv, err := sipgo.NewServer(ua, sipgo.WithServerLogger(sipLog))
 	if err != nil {
-		return nil, errors.Join(fmt.Errorf("sip server: %w", err), ua.Close(), conn.Close())
+		return nil, errors.Join(fmt.Errorf("sip server: %w", err), ua.Close(), s.closeListeners())
 	}
 	s.ua, s.sip = ua, srv
 	return s, nil
@@ -120,8 +126,27 @@ func Listen(cfg config.Config, cl *kgo.Client, logger *slog.Logger) (*Server, er
 // Stats returns the server's counters.
 func (s *Server) Stats() *Stats { return &s.stats }
 
-// Addr is the bound SIP address (the real port when the config asked for 0).
-func (s *Server) Addr() *net.UDPAddr { return s.conn.LocalAddr().(*net.UDPAddr) }
+// Addr is the first bound UDP address (the real port when the config
+// asked for 0); nil when there is no UDP listener.
+func (s *Server) Addr() *net.UDPAddr {
+	if len(s.udp) == 0 {
+		return nil
+	}
+	return s.udp[0].LocalAddr().(*net.UDPAddr)
+}
+
+// Addrs are the bound addresses of every listener, in config order of
+// transport: UDP ones first, then TCP and TLS.
+func (s *Server) Addrs() []net.Addr {
+	var out []net.Addr
+	for _, c := range s.udp {
+		out = append(out, c.LocalAddr())
+	}
+	for _, st := range s.streams {
+		out = append(out, st.ln.Addr())
+	}
+	return out
+}
 
 // LocalContact is the Contact ingress gives in its answers.
 func (s *Server) LocalContact() string { return s.localContact }
@@ -131,6 +156,10 @@ func (s *Server) LocalContact() string { return s.localContact }
 // publish_timeout), the listener closes and every RTP socket is released.
 // Flushing and closing the Kafka client is the caller's job.
 func (s *Server) Serve(ctx context.Context) error {
+	// Handlers outlive ctx by the drain: live dialogs are served until
+	// they end or drain_timeout passes.
+	runCtx, stopRun := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopRun()
 	handle := func(h func(context.Context, *sip.Request, sip.ServerTransaction)) sipgo.RequestHandler {
 		return func(req *sip.Request, tx sip.ServerTransaction) {
 			if !s.enter() {
@@ -138,11 +167,19 @@ func (s *Server) Serve(ctx context.Context) error {
 				return
 			}
 			defer s.inflight.Done()
-			h(ctx, req, tx)
+			if !s.checkStream(req, tx) {
+				return
+			}
+			h(runCtx, req, tx)
 		}
 	}
 	s.sip.OnInvite(handle(s.onInvite))
-	s.sip.OnAck(s.onAck) // ACK gets no answer, so it is not refused at shutdown
+	// ACK gets no answer, so it is not refused at shutdown.
+	s.sip.OnAck(func(req *sip.Request, tx sip.ServerTransaction) {
+		if s.checkStream(req, tx) {
+			s.onAck(req, tx)
+		}
+	})
 	s.sip.OnBye(handle(s.onBye))
 	s.sip.OnCancel(handle(s.onCancel))
 	s.sip.OnNotify(handle(s.onNotify))
@@ -150,24 +187,60 @@ func (s *Server) Serve(ctx context.Context) error {
 	s.sip.OnInfo(handle(s.onInfo))
 	s.sip.OnNoRoute(handle(s.onOther))
 
-	s.log.InfoContext(ctx, "sip listening", "addr", s.Addr().String(), "contact", s.localContact)
-	served := make(chan error, 1)
-	go func() { served <- s.sip.ServeUDP(s.conn) }()
+	n := len(s.udp) + len(s.streams)
+	served := make(chan error, n)
+	for _, c := range s.udp {
+		s.log.InfoContext(ctx, "sip listening", "transport", "udp", "addr", c.LocalAddr().String())
+		go func() { served <- s.sip.ServeUDP(c) }()
+	}
+	for _, st := range s.streams {
+		s.log.InfoContext(ctx, "sip listening", "transport", st.transport, "addr", st.ln.Addr().String())
+		if st.transport == config.TLS {
+			go func() { served <- s.sip.ServeTLS(st.ln) }()
+		} else {
+			go func() { served <- s.sip.ServeTCP(st.ln) }()
+		}
+	}
 
 	var serveErr error
 	select {
 	case <-ctx.Done():
+		s.drain(runCtx)
 	case err := <-served:
+		n--
 		serveErr = fmt.Errorf("serve sip: %w", err)
-		served <- nil
 	}
-	s.draining.Store(true)
+	stopRun()
 	s.shutdown()
 	s.log.Info("sip counters", "counters", s.stats.Snapshot())
-	if err := <-served; err != nil && serveErr == nil {
-		serveErr = fmt.Errorf("serve sip: %w", err)
+	for range n {
+		if err := <-served; err != nil && !errors.Is(err, net.ErrClosed) && serveErr == nil {
+			serveErr = fmt.Errorf("serve sip: %w", err)
+		}
 	}
 	return serveErr
+}
+
+// drain refuses new INVITEs (503, counted as draining) and serves the
+// calls up until none is left or drain_timeout passes.
+func (s *Server) drain(ctx context.Context) {
+	s.draining.Store(true)
+	calls := s.active.Load()
+	if calls == 0 {
+		return
+	}
+	s.log.InfoContext(ctx, "draining", "calls", calls, "drain_timeout", s.cfg.DrainTimeout.String())
+	deadline := time.NewTimer(s.cfg.DrainTimeout)
+	defer deadline.Stop()
+	for s.active.Load() > 0 {
+		select {
+		case <-s.drained:
+		case <-deadline.C:
+			s.log.WarnContext(ctx, "drain timeout; dropping calls", "calls", s.active.Load())
+			return
+		}
+	}
+	s.log.InfoContext(ctx, "drained")
 }
 
 func (s *Server) enter() bool {
@@ -181,12 +254,21 @@ func (s *Server) enter() bool {
 }
 
 func (s *Server) shutdown() {
+	s.draining.Store(true)
 	s.mu.Lock()
 	s.closing = true
 	s.mu.Unlock()
 	s.inflight.Wait()
 
-	if err := s.conn.Close(); err != nil && !errors.Is(err, net.ErrClosed) {
+	// From here the read filter drops everything, so sipgo starts no
+	// transaction whose answer would look for a closed socket (sipgo then
+	// opens a new one nobody closes). The user agent closes first, the
+	// listeners it does not own after it.
+	s.stopped.Store(true)
+	if err := s.ua.Close(); err != nil {
+		s.log.Warn("close sip user agent", "err", err)
+	}
+	if err := s.closeListeners(); err != nil {
 		s.log.Warn("close sip listener", "err", err)
 	}
 	s.mu.Lock()
@@ -201,9 +283,6 @@ func (s *Server) shutdown() {
 			s.log.Warn("close rtp", "call_id", c.id, "err", err)
 		}
 		s.log.Info("call dropped at shutdown", "call_id", c.id, "rtp_packets", st.Packets)
-	}
-	if err := s.ua.Close(); err != nil {
-		s.log.Warn("close sip user agent", "err", err)
 	}
 }
 
@@ -229,6 +308,44 @@ type call struct {
 	cancelReason string
 	acked        chan struct{}
 	ended        chan struct{}
+	// The media session's offer/answer state: the o= line ingress
+	// numbers (RFC 3264 8), the SDP it last sent, the codec in force.
+	sdpSession uint64
+	sdpVersion uint64
+	localSDP   []byte
+	codec      string
+	// remoteCSeq is the CSeq of the last INVITE the far end sent in the
+	// dialog; a re-INVITE must be above it (RFC 3261 12.2.2).
+	remoteCSeq uint32
+	// reinvite is the re-INVITE answered 200 and waiting for its ACK.
+	reinvite *reinvite
+}
+
+// reinvite is a re-INVITE whose 200 OK waits for the ACK; the ACK carries
+// the answer when ingress made the offer.
+type reinvite struct {
+	cseq uint32
+	acks chan *sip.Request
+	done chan struct{} // closed when the re-INVITE is through
+}
+
+// awaitReinvite lets a BYE that follows an ACK wait, briefly, for the
+// re-INVITE the ACK completes, so its CallUpdated is published before the
+// CallEnded (sipgo runs each request on its own goroutine, and an ACK gets
+// no answer the far end could wait for).
+func awaitReinvite(c *call) {
+	c.mu.Lock()
+	ri := c.reinvite
+	c.mu.Unlock()
+	if ri == nil {
+		return
+	}
+	t := time.NewTimer(sip.T1)
+	defer t.Stop()
+	select {
+	case <-ri.done:
+	case <-t.C:
+	}
 }
 
 func (c *call) ack() {
@@ -294,7 +411,12 @@ func (s *Server) remove(c *call) bool {
 		return false
 	}
 	delete(s.calls, c.id)
-	s.active.Add(-1)
+	if s.active.Add(-1) == 0 && s.draining.Load() {
+		select {
+		case s.drained <- struct{}{}:
+		default:
+		}
+	}
 	return true
 }
 
@@ -326,16 +448,24 @@ func (s *Server) onInvite(ctx context.Context, req *sip.Request, tx sip.ServerTr
 	}
 	log := s.log.With("call_id", callID)
 	if to := req.To(); to != nil && to.Params.Has("tag") {
-		// A re-INVITE. Media changes are a later issue; the dialog stays
-		// up on a non-2xx answer (RFC 3261 14.2).
-		if s.lookup(req) == nil {
+		c := s.lookup(req)
+		if c == nil {
 			s.reply(req, tx, sip.StatusCallTransactionDoesNotExists, "Call/Transaction Does Not Exist")
 			return
 		}
-		log.InfoContext(ctx, "re-invite refused")
-		s.reply(req, tx, sip.StatusNotImplemented, "Not Implemented")
+		s.onReInvite(ctx, c, req, tx)
 		return
 	}
+	// The CANCEL callback goes in before the 100: a CANCEL may follow the
+	// first provisional answer at once (RFC 3261 9.1), and sipgo answers
+	// it 487 whether or not anyone listens.
+	c := &call{id: callID, acked: make(chan struct{}), ended: make(chan struct{})}
+	tx.OnCancel(func(cancel *sip.Request) {
+		c.mu.Lock()
+		c.cancelled = true
+		c.cancelReason = headers.Value(cancel.Headers(), "Reason")
+		c.mu.Unlock()
+	})
 	s.reply(req, tx, sip.StatusTrying, "Trying")
 
 	if ct := req.ContentType(); len(req.Body()) == 0 || ct == nil || !strings.EqualFold(mediaType(ct.Value()), "application/sdp") {
@@ -343,7 +473,7 @@ func (s *Server) onInvite(ctx context.Context, req *sip.Request, tx sip.ServerTr
 		s.reply(req, tx, sip.StatusNotAcceptableHere, "Not Acceptable Here")
 		return
 	}
-	media, err := s.rtp.Open()
+	media, err := s.rtp.Open(s.onRTPDigit(ctx, callID))
 	if err != nil {
 		log.ErrorContext(ctx, "allocate rtp port", "err", err)
 		s.reply(req, tx, sip.StatusServiceUnavailable, "Service Unavailable", sip.NewHeader("Retry-After", s.retryAfter))
@@ -355,7 +485,8 @@ func (s *Server) onInvite(ctx context.Context, req *sip.Request, tx sip.ServerTr
 		}
 	}
 	start := time.Now()
-	answer, err := sdp.Negotiate(req.Body(), sdp.Params{Host: s.cfg.ContactHost(), Port: media.Port(), SessionID: uint64(start.Unix())})
+	sessionID := uint64(start.Unix())
+	answer, err := sdp.Negotiate(req.Body(), sdp.Params{Host: s.cfg.ContactHost(), Port: media.Port(), SessionID: sessionID})
 	if err != nil {
 		closeMedia()
 		log.InfoContext(ctx, "offer refused", "err", err)
@@ -371,7 +502,7 @@ func (s *Server) onInvite(ctx context.Context, req *sip.Request, tx sip.ServerTr
 		s.stats.ACLDropped.Add(1)
 		return
 	}
-	facts, err := readInvite(req, dialogParams{localTag: localTag, localContact: s.localContact, trunk: trunk, localSDP: answer.SDP})
+	facts, err := readInvite(req, dialogParams{localTag: localTag, localContact: s.contactFor(req), trunk: trunk, localSDP: answer.SDP})
 	if err != nil {
 		closeMedia()
 		log.InfoContext(ctx, "invite refused", "err", err)
@@ -382,10 +513,14 @@ func (s *Server) onInvite(ctx context.Context, req *sip.Request, tx sip.ServerTr
 		log.WarnContext(ctx, "custom header not made a variable", "header", sk.Name, "err", sk.Err)
 	}
 
-	c := &call{
-		id: callID, localTag: localTag, remoteTag: facts.started.Dialog.RemoteTag, start: start, media: media,
-		acked: make(chan struct{}), ended: make(chan struct{}),
+	c.mu.Lock()
+	c.localTag, c.remoteTag, c.start, c.media = localTag, facts.started.Dialog.RemoteTag, start, media
+	c.sdpSession, c.sdpVersion, c.localSDP, c.codec = sessionID, sessionID, answer.SDP, answer.Codec.Name
+	c.mu.Unlock()
+	if cseq := req.CSeq(); cseq != nil {
+		c.remoteCSeq = cseq.SeqNo
 	}
+	media.SetMedia(mediaOf(answer))
 	if err := s.add(c); errors.Is(err, errOverCalls) {
 		closeMedia()
 		s.stats.OverloadCalls.Add(1)
@@ -400,13 +535,6 @@ func (s *Server) onInvite(ctx context.Context, req *sip.Request, tx sip.ServerTr
 		s.reply(req, tx, sip.StatusLoopDetected, "Loop Detected")
 		return
 	}
-	tx.OnCancel(func(cancel *sip.Request) {
-		c.mu.Lock()
-		c.cancelled = true
-		c.cancelReason = headers.Value(cancel.Headers(), "Reason")
-		c.mu.Unlock()
-	})
-
 	if err := s.publish(ctx, callID, facts.started); err != nil {
 		s.remove(c)
 		closeMedia()
@@ -421,7 +549,7 @@ func (s *Server) onInvite(ctx context.Context, req *sip.Request, tx sip.ServerTr
 
 	res := sip.NewResponseFromRequest(req, sip.StatusOK, "OK", answer.SDP)
 	res.To().Params.Add("tag", localTag)
-	res.AppendHeader(sip.NewHeader("Contact", s.localContact))
+	res.AppendHeader(sip.NewHeader("Contact", s.contactFor(req)))
 	res.AppendHeader(sip.NewHeader("Allow", allow))
 	ct := sip.ContentTypeHeader("application/sdp")
 	res.AppendHeader(&ct)
@@ -436,12 +564,15 @@ func (s *Server) onInvite(ctx context.Context, req *sip.Request, tx sip.ServerTr
 		return
 	}
 	log.InfoContext(ctx, "call answered", "codec", answer.Codec.Name, "rtp_port", media.Port(), "remote_rtp", answer.RemoteAddr)
-	s.awaitAck(ctx, c, tx, res)
+	if s.awaitAck(ctx, c, tx, res) && s.clip.Frames() > 0 {
+		media.Play(s.clip)
+	}
 }
 
 // awaitAck retransmits the 200 OK until the ACK arrives (RFC 3261 13.3.1.4;
-// sipgo's transaction leaves 2xx retransmission to the UAS core).
-func (s *Server) awaitAck(ctx context.Context, c *call, tx sip.ServerTransaction, res *sip.Response) {
+// sipgo's transaction leaves 2xx retransmission to the UAS core). It
+// reports whether the ACK came.
+func (s *Server) awaitAck(ctx context.Context, c *call, tx sip.ServerTransaction, res *sip.Response) bool {
 	interval := sip.T1
 	retransmit := time.NewTimer(interval)
 	defer retransmit.Stop()
@@ -450,19 +581,19 @@ func (s *Server) awaitAck(ctx context.Context, c *call, tx sip.ServerTransaction
 	for {
 		select {
 		case <-c.acked:
-			return
+			return true
 		case <-tx.Acks(): // an ACK sent in the INVITE's transaction
 			c.ack()
-			return
+			return true
 		case <-c.ended:
-			return
+			return false
 		case <-ctx.Done():
-			return
+			return false
 		case <-giveUp.C:
 			// Ingress never sends BYE; the call stays in the table until
 			// the far end or transfer ends it.
 			s.log.WarnContext(ctx, "no ack for 200 ok", "call_id", c.id)
-			return
+			return false
 		case <-retransmit.C:
 			if err := tx.Respond(res); err != nil {
 				s.log.WarnContext(ctx, "retransmit 200 ok", "call_id", c.id, "err", err)
@@ -485,13 +616,19 @@ func (s *Server) endCall(ctx context.Context, c *call, method sip.RequestMethod,
 	}
 	d := time.Since(c.start)
 	s.log.InfoContext(ctx, "call ended", "call_id", c.id, "method", string(method), "reason", reason,
-		"duration", d.String(), "rtp_packets", st.Packets, "rtp_bytes", st.Bytes)
+		"duration", d.String(), "rtp_packets", st.Packets, "rtp_bytes", st.Bytes, "rtp_lost", st.Lost, "jitter_ms", st.JitterMS)
+	c.mu.Lock()
+	codec := c.codec
+	c.mu.Unlock()
 	ended := &batonv1.CallEnded{
 		CallId:   c.id,
 		EndedBy:  batonv1.Party_PARTY_REMOTE,
 		Method:   string(method),
 		Reason:   reason,
 		Duration: durationpb.New(d),
+		Media: &batonv1.MediaStats{
+			Packets: st.Packets, Bytes: st.Bytes, Lost: st.Lost, JitterMs: st.JitterMS, Codec: codec,
+		},
 	}
 	if err := s.publish(ctx, c.id, ended); err != nil {
 		s.log.ErrorContext(ctx, "publish call ended", "call_id", c.id, "err", err)
@@ -499,9 +636,21 @@ func (s *Server) endCall(ctx context.Context, c *call, method sip.RequestMethod,
 }
 
 func (s *Server) onAck(req *sip.Request, _ sip.ServerTransaction) {
-	if c := s.lookup(req); c != nil {
-		c.ack()
+	c := s.lookup(req)
+	if c == nil {
+		return
 	}
+	c.mu.Lock()
+	ri := c.reinvite
+	c.mu.Unlock()
+	if ri != nil && req.CSeq() != nil && req.CSeq().SeqNo == ri.cseq {
+		select {
+		case ri.acks <- req:
+		default: // a retransmitted ACK; the first is being handled
+		}
+		return
+	}
+	c.ack()
 }
 
 func (s *Server) onBye(ctx context.Context, req *sip.Request, tx sip.ServerTransaction) {
@@ -512,6 +661,7 @@ func (s *Server) onBye(ctx context.Context, req *sip.Request, tx sip.ServerTrans
 	}
 	// The far end considers the call over whatever we answer, so BYE is
 	// answered 200 even when the CallEnded publish fails (it is logged).
+	awaitReinvite(c)
 	s.endCall(ctx, c, sip.BYE, headers.Value(req.Headers(), "Reason"))
 	s.reply(req, tx, sip.StatusOK, "OK")
 }
@@ -557,13 +707,30 @@ func (s *Server) onOptions(_ context.Context, req *sip.Request, tx sip.ServerTra
 	s.reply(req, tx, sip.StatusOK, "OK", sip.NewHeader("Allow", allow), sip.NewHeader("Accept", "application/sdp"))
 }
 
-// onInfo accepts INFO in a known dialog (DTMF relays send it); its body is
-// not used yet.
-func (s *Server) onInfo(_ context.Context, req *sip.Request, tx sip.ServerTransaction) {
-	if s.lookup(req) == nil {
+// onInfo accepts INFO in a known dialog: a DTMF relay body becomes a
+// DtmfReceived fact; an empty INFO (a keepalive) is just answered.
+func (s *Server) onInfo(ctx context.Context, req *sip.Request, tx sip.ServerTransaction) {
+	c := s.lookup(req)
+	if c == nil {
 		s.reply(req, tx, sip.StatusCallTransactionDoesNotExists, "Call/Transaction Does Not Exist")
 		return
 	}
+	if len(req.Body()) == 0 {
+		s.reply(req, tx, sip.StatusOK, "OK")
+		return
+	}
+	ct := ""
+	if h := req.ContentType(); h != nil {
+		ct = mediaType(h.Value())
+	}
+	d, err := parseInfoDTMF(ct, req.Body())
+	if err != nil {
+		s.log.InfoContext(ctx, "info refused", "call_id", c.id, "err", err)
+		s.reply(req, tx, sip.StatusBadRequest, "Bad Request")
+		return
+	}
+	// Queued before the answer, so it precedes what the far end does next.
+	s.publishAsync(ctx, c.id, &batonv1.DtmfReceived{CallId: c.id, Digit: d.Digit, DurationMs: d.DurationMS, Source: "info"})
 	s.reply(req, tx, sip.StatusOK, "OK")
 }
 
@@ -625,4 +792,25 @@ func (s *Server) publish(ctx context.Context, callID string, msg proto.Message) 
 func mediaType(v string) string {
 	t, _, _ := strings.Cut(v, ";")
 	return strings.TrimSpace(t)
+}
+
+// publishAsync writes msg about callID to the calls topic without waiting;
+// the producer keeps the order per call, failures are logged, and shutdown
+// flushes what is buffered. Facts nothing waits on go this way.
+func (s *Server) publishAsync(ctx context.Context, callID string, msg proto.Message) {
+	ev, err := events.New(Source, callID, msg, time.Now())
+	if err != nil {
+		s.log.ErrorContext(ctx, "publish", "call_id", callID, "err", err)
+		return
+	}
+	rec, err := events.Encode(s.cfg.Kafka.Topics.Calls, ev)
+	if err != nil {
+		s.log.ErrorContext(ctx, "publish", "call_id", callID, "err", err)
+		return
+	}
+	s.cl.Produce(context.WithoutCancel(ctx), rec, func(_ *kgo.Record, err error) {
+		if err != nil {
+			s.log.Error("publish", "call_id", callID, "type", ev.Type, "err", err)
+		}
+	})
 }

@@ -28,7 +28,7 @@ func Canonical(data []byte, r Result, forceRport bool) []byte {
 	b.WriteString("\r\n")
 	firstVia := true
 	for _, f := range m.fields {
-		name := canon(f.name)
+		name := f.key
 		if name == "Content-Length" {
 			continue // written last, from what the body is
 		}

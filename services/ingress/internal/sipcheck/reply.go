@@ -20,7 +20,7 @@ func Reply(data []byte, r Result, toTag string, src netip.AddrPort) []byte {
 	}
 	m := parse(data)
 	for _, f := range m.fields {
-		switch canon(f.name) {
+		switch f.key {
 		case "Via", "From", "To", "Call-ID", "CSeq":
 			if badByte(f.value) >= 0 {
 				// Echoing it would put a bare CR, LF or NUL on the wire.
@@ -37,7 +37,7 @@ func Reply(data []byte, r Result, toTag string, src netip.AddrPort) []byte {
 	b.WriteString("\r\n")
 	firstVia := true
 	for _, f := range m.fields {
-		if canon(f.name) != "Via" {
+		if f.key != "Via" {
 			continue
 		}
 		for _, hop := range strings.Split(f.value, ",") {

@@ -82,6 +82,7 @@ func DefaultPolicy() Policy {
 // field is one header line, unfolded.
 type field struct {
 	name  string // as received, trimmed
+	key   string // canon(name), computed once
 	value string // unfolded, trimmed
 }
 
@@ -166,7 +167,7 @@ func parse(data []byte) message {
 			}
 			continue
 		}
-		m.fields = append(m.fields, field{name: name, value: strings.TrimSpace(value)})
+		m.fields = append(m.fields, field{name: name, key: canon(name), value: strings.TrimSpace(value)})
 	}
 	return m
 }
@@ -192,7 +193,7 @@ func badByte(s string) int {
 func (m *message) all(name string) []string {
 	var out []string
 	for _, f := range m.fields {
-		if canon(f.name) == name {
+		if f.key == name {
 			out = append(out, f.value)
 		}
 	}
@@ -201,7 +202,7 @@ func (m *message) all(name string) []string {
 
 func (m *message) first(name string) (string, bool) {
 	for _, f := range m.fields {
-		if canon(f.name) == name {
+		if f.key == name {
 			return f.value, true
 		}
 	}

@@ -1,0 +1,54 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net"
+	"sync"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/baton-voice/baton/pkg/kafkahealth"
+	"github.com/baton-voice/baton/pkg/opshttp"
+)
+
+// serveOps serves /metrics, /healthz and /readyz on listen ("" serves
+// nothing). Ready: Kafka answers, the SIP listeners are bound and the
+// drain has not begun (sigCtx not done). stop ends the server and waits
+// for it.
+func serveOps(sigCtx context.Context, listen string, reg *prometheus.Registry, cl *kgo.Client, addrs func() []net.Addr,
+	logger *slog.Logger) (stop func(), err error) {
+	reach := kafkahealth.NewReach(cl)
+	ready := opshttp.All(
+		func(context.Context) error {
+			if sigCtx.Err() != nil {
+				return errors.New("draining")
+			}
+			return nil
+		},
+		func(context.Context) error {
+			if len(addrs()) == 0 {
+				return errors.New("no sip listener bound")
+			}
+			return nil
+		},
+		reach.Check)
+	srv, err := opshttp.Listen(listen, reg, ready, logger)
+	if err != nil || srv == nil {
+		return func() {}, err
+	}
+	ctx, cancel := context.WithCancel(context.WithoutCancel(sigCtx))
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		if err := srv.Serve(ctx); err != nil {
+			logger.Error("metrics server stopped", "err", err)
+		}
+	})
+	logger.Info("metrics listening", "addr", srv.Addr(), "url", "http://"+srv.Addr()+"/metrics")
+	return func() {
+		cancel()
+		wg.Wait()
+	}, nil
+}

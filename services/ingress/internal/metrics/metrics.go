@@ -1,0 +1,117 @@
+// Package metrics is ingress's Prometheus instrumentation. It watches what
+// ingress publishes through a franz-go hook (calls started and ended,
+// publish latency) and exposes the SIP server's refusal counters, so the
+// SIP code needs no metric calls of its own.
+//
+// New calls per second is rate(baton_ingress_calls_total[1m]).
+package metrics
+
+import (
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/baton-voice/baton/pkg/events"
+)
+
+// Hook counts ingress's published facts; add it to the producer with
+// kgo.WithHooks.
+type Hook struct {
+	topic   string
+	calls   prometheus.Counter
+	ended   prometheus.Counter
+	active  prometheus.Gauge
+	failed  *prometheus.CounterVec
+	latency *prometheus.HistogramVec
+	now     func() time.Time
+}
+
+// NewHook registers the publish metrics on reg; topic is the calls topic.
+func NewHook(reg prometheus.Registerer, topic string) *Hook {
+	h := &Hook{
+		topic: topic,
+		calls: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "baton_ingress_calls_total",
+			Help: "Calls answered and published (CallStarted acknowledged by Kafka); new calls per second is its rate.",
+		}),
+		ended: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "baton_ingress_calls_ended_total", Help: "Calls ended and published (CallEnded acknowledged by Kafka).",
+		}),
+		active: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "baton_ingress_active_calls", Help: "Calls started and not yet ended, as published.",
+		}),
+		failed: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "baton_ingress_publish_errors_total", Help: "Facts Kafka did not acknowledge, by event type.",
+		}, []string{"type"}),
+		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "baton_ingress_publish_latency_seconds",
+			Help:    "From a fact's event time to Kafka's acknowledgement, by event type.",
+			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14),
+		}, []string{"type"}),
+		now: time.Now,
+	}
+	reg.MustRegister(h.calls, h.ended, h.active, h.failed, h.latency)
+	return h
+}
+
+var _ kgo.HookProduceRecordUnbuffered = (*Hook)(nil)
+
+// OnProduceRecordUnbuffered sees every record once Kafka answered for it
+// (or it failed). It only reads the record.
+func (h *Hook) OnProduceRecordUnbuffered(r *kgo.Record, err error) {
+	if r.Topic != h.topic {
+		return
+	}
+	typ := header(r, events.HeaderType)
+	if err != nil {
+		h.failed.WithLabelValues(typ).Inc()
+		return
+	}
+	h.latency.WithLabelValues(typ).Observe(h.now().Sub(r.Timestamp).Seconds())
+	switch typ {
+	case events.TypeCallStarted:
+		h.calls.Inc()
+		h.active.Inc()
+	case events.TypeCallEnded:
+		h.ended.Inc()
+		h.active.Dec()
+	}
+}
+
+func header(r *kgo.Record, key string) string {
+	for _, h := range r.Headers {
+		if h.Key == key {
+			return string(h.Value)
+		}
+	}
+	return ""
+}
+
+// Counters is the SIP server's refusal counters (server.Stats.Snapshot).
+type Counters func() map[string]uint64
+
+// RegisterCounters exposes the server's counters: refusals by reason
+// (acl: source not allowed, invalid: refused by validation, overload_calls
+// and overload_rate: 503 at max_calls or max_cps, draining: 503 at
+// shutdown) and messages dropped without an answer.
+func RegisterCounters(reg prometheus.Registerer, counters Counters) {
+	// The reason label, and the server counter it reads.
+	reasons := map[string]string{
+		"acl":            "acl_dropped",
+		"invalid":        "invalid",
+		"overload_calls": "overload_calls",
+		"overload_rate":  "overload_rate",
+		"draining":       "draining",
+	}
+	for reason, key := range reasons {
+		reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name:        "baton_ingress_rejected_total",
+			Help:        "SIP requests refused, by reason.",
+			ConstLabels: prometheus.Labels{"reason": reason},
+		}, func() float64 { return float64(counters()[key]) }))
+	}
+	reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
+		Name: "baton_ingress_dropped_total", Help: "SIP messages discarded without an answer (garbage, malformed, stray).",
+	}, func() float64 { c := counters(); return float64(c["dropped"] + c["stray_responses"]) }))
+}

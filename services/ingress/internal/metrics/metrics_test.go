@@ -1,0 +1,77 @@
+package metrics
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/stretchr/testify/require"
+	"github.com/twmb/franz-go/pkg/kgo"
+	"go.uber.org/goleak"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/baton-voice/baton/pkg/events"
+	batonv1 "github.com/baton-voice/baton/pkg/events/batonv1"
+	"github.com/baton-voice/baton/pkg/kafka/kafkatest"
+	"github.com/baton-voice/baton/services/ingress/internal/server"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// TestHookCountsPublishedCalls produces facts through a client carrying
+// the hook, as ingress does: calls, active calls and the publish latency
+// move once Kafka acknowledged them.
+func TestHookCountsPublishedCalls(t *testing.T) {
+	brokers := kafkatest.NewCluster(t, 1, "baton.calls", "other")
+	reg := prometheus.NewRegistry()
+	hook := NewHook(reg, "baton.calls")
+	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...), kgo.WithHooks(hook))
+	require.NoError(t, err)
+	defer cl.Close()
+	produce := func(topic, callID string, msg proto.Message) {
+		t.Helper()
+		ev, err := events.New("baton/ingress", callID, msg, time.Now())
+		require.NoError(t, err)
+		rec, err := events.Encode(topic, ev)
+		require.NoError(t, err)
+		require.NoError(t, cl.ProduceSync(t.Context(), rec).FirstErr())
+	}
+	produce("baton.calls", "c1", &batonv1.CallStarted{})
+	produce("baton.calls", "c2", &batonv1.CallStarted{})
+	produce("baton.calls", "c1", &batonv1.CallEnded{})
+	produce("other", "c3", &batonv1.CallStarted{})
+
+	require.Equal(t, 2.0, testutil.ToFloat64(hook.calls))
+	require.Equal(t, 1.0, testutil.ToFloat64(hook.ended))
+	require.Equal(t, 1.0, testutil.ToFloat64(hook.active))
+	require.Equal(t, 2, testutil.CollectAndCount(hook.latency), "one series per type")
+	require.NoError(t, testutil.GatherAndCompare(reg, strings.NewReader(`# HELP baton_ingress_calls_total Calls answered and published (CallStarted acknowledged by Kafka); new calls per second is its rate.
+# TYPE baton_ingress_calls_total counter
+baton_ingress_calls_total 2
+`), "baton_ingress_calls_total"))
+}
+
+// TestRegisterCountersReadsTheServer exposes a server's refusal counters.
+func TestRegisterCountersReadsTheServer(t *testing.T) {
+	var st server.Stats
+	reg := prometheus.NewRegistry()
+	RegisterCounters(reg, st.Snapshot)
+	st.ACLDropped.Add(3)
+	st.Invalid.Add(1)
+	st.OverloadRate.Add(2)
+	st.Dropped.Add(1)
+	st.StrayResponses.Add(1)
+	require.NoError(t, testutil.GatherAndCompare(reg, strings.NewReader(`# HELP baton_ingress_dropped_total SIP messages discarded without an answer (garbage, malformed, stray).
+# TYPE baton_ingress_dropped_total counter
+baton_ingress_dropped_total 2
+# HELP baton_ingress_rejected_total SIP requests refused, by reason.
+# TYPE baton_ingress_rejected_total counter
+baton_ingress_rejected_total{reason="acl"} 3
+baton_ingress_rejected_total{reason="draining"} 0
+baton_ingress_rejected_total{reason="invalid"} 1
+baton_ingress_rejected_total{reason="overload_calls"} 0
+baton_ingress_rejected_total{reason="overload_rate"} 2
+`)))
+}

@@ -1,0 +1,169 @@
+package server
+
+import (
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"strconv"
+	"strings"
+
+	"github.com/emiago/sipgo/sip"
+
+	"github.com/baton-voice/baton/services/ingress/internal/config"
+	"github.com/baton-voice/baton/services/ingress/internal/sipcheck"
+)
+
+// bind opens every configured listener and works out the Contact each
+// gives in its answers.
+func (s *Server) bind() error {
+	for _, l := range s.cfg.EffectiveListeners() {
+		var (
+			addr   net.Addr
+			params string
+		)
+		switch l.Transport {
+		case config.UDP:
+			laddr, err := net.ResolveUDPAddr("udp", l.Address)
+			if err != nil {
+				return fmt.Errorf("listen address %s: %w", l.Address, err)
+			}
+			conn, err := net.ListenUDP("udp", laddr)
+			if err != nil {
+				return fmt.Errorf("listen sip udp on %s: %w", l.Address, err)
+			}
+			s.udp = append(s.udp, conn)
+			addr = conn.LocalAddr()
+		case config.TCP:
+			ln, err := net.Listen("tcp", l.Address)
+			if err != nil {
+				return fmt.Errorf("listen sip tcp on %s: %w", l.Address, err)
+			}
+			s.streams = append(s.streams, stream{transport: config.TCP, ln: ln})
+			addr, params = ln.Addr(), ";transport=tcp"
+		case config.TLS:
+			cert, err := tls.LoadX509KeyPair(l.CertFile, l.KeyFile)
+			if err != nil {
+				return fmt.Errorf("tls listener %s: %w", l.Address, err)
+			}
+			ln, err := tls.Listen("tcp", l.Address, &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12})
+			if err != nil {
+				return fmt.Errorf("listen sip tls on %s: %w", l.Address, err)
+			}
+			s.streams = append(s.streams, stream{transport: config.TLS, ln: ln})
+			addr, params = ln.Addr(), ";transport=tls"
+		default:
+			return fmt.Errorf("listener %s: transport %q", l.Address, l.Transport)
+		}
+		ap := addrPort(addr)
+		host := s.cfg.ExternalHost
+		if host == "" {
+			host = ap.Addr().Unmap().String()
+		}
+		contact := "<sip:baton@" + net.JoinHostPort(host, strconv.Itoa(int(ap.Port()))) + params + ">"
+		if s.localContact == "" {
+			s.localContact = contact
+		}
+		transport := strings.ToUpper(l.Transport)
+		for _, key := range []string{transport + family(ap.Addr()), transport} {
+			if _, ok := s.contacts[key]; !ok {
+				s.contacts[key] = contact
+			}
+		}
+	}
+	return nil
+}
+
+func family(a netip.Addr) string {
+	if a.Unmap().Is4() {
+		return "4"
+	}
+	return "6"
+}
+
+// contactFor is the Contact for an answer to req: the first listener of
+// its transport and address family, else of its transport, else the
+// first listener.
+func (s *Server) contactFor(req *sip.Request) string {
+	transport := strings.ToUpper(req.Transport())
+	if src, err := netip.ParseAddrPort(req.Source()); err == nil {
+		if c, ok := s.contacts[transport+family(src.Addr())]; ok {
+			return c
+		}
+	}
+	if c, ok := s.contacts[transport]; ok {
+		return c
+	}
+	return s.localContact
+}
+
+func (s *Server) closeListeners() error {
+	var errs []error
+	for _, c := range s.udp {
+		if err := c.Close(); err != nil && !errors.Is(err, net.ErrClosed) {
+			errs = append(errs, err)
+		}
+	}
+	for _, st := range s.streams {
+		if err := st.ln.Close(); err != nil && !errors.Is(err, net.ErrClosed) {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// udpConn is the UDP listener with local address a.
+func (s *Server) udpConn(a net.Addr) *net.UDPConn {
+	want := addrPort(a)
+	for _, c := range s.udp {
+		if addrPort(c.LocalAddr()) == want {
+			return c
+		}
+	}
+	if len(s.udp) > 0 {
+		return s.udp[0]
+	}
+	return nil
+}
+
+// checkStream validates a request that came over TCP or TLS, where the
+// read filter sees stream chunks rather than messages and so cannot run
+// the validator before sipgo parses. It runs sipcheck on the request as
+// sipgo re-renders it, and admits new INVITEs; it answers refusals itself
+// and reports whether the request may go on. UDP requests passed the gate
+// already.
+func (s *Server) checkStream(req *sip.Request, tx sip.ServerTransaction) bool {
+	if req.Transport() == "UDP" {
+		return true
+	}
+	r := sipcheck.Check([]byte(req.String()), s.policy)
+	switch {
+	case r.Drop:
+		s.stats.Dropped.Add(1)
+		s.rejectLog.log(s.log, "sip message dropped", "source", req.Source(), "reason", r.Detail)
+		return false
+	case !r.OK():
+		s.stats.Invalid.Add(1)
+		s.rejectLog.log(s.log, "sip request refused", "source", req.Source(), "status", r.Status, "reason", r.Detail, "call_id", r.CallID)
+		if req.Method != sip.ACK {
+			s.reply(req, tx, r.Status, r.Reason, extraHeaders(r.Extra)...)
+		}
+		return false
+	}
+	if req.Method == sip.INVITE && !r.ToTag {
+		if refused := s.admitInvite(r); refused.Status != 0 {
+			s.reply(req, tx, refused.Status, refused.Reason, extraHeaders(refused.Extra)...)
+			return false
+		}
+	}
+	return true
+}
+
+func extraHeaders(hs []sipcheck.Header) []sip.Header {
+	out := make([]sip.Header, len(hs))
+	for i, h := range hs {
+		out[i] = sip.NewHeader(h.Name, h.Value)
+	}
+	return out
+}
