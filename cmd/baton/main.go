@@ -128,13 +128,25 @@ func (c *callSource) records(ctx context.Context, s *streams) ([]replay.Record, 
 
 type replayCmd struct {
 	callSource
-	HTML string `name:"html" placeholder:"FILE" help:"Also write the ladder (SVG) and timeline as a standalone HTML page to FILE."`
+	HTML      string `name:"html" placeholder:"FILE" help:"Also write the ladder (SVG) and timeline as a standalone HTML page to FILE."`
+	Rules     string `placeholder:"FILE" type:"existingfile" help:"Re-run the router's decisions over the recorded events with this router config (destinations, rules) and print how they differ from the recorded commands, instead of the timeline. Recorded transfer outcomes are replayed as they happened."`
+	RouterBin string `name:"router-bin" placeholder:"FILE" help:"Router binary that re-decides for --rules (router replay). Default: router next to baton, else on PATH."`
+}
+
+func (c *replayCmd) Validate() error {
+	if c.Rules != "" && c.HTML != "" {
+		return fmt.Errorf("--html draws the recording; run it without --rules")
+	}
+	return nil
 }
 
 func (c *replayCmd) Run(ctx context.Context, s *streams) error {
 	recs, err := c.records(ctx, s)
 	if err != nil {
 		return err
+	}
+	if c.Rules != "" {
+		return c.diff(ctx, s, recs)
 	}
 	steps := replay.Steps(recs)
 	if err := replay.WriteTimeline(s.out, c.Call, steps); err != nil {
@@ -164,6 +176,22 @@ func (c *replayCmd) Run(ctx context.Context, s *streams) error {
 	}
 	fmt.Fprintf(s.out, "\nwrote %s\n", c.HTML)
 	return nil
+}
+
+// diff re-decides the call with --rules and prints the difference.
+func (c *replayCmd) diff(ctx context.Context, s *streams, recs []replay.Record) error {
+	if len(recs) == 0 {
+		return fmt.Errorf("no records for call %s", c.Call)
+	}
+	bin, err := replay.RouterBinary(c.RouterBin)
+	if err != nil {
+		return err
+	}
+	decided, err := replay.Redecide(ctx, bin, c.Rules, recs)
+	if err != nil {
+		return err
+	}
+	return replay.WriteDiff(s.out, replay.Diff(c.Call, recs, decided), c.Rules)
 }
 
 type exportCmd struct {

@@ -2,6 +2,8 @@ package main
 
 import (
 	"bytes"
+	"os"
+	"path/filepath"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -62,5 +64,34 @@ func TestHelpListsCommands(t *testing.T) {
 	require.Equal(t, 0, exited)
 	for _, want := range []string{"broker", "Run the embedded Kafka-protocol broker", "version", "Print baton's version"} {
 		require.Contains(t, out.String(), want)
+	}
+}
+
+func TestReplayRulesFlags(t *testing.T) {
+	rules := filepath.Join(t.TempDir(), "router.yaml")
+	require.NoError(t, os.WriteFile(rules, []byte("destinations: []\n"), 0o600))
+	tests := []struct {
+		name    string
+		args    []string
+		wantErr string
+	}{
+		{name: "rules and router binary", args: []string{"replay", "--call", "c", "--rules", rules, "--router-bin", "/opt/baton/router"}},
+		{name: "rules file must exist", args: []string{"replay", "--call", "c", "--rules", rules + ".missing"}, wantErr: "--rules"},
+		{name: "rules with html", args: []string{"replay", "--call", "c", "--rules", rules, "--html", "x.html"}, wantErr: "--html draws the recording"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var c cli
+			p, err := newParser(&c, &bytes.Buffer{}, &bytes.Buffer{}, func(int) { t.Fatal("exit called") })
+			require.NoError(t, err)
+			_, err = p.Parse(tt.args)
+			if tt.wantErr != "" {
+				require.ErrorContains(t, err, tt.wantErr)
+				return
+			}
+			require.NoError(t, err)
+			require.Equal(t, rules, c.Replay.Rules)
+			require.Equal(t, "/opt/baton/router", c.Replay.RouterBin)
+		})
 	}
 }

@@ -74,12 +74,25 @@ func (s *Stack) writeConfigs() error {
 		for k, v := range configs[inst.service] {
 			cfg[k] = v
 		}
+		// /metrics, /healthz and /readyz on a free port per instance;
+		// analytics serves them on its dashboard's listener.
+		if inst.service != "analytics" {
+			p, err := freePort()
+			if err != nil {
+				return fmt.Errorf("metrics port for %s: %w", inst.name, err)
+			}
+			addr := fmt.Sprintf("127.0.0.1:%d", p)
+			cfg["metrics"] = map[string]any{"listen": addr}
+			s.progress("%s metrics on http://%s/metrics", inst.name, addr)
+		}
 		switch inst.service {
 		case "router":
 			cfg["transactional_id"] = "baton-" + inst.name
 		case "analytics":
 			if inst.index > 1 {
 				cfg["http"] = map[string]any{"listen": ""} // one dashboard is enough
+			} else {
+				s.progress("%s metrics on http://%s/metrics", inst.name, s.DashboardAddr)
 			}
 		case "transfer":
 			port := s.opts.TransferPort

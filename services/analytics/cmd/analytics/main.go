@@ -17,6 +17,8 @@ import (
 	"syscall"
 
 	"github.com/baton-voice/baton/pkg/observability"
+	"github.com/baton-voice/baton/pkg/opshttp"
+	"github.com/baton-voice/baton/pkg/tracing"
 	"github.com/baton-voice/baton/schemas"
 	"github.com/baton-voice/baton/services/analytics/internal/config"
 	"github.com/baton-voice/baton/services/analytics/internal/writer"
@@ -74,7 +76,17 @@ func run(ctx context.Context, args []string, stderr io.Writer, getenv func(strin
 
 	logger.InfoContext(ctx, "analytics starting", "clickhouse", cfg.ClickHouse.Addr, "database", cfg.ClickHouse.Database,
 		"group", cfg.Group)
-	var opts []writer.Option
+	tp, shutdownTracing, err := tracing.Setup(ctx, cfg.Tracing, "analytics")
+	if err != nil {
+		logger.ErrorContext(ctx, "start tracing", "err", err)
+		return exitFailed
+	}
+	defer func() {
+		if err := shutdownTracing(context.WithoutCancel(ctx)); err != nil {
+			logger.WarnContext(ctx, "stop tracing", "err", err)
+		}
+	}()
+	opts := []writer.Option{writer.WithRegistry(opshttp.NewRegistry()), writer.WithTracer(tracing.Tracer(tp, "analytics"))}
 	if n, err := strconv.Atoi(getenv(CrashAfterInsertEnv)); err == nil && n > 0 {
 		logger.WarnContext(ctx, "test crash hook armed", "env", CrashAfterInsertEnv, "after_inserts", n)
 		var inserts atomic.Int64

@@ -17,6 +17,7 @@ import (
 	pkgconfig "github.com/baton-voice/baton/pkg/config"
 	"github.com/baton-voice/baton/pkg/kafka"
 	"github.com/baton-voice/baton/pkg/observability"
+	"github.com/baton-voice/baton/pkg/tracing"
 )
 
 // PasswordEnv is the environment variable that holds the ClickHouse password.
@@ -41,8 +42,11 @@ type Config struct {
 	DeadLetterTopic string `yaml:"dead_letter_topic"`
 	// Batch is how records are gathered across polls into one insert.
 	Batch Batch `yaml:"batch"`
-	// HTTP serves the dashboard page, its JSON API and /metrics.
+	// HTTP serves the dashboard page, its JSON API, /metrics, /healthz and
+	// /readyz.
 	HTTP HTTP `yaml:"http"`
+	// Tracing is the OpenTelemetry tracer's setup.
+	Tracing tracing.Config `yaml:"tracing"`
 }
 
 // Batch bounds one insert: it is written when it holds MaxRows records or
@@ -95,6 +99,7 @@ func Default() Config {
 		DeadLetterTopic: "baton.dlq",
 		Batch:           Batch{MaxRows: 50000, MaxWait: time.Second},
 		HTTP:            HTTP{Listen: "127.0.0.1:8081"},
+		Tracing:         tracing.DefaultConfig(),
 	}
 }
 
@@ -121,7 +126,7 @@ var identifier = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
 
 // Validate returns every problem, each naming its field.
 func (c *Config) Validate() error {
-	var errs []error
+	errs := []error{c.Tracing.Validate()}
 	if err := c.Kafka.Validate(); err != nil {
 		errs = append(errs, err)
 	}

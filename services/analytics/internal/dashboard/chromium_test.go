@@ -87,7 +87,7 @@ func bars(dom string) map[string][]map[string]string {
 func TestPageInChromium(t *testing.T) {
 	bin := chromium(t)
 	conn := seeded(t)
-	srv := httptest.NewServer(NewHandler(New(conn), nil, slog.New(slog.DiscardHandler), func() time.Time { return to }))
+	srv := httptest.NewServer(NewHandler(New(conn), nil, nil, slog.New(slog.DiscardHandler), func() time.Time { return to }))
 	defer srv.Close()
 	url := srv.URL + "/?from=" + strconv.FormatInt(from.Unix(), 10) + "&to=" + strconv.FormatInt(to.Unix(), 10) + "&limit=3"
 

@@ -242,7 +242,7 @@ func TestEmptyWindow(t *testing.T) {
 // The JSON API serves the same report; the page embeds it.
 func TestHTTP(t *testing.T) {
 	conn := seeded(t)
-	srv := httptest.NewServer(NewHandler(New(conn), nil, slog.New(slog.DiscardHandler), func() time.Time { return to }))
+	srv := httptest.NewServer(NewHandler(New(conn), nil, nil, slog.New(slog.DiscardHandler), func() time.Time { return to }))
 	defer srv.Close()
 	get := func(path string) (int, string) {
 		req, err := http.NewRequestWithContext(t.Context(), http.MethodGet, srv.URL+path, nil)

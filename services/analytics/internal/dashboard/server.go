@@ -29,35 +29,35 @@ const DefaultSince = 24 * time.Hour
 // queryTimeout bounds the panels of one request.
 const queryTimeout = 30 * time.Second
 
-// Metrics writes Prometheus text-format metrics.
-type Metrics interface {
-	WriteMetrics(w io.Writer) error
-}
-
 // Handler serves the dashboard page, its JSON API and the metrics:
 //
 //	GET /                  the page, charts drawn from the report inline
 //	GET /api/dashboard     the report as JSON
-//	GET /metrics           the writer's counters (Prometheus text format)
-//	GET /healthz           200
+//	GET /metrics           the writer's metrics (Prometheus)
+//	GET /healthz           200: the process is alive
+//	GET /readyz            200 when ready says so, else 503 and why
 //
 // The window is ?from=&to= (RFC 3339 or unix seconds; to defaults to now)
 // or ?since=24h (a Go duration back from now); limit=N caps the lists.
 type Handler struct {
 	queries *Queries
-	metrics Metrics
+	metrics http.Handler
+	ready   func(ctx context.Context) error
 	logger  *slog.Logger
 	now     func() time.Time
 	mux     *http.ServeMux
 }
 
-// NewHandler returns the handler; metrics may be nil, now is the clock.
-func NewHandler(queries *Queries, metrics Metrics, logger *slog.Logger, now func() time.Time) *Handler {
-	h := &Handler{queries: queries, metrics: metrics, logger: logger, now: now, mux: http.NewServeMux()}
+// NewHandler returns the handler; metrics (a promhttp handler) and ready
+// may be nil, now is the clock.
+func NewHandler(queries *Queries, metrics http.Handler, ready func(ctx context.Context) error, logger *slog.Logger,
+	now func() time.Time) *Handler {
+	h := &Handler{queries: queries, metrics: metrics, ready: ready, logger: logger, now: now, mux: http.NewServeMux()}
 	h.mux.HandleFunc("GET /{$}", h.page)
 	h.mux.HandleFunc("GET /api/dashboard", h.api)
 	h.mux.HandleFunc("GET /metrics", h.writeMetrics)
 	h.mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(http.StatusOK) })
+	h.mux.HandleFunc("GET /readyz", h.readyz)
 	return h
 }
 
@@ -150,14 +150,29 @@ func (h *Handler) api(w http.ResponseWriter, r *http.Request) {
 	_, _ = w.Write(data)
 }
 
-func (h *Handler) writeMetrics(w http.ResponseWriter, _ *http.Request) {
-	w.Header().Set("Content-Type", "text/plain; version=0.0.4")
+func (h *Handler) writeMetrics(w http.ResponseWriter, r *http.Request) {
 	if h.metrics == nil {
+		w.Header().Set("Content-Type", "text/plain; version=0.0.4")
 		return
 	}
-	if err := h.metrics.WriteMetrics(w); err != nil {
-		h.logger.Warn("write metrics", "err", err)
+	h.metrics.ServeHTTP(w, r)
+}
+
+// readyTimeout bounds the readiness checks of one request.
+const readyTimeout = 2 * time.Second
+
+func (h *Handler) readyz(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	if h.ready != nil {
+		ctx, cancel := context.WithTimeout(r.Context(), readyTimeout)
+		defer cancel()
+		if err := h.ready(ctx); err != nil {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			_, _ = io.WriteString(w, "not ready: "+err.Error()+"\n")
+			return
+		}
 	}
+	_, _ = io.WriteString(w, "ready\n")
 }
 
 // shutdownTimeout bounds the wait for requests under way at shutdown.

@@ -15,7 +15,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"log/slog"
 	"net"
@@ -25,9 +24,17 @@ import (
 	"time"
 
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/twmb/franz-go/pkg/kgo"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
 
+	"github.com/baton-voice/baton/pkg/events"
 	"github.com/baton-voice/baton/pkg/kafka"
+	"github.com/baton-voice/baton/pkg/kafkahealth"
+	"github.com/baton-voice/baton/pkg/opshttp"
+	"github.com/baton-voice/baton/pkg/tracing"
 	"github.com/baton-voice/baton/services/analytics/internal/chconn"
 	"github.com/baton-voice/baton/services/analytics/internal/config"
 	"github.com/baton-voice/baton/services/analytics/internal/dashboard"
@@ -52,6 +59,9 @@ const startTimeout = 60 * time.Second
 // commitTimeout bounds the offset commit that follows a written batch.
 const commitTimeout = 5 * time.Second
 
+// lagEvery is how often the consumer group's lag is sampled.
+const lagEvery = 5 * time.Second
+
 // insertFunc writes one batch's rows; it must be idempotent.
 type insertFunc func(ctx context.Context, r *rows) error
 
@@ -66,9 +76,12 @@ type Writer struct {
 	// afterInsert runs after a batch was written and before its offsets
 	// are committed: the crash test's hook (WithAfterInsert).
 	afterInsert func()
+	reg         *prometheus.Registry
+	metrics     *metrics
+	tracer      trace.Tracer
 }
 
-// stats are the writer's counters, exported by WriteMetrics.
+// stats are the writer's counters (the benchmarks read them).
 type stats struct {
 	batches, records, rows, retries atomic.Int64
 	// lastBatch is the unix nanosecond time the last batch was committed.
@@ -82,6 +95,14 @@ type Option func(*Writer)
 // offsets are committed. Tests use it to stop the process at that point.
 func WithAfterInsert(f func()) Option { return func(w *Writer) { w.afterInsert = f } }
 
+// WithRegistry registers the writer's metrics on reg (served on
+// http.listen's /metrics); without it the writer makes its own.
+func WithRegistry(reg *prometheus.Registry) Option { return func(w *Writer) { w.reg = reg } }
+
+// WithTracer makes every batch a span linked to the spans of its records'
+// traceparents.
+func WithTracer(t trace.Tracer) Option { return func(w *Writer) { w.tracer = t } }
+
 // New returns a writer for cfg that applies migrations (NNNN_name.sql files
 // at the root of the FS) at start.
 func New(cfg config.Config, migrations fs.FS, logger *slog.Logger, opts ...Option) *Writer {
@@ -89,32 +110,15 @@ func New(cfg config.Config, migrations fs.FS, logger *slog.Logger, opts ...Optio
 	for _, o := range opts {
 		o(w)
 	}
+	if w.reg == nil {
+		w.reg = opshttp.NewRegistry()
+	}
+	w.metrics = newMetrics(w.reg)
 	return w
 }
 
 // DeadLettered returns how many records went to the dead-letter topic.
 func (w *Writer) DeadLettered() int64 { return w.deadLettered.Load() }
-
-// WriteMetrics writes the writer's counters in the Prometheus text format.
-func (w *Writer) WriteMetrics(out io.Writer) error {
-	metrics := []struct {
-		name, kind, help string
-		value            int64
-	}{
-		{"baton_analytics_batches_total", "counter", "Batches inserted and committed.", w.stats.batches.Load()},
-		{"baton_analytics_records_total", "counter", "Kafka records in committed batches.", w.stats.records.Load()},
-		{"baton_analytics_events_inserted_total", "counter", "Events inserted (rows of the events table).", w.stats.rows.Load()},
-		{"baton_analytics_insert_retries_total", "counter", "Failed batch writes that were retried.", w.stats.retries.Load()},
-		{"baton_analytics_dead_lettered_total", "counter", "Records sent to the dead-letter topic.", w.deadLettered.Load()},
-		{"baton_analytics_last_batch_timestamp_seconds", "gauge", "When the last batch was committed (unix seconds).", w.stats.lastBatch.Load() / int64(time.Second)},
-	}
-	for _, m := range metrics {
-		if _, err := fmt.Fprintf(out, "# HELP %s %s\n# TYPE %s %s\n%s %d\n", m.name, m.help, m.name, m.kind, m.name, m.value); err != nil {
-			return err
-		}
-	}
-	return nil
-}
 
 // Run connects to ClickHouse (waiting for it), migrates, creates the
 // topics and consumes until ctx ends. The batch under way when ctx ends is
@@ -169,8 +173,9 @@ func (w *Writer) Run(ctx context.Context) error {
 	httpCtx, stopHTTP := context.WithCancel(ctx)
 	defer stopHTTP()
 	if w.cfg.HTTP.Listen != "" {
-		w.serveDashboard(httpCtx, conn, &serving)
+		w.serveDashboard(httpCtx, conn, cl, &serving)
 	}
+	serving.Go(func() { kafkahealth.SampleLag(httpCtx, cl, w.cfg.Group, w.metrics.lag, lagEvery, w.logger) })
 
 	w.logger.InfoContext(ctx, "ready", "group", w.cfg.Group, "topics", topics,
 		"dead_letter_topic", w.cfg.DeadLetterTopic, "database", ch.Database,
@@ -195,14 +200,32 @@ func (w *Writer) clientOpts() []kgo.Opt {
 // serveDashboard serves the dashboard on cfg.HTTP.Listen until ctx ends. A
 // listener that cannot be opened is logged and the writer goes on without
 // the page: rows matter more than charts.
-func (w *Writer) serveDashboard(ctx context.Context, conn driver.Conn, wg *sync.WaitGroup) {
+func (w *Writer) serveDashboard(ctx context.Context, conn driver.Conn, cl *kgo.Client, wg *sync.WaitGroup) {
 	l, err := net.Listen("tcp", w.cfg.HTTP.Listen)
 	if err != nil {
 		w.logger.ErrorContext(ctx, "dashboard disabled: listen", "listen", w.cfg.HTTP.Listen, "err", err)
 		return
 	}
-	w.logger.InfoContext(ctx, "dashboard listening", "url", "http://"+l.Addr().String()+"/")
-	h := dashboard.NewHandler(dashboard.New(conn), w, w.logger, time.Now)
+	w.logger.InfoContext(ctx, "dashboard listening", "url", "http://"+l.Addr().String()+"/",
+		"metrics", "http://"+l.Addr().String()+"/metrics")
+	reach := kafkahealth.NewReach(cl)
+	ready := opshttp.All(reach.Check,
+		func(context.Context) error {
+			if _, gen := cl.GroupMetadata(); gen < 0 {
+				return fmt.Errorf("not in consumer group %s yet", w.cfg.Group)
+			}
+			return nil
+		},
+		func(ctx context.Context) error {
+			pctx, cancel := context.WithTimeout(ctx, time.Second)
+			defer cancel()
+			if err := conn.Ping(pctx); err != nil {
+				return fmt.Errorf("clickhouse ping: %w", err)
+			}
+			return nil
+		})
+	metrics := promhttp.HandlerFor(w.reg, promhttp.HandlerOpts{ErrorLog: slog.NewLogLogger(w.logger.Handler(), slog.LevelWarn)})
+	h := dashboard.NewHandler(dashboard.New(conn), metrics, ready, w.logger, time.Now)
 	wg.Go(func() {
 		if err := dashboard.Serve(ctx, l, h, w.logger); err != nil {
 			w.logger.ErrorContext(ctx, "dashboard stopped", "err", err)
@@ -284,13 +307,17 @@ func (w *Writer) consume(ctx context.Context, cl *kgo.Client, ins insertFunc) er
 // batch could be written.
 func (w *Writer) flush(ctx context.Context, cl *kgo.Client, ins insertFunc, records []*kgo.Record) error {
 	r, dead := build(records)
+	ctx, span := w.startBatchSpan(ctx, records)
+	defer span.End()
 	pause := w.cfg.RetryPause
 	for attempt := 1; ; attempt++ {
 		err := w.write(ctx, cl, ins, r, dead)
 		if err == nil {
 			break
 		}
+		span.AddEvent("write failed", trace.WithAttributes(attribute.String("error", err.Error())))
 		w.stats.retries.Add(1)
+		w.metrics.retries.Inc()
 		w.logger.ErrorContext(ctx, "write batch; retrying", "records", len(records), "attempt", attempt,
 			"retry_in", pause, "err", err)
 		select {
@@ -320,6 +347,12 @@ func (w *Writer) flush(ctx context.Context, cl *kgo.Client, ins insertFunc, reco
 	w.stats.records.Add(int64(len(records)))
 	w.stats.rows.Add(int64(r.len()))
 	w.stats.lastBatch.Store(time.Now().UnixNano())
+	w.metrics.batches.Inc()
+	w.metrics.records.Add(float64(len(records)))
+	w.metrics.events.Add(float64(r.len()))
+	w.metrics.lastBatch.SetToCurrentTime()
+	w.metrics.batchRecords.Observe(float64(len(records)))
+	w.metrics.inserted(r)
 	w.logger.DebugContext(ctx, "batch written", "records", len(records), "events", r.len(), "dead_letters", len(dead))
 	return nil
 }
@@ -332,7 +365,10 @@ func (w *Writer) write(ctx context.Context, cl *kgo.Client, ins insertFunc, r *r
 	defer cancel()
 	// Rows first: inserting again is harmless, producing a dead letter
 	// again is not.
-	if err := ins(ctx, r); err != nil {
+	began := time.Now()
+	err := ins(ctx, r)
+	w.metrics.insertTime.Observe(time.Since(began).Seconds())
+	if err != nil {
 		return fmt.Errorf("insert %d events: %w", r.len(), err)
 	}
 	if len(dead) > 0 {
@@ -372,8 +408,39 @@ func (w *Writer) deadLetter(ctx context.Context, cl *kgo.Client, dead []deadLett
 	}
 	for _, d := range dead {
 		w.deadLettered.Add(1)
-		w.logger.WarnContext(ctx, "record dead-lettered", "topic", d.rec.Topic, "partition", d.rec.Partition,
+		w.metrics.deadLettered.Inc()
+		w.logger.WarnContext(ctx, "record dead-lettered", "call_id", string(d.rec.Key), "topic", d.rec.Topic, "partition", d.rec.Partition,
 			"offset", d.rec.Offset, "dead_letter_topic", w.cfg.DeadLetterTopic, "err", d.err)
 	}
 	return nil
+}
+
+// maxSpanLinks bounds the links of a batch span: a batch holds up to
+// tens of thousands of records.
+const maxSpanLinks = 128
+
+// startBatchSpan starts the span of one batch, linked to the spans of the
+// first maxSpanLinks records that carry a traceparent. Without a tracer it
+// returns a span that records nothing.
+func (w *Writer) startBatchSpan(ctx context.Context, records []*kgo.Record) (context.Context, trace.Span) {
+	if w.tracer == nil {
+		return ctx, trace.SpanFromContext(ctx)
+	}
+	var links []trace.Link
+	for _, rec := range records {
+		if len(links) == maxSpanLinks {
+			break
+		}
+		for _, h := range rec.Headers {
+			if h.Key != events.HeaderTraceParent {
+				continue
+			}
+			if l, ok := tracing.Link(string(h.Value)); ok {
+				l.Attributes = []attribute.KeyValue{attribute.String("call_id", string(rec.Key))}
+				links = append(links, l)
+			}
+		}
+	}
+	return w.tracer.Start(ctx, "analytics batch", trace.WithSpanKind(trace.SpanKindConsumer), trace.WithLinks(links...),
+		trace.WithAttributes(attribute.Int("records", len(records))))
 }

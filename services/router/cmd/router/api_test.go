@@ -41,6 +41,8 @@ func TestAgentAPIHandsOff(t *testing.T) {
 	path := writeConfig(t, fmt.Sprintf(`kafka:
   brokers: [%q]
   partitions: 1
+metrics:
+  listen: ""
 api:
   listen: 127.0.0.1:0
   tokens_env: BATON_TEST_TOKENS

@@ -62,6 +62,8 @@ func TestExactlyOnceWhenAnInstanceIsKilled(t *testing.T) {
   # aborted sooner than its partitions move.
   session_timeout: 6s
 group: eo-test
+metrics:
+  listen: ""
 transactional_id: %s
 transaction_timeout: 3s
 reload:

@@ -24,6 +24,8 @@ import (
 
 	"github.com/baton-voice/baton/pkg/kafka"
 	"github.com/baton-voice/baton/pkg/observability"
+	"github.com/baton-voice/baton/pkg/opshttp"
+	"github.com/baton-voice/baton/pkg/tracing"
 	"github.com/baton-voice/baton/services/router/internal/api"
 	"github.com/baton-voice/baton/services/router/internal/config"
 	"github.com/baton-voice/baton/services/router/internal/handoff"
@@ -43,6 +45,9 @@ const (
 const ensureTopicsTimeout = 30 * time.Second
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == replayCommand {
+		os.Exit(replay(context.Background(), os.Args[2:], os.Stdin, os.Stdout, os.Stderr))
+	}
 	os.Exit(run(context.Background(), os.Args[1:], os.Stderr))
 }
 
@@ -105,6 +110,17 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 	context.AfterFunc(ctx, stop)
 
 	fold := handoff.New(holder, logger)
+	reg := opshttp.NewRegistry()
+	tp, shutdownTracing, err := tracing.Setup(ctx, cfg.Tracing, "router")
+	if err != nil {
+		logger.ErrorContext(ctx, "start tracing", "err", err)
+		return exitFailed
+	}
+	defer func() {
+		if err := shutdownTracing(context.WithoutCancel(ctx)); err != nil {
+			logger.WarnContext(ctx, "stop tracing", "err", err)
+		}
+	}()
 
 	// Facts the router writes outside its transactions (the agent API's
 	// requests, pre-call data) go through a plain idempotent producer.
@@ -130,6 +146,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 	rt, err := router.New(router.Options{
 		Kafka: cfg.Kafka, Group: cfg.Group, TransactionalID: cfg.TransactionalID,
 		TransactionTimeout: cfg.TransactionTimeout, Started: started,
+		Metrics: router.NewMetrics(reg), Tracer: tracing.Tracer(tp, "router"),
 	}, fold, logger)
 	if err != nil {
 		logger.ErrorContext(ctx, "start router", "err", err)
@@ -158,6 +175,11 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 	}
 	if fetcher != nil {
 		wg.Go(func() { fetcher.Run(ctx) })
+	}
+	if err := serveOps(ctx, &wg, cfg.Metrics.Listen, reg, rt, cfg.Group, logger); err != nil {
+		logger.ErrorContext(ctx, "start metrics server", "err", err)
+		stop()
+		return exitFailed
 	}
 
 	// SIGHUP and file changes reload the destinations and rules.
@@ -225,7 +247,8 @@ func reloader(started config.Config, hostname string, logger *slog.Logger) reloa
 		if !reflect.DeepEqual(cfg.Kafka, started.Kafka) || cfg.Group != started.Group ||
 			cfg.TransactionalID != started.TransactionalID || cfg.API != started.API ||
 			cfg.TransactionTimeout != started.TransactionTimeout || cfg.PreCall != started.PreCall ||
-			cfg.Log != started.Log || cfg.Reload != started.Reload {
+			cfg.Log != started.Log || cfg.Reload != started.Reload || cfg.Metrics != started.Metrics ||
+			cfg.Tracing != started.Tracing {
 			logger.Warn("config reload: kafka, group, transactional_id, transaction_timeout, api, precall, log and reload settings need a restart; kept as started")
 		}
 		return table, cfg.Warnings(), nil

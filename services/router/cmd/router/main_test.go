@@ -3,8 +3,11 @@ package main
 import (
 	"bytes"
 	"context"
+	"io"
+	"net/http"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"testing"
@@ -135,6 +138,8 @@ func TestExampleConfigHandsOffEveryCall(t *testing.T) {
 	const brokersLine = `brokers: ["127.0.0.1:9092"]`
 	require.Contains(t, string(example), brokersLine)
 	doc := strings.Replace(string(example), brokersLine, `brokers: ["`+brokers[0]+`"]`+"\n  partitions: 1", 1)
+	require.Contains(t, doc, "listen: 127.0.0.1:9462")
+	doc = strings.Replace(doc, "listen: 127.0.0.1:9462", "listen: 127.0.0.1:0", 1)
 	path := writeConfig(t, doc)
 
 	ctx, cancel := context.WithCancel(t.Context())
@@ -182,6 +187,23 @@ func TestExampleConfigHandsOffEveryCall(t *testing.T) {
 		{Name: "X-Intent", Value: "cancel"},
 	}, cmd.GetHeaders())
 
+	// The metrics show the command, and the router is ready.
+	base := "http://" + logged(t, &stderr, "metrics listening", "addr")
+	require.Eventually(t, func() bool {
+		code, body := httpGet(t, base+"/metrics")
+		return code == 200 && strings.Contains(body, `baton_router_commands_total{method="refer"} 1`) &&
+			strings.Contains(body, `baton_router_transactions_total{result="committed"} 1`) &&
+			strings.Contains(body, "baton_router_batch_records_count 1")
+	}, 10*time.Second, 20*time.Millisecond)
+	require.Eventually(t, func() bool {
+		code, _ := httpGet(t, base+"/readyz")
+		return code == 200
+	}, 10*time.Second, 20*time.Millisecond)
+	require.Eventually(t, func() bool {
+		_, body := httpGet(t, base+"/metrics")
+		return strings.Contains(body, `baton_router_consumer_lag{partition="0",topic="baton.calls"} 0`)
+	}, 20*time.Second, 50*time.Millisecond)
+
 	cancel()
 	select {
 	case code := <-exit:
@@ -190,4 +212,32 @@ func TestExampleConfigHandsOffEveryCall(t *testing.T) {
 		t.Fatal("router did not stop")
 	}
 	require.Contains(t, stderr.String(), `"msg":"router stopped"`)
+}
+
+// logged waits for a log line with msg and returns its key's value.
+func logged(t *testing.T, stderr *syncBuffer, msg, key string) string {
+	t.Helper()
+	re := regexp.MustCompile(`"msg":"` + regexp.QuoteMeta(msg) + `".*?"` + key + `":"([^"]+)"`)
+	var v string
+	require.Eventually(t, func() bool {
+		m := re.FindStringSubmatch(stderr.String())
+		if m == nil {
+			return false
+		}
+		v = m[1]
+		return true
+	}, 20*time.Second, 10*time.Millisecond, "no %q log line", msg)
+	return v
+}
+
+func httpGet(t *testing.T, url string) (int, string) {
+	t.Helper()
+	req, err := http.NewRequestWithContext(t.Context(), http.MethodGet, url, nil)
+	require.NoError(t, err)
+	res, err := http.DefaultClient.Do(req)
+	require.NoError(t, err)
+	defer res.Body.Close()
+	body, err := io.ReadAll(res.Body)
+	require.NoError(t, err)
+	return res.StatusCode, string(body)
 }

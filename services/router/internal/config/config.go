@@ -21,7 +21,9 @@ import (
 	batonv1 "github.com/baton-voice/baton/pkg/events/batonv1"
 	"github.com/baton-voice/baton/pkg/kafka"
 	"github.com/baton-voice/baton/pkg/observability"
+	"github.com/baton-voice/baton/pkg/opshttp"
 	"github.com/baton-voice/baton/pkg/sipx"
+	"github.com/baton-voice/baton/pkg/tracing"
 	"github.com/baton-voice/baton/services/router/internal/handoff"
 	"github.com/baton-voice/baton/services/router/internal/rules"
 	"github.com/baton-voice/baton/services/router/internal/template"
@@ -89,6 +91,10 @@ type Config struct {
 	API API `yaml:"api"`
 	// Reload is how configuration changes are picked up.
 	Reload Reload `yaml:"reload"`
+	// Metrics serves /metrics, /healthz and /readyz.
+	Metrics opshttp.Config `yaml:"metrics"`
+	// Tracing is the OpenTelemetry tracer's setup.
+	Tracing tracing.Config `yaml:"tracing"`
 	// PreCall is the pre-call webhook.
 	PreCall PreCall `yaml:"precall"`
 
@@ -225,6 +231,9 @@ type RuleSet struct {
 	State     map[string]string `yaml:"state"`
 }
 
+// DefaultMetricsListen is where /metrics, /healthz and /readyz are served.
+const DefaultMetricsListen = "127.0.0.1:9462"
+
 // Default returns the configuration before the file is read. hostname
 // makes the default transactional id unique per host.
 func Default(hostname string) Config {
@@ -237,6 +246,8 @@ func Default(hostname string) Config {
 		OnAllFailed:     OnAllFailedHangup,
 		API:             API{TokensEnv: "BATON_API_TOKENS"},
 		Reload:          Reload{PollInterval: DefaultPollInterval},
+		Metrics:         opshttp.Config{Listen: DefaultMetricsListen},
+		Tracing:         tracing.DefaultConfig(),
 		PreCall: PreCall{
 			Timeout: DefaultPreCallTimeout, MaxAge: DefaultPreCallMaxAge, MaxInFlight: DefaultPreCallMaxInFlight,
 		},
@@ -285,6 +296,7 @@ func (c *Config) Validate() error {
 	if strings.TrimSpace(c.TransactionalID) == "" {
 		errs = append(errs, pkgconfig.Errorf("transactional_id", "a transactional id, unique per instance, is required"))
 	}
+	errs = append(errs, c.Metrics.Validate(), c.Tracing.Validate())
 	if c.TransactionTimeout < 0 {
 		errs = append(errs, pkgconfig.Errorf("transaction_timeout", "%v: want 0 (default) or a positive duration", c.TransactionTimeout))
 	}

@@ -13,9 +13,13 @@ import (
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kgo"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/baton-voice/baton/pkg/events"
+	batonv1 "github.com/baton-voice/baton/pkg/events/batonv1"
 	"github.com/baton-voice/baton/pkg/kafka"
+	"github.com/baton-voice/baton/pkg/tracing"
 	"github.com/baton-voice/baton/services/router/internal/handoff"
 )
 
@@ -43,6 +47,11 @@ type Options struct {
 	// Started, when set, hears of every CallStarted of a batch once the
 	// batch committed (the pre-call fetcher). It must not block.
 	Started StartWatcher
+	// Metrics, when set, counts committed batches.
+	Metrics *Metrics
+	// Tracer, when set, makes each decision a child span of its trigger's
+	// trace; without it the trigger's traceparent is copied as it is.
+	Tracer trace.Tracer
 }
 
 // StartWatcher hears of calls that started, after their batch committed.
@@ -57,6 +66,9 @@ type Router struct {
 	fold    *handoff.Fold
 	topic   string
 	logger  *slog.Logger
+	metrics *Metrics
+	tracer  trace.Tracer
+	tally   tally
 	// beforeEnd, when set (tests only), runs after the batch's records
 	// were produced and before the transaction ends; returning true
 	// aborts the transaction.
@@ -87,7 +99,8 @@ func New(opts Options, fold *handoff.Fold, logger *slog.Logger) (*Router, error)
 	if err != nil {
 		return nil, fmt.Errorf("new transactional session %s: %w", opts.TransactionalID, err)
 	}
-	return &Router{sess: sess, started: opts.Started, fold: fold, topic: opts.Kafka.Topics.Handoffs, logger: logger}, nil
+	return &Router{sess: sess, started: opts.Started, fold: fold, topic: opts.Kafka.Topics.Handoffs, logger: logger,
+		metrics: opts.Metrics, tracer: opts.Tracer}, nil
 }
 
 // Client is the session's client, for topic creation at start. It must
@@ -137,6 +150,7 @@ func (r *Router) transact(ctx context.Context, records []*kgo.Record) (bool, err
 	if err := r.sess.Begin(); err != nil {
 		return false, fmt.Errorf("begin transaction: %w", err)
 	}
+	r.tally.reset()
 	out, started := r.handle(ctx, records)
 
 	txCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), endTimeout)
@@ -157,11 +171,13 @@ func (r *Router) transact(ctx context.Context, records []*kgo.Record) (bool, err
 	}
 	if !committed {
 		r.fold.Rollback()
+		r.metrics.aborted()
 		r.logger.WarnContext(ctx, "transaction aborted; batch will be handled again",
 			"records", len(records), "commands", len(out), "err", produceErr)
 		return false, nil
 	}
 	r.fold.Commit()
+	r.metrics.count(len(records), &r.tally)
 	if r.started != nil {
 		// Outside the transaction: what the watcher does (a webhook call)
 		// comes back as a new fact, never as part of this batch.
@@ -184,15 +200,19 @@ func (r *Router) handle(ctx context.Context, records []*kgo.Record) (out []*kgo.
 		if err != nil {
 			// A record that cannot be decoded never will be: skip it
 			// rather than block its partition.
-			r.logger.WarnContext(ctx, "undecodable record skipped", "topic", rec.Topic,
+			r.logger.WarnContext(ctx, "undecodable record skipped", "call_id", string(rec.Key), "topic", rec.Topic,
 				"partition", rec.Partition, "offset", rec.Offset, "err", err)
 			continue
 		}
 		if ev.Type == events.TypeCallStarted {
 			started = append(started, ev)
 		}
+		if o, ok := ev.Data.(*batonv1.TransferOutcome); ok {
+			r.tally.outcomes = append(r.tally.outcomes, o)
+		}
 		for _, d := range r.fold.Apply(ctx, ev) {
-			rec, err := r.encode(ev, d)
+			r.tally.decisions = append(r.tally.decisions, d.Msg)
+			rec, err := r.encode(r.traceParent(ctx, ev, d), ev, d)
 			if err != nil {
 				r.logger.ErrorContext(ctx, "encode decision", "call_id", ev.Subject, "command_id", d.ID, "err", err)
 				continue
@@ -206,7 +226,7 @@ func (r *Router) handle(ctx context.Context, records []*kgo.Record) (out []*kgo.
 // encode makes the record of a decision (a command or a refusal). Its
 // event id is derived from the trigger and its time is the trigger's, so a
 // replay produces an identical record.
-func (r *Router) encode(trigger events.Event, d handoff.Decision) (*kgo.Record, error) {
+func (r *Router) encode(traceParent string, trigger events.Event, d handoff.Decision) (*kgo.Record, error) {
 	typ, err := events.TypeOf(d.Msg)
 	if err != nil {
 		return nil, fmt.Errorf("encode decision %s of call %s: %w", d.ID, trigger.Subject, err)
@@ -217,7 +237,7 @@ func (r *Router) encode(trigger events.Event, d handoff.Decision) (*kgo.Record, 
 		Source:      Source,
 		Subject:     trigger.Subject,
 		Time:        trigger.Time,
-		TraceParent: trigger.TraceParent,
+		TraceParent: traceParent,
 		Data:        d.Msg,
 	}
 	rec, err := events.Encode(r.topic, ev)
@@ -225,6 +245,24 @@ func (r *Router) encode(trigger events.Event, d handoff.Decision) (*kgo.Record, 
 		return nil, fmt.Errorf("encode decision %s of call %s: %w", d.ID, trigger.Subject, err)
 	}
 	return rec, nil
+}
+
+// traceParent is the traceparent of a decision: a child span of the
+// trigger's, when the trigger carries one and tracing is on.
+func (r *Router) traceParent(ctx context.Context, trigger events.Event, d handoff.Decision) string {
+	if r.tracer == nil || trigger.TraceParent == "" {
+		return trigger.TraceParent
+	}
+	pctx := tracing.Extract(ctx, trigger.TraceParent)
+	if !trace.SpanContextFromContext(pctx).IsValid() {
+		return trigger.TraceParent
+	}
+	typ, _ := events.TypeOf(d.Msg)
+	sctx, span := r.tracer.Start(pctx, "router decide", trace.WithSpanKind(trace.SpanKindProducer),
+		trace.WithAttributes(attribute.String("call_id", trigger.Subject), attribute.String("command_id", d.ID),
+			attribute.String("trigger_type", trigger.Type), attribute.String("decision_type", typ)))
+	defer span.End()
+	return tracing.Inject(sctx)
 }
 
 func headerValue(rec *kgo.Record, key string) string {

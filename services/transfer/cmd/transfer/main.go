@@ -12,6 +12,7 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
+	"sync"
 	"syscall"
 	"time"
 
@@ -19,6 +20,8 @@ import (
 
 	"github.com/baton-voice/baton/pkg/kafka"
 	"github.com/baton-voice/baton/pkg/observability"
+	"github.com/baton-voice/baton/pkg/opshttp"
+	"github.com/baton-voice/baton/pkg/tracing"
 	"github.com/baton-voice/baton/services/transfer/internal/attempts"
 	"github.com/baton-voice/baton/services/transfer/internal/bridge"
 	"github.com/baton-voice/baton/services/transfer/internal/config"
@@ -134,6 +137,18 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 		return exitFailed
 	}
 
+	reg := opshttp.NewRegistry()
+	tp, shutdownTracing, err := tracing.Setup(ctx, cfg.Tracing, "transfer")
+	if err != nil {
+		logger.ErrorContext(ctx, "start tracing", "err", err)
+		return exitFailed
+	}
+	defer func() {
+		if err := shutdownTracing(context.WithoutCancel(ctx)); err != nil {
+			logger.WarnContext(ctx, "stop tracing", "err", err)
+		}
+	}()
+
 	mediaHost, _ := netip.ParseAddr(cfg.Media.Host) // validated
 	svc := transfer.New(cl, sipClient, attemptLog, transfer.Options{
 		Topics:          cfg.Kafka.Topics,
@@ -158,7 +173,18 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 			TrunkHost:        cfg.Invite.TrunkHost,
 			WhisperMax:       cfg.Invite.Whisper.MaxDuration,
 		},
+		Metrics: transfer.NewMetrics(reg),
+		Tracer:  tracing.Tracer(tp, "transfer"),
 	}, logger)
+	svc.RegisterInFlight(reg)
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	opsCtx, stopOps := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopOps() // after the drain: /readyz and the metrics stay up while in-flight transfers finish
+	if err := serveOps(opsCtx, &wg, cfg.Metrics.Listen, reg, cl, sipClient, cfg.Group, logger); err != nil {
+		logger.ErrorContext(ctx, "start metrics server", "err", err)
+		return exitFailed
+	}
 	sipTLS := ""
 	if a := sipClient.TLSAddr(); a != nil {
 		sipTLS = a.String()

@@ -10,10 +10,13 @@ import (
 	"crypto/x509/pkix"
 	"encoding/pem"
 	"fmt"
+	"io"
 	"math/big"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"testing"
@@ -91,7 +94,7 @@ func TestStartsAndStopsCleanly(t *testing.T) {
 
 func startAndStop(t *testing.T, withTLS bool) {
 	brokers := kafkatest.NewCluster(t, 1)
-	doc := "listen: 127.0.0.1:0\nkafka:\n  brokers: [" + brokers[0] + "]\n  partitions: 1\n"
+	doc := "listen: 127.0.0.1:0\nkafka:\n  brokers: [" + brokers[0] + "]\n  partitions: 1\nmetrics:\n  listen: 127.0.0.1:0\n"
 	if withTLS {
 		cert, key := writeCert(t)
 		doc += "tls:\n  listen: 127.0.0.1:0\n  cert_file: " + cert + "\n  key_file: " + key + "\n  ca_file: " + cert + "\n"
@@ -108,6 +111,15 @@ func startAndStop(t *testing.T, withTLS bool) {
 	} else {
 		require.Contains(t, stderr.String(), `"sip_tls":""`)
 	}
+	addr := regexp.MustCompile(`"msg":"metrics listening".*?"addr":"([^"]+)"`).FindStringSubmatch(stderr.String())
+	require.NotNil(t, addr, "log: %s", &stderr)
+	require.Eventually(t, func() bool {
+		code, _ := httpGet(t, "http://"+addr[1]+"/readyz")
+		return code == http.StatusOK
+	}, 15*time.Second, 20*time.Millisecond, "ready once in the group")
+	code, body := httpGet(t, "http://"+addr[1]+"/metrics")
+	require.Equal(t, http.StatusOK, code)
+	require.Contains(t, body, "baton_transfer_in_flight 0")
 	cancel()
 	select {
 	case code := <-done:
@@ -134,4 +146,16 @@ func writeCert(t *testing.T) (certFile, keyFile string) {
 	require.NoError(t, os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600))
 	require.NoError(t, os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kb}), 0o600))
 	return certFile, keyFile
+}
+
+func httpGet(t *testing.T, url string) (int, string) {
+	t.Helper()
+	req, err := http.NewRequestWithContext(t.Context(), http.MethodGet, url, nil)
+	require.NoError(t, err)
+	res, err := http.DefaultClient.Do(req)
+	require.NoError(t, err)
+	defer res.Body.Close()
+	body, err := io.ReadAll(res.Body)
+	require.NoError(t, err)
+	return res.StatusCode, string(body)
 }

@@ -19,6 +19,8 @@ import (
 	pkgconfig "github.com/baton-voice/baton/pkg/config"
 	"github.com/baton-voice/baton/pkg/kafka"
 	"github.com/baton-voice/baton/pkg/observability"
+	"github.com/baton-voice/baton/pkg/opshttp"
+	"github.com/baton-voice/baton/pkg/tracing"
 )
 
 // Config is the transfer service's configuration file.
@@ -58,7 +60,14 @@ type Config struct {
 	AttemptLog AttemptLog              `yaml:"attempt_log"`
 	Kafka      kafka.Config            `yaml:"kafka"`
 	Log        observability.LogConfig `yaml:"log"`
+	// Metrics serves /metrics, /healthz and /readyz.
+	Metrics opshttp.Config `yaml:"metrics"`
+	// Tracing is the OpenTelemetry tracer's setup.
+	Tracing tracing.Config `yaml:"tracing"`
 }
+
+// DefaultMetricsListen is where /metrics, /healthz and /readyz are served.
+const DefaultMetricsListen = "127.0.0.1:9463"
 
 // Media configures the RTP/SRTP bridge of warm transfers.
 type Media struct {
@@ -163,8 +172,10 @@ func Default() Config {
 			SRTPSuites:    []string{"AES_CM_128_HMAC_SHA1_80", "AEAD_AES_128_GCM"},
 			Whisper:       Whisper{MaxDuration: 30 * time.Second},
 		},
-		Kafka: kafka.DefaultConfig(),
-		Log:   observability.DefaultLogConfig(),
+		Kafka:   kafka.DefaultConfig(),
+		Log:     observability.DefaultLogConfig(),
+		Metrics: opshttp.Config{Listen: DefaultMetricsListen},
+		Tracing: tracing.DefaultConfig(),
 	}
 }
 
@@ -188,7 +199,7 @@ var hostName = regexp.MustCompile(`^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$`)
 
 // Validate returns every problem, each naming its field.
 func (c *Config) Validate() error {
-	var errs []error
+	errs := []error{c.Metrics.Validate(), c.Tracing.Validate()}
 	host, port, err := net.SplitHostPort(c.Listen)
 	if err != nil {
 		errs = append(errs, pkgconfig.Errorf("listen", "%q is not host:port: %v", c.Listen, err))

@@ -20,6 +20,8 @@ import (
 	"github.com/emiago/sipgo/sip"
 	"github.com/pion/rtp"
 	"github.com/pion/srtp/v3"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/stretchr/testify/require"
 	"google.golang.org/protobuf/types/known/durationpb"
 
@@ -312,7 +314,11 @@ func TestWarmTransferBridgesMediaBothWays(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			h := start(t, 202, withInvite(nil))
+			metrics := NewMetrics(prometheus.NewRegistry())
+			h := start(t, 202, func(o *Options) {
+				withInvite(nil)(o)
+				o.Metrics = metrics
+			})
 			caller := startCallerSBC(t, 0)
 			var dest *sippRun
 			if tc.hangup == "destination" {
@@ -369,6 +375,16 @@ func TestWarmTransferBridgesMediaBothWays(t *testing.T) {
 			require.Zero(t, st.GetCallerToDestination().GetLost())
 			require.Equal(t, "PCMU/8000", st.GetCodec())
 			require.Positive(t, st.GetDuration().AsDuration())
+			// The bridge's media is in the metrics once its outcome was
+			// published.
+			require.Eventually(t, func() bool {
+				return testutil.ToFloat64(metrics.Outcomes.WithLabelValues("invite", "ended")) == 1
+			}, 5*time.Second, 10*time.Millisecond)
+			require.Equal(t, float64(packets), testutil.ToFloat64(metrics.BridgePackets.WithLabelValues("caller_to_destination")))
+			require.Equal(t, float64(packets), testutil.ToFloat64(metrics.BridgePackets.WithLabelValues("destination_to_caller")))
+			require.Equal(t, float64(packets*(12+160)), testutil.ToFloat64(metrics.BridgeBytes.WithLabelValues("caller_to_destination")))
+			require.Zero(t, testutil.ToFloat64(metrics.BridgeLost.WithLabelValues("caller_to_destination")))
+			require.Equal(t, 1.0, testutil.ToFloat64(metrics.Commands.WithLabelValues("invite")))
 
 			log, err := dest.wait(t)
 			require.NoError(t, err, "sipp: %s", log)
@@ -659,8 +675,13 @@ func TestWarmTransferWhisper(t *testing.T) {
 			h.command(t, cmd)
 			h.statuses(t, cmd.CommandId, batonv1.OutcomeStatus_OUTCOME_STATUS_ANSWERED)
 			reinvite := caller.next(t, sip.INVITE)
-			// The whisper is over before the caller is moved.
-			require.Len(t, dest.media(), whisperPackets, "exactly the whisper's packets before the re-INVITE")
+			// The whisper is over before the caller is moved. Its last
+			// packets may still be in flight on the RTP socket when the
+			// re-INVITE arrives on the SIP one, so wait for them; no caller
+			// media exists until the test sends it below, and the final
+			// count (whisper + caller) catches any extra whisper packet.
+			require.Eventually(t, func() bool { return len(dest.media()) == whisperPackets },
+				2*time.Second, 5*time.Millisecond, "exactly the whisper's packets before the caller's media")
 			h.statuses(t, cmd.CommandId, batonv1.OutcomeStatus_OUTCOME_STATUS_BRIDGED)
 			offer, err := sdp.Parse(string(reinvite.Body()))
 			require.NoError(t, err)

@@ -20,6 +20,8 @@ type execution struct {
 	start  time.Time
 	// facts receives NotifyReceived and CallEnded of the call, in order.
 	facts chan proto.Message
+	// traceParent is the execution's span, carried by its outcomes.
+	traceParent string
 }
 
 // registry routes a call's facts to the executions waiting on them. It is

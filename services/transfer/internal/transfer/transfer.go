@@ -22,12 +22,15 @@ import (
 
 	"github.com/emiago/sipgo/sip"
 	"github.com/twmb/franz-go/pkg/kgo"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/baton-voice/baton/pkg/events"
 	batonv1 "github.com/baton-voice/baton/pkg/events/batonv1"
 	"github.com/baton-voice/baton/pkg/kafka"
+	"github.com/baton-voice/baton/pkg/tracing"
 	"github.com/baton-voice/baton/services/transfer/internal/attempts"
 )
 
@@ -66,6 +69,11 @@ type Options struct {
 	// Invite configures warm transfers; without Invite.Ports an INVITE
 	// command fails.
 	Invite InviteOptions
+	// Metrics, when set, counts commands, outcomes and bridge media.
+	Metrics *Metrics
+	// Tracer, when set, makes each execution a child span of its command's
+	// trace; its outcomes carry that span.
+	Tracer trace.Tracer
 }
 
 // AttemptLog is the durable record of the commands attempted
@@ -242,7 +250,7 @@ func callIDOf(ev events.Event, cmd *batonv1.HandoffCommand) string {
 // reported, never executed again), or it is too old (reported).
 func (s *Service) skip(ctx, work context.Context, ev events.Event, cmd *batonv1.HandoffCommand) bool {
 	id := cmd.GetCommandId()
-	e := &execution{cmd: cmd, callID: callIDOf(ev, cmd), start: s.now()}
+	e := &execution{cmd: cmd, callID: callIDOf(ev, cmd), start: s.now(), traceParent: ev.TraceParent}
 	log := s.logger.With("call_id", e.callID, "command_id", id)
 	if s.reg.known(id) {
 		log.InfoContext(ctx, "command already executed by this process; skipped")
@@ -287,7 +295,7 @@ func (s *Service) decode(ctx context.Context, rec *kgo.Record) (events.Event, bo
 	if err != nil {
 		// A record that cannot be decoded never will be: skip it rather
 		// than block its partition.
-		s.logger.WarnContext(ctx, "undecodable record skipped", "topic", rec.Topic,
+		s.logger.WarnContext(ctx, "undecodable record skipped", "call_id", string(rec.Key), "topic", rec.Topic,
 			"partition", rec.Partition, "offset", rec.Offset, "err", err)
 		return events.Event{}, false
 	}
@@ -313,7 +321,8 @@ func (s *Service) route(ctx context.Context, ev events.Event) {
 
 // dispatch registers the command's execution and starts it.
 func (s *Service) dispatch(ctx, work context.Context, ev events.Event, cmd *batonv1.HandoffCommand) {
-	e := &execution{cmd: cmd, callID: callIDOf(ev, cmd), start: s.now(), facts: make(chan proto.Message, factBuffer)}
+	e := &execution{cmd: cmd, callID: callIDOf(ev, cmd), start: s.now(), facts: make(chan proto.Message, factBuffer),
+		traceParent: ev.TraceParent}
 	log := s.logger.With("call_id", e.callID, "command_id", cmd.GetCommandId())
 	switch s.reg.add(e) {
 	case duplicate:
@@ -325,17 +334,44 @@ func (s *Service) dispatch(ctx, work context.Context, ev events.Event, cmd *bato
 	}
 	log.InfoContext(ctx, "handoff command received", "method", cmd.GetMethod().String(), "destination", cmd.GetDestination(),
 		"attempt", cmd.GetAttempt())
+	s.opts.Metrics.command(cmd.GetMethod())
 	s.wg.Go(func() {
 		defer s.reg.remove(e)
+		end := s.startSpan(work, e)
+		defer end()
 		s.execute(work, e, log)
 	})
+}
+
+// startSpan starts the execution's span, a child of the command's, and
+// points e's traceParent at it; end ends it. Without a tracer or a valid
+// traceparent on the command, outcomes carry the command's traceparent.
+func (s *Service) startSpan(ctx context.Context, e *execution) (end func()) {
+	if s.opts.Tracer == nil {
+		return func() {}
+	}
+	pctx := tracing.Extract(ctx, e.traceParent)
+	if !trace.SpanContextFromContext(pctx).IsValid() {
+		return func() {}
+	}
+	sctx, span := s.opts.Tracer.Start(pctx, "transfer "+label(e.cmd.GetMethod().String(), "METHOD_"),
+		trace.WithSpanKind(trace.SpanKindConsumer),
+		trace.WithAttributes(attribute.String("call_id", e.callID), attribute.String("command_id", e.cmd.GetCommandId()),
+			attribute.String("destination", e.cmd.GetDestination())))
+	e.traceParent = tracing.Inject(sctx)
+	return func() { span.End() }
 }
 
 // detached publishes a single outcome for a command that does not run,
 // off the consume loop.
 func (s *Service) detached(ctx, work context.Context, e *execution, log *slog.Logger, o step) {
 	log.WarnContext(ctx, "command not executed", "detail", o.detail)
-	s.wg.Go(func() { s.publish(work, e, log, o) })
+	s.opts.Metrics.command(e.cmd.GetMethod())
+	s.wg.Go(func() {
+		end := s.startSpan(work, e)
+		defer end()
+		s.publish(work, e, log, o)
+	})
 }
 
 // execute carries out one command and publishes its outcomes.
@@ -387,6 +423,7 @@ func (s *Service) publish(ctx context.Context, e *execution, log *slog.Logger, o
 		log.ErrorContext(ctx, "build outcome", append(attrs, "err", err)...)
 		return
 	}
+	ev.TraceParent = e.traceParent
 	rec, err := events.Encode(s.opts.Topics.Transfers, ev)
 	if err != nil {
 		log.ErrorContext(ctx, "encode outcome", append(attrs, "err", err)...)
@@ -398,6 +435,7 @@ func (s *Service) publish(ctx context.Context, e *execution, log *slog.Logger, o
 		log.ErrorContext(ctx, "publish outcome", append(attrs, "err", err)...)
 		return
 	}
+	s.opts.Metrics.outcome(out)
 	level := slog.LevelInfo
 	if o.status == batonv1.OutcomeStatus_OUTCOME_STATUS_FAILED {
 		level = slog.LevelWarn

@@ -1,0 +1,62 @@
+package kafkahealth
+
+import (
+	"context"
+	"log/slog"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/stretchr/testify/require"
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kgo"
+	"go.uber.org/goleak"
+
+	"github.com/baton-voice/baton/pkg/kafka/kafkatest"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+func TestReach(t *testing.T) {
+	brokers := kafkatest.NewCluster(t, 1, "t")
+	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...))
+	require.NoError(t, err)
+	defer cl.Close()
+	r := NewReach(cl)
+	require.NoError(t, r.Check(t.Context()))
+
+	down, err := kgo.NewClient(kgo.SeedBrokers("127.0.0.1:1"))
+	require.NoError(t, err)
+	defer down.Close()
+	rd := NewReach(down)
+	require.ErrorContains(t, rd.Check(t.Context()), "kafka not reachable")
+	// The answer is cached: a second check does not wait another second.
+	start := time.Now()
+	require.Error(t, rd.Check(t.Context()))
+	require.Less(t, time.Since(start), 500*time.Millisecond)
+}
+
+func TestSampleLag(t *testing.T) {
+	brokers := kafkatest.NewCluster(t, 1, "t")
+	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...), kgo.DefaultProduceTopic("t"))
+	require.NoError(t, err)
+	defer cl.Close()
+	for range 3 {
+		require.NoError(t, cl.ProduceSync(t.Context(), &kgo.Record{Value: []byte("x")}).FirstErr())
+	}
+	_, err = kadm.NewClient(cl).CommitOffsets(t.Context(), "g", kadm.OffsetsFromRecords(kgo.Record{Topic: "t", Partition: 0, Offset: 0}))
+	require.NoError(t, err)
+
+	gauge := NewLagGauge("test")
+	done := make(chan struct{})
+	sctx, stop := context.WithCancel(t.Context())
+	go func() {
+		defer close(done)
+		SampleLag(sctx, cl, "g", gauge, 10*time.Millisecond, slog.New(slog.DiscardHandler))
+	}()
+	require.Eventually(t, func() bool {
+		return testutil.ToFloat64(gauge.WithLabelValues("t", "0")) == 2
+	}, 5*time.Second, 10*time.Millisecond)
+	stop()
+	<-done
+}

@@ -1,0 +1,49 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/baton-voice/baton/pkg/kafkahealth"
+	"github.com/baton-voice/baton/pkg/opshttp"
+	"github.com/baton-voice/baton/services/router/internal/router"
+)
+
+// lagEvery is how often the consumer group's lag is sampled.
+const lagEvery = 5 * time.Second
+
+// serveOps serves /metrics, /healthz and /readyz (ready: Kafka answers and
+// the instance is in its consumer group) and samples the group's lag; both
+// stop when ctx ends, and wg waits for them. With no listen address only
+// the lag sampler runs, so nothing is served.
+func serveOps(ctx context.Context, wg *sync.WaitGroup, listen string, reg *prometheus.Registry, rt *router.Router,
+	group string, logger *slog.Logger) error {
+	lag := kafkahealth.NewLagGauge("router")
+	reg.MustRegister(lag)
+	reach := kafkahealth.NewReach(rt.Client())
+	joined := func(context.Context) error {
+		if _, gen := rt.Client().GroupMetadata(); gen < 0 {
+			return errors.New("not in consumer group " + group + " yet")
+		}
+		return nil
+	}
+	srv, err := opshttp.Listen(listen, reg, opshttp.All(reach.Check, joined), logger)
+	if err != nil {
+		return err
+	}
+	if srv != nil {
+		wg.Go(func() {
+			if err := srv.Serve(ctx); err != nil {
+				logger.ErrorContext(ctx, "metrics server stopped", "err", err)
+			}
+		})
+		logger.InfoContext(ctx, "metrics listening", "addr", srv.Addr(), "url", "http://"+srv.Addr()+"/metrics")
+	}
+	wg.Go(func() { kafkahealth.SampleLag(ctx, rt.Client(), group, lag, lagEvery, logger) })
+	return nil
+}

@@ -1,0 +1,84 @@
+package transfer
+
+import (
+	"strings"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	batonv1 "github.com/baton-voice/baton/pkg/events/batonv1"
+)
+
+// Metrics are transfer's Prometheus metrics. A nil *Metrics counts
+// nothing.
+type Metrics struct {
+	// Commands counts the commands taken (executed or reported as not
+	// executed), by method.
+	Commands *prometheus.CounterVec
+	// Outcomes counts the outcomes published, by method and status.
+	Outcomes *prometheus.CounterVec
+	// BridgePackets, BridgeBytes, BridgeLost and BridgeDropped add up the
+	// media of ended warm-transfer bridges, by direction
+	// (caller_to_destination, destination_to_caller).
+	BridgePackets *prometheus.CounterVec
+	BridgeBytes   *prometheus.CounterVec
+	BridgeLost    *prometheus.CounterVec
+	BridgeDropped *prometheus.CounterVec
+}
+
+// NewMetrics registers transfer's metrics on reg.
+func NewMetrics(reg prometheus.Registerer) *Metrics {
+	bridge := func(name, help string) *prometheus.CounterVec {
+		return prometheus.NewCounterVec(prometheus.CounterOpts{Name: "baton_transfer_bridge_" + name + "_total", Help: help},
+			[]string{"direction"})
+	}
+	m := &Metrics{
+		Commands: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "baton_transfer_commands_total", Help: "Handoff commands taken, by method.",
+		}, []string{"method"}),
+		Outcomes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "baton_transfer_outcomes_total", Help: "Transfer outcomes published, by method and status.",
+		}, []string{"method", "status"}),
+		BridgePackets: bridge("packets", "RTP packets received on ended bridges, by direction."),
+		BridgeBytes:   bridge("bytes", "RTP bytes received on ended bridges, by direction."),
+		BridgeLost:    bridge("lost_packets", "RTP packets lost (sequence gaps) on ended bridges, by direction."),
+		BridgeDropped: bridge("dropped_packets", "RTP packets received but not forwarded on ended bridges, by direction."),
+	}
+	reg.MustRegister(m.Commands, m.Outcomes, m.BridgePackets, m.BridgeBytes, m.BridgeLost, m.BridgeDropped)
+	return m
+}
+
+// RegisterInFlight exposes the number of executions under way.
+func (s *Service) RegisterInFlight(reg prometheus.Registerer) {
+	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "baton_transfer_in_flight", Help: "Transfers executing now.",
+	}, func() float64 { return float64(s.reg.inFlight()) }))
+}
+
+func (m *Metrics) command(method batonv1.Method) {
+	if m != nil {
+		m.Commands.WithLabelValues(label(method.String(), "METHOD_")).Inc()
+	}
+}
+
+func (m *Metrics) outcome(o *batonv1.TransferOutcome) {
+	if m == nil {
+		return
+	}
+	m.Outcomes.WithLabelValues(label(o.GetMethod().String(), "METHOD_"), label(o.GetStatus().String(), "OUTCOME_STATUS_")).Inc()
+	b := o.GetBridge()
+	if b == nil {
+		return
+	}
+	for dir, st := range map[string]*batonv1.MediaStreamStats{
+		"caller_to_destination": b.GetCallerToDestination(),
+		"destination_to_caller": b.GetDestinationToCaller(),
+	} {
+		m.BridgePackets.WithLabelValues(dir).Add(float64(st.GetPackets()))
+		m.BridgeBytes.WithLabelValues(dir).Add(float64(st.GetBytes()))
+		m.BridgeLost.WithLabelValues(dir).Add(float64(st.GetLost()))
+		m.BridgeDropped.WithLabelValues(dir).Add(float64(st.GetDropped()))
+	}
+}
+
+// label is "refer" for METHOD_REFER.
+func label(name, prefix string) string { return strings.ToLower(strings.TrimPrefix(name, prefix)) }
