@@ -19,6 +19,7 @@ import (
 	"github.com/baton-voice/baton/pkg/kafka"
 	"github.com/baton-voice/baton/pkg/observability"
 	"github.com/baton-voice/baton/pkg/opshttp"
+	"github.com/baton-voice/baton/pkg/tracing"
 	"github.com/baton-voice/baton/services/ingress/internal/config"
 	"github.com/baton-voice/baton/services/ingress/internal/metrics"
 	"github.com/baton-voice/baton/services/ingress/internal/server"
@@ -82,7 +83,18 @@ func run(args []string, stderr io.Writer) int {
 		return 1
 	}
 
-	srv, err := server.Listen(cfg, cl, logger)
+	tp, shutdownTracing, err := tracing.Setup(ctx, cfg.Tracing, "ingress")
+	if err != nil {
+		logger.Error("start tracing", "err", err)
+		return 1
+	}
+	defer func() {
+		if err := shutdownTracing(context.WithoutCancel(ctx)); err != nil {
+			logger.Warn("stop tracing", "err", err)
+		}
+	}()
+
+	srv, err := server.Listen(cfg, cl, logger, server.WithTracer(tracing.Tracer(tp, "ingress")))
 	if err != nil {
 		logger.Error("start sip", "err", err)
 		return 1

@@ -85,7 +85,7 @@ func (s *Server) filter(p sip.TransportReadProps, data []byte) ([]byte, error) {
 		return nil, nil
 	case r.Drop:
 		s.stats.Dropped.Add(1)
-		s.rejectLog.log(s.log, "sip message dropped", "source", src.String(), "reason", r.Detail)
+		s.rejectLog.log(s.log, "sip message dropped", "source", src.String(), "reason", r.Detail, "call_id", r.CallID)
 		return nil, nil
 	case !r.OK():
 		s.stats.Invalid.Add(1)

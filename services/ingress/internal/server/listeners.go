@@ -141,7 +141,7 @@ func (s *Server) checkStream(req *sip.Request, tx sip.ServerTransaction) bool {
 	switch {
 	case r.Drop:
 		s.stats.Dropped.Add(1)
-		s.rejectLog.log(s.log, "sip message dropped", "source", req.Source(), "reason", r.Detail)
+		s.rejectLog.log(s.log, "sip message dropped", "source", req.Source(), "reason", r.Detail, "call_id", r.CallID)
 		return false
 	case !r.OK():
 		s.stats.Invalid.Add(1)

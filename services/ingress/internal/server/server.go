@@ -19,12 +19,16 @@ import (
 	"github.com/emiago/sipgo"
 	"github.com/emiago/sipgo/sip"
 	"github.com/twmb/franz-go/pkg/kgo"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
+	"go.opentelemetry.io/otel/trace/noop"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/baton-voice/baton/pkg/events"
 	"github.com/baton-voice/baton/pkg/events/batonv1"
 	"github.com/baton-voice/baton/pkg/sipx"
+	"github.com/baton-voice/baton/pkg/tracing"
 	"github.com/baton-voice/baton/services/ingress/internal/audio"
 	"github.com/baton-voice/baton/services/ingress/internal/config"
 	"github.com/baton-voice/baton/services/ingress/internal/headers"
@@ -45,6 +49,7 @@ type Server struct {
 	cfg          config.Config
 	cl           *kgo.Client
 	log          *slog.Logger
+	tracer       trace.Tracer
 	ua           *sipgo.UserAgent
 	sip          *sipgo.Server
 	udp          []*net.UDPConn
@@ -76,10 +81,24 @@ type stream struct {
 	ln        net.Listener
 }
 
+// Option changes how Listen builds the server.
+type Option func(*Server)
+
+// WithTracer traces each INVITE; its span's traceparent rides in
+// CallStarted so router, transfer and analytics continue the trace. The
+// default traces nothing.
+func WithTracer(t trace.Tracer) Option {
+	return func(s *Server) { s.tracer = t }
+}
+
 // Listen binds the SIP sockets (so their addresses are known before Serve)
 // and prepares the server. cl publishes to cfg.Kafka.Topics.Calls.
-func Listen(cfg config.Config, cl *kgo.Client, logger *slog.Logger) (*Server, error) {
-	s := &Server{cfg: cfg, cl: cl, log: logger, contacts: map[string]string{}, drained: make(chan struct{}, 1)}
+func Listen(cfg config.Config, cl *kgo.Client, logger *slog.Logger, opts ...Option) (*Server, error) {
+	s := &Server{cfg: cfg, cl: cl, log: logger, contacts: map[string]string{}, drained: make(chan struct{}, 1),
+		tracer: noop.NewTracerProvider().Tracer("")}
+	for _, o := range opts {
+		o(s)
+	}
 	if err := s.bind(); err != nil {
 		return nil, errors.Join(err, s.closeListeners())
 	}
@@ -447,6 +466,9 @@ func (s *Server) onInvite(ctx context.Context, req *sip.Request, tx sip.ServerTr
 		callID = h.Value()
 	}
 	log := s.log.With("call_id", callID)
+	ctx, span := s.tracer.Start(ctx, "ingress invite", trace.WithSpanKind(trace.SpanKindServer),
+		trace.WithAttributes(attribute.String("call_id", callID)))
+	defer span.End()
 	if to := req.To(); to != nil && to.Params.Has("tag") {
 		c := s.lookup(req)
 		if c == nil {
@@ -776,6 +798,7 @@ func (s *Server) publish(ctx context.Context, callID string, msg proto.Message) 
 	if err != nil {
 		return fmt.Errorf("publish call %s: %w", callID, err)
 	}
+	ev.TraceParent = tracing.Inject(ctx)
 	rec, err := events.Encode(s.cfg.Kafka.Topics.Calls, ev)
 	if err != nil {
 		return fmt.Errorf("publish call %s: %w", callID, err)
@@ -803,6 +826,7 @@ func (s *Server) publishAsync(ctx context.Context, callID string, msg proto.Mess
 		s.log.ErrorContext(ctx, "publish", "call_id", callID, "err", err)
 		return
 	}
+	ev.TraceParent = tracing.Inject(ctx)
 	rec, err := events.Encode(s.cfg.Kafka.Topics.Calls, ev)
 	if err != nil {
 		s.log.ErrorContext(ctx, "publish", "call_id", callID, "err", err)

@@ -63,7 +63,7 @@ type ingress struct {
 }
 
 // startIngress runs a server on 127.0.0.1:0 against brokers until the test ends.
-func startIngress(t *testing.T, brokers []string, tune func(*config.Config)) *ingress {
+func startIngress(t *testing.T, brokers []string, tune func(*config.Config), opts ...Option) *ingress {
 	t.Helper()
 	cfg := config.Default()
 	cfg.Listen = "127.0.0.1:0"
@@ -79,7 +79,7 @@ func startIngress(t *testing.T, brokers []string, tune func(*config.Config)) *in
 	require.NoError(t, err)
 	t.Cleanup(cl.Close)
 
-	srv, err := Listen(cfg, cl, logger)
+	srv, err := Listen(cfg, cl, logger, opts...)
 	require.NoError(t, err)
 	ctx, cancel := context.WithCancel(context.WithoutCancel(t.Context()))
 	done := make(chan struct{})
