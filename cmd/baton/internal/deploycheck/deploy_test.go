@@ -111,3 +111,37 @@ func TestKamailioConfig(t *testing.T) {
 	require.NoError(t, err, "kamailio -c rejected the config:\n%s", out)
 	require.NotContains(t, string(out), "ERROR")
 }
+
+// TestConfigsLoad runs each service's own config validation (--check-config)
+// on the production configs in deploy/config and the examples next to each
+// service, so neither can drift from what the services accept.
+func TestConfigsLoad(t *testing.T) {
+	deploy := deployDir(t)
+	repo := filepath.Dir(deploy)
+	bin := t.TempDir()
+	for _, svc := range []string{"ingress", "router", "transfer", "analytics"} {
+		t.Run(svc, func(t *testing.T) {
+			exe := filepath.Join(bin, svc)
+			build := exec.CommandContext(t.Context(), "go", "build", "-o", exe, "./cmd/"+svc)
+			build.Dir = filepath.Join(repo, "services", svc)
+			out, err := build.CombinedOutput()
+			require.NoError(t, err, "build %s: %s", svc, out)
+			for _, cfg := range []string{
+				filepath.Join(deploy, "config", svc+".yaml"),
+				filepath.Join(repo, "services", svc, svc+".example.yaml"),
+			} {
+				out, err := exec.CommandContext(t.Context(), exe, "--check-config", "--config", cfg).CombinedOutput()
+				require.NoError(t, err, "%s rejects %s:\n%s", svc, cfg, out)
+				require.Contains(t, string(out), "config ok")
+			}
+			bad := filepath.Join(t.TempDir(), "bad.yaml")
+			require.NoError(t, os.WriteFile(bad, []byte("no_such_key: 1\n"), 0o600))
+			cmd := exec.CommandContext(t.Context(), exe, "--check-config", "--config", bad)
+			out, err = cmd.CombinedOutput()
+			var exit *exec.ExitError
+			require.ErrorAs(t, err, &exit, "%s accepted an unknown key", svc)
+			require.Equal(t, 2, exit.ExitCode())
+			require.Contains(t, string(out), "no_such_key")
+		})
+	}
+}

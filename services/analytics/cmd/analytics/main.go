@@ -48,6 +48,7 @@ func run(ctx context.Context, args []string, stderr io.Writer, getenv func(strin
 	flags := flag.NewFlagSet("analytics", flag.ContinueOnError)
 	flags.SetOutput(stderr)
 	configPath := flags.String("config", "", "YAML configuration `file` (without it, the defaults)")
+	checkOnly := flags.Bool("check-config", false, "load and validate the configuration, print what is wrong or \"config ok\", and exit (2 when invalid)")
 	if err := flags.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return exitOK
@@ -57,6 +58,10 @@ func run(ctx context.Context, args []string, stderr io.Writer, getenv func(strin
 	cfg, err := config.Load(*configPath, getenv)
 	if err != nil {
 		return configError(stderr, err)
+	}
+	if *checkOnly {
+		_, _ = fmt.Fprintln(stderr, "config ok")
+		return exitOK
 	}
 	logger, err := observability.NewLogger(stderr, cfg.Log, "analytics")
 	if err != nil {

@@ -33,6 +33,7 @@ func run(args []string, stderr io.Writer) int {
 	fs := flag.NewFlagSet("ingress", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	configPath := fs.String("config", "", "YAML configuration `file` (defaults when absent)")
+	checkOnly := fs.Bool("check-config", false, "load and validate the configuration, print what is wrong or \"config ok\", and exit (2 when invalid)")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0
@@ -49,6 +50,10 @@ func run(args []string, stderr io.Writer) int {
 	} else if err := cfg.Validate(); err != nil {
 		_, _ = fmt.Fprintln(stderr, err) // stderr is all there is
 		return 2
+	}
+	if *checkOnly {
+		_, _ = fmt.Fprintln(stderr, "config ok")
+		return 0
 	}
 	logger, err := observability.NewLogger(stderr, cfg.Log, "ingress")
 	if err != nil {

@@ -56,6 +56,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 	flags := flag.NewFlagSet("router", flag.ContinueOnError)
 	flags.SetOutput(stderr)
 	configPath := flags.String("config", "", "YAML configuration `file` (without it, the defaults)")
+	checkOnly := flags.Bool("check-config", false, "load and validate the configuration, print what is wrong or \"config ok\", and exit (2 when invalid)")
 	if err := flags.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return exitOK
@@ -73,6 +74,10 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 	table, err := cfg.Table()
 	if err != nil {
 		return configError(stderr, err)
+	}
+	if *checkOnly {
+		_, _ = fmt.Fprintln(stderr, "config ok")
+		return exitOK
 	}
 	logger, err := observability.NewLogger(stderr, cfg.Log, "router")
 	if err != nil {

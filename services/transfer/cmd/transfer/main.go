@@ -53,6 +53,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 	flags := flag.NewFlagSet("transfer", flag.ContinueOnError)
 	flags.SetOutput(stderr)
 	configPath := flags.String("config", "", "YAML configuration `file` (without it, the defaults)")
+	checkOnly := flags.Bool("check-config", false, "load and validate the configuration, print what is wrong or \"config ok\", and exit (2 when invalid)")
 	if err := flags.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return exitOK
@@ -63,6 +64,10 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 	if err != nil {
 		_, _ = fmt.Fprintf(stderr, "transfer: %v\n", err)
 		return exitConfig
+	}
+	if *checkOnly {
+		_, _ = fmt.Fprintln(stderr, "config ok")
+		return exitOK
 	}
 	logger, err := observability.NewLogger(stderr, cfg.Log, "transfer")
 	if err != nil {
