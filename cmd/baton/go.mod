@@ -18,6 +18,7 @@ require (
 require (
 	github.com/ClickHouse/ch-go v0.74.0 // indirect
 	github.com/andybalholm/brotli v1.2.6 // indirect
+	github.com/baton-voice/baton/schemas v0.0.0
 	github.com/cespare/xxhash/v2 v2.3.0 // indirect
 	github.com/go-faster/city v1.0.1 // indirect
 	github.com/go-faster/errors v0.7.1 // indirect
@@ -36,3 +37,5 @@ require (
 )
 
 replace github.com/baton-voice/baton/pkg => ../../pkg
+
+replace github.com/baton-voice/baton/schemas => ../../schemas

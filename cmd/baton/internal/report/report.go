@@ -1,14 +1,10 @@
 // Package report prints the dashboard's figures in a terminal: it runs the
-// panels of panels.sql against ClickHouse and writes each as a table.
-//
-// panels.sql is a copy of services/analytics/internal/dashboard/panels.sql
-// (this module cannot import that one's internal packages); the dashboard
-// package's tests fail when the two differ.
+// panels of schemas/panels (the analytics page's and Grafana's queries)
+// against ClickHouse and writes each as a table.
 package report
 
 import (
 	"context"
-	_ "embed"
 	"fmt"
 	"io"
 	"reflect"
@@ -19,10 +15,9 @@ import (
 
 	"github.com/ClickHouse/clickhouse-go/v2"
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
-)
 
-//go:embed panels.sql
-var panelsSQL string
+	"github.com/baton-voice/baton/schemas/panels"
+)
 
 // PasswordEnv holds the ClickHouse password, as for the analytics service.
 const PasswordEnv = "BATON_CLICKHOUSE_PASSWORD"
@@ -38,51 +33,6 @@ type Options struct {
 	From, To time.Time
 	// Limit caps the list panels.
 	Limit int
-}
-
-// Panel is one query of panels.sql.
-type Panel struct {
-	Name, Title, SQL string
-}
-
-// Panels parses panels.sql: statements ended by a ';' at the end of a
-// line, each after "-- name:" and "-- title:" lines.
-func Panels() ([]Panel, error) {
-	var out []Panel
-	for chunk := range strings.SplitSeq(panelsSQL+"\n", ";\n") {
-		var p Panel
-		var sql []string
-		for line := range strings.Lines(chunk) {
-			trimmed := strings.TrimSpace(line)
-			switch {
-			case strings.HasPrefix(trimmed, "-- name:"):
-				p.Name = strings.TrimSpace(strings.TrimPrefix(trimmed, "-- name:"))
-			case strings.HasPrefix(trimmed, "-- title:"):
-				p.Title = strings.TrimSpace(strings.TrimPrefix(trimmed, "-- title:"))
-			case strings.HasPrefix(trimmed, "--"), trimmed == "":
-			default:
-				sql = append(sql, strings.TrimRight(line, "\n"))
-			}
-		}
-		if len(sql) == 0 {
-			continue
-		}
-		if p.Name == "" || p.Title == "" {
-			return nil, fmt.Errorf("panels.sql: a query without -- name: and -- title: lines")
-		}
-		p.SQL = strings.Join(sql, "\n")
-		out = append(out, p)
-	}
-	return out, nil
-}
-
-// render fills a panel's placeholders.
-func (p Panel) render(from, to time.Time, limit int) string {
-	return strings.NewReplacer(
-		"{from}", "toDateTime("+strconv.FormatInt(max(from.Unix(), 0), 10)+")",
-		"{to}", "toDateTime("+strconv.FormatInt(max(to.Unix(), 0), 10)+")",
-		"{limit}", strconv.Itoa(max(limit, 1)),
-	).Replace(p.SQL)
 }
 
 // Run connects to ClickHouse and prints every panel to out.
@@ -104,7 +54,7 @@ func Run(ctx context.Context, o Options, out io.Writer) error {
 
 // Print runs every panel over conn and writes it to out as a table.
 func Print(ctx context.Context, conn driver.Conn, o Options, out io.Writer) error {
-	panels, err := Panels()
+	ps, err := panels.Parse(panels.SQL)
 	if err != nil {
 		return err
 	}
@@ -116,7 +66,7 @@ func Print(ctx context.Context, conn driver.Conn, o Options, out io.Writer) erro
 		o.From.UTC().Format("2006-01-02 15:04"), o.To.UTC().Format("2006-01-02 15:04"), version, o.Database); err != nil {
 		return err
 	}
-	for _, p := range panels {
+	for _, p := range ps {
 		if err := printPanel(ctx, conn, p, o, out); err != nil {
 			return err
 		}
@@ -124,8 +74,8 @@ func Print(ctx context.Context, conn driver.Conn, o Options, out io.Writer) erro
 	return nil
 }
 
-func printPanel(ctx context.Context, conn driver.Conn, p Panel, o Options, out io.Writer) error {
-	rows, err := conn.Query(ctx, p.render(o.From, o.To, o.Limit))
+func printPanel(ctx context.Context, conn driver.Conn, p panels.Panel, o Options, out io.Writer) error {
+	rows, err := conn.Query(ctx, p.Render(o.From, o.To, max(o.Limit, 1)))
 	if err != nil {
 		return fmt.Errorf("panel %s: %w", p.Name, err)
 	}

@@ -146,10 +146,3 @@ func TestReport(t *testing.T) {
 	}
 	require.Equal(t, 5, strings.Count(got, "\n\n"), "five panels:\n%s", got)
 }
-
-func TestPanelsParse(t *testing.T) {
-	ps, err := Panels()
-	require.NoError(t, err)
-	require.Len(t, ps, 5)
-	require.Contains(t, ps[0].render(time.Unix(100, 0), time.Unix(200, 0), 3), "toDateTime(200)")
-}

@@ -1,7 +1,7 @@
 // Package dashboard holds the dashboard queries over Baton's ClickHouse
 // tables and the web page the analytics service serves with them.
 //
-// The SQL lives in panels.sql, shared with `baton report` and the Grafana
+// The SQL lives in schemas/panels (panels.sql), shared with `baton report` and the Grafana
 // dashboard in deploy/grafana. Every query reads deduplicated rows (FINAL
 // tables and the views of migration 0002), so a replayed batch changes no
 // figure, and runs on ClickHouse 18.16 and 24+.
@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
+
+	"github.com/baton-voice/baton/schemas/panels"
 )
 
 // DefaultLimit is the row limit of list panels.
@@ -119,7 +121,7 @@ func (q *Queries) Report(ctx context.Context, from, to time.Time, limit int) (*R
 
 // HandoffsByReason is the handoffs_by_reason panel.
 func (q *Queries) HandoffsByReason(ctx context.Context, from, to time.Time) ([]ReasonHour, error) {
-	return query(ctx, q.conn, PanelHandoffsByReason, from, to, 0, func(s scanner) (ReasonHour, error) {
+	return query(ctx, q.conn, panels.HandoffsByReason, from, to, 0, func(s scanner) (ReasonHour, error) {
 		var r ReasonHour
 		err := s.Scan(&r.Hour, &r.Reason, &r.Handoffs)
 		r.Hour = r.Hour.UTC()
@@ -129,7 +131,7 @@ func (q *Queries) HandoffsByReason(ctx context.Context, from, to time.Time) ([]R
 
 // SuccessByDestination is the success_by_destination panel.
 func (q *Queries) SuccessByDestination(ctx context.Context, from, to time.Time) ([]DestinationRate, error) {
-	return query(ctx, q.conn, PanelSuccessByDestination, from, to, 0, func(s scanner) (DestinationRate, error) {
+	return query(ctx, q.conn, panels.SuccessByDestination, from, to, 0, func(s scanner) (DestinationRate, error) {
 		var r DestinationRate
 		err := s.Scan(&r.Destination, &r.Method, &r.Handoffs, &r.Succeeded, &r.Failed, &r.Pending, &r.SuccessRate)
 		return r, err
@@ -138,7 +140,7 @@ func (q *Queries) SuccessByDestination(ctx context.Context, from, to time.Time) 
 
 // TimeToTransfer is the time_to_transfer panel.
 func (q *Queries) TimeToTransfer(ctx context.Context, from, to time.Time) ([]TransferTime, error) {
-	return query(ctx, q.conn, PanelTimeToTransfer, from, to, 0, func(s scanner) (TransferTime, error) {
+	return query(ctx, q.conn, panels.TimeToTransfer, from, to, 0, func(s scanner) (TransferTime, error) {
 		var r TransferTime
 		err := s.Scan(&r.Method, &r.Transfers, &r.P50MS, &r.P90MS, &r.P99MS, &r.MaxMS)
 		return r, err
@@ -147,7 +149,7 @@ func (q *Queries) TimeToTransfer(ctx context.Context, from, to time.Time) ([]Tra
 
 // CallsByDialedNumber is the calls_by_dialed_number panel.
 func (q *Queries) CallsByDialedNumber(ctx context.Context, from, to time.Time, limit int) ([]DialedNumber, error) {
-	return query(ctx, q.conn, PanelCallsByDialedNumber, from, to, limit, func(s scanner) (DialedNumber, error) {
+	return query(ctx, q.conn, panels.CallsByDialedNumber, from, to, limit, func(s scanner) (DialedNumber, error) {
 		var r DialedNumber
 		err := s.Scan(&r.Number, &r.Calls)
 		return r, err
@@ -156,7 +158,7 @@ func (q *Queries) CallsByDialedNumber(ctx context.Context, from, to time.Time, l
 
 // RecentHandoffs is the recent_handoffs panel, newest first.
 func (q *Queries) RecentHandoffs(ctx context.Context, from, to time.Time, limit int) ([]Handoff, error) {
-	return query(ctx, q.conn, PanelRecentHandoffs, from, to, limit, func(s scanner) (Handoff, error) {
+	return query(ctx, q.conn, panels.RecentHandoffs, from, to, limit, func(s scanner) (Handoff, error) {
 		var r Handoff
 		err := s.Scan(&r.RequestedAt, &r.CallID, &r.CommandID, &r.Reason, &r.Destination, &r.Method, &r.Outcome,
 			&r.SIPCode, &r.TimeToTransferMS)
@@ -171,7 +173,7 @@ type scanner interface{ Scan(dest ...any) error }
 // empty slices, so the JSON API never returns null for a list.
 func query[T any](ctx context.Context, conn driver.Conn, name string, from, to time.Time, limit int,
 	scan func(scanner) (T, error)) ([]T, error) {
-	p, err := panel(name)
+	p, err := panels.Lookup(name)
 	if err != nil {
 		return nil, err
 	}

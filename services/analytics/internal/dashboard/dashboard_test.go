@@ -22,6 +22,8 @@ import (
 	"github.com/baton-voice/baton/services/analytics/internal/chconn"
 	"github.com/baton-voice/baton/services/analytics/internal/chtest"
 	"github.com/baton-voice/baton/services/analytics/internal/migrate"
+
+	"github.com/baton-voice/baton/schemas/panels"
 )
 
 var server *chtest.Server
@@ -309,16 +311,16 @@ func TestParseVersion(t *testing.T) {
 }
 
 func TestPanelsParse(t *testing.T) {
-	ps := Panels()
+	ps := panels.All()
 	names := make([]string, len(ps))
 	for i, p := range ps {
 		names[i] = p.Name
 		require.NotEmpty(t, p.Title)
 		require.Contains(t, p.SQL, "{from}")
 	}
-	require.Equal(t, []string{PanelHandoffsByReason, PanelSuccessByDestination, PanelTimeToTransfer,
-		PanelCallsByDialedNumber, PanelRecentHandoffs}, names)
-	_, err := ParsePanels("SELECT 1;\n")
+	require.Equal(t, []string{panels.HandoffsByReason, panels.SuccessByDestination, panels.TimeToTransfer,
+		panels.CallsByDialedNumber, panels.RecentHandoffs}, names)
+	_, err := panels.Parse("SELECT 1;\n")
 	require.Error(t, err, "a query without name and title")
 	r := ps[0].Render(time.Unix(100, 0), time.Unix(200, 0), 5)
 	require.Contains(t, r, "toStartOfHour(toDateTime(100))")

@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+
+	"github.com/baton-voice/baton/schemas/panels"
 )
 
 // GrafanaPath is where the Grafana dashboard lives, from the repository
@@ -17,25 +19,25 @@ var grafanaPanel = map[string]struct {
 	w, h   int
 	extra  map[string]any
 }{
-	PanelHandoffsByReason: {"timeseries", 0, 24, 9, map[string]any{
+	panels.HandoffsByReason: {"timeseries", 0, 24, 9, map[string]any{
 		"fieldConfig": map[string]any{"defaults": map[string]any{"custom": map[string]any{
 			"drawStyle": "bars", "fillOpacity": 80, "stacking": map[string]any{"mode": "normal"},
 		}}, "overrides": []any{}},
 	}},
-	PanelSuccessByDestination: {"table", 1, 12, 9, map[string]any{
+	panels.SuccessByDestination: {"table", 1, 12, 9, map[string]any{
 		"fieldConfig": map[string]any{"defaults": map[string]any{}, "overrides": []any{map[string]any{
 			"matcher":    map[string]any{"id": "byName", "options": "success_rate"},
 			"properties": []any{map[string]any{"id": "unit", "value": "percentunit"}, map[string]any{"id": "custom.cellOptions", "value": map[string]any{"type": "gauge"}}},
 		}}},
 	}},
-	PanelTimeToTransfer: {"barchart", 1, 12, 9, map[string]any{
+	panels.TimeToTransfer: {"barchart", 1, 12, 9, map[string]any{
 		"fieldConfig": map[string]any{"defaults": map[string]any{"unit": "ms"}, "overrides": []any{}},
 		"options":     map[string]any{"xField": "method"},
 	}},
-	PanelCallsByDialedNumber: {"bargauge", 1, 12, 9, map[string]any{
+	panels.CallsByDialedNumber: {"bargauge", 1, 12, 9, map[string]any{
 		"options": map[string]any{"orientation": "horizontal", "reduceOptions": map[string]any{"values": true, "calcs": []any{}, "fields": "/^calls$/"}},
 	}},
-	PanelRecentHandoffs: {"table", 1, 12, 9, map[string]any{}},
+	panels.RecentHandoffs: {"table", 1, 12, 9, map[string]any{}},
 }
 
 // grafanaLimit is the row limit of list panels in Grafana.
@@ -48,9 +50,9 @@ const grafanaLimit = 50
 // one analytics writes (baton).
 func Grafana() ([]byte, error) {
 	ds := map[string]any{"type": "grafana-clickhouse-datasource", "uid": "${datasource}"}
-	var panels []any
+	var out []any
 	x, y := 0, 0
-	for i, p := range Panels() {
+	for i, p := range panels.All() {
 		g, ok := grafanaPanel[p.Name]
 		if !ok {
 			return nil, fmt.Errorf("grafana: no layout for panel %s", p.Name)
@@ -76,7 +78,7 @@ func Grafana() ([]byte, error) {
 		for k, v := range g.extra {
 			panel[k] = v
 		}
-		panels = append(panels, panel)
+		out = append(out, panel)
 		x += g.w
 		if x >= 24 {
 			x, y = 0, y+g.h
@@ -89,7 +91,7 @@ func Grafana() ([]byte, error) {
 		},
 		"uid":           "baton-handoffs",
 		"title":         "Baton handoffs",
-		"description":   "Generated from services/analytics/internal/dashboard/panels.sql; the analytics page shows the same panels.",
+		"description":   "Generated from schemas/panels/panels.sql; the analytics page shows the same panels.",
 		"tags":          []any{"baton"},
 		"timezone":      "utc",
 		"schemaVersion": 39,
@@ -99,14 +101,14 @@ func Grafana() ([]byte, error) {
 		"templating": map[string]any{"list": []any{map[string]any{
 			"name": "datasource", "label": "ClickHouse", "type": "datasource", "query": "grafana-clickhouse-datasource",
 		}}},
-		"panels": panels,
+		"panels": out,
 	}
-	var out bytes.Buffer
-	enc := json.NewEncoder(&out)
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
 	enc.SetEscapeHTML(false) // keep the SQL's < and > readable
 	enc.SetIndent("", "  ")
 	if err := enc.Encode(dash); err != nil {
 		return nil, fmt.Errorf("grafana dashboard: %w", err)
 	}
-	return out.Bytes(), nil
+	return buf.Bytes(), nil
 }

@@ -8,13 +8,11 @@ import (
 	"testing"
 
 	"github.com/stretchr/testify/require"
+
+	"github.com/baton-voice/baton/schemas/panels"
 )
 
-var update = flag.Bool("update", false, "rewrite "+GrafanaPath+" and the report's copy of panels.sql")
-
-// ReportCopy is `baton report`'s copy of panels.sql, from the repository
-// root (cmd/baton cannot import this module's internal packages).
-const ReportCopy = "cmd/baton/internal/report/panels.sql"
+var update = flag.Bool("update", false, "rewrite "+GrafanaPath)
 
 // repoRoot is four levels up from this package.
 func repoRoot(t *testing.T) string {
@@ -26,12 +24,13 @@ func repoRoot(t *testing.T) string {
 	return root
 }
 
-// The Grafana dashboard and `baton report` run exactly panels.sql.
+// The Grafana dashboard runs exactly panels.sql (the page and baton report
+// read it from the schemas module).
 func TestGeneratedFilesMatchPanels(t *testing.T) {
 	root := repoRoot(t)
 	dash, err := Grafana()
 	require.NoError(t, err)
-	files := map[string][]byte{GrafanaPath: dash, ReportCopy: []byte(PanelsSQL)}
+	files := map[string][]byte{GrafanaPath: dash}
 	for path, want := range files {
 		full := filepath.Join(root, path)
 		if *update {
@@ -53,8 +52,8 @@ func TestGeneratedFilesMatchPanels(t *testing.T) {
 		} `json:"panels"`
 	}
 	require.NoError(t, json.Unmarshal(dash, &d))
-	require.Len(t, d.Panels, len(Panels()))
-	for i, p := range Panels() {
+	require.Len(t, d.Panels, len(panels.All()))
+	for i, p := range panels.All() {
 		require.Equal(t, p.Title, d.Panels[i].Title)
 		sql := d.Panels[i].Targets[0].RawSQL
 		require.Contains(t, sql, "$__fromTime")

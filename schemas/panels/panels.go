@@ -1,4 +1,7 @@
-package dashboard
+// Package panels holds the dashboard's queries, panels.sql, and reads
+// them: the analytics service's page, the Grafana dashboard and
+// `baton report` all run exactly these.
+package panels
 
 import (
 	_ "embed"
@@ -8,18 +11,18 @@ import (
 	"time"
 )
 
-// PanelsSQL is panels.sql: every panel's query with its placeholders.
+// SQL is panels.sql: every panel's query with its placeholders.
 //
 //go:embed panels.sql
-var PanelsSQL string
+var SQL string
 
 // Panel names, as in panels.sql.
 const (
-	PanelHandoffsByReason     = "handoffs_by_reason"
-	PanelSuccessByDestination = "success_by_destination"
-	PanelTimeToTransfer       = "time_to_transfer"
-	PanelCallsByDialedNumber  = "calls_by_dialed_number"
-	PanelRecentHandoffs       = "recent_handoffs"
+	HandoffsByReason     = "handoffs_by_reason"
+	SuccessByDestination = "success_by_destination"
+	TimeToTransfer       = "time_to_transfer"
+	CallsByDialedNumber  = "calls_by_dialed_number"
+	RecentHandoffs       = "recent_handoffs"
 )
 
 // Panel is one query of panels.sql.
@@ -55,9 +58,9 @@ func dateTime(t time.Time) string {
 	return "toDateTime(" + strconv.FormatInt(max(t.Unix(), 0), 10) + ")"
 }
 
-// ParsePanels reads panels.sql-formatted text: statements ended by a ';'
+// Parse reads panels.sql-formatted text: statements ended by a ';'
 // at the end of a line, each preceded by "-- name:" and "-- title:" lines.
-func ParsePanels(text string) ([]Panel, error) {
+func Parse(text string) ([]Panel, error) {
 	var out []Panel
 	for chunk := range strings.SplitSeq(strings.ReplaceAll(text, "\r\n", "\n")+"\n", ";\n") {
 		var p Panel
@@ -86,23 +89,23 @@ func ParsePanels(text string) ([]Panel, error) {
 	return out, nil
 }
 
-// Panels returns the panels of panels.sql, in file order.
-func Panels() []Panel {
-	ps, err := ParsePanels(PanelsSQL)
+// All returns the panels of panels.sql, in file order.
+func All() []Panel {
+	ps, err := Parse(SQL)
 	if err != nil {
-		// panels.sql is embedded and tested; it cannot be malformed in a
-		// build that passed its tests.
+		// panels.sql is embedded and tested (TestAll); it cannot be
+		// malformed in a build that passed its tests.
 		return nil
 	}
 	return ps
 }
 
-// panel returns the named panel of panels.sql.
-func panel(name string) (Panel, error) {
-	for _, p := range Panels() {
+// Lookup returns the named panel of panels.sql.
+func Lookup(name string) (Panel, error) {
+	for _, p := range All() {
 		if p.Name == name {
 			return p, nil
 		}
 	}
-	return Panel{}, fmt.Errorf("dashboard: no panel %q in panels.sql", name)
+	return Panel{}, fmt.Errorf("no panel %q in panels.sql", name)
 }
