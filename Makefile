@@ -23,6 +23,10 @@ deps: ## install the Debian packages the stack and tests need (ClickHouse, SIPp,
 		sudo=""; [ "$$(id -u)" = 0 ] || sudo=sudo; \
 		$$sudo apt-get update -qq; \
 		DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq --no-install-recommends $$missing; \
+		case "$$missing" in *kamailio*) \
+			echo "stopping the kamailio system service the package may have started (it would hold udp/5060)"; \
+			$$sudo systemctl disable --now kamailio >/dev/null 2>&1 || true;; \
+		esac; \
 	fi
 
 .PHONY: build
