@@ -22,6 +22,7 @@ import (
 	batonv1 "github.com/baton-voice/baton/pkg/events/batonv1"
 	"github.com/baton-voice/baton/pkg/kafka"
 	"github.com/baton-voice/baton/pkg/kafka/kafkatest"
+	"github.com/baton-voice/baton/pkg/logtest"
 	"github.com/baton-voice/baton/services/analytics/internal/chconn"
 )
 
@@ -75,7 +76,7 @@ log:
 	// First run: exits after its second insert, before that commit.
 	first := exec.CommandContext(t.Context(), bin, "--config", path)
 	first.Env = append(os.Environ(), CrashAfterInsertEnv+"=2")
-	var firstLog syncBuffer
+	var firstLog logtest.Buffer
 	first.Stderr = &firstLog
 	require.NoError(t, first.Start())
 	waitErr := make(chan error, 1)
@@ -116,7 +117,7 @@ log:
 	// Restart without the hook: it reads from offset 50 on, writes the
 	// second batch again, and goes on to the end.
 	second := exec.CommandContext(t.Context(), bin, "--config", path)
-	var secondLog syncBuffer
+	var secondLog logtest.Buffer
 	second.Stderr = &secondLog
 	require.NoError(t, second.Start())
 	stopped := make(chan error, 1)

@@ -9,13 +9,13 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
 
+	"github.com/baton-voice/baton/pkg/logtest"
 	"github.com/baton-voice/baton/services/analytics/internal/chtest"
 )
 
@@ -79,7 +79,7 @@ func TestStopWhileWaitingForClickHouse(t *testing.T) {
 	require.NoError(t, l.Close())
 	path := writeConfig(t, "clickhouse:\n  addr: "+addr+"\n")
 
-	var stderr syncBuffer
+	var stderr logtest.Buffer
 	ctx, cancel := context.WithCancel(t.Context())
 	done := make(chan int, 1)
 	go func() { done <- run(ctx, []string{"--config", path}, &stderr, noEnv) }()
@@ -94,22 +94,4 @@ func TestStopWhileWaitingForClickHouse(t *testing.T) {
 		t.Fatal("analytics did not stop")
 	}
 	require.Contains(t, stderr.String(), `"msg":"analytics stopped"`)
-}
-
-// syncBuffer is a bytes.Buffer safe for the logger's concurrent writes.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }

@@ -16,6 +16,7 @@ import (
 	"github.com/baton-voice/baton/pkg/events"
 	batonv1 "github.com/baton-voice/baton/pkg/events/batonv1"
 	"github.com/baton-voice/baton/pkg/kafka/kafkatest"
+	"github.com/baton-voice/baton/pkg/logtest"
 )
 
 func TestAPIWithoutTokensExitsWithCode2(t *testing.T) {
@@ -27,7 +28,7 @@ destinations:
   - name: support
     route: sip:support@127.0.0.1:5090
 `)
-	var stderr syncBuffer
+	var stderr logtest.Buffer
 	require.Equal(t, exitConfig, run(t.Context(), []string{"--config", path}, &stderr))
 	require.Contains(t, stderr.String(), "api.tokens_env: $BATON_TEST_NO_TOKENS holds no token")
 }
@@ -54,7 +55,7 @@ destinations:
 `, brokers[0]))
 	ctx, cancel := context.WithCancel(t.Context())
 	defer cancel()
-	var stderr syncBuffer
+	var stderr logtest.Buffer
 	exit := make(chan int, 1)
 	go func() { exit <- run(ctx, []string{"--config", path}, &stderr) }()
 	addrRE := regexp.MustCompile(`"msg":"agent API listening".*?"addr":"([^"]+)"`)

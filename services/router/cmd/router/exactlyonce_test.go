@@ -17,19 +17,20 @@ import (
 	batonv1 "github.com/baton-voice/baton/pkg/events/batonv1"
 	"github.com/baton-voice/baton/pkg/kafka"
 	"github.com/baton-voice/baton/pkg/kafka/kafkatest"
+	"github.com/baton-voice/baton/pkg/logtest"
 	"github.com/baton-voice/baton/services/router/internal/handoff"
 )
 
 // child is a router process started from the test binary.
 type child struct {
 	cmd    *exec.Cmd
-	stderr *syncBuffer
+	stderr *logtest.Buffer
 	done   chan struct{}
 }
 
 func startChild(t *testing.T, configPath string) *child {
 	t.Helper()
-	c := &child{stderr: &syncBuffer{}, done: make(chan struct{})}
+	c := &child{stderr: &logtest.Buffer{}, done: make(chan struct{})}
 	c.cmd = exec.CommandContext(t.Context(), os.Args[0], "-test.run=^$")
 	c.cmd.Env = append(os.Environ(), childEnv+"="+configPath)
 	c.cmd.Stderr = c.stderr

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"io"
 	"net/http"
@@ -9,7 +8,6 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -20,6 +18,7 @@ import (
 	"github.com/baton-voice/baton/pkg/events"
 	batonv1 "github.com/baton-voice/baton/pkg/events/batonv1"
 	"github.com/baton-voice/baton/pkg/kafka/kafkatest"
+	"github.com/baton-voice/baton/pkg/logtest"
 )
 
 // childEnv, when set, makes the test binary run the router itself (with
@@ -32,24 +31,6 @@ func TestMain(m *testing.M) {
 	}
 	// signal.Notify starts the runtime's signal watcher, which lives on.
 	goleak.VerifyTestMain(m, goleak.IgnoreTopFunction("os/signal.signal_recv"))
-}
-
-// syncBuffer is a bytes.Buffer safe for the logger's concurrent writes.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }
 
 func writeConfig(t *testing.T, doc string) string {
@@ -112,7 +93,7 @@ func TestBadConfigStopsTheServiceWithExitCode2(t *testing.T) {
 		},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			var stderr syncBuffer
+			var stderr logtest.Buffer
 			code := run(t.Context(), tc.args(t), &stderr)
 			require.Equal(t, exitConfig, code)
 			for _, w := range tc.want {
@@ -123,7 +104,7 @@ func TestBadConfigStopsTheServiceWithExitCode2(t *testing.T) {
 }
 
 func TestHelpExitsZero(t *testing.T) {
-	var stderr syncBuffer
+	var stderr logtest.Buffer
 	require.Equal(t, exitOK, run(t.Context(), []string{"--help"}, &stderr))
 	require.Contains(t, stderr.String(), "-config file")
 }
@@ -144,7 +125,7 @@ func TestExampleConfigHandsOffEveryCall(t *testing.T) {
 
 	ctx, cancel := context.WithCancel(t.Context())
 	defer cancel()
-	var stderr syncBuffer
+	var stderr logtest.Buffer
 	exit := make(chan int, 1)
 	go func() { exit <- run(ctx, []string{"--config", path}, &stderr) }()
 
@@ -215,7 +196,7 @@ func TestExampleConfigHandsOffEveryCall(t *testing.T) {
 }
 
 // logged waits for a log line with msg and returns its key's value.
-func logged(t *testing.T, stderr *syncBuffer, msg, key string) string {
+func logged(t *testing.T, stderr *logtest.Buffer, msg, key string) string {
 	t.Helper()
 	re := regexp.MustCompile(`"msg":"` + regexp.QuoteMeta(msg) + `".*?"` + key + `":"([^"]+)"`)
 	var v string

@@ -17,6 +17,7 @@ import (
 	batonv1 "github.com/baton-voice/baton/pkg/events/batonv1"
 	"github.com/baton-voice/baton/pkg/kafka"
 	"github.com/baton-voice/baton/pkg/kafka/kafkatest"
+	"github.com/baton-voice/baton/pkg/logtest"
 )
 
 // replayDestinations is the live router's configuration below the kafka
@@ -74,7 +75,7 @@ func recordLive(t *testing.T) (log []*kgo.Record, configPath string, brokers []s
 	brokers = kafkatest.NewCluster(t, 1, kcfg.Topics.All()...)
 	configPath = replayConfig(t, brokers, "support")
 	ctx, cancel := context.WithCancel(t.Context())
-	var stderr syncBuffer
+	var stderr logtest.Buffer
 	exit := make(chan int, 1)
 	go func() { exit <- run(ctx, []string{"--config", configPath}, &stderr) }()
 	defer func() {

@@ -1,41 +1,23 @@
 package reload
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
 
+	"github.com/baton-voice/baton/pkg/logtest"
 	"github.com/baton-voice/baton/services/router/internal/handoff"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
-
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
 
 // load makes a table whose default is the file's first line; "bad" is
 // invalid.
@@ -51,13 +33,13 @@ func load(path string) (*handoff.Table, []string, error) {
 	return &handoff.Table{Default: name}, []string{"w-" + name}, nil
 }
 
-func setup(t *testing.T, content string) (*Holder, string, *syncBuffer) {
+func setup(t *testing.T, content string) (*Holder, string, *logtest.Buffer) {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "router.yaml")
 	require.NoError(t, os.WriteFile(path, []byte(content), 0o600))
 	initial, _, err := load(path)
 	require.NoError(t, err)
-	logs := &syncBuffer{}
+	logs := &logtest.Buffer{}
 	h, err := New(initial, path, load, slog.New(slog.NewJSONHandler(logs, nil)))
 	require.NoError(t, err)
 	return h, path, logs

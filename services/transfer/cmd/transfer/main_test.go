@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -18,7 +17,6 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -26,29 +24,12 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/baton-voice/baton/pkg/kafka/kafkatest"
+	"github.com/baton-voice/baton/pkg/logtest"
 )
 
 func TestMain(m *testing.M) {
 	// signal.Notify starts the runtime's signal watcher, which lives on.
 	goleak.VerifyTestMain(m, goleak.IgnoreTopFunction("os/signal.signal_recv"))
-}
-
-// syncBuffer is a bytes.Buffer safe for the logger's concurrent writes.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }
 
 func writeConfig(t *testing.T, doc string) string {
@@ -73,7 +54,7 @@ func TestBadConfigExitsWith2(t *testing.T) {
 		{"unknown flag", func(*testing.T) []string { return []string{"--nope"} }, "flag provided but not defined"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			var stderr syncBuffer
+			var stderr logtest.Buffer
 			require.Equal(t, exitConfig, run(t.Context(), tc.args(t), &stderr))
 			require.Contains(t, stderr.String(), tc.want)
 		})
@@ -81,7 +62,7 @@ func TestBadConfigExitsWith2(t *testing.T) {
 }
 
 func TestHelpExitsZero(t *testing.T) {
-	var stderr syncBuffer
+	var stderr logtest.Buffer
 	require.Equal(t, exitOK, run(t.Context(), []string{"--help"}, &stderr))
 	require.Contains(t, stderr.String(), "-config")
 }
@@ -101,7 +82,7 @@ func startAndStop(t *testing.T, withTLS bool) {
 	}
 	path := writeConfig(t, doc)
 	ctx, cancel := context.WithCancel(t.Context())
-	var stderr syncBuffer
+	var stderr logtest.Buffer
 	done := make(chan int, 1)
 	go func() { done <- run(ctx, []string{"--config", path}, &stderr) }()
 	require.Eventually(t, func() bool { return strings.Contains(stderr.String(), `"msg":"transfer started"`) },
