@@ -98,15 +98,10 @@ func startSIPp(t *testing.T, scenario string, extra ...string) *sippRun {
 			t.Logf("sipp output:\n%s\nmessages:\n%s\nerrors:\n%s", r.out.String(), msgs, errs)
 		}
 	})
-	// Ready once its SIP socket is bound.
-	require.Eventually(t, func() bool {
-		c, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(netip.AddrPortFrom(loopback, uint16(r.port))))
-		if err != nil {
-			return true
-		}
-		_ = c.Close()
-		return false
-	}, 10*time.Second, 5*time.Millisecond, "sipp did not bind its port")
+	// Ready once its SIP socket is bound. Probing by binding the port
+	// ourselves would race SIPp's own bind, so read the kernel's table.
+	require.Eventually(t, func() bool { return udpBound(t, r.port) }, 10*time.Second, 5*time.Millisecond,
+		"sipp did not bind its port")
 	return r
 }
 
@@ -787,4 +782,20 @@ func TestWarmTransferCallerHangsUpDuringTheWhisper(t *testing.T) {
 	require.Equal(t, int64(1), dest.byes.Load(), "the destination was BYEd")
 	require.Less(t, len(dest.media()), 8000*10/160, "the whisper stopped")
 	require.Zero(t, caller.count(sip.INVITE), "the caller was never moved")
+}
+
+// udpBound reports whether a UDP socket is bound to port on this machine,
+// from /proc/net/udp (the local address column is HEXIP:HEXPORT).
+func udpBound(t *testing.T, port int) bool {
+	t.Helper()
+	data, err := os.ReadFile("/proc/net/udp")
+	require.NoError(t, err)
+	suffix := fmt.Sprintf(":%04X", port)
+	for _, line := range strings.Split(string(data), "\n")[1:] {
+		fields := strings.Fields(line)
+		if len(fields) > 1 && strings.HasSuffix(fields[1], suffix) {
+			return true
+		}
+	}
+	return false
 }
