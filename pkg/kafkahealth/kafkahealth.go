@@ -58,6 +58,17 @@ func (r *Reach) Check(ctx context.Context) error {
 	return err
 }
 
+// Joined reports, for /readyz, whether cl is a member of its consumer
+// group yet.
+func Joined(cl *kgo.Client, group string) func(context.Context) error {
+	return func(context.Context) error {
+		if _, gen := cl.GroupMetadata(); gen < 0 {
+			return fmt.Errorf("not in consumer group %s yet", group)
+		}
+		return nil
+	}
+}
+
 // NewLagGauge returns the consumer lag gauge of a service, labelled by
 // topic and partition; register it on the service's registry.
 func NewLagGauge(service string) *prometheus.GaugeVec {

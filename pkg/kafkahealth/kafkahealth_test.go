@@ -60,3 +60,22 @@ func TestSampleLag(t *testing.T) {
 	stop()
 	<-done
 }
+
+func TestJoined(t *testing.T) {
+	addrs := kafkatest.NewCluster(t, 1, "t")
+	cl, err := kgo.NewClient(kgo.SeedBrokers(addrs...), kgo.ConsumerGroup("g"), kgo.ConsumeTopics("t"))
+	require.NoError(t, err)
+	defer cl.Close()
+	joined := Joined(cl, "g")
+	require.Eventually(t, func() bool {
+		ctx, cancel := context.WithTimeout(t.Context(), 50*time.Millisecond)
+		defer cancel()
+		cl.PollFetches(ctx) // the group is joined while polling
+		return joined(t.Context()) == nil
+	}, 10*time.Second, 10*time.Millisecond, "the client joins its group")
+
+	lone, err := kgo.NewClient(kgo.SeedBrokers(addrs...))
+	require.NoError(t, err)
+	defer lone.Close()
+	require.ErrorContains(t, Joined(lone, "g")(t.Context()), "not in consumer group g")
+}

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -87,6 +88,23 @@ func (s *Server) Serve(ctx context.Context) error {
 	if err := <-errc; !errors.Is(err, http.ErrServerClosed) {
 		return fmt.Errorf("observability server: %w", err)
 	}
+	return nil
+}
+
+// Start listens on addr and serves until ctx ends, in a goroutine wg
+// waits for. An empty addr serves nothing and is not an error.
+func Start(ctx context.Context, wg *sync.WaitGroup, addr string, reg *prometheus.Registry, ready ReadyFunc,
+	logger *slog.Logger) error {
+	srv, err := Listen(addr, reg, ready, logger)
+	if err != nil || srv == nil {
+		return err
+	}
+	wg.Go(func() {
+		if err := srv.Serve(ctx); err != nil {
+			logger.ErrorContext(ctx, "metrics server stopped", "err", err)
+		}
+	})
+	logger.InfoContext(ctx, "metrics listening", "addr", srv.Addr(), "url", "http://"+srv.Addr()+"/metrics")
 	return nil
 }
 

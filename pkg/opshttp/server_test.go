@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net/http"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 
@@ -71,4 +72,21 @@ func TestListenDisabledAndBusy(t *testing.T) {
 	_, err = Listen(a.Addr(), NewRegistry(), nil, slog.New(slog.DiscardHandler))
 	require.ErrorContains(t, err, a.Addr())
 	require.NoError(t, a.ln.Close())
+}
+
+func TestStart(t *testing.T) {
+	var wg sync.WaitGroup
+	logger := slog.New(slog.DiscardHandler)
+	require.NoError(t, Start(t.Context(), &wg, "", NewRegistry(), nil, logger), "no address serves nothing")
+	wg.Wait()
+
+	busy, err := Listen("127.0.0.1:0", NewRegistry(), nil, logger)
+	require.NoError(t, err)
+	defer func() { require.NoError(t, busy.ln.Close()) }()
+	require.ErrorContains(t, Start(t.Context(), &wg, busy.Addr(), NewRegistry(), nil, logger), busy.Addr())
+
+	ctx, cancel := context.WithCancel(t.Context())
+	require.NoError(t, Start(ctx, &wg, "127.0.0.1:0", NewRegistry(), func(context.Context) error { return nil }, logger))
+	cancel()
+	wg.Wait() // the server goroutine ends with ctx
 }

@@ -208,14 +208,7 @@ func (w *Writer) serveDashboard(ctx context.Context, conn driver.Conn, cl *kgo.C
 	}
 	w.logger.InfoContext(ctx, "dashboard listening", "url", "http://"+l.Addr().String()+"/",
 		"metrics", "http://"+l.Addr().String()+"/metrics")
-	reach := kafkahealth.NewReach(cl)
-	ready := opshttp.All(reach.Check,
-		func(context.Context) error {
-			if _, gen := cl.GroupMetadata(); gen < 0 {
-				return fmt.Errorf("not in consumer group %s yet", w.cfg.Group)
-			}
-			return nil
-		},
+	ready := opshttp.All(kafkahealth.NewReach(cl).Check, kafkahealth.Joined(cl, w.cfg.Group),
 		func(ctx context.Context) error {
 			pctx, cancel := context.WithTimeout(ctx, time.Second)
 			defer cancel()

@@ -35,18 +35,13 @@ func serveOps(sigCtx context.Context, listen string, reg *prometheus.Registry, c
 			return nil
 		},
 		reach.Check)
-	srv, err := opshttp.Listen(listen, reg, ready, logger)
-	if err != nil || srv == nil {
-		return func() {}, err
-	}
+	// The server outlives the signal: /metrics stays up while calls drain.
 	ctx, cancel := context.WithCancel(context.WithoutCancel(sigCtx))
 	var wg sync.WaitGroup
-	wg.Go(func() {
-		if err := srv.Serve(ctx); err != nil {
-			logger.Error("metrics server stopped", "err", err)
-		}
-	})
-	logger.Info("metrics listening", "addr", srv.Addr(), "url", "http://"+srv.Addr()+"/metrics")
+	if err := opshttp.Start(ctx, &wg, listen, reg, ready, logger); err != nil {
+		cancel()
+		return func() {}, err
+	}
 	return func() {
 		cancel()
 		wg.Wait()

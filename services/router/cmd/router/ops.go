@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"log/slog"
 	"sync"
 	"time"
@@ -25,24 +24,9 @@ func serveOps(ctx context.Context, wg *sync.WaitGroup, listen string, reg *prome
 	group string, logger *slog.Logger) error {
 	lag := kafkahealth.NewLagGauge("router")
 	reg.MustRegister(lag)
-	reach := kafkahealth.NewReach(rt.Client())
-	joined := func(context.Context) error {
-		if _, gen := rt.Client().GroupMetadata(); gen < 0 {
-			return errors.New("not in consumer group " + group + " yet")
-		}
-		return nil
-	}
-	srv, err := opshttp.Listen(listen, reg, opshttp.All(reach.Check, joined), logger)
-	if err != nil {
+	ready := opshttp.All(kafkahealth.NewReach(rt.Client()).Check, kafkahealth.Joined(rt.Client(), group))
+	if err := opshttp.Start(ctx, wg, listen, reg, ready, logger); err != nil {
 		return err
-	}
-	if srv != nil {
-		wg.Go(func() {
-			if err := srv.Serve(ctx); err != nil {
-				logger.ErrorContext(ctx, "metrics server stopped", "err", err)
-			}
-		})
-		logger.InfoContext(ctx, "metrics listening", "addr", srv.Addr(), "url", "http://"+srv.Addr()+"/metrics")
 	}
 	wg.Go(func() { kafkahealth.SampleLag(ctx, rt.Client(), group, lag, lagEvery, logger) })
 	return nil

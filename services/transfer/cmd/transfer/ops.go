@@ -26,30 +26,15 @@ func serveOps(ctx context.Context, wg *sync.WaitGroup, listen string, reg *prome
 	sipClient *uac.Client, group string, logger *slog.Logger) error {
 	lag := kafkahealth.NewLagGauge("transfer")
 	reg.MustRegister(lag)
-	reach := kafkahealth.NewReach(cl)
-	joined := func(context.Context) error {
-		if _, gen := cl.GroupMetadata(); gen < 0 {
-			return errors.New("not in consumer group " + group + " yet")
-		}
-		return nil
-	}
 	sipBound := func(context.Context) error {
 		if sipClient.Addr() == nil {
 			return errors.New("sip socket not bound")
 		}
 		return nil
 	}
-	srv, err := opshttp.Listen(listen, reg, opshttp.All(reach.Check, joined, sipBound), logger)
-	if err != nil {
+	ready := opshttp.All(kafkahealth.NewReach(cl).Check, kafkahealth.Joined(cl, group), sipBound)
+	if err := opshttp.Start(ctx, wg, listen, reg, ready, logger); err != nil {
 		return err
-	}
-	if srv != nil {
-		wg.Go(func() {
-			if err := srv.Serve(ctx); err != nil {
-				logger.ErrorContext(ctx, "metrics server stopped", "err", err)
-			}
-		})
-		logger.InfoContext(ctx, "metrics listening", "addr", srv.Addr(), "url", "http://"+srv.Addr()+"/metrics")
 	}
 	wg.Go(func() { kafkahealth.SampleLag(ctx, cl, group, lag, lagEvery, logger) })
 	return nil
