@@ -8,6 +8,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/baton-voice/baton/pkg/pcm"
 	"github.com/baton-voice/baton/services/ingress/internal/rtp"
 )
 
@@ -36,29 +37,6 @@ func WAV(samples []int16, rate uint32, channels, bits uint16) []byte {
 	return b
 }
 
-func TestG711(t *testing.T) {
-	require.Equal(t, byte(0xff), ULaw(0))
-	require.Equal(t, byte(0xd5), ALaw(0))
-	// Reference values (ITU-T G.711 tables, Sun g711.c).
-	require.Equal(t, byte(0x80), ULaw(32767))
-	require.Equal(t, byte(0x00), ULaw(-32768))
-	require.Equal(t, byte(0xaa), ALaw(32767))
-	require.Equal(t, byte(0x2a), ALaw(-32768))
-	for s := -32768; s <= 32767; s += 7 {
-		in := int16(s)
-		tol := max(abs(int(in))/16, 16)
-		require.InDelta(t, int(in), int(DecodeULaw(ULaw(in))), float64(tol), "ulaw %d", s)
-		require.InDelta(t, int(in), int(DecodeALaw(ALaw(in))), float64(tol), "alaw %d", s)
-	}
-}
-
-func abs(v int) int {
-	if v < 0 {
-		return -v
-	}
-	return v
-}
-
 func TestLoad(t *testing.T) {
 	samples := make([]int16, 400) // 2.5 frames: padded to 3
 	for i := range samples {
@@ -84,15 +62,15 @@ func TestLoad(t *testing.T) {
 			require.NoError(t, os.WriteFile(path, tc.file, 0o600))
 			clip, err := Load(path)
 			if tc.wantErr {
-				require.ErrorIs(t, err, ErrFormat)
+				require.ErrorIs(t, err, pcm.ErrFormat)
 				return
 			}
 			require.NoError(t, err)
 			require.Len(t, clip.PCMU, tc.wantSize)
 			require.Len(t, clip.PCMA, tc.wantSize)
 			require.Equal(t, 3, clip.Frames())
-			require.Equal(t, ULaw(samples[399]), clip.PCMU[399])
-			require.Equal(t, ALaw(samples[123]), clip.PCMA[123])
+			require.Equal(t, pcm.ULaw(samples[399]), clip.PCMU[399])
+			require.Equal(t, pcm.ALaw(samples[123]), clip.PCMA[123])
 			require.Equal(t, byte(0xff), clip.PCMU[400], "padding is silence")
 		})
 	}

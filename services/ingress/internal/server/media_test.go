@@ -18,7 +18,7 @@ import (
 	"github.com/baton-voice/baton/pkg/events/batonv1"
 	"github.com/baton-voice/baton/pkg/kafka"
 	"github.com/baton-voice/baton/pkg/kafka/kafkatest"
-	"github.com/baton-voice/baton/services/ingress/internal/audio"
+	"github.com/baton-voice/baton/pkg/pcm"
 	"github.com/baton-voice/baton/services/ingress/internal/config"
 )
 
@@ -336,7 +336,7 @@ func TestGreetingPlayed(t *testing.T) {
 		frames []string
 	}{
 		{"greeting in pcmu", func(c *config.Config) { c.Media.Greeting = greeting }, "0", 0,
-			[]string{strings.Repeat("\xff", 160), strings.Repeat(string([]byte{audio.ULaw(1000)}), 160), strings.Repeat(string([]byte{audio.ULaw(2000)}), 160)}},
+			[]string{strings.Repeat("\xff", 160), strings.Repeat(string([]byte{pcm.ULaw(1000)}), 160), strings.Repeat(string([]byte{pcm.ULaw(2000)}), 160)}},
 		{"silence in pcma", func(c *config.Config) { c.Media.Silence = 60 * time.Millisecond }, "8", 8,
 			[]string{strings.Repeat("\xd5", 160), strings.Repeat("\xd5", 160), strings.Repeat("\xd5", 160)}},
 	}

@@ -26,11 +26,11 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	batonv1 "github.com/baton-voice/baton/pkg/events/batonv1"
+	"github.com/baton-voice/baton/pkg/pcm"
 	"github.com/baton-voice/baton/services/transfer/internal/bridge"
 	"github.com/baton-voice/baton/services/transfer/internal/request"
 	"github.com/baton-voice/baton/services/transfer/internal/sdp"
 	"github.com/baton-voice/baton/services/transfer/internal/uac"
-	"github.com/baton-voice/baton/services/transfer/internal/whisper"
 )
 
 var loopback = netip.MustParseAddr("127.0.0.1")
@@ -645,8 +645,8 @@ func TestWarmTransferWhisper(t *testing.T) {
 		name, codec, suite string
 		encode             func(int16) byte
 	}{
-		{name: "PCMU, plain RTP", codec: "PCMU", encode: whisper.ULaw},
-		{name: "PCMA, SRTP", codec: "PCMA", suite: "AEAD_AES_128_GCM", encode: whisper.ALaw},
+		{name: "PCMU, plain RTP", codec: "PCMU", encode: pcm.ULaw},
+		{name: "PCMA, SRTP", codec: "PCMA", suite: "AEAD_AES_128_GCM", encode: pcm.ALaw},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()

@@ -4,20 +4,21 @@
 package whisper
 
 import (
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
 	"os"
 	"strings"
 	"time"
+
+	"github.com/baton-voice/baton/pkg/pcm"
 )
 
 // SampleRate is the only rate accepted (G.711's).
-const SampleRate = 8000
+const SampleRate = pcm.SampleRate
 
 // FrameSamples is one 20 ms packet's worth of samples.
-const FrameSamples = SampleRate / 50
+const FrameSamples = pcm.FrameSamples
 
 // ErrAudio means the whisper cannot be played.
 var ErrAudio = errors.New("unusable whisper")
@@ -60,55 +61,17 @@ func Load(path string, maxDur time.Duration) (Audio, error) {
 	return a, nil
 }
 
-// ParseWAV reads a RIFF/WAVE file of 8 kHz mono 16-bit PCM.
+// ParseWAV reads a RIFF/WAVE file of 8 kHz mono 16-bit PCM with at least
+// one sample.
 func ParseWAV(b []byte) (Audio, error) {
-	if len(b) < 12 || string(b[0:4]) != "RIFF" || string(b[8:12]) != "WAVE" {
-		return Audio{}, fmt.Errorf("%w: not a RIFF/WAVE file", ErrAudio)
+	samples, err := pcm.ParseWAV(b)
+	if err != nil {
+		return Audio{}, fmt.Errorf("%w: %w", ErrAudio, err)
 	}
-	var haveFmt bool
-	for p := 12; p+8 <= len(b); {
-		id, size := string(b[p:p+4]), int(binary.LittleEndian.Uint32(b[p+4:p+8]))
-		body := b[p+8:]
-		if size > len(body) || size < 0 {
-			if id != "data" {
-				return Audio{}, fmt.Errorf("%w: chunk %q overruns the file", ErrAudio, id)
-			}
-			size = len(body) // a truncated data chunk (streamed writers)
-		}
-		body = body[:size]
-		switch id {
-		case "fmt ":
-			if size < 16 {
-				return Audio{}, fmt.Errorf("%w: fmt chunk of %d bytes", ErrAudio, size)
-			}
-			format := binary.LittleEndian.Uint16(body[0:2])
-			channels := binary.LittleEndian.Uint16(body[2:4])
-			rate := binary.LittleEndian.Uint32(body[4:8])
-			bits := binary.LittleEndian.Uint16(body[14:16])
-			if format == 0xFFFE && size >= 26 { // WAVE_FORMAT_EXTENSIBLE: the sub-format
-				format = binary.LittleEndian.Uint16(body[24:26])
-			}
-			if format != 1 || channels != 1 || rate != SampleRate || bits != 16 {
-				return Audio{}, fmt.Errorf("%w: format %d, %d channels, %d Hz, %d bits: want PCM (1), mono, 8000 Hz, 16 bits",
-					ErrAudio, format, channels, rate, bits)
-			}
-			haveFmt = true
-		case "data":
-			if !haveFmt {
-				return Audio{}, fmt.Errorf("%w: data before fmt", ErrAudio)
-			}
-			s := make([]int16, size/2)
-			for i := range s {
-				s[i] = int16(binary.LittleEndian.Uint16(body[2*i:]))
-			}
-			if len(s) == 0 {
-				return Audio{}, fmt.Errorf("%w: no samples", ErrAudio)
-			}
-			return Audio{Samples: s}, nil
-		}
-		p += 8 + size + size%2 // chunks are word-aligned
+	if len(samples) == 0 {
+		return Audio{}, fmt.Errorf("%w: no samples", ErrAudio)
 	}
-	return Audio{}, fmt.Errorf("%w: no data chunk", ErrAudio)
+	return Audio{Samples: samples}, nil
 }
 
 // Frames encodes the audio as 20 ms payloads of codec (PCMU or PCMA); the
@@ -117,9 +80,9 @@ func (a Audio) Frames(codec string) ([][]byte, error) {
 	var enc func(int16) byte
 	switch strings.ToUpper(codec) {
 	case "PCMU":
-		enc = ULaw
+		enc = pcm.ULaw
 	case "PCMA":
-		enc = ALaw
+		enc = pcm.ALaw
 	default:
 		return nil, fmt.Errorf("%w: the leg's codec is %s: whispers play on G.711 (PCMU, PCMA) only", ErrAudio, codec)
 	}
@@ -137,47 +100,4 @@ func (a Audio) Frames(codec string) ([][]byte, error) {
 		frames[i] = f
 	}
 	return frames, nil
-}
-
-// ULaw encodes one sample with G.711 mu-law.
-func ULaw(s int16) byte {
-	const bias, clip = 0x84, 32635
-	x := int(s)
-	sign := 0
-	if x < 0 {
-		x, sign = -x, 0x80
-	}
-	if x > clip {
-		x = clip
-	}
-	x += bias
-	exp := 7
-	for mask := 0x4000; x&mask == 0 && exp > 0; mask >>= 1 {
-		exp--
-	}
-	mant := (x >> (exp + 3)) & 0x0F
-	return ^byte(sign | exp<<4 | mant)
-}
-
-// ALaw encodes one sample with G.711 A-law.
-func ALaw(s int16) byte {
-	x := int(s)
-	sign := 0x80
-	if x < 0 {
-		x, sign = -x-1, 0
-	}
-	if x > 32767 {
-		x = 32767
-	}
-	var out int
-	if x < 256 {
-		out = x >> 4
-	} else {
-		exp := 1
-		for v := x >> 8; v > 1; v >>= 1 {
-			exp++
-		}
-		out = exp<<4 | (x>>(exp+3))&0x0F
-	}
-	return byte(out|sign) ^ 0x55
 }

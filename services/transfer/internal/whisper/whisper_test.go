@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
+
+	"github.com/baton-voice/baton/pkg/pcm"
 )
 
 // Reference decoders (ITU-T G.711, as in Sun's g711.c).
@@ -41,17 +43,17 @@ func alawDecode(a byte) int {
 }
 
 func TestG711KnownValuesAndRoundTrip(t *testing.T) {
-	require.Equal(t, byte(0xFF), ULaw(0))
-	require.Equal(t, byte(0x80), ULaw(32767))
-	require.Equal(t, byte(0x00), ULaw(-32768))
-	require.Equal(t, byte(0xD5), ALaw(0))
-	require.Equal(t, byte(0xAA), ALaw(32767))
-	require.Equal(t, byte(0x2A), ALaw(-32768))
+	require.Equal(t, byte(0xFF), pcm.ULaw(0))
+	require.Equal(t, byte(0x80), pcm.ULaw(32767))
+	require.Equal(t, byte(0x00), pcm.ULaw(-32768))
+	require.Equal(t, byte(0xD5), pcm.ALaw(0))
+	require.Equal(t, byte(0xAA), pcm.ALaw(32767))
+	require.Equal(t, byte(0x2A), pcm.ALaw(-32768))
 	for s := -32768; s <= 32767; s += 7 {
 		for name, c := range map[string]struct {
 			enc func(int16) byte
 			dec func(byte) int
-		}{"ulaw": {ULaw, ulawDecode}, "alaw": {ALaw, alawDecode}} {
+		}{"ulaw": {pcm.ULaw, ulawDecode}, "alaw": {pcm.ALaw, alawDecode}} {
 			got := c.dec(c.enc(int16(s)))
 			// G.711 quantisation: the step doubles per segment, at most
 			// 1/16 of the magnitude (plus the first segment's step).
@@ -113,11 +115,11 @@ func TestLoad(t *testing.T) {
 	frames, err := a.Frames("PCMU")
 	require.NoError(t, err)
 	require.Len(t, frames, 7)
-	require.Equal(t, ULaw(samples[161]), frames[1][1])
-	require.Equal(t, ULaw(0), frames[6][159], "padding is silence")
+	require.Equal(t, pcm.ULaw(samples[161]), frames[1][1])
+	require.Equal(t, pcm.ULaw(0), frames[6][159], "padding is silence")
 	frames, err = a.Frames("pcma")
 	require.NoError(t, err)
-	require.Equal(t, ALaw(samples[5]), frames[0][5])
+	require.Equal(t, pcm.ALaw(samples[5]), frames[0][5])
 	_, err = a.Frames("opus")
 	require.ErrorContains(t, err, "G.711")
 
