@@ -64,20 +64,20 @@ func (m *Metrics) outcome(o *batonv1.TransferOutcome) {
 	if m == nil {
 		return
 	}
+	// The bridge's media is counted before the outcome, so whoever sees the
+	// outcome counted also sees its media.
+	if b := o.GetBridge(); b != nil {
+		for dir, st := range map[string]*batonv1.MediaStreamStats{
+			"caller_to_destination": b.GetCallerToDestination(),
+			"destination_to_caller": b.GetDestinationToCaller(),
+		} {
+			m.BridgePackets.WithLabelValues(dir).Add(float64(st.GetPackets()))
+			m.BridgeBytes.WithLabelValues(dir).Add(float64(st.GetBytes()))
+			m.BridgeLost.WithLabelValues(dir).Add(float64(st.GetLost()))
+			m.BridgeDropped.WithLabelValues(dir).Add(float64(st.GetDropped()))
+		}
+	}
 	m.Outcomes.WithLabelValues(label(o.GetMethod().String(), "METHOD_"), label(o.GetStatus().String(), "OUTCOME_STATUS_")).Inc()
-	b := o.GetBridge()
-	if b == nil {
-		return
-	}
-	for dir, st := range map[string]*batonv1.MediaStreamStats{
-		"caller_to_destination": b.GetCallerToDestination(),
-		"destination_to_caller": b.GetDestinationToCaller(),
-	} {
-		m.BridgePackets.WithLabelValues(dir).Add(float64(st.GetPackets()))
-		m.BridgeBytes.WithLabelValues(dir).Add(float64(st.GetBytes()))
-		m.BridgeLost.WithLabelValues(dir).Add(float64(st.GetLost()))
-		m.BridgeDropped.WithLabelValues(dir).Add(float64(st.GetDropped()))
-	}
 }
 
 // label is "refer" for METHOD_REFER.
