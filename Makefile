@@ -7,7 +7,8 @@ SHELL := /bin/bash
 MODULES := $(shell go list -m -f '{{.Dir}}' 2>/dev/null)
 BIN := $(CURDIR)/bin
 SERVICES := ingress router transfer analytics
-APT_PACKAGES := clickhouse-server clickhouse-client sip-tester kcat kamailio chromium
+APT_PACKAGES := clickhouse-server clickhouse-client sip-tester kcat kamailio chromium \
+	sipvicious sipsak nftables iproute2
 GO_TEST_FLAGS ?= -race -count=1
 
 .PHONY: help
@@ -46,6 +47,19 @@ test: deps check build ## unit tests, integration tests and the end-to-end test 
 		(cd $$m && BATON_BIN_DIR=$(BIN) go test $(GO_TEST_FLAGS) ./...); \
 	done
 
+.PHONY: test-reliability
+test-reliability: deps build ## the reliability and security suite: faults, floods, scanners, hostile input (minutes; root for network namespaces)
+	@mkdir -p .run
+	@: > .run/reliability.log
+	@for m in $(MODULES); do \
+		echo "== reliability $$m"; \
+		(cd $$m && BATON_BIN_DIR=$(BIN) go test -tags reliability -count=1 -timeout 60m -v -run 'Reliability' ./...) 2>&1 \
+			| tee -a .run/reliability.log | grep -E '^(--- |ok |FAIL|panic:)|RELIABILITY\|'; \
+	done
+	@scripts/reliability-table .run/reliability.log > .run/reliability.md
+	@echo "== reliability table (.run/reliability.md; docs/reliability.md shows a run of it)"
+	@cat .run/reliability.md
+
 .PHONY: test-unit
 test-unit: ## unit tests only (no SIPp or ClickHouse needed)
 	@for m in $(MODULES); do (cd $$m && go test $(GO_TEST_FLAGS) -short ./...); done
@@ -53,7 +67,7 @@ test-unit: ## unit tests only (no SIPp or ClickHouse needed)
 .PHONY: check
 check: ## gofmt, go vet, golangci-lint, and that generated code and go.mod files are current
 	@out=$$(gofmt -l $(MODULES)); if [ -n "$$out" ]; then echo "not gofmt-clean:"; echo "$$out"; exit 1; fi
-	@for m in $(MODULES); do (cd $$m && go vet ./...); done
+	@for m in $(MODULES); do (cd $$m && go vet ./... && go vet -tags reliability ./...); done
 	@$(MAKE) --no-print-directory generate-check tidy-check lint
 
 .PHONY: lint
