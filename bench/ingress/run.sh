@@ -8,7 +8,11 @@
 #  2. SIPp `-sn uac` (INVITE, 200, ACK, 1 s call, BYE) at each rate for
 #     DURATION seconds against: the ingress binary publishing to the embedded
 #     broker (`baton broker`); `sipp -sn uas` (the floor); Kamailio from
-#     Debian answering every request 200 statelessly (sl_send_reply). Printed:
+#     Debian answering every request 200 statelessly (sl_send_reply); and
+#     bench/ingress/sipgouas, the same stateless 200s through sipgo's server
+#     transactions (the floor of any sipgo-based server), once as Go
+#     schedules it by default and once with GOMAXPROCS=1 (sipgo-p1, its
+#     cheapest setting at these rates). Printed:
 #     successful and failed calls, CPU-ms per call of the target (utime +
 #     stime from /proc/<pid>/stat, summed over Kamailio's processes; the
 #     broker's CPU is printed apart), and the ratio ingress/Kamailio.
@@ -51,6 +55,7 @@ command -v kamailio >/dev/null || { echo "kamailio not found: install Debian's k
 echo "== building ingress and baton into $bin"
 (cd "$root/services/ingress" && go build -o "$bin/ingress" ./cmd/ingress)
 (cd "$root/cmd/baton" && go build -o "$bin/baton" .)
+(cd "$root/bench" && go build -o "$bin/sipgouas" ./ingress/sipgouas)
 
 free_port() { python3 -c 'import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 free_tcp() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
@@ -132,6 +137,18 @@ upid=$(pgrep -f "sipp -sn uas -i 127.0.0.1 -p $uport" | head -1)
 pids+=("$upid")
 wait_udp "$uport"
 
+# The library floor: sipgo answering statelessly.
+gport=$(free_port)
+"$bin/sipgouas" --listen "127.0.0.1:$gport" >"$work/sipgouas.log" 2>&1 &
+gpid=$!
+pids+=("$gpid")
+wait_udp "$gport"
+g1port=$(free_port)
+GOMAXPROCS=1 "$bin/sipgouas" --listen "127.0.0.1:$g1port" >"$work/sipgouas-p1.log" 2>&1 &
+g1pid=$!
+pids+=("$g1pid")
+wait_udp "$g1port"
+
 # Ingress on the embedded broker.
 bport=$(free_tcp)
 "$bin/baton" broker --listen "127.0.0.1:$bport" --data-dir "$work/broker" >"$work/broker.log" 2>&1 &
@@ -153,11 +170,13 @@ wait_udp "$iport"
 for rate in "${rate_list[@]}"; do
 	load uas "$uport" "$rate" "$upid"
 	load kamailio "$kport" "$rate" "${kpids[@]}"
+	load sipgo "$gport" "$rate" "$gpid"
+	load sipgo-p1 "$g1port" "$rate" "$g1pid"
 	b0=$(cpu_ticks "$bpid")
 	load ingress "$iport" "$rate" "$ipid"
 	b1=$(cpu_ticks "$bpid")
 	awk -v t="$((b1 - b0))" -v tck="$tck" 'BEGIN {printf "          (broker during the ingress run: cpu %.0f ms)\n", t*1000/tck}'
 done
 echo
-awk '$1=="kamailio" {k[$2]=$(NF-1)} $1=="ingress" {i[$2]=$(NF-1)} $1=="uas" {u[$2]=$(NF-1)}
-	END {for (r in i) if (k[r] > 0) printf "ratio ingress/kamailio at %d cps: %.1fx cpu per call (floor sipp uas: %.3f cpu-ms/call)\n", r, i[r]/k[r], u[r]}' "$work/load.txt" | sort -t' ' -k4 -n
+awk '$1=="kamailio" {k[$2]=$(NF-1)} $1=="ingress" {i[$2]=$(NF-1)} $1=="uas" {u[$2]=$(NF-1)} $1=="sipgo" {g[$2]=$(NF-1)} $1=="sipgo-p1" {g1[$2]=$(NF-1)}
+	END {for (r in i) if (k[r] > 0 && g[r] > 0 && g1[r] > 0) printf "at %d cps: ingress/kamailio %.1fx, sipgo-stateless/kamailio %.1fx (GOMAXPROCS=1: %.1fx), ingress/sipgo-stateless %.1fx cpu per call (floor sipp uas: %.3f cpu-ms/call)\n", r, i[r]/k[r], g[r]/k[r], g1[r]/k[r], i[r]/g[r], u[r]}' "$work/load.txt" | sort -t' ' -k2 -n
