@@ -22,6 +22,10 @@ var (
 	ErrHeaderName  = errors.New("invalid custom header name")
 	ErrHeaderValue = errors.New("invalid header value")
 	ErrHeaderLine  = errors.New("header line too long")
+	// ErrReferTarget means a Refer-To target is not a bare sip: or sips:
+	// URI (wrong scheme, URI headers of its own, brackets, spaces or
+	// control characters).
+	ErrReferTarget = errors.New("invalid refer-to target")
 )
 
 var customName = regexp.MustCompile(`^X-[A-Za-z0-9\-_]+$`)
@@ -64,6 +68,17 @@ func ValidateValue(value string) error {
 	return nil
 }
 
+// hasControl reports whether s holds an ASCII control character (CR, LF,
+// NUL, TAB, DEL and the rest).
+func hasControl(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] < 0x20 || s[i] == 0x7f {
+			return true
+		}
+	}
+	return false
+}
+
 // LineLen is the length of the header line "name: value".
 func LineLen(name, value string) int { return len(name) + 2 + len(value) }
 
@@ -79,10 +94,10 @@ type Header struct {
 func ReferTo(target string, headers []Header) (string, error) {
 	scheme, _, _ := strings.Cut(target, ":")
 	if s := strings.ToLower(scheme); s != "sip" && s != "sips" {
-		return "", fmt.Errorf("refer-to %q: scheme %q cannot carry headers, want sip or sips", target, scheme)
+		return "", fmt.Errorf("%w: %q: scheme %q cannot carry headers, want sip or sips", ErrReferTarget, target, scheme)
 	}
-	if strings.ContainsAny(target, "?<>\r\n\x00 ") {
-		return "", fmt.Errorf("refer-to %q: target must be a bare URI without headers", target)
+	if strings.ContainsAny(target, "?<> ") || hasControl(target) {
+		return "", fmt.Errorf("%w: %q: target must be a bare URI without headers", ErrReferTarget, target)
 	}
 	var b strings.Builder
 	b.WriteString("<")

@@ -61,8 +61,12 @@ func TestReferToRoundTrip(t *testing.T) {
 func TestReferToRefuses(t *testing.T) {
 	_, err := ReferTo("tel:+15550100", []Header{{"X-A", "b"}})
 	require.ErrorContains(t, err, "cannot carry headers")
-	_, err = ReferTo("sip:a@b?Route=x", nil)
-	require.ErrorContains(t, err, "bare URI")
+	require.ErrorIs(t, err, ErrReferTarget)
+	for _, target := range []string{"sip:a@b?Route=x", "sip:a@b?Refer-To=sip:evil@x", "sip:<a@b>", "sip:a@b\tc", "sip:a@b\x7f", "sip:a@b\r\nX-A: b"} {
+		_, err = ReferTo(target, nil)
+		require.ErrorIs(t, err, ErrReferTarget, target)
+		require.ErrorContains(t, err, "bare URI", target)
+	}
 	_, err = ReferTo("sip:a@b", []Header{{"X-A", "b\r\nRefer-To: sip:evil"}})
 	require.ErrorIs(t, err, ErrHeaderValue)
 }
@@ -97,6 +101,30 @@ func FuzzReferTo(f *testing.F) {
 		}
 		if len(got) != 1 || got[0].Name != name || got[0].Value != value {
 			t.Fatalf("round trip: got %v want %s=%s", got, name, value)
+		}
+	})
+}
+
+// FuzzValidateCustom: whatever ValidateCustom accepts is one header line
+// of the allowed name and a value without CR, LF or NUL.
+func FuzzValidateCustom(f *testing.F) {
+	f.Add("X-Customer-Id", "C-1001")
+	f.Add("X-Inject", "a\r\nRefer-To: sip:evil@x")
+	f.Add("X-Bad: name", "v")
+	f.Add("X Bad", "v")
+	f.Add("X-Nul", "a\x00b")
+	f.Fuzz(func(t *testing.T, name, value string) {
+		if err := ValidateCustom(name, value); err != nil {
+			return
+		}
+		if strings.ContainsAny(name+value, "\r\n\x00") {
+			t.Fatalf("accepted a control character: %q: %q", name, value)
+		}
+		if strings.ContainsAny(name, ": \t") || !IsCustom(name) {
+			t.Fatalf("accepted header name %q", name)
+		}
+		if LineLen(name, value) > MaxHeaderLine {
+			t.Fatalf("accepted a %d-byte line", LineLen(name, value))
 		}
 	})
 }

@@ -204,7 +204,8 @@ const (
 	// OUTCOME_STATUS_BRIDGED: the caller's media moved to the bridge.
 	OutcomeStatus_OUTCOME_STATUS_BRIDGED OutcomeStatus = 7
 	// OUTCOME_STATUS_ENDED: the transferred call ended (BYE either side,
-	// media timeout); a REFER's agent leg ended after success.
+	// media timeout: reason says which); a REFER's agent leg ended after
+	// success.
 	OutcomeStatus_OUTCOME_STATUS_ENDED OutcomeStatus = 8
 )
 
@@ -1075,6 +1076,10 @@ type TransferOutcome struct {
 	SipReason string `protobuf:"bytes,7,opt,name=sip_reason,json=sipReason,proto3" json:"sip_reason,omitempty"`
 	// detail explains a failure in words.
 	Detail string `protobuf:"bytes,8,opt,name=detail,proto3" json:"detail,omitempty"`
+	// reason is the command's reason (the handoff's machine code), except on
+	// ENDED, where it says why the bridged call ended: destination_hangup,
+	// caller_hangup, media_timeout (no media for media.idle_timeout) or
+	// shutdown.
 	Reason string `protobuf:"bytes,9,opt,name=reason,proto3" json:"reason,omitempty"`
 	// elapsed is the time from the command to this outcome.
 	Elapsed *durationpb.Duration `protobuf:"bytes,10,opt,name=elapsed,proto3" json:"elapsed,omitempty"`

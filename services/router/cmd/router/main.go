@@ -173,7 +173,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	if cfg.API.Listen != "" {
-		if err := serveAPI(ctx, &wg, cfg, fold, holder, pub, tokens, logger); err != nil {
+		if err := serveAPI(ctx, &wg, cfg, fold, holder, pub, tokens, api.NewMetrics(reg), logger); err != nil {
 			logger.ErrorContext(ctx, "start agent API", "err", err)
 			return exitFailed
 		}
@@ -210,13 +210,13 @@ const apiShutdownTimeout = 5 * time.Second
 // serveAPI starts the agent API; it stops when ctx ends, and wg waits
 // for it.
 func serveAPI(ctx context.Context, wg *sync.WaitGroup, cfg config.Config, fold *handoff.Fold, tables handoff.Source,
-	pub api.Publisher, tokens []string, logger *slog.Logger) error {
+	pub api.Publisher, tokens []string, metrics *api.Metrics, logger *slog.Logger) error {
 	ln, err := net.Listen("tcp", cfg.API.Listen)
 	if err != nil {
 		return fmt.Errorf("listen %s: %w", cfg.API.Listen, err)
 	}
 	srv := &http.Server{
-		Handler:           api.New(fold, tables, pub, tokens, logger, time.Now),
+		Handler:           api.New(fold, tables, pub, tokens, logger, time.Now, api.WithMetrics(metrics)),
 		ReadHeaderTimeout: 5 * time.Second,
 		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
 	}

@@ -23,10 +23,12 @@ import (
 	"math"
 	"net/http"
 	"regexp"
+	"slices"
 	"strings"
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/baton-voice/baton/pkg/events"
@@ -77,14 +79,69 @@ type Server struct {
 	now    func() time.Time
 	mux    *http.ServeMux
 	// paths routes on the path alone, to tell 405 from 404.
-	paths *http.ServeMux
+	paths   *http.ServeMux
+	metrics *Metrics
 }
+
+// Metrics are the API's Prometheus metrics. A nil *Metrics counts
+// nothing.
+type Metrics struct {
+	// Rejected counts the writes refused before anything was published
+	// (400), by operation (handoff, state, metrics) and reason
+	// (invalid_json, invalid_header, invalid_variable, …).
+	Rejected *prometheus.CounterVec
+}
+
+// NewMetrics registers the API's metrics on reg.
+func NewMetrics(reg prometheus.Registerer) *Metrics {
+	m := &Metrics{Rejected: prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "baton_router_api_rejected_total",
+		Help: "Agent API writes refused before publishing (400), by operation and reason.",
+	}, []string{"operation", "reason"})}
+	reg.MustRegister(m.Rejected)
+	return m
+}
+
+func (m *Metrics) reject(op, reason string) {
+	if m != nil {
+		m.Rejected.WithLabelValues(op, reason).Inc()
+	}
+}
+
+// Rejection reasons (the reason label of baton_router_api_rejected_total).
+const (
+	RejectInvalidJSON        = "invalid_json"
+	RejectInvalidDestination = "invalid_destination"
+	RejectInvalidReason      = "invalid_reason"
+	RejectInvalidUtterance   = "invalid_utterance"
+	RejectInvalidVariable    = "invalid_variable"
+	RejectInvalidHeader      = "invalid_header"
+	RejectInvalidState       = "invalid_state"
+	RejectInvalidMetric      = "invalid_metric"
+)
+
+// Operations (the operation label of baton_router_api_rejected_total).
+const (
+	opHandoff = "handoff"
+	opState   = "state"
+	opMetrics = "metrics"
+)
+
+// Option configures a Server.
+type Option func(*Server)
+
+// WithMetrics counts the API's rejections in m.
+func WithMetrics(m *Metrics) Option { return func(s *Server) { s.metrics = m } }
 
 // New returns the API. tokens are the accepted bearer tokens (from the
 // environment); now stamps the events it publishes.
-func New(calls Calls, tables handoff.Source, pub Publisher, tokens []string, logger *slog.Logger, now func() time.Time) *Server {
+func New(calls Calls, tables handoff.Source, pub Publisher, tokens []string, logger *slog.Logger, now func() time.Time,
+	opts ...Option) *Server {
 	s := &Server{calls: calls, tables: tables, pub: pub, logger: logger, now: now,
 		mux: http.NewServeMux(), paths: http.NewServeMux()}
+	for _, o := range opts {
+		o(s)
+	}
 	for _, t := range tokens {
 		if t = strings.TrimSpace(t); t != "" {
 			s.tokens = append(s.tokens, []byte(t))
@@ -207,9 +264,15 @@ func (s *Server) live(w http.ResponseWriter, r *http.Request) (handoff.CallView,
 	return v, true
 }
 
+// reject answers 400 and counts the rejection.
+func (s *Server) reject(w http.ResponseWriter, op, reason string, err error) {
+	s.metrics.reject(op, reason)
+	problem(w, http.StatusBadRequest, "bad request", err.Error())
+}
+
 // decode reads a JSON body strictly: unknown fields and trailing data are
-// errors.
-func decode(w http.ResponseWriter, r *http.Request, v any) bool {
+// errors (counted as op's invalid_json).
+func (s *Server) decode(w http.ResponseWriter, r *http.Request, op string, v any) bool {
 	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxBody))
 	dec.DisallowUnknownFields()
 	err := dec.Decode(v)
@@ -217,7 +280,7 @@ func decode(w http.ResponseWriter, r *http.Request, v any) bool {
 		err = errors.New("trailing data after the JSON value")
 	}
 	if err != nil {
-		problem(w, http.StatusBadRequest, "bad request", "invalid JSON body: "+err.Error())
+		s.reject(w, op, RejectInvalidJSON, fmt.Errorf("invalid JSON body: %w", err))
 		return false
 	}
 	return true
@@ -335,7 +398,7 @@ func (s *Server) patchState(w http.ResponseWriter, r *http.Request) {
 	}
 	// A JSON merge patch (RFC 7396) of string values: null deletes a key.
 	var patch map[string]*string
-	if !decode(w, r, &patch) {
+	if !s.decode(w, r, opState, &patch) {
 		return
 	}
 	msg := &batonv1.CallStateChanged{CallId: v.CallID, SetBy: RequestedBy, RequestId: uuid.NewString(), Set: map[string]string{}}
@@ -346,11 +409,17 @@ func (s *Server) patchState(w http.ResponseWriter, r *http.Request) {
 			msg.Set[k] = *val
 		}
 	}
-	if err := checkMap("state", msg.GetSet()); err != nil || len(patch) == 0 {
-		if err == nil {
-			err = errors.New("an empty patch")
+	err := checkMap("state", msg.GetSet())
+	if err == nil && len(patch) == 0 {
+		err = errors.New("an empty patch")
+	}
+	for _, k := range msg.GetRemoved() {
+		if err == nil && (k == "" || len(k) > maxKeyLen || strings.ContainsAny(k, "\r\n\x00")) {
+			err = fmt.Errorf("state: bad key %q", k)
 		}
-		problem(w, http.StatusBadRequest, "bad request", err.Error())
+	}
+	if err != nil {
+		s.reject(w, opState, RejectInvalidState, err)
 		return
 	}
 	if !s.publish(w, r, v.CallID, msg) {
@@ -374,18 +443,23 @@ func (s *Server) postHandoff(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	var req HandoffRequest
-	if !decode(w, r, &req) {
+	if !s.decode(w, r, opHandoff, &req) {
 		return
 	}
-	if err := req.check(); err != nil {
-		problem(w, http.StatusBadRequest, "bad request", err.Error())
+	if reason, err := req.check(); err != nil {
+		s.reject(w, opHandoff, reason, err)
 		return
 	}
 	msg := &batonv1.HandoffRequested{
 		CallId: v.CallID, RequestId: uuid.NewString(), Destination: req.Destination, Reason: req.Reason,
-		Utterance: req.Utterance, Variables: req.Variables, Headers: req.Headers, RequestedBy: RequestedBy,
+		Utterance: oneLine(req.Utterance), Variables: req.Variables, Headers: req.Headers, RequestedBy: RequestedBy,
 	}
-	allowed, code, detail := s.tables.Current().Allows(req.Destination)
+	table := s.tables.Current()
+	allowed, code, detail := table.Allows(req.Destination)
+	if allowed && table.MaxHandoffs > 0 && v.Handoffs >= table.MaxHandoffs {
+		allowed, code = false, handoff.RefusedTooManyHandoffs
+		detail = fmt.Sprintf("the call already started %d handoffs (max_handoffs_per_call %d)", v.Handoffs, table.MaxHandoffs)
+	}
 	// A refused target is published too: the router records the refusal
 	// as a HandoffRefused event, so every attempt is in the log.
 	if !s.publish(w, r, v.CallID, msg) {
@@ -400,28 +474,61 @@ func (s *Server) postHandoff(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusAccepted, Accepted{RequestID: msg.GetRequestId(), CallID: v.CallID})
 }
 
-func (req HandoffRequest) check() error {
-	if len(req.Destination) > 256 || strings.ContainsAny(req.Destination, "\r\n\x00") {
-		return errors.New("destination: at most 256 bytes, no CR, LF or NUL")
+// check validates a handoff request; on error it also returns the
+// rejection reason.
+func (req HandoffRequest) check() (string, error) {
+	if len(req.Destination) > 256 || hasControl(req.Destination) {
+		return RejectInvalidDestination, errors.New("destination: at most 256 bytes, no control characters (CR, LF, NUL…)")
 	}
 	if req.Reason != "" && !codePattern.MatchString(req.Reason) {
-		return fmt.Errorf("reason %q: a machine code of letters, digits, '_', '.', ':' or '-'", req.Reason)
+		return RejectInvalidReason, fmt.Errorf("reason %q: a machine code of letters, digits, '_', '.', ':' or '-'", req.Reason)
 	}
 	if len(req.Utterance) > maxValueLen {
-		return fmt.Errorf("utterance: at most %d bytes", maxValueLen)
+		return RejectInvalidUtterance, fmt.Errorf("utterance: at most %d bytes", maxValueLen)
+	}
+	if hasControl(oneLine(req.Utterance)) {
+		return RejectInvalidUtterance, errors.New("utterance: control characters other than line breaks and tabs (NUL…)")
 	}
 	if err := checkMap("variables", req.Variables); err != nil {
-		return err
+		return RejectInvalidVariable, err
 	}
 	if len(req.Headers) > maxEntries {
-		return fmt.Errorf("headers: at most %d entries", maxEntries)
+		return RejectInvalidHeader, fmt.Errorf("headers: at most %d entries", maxEntries)
 	}
-	for name, val := range req.Headers {
-		if err := sipx.ValidateCustom(name, val); err != nil {
-			return fmt.Errorf("headers.%s: %w", name, err)
+	for _, name := range sortedKeys(req.Headers) {
+		if err := sipx.ValidateCustom(name, req.Headers[name]); err != nil {
+			return RejectInvalidHeader, fmt.Errorf("headers.%q: %w", name, err)
 		}
 	}
-	return nil
+	return "", nil
+}
+
+// oneLine turns the line breaks and tabs of free text (an utterance, as
+// transcribed) into single spaces, so no CR or LF reaches an event.
+func oneLine(s string) string {
+	if !strings.ContainsAny(s, "\r\n\t") {
+		return s
+	}
+	return strings.Join(strings.FieldsFunc(s, func(r rune) bool { return r == '\r' || r == '\n' || r == '\t' }), " ")
+}
+
+// hasControl reports whether s holds an ASCII control character.
+func hasControl(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] < 0x20 || s[i] == 0x7f {
+			return true
+		}
+	}
+	return false
+}
+
+func sortedKeys(m map[string]string) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	return keys
 }
 
 // MetricRequest is the body of POST /v1/calls/{id}/metrics.
@@ -437,7 +544,7 @@ func (s *Server) postMetric(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	var req MetricRequest
-	if !decode(w, r, &req) {
+	if !s.decode(w, r, opMetrics, &req) {
 		return
 	}
 	var err error
@@ -452,7 +559,7 @@ func (s *Server) postMetric(w http.ResponseWriter, r *http.Request) {
 		err = checkMap("tags", req.Tags)
 	}
 	if err != nil {
-		problem(w, http.StatusBadRequest, "bad request", err.Error())
+		s.reject(w, opMetrics, RejectInvalidMetric, err)
 		return
 	}
 	msg := &batonv1.AgentMetric{CallId: v.CallID, Name: req.Name, Value: *req.Value, Tags: req.Tags, RequestId: uuid.NewString()}

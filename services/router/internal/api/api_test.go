@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
 	"gopkg.in/yaml.v3"
@@ -38,6 +39,8 @@ destinations:
       X-Intent: "{intent}"
 allowlist:
   routes: ["sip:*@pbx.example.com"]
+  deny_numbers: ["+1976"]
+max_handoffs_per_call: 2
 `
 
 var at = time.Date(2025, 3, 1, 12, 0, 0, 0, time.UTC)
@@ -70,10 +73,11 @@ func (p *foldPublisher) last() events.Event {
 }
 
 type fixture struct {
-	srv  *httptest.Server
-	api  *Server
-	pub  *foldPublisher
-	fold *handoff.Fold
+	srv     *httptest.Server
+	api     *Server
+	pub     *foldPublisher
+	fold    *handoff.Fold
+	metrics *Metrics
 }
 
 func newFixture(t *testing.T) *fixture {
@@ -85,7 +89,8 @@ func newFixture(t *testing.T) *fixture {
 	logger := slog.New(slog.DiscardHandler)
 	fold := handoff.New(table, logger)
 	pub := &foldPublisher{fold: fold}
-	a := New(fold, table, pub, []string{"tok-1", " tok-2 ", ""}, logger, func() time.Time { return at })
+	metrics := NewMetrics(prometheus.NewRegistry())
+	a := New(fold, table, pub, []string{"tok-1", " tok-2 ", ""}, logger, func() time.Time { return at }, WithMetrics(metrics))
 	srv := httptest.NewServer(a)
 	t.Cleanup(srv.Close)
 
@@ -106,7 +111,7 @@ func newFixture(t *testing.T) *fixture {
 	fold.Commit()
 	fold.Apply(t.Context(), ev)
 	fold.Commit()
-	return &fixture{srv: srv, api: a, pub: pub, fold: fold}
+	return &fixture{srv: srv, api: a, pub: pub, fold: fold, metrics: metrics}
 }
 
 // reply is what a request got back; the body is read and closed.

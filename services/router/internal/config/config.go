@@ -13,7 +13,6 @@ import (
 	"regexp"
 	"slices"
 	"sort"
-	"strconv"
 	"strings"
 	"time"
 
@@ -25,6 +24,7 @@ import (
 	"github.com/baton-voice/baton/pkg/sipx"
 	"github.com/baton-voice/baton/pkg/tracing"
 	"github.com/baton-voice/baton/services/router/internal/handoff"
+	"github.com/baton-voice/baton/services/router/internal/route"
 	"github.com/baton-voice/baton/services/router/internal/rules"
 	"github.com/baton-voice/baton/services/router/internal/template"
 )
@@ -37,6 +37,12 @@ const MaxAnswerTimeout = 10 * time.Minute
 
 // DefaultMaxAttempts is max_attempts when none is set.
 const DefaultMaxAttempts = 3
+
+// DefaultMaxHandoffsPerCall is max_handoffs_per_call when none is set.
+const DefaultMaxHandoffsPerCall = 3
+
+// MaxMaxHandoffsPerCall bounds max_handoffs_per_call.
+const MaxMaxHandoffsPerCall = 100
 
 // DefaultPollInterval is reload.poll_interval when none is set.
 const DefaultPollInterval = 2 * time.Second
@@ -85,6 +91,9 @@ type Config struct {
 	Allowlist Allowlist `yaml:"allowlist"`
 	// MaxAttempts bounds the commands of one handoff, fallbacks included.
 	MaxAttempts uint32 `yaml:"max_attempts"`
+	// MaxHandoffsPerCall bounds the handoffs one call may start (rules and
+	// requests alike); a request beyond it is refused (too_many_handoffs).
+	MaxHandoffsPerCall uint32 `yaml:"max_handoffs_per_call"`
 	// OnAllFailed is hangup (a BYE ends the call) or return_to_agent.
 	OnAllFailed string `yaml:"on_all_failed"`
 	// API is the agent HTTP API.
@@ -124,6 +133,14 @@ type Allowlist struct {
 	// run of characters but '/') or "re:" and a regular expression that
 	// must match the whole route.
 	Routes []string `yaml:"routes"`
+	// DenyNumbers are number prefixes no handoff may dial, whatever
+	// allows the route (premium-rate ranges: "+1900", "+44 9"). They are
+	// matched against the number a route dials (route.Number: the user
+	// part of a SIP URI, escapes decoded, or the tel: number, visual
+	// separators removed), literally: list "+1900" and "001900" both if
+	// the carrier takes both forms. A configured destination whose route
+	// is denied is a configuration error.
+	DenyNumbers []string `yaml:"deny_numbers"`
 }
 
 // API configures the agent HTTP API.
@@ -244,10 +261,12 @@ func Default(hostname string) Config {
 		TransactionalID: "baton-router-" + hostname,
 		MaxAttempts:     DefaultMaxAttempts,
 		OnAllFailed:     OnAllFailedHangup,
-		API:             API{TokensEnv: "BATON_API_TOKENS"},
-		Reload:          Reload{PollInterval: DefaultPollInterval},
-		Metrics:         opshttp.Config{Listen: DefaultMetricsListen},
-		Tracing:         tracing.DefaultConfig(),
+
+		MaxHandoffsPerCall: DefaultMaxHandoffsPerCall,
+		API:                API{TokensEnv: "BATON_API_TOKENS"},
+		Reload:             Reload{PollInterval: DefaultPollInterval},
+		Metrics:            opshttp.Config{Listen: DefaultMetricsListen},
+		Tracing:            tracing.DefaultConfig(),
 		PreCall: PreCall{
 			Timeout: DefaultPreCallTimeout, MaxAge: DefaultPreCallMaxAge, MaxInFlight: DefaultPreCallMaxInFlight,
 		},
@@ -309,8 +328,14 @@ func (c *Config) Validate() error {
 			errs = append(errs, pkgconfig.Errorf(fmt.Sprintf("allowlist.routes[%d]", i), "%q: %v", p, err))
 		}
 	}
+	deny, denyErrs := c.denyNumbers()
+	errs = append(errs, denyErrs...)
+	errs = append(errs, c.validateDenied(deny)...)
 	if c.MaxAttempts < 1 || c.MaxAttempts > 10 {
 		errs = append(errs, pkgconfig.Errorf("max_attempts", "%d: want 1 to 10", c.MaxAttempts))
+	}
+	if c.MaxHandoffsPerCall < 1 || c.MaxHandoffsPerCall > MaxMaxHandoffsPerCall {
+		errs = append(errs, pkgconfig.Errorf("max_handoffs_per_call", "%d: want 1 to %d", c.MaxHandoffsPerCall, MaxMaxHandoffsPerCall))
 	}
 	if p := c.OnAllFailed; p != OnAllFailedHangup && p != OnAllFailedReturnToAgent {
 		errs = append(errs, pkgconfig.Errorf("on_all_failed", "%q: want %s or %s", p, OnAllFailedHangup, OnAllFailedReturnToAgent))
@@ -328,6 +353,38 @@ func (c *Config) Validate() error {
 	}
 	errs = append(errs, c.validatePreCall()...)
 	return errors.Join(errs...)
+}
+
+// denyNumbers normalises allowlist.deny_numbers.
+func (c *Config) denyNumbers() ([]string, []error) {
+	var out []string
+	var errs []error
+	for i, p := range c.Allowlist.DenyNumbers {
+		n, err := route.NumberPrefix(p)
+		if err != nil {
+			errs = append(errs, pkgconfig.Errorf(fmt.Sprintf("allowlist.deny_numbers[%d]", i), "%v", err))
+			continue
+		}
+		out = append(out, n)
+	}
+	return out, errs
+}
+
+// validateDenied refuses destinations and trunks whose route dials a
+// denied number: the operator contradicts themselves.
+func (c *Config) validateDenied(deny []string) []error {
+	var errs []error
+	for i, t := range c.Trunks {
+		if p, ok := route.Denied(t.Route, deny); ok {
+			errs = append(errs, pkgconfig.Errorf(fmt.Sprintf("trunks[%d].route", i), "%q dials a denied number (allowlist.deny_numbers %q)", t.Route, p))
+		}
+	}
+	for i, d := range c.Destinations {
+		if p, ok := route.Denied(d.Route, deny); ok {
+			errs = append(errs, pkgconfig.Errorf(fmt.Sprintf("destinations[%d].route", i), "%q dials a denied number (allowlist.deny_numbers %q)", d.Route, p))
+		}
+	}
+	return errs
 }
 
 func (c *Config) validatePreCall() []error {
@@ -609,85 +666,26 @@ func ParseMethod(s string) (batonv1.Method, error) {
 	return batonv1.Method_METHOD_UNSPECIFIED, fmt.Errorf("unknown method %q: want REFER, INVITE or BYE", s)
 }
 
-// Route kinds.
-const (
-	routeSIP       = "sip"
-	routeTel       = "tel"
-	routeExtension = "extension"
-)
-
-var (
-	hostPattern      = regexp.MustCompile(`^([A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)*\.?$|^\[[0-9A-Fa-f:.]+\]$`)
-	userPattern      = regexp.MustCompile(`^[A-Za-z0-9\-_.!~*'()&=+$,;?/%]+$`)
-	paramsPattern    = regexp.MustCompile(`^[A-Za-z0-9\-_.!~*'()%;=\[\]/:&+$]*$`)
-	telPattern       = regexp.MustCompile(`^\+?[0-9\-.()]*[0-9][0-9\-.()]*$`)
-	extensionPattern = regexp.MustCompile(`^\+?[0-9*#]{1,32}$`)
-)
-
-// RouteKind classifies a route: "sip" (sip: or sips: URI), "tel" or
-// "extension"; it returns an error for anything else.
-func RouteKind(route string) (string, error) {
-	scheme, rest, hasScheme := strings.Cut(route, ":")
-	switch s := strings.ToLower(scheme); {
-	case hasScheme && (s == "sip" || s == "sips"):
-		return routeSIP, checkSIPURI(rest)
-	case hasScheme && s == "tel":
-		number, _, _ := strings.Cut(rest, ";")
-		if !telPattern.MatchString(number) {
-			return routeTel, fmt.Errorf("tel route %q: want tel:+15551234567", route)
-		}
-		return routeTel, nil
-	case !hasScheme && extensionPattern.MatchString(route):
-		return routeExtension, nil
-	}
-	return "", fmt.Errorf("unsupported route %q: want sip:user@host[:port], sips:user@host, tel:+number, or an extension of digits, '*' and '#'", route)
+// RouteKind classifies a route (route.Parse): "sip" (sip: or sips: URI),
+// "tel" or "extension"; it returns an error for anything else.
+func RouteKind(r string) (string, error) {
+	kind, err := route.Parse(r)
+	return string(kind), err
 }
 
-// checkSIPURI checks the part of a sip:/sips: URI after the scheme:
-// [user@]host[:port][;params], without URI headers (those come from the
-// destination's headers).
-func checkSIPURI(rest string) error {
-	if strings.ContainsAny(rest, "?<> \t\r\n\x00") {
-		return fmt.Errorf("SIP route %q: must be a bare URI: no '?' headers, brackets or spaces", rest)
-	}
-	hostport := rest
-	if at := strings.LastIndexByte(rest, '@'); at >= 0 {
-		user := rest[:at]
-		if user == "" || !userPattern.MatchString(user) {
-			return fmt.Errorf("SIP route: bad user part %q", user)
-		}
-		hostport = rest[at+1:]
-	}
-	hostport, params, _ := strings.Cut(hostport, ";")
-	if !paramsPattern.MatchString(params) {
-		return fmt.Errorf("SIP route: bad parameters %q", params)
-	}
-	host, port := hostport, ""
-	if i := strings.LastIndexByte(hostport, ':'); i >= 0 && !strings.HasSuffix(hostport, "]") {
-		host, port = hostport[:i], hostport[i+1:]
-		if p, err := strconv.Atoi(port); err != nil || p < 1 || p > 65535 {
-			return fmt.Errorf("SIP route: bad port %q", port)
-		}
-	}
-	if host == "" || !hostPattern.MatchString(host) {
-		return fmt.Errorf("SIP route: bad host %q", host)
-	}
-	return nil
-}
-
-func validateRoute(path, route string, method batonv1.Method) []error {
-	if route == "" {
+func validateRoute(path, r string, method batonv1.Method) []error {
+	if r == "" {
 		if method == batonv1.Method_METHOD_BYE {
 			return nil // BYE hands the call back to the SBC; no target needed.
 		}
 		return []error{pkgconfig.Errorf(path+".route", "a route is required for %s", methodName(method))}
 	}
-	kind, err := RouteKind(route)
+	kind, err := route.Parse(r)
 	if err != nil {
 		return []error{pkgconfig.Errorf(path+".route", "%v", err)}
 	}
-	if method == batonv1.Method_METHOD_REFER && kind != routeSIP {
-		return []error{pkgconfig.Errorf(path+".route", "%q: REFER needs a sip: or sips: route, because the headers ride in the Refer-To URI; use INVITE for %s routes", route, kind)}
+	if method == batonv1.Method_METHOD_REFER && kind != route.SIP {
+		return []error{pkgconfig.Errorf(path+".route", "%q: REFER needs a sip: or sips: route, because the headers ride in the Refer-To URI; use INVITE for %s routes", r, kind)}
 	}
 	return nil
 }
@@ -819,8 +817,14 @@ func (c *Config) Table() (*handoff.Table, error) {
 		Destinations:       map[string]handoff.Destination{},
 		Default:            c.DefaultDestination(),
 		MaxAttempts:        c.MaxAttempts,
+		MaxHandoffs:        c.MaxHandoffsPerCall,
 		AdHocAnswerTimeout: DefaultAnswerTimeout,
 	}
+	deny, errs := c.denyNumbers()
+	if len(errs) > 0 {
+		return nil, errors.Join(errs...)
+	}
+	t.DeniedNumbers = deny
 	if c.OnAllFailed == OnAllFailedReturnToAgent {
 		t.OnAllFailed = handoff.EndReturnToAgent
 	}

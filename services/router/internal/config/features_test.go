@@ -390,3 +390,39 @@ rules:
 	require.NoError(t, err)
 	require.Equal(t, []string{`rules[0].after: precall.url is empty: rule "gold" runs only for pre-call data already in the log (a replay)`}, c.Warnings())
 }
+
+func TestDenyNumbersAndHandoffCap(t *testing.T) {
+	c, err := parse(t, `destinations:
+  - name: support
+    route: sip:support@example.com
+allowlist:
+  routes: ["tel:*"]
+  deny_numbers: ["+1900", "+44 9", "+1-976"]
+max_handoffs_per_call: 2
+`)
+	require.NoError(t, err)
+	tbl, err := c.Table()
+	require.NoError(t, err)
+	require.Equal(t, []string{"+1900", "+449", "+1976"}, tbl.DeniedNumbers, "separators are ignored")
+	require.Equal(t, uint32(2), tbl.MaxHandoffs)
+	require.Equal(t, uint32(DefaultMaxHandoffsPerCall), Default("h").MaxHandoffsPerCall)
+
+	_, err = parse(t, `destinations:
+  - name: premium
+    method: invite
+    route: tel:+1-900-555-0100
+  - name: ok
+    route: sip:%2B19005550100@carrier.example
+trunks:
+  - name: t
+    route: tel:+449098790000
+allowlist:
+  deny_numbers: ["+1900", "+449", "premium"]
+max_handoffs_per_call: 0
+`)
+	require.ErrorContains(t, err, `router.yaml:4: destinations[0].route: "tel:+1-900-555-0100" dials a denied number (allowlist.deny_numbers "+1900")`)
+	require.ErrorContains(t, err, `router.yaml:6: destinations[1].route: "sip:%2B19005550100@carrier.example" dials a denied number`)
+	require.ErrorContains(t, err, `router.yaml:9: trunks[0].route: "tel:+449098790000" dials a denied number (allowlist.deny_numbers "+449")`)
+	require.ErrorContains(t, err, `router.yaml:11: allowlist.deny_numbers[2]: number prefix "premium"`)
+	require.ErrorContains(t, err, `router.yaml:12: max_handoffs_per_call: 0: want 1 to 100`)
+}

@@ -132,12 +132,19 @@ func TestTargetsOutsideTheConfigAreRefused(t *testing.T) {
 	table.AllowedRoutes[1], err = NewPattern(`re:tel:\+1555[0-9]{7}`)
 	require.NoError(t, err)
 	table.AdHocAnswerTimeout = 30 * time.Second
+	table.DeniedNumbers = []string{"+1555999"}
 	for _, tc := range []struct {
 		target     string
 		wantCode   string
 		wantMethod batonv1.Method
 	}{
 		{"nowhere", RefusedUnknownDestination, 0},
+		// The glob matches each of these; none may go where it says.
+		{"sip:x@evil.example;a=@pbx.example.com", RefusedRouteNotAllowed, 0},
+		{"sip:x:pw@pbx.example.com", RefusedRouteNotAllowed, 0},
+		{"sip:x@pbx.example.com;maddr=evil.example", RefusedRouteNotAllowed, 0},
+		{"sip:+15559990000@pbx.example.com", RefusedNumberDenied, 0},
+		{"tel:+1-555-999-0000", RefusedNumberDenied, 0},
 		{"sip:+19005550100@premium.example", RefusedRouteNotAllowed, 0},
 		{"tel:+19005550100", RefusedRouteNotAllowed, 0},
 		{"sip:alice@pbx.example.com", "", batonv1.Method_METHOD_REFER},
@@ -153,8 +160,10 @@ func TestTargetsOutsideTheConfigAreRefused(t *testing.T) {
 			ds := f.Apply(t.Context(), event(t, "c1", &batonv1.HandoffRequested{Destination: tc.target, RequestId: "r9"}))
 			if tc.wantCode != "" {
 				r := refusal(t, ds)
-				require.Equal(t, tc.wantCode, r.GetReasonCode())
-				require.Equal(t, tc.target, r.GetDestination())
+				require.Equal(t, tc.wantCode, r.GetReasonCode(), r.GetDetail())
+				require.Equal(t, printable(tc.target), r.GetDestination(), "the target, control characters replaced")
+				require.NotContains(t, r.GetDestination()+r.GetDetail(), "\r")
+				require.NotContains(t, r.GetDestination()+r.GetDetail(), "\n")
 				require.Equal(t, "r9", r.GetRequestId())
 				require.Equal(t, "c1", r.GetCallId())
 				f.Commit()

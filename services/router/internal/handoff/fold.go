@@ -16,6 +16,7 @@ import (
 	"github.com/baton-voice/baton/pkg/events"
 	batonv1 "github.com/baton-voice/baton/pkg/events/batonv1"
 	"github.com/baton-voice/baton/pkg/sipx"
+	"github.com/baton-voice/baton/services/router/internal/route"
 	"github.com/baton-voice/baton/services/router/internal/rules"
 	"github.com/baton-voice/baton/services/router/internal/template"
 )
@@ -27,6 +28,12 @@ const (
 	RefusedInvalidHeader      = "invalid_header"
 	RefusedMissingVariable    = "missing_variable"
 	RefusedInProgress         = "handoff_in_progress"
+	// RefusedNumberDenied: the route dials a number of
+	// allowlist.deny_numbers (a premium-rate prefix).
+	RefusedNumberDenied = "number_denied"
+	// RefusedTooManyHandoffs: the call already started
+	// max_handoffs_per_call handoffs.
+	RefusedTooManyHandoffs = "too_many_handoffs"
 )
 
 // ReasonAllFailed is the reason of the BYE that ends a call after every
@@ -84,6 +91,9 @@ type call struct {
 	// decision, so a duplicated record decides nothing twice.
 	handled map[string]bool
 	handoff *handoffState
+	// handoffs counts the handoffs the call started (a first command
+	// issued), for max_handoffs_per_call.
+	handoffs uint32
 }
 
 func (c *call) clone() *call {
@@ -434,6 +444,10 @@ func (f *Fold) handoffRequested(ctx context.Context, table *Table, ev events.Eve
 // route the allowlist admits) and returns its first command, or the
 // refusal.
 func (f *Fold) startHandoff(ctx context.Context, table *Table, c *call, ev events.Event, target, reason string, req *batonv1.HandoffRequested) *Decision {
+	if table.MaxHandoffs > 0 && c.handoffs >= table.MaxHandoffs {
+		return f.refuse(ctx, c, ev, req, target, "", RefusedTooManyHandoffs,
+			fmt.Sprintf("the call already started %d handoffs (max_handoffs_per_call %d)", c.handoffs, table.MaxHandoffs))
+	}
 	d, code, detail := resolve(table, target)
 	if code != "" {
 		return f.refuse(ctx, c, ev, req, target, "", code, detail)
@@ -454,11 +468,13 @@ func (f *Fold) startHandoff(ctx context.Context, table *Table, c *call, ev event
 	cmd.Attempt = 1
 	h.record(cmd)
 	c.handoff = h
+	c.handoffs++
 	return &Decision{ID: cmd.GetCommandId(), Msg: cmd}
 }
 
 // resolve finds the destination a handoff targets: a configured
-// destination by name, or an ad-hoc route the allowlist admits.
+// destination by name, or an ad-hoc route the allowlist admits (a bare
+// route, route.AdHoc, matching a pattern) and that dials no denied number.
 func resolve(table *Table, target string) (Destination, string, string) {
 	if d, ok := table.destination(target); ok {
 		return d, "", ""
@@ -466,7 +482,15 @@ func resolve(table *Table, target string) (Destination, string, string) {
 	if !looksLikeRoute(target) {
 		return Destination{}, RefusedUnknownDestination, fmt.Sprintf("%q is not a configured destination", target)
 	}
-	if !table.routeAllowed(target) || !safeRoute(target) {
+	if err := route.AdHoc(target); err != nil {
+		return Destination{}, RefusedRouteNotAllowed, err.Error()
+	}
+	// A denied number is refused as such even when no pattern admits it:
+	// the code tells fraud attempts from mistakes.
+	if p, denied := route.Denied(target, table.DeniedNumbers); denied {
+		return Destination{}, RefusedNumberDenied, fmt.Sprintf("route %q dials a denied number (prefix %s)", target, p)
+	}
+	if !table.routeAllowed(target) {
 		return Destination{}, RefusedRouteNotAllowed, fmt.Sprintf("route %q matches no allowlist pattern", target)
 	}
 	method := batonv1.Method_METHOD_INVITE
@@ -487,12 +511,6 @@ func looksLikeRoute(s string) bool {
 	}
 	s = strings.TrimPrefix(s, "+")
 	return s != "" && strings.Trim(s, "0123456789*#") == ""
-}
-
-// safeRoute refuses what an over-broad glob could let through: anything
-// that could break out of a Request-URI or a Refer-To.
-func safeRoute(route string) bool {
-	return len(route) <= 256 && !strings.ContainsAny(route, " \t\r\n\x00<>\"?")
 }
 
 // render builds the command that hands c off to d, or a refusal code and
@@ -601,18 +619,30 @@ func (h *handoffState) record(cmd *batonv1.HandoffCommand) {
 }
 
 // refuse records a refused handoff on c and returns the HandoffRefused.
-func (f *Fold) refuse(ctx context.Context, c *call, ev events.Event, req *batonv1.HandoffRequested, target, route, code, detail string) *Decision {
+func (f *Fold) refuse(ctx context.Context, c *call, ev events.Event, req *batonv1.HandoffRequested, target, targetRoute, code, detail string) *Decision {
 	id := CommandID(c.id, ev.ID)
 	f.logger.WarnContext(ctx, "handoff refused", "call_id", c.id, "command_id", id, "request_id", req.GetRequestId(),
 		"destination", target, "reason_code", code, "detail", detail)
 	if c.handoff == nil || code != RefusedInProgress {
 		c.handoff = &handoffState{requestID: req.GetRequestId(), reason: req.GetReason(), destination: target,
-			route: route, status: StatusRefused, refusedCode: code, detail: detail}
+			route: targetRoute, status: StatusRefused, refusedCode: code, detail: detail}
 	}
 	return &Decision{ID: id, Msg: &batonv1.HandoffRefused{
-		CallId: c.id, RequestId: req.GetRequestId(), Destination: target, Route: route,
+		CallId: c.id, RequestId: req.GetRequestId(), Destination: printable(target), Route: targetRoute,
 		ReasonCode: code, Detail: detail, TriggerId: ev.ID,
 	}}
+}
+
+// printable replaces the control characters of s (a target as
+// requested, which may be what was refused for holding them) with U+FFFD,
+// so none reaches a published event.
+func printable(s string) string {
+	return strings.Map(func(r rune) rune {
+		if r < 0x20 || r == 0x7f {
+			return '\uFFFD'
+		}
+		return r
+	}, s)
 }
 
 func (f *Fold) transferOutcome(ctx context.Context, ev events.Event, msg *batonv1.TransferOutcome) *Decision {

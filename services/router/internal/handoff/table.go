@@ -156,6 +156,11 @@ type Table struct {
 	AllowedRoutes []Pattern
 	// MaxAttempts bounds the commands of one handoff, fallbacks included.
 	MaxAttempts uint32
+	// MaxHandoffs bounds the handoffs one call may start; 0 is no bound.
+	MaxHandoffs uint32
+	// DeniedNumbers are number prefixes (route.NumberPrefix) no ad-hoc
+	// route may dial, whatever pattern admits it.
+	DeniedNumbers []string
 	// OnAllFailed is what happens when no destination is left.
 	OnAllFailed EndPolicy
 	// AdHocAnswerTimeout is the answer timeout of an allowlisted route.

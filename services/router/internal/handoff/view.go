@@ -29,6 +29,9 @@ type CallView struct {
 	// failed.
 	PreCallError string
 	Handoff      HandoffView
+	// Handoffs is how many handoffs the call started
+	// (max_handoffs_per_call bounds it).
+	Handoffs uint32
 }
 
 // HandoffView is where a call's handoff stands.
@@ -73,6 +76,7 @@ func (f *Fold) View(id string) (v CallView, found, ended bool) {
 		State:        maps.Clone(c.state),
 		Results:      c.results(),
 		Handoff:      HandoffView{Status: StatusNone},
+		Handoffs:     c.handoffs,
 	}
 	if c.precall != nil {
 		v.PreCallError = c.precall.err
