@@ -30,6 +30,7 @@ import (
 
 	"github.com/pion/rtp"
 	"github.com/pion/srtp/v3"
+	"github.com/pion/transport/v5/replaydetector"
 
 	batonv1 "github.com/baton-voice/baton/pkg/events/batonv1"
 	"github.com/baton-voice/baton/services/transfer/internal/sdp"
@@ -204,7 +205,11 @@ func (l *Leg) SetRemote(addr netip.AddrPort, clockRate uint32, keys Keys) error 
 		if err != nil {
 			return err
 		}
-		in, err := contextOf(keys.Remote, profile)
+		// What the peer sends is checked for replays (RFC 3711 3.3.2); a
+		// replayed packet is counted and dropped like a forged one.
+		in, err := contextOf(keys.Remote, profile, srtp.SRTPReplayDetectorFactory(func() replaydetector.ReplayDetector {
+			return countingDetector{ReplayDetector: replaydetector.New(ReplayWindow, maxSRTPIndex), rejected: &l.stats.replayed}
+		}))
 		if err != nil {
 			return err
 		}
@@ -217,7 +222,7 @@ func (l *Leg) SetRemote(addr netip.AddrPort, clockRate uint32, keys Keys) error 
 			if err != nil {
 				return err
 			}
-			rin, err := contextOf(keys.Remote, profile)
+			rin, err := contextOf(keys.Remote, profile, srtp.SRTCPReplayProtection(ReplayWindow))
 			if err != nil {
 				return err
 			}
@@ -250,12 +255,34 @@ func profileOf(suite string) (srtp.ProtectionProfile, error) {
 	return 0, fmt.Errorf("srtp suite %q not supported", suite)
 }
 
-func contextOf(c sdp.Crypto, profile srtp.ProtectionProfile) (*srtp.Context, error) {
+// ReplayWindow is how many packets back an SRTP or SRTCP index is
+// remembered to refuse a replay (RFC 3711 3.3.2 asks for at least 64).
+const ReplayWindow = 128
+
+// maxSRTPIndex is the largest SRTP packet index: a 32-bit rollover counter
+// and a 16-bit sequence number.
+const maxSRTPIndex = 1<<48 - 1
+
+// countingDetector counts the packets its replay detector refuses.
+type countingDetector struct {
+	replaydetector.ReplayDetector
+	rejected *atomic.Uint64
+}
+
+func (d countingDetector) Check(index uint64) (func() bool, bool) {
+	accept, ok := d.ReplayDetector.Check(index)
+	if !ok {
+		d.rejected.Add(1)
+	}
+	return accept, ok
+}
+
+func contextOf(c sdp.Crypto, profile srtp.ProtectionProfile, opts ...srtp.ContextOption) (*srtp.Context, error) {
 	k, s, ok := sdp.KeyLen(c.Suite)
 	if !ok || len(c.Key) != k+s {
 		return nil, fmt.Errorf("srtp %s: key of %d bytes", c.Suite, len(c.Key))
 	}
-	ctx, err := srtp.CreateContext(c.Key[:k], c.Key[k:], profile)
+	ctx, err := srtp.CreateContext(c.Key[:k], c.Key[k:], profile, opts...)
 	if err != nil {
 		return nil, fmt.Errorf("srtp %s context: %w", c.Suite, err)
 	}
@@ -369,6 +396,10 @@ func (b *Bridge) forward(from, to *Leg) {
 		if in := from.srtpIn.Load(); in != nil {
 			out, err := in.DecryptRTP(plain[:0], pkt, &h)
 			if err != nil {
+				// A replay was counted by the replay detector.
+				if errors.Is(err, srtp.ErrFailedToVerifyAuthTag) {
+					from.stats.unauthentic.Add(1)
+				}
 				from.stats.dropped.Add(1)
 				continue
 			}
@@ -421,6 +452,23 @@ func (l *Leg) accept(src netip.AddrPort) bool {
 	l.remote.Store(&src)
 	l.latched.Store(true)
 	return true
+}
+
+// Drops are the packets a leg received and did not forward because SRTP
+// refused them.
+type Drops struct {
+	// Unauthentic failed SRTP authentication (a tampered payload or tag,
+	// a wrong key).
+	Unauthentic uint64
+	// Replayed repeated an SRTP index already received (or older than
+	// the replay window).
+	Replayed uint64
+}
+
+// Drops returns the leg's SRTP drops so far (they are part of its
+// statistics' dropped count).
+func (l *Leg) Drops() Drops {
+	return Drops{Unauthentic: l.stats.unauthentic.Load(), Replayed: l.stats.replayed.Load()}
 }
 
 // Stats returns the statistics so far.

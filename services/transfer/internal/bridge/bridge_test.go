@@ -186,3 +186,66 @@ func TestPortRange(t *testing.T) {
 	_, err = New(ports)
 	require.ErrorIs(t, err, ErrNoPort)
 }
+
+// TestBridgeDropsTamperedAndReplayedSRTP: a flipped payload byte, a
+// flipped authentication tag byte and a replayed packet are all dropped
+// and counted by cause; the genuine packets all cross, each once.
+func TestBridgeDropsTamperedAndReplayedSRTP(t *testing.T) {
+	for _, suite := range []string{"AES_CM_128_HMAC_SHA1_80", "AEAD_AES_128_GCM"} {
+		t.Run(suite, func(t *testing.T) {
+			b, err := New(&Ports{Host: loopback})
+			require.NoError(t, err)
+			defer b.Close()
+			caller, dest := newPeer(t), newPeer(t)
+			baton, err := sdp.NewCrypto(1, suite)
+			require.NoError(t, err)
+			theirs, err := sdp.NewCrypto(1, suite)
+			require.NoError(t, err)
+			profile, err := profileOf(suite)
+			require.NoError(t, err)
+			enc, err := contextOf(theirs, profile)
+			require.NoError(t, err)
+			require.NoError(t, b.Leg(Caller).SetRemote(caller.addr(), 8000, Keys{}))
+			require.NoError(t, b.Leg(Destination).SetRemote(dest.addr(), 8000, Keys{Local: baton, Remote: theirs}))
+			b.Activate()
+
+			to := netip.AddrPortFrom(loopback, uint16(b.Leg(Destination).Port()))
+			var sent [][]byte
+			for i := range 3 {
+				pkt := &rtp.Packet{Header: rtp.Header{Version: 2, SequenceNumber: uint16(100 + i), Timestamp: uint32(160 * i), SSRC: 2},
+					Payload: []byte{'g', byte(i), 0, 0}}
+				plain, err := pkt.Marshal()
+				require.NoError(t, err)
+				wire, err := enc.EncryptRTP(nil, plain, nil)
+				require.NoError(t, err)
+				sent = append(sent, wire)
+			}
+			write := func(b []byte) {
+				_, err := dest.conn.WriteToUDPAddrPort(b, to)
+				require.NoError(t, err)
+			}
+			flip := func(b []byte, at int) []byte {
+				c := append([]byte(nil), b...)
+				c[at] ^= 0x01
+				return c
+			}
+			write(sent[0])
+			write(flip(sent[1], 12))             // a payload byte
+			write(flip(sent[1], len(sent[1])-1)) // the tag's last byte
+			write(sent[1])
+			write(sent[0]) // a replay
+			write(sent[2])
+			write(sent[2]) // another
+			for i := range 3 {
+				p, _ := caller.recv(t)
+				require.Equal(t, []byte{'g', byte(i), 0, 0}, p.Payload, "packet %d, once, in order", i)
+			}
+			require.Eventually(t, func() bool { return b.Stats().GetDestinationToCaller().GetDropped() == 4 }, 2*time.Second, time.Millisecond)
+			require.Equal(t, Drops{Unauthentic: 2, Replayed: 2}, b.Leg(Destination).Drops())
+			require.Equal(t, uint64(3), b.Stats().GetDestinationToCaller().GetPackets())
+			require.NoError(t, caller.conn.SetReadDeadline(time.Now().Add(200*time.Millisecond)))
+			_, _, err = caller.conn.ReadFromUDPAddrPort(make([]byte, 1500))
+			require.Error(t, err, "nothing else crossed")
+		})
+	}
+}

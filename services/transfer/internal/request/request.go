@@ -23,6 +23,9 @@ const MaxForwards = 70
 // ErrDialog means the snapshot cannot produce a valid request.
 var ErrDialog = errors.New("unusable dialog snapshot")
 
+// tokenPattern is RFC 3261 token (a tag).
+var tokenPattern = regexp.MustCompile("^[A-Za-z0-9.!%*_+`'~-]+$")
+
 // CSeq is the CSeq number of a command's request: the dialog's next local
 // CSeq for the first attempt, one more for every later attempt, so a
 // fallback's request never reuses a number the far end has seen.
@@ -84,6 +87,17 @@ func InDialogCSeq(method sip.RequestMethod, d *batonv1.Dialog, cseq uint32) (*si
 	} {
 		if err := sipx.ValidateValue(f.v); err != nil {
 			return nil, fmt.Errorf("%w: %s: %w", ErrDialog, f.name, err)
+		}
+	}
+	// A tag is a token (RFC 3261 25.1): nothing in it may add a parameter
+	// to From or To. A Call-ID is taken as the far end wrote it (some are
+	// not RFC words), but never with a space or a control character.
+	if strings.ContainsFunc(d.GetCallId(), func(r rune) bool { return r <= ' ' || r == 0x7f }) {
+		return nil, fmt.Errorf("%w: call_id %q: spaces or control characters", ErrDialog, d.GetCallId())
+	}
+	for _, f := range []struct{ name, v string }{{"local_tag", d.GetLocalTag()}, {"remote_tag", d.GetRemoteTag()}} {
+		if !tokenPattern.MatchString(f.v) {
+			return nil, fmt.Errorf("%w: %s %q: not a token", ErrDialog, f.name, f.v)
 		}
 	}
 	target, err := parseURI("remote_target", d.GetRemoteTarget())
@@ -189,6 +203,9 @@ func parseURI(field, s string) (sip.Uri, error) {
 			return sip.Uri{}, fmt.Errorf("%w: %s %q: unclosed '<'", ErrDialog, field, s)
 		}
 		v = v[i+1 : i+j]
+	}
+	if strings.ContainsFunc(v, func(r rune) bool { return r <= ' ' || r == 0x7f || r == '<' || r == '>' || r == '"' }) {
+		return sip.Uri{}, fmt.Errorf("%w: %s %q: spaces, quotes, brackets or control characters in the URI", ErrDialog, field, s)
 	}
 	var u sip.Uri
 	if err := sip.ParseUri(v, &u); err != nil {
@@ -328,6 +345,10 @@ func Target(route string, opts LegOptions) (sip.Uri, error) {
 		return trunkURI(r, opts.TrunkHost)
 	case s == "sips" && !opts.TLS:
 		return sip.Uri{}, fmt.Errorf("%w: route %q needs TLS: encryption %q contradicts it", ErrRoute, route, "udp_rtp")
+	case strings.ContainsAny(r, "?<>\" \t"):
+		// URI headers in a Request-URI would be sent as headers by some
+		// far ends (RFC 3261 19.1.5 forbids them there).
+		return sip.Uri{}, fmt.Errorf("%w: route %q: a bare URI without headers, brackets, quotes or spaces", ErrRoute, route)
 	}
 	u, err := parseURI("route", r)
 	if err != nil {
@@ -336,6 +357,9 @@ func Target(route string, opts LegOptions) (sip.Uri, error) {
 	want := "udp"
 	if opts.TLS {
 		want = "tls"
+	}
+	if u.Headers != nil && u.Headers.Length() > 0 {
+		return sip.Uri{}, fmt.Errorf("%w: route %q: URI headers are not allowed", ErrRoute, route)
 	}
 	if t, ok := u.UriParams.Get("transport"); ok && !strings.EqualFold(t, want) {
 		return sip.Uri{}, fmt.Errorf("%w: route %q: transport %s, but this leg goes over %s (TCP is not built)", ErrRoute, route, t, strings.ToUpper(want))

@@ -156,6 +156,30 @@ func TestBadInputsBuildNothing(t *testing.T) {
 			d.RouteSet = []string{"<sip:p1.example.com>"}
 			return Bye(d, 1, nil)
 		}, "strict router"},
+		{"a tag that adds a parameter", func() (*sip.Request, error) {
+			d := dialog()
+			d.LocalTag = "a;maddr=evil.example"
+			return Bye(d, 1, nil)
+		}, "local_tag"},
+		{"a call id with a space", func() (*sip.Request, error) {
+			d := dialog()
+			d.CallId = "a b"
+			return Bye(d, 1, nil)
+		}, "call_id"},
+		{"a remote target with a space", func() (*sip.Request, error) {
+			d := dialog()
+			d.RemoteTarget = "sip:sbc@h x"
+			return Bye(d, 1, nil)
+		}, "remote_target"},
+		{"URI headers in the REFER route", func() (*sip.Request, error) {
+			return Refer(dialog(), 1, "sip:a@b?Refer-To=sip:evil@x", nil)
+		}, "bare URI"},
+		{"URI headers in the INVITE route", func() (*sip.Request, error) {
+			return NewLeg("sip:a@b?Refer-To=sip:evil@x", LegOptions{}, dialog(), CallerID{Host: "h"}, nil, "")
+		}, "without headers"},
+		{"a bracketed INVITE route", func() (*sip.Request, error) {
+			return NewLeg("<sip:a@b>", LegOptions{}, dialog(), CallerID{Host: "h"}, nil, "")
+		}, "route"},
 		{"tcp dialog", func() (*sip.Request, error) {
 			d := dialog()
 			d.Transport = batonv1.Transport_TRANSPORT_TCP

@@ -33,7 +33,7 @@ const (
 func (s *Service) refer(ctx context.Context, e *execution, log *slog.Logger) {
 	req, err := request.Refer(e.cmd.GetDialog(), e.cmd.GetAttempt(), e.cmd.GetRoute(), e.cmd.GetHeaders())
 	if err != nil {
-		s.publish(ctx, e, log, failed(0, "", fmt.Sprintf("REFER not sent: %v", err)))
+		s.notSent(ctx, e, log, "REFER", requestReason(err), err)
 		return
 	}
 	cseq := req.CSeq().SeqNo
@@ -186,7 +186,7 @@ func isOurs(event string, cseq uint32) bool {
 func (s *Service) bye(ctx context.Context, e *execution, log *slog.Logger) {
 	req, err := request.Bye(e.cmd.GetDialog(), e.cmd.GetAttempt(), e.cmd.GetHeaders())
 	if err != nil {
-		s.publish(ctx, e, log, failed(0, "", fmt.Sprintf("BYE not sent: %v", err)))
+		s.notSent(ctx, e, log, "BYE", requestReason(err), err)
 		return
 	}
 	res, ok := s.send(ctx, e, log, req)

@@ -71,13 +71,13 @@ func (s *Service) invite(ctx context.Context, e *execution, log *slog.Logger) {
 	o := s.opts.Invite
 	legs, ok := s.sip.(legSender)
 	if !ok || o.Ports == nil {
-		s.publish(ctx, e, log, failed(0, "", "warm transfer (INVITE) is not configured"))
+		s.notSent(ctx, e, log, "INVITE", RefusedNotConfigured, errors.New("warm transfer (INVITE) is not configured"))
 		return
 	}
 	cmd := e.cmd
 	enc, err := encryptionOf(cmd, o.AllowSDESOverUDP, o.TLS)
 	if err != nil {
-		s.publish(ctx, e, log, failed(0, "", "INVITE not sent: "+err.Error()))
+		s.notSent(ctx, e, log, "INVITE", RefusedInvalidEncryption, err)
 		return
 	}
 	// The whisper is read before any SIP: a bad file fails the command
@@ -86,14 +86,14 @@ func (s *Service) invite(ctx context.Context, e *execution, log *slog.Logger) {
 	if w := cmd.GetWhisper(); w != "" {
 		a, err := whisper.Load(w, o.WhisperMax)
 		if err != nil {
-			s.publish(ctx, e, log, failed(0, "", "INVITE not sent: "+err.Error()))
+			s.notSent(ctx, e, log, "INVITE", RefusedInvalidWhisper, err)
 			return
 		}
 		whisperAudio = &a
 	}
 	br, err := bridge.New(o.Ports)
 	if err != nil {
-		s.publish(ctx, e, log, failed(0, "", "INVITE not sent: "+err.Error()))
+		s.notSent(ctx, e, log, "INVITE", RefusedNoMediaPort, err)
 		return
 	}
 	defer br.Close()
@@ -116,7 +116,7 @@ func (s *Service) invite(ctx context.Context, e *execution, log *slog.Logger) {
 		for i, suite := range o.SRTPSuites {
 			c, err := sdp.NewCrypto(i+1, suite)
 			if err != nil {
-				s.publish(ctx, e, log, failed(0, "", "INVITE not sent: "+err.Error()))
+				s.notSent(ctx, e, log, "INVITE", RefusedInvalidEncryption, err)
 				return
 			}
 			offer.Crypto = append(offer.Crypto, c)
@@ -125,7 +125,7 @@ func (s *Service) invite(ctx context.Context, e *execution, log *slog.Logger) {
 	req, err := request.NewLeg(cmd.GetRoute(), request.LegOptions{TLS: enc == encTLSSRTP, TrunkHost: o.TrunkHost},
 		cmd.GetDialog(), o.CallerID, cmd.GetHeaders(), offer.String())
 	if err != nil {
-		s.publish(ctx, e, log, failed(0, "", "INVITE not sent: "+err.Error()))
+		s.notSent(ctx, e, log, "INVITE", requestReason(err), err)
 		return
 	}
 	log.InfoContext(ctx, "sending request", "method", "INVITE", "request_uri", req.Recipient.String(),
@@ -444,22 +444,22 @@ func originOf(body string) string {
 func (s *Service) bridged(ctx context.Context, e *execution, log *slog.Logger, br *bridge.Bridge, leg *sipgo.DialogClientSession, cseq uint32) {
 	tick := time.NewTicker(idlePoll)
 	defer tick.Stop()
-	var detail string
+	var detail, why string
 	byeCaller, byeDestination := true, true
 	for detail == "" {
 		select {
 		case <-leg.Context().Done():
-			detail, byeDestination = "destination hung up", false
+			detail, why, byeDestination = "destination hung up", EndDestinationHangup, false
 		case fact := <-e.facts:
 			if f, ok := fact.(*batonv1.CallEnded); ok {
-				detail, byeCaller = "caller hung up ("+f.GetMethod()+")", false
+				detail, why, byeCaller = "caller hung up ("+f.GetMethod()+")", EndCallerHangup, false
 			}
 		case now := <-tick.C:
 			if side, idle := br.Idle(now, s.opts.Invite.IdleTimeout); idle {
-				detail = fmt.Sprintf("no media from the %s for %v", side, s.opts.Invite.IdleTimeout)
+				detail, why = fmt.Sprintf("no media from the %s for %v", side, s.opts.Invite.IdleTimeout), EndMediaTimeout
 			}
 		case <-ctx.Done():
-			detail = "transfer shut down"
+			detail, why = "transfer shut down", EndShutdown
 		}
 	}
 	// The BYEs outlive a shutdown's cancelled ctx, briefly.
@@ -485,7 +485,13 @@ func (s *Service) bridged(ctx context.Context, e *execution, log *slog.Logger, b
 	if since := br.Since(); !since.IsZero() {
 		stats.Duration = durationpb.New(s.now().Sub(since))
 	}
-	s.publish(ctx, e, log, step{status: ended, detail: detail, bridge: stats})
+	for _, side := range []bridge.Side{bridge.Caller, bridge.Destination} {
+		if d := br.Leg(side).Drops(); d.Unauthentic+d.Replayed > 0 {
+			log.WarnContext(ctx, "srtp packets dropped", "leg", side.String(), "unauthentic", d.Unauthentic, "replayed", d.Replayed)
+		}
+	}
+	s.opts.Metrics.srtpDrops(br)
+	s.publish(ctx, e, log, step{status: ended, detail: detail, bridge: stats, ended: why})
 }
 
 // byeLeg ends the new leg, logging a failure.

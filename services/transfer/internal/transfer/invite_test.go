@@ -161,6 +161,9 @@ type callerSBC struct {
 	reqs  []*sip.Request
 	// reject, when set, is the re-INVITE's answer.
 	reject int
+	// answerAt, when valid, is the media address of the re-INVITE's
+	// answer instead of media's (a relay in front of it); under mu.
+	answerAt netip.AddrPort
 }
 
 func startCallerSBC(t *testing.T, reject int) *callerSBC {
@@ -192,7 +195,13 @@ func startCallerSBC(t *testing.T, reject int) *callerSBC {
 			_ = tx.Respond(sip.NewResponseFromRequest(req, 488, "Not Acceptable Here", nil))
 			return
 		}
-		ans := sdp.Session{Origin: "sbc 1 1 IN IP4 127.0.0.1", Addr: media.LocalAddr().(*net.UDPAddr).AddrPort(), Formats: offer.Formats}
+		c.mu.Lock()
+		at := c.answerAt
+		c.mu.Unlock()
+		if !at.IsValid() {
+			at = media.LocalAddr().(*net.UDPAddr).AddrPort()
+		}
+		ans := sdp.Session{Origin: "sbc 1 1 IN IP4 127.0.0.1", Addr: at, Formats: offer.Formats}
 		res := sip.NewResponseFromRequest(req, 200, "OK", []byte(ans.String()))
 		res.AppendHeader(sip.NewHeader("Content-Type", "application/sdp"))
 		_ = tx.Respond(res)
@@ -362,6 +371,7 @@ func TestWarmTransferBridgesMediaBothWays(t *testing.T) {
 			end := h.outcome(t, cmd.CommandId)
 			require.Equal(t, batonv1.OutcomeStatus_OUTCOME_STATUS_ENDED.String(), end.GetStatus().String(), end.GetDetail())
 			require.Contains(t, end.GetDetail(), tc.hangup+" hung up")
+			require.Equal(t, tc.hangup+"_hangup", end.GetReason())
 			st := end.GetBridge()
 			require.NotNil(t, st)
 			require.Equal(t, uint64(packets), st.GetCallerToDestination().GetPackets())
@@ -468,6 +478,7 @@ func TestWarmTransferIdleMediaTearsDown(t *testing.T) {
 	end := h.outcome(t, cmd.CommandId)
 	require.Equal(t, batonv1.OutcomeStatus_OUTCOME_STATUS_ENDED.String(), end.GetStatus().String())
 	require.Contains(t, end.GetDetail(), "no media from the")
+	require.Equal(t, EndMediaTimeout, end.GetReason(), "an ENDED outcome says why the call ended")
 	require.Equal(t, uint32(5), caller.next(t, sip.BYE).CSeq().SeqNo, "the caller's leg is ended too")
 	log, err := dest.wait(t)
 	require.NoError(t, err, "sipp: %s", log)

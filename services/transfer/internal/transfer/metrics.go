@@ -6,6 +6,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	batonv1 "github.com/baton-voice/baton/pkg/events/batonv1"
+	"github.com/baton-voice/baton/services/transfer/internal/bridge"
 )
 
 // Metrics are transfer's Prometheus metrics. A nil *Metrics counts
@@ -16,6 +17,9 @@ type Metrics struct {
 	Commands *prometheus.CounterVec
 	// Outcomes counts the outcomes published, by method and status.
 	Outcomes *prometheus.CounterVec
+	// Refused counts the commands that failed before any SIP was sent,
+	// by method and reason (invalid_header, invalid_route, …).
+	Refused *prometheus.CounterVec
 	// BridgePackets, BridgeBytes, BridgeLost and BridgeDropped add up the
 	// media of ended warm-transfer bridges, by direction
 	// (caller_to_destination, destination_to_caller).
@@ -23,6 +27,10 @@ type Metrics struct {
 	BridgeBytes   *prometheus.CounterVec
 	BridgeLost    *prometheus.CounterVec
 	BridgeDropped *prometheus.CounterVec
+	// BridgeSRTPDropped is the part of BridgeDropped SRTP refused, by
+	// direction and reason (unauthentic: failed authentication, a
+	// tampered packet; replayed: an index already received).
+	BridgeSRTPDropped *prometheus.CounterVec
 }
 
 // NewMetrics registers transfer's metrics on reg.
@@ -38,12 +46,19 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		Outcomes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "baton_transfer_outcomes_total", Help: "Transfer outcomes published, by method and status.",
 		}, []string{"method", "status"}),
+		Refused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "baton_transfer_refused_total", Help: "Commands failed before any SIP was sent, by method and reason.",
+		}, []string{"method", "reason"}),
 		BridgePackets: bridge("packets", "RTP packets received on ended bridges, by direction."),
 		BridgeBytes:   bridge("bytes", "RTP bytes received on ended bridges, by direction."),
 		BridgeLost:    bridge("lost_packets", "RTP packets lost (sequence gaps) on ended bridges, by direction."),
 		BridgeDropped: bridge("dropped_packets", "RTP packets received but not forwarded on ended bridges, by direction."),
+		BridgeSRTPDropped: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "baton_transfer_bridge_srtp_dropped_packets_total",
+			Help: "SRTP packets refused on ended bridges (part of the dropped packets), by direction and reason.",
+		}, []string{"direction", "reason"}),
 	}
-	reg.MustRegister(m.Commands, m.Outcomes, m.BridgePackets, m.BridgeBytes, m.BridgeLost, m.BridgeDropped)
+	reg.MustRegister(m.Commands, m.Outcomes, m.Refused, m.BridgePackets, m.BridgeBytes, m.BridgeLost, m.BridgeDropped, m.BridgeSRTPDropped)
 	return m
 }
 
@@ -57,6 +72,12 @@ func (s *Service) RegisterInFlight(reg prometheus.Registerer) {
 func (m *Metrics) command(method batonv1.Method) {
 	if m != nil {
 		m.Commands.WithLabelValues(label(method.String(), "METHOD_")).Inc()
+	}
+}
+
+func (m *Metrics) refused(method batonv1.Method, reason string) {
+	if m != nil {
+		m.Refused.WithLabelValues(label(method.String(), "METHOD_"), reason).Inc()
 	}
 }
 
@@ -78,6 +99,18 @@ func (m *Metrics) outcome(o *batonv1.TransferOutcome) {
 		}
 	}
 	m.Outcomes.WithLabelValues(label(o.GetMethod().String(), "METHOD_"), label(o.GetStatus().String(), "OUTCOME_STATUS_")).Inc()
+}
+
+// srtpDrops counts an ended bridge's SRTP drops, before its outcome.
+func (m *Metrics) srtpDrops(br *bridge.Bridge) {
+	if m == nil {
+		return
+	}
+	for dir, side := range map[string]bridge.Side{"caller_to_destination": bridge.Caller, "destination_to_caller": bridge.Destination} {
+		d := br.Leg(side).Drops()
+		m.BridgeSRTPDropped.WithLabelValues(dir, "unauthentic").Add(float64(d.Unauthentic))
+		m.BridgeSRTPDropped.WithLabelValues(dir, "replayed").Add(float64(d.Replayed))
+	}
 }
 
 // label is "refer" for METHOD_REFER.

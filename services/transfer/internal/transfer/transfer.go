@@ -17,6 +17,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"sync"
 	"time"
 
@@ -30,8 +31,10 @@ import (
 	"github.com/baton-voice/baton/pkg/events"
 	batonv1 "github.com/baton-voice/baton/pkg/events/batonv1"
 	"github.com/baton-voice/baton/pkg/kafka"
+	"github.com/baton-voice/baton/pkg/sipx"
 	"github.com/baton-voice/baton/pkg/tracing"
 	"github.com/baton-voice/baton/services/transfer/internal/attempts"
+	"github.com/baton-voice/baton/services/transfer/internal/request"
 )
 
 // Source is the ce_source of transfer's records.
@@ -257,11 +260,13 @@ func (s *Service) skip(ctx, work context.Context, ev events.Event, cmd *batonv1.
 		return true
 	}
 	if a, ok := s.attempts.Lookup(id); ok && id != "" {
+		s.opts.Metrics.refused(cmd.GetMethod(), RefusedAlreadyAttempted)
 		s.detached(ctx, work, e, log, failed(0, "", fmt.Sprintf("already attempted at %s by %s: not executed again",
 			a.AttemptedAt.UTC().Format(time.RFC3339Nano), a.Instance)))
 		return true
 	}
 	if age := s.now().Sub(ev.Time); s.opts.MaxCommandAge > 0 && age > s.opts.MaxCommandAge {
+		s.opts.Metrics.refused(cmd.GetMethod(), RefusedTooOld)
 		s.detached(ctx, work, e, log, failed(0, "", fmt.Sprintf("command is %v old, more than max_command_age %v: not executed",
 			age.Round(time.Second), s.opts.MaxCommandAge)))
 		return true
@@ -329,6 +334,7 @@ func (s *Service) dispatch(ctx, work context.Context, ev events.Event, cmd *bato
 		log.InfoContext(ctx, "command already executed by this process; skipped")
 		return
 	case full:
+		s.opts.Metrics.refused(cmd.GetMethod(), RefusedMaxInFlight)
 		s.detached(ctx, work, e, log, failed(0, "", fmt.Sprintf("too many transfers in flight (max_in_flight %d)", s.opts.MaxInFlight)))
 		return
 	}
@@ -384,9 +390,58 @@ func (s *Service) execute(ctx context.Context, e *execution, log *slog.Logger) {
 	case batonv1.Method_METHOD_INVITE:
 		s.invite(ctx, e, log)
 	default:
-		s.publish(ctx, e, log, failed(0, "", fmt.Sprintf("unknown method %s", e.cmd.GetMethod())))
+		s.notSent(ctx, e, log, "command", RefusedUnknownMethod, fmt.Errorf("unknown method %s", e.cmd.GetMethod()))
 	}
 }
+
+// Why a command failed before any SIP was sent: the reason label of
+// baton_transfer_refused_total.
+const (
+	RefusedInvalidHeader     = "invalid_header"
+	RefusedInvalidRoute      = "invalid_route"
+	RefusedInvalidDialog     = "invalid_dialog"
+	RefusedInvalidEncryption = "invalid_encryption"
+	RefusedInvalidWhisper    = "invalid_whisper"
+	RefusedNoMediaPort       = "no_media_port"
+	RefusedNotConfigured     = "not_configured"
+	RefusedUnknownMethod     = "unknown_method"
+	RefusedAlreadyAttempted  = "already_attempted"
+	RefusedTooOld            = "too_old"
+	RefusedMaxInFlight       = "max_in_flight"
+	RefusedOther             = "other"
+)
+
+// requestReason classifies why package request refused to build a
+// request.
+func requestReason(err error) string {
+	// Most specific first: a bad route or dialog field wraps the header
+	// value error that found it.
+	switch {
+	case errors.Is(err, request.ErrRoute), errors.Is(err, sipx.ErrReferTarget):
+		return RefusedInvalidRoute
+	case errors.Is(err, request.ErrDialog):
+		return RefusedInvalidDialog
+	case errors.Is(err, sipx.ErrHeaderName), errors.Is(err, sipx.ErrHeaderValue), errors.Is(err, sipx.ErrHeaderLine):
+		return RefusedInvalidHeader
+	}
+	return RefusedOther
+}
+
+// notSent publishes the FAILED outcome of a command that sent no SIP
+// ("<what> not sent: <err>") and counts why.
+func (s *Service) notSent(ctx context.Context, e *execution, log *slog.Logger, what, reason string, err error) {
+	s.opts.Metrics.refused(e.cmd.GetMethod(), reason)
+	log.WarnContext(ctx, "command refused before any SIP", "reason", reason, "err", err)
+	s.publish(ctx, e, log, failed(0, "", what+" not sent: "+err.Error()))
+}
+
+// End reasons: the reason of an ENDED outcome, why the bridged call ended.
+const (
+	EndMediaTimeout      = "media_timeout"
+	EndDestinationHangup = "destination_hangup"
+	EndCallerHangup      = "caller_hangup"
+	EndShutdown          = "shutdown"
+)
 
 // step is one outcome to publish.
 type step struct {
@@ -395,6 +450,9 @@ type step struct {
 	reason string
 	detail string
 	bridge *batonv1.BridgeStats
+	// ended, on an ENDED outcome, is the end reason; it replaces the
+	// command's reason in the outcome.
+	ended string
 }
 
 func failed(code int, reason, detail string) step {
@@ -404,20 +462,27 @@ func failed(code int, reason, detail string) step {
 // publish writes one TransferOutcome. It is bounded by ProduceTimeout and
 // not by ctx, so an outcome decided at shutdown is still written.
 func (s *Service) publish(ctx context.Context, e *execution, log *slog.Logger, o step) {
+	reason := e.cmd.GetReason()
+	if o.ended != "" {
+		reason = o.ended
+	}
+	// Every text comes from elsewhere (the command, a far end's reason
+	// phrase, an error quoting either): no control character may reach
+	// the event.
 	out := &batonv1.TransferOutcome{
-		CommandId:   e.cmd.GetCommandId(),
-		CallId:      e.callID,
+		CommandId:   printable(e.cmd.GetCommandId()),
+		CallId:      printable(e.callID),
 		Status:      o.status,
 		Method:      e.cmd.GetMethod(),
-		Destination: e.cmd.GetDestination(),
+		Destination: printable(e.cmd.GetDestination()),
 		SipCode:     int32(o.code),
-		SipReason:   o.reason,
-		Detail:      o.detail,
-		Reason:      e.cmd.GetReason(),
+		SipReason:   printable(o.reason),
+		Detail:      printable(o.detail),
+		Reason:      printable(reason),
 		Elapsed:     durationpb.New(s.now().Sub(e.start)),
 		Bridge:      o.bridge,
 	}
-	attrs := []any{"status", o.status.String(), "sip_code", o.code, "sip_reason", o.reason, "detail", o.detail}
+	attrs := []any{"status", o.status.String(), "sip_code", o.code, "sip_reason", out.GetSipReason(), "detail", out.GetDetail()}
 	ev, err := events.New(Source, e.callID, out, s.now())
 	if err != nil {
 		log.ErrorContext(ctx, "build outcome", append(attrs, "err", err)...)
@@ -442,3 +507,19 @@ func (s *Service) publish(ctx context.Context, e *execution, log *slog.Logger, o
 	}
 	log.Log(ctx, level, "transfer outcome", append(attrs, "topic", rec.Topic, "partition", rec.Partition)...)
 }
+
+// printable replaces the control characters of s (CR, LF, NUL and the
+// rest) with U+FFFD.
+func printable(s string) string {
+	if !strings.ContainsFunc(s, isControl) {
+		return s
+	}
+	return strings.Map(func(r rune) rune {
+		if isControl(r) {
+			return '\uFFFD'
+		}
+		return r
+	}, s)
+}
+
+func isControl(r rune) bool { return r < 0x20 || r == 0x7f }

@@ -12,6 +12,8 @@ import (
 
 	"github.com/emiago/sipgo"
 	"github.com/emiago/sipgo/sip"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/stretchr/testify/require"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"go.uber.org/goleak"
@@ -546,7 +548,8 @@ func TestByeCarriesTheHeaders(t *testing.T) {
 
 func TestByeWithAnInvalidHeaderIsNeverSent(t *testing.T) {
 	t.Parallel()
-	h := start(t, 200, nil)
+	metrics := NewMetrics(prometheus.NewRegistry())
+	h := start(t, 200, func(o *Options) { o.Metrics = metrics })
 	cmd := referCommand(h, "badbye")
 	cmd.Method = batonv1.Method_METHOD_BYE
 	cmd.Headers = []*batonv1.SipHeader{{Name: "X-Ok", Value: "1"}, {Name: "X-Bad", Value: "line\nbreak"}}
@@ -555,6 +558,21 @@ func TestByeWithAnInvalidHeaderIsNeverSent(t *testing.T) {
 	requireOutcome(t, o, batonv1.OutcomeStatus_OUTCOME_STATUS_FAILED, 0)
 	require.Contains(t, o.GetDetail(), "BYE not sent")
 	require.Zero(t, h.sbc.count())
+	require.Equal(t, 1.0, testutil.ToFloat64(metrics.Refused.WithLabelValues("bye", RefusedInvalidHeader)))
+
+	// A route with URI headers of its own, and a reason with a line
+	// break: nothing sent, and the outcome's texts carry no control
+	// character.
+	cmd = referCommand(h, "badroute")
+	cmd.Route = "sip:a@b?Refer-To=sip:evil@x"
+	cmd.Reason = "billing\r\ndispute"
+	h.command(t, cmd)
+	o = h.outcome(t, cmd.CommandId)
+	requireOutcome(t, o, batonv1.OutcomeStatus_OUTCOME_STATUS_FAILED, 0)
+	require.Contains(t, o.GetDetail(), "REFER not sent")
+	require.Equal(t, "billing\uFFFD\uFFFDdispute", o.GetReason())
+	require.Zero(t, h.sbc.count())
+	require.Equal(t, 1.0, testutil.ToFloat64(metrics.Refused.WithLabelValues("refer", RefusedInvalidRoute)))
 }
 
 func TestStaleAndDuplicateCommandsSendNothingMore(t *testing.T) {
