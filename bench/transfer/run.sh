@@ -4,13 +4,20 @@
 #  1. per-packet bridge work without sockets, RTP vs one SRTP leg (Go
 #     benchmark BenchmarkPacketPath, services/transfer/internal/bridge);
 #  2. bridge capacity: concurrent calls of two 50 packets/s G.711 streams,
-#     ramped until loss > 0.1% or p99 one-way delay > 5 ms, for a minimal Go
-#     UDP relay loop (the floor), the bridge with RTP, and the bridge with an
-#     SRTP (AES_CM_128_HMAC_SHA1_80) destination leg; ratios printed
-#     (services/transfer/internal/bench/bridgecap; each relay runs in its own
-#     child process, so cpu_us/pkt and relay_cpu% are the relay's alone; the
-#     load generator is the parent process and still shares the machine's
-#     cores);
+#     ramped until loss > 0.1% or p99 one-way delay > 5 ms, for the load
+#     generator alone (direct: its own ceiling), a minimal Go UDP relay loop
+#     (the floor), the bridge with RTP, and the bridge with an SRTP
+#     destination leg (AES_CM_128_HMAC_SHA1_80 and AEAD_AES_128_GCM); per
+#     step the relay's and the generator's CPU, the rest of the machine's,
+#     and UDP drops per side; capacities, ratios and CPU per packet against
+#     the targets (services/transfer/internal/bench/bridgecap; each relay
+#     runs in its own child process; the generator batches its I/O with
+#     sendmmsg/recvmmsg on two sockets). Measured twice: with the relay
+#     pinned to one core and the generator to the other (the relay judged
+#     alone, per core), then unpinned (the relay may use every core, the
+#     generator shares them). As root the measured processes run SCHED_FIFO
+#     so that a shared machine's other load does not decide the figures
+#     (RT=0: normal scheduling);
 #  3. HandoffCommand produced -> REFER on the SBC's socket, p50/p99/max at
 #     100 and 500 commands/s (the other commands are the background load),
 #     through the real transfer Service, an in-process kfake broker over TCP
@@ -19,9 +26,10 @@
 #
 # Usage: bench/transfer/run.sh
 # Env: CALLS (default 100,250,500,750,1000,1250,1500,2000), STEP (default 3s),
-#      RATES (default 100,500), DURATION (default 5s), SKIP_PACKET=1,
-#      SKIP_CAPACITY=1, SKIP_REFER=1, INPROC=1 (also measure with the relays in
-#      the generator's process, the earlier harness, for comparison).
+#      MODES (default direct,floor,rtp,srtp,srtp-gcm), PIN (1: pinned only,
+#      0: unpinned only; default both), RT (SCHED_FIFO priority; default 10
+#      as root, else 0 = normal scheduling), RATES (default 100,500),
+#      DURATION (default 5s), SKIP_PACKET=1, SKIP_CAPACITY=1, SKIP_REFER=1.
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/../.." && pwd)
@@ -34,14 +42,23 @@ if [[ ${SKIP_PACKET:-} != 1 ]]; then
 fi
 
 if [[ ${SKIP_CAPACITY:-} != 1 ]]; then
-	echo "== bridge capacity on $(nproc) CPUs: floor (plain Go UDP relay) vs bridge RTP vs bridge SRTP"
-	go run ./internal/bench/bridgecap -calls "${CALLS:-100,250,500,750,1000,1250,1500,2000}" -step "${STEP:-3s}"
-	echo
-	if [[ ${INPROC:-} == 1 ]]; then
-		echo "== the same with the relays in the generator's process (cpu counts both)"
-		go run ./internal/bench/bridgecap -inproc -calls "${CALLS:-100,250,500,750,1000,1250,1500,2000}" -step "${STEP:-3s}"
-		echo
+	rt=${RT:-}
+	if [[ -z $rt ]]; then
+		rt=0
+		[[ $(id -u) == 0 ]] && rt=10
 	fi
+	capacity=(go run ./internal/bench/bridgecap -calls "${CALLS:-100,250,500,750,1000,1250,1500,2000}"
+		-step "${STEP:-3s}" -modes "${MODES:-direct,floor,rtp,srtp,srtp-gcm}" -rt "$rt")
+	for pin in ${PIN:-1 0}; do
+		if [[ $pin == 1 ]]; then
+			echo "== bridge capacity per core: relay pinned to one core, load generator to another"
+			"${capacity[@]}" -pin
+		else
+			echo "== bridge capacity on all $(nproc) CPUs, shared with the load generator"
+			"${capacity[@]}"
+		fi
+		echo
+	done
 fi
 
 if [[ ${SKIP_REFER:-} != 1 ]]; then

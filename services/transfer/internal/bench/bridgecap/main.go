@@ -1,658 +1,572 @@
 // Command bridgecap measures how many concurrent bridged calls the media
 // bridge carries on this machine: every call is two G.711 streams of 50
-// packets/s (one each way), the number of calls is ramped until loss
-// exceeds 0.1% or the p99 one-way delay exceeds 5 ms. Three relays are
-// measured in the same run: a minimal Go UDP relay loop (the floor), the
-// bridge with plain RTP on both legs, and the bridge with SRTP
-// (AES_CM_128_HMAC_SHA1_80) on the destination leg. Each relay runs in a
-// child process of its own (this binary with -serve), so its CPU time is
-// measured alone and its scheduler is not shared with the load generator
-// (the machine's cores still are). Run it through bench/transfer/run.sh.
+// packets/s (one each way); the number of calls is ramped until loss
+// exceeds 0.1% or the p99 one-way delay exceeds 5 ms. Contenders measured
+// in the same run: the generator alone with no relay (direct: its own
+// ceiling and its own share of the delay), a minimal Go UDP relay loop
+// (floor), the bridge with plain RTP on both legs (rtp), and the bridge
+// with an SRTP destination leg (srtp: AES_CM_128_HMAC_SHA1_80; srtp-gcm:
+// AEAD_AES_128_GCM).
+//
+// Each relay runs in a child process of its own (this binary with
+// -serve); the load generator (gen.go) is this process: two sockets,
+// batched I/O, one paced sender. With -pin the generator is bound to one
+// core and the relay process to another, so the relay is judged on one
+// core of its own. With -rt both run SCHED_FIFO, so that a shared
+// machine's other load cannot delay them. For every step the relay's and
+// the generator's CPU use
+// (/proc/<pid>/stat), the rest of the machine's, and the UDP drops per
+// side are printed, so a reader sees which saturated first.
+//
+// Delay: send stamp (in the payload, taken as the packet is built) to the
+// kernel's receive stamp on the generator's socket. The pass criterion is
+// applied to this through-relay p99 as it is (nothing subtracted); the
+// direct contender shows what of it is the generator's own path. Run it
+// through bench/transfer/run.sh.
 package main
 
 import (
-	"bufio"
-	"encoding/base64"
-	"encoding/binary"
-	"errors"
+	"context"
 	"flag"
 	"fmt"
 	"io"
-	"net"
-	"net/netip"
 	"os"
-	"os/exec"
+	"os/signal"
+	"runtime"
+	"runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
-	"sync/atomic"
-	"syscall"
 	"time"
-
-	"github.com/pion/rtp"
-	"github.com/pion/srtp/v3"
-
-	"github.com/baton-voice/baton/services/transfer/internal/bridge"
-	"github.com/baton-voice/baton/services/transfer/internal/sdp"
 )
-
-var loopback = netip.MustParseAddr("127.0.0.1")
 
 const (
-	pps       = 50
-	payload   = 160 // G.711, 20 ms
-	shards    = 8
-	maxLoss   = 0.001
-	maxP99    = 5 * time.Millisecond
-	bucket    = 50 * time.Microsecond
-	nBuckets  = 2000 // 100 ms
-	suiteSRTP = "AES_CM_128_HMAC_SHA1_80"
+	pps     = 50 // packets per second per stream
+	maxLoss = 0.001
+	maxP99  = 5 * time.Millisecond
+	// saturated is the CPU share (of what a process may use) above which
+	// it is called saturated.
+	saturated = 90.0
+	// Targets of issue 5.
+	targetCalls      = 1000
+	targetFloorRatio = 0.70
+	targetSRTPCost   = 0.10
 )
 
+type config struct {
+	levels          []int
+	contenders      []contender
+	step, warmup    time.Duration
+	pin             bool
+	genCPU, relCPU  int
+	retries, batch  int
+	poll            time.Duration
+	rt              int
+	ncpu            int
+	relayInfoPrints int
+}
+
 func main() {
-	levelsFlag := flag.String("calls", "100,250,500,750,1000,1250,1500,2000,2500", "call counts to ramp through")
-	step := flag.Duration("step", 3*time.Second, "measuring time per level")
-	modesFlag := flag.String("modes", "floor,rtp,srtp", "relays to measure")
-	serveMode := flag.String("serve", "", "internal: run relays of this mode for the parent (child role)")
+	levelsFlag := flag.String("calls", "100,250,500,750,1000,1250,1500,2000", "call counts to ramp through")
+	step := flag.Duration("step", 3*time.Second, "measuring time per step")
+	warmup := flag.Duration("warmup", 500*time.Millisecond, "traffic before each step's measurement (latching, first packets)")
+	modesFlag := flag.String("modes", "direct,floor,rtp,srtp,srtp-gcm", "contenders: direct (generator alone), floor, rtp, srtp, srtp-gcm")
+	pin := flag.Bool("pin", false, "bind the generator to -gen-cpu and each relay process to -relay-cpu (one core each, GOMAXPROCS 1)")
+	genCPU := flag.Int("gen-cpu", 0, "the generator's core with -pin")
+	relCPU := flag.Int("relay-cpu", 1, "the relay process's core with -pin")
+	retries := flag.Int("retries", 1, "measure a failing step again up to this many times (shared machine); it passes if any attempt does")
+	batch := flag.Int("batch", 64, "packets per sendmmsg/recvmmsg")
+	poll := flag.Duration("poll", time.Millisecond, "how long the generator's receivers sleep when their sockets are empty")
+	rt := flag.Int("rt", 0, "run the relay processes in SCHED_FIFO at this priority and the generator one above (1-98, needs root; 0: no): on a shared machine it keeps others' load from delaying them")
+	cpuProfile := flag.String("cpuprofile", "", "write the generator's CPU profile to this file")
+	serveMode := flag.String("serve", "", "internal: run relays of this contender for the parent (child role)")
 	serveCalls := flag.Int("n", 0, "internal: calls to serve")
-	inProcess := flag.Bool("inproc", false, "run the relays in the generator's process (cpu then counts both)")
+	serveCPU := flag.Int("cpu", -1, "internal: core to pin the relay process to (-1: none)")
 	flag.Parse()
 	if *serveMode != "" {
-		if err := serve(*serveMode, *serveCalls); err != nil {
+		if err := serve(*serveMode, *serveCalls, *serveCPU, *rt); err != nil {
 			fmt.Fprintf(os.Stderr, "bridgecap relay: %v\n", err)
 			os.Exit(1)
 		}
 		return
 	}
-	var levels []int
-	for _, f := range strings.Split(*levelsFlag, ",") {
+	cfg := config{step: *step, warmup: *warmup, pin: *pin, genCPU: *genCPU, relCPU: *relCPU,
+		retries: *retries, batch: max(1, *batch), poll: *poll, rt: *rt, ncpu: runtime.NumCPU()}
+	for f := range strings.SplitSeq(*levelsFlag, ",") {
 		n, err := strconv.Atoi(strings.TrimSpace(f))
 		if err != nil || n < 1 {
 			fmt.Fprintf(os.Stderr, "bridgecap: bad -calls entry %q\n", f)
 			os.Exit(2)
 		}
-		levels = append(levels, n)
+		cfg.levels = append(cfg.levels, n)
 	}
-	modes := strings.Split(*modesFlag, ",")
-	w := os.Stdout
-	capacity := map[string]int{}
-	cpuAt := map[string]map[int]float64{}
-	fmt.Fprintf(w, "%-6s %6s %10s %9s %9s %9s %12s %10s\n", "relay", "calls", "packets", "loss%", "p50_ms", "p99_ms", "cpu_us/pkt", "relay_cpu%")
-	for _, mode := range modes {
-		cpuAt[mode] = map[int]float64{}
-		for _, n := range levels {
-			r, err := run(mode, n, *step, *inProcess)
+	for f := range strings.SplitSeq(*modesFlag, ",") {
+		c, err := contenderOf(strings.TrimSpace(f))
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "bridgecap: %v\n", err)
+			os.Exit(2)
+		}
+		cfg.contenders = append(cfg.contenders, c)
+	}
+	ctx, cancel := signal.NotifyContext(context.Background(), os.Interrupt)
+	err := measure(ctx, os.Stdout, &cfg, *cpuProfile)
+	cancel()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "bridgecap: %v\n", err)
+		os.Exit(1)
+	}
+}
+
+func measure(ctx context.Context, w io.Writer, cfg *config, cpuProfile string) error {
+	if cfg.rt != 0 {
+		// One above the relays: the offered load keeps its pace and a
+		// saturated machine shows in the relay's delay.
+		if err := realtime(cfg.rt + 1); err != nil {
+			return err
+		}
+	}
+	if cfg.pin {
+		if cfg.ncpu < 2 || cfg.genCPU == cfg.relCPU {
+			return fmt.Errorf("-pin needs two distinct cores (have %d CPUs, gen %d, relay %d)", cfg.ncpu, cfg.genCPU, cfg.relCPU)
+		}
+		if err := pinTo(cfg.genCPU); err != nil {
+			return err
+		}
+	}
+	// The generator is one sender and two receivers that sleep between
+	// passes: one P is enough, and a second only spins.
+	runtime.GOMAXPROCS(1)
+	if cpuProfile != "" {
+		f, err := os.Create(cpuProfile)
+		if err != nil {
+			return fmt.Errorf("cpu profile: %w", err)
+		}
+		defer func() { _ = f.Close() }()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return fmt.Errorf("cpu profile: %w", err)
+		}
+		defer pprof.StopCPUProfile()
+	}
+	fmt.Fprintf(w, "machine: %d CPUs; load average at start: %s\n", cfg.ncpu, loadAverage())
+	if cfg.pin {
+		fmt.Fprintf(w, "pinned: generator (pid %d) %s; each relay process to cpu %d (its own report follows)\n", os.Getpid(), affinity(), cfg.relCPU)
+	} else {
+		fmt.Fprintf(w, "not pinned: generator (pid %d) %s; relay processes share all CPUs with it\n", os.Getpid(), affinity())
+	}
+	if cfg.rt == 0 {
+		fmt.Fprintln(w, "scheduling: normal (the machine's other load competes with the measured processes)")
+	} else {
+		fmt.Fprintf(w, "scheduling: SCHED_FIFO, generator %d, relay processes %d (others run when they are idle)\n", cfg.rt+1, cfg.rt)
+	}
+	fmt.Fprintf(w, "pass: loss <= %.1f%% and p99 <= %v; a failing step is measured again up to %d time(s) and passes if any attempt does\n",
+		100*maxLoss, maxP99, cfg.retries)
+	fmt.Fprint(w, `columns: pps = packets/s sent into the relay (both directions; target 100 per call);
+  p50ms/p99ms = one-way delay: kernel receive stamp on the generator's socket - send stamp in the payload, i.e. the
+    generator's batch write + relay + loopback both ways; the pass criterion uses this p99 as it is (nothing
+    subtracted; the direct rows show the generator's own part); p99u_ms = the same up to when the generator read it
+    (adds its ~1 ms polling); lag99ms = how far the generator's sender ran behind its pace (p99);
+  relay%/gen% = CPU of the relay process / the generator (/proc/<pid>/stat, % of one core); rcore% = busy time of
+    the relay's core, whoever ran there (pinned only); other% = the rest of the machine's busy time;
+  us/pkt = relay CPU per packet relayed; drops g/r/b = UDP drops at the generator's sockets / at the relay's sockets /
+    in the kernel's input backlog.
+`)
+	fmt.Fprintln(w)
+	fmt.Fprintf(w, "%-8s %5s %7s %6s %6s %6s %7s %7s %6s %6s %6s %6s %7s %11s  %s\n",
+		"relay", "calls", "pps", "loss%", "p50ms", "p99ms", "p99u_ms", "lag99ms", "relay%", "rcore%", "gen%", "other%", "us/pkt", "drops g/r/b", "verdict")
+	all := map[string]*ramp{}
+	for _, c := range cfg.contenders {
+		r := &ramp{c: c, at: map[int]stepResult{}}
+		all[c.name] = r
+		for _, n := range cfg.levels {
+			var res stepResult
+			var err error
+			for attempt := 0; attempt <= cfg.retries; attempt++ {
+				res, err = measureStep(ctx, w, cfg, c, n)
+				if err != nil {
+					break
+				}
+				res.retry = attempt > 0
+				fmt.Fprintln(w, res.line(cfg))
+				if res.pass() {
+					break
+				}
+			}
 			if err != nil {
-				fmt.Fprintf(w, "%-6s %6d error: %v\n", mode, n, err)
+				if ctx.Err() != nil {
+					return ctx.Err()
+				}
+				fmt.Fprintf(w, "%-8s %5d error: %v\n", c.name, n, err)
+				r.failed = &stepResult{c: c, calls: n, notes: []string{"error: " + err.Error()}}
 				break
 			}
-			ok := r.loss <= maxLoss && r.p99 <= maxP99
-			mark := ""
-			if !ok {
-				mark = "  <- limit"
-			}
-			fmt.Fprintf(w, "%-6s %6d %10d %9.3f %9.2f %9.2f %12.2f %10.0f%s\n", mode, n, r.sent, 100*r.loss,
-				ms(r.p50), ms(r.p99), r.cpuPerPacket, r.cpuPercent, mark)
-			cpuAt[mode][n] = r.cpuPerPacket
-			if !ok {
+			r.at[n] = res
+			if !res.pass() {
+				r.failed = &res
 				break
 			}
-			capacity[mode] = n
+			r.capacity = n
 		}
 	}
 	fmt.Fprintln(w)
-	for _, mode := range modes {
-		fmt.Fprintf(w, "capacity %-5s %5d calls (%d packets/s through the relay)\n", mode, capacity[mode], capacity[mode]*2*pps)
+	fmt.Fprintf(w, "load average at end: %s\n", loadAverage())
+	summary(w, cfg, all)
+	return nil
+}
+
+// ramp is one contender's steps.
+type ramp struct {
+	c        contender
+	at       map[int]stepResult // the deciding attempt of each step
+	capacity int                // largest passing step
+	failed   *stepResult        // the step that ended the ramp, nil if none did
+}
+
+type stepResult struct {
+	c                  contender
+	calls              int
+	retry              bool
+	sent, received     uint64
+	took               time.Duration
+	p50, p99, p99user  time.Duration
+	lag99              time.Duration
+	relayPct, genPct   float64
+	otherPct, stealPct float64
+	relayCorePct       float64 // -1 unless pinned
+	usPerPacket        float64
+	genDrops, relDrops uint64
+	backlog            uint64
+	notes              []string
+}
+
+func (r *stepResult) loss() float64 {
+	if r.sent == 0 {
+		return 1
 	}
-	if f := capacity["floor"]; f > 0 {
-		for _, mode := range []string{"rtp", "srtp"} {
-			if _, ok := capacity[mode]; ok {
-				fmt.Fprintf(w, "ratio %s/floor capacity: %.2f\n", mode, float64(capacity[mode])/float64(f))
-			}
+	return max(0, float64(r.sent)-float64(r.received)) / float64(r.sent)
+}
+
+func (r *stepResult) pass() bool { return r.sent > 0 && r.loss() <= maxLoss && r.p99 <= maxP99 }
+
+func (r *stepResult) line(cfg *config) string {
+	verdict := "ok"
+	if !r.pass() {
+		var why []string
+		if r.loss() > maxLoss {
+			why = append(why, "loss")
 		}
-	}
-	if r, s := capacity["rtp"], capacity["srtp"]; r > 0 && s > 0 {
-		fmt.Fprintf(w, "ratio srtp/rtp capacity: %.2f\n", float64(s)/float64(r))
-		// CPU per packet at the highest level both passed.
-		for _, n := range slices.Backward(levels) {
-			a, okA := cpuAt["rtp"][n]
-			b, okB := cpuAt["srtp"][n]
-			if okA && okB && n <= min(r, s) {
-				who := "relay process only"
-				if *inProcess {
-					who = "whole process, generator included"
-				}
-				fmt.Fprintf(w, "ratio srtp/rtp cpu per packet at %d calls: %.2f (%s)\n", n, b/a, who)
-				break
-			}
+		if r.p99 > maxP99 {
+			why = append(why, "p99")
 		}
+		verdict = "FAIL(" + strings.Join(why, ",") + ")"
 	}
+	if r.retry {
+		verdict += " retry"
+	}
+	if len(r.notes) > 0 {
+		verdict += ": " + strings.Join(r.notes, "; ")
+	}
+	rcore := "-"
+	if cfg.pin && r.c.relay != "" {
+		rcore = fmt.Sprintf("%.0f", r.relayCorePct)
+	}
+	relay, us := "-", "-"
+	if r.c.relay != "" {
+		relay = fmt.Sprintf("%.0f", r.relayPct)
+		us = fmt.Sprintf("%.2f", r.usPerPacket)
+	}
+	return fmt.Sprintf("%-8s %5d %7.0f %6.3f %6.2f %6.2f %7.2f %7.2f %6s %6s %6.0f %6.0f %7s %11s  %s",
+		r.c.name, r.calls, float64(r.sent)/r.took.Seconds(), 100*r.loss(), ms(r.p50), ms(r.p99), ms(r.p99user), ms(r.lag99),
+		relay, rcore, r.genPct, r.otherPct, us, fmt.Sprintf("%d/%d/%d", r.genDrops, r.relDrops, r.backlog), verdict)
 }
 
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
 
-type result struct {
-	sent, received uint64
-	loss           float64
-	p50, p99       time.Duration
-	// cpuPerPacket is the relay process's CPU time per packet relayed;
-	// cpuPercent its CPU use (100 = one core).
-	cpuPerPacket, cpuPercent float64
-}
-
-// endpoint is one far end: caller or destination of a call.
-type endpoint struct {
-	conn     *net.UDPConn
-	to       netip.AddrPort
-	ssrc     uint32
-	seq      uint16
-	ts       uint32
-	enc, dec *srtp.Context
-	buf      []byte
-}
-
-// relay is what is measured: something with two ports per call.
-type relay interface {
-	ports() (caller, destination int)
-	close()
-}
-
-type floorRelay struct {
-	a, b *net.UDPConn
-	wg   sync.WaitGroup
-}
-
-// newFloor is the minimal relay: read, latch the sender, write to the
-// other side's latched peer (symmetric, like the bridge).
-func newFloor() (*floorRelay, error) {
-	a, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(netip.AddrPortFrom(loopback, 0)))
-	if err != nil {
-		return nil, err
-	}
-	b, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(netip.AddrPortFrom(loopback, 0)))
-	if err != nil {
-		_ = a.Close()
-		return nil, err
-	}
-	f := &floorRelay{a: a, b: b}
-	var peers [2]atomic.Pointer[netip.AddrPort]
-	loop := func(from, to *net.UDPConn, mine, theirs *atomic.Pointer[netip.AddrPort]) {
-		buf := make([]byte, 1500)
-		for {
-			n, src, err := from.ReadFromUDPAddrPort(buf)
-			if err != nil {
-				return
-			}
-			if mine.Load() == nil {
-				mine.Store(&src)
-			}
-			if peer := theirs.Load(); peer != nil {
-				_, _ = to.WriteToUDPAddrPort(buf[:n], *peer)
-			}
+// measureStep runs contender c at n calls once.
+func measureStep(ctx context.Context, w io.Writer, cfg *config, c contender, n int) (stepResult, error) {
+	var targets []target
+	relayPid := 0
+	relayPorts := map[uint16]bool{}
+	if c.relay != "" {
+		cpu := -1
+		if cfg.pin {
+			cpu = cfg.relCPU
 		}
-	}
-	f.wg.Go(func() { loop(a, b, &peers[0], &peers[1]) })
-	f.wg.Go(func() { loop(b, a, &peers[1], &peers[0]) })
-	return f, nil
-}
-
-func (f *floorRelay) ports() (int, int) {
-	return f.a.LocalAddr().(*net.UDPAddr).Port, f.b.LocalAddr().(*net.UDPAddr).Port
-}
-
-func (f *floorRelay) close() {
-	_ = f.a.Close()
-	_ = f.b.Close()
-	f.wg.Wait()
-}
-
-type bridgeRelay struct{ b *bridge.Bridge }
-
-func (r bridgeRelay) ports() (int, int) {
-	return r.b.Leg(bridge.Caller).Port(), r.b.Leg(bridge.Destination).Port()
-}
-func (r bridgeRelay) close() { r.b.Close() }
-
-// histogram of one-way delays.
-type histogram struct{ b [nBuckets + 1]atomic.Uint64 }
-
-func (h *histogram) add(d time.Duration) {
-	i := int(d / bucket)
-	if i < 0 {
-		i = 0
-	}
-	if i > nBuckets {
-		i = nBuckets
-	}
-	h.b[i].Add(1)
-}
-
-func (h *histogram) quantile(q float64) time.Duration {
-	var total uint64
-	for i := range h.b {
-		total += h.b[i].Load()
-	}
-	if total == 0 {
-		return 0
-	}
-	want := uint64(q * float64(total))
-	var acc uint64
-	for i := range h.b {
-		acc += h.b[i].Load()
-		if acc > want {
-			return time.Duration(i+1) * bucket
-		}
-	}
-	return nBuckets * bucket
-}
-
-func listenEndpoint() (*endpoint, error) {
-	c, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(netip.AddrPortFrom(loopback, 0)))
-	if err != nil {
-		return nil, err
-	}
-	return &endpoint{conn: c, buf: make([]byte, 0, 1500)}, nil
-}
-
-// discard is where a bridge leg sends before its peer's first packet
-// latches it.
-var discard = netip.MustParseAddrPort("127.0.0.1:9")
-
-// serve is the child: it runs n relays of mode, prints one line per call
-// ("caller_port dest_port [baton_key their_key]", keys in base64), then
-// "ready"; each "cpu" line on stdin is answered with "cpu <nanoseconds>";
-// stdin's end stops it.
-func serve(mode string, n int) error {
-	relays, lines, err := startRelays(mode, n)
-	defer func() {
-		for _, r := range relays {
-			r.close()
-		}
-	}()
-	if err != nil {
-		return err
-	}
-	out := bufio.NewWriter(os.Stdout)
-	for _, l := range lines {
-		fmt.Fprintln(out, l)
-	}
-	fmt.Fprintln(out, "ready")
-	if err := out.Flush(); err != nil {
-		return err
-	}
-	in := bufio.NewScanner(os.Stdin)
-	for in.Scan() {
-		if in.Text() == "cpu" {
-			fmt.Fprintf(os.Stdout, "cpu %d\n", cpuTime().Nanoseconds())
-		}
-	}
-	return nil
-}
-
-// startRelays starts n relays of mode and describes each in a line
-// ("caller_port dest_port [baton_key their_key]"). On error the relays
-// started so far are returned for closing.
-func startRelays(mode string, n int) ([]relay, []string, error) {
-	var relays []relay
-	var lines []string
-	for range n {
-		var r relay
-		var keyLine string
-		switch mode {
-		case "floor":
-			f, err := newFloor()
-			if err != nil {
-				return relays, nil, err
-			}
-			r = f
-		case "rtp", "srtp":
-			b, err := bridge.New(&bridge.Ports{Host: loopback})
-			if err != nil {
-				return relays, nil, err
-			}
-			var keys bridge.Keys
-			if mode == "srtp" {
-				if keys, err = newKeys(); err != nil {
-					b.Close()
-					return relays, nil, err
-				}
-				keyLine = " " + base64.StdEncoding.EncodeToString(keys.Local.Key) + " " + base64.StdEncoding.EncodeToString(keys.Remote.Key)
-			}
-			if err := b.Leg(bridge.Caller).SetRemote(discard, 8000, bridge.Keys{}); err != nil {
-				b.Close()
-				return relays, nil, err
-			}
-			if err := b.Leg(bridge.Destination).SetRemote(discard, 8000, keys); err != nil {
-				b.Close()
-				return relays, nil, err
-			}
-			b.Activate()
-			r = bridgeRelay{b}
-		default:
-			return relays, nil, fmt.Errorf("unknown relay %q", mode)
-		}
-		relays = append(relays, r)
-		cp, dp := r.ports()
-		lines = append(lines, fmt.Sprintf("%d %d%s", cp, dp, keyLine))
-	}
-	return relays, lines, nil
-}
-
-// relays is where the measured relays run: a child process, or this
-// process (-inproc).
-type relays interface {
-	// next returns the next line of startRelays' output, then "ready".
-	next() (string, error)
-	// cpu is the CPU time used so far by the relays' process.
-	cpu() (time.Duration, error)
-	stop()
-}
-
-// inproc runs the relays in this process (the old way: generator and
-// relays share one runtime; cpu counts both).
-type inproc struct {
-	relays []relay
-	lines  []string
-}
-
-func (p *inproc) next() (string, error) {
-	if len(p.lines) == 0 {
-		return "ready", nil
-	}
-	l := p.lines[0]
-	p.lines = p.lines[1:]
-	return l, nil
-}
-
-func (p *inproc) cpu() (time.Duration, error) { return cpuTime(), nil }
-
-func (p *inproc) stop() {
-	for _, r := range p.relays {
-		r.close()
-	}
-}
-
-// child is a relay process.
-type child struct {
-	cmd *exec.Cmd
-	in  io.WriteCloser
-	out *bufio.Scanner
-}
-
-func (c *child) next() (string, error) {
-	if !c.out.Scan() {
-		return "", fmt.Errorf("relay process ended early: %w", c.out.Err())
-	}
-	return c.out.Text(), nil
-}
-
-func (c *child) cpu() (time.Duration, error) {
-	if _, err := io.WriteString(c.in, "cpu\n"); err != nil {
-		return 0, err
-	}
-	if !c.out.Scan() {
-		return 0, fmt.Errorf("relay process: no cpu answer: %w", c.out.Err())
-	}
-	var ns int64
-	if _, err := fmt.Sscanf(c.out.Text(), "cpu %d", &ns); err != nil {
-		return 0, fmt.Errorf("relay process: %q: %w", c.out.Text(), err)
-	}
-	return time.Duration(ns), nil
-}
-
-func (c *child) stop() {
-	_ = c.in.Close()
-	_ = c.cmd.Wait()
-}
-
-// startChild starts the relays in a child process.
-func startChild(mode string, n int) (*child, error) {
-	self, err := os.Executable()
-	if err != nil {
-		return nil, err
-	}
-	cmd := exec.Command(self, "-serve", mode, "-n", strconv.Itoa(n))
-	cmd.Stderr = os.Stderr
-	stdin, err := cmd.StdinPipe()
-	if err != nil {
-		return nil, err
-	}
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		return nil, err
-	}
-	if err := cmd.Start(); err != nil {
-		return nil, err
-	}
-	return &child{cmd: cmd, in: stdin, out: bufio.NewScanner(stdout)}, nil
-}
-
-// run measures one relay at n calls: the relays in a child process (or
-// here with inProcess), the endpoints here.
-func run(mode string, n int, step time.Duration, inProcess bool) (result, error) {
-	var c relays
-	if inProcess {
-		rs, lines, err := startRelays(mode, n)
-		p := &inproc{relays: rs, lines: lines}
+		rp, err := startRelayProc(ctx, c, n, cpu, cfg.rt)
 		if err != nil {
-			p.stop()
-			return result{}, err
+			return stepResult{}, err
 		}
-		c = p
-	} else {
-		ch, err := startChild(mode, n)
-		if err != nil {
-			return result{}, err
+		defer rp.stop()
+		if cfg.relayInfoPrints == 0 {
+			fmt.Fprintf(w, "relay process (pid %d) reports: %s\n", rp.pid, rp.info)
+			cfg.relayInfoPrints++
 		}
-		c = ch
+		targets, relayPid = rp.targets, rp.pid
+		for _, t := range targets {
+			relayPorts[t.callerPort], relayPorts[t.destPort] = true, true
+		}
 	}
-	defer c.stop()
-	var eps []*endpoint
-	defer func() {
-		for _, e := range eps {
-			_ = e.conn.Close()
-		}
-	}()
-	for i := range n {
-		line, err := c.next()
-		if err != nil {
-			return result{}, err
-		}
-		f := strings.Fields(line)
-		if len(f) < 2 {
-			return result{}, fmt.Errorf("relay process: %q", line)
-		}
-		cp, _ := strconv.Atoi(f[0])
-		dp, _ := strconv.Atoi(f[1])
-		caller, err := listenEndpoint()
-		if err != nil {
-			return result{}, err
-		}
-		eps = append(eps, caller)
-		dest, err := listenEndpoint()
-		if err != nil {
-			return result{}, err
-		}
-		eps = append(eps, dest)
-		caller.ssrc, dest.ssrc = uint32(2*i+1), uint32(2*i+2)
-		if len(f) == 4 {
-			if err := dest.useKeys(f[2], f[3]); err != nil {
-				return result{}, err
-			}
-		}
-		caller.to = netip.AddrPortFrom(loopback, uint16(cp))
-		dest.to = netip.AddrPortFrom(loopback, uint16(dp))
+	g, err := newGenerator(c, targets, n, cfg.batch, cfg.poll)
+	if err != nil {
+		return stepResult{}, err
 	}
-	if line, err := c.next(); err != nil {
-		return result{}, err
-	} else if line != "ready" {
-		return result{}, fmt.Errorf("relay process not ready: %q", line)
+	defer g.close()
+	genPorts := map[uint16]bool{}
+	for _, p := range g.ports() {
+		genPorts[p] = true
 	}
+	before, after, err := g.run(cfg.warmup, cfg.step, func() (stepCounters, error) {
+		return readCounters(relayPid, genPorts, relayPorts)
+	})
+	if err != nil {
+		return stepResult{}, err
+	}
+	return result(cfg, c, n, g, before, after), nil
+}
 
-	base := time.Now()
-	var hist histogram
-	var received atomic.Uint64
-	var measuring atomic.Bool
-	var rwg sync.WaitGroup
-	for _, e := range eps {
-		rwg.Go(func() { receive(e, base, &hist, &received) })
+// result turns what the generator and the kernel counted into a step's
+// figures and notes.
+func result(cfg *config, c contender, n int, g *generator, before, after stepCounters) stepResult {
+	took := after.at.Sub(before.at)
+	pct := func(d time.Duration) float64 { return 100 * float64(d) / float64(took) }
+	r := stepResult{c: c, calls: n, sent: g.sent, took: took, lag99: g.lag.quantile(0.99), relayCorePct: -1,
+		genDrops: after.genDrops - before.genDrops, relDrops: after.relDrops - before.relDrops,
+		backlog: after.backlog - before.backlog}
+	delay, user := newHistogram(), newHistogram()
+	var unknown, bad, misrouted, noStamp, rxErrors uint64
+	for _, rx := range g.rx {
+		r.received += rx.received
+		delay.merge(rx.delay)
+		user.merge(rx.user)
+		unknown += rx.unknown
+		bad += rx.bad
+		misrouted += rx.misrouted
+		noStamp += rx.noStamp
+		rxErrors += rx.errors
 	}
-	var sent atomic.Uint64
-	stop := make(chan struct{})
-	var swg sync.WaitGroup
-	for s := range shards {
-		var mine []*endpoint
-		for i := s; i < len(eps); i += shards {
-			mine = append(mine, eps[i])
-		}
-		swg.Go(func() {
-			time.Sleep(time.Duration(s) * time.Second / pps / shards) // spread the shards over a frame
-			tick := time.NewTicker(time.Second / pps)
-			defer tick.Stop()
-			for {
-				select {
-				case <-stop:
-					return
-				case <-tick.C:
-				}
-				counting := measuring.Load()
-				for _, e := range mine {
-					if e.send(base, counting) && counting {
-						sent.Add(1)
-					}
-				}
-			}
-		})
+	r.p50, r.p99, r.p99user = delay.quantile(0.50), delay.quantile(0.99), user.quantile(0.99)
+	relayCPU := after.relayCPU - before.relayCPU
+	r.relayPct = pct(relayCPU)
+	r.genPct = pct(after.genCPU - before.genCPU)
+	busy := pct(after.machine.busy - before.machine.busy)
+	r.otherPct = max(0, busy-r.relayPct-r.genPct)
+	r.stealPct = pct(after.machine.steal - before.machine.steal)
+	if cfg.pin && c.relay != "" && cfg.relCPU < len(after.machine.core) && cfg.relCPU < len(before.machine.core) {
+		r.relayCorePct = pct(after.machine.core[cfg.relCPU] - before.machine.core[cfg.relCPU])
 	}
-	// Warm up (latching, first packets), then measure.
-	time.Sleep(500 * time.Millisecond)
-	cpu0, err := c.cpu()
-	if err != nil {
-		return result{}, err
-	}
-	measuring.Store(true)
-	began := time.Now()
-	time.Sleep(step)
-	measuring.Store(false)
-	took := time.Since(began)
-	cpu1, err := c.cpu()
-	if err != nil {
-		return result{}, err
-	}
-	close(stop)
-	swg.Wait()
-	// Packets in flight at the end are still counted as received.
-	time.Sleep(100 * time.Millisecond)
-	for _, e := range eps {
-		_ = e.conn.SetReadDeadline(time.Now())
-	}
-	rwg.Wait()
-	r := result{sent: sent.Load(), received: received.Load(), p50: hist.quantile(0.50), p99: hist.quantile(0.99)}
 	if r.sent > 0 {
-		lost := float64(r.sent) - float64(r.received)
-		if lost < 0 {
-			lost = 0
+		r.usPerPacket = float64(relayCPU.Microseconds()) / float64(r.sent)
+	}
+	// Who saturated: each pinned process may use one core; unpinned, the
+	// machine is shared and only its total says it is full.
+	if cfg.pin {
+		if c.relay != "" && r.relayPct >= saturated {
+			r.notes = append(r.notes, fmt.Sprintf("relay saturated (%.0f%% of its core)", r.relayPct))
 		}
-		r.loss = lost / float64(r.sent)
-		r.cpuPerPacket = float64((cpu1 - cpu0).Microseconds()) / float64(r.sent)
-		r.cpuPercent = 100 * float64(cpu1-cpu0) / float64(took)
-	}
-	return r, nil
-}
-
-// newKeys are SDES keys for the bridge's destination leg.
-func newKeys() (bridge.Keys, error) {
-	baton, err := sdp.NewCrypto(1, suiteSRTP)
-	if err != nil {
-		return bridge.Keys{}, err
-	}
-	theirs, err := sdp.NewCrypto(1, suiteSRTP)
-	if err != nil {
-		return bridge.Keys{}, err
-	}
-	return bridge.Keys{Local: baton, Remote: theirs}, nil
-}
-
-// useKeys makes e the destination of an SRTP leg: it decrypts with
-// Baton's key and encrypts with its own.
-func (e *endpoint) useKeys(batonB64, theirsB64 string) error {
-	ctx := func(s string) (*srtp.Context, error) {
-		k, err := base64.StdEncoding.DecodeString(s)
-		if err != nil || len(k) != 30 {
-			return nil, fmt.Errorf("bad key %q", s)
+		if r.genPct >= saturated {
+			r.notes = append(r.notes, fmt.Sprintf("GENERATOR saturated (%.0f%% of its core)", r.genPct))
 		}
-		return srtp.CreateContext(k[:16], k[16:], srtp.ProtectionProfileAes128CmHmacSha1_80)
+	} else if capacity := 100 * float64(cfg.ncpu); busy >= saturated/100*capacity {
+		r.notes = append(r.notes, fmt.Sprintf("machine busy %.0f%% of %.0f%%", busy, capacity))
 	}
-	var err error
-	if e.dec, err = ctx(batonB64); err != nil {
-		return err
+	if r.lag99 > maxP99 {
+		r.notes = append(r.notes, fmt.Sprintf("GENERATOR late (p99 %.1f ms behind its pace)", ms(r.lag99)))
 	}
-	e.enc, err = ctx(theirsB64)
-	return err
-}
-
-// send writes one packet stamped with its send time and whether it is
-// counted; false on error.
-func (e *endpoint) send(base time.Time, counted bool) bool {
-	e.seq++
-	e.ts += payload
-	h := rtp.Header{Version: 2, PayloadType: 0, SequenceNumber: e.seq, Timestamp: e.ts, SSRC: e.ssrc}
-	b := e.buf[:0]
-	hb, err := h.Marshal()
-	if err != nil {
-		return false
+	if want := float64(2*n*pps) * took.Seconds(); float64(r.sent) < 0.98*want {
+		r.notes = append(r.notes, fmt.Sprintf("GENERATOR short: sent %.0f%% of the pace", 100*float64(r.sent)/want))
 	}
-	b = append(b, hb...)
-	var body [payload]byte
-	binary.BigEndian.PutUint64(body[:8], uint64(time.Since(base)))
-	if counted {
-		body[8] = 1
+	if r.stealPct >= 5 {
+		r.notes = append(r.notes, fmt.Sprintf("steal %.0f%%", r.stealPct))
 	}
-	b = append(b, body[:]...)
-	if e.enc != nil {
-		if b, err = e.enc.EncryptRTP(nil, b, nil); err != nil {
-			return false
+	if r.genDrops > 0 {
+		r.notes = append(r.notes, fmt.Sprintf("%d dropped at the generator's sockets", r.genDrops))
+	}
+	if g.sendErrors > 0 {
+		r.notes = append(r.notes, fmt.Sprintf("%d send errors", g.sendErrors))
+	}
+	for _, x := range []struct {
+		n    uint64
+		what string
+	}{{unknown, "from unknown ports"}, {bad, "undecodable"}, {misrouted, "misrouted"}, {noStamp, "without kernel stamp"},
+		{rxErrors, "receive errors"}} {
+		if x.n > 0 {
+			r.notes = append(r.notes, fmt.Sprintf("%d %s", x.n, x.what))
 		}
 	}
-	_, err = e.conn.WriteToUDPAddrPort(b, e.to)
-	return err == nil
+	return r
 }
 
-// receive reads an endpoint's socket until its deadline, recording the
-// delay of packets sent while measuring.
-func receive(e *endpoint, base time.Time, hist *histogram, received *atomic.Uint64) {
-	buf := make([]byte, 1500)
-	plain := make([]byte, 0, 1500)
-	for {
-		n, _, err := e.conn.ReadFromUDPAddrPort(buf)
-		if err != nil {
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() || errors.Is(err, net.ErrClosed) {
-				return
+// summary prints each contender's capacity and the ratios against the
+// targets.
+func summary(w io.Writer, cfg *config, all map[string]*ramp) {
+	where := "unpinned: relay and generator share all cores"
+	if cfg.pin {
+		where = fmt.Sprintf("relay pinned to cpu %d alone, generator to cpu %d", cfg.relCPU, cfg.genCPU)
+	}
+	fmt.Fprintf(w, "capacity = largest passing step (%s):\n", where)
+	top := slices.Max(cfg.levels)
+	direct, hasDirect := all["direct"]
+	for _, c := range cfg.contenders {
+		r := all[c.name]
+		s := fmt.Sprintf(">= %d calls (passed every step)", r.capacity)
+		if r.failed != nil {
+			s = fmt.Sprintf("%d calls (failed at %d", r.capacity, r.failed.calls)
+			if len(r.failed.notes) > 0 {
+				s += ": " + strings.Join(r.failed.notes, "; ")
 			}
+			s += ")"
+		}
+		if c.relay == "" {
+			s += "  <- the generator alone: no relay can be judged above this"
+		} else if generatorBound(r, direct, hasDirect) {
+			s += "  <- GENERATOR-BOUND: the relay's real capacity may be higher"
+		}
+		fmt.Fprintf(w, "  %-8s %s\n", c.name, s)
+	}
+	floor, okF := all["floor"]
+	rtp, okR := all["rtp"]
+	if okF && okR && floor.capacity > 0 {
+		ratio := float64(rtp.capacity) / float64(floor.capacity)
+		var caveat string
+		switch {
+		case floor.failed == nil && rtp.failed == nil:
+			caveat = fmt.Sprintf(" (both passed every step up to %d: the ramp is too short to compare)", top)
+		case floor.failed == nil:
+			caveat = fmt.Sprintf(" (the floor passed every step up to %d: its capacity is a lower bound, this ratio an upper bound)", top)
+		}
+		fmt.Fprintf(w, "bridge rtp / floor capacity: %d/%d = %.2f (target >= %.2f: %s)%s\n", rtp.capacity, floor.capacity, ratio,
+			targetFloorRatio, yesNo(ratio >= targetFloorRatio), caveat)
+	}
+	for _, name := range []string{"rtp", "srtp", "srtp-gcm"} {
+		r, ok := all[name]
+		if !ok {
 			continue
 		}
-		pkt := buf[:n]
-		if e.dec != nil {
-			if pkt, err = e.dec.DecryptRTP(plain[:0], pkt, nil); err != nil {
-				continue
+		s := fmt.Sprintf("bridge %s capacity >= %d calls: %s", name, targetCalls, meets(r, targetCalls))
+		if okR && r != rtp && rtp.capacity > 0 {
+			s += fmt.Sprintf("; %.2f of rtp's capacity", float64(r.capacity)/float64(rtp.capacity))
+		}
+		fmt.Fprintln(w, s)
+	}
+	cpuRatios(w, cfg, all)
+}
+
+// cpuRatios prints the relays' CPU per packet at every step all of them
+// passed, and the median over those steps of each one's ratio to the
+// floor and (SRTP) to the bridge with RTP: on a shared machine one step's
+// figure can be off by 20%.
+func cpuRatios(w io.Writer, cfg *config, all map[string]*ramp) {
+	var relays []*ramp
+	for _, c := range cfg.contenders {
+		if c.relay != "" {
+			relays = append(relays, all[c.name])
+		}
+	}
+	if len(relays) == 0 {
+		return
+	}
+	var common []int
+	for _, n := range cfg.levels {
+		ok := true
+		for _, r := range relays {
+			if res, has := r.at[n]; !has || !res.pass() {
+				ok = false
 			}
 		}
-		if len(pkt) < 12+9 || pkt[20] != 1 {
-			continue // too short, or sent outside the measurement
+		if ok {
+			common = append(common, n)
 		}
-		sentAt := time.Duration(binary.BigEndian.Uint64(pkt[12:20]))
-		d := time.Since(base) - sentAt
-		hist.add(d)
-		received.Add(1)
+	}
+	if len(common) == 0 {
+		fmt.Fprintln(w, "cpu per packet: no step passed by every relay")
+		return
+	}
+	fmt.Fprintln(w, "relay cpu per packet relayed (us), at the steps every relay passed:")
+	head := fmt.Sprintf("  %-8s", "calls")
+	for _, r := range relays {
+		head += fmt.Sprintf(" %9s", r.c.name)
+	}
+	fmt.Fprintln(w, head)
+	for _, n := range common {
+		row := fmt.Sprintf("  %-8d", n)
+		for _, r := range relays {
+			row += fmt.Sprintf(" %9.2f", r.at[n].usPerPacket)
+		}
+		fmt.Fprintln(w, row)
+	}
+	// median ratio of a to b over the common steps (0 if b is missing).
+	median := func(a, b *ramp) float64 {
+		var rs []float64
+		for _, n := range common {
+			if x, y := a.at[n].usPerPacket, b.at[n].usPerPacket; x > 0 && y > 0 {
+				rs = append(rs, x/y)
+			}
+		}
+		if len(rs) == 0 {
+			return 0
+		}
+		slices.Sort(rs)
+		if len(rs)%2 == 1 {
+			return rs[len(rs)/2]
+		}
+		return (rs[len(rs)/2-1] + rs[len(rs)/2]) / 2
+	}
+	floor, hasFloor := all["floor"]
+	rtp, hasRTP := all["rtp"]
+	top := common[len(common)-1]
+	for _, r := range relays {
+		s := fmt.Sprintf("  %-8s %.0f calls per busy core (cpu per packet at %d calls)", r.c.name, 1e6/(r.at[top].usPerPacket*2*pps), top)
+		if hasFloor && r != floor {
+			s += fmt.Sprintf("; median %.2fx the floor's cpu per packet", median(r, floor))
+		}
+		if hasRTP && r.c.suite != "" {
+			extra := median(r, rtp) - 1
+			s += fmt.Sprintf("; median %+.0f%% vs rtp (target <= +%.0f%%: %s)", 100*extra, 100*targetSRTPCost, yesNo(extra <= targetSRTPCost))
+		}
+		fmt.Fprintln(w, s)
 	}
 }
 
-func cpuTime() time.Duration {
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		return 0
+// generatorBound says whether r's limit may be the generator's: the
+// failing step was the generator's (saturated, late, short, its socket
+// dropping), or the generator alone did no better.
+func generatorBound(r, direct *ramp, hasDirect bool) bool {
+	if r.failed == nil {
+		return false
 	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+	for _, n := range r.failed.notes {
+		if strings.Contains(n, "GENERATOR") || strings.Contains(n, "generator's sockets") {
+			return true
+		}
+	}
+	return hasDirect && direct.failed != nil && direct.capacity <= r.capacity
+}
+
+// meets says whether r's capacity reached target calls.
+func meets(r *ramp, target int) string {
+	switch {
+	case r.capacity >= target:
+		return fmt.Sprintf("yes (%d)", r.capacity)
+	case r.failed == nil:
+		return fmt.Sprintf("not shown (passed every step, the ramp ended at %d)", r.capacity)
+	}
+	return fmt.Sprintf("NO (%d)", r.capacity)
+}
+
+func yesNo(b bool) string {
+	if b {
+		return "yes"
+	}
+	return "NO"
+}
+
+func loadAverage() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return "?"
+	}
+	f := strings.Fields(string(b))
+	if len(f) < 3 {
+		return "?"
+	}
+	return strings.Join(f[:3], " ")
 }
