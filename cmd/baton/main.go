@@ -16,6 +16,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/baton-voice/baton/cmd/baton/internal/broker"
+	"github.com/baton-voice/baton/cmd/baton/internal/checker"
 	"github.com/baton-voice/baton/cmd/baton/internal/replay"
 	"github.com/baton-voice/baton/cmd/baton/internal/report"
 	"github.com/baton-voice/baton/cmd/baton/internal/stack"
@@ -29,6 +30,7 @@ type cli struct {
 	Broker  brokerCmd  `cmd:"" help:"Run the embedded Kafka-protocol broker (franz-go kfake) for the local stack and tests. Events and committed offsets persist in --data-dir across restarts. Production uses a real Kafka cluster."`
 	Replay  replayCmd  `cmd:"" help:"Show one call as recorded in Kafka: an ordered timeline of facts, commands and outcomes with the time between steps, and a SIP ladder (text, or HTML/SVG with --html). Reads only the partition the call id hashes to, from --since on."`
 	Export  exportCmd  `cmd:"" help:"Write every record of one call as NDJSON (exact bytes plus the decoded event), for 'baton replay --from-file' without a broker."`
+	Check   checkCmd   `cmd:"" help:"Read every record of the Baton topics (read_committed, up to the last stable offsets) and report lost, duplicated and out-of-order events, records of aborted transactions given to consumers, undecodable records and dead letters. Exits 1 when there is any finding."`
 	Version versionCmd `cmd:"" help:"Print baton's version, commit and Go version."`
 }
 
@@ -219,6 +221,47 @@ func (c *exportCmd) Run(ctx context.Context, s *streams) error {
 		return err
 	}
 	fmt.Fprintf(s.err, "wrote %d records of call %s to %s\n", len(recs), c.Call, c.Out)
+	return nil
+}
+
+type checkCmd struct {
+	Brokers        []string      `default:"127.0.0.1:9092" sep:"," placeholder:"HOST:PORT" help:"Kafka seed brokers. Default: ${default}."`
+	Topics         []string      `sep:"," placeholder:"NAME" help:"Topics to read, comma-separated. Default: every topic named baton.*."`
+	Calls          string        `placeholder:"FILE" type:"existingfile" help:"File of acknowledged Call-IDs, one per line (blank lines and lines starting with # are skipped), e.g. the calls the SBC got a 200 OK for: each must have a CallStarted."`
+	RequireEnded   bool          `help:"Every CallStarted must have a CallEnded (use after the calls are over)."`
+	RequireHandoff bool          `help:"Every CallStarted must have a first handoff decision (a command with attempt 1 or a refusal)."`
+	Partial        bool          `help:"The topics do not hold the whole history (retention deleted the start, or not every topic is read): skip the rules that match records across topics."`
+	Timeout        time.Duration `default:"5m" help:"Give up reading after this long. Default: ${default}."`
+}
+
+func (c *checkCmd) Run(ctx context.Context, s *streams) error {
+	opts := checker.Options{RequireEnded: c.RequireEnded, RequireHandoff: c.RequireHandoff, Partial: c.Partial}
+	if c.Calls != "" {
+		f, err := os.Open(c.Calls)
+		if err != nil {
+			return err
+		}
+		opts.Calls, err = checker.ReadCallIDs(f)
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			return fmt.Errorf("--calls %s: %w", c.Calls, err)
+		}
+	}
+	ctx, cancel := context.WithTimeout(ctx, c.Timeout)
+	defer cancel()
+	recs, err := checker.Read(ctx, strings.Join(c.Brokers, ","), c.Topics...)
+	if err != nil {
+		return err
+	}
+	rep := checker.Check(recs, opts)
+	if err := rep.Write(s.out); err != nil {
+		return err
+	}
+	if !rep.OK() {
+		return fmt.Errorf("%d findings", len(rep.Findings))
+	}
 	return nil
 }
 

@@ -35,7 +35,8 @@ type Broker struct {
 }
 
 // Start binds cfg.Listen, loads the data dir (or starts it empty), creates
-// the missing topics and returns a broker that is ready for clients.
+// the missing topics, ends the transactions a crash left open with abort
+// markers (repair.go), and only then lets clients connect.
 func Start(ctx context.Context, cfg Config, logger *slog.Logger) (*Broker, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
@@ -63,14 +64,15 @@ func Start(ctx context.Context, cfg Config, logger *slog.Logger) (*Broker, error
 	if cfg.Advertise != "" {
 		advertised = cfg.Advertise
 	}
+	// Clients wait at the gate until transactions a crash left open are
+	// aborted (repair.go).
+	gate := newGatedListener(ln, advertisedAddr(advertised))
 	opts := []kfake.Opt{
 		kfake.NumBrokers(1),
 		// kfake.Ports always binds 127.0.0.1; hand it our own listener so
 		// it serves on the host the operator chose, and make the listener
 		// report the advertised address, which kfake puts in metadata.
-		kfake.ListenFn(func(string, string) (net.Listener, error) {
-			return advertisedListener{Listener: ln, addr: advertisedAddr(advertised)}, nil
-		}),
+		kfake.ListenFn(func(string, string) (net.Listener, error) { return gate, nil }),
 		kfake.DataDir(dir),
 		kfake.DefaultNumPartitions(int(cfg.Partitions)),
 		kfake.WithLogger(slogAdapter{logger: logger.With("component", "kfake")}),
@@ -90,6 +92,10 @@ func Start(ctx context.Context, cfg Config, logger *slog.Logger) (*Broker, error
 	if err := b.ensureTopics(ctx, logger, cfg.Partitions, cfg.Topics); err != nil {
 		return nil, errors.Join(err, b.Close())
 	}
+	if _, err := abortOpenTxns(ctx, gate, advertised, logger); err != nil {
+		return nil, errors.Join(fmt.Errorf("abort transactions left open in %s: %w", dir, err), b.Close())
+	}
+	gate.open()
 	return b, nil
 }
 
@@ -175,15 +181,6 @@ func openDataDir(dir string) (string, *os.File, error) {
 	}
 	return abs, f, nil
 }
-
-// advertisedListener is a listener whose Addr is the address clients are
-// told to use.
-type advertisedListener struct {
-	net.Listener
-	addr net.Addr
-}
-
-func (l advertisedListener) Addr() net.Addr { return l.addr }
 
 // advertisedAddr is a net.Addr for a host:port that may name a host.
 type advertisedAddr string

@@ -30,12 +30,32 @@ type CallsResult struct {
 	// Failures are the scenario's failure markers (REFER_TIMEOUT, ...).
 	Failures []string
 	LogDir   string
+	// Placed are the Call-IDs SIPp sent an INVITE for, Answered those
+	// whose INVITE got a 2xx, and Refused counts the others by their
+	// final status (SIPp's message trace).
+	Placed, Answered []string
+	Refused          map[int]int
+	// PlacedOver is the time from the first call's INVITE to the last's.
+	PlacedOver time.Duration
+	// Successful and Failed are SIPp's final call counters.
+	Successful, Failed int
 }
+
+// fullTraceCalls is the most calls a run traces in full (messages.log,
+// every message with its headers and body) for debugging.
+const fullTraceCalls = 200
 
 // PlaceCalls has SIPp, playing the carrier's SBC, place n calls at rate
 // calls per second into ingress with deploy/sipp/<scenario>.xml and the
 // X- headers of deploy/sipp/calls.csv.
 func (s *Stack) PlaceCalls(ctx context.Context, scenario string, n int, rate int) (CallsResult, error) {
+	return s.PlaceCallsLimit(ctx, scenario, n, rate, rate)
+}
+
+// PlaceCallsLimit is PlaceCalls with at most limit calls up at once
+// (PlaceCalls allows rate): when calls take longer than a second, as
+// while a stage restarts, a higher limit keeps the rate.
+func (s *Stack) PlaceCallsLimit(ctx context.Context, scenario string, n, rate, limit int) (CallsResult, error) {
 	sipp, err := exec.LookPath("sipp")
 	if err != nil {
 		return CallsResult{}, errors.New("sipp not found on PATH: install Debian's sip-tester (make deps)")
@@ -51,13 +71,18 @@ func (s *Stack) PlaceCalls(ctx context.Context, scenario string, n int, rate int
 		"-inf", filepath.Join(sippDir, "calls.csv"),
 		"-s", "agent",
 		"-i", "127.0.0.1", "-p", strconv.Itoa(s.opts.SBCPort),
-		"-m", strconv.Itoa(n), "-r", strconv.Itoa(rate), "-l", strconv.Itoa(max(rate, 1)),
+		"-m", strconv.Itoa(n), "-r", strconv.Itoa(rate), "-l", strconv.Itoa(max(limit, 1)),
 		"-default_behaviors", "all,-bye",
 		"-timeout", "120s", "-timeout_error",
 		"-trace_logs", "-log_file", filepath.Join(dir, "refer.log"),
-		"-trace_msg", "-message_file", filepath.Join(dir, "messages.log"),
+		// One line per message: cheap enough at hundreds of calls/s,
+		// where the full trace slows SIPp down.
+		"-trace_shortmsg", "-shortmessage_file", filepath.Join(dir, "shortmessages.log"),
 		"-trace_err", "-error_file", filepath.Join(dir, "errors.log"),
 		"-nostdin",
+	}
+	if n <= fullTraceCalls {
+		args = append(args, "-trace_msg", "-message_file", filepath.Join(dir, "messages.log"))
 	}
 	out, err := os.Create(filepath.Join(dir, "sipp.out"))
 	if err != nil {
@@ -78,7 +103,103 @@ func (s *Stack) PlaceCalls(ctx context.Context, scenario string, n int, rate int
 		res.ExitCode = exit.ExitCode()
 	}
 	res.Refers, res.Failures, err = readReferLog(filepath.Join(dir, "refer.log"))
+	if err != nil {
+		return res, err
+	}
+	res.Placed, res.Answered, res.Refused, res.PlacedOver, err = readShortMessageLog(filepath.Join(dir, "shortmessages.log"))
+	if err != nil {
+		return res, err
+	}
+	res.Successful, res.Failed, err = readSippCounters(filepath.Join(dir, "sipp.out"))
 	return res, err
+}
+
+// readSippCounters reads the cumulative "Successful call" and "Failed
+// call" counters of the last statistics screen SIPp printed.
+func readSippCounters(path string) (successful, failed int, err error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return 0, 0, fmt.Errorf("read sipp output: %w", err)
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		fields := strings.Split(line, "|")
+		if len(fields) != 3 {
+			continue
+		}
+		n, err := strconv.Atoi(strings.TrimSpace(fields[2]))
+		if err != nil {
+			continue
+		}
+		switch strings.TrimSpace(fields[0]) {
+		case "Successful call":
+			successful = n
+		case "Failed call":
+			failed = n
+		}
+	}
+	return successful, failed, nil
+}
+
+// readShortMessageLog reads SIPp's short message trace (-trace_shortmsg):
+// one line per message, tab-separated: date, time, epoch, S (sent) or R
+// (received), Call-ID, "CSeq:N METHOD", first line. It returns the
+// Call-IDs of the INVITEs sent, those answered 2xx, the count of calls
+// per final non-2xx answer to their INVITE, and the time from the first
+// call's INVITE to the last's.
+func readShortMessageLog(path string) (placed, answered []string, refused map[int]int, over time.Duration, err error) {
+	f, err := os.Open(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil, nil, 0, nil
+	}
+	if err != nil {
+		return nil, nil, nil, 0, fmt.Errorf("read sipp message trace: %w", err)
+	}
+	var firstAt, lastAt float64
+	defer func() { _ = f.Close() }()
+	final := map[string]int{}
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		fields := strings.Split(sc.Text(), "\t")
+		if len(fields) < 7 || !strings.HasSuffix(fields[5], " INVITE") {
+			continue
+		}
+		dir, callID, first := fields[3], fields[4], fields[6]
+		if dir == "S" && strings.HasPrefix(first, "INVITE ") {
+			if _, ok := final[callID]; !ok {
+				final[callID] = 0
+				placed = append(placed, callID)
+				if at, err := strconv.ParseFloat(fields[2], 64); err == nil {
+					if firstAt == 0 {
+						firstAt = at
+					}
+					lastAt = at
+				}
+			}
+			continue
+		}
+		code, ok := strings.CutPrefix(first, "SIP/2.0 ")
+		if dir != "R" || !ok {
+			continue
+		}
+		n, err := strconv.Atoi(strings.SplitN(code, " ", 2)[0])
+		if prev, known := final[callID]; err == nil && known && prev == 0 && n >= 200 {
+			final[callID] = n
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return nil, nil, nil, 0, fmt.Errorf("read sipp message trace: %w", err)
+	}
+	refused = map[int]int{}
+	for _, id := range placed {
+		switch n := final[id]; {
+		case n >= 200 && n < 300:
+			answered = append(answered, id)
+		case n >= 300:
+			refused[n]++
+		}
+	}
+	return placed, answered, refused, time.Duration((lastAt - firstAt) * float64(time.Second)), nil
 }
 
 // readReferLog parses the scenario's log lines:

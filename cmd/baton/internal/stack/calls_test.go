@@ -3,7 +3,9 @@ package stack
 import (
 	"os"
 	"path/filepath"
+	"strconv"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 )
@@ -27,4 +29,46 @@ func TestReadReferLog(t *testing.T) {
 	require.NoError(t, err)
 	require.Empty(t, refers)
 	require.Empty(t, failures)
+}
+
+func TestReadShortMessageLog(t *testing.T) {
+	at := 1796425700.5
+	line := func(dir, callID, cseq, first string) string {
+		at += 0.25
+		return "2026-12-04\t23:08:20.945805\t" + strconv.FormatFloat(at, 'f', 6, 64) + "\t" + dir + "\t" + callID + "\tCSeq:" + cseq + "\t" + first + "\n"
+	}
+	log := line("S", "1-1@h", "1 INVITE", "INVITE sip:service@127.0.0.1:5060 SIP/2.0") +
+		line("S", "1-1@h", "1 INVITE", "INVITE sip:service@127.0.0.1:5060 SIP/2.0") + // retransmission
+		line("R", "1-1@h", "1 INVITE", "SIP/2.0 100 Trying") +
+		line("S", "2-1@h", "1 INVITE", "INVITE sip:service@127.0.0.1:5060 SIP/2.0") +
+		line("R", "1-1@h", "1 INVITE", "SIP/2.0 200 OK") +
+		line("R", "1-1@h", "1 INVITE", "SIP/2.0 200 OK") + // retransmitted 200
+		line("S", "1-1@h", "1 ACK", "ACK sip:ingress@127.0.0.1:5060 SIP/2.0") +
+		line("R", "2-1@h", "1 INVITE", "SIP/2.0 503 Service Unavailable") +
+		line("S", "3-1@h", "1 INVITE", "INVITE sip:service@127.0.0.1:5060 SIP/2.0") +
+		line("S", "1-1@h", "3 BYE", "BYE sip:ingress@127.0.0.1:5060 SIP/2.0") +
+		line("R", "1-1@h", "3 BYE", "SIP/2.0 481 Call/Transaction Does Not Exist") +
+		line("R", "9-9@h", "1 INVITE", "SIP/2.0 200 OK") // never sent: ignored
+	path := filepath.Join(t.TempDir(), "shortmessages.log")
+	require.NoError(t, os.WriteFile(path, []byte(log), 0o600))
+	placed, answered, refused, over, err := readShortMessageLog(path)
+	require.NoError(t, err)
+	require.Equal(t, []string{"1-1@h", "2-1@h", "3-1@h"}, placed)
+	require.Equal(t, []string{"1-1@h"}, answered)
+	require.Equal(t, map[int]int{503: 1}, refused)
+	require.Equal(t, 2*time.Second, over)
+}
+
+func TestReadSippCounters(t *testing.T) {
+	screen := "  Successful call        |        0                  |        2                 \n" +
+		"  Failed call            |        0                  |        0                 \n" +
+		"------------------------------ Test Terminated --------------------------------\n" +
+		"  Successful call        |        3                  |        4987              \n" +
+		"  Failed call            |        1                  |        13                \n"
+	path := filepath.Join(t.TempDir(), "sipp.out")
+	require.NoError(t, os.WriteFile(path, []byte(screen), 0o600))
+	ok, failed, err := readSippCounters(path)
+	require.NoError(t, err)
+	require.Equal(t, 4987, ok)
+	require.Equal(t, 13, failed)
 }

@@ -2,8 +2,10 @@ package stack
 
 import (
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 
 	"gopkg.in/yaml.v3"
 )
@@ -11,6 +13,11 @@ import (
 func (s *Stack) configPath(service string) string {
 	return filepath.Join(s.opts.RunDir, "config", service+".yaml")
 }
+
+// rtpPortMin and rtpPortMax bound ingress's RTP ports: 5000 calls (one
+// even port each), below the kernel's ephemeral range, so calls held while
+// a stage restarts under load do not run out of ports.
+const rtpPortMin, rtpPortMax = 20000, 29999
 
 // sessionTimeout lets a group hand a killed member's partitions to the
 // others quickly (kfake's floor is 6 s).
@@ -32,9 +39,9 @@ func (s *Stack) writeConfigs() error {
 			"kafka":         kafka("ingress"),
 			"log":           logs,
 			"listen":        s.IngressAddr,
-			"external_host": "127.0.0.1",
+			"external_host": s.opts.SIPHost,
 			"trunk":         "demo-sbc",
-			"rtp":           map[string]any{"host": "127.0.0.1", "port_min": 31000, "port_max": 31999},
+			"rtp":           map[string]any{"host": s.opts.SIPHost, "port_min": rtpPortMin, "port_max": rtpPortMax},
 		},
 		"router": {
 			"kafka": kafka("router"),
@@ -57,7 +64,7 @@ func (s *Stack) writeConfigs() error {
 		"transfer": {
 			"kafka":         kafka("transfer"),
 			"log":           logs,
-			"external_host": "127.0.0.1",
+			"external_host": s.opts.SIPHost,
 		},
 		"analytics": {
 			"kafka": kafka("analytics"),
@@ -103,7 +110,7 @@ func (s *Stack) writeConfigs() error {
 				}
 				port = p
 			}
-			cfg["listen"] = fmt.Sprintf("127.0.0.1:%d", port)
+			cfg["listen"] = net.JoinHostPort(s.opts.SIPHost, strconv.Itoa(port))
 		}
 		name := inst.name
 		data, err := yaml.Marshal(cfg)

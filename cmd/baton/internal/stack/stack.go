@@ -10,12 +10,14 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -73,6 +75,9 @@ type Options struct {
 	BrokerPort, ClickHouseTCPPort, ClickHouseHTTPPort int
 	IngressPort, TransferPort, SBCPort                int
 	DashboardPort                                     int
+	// SIPHost is the address ingress and transfer bind and advertise
+	// (Contact, Via, SDP); empty means 127.0.0.1.
+	SIPHost string
 
 	// Replicas runs that many instances of router, transfer or analytics
 	// in one consumer group (default 1). Ingress is the SIP edge: one.
@@ -94,8 +99,15 @@ func DefaultOptions() Options {
 
 // Stack is a running pipeline.
 type Stack struct {
-	opts  Options
-	procs []*process
+	opts Options
+
+	// mu guards procs, the runs of each process, and the supervisor's
+	// state.
+	mu       sync.Mutex
+	procs    []*process
+	stopping bool
+	// restarts counts, per part, the restarts Supervise made.
+	restarts map[string]int
 
 	// BrokerAddr, IngressAddr and ClickHouseHTTP are where the parts listen.
 	BrokerAddr     string
@@ -110,9 +122,29 @@ type Stack struct {
 
 type process struct {
 	name string
-	cmd  *exec.Cmd
+	bin  string
+	args []string
 	log  string
-	done chan error
+	// killed is set by Kill until Restart: Supervise leaves it dead.
+	killed bool
+	run    *run
+}
+
+// run is one execution of a process.
+type run struct {
+	cmd  *exec.Cmd
+	exit chan struct{} // closed when the process has exited
+	err  error         // how it exited, set before exit closes
+}
+
+// ended reports whether the run is over.
+func (r *run) ended() bool {
+	select {
+	case <-r.exit:
+		return true
+	default:
+		return false
+	}
 }
 
 // Start brings the pipeline up and returns once every stage is ready. On
@@ -138,6 +170,9 @@ func Start(ctx context.Context, opts Options) (_ *Stack, err error) {
 			}
 		}
 	}
+	if opts.SIPHost == "" {
+		opts.SIPHost = "127.0.0.1"
+	}
 	for _, bin := range append([]string{"baton"}, services...) {
 		if _, err := os.Stat(filepath.Join(opts.BinDir, bin)); err != nil {
 			return nil, fmt.Errorf("binary %s missing in %s (run make build): %w", bin, opts.BinDir, err)
@@ -157,7 +192,7 @@ func Start(ctx context.Context, opts Options) (_ *Stack, err error) {
 	s := &Stack{
 		opts:           opts,
 		BrokerAddr:     fmt.Sprintf("127.0.0.1:%d", opts.BrokerPort),
-		IngressAddr:    fmt.Sprintf("127.0.0.1:%d", opts.IngressPort),
+		IngressAddr:    net.JoinHostPort(opts.SIPHost, strconv.Itoa(opts.IngressPort)),
 		ClickHouseHTTP: fmt.Sprintf("127.0.0.1:%d", opts.ClickHouseHTTPPort),
 		ClickHouseTCP:  fmt.Sprintf("127.0.0.1:%d", opts.ClickHouseTCPPort),
 		Database:       "baton",
@@ -207,63 +242,85 @@ func (s *Stack) progress(format string, args ...any) {
 func (s *Stack) LogPath(name string) string { return filepath.Join(s.opts.RunDir, "logs", name+".log") }
 
 func (s *Stack) spawn(name, bin string, args ...string) error {
-	logPath := s.LogPath(name)
-	f, err := os.Create(logPath)
+	p := &process{name: name, bin: bin, args: args, log: s.LogPath(name)}
+	if err := p.start(os.O_TRUNC); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	s.procs = append(s.procs, p)
+	s.mu.Unlock()
+	return nil
+}
+
+// start runs the process, its output going to its log (truncated, or
+// appended to on a restart).
+func (p *process) start(logMode int) error {
+	f, err := os.OpenFile(p.log, os.O_CREATE|os.O_WRONLY|logMode, 0o644)
 	if err != nil {
-		return fmt.Errorf("start %s: %w", name, err)
+		return fmt.Errorf("start %s: %w", p.name, err)
 	}
 	// The processes outlive ctx on purpose: Stop ends them with SIGTERM so
 	// each can shut down gracefully, in order.
-	cmd := exec.Command(bin, args...)
+	cmd := exec.Command(p.bin, p.args...)
 	cmd.Stdout, cmd.Stderr = f, f
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {
 		_ = f.Close()
-		return fmt.Errorf("start %s (%s): %w", name, bin, err)
+		return fmt.Errorf("start %s (%s): %w", p.name, p.bin, err)
 	}
-	p := &process{name: name, cmd: cmd, log: logPath, done: make(chan error, 1)}
+	r := &run{cmd: cmd, exit: make(chan struct{})}
 	go func() {
-		p.done <- cmd.Wait()
+		r.err = cmd.Wait()
 		_ = f.Close()
+		close(r.exit)
 	}()
-	s.procs = append(s.procs, p)
+	p.run = r
 	return nil
 }
 
 // exited reports a process that is no longer running, with its log tail.
 func (s *Stack) exited() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	for _, p := range s.procs {
-		select {
-		case err := <-p.done:
-			p.done <- err
-			return fmt.Errorf("%s exited (%w); last lines of %s:\n%s", p.name, err, p.log, tail(p.log, 15))
-		default:
+		if p.run.ended() {
+			return fmt.Errorf("%s exited (%w); last lines of %s:\n%s", p.name, p.run.err, p.log, tail(p.log, 15))
 		}
 	}
 	return nil
 }
 
 func (s *Stack) waitTCP(ctx context.Context, name, addr string) error {
-	return s.poll(ctx, name, 30*time.Second, func(ctx context.Context) error {
+	return s.poll(ctx, name, 30*time.Second, dialTCP(addr))
+}
+
+// dialTCP is a check that addr accepts a connection.
+func dialTCP(addr string) func(context.Context) error {
+	return func(ctx context.Context) error {
 		var d net.Dialer
 		c, err := d.DialContext(ctx, "tcp", addr)
 		if err != nil {
 			return err
 		}
 		return c.Close()
-	})
+	}
 }
 
 // poll retries check every 100 ms until it succeeds, a process dies, or
 // the deadline passes.
 func (s *Stack) poll(ctx context.Context, what string, limit time.Duration, check func(context.Context) error) error {
+	return s.pollWhile(ctx, what, limit, func() error { return s.exited() }, check)
+}
+
+// pollWhile is poll that gives up when alive, not a process exit, fails.
+func (s *Stack) pollWhile(ctx context.Context, what string, limit time.Duration, alive func() error, check func(context.Context) error) error {
 	ctx, cancel := context.WithTimeout(ctx, limit)
 	defer cancel()
 	tick := time.NewTicker(100 * time.Millisecond)
 	defer tick.Stop()
 	var last error
 	for {
-		if err := s.exited(); err != nil {
+		if err := alive(); err != nil {
 			return err
 		}
 		attempt, cancelAttempt := context.WithTimeout(ctx, time.Second)
@@ -369,19 +426,23 @@ func (s *Stack) clickhouse(ctx context.Context, verb string) error {
 // after 15 s), then ClickHouse. It runs to the end even when ctx is
 // already cancelled (Ctrl-C is what usually calls it).
 func (s *Stack) Stop(ctx context.Context) {
-	for i := len(s.procs) - 1; i >= 0; i-- {
-		p := s.procs[i]
-		_ = syscall.Kill(-p.cmd.Process.Pid, syscall.SIGTERM)
+	s.mu.Lock()
+	s.stopping = true // Supervise restarts nothing from here
+	procs := s.procs
+	s.procs = nil
+	s.mu.Unlock()
+	for i := len(procs) - 1; i >= 0; i-- {
+		p := procs[i]
+		r := p.run
+		_ = syscall.Kill(-r.cmd.Process.Pid, syscall.SIGTERM)
 		select {
-		case err := <-p.done:
-			p.done <- err
+		case <-r.exit:
 		case <-time.After(15 * time.Second):
 			s.opts.Logger.Warn("process did not stop on SIGTERM; killing", "process", p.name)
-			_ = syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
-			p.done <- <-p.done
+			_ = syscall.Kill(-r.cmd.Process.Pid, syscall.SIGKILL)
+			<-r.exit
 		}
 	}
-	s.procs = nil
 	stopCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 	defer cancel()
 	if err := s.clickhouse(stopCtx, "stop"); err != nil {
@@ -391,17 +452,122 @@ func (s *Stack) Stop(ctx context.Context) {
 
 // Kill sends SIGKILL to one running part, for tests that need a stage gone.
 func (s *Stack) Kill(name string) error {
+	s.mu.Lock()
+	p := s.find(name)
+	if p == nil {
+		s.mu.Unlock()
+		return errors.New("no process named " + name)
+	}
+	p.killed = true
+	r := p.run
+	s.mu.Unlock()
+	if err := syscall.Kill(-r.cmd.Process.Pid, syscall.SIGKILL); err != nil {
+		return fmt.Errorf("kill %s: %w", name, err)
+	}
+	<-r.exit
+	return nil
+}
+
+// find returns the process named name, nil when none; s.mu is held.
+func (s *Stack) find(name string) *process {
 	for _, p := range s.procs {
 		if p.name == name {
-			if err := syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL); err != nil {
-				return fmt.Errorf("kill %s: %w", name, err)
-			}
-			err := <-p.done
-			p.done <- err
-			return nil
+			return p
 		}
 	}
-	return errors.New("no process named " + name)
+	return nil
+}
+
+// Restart starts a part that Kill ended again, with the same command
+// line: the broker reloads its data dir and listens on the same port, a
+// service reads the same config. It returns once the part is ready: the
+// broker accepts connections, ingress answers OPTIONS; the consumers are
+// only started (their groups take them back in on their own).
+func (s *Stack) Restart(ctx context.Context, name string) error {
+	s.mu.Lock()
+	p := s.find(name)
+	if p == nil {
+		s.mu.Unlock()
+		return errors.New("no process named " + name)
+	}
+	if !p.run.ended() {
+		s.mu.Unlock()
+		return fmt.Errorf("restart %s: it is still running", name)
+	}
+	err := p.start(os.O_APPEND)
+	if err == nil {
+		p.killed = false
+	}
+	s.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	// Only this part's death ends the wait: another may be down for its
+	// own fault and come back meanwhile.
+	alive := func() error {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		if r := p.run; r.ended() {
+			return fmt.Errorf("%s exited again (%w); last lines of %s:\n%s", name, r.err, p.log, tail(p.log, 15))
+		}
+		return nil
+	}
+	switch name {
+	case "broker":
+		return s.pollWhile(ctx, name, 30*time.Second, alive, dialTCP(s.BrokerAddr))
+	case "ingress":
+		return s.pollWhile(ctx, name, 30*time.Second, alive, func(ctx context.Context) error {
+			return sipOptions(ctx, s.IngressAddr)
+		})
+	}
+	return nil
+}
+
+// supervisePoll is how often Supervise looks for parts that exited.
+const supervisePoll = 200 * time.Millisecond
+
+// Supervise restarts, until ctx ends or Stop begins, every part that
+// exits on its own (not by Kill), as a service manager does
+// (compose's restart: unless-stopped, Kubernetes' restartPolicy: Always).
+// Restarts reports what it did.
+func (s *Stack) Supervise(ctx context.Context) {
+	tick := time.NewTicker(supervisePoll)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		s.mu.Lock()
+		if s.stopping {
+			s.mu.Unlock()
+			return
+		}
+		for _, p := range s.procs {
+			if p.killed || !p.run.ended() {
+				continue
+			}
+			s.opts.Logger.Warn("part exited; restarting it", "process", p.name, "err", p.run.err)
+			s.progress("%s exited (%v); restarting it", p.name, p.run.err)
+			if err := p.start(os.O_APPEND); err != nil {
+				s.opts.Logger.Error("restart", "process", p.name, "err", err)
+				continue
+			}
+			if s.restarts == nil {
+				s.restarts = map[string]int{}
+			}
+			s.restarts[p.name]++
+		}
+		s.mu.Unlock()
+	}
+}
+
+// Restarts returns how often Supervise restarted each part.
+func (s *Stack) Restarts() map[string]int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return maps.Clone(s.restarts)
 }
 
 func freePort() (int, error) {
