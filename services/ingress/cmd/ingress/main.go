@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
 	"github.com/emiago/sipgo/sip"
 	"github.com/twmb/franz-go/pkg/kgo"
@@ -103,6 +104,13 @@ func run(args []string, stderr io.Writer) int {
 	if err != nil {
 		logger.Error("start sip", "err", err)
 		return 1
+	}
+	// Calls an earlier run answered and never ended (it was killed) get
+	// their CallEnded before a new call is taken.
+	if n, err := srv.EndOrphans(ctx, time.Now().Add(-server.RestartLookback)); err != nil {
+		logger.Error("end the calls of an earlier run", "ended", n, "err", err)
+	} else if n > 0 {
+		logger.Warn("ended the calls of an earlier run", "ended", n)
 	}
 	metrics.RegisterCounters(reg, srv.Stats().Snapshot)
 	stopOps, err := serveOps(ctx, cfg.Metrics.Listen, reg, cl, srv.Addrs, logger)

@@ -106,6 +106,11 @@ type Trunk struct {
 	// wins: from, to, request_uri, pai, rpid, diversion.
 	CallerFrom []numbers.Source `yaml:"caller_from"`
 	CalleeFrom []numbers.Source `yaml:"callee_from"`
+	// MaxCalls and MaxCPS bound this trunk's share of the limits (0: only
+	// the global limits apply), so a flood from one trunk gets 503 while
+	// the others keep their capacity.
+	MaxCalls int `yaml:"max_calls"`
+	MaxCPS   int `yaml:"max_cps"`
 }
 
 // Limits are the overload bounds; beyond them a new INVITE gets 503 with
@@ -178,6 +183,10 @@ type RTP struct {
 	// PortMin and PortMax bound the RTP ports (inclusive); even ports are used.
 	PortMin int `yaml:"port_min"`
 	PortMax int `yaml:"port_max"`
+	// MediaTimeout ends an answered call (BYE to the caller, CallEnded
+	// reason media_timeout) when no RTP arrived on its port for this long
+	// while the caller is expected to send; 0 disables it.
+	MediaTimeout time.Duration `yaml:"media_timeout"`
 }
 
 // Default returns the configuration used when no file is given.
@@ -185,7 +194,7 @@ func Default() Config {
 	return Config{
 		Listen:          "127.0.0.1:5060",
 		Trunk:           "default",
-		RTP:             RTP{PortMin: 20000, PortMax: 20999},
+		RTP:             RTP{PortMin: 20000, PortMax: 20999, MediaTimeout: 60 * time.Second},
 		Limits:          Limits{MaxCalls: 5000, MaxCPS: 1000, RetryAfter: 5 * time.Second},
 		PublishTimeout:  2 * time.Second,
 		DrainTimeout:    30 * time.Second,
@@ -251,6 +260,9 @@ func (c Config) Validate() error {
 	if c.RTP.PortMax < c.RTP.PortMin+1 || c.RTP.PortMax > 65535 {
 		errs = append(errs, config.Errorf("rtp.port_max", "%d, want above port_min (%d) and at most 65535", c.RTP.PortMax, c.RTP.PortMin))
 	}
+	if t := c.RTP.MediaTimeout; t != 0 && (t < time.Second || t > 24*time.Hour) {
+		errs = append(errs, config.Errorf("rtp.media_timeout", "%v, want 0 (off) or 1s to 24h", t))
+	}
 	if c.Media.Greeting != "" {
 		if _, err := audio.Load(c.Media.Greeting); err != nil {
 			errs = append(errs, config.Errorf("media.greeting", "%v", err))
@@ -313,6 +325,12 @@ func (c Config) validateTrunks() []error {
 			if _, err := Prefix(s); err != nil {
 				errs = append(errs, config.Errorf(fmt.Sprintf("trunks[%d].sources[%d]", i, j), "%q, want a CIDR or an IP address", s))
 			}
+		}
+		if t.MaxCalls < 0 {
+			errs = append(errs, config.Errorf(field("max_calls"), "%d, want 0 (only limits.max_calls) or more", t.MaxCalls))
+		}
+		if t.MaxCPS < 0 {
+			errs = append(errs, config.Errorf(field("max_cps"), "%d, want 0 (only limits.max_cps) or more", t.MaxCPS))
 		}
 		if err := numbers.ValidRegion(t.Region); err != nil {
 			errs = append(errs, config.Errorf(field("region"), "%v", err))

@@ -55,6 +55,10 @@ func TestValidateNamesFields(t *testing.T) {
 		{"greeting missing", "media: {greeting: /nonexistent.wav}\n", "media.greeting:"},
 		{"silence", "media: {silence: -1s}\n", "media.silence:"},
 		{"drain timeout", "drain_timeout: -1s\n", "drain_timeout:"},
+		{"media timeout too short", "rtp: {media_timeout: 500ms}\n", "rtp.media_timeout:"},
+		{"media timeout negative", "rtp: {media_timeout: -1s}\n", "rtp.media_timeout:"},
+		{"trunk max calls", "trunks: [{name: a, sources: [10.0.0.1], max_calls: -1}]\n", "trunks[0].max_calls:"},
+		{"trunk max cps", "trunks: [{name: a, sources: [10.0.0.1], max_cps: -5}]\n", "trunks[0].max_cps:"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -108,4 +112,19 @@ func TestListenersReplaceListen(t *testing.T) {
 	require.Len(t, c.EffectiveListeners(), 2)
 	require.Equal(t, "::1", c.ContactHost(), "the first listener's host")
 	require.Equal(t, "::1", c.RTPHost())
+}
+
+func TestMediaTimeoutAndTrunkLimits(t *testing.T) {
+	c := Default()
+	require.Equal(t, 60*time.Second, c.RTP.MediaTimeout, "on by default")
+
+	path := filepath.Join(t.TempDir(), "ingress.yaml")
+	require.NoError(t, os.WriteFile(path, []byte("rtp: {media_timeout: 0s}\ntrunks:\n  - {name: a, sources: [10.0.0.1], max_calls: 10, max_cps: 2}\n  - {name: b, sources: [10.0.0.2]}\n"), 0o600))
+	c = Default()
+	require.NoError(t, pkgconfig.Load(path, &c), "0 turns the media timeout off; trunk limits are optional")
+	require.Zero(t, c.RTP.MediaTimeout)
+	got := c.EffectiveTrunks()
+	require.Equal(t, 10, got[0].MaxCalls)
+	require.Equal(t, 2, got[0].MaxCPS)
+	require.Zero(t, got[1].MaxCalls)
 }

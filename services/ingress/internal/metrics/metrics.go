@@ -93,7 +93,8 @@ type Counters func() map[string]uint64
 
 // RegisterCounters exposes the server's counters: refusals by reason
 // (acl: source not allowed, invalid: refused by validation, overload_calls
-// and overload_rate: 503 at max_calls or max_cps, draining: 503 at
+// and overload_rate: 503 at max_calls or max_cps, trunk_overload_calls and
+// trunk_overload_rate: 503 at a trunk's own limits, draining: 503 at
 // shutdown) and messages dropped without an answer.
 func RegisterCounters(reg prometheus.Registerer, counters Counters) {
 	// The reason label, and the server counter it reads.
@@ -103,6 +104,9 @@ func RegisterCounters(reg prometheus.Registerer, counters Counters) {
 		"overload_calls": "overload_calls",
 		"overload_rate":  "overload_rate",
 		"draining":       "draining",
+		// A trunk's own max_calls or max_cps (trunks[].max_calls, max_cps).
+		"trunk_overload_calls": "trunk_overload_calls",
+		"trunk_overload_rate":  "trunk_overload_rate",
 	}
 	for reason, key := range reasons {
 		reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{

@@ -61,6 +61,7 @@ func TestRegisterCountersReadsTheServer(t *testing.T) {
 	st.ACLDropped.Add(3)
 	st.Invalid.Add(1)
 	st.OverloadRate.Add(2)
+	st.TrunkOverloadRate.Add(4)
 	st.Dropped.Add(1)
 	st.StrayResponses.Add(1)
 	require.NoError(t, testutil.GatherAndCompare(reg, strings.NewReader(`# HELP baton_ingress_dropped_total SIP messages discarded without an answer (garbage, malformed, stray).
@@ -73,5 +74,7 @@ baton_ingress_rejected_total{reason="draining"} 0
 baton_ingress_rejected_total{reason="invalid"} 1
 baton_ingress_rejected_total{reason="overload_calls"} 0
 baton_ingress_rejected_total{reason="overload_rate"} 2
+baton_ingress_rejected_total{reason="trunk_overload_calls"} 0
+baton_ingress_rejected_total{reason="trunk_overload_rate"} 4
 `)))
 }

@@ -80,6 +80,7 @@ type Session struct {
 	latch  netip.AddrPort // the far end's source, once it sends
 	send   bool           // the direction allows sending
 	player *player
+	lastAt time.Time // when the last datagram arrived; zero before the first
 }
 
 // Port is the local port RTP is received on.
@@ -90,6 +91,14 @@ func (s *Session) Stats() Stats {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.recv.stats()
+}
+
+// LastPacket is when the last datagram arrived on the port; zero before
+// the first.
+func (s *Session) LastPacket() time.Time {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.lastAt
 }
 
 // SetMedia applies an offer/answer: the codec, where the far end receives
@@ -128,8 +137,10 @@ func (s *Session) read() {
 		if err != nil {
 			return // closed
 		}
+		now := time.Now()
 		s.mu.Lock()
-		d, ok := s.recv.packet(buf[:n], time.Now())
+		s.lastAt = now
+		d, ok := s.recv.packet(buf[:n], now)
 		if s.remote.IsValid() && !s.latch.IsValid() {
 			s.latch = netip.AddrPortFrom(from.Addr().Unmap(), from.Port())
 		}

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"strconv"
 	"strings"
 )
@@ -275,7 +276,10 @@ func parse(body []byte) (sessionConn string, streams []media, err error) {
 		val := line[2:]
 		switch line[0] {
 		case 'c':
-			addr := connAddr(val)
+			addr, err := connAddr(val)
+			if err != nil {
+				return "", nil, err
+			}
 			if cur == nil {
 				sessionConn = addr
 			} else {
@@ -327,13 +331,22 @@ func isDirection(attr string) bool {
 }
 
 // connAddr returns the address of a c= value "IN IP4 192.0.2.1[/ttl]".
-func connAddr(v string) string {
+// An IP address of the other version than the address type says (IN IP4
+// 2001:db8::1, IN IP6 192.0.2.1) makes the offer unusable: which socket
+// family to send from is then a guess (RFC 4566 5.7; RFC 5118 4.8 lets the
+// versions differ between c= lines, never within one).
+func connAddr(v string) (string, error) {
 	f := strings.Fields(v)
 	if len(f) < 3 {
-		return ""
+		return "", nil
 	}
 	addr, _, _ := strings.Cut(f[2], "/")
-	return addr
+	if ip, err := netip.ParseAddr(addr); err == nil {
+		if (f[1] == "IP4") != ip.Is4() || f[1] != "IP4" && f[1] != "IP6" {
+			return "", fmt.Errorf("%w: c= address type %s does not match %s", ErrNotAcceptable, truncate(f[1]), truncate(addr))
+		}
+	}
+	return addr, nil
 }
 
 func truncate(s string) string {

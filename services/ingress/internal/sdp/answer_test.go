@@ -71,6 +71,18 @@ func TestNegotiateIPv6(t *testing.T) {
 	require.Contains(t, string(a.SDP), "c=IN IP6 2001:db8::7\r\n")
 }
 
+// TestNegotiateMixedVersions: the session c= and the audio c= may be of
+// different IP versions (RFC 5118 4.8); the media-level one wins, and an
+// IPv4-mapped IPv6 address is IPv6.
+func TestNegotiateMixedVersions(t *testing.T) {
+	a, err := Negotiate(offer("m=audio 4000 RTP/AVP 0", "c=IN IP6 2001:db8::20"), Params{Host: "127.0.0.1", Port: 20000, SessionID: 1})
+	require.NoError(t, err)
+	require.Equal(t, "[2001:db8::20]:4000", a.RemoteAddr)
+	a, err = Negotiate(offer("m=audio 4000 RTP/AVP 0", "c=IN IP6 ::ffff:192.0.2.12"), Params{Host: "127.0.0.1", Port: 20000, SessionID: 1})
+	require.NoError(t, err)
+	require.Equal(t, "[::ffff:192.0.2.12]:4000", a.RemoteAddr)
+}
+
 func TestNegotiateRefuses(t *testing.T) {
 	for name, body := range map[string][]byte{
 		"empty":         nil,
@@ -79,6 +91,9 @@ func TestNegotiateRefuses(t *testing.T) {
 		"g729 only":     offer("m=audio 4000 RTP/AVP 18", "a=rtpmap:18 G729/8000"),
 		"audio refused": offer("m=audio 0 RTP/AVP 0"),
 		"pcmu wideband": offer("m=audio 4000 RTP/AVP 96", "a=rtpmap:96 PCMU/16000"),
+		"ip4 with ipv6": offer("m=audio 4000 RTP/AVP 0", "c=IN IP4 2001:db8::1"),
+		"ip6 with ipv4": offer("m=audio 4000 RTP/AVP 0", "c=IN IP6 192.0.2.1"),
+		"ip5":           offer("m=audio 4000 RTP/AVP 0", "c=IN IP5 192.0.2.1"),
 	} {
 		t.Run(name, func(t *testing.T) {
 			_, err := Negotiate(body, Params{Host: "127.0.0.1", Port: 20000})

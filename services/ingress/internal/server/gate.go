@@ -15,6 +15,7 @@ import (
 	"github.com/emiago/sipgo/sip"
 
 	"github.com/baton-voice/baton/services/ingress/internal/sipcheck"
+	"github.com/baton-voice/baton/services/ingress/internal/trunks"
 )
 
 // Stats are ingress's counters. They only grow.
@@ -32,19 +33,25 @@ type Stats struct {
 	// because of max_calls or max_cps; Draining those refused at shutdown.
 	OverloadCalls atomic.Uint64
 	OverloadRate  atomic.Uint64
-	Draining      atomic.Uint64
+	// TrunkOverloadCalls and TrunkOverloadRate count those refused by a
+	// trunk's own max_calls or max_cps.
+	TrunkOverloadCalls atomic.Uint64
+	TrunkOverloadRate  atomic.Uint64
+	Draining           atomic.Uint64
 }
 
 // Snapshot returns the counters by name.
 func (s *Stats) Snapshot() map[string]uint64 {
 	return map[string]uint64{
-		"acl_dropped":     s.ACLDropped.Load(),
-		"invalid":         s.Invalid.Load(),
-		"dropped":         s.Dropped.Load(),
-		"stray_responses": s.StrayResponses.Load(),
-		"overload_calls":  s.OverloadCalls.Load(),
-		"overload_rate":   s.OverloadRate.Load(),
-		"draining":        s.Draining.Load(),
+		"acl_dropped":          s.ACLDropped.Load(),
+		"invalid":              s.Invalid.Load(),
+		"dropped":              s.Dropped.Load(),
+		"stray_responses":      s.StrayResponses.Load(),
+		"overload_calls":       s.OverloadCalls.Load(),
+		"overload_rate":        s.OverloadRate.Load(),
+		"trunk_overload_calls": s.TrunkOverloadCalls.Load(),
+		"trunk_overload_rate":  s.TrunkOverloadRate.Load(),
+		"draining":             s.Draining.Load(),
 	}
 }
 
@@ -62,7 +69,8 @@ func (s *Server) filter(p sip.TransportReadProps, data []byte) ([]byte, error) {
 		return nil, nil
 	}
 	src := addrPort(p.RemoteAddr)
-	if s.trunks.Lookup(src.Addr().Unmap()) == nil {
+	trunk := s.trunks.Lookup(src.Addr().Unmap())
+	if trunk == nil {
 		s.stats.ACLDropped.Add(1)
 		s.rejectLog.log(s.log, "request from an address no trunk allows", "source", src.String())
 		if p.Transport != "UDP" {
@@ -81,6 +89,9 @@ func (s *Server) filter(p sip.TransportReadProps, data []byte) ([]byte, error) {
 	r := sipcheck.Check(data, s.policy)
 	switch {
 	case r.Response && r.OK():
+		if s.awaitsAnswer(r.Branch) {
+			return data, nil // the answer to a BYE ingress sent
+		}
 		s.stats.StrayResponses.Add(1)
 		return nil, nil
 	case r.Drop:
@@ -94,7 +105,7 @@ func (s *Server) filter(p sip.TransportReadProps, data []byte) ([]byte, error) {
 		return nil, nil
 	}
 	if r.Method == "INVITE" && !r.ToTag {
-		if refused := s.admitInvite(r); refused.Status != 0 {
+		if refused := s.admitInvite(r, trunk); refused.Status != 0 {
 			s.sendRaw(p.LocalAddr, p.RemoteAddr, sipcheck.Reply(data, refused, sip.GenerateTagN(16), src))
 			return nil, nil
 		}
@@ -105,7 +116,7 @@ func (s *Server) filter(p sip.TransportReadProps, data []byte) ([]byte, error) {
 // admitInvite decides on a new INVITE before sipgo sees it; a zero result
 // admits it. A retransmission gets the decision its first copy got and is
 // not counted again.
-func (s *Server) admitInvite(r sipcheck.Result) sipcheck.Result {
+func (s *Server) admitInvite(r sipcheck.Result, t *trunks.Trunk) sipcheck.Result {
 	unavailable := func(detail string) sipcheck.Result {
 		return sipcheck.Result{Status: sip.StatusServiceUnavailable, Reason: "Service Unavailable", Detail: detail,
 			Extra: []sipcheck.Header{{Name: "Retry-After", Value: s.retryAfter}}}
@@ -114,7 +125,7 @@ func (s *Server) admitInvite(r sipcheck.Result) sipcheck.Result {
 		s.stats.Draining.Add(1)
 		return unavailable("draining")
 	}
-	verdict, fresh := s.admit.decide(r.CallID+"\x00"+r.Branch, time.Now())
+	verdict, fresh := s.admit.decide(r.CallID+"\x00"+r.Branch, t, time.Now())
 	if !fresh {
 		if verdict == admitted {
 			return sipcheck.Result{}
@@ -130,6 +141,14 @@ func (s *Server) admitInvite(r sipcheck.Result) sipcheck.Result {
 		s.stats.OverloadRate.Add(1)
 		s.rejectLog.log(s.log, "invite refused: max_cps reached", "call_id", r.CallID)
 		return unavailable("max_cps")
+	case overTrunkCalls:
+		s.stats.TrunkOverloadCalls.Add(1)
+		s.rejectLog.log(s.log, "invite refused: trunk max_calls reached", "trunk", t.Name, "call_id", r.CallID)
+		return unavailable("trunk max_calls")
+	case overTrunkRate:
+		s.stats.TrunkOverloadRate.Add(1)
+		s.rejectLog.log(s.log, "invite refused: trunk max_cps reached", "trunk", t.Name, "call_id", r.CallID)
+		return unavailable("trunk max_cps")
 	}
 	return sipcheck.Result{}
 }
@@ -161,19 +180,49 @@ const (
 	admitted verdict = iota
 	overCalls
 	overRate
+	overTrunkCalls
+	overTrunkRate
 )
 
+// bucket is a token bucket with a burst of one second's worth.
+type bucket struct {
+	rate   float64 // tokens per second
+	tokens float64
+	last   time.Time
+}
+
+func newBucket(perSecond int) bucket {
+	return bucket{rate: float64(perSecond), tokens: float64(perSecond)}
+}
+
+// refill adds the tokens earned since the last call and reports whether
+// one is there to take.
+func (b *bucket) refill(now time.Time) bool {
+	if !b.last.IsZero() {
+		b.tokens = min(b.rate, b.tokens+now.Sub(b.last).Seconds()*b.rate)
+	}
+	b.last = now
+	return b.tokens >= 1
+}
+
+// trunkLoad is one trunk's share: its calls in the table and its own
+// bucket (rate 0: no per-trunk max_cps).
+type trunkLoad struct {
+	active int64
+	bucket bucket
+}
+
 // admission is the overload gate for new INVITEs: a concurrency bound
-// and a token bucket, plus a bounded memory of recent decisions keyed by
-// Call-ID and branch so retransmissions are recognised.
+// and a token bucket, globally and per trunk (trunks[].max_calls,
+// max_cps), plus a bounded memory of recent decisions keyed by Call-ID
+// and branch so retransmissions are recognised.
 type admission struct {
 	maxCalls int64
-	rate     float64 // tokens per second
 	active   *atomic.Int64
 
 	mu     sync.Mutex
-	tokens float64
-	last   time.Time
+	global bucket
+	trunks map[string]*trunkLoad // by trunk name; only configured trunks
 	seen   map[string]verdict
 	ring   []string
 	next   int
@@ -184,31 +233,48 @@ type admission struct {
 func newAdmission(maxCalls, maxCPS int, active *atomic.Int64) *admission {
 	ringSize := min(max(64*maxCPS, 1024), 1<<17)
 	return &admission{
-		maxCalls: int64(maxCalls), rate: float64(maxCPS), active: active,
-		tokens: float64(maxCPS), seen: make(map[string]verdict, ringSize), ring: make([]string, ringSize),
+		maxCalls: int64(maxCalls), active: active, global: newBucket(maxCPS),
+		trunks: map[string]*trunkLoad{},
+		seen:   make(map[string]verdict, ringSize), ring: make([]string, ringSize),
 	}
 }
 
-// decide returns the verdict for key and whether it was made now (false
-// for a retransmission).
-func (a *admission) decide(key string, now time.Time) (verdict, bool) {
+// loadOf returns t's load, creating it on first use; a.mu is held.
+func (a *admission) loadOf(t *trunks.Trunk) *trunkLoad {
+	l := a.trunks[t.Name]
+	if l == nil {
+		l = &trunkLoad{bucket: newBucket(t.MaxCPS)}
+		a.trunks[t.Name] = l
+	}
+	return l
+}
+
+// decide returns the verdict for key, an INVITE from trunk t, and whether
+// it was made now (false for a retransmission).
+func (a *admission) decide(key string, t *trunks.Trunk, now time.Time) (verdict, bool) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if v, ok := a.seen[key]; ok {
 		return v, false
 	}
-	if !a.last.IsZero() {
-		a.tokens = min(a.rate, a.tokens+now.Sub(a.last).Seconds()*a.rate)
-	}
-	a.last = now
+	load := a.loadOf(t)
+	globalToken := a.global.refill(now)
+	trunkToken := t.MaxCPS == 0 || load.bucket.refill(now)
 	v := admitted
 	switch {
+	case t.MaxCalls > 0 && load.active >= int64(t.MaxCalls):
+		v = overTrunkCalls
+	case !trunkToken:
+		v = overTrunkRate
 	case a.active.Load() >= a.maxCalls:
 		v = overCalls
-	case a.tokens < 1:
+	case !globalToken:
 		v = overRate
 	default:
-		a.tokens--
+		a.global.tokens--
+		if t.MaxCPS > 0 {
+			load.bucket.tokens--
+		}
 	}
 	if old := a.ring[a.next]; old != "" {
 		delete(a.seen, old)
@@ -217,6 +283,26 @@ func (a *admission) decide(key string, now time.Time) (verdict, bool) {
 	a.next = (a.next + 1) % len(a.ring)
 	a.seen[key] = v
 	return v, true
+}
+
+// enter counts a call of trunk t into the table unless the trunk's
+// max_calls calls are there already.
+func (a *admission) enter(t *trunks.Trunk) bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	load := a.loadOf(t)
+	if t.MaxCalls > 0 && load.active >= int64(t.MaxCalls) {
+		return false
+	}
+	load.active++
+	return true
+}
+
+// leave counts a call of trunk t out of the table.
+func (a *admission) leave(t *trunks.Trunk) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.loadOf(t).active--
 }
 
 // rateLog lets at most perSecond records through each second and reports

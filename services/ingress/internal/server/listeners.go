@@ -152,7 +152,12 @@ func (s *Server) checkStream(req *sip.Request, tx sip.ServerTransaction) bool {
 		return false
 	}
 	if req.Method == sip.INVITE && !r.ToTag {
-		if refused := s.admitInvite(r); refused.Status != 0 {
+		trunk := s.trunkOf(req)
+		if trunk == nil {
+			s.stats.ACLDropped.Add(1)
+			return false
+		}
+		if refused := s.admitInvite(r, trunk); refused.Status != 0 {
 			s.reply(req, tx, refused.Status, refused.Reason, extraHeaders(refused.Extra)...)
 			return false
 		}

@@ -85,7 +85,7 @@ func (s *Server) onReInvite(ctx context.Context, c *call, req *sip.Request, tx s
 		close(ri.done)
 	}()
 	if len(body) > 0 {
-		c.media.SetMedia(mediaOf(answer))
+		c.applyMedia(answer, time.Now())
 	}
 
 	if len(body) > 0 {
@@ -110,15 +110,15 @@ func (s *Server) onReInvite(ctx context.Context, c *call, req *sip.Request, tx s
 	// Ingress offered: the ACK holds the answer.
 	answer, err := sdp.ReadAnswer(ack.Body(), local)
 	if err != nil {
-		// Ingress never sends BYE (transfer does); the media stays as
-		// it was and the mismatch is logged.
+		// The dialog lives on (it is not dead, only its last offer
+		// failed): the media stays as it was and the mismatch is logged.
 		log.WarnContext(ctx, "re-invite answer in ack unusable; media unchanged", "err", err)
 		return
 	}
 	c.mu.Lock()
 	c.codec = answer.Codec.Name
 	c.mu.Unlock()
-	c.media.SetMedia(mediaOf(answer))
+	c.applyMedia(answer, time.Now())
 	log.InfoContext(ctx, "re-invite answered in ack", "direction", answer.Direction, "codec", answer.Codec.Name, "remote_rtp", answer.RemoteAddr)
 	s.publishAsync(ctx, c.id, callUpdated(c.id, cseq, answer, local, ack.Body()))
 }

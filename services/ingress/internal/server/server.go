@@ -1,7 +1,9 @@
 // Package server is ingress's SIP edge: it answers inbound INVITEs once
 // Kafka holds their CallStarted, keeps a table of the calls it answered, and
 // turns the in-dialog requests the far end sends (ACK, BYE, NOTIFY, CANCEL)
-// into facts. It never sends a request of its own: transfer does that.
+// into facts. The only request it sends itself is the BYE of a dead
+// dialog: a 2xx never ACKed, or no media for rtp.media_timeout
+// (docs/decisions/0009); every other request is transfer's.
 package server
 
 import (
@@ -52,6 +54,10 @@ type Server struct {
 	tracer       trace.Tracer
 	ua           *sipgo.UserAgent
 	sip          *sipgo.Server
+	client       *sipgo.Client // sends the BYE of a dead dialog
+	byes         sync.Map      // Via branches of the BYEs in flight, see filter
+	orphans      sync.Map      // Call-IDs EndOrphans ended, see restart.go
+	t1           time.Duration // RFC 3261 T1 of the 2xx retransmission; sip.T1
 	udp          []*net.UDPConn
 	streams      []stream
 	contacts     map[string]string // by transport and address family, see contactFor
@@ -95,7 +101,7 @@ func WithTracer(t trace.Tracer) Option {
 // and prepares the server. cl publishes to cfg.Kafka.Topics.Calls.
 func Listen(cfg config.Config, cl *kgo.Client, logger *slog.Logger, opts ...Option) (*Server, error) {
 	s := &Server{cfg: cfg, cl: cl, log: logger, contacts: map[string]string{}, drained: make(chan struct{}, 1),
-		tracer: noop.NewTracerProvider().Tracer("")}
+		tracer: noop.NewTracerProvider().Tracer(""), t1: sip.T1}
 	for _, o := range opts {
 		o(s)
 	}
@@ -138,7 +144,11 @@ func Listen(cfg config.Config, cl *kgo.Client, logger *slog.Logger, opts ...Opti
 	if err != nil {
 		return nil, errors.Join(fmt.Errorf("sip server: %w", err), ua.Close(), s.closeListeners())
 	}
-	s.ua, s.sip = ua, srv
+	client, err := sipgo.NewClient(ua, sipgo.WithClientLogger(sipLog))
+	if err != nil {
+		return nil, errors.Join(fmt.Errorf("sip client: %w", err), ua.Close(), s.closeListeners())
+	}
+	s.ua, s.sip, s.client = ua, srv, client
 	return s, nil
 }
 
@@ -205,6 +215,16 @@ func (s *Server) Serve(ctx context.Context) error {
 	s.sip.OnOptions(handle(s.onOptions))
 	s.sip.OnInfo(handle(s.onInfo))
 	s.sip.OnNoRoute(handle(s.onOther))
+
+	if s.cfg.RTP.MediaTimeout > 0 {
+		var watchers sync.WaitGroup
+		defer func() {
+			stopRun()
+			watchers.Wait()
+		}()
+		watchers.Go(func() { s.watchMedia(runCtx, s.cfg.RTP.MediaTimeout) })
+		watchers.Go(func() { s.followTransfers(runCtx) })
+	}
 
 	n := len(s.udp) + len(s.streams)
 	served := make(chan error, n)
@@ -320,6 +340,12 @@ type call struct {
 	remoteTag string
 	start     time.Time
 	media     *rtp.Session
+	trunk     *trunks.Trunk
+	// dialog is the dialog as CallStarted told it, transport and udp
+	// where the INVITE came: what ingress's own BYE needs.
+	dialog    *batonv1.Dialog
+	transport string
+	udp       *net.UDPConn
 
 	mu           sync.Mutex
 	state        callState
@@ -338,6 +364,14 @@ type call struct {
 	remoteCSeq uint32
 	// reinvite is the re-INVITE answered 200 and waiting for its ACK.
 	reinvite *reinvite
+	// remoteSends is whether the last offer/answer lets the caller send
+	// RTP (its direction sendrecv or sendonly); mediaSince is when that
+	// answer took effect. The media timeout counts from the later of it
+	// and the last packet, and only while remoteSends.
+	remoteSends bool
+	mediaSince  time.Time
+	hangingUp   bool // the media watch picked it
+	mediaMoved  bool // transfer bridged the caller's media elsewhere
 }
 
 // reinvite is a re-INVITE whose 200 OK waits for the ACK; the ACK carries
@@ -402,12 +436,13 @@ func (c *call) wasCancelled() (bool, string) {
 
 // Reasons add refuses a call.
 var (
-	errCallExists = errors.New("a call with this Call-ID exists")
-	errOverCalls  = errors.New("max_calls reached")
+	errCallExists     = errors.New("a call with this Call-ID exists")
+	errOverCalls      = errors.New("max_calls reached")
+	errOverTrunkCalls = errors.New("trunk max_calls reached")
 )
 
-// add registers c unless a call with its Call-ID exists or max_calls
-// calls are up.
+// add registers c unless a call with its Call-ID exists, max_calls calls
+// are up, or its trunk's max_calls are.
 func (s *Server) add(c *call) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -416,6 +451,9 @@ func (s *Server) add(c *call) error {
 	}
 	if len(s.calls) >= s.cfg.Limits.MaxCalls {
 		return errOverCalls
+	}
+	if !s.admit.enter(c.trunk) {
+		return errOverTrunkCalls
 	}
 	s.calls[c.id] = c
 	s.active.Add(1)
@@ -430,6 +468,7 @@ func (s *Server) remove(c *call) bool {
 		return false
 	}
 	delete(s.calls, c.id)
+	s.admit.leave(c.trunk)
 	if s.active.Add(-1) == 0 && s.draining.Load() {
 		select {
 		case s.drained <- struct{}{}:
@@ -476,6 +515,9 @@ func (s *Server) onInvite(ctx context.Context, req *sip.Request, tx sip.ServerTr
 			return
 		}
 		s.onReInvite(ctx, c, req, tx)
+		return
+	}
+	if s.refuseOrphan(callID, func() { s.reply(req, tx, sip.StatusInternalServerError, "Server Internal Error") }) {
 		return
 	}
 	// The CANCEL callback goes in before the 100: a CANCEL may follow the
@@ -538,14 +580,20 @@ func (s *Server) onInvite(ctx context.Context, req *sip.Request, tx sip.ServerTr
 	c.mu.Lock()
 	c.localTag, c.remoteTag, c.start, c.media = localTag, facts.started.Dialog.RemoteTag, start, media
 	c.sdpSession, c.sdpVersion, c.localSDP, c.codec = sessionID, sessionID, answer.SDP, answer.Codec.Name
+	c.trunk, c.dialog, c.transport, c.udp = trunk, facts.started.Dialog, req.Transport(), s.udpFor(req)
+	c.remoteSends, c.mediaSince = remoteSends(answer), start
 	c.mu.Unlock()
 	if cseq := req.CSeq(); cseq != nil {
 		c.remoteCSeq = cseq.SeqNo
 	}
 	media.SetMedia(mediaOf(answer))
-	if err := s.add(c); errors.Is(err, errOverCalls) {
+	if err := s.add(c); errors.Is(err, errOverCalls) || errors.Is(err, errOverTrunkCalls) {
 		closeMedia()
-		s.stats.OverloadCalls.Add(1)
+		if errors.Is(err, errOverCalls) {
+			s.stats.OverloadCalls.Add(1)
+		} else {
+			s.stats.TrunkOverloadCalls.Add(1)
+		}
 		log.WarnContext(ctx, "call refused", "err", err)
 		s.reply(req, tx, sip.StatusServiceUnavailable, "Service Unavailable", sip.NewHeader("Retry-After", s.retryAfter))
 		return
@@ -595,10 +643,10 @@ func (s *Server) onInvite(ctx context.Context, req *sip.Request, tx sip.ServerTr
 // sipgo's transaction leaves 2xx retransmission to the UAS core). It
 // reports whether the ACK came.
 func (s *Server) awaitAck(ctx context.Context, c *call, tx sip.ServerTransaction, res *sip.Response) bool {
-	interval := sip.T1
+	interval := s.t1
 	retransmit := time.NewTimer(interval)
 	defer retransmit.Stop()
-	giveUp := time.NewTimer(64 * sip.T1)
+	giveUp := time.NewTimer(64 * s.t1)
 	defer giveUp.Stop()
 	for {
 		select {
@@ -612,9 +660,10 @@ func (s *Server) awaitAck(ctx context.Context, c *call, tx sip.ServerTransaction
 		case <-ctx.Done():
 			return false
 		case <-giveUp.C:
-			// Ingress never sends BYE; the call stays in the table until
-			// the far end or transfer ends it.
-			s.log.WarnContext(ctx, "no ack for 200 ok", "call_id", c.id)
+			// RFC 3261 13.3.1.4: the session is over; BYE ends it for
+			// the far end too (docs/decisions/0009).
+			s.log.WarnContext(ctx, "no ack for 200 ok; ending the call", "call_id", c.id)
+			s.hangUp(ctx, c, reasonAckTimeout)
 			return false
 		case <-retransmit.C:
 			if err := tx.Respond(res); err != nil {
@@ -626,25 +675,32 @@ func (s *Server) awaitAck(ctx context.Context, c *call, tx sip.ServerTransaction
 	}
 }
 
-// endCall removes c, releases its media and publishes CallEnded.
+// endCall removes c, releases its media and publishes CallEnded: the far
+// end ended the call with method.
 func (s *Server) endCall(ctx context.Context, c *call, method sip.RequestMethod, reason string) {
 	if !s.remove(c) {
 		return
 	}
+	s.ended(ctx, c, batonv1.Party_PARTY_REMOTE, method, reason)
+}
+
+// ended releases the media of c, which remove took out of the table, and
+// publishes its CallEnded.
+func (s *Server) ended(ctx context.Context, c *call, by batonv1.Party, method sip.RequestMethod, reason string) {
 	c.end()
 	st, err := c.media.Close()
 	if err != nil {
 		s.log.WarnContext(ctx, "close rtp", "call_id", c.id, "err", err)
 	}
 	d := time.Since(c.start)
-	s.log.InfoContext(ctx, "call ended", "call_id", c.id, "method", string(method), "reason", reason,
+	s.log.InfoContext(ctx, "call ended", "call_id", c.id, "ended_by", by.String(), "method", string(method), "reason", reason,
 		"duration", d.String(), "rtp_packets", st.Packets, "rtp_bytes", st.Bytes, "rtp_lost", st.Lost, "jitter_ms", st.JitterMS)
 	c.mu.Lock()
 	codec := c.codec
 	c.mu.Unlock()
 	ended := &batonv1.CallEnded{
 		CallId:   c.id,
-		EndedBy:  batonv1.Party_PARTY_REMOTE,
+		EndedBy:  by,
 		Method:   string(method),
 		Reason:   reason,
 		Duration: durationpb.New(d),
@@ -652,9 +708,7 @@ func (s *Server) endCall(ctx context.Context, c *call, method sip.RequestMethod,
 			Packets: st.Packets, Bytes: st.Bytes, Lost: st.Lost, JitterMs: st.JitterMS, Codec: codec,
 		},
 	}
-	if err := s.publish(ctx, c.id, ended); err != nil {
-		s.log.ErrorContext(ctx, "publish call ended", "call_id", c.id, "err", err)
-	}
+	s.publishEnded(ctx, c.id, ended) // restart.go: retried until Kafka takes it
 }
 
 func (s *Server) onAck(req *sip.Request, _ sip.ServerTransaction) {

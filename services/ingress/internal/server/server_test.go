@@ -65,6 +65,12 @@ type ingress struct {
 // startIngress runs a server on 127.0.0.1:0 against brokers until the test ends.
 func startIngress(t *testing.T, brokers []string, tune func(*config.Config), opts ...Option) *ingress {
 	t.Helper()
+	return startIngressLogging(t, brokers, tune, slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelWarn})), opts...)
+}
+
+// startIngressLogging is startIngress with the server logging to logger.
+func startIngressLogging(t *testing.T, brokers []string, tune func(*config.Config), logger *slog.Logger, opts ...Option) *ingress {
+	t.Helper()
 	cfg := config.Default()
 	cfg.Listen = "127.0.0.1:0"
 	cfg.Kafka.Brokers = brokers
@@ -74,7 +80,6 @@ func startIngress(t *testing.T, brokers []string, tune func(*config.Config), opt
 		tune(&cfg)
 	}
 	require.NoError(t, cfg.Validate())
-	logger := slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelWarn}))
 	cl, err := kgo.NewClient(kafka.ClientOpts(cfg.Kafka, logger)...)
 	require.NoError(t, err)
 	t.Cleanup(cl.Close)

@@ -11,6 +11,7 @@ package sipcheck
 
 import (
 	"bytes"
+	"net/netip"
 	"strconv"
 	"strings"
 )
@@ -38,7 +39,7 @@ type Result struct {
 	Response bool
 	// Method is the request method as received; empty for responses.
 	Method string
-	// CallID and Branch (top Via) identify a request's transaction; ToTag
+	// CallID and Branch (top Via) identify a message's transaction; ToTag
 	// is set when the To header has a tag (an in-dialog request).
 	CallID, Branch string
 	ToTag          bool
@@ -214,7 +215,12 @@ func (m *message) first(name string) (string, bool) {
 func Check(data []byte, p Policy) Result {
 	m := parse(data)
 	if strings.HasPrefix(m.start, "SIP/") {
-		return checkResponse(&m, len(data))
+		r := checkResponse(&m, len(data))
+		r.CallID, _ = m.first("Call-ID")
+		if via, ok := m.first("Via"); ok {
+			r.Branch = branchOf(via)
+		}
+		return r
 	}
 	r := checkRequest(&m, data, p)
 	r.CallID, _ = m.first("Call-ID")
@@ -424,6 +430,9 @@ func checkRequestURI(r Result, uri string) (Result, bool) {
 		if host == "" || host[0] == ';' || host[0] == ':' {
 			return reject(r, 400, "Bad Request-URI", "Request-URI has no host"), true
 		}
+		if why := checkSIPHost(rest); why != "" {
+			return reject(r, 400, "Bad Request-URI", "Request-URI "+why), true
+		}
 	case "tel":
 	default:
 		return reject(r, 416, "Unsupported URI Scheme", "Request-URI scheme not supported"), true
@@ -465,6 +474,9 @@ func checkVia(v string) string {
 		if sentBy == "" || strings.ContainsAny(sentBy, " \t<>\"") {
 			return "Via sent-by is malformed"
 		}
+		if why := checkHostPort(sentBy); why != "" {
+			return "Via sent-by " + why
+		}
 		if params == "" && strings.Contains(rest, ";") {
 			return "Via has an empty parameter"
 		}
@@ -482,6 +494,93 @@ func checkVia(v string) string {
 		}
 	}
 	return ""
+}
+
+// checkSIPHost validates the hostport of a sip or sips URI given without
+// its scheme ("user@host:port;params?headers"): an IPv6 address must be a
+// bracketed reference (RFC 3261 25.1, RFC 5118 4.2), whose port, if any,
+// follows the "]" (RFC 5118 4.3, 4.4).
+func checkSIPHost(rest string) string {
+	// URI headers follow the first "?", which an IPv6 reference never
+	// holds; the host follows the last "@" of what is left, whose
+	// parameters start at the first ";" after it.
+	rest, _, _ = strings.Cut(rest, "?")
+	if at := strings.LastIndexByte(rest, '@'); at >= 0 {
+		rest = rest[at+1:]
+	}
+	hostport, _, _ := strings.Cut(rest, ";")
+	return checkHostPort(hostport)
+}
+
+// checkHostPort validates host[:port] where host is a name, an IPv4
+// address or a bracketed IPv6 reference.
+func checkHostPort(hp string) string {
+	if hp == "" {
+		return "has no host"
+	}
+	port := ""
+	if hp[0] == '[' {
+		end := strings.IndexByte(hp, ']')
+		if end < 0 {
+			return "has an IPv6 reference without ]"
+		}
+		if !validIPv6Reference(hp[1:end]) {
+			return "has a malformed IPv6 reference"
+		}
+		rest := hp[end+1:]
+		if rest != "" {
+			if rest[0] != ':' {
+				return "has text after an IPv6 reference"
+			}
+			port = rest[1:]
+			if port == "" {
+				return "has an empty port"
+			}
+		}
+	} else {
+		if strings.Count(hp, ":") > 1 {
+			return "has an IPv6 address without [] (RFC 3261 25.1)"
+		}
+		if strings.ContainsAny(hp, "[]") {
+			return "has a stray [ or ]"
+		}
+		host, p, hasPort := strings.Cut(hp, ":")
+		if host == "" {
+			return "has no host"
+		}
+		if hasPort {
+			if p == "" {
+				return "has an empty port"
+			}
+			port = p
+		}
+	}
+	if port != "" {
+		if n, err := strconv.Atoi(port); err != nil || !allDigits(port) || n > 65535 {
+			return "has a malformed port"
+		}
+	}
+	return ""
+}
+
+// validIPv6Reference accepts an IPv6 address as RFC 5954 writes it (no
+// zone), and, as RFC 5118 4.10 asks of a robust parser, the one form RFC
+// 3261's original ABNF also derives: hex groups, three colons, then an
+// IPv4 address (2001:db8:::192.0.2.1 for 2001:db8::192.0.2.1).
+func validIPv6Reference(s string) bool {
+	if strings.Contains(s, "%") {
+		return false
+	}
+	if i := strings.Index(s, ":::"); i >= 0 {
+		tail := s[i+3:]
+		v4, err := netip.ParseAddr(tail)
+		if i == 0 || strings.Count(s, ":::") != 1 || err != nil || !v4.Is4() || strings.Contains(s[:i], "::") {
+			return false
+		}
+		s = s[:i] + "::" + tail
+	}
+	a, err := netip.ParseAddr(s)
+	return err == nil && a.Is6()
 }
 
 // checkAddress validates a name-addr or addr-spec with parameters (From,
@@ -528,6 +627,11 @@ func checkAddress(v string) string {
 	scheme, rest, ok := strings.Cut(uri, ":")
 	if !ok || !validScheme(scheme) || rest == "" {
 		return "address URI has no scheme"
+	}
+	if s := strings.ToLower(scheme); s == "sip" || s == "sips" {
+		if why := checkSIPHost(rest); why != "" {
+			return "address URI " + why
+		}
 	}
 	if params != "" {
 		if why := checkParams(params); why != "" {

@@ -18,6 +18,9 @@ type Trunk struct {
 	Region     string
 	CallerFrom []numbers.Source
 	CalleeFrom []numbers.Source
+	// MaxCalls and MaxCPS are the trunk's own limits; 0 means none.
+	MaxCalls int
+	MaxCPS   int
 }
 
 type entry struct {
@@ -34,7 +37,8 @@ type Table struct {
 func New(trunks []config.Trunk) (*Table, error) {
 	t := &Table{}
 	for _, c := range trunks {
-		tr := &Trunk{Name: c.Name, Region: c.Region, CallerFrom: c.CallerFrom, CalleeFrom: c.CalleeFrom}
+		tr := &Trunk{Name: c.Name, Region: c.Region, CallerFrom: c.CallerFrom, CalleeFrom: c.CalleeFrom,
+			MaxCalls: c.MaxCalls, MaxCPS: c.MaxCPS}
 		for _, s := range c.Sources {
 			p, err := config.Prefix(s)
 			if err != nil {
