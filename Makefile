@@ -8,7 +8,7 @@ MODULES := $(shell go list -m -f '{{.Dir}}' 2>/dev/null)
 BIN := $(CURDIR)/bin
 SERVICES := ingress router transfer analytics
 APT_PACKAGES := clickhouse-server clickhouse-client sip-tester kcat kamailio chromium \
-	sipvicious sipsak nftables iproute2
+	sipvicious nftables iproute2
 GO_TEST_FLAGS ?= -race -count=1
 
 .PHONY: help
