@@ -68,9 +68,9 @@ func ValidateValue(value string) error {
 	return nil
 }
 
-// hasControl reports whether s holds an ASCII control character (CR, LF,
+// HasControl reports whether s holds an ASCII control character (CR, LF,
 // NUL, TAB, DEL and the rest).
-func hasControl(s string) bool {
+func HasControl(s string) bool {
 	for i := 0; i < len(s); i++ {
 		if s[i] < 0x20 || s[i] == 0x7f {
 			return true
@@ -96,7 +96,7 @@ func ReferTo(target string, headers []Header) (string, error) {
 	if s := strings.ToLower(scheme); s != "sip" && s != "sips" {
 		return "", fmt.Errorf("%w: %q: scheme %q cannot carry headers, want sip or sips", ErrReferTarget, target, scheme)
 	}
-	if strings.ContainsAny(target, "?<> ") || hasControl(target) {
+	if strings.ContainsAny(target, "?<> ") || HasControl(target) {
 		return "", fmt.Errorf("%w: %q: target must be a bare URI without headers", ErrReferTarget, target)
 	}
 	var b strings.Builder

@@ -17,9 +17,9 @@ import (
 
 	"github.com/baton-voice/baton/pkg/events"
 	batonv1 "github.com/baton-voice/baton/pkg/events/batonv1"
+	"github.com/baton-voice/baton/pkg/events/eventscan"
 	"github.com/baton-voice/baton/pkg/reliabilitytest"
 	"github.com/baton-voice/baton/services/router/internal/api"
-	"github.com/baton-voice/baton/services/router/internal/eventscan"
 	"github.com/baton-voice/baton/services/router/internal/handoff"
 )
 

@@ -477,7 +477,7 @@ func (s *Server) postHandoff(w http.ResponseWriter, r *http.Request) {
 // check validates a handoff request; on error it also returns the
 // rejection reason.
 func (req HandoffRequest) check() (string, error) {
-	if len(req.Destination) > 256 || hasControl(req.Destination) {
+	if len(req.Destination) > 256 || sipx.HasControl(req.Destination) {
 		return RejectInvalidDestination, errors.New("destination: at most 256 bytes, no control characters (CR, LF, NUL…)")
 	}
 	if req.Reason != "" && !codePattern.MatchString(req.Reason) {
@@ -486,7 +486,7 @@ func (req HandoffRequest) check() (string, error) {
 	if len(req.Utterance) > maxValueLen {
 		return RejectInvalidUtterance, fmt.Errorf("utterance: at most %d bytes", maxValueLen)
 	}
-	if hasControl(oneLine(req.Utterance)) {
+	if sipx.HasControl(oneLine(req.Utterance)) {
 		return RejectInvalidUtterance, errors.New("utterance: control characters other than line breaks and tabs (NUL…)")
 	}
 	if err := checkMap("variables", req.Variables); err != nil {
@@ -510,16 +510,6 @@ func oneLine(s string) string {
 		return s
 	}
 	return strings.Join(strings.FieldsFunc(s, func(r rune) bool { return r == '\r' || r == '\n' || r == '\t' }), " ")
-}
-
-// hasControl reports whether s holds an ASCII control character.
-func hasControl(s string) bool {
-	for i := 0; i < len(s); i++ {
-		if s[i] < 0x20 || s[i] == 0x7f {
-			return true
-		}
-	}
-	return false
 }
 
 func sortedKeys(m map[string]string) []string {

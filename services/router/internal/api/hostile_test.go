@@ -15,9 +15,9 @@ import (
 	pkgconfig "github.com/baton-voice/baton/pkg/config"
 	"github.com/baton-voice/baton/pkg/events"
 	batonv1 "github.com/baton-voice/baton/pkg/events/batonv1"
+	"github.com/baton-voice/baton/pkg/events/eventscan"
 	"github.com/baton-voice/baton/pkg/sipx"
 	"github.com/baton-voice/baton/services/router/internal/config"
-	"github.com/baton-voice/baton/services/router/internal/eventscan"
 	"github.com/baton-voice/baton/services/router/internal/handoff"
 )
 

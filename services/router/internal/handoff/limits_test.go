@@ -7,8 +7,8 @@ import (
 	"github.com/stretchr/testify/require"
 
 	batonv1 "github.com/baton-voice/baton/pkg/events/batonv1"
+	"github.com/baton-voice/baton/pkg/events/eventscan"
 	"github.com/baton-voice/baton/pkg/sipx"
-	"github.com/baton-voice/baton/services/router/internal/eventscan"
 	"github.com/baton-voice/baton/services/router/internal/template"
 )
 

@@ -12,6 +12,8 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+
+	"github.com/baton-voice/baton/pkg/sipx"
 )
 
 // Kind is what a route is.
@@ -88,7 +90,7 @@ type sipParts struct {
 // from the destination's headers).
 func splitSIP(rest string) (sipParts, error) {
 	var p sipParts
-	if strings.ContainsAny(rest, "?<>\" \t") || hasControl(rest) {
+	if strings.ContainsAny(rest, "?<>\" \t") || sipx.HasControl(rest) {
 		return p, errorf("SIP route %q: must be a bare URI: no '?' headers, brackets, quotes, spaces or control characters", rest)
 	}
 	hostport := rest
@@ -229,14 +231,4 @@ func stripSeparators(s string) string {
 		}
 		return r
 	}, s)
-}
-
-// hasControl reports whether s holds an ASCII control character.
-func hasControl(s string) bool {
-	for i := 0; i < len(s); i++ {
-		if s[i] < 0x20 || s[i] == 0x7f {
-			return true
-		}
-	}
-	return false
 }

@@ -4,6 +4,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/baton-voice/baton/pkg/sipx"
 	"github.com/stretchr/testify/require"
 )
 
@@ -108,7 +109,7 @@ func FuzzAdHoc(f *testing.F) {
 		if AdHoc(r) != nil {
 			return
 		}
-		if strings.ContainsAny(r, "?<>\" ") || hasControl(r) || len(r) > MaxAdHoc {
+		if strings.ContainsAny(r, "?<>\" ") || sipx.HasControl(r) || len(r) > MaxAdHoc {
 			t.Fatalf("AdHoc accepted %q", r)
 		}
 		if strings.Count(r, "@") > 1 {

@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/baton-voice/baton/pkg/events/eventscan"
+
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/stretchr/testify/require"
@@ -173,7 +175,7 @@ func TestReliabilityTransferRefusesHeaderInjection(t *testing.T) {
 		}
 	}
 	for _, o := range outcomes {
-		field, ok := findControl(o)
+		field, ok := eventscan.Find(o)
 		require.True(t, ok, "outcome of %s carries a control character: %s", o.GetCommandId(), field)
 	}
 

@@ -14,8 +14,6 @@ import (
 
 	"github.com/emiago/sipgo/sip"
 	"github.com/stretchr/testify/require"
-	"google.golang.org/protobuf/proto"
-	"google.golang.org/protobuf/reflect/protoreflect"
 )
 
 // rawSIP is a SIP peer on a plain UDP socket: it keeps every datagram it
@@ -126,42 +124,4 @@ func scanWire(data []byte) (wireMessage, error) {
 		return m, fmt.Errorf("%d Call-ID headers", len(ids))
 	}
 	return m, nil
-}
-
-// findControl returns the first string of m (recursively) that holds CR,
-// LF or NUL, as field=value; ok is false when there is one.
-func findControl(m proto.Message) (string, bool) {
-	var bad string
-	var walk func(protoreflect.Message)
-	check := func(fd protoreflect.FieldDescriptor, v protoreflect.Value, k protoreflect.Kind) {
-		switch k {
-		case protoreflect.StringKind:
-			if bad == "" && strings.ContainsAny(v.String(), "\r\n\x00") {
-				bad = string(fd.FullName()) + "=" + v.String()
-			}
-		case protoreflect.MessageKind, protoreflect.GroupKind:
-			walk(v.Message())
-		}
-	}
-	walk = func(msg protoreflect.Message) {
-		msg.Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
-			switch {
-			case fd.IsList():
-				for i := 0; i < v.List().Len(); i++ {
-					check(fd, v.List().Get(i), fd.Kind())
-				}
-			case fd.IsMap():
-				v.Map().Range(func(k protoreflect.MapKey, mv protoreflect.Value) bool {
-					check(fd, k.Value(), fd.MapKey().Kind())
-					check(fd, mv, fd.MapValue().Kind())
-					return true
-				})
-			default:
-				check(fd, v, fd.Kind())
-			}
-			return true
-		})
-	}
-	walk(m.ProtoReflect())
-	return bad, bad == ""
 }

@@ -1,7 +1,7 @@
 // Package eventscan checks events for the characters that must never
 // reach one: CR, LF and NUL (a header value carrying "\r\nRefer-To: …"
 // must be refused before it is serialised anywhere). Tests and fuzz
-// targets use it on every event the router publishes.
+// targets of the router and transfer use it on every event they publish.
 package eventscan
 
 import (
