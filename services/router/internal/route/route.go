@@ -55,7 +55,7 @@ var (
 // changes its method or smuggles a value past a glob.
 var adHocParams = map[string][]string{
 	"user":      {"phone", "ip"},
-	"transport": {"udp", "tls"},
+	"transport": {"udp", "tcp", "tls"},
 }
 
 // Parse classifies a route: a sip: or sips: URI ([user@]host[:port]
@@ -121,7 +121,7 @@ func splitSIP(rest string) (sipParts, error) {
 // AdHoc checks a route an agent names directly, before the allowlist is
 // consulted: a valid route of at most MaxAdHoc bytes; a SIP URI has a
 // plain user part (no password, no user parameters), only the parameters
-// user=phone|ip and transport=udp|tls, and no URI headers; a tel: URI has
+// user=phone|ip and transport=udp|tcp|tls, and no URI headers; a tel: URI has
 // no parameters. A glob such as "sip:*@pbx.example.com" then cannot be
 // satisfied by a route that goes elsewhere ("sip:x@evil.example;a=@pbx.example.com").
 func AdHoc(route string) error {

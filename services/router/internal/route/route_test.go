@@ -36,7 +36,7 @@ func TestParse(t *testing.T) {
 func TestAdHoc(t *testing.T) {
 	for _, ok := range []string{
 		"sip:+4930123456@carrier.example", "sips:queue@carrier.example:5061", "sip:+1555@carrier.example;user=phone",
-		"sip:a@carrier.example;transport=TLS", "tel:+4930123456", "tel:+1-555-0100", "1234", "sip:%2B1555@carrier.example",
+		"sip:a@carrier.example;transport=TLS", "sip:a@carrier.example;transport=tcp", "tel:+4930123456", "tel:+1-555-0100", "1234", "sip:%2B1555@carrier.example",
 	} {
 		require.NoError(t, AdHoc(ok), ok)
 	}
@@ -54,6 +54,7 @@ func TestAdHoc(t *testing.T) {
 		"tel:+15550100;phone-context=evil.example",
 		"sip:" + strings.Repeat("1", MaxAdHoc) + "@carrier.example",
 		"sip:a b@carrier.example",
+		"sip:a@carrier.example;transport=sctp",
 	} {
 		var re *Error
 		require.ErrorAs(t, AdHoc(bad), &re, "%q", bad)

@@ -194,7 +194,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 	if a := sipClient.TLSAddr(); a != nil {
 		sipTLS = a.String()
 	}
-	logger.InfoContext(ctx, "transfer started", "sip", sipClient.Addr().String(), "sip_tls", sipTLS, "via_host", cfg.ViaHost(),
+	logger.InfoContext(ctx, "transfer started", "sip", sipClient.Addr().String(), "sip_tcp", sipClient.TCPAddr().String(), "sip_tls", sipTLS, "via_host", cfg.ViaHost(),
 		"group", cfg.Group, "notify_timeout", cfg.NotifyTimeout.String())
 	code := exitOK
 	if err := svc.Run(ctx); err != nil {

@@ -25,8 +25,9 @@ import (
 
 // Config is the transfer service's configuration file.
 type Config struct {
-	// Listen is the UDP host:port transfer sends its requests from and
-	// receives their responses on. Port 0 lets the OS choose (tests).
+	// Listen is the host:port of transfer's SIP: UDP requests leave from
+	// it and their responses come back to it, and TCP listens on the same
+	// port (legs and dialogs over TCP). Port 0 lets the OS choose (tests).
 	Listen string `yaml:"listen"`
 	// ExternalHost goes into the Via sent-by (with the listen port), so the
 	// far end answers there; empty means the listen host.

@@ -44,8 +44,9 @@ func CSeq(d *batonv1.Dialog, attempt uint32) (uint32, error) {
 // Request-URI = remote target, From = local URI with the local tag, To =
 // remote URI with the remote tag, the dialog's Call-ID, CSeq per CSeq,
 // Route = the route set in order (loose routing), Contact = the ingress
-// Contact, Max-Forwards 70. The transport is UDP; the Via is added when
-// the request is sent.
+// Contact, Max-Forwards 70. The transport is the one the call came in
+// over (d.Transport) unless the URI the request goes to (the first route,
+// else the remote target) names one; the Via is added when it is sent.
 func InDialog(method sip.RequestMethod, d *batonv1.Dialog, attempt uint32) (*sip.Request, error) {
 	cseq, err := CSeq(d, attempt)
 	if err != nil {
@@ -76,10 +77,9 @@ func InDialogCSeq(method sip.RequestMethod, d *batonv1.Dialog, cseq uint32) (*si
 	if len(missing) > 0 {
 		return nil, fmt.Errorf("%w: missing %s", ErrDialog, strings.Join(missing, ", "))
 	}
-	switch d.GetTransport() {
-	case batonv1.Transport_TRANSPORT_UNSPECIFIED, batonv1.Transport_TRANSPORT_UDP:
-	default:
-		return nil, fmt.Errorf("%w: transport %s is not supported yet (UDP only)", ErrDialog, d.GetTransport())
+	transport, err := dialogTransport(d.GetTransport())
+	if err != nil {
+		return nil, err
 	}
 	for _, f := range []struct{ name, v string }{
 		{"call_id", d.GetCallId()}, {"local_tag", d.GetLocalTag()}, {"remote_tag", d.GetRemoteTag()},
@@ -114,11 +114,14 @@ func InDialogCSeq(method sip.RequestMethod, d *batonv1.Dialog, cseq uint32) (*si
 	}
 
 	req := sip.NewRequest(method, target)
-	req.SetTransport("UDP")
+	next := target // the URI the request is sent to
 	for i, r := range d.GetRouteSet() {
 		u, err := parseURI(fmt.Sprintf("route_set[%d]", i), r)
 		if err != nil {
 			return nil, err
+		}
+		if i == 0 {
+			next = u
 		}
 		if i == 0 && !u.UriParams.Has("lr") {
 			// A strict router would need the Request-URI rewritten
@@ -127,6 +130,10 @@ func InDialogCSeq(method sip.RequestMethod, d *batonv1.Dialog, cseq uint32) (*si
 		}
 		req.AppendHeader(&sip.RouteHeader{Address: u})
 	}
+	if transport, err = uriTransport(next, transport); err != nil {
+		return nil, err
+	}
+	req.SetTransport(transport)
 	from := &sip.FromHeader{Address: local, Params: sip.NewParams()}
 	from.Params.Add("tag", d.GetLocalTag())
 	to := &sip.ToHeader{Address: remote, Params: sip.NewParams()}
@@ -146,6 +153,40 @@ func InDialogCSeq(method sip.RequestMethod, d *batonv1.Dialog, cseq uint32) (*si
 		req.AppendHeader(contact)
 	}
 	return req, nil
+}
+
+// dialogTransport is the transport the call came in over: in-dialog
+// requests use it unless the URI they go to names another.
+func dialogTransport(t batonv1.Transport) (string, error) {
+	switch t {
+	case batonv1.Transport_TRANSPORT_UNSPECIFIED, batonv1.Transport_TRANSPORT_UDP:
+		return "UDP", nil
+	case batonv1.Transport_TRANSPORT_TCP:
+		return "TCP", nil
+	case batonv1.Transport_TRANSPORT_TLS:
+		return "TLS", nil
+	}
+	return "", fmt.Errorf("%w: transport %s is not supported", ErrDialog, t)
+}
+
+// uriTransport is the transport of a request sent to u (RFC 3263 4.1): its
+// transport parameter, TLS for a sips: URI, else def.
+func uriTransport(u sip.Uri, def string) (string, error) {
+	t, ok := u.UriParams.Get("transport")
+	switch {
+	case ok:
+		t = strings.ToUpper(t)
+		if t != "UDP" && t != "TCP" && t != "TLS" {
+			return "", fmt.Errorf("%w: %s: transport %s is not supported (udp, tcp, tls)", ErrDialog, u.String(), t)
+		}
+		if u.IsEncrypted() && t != "TLS" {
+			return "", fmt.Errorf("%w: %s: a sips: URI over %s", ErrDialog, u.String(), t)
+		}
+		return t, nil
+	case u.IsEncrypted():
+		return "TLS", nil
+	}
+	return def, nil
 }
 
 // Refer builds the REFER of a blind transfer: InDialog plus Refer-To
@@ -254,8 +295,8 @@ type LegOptions struct {
 // NewLeg builds the INVITE of a warm transfer's new leg to route (a sip:
 // or sips: URI, a tel: URI or an extension through opts.TrunkHost), with
 // the command's custom headers (validated) and the SDP offer. Call-ID,
-// CSeq and Via are added when it is sent; the transport is UDP, or TLS
-// when opts.TLS.
+// CSeq and Via are added when it is sent; the transport is TLS when
+// opts.TLS, else the route's transport parameter (udp or tcp), else UDP.
 func NewLeg(route string, opts LegOptions, d *batonv1.Dialog, cid CallerID, headers []*batonv1.SipHeader, offer string) (*sip.Request, error) {
 	target, err := Target(route, opts)
 	if err != nil {
@@ -271,10 +312,14 @@ func NewLeg(route string, opts LegOptions, d *batonv1.Dialog, cid CallerID, head
 		return nil, err
 	}
 	req := sip.NewRequest(sip.INVITE, target)
-	req.SetTransport("UDP")
-	if opts.TLS {
-		req.SetTransport("TLS")
+	transport, err := uriTransport(target, "UDP")
+	if err != nil {
+		return nil, err
 	}
+	if opts.TLS {
+		transport = "TLS"
+	}
+	req.SetTransport(transport)
 	fromScheme := "sip"
 	if target.IsEncrypted() {
 		fromScheme = "sips"
@@ -354,15 +399,17 @@ func Target(route string, opts LegOptions) (sip.Uri, error) {
 	if err != nil {
 		return sip.Uri{}, fmt.Errorf("%w: %w", ErrRoute, err)
 	}
-	want := "udp"
-	if opts.TLS {
-		want = "tls"
-	}
 	if u.Headers != nil && u.Headers.Length() > 0 {
 		return sip.Uri{}, fmt.Errorf("%w: route %q: URI headers are not allowed", ErrRoute, route)
 	}
-	if t, ok := u.UriParams.Get("transport"); ok && !strings.EqualFold(t, want) {
-		return sip.Uri{}, fmt.Errorf("%w: route %q: transport %s, but this leg goes over %s (TCP is not built)", ErrRoute, route, t, strings.ToUpper(want))
+	t, ok := u.UriParams.Get("transport")
+	t = strings.ToLower(t)
+	switch {
+	case !ok:
+	case opts.TLS && t != "tls":
+		return sip.Uri{}, fmt.Errorf("%w: route %q: transport %s, but encryption tls_srtp sends this leg over TLS", ErrRoute, route, t)
+	case !opts.TLS && t != "udp" && t != "tcp":
+		return sip.Uri{}, fmt.Errorf("%w: route %q: transport %s: want udp or tcp (or encryption tls_srtp for tls)", ErrRoute, route, t)
 	}
 	return u, nil
 }

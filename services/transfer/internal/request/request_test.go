@@ -180,11 +180,17 @@ func TestBadInputsBuildNothing(t *testing.T) {
 		{"a bracketed INVITE route", func() (*sip.Request, error) {
 			return NewLeg("<sip:a@b>", LegOptions{}, dialog(), CallerID{Host: "h"}, nil, "")
 		}, "route"},
-		{"tcp dialog", func() (*sip.Request, error) {
+		{"an unsupported transport in the first route", func() (*sip.Request, error) {
 			d := dialog()
-			d.Transport = batonv1.Transport_TRANSPORT_TCP
+			d.RouteSet = []string{"<sip:p1.example.com;lr;transport=sctp>"}
 			return Bye(d, 1, nil)
-		}, "UDP only"},
+		}, "transport SCTP is not supported"},
+		{"a sips: target over UDP", func() (*sip.Request, error) {
+			d := dialog()
+			d.RouteSet = nil
+			d.RemoteTarget = "sips:sbc@127.0.0.1;transport=udp"
+			return Bye(d, 1, nil)
+		}, "a sips: URI over UDP"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			req, err := tc.build()
@@ -213,8 +219,48 @@ func TestNewLegCallerIDAndHeaders(t *testing.T) {
 	}
 	_, err := NewLeg("sip:queue@pbx.example", LegOptions{}, d, CallerID{Host: "h"}, []*batonv1.SipHeader{{Name: "Route", Value: "x"}}, "")
 	require.Error(t, err, "only X- headers go out")
-	_, err = NewLeg("sip:queue@pbx.example;transport=tcp", LegOptions{}, d, CallerID{Host: "h"}, nil, "")
-	require.ErrorIs(t, err, ErrRoute)
+	for route, want := range map[string]string{
+		"sip:queue@pbx.example":               "UDP",
+		"sip:queue@pbx.example;transport=udp": "UDP",
+		"sip:queue@pbx.example;transport=TCP": "TCP",
+	} {
+		req, err := NewLeg(route, LegOptions{}, d, CallerID{Host: "h"}, nil, "")
+		require.NoError(t, err, route)
+		require.Equal(t, want, req.Transport(), route)
+	}
+	req, err := NewLeg("sips:queue@pbx.example", LegOptions{TLS: true}, d, CallerID{Host: "h"}, nil, "")
+	require.NoError(t, err)
+	require.Equal(t, "TLS", req.Transport())
+}
+
+// TestInDialogTransport: in-dialog requests go over the transport the call
+// came in over, unless the URI they are sent to (the first route, else the
+// remote target) names one (RFC 3263 4.1).
+func TestInDialogTransport(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		transport batonv1.Transport
+		routes    []string
+		target    string
+		want      string
+	}{
+		{"udp call", batonv1.Transport_TRANSPORT_UDP, nil, "sip:sbc@10.0.0.1:5060", "UDP"},
+		{"unspecified is udp", batonv1.Transport_TRANSPORT_UNSPECIFIED, nil, "sip:sbc@10.0.0.1", "UDP"},
+		{"tcp call", batonv1.Transport_TRANSPORT_TCP, nil, "sip:sbc@10.0.0.1:5060", "TCP"},
+		{"tls call", batonv1.Transport_TRANSPORT_TLS, nil, "sip:sbc@10.0.0.1:5061", "TLS"},
+		{"target names tcp", batonv1.Transport_TRANSPORT_UDP, nil, "sip:sbc@10.0.0.1;transport=tcp", "TCP"},
+		{"sips target", batonv1.Transport_TRANSPORT_TCP, nil, "sips:sbc@10.0.0.1", "TLS"},
+		{"first route decides", batonv1.Transport_TRANSPORT_UDP, []string{"<sip:p1.example;lr;transport=tcp>", "<sip:p2.example;lr>"}, "sip:sbc@10.0.0.1;transport=udp", "TCP"},
+		{"route without transport keeps the call's", batonv1.Transport_TRANSPORT_TCP, []string{"<sip:p1.example;lr>"}, "sip:sbc@10.0.0.1;transport=udp", "TCP"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			d := dialog()
+			d.Transport, d.RouteSet, d.RemoteTarget = tc.transport, tc.routes, tc.target
+			req, err := Refer(d, 1, "sip:queue@pbx.example", nil)
+			require.NoError(t, err)
+			require.Equal(t, tc.want, req.Transport())
+		})
+	}
 }
 
 func TestTarget(t *testing.T) {
@@ -230,7 +276,9 @@ func TestTarget(t *testing.T) {
 		{route: "sips:queue@pbx.example", opts: LegOptions{TLS: true}, want: "sips:queue@pbx.example"},
 		{route: "sip:queue@pbx.example;transport=tls", opts: LegOptions{TLS: true}, want: "sip:queue@pbx.example;transport=tls"},
 		{route: "sip:queue@pbx.example;transport=udp", opts: LegOptions{TLS: true}, err: "transport udp"},
-		{route: "sip:queue@pbx.example;transport=tcp", err: "transport tcp"},
+		{route: "sip:queue@pbx.example;transport=tcp", want: "sip:queue@pbx.example;transport=tcp"},
+		{route: "sip:queue@pbx.example;transport=tcp", opts: LegOptions{TLS: true}, err: "transport tcp"},
+		{route: "sip:queue@pbx.example;transport=sctp", err: "want udp or tcp"},
 		{route: "tel:+15551234567", err: "invite.trunk_host"},
 		{route: "1234", err: "invite.trunk_host"},
 		{route: "tel:+15551234567", opts: LegOptions{TrunkHost: "trunk.example:5080"}, want: "sip:+15551234567@trunk.example:5080;user=phone"},

@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -100,7 +101,11 @@ func startSIPp(t *testing.T, scenario string, extra ...string) *sippRun {
 	})
 	// Ready once its SIP socket is bound. Probing by binding the port
 	// ourselves would race SIPp's own bind, so read the kernel's table.
-	require.Eventually(t, func() bool { return udpBound(t, r.port) }, 10*time.Second, 5*time.Millisecond,
+	network := "udp"
+	if slices.Contains(extra, "t1") {
+		network = "tcp"
+	}
+	require.Eventually(t, func() bool { return bound(t, network, r.port) }, 10*time.Second, 5*time.Millisecond,
 		"sipp did not bind its port")
 	return r
 }
@@ -172,9 +177,7 @@ func startCallerSBC(t *testing.T, reject int) *callerSBC {
 	require.NoError(t, err)
 	srv, err := sipgo.NewServer(ua)
 	require.NoError(t, err)
-	var lc net.ListenConfig
-	conn, err := lc.ListenPacket(t.Context(), "udp", "127.0.0.1:0")
-	require.NoError(t, err)
+	conn, ln := listenUDPAndTCP(t)
 	media, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(netip.AddrPortFrom(loopback, 0)))
 	require.NoError(t, err)
 	c := &callerSBC{addr: conn.LocalAddr().(*net.UDPAddr), media: media, got: make(chan *sip.Request, 16), reject: reject}
@@ -211,16 +214,22 @@ func startCallerSBC(t *testing.T, reject int) *callerSBC {
 		record(req)
 		_ = tx.Respond(sip.NewResponseFromRequest(req, 200, "OK", nil))
 	})
-	served := make(chan struct{})
+	served, tcpServed := make(chan struct{}), make(chan struct{})
 	go func() {
 		defer close(served)
 		_ = srv.ServeUDP(conn)
 	}()
+	go func() {
+		defer close(tcpServed)
+		_ = srv.ServeTCP(ln)
+	}()
 	t.Cleanup(func() {
 		require.NoError(t, ua.Close())
 		_ = conn.Close()
+		_ = ln.Close()
 		_ = media.Close()
 		<-served
+		<-tcpServed
 	})
 	return c
 }
@@ -795,16 +804,18 @@ func TestWarmTransferCallerHangsUpDuringTheWhisper(t *testing.T) {
 	require.Zero(t, caller.count(sip.INVITE), "the caller was never moved")
 }
 
-// udpBound reports whether a UDP socket is bound to port on this machine,
-// from /proc/net/udp (the local address column is HEXIP:HEXPORT).
-func udpBound(t *testing.T, port int) bool {
+// bound reports whether a socket of network (udp, or tcp listening) is
+// on port on this machine, from /proc/net/<network> (the local address
+// column is HEXIP:HEXPORT).
+func bound(t *testing.T, network string, port int) bool {
 	t.Helper()
-	data, err := os.ReadFile("/proc/net/udp")
+	data, err := os.ReadFile("/proc/net/" + network)
 	require.NoError(t, err)
 	suffix := fmt.Sprintf(":%04X", port)
 	for _, line := range strings.Split(string(data), "\n")[1:] {
 		fields := strings.Fields(line)
-		if len(fields) > 1 && strings.HasSuffix(fields[1], suffix) {
+		// A TCP socket must be listening (state 0A).
+		if len(fields) > 3 && strings.HasSuffix(fields[1], suffix) && (network == "udp" || fields[3] == "0A") {
 			return true
 		}
 	}

@@ -59,9 +59,7 @@ func startSBC(t *testing.T, answer int) *sbc {
 	require.NoError(t, err)
 	srv, err := sipgo.NewServer(ua)
 	require.NoError(t, err)
-	var lc net.ListenConfig
-	conn, err := lc.ListenPacket(t.Context(), "udp", "127.0.0.1:0")
-	require.NoError(t, err)
+	conn, ln := listenUDPAndTCP(t)
 	s := &sbc{addr: conn.LocalAddr().(*net.UDPAddr), answer: answer, got: make(chan received, 16)}
 	handle := func(req *sip.Request, tx sip.ServerTransaction) {
 		s.mu.Lock()
@@ -83,17 +81,41 @@ func startSBC(t *testing.T, answer int) *sbc {
 	}
 	srv.OnRefer(handle)
 	srv.OnBye(handle)
-	served := make(chan struct{})
+	served, tcpServed := make(chan struct{}), make(chan struct{})
 	go func() {
 		defer close(served)
 		_ = srv.ServeUDP(conn)
 	}()
+	go func() {
+		defer close(tcpServed)
+		_ = srv.ServeTCP(ln)
+	}()
 	t.Cleanup(func() {
 		require.NoError(t, ua.Close())
 		_ = conn.Close()
+		_ = ln.Close()
 		<-served
+		<-tcpServed
 	})
 	return s
+}
+
+// listenUDPAndTCP binds one loopback port for both UDP and TCP, as an SBC
+// listens.
+func listenUDPAndTCP(t *testing.T) (net.PacketConn, net.Listener) {
+	t.Helper()
+	var lc net.ListenConfig
+	for range 20 {
+		conn, err := lc.ListenPacket(t.Context(), "udp", "127.0.0.1:0")
+		require.NoError(t, err)
+		ln, err := lc.Listen(t.Context(), "tcp", conn.LocalAddr().String())
+		if err == nil {
+			return conn, ln
+		}
+		require.NoError(t, conn.Close())
+	}
+	t.Fatal("no port free for both UDP and TCP")
+	return nil, nil
 }
 
 func reasonOf(code int) string {

@@ -1,7 +1,9 @@
-// Package uac is transfer's SIP user agent client: one UDP socket that
-// in-dialog requests leave from and their responses come back to. The
-// top Via names that socket's reachable host and its port explicitly,
-// because peers such as SIPp answer to the Via sent-by and nothing else.
+// Package uac is transfer's SIP user agent client. Requests over UDP leave
+// from one socket that their responses come back to; the same port
+// serves TCP (RFC 3261 18: every element implements both), and a TLS
+// listener is added when configured. The top Via names the reachable
+// host and the listening port explicitly, because peers such as SIPp
+// answer to the Via sent-by and nothing else.
 package uac
 
 import (
@@ -11,8 +13,8 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/emiago/sipgo"
@@ -22,25 +24,34 @@ import (
 // readyTimeout bounds the wait for sipgo to register the listening socket.
 const readyTimeout = 5 * time.Second
 
-// Client sends requests from one UDP socket and, when TLS is configured,
-// starts new legs over TLS.
+// bindAttempts bounds the search for a port free for both UDP and TCP
+// when the configured port is 0.
+const bindAttempts = 20
+
+// Client sends requests over UDP, TCP and, when configured, TLS.
 type Client struct {
-	ua      *sipgo.UserAgent
+	ua     *sipgo.UserAgent
+	conn   net.PacketConn
+	served chan struct{}
+	host   string
+	// One per transport; tls is nil without TLS.
+	udp, tcp, tls *transport
+}
+
+// transport is one transport's client, its listener and the dialogs of
+// the legs started over it.
+type transport struct {
+	name    string // UDP, TCP or TLS
 	client  *sipgo.Client
-	conn    net.PacketConn
-	served  chan struct{}
 	dialogs *sipgo.DialogClientCache
-	contact sip.ContactHeader
-	// TLS: nil tlsDialogs means no TLS transport.
-	tlsLn      net.Listener
-	tlsServed  chan struct{}
-	tlsDialogs *sipgo.DialogClientCache
-	tlsHost    string
-	tlsPort    int
+	ln      net.Listener // nil for UDP
+	port    int
+	served  chan struct{}
 }
 
 // TLS configures the TLS transport of new legs (warm transfers with
-// encryption tls_srtp or a sips: route).
+// encryption tls_srtp or a sips: route) and of in-dialog requests in calls
+// that came in over TLS.
 type TLS struct {
 	// Listen is the TLS listener's host:port (port 0 picks one): peers
 	// open connections to it for requests in our dialogs (BYE), and our
@@ -61,38 +72,39 @@ type options struct{ tls *TLS }
 // WithTLS adds the TLS transport.
 func WithTLS(t TLS) Option { return func(o *options) { o.tls = &t } }
 
-// Listen binds listen (host:port, port 0 picks one) and builds a client
-// whose requests leave from that socket with Via sent-by viaHost and the
-// bound port. Close releases it.
+// Listen binds listen (host:port, port 0 picks one) for UDP and TCP and
+// builds a client whose requests carry Via sent-by viaHost and the bound
+// port. Close releases it.
 func Listen(ctx context.Context, listen, viaHost string, logger *slog.Logger, opts ...Option) (*Client, error) {
 	var o options
 	for _, f := range opts {
 		f(&o)
 	}
-	var lc net.ListenConfig
-	conn, err := lc.ListenPacket(ctx, "udp", listen)
+	conn, tcpLn, err := bindPair(ctx, listen)
 	if err != nil {
-		return nil, fmt.Errorf("listen sip %s: %w", listen, err)
+		return nil, err
 	}
 	local := conn.LocalAddr().String()
-	_, portStr, _ := net.SplitHostPort(local)
-	port, _ := strconv.Atoi(portStr)
+	port := conn.LocalAddr().(*net.UDPAddr).Port
+	listeners := []net.Listener{tcpLn}
 
 	uaOpts := []sipgo.UserAgentOption{sipgo.WithUserAgent("baton-transfer")}
 	var tlsLn net.Listener
 	if o.tls != nil {
-		tcp, err := lc.Listen(ctx, "tcp", o.tls.Listen)
+		var lc net.ListenConfig
+		ln, err := lc.Listen(ctx, "tcp", o.tls.Listen)
 		if err != nil {
-			return nil, errors.Join(fmt.Errorf("listen sip tls %s: %w", o.tls.Listen, err), conn.Close())
+			return nil, errors.Join(fmt.Errorf("listen sip tls %s: %w", o.tls.Listen, err), tcpLn.Close(), conn.Close())
 		}
-		tlsLn = tls.NewListener(tcp, o.tls.Server)
+		tlsLn = tls.NewListener(ln, o.tls.Server)
+		listeners = append(listeners, tlsLn)
 		if o.tls.Client != nil {
 			uaOpts = append(uaOpts, sipgo.WithUserAgenTLSConfig(o.tls.Client))
 		}
 	}
 	closeAll := func(err error) error {
-		if tlsLn != nil {
-			err = errors.Join(err, tlsLn.Close())
+		for _, ln := range listeners {
+			err = errors.Join(err, ln.Close())
 		}
 		return errors.Join(err, conn.Close())
 	}
@@ -104,46 +116,42 @@ func Listen(ctx context.Context, listen, viaHost string, logger *slog.Logger, op
 	if err != nil {
 		return nil, closeAll(errors.Join(fmt.Errorf("new sip server: %w", err), ua.Close()))
 	}
-	client, err := sipgo.NewClient(ua,
-		sipgo.WithClientLogger(logger.With("component", "sip")),
-		// Via sent-by: the reachable host and the real port, never the
-		// 0.0.0.0:<ephemeral> a bare client would write.
-		sipgo.WithClientHostname(viaHost),
-		sipgo.WithClientPort(port),
-		// Send from the listening socket itself, so the Via is true.
-		sipgo.WithClientConnectionAddr(local),
-	)
-	if err != nil {
-		return nil, closeAll(errors.Join(fmt.Errorf("new sip client: %w", err), ua.Close()))
-	}
-	c := &Client{ua: ua, client: client, conn: conn, served: make(chan struct{})}
-	// New legs (warm transfer) give this socket as their Contact: the
-	// destination's BYE comes here.
-	c.contact = sip.ContactHeader{Address: sip.Uri{Scheme: "sip", User: "baton-transfer", Host: viaHost, Port: port}}
-	c.dialogs = sipgo.NewDialogClientCache(client, c.contact)
-	if tlsLn != nil {
-		// A second client for TLS: no fixed local address (each peer gets
-		// its own connection), Via and Contact name the listener.
-		host, tport := viaHost, tlsLn.Addr().(*net.TCPAddr).Port
-		tlsClient, err := sipgo.NewClient(ua,
+	c := &Client{ua: ua, conn: conn, served: make(chan struct{}), host: viaHost}
+	newTransport := func(name string, ln net.Listener, port int, extra ...sipgo.ClientOption) (*transport, error) {
+		client, err := sipgo.NewClient(ua, append([]sipgo.ClientOption{
 			sipgo.WithClientLogger(logger.With("component", "sip")),
-			sipgo.WithClientHostname(host),
-			sipgo.WithClientPort(tport),
-		)
+			// Via sent-by: the reachable host and the listening port,
+			// never the 0.0.0.0:<ephemeral> a bare client would write.
+			sipgo.WithClientHostname(viaHost),
+			sipgo.WithClientPort(port),
+		}, extra...)...)
 		if err != nil {
-			return nil, closeAll(errors.Join(fmt.Errorf("new sip tls client: %w", err), ua.Close()))
+			return nil, fmt.Errorf("new sip %s client: %w", name, err)
 		}
-		c.tlsLn, c.tlsHost, c.tlsPort, c.tlsServed = tlsLn, host, tport, make(chan struct{})
-		c.tlsDialogs = sipgo.NewDialogClientCache(tlsClient, c.tlsContact(true))
+		t := &transport{name: name, client: client, ln: ln, port: port}
+		// New legs (warm transfer) give this transport's listener as
+		// their Contact: the destination's BYE comes there.
+		t.dialogs = sipgo.NewDialogClientCache(client, c.contact(t, false))
+		return t, nil
+	}
+	// UDP requests leave from the listening socket itself, so the Via is
+	// true; TCP and TLS dial a connection per peer.
+	if c.udp, err = newTransport("UDP", nil, port, sipgo.WithClientConnectionAddr(local)); err == nil {
+		c.tcp, err = newTransport("TCP", tcpLn, port)
+	}
+	if err == nil && tlsLn != nil {
+		c.tls, err = newTransport("TLS", tlsLn, tlsLn.Addr().(*net.TCPAddr).Port)
+	}
+	if err != nil {
+		return nil, closeAll(errors.Join(err, ua.Close()))
 	}
 	srv.OnBye(func(req *sip.Request, tx sip.ServerTransaction) {
-		err := c.dialogs.ReadBye(req, tx)
-		if err != nil && c.tlsDialogs != nil {
-			err = c.tlsDialogs.ReadBye(req, tx)
+		for _, t := range c.transports() {
+			if t.dialogs.ReadBye(req, tx) == nil {
+				return
+			}
 		}
-		if err != nil {
-			_ = tx.Respond(sip.NewResponseFromRequest(req, sip.StatusCallTransactionDoesNotExists, "Call/Transaction Does Not Exist", nil))
-		}
+		_ = tx.Respond(sip.NewResponseFromRequest(req, sip.StatusCallTransactionDoesNotExists, "Call/Transaction Does Not Exist", nil))
 	})
 	srv.OnAck(func(*sip.Request, sip.ServerTransaction) {})
 	srv.OnInvite(func(req *sip.Request, tx sip.ServerTransaction) {
@@ -158,17 +166,78 @@ func Listen(ctx context.Context, listen, viaHost string, logger *slog.Logger, op
 		// the user agent closes the socket.
 		_ = srv.ServeUDP(conn)
 	}()
-	if c.tlsLn != nil {
+	for _, t := range []*transport{c.tcp, c.tls} {
+		if t == nil {
+			continue
+		}
+		t.served = make(chan struct{})
+		serve := srv.ServeTCP
+		if t == c.tls {
+			serve = srv.ServeTLS
+		}
 		go func() {
-			defer close(c.tlsServed)
+			defer close(t.served)
 			// Returns when the listener closes.
-			_ = srv.ServeTLS(c.tlsLn)
+			_ = serve(t.ln)
 		}()
 	}
 	if err := c.waitReady(ctx, local); err != nil {
 		return nil, errors.Join(err, c.Close())
 	}
 	return c, nil
+}
+
+// bindPair binds listen for UDP and the same address and port for TCP.
+// With port 0 it tries ports the kernel picks for UDP until TCP gets the
+// same one.
+func bindPair(ctx context.Context, listen string) (net.PacketConn, net.Listener, error) {
+	var lc net.ListenConfig
+	_, portStr, err := net.SplitHostPort(listen)
+	if err != nil {
+		return nil, nil, fmt.Errorf("listen sip %s: %w", listen, err)
+	}
+	attempts := 1
+	if portStr == "0" {
+		attempts = bindAttempts
+	}
+	for i := 0; ; i++ {
+		conn, err := lc.ListenPacket(ctx, "udp", listen)
+		if err != nil {
+			return nil, nil, fmt.Errorf("listen sip %s: %w", listen, err)
+		}
+		ln, err := lc.Listen(ctx, "tcp", conn.LocalAddr().String())
+		if err == nil {
+			return conn, ln, nil
+		}
+		err = errors.Join(fmt.Errorf("listen sip tcp %s: %w", conn.LocalAddr(), err), conn.Close())
+		if i+1 >= attempts || !errors.Is(err, syscall.EADDRINUSE) {
+			return nil, nil, err
+		}
+	}
+}
+
+func (c *Client) transports() []*transport {
+	if c.tls == nil {
+		return []*transport{c.udp, c.tcp}
+	}
+	return []*transport{c.udp, c.tcp, c.tls}
+}
+
+// transportOf picks the transport req names (UDP, TCP or TLS).
+func (c *Client) transportOf(req *sip.Request) (*transport, error) {
+	switch tp := strings.ToUpper(req.Transport()); tp {
+	case "UDP", "":
+		return c.udp, nil
+	case "TCP":
+		return c.tcp, nil
+	case "TLS":
+		if c.tls == nil {
+			return nil, fmt.Errorf("%s %s: %w", req.Method, req.Recipient.String(), ErrNoTLS)
+		}
+		return c.tls, nil
+	default:
+		return nil, fmt.Errorf("%s %s: transport %s is not supported", req.Method, req.Recipient.String(), tp)
+	}
 }
 
 // waitReady waits until sipgo has put the socket into its connection pool;
@@ -192,14 +261,22 @@ func (c *Client) waitReady(ctx context.Context, local string) error {
 	}
 }
 
-// Addr is the bound socket address.
+// Addr is the bound socket address (UDP; TCP listens on the same).
 func (c *Client) Addr() *net.UDPAddr { return c.conn.LocalAddr().(*net.UDPAddr) }
 
-// Do sends req in a client transaction and returns its final response.
-// It fails with ErrTimeout when no final response came (the transaction's
-// timer F fired or ctx's deadline passed).
+// TCPAddr is the TCP listener's address.
+func (c *Client) TCPAddr() *net.TCPAddr { return c.tcp.ln.Addr().(*net.TCPAddr) }
+
+// Do sends req in a client transaction over the transport it names and
+// returns its final response. It fails with ErrTimeout when no final
+// response came (the transaction's timer F fired or ctx's deadline
+// passed), and with ErrNoTLS for TLS without a TLS transport.
 func (c *Client) Do(ctx context.Context, req *sip.Request) (*sip.Response, error) {
-	res, err := c.client.Do(ctx, req)
+	t, err := c.transportOf(req)
+	if err != nil {
+		return nil, err
+	}
+	res, err := t.client.Do(ctx, req)
 	switch {
 	case err == nil:
 		return res, nil
@@ -210,58 +287,63 @@ func (c *Client) Do(ctx context.Context, req *sip.Request) (*sip.Response, error
 	}
 }
 
-// Contact is the Contact of the legs this client starts.
-func (c *Client) Contact() sip.ContactHeader { return c.contact }
+// Contact is the Contact of the legs this client starts over UDP.
+func (c *Client) Contact() sip.ContactHeader { return c.contact(c.udp, false) }
 
-// tlsContact is the Contact of a leg over TLS: a sips: URI for a sips:
-// Request-URI (RFC 3261 8.1.1.8), else sip: with transport=tls.
-func (c *Client) tlsContact(sips bool) sip.ContactHeader {
-	u := sip.Uri{Scheme: "sips", User: "baton-transfer", Host: c.tlsHost, Port: c.tlsPort}
-	if !sips {
-		u.Scheme = "sip"
+// contact is the Contact of a leg over t: a sips: URI for a sips:
+// Request-URI (RFC 3261 8.1.1.8), else sip: with the transport named
+// unless it is UDP.
+func (c *Client) contact(t *transport, sips bool) sip.ContactHeader {
+	u := sip.Uri{Scheme: "sip", User: "baton-transfer", Host: c.host, Port: t.port}
+	switch {
+	case sips:
+		u.Scheme = "sips"
+	case t.name != "UDP":
 		u.UriParams = sip.NewParams()
-		u.UriParams.Add("transport", "tls")
+		u.UriParams.Add("transport", strings.ToLower(t.name))
 	}
 	return sip.ContactHeader{Address: u}
 }
 
 // TLSAddr is the TLS listener's address; nil without TLS.
 func (c *Client) TLSAddr() *net.TCPAddr {
-	if c.tlsLn == nil {
+	if c.tls == nil {
 		return nil
 	}
-	return c.tlsLn.Addr().(*net.TCPAddr)
+	return c.tls.ln.Addr().(*net.TCPAddr)
 }
 
 // ErrNoTLS means a request needs TLS and none is configured.
 var ErrNoTLS = errors.New("TLS signalling is not configured (tls.listen)")
 
-// Invite sends req, an INVITE that starts a new dialog, and returns its
+// Invite sends req, an INVITE that starts a new dialog, over the
+// transport it names (ErrNoTLS for TLS without one) and returns its
 // session: WaitAnswer (CANCEL when its ctx ends), Ack, Bye, and
-// Context(), done when the far end sent BYE. A request whose transport is
-// TLS goes over the TLS transport (ErrNoTLS without one).
+// Context(), done when the far end sent BYE.
 func (c *Client) Invite(ctx context.Context, req *sip.Request) (*sipgo.DialogClientSession, error) {
-	dialogs := c.dialogs
-	if strings.EqualFold(req.Transport(), "TLS") {
-		if c.tlsDialogs == nil {
-			return nil, fmt.Errorf("INVITE %s: %w", req.Recipient.String(), ErrNoTLS)
-		}
-		dialogs = c.tlsDialogs
-		if req.Contact() == nil {
-			contact := c.tlsContact(req.Recipient.IsEncrypted())
-			req.AppendHeader(&contact)
-		}
+	t, err := c.transportOf(req)
+	if err != nil {
+		return nil, err
 	}
-	d, err := dialogs.WriteInvite(ctx, req)
+	if t != c.udp && req.Contact() == nil {
+		contact := c.contact(t, req.Recipient.IsEncrypted())
+		req.AppendHeader(&contact)
+	}
+	d, err := t.dialogs.WriteInvite(ctx, req)
 	if err != nil {
 		return nil, fmt.Errorf("INVITE %s: %w", req.Recipient.String(), err)
 	}
 	return d, nil
 }
 
-// Write sends a request outside any transaction (the ACK of a 2xx).
+// Write sends a request outside any transaction (the ACK of a 2xx) over
+// the transport it names.
 func (c *Client) Write(req *sip.Request) error {
-	if err := c.client.WriteRequest(req); err != nil {
+	t, err := c.transportOf(req)
+	if err == nil {
+		err = t.client.WriteRequest(req)
+	}
+	if err != nil {
 		return fmt.Errorf("%s %s: %w", req.Method, req.Recipient.String(), err)
 	}
 	return nil
@@ -270,18 +352,21 @@ func (c *Client) Write(req *sip.Request) error {
 // ErrTimeout means a request got no final response in time.
 var ErrTimeout = errors.New("no final response")
 
-// Close stops the user agent and releases the socket.
+// Close stops the user agent and releases the sockets.
 func (c *Client) Close() error {
 	err := c.ua.Close()
 	if cerr := c.conn.Close(); cerr != nil && !errors.Is(cerr, net.ErrClosed) {
 		err = errors.Join(err, cerr)
 	}
 	<-c.served
-	if c.tlsLn != nil {
-		if cerr := c.tlsLn.Close(); cerr != nil && !errors.Is(cerr, net.ErrClosed) {
+	for _, t := range []*transport{c.tcp, c.tls} {
+		if t == nil {
+			continue
+		}
+		if cerr := t.ln.Close(); cerr != nil && !errors.Is(cerr, net.ErrClosed) {
 			err = errors.Join(err, cerr)
 		}
-		<-c.tlsServed
+		<-t.served
 	}
 	return err
 }

@@ -81,3 +81,21 @@ func TestInviteOverTLSWithoutTLSFails(t *testing.T) {
 	_, err = c.Invite(t.Context(), req)
 	require.ErrorIs(t, err, ErrNoTLS)
 }
+
+// TestTCPListensOnTheUDPPort: TCP is served on the port UDP is bound to;
+// a fixed port whose TCP side is taken fails clearly instead of running
+// without TCP.
+func TestTCPListensOnTheUDPPort(t *testing.T) {
+	logger := slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelWarn}))
+	c, err := Listen(t.Context(), "127.0.0.1:0", "127.0.0.1", logger)
+	require.NoError(t, err)
+	require.Equal(t, c.Addr().Port, c.TCPAddr().Port)
+	require.NoError(t, c.Close())
+
+	var lc net.ListenConfig
+	busy, err := lc.Listen(t.Context(), "tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer func() { require.NoError(t, busy.Close()) }()
+	_, err = Listen(t.Context(), busy.Addr().String(), "127.0.0.1", logger)
+	require.ErrorContains(t, err, "listen sip tcp")
+}
