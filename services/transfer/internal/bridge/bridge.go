@@ -24,6 +24,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -364,12 +365,16 @@ func (b *Bridge) Play(ctx context.Context, side Side, pt uint8, samples uint32, 
 }
 
 // Idle returns the first leg that received nothing for d since the bridge
-// was activated, if any.
-func (b *Bridge) Idle(now time.Time, d time.Duration) (Side, bool) {
+// was activated, if any; legs in ignore (a peer that put the call on
+// hold) are not watched.
+func (b *Bridge) Idle(now time.Time, d time.Duration, ignore ...Side) (Side, bool) {
 	if !b.active.Load() {
 		return 0, false
 	}
 	for _, l := range b.legs {
+		if slices.Contains(ignore, l.side) {
+			continue
+		}
 		if now.Sub(time.Unix(0, l.lastRecv.Load())) > d {
 			return l.side, true
 		}
@@ -438,6 +443,18 @@ func (b *Bridge) forward(from, to *Leg) {
 		if to.rtcp != nil {
 			to.sent.add(plainLen-h.MarshalSize(), h.Timestamp, now)
 		}
+	}
+}
+
+// Move points the leg at a new address (a re-INVITE moved the peer's
+// media): packets go there until the leg latches again to the first
+// source it hears from.
+func (l *Leg) Move(addr netip.AddrPort) {
+	addr = netip.AddrPortFrom(addr.Addr().Unmap(), addr.Port())
+	l.remote.Store(&addr)
+	l.latched.Store(false)
+	if l.rtcp != nil && addr.Port() < 65535 {
+		l.SetRTCP(netip.AddrPortFrom(addr.Addr(), addr.Port()+1))
 	}
 }
 

@@ -17,6 +17,7 @@ import (
 	"github.com/baton-voice/baton/services/transfer/internal/bridge"
 	"github.com/baton-voice/baton/services/transfer/internal/request"
 	"github.com/baton-voice/baton/services/transfer/internal/sdp"
+	"github.com/baton-voice/baton/services/transfer/internal/uac"
 	"github.com/baton-voice/baton/services/transfer/internal/whisper"
 )
 
@@ -59,6 +60,7 @@ type InviteOptions struct {
 type legSender interface {
 	Invite(ctx context.Context, req *sip.Request) (*sipgo.DialogClientSession, error)
 	Write(req *sip.Request) error
+	OnReInvite(d *sipgo.DialogClientSession, f uac.ReInviteFunc) (stop func())
 }
 
 // idlePoll is how often a bridged call checks its media.
@@ -147,13 +149,15 @@ func (s *Service) invite(ctx context.Context, e *execution, log *slog.Logger) {
 	}
 	s.publish(ctx, e, log, step{status: answered, code: leg.InviteResponse.StatusCode, reason: leg.InviteResponse.Reason})
 
-	codec, err := s.answerDestination(br, offer, leg.InviteResponse)
+	codec, dest, err := s.answerDestination(br, offer, leg.InviteResponse)
 	if err != nil {
 		s.byeLeg(ctx, leg, log)
 		s.publish(ctx, e, log, failed(0, "", "destination answer: "+err.Error()))
 		return
 	}
 	br.SetCodec(fmt.Sprintf("%s/%d", codec.Name, codec.ClockRate))
+	// From here the destination may re-INVITE (hold, refresh, new address).
+	defer legs.OnReInvite(leg, dest.answer)()
 	if whisperAudio != nil && !s.whisper(ctx, e, log, br, leg, codec, *whisperAudio) {
 		return
 	}
@@ -164,7 +168,7 @@ func (s *Service) invite(ctx context.Context, e *execution, log *slog.Logger) {
 	}
 	br.Activate()
 	s.publish(ctx, e, log, step{status: bridged, code: 200, reason: "OK"})
-	s.bridged(ctx, e, log, br, leg, cseq)
+	s.bridged(ctx, e, log, br, leg, dest, cseq)
 }
 
 // whisper plays the audio to the destination before the caller is moved
@@ -323,30 +327,31 @@ func (s *Service) answerResult(ctx context.Context, e *execution, log *slog.Logg
 	return false
 }
 
-// answerDestination reads the destination's SDP answer into the bridge.
-func (s *Service) answerDestination(br *bridge.Bridge, offer sdp.Session, res *sip.Response) (sdp.Format, error) {
+// answerDestination reads the destination's SDP answer into the bridge
+// and returns the codec and the leg that answers its re-INVITEs.
+func (s *Service) answerDestination(br *bridge.Bridge, offer sdp.Session, res *sip.Response) (sdp.Format, *destinationLeg, error) {
 	ans, err := sdp.Parse(string(res.Body()))
 	if err != nil {
-		return sdp.Format{}, err
+		return sdp.Format{}, nil, err
 	}
 	codec, ok := ans.Audio()
 	if !ok {
-		return sdp.Format{}, errors.New("no audio codec in the answer")
+		return sdp.Format{}, nil, errors.New("no audio codec in the answer")
 	}
 	if _, ok := offer.Find(codec); !ok {
-		return sdp.Format{}, fmt.Errorf("answered codec %s was not offered", codec.Name)
+		return sdp.Format{}, nil, fmt.Errorf("answered codec %s was not offered", codec.Name)
 	}
 	keys, err := keysOf(offer, ans)
 	if err != nil {
-		return sdp.Format{}, err
+		return sdp.Format{}, nil, err
 	}
 	if err := br.Leg(bridge.Destination).SetRemote(ans.Addr, codec.ClockRate, keys); err != nil {
-		return sdp.Format{}, err
+		return sdp.Format{}, nil, err
 	}
 	if ans.RTCP.IsValid() {
 		br.Leg(bridge.Destination).SetRTCP(ans.RTCP)
 	}
-	return codec, nil
+	return codec, newDestinationLeg(br, offer, ans, codec, keys), nil
 }
 
 // keysOf pairs the answer's crypto with the offered one of the same tag.
@@ -441,7 +446,8 @@ func originOf(body string) string {
 // bridged runs the bridged call until one side hangs up, the media stops
 // or the process shuts down, ends the other side and publishes ENDED with
 // the bridge's statistics.
-func (s *Service) bridged(ctx context.Context, e *execution, log *slog.Logger, br *bridge.Bridge, leg *sipgo.DialogClientSession, cseq uint32) {
+func (s *Service) bridged(ctx context.Context, e *execution, log *slog.Logger, br *bridge.Bridge, leg *sipgo.DialogClientSession,
+	dest *destinationLeg, cseq uint32) {
 	tick := time.NewTicker(idlePoll)
 	defer tick.Stop()
 	var detail, why string
@@ -455,7 +461,11 @@ func (s *Service) bridged(ctx context.Context, e *execution, log *slog.Logger, b
 				detail, why, byeCaller = "caller hung up ("+f.GetMethod()+")", EndCallerHangup, false
 			}
 		case now := <-tick.C:
-			if side, idle := br.Idle(now, s.opts.Invite.IdleTimeout); idle {
+			var ignore []bridge.Side
+			if dest.onHold() {
+				ignore = append(ignore, bridge.Destination) // a held call is silent
+			}
+			if side, idle := br.Idle(now, s.opts.Invite.IdleTimeout, ignore...); idle {
 				detail, why = fmt.Sprintf("no media from the %s for %v", side, s.opts.Invite.IdleTimeout), EndMediaTimeout
 			}
 		case <-ctx.Done():

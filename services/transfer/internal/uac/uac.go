@@ -14,6 +14,7 @@ import (
 	"log/slog"
 	"net"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -36,6 +37,9 @@ type Client struct {
 	host   string
 	// One per transport; tls is nil without TLS.
 	udp, tcp, tls *transport
+	// answerers holds the ReInviteFunc of each leg that takes re-INVITEs,
+	// by dialog id.
+	answerers sync.Map
 }
 
 // transport is one transport's client, its listener and the dialogs of
@@ -154,11 +158,7 @@ func Listen(ctx context.Context, listen, viaHost string, logger *slog.Logger, op
 		_ = tx.Respond(sip.NewResponseFromRequest(req, sip.StatusCallTransactionDoesNotExists, "Call/Transaction Does Not Exist", nil))
 	})
 	srv.OnAck(func(*sip.Request, sip.ServerTransaction) {})
-	srv.OnInvite(func(req *sip.Request, tx sip.ServerTransaction) {
-		// A re-INVITE from a destination (hold, codec change) is not
-		// supported yet: the bridge keeps the negotiated stream.
-		_ = tx.Respond(sip.NewResponseFromRequest(req, sip.StatusNotAcceptableHere, "Not Acceptable Here", nil))
-	})
+	srv.OnInvite(c.reInvite)
 	go func() {
 		defer close(c.served)
 		// Responses arrive here and are matched to their transactions;
@@ -347,6 +347,59 @@ func (c *Client) Write(req *sip.Request) error {
 		return fmt.Errorf("%s %s: %w", req.Method, req.Recipient.String(), err)
 	}
 	return nil
+}
+
+// ReInviteFunc answers a re-INVITE of a leg with a status, its reason
+// and, for a 2xx, the SDP.
+type ReInviteFunc func(req *sip.Request) (code int, reason string, sdp []byte)
+
+// OnReInvite answers the re-INVITEs of leg d (an established dialog) with
+// f until stop is called. A re-INVITE of a leg without one gets 500 with
+// Retry-After (RFC 3261 14.2: it cannot be taken now).
+func (c *Client) OnReInvite(d *sipgo.DialogClientSession, f ReInviteFunc) (stop func()) {
+	id := d.ID
+	c.answerers.Store(id, f)
+	return func() { c.answerers.Delete(id) }
+}
+
+// reInvite serves an INVITE that arrives here: a re-INVITE in one of our
+// legs (a hold, a session refresh, a new address), or a stray INVITE.
+func (c *Client) reInvite(req *sip.Request, tx sip.ServerTransaction) {
+	respond := func(code int, reason string, body []byte, hdrs ...sip.Header) {
+		res := sip.NewResponseFromRequest(req, code, reason, body)
+		for _, h := range hdrs {
+			res.AppendHeader(h)
+		}
+		_ = tx.Respond(res)
+	}
+	var d *sipgo.DialogClientSession
+	var t *transport
+	for _, tp := range c.transports() {
+		if m, err := tp.dialogs.MatchRequestDialog(req); err == nil {
+			d, t = m, tp
+			break
+		}
+	}
+	if d == nil {
+		respond(sip.StatusCallTransactionDoesNotExists, "Call/Transaction Does Not Exist", nil)
+		return
+	}
+	if err := d.ReadRequest(req, tx); err != nil {
+		respond(sip.StatusInternalServerError, "CSeq Out Of Order", nil)
+		return
+	}
+	f, ok := c.answerers.Load(d.ID)
+	if !ok {
+		respond(sip.StatusInternalServerError, "Not Ready", nil, sip.NewHeader("Retry-After", "1"))
+		return
+	}
+	code, reason, body := f.(ReInviteFunc)(req)
+	if code < 200 || code >= 300 {
+		respond(code, reason, nil)
+		return
+	}
+	contact := c.contact(t, req.Recipient.IsEncrypted())
+	respond(code, reason, body, &contact, sip.NewHeader("Content-Type", "application/sdp"))
 }
 
 // ErrTimeout means a request got no final response in time.

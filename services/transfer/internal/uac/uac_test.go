@@ -3,6 +3,7 @@ package uac
 import (
 	"log/slog"
 	"net"
+	"strconv"
 	"testing"
 	"time"
 
@@ -98,4 +99,37 @@ func TestTCPListensOnTheUDPPort(t *testing.T) {
 	defer func() { require.NoError(t, busy.Close()) }()
 	_, err = Listen(t.Context(), busy.Addr().String(), "127.0.0.1", logger)
 	require.ErrorContains(t, err, "listen sip tcp")
+}
+
+// TestStrayInviteGets481: an INVITE outside any of our legs is answered
+// 481, not taken as a new call (transfer asks; it never answers calls).
+func TestStrayInviteGets481(t *testing.T) {
+	logger := slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelWarn}))
+	c, err := Listen(t.Context(), "127.0.0.1:0", "127.0.0.1", logger)
+	require.NoError(t, err)
+	defer func() { require.NoError(t, c.Close()) }()
+
+	var lc net.ListenConfig
+	peer, err := lc.ListenPacket(t.Context(), "udp", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer func() { require.NoError(t, peer.Close()) }()
+	port := peer.LocalAddr().(*net.UDPAddr).Port
+	invite := "INVITE sip:baton-transfer@127.0.0.1 SIP/2.0\r\n" +
+		"Via: SIP/2.0/UDP 127.0.0.1:" + strconv.Itoa(port) + ";branch=z9hG4bKstray1\r\n" +
+		"From: <sip:x@127.0.0.1>;tag=a\r\nTo: <sip:baton-transfer@127.0.0.1>;tag=b\r\n" +
+		"Call-ID: stray-1\r\nCSeq: 2 INVITE\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+	_, err = peer.WriteTo([]byte(invite), c.Addr())
+	require.NoError(t, err)
+	require.NoError(t, peer.SetReadDeadline(time.Now().Add(5*time.Second)))
+	buf := make([]byte, 4096)
+	for {
+		n, _, err := peer.ReadFrom(buf)
+		require.NoError(t, err)
+		msg, err := sip.NewParser().ParseSIP(buf[:n])
+		require.NoError(t, err)
+		if res, ok := msg.(*sip.Response); ok && res.StatusCode >= 200 {
+			require.Equal(t, 481, res.StatusCode)
+			return
+		}
+	}
 }
