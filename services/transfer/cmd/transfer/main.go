@@ -12,6 +12,7 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
+	"runtime"
 	"sync"
 	"syscall"
 	"time"
@@ -25,6 +26,7 @@ import (
 	"github.com/baton-voice/baton/services/transfer/internal/attempts"
 	"github.com/baton-voice/baton/services/transfer/internal/bridge"
 	"github.com/baton-voice/baton/services/transfer/internal/config"
+	"github.com/baton-voice/baton/services/transfer/internal/pump"
 	"github.com/baton-voice/baton/services/transfer/internal/request"
 	"github.com/baton-voice/baton/services/transfer/internal/transfer"
 	"github.com/baton-voice/baton/services/transfer/internal/uac"
@@ -155,6 +157,13 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 	}()
 
 	mediaHost, _ := netip.ParseAddr(cfg.Media.Host) // validated
+	// One pump reads every bridge's RTP sockets: a thread per core.
+	mediaPump, err := pump.New(runtime.GOMAXPROCS(0))
+	if err != nil {
+		logger.ErrorContext(ctx, "start media pump", "err", err)
+		return exitFailed
+	}
+	defer func() { _ = mediaPump.Close() }()
 	svc := transfer.New(cl, sipClient, attemptLog, transfer.Options{
 		Topics:          cfg.Kafka.Topics,
 		NotifyTimeout:   cfg.NotifyTimeout,
@@ -165,7 +174,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 		ShutdownTimeout: cfg.ShutdownTimeout,
 		Invite: transfer.InviteOptions{
 			Ports: &bridge.Ports{Host: mediaHost, Min: cfg.Media.PortMin, Max: cfg.Media.PortMax,
-				RTCPInterval: cfg.Media.RTCPInterval},
+				RTCPInterval: cfg.Media.RTCPInterval, Pump: mediaPump},
 			MediaAddr:     cfg.MediaAddr(),
 			IdleTimeout:   cfg.Media.IdleTimeout,
 			AnswerTimeout: cfg.Invite.AnswerTimeout,

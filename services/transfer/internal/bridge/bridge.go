@@ -34,6 +34,7 @@ import (
 	"github.com/pion/transport/v5/replaydetector"
 
 	batonv1 "github.com/baton-voice/baton/pkg/events/batonv1"
+	"github.com/baton-voice/baton/services/transfer/internal/pump"
 	"github.com/baton-voice/baton/services/transfer/internal/sdp"
 )
 
@@ -53,6 +54,9 @@ type Ports struct {
 	// RTCPInterval is how often each leg gets an RTCP report (rtcp.go);
 	// 0 turns RTCP off (no RTCP sockets).
 	RTCPInterval time.Duration
+	// Pump reads the legs' RTP sockets (one per process, a thread per
+	// core); nil gives each bridge a one-thread pump of its own.
+	Pump *pump.Pump
 	// next spreads allocations over the range.
 	next atomic.Uint32
 }
@@ -81,6 +85,8 @@ type Bridge struct {
 	started atomic.Int64
 	wg      sync.WaitGroup
 	closed  atomic.Bool
+	pump    *pump.Pump
+	ownPump bool
 	codec   atomic.Pointer[string]
 	// done closes with the bridge (ends the report loop).
 	done  chan struct{}
@@ -91,7 +97,10 @@ type Bridge struct {
 // contexts, and the statistics of what it received.
 type Leg struct {
 	side Side
-	conn *net.UDPConn
+	sock *pump.Socket
+	// Receive-path buffers, used only on the pump's thread.
+	plain, enc []byte
+	h          rtp.Header
 	// remote is where packets for this leg go: the SDP address, then the
 	// latched source.
 	remote  atomic.Pointer[netip.AddrPort]
@@ -114,27 +123,42 @@ type Leg struct {
 
 // New binds the two legs' sockets in ports.
 func New(ports *Ports) (*Bridge, error) {
-	b := &Bridge{done: make(chan struct{}), cname: newCNAME()}
+	b := &Bridge{done: make(chan struct{}), cname: newCNAME(), pump: ports.Pump}
+	if b.pump == nil {
+		p, err := pump.New(1)
+		if err != nil {
+			return nil, err
+		}
+		b.pump, b.ownPump = p, true
+	}
 	for i := range b.legs {
-		var conn, rtcpConn *net.UDPConn
+		var sock *pump.Socket
+		var rtcpConn *net.UDPConn
 		var err error
 		if ports.RTCPInterval > 0 {
-			conn, rtcpConn, err = listenPair(ports)
+			sock, rtcpConn, err = listenPair(ports)
 		} else {
-			conn, err = listen(ports)
+			sock, err = listen(ports)
 		}
 		if err != nil {
 			b.Close()
 			return nil, err
 		}
-		b.legs[i] = &Leg{side: Side(i), conn: conn, out: newRewriter()}
+		b.legs[i] = &Leg{side: Side(i), sock: sock, out: newRewriter(),
+			plain: make([]byte, maxPacket), enc: make([]byte, maxPacket+32)}
 		b.legs[i].clockRate.Store(8000)
 		if rtcpConn != nil {
 			b.legs[i].rtcp = &rtcpState{conn: rtcpConn}
 		}
 	}
 	for i := range b.legs {
-		b.wg.Go(func() { b.forward(b.legs[i], b.legs[1-i]) })
+		from, to := b.legs[i], b.legs[1-i]
+		if err := b.pump.Add(from.sock, func(pkt []byte, src netip.AddrPort, now time.Time) {
+			b.forward(from, to, pkt, src, now)
+		}); err != nil {
+			b.Close()
+			return nil, fmt.Errorf("media bridge: %w", err)
+		}
 		if b.legs[i].rtcp != nil {
 			b.wg.Go(func() { b.readRTCP(b.legs[i]) })
 		}
@@ -145,9 +169,9 @@ func New(ports *Ports) (*Bridge, error) {
 	return b, nil
 }
 
-func listen(p *Ports) (*net.UDPConn, error) {
+func listen(p *Ports) (*pump.Socket, error) {
 	if p.Min == 0 && p.Max == 0 {
-		conn, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(netip.AddrPortFrom(p.Host, 0)))
+		conn, err := pump.Listen(netip.AddrPortFrom(p.Host, 0))
 		if err != nil {
 			return nil, fmt.Errorf("%w: %w", ErrNoPort, err)
 		}
@@ -162,7 +186,7 @@ func listen(p *Ports) (*net.UDPConn, error) {
 	start := int(p.next.Add(1)) % n
 	for i := range n {
 		port := lo + 2*((start+i)%n)
-		conn, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(netip.AddrPortFrom(p.Host, uint16(port))))
+		conn, err := pump.Listen(netip.AddrPortFrom(p.Host, uint16(port)))
 		if err == nil {
 			return conn, nil
 		}
@@ -174,7 +198,7 @@ func listen(p *Ports) (*net.UDPConn, error) {
 func (b *Bridge) Leg(s Side) *Leg { return b.legs[s] }
 
 // Port is the leg's local media port.
-func (l *Leg) Port() int { return l.conn.LocalAddr().(*net.UDPAddr).Port }
+func (l *Leg) Port() int { return l.sock.Port() }
 
 // Remote is where the leg currently sends.
 func (l *Leg) Remote() (netip.AddrPort, bool) {
@@ -353,7 +377,7 @@ func (b *Bridge) Play(ctx context.Context, side Side, pt uint8, samples uint32, 
 				return sent, fmt.Errorf("play: srtp: %w", err)
 			}
 		}
-		if _, err := l.conn.WriteToUDPAddrPort(pkt, dst); err != nil {
+		if err := l.sock.WriteTo(pkt, dst); err != nil {
 			return sent, fmt.Errorf("play to the %s: %w", side, err)
 		}
 		l.sent.add(len(f), hh.Timestamp, time.Now())
@@ -382,67 +406,55 @@ func (b *Bridge) Idle(now time.Time, d time.Duration, ignore ...Side) (Side, boo
 	return 0, false
 }
 
-// forward relays what from receives to to, until from's socket closes.
-func (b *Bridge) forward(from, to *Leg) {
-	buf := make([]byte, maxPacket)
-	plain := make([]byte, maxPacket)
-	enc := make([]byte, maxPacket+32)
-	var h rtp.Header
-	for {
-		n, src, err := from.conn.ReadFromUDPAddrPort(buf)
+// forward relays one packet from received to to. It runs on the pump's
+// thread, never twice at once for one leg; pkt is the pump's buffer and
+// may be rewritten in place.
+func (b *Bridge) forward(from, to *Leg, pkt []byte, src netip.AddrPort, now time.Time) {
+	h := &from.h
+	if in := from.srtpIn.Load(); in != nil {
+		out, err := in.DecryptRTP(from.plain[:0], pkt, h)
 		if err != nil {
-			if errors.Is(err, net.ErrClosed) {
-				return
+			// A replay was counted by the replay detector.
+			if errors.Is(err, srtp.ErrFailedToVerifyAuthTag) {
+				from.stats.unauthentic.Add(1)
 			}
-			continue
-		}
-		pkt := buf[:n]
-		now := time.Now()
-		if in := from.srtpIn.Load(); in != nil {
-			out, err := in.DecryptRTP(plain[:0], pkt, &h)
-			if err != nil {
-				// A replay was counted by the replay detector.
-				if errors.Is(err, srtp.ErrFailedToVerifyAuthTag) {
-					from.stats.unauthentic.Add(1)
-				}
-				from.stats.dropped.Add(1)
-				continue
-			}
-			pkt = out
-		} else if _, err := h.Unmarshal(pkt); err != nil {
 			from.stats.dropped.Add(1)
-			continue
+			return
 		}
-		// Latch only to packets that parsed (and authenticated).
-		if !from.accept(src) {
+		pkt = out
+	} else if _, err := h.Unmarshal(pkt); err != nil {
+		from.stats.dropped.Add(1)
+		return
+	}
+	// Latch only to packets that parsed (and authenticated).
+	if !from.accept(src) {
+		from.stats.dropped.Add(1)
+		return
+	}
+	from.lastRecv.Store(now.UnixNano())
+	from.stats.record(h, len(pkt), now, from.clockRate.Load())
+	dst, ok := to.Remote()
+	if !b.active.Load() || !ok {
+		from.stats.dropped.Add(1)
+		return
+	}
+	to.out.rewrite(pkt, h, now, to.clockRate.Load())
+	plainLen := len(pkt)
+	if out := to.srtpOut.Load(); out != nil {
+		e, err := out.EncryptRTP(from.enc[:0], pkt, h)
+		if err != nil {
 			from.stats.dropped.Add(1)
-			continue
+			return
 		}
-		from.lastRecv.Store(now.UnixNano())
-		from.stats.record(&h, len(pkt), now, from.clockRate.Load())
-		dst, ok := to.Remote()
-		if !b.active.Load() || !ok {
-			from.stats.dropped.Add(1)
-			continue
-		}
-		to.out.rewrite(pkt, &h, now, to.clockRate.Load())
-		plainLen := len(pkt)
-		if out := to.srtpOut.Load(); out != nil {
-			e, err := out.EncryptRTP(enc[:0], pkt, &h)
-			if err != nil {
-				from.stats.dropped.Add(1)
-				continue
-			}
-			pkt = e
-		}
-		if _, err := to.conn.WriteToUDPAddrPort(pkt, dst); err != nil {
-			from.stats.dropped.Add(1)
-			continue
-		}
-		from.stats.forwarded.Add(1)
-		if to.rtcp != nil {
-			to.sent.add(plainLen-h.MarshalSize(), h.Timestamp, now)
-		}
+		pkt = e
+	}
+	if err := to.sock.WriteTo(pkt, dst); err != nil {
+		from.stats.dropped.Add(1)
+		return
+	}
+	from.stats.forwarded.Add(1)
+	if to.rtcp != nil {
+		to.sent.add(plainLen-h.MarshalSize(), h.Timestamp, now)
 	}
 }
 
@@ -522,11 +534,17 @@ func (b *Bridge) Close() {
 	close(b.done)
 	for _, l := range b.legs {
 		if l != nil {
-			_ = l.conn.Close()
+			// Removed first: no packet is handled once Remove returns,
+			// and the descriptor's number may then be reused.
+			b.pump.Remove(l.sock)
+			_ = l.sock.Close()
 			if l.rtcp != nil {
 				_ = l.rtcp.conn.Close()
 			}
 		}
+	}
+	if b.ownPump {
+		_ = b.pump.Close()
 	}
 	b.wg.Wait()
 }

@@ -12,6 +12,8 @@ import (
 
 	"github.com/pion/rtcp"
 	"github.com/pion/srtp/v3"
+
+	"github.com/baton-voice/baton/services/transfer/internal/pump"
 )
 
 // RTCP is generated, not relayed: each leg is its own RTP session (the
@@ -65,14 +67,14 @@ func (s *sendState) add(payload int, ts uint32, now time.Time) {
 
 // listenPair binds an RTP socket on an even port and its RTCP socket on
 // the next one.
-func listenPair(p *Ports) (rtpConn, rtcpConn *net.UDPConn, err error) {
+func listenPair(p *Ports) (rtpSock *pump.Socket, rtcpConn *net.UDPConn, err error) {
 	if p.Min == 0 && p.Max == 0 {
 		for range 64 {
 			c, err := listen(p)
 			if err != nil {
 				return nil, nil, err
 			}
-			port := c.LocalAddr().(*net.UDPAddr).Port
+			port := c.Port()
 			if port%2 == 0 && port < 65535 {
 				r, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(netip.AddrPortFrom(p.Host, uint16(port+1))))
 				if err == nil {
@@ -89,7 +91,7 @@ func listenPair(p *Ports) (rtpConn, rtcpConn *net.UDPConn, err error) {
 		if err != nil {
 			return nil, nil, err
 		}
-		port := c.LocalAddr().(*net.UDPAddr).Port
+		port := c.Port()
 		r, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(netip.AddrPortFrom(p.Host, uint16(port+1))))
 		if err == nil {
 			return c, r, nil

@@ -4,7 +4,9 @@
 // exceeds 0.1% or the p99 one-way delay exceeds 5 ms. Contenders measured
 // in the same run: the generator alone with no relay (direct: its own
 // ceiling and its own share of the delay), a minimal Go UDP relay loop
-// (floor), the bridge with plain RTP on both legs (rtp), and the bridge
+// (floor: a goroutine per socket in Go's network poller), the bridge
+// with plain RTP on both legs (rtp: its sockets read by the media pump,
+// internal/pump, as in the service; -linger tunes it), and the bridge
 // with an SRTP destination leg (srtp: AES_CM_128_HMAC_SHA1_80; srtp-gcm:
 // AEAD_AES_128_GCM).
 //
@@ -38,6 +40,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/baton-voice/baton/services/transfer/internal/pump"
 )
 
 const (
@@ -63,6 +67,8 @@ type config struct {
 	poll            time.Duration
 	rt              int
 	ncpu            int
+	linger          time.Duration
+	relayProfile    string
 	relayInfoPrints int
 }
 
@@ -79,19 +85,22 @@ func main() {
 	poll := flag.Duration("poll", time.Millisecond, "how long the generator's receivers sleep when their sockets are empty")
 	rt := flag.Int("rt", 0, "run the relay processes in SCHED_FIFO at this priority and the generator one above (1-98, needs root; 0: no): on a shared machine it keeps others' load from delaying them")
 	cpuProfile := flag.String("cpuprofile", "", "write the generator's CPU profile to this file")
+	relayProfile := flag.String("relay-cpuprofile", "", "write each relay process's CPU profile to this path plus .<contender>.<calls>")
+	linger := flag.Duration("linger", pump.DefaultLinger, "the bridge's media pump: pause between passes over ready sockets while packets keep coming")
 	serveMode := flag.String("serve", "", "internal: run relays of this contender for the parent (child role)")
 	serveCalls := flag.Int("n", 0, "internal: calls to serve")
 	serveCPU := flag.Int("cpu", -1, "internal: core to pin the relay process to (-1: none)")
 	flag.Parse()
 	if *serveMode != "" {
-		if err := serve(*serveMode, *serveCalls, *serveCPU, *rt); err != nil {
+		if err := serve(*serveMode, *serveCalls, relayOptions{cpu: *serveCPU, rt: *rt, linger: *linger, profile: *relayProfile}); err != nil {
 			fmt.Fprintf(os.Stderr, "bridgecap relay: %v\n", err)
 			os.Exit(1)
 		}
 		return
 	}
 	cfg := config{step: *step, warmup: *warmup, pin: *pin, genCPU: *genCPU, relCPU: *relCPU,
-		retries: *retries, batch: max(1, *batch), poll: *poll, rt: *rt, ncpu: runtime.NumCPU()}
+		retries: *retries, batch: max(1, *batch), poll: *poll, rt: *rt, ncpu: runtime.NumCPU(),
+		linger: *linger, relayProfile: *relayProfile}
 	for f := range strings.SplitSeq(*levelsFlag, ",") {
 		n, err := strconv.Atoi(strings.TrimSpace(f))
 		if err != nil || n < 1 {
@@ -291,7 +300,7 @@ func measureStep(ctx context.Context, w io.Writer, cfg *config, c contender, n i
 		if cfg.pin {
 			cpu = cfg.relCPU
 		}
-		rp, err := startRelayProc(ctx, c, n, cpu, cfg.rt)
+		rp, err := startRelayProc(ctx, c, n, relayOptions{cpu: cpu, rt: cfg.rt, linger: cfg.linger, profile: cfg.relayProfile})
 		if err != nil {
 			return stepResult{}, err
 		}

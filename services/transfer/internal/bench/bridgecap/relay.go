@@ -15,14 +15,18 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"runtime"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/pion/srtp/v3"
 
 	"github.com/baton-voice/baton/services/transfer/internal/bridge"
+	"github.com/baton-voice/baton/services/transfer/internal/pump"
 	"github.com/baton-voice/baton/services/transfer/internal/sdp"
 )
 
@@ -146,14 +150,23 @@ var discard = netip.MustParseAddrPort("127.0.0.1:9")
 // the contender name and prints "info pid=... cpus=... gomaxprocs=...",
 // one line per call ("caller_port dest_port [baton_key their_key]", keys
 // in base64), then "ready"; the end of stdin stops it.
-func serve(name string, n, cpu, rt int) error {
-	if rt != 0 {
-		if err := realtime(rt); err != nil {
+// relayOptions are a relay process's: its core (-1: none), SCHED_FIFO
+// priority (0: none), the bridge pump's linger and where its CPU profile
+// goes ("" none).
+type relayOptions struct {
+	cpu, rt int
+	linger  time.Duration
+	profile string
+}
+
+func serve(name string, n int, o relayOptions) error {
+	if o.rt != 0 {
+		if err := realtime(o.rt); err != nil {
 			return err
 		}
 	}
-	if cpu >= 0 {
-		if err := pinTo(cpu); err != nil {
+	if o.cpu >= 0 {
+		if err := pinTo(o.cpu); err != nil {
 			return err
 		}
 	}
@@ -161,7 +174,26 @@ func serve(name string, n, cpu, rt int) error {
 	if err != nil {
 		return err
 	}
-	relays, lines, err := startRelays(c, n)
+	// The bridges share one pump, a thread per core, as in the service.
+	ports := &bridge.Ports{Host: loopback}
+	if c.relay == "bridge" {
+		if ports.Pump, err = pump.New(runtime.GOMAXPROCS(0), pump.WithLinger(o.linger)); err != nil {
+			return err
+		}
+		defer func() { _ = ports.Pump.Close() }() // after the relays
+	}
+	if o.profile != "" {
+		f, err := os.Create(fmt.Sprintf("%s.%s.%d", o.profile, name, n))
+		if err != nil {
+			return err
+		}
+		defer func() { _ = f.Close() }()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		defer pprof.StopCPUProfile()
+	}
+	relays, lines, err := startRelays(c, n, ports)
 	defer func() {
 		for _, r := range relays {
 			r.close()
@@ -185,7 +217,7 @@ func serve(name string, n, cpu, rt int) error {
 
 // startRelays starts n relays of c and describes each in a line. On error
 // the relays started so far are returned for closing.
-func startRelays(c contender, n int) ([]relayCloser, []string, error) {
+func startRelays(c contender, n int, ports *bridge.Ports) ([]relayCloser, []string, error) {
 	var relays []relayCloser
 	lines := make([]string, 0, n)
 	for range n {
@@ -199,7 +231,7 @@ func startRelays(c contender, n int) ([]relayCloser, []string, error) {
 			}
 			r = f
 		case "bridge":
-			b, err := bridge.New(&bridge.Ports{Host: loopback})
+			b, err := bridge.New(ports)
 			if err != nil {
 				return relays, nil, fmt.Errorf("bridge: %w", err)
 			}
@@ -254,15 +286,15 @@ type relayProc struct {
 	targets []target
 }
 
-// startRelayProc starts n relays of c in a child pinned to cpu (none if
-// cpu < 0), in SCHED_FIFO at rt unless rt is 0, and reads their ports and
-// keys.
-func startRelayProc(ctx context.Context, c contender, n, cpu, rt int) (*relayProc, error) {
+// startRelayProc starts n relays of c in a child with o's pinning,
+// scheduling, pump and profile, and reads their ports and keys.
+func startRelayProc(ctx context.Context, c contender, n int, o relayOptions) (*relayProc, error) {
 	self, err := os.Executable()
 	if err != nil {
 		return nil, fmt.Errorf("relay process: %w", err)
 	}
-	cmd := exec.CommandContext(ctx, self, "-serve", c.name, "-n", strconv.Itoa(n), "-cpu", strconv.Itoa(cpu), "-rt", strconv.Itoa(rt))
+	cmd := exec.CommandContext(ctx, self, "-serve", c.name, "-n", strconv.Itoa(n), "-cpu", strconv.Itoa(o.cpu), "-rt", strconv.Itoa(o.rt),
+		"-linger", o.linger.String(), "-relay-cpuprofile", o.profile)
 	cmd.Stderr = os.Stderr
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
