@@ -2,6 +2,7 @@ package transfer
 
 import (
 	"context"
+	"crypto/tls"
 	"log/slog"
 	"net"
 	"strconv"
@@ -40,6 +41,8 @@ func TestMain(m *testing.M) {
 // sbc is a sipgo UAS on loopback playing the carrier SBC.
 type sbc struct {
 	addr *net.UDPAddr
+	// tlsPort is its TLS listener's port; 0 without TLS.
+	tlsPort int
 	// answer is the status the next requests get; 0 means no answer.
 	mu       sync.Mutex
 	answer   int
@@ -53,7 +56,9 @@ type received struct {
 	source string
 }
 
-func startSBC(t *testing.T, answer int) *sbc {
+// startSBC starts the SBC on one loopback port for UDP and TCP and, with
+// a TLS configuration, on a TLS port too.
+func startSBC(t *testing.T, answer int, tlsConf ...*tls.Config) *sbc {
 	t.Helper()
 	ua, err := sipgo.NewUA(sipgo.WithUserAgent("test-sbc"))
 	require.NoError(t, err)
@@ -81,21 +86,26 @@ func startSBC(t *testing.T, answer int) *sbc {
 	}
 	srv.OnRefer(handle)
 	srv.OnBye(handle)
-	served, tcpServed := make(chan struct{}), make(chan struct{})
-	go func() {
-		defer close(served)
-		_ = srv.ServeUDP(conn)
-	}()
-	go func() {
-		defer close(tcpServed)
-		_ = srv.ServeTCP(ln)
-	}()
+	var wg sync.WaitGroup
+	wg.Go(func() { _ = srv.ServeUDP(conn) })
+	wg.Go(func() { _ = srv.ServeTCP(ln) })
+	var tlsLn net.Listener
+	if len(tlsConf) > 0 {
+		var lc net.ListenConfig
+		l, err := lc.Listen(t.Context(), "tcp", "127.0.0.1:0")
+		require.NoError(t, err)
+		tlsLn = tls.NewListener(l, tlsConf[0])
+		s.tlsPort = l.Addr().(*net.TCPAddr).Port
+		wg.Go(func() { _ = srv.ServeTLS(tlsLn) })
+	}
 	t.Cleanup(func() {
 		require.NoError(t, ua.Close())
 		_ = conn.Close()
 		_ = ln.Close()
-		<-served
-		<-tcpServed
+		if tlsLn != nil {
+			_ = tlsLn.Close()
+		}
+		wg.Wait()
 	})
 	return s
 }

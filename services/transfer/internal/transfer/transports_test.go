@@ -1,6 +1,7 @@
 package transfer
 
 import (
+	"crypto/tls"
 	"net"
 	"os"
 	"path/filepath"
@@ -13,6 +14,7 @@ import (
 
 	batonv1 "github.com/baton-voice/baton/pkg/events/batonv1"
 	"github.com/baton-voice/baton/services/transfer/internal/sdp"
+	"github.com/baton-voice/baton/services/transfer/internal/uac"
 )
 
 // TestBlindTransferOverTCP: a call that came in over TCP is transferred
@@ -115,4 +117,44 @@ func (r *sippRun) messages(t *testing.T) string {
 	b, err := os.ReadFile(filepath.Join(filepath.Dir(r.logFile), "messages.log"))
 	require.NoError(t, err)
 	return string(b)
+}
+
+// TestBlindTransferOverTLS: a call that came in over TLS is transferred
+// over TLS from transfer's TLS transport, verified against the SBC's
+// certificate; the REFER's Via names the TLS listener.
+func TestBlindTransferOverTLS(t *testing.T) {
+	t.Parallel()
+	sbcCert, ourCert := newSelfSigned(t, "sbc"), newSelfSigned(t, "baton")
+	h := start(t, 202, nil, uac.WithTLS(uac.TLS{
+		Listen: "127.0.0.1:0",
+		Server: &tls.Config{Certificates: []tls.Certificate{ourCert.cert}, MinVersion: tls.VersionTLS12},
+		Client: &tls.Config{RootCAs: sbcCert.pool, MinVersion: tls.VersionTLS12},
+	}))
+	sbc := startSBC(t, 202, &tls.Config{Certificates: []tls.Certificate{sbcCert.cert}, MinVersion: tls.VersionTLS12})
+	cmd := referCommand(h, "tls")
+	cmd.Dialog = dialogTo(sbc.addr, cmd.CallId)
+	cmd.Dialog.Transport = batonv1.Transport_TRANSPORT_TLS
+	cmd.Dialog.RemoteTarget = "sip:sbc@127.0.0.1:" + strconv.Itoa(sbc.tlsPort)
+	h.command(t, cmd)
+
+	refer := sbc.next(t).req
+	require.Equal(t, sip.REFER, refer.Method)
+	require.Equal(t, "TLS", refer.Transport(), "the REFER came over TLS")
+	require.Equal(t, "TLS", refer.Via().Transport)
+	require.Equal(t, h.in.sip.TLSAddr().Port, refer.Via().Port, "the Via names the TLS listener")
+	requireOutcome(t, h.outcome(t, cmd.CommandId), batonv1.OutcomeStatus_OUTCOME_STATUS_ACCEPTED, 202)
+}
+
+// TestTLSCallWithoutTLSIsRefused: without a TLS transport, a REFER into a
+// call that came in over TLS fails; nothing goes out over UDP instead.
+func TestTLSCallWithoutTLSIsRefused(t *testing.T) {
+	t.Parallel()
+	h := start(t, 202, nil)
+	cmd := referCommand(h, "tls-none")
+	cmd.Dialog.Transport = batonv1.Transport_TRANSPORT_TLS
+	h.command(t, cmd)
+	o := h.outcome(t, cmd.CommandId)
+	require.Equal(t, batonv1.OutcomeStatus_OUTCOME_STATUS_FAILED.String(), o.GetStatus().String(), o.GetDetail())
+	require.Contains(t, o.GetDetail(), "TLS signalling is not configured")
+	require.Zero(t, h.sbc.count(), "nothing reached the SBC")
 }
