@@ -157,7 +157,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 	}()
 
 	mediaHost, _ := netip.ParseAddr(cfg.Media.Host) // validated
-	// One pump reads every bridge's RTP sockets: a thread per core.
+	// One pump reads every bridge's RTP sockets: a worker per core.
 	mediaPump, err := pump.New(runtime.GOMAXPROCS(0))
 	if err != nil {
 		logger.ErrorContext(ctx, "start media pump", "err", err)

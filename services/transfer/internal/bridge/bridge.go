@@ -54,8 +54,8 @@ type Ports struct {
 	// RTCPInterval is how often each leg gets an RTCP report (rtcp.go);
 	// 0 turns RTCP off (no RTCP sockets).
 	RTCPInterval time.Duration
-	// Pump reads the legs' RTP sockets (one per process, a thread per
-	// core); nil gives each bridge a one-thread pump of its own.
+	// Pump reads the legs' RTP sockets (one per process, a worker per
+	// core); nil gives each bridge a one-worker pump of its own.
 	Pump *pump.Pump
 	// next spreads allocations over the range.
 	next atomic.Uint32
@@ -98,7 +98,7 @@ type Bridge struct {
 type Leg struct {
 	side Side
 	sock *pump.Socket
-	// Receive-path buffers, used only on the pump's thread.
+	// Receive-path buffers, used only on the pump's worker.
 	plain, enc []byte
 	h          rtp.Header
 	// remote is where packets for this leg go: the SDP address, then the
@@ -407,7 +407,7 @@ func (b *Bridge) Idle(now time.Time, d time.Duration, ignore ...Side) (Side, boo
 }
 
 // forward relays one packet from received to to. It runs on the pump's
-// thread, never twice at once for one leg; pkt is the pump's buffer and
+// worker, never twice at once for one leg; pkt is the pump's buffer and
 // may be rewritten in place.
 func (b *Bridge) forward(from, to *Leg, pkt []byte, src netip.AddrPort, now time.Time) {
 	h := &from.h

@@ -1,24 +1,28 @@
 //go:build linux
 
-// Package pump reads UDP sockets outside Go's network poller: a few
-// threads each wait on an epoll set of their own and, for every socket
-// that has datagrams, read them and hand each to the socket's handler on
-// that thread. A media bridge receives 50 small packets a second on each
-// of thousands of sockets; through Go's poller every packet costs a
-// goroutine wake-up, a failed read and a scheduler pass, which measured
-// as most of a relay's CPU. Here a packet costs one read, and one
-// epoll_wait serves every socket that became ready meanwhile.
+// Package pump reads many UDP sockets with few wake-ups. Each worker
+// owns an epoll set of the sockets given to it; the set itself sits in
+// Go's poller, so a worker parks like any goroutine and wakes when one of
+// its sockets is ready, then reads one datagram from every ready socket
+// and hands each to the socket's handler. A media bridge receives 50
+// small packets a second on each of thousands of sockets; with a
+// goroutine per socket in Go's poller every packet cost a wake-up, a
+// failed read and a scheduler pass, which measured as most of a relay's
+// CPU. Here one wake-up serves every socket that became ready meanwhile,
+// and under load a worker lingers between passes so that more do.
 //
-// Sockets are plain non-blocking file descriptors (Socket); writes go
-// straight to the kernel (sendto), from any goroutine.
+// Sockets are plain non-blocking file descriptors (Socket) that Go's
+// poller never sees; writes go straight to the kernel (sendto), from any
+// goroutine.
 package pump
 
 import (
 	"errors"
 	"fmt"
 	"net/netip"
-	"runtime"
+	"os"
 	"sync"
+	"syscall"
 	"time"
 	"unsafe"
 
@@ -28,22 +32,26 @@ import (
 // maxDatagram is the receive buffer: an MTU plus room for SRTP tags.
 const maxDatagram = 1500
 
-// DefaultLinger is how long a thread that just handled datagrams sleeps
+// DefaultLinger is how long a worker that just handled datagrams sleeps
 // before it looks again: meanwhile more sockets become ready and one
 // epoll_wait collects them all, instead of a wake-up per packet. It is
 // the most a datagram waits for a busy pump (a jitter buffer holds tens
 // of milliseconds).
 const DefaultLinger = 500 * time.Microsecond
 
+// busyPass is the number of ready sockets from which a pass counts as
+// busy and the worker lingers: below it, it parks until the next packet.
+const busyPass = 16
+
 // maxEvents is the most sockets one pass serves.
 const maxEvents = 1024
 
-// Handler takes one datagram read from a socket, on the pump's thread:
+// Handler takes one datagram read from a socket, on the pump's worker:
 // pkt is valid only during the call, and calls for one socket never
 // overlap.
 type Handler func(pkt []byte, src netip.AddrPort, now time.Time)
 
-// Pump is a set of threads reading the sockets added to it.
+// Pump is a set of workers reading the sockets added to it.
 type Pump struct {
 	linger  time.Duration
 	workers []*worker
@@ -56,9 +64,12 @@ type Pump struct {
 type worker struct {
 	linger time.Duration
 	epfd   int
-	// wake is an eventfd in the set: Close writes it.
-	wake int
-	mu   sync.Mutex
+	// ep is epfd as a file in Go's poller: the worker parks there until
+	// one of its sockets is ready, holding no thread. Closing it ends
+	// the worker.
+	ep *os.File
+	rc syscall.RawConn
+	mu sync.Mutex
 	// regs are the sockets by registration id (the epoll data): a
 	// removed socket's id is never looked up again, even if its file
 	// descriptor number is reused.
@@ -75,12 +86,11 @@ type registration struct {
 // Option configures New.
 type Option func(*Pump)
 
-// WithLinger sets the pause between a thread's passes over ready sockets
-// while datagrams keep coming (DefaultLinger; 0: none, a wake-up per
-// packet at low load).
+// WithLinger sets the pause between a worker's passes over ready sockets
+// while many keep coming (DefaultLinger; 0: none).
 func WithLinger(d time.Duration) Option { return func(p *Pump) { p.linger = max(d, 0) } }
 
-// New starts a pump with n threads (at least 1).
+// New starts a pump with n workers (at least 1).
 func New(n int, opts ...Option) (*Pump, error) {
 	p := &Pump{linger: DefaultLinger}
 	for _, o := range opts {
@@ -103,19 +113,19 @@ func newWorker() (*worker, error) {
 	if err != nil {
 		return nil, fmt.Errorf("pump: epoll: %w", err)
 	}
-	wake, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
+	// Non-blocking, so that os.NewFile puts it in Go's poller: an epoll
+	// set is readable while any of its sockets is ready.
+	if err := unix.SetNonblock(epfd, true); err != nil {
+		_ = unix.Close(epfd)
+		return nil, fmt.Errorf("pump: epoll: %w", err)
+	}
+	ep := os.NewFile(uintptr(epfd), "pump-epoll")
+	rc, err := ep.SyscallConn()
 	if err != nil {
-		_ = unix.Close(epfd)
-		return nil, fmt.Errorf("pump: eventfd: %w", err)
+		_ = ep.Close()
+		return nil, fmt.Errorf("pump: epoll: %w", err)
 	}
-	ev := unix.EpollEvent{Events: unix.EPOLLIN}
-	setID(&ev, 0) // id 0 is the wake-up
-	if err := unix.EpollCtl(epfd, unix.EPOLL_CTL_ADD, wake, &ev); err != nil {
-		_ = unix.Close(wake)
-		_ = unix.Close(epfd)
-		return nil, fmt.Errorf("pump: epoll add: %w", err)
-	}
-	return &worker{epfd: epfd, wake: wake, regs: make(map[uint64]*registration), nextID: 1}, nil
+	return &worker{epfd: epfd, ep: ep, rc: rc, regs: make(map[uint64]*registration), nextID: 1}, nil
 }
 
 // ErrClosed means the pump was closed.
@@ -159,12 +169,14 @@ func (p *Pump) Remove(s *Socket) {
 	}
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	_ = unix.EpollCtl(w.epfd, unix.EPOLL_CTL_DEL, s.fd, nil)
+	if !w.closed { // a closed set's number may belong to another file now
+		_ = unix.EpollCtl(w.epfd, unix.EPOLL_CTL_DEL, s.fd, nil)
+	}
 	delete(w.regs, s.id)
 	s.worker = nil
 }
 
-// Close stops the threads; sockets still added are no longer read (their
+// Close stops the workers; sockets still added are no longer read (their
 // owners close them).
 func (p *Pump) Close() error {
 	p.mu.Lock()
@@ -174,52 +186,40 @@ func (p *Pump) Close() error {
 	}
 	p.closed = true
 	p.mu.Unlock()
-	var one [8]byte
-	one[0] = 1 // eventfd counters are host-endian; 1 in either byte order wakes
+	var err error
 	for _, w := range p.workers {
 		w.mu.Lock()
 		w.closed = true
 		w.mu.Unlock()
-		_, _ = unix.Write(w.wake, one[:])
+		// Wakes the parked worker: its wait fails with ErrClosed.
+		err = errors.Join(err, w.ep.Close())
 	}
 	p.wg.Wait()
-	var err error
-	for _, w := range p.workers {
-		err = errors.Join(err, unix.Close(w.wake), unix.Close(w.epfd))
-	}
 	return err
 }
 
-// run waits for ready sockets and reads them until Close. After a pass
-// that found datagrams it lingers, then looks again without blocking, so
-// that under load one epoll_wait serves many sockets; when a look finds
-// nothing it blocks again.
+// run waits for ready sockets and reads them until Close. After a busy
+// pass it lingers, so that under load one epoll_wait serves many sockets.
 func (w *worker) run() {
-	// One thread per worker, kept: its epoll_wait blocks in the kernel.
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
 	events := make([]unix.EpollEvent, maxEvents)
 	buf := make([]byte, maxDatagram)
-	timeout := -1
 	for {
-		n, err := unix.EpollWait(w.epfd, events, timeout)
-		if err != nil {
-			if errors.Is(err, unix.EINTR) {
-				continue
-			}
-			return // the epoll set is gone: nothing more to do
+		var n int
+		var werr error
+		// Look without blocking; park in Go's poller while nothing is
+		// ready.
+		err := w.rc.Read(func(fd uintptr) bool {
+			n, werr = unix.EpollWait(int(fd), events, 0)
+			return n > 0 || werr != nil && !errors.Is(werr, unix.EINTR)
+		})
+		if err != nil || werr != nil {
+			return // closed: nothing more to do
 		}
 		if !w.pass(events[:n], buf) {
 			return
 		}
-		timeout = -1
-		switch {
-		case n == len(events):
-			timeout = 0 // more are ready: no pause
-		case n > 0 && w.linger > 0:
-			ts := unix.NsecToTimespec(w.linger.Nanoseconds())
-			_ = unix.Nanosleep(&ts, nil)
-			timeout = 0
+		if n >= busyPass && n < len(events) && w.linger > 0 {
+			time.Sleep(w.linger)
 		}
 	}
 }

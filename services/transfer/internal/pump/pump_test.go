@@ -22,7 +22,7 @@ type got struct {
 
 // TestPumpReadsAndWrites: datagrams sent to pumped sockets reach their
 // handlers with their source; WriteTo reaches a peer; after Remove the
-// handler is never called again; Close stops the threads.
+// handler is never called again; Close stops the workers.
 func TestPumpReadsAndWrites(t *testing.T) {
 	for _, host := range []string{"127.0.0.1", "::1"} {
 		t.Run(host, func(t *testing.T) {

@@ -174,7 +174,7 @@ func serve(name string, n int, o relayOptions) error {
 	if err != nil {
 		return err
 	}
-	// The bridges share one pump, a thread per core, as in the service.
+	// The bridges share one pump, a worker per core, as in the service.
 	ports := &bridge.Ports{Host: loopback}
 	if c.relay == "bridge" {
 		if ports.Pump, err = pump.New(runtime.GOMAXPROCS(0), pump.WithLinger(o.linger)); err != nil {
