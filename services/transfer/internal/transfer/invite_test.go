@@ -72,7 +72,13 @@ func startSIPp(t *testing.T, scenario string, extra ...string) *sippRun {
 	dir, err := filepath.Abs(filepath.Join("..", "..", "..", "..", "deploy", "sipp"))
 	require.NoError(t, err)
 	tmp := t.TempDir()
-	r := &sippRun{port: freeUDPPort(t), mediaPort: freeMediaPort(t), logFile: filepath.Join(tmp, "sipp.log"), done: make(chan error, 1)}
+	network, port := "udp", 0
+	if slices.Contains(extra, "t1") {
+		network, port = "tcp", freeTCPPort(t)
+	} else {
+		port = freeUDPPort(t)
+	}
+	r := &sippRun{port: port, mediaPort: freeMediaPort(t), logFile: filepath.Join(tmp, "sipp.log"), done: make(chan error, 1)}
 	args := append([]string{
 		"-sf", filepath.Join(dir, scenario), "-i", "127.0.0.1", "-p", strconv.Itoa(r.port),
 		"-m", "1", "-rtp_echo", "-mp", strconv.Itoa(r.mediaPort), "-mi", "127.0.0.1",
@@ -101,10 +107,6 @@ func startSIPp(t *testing.T, scenario string, extra ...string) *sippRun {
 	})
 	// Ready once its SIP socket is bound. Probing by binding the port
 	// ourselves would race SIPp's own bind, so read the kernel's table.
-	network := "udp"
-	if slices.Contains(extra, "t1") {
-		network = "tcp"
-	}
 	require.Eventually(t, func() bool { return bound(t, network, r.port) }, 10*time.Second, 5*time.Millisecond,
 		"sipp did not bind its port")
 	return r
@@ -132,6 +134,15 @@ func freeUDPPort(t *testing.T) int {
 	require.NoError(t, err)
 	defer func() { _ = c.Close() }()
 	return c.LocalAddr().(*net.UDPAddr).Port
+}
+
+func freeTCPPort(t *testing.T) int {
+	t.Helper()
+	var lc net.ListenConfig
+	l, err := lc.Listen(t.Context(), "tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer func() { _ = l.Close() }()
+	return l.Addr().(*net.TCPAddr).Port
 }
 
 // freeMediaPort finds an even port p with p and p+2 free (SIPp echoes on
