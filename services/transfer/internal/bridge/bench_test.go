@@ -1,10 +1,14 @@
 package bridge
 
 import (
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/pion/rtp"
+	"github.com/pion/srtp/v3"
+	"github.com/pion/transport/v5/replaydetector"
+	"github.com/stretchr/testify/require"
 
 	"github.com/baton-voice/baton/services/transfer/internal/sdp"
 )
@@ -63,5 +67,47 @@ func BenchmarkPacketPath(b *testing.B) {
 				}
 			}
 		})
+	}
+}
+
+// TestDecryptAllocatesNothing: the receive path's SRTP decryption, replay
+// counting included, allocates nothing per packet (the counting wrapper
+// keeps pion's token interface).
+func TestDecryptAllocatesNothing(t *testing.T) {
+	for _, suite := range []string{"AES_CM_128_HMAC_SHA1_80", "AEAD_AES_128_GCM"} {
+		key, err := sdp.NewCrypto(1, suite)
+		require.NoError(t, err)
+		profile, err := profileOf(suite)
+		require.NoError(t, err)
+		enc, err := contextOf(key, profile)
+		require.NoError(t, err)
+		var replayed atomic.Uint64
+		dec, err := contextOf(key, profile, srtp.SRTPReplayDetectorFactory(func() replaydetector.ReplayDetector {
+			return newCountingDetector(&replayed)
+		}))
+		require.NoError(t, err)
+		var packets [][]byte
+		for i := range 1100 {
+			p := &rtp.Packet{Header: rtp.Header{Version: 2, SSRC: 7, SequenceNumber: uint16(i)}, Payload: make([]byte, 160)}
+			raw, err := p.Marshal()
+			require.NoError(t, err)
+			e, err := enc.EncryptRTP(nil, raw, nil)
+			require.NoError(t, err)
+			packets = append(packets, e)
+		}
+		plain := make([]byte, maxPacket)
+		var h rtp.Header
+		i := 0
+		allocs := testing.AllocsPerRun(1000, func() {
+			if _, err := dec.DecryptRTP(plain[:0], packets[i], &h); err != nil {
+				t.Fatal(err)
+			}
+			i++
+		})
+		require.Zero(t, allocs, suite)
+		// The replay check still works through the token interface.
+		_, err = dec.DecryptRTP(plain[:0], packets[5], &h)
+		require.Error(t, err, "a replay is refused")
+		require.Equal(t, uint64(1), replayed.Load(), "and counted")
 	}
 }

@@ -233,7 +233,7 @@ func (l *Leg) SetRemote(addr netip.AddrPort, clockRate uint32, keys Keys) error 
 		// What the peer sends is checked for replays (RFC 3711 3.3.2); a
 		// replayed packet is counted and dropped like a forged one.
 		in, err := contextOf(keys.Remote, profile, srtp.SRTPReplayDetectorFactory(func() replaydetector.ReplayDetector {
-			return countingDetector{ReplayDetector: replaydetector.New(ReplayWindow, maxSRTPIndex), rejected: &l.stats.replayed}
+			return newCountingDetector(&l.stats.replayed)
 		}))
 		if err != nil {
 			return err
@@ -294,6 +294,19 @@ type countingDetector struct {
 	rejected *atomic.Uint64
 }
 
+// newCountingDetector wraps pion's sliding-window detector. pion's own
+// offers a token interface (CheckSeq, Accept) that srtp prefers: without
+// it srtp falls back to Check, whose accept closure costs an allocation a
+// packet. The wrapper offers it whenever the detector does.
+func newCountingDetector(rejected *atomic.Uint64) replaydetector.ReplayDetector {
+	d := replaydetector.New(ReplayWindow, maxSRTPIndex)
+	c := countingDetector{ReplayDetector: d, rejected: rejected}
+	if tokens, ok := d.(replaydetector.CheckAccepter); ok {
+		return countingTokens{countingDetector: c, tokens: tokens}
+	}
+	return c
+}
+
 func (d countingDetector) Check(index uint64) (func() bool, bool) {
 	accept, ok := d.ReplayDetector.Check(index)
 	if !ok {
@@ -301,6 +314,24 @@ func (d countingDetector) Check(index uint64) (func() bool, bool) {
 	}
 	return accept, ok
 }
+
+// countingTokens is countingDetector with the token interface.
+type countingTokens struct {
+	countingDetector
+	tokens replaydetector.CheckAccepter
+}
+
+// CheckSeq is Check without the closure.
+func (d countingTokens) CheckSeq(index uint64) replaydetector.Token {
+	tok := d.tokens.CheckSeq(index)
+	if !tok.Passed() {
+		d.rejected.Add(1)
+	}
+	return tok
+}
+
+// Accept marks a checked packet received.
+func (d countingTokens) Accept(tok replaydetector.Token) bool { return d.tokens.Accept(tok) }
 
 func contextOf(c sdp.Crypto, profile srtp.ProtectionProfile, opts ...srtp.ContextOption) (*srtp.Context, error) {
 	k, s, ok := sdp.KeyLen(c.Suite)
