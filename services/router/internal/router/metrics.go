@@ -20,7 +20,8 @@ type Metrics struct {
 	// Outcomes counts the transfer outcomes the router folded, by method
 	// and status: handoffs by outcome.
 	Outcomes *prometheus.CounterVec
-	// Transactions counts batches by result (committed, aborted).
+	// Transactions counts batches by result (committed, aborted, failed:
+	// could not begin or end).
 	Transactions *prometheus.CounterVec
 	// BatchRecords is the number of records per polled batch.
 	BatchRecords prometheus.Histogram
@@ -84,6 +85,13 @@ func (m *Metrics) count(records int, t *tally) {
 func (m *Metrics) aborted() {
 	if m != nil {
 		m.Transactions.WithLabelValues("aborted").Inc()
+	}
+}
+
+// failed counts a transaction that could not begin or end.
+func (m *Metrics) failed() {
+	if m != nil {
+		m.Transactions.WithLabelValues("failed").Inc()
 	}
 }
 

@@ -12,6 +12,8 @@ import (
 	"log/slog"
 	"time"
 
+	"github.com/cenkalti/backoff/v5"
+	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/trace"
@@ -34,6 +36,10 @@ const endTimeout = 30 * time.Second
 // polled and handled again.
 const retryPause = 500 * time.Millisecond
 
+// maxFailPause caps the growing wait after transactions that could not
+// begin or end (the broker or its coordinator unreachable).
+const maxFailPause = 5 * time.Second
+
 // Options configures a Router.
 type Options struct {
 	Kafka kafka.Config
@@ -52,6 +58,8 @@ type Options struct {
 	// Tracer, when set, makes each decision a child span of its trigger's
 	// trace; without it the trigger's traceparent is copied as it is.
 	Tracer trace.Tracer
+	// EndTimeout bounds producing and ending one transaction (0: 30 s).
+	EndTimeout time.Duration
 }
 
 // StartWatcher hears of calls that started, after their batch committed.
@@ -69,6 +77,8 @@ type Router struct {
 	metrics *Metrics
 	tracer  trace.Tracer
 	tally   tally
+	// endTimeout bounds producing and ending one transaction.
+	endTimeout time.Duration
 	// beforeEnd, when set (tests only), runs after the batch's records
 	// were produced and before the transaction ends; returning true
 	// aborts the transaction.
@@ -99,8 +109,12 @@ func New(opts Options, fold *handoff.Fold, logger *slog.Logger) (*Router, error)
 	if err != nil {
 		return nil, fmt.Errorf("new transactional session %s: %w", opts.TransactionalID, err)
 	}
-	return &Router{sess: sess, started: opts.Started, fold: fold, topic: opts.Kafka.Topics.Handoffs, logger: logger,
-		metrics: opts.Metrics, tracer: opts.Tracer}, nil
+	r := &Router{sess: sess, started: opts.Started, fold: fold, topic: opts.Kafka.Topics.Handoffs, logger: logger,
+		metrics: opts.Metrics, tracer: opts.Tracer, endTimeout: endTimeout}
+	if opts.EndTimeout > 0 {
+		r.endTimeout = opts.EndTimeout
+	}
+	return r, nil
 }
 
 // Client is the session's client, for topic creation at start. It must
@@ -111,9 +125,16 @@ func (r *Router) Client() *kgo.Client { return r.sess.Client() }
 func (r *Router) Close() { r.sess.Close() }
 
 // Run handles batches until ctx ends. A batch under way when ctx ends is
-// finished and committed first. It returns an error only when the
-// transactional producer can no longer be used.
+// finished and committed first. A transaction that cannot begin or end (a
+// broker outage, a coordinator moving) is rolled back and counted, and the
+// batch is polled again after a pause that grows to maxFailPause, so the
+// router rides an outage out instead of exiting. It returns an error only
+// when the transactional producer can no longer be used: fenced by a newer
+// instance with its transactional id, not authorized, or closed.
 func (r *Router) Run(ctx context.Context) error {
+	fails := backoff.NewExponentialBackOff()
+	fails.InitialInterval, fails.MaxInterval = 100*time.Millisecond, maxFailPause
+	failed := 0
 	for {
 		fetches := r.sess.PollFetches(ctx)
 		if ctx.Err() != nil {
@@ -130,30 +151,54 @@ func (r *Router) Run(ctx context.Context) error {
 			continue
 		}
 		committed, err := r.transact(ctx, records)
-		if err != nil {
+		pause := retryPause
+		switch {
+		case err != nil && unusable(err):
 			return err
-		}
-		if !committed {
-			select {
-			case <-ctx.Done():
-				return nil
-			case <-time.After(retryPause):
+		case err != nil:
+			failed++
+			pause = fails.NextBackOff()
+			r.metrics.failed()
+			r.logger.WarnContext(ctx, "transaction failed; the batch will be handled again",
+				"records", len(records), "consecutive_failures", failed, "retry_in", pause.String(), "err", err)
+		case committed:
+			if failed > 0 {
+				r.logger.InfoContext(ctx, "transactions commit again", "after_failures", failed)
 			}
+			failed = 0
+			fails.Reset()
+			continue
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(pause):
 		}
 	}
+}
+
+// unusable says err leaves the transactional producer unusable: retrying
+// cannot help, and a restart (with the same transactional id) is the
+// remedy.
+func unusable(err error) bool {
+	return errors.Is(err, kgo.ErrClientClosed) ||
+		errors.Is(err, kerr.ProducerFenced) ||
+		errors.Is(err, kerr.InvalidProducerEpoch) ||
+		errors.Is(err, kerr.TransactionalIDAuthorizationFailed) ||
+		errors.Is(err, kerr.ClusterAuthorizationFailed)
 }
 
 // transact handles one polled batch in one transaction. When the
 // transaction aborts, the fold is rolled back and the session rewinds to
 // the committed offsets, so the next poll returns the batch again.
 func (r *Router) transact(ctx context.Context, records []*kgo.Record) (bool, error) {
-	if err := r.sess.Begin(); err != nil {
-		return false, fmt.Errorf("begin transaction: %w", err)
+	if err := r.begin(ctx); err != nil {
+		return false, err
 	}
 	r.tally.reset()
 	out, started := r.handle(ctx, records)
 
-	txCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), endTimeout)
+	txCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), r.endTimeout)
 	defer cancel()
 	promise := kgo.AbortingFirstErrPromise(r.sess.Client())
 	for _, rec := range out {
@@ -190,6 +235,42 @@ func (r *Router) transact(ctx context.Context, records []*kgo.Record) (bool, err
 			"command_id", headerValue(rec, events.HeaderID), "topic", rec.Topic, "partition", rec.Partition)
 	}
 	return true, nil
+}
+
+// begin begins the batch's transaction, retrying while that fails for a
+// reason a retry can cure (the broker unreachable, the producer id being
+// recovered). The batch stays in hand meanwhile: polling again would move
+// past it. Should the group take its partitions away in the meantime, the
+// session aborts the transaction at its end and the new owner handles it.
+func (r *Router) begin(ctx context.Context) error {
+	pauses := backoff.NewExponentialBackOff()
+	pauses.InitialInterval, pauses.MaxInterval = 100*time.Millisecond, maxFailPause
+	for attempt := 1; ; attempt++ {
+		err := r.sess.Begin()
+		if err == nil {
+			return nil
+		}
+		if unusable(err) {
+			return fmt.Errorf("begin transaction: %w", err)
+		}
+		// An earlier transaction whose end failed part-way (its context
+		// ran out while the coordinator was unreachable) leaves the
+		// producer inside it: abort it, through the session, so the next
+		// Begin can start afresh. Without a transaction open it does
+		// nothing.
+		abortCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), r.endTimeout)
+		_, abortErr := r.sess.End(abortCtx, kgo.TryAbort)
+		cancel()
+		pause := pauses.NextBackOff()
+		r.metrics.failed()
+		r.logger.WarnContext(ctx, "transaction cannot begin; retrying", "attempt", attempt, "retry_in", pause.String(),
+			"err", err, "abort_err", abortErr)
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("begin transaction: %w (shutting down)", err)
+		case <-time.After(pause):
+		}
+	}
 }
 
 // handle folds the records and encodes the commands they cause. It also

@@ -52,7 +52,16 @@ func newHarness(t *testing.T) *harness {
 	t.Helper()
 	kcfg := kafka.DefaultConfig()
 	kcfg.Partitions = 1
-	kcfg.Brokers = kafkatest.NewCluster(t, kcfg.Partitions, kcfg.Topics.All()...)
+	return newHarnessOn(t, kafkatest.NewCluster(t, kcfg.Partitions, kcfg.Topics.All()...))
+}
+
+// newHarnessOn is newHarness on a cluster of the test's own (one
+// partition per topic).
+func newHarnessOn(t *testing.T, brokers []string) *harness {
+	t.Helper()
+	kcfg := kafka.DefaultConfig()
+	kcfg.Partitions = 1
+	kcfg.Brokers = brokers
 	c := config.Default("test")
 	c.Kafka = kcfg
 	require.NoError(t, pkgconfig.Parse("router.yaml", []byte(routerYAML), &c))
@@ -68,7 +77,13 @@ func newHarness(t *testing.T) *harness {
 // start runs a router until the test ends or the returned stop is called.
 func (h *harness) start(txnID string, beforeEnd func(context.Context, []*kgo.Record) bool) (stop func()) {
 	h.t.Helper()
-	rt, err := New(Options{Kafka: h.kcfg, Group: "baton-router-test", TransactionalID: txnID}, handoff.New(h.table, h.logger), h.logger)
+	return h.startWith(Options{Kafka: h.kcfg, Group: "baton-router-test", TransactionalID: txnID}, beforeEnd)
+}
+
+// startWith is start with the router's options given.
+func (h *harness) startWith(opts Options, beforeEnd func(context.Context, []*kgo.Record) bool) (stop func()) {
+	h.t.Helper()
+	rt, err := New(opts, handoff.New(h.table, h.logger), h.logger)
 	require.NoError(h.t, err)
 	rt.beforeEnd = beforeEnd
 	ctx, cancel := context.WithCancel(h.t.Context())
