@@ -10,6 +10,8 @@ import (
 	"net/netip"
 	"strconv"
 	"strings"
+
+	"github.com/baton-voice/baton/pkg/sipx"
 )
 
 // ErrNotAcceptable means the offer has no audio stream Baton can take; the
@@ -90,7 +92,7 @@ func Negotiate(offer []byte, p Params) (Answer, error) {
 
 	var b strings.Builder
 	writeSession(&b, p)
-	dir := answerDirection(streams[audio].direction)
+	dir := sipx.AnswerDirection(streams[audio].direction)
 	for i, m := range streams {
 		if i != audio {
 			fmt.Fprintf(&b, "m=%s 0 %s %s\r\n", m.kind, m.proto, firstOr(m.formats, "0"))
@@ -134,7 +136,7 @@ func ReadAnswer(answer, offered []byte) (Answer, error) {
 	a := Answer{SDP: offered, Codec: chosen, TelephoneEvent: tel}
 	a.RemoteAddr, a.RemoteDirection, a.Hold = remoteOf(sessionConn, streams[audio])
 	// Baton offered sendrecv; its side is the mirror of the answer's.
-	a.Direction = answerDirection(a.RemoteDirection)
+	a.Direction = sipx.AnswerDirection(a.RemoteDirection)
 	return a, nil
 }
 
@@ -208,21 +210,6 @@ func firstOr(s []string, def string) string {
 		return s[0]
 	}
 	return def
-}
-
-// answerDirection mirrors the offer's direction (RFC 3264 6.1): a hold
-// offer (sendonly) is answered recvonly, never sendrecv.
-func answerDirection(offer string) string {
-	switch offer {
-	case "sendonly":
-		return "recvonly"
-	case "recvonly":
-		return "sendonly"
-	case "inactive":
-		return "inactive"
-	default:
-		return "sendrecv"
-	}
 }
 
 // pickCodec prefers PCMU over PCMA, in static or dynamic payload types.

@@ -2,11 +2,11 @@ package transfer
 
 import (
 	"fmt"
-	"strings"
 	"sync"
 
 	"github.com/emiago/sipgo/sip"
 
+	"github.com/baton-voice/baton/pkg/sipx"
 	"github.com/baton-voice/baton/services/transfer/internal/bridge"
 	"github.com/baton-voice/baton/services/transfer/internal/sdp"
 )
@@ -110,7 +110,7 @@ func (d *destinationLeg) negotiate(offer sdp.Session) (sdp.Session, bridge.Keys,
 	if ev, ok := findEvent(d.last, offer); ok {
 		next.Formats = append(next.Formats, ev)
 	}
-	next.Direction = mirror(offer.Direction)
+	next.Direction = sipx.AnswerDirection(offer.Direction)
 	var keys bridge.Keys
 	srtp := d.local.Suite != ""
 	switch {
@@ -131,19 +131,6 @@ func (d *destinationLeg) negotiate(offer sdp.Session) (sdp.Session, bridge.Keys,
 		}
 	}
 	return next, keys, nil
-}
-
-// mirror is the answer's direction to an offer's (RFC 3264 6.1).
-func mirror(dir string) string {
-	switch strings.ToLower(dir) {
-	case "sendonly":
-		return "recvonly"
-	case "recvonly":
-		return "sendonly"
-	case "inactive":
-		return "inactive"
-	}
-	return "sendrecv"
 }
 
 func sameCrypto(c sdp.Crypto, in []sdp.Crypto) bool {

@@ -14,12 +14,25 @@ import (
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
+func testLogger(t *testing.T) *slog.Logger {
+	return slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelWarn}))
+}
+
+// listen is a client on a loopback port, closed when the test ends.
+func listen(t *testing.T) *Client {
+	t.Helper()
+	c, err := Listen(t.Context(), "127.0.0.1:0", "127.0.0.1", testLogger(t))
+	require.NoError(t, err)
+	t.Cleanup(func() { require.NoError(t, c.Close()) })
+	return c
+}
+
 // TestRequestsLeaveFromTheListeningSocket checks on the wire what SIPp
 // depends on: the top Via names via host and the bound port explicitly,
 // the datagram's source is that socket, and the response sent back to the
 // Via reaches the transaction.
 func TestRequestsLeaveFromTheListeningSocket(t *testing.T) {
-	logger := slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelWarn}))
+	logger := testLogger(t)
 	c, err := Listen(t.Context(), "127.0.0.1:0", "transfer.test", logger)
 	require.NoError(t, err)
 	defer func() { require.NoError(t, c.Close()) }()
@@ -63,23 +76,17 @@ func TestRequestsLeaveFromTheListeningSocket(t *testing.T) {
 }
 
 func TestListenOnABusyPortFails(t *testing.T) {
-	logger := slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelWarn}))
-	a, err := Listen(t.Context(), "127.0.0.1:0", "127.0.0.1", logger)
-	require.NoError(t, err)
-	defer func() { require.NoError(t, a.Close()) }()
-	_, err = Listen(t.Context(), a.Addr().String(), "127.0.0.1", logger)
+	a := listen(t)
+	_, err := Listen(t.Context(), a.Addr().String(), "127.0.0.1", testLogger(t))
 	require.ErrorContains(t, err, "listen sip")
 }
 
 func TestInviteOverTLSWithoutTLSFails(t *testing.T) {
-	logger := slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelWarn}))
-	c, err := Listen(t.Context(), "127.0.0.1:0", "127.0.0.1", logger)
-	require.NoError(t, err)
-	defer func() { require.NoError(t, c.Close()) }()
+	c := listen(t)
 	require.Nil(t, c.TLSAddr())
 	req := sip.NewRequest(sip.INVITE, sip.Uri{Scheme: "sips", User: "q", Host: "127.0.0.1", Port: 5061})
 	req.SetTransport("TLS")
-	_, err = c.Invite(t.Context(), req)
+	_, err := c.Invite(t.Context(), req)
 	require.ErrorIs(t, err, ErrNoTLS)
 }
 
@@ -87,7 +94,7 @@ func TestInviteOverTLSWithoutTLSFails(t *testing.T) {
 // a fixed port whose TCP side is taken fails clearly instead of running
 // without TCP.
 func TestTCPListensOnTheUDPPort(t *testing.T) {
-	logger := slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelWarn}))
+	logger := testLogger(t)
 	c, err := Listen(t.Context(), "127.0.0.1:0", "127.0.0.1", logger)
 	require.NoError(t, err)
 	require.Equal(t, c.Addr().Port, c.TCPAddr().Port)
@@ -104,10 +111,7 @@ func TestTCPListensOnTheUDPPort(t *testing.T) {
 // TestStrayInviteGets481: an INVITE outside any of our legs is answered
 // 481, not taken as a new call (transfer asks; it never answers calls).
 func TestStrayInviteGets481(t *testing.T) {
-	logger := slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelWarn}))
-	c, err := Listen(t.Context(), "127.0.0.1:0", "127.0.0.1", logger)
-	require.NoError(t, err)
-	defer func() { require.NoError(t, c.Close()) }()
+	c := listen(t)
 
 	var lc net.ListenConfig
 	peer, err := lc.ListenPacket(t.Context(), "udp", "127.0.0.1:0")
