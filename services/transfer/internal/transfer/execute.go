@@ -30,19 +30,26 @@ const (
 // refer carries out a blind transfer (RFC 3515): REFER in the caller's
 // dialog, then the NOTIFY sipfrags until a final one, the call's end, or
 // the answer timeout.
+//
+// A 481 soon after the call was answered is retried (retryEarly481): the
+// far end may not have the dialog yet.
 func (s *Service) refer(ctx context.Context, e *execution, log *slog.Logger) {
 	req, err := request.Refer(e.cmd.GetDialog(), e.cmd.GetAttempt(), e.cmd.GetRoute(), e.cmd.GetHeaders())
 	if err != nil {
 		s.notSent(ctx, e, log, "REFER", requestReason(err), err)
 		return
 	}
-	cseq := req.CSeq().SeqNo
 	res, ok := s.send(ctx, e, log, req)
 	if !ok {
 		return
 	}
+	req, res, detail, ok := s.retryEarly481(ctx, e, log, req, res)
+	if !ok {
+		return
+	}
+	cseq := req.CSeq().SeqNo
 	if !res.IsSuccess() {
-		s.publish(ctx, e, log, failed(res.StatusCode, res.Reason, "REFER rejected"))
+		s.publish(ctx, e, log, failed(res.StatusCode, res.Reason, detail))
 		return
 	}
 	s.publish(ctx, e, log, step{status: accepted, code: res.StatusCode, reason: res.Reason})
@@ -82,6 +89,90 @@ func (s *Service) refer(ctx context.Context, e *execution, log *slog.Logger) {
 			return
 		}
 	}
+}
+
+// Why a REFER was sent again: the reason label of
+// baton_transfer_refer_retries_total.
+const (
+	// RetryEarly481: the far end answered 481 within 64*T1 of the call's
+	// start, before it can be sure to have the dialog.
+	RetryEarly481 = "481_early"
+)
+
+// maxReferRetries bounds the retries of one REFER. The 64*T1 window with a
+// pause from T1 doubling to T2 holds about ten.
+const maxReferRetries = 10
+
+// retryEarly481 sends the REFER again while the far end answers 481 and
+// the call may be too young for it to know the dialog: ingress answers
+// the INVITE and the router decides at once, so the REFER can reach the
+// SBC before ingress's 200 OK does when the 200 is lost and still being
+// retransmitted (for up to 64*T1, RFC 3261 13.3.1.4). A real SBC answers
+// such a REFER 481 (RFC 3261 12.2.2), and a moment later takes it.
+//
+// The call's age is bounded by the command's event time, the time of the
+// fact that triggered it, which is never before the CallStarted ingress
+// publishes just before answering: a 481 is retried only until 64*T1
+// after it (after the execution's start when that time is unknown or
+// ahead of this clock), at most maxReferRetries times, after a pause from
+// T1 doubling up to T2, each time with the next CSeq, and not once the
+// call has ended. A command triggered more than 64*T1 after the call
+// started (an agent's handoff late in a call) still gets that window,
+// which costs a genuine 481 (the dialog is gone) the window's retries.
+//
+// Limit: a later attempt of the same handoff (the router's fallback
+// command) numbers its request next_local_cseq + attempt - 1
+// (request.CSeq), so after retries it may reuse a CSeq the far end has
+// seen and be refused 500; the attempts need spacing in request.CSeq.
+//
+// It returns the last request sent and its response, and the detail of
+// a failure; false when the execution is over (the outcome is published,
+// or the process is shutting down).
+func (s *Service) retryEarly481(ctx context.Context, e *execution, log *slog.Logger, req *sip.Request,
+	res *sip.Response) (*sip.Request, *sip.Response, string, bool) {
+	issued := e.issued
+	if issued.IsZero() || issued.After(e.start) {
+		issued = e.start
+	}
+	deadline := issued.Add(64 * sip.T1)
+	pause := sip.T1
+	for retries := 0; res.StatusCode == sip.StatusCallTransactionDoesNotExists; retries++ {
+		if retries == maxReferRetries || s.now().Add(pause).After(deadline) {
+			if retries == 0 {
+				return req, res, "REFER rejected", true
+			}
+			return req, res, fmt.Sprintf("REFER rejected, and again after %d retries within 64*T1 of the call's start", retries), true
+		}
+		cseq := req.CSeq().SeqNo + 1
+		log.InfoContext(ctx, "REFER answered 481 soon after the call started: sending it again", "sip_code", res.StatusCode,
+			"retry", retries+1, "pause", pause.String(), "cseq", cseq, "call_age_at_least", s.now().Sub(issued).String())
+		f, err := waitCallEnded(ctx, e, pause)
+		switch {
+		case err != nil:
+			log.WarnContext(ctx, "transfer abandoned at shutdown: REFER answered 481, not sent again")
+			return nil, nil, "", false
+		case f != nil:
+			return req, res, "REFER rejected; the call ended before it was sent again", true
+		}
+		next, err := request.Refer(e.cmd.GetDialog(), e.cmd.GetAttempt(), e.cmd.GetRoute(), e.cmd.GetHeaders())
+		if err == nil && cseq >= 1<<31 { // RFC 3261 8.1.1.5: less than 2**31
+			err = fmt.Errorf("%w: cseq %d overflows", request.ErrDialog, cseq)
+		}
+		if err != nil {
+			// The first REFER was built from the same command: not expected.
+			log.WarnContext(ctx, "REFER not sent again", "err", err)
+			return req, res, "REFER rejected", true
+		}
+		next.CSeq().SeqNo = cseq
+		s.opts.Metrics.referRetry(RetryEarly481)
+		r, ok := s.send(ctx, e, log, next)
+		if !ok {
+			return nil, nil, "", false
+		}
+		req, res = next, r
+		pause = min(2*pause, sip.T2)
+	}
+	return req, res, "REFER rejected", true
 }
 
 // endAgentLeg ends the caller's dialog with Baton after a successful

@@ -20,6 +20,10 @@ type Metrics struct {
 	// Refused counts the commands that failed before any SIP was sent,
 	// by method and reason (invalid_header, invalid_route, …).
 	Refused *prometheus.CounterVec
+	// ReferRetries counts the REFERs sent again, by reason (481_early: the
+	// far end answered 481 soon after the call started, when it may not
+	// have the dialog yet).
+	ReferRetries *prometheus.CounterVec
 	// BridgePackets, BridgeBytes, BridgeLost and BridgeDropped add up the
 	// media of ended warm-transfer bridges, by direction
 	// (caller_to_destination, destination_to_caller).
@@ -49,6 +53,9 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		Refused: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "baton_transfer_refused_total", Help: "Commands failed before any SIP was sent, by method and reason.",
 		}, []string{"method", "reason"}),
+		ReferRetries: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "baton_transfer_refer_retries_total", Help: "REFERs sent again after an answer that may be early, by reason.",
+		}, []string{"reason"}),
 		BridgePackets: bridge("packets", "RTP packets received on ended bridges, by direction."),
 		BridgeBytes:   bridge("bytes", "RTP bytes received on ended bridges, by direction."),
 		BridgeLost:    bridge("lost_packets", "RTP packets lost (sequence gaps) on ended bridges, by direction."),
@@ -58,7 +65,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help: "SRTP packets refused on ended bridges (part of the dropped packets), by direction and reason.",
 		}, []string{"direction", "reason"}),
 	}
-	reg.MustRegister(m.Commands, m.Outcomes, m.Refused, m.BridgePackets, m.BridgeBytes, m.BridgeLost, m.BridgeDropped, m.BridgeSRTPDropped)
+	reg.MustRegister(m.Commands, m.Outcomes, m.Refused, m.ReferRetries, m.BridgePackets, m.BridgeBytes, m.BridgeLost, m.BridgeDropped, m.BridgeSRTPDropped)
 	return m
 }
 
@@ -78,6 +85,12 @@ func (m *Metrics) command(method batonv1.Method) {
 func (m *Metrics) refused(method batonv1.Method, reason string) {
 	if m != nil {
 		m.Refused.WithLabelValues(label(method.String(), "METHOD_"), reason).Inc()
+	}
+}
+
+func (m *Metrics) referRetry(reason string) {
+	if m != nil {
+		m.ReferRetries.WithLabelValues(reason).Inc()
 	}
 }
 

@@ -18,6 +18,10 @@ type execution struct {
 	cmd    *batonv1.HandoffCommand
 	callID string
 	start  time.Time
+	// issued is the command's event time: the time of the fact that
+	// triggered it (a CallStarted for a handoff decided at the call's
+	// start), never before the call started.
+	issued time.Time
 	// facts receives NotifyReceived and CallEnded of the call, in order.
 	facts chan proto.Message
 	// traceParent is the execution's span, carried by its outcomes.

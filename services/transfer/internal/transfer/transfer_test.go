@@ -48,6 +48,9 @@ type sbc struct {
 	answer   int
 	received []received
 	got      chan received
+	// script, when set, decides the answers instead: the status of the
+	// n-th request (from 1); it may block (the far end thinking).
+	script func(n int, req *sip.Request) int
 }
 
 // received is a request as the SBC saw it.
@@ -65,17 +68,20 @@ func startSBC(t *testing.T, answer int, tlsConf ...*tls.Config) *sbc {
 	srv, err := sipgo.NewServer(ua)
 	require.NoError(t, err)
 	conn, ln := listenUDPAndTCP(t)
-	s := &sbc{addr: conn.LocalAddr().(*net.UDPAddr), answer: answer, got: make(chan received, 16)}
+	s := &sbc{addr: conn.LocalAddr().(*net.UDPAddr), answer: answer, got: make(chan received, 64)}
 	handle := func(req *sip.Request, tx sip.ServerTransaction) {
 		s.mu.Lock()
 		r := received{req: req, source: req.Source()}
 		s.received = append(s.received, r)
-		code := s.answer
+		code, script, n := s.answer, s.script, len(s.received)
 		s.mu.Unlock()
 		if req.Method == sip.BYE && code == 202 {
 			code = 200
 		}
 		s.got <- r
+		if script != nil {
+			code = script(n, req)
+		}
 		if code == 0 {
 			return
 		}
