@@ -237,40 +237,23 @@ func (r *Router) transact(ctx context.Context, records []*kgo.Record) (bool, err
 	return true, nil
 }
 
-// begin begins the batch's transaction, retrying while that fails for a
-// reason a retry can cure (the broker unreachable, the producer id being
-// recovered). The batch stays in hand meanwhile: polling again would move
-// past it. Should the group take its partitions away in the meantime, the
-// session aborts the transaction at its end and the new owner handles it.
+// begin begins the batch's transaction. When that fails for a reason a
+// retry can cure (the broker unreachable, the producer id being
+// recovered, or a producer still inside a transaction whose end failed
+// part-way because its context ran out), it aborts through the session,
+// which also rewinds the consumer to the committed offsets, and returns
+// the error: Run pauses and polls the batch again.
 func (r *Router) begin(ctx context.Context) error {
-	pauses := backoff.NewExponentialBackOff()
-	pauses.InitialInterval, pauses.MaxInterval = 100*time.Millisecond, maxFailPause
-	for attempt := 1; ; attempt++ {
-		err := r.sess.Begin()
-		if err == nil {
-			return nil
-		}
-		if unusable(err) {
-			return fmt.Errorf("begin transaction: %w", err)
-		}
-		// An earlier transaction whose end failed part-way (its context
-		// ran out while the coordinator was unreachable) leaves the
-		// producer inside it: abort it, through the session, so the next
-		// Begin can start afresh. Without a transaction open it does
-		// nothing.
-		abortCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), r.endTimeout)
-		_, abortErr := r.sess.End(abortCtx, kgo.TryAbort)
-		cancel()
-		pause := pauses.NextBackOff()
-		r.metrics.failed()
-		r.logger.WarnContext(ctx, "transaction cannot begin; retrying", "attempt", attempt, "retry_in", pause.String(),
-			"err", err, "abort_err", abortErr)
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("begin transaction: %w (shutting down)", err)
-		case <-time.After(pause):
-		}
+	err := r.sess.Begin()
+	if err == nil || unusable(err) {
+		return err
 	}
+	abortCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), r.endTimeout)
+	defer cancel()
+	if _, abortErr := r.sess.End(abortCtx, kgo.TryAbort); abortErr != nil {
+		return fmt.Errorf("begin transaction: %w (and the abort: %w)", err, abortErr)
+	}
+	return fmt.Errorf("begin transaction: %w", err)
 }
 
 // handle folds the records and encodes the commands they cause. It also
