@@ -54,7 +54,7 @@ test-reliability: deps build ## the reliability and security suite: faults, floo
 	@for m in $(MODULES); do \
 		echo "== reliability $$m"; \
 		(cd $$m && BATON_BIN_DIR=$(BIN) go test -tags reliability -count=1 -timeout 60m -v -run 'Reliability' ./...) 2>&1 \
-			| tee -a .run/reliability.log | { grep -E '^(--- |ok |FAIL|panic:)|RELIABILITY\|' || true; }; \
+			| tee -a .run/reliability.log | scripts/reliability-summary; \
 	done
 	@scripts/reliability-table .run/reliability.log > .run/reliability.md
 	@echo "== reliability table (.run/reliability.md; docs/reliability.md shows a run of it)"
