@@ -74,16 +74,31 @@ func TestReliabilitySignallingUnderLoss(t *testing.T) {
 	sbcPort := s.opts.SBCPort
 	require.NoError(t, link.SetLoss(ctx, percent, sbcPort))
 	run, err := runLossySBC(ctx, s, link, sbcPort, calls, rate)
+	// Registered before the run is judged, so that a SIPp that did not
+	// finish is explained too.
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("sipp failure markers: %v\n--- sipp errors (tail) ---\n%s", run.markers, tail(filepath.Join(run.dir, "errors.log"), 40))
+			t.Log(run.unfinished(3))
+			// The run directory goes with the test; BATON_KEEP_SIPP keeps
+			// SIPp's logs and message trace for a closer look.
+			if keep := os.Getenv("BATON_KEEP_SIPP"); keep != "" && run.dir != "" {
+				if err := os.CopyFS(keep, os.DirFS(run.dir)); err != nil {
+					t.Logf("keeping the SIPp logs: %v", err)
+				} else {
+					t.Logf("SIPp logs kept in %s", keep)
+				}
+			}
+		}
+	})
 	require.NoError(t, err)
 	loss, err := link.Counters(ctx)
 	require.NoError(t, err)
 	t.Logf("sipp exit %d: %d placed, %d successful, %d failed; %s; loss: %s", run.exitCode, len(run.placed),
 		run.stats["SuccessfulCall(C)"], run.stats["FailedCall(C)"], run.retransmissions(), loss)
-	t.Cleanup(func() {
-		if t.Failed() {
-			t.Logf("sipp failure markers: %v\n--- sipp errors (tail) ---\n%s", run.markers, tail(filepath.Join(run.dir, "errors.log"), 40))
-		}
-	})
+	if len(run.markers) > 0 {
+		t.Logf("sipp failure markers: %v\n%s", run.markers, run.unfinished(3))
+	}
 
 	// The loss really happened, on the SIP path, near the rate asked.
 	require.Greater(t, loss.InSeen, uint64(5*calls), "SIP packets into the namespace")
@@ -247,6 +262,8 @@ func runLossySBC(ctx context.Context, s *Stack, link *netem.Link, sbcPort, calls
 		"-trace_err", "-error_file", filepath.Join(dir, "errors.log"),
 		"-trace_stat", "-stf", filepath.Join(dir, "stats.csv"), "-fd", "5",
 		"-trace_screen", "-screen_file", filepath.Join(dir, "screen.log"),
+		// Every message, so that a call that did not finish can be shown.
+		"-trace_msg", "-message_file", filepath.Join(dir, "messages.log"),
 		"-nostdin",
 	}
 	out, err := os.Create(filepath.Join(dir, "sipp.out"))
@@ -278,6 +295,51 @@ func runLossySBC(ctx context.Context, s *Stack, link *netem.Link, sbcPort, calls
 		return run, fmt.Errorf("%w (sipp exit %d):\n%s", err, run.exitCode, tail(filepath.Join(dir, "sipp.out"), 20))
 	}
 	return run, nil
+}
+
+// unfinished describes up to n calls SIPp placed but did not log as
+// done: their log lines and every message SIPp sent or received for them.
+func (r lossyRun) unfinished(n int) string {
+	var ids []string
+	for _, id := range r.placed {
+		if !r.done[id] && len(ids) < n {
+			ids = append(ids, id)
+		}
+	}
+	if len(ids) == 0 {
+		return "every call SIPp placed is done"
+	}
+	logs, _ := os.ReadFile(filepath.Join(r.dir, "calls.log"))
+	msgs, _ := os.ReadFile(filepath.Join(r.dir, "messages.log"))
+	var b strings.Builder
+	for _, id := range ids {
+		fmt.Fprintf(&b, "--- unfinished call %s: SIPp log ---\n", id)
+		for _, line := range strings.Split(string(logs), "\n") {
+			if strings.Contains(line, "call_id="+id+" ") || strings.HasSuffix(line, "call_id="+id) {
+				fmt.Fprintln(&b, line)
+			}
+		}
+		fmt.Fprintf(&b, "--- unfinished call %s: SIPp messages ---\n", id)
+		for _, m := range sippMessages(string(msgs)) {
+			if strings.Contains(m, "Call-ID: "+id+"\r") || strings.Contains(m, "Call-ID: "+id+"\n") {
+				fmt.Fprintln(&b, strings.TrimSpace(strings.ReplaceAll(m, "\r", "")))
+			}
+		}
+	}
+	return b.String()
+}
+
+// sippMessages splits a -trace_msg file into its entries, each a header
+// line (time, direction, peer) and the message.
+func sippMessages(text string) []string {
+	const sep = "----------------------------------------------- "
+	var out []string
+	for _, part := range strings.Split(text, sep) {
+		if strings.TrimSpace(part) != "" {
+			out = append(out, part)
+		}
+	}
+	return out
 }
 
 // readLog reads the scenario's log lines: WORD call_id=ID ...
