@@ -98,9 +98,8 @@ type Bridge struct {
 type Leg struct {
 	side Side
 	sock *pump.Socket
-	// Receive-path buffers, used only on the pump's worker.
-	plain, enc []byte
-	h          rtp.Header
+	// h is the receive path's header, used only on the pump's worker.
+	h rtp.Header
 	// remote is where packets for this leg go: the SDP address, then the
 	// latched source.
 	remote  atomic.Pointer[netip.AddrPort]
@@ -144,8 +143,7 @@ func New(ports *Ports) (*Bridge, error) {
 			b.Close()
 			return nil, err
 		}
-		b.legs[i] = &Leg{side: Side(i), sock: sock, out: newRewriter(),
-			plain: make([]byte, maxPacket), enc: make([]byte, maxPacket+32)}
+		b.legs[i] = &Leg{side: Side(i), sock: sock, out: newRewriter()}
 		b.legs[i].clockRate.Store(8000)
 		if rtcpConn != nil {
 			b.legs[i].rtcp = &rtcpState{conn: rtcpConn}
@@ -438,12 +436,14 @@ func (b *Bridge) Idle(now time.Time, d time.Duration, ignore ...Side) (Side, boo
 }
 
 // forward relays one packet from received to to. It runs on the pump's
-// worker, never twice at once for one leg; pkt is the pump's buffer and
-// may be rewritten in place.
+// worker, never twice at once for one leg; pkt is the pump's buffer, with
+// pump.Tailroom to spare, and is decrypted, rewritten and encrypted in
+// place: the worker's one buffer stays in cache, where a buffer per leg
+// would be a cold write for every packet of a thousand calls.
 func (b *Bridge) forward(from, to *Leg, pkt []byte, src netip.AddrPort, now time.Time) {
 	h := &from.h
 	if in := from.srtpIn.Load(); in != nil {
-		out, err := in.DecryptRTP(from.plain[:0], pkt, h)
+		out, err := in.DecryptRTP(pkt[:0], pkt, h)
 		if err != nil {
 			// A replay was counted by the replay detector.
 			if errors.Is(err, srtp.ErrFailedToVerifyAuthTag) {
@@ -471,8 +471,8 @@ func (b *Bridge) forward(from, to *Leg, pkt []byte, src netip.AddrPort, now time
 	}
 	to.out.rewrite(pkt, h, now, to.clockRate.Load())
 	plainLen := len(pkt)
-	if out := to.srtpOut.Load(); out != nil {
-		e, err := out.EncryptRTP(from.enc[:0], pkt, h)
+	if enc := to.srtpOut.Load(); enc != nil {
+		e, err := enc.EncryptRTP(pkt[:0], pkt, h)
 		if err != nil {
 			from.stats.dropped.Add(1)
 			return
@@ -508,8 +508,10 @@ func (l *Leg) accept(src netip.AddrPort) bool {
 		r := l.remote.Load()
 		return r != nil && *r == src
 	}
-	src = netip.AddrPortFrom(src.Addr().Unmap(), src.Port())
-	l.remote.Store(&src)
+	// A copy of its own: storing &src would move src to the heap on every
+	// call, latched or not (one allocation per packet).
+	latched := netip.AddrPortFrom(src.Addr().Unmap(), src.Port())
+	l.remote.Store(&latched)
 	l.latched.Store(true)
 	return true
 }
@@ -563,11 +565,17 @@ func (b *Bridge) Close() {
 		return
 	}
 	close(b.done)
+	// Both legs leave the pump before either socket is closed: a
+	// handler of one leg writes to the other's socket, and a closed
+	// descriptor's number may be reused at once. Once Remove returns, no
+	// handler of that leg runs.
 	for _, l := range b.legs {
 		if l != nil {
-			// Removed first: no packet is handled once Remove returns,
-			// and the descriptor's number may then be reused.
 			b.pump.Remove(l.sock)
+		}
+	}
+	for _, l := range b.legs {
+		if l != nil {
 			_ = l.sock.Close()
 			if l.rtcp != nil {
 				_ = l.rtcp.conn.Close()

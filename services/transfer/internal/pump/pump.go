@@ -29,8 +29,14 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// maxDatagram is the receive buffer: an MTU plus room for SRTP tags.
+// maxDatagram is the largest datagram read: an Ethernet MTU.
 const maxDatagram = 1500
+
+// Tailroom is the spare capacity every datagram handed to a Handler has
+// past its length, so that the handler can grow it in place (an SRTP
+// authentication tag and MKI) instead of copying it to a buffer of its
+// own.
+const Tailroom = 64
 
 // DefaultLinger is how long a worker that just handled datagrams sleeps
 // before it looks again: meanwhile more sockets become ready and one
@@ -47,8 +53,9 @@ const busyPass = 16
 const maxEvents = 1024
 
 // Handler takes one datagram read from a socket, on the pump's worker:
-// pkt is valid only during the call, and calls for one socket never
-// overlap.
+// pkt is valid only during the call, has at least Tailroom bytes of
+// capacity past its length (the handler may write there), and calls for
+// one socket never overlap.
 type Handler func(pkt []byte, src netip.AddrPort, now time.Time)
 
 // Pump is a set of workers reading the sockets added to it.
@@ -202,16 +209,18 @@ func (p *Pump) Close() error {
 // pass it lingers, so that under load one epoll_wait serves many sockets.
 func (w *worker) run() {
 	events := make([]unix.EpollEvent, maxEvents)
-	buf := make([]byte, maxDatagram)
+	buf := make([]byte, maxDatagram+Tailroom)
+	// Look without blocking; park in Go's poller while nothing is ready.
+	// One closure for the worker's life, not one per pass.
+	var n int
+	var werr error
+	look := func(fd uintptr) bool {
+		n, werr = unix.EpollWait(int(fd), events, 0)
+		return n > 0 || werr != nil && !errors.Is(werr, unix.EINTR)
+	}
 	for {
-		var n int
-		var werr error
-		// Look without blocking; park in Go's poller while nothing is
-		// ready.
-		err := w.rc.Read(func(fd uintptr) bool {
-			n, werr = unix.EpollWait(int(fd), events, 0)
-			return n > 0 || werr != nil && !errors.Is(werr, unix.EINTR)
-		})
+		n, werr = 0, nil
+		err := w.rc.Read(look)
 		if err != nil || werr != nil {
 			return // closed: nothing more to do
 		}
@@ -239,7 +248,7 @@ func (w *worker) pass(events []unix.EpollEvent, buf []byte) bool {
 		if reg == nil {
 			continue // the wake-up, or removed since
 		}
-		m, src, err := reg.s.read(buf)
+		m, src, err := reg.s.read(buf[:maxDatagram])
 		if err != nil {
 			continue // EAGAIN (another look emptied it) or a socket error
 		}
