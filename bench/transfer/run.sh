@@ -18,7 +18,11 @@
 #     generator shares them). As root the measured processes run SCHED_FIFO
 #     so that a shared machine's other load does not decide the figures
 #     (RT=0: normal scheduling);
-#  3. HandoffCommand produced -> REFER on the SBC's socket, p50/p99/max at
+#  3. SRTP's cost: the relay's CPU per packet at 600 calls, rtp, srtp and
+#     srtp-gcm measured in turn, 11 rounds, relay pinned; per SRTP suite
+#     the median of its ratio to rtp in the same round (one step alone
+#     varies by 30% on a shared machine);
+#  4. HandoffCommand produced -> REFER on the SBC's socket, p50/p99/max at
 #     100 and 500 commands/s (the other commands are the background load),
 #     through the real transfer Service, an in-process kfake broker over TCP
 #     and SIP over UDP, against the broker alone (produce -> group poll)
@@ -29,15 +33,23 @@
 #      MODES (default direct,floor,rtp,srtp,srtp-gcm), PIN (1: pinned only,
 #      0: unpinned only; default both), RT (SCHED_FIFO priority; default 10
 #      as root, else 0 = normal scheduling), RATES (default 100,500),
-#      DURATION (default 5s), SKIP_PACKET=1, SKIP_CAPACITY=1, SKIP_REFER=1.
+#      DURATION (default 5s), ROUNDS (default 11), ROUND_CALLS (default 600),
+#      SKIP_PACKET=1, SKIP_CAPACITY=1, SKIP_ROUNDS=1, SKIP_REFER=1.
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$root/services/transfer"
 
 if [[ ${SKIP_PACKET:-} != 1 ]]; then
-	echo "== per-packet bridge work (GOMAXPROCS=1)"
-	GOMAXPROCS=1 go test -run '^$' -bench PacketPath -benchtime 1s ./internal/bridge | grep -E '^Benchmark'
+	echo "== per-packet bridge work (GOMAXPROCS=1), one bridge and 2000 bridges round-robin"
+	GOMAXPROCS=1 go test -run '^$' -bench PacketPath -benchtime 1s ./internal/bridge | grep -E '^Benchmark' |
+		awk '{ print } { split($1, p, "/"); ns[p[2] "/" p[3]] = $3; b[p[2]] = 1 }
+		END {
+			for (k in b) for (s in ns) if (index(s, k "/srtp_") == 1) {
+				base = ns[k "/rtp-1"] ? ns[k "/rtp-1"] : ns[k "/rtp"]
+				if (base) printf "%s: %s costs %.1fx rtp (+%.0f ns per packet)\n", k, substr(s, length(k) + 2), ns[s] / base, ns[s] - base
+			}
+		}'
 	echo
 fi
 
@@ -59,6 +71,18 @@ if [[ ${SKIP_CAPACITY:-} != 1 ]]; then
 		fi
 		echo
 	done
+fi
+
+if [[ ${SKIP_ROUNDS:-} != 1 ]]; then
+	rt=${RT:-}
+	if [[ -z $rt ]]; then
+		rt=0
+		[[ $(id -u) == 0 ]] && rt=10
+	fi
+	echo "== SRTP's cost: relay cpu per packet, interleaved rounds, relay pinned"
+	go run ./internal/bench/bridgecap -pin -rt "$rt" -modes rtp,srtp,srtp-gcm -step 3s \
+		-cpu-rounds "${ROUNDS:-11}" -cpu-calls "${ROUND_CALLS:-600}" | sed -n '/^cpu per packet/,$p'
+	echo
 fi
 
 if [[ ${SKIP_REFER:-} != 1 ]]; then

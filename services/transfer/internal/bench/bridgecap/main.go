@@ -23,8 +23,12 @@
 // Delay: send stamp (in the payload, taken as the packet is built) to the
 // kernel's receive stamp on the generator's socket. The pass criterion is
 // applied to this through-relay p99 as it is (nothing subtracted); the
-// direct contender shows what of it is the generator's own path. Run it
-// through bench/transfer/run.sh.
+// direct contender shows what of it is the generator's own path.
+//
+// With -cpu-rounds N it does not ramp: it measures the relays at
+// -cpu-calls, N times, interleaved, and prints each SRTP suite's median
+// ratio of CPU per packet to the rtp bridge of the same round (rounds.go).
+// Run it through bench/transfer/run.sh.
 package main
 
 import (
@@ -70,6 +74,9 @@ type config struct {
 	linger          time.Duration
 	relayProfile    string
 	relayInfoPrints int
+	// cpuRounds > 0: compare cpu per packet at cpuCalls (cpuRounds)
+	// instead of ramping.
+	cpuRounds, cpuCalls int
 }
 
 func main() {
@@ -87,6 +94,8 @@ func main() {
 	cpuProfile := flag.String("cpuprofile", "", "write the generator's CPU profile to this file")
 	relayProfile := flag.String("relay-cpuprofile", "", "write each relay process's CPU profile to this path plus .<contender>.<calls>")
 	linger := flag.Duration("linger", pump.DefaultLinger, "the bridge's media pump: pause between passes over ready sockets while packets keep coming")
+	cpuRoundsFlag := flag.Int("cpu-rounds", 0, "instead of ramping, measure the relays' cpu per packet at -cpu-calls this many times, interleaved, and compare each with the rtp bridge of the same round")
+	cpuCalls := flag.Int("cpu-calls", 600, "call count of the -cpu-rounds comparison")
 	serveMode := flag.String("serve", "", "internal: run relays of this contender for the parent (child role)")
 	serveCalls := flag.Int("n", 0, "internal: calls to serve")
 	serveCPU := flag.Int("cpu", -1, "internal: core to pin the relay process to (-1: none)")
@@ -117,6 +126,11 @@ func main() {
 		}
 		cfg.contenders = append(cfg.contenders, c)
 	}
+	if *cpuRoundsFlag < 0 || *cpuCalls < 1 {
+		fmt.Fprintln(os.Stderr, "bridgecap: -cpu-rounds must be >= 0 and -cpu-calls >= 1")
+		os.Exit(2)
+	}
+	cfg.cpuRounds, cfg.cpuCalls = *cpuRoundsFlag, *cpuCalls
 	ctx, cancel := signal.NotifyContext(context.Background(), os.Interrupt)
 	err := measure(ctx, os.Stdout, &cfg, *cpuProfile)
 	cancel()
@@ -166,6 +180,9 @@ func measure(ctx context.Context, w io.Writer, cfg *config, cpuProfile string) e
 		fmt.Fprintln(w, "scheduling: normal (the machine's other load competes with the measured processes)")
 	} else {
 		fmt.Fprintf(w, "scheduling: SCHED_FIFO, generator %d, relay processes %d (others run when they are idle)\n", cfg.rt+1, cfg.rt)
+	}
+	if cfg.cpuRounds > 0 {
+		return cpuRounds(ctx, w, cfg, cfg.cpuCalls, cfg.cpuRounds)
 	}
 	fmt.Fprintf(w, "pass: loss <= %.1f%% and p99 <= %v; a failing step is measured again up to %d time(s) and passes if any attempt does\n",
 		100*maxLoss, maxP99, cfg.retries)
