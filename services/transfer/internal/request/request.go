@@ -26,14 +26,22 @@ var ErrDialog = errors.New("unusable dialog snapshot")
 // tokenPattern is RFC 3261 token (a tag).
 var tokenPattern = regexp.MustCompile("^[A-Za-z0-9.!%*_+`'~-]+$")
 
+// CSeqsPerAttempt is the block of CSeq numbers each attempt of a handoff
+// owns in the caller's dialog: its request, the same request sent again
+// with the next number (a REFER answered 481 early, at most 10 times),
+// and the request that ends the attempt (the agent leg's BYE after a
+// REFER, the caller's BYE after a warm transfer's re-INVITE).
+const CSeqsPerAttempt = 16
+
 // CSeq is the CSeq number of a command's request: the dialog's next local
-// CSeq for the first attempt, one more for every later attempt, so a
-// fallback's request never reuses a number the far end has seen.
+// CSeq for the first attempt, CSeqsPerAttempt more for every later one,
+// so a fallback's request is above every number an earlier attempt used
+// (a far end refuses a CSeq lower than one it has seen, RFC 3261 12.2.2).
 func CSeq(d *batonv1.Dialog, attempt uint32) (uint32, error) {
 	if attempt < 1 {
 		attempt = 1
 	}
-	n := uint64(d.GetNextLocalCseq()) + uint64(attempt) - 1
+	n := uint64(d.GetNextLocalCseq()) + (uint64(attempt)-1)*CSeqsPerAttempt
 	if n >= 1<<31 { // RFC 3261 8.1.1.5: less than 2**31
 		return 0, fmt.Errorf("%w: cseq %d + attempt %d overflows", ErrDialog, d.GetNextLocalCseq(), attempt)
 	}

@@ -58,7 +58,7 @@ func TestReferIsBuiltFromTheSnapshot(t *testing.T) {
 	require.Equal(t, "sbc-tag", tag)
 	require.Equal(t, "sip:sbc@127.0.0.1:5061", got.To().Address.String())
 	require.Equal(t, "call-1@sbc", got.CallID().Value())
-	require.Equal(t, uint32(8), got.CSeq().SeqNo, "next_local_cseq 7, attempt 2")
+	require.Equal(t, uint32(7+CSeqsPerAttempt), got.CSeq().SeqNo, "next_local_cseq 7, attempt 2")
 	require.Equal(t, sip.REFER, got.CSeq().MethodName)
 	require.Equal(t, "70", got.GetHeader("Max-Forwards").Value())
 	require.Equal(t, "sip:baton@127.0.0.1:5060", got.Contact().Address.String())
@@ -84,7 +84,8 @@ func TestCSeqFollowsAttempt(t *testing.T) {
 	}{
 		{next: 1, attempt: 1, want: 1},
 		{next: 1, attempt: 0, want: 1}, // an unset attempt is the first
-		{next: 5, attempt: 3, want: 7},
+		{next: 5, attempt: 2, want: 21},
+		{next: 5, attempt: 3, want: 37},
 	} {
 		d := dialog()
 		d.NextLocalCseq = tc.next

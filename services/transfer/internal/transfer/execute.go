@@ -120,10 +120,9 @@ const maxReferRetries = 10
 // started (an agent's handoff late in a call) still gets that window,
 // which costs a genuine 481 (the dialog is gone) the window's retries.
 //
-// Limit: a later attempt of the same handoff (the router's fallback
-// command) numbers its request next_local_cseq + attempt - 1
-// (request.CSeq), so after retries it may reuse a CSeq the far end has
-// seen and be refused 500; the attempts need spacing in request.CSeq.
+// The retries and the agent leg's BYE stay inside the attempt's block of
+// request.CSeqsPerAttempt numbers, so a later attempt (the router's
+// fallback command) never reuses one (TestAttemptsOwnTheirCSeqs).
 //
 // It returns the last request sent and its response, and the detail of
 // a failure; false when the execution is over (the outcome is published,

@@ -12,6 +12,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	batonv1 "github.com/baton-voice/baton/pkg/events/batonv1"
+	"github.com/baton-voice/baton/services/transfer/internal/request"
 )
 
 // scriptSBC makes the harness's SBC answer by script: answer(n, req) is
@@ -172,4 +173,52 @@ func TestReferEarly481StopsWhenTheCallEnds(t *testing.T) {
 	require.Contains(t, o.GetDetail(), "the call ended")
 	require.Equal(t, 1, sbc.count())
 	require.Zero(t, testutil.ToFloat64(metrics.ReferRetries.WithLabelValues(RetryEarly481)))
+}
+
+// TestAttemptsOwnTheirCSeqs: a handoff's first attempt uses CSeqs from the
+// dialog's next local CSeq on (REFERs answered 481, the accepted one, the
+// agent leg's BYE after it), and its fallback attempt numbers its REFER
+// above all of them: a far end refuses a CSeq lower than one it has seen.
+func TestAttemptsOwnTheirCSeqs(t *testing.T) {
+	t.Parallel()
+	// The most an attempt can use: the REFER, every retry, the BYE.
+	require.LessOrEqual(t, 1+maxReferRetries+1, request.CSeqsPerAttempt)
+
+	const early = 3
+	h := start(t, 202, func(o *Options) { o.ByeAfterRefer = 50 * time.Millisecond })
+	sbc := scriptSBC(h, func(n int, req *sip.Request) int {
+		switch {
+		case req.Method == sip.BYE:
+			return 200
+		case n <= early:
+			return 481
+		}
+		return 202
+	})
+	first := referCommand(h, "attempts")
+	first.Dialog.NextLocalCseq = 5
+	h.command(t, first)
+	requireOutcome(t, h.outcome(t, first.CommandId), batonv1.OutcomeStatus_OUTCOME_STATUS_ACCEPTED, 202)
+	h.fact(t, first.CallId, &batonv1.NotifyReceived{CallId: first.CallId, Event: "refer;id=" + strconv.Itoa(5+early),
+		SubscriptionState: "terminated;reason=noresource", SipfragStatus: 200, SipfragReason: "OK"})
+	requireOutcome(t, h.outcome(t, first.CommandId), batonv1.OutcomeStatus_OUTCOME_STATUS_SUCCEEDED, 200)
+	var highest uint32
+	for r := sbc.next(t); ; r = sbc.next(t) {
+		highest = max(highest, r.req.CSeq().SeqNo)
+		if r.req.Method == sip.BYE {
+			break
+		}
+	}
+	require.Equal(t, uint32(5+early+1), highest, "the agent leg's BYE is the first attempt's last request")
+
+	// The router's fallback: the same dialog snapshot, attempt 2.
+	fallback := referCommand(h, "attempts")
+	fallback.CommandId += "-2"
+	fallback.Dialog.NextLocalCseq = 5
+	fallback.Attempt = 2
+	h.command(t, fallback)
+	r := sbc.next(t)
+	require.Equal(t, sip.REFER, r.req.Method)
+	require.Greater(t, r.req.CSeq().SeqNo, highest)
+	require.Equal(t, uint32(5+request.CSeqsPerAttempt), r.req.CSeq().SeqNo)
 }

@@ -27,6 +27,7 @@ import (
 	"github.com/baton-voice/baton/pkg/kafka/kafkatest"
 	"github.com/baton-voice/baton/pkg/sipx"
 	"github.com/baton-voice/baton/services/transfer/internal/attempts"
+	"github.com/baton-voice/baton/services/transfer/internal/request"
 	"github.com/baton-voice/baton/services/transfer/internal/uac"
 )
 
@@ -387,7 +388,7 @@ func TestReferAcceptedThenSucceeds(t *testing.T) {
 	require.Equal(t, "ingress-call-a", fromTag)
 	require.Equal(t, "sbc-call-a", toTag)
 	require.Equal(t, "call-a", req.CallID().Value())
-	require.Equal(t, uint32(6), req.CSeq().SeqNo, "next_local_cseq 5 + attempt 2 - 1")
+	require.Equal(t, uint32(5+request.CSeqsPerAttempt), req.CSeq().SeqNo, "next_local_cseq 5, attempt 2: past the first attempt's block")
 	var routes []string
 	for _, h := range req.GetHeaders("Route") {
 		routes = append(routes, h.Value())
