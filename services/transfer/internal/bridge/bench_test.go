@@ -136,22 +136,7 @@ func TestDecryptAllocatesNothing(t *testing.T) {
 // parse and the SRTP leg's encryption or decryption in place, allocates
 // nothing once the legs have latched.
 func TestForwardAllocatesNothing(t *testing.T) {
-	const suite = "AES_CM_128_HMAC_SHA1_80"
-	b, err := New(&Ports{Host: loopback})
-	require.NoError(t, err)
-	defer b.Close()
-	caller, dest := newPeer(t), newPeer(t)
-	baton, err := sdp.NewCrypto(1, suite)
-	require.NoError(t, err)
-	theirs, err := sdp.NewCrypto(1, suite)
-	require.NoError(t, err)
-	profile, err := profileOf(suite)
-	require.NoError(t, err)
-	dest.enc, err = contextOf(theirs, profile)
-	require.NoError(t, err)
-	require.NoError(t, b.Leg(Caller).SetRemote(caller.addr(), 8000, Keys{}))
-	require.NoError(t, b.Leg(Destination).SetRemote(dest.addr(), 8000, Keys{Local: baton, Remote: theirs}))
-	b.Activate()
+	b, caller, dest := srtpDestinationBridge(t, "AES_CM_128_HMAC_SHA1_80")
 	from, to := b.Leg(Caller), b.Leg(Destination)
 
 	buf := make([]byte, maxPacket+pump.Tailroom)

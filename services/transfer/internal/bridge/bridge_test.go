@@ -63,6 +63,40 @@ func (p *peer) recv(t *testing.T) (*rtp.Packet, netip.AddrPort) {
 	return &pkt, from
 }
 
+// srtpKeys makes an SRTP leg's SDES keys: baton's (it encrypts what the
+// bridge sends the leg) and theirs (what the peer sends), and the suite's
+// profile.
+func srtpKeys(t *testing.T, suite string) (baton, theirs sdp.Crypto, profile srtp.ProtectionProfile) {
+	t.Helper()
+	baton, err := sdp.NewCrypto(1, suite)
+	require.NoError(t, err)
+	theirs, err = sdp.NewCrypto(1, suite)
+	require.NoError(t, err)
+	profile, err = profileOf(suite)
+	require.NoError(t, err)
+	return baton, theirs, profile
+}
+
+// srtpDestinationBridge is an active bridge between a plain caller peer
+// and an SRTP destination peer, which encrypts with its key and decrypts
+// with Baton's.
+func srtpDestinationBridge(t *testing.T, suite string) (b *Bridge, caller, dest *peer) {
+	t.Helper()
+	b, err := New(&Ports{Host: loopback})
+	require.NoError(t, err)
+	t.Cleanup(b.Close)
+	caller, dest = newPeer(t), newPeer(t)
+	baton, theirs, profile := srtpKeys(t, suite)
+	dest.enc, err = contextOf(theirs, profile)
+	require.NoError(t, err)
+	dest.dec, err = contextOf(baton, profile)
+	require.NoError(t, err)
+	require.NoError(t, b.Leg(Caller).SetRemote(caller.addr(), 8000, Keys{}))
+	require.NoError(t, b.Leg(Destination).SetRemote(dest.addr(), 8000, Keys{Local: baton, Remote: theirs}))
+	b.Activate()
+	return b, caller, dest
+}
+
 func TestBridgeKeepsTheStreamContinuousAcrossASourceSwitch(t *testing.T) {
 	b, err := New(&Ports{Host: loopback})
 	require.NoError(t, err)
@@ -136,25 +170,8 @@ func TestBridgeKeepsTheStreamContinuousAcrossASourceSwitch(t *testing.T) {
 func TestBridgeSRTPLeg(t *testing.T) {
 	for _, suite := range []string{"AES_CM_128_HMAC_SHA1_80", "AEAD_AES_128_GCM"} {
 		t.Run(suite, func(t *testing.T) {
-			b, err := New(&Ports{Host: loopback})
-			require.NoError(t, err)
-			defer b.Close()
-			caller, dest := newPeer(t), newPeer(t)
 			// SDES: each side's offer/answer carries the key it encrypts with.
-			baton, err := sdp.NewCrypto(1, suite)
-			require.NoError(t, err)
-			theirs, err := sdp.NewCrypto(1, suite)
-			require.NoError(t, err)
-			profile, err := profileOf(suite)
-			require.NoError(t, err)
-			dest.enc, err = contextOf(theirs, profile)
-			require.NoError(t, err)
-			dest.dec, err = contextOf(baton, profile)
-			require.NoError(t, err)
-
-			require.NoError(t, b.Leg(Caller).SetRemote(caller.addr(), 8000, Keys{}))
-			require.NoError(t, b.Leg(Destination).SetRemote(dest.addr(), 8000, Keys{Local: baton, Remote: theirs}))
-			b.Activate()
+			b, caller, dest := srtpDestinationBridge(t, suite)
 
 			caller.send(t, b.Leg(Caller).Port(), 1, 10, 0, []byte("plain in"))
 			p, _ := dest.recv(t) // decrypts with Baton's key or fails
@@ -164,8 +181,8 @@ func TestBridgeSRTPLeg(t *testing.T) {
 			require.Equal(t, []byte("secret in"), p.Payload, "decrypted for the plain leg")
 
 			// A packet under the wrong key is dropped.
-			wrongKey, err := sdp.NewCrypto(1, suite)
-			require.NoError(t, err)
+			wrongKey, _, profile := srtpKeys(t, suite)
+			var err error
 			dest.enc, err = contextOf(wrongKey, profile)
 			require.NoError(t, err)
 			dest.send(t, b.Leg(Destination).Port(), 2, 21, 160, []byte("forged"))
@@ -193,21 +210,8 @@ func TestPortRange(t *testing.T) {
 func TestBridgeDropsTamperedAndReplayedSRTP(t *testing.T) {
 	for _, suite := range []string{"AES_CM_128_HMAC_SHA1_80", "AEAD_AES_128_GCM"} {
 		t.Run(suite, func(t *testing.T) {
-			b, err := New(&Ports{Host: loopback})
-			require.NoError(t, err)
-			defer b.Close()
-			caller, dest := newPeer(t), newPeer(t)
-			baton, err := sdp.NewCrypto(1, suite)
-			require.NoError(t, err)
-			theirs, err := sdp.NewCrypto(1, suite)
-			require.NoError(t, err)
-			profile, err := profileOf(suite)
-			require.NoError(t, err)
-			enc, err := contextOf(theirs, profile)
-			require.NoError(t, err)
-			require.NoError(t, b.Leg(Caller).SetRemote(caller.addr(), 8000, Keys{}))
-			require.NoError(t, b.Leg(Destination).SetRemote(dest.addr(), 8000, Keys{Local: baton, Remote: theirs}))
-			b.Activate()
+			b, caller, dest := srtpDestinationBridge(t, suite)
+			enc := dest.enc
 
 			to := netip.AddrPortFrom(loopback, uint16(b.Leg(Destination).Port()))
 			var sent [][]byte
@@ -244,7 +248,7 @@ func TestBridgeDropsTamperedAndReplayedSRTP(t *testing.T) {
 			require.Equal(t, Drops{Unauthentic: 2, Replayed: 2}, b.Leg(Destination).Drops())
 			require.Equal(t, uint64(3), b.Stats().GetDestinationToCaller().GetPackets())
 			require.NoError(t, caller.conn.SetReadDeadline(time.Now().Add(200*time.Millisecond)))
-			_, _, err = caller.conn.ReadFromUDPAddrPort(make([]byte, 1500))
+			_, _, err := caller.conn.ReadFromUDPAddrPort(make([]byte, 1500))
 			require.Error(t, err, "nothing else crossed")
 		})
 	}

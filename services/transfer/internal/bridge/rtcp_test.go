@@ -81,12 +81,8 @@ func TestRTCPReportsPerLeg(t *testing.T) {
 			callerRTCP, destRTCP := newRTCPPeer(t), newRTCPPeer(t)
 			keys := Keys{}
 			if suite != "" {
-				baton, err := sdp.NewCrypto(1, suite)
-				require.NoError(t, err)
-				theirs, err := sdp.NewCrypto(1, suite)
-				require.NoError(t, err)
-				profile, err := profileOf(suite)
-				require.NoError(t, err)
+				baton, theirs, profile := srtpKeys(t, suite)
+				var err error
 				for _, c := range []struct {
 					ctx **srtp.Context
 					key sdp.Crypto

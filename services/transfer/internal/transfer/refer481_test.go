@@ -47,6 +47,21 @@ func factsWaiting(svc *Service, callID string) int {
 	return n
 }
 
+// early481SBC makes the harness's SBC answer its first early requests
+// 481 (as it does while ingress's 200 OK has not reached it), later
+// REFERs 202 and BYEs 200.
+func early481SBC(h *harness, early int) *sbc {
+	return scriptSBC(h, func(n int, req *sip.Request) int {
+		switch {
+		case req.Method == sip.BYE:
+			return 200
+		case n <= early:
+			return 481
+		}
+		return 202
+	})
+}
+
 // TestReferEarly481IsRetried: the SBC answers the first REFERs 481, as it
 // does when ingress's 200 OK has not reached it yet, then 202. Transfer
 // sends the REFER again with the next CSeq each time, the handoff
@@ -60,15 +75,7 @@ func TestReferEarly481IsRetried(t *testing.T) {
 		o.Metrics = metrics
 		o.ByeAfterRefer = 50 * time.Millisecond
 	})
-	sbc := scriptSBC(h, func(n int, req *sip.Request) int {
-		switch {
-		case req.Method == sip.BYE:
-			return 200
-		case n <= early:
-			return 481
-		}
-		return 202
-	})
+	sbc := early481SBC(h, early)
 	cmd := referCommand(h, "early481")
 	cmd.Dialog.NextLocalCseq = 5
 	h.command(t, cmd)
@@ -186,15 +193,7 @@ func TestAttemptsOwnTheirCSeqs(t *testing.T) {
 
 	const early = 3
 	h := start(t, 202, func(o *Options) { o.ByeAfterRefer = 50 * time.Millisecond })
-	sbc := scriptSBC(h, func(n int, req *sip.Request) int {
-		switch {
-		case req.Method == sip.BYE:
-			return 200
-		case n <= early:
-			return 481
-		}
-		return 202
-	})
+	sbc := early481SBC(h, early)
 	first := referCommand(h, "attempts")
 	first.Dialog.NextLocalCseq = 5
 	h.command(t, first)
