@@ -36,9 +36,13 @@ func (s *Stack) writeConfigs() error {
 	logs := map[string]any{"level": "info", "format": "json"}
 	configs := map[string]map[string]any{
 		"ingress": {
-			"kafka":         kafka("ingress"),
-			"log":           logs,
-			"listen":        s.IngressAddr,
+			"kafka": kafka("ingress"),
+			"log":   logs,
+			// UDP and TCP on one port, as SBCs expect (RFC 3261 18).
+			"listeners": []map[string]any{
+				{"transport": "udp", "address": s.IngressAddr},
+				{"transport": "tcp", "address": s.IngressAddr},
+			},
 			"external_host": s.opts.SIPHost,
 			"trunk":         "demo-sbc",
 			"rtp":           map[string]any{"host": s.opts.SIPHost, "port_min": rtpPortMin, "port_max": rtpPortMax},

@@ -230,7 +230,7 @@ func Start(ctx context.Context, opts Options) (_ *Stack, err error) {
 	if err := s.waitReady(ctx); err != nil {
 		return nil, err
 	}
-	s.progress("pipeline ready: SIP on udp://%s, Kafka on %s, ClickHouse HTTP on %s", s.IngressAddr, s.BrokerAddr, s.ClickHouseHTTP)
+	s.progress("pipeline ready: SIP on udp://%s and tcp://%s, Kafka on %s, ClickHouse HTTP on %s", s.IngressAddr, s.IngressAddr, s.BrokerAddr, s.ClickHouseHTTP)
 	return s, nil
 }
 

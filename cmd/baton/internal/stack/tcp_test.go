@@ -1,0 +1,179 @@
+package stack
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"net"
+	"net/textproto"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/baton-voice/baton/cmd/baton/internal/checker"
+	batonv1 "github.com/baton-voice/baton/pkg/events/batonv1"
+	"github.com/baton-voice/baton/pkg/sipx"
+)
+
+// sipMessage is one SIP message read from a stream: its first line, its
+// headers and its body.
+type sipMessage struct {
+	line   string
+	header textproto.MIMEHeader
+	body   string
+}
+
+// readSIP reads one message from a SIP stream (RFC 3261 18.3: the body is
+// Content-Length bytes).
+func readSIP(t *testing.T, r *textproto.Reader) sipMessage {
+	t.Helper()
+	line, err := r.ReadLine()
+	require.NoError(t, err)
+	h, err := r.ReadMIMEHeader()
+	require.NoError(t, err)
+	n, err := strconv.Atoi(strings.TrimSpace(h.Get("Content-Length")))
+	require.NoError(t, err, "Content-Length of %q", line)
+	body := make([]byte, n)
+	_, err = io.ReadFull(r.R, body)
+	require.NoError(t, err)
+	return sipMessage{line: line, header: h, body: string(body)}
+}
+
+// tag is the tag parameter of a From or To value.
+func tag(v string) string {
+	_, after, ok := strings.Cut(v, ";tag=")
+	if !ok {
+		return ""
+	}
+	t, _, _ := strings.Cut(after, ";")
+	return t
+}
+
+// TestEndToEndOverTCP: an SBC calls over TCP (RFC 3261 18) through the
+// whole pipeline: ingress answers on its TCP listener and records the
+// dialog's transport, transfer sends the REFER over TCP to the SBC's
+// Contact (a connection of its own, Via SIP/2.0/TCP), the SBC's NOTIFY and
+// BYE go to ingress on the call's connection, and the handoff reaches
+// ClickHouse as succeeded.
+func TestEndToEndOverTCP(t *testing.T) {
+	s := startStack(t)
+	since := time.Now().Add(-time.Second)
+
+	// The SBC: its listener (the Contact transfer sends the REFER to) and
+	// its connection to ingress.
+	me := fmt.Sprintf("127.0.0.1:%d", s.opts.SBCPort)
+	ln, err := net.Listen("tcp", me)
+	require.NoError(t, err)
+	defer func() { _ = ln.Close() }()
+	conn, err := net.Dial("tcp", s.IngressAddr)
+	require.NoError(t, err)
+	defer func() { _ = conn.Close() }()
+	require.NoError(t, conn.SetDeadline(time.Now().Add(60*time.Second)))
+	in := textproto.NewReader(bufio.NewReader(conn))
+	local := conn.LocalAddr().String()
+	const callID, fromTag = "tcp-e2e-1", "sbc-tcp-1"
+	// send writes a message: head's lines end in LF here, CRLF on the
+	// wire; body goes as it is, after the blank line.
+	send := func(head, body string) {
+		t.Helper()
+		_, err := io.WriteString(conn, strings.ReplaceAll(head, "\n", "\r\n")+"\r\n"+body)
+		require.NoError(t, err)
+	}
+
+	sdp := "v=0\no=sbc 1 1 IN IP4 127.0.0.1\ns=sbc\nc=IN IP4 127.0.0.1\nt=0 0\nm=audio 40000 RTP/AVP 0\na=rtpmap:0 PCMU/8000\n"
+	sdp = strings.ReplaceAll(sdp, "\n", "\r\n")
+	send(fmt.Sprintf("INVITE sip:agent@%s;transport=tcp SIP/2.0\n"+
+		"Via: SIP/2.0/TCP %s;branch=z9hG4bK-tcp-inv\n"+
+		"From: <sip:sbc@%s>;tag=%s\nTo: <sip:agent@%s>\nCall-ID: %s\nCSeq: 1 INVITE\n"+
+		"Contact: <sip:sbc@%s;transport=tcp>\nMax-Forwards: 70\n"+
+		"X-Customer-Id: CUST-TCP-7\nX-Intent: cancel_contract\nX-Language: de-DE\n"+
+		"Content-Type: application/sdp\nContent-Length: %d\n", s.IngressAddr, local, me, fromTag, s.IngressAddr, callID, me, len(sdp)), sdp)
+	var ok sipMessage
+	for {
+		ok = readSIP(t, in)
+		if !strings.HasPrefix(ok.line, "SIP/2.0 1") {
+			break
+		}
+	}
+	require.Equal(t, "SIP/2.0 200 OK", ok.line, "the INVITE over TCP is answered")
+	ingressTag := tag(ok.header.Get("To"))
+	require.NotEmpty(t, ingressTag)
+	contact := strings.Trim(ok.header.Get("Contact"), "<>")
+	require.Contains(t, contact, "transport=tcp", "ingress's Contact keeps the call on TCP")
+	inDialog := func(method string, cseq int, extra, body string) {
+		send(fmt.Sprintf("%s %s SIP/2.0\nVia: SIP/2.0/TCP %s;branch=z9hG4bK-tcp-%d\n"+
+			"From: <sip:sbc@%s>;tag=%s\nTo: <sip:agent@%s>;tag=%s\nCall-ID: %s\nCSeq: %d %s\nMax-Forwards: 70\n%s"+
+			"Content-Length: %d\n", method, contact, local, cseq, me, fromTag, s.IngressAddr, ingressTag, callID, cseq, method,
+			extra, len(body)), body)
+	}
+	inDialog("ACK", 1, "", "")
+
+	// The REFER comes from transfer, on a connection of its own.
+	require.NoError(t, ln.(*net.TCPListener).SetDeadline(time.Now().Add(60*time.Second)))
+	rc, err := ln.Accept()
+	require.NoError(t, err)
+	defer func() { _ = rc.Close() }()
+	require.NoError(t, rc.SetDeadline(time.Now().Add(60*time.Second)))
+	refer := readSIP(t, textproto.NewReader(bufio.NewReader(rc)))
+	require.True(t, strings.HasPrefix(refer.line, "REFER "), refer.line)
+	require.True(t, strings.HasPrefix(refer.header.Get("Via"), "SIP/2.0/TCP "), "Via %q", refer.header.Get("Via"))
+	require.Equal(t, callID, refer.header.Get("Call-Id"))
+	require.Equal(t, ingressTag, tag(refer.header.Get("From")), "the REFER is in the call's dialog")
+	headers, err := sipx.ReferToHeaders(refer.header.Get("Refer-To"))
+	require.NoError(t, err)
+	got := map[string]string{}
+	for _, h := range headers {
+		got[h.Name] = h.Value
+	}
+	require.Equal(t, "CUST-TCP-7", got["X-Customer-Id"])
+	require.Equal(t, "cancel_contract", got["X-Intent"])
+	_, err = io.WriteString(rc, strings.ReplaceAll(fmt.Sprintf("SIP/2.0 202 Accepted\nVia: %s\nFrom: %s\nTo: %s\nCall-ID: %s\nCSeq: %s\nContent-Length: 0\n\n",
+		refer.header.Get("Via"), refer.header.Get("From"), refer.header.Get("To"), callID, refer.header.Get("Cseq")), "\n", "\r\n"))
+	require.NoError(t, err)
+	referCSeq, _, _ := strings.Cut(refer.header.Get("Cseq"), " ")
+
+	// The SBC reports the transfer done, then hangs up, on the call's
+	// connection to ingress.
+	frag := "SIP/2.0 200 OK\r\n"
+	inDialog("NOTIFY", 2, "Event: refer;id="+referCSeq+"\nSubscription-State: terminated;reason=noresource\nContent-Type: message/sipfrag\n", frag)
+	require.Equal(t, "SIP/2.0 200 OK", readSIP(t, in).line, "NOTIFY answered")
+	inDialog("BYE", 3, "", "")
+	require.Equal(t, "SIP/2.0 200 OK", readSIP(t, in).line, "BYE answered")
+
+	ch, err := s.Open()
+	require.NoError(t, err)
+	defer ch.Close()
+	rows, err := WaitHandoffs(t.Context(), ch, since, 1, 60*time.Second)
+	require.NoError(t, err)
+	require.Len(t, rows, 1)
+	require.Equal(t, callID, rows[0].CallID)
+	require.Equal(t, "succeeded", rows[0].Status)
+	require.EqualValues(t, 200, rows[0].SIPCode)
+	require.Equal(t, "CUST-TCP-7", rows[0].CustomerID)
+
+	// Kafka: the call's dialog was recorded as TCP, and it ended by the
+	// SBC's BYE.
+	recs, err := checker.Read(t.Context(), s.BrokerAddr)
+	require.NoError(t, err)
+	var started *batonv1.CallStarted
+	var ended *batonv1.CallEnded
+	for _, r := range recs {
+		switch m := r.Event.Data.(type) {
+		case *batonv1.CallStarted:
+			if m.GetDialog().GetCallId() == callID {
+				started = m
+			}
+		case *batonv1.CallEnded:
+			if m.GetCallId() == callID {
+				ended = m
+			}
+		}
+	}
+	require.NotNil(t, started)
+	require.Equal(t, batonv1.Transport_TRANSPORT_TCP, started.GetDialog().GetTransport())
+	require.NotNil(t, ended)
+	require.Equal(t, batonv1.Party_PARTY_REMOTE, ended.GetEndedBy())
+}
