@@ -130,6 +130,7 @@ func (s *Service) invite(ctx context.Context, e *execution, log *slog.Logger) {
 		s.notSent(ctx, e, log, "INVITE", requestReason(err), err)
 		return
 	}
+	req.AppendHeader(sip.NewHeader("Allow", uac.Allow)) // what the destination may send us
 	log.InfoContext(ctx, "sending request", "method", "INVITE", "request_uri", req.Recipient.String(),
 		"encryption", enc, "media_port", br.Leg(bridge.Destination).Port())
 	leg, err := legs.Invite(ctx, req)

@@ -611,6 +611,7 @@ func TestWarmTransferOverTLS(t *testing.T) {
 				require.Equal(t, "tls", tp)
 			}
 			require.Equal(t, "CUST-7", inv.GetHeader("X-Customer-Id").Value())
+			require.Equal(t, uac.Allow, inv.GetHeader("Allow").Value(), "the methods the destination may send")
 
 			offer, err := sdp.Parse(string(caller.next(t, sip.INVITE).Body()))
 			require.NoError(t, err)

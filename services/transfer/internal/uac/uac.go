@@ -159,6 +159,7 @@ func Listen(ctx context.Context, listen, viaHost string, logger *slog.Logger, op
 	})
 	srv.OnAck(func(*sip.Request, sip.ServerTransaction) {})
 	srv.OnInvite(c.reInvite)
+	srv.OnNoRoute(refuse)
 	go func() {
 		defer close(c.served)
 		// Responses arrive here and are matched to their transactions;
@@ -422,4 +423,29 @@ func (c *Client) Close() error {
 		<-t.served
 	}
 	return err
+}
+
+// Allow lists the methods this user agent serves in the legs it sets up:
+// what a new leg's INVITE advertises (RFC 3261 20.5), what OPTIONS and a
+// 405 name. No UPDATE (RFC 3311): a peer refreshes or changes the session
+// with a re-INVITE.
+const Allow = "INVITE, ACK, CANCEL, BYE, OPTIONS"
+
+// refuse answers a request no handler serves: OPTIONS (a keepalive, in a
+// dialog or not) 200, a method SIP defines 405 and one it does not 501,
+// each with Allow (RFC 3261 8.2.1 and 11.2).
+func refuse(req *sip.Request, tx sip.ServerTransaction) {
+	code, reason := sip.StatusNotImplemented, "Not Implemented"
+	switch req.Method {
+	case sip.OPTIONS:
+		code, reason = sip.StatusOK, "OK"
+	case sip.REGISTER, sip.SUBSCRIBE, sip.NOTIFY, sip.MESSAGE, sip.REFER, sip.INFO, sip.UPDATE, sip.PRACK, sip.PUBLISH:
+		code, reason = sip.StatusMethodNotAllowed, "Method Not Allowed"
+	}
+	res := sip.NewResponseFromRequest(req, code, reason, nil)
+	res.AppendHeader(sip.NewHeader("Allow", Allow))
+	if req.Method == sip.OPTIONS {
+		res.AppendHeader(sip.NewHeader("Accept", "application/sdp"))
+	}
+	_ = tx.Respond(res)
 }

@@ -137,3 +137,39 @@ func TestStrayInviteGets481(t *testing.T) {
 		}
 	}
 }
+
+// TestOtherMethodsGetAllow: what the user agent does not serve is answered
+// with the methods it does (RFC 3261 8.2.1): UPDATE 405, an unknown method
+// 501, OPTIONS 200; each names Allow, without UPDATE.
+func TestOtherMethodsGetAllow(t *testing.T) {
+	c := listen(t)
+	var lc net.ListenConfig
+	peer, err := lc.ListenPacket(t.Context(), "udp", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer func() { require.NoError(t, peer.Close()) }()
+	port := peer.LocalAddr().(*net.UDPAddr).Port
+	for i, tc := range []struct {
+		method string
+		code   int
+	}{{"UPDATE", 405}, {"FROBNICATE", 501}, {"OPTIONS", 200}} {
+		req := tc.method + " sip:baton-transfer@127.0.0.1 SIP/2.0\r\n" +
+			"Via: SIP/2.0/UDP 127.0.0.1:" + strconv.Itoa(port) + ";branch=z9hG4bKother" + strconv.Itoa(i) + "\r\n" +
+			"From: <sip:x@127.0.0.1>;tag=a\r\nTo: <sip:baton-transfer@127.0.0.1>;tag=b\r\n" +
+			"Call-ID: other-" + strconv.Itoa(i) + "\r\nCSeq: 2 " + tc.method + "\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+		_, err = peer.WriteTo([]byte(req), c.Addr())
+		require.NoError(t, err)
+		require.NoError(t, peer.SetReadDeadline(time.Now().Add(5*time.Second)))
+		buf := make([]byte, 4096)
+		n, _, err := peer.ReadFrom(buf)
+		require.NoError(t, err)
+		msg, err := sip.NewParser().ParseSIP(buf[:n])
+		require.NoError(t, err)
+		res, ok := msg.(*sip.Response)
+		require.True(t, ok, "%s: %s", tc.method, buf[:n])
+		require.Equal(t, tc.code, res.StatusCode, tc.method)
+		allow := res.GetHeader("Allow")
+		require.NotNil(t, allow, tc.method)
+		require.Equal(t, Allow, allow.Value())
+		require.NotContains(t, allow.Value(), "UPDATE")
+	}
+}
