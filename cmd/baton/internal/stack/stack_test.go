@@ -12,6 +12,8 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/baton-voice/baton/cmd/baton/internal/checker"
+	batonv1 "github.com/baton-voice/baton/pkg/events/batonv1"
 	"github.com/baton-voice/baton/pkg/sipx"
 )
 
@@ -106,7 +108,7 @@ func startStackWith(t *testing.T, replicas map[string]int) *Stack {
 
 // TestEndToEnd places real SIPp calls carrying X- headers through ingress,
 // Kafka (the embedded broker over TCP), router, transfer (REFER back to the
-// SIPp SBC, which answers 202 and NOTIFY 200) and analytics into
+// SIPp SBC, which answers 202 and NOTIFYs 100, 180 and 200) and analytics into
 // ClickHouse, then checks what reached the SBC and what reached ClickHouse.
 func TestEndToEnd(t *testing.T) {
 	s := startStack(t)
@@ -153,6 +155,21 @@ func TestEndToEnd(t *testing.T) {
 		require.Equal(t, "REFER", row.Method)
 		require.Equal(t, "succeeded", row.Status)
 		require.EqualValues(t, 200, row.SIPCode)
+	}
+
+	// Kafka has each handoff's steps in order: the 202, the SBC's progress
+	// NOTIFYs (100 Trying, 180 Ringing) and the final 200.
+	recs, err := checker.Read(t.Context(), s.BrokerAddr)
+	require.NoError(t, err)
+	steps := map[string][]string{}
+	for _, r := range recs {
+		if o, ok := r.Event.Data.(*batonv1.TransferOutcome); ok {
+			steps[o.GetCallId()] = append(steps[o.GetCallId()], fmt.Sprintf("%s %d", o.GetStatus(), o.GetSipCode()))
+		}
+	}
+	for _, refer := range res.Refers {
+		require.Equal(t, []string{"OUTCOME_STATUS_ACCEPTED 202", "OUTCOME_STATUS_PROGRESS 100", "OUTCOME_STATUS_PROGRESS 180",
+			"OUTCOME_STATUS_SUCCEEDED 200"}, steps[refer.CallID], refer.CallID)
 	}
 
 	// The summary decides a warm transfer by its bridged outcome, not by the
