@@ -122,11 +122,18 @@ func readSippCounters(path string) (successful, failed int, err error) {
 		return 0, 0, fmt.Errorf("read sipp output: %w", err)
 	}
 	for _, line := range strings.Split(string(data), "\n") {
+		// SIPp's warnings share the terminal with its screen and can run on
+		// after a counter on the same line: the count is the third field's
+		// first word.
 		fields := strings.Split(line, "|")
-		if len(fields) != 3 {
+		if len(fields) < 3 {
 			continue
 		}
-		n, err := strconv.Atoi(strings.TrimSpace(fields[2]))
+		words := strings.Fields(fields[2])
+		if len(words) == 0 {
+			continue
+		}
+		n, err := strconv.Atoi(words[0])
 		if err != nil {
 			continue
 		}

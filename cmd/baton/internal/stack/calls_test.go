@@ -64,7 +64,7 @@ func TestReadSippCounters(t *testing.T) {
 		"  Failed call            |        0                  |        0                 \n" +
 		"------------------------------ Test Terminated --------------------------------\n" +
 		"  Successful call        |        3                  |        4987              \n" +
-		"  Failed call            |        1                  |        13                \n"
+		"  Failed call            |        1                  |        13      2026-12-05\t08:14:25.8: Aborting call | index 3\n"
 	path := filepath.Join(t.TempDir(), "sipp.out")
 	require.NoError(t, os.WriteFile(path, []byte(screen), 0o600))
 	ok, failed, err := readSippCounters(path)

@@ -217,7 +217,7 @@ func TestReliabilityCrashConsistency(t *testing.T) {
 	reliabilitytest.Report(t, reliabilitytest.Row{
 		Item: 7,
 		Test: t.Name(),
-		Load: fmt.Sprintf("%d calls placed at %d/s over %.1fs (sbc_refer: INVITE, 200, ACK, REFER, 202, NOTIFY, BYE), SIPp done after %.0fs: "+
+		Load: fmt.Sprintf("%d calls placed at %d/s over %.1fs (sbc_refer: INVITE, 200, ACK, REFER, 202, NOTIFY 100/180/200, BYE), SIPp done after %.0fs: "+
 			"%d answered, %d completed, %d refused (%s), %d failed in SIPp (refused and cut calls included)",
 			len(res.Placed), rate, res.PlacedOver.Seconds(), elapsed.Seconds(), len(res.Answered), res.Successful, refused,
 			strings.Join(codes, ", "), res.Failed),
