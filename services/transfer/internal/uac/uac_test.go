@@ -108,34 +108,50 @@ func TestTCPListensOnTheUDPPort(t *testing.T) {
 	require.ErrorContains(t, err, "listen sip tcp")
 }
 
-// TestStrayInviteGets481: an INVITE outside any of our legs is answered
-// 481, not taken as a new call (transfer asks; it never answers calls).
-func TestStrayInviteGets481(t *testing.T) {
-	c := listen(t)
+// rawPeer is a UDP socket on loopback that writes hand-made requests to
+// c and returns the final response to each.
+type rawPeer struct {
+	conn net.PacketConn
+	port int
+}
 
+func newRawPeer(t *testing.T) *rawPeer {
+	t.Helper()
 	var lc net.ListenConfig
-	peer, err := lc.ListenPacket(t.Context(), "udp", "127.0.0.1:0")
+	conn, err := lc.ListenPacket(t.Context(), "udp", "127.0.0.1:0")
 	require.NoError(t, err)
-	defer func() { require.NoError(t, peer.Close()) }()
-	port := peer.LocalAddr().(*net.UDPAddr).Port
-	invite := "INVITE sip:baton-transfer@127.0.0.1 SIP/2.0\r\n" +
-		"Via: SIP/2.0/UDP 127.0.0.1:" + strconv.Itoa(port) + ";branch=z9hG4bKstray1\r\n" +
+	t.Cleanup(func() { require.NoError(t, conn.Close()) })
+	return &rawPeer{conn: conn, port: conn.LocalAddr().(*net.UDPAddr).Port}
+}
+
+// request sends a request of method (Via branch z9hG4bK+id, Call-ID id)
+// to c and returns its final response.
+func (p *rawPeer) request(t *testing.T, c *Client, method, id string) *sip.Response {
+	t.Helper()
+	req := method + " sip:baton-transfer@127.0.0.1 SIP/2.0\r\n" +
+		"Via: SIP/2.0/UDP 127.0.0.1:" + strconv.Itoa(p.port) + ";branch=z9hG4bK" + id + "\r\n" +
 		"From: <sip:x@127.0.0.1>;tag=a\r\nTo: <sip:baton-transfer@127.0.0.1>;tag=b\r\n" +
-		"Call-ID: stray-1\r\nCSeq: 2 INVITE\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
-	_, err = peer.WriteTo([]byte(invite), c.Addr())
+		"Call-ID: " + id + "\r\nCSeq: 2 " + method + "\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+	_, err := p.conn.WriteTo([]byte(req), c.Addr())
 	require.NoError(t, err)
-	require.NoError(t, peer.SetReadDeadline(time.Now().Add(5*time.Second)))
+	require.NoError(t, p.conn.SetReadDeadline(time.Now().Add(5*time.Second)))
 	buf := make([]byte, 4096)
 	for {
-		n, _, err := peer.ReadFrom(buf)
+		n, _, err := p.conn.ReadFrom(buf)
 		require.NoError(t, err)
 		msg, err := sip.NewParser().ParseSIP(buf[:n])
 		require.NoError(t, err)
 		if res, ok := msg.(*sip.Response); ok && res.StatusCode >= 200 {
-			require.Equal(t, 481, res.StatusCode)
-			return
+			return res
 		}
 	}
+}
+
+// TestStrayInviteGets481: an INVITE outside any of our legs is answered
+// 481, not taken as a new call (transfer asks; it never answers calls).
+func TestStrayInviteGets481(t *testing.T) {
+	c := listen(t)
+	require.Equal(t, 481, newRawPeer(t).request(t, c, "INVITE", "stray-1").StatusCode)
 }
 
 // TestOtherMethodsGetAllow: what the user agent does not serve is answered
@@ -143,29 +159,12 @@ func TestStrayInviteGets481(t *testing.T) {
 // 501, OPTIONS 200; each names Allow, without UPDATE.
 func TestOtherMethodsGetAllow(t *testing.T) {
 	c := listen(t)
-	var lc net.ListenConfig
-	peer, err := lc.ListenPacket(t.Context(), "udp", "127.0.0.1:0")
-	require.NoError(t, err)
-	defer func() { require.NoError(t, peer.Close()) }()
-	port := peer.LocalAddr().(*net.UDPAddr).Port
+	peer := newRawPeer(t)
 	for i, tc := range []struct {
 		method string
 		code   int
 	}{{"UPDATE", 405}, {"FROBNICATE", 501}, {"OPTIONS", 200}} {
-		req := tc.method + " sip:baton-transfer@127.0.0.1 SIP/2.0\r\n" +
-			"Via: SIP/2.0/UDP 127.0.0.1:" + strconv.Itoa(port) + ";branch=z9hG4bKother" + strconv.Itoa(i) + "\r\n" +
-			"From: <sip:x@127.0.0.1>;tag=a\r\nTo: <sip:baton-transfer@127.0.0.1>;tag=b\r\n" +
-			"Call-ID: other-" + strconv.Itoa(i) + "\r\nCSeq: 2 " + tc.method + "\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
-		_, err = peer.WriteTo([]byte(req), c.Addr())
-		require.NoError(t, err)
-		require.NoError(t, peer.SetReadDeadline(time.Now().Add(5*time.Second)))
-		buf := make([]byte, 4096)
-		n, _, err := peer.ReadFrom(buf)
-		require.NoError(t, err)
-		msg, err := sip.NewParser().ParseSIP(buf[:n])
-		require.NoError(t, err)
-		res, ok := msg.(*sip.Response)
-		require.True(t, ok, "%s: %s", tc.method, buf[:n])
+		res := peer.request(t, c, tc.method, "other-"+strconv.Itoa(i))
 		require.Equal(t, tc.code, res.StatusCode, tc.method)
 		allow := res.GetHeader("Allow")
 		require.NotNil(t, allow, tc.method)
