@@ -438,8 +438,7 @@ func (b *Bridge) Idle(now time.Time, d time.Duration, ignore ...Side) (Side, boo
 // forward relays one packet from received to to. It runs on the pump's
 // worker, never twice at once for one leg; pkt is the pump's buffer, with
 // pump.Tailroom to spare, and is decrypted, rewritten and encrypted in
-// place: the worker's one buffer stays in cache, where a buffer per leg
-// would be a cold write for every packet of a thousand calls.
+// place, so a leg needs no buffers of its own.
 func (b *Bridge) forward(from, to *Leg, pkt []byte, src netip.AddrPort, now time.Time) {
 	h := &from.h
 	if in := from.srtpIn.Load(); in != nil {
