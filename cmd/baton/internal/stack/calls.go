@@ -79,6 +79,8 @@ func (s *Stack) PlaceCallsLimit(ctx context.Context, scenario string, n, rate, l
 		// where the full trace slows SIPp down.
 		"-trace_shortmsg", "-shortmessage_file", filepath.Join(dir, "shortmessages.log"),
 		"-trace_err", "-error_file", filepath.Join(dir, "errors.log"),
+		// The final counters, as SIPp wrote them at its end.
+		"-trace_stat", "-stf", filepath.Join(dir, "stats.csv"), "-fd", "5",
 		"-nostdin",
 	}
 	if n <= fullTraceCalls {
@@ -110,41 +112,41 @@ func (s *Stack) PlaceCallsLimit(ctx context.Context, scenario string, n, rate, l
 	if err != nil {
 		return res, err
 	}
-	res.Successful, res.Failed, err = readSippCounters(filepath.Join(dir, "sipp.out"))
-	return res, err
+	stats, err := readSIPpStats(filepath.Join(dir, "stats.csv"))
+	if err != nil {
+		return res, err
+	}
+	res.Successful, res.Failed = stats["SuccessfulCall(C)"], stats["FailedCall(C)"]
+	return res, nil
 }
 
-// readSippCounters reads the cumulative "Successful call" and "Failed
-// call" counters of the last statistics screen SIPp printed.
-func readSippCounters(path string) (successful, failed int, err error) {
+// readSIPpStats returns the integer columns of the last row of SIPp's
+// -trace_stat file (semicolon separated, a header row first).
+func readSIPpStats(path string) (map[string]int, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
-		return 0, 0, fmt.Errorf("read sipp output: %w", err)
+		return nil, fmt.Errorf("sipp statistics: %w", err)
 	}
-	for _, line := range strings.Split(string(data), "\n") {
-		// SIPp's warnings share the terminal with its screen and can run on
-		// after a counter on the same line: the count is the third field's
-		// first word.
-		fields := strings.Split(line, "|")
-		if len(fields) < 3 {
-			continue
-		}
-		words := strings.Fields(fields[2])
-		if len(words) == 0 {
-			continue
-		}
-		n, err := strconv.Atoi(words[0])
-		if err != nil {
-			continue
-		}
-		switch strings.TrimSpace(fields[0]) {
-		case "Successful call":
-			successful = n
-		case "Failed call":
-			failed = n
+	lines := strings.Split(strings.TrimSpace(string(data)), "\n")
+	if len(lines) < 2 {
+		return nil, fmt.Errorf("sipp statistics %s: no rows", path)
+	}
+	head := strings.Split(strings.TrimSpace(lines[0]), ";")
+	row := strings.Split(strings.TrimSpace(lines[len(lines)-1]), ";")
+	out := map[string]int{}
+	for i, name := range head {
+		if i < len(row) {
+			if n, err := strconv.Atoi(strings.TrimSpace(row[i])); err == nil {
+				out[strings.TrimSpace(name)] = n
+			}
 		}
 	}
-	return successful, failed, nil
+	for _, need := range []string{"SuccessfulCall(C)", "FailedCall(C)", "Retransmissions(C)"} {
+		if _, ok := out[need]; !ok {
+			return nil, fmt.Errorf("sipp statistics %s: no column %s", path, need)
+		}
+	}
+	return out, nil
 }
 
 // readShortMessageLog reads SIPp's short message trace (-trace_shortmsg):

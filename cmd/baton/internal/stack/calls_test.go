@@ -59,16 +59,21 @@ func TestReadShortMessageLog(t *testing.T) {
 	require.Equal(t, 2*time.Second, over)
 }
 
-func TestReadSippCounters(t *testing.T) {
-	screen := "  Successful call        |        0                  |        2                 \n" +
-		"  Failed call            |        0                  |        0                 \n" +
-		"------------------------------ Test Terminated --------------------------------\n" +
-		"  Successful call        |        3                  |        4987              \n" +
-		"  Failed call            |        1                  |        13      2026-12-05\t08:14:25.8: Aborting call | index 3\n"
-	path := filepath.Join(t.TempDir(), "sipp.out")
-	require.NoError(t, os.WriteFile(path, []byte(screen), 0o600))
-	ok, failed, err := readSippCounters(path)
+func TestReadSIPpStats(t *testing.T) {
+	// SIPp's -trace_stat file: a header row, then a row every -fd
+	// seconds and one at the end; the counters are the last row's.
+	csv := "StartTime;SuccessfulCall(P);SuccessfulCall(C);FailedCall(P);FailedCall(C);Retransmissions(C);\n" +
+		"2026-12-05 08:14:25;2;2;0;0;0;\n" +
+		"2026-12-05 08:15:20;3;4987;1;13;7;\n"
+	path := filepath.Join(t.TempDir(), "stats.csv")
+	require.NoError(t, os.WriteFile(path, []byte(csv), 0o600))
+	stats, err := readSIPpStats(path)
 	require.NoError(t, err)
-	require.Equal(t, 4987, ok)
-	require.Equal(t, 13, failed)
+	require.Equal(t, 4987, stats["SuccessfulCall(C)"])
+	require.Equal(t, 13, stats["FailedCall(C)"])
+	require.Equal(t, 7, stats["Retransmissions(C)"])
+
+	require.NoError(t, os.WriteFile(path, []byte("StartTime;SuccessfulCall(C);\n1;2;\n"), 0o600))
+	_, err = readSIPpStats(path)
+	require.ErrorContains(t, err, "no column FailedCall(C)")
 }

@@ -380,35 +380,6 @@ func (r *lossyRun) readLog(path string) error {
 	return nil
 }
 
-// readSIPpStats returns the integer columns of the last row of SIPp's
-// -trace_stat file (semicolon separated, a header row first).
-func readSIPpStats(path string) (map[string]int, error) {
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return nil, fmt.Errorf("sipp statistics: %w", err)
-	}
-	lines := strings.Split(strings.TrimSpace(string(data)), "\n")
-	if len(lines) < 2 {
-		return nil, fmt.Errorf("sipp statistics %s: no rows", path)
-	}
-	head := strings.Split(strings.TrimSpace(lines[0]), ";")
-	row := strings.Split(strings.TrimSpace(lines[len(lines)-1]), ";")
-	out := map[string]int{}
-	for i, name := range head {
-		if i < len(row) {
-			if n, err := strconv.Atoi(strings.TrimSpace(row[i])); err == nil {
-				out[strings.TrimSpace(name)] = n
-			}
-		}
-	}
-	for _, need := range []string{"SuccessfulCall(C)", "FailedCall(C)", "Retransmissions(C)"} {
-		if _, ok := out[need]; !ok {
-			return nil, fmt.Errorf("sipp statistics %s: no column %s", path, need)
-		}
-	}
-	return out, nil
-}
-
 // readSIPpScreen reads the message lines of the last scenario screen in
 // SIPp's -trace_screen file:
 //
