@@ -813,12 +813,8 @@ func (s *Server) onInfo(ctx context.Context, req *sip.Request, tx sip.ServerTran
 // onOther answers methods ingress does not serve: 405 for the ones SIP
 // defines (RFC 3261 8.2.1), 501 for unknown ones; both carry Allow.
 func (s *Server) onOther(_ context.Context, req *sip.Request, tx sip.ServerTransaction) {
-	switch req.Method {
-	case sip.REGISTER, sip.SUBSCRIBE, sip.MESSAGE, sip.REFER, sip.UPDATE, sip.PRACK, sip.PUBLISH:
-		s.reply(req, tx, sip.StatusMethodNotAllowed, "Method Not Allowed", sip.NewHeader("Allow", allow))
-	default:
-		s.reply(req, tx, sip.StatusNotImplemented, "Not Implemented", sip.NewHeader("Allow", allow))
-	}
+	code, reason := sipx.Refusal(string(req.Method))
+	s.reply(req, tx, code, reason, sip.NewHeader("Allow", allow))
 }
 
 // trunkOf returns the trunk of req's source address, nil when none.

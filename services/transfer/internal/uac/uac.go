@@ -20,6 +20,8 @@ import (
 
 	"github.com/emiago/sipgo"
 	"github.com/emiago/sipgo/sip"
+
+	"github.com/baton-voice/baton/pkg/sipx"
 )
 
 // readyTimeout bounds the wait for sipgo to register the listening socket.
@@ -435,12 +437,9 @@ const Allow = "INVITE, ACK, CANCEL, BYE, OPTIONS"
 // dialog or not) 200, a method SIP defines 405 and one it does not 501,
 // each with Allow (RFC 3261 8.2.1 and 11.2).
 func refuse(req *sip.Request, tx sip.ServerTransaction) {
-	code, reason := sip.StatusNotImplemented, "Not Implemented"
-	switch req.Method {
-	case sip.OPTIONS:
+	code, reason := sipx.Refusal(string(req.Method))
+	if req.Method == sip.OPTIONS {
 		code, reason = sip.StatusOK, "OK"
-	case sip.REGISTER, sip.SUBSCRIBE, sip.NOTIFY, sip.MESSAGE, sip.REFER, sip.INFO, sip.UPDATE, sip.PRACK, sip.PUBLISH:
-		code, reason = sip.StatusMethodNotAllowed, "Method Not Allowed"
 	}
 	res := sip.NewResponseFromRequest(req, code, reason, nil)
 	res.AppendHeader(sip.NewHeader("Allow", Allow))
