@@ -113,8 +113,8 @@ const maxReferRetries = 10
 // The call's age is bounded by the command's event time, the time of the
 // fact that triggered it, which is never before the CallStarted ingress
 // publishes just before answering: a 481 is retried only until 64*T1
-// after it (after the execution's start when that time is unknown or
-// ahead of this clock), at most maxReferRetries times, after a pause from
+// after it (after the execution's start when that time is ahead of this
+// clock), at most maxReferRetries times, after a pause from
 // T1 doubling up to T2, each time with the next CSeq, and not once the
 // call has ended. A command triggered more than 64*T1 after the call
 // started (an agent's handoff late in a call) still gets that window,
@@ -129,11 +129,7 @@ const maxReferRetries = 10
 // or the process is shutting down).
 func (s *Service) retryEarly481(ctx context.Context, e *execution, log *slog.Logger, req *sip.Request,
 	res *sip.Response) (*sip.Request, *sip.Response, string, bool) {
-	issued := e.issued
-	if issued.IsZero() || issued.After(e.start) {
-		issued = e.start
-	}
-	deadline := issued.Add(64 * sip.T1)
+	deadline := e.start.Add(64*sip.T1 - e.age)
 	pause := sip.T1
 	for retries := 0; res.StatusCode == sip.StatusCallTransactionDoesNotExists; retries++ {
 		if retries == maxReferRetries || s.now().Add(pause).After(deadline) {
@@ -144,7 +140,7 @@ func (s *Service) retryEarly481(ctx context.Context, e *execution, log *slog.Log
 		}
 		cseq := req.CSeq().SeqNo + 1
 		log.InfoContext(ctx, "REFER answered 481 soon after the call started: sending it again", "sip_code", res.StatusCode,
-			"retry", retries+1, "pause", pause.String(), "cseq", cseq, "call_age_at_least", s.now().Sub(issued).String())
+			"retry", retries+1, "pause", pause.String(), "cseq", cseq, "call_age_at_least", (e.age + s.now().Sub(e.start)).String())
 		f, err := waitCallEnded(ctx, e, pause)
 		switch {
 		case err != nil:

@@ -18,10 +18,14 @@ type execution struct {
 	cmd    *batonv1.HandoffCommand
 	callID string
 	start  time.Time
-	// issued is the command's event time: the time of the fact that
-	// triggered it (a CallStarted for a handoff decided at the call's
-	// start), never before the call started.
-	issued time.Time
+	// age is how old the command was when this process took it: start
+	// minus its event time (the time of the fact that triggered it, a
+	// CallStarted for a handoff decided at the call's start, never before
+	// the call started); 0 when the event time is ahead of this clock.
+	// It is taken once, so that deadlines after start run on the
+	// monotonic clock and a step of the wall clock (NTP correcting a
+	// freshly booted machine) cannot move them.
+	age time.Duration
 	// facts receives NotifyReceived and CallEnded of the call, in order.
 	facts chan proto.Message
 	// traceParent is the execution's span, carried by its outcomes.

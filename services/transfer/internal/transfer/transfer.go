@@ -326,7 +326,8 @@ func (s *Service) route(ctx context.Context, ev events.Event) {
 
 // dispatch registers the command's execution and starts it.
 func (s *Service) dispatch(ctx, work context.Context, ev events.Event, cmd *batonv1.HandoffCommand) {
-	e := &execution{cmd: cmd, callID: callIDOf(ev, cmd), start: s.now(), issued: ev.Time,
+	start := s.now()
+	e := &execution{cmd: cmd, callID: callIDOf(ev, cmd), start: start, age: max(start.Sub(ev.Time), 0),
 		facts: make(chan proto.Message, factBuffer), traceParent: ev.TraceParent}
 	log := s.logger.With("call_id", e.callID, "command_id", cmd.GetCommandId())
 	switch s.reg.add(e) {
