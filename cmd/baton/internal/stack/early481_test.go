@@ -14,7 +14,6 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/baton-voice/baton/cmd/baton/internal/checker"
-	batonv1 "github.com/baton-voice/baton/pkg/events/batonv1"
 )
 
 // TestEndToEndREFERBefore200: the race every UDP deployment meets. The
@@ -173,28 +172,13 @@ func TestEndToEndREFERBefore200(t *testing.T) {
 	inDialog("BYE", 3, "", "")
 	require.Equal(t, "SIP/2.0 200 OK", awaitAnswer("3 BYE"), "BYE answered")
 
-	ch, err := s.Open()
-	require.NoError(t, err)
-	defer ch.Close()
-	rows, err := WaitHandoffs(t.Context(), ch, since, 1, 60*time.Second)
-	require.NoError(t, err)
-	require.Len(t, rows, 1)
-	require.Equal(t, callID, rows[0].CallID)
-	require.Equal(t, "succeeded", rows[0].Status)
-	require.EqualValues(t, 200, rows[0].SIPCode)
-	require.Equal(t, "CUST-EARLY-9", rows[0].CustomerID)
+	requireSucceededHandoff(t, s, since, callID, "CUST-EARLY-9")
 
 	// Kafka: the 481s never became an outcome; the accepted REFER and the
 	// final NOTIFY did.
 	recs, err := checker.Read(t.Context(), s.BrokerAddr)
 	require.NoError(t, err)
-	var steps []string
-	for _, r := range recs {
-		if o, ok := r.Event.Data.(*batonv1.TransferOutcome); ok && o.GetCallId() == callID {
-			steps = append(steps, fmt.Sprintf("%s %d", o.GetStatus(), o.GetSipCode()))
-		}
-	}
-	require.Equal(t, []string{"OUTCOME_STATUS_ACCEPTED 202", "OUTCOME_STATUS_SUCCEEDED 200"}, steps)
+	require.Equal(t, []string{"OUTCOME_STATUS_ACCEPTED 202", "OUTCOME_STATUS_SUCCEEDED 200"}, transferSteps(recs)[callID])
 }
 
 // cseqNumber is the number of a CSeq value ("7 REFER").

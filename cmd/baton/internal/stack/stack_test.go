@@ -161,12 +161,7 @@ func TestEndToEnd(t *testing.T) {
 	// NOTIFYs (100 Trying, 180 Ringing) and the final 200.
 	recs, err := checker.Read(t.Context(), s.BrokerAddr)
 	require.NoError(t, err)
-	steps := map[string][]string{}
-	for _, r := range recs {
-		if o, ok := r.Event.Data.(*batonv1.TransferOutcome); ok {
-			steps[o.GetCallId()] = append(steps[o.GetCallId()], fmt.Sprintf("%s %d", o.GetStatus(), o.GetSipCode()))
-		}
-	}
+	steps := transferSteps(recs)
 	for _, refer := range res.Refers {
 		require.Equal(t, []string{"OUTCOME_STATUS_ACCEPTED 202", "OUTCOME_STATUS_PROGRESS 100", "OUTCOME_STATUS_PROGRESS 180",
 			"OUTCOME_STATUS_SUCCEEDED 200"}, steps[refer.CallID], refer.CallID)
@@ -198,4 +193,33 @@ func TestEndToEnd(t *testing.T) {
 	require.Equal(t, "succeeded", got["warm-1"].Status)
 	require.EqualValues(t, 200, got["warm-1"].SIPCode)
 	require.Equal(t, "ringing", got["warm-2"].Status)
+}
+
+// requireSucceededHandoff waits for the one handoff ClickHouse has since
+// then and checks that it is the call's, succeeded with 200, for the
+// customer the INVITE named.
+func requireSucceededHandoff(t *testing.T, s *Stack, since time.Time, callID, customer string) {
+	t.Helper()
+	ch, err := s.Open()
+	require.NoError(t, err)
+	defer ch.Close()
+	rows, err := WaitHandoffs(t.Context(), ch, since, 1, 60*time.Second)
+	require.NoError(t, err)
+	require.Len(t, rows, 1)
+	require.Equal(t, callID, rows[0].CallID)
+	require.Equal(t, "succeeded", rows[0].Status)
+	require.EqualValues(t, 200, rows[0].SIPCode)
+	require.Equal(t, customer, rows[0].CustomerID)
+}
+
+// transferSteps is each call's transfer outcomes in Kafka, in order, as
+// "STATUS code".
+func transferSteps(recs []checker.Record) map[string][]string {
+	steps := map[string][]string{}
+	for _, r := range recs {
+		if o, ok := r.Event.Data.(*batonv1.TransferOutcome); ok {
+			steps[o.GetCallId()] = append(steps[o.GetCallId()], fmt.Sprintf("%s %d", o.GetStatus(), o.GetSipCode()))
+		}
+	}
+	return steps
 }

@@ -143,16 +143,7 @@ func TestEndToEndOverTCP(t *testing.T) {
 	inDialog("BYE", 3, "", "")
 	require.Equal(t, "SIP/2.0 200 OK", readSIP(t, in).line, "BYE answered")
 
-	ch, err := s.Open()
-	require.NoError(t, err)
-	defer ch.Close()
-	rows, err := WaitHandoffs(t.Context(), ch, since, 1, 60*time.Second)
-	require.NoError(t, err)
-	require.Len(t, rows, 1)
-	require.Equal(t, callID, rows[0].CallID)
-	require.Equal(t, "succeeded", rows[0].Status)
-	require.EqualValues(t, 200, rows[0].SIPCode)
-	require.Equal(t, "CUST-TCP-7", rows[0].CustomerID)
+	requireSucceededHandoff(t, s, since, callID, "CUST-TCP-7")
 
 	// Kafka: the call's dialog was recorded as TCP, and it ended by the
 	// SBC's BYE.
