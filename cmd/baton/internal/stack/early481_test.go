@@ -117,6 +117,9 @@ func TestEndToEndREFERBefore200(t *testing.T) {
 			answered[branch] = 202
 			answerRefer(d, 202, "Accepted")
 			accepted = d
+		case strings.HasPrefix(d.line, "BYE "):
+			t.Fatalf("the call was ended (%q) after %d REFERs answered 481 and none accepted: "+
+				"transfer gave the handoff up instead of sending the REFER again", d.line, refused)
 		default:
 			t.Fatalf("unexpected before the REFER was accepted: %q", d.line)
 		}
