@@ -113,8 +113,8 @@ const maxReferRetries = 10
 // The call's age is bounded by the command's event time, the time of the
 // fact that triggered it, which is never before the CallStarted ingress
 // publishes just before answering: a 481 is retried only until 64*T1
-// after it (after the execution's start when that time is ahead of this
-// clock), at most maxReferRetries times, after a pause from
+// after it (after the execution's start when that time is unknown or
+// ahead of this clock), at most maxReferRetries times, after a pause from
 // T1 doubling up to T2, each time with the next CSeq, and not once the
 // call has ended. A command triggered more than 64*T1 after the call
 // started (an agent's handoff late in a call) still gets that window,

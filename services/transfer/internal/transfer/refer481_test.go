@@ -221,3 +221,42 @@ func TestAttemptsOwnTheirCSeqs(t *testing.T) {
 	require.Greater(t, r.req.CSeq().SeqNo, highest)
 	require.Equal(t, uint32(5+request.CSeqsPerAttempt), r.req.CSeq().SeqNo)
 }
+
+func TestCommandAge(t *testing.T) {
+	t.Parallel()
+	start := time.Now()
+	require.Equal(t, 3*time.Second, commandAge(start, start.Add(-3*time.Second)))
+	require.Zero(t, commandAge(start, start.Add(time.Hour)), "ahead of this clock")
+	require.Zero(t, commandAge(start, time.Time{}), "unknown")
+	// An event time read from a record has no monotonic reading; the age
+	// is still the wall-clock difference at the moment it is taken.
+	require.Equal(t, 2*time.Second, commandAge(start, start.Add(-2*time.Second).Round(0)))
+}
+
+// TestRefer481WindowFromArrivalWhenEventIsAhead: a command whose event
+// time is ahead of this clock (the producer's clock is fast) gets the
+// retry window from its arrival, not none and not a longer one.
+func TestRefer481WindowFromArrivalWhenEventIsAhead(t *testing.T) {
+	t.Parallel()
+	h := start(t, 202, nil)
+	sbc := early481SBC(h, 1)
+	cmd := referCommand(h, "ahead481")
+	h.publish(t, h.topics.Handoffs, cmd.CallId, cmd, time.Now().Add(time.Hour))
+
+	requireOutcome(t, h.outcome(t, cmd.CommandId), batonv1.OutcomeStatus_OUTCOME_STATUS_ACCEPTED, 202)
+	require.Len(t, sbc.requests(), 2, "the REFER answered 481, then again with the next CSeq")
+}
+
+// TestRefer481WindowCountsTheCommandsAge: a command 31.8 s old when it
+// arrives has less than T1 of its 64*T1 window left, so its 481 is final.
+func TestRefer481WindowCountsTheCommandsAge(t *testing.T) {
+	t.Parallel()
+	h := start(t, 481, nil)
+	cmd := referCommand(h, "aged481")
+	h.publish(t, h.topics.Handoffs, cmd.CallId, cmd, time.Now().Add(-64*sip.T1+200*time.Millisecond))
+
+	o := h.outcome(t, cmd.CommandId)
+	requireOutcome(t, o, batonv1.OutcomeStatus_OUTCOME_STATUS_FAILED, 481)
+	require.Equal(t, "REFER rejected", o.GetDetail())
+	require.Equal(t, 1, h.sbc.count())
+}

@@ -21,7 +21,8 @@ type execution struct {
 	// age is how old the command was when this process took it: start
 	// minus its event time (the time of the fact that triggered it, a
 	// CallStarted for a handoff decided at the call's start, never before
-	// the call started); 0 when the event time is ahead of this clock.
+	// the call started); 0 when the event time is unknown or ahead of
+	// this clock.
 	// It is taken once, so that deadlines after start run on the
 	// monotonic clock and a step of the wall clock (NTP correcting a
 	// freshly booted machine) cannot move them.

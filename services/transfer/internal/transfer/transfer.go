@@ -324,10 +324,19 @@ func (s *Service) route(ctx context.Context, ev events.Event) {
 	}
 }
 
+// commandAge is how long before start a command's event happened: 0 when
+// its time is unknown or ahead of this clock.
+func commandAge(start, at time.Time) time.Duration {
+	if at.IsZero() || at.After(start) {
+		return 0
+	}
+	return start.Sub(at)
+}
+
 // dispatch registers the command's execution and starts it.
 func (s *Service) dispatch(ctx, work context.Context, ev events.Event, cmd *batonv1.HandoffCommand) {
 	start := s.now()
-	e := &execution{cmd: cmd, callID: callIDOf(ev, cmd), start: start, age: max(start.Sub(ev.Time), 0),
+	e := &execution{cmd: cmd, callID: callIDOf(ev, cmd), start: start, age: commandAge(start, ev.Time),
 		facts: make(chan proto.Message, factBuffer), traceParent: ev.TraceParent}
 	log := s.logger.With("call_id", e.callID, "command_id", cmd.GetCommandId())
 	switch s.reg.add(e) {
