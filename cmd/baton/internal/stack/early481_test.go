@@ -76,11 +76,12 @@ func TestEndToEndREFERBefore200(t *testing.T) {
 		oks, refused        int
 		known               bool
 		refers              []sipMessage
-		answered            = map[string]int{} // REFER branch -> status sent
+		answered            = map[string]string{} // REFER Via (its branch) -> status sent
 	)
-	answerRefer := func(d datagram, code int, reason string) {
-		send(d.from, fmt.Sprintf("SIP/2.0 %d %s\nVia: %s\nFrom: %s\nTo: %s\nCall-ID: %s\nCSeq: %s\nContent-Length: 0\n",
-			code, reason, d.header.Get("Via"), d.header.Get("From"), d.header.Get("To"), callID, d.header.Get("Cseq")), "")
+	const refuse, accept = "481 Call/Transaction Does Not Exist", "202 Accepted"
+	answerRefer := func(d datagram, status string) {
+		send(d.from, fmt.Sprintf("SIP/2.0 %s\nVia: %s\nFrom: %s\nTo: %s\nCall-ID: %s\nCSeq: %s\nContent-Length: 0\n",
+			status, d.header.Get("Via"), d.header.Get("From"), d.header.Get("To"), callID, d.header.Get("Cseq")), "")
 	}
 	ack := func() {
 		send(ingress, fmt.Sprintf("ACK %s SIP/2.0\nVia: SIP/2.0/UDP %s;branch=z9hG4bK-early-ack\n"+
@@ -103,19 +104,19 @@ func TestEndToEndREFERBefore200(t *testing.T) {
 		case strings.HasPrefix(d.line, "REFER "):
 			require.Equal(t, callID, d.header.Get("Call-Id"))
 			branch := d.header.Get("Via")
-			if code, seen := answered[branch]; seen { // a retransmission: the same answer
-				answerRefer(d, code, map[int]string{481: "Call/Transaction Does Not Exist", 202: "Accepted"}[code])
+			if status, seen := answered[branch]; seen { // a retransmission: the same answer
+				answerRefer(d, status)
 				continue
 			}
 			refers = append(refers, d.sipMessage)
 			if !known {
 				refused++
-				answered[branch] = 481
-				answerRefer(d, 481, "Call/Transaction Does Not Exist")
+				answered[branch] = refuse
+				answerRefer(d, refuse)
 				continue
 			}
-			answered[branch] = 202
-			answerRefer(d, 202, "Accepted")
+			answered[branch] = accept
+			answerRefer(d, accept)
 			accepted = d
 		case strings.HasPrefix(d.line, "BYE "):
 			t.Fatalf("the call was ended (%q) after %d REFERs answered 481 and none accepted: "+
@@ -159,7 +160,7 @@ func TestEndToEndREFERBefore200(t *testing.T) {
 			switch {
 			case strings.HasPrefix(d.line, "REFER "):
 				require.Equal(t, accepted.header.Get("Via"), d.header.Get("Via"), "only copies of the accepted REFER")
-				answerRefer(d, 202, "Accepted")
+				answerRefer(d, accept)
 			case d.header.Get("Cseq") == "1 INVITE":
 				ack()
 			case d.header.Get("Cseq") == cseq:
