@@ -1,14 +1,12 @@
--- Baton analytics, second schema: agent metrics, per-handoff facts and the
--- views the dashboards read. Runs on ClickHouse 18.16 and 24.x.
+-- Baton analytics, second schema: agent metrics. Runs on ClickHouse 18.16
+-- and current releases (26.x in the tests).
+--
+-- This file once created the dashboard views too. Their join had no
+-- subquery aliases, which ClickHouse rejects since 20.3 (ALIAS_REQUIRED), so
+-- the views moved to 0004_views.sql, which also replaces the old ones on a
+-- database that ran the first version of this file.
 --
 -- Same rules as 0001: one statement per chunk, each idempotent.
---
--- Dashboards read plain VIEWs, never materialized views. A materialized
--- view aggregates each inserted block as it arrives, so a batch that is
--- inserted again after a crash (at-least-once from Kafka) would be summed
--- twice. A VIEW is a stored SELECT over the FINAL tables: it runs at read
--- time on deduplicated rows, so every count stays exact under replay.
--- docs/decisions/0006-analytics-aggregates.md explains the choice.
 
 -- agent_metrics: one row per AgentMetric event (the agent API's conv
 -- metrics), keyed by event id.
@@ -30,85 +28,3 @@ CREATE TABLE IF NOT EXISTS agent_metrics
 ENGINE = ReplacingMergeTree()
 PARTITION BY toYYYYMM(time)
 ORDER BY (name, call_id, event_id);
-
--- handoff_facts: one row per handoff command with what became of it.
---   outcome:           'succeeded' or 'failed' (the last final outcome), or
---                      'pending' while transfer has reported no final one.
---   sip_code/sip_reason: of that final outcome (0/'' while pending).
---   time_to_*_ms:      milliseconds from the command to the first outcome
---                      that shows the step, NULL when none did:
---     ringing  a progress outcome with a 180-189 SIP code;
---     answer   an outcome with a 2xx code from the target (status
---              progress or succeeded: the REFER's own 202 is status
---              accepted and does not count);
---     bridge   the succeeded outcome: the caller is connected. For REFER
---              and BYE this is the same event as the answer; a warm
---              transfer reports progress 200 first and succeeded once
---              media is bridged.
--- Built only from what the events carry: HandoffCommand and the
--- TransferOutcome.elapsed that transfer measures from the command.
-CREATE VIEW IF NOT EXISTS handoff_facts AS
-SELECT
-    command_id,
-    call_id,
-    requested_at,
-    requested_ms,
-    reason,
-    utterance,
-    destination,
-    method,
-    route,
-    attempt,
-    if(final_count = 0, 'pending', final_status) AS outcome,
-    final_sip_code AS sip_code,
-    final_sip_reason AS sip_reason,
-    if(ringing_count = 0, NULL, ringing_ms) AS time_to_ringing_ms,
-    if(answer_count = 0, NULL, answer_ms) AS time_to_answer_ms,
-    if(bridge_count = 0, NULL, bridge_ms) AS time_to_bridge_ms
-FROM
-(
-    SELECT command_id, call_id, requested_at, requested_ms, reason, utterance, destination, method, route, attempt
-    FROM handoffs FINAL
-)
-ANY LEFT JOIN
-(
-    SELECT
-        command_id,
-        countIf(status IN ('succeeded', 'failed')) AS final_count,
-        argMaxIf(status, time_ms, status IN ('succeeded', 'failed')) AS final_status,
-        argMaxIf(sip_code, time_ms, status IN ('succeeded', 'failed')) AS final_sip_code,
-        argMaxIf(sip_reason, time_ms, status IN ('succeeded', 'failed')) AS final_sip_reason,
-        countIf(status = 'progress' AND sip_code >= 180 AND sip_code < 190) AS ringing_count,
-        minIf(elapsed_ms, status = 'progress' AND sip_code >= 180 AND sip_code < 190) AS ringing_ms,
-        countIf(status IN ('progress', 'succeeded') AND sip_code >= 200 AND sip_code < 300) AS answer_count,
-        minIf(elapsed_ms, status IN ('progress', 'succeeded') AND sip_code >= 200 AND sip_code < 300) AS answer_ms,
-        countIf(status = 'succeeded') AS bridge_count,
-        minIf(elapsed_ms, status = 'succeeded') AS bridge_ms
-    FROM transfer_outcomes FINAL
-    GROUP BY command_id
-) USING command_id;
-
--- handoffs_hourly: handoffs per hour, reason, destination and method, with
--- how they ended. Dashboards sum it over a window.
-CREATE VIEW IF NOT EXISTS handoffs_hourly AS
-SELECT
-    toStartOfHour(requested_at) AS hour,
-    reason,
-    destination,
-    method,
-    count() AS handoffs,
-    countIf(outcome = 'succeeded') AS succeeded,
-    countIf(outcome = 'failed') AS failed,
-    countIf(outcome = 'pending') AS pending
-FROM handoff_facts
-GROUP BY hour, reason, destination, method;
-
--- calls_hourly: calls per hour, dialed number (callee_number) and trunk.
-CREATE VIEW IF NOT EXISTS calls_hourly AS
-SELECT
-    toStartOfHour(started_at) AS hour,
-    callee_number,
-    trunk,
-    count() AS calls
-FROM calls FINAL
-GROUP BY hour, callee_number, trunk;

@@ -16,6 +16,25 @@ import (
 //go:embed panels.sql
 var SQL string
 
+// SummarySQL is summary.sql: the `baton dev` summary of calls and their
+// handoffs, with the {since_ms} placeholder.
+//
+//go:embed summary.sql
+var SummarySQL string
+
+// Summary returns the summary query for calls that started at or after
+// since, without its comments and final ';'.
+func Summary(since time.Time) string {
+	var b strings.Builder
+	for line := range strings.Lines(SummarySQL) {
+		if !strings.HasPrefix(strings.TrimSpace(line), "--") {
+			b.WriteString(line)
+		}
+	}
+	sql := strings.TrimSuffix(strings.TrimSpace(b.String()), ";")
+	return strings.ReplaceAll(sql, "{since_ms}", strconv.FormatInt(max(since.UnixMilli(), 0), 10))
+}
+
 // Panel names, as in panels.sql.
 const (
 	HandoffsByReason     = "handoffs_by_reason"

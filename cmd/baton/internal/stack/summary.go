@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/ClickHouse/clickhouse-go/v2"
+
+	"github.com/baton-voice/baton/schemas/panels"
 )
 
 // HandoffRow is one call and what became of its handoff, read back from
@@ -24,40 +26,6 @@ type HandoffRow struct {
 	Status       string
 	SIPCode      int32
 }
-
-// summaryQuery joins calls, handoffs and the deciding outcome of each
-// handoff: the last succeeded or failed one, where a warm transfer that
-// reached bridged counts as succeeded (its later ended outcome does not
-// change that); without one, the latest outcome so far. It runs on ClickHouse 18.16 (one JOIN per level, explicit ANY)
-// and on current releases.
-const summaryQuery = `
-SELECT call_id, caller_number, callee_number, customer_id, intent, destination, method, o_status, o_code
-FROM
-(
-    SELECT call_id, caller_number, callee_number, started_ms,
-           variables.value[indexOf(variables.key, 'Customer-Id')] AS customer_id,
-           variables.value[indexOf(variables.key, 'Intent')] AS intent
-    FROM calls FINAL
-    WHERE started_ms >= ?
-)
-ANY LEFT JOIN
-(
-    SELECT call_id, destination, method, o_status, o_code
-    FROM
-    (
-        SELECT command_id, call_id, destination, method FROM handoffs FINAL
-    )
-    ANY LEFT JOIN
-    (
-        SELECT command_id,
-               argMaxIf(status, time_ms, status IN ('succeeded', 'failed', 'bridged')) AS decided,
-               if(decided = 'bridged', 'succeeded', if(decided = '', argMax(status, time_ms), decided)) AS o_status,
-               if(decided = '', argMax(sip_code, time_ms), argMaxIf(sip_code, time_ms, status IN ('succeeded', 'failed', 'bridged'))) AS o_code
-        FROM transfer_outcomes FINAL
-        GROUP BY command_id
-    ) USING command_id
-) USING call_id
-ORDER BY started_ms`
 
 // Open connects to the stack's ClickHouse database.
 func (s *Stack) Open() (clickhouse.Conn, error) {
@@ -80,9 +48,10 @@ func OpenClickHouse(addr, database string) (clickhouse.Conn, error) {
 }
 
 // Handoffs reads every call that started at or after since and its
-// handoff outcome.
+// handoff outcome: schemas/panels/summary.sql, which the analytics tests
+// run on ClickHouse 18.16 and on a current engine.
 func Handoffs(ctx context.Context, conn clickhouse.Conn, since time.Time) ([]HandoffRow, error) {
-	rows, err := conn.Query(ctx, summaryQuery, uint64(max(since.UnixMilli(), 0)))
+	rows, err := conn.Query(ctx, panels.Summary(since))
 	if err != nil {
 		return nil, fmt.Errorf("query handoffs: %w", err)
 	}
