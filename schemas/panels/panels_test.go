@@ -1,6 +1,7 @@
 package panels
 
 import (
+	"strings"
 	"testing"
 	"time"
 )
@@ -31,5 +32,19 @@ func TestAll(t *testing.T) {
 	r := ps[0].Render(time.Unix(100, 0), time.Unix(200, 0), 5)
 	if got := r; got == ps[0].SQL {
 		t.Error("Render left the placeholders")
+	}
+}
+
+func TestSummary(t *testing.T) {
+	since := time.Date(2026, 12, 6, 3, 0, 0, 250_000_000, time.UTC)
+	sql := Summary(since)
+	if !strings.Contains(sql, "WHERE started_ms >= 1796526000250") {
+		t.Errorf("since is not rendered as epoch milliseconds:\n%s", sql)
+	}
+	if strings.Contains(sql, "{since_ms}") || strings.Contains(sql, "--") || strings.HasSuffix(sql, ";") {
+		t.Errorf("want no placeholder, comment or final ';':\n%s", sql)
+	}
+	if got := Summary(time.Unix(-5, 0)); !strings.Contains(got, "started_ms >= 0\n") {
+		t.Errorf("a time before 1970 must read as 0:\n%s", got)
 	}
 }

@@ -27,13 +27,23 @@ const maxExecutionTime = 60
 
 // Options returns the client options for c, connected to database.
 func Options(c config.ClickHouse, database string) *clickhouse.Options {
+	settings := clickhouse.Settings{"max_execution_time": maxExecutionTime}
+	if c.Cluster != "" {
+		// An INSERT into a Distributed table returns only once every shard
+		// has its rows, not when the initiator queued them on its disk:
+		// the writer commits Kafka offsets after the INSERT, so a queued
+		// batch lost with its node would otherwise be lost for good. The
+		// 18.16 name; current servers keep it as an alias of
+		// distributed_foreground_insert.
+		settings["insert_distributed_sync"] = 1
+	}
 	return &clickhouse.Options{
 		Addr: []string{c.Addr},
 		// HTTP fails on 18.16 (schemas/clickhouse/README.md).
 		Protocol: clickhouse.Native,
 		Auth:     clickhouse.Auth{Database: database, Username: c.Username, Password: c.Password},
 		// Settings with string values are rejected by 18.16: ints only.
-		Settings:    clickhouse.Settings{"max_execution_time": maxExecutionTime},
+		Settings:    settings,
 		Compression: &clickhouse.Compression{Method: clickhouse.CompressionLZ4},
 		DialTimeout: c.DialTimeout,
 	}

@@ -58,3 +58,11 @@ func (b *lockedBuffer) String() string {
 	defer b.mu.Unlock()
 	return b.buf.String()
 }
+
+func TestOptionsClusterInsertsSynchronously(t *testing.T) {
+	c := config.Default().ClickHouse
+	require.NotContains(t, Options(c, "baton").Settings, "insert_distributed_sync")
+	c.Cluster = "baton"
+	require.Equal(t, 1, Options(c, "baton").Settings["insert_distributed_sync"],
+		"a Distributed INSERT must return only once the shards have the rows")
+}

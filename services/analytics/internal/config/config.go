@@ -78,6 +78,11 @@ type ClickHouse struct {
 	Password string `yaml:"-"`
 	// DialTimeout bounds one connection attempt.
 	DialTimeout time.Duration `yaml:"dial_timeout"`
+	// Cluster, when set, is the ClickHouse cluster (as remote_servers
+	// names it) the schema is created on: ON CLUSTER DDL, replicated
+	// *_local tables, Distributed tables in front (migrate.ForCluster).
+	// Empty: one server.
+	Cluster string `yaml:"cluster"`
 }
 
 // Default returns the configuration before the file is read.
@@ -178,6 +183,9 @@ func (c ClickHouse) validate() []error {
 	}
 	if !identifier.MatchString(c.Database) {
 		errs = append(errs, pkgconfig.Errorf("clickhouse.database", "%q: want letters, digits and '_', not starting with a digit", c.Database))
+	}
+	if c.Cluster != "" && !identifier.MatchString(c.Cluster) {
+		errs = append(errs, pkgconfig.Errorf("clickhouse.cluster", "%q: want a cluster name of letters, digits and '_', not starting with a digit, or nothing for one server", c.Cluster))
 	}
 	if c.Username == "" {
 		errs = append(errs, pkgconfig.Errorf("clickhouse.username", "a user name is required"))

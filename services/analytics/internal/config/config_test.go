@@ -72,6 +72,7 @@ func TestValidate(t *testing.T) {
 		{"addr", "clickhouse:\n  addr: localhost\n", "analytics.yaml:2: clickhouse.addr"},
 		{"addr port", "clickhouse:\n  addr: localhost:0\n", "port must be 1-65535"},
 		{"database", "clickhouse:\n  database: baton-prod\n", "clickhouse.database: \"baton-prod\""},
+		{"cluster", "clickhouse:\n  cluster: prod-cluster\n", "clickhouse.cluster: \"prod-cluster\""},
 		{"username", "clickhouse:\n  username: ''\n", "clickhouse.username"},
 		{"dial timeout", "clickhouse:\n  dial_timeout: -1s\n", "clickhouse.dial_timeout"},
 		{"log level", "log:\n  level: loud\n", "log.level"},

@@ -93,7 +93,7 @@ func seeded(t *testing.T) driver.Conn {
 	cfg := server.Config(t)
 	migrations, err := fs.Sub(schemas.ClickHouse, "clickhouse")
 	require.NoError(t, err)
-	_, err = migrate.Run(t.Context(), chconn.Options(cfg, cfg.Database), migrations, slog.New(slog.DiscardHandler))
+	_, err = migrate.Run(t.Context(), chconn.Options(cfg, cfg.Database), migrations, "", slog.New(slog.DiscardHandler))
 	require.NoError(t, err)
 	conn := server.Conn(t, cfg)
 	for range 2 {

@@ -105,21 +105,28 @@ func hasCode(chunk string) bool {
 
 // Run creates the database of opts when missing and applies the pending
 // migrations of fsys to it. It returns the names of the files it applied.
-// The server must be up; Run does not wait for it.
-func Run(ctx context.Context, opts *clickhouse.Options, fsys fs.FS, logger *slog.Logger) ([]string, error) {
+// With a cluster name, every statement runs ON CLUSTER in its ForCluster
+// form, and the record of applied files is itself a replicated table that
+// every node shares. The server must be up; Run does not wait for it.
+func Run(ctx context.Context, opts *clickhouse.Options, fsys fs.FS, cluster string, logger *slog.Logger) ([]string, error) {
 	migrations, err := Load(fsys)
 	if err != nil {
 		return nil, err
 	}
 	database := opts.Auth.Database
-	if err := createDatabase(ctx, opts, database); err != nil {
+	if cluster != "" {
+		if migrations, err = ForCluster(migrations, Cluster{Name: cluster, Database: database}); err != nil {
+			return nil, err
+		}
+	}
+	if err := createDatabase(ctx, opts, database, cluster); err != nil {
 		return nil, err
 	}
 	conn, err := clickhouse.Open(opts)
 	if err != nil {
 		return nil, fmt.Errorf("open database %s: %w", database, err)
 	}
-	applied, err := apply(ctx, conn, database, migrations, logger)
+	applied, err := apply(ctx, conn, database, recordTable(database, cluster), migrations, logger)
 	if cerr := conn.Close(); cerr != nil && err == nil {
 		err = fmt.Errorf("close database %s: %w", database, cerr)
 	}
@@ -128,7 +135,7 @@ func Run(ctx context.Context, opts *clickhouse.Options, fsys fs.FS, logger *slog
 
 // createDatabase runs CREATE DATABASE through a connection to the default
 // database, since connecting to a missing one fails.
-func createDatabase(ctx context.Context, opts *clickhouse.Options, database string) (err error) {
+func createDatabase(ctx context.Context, opts *clickhouse.Options, database, cluster string) (err error) {
 	admin := *opts
 	admin.Auth.Database = "default"
 	conn, err := clickhouse.Open(&admin)
@@ -140,16 +147,30 @@ func createDatabase(ctx context.Context, opts *clickhouse.Options, database stri
 			err = fmt.Errorf("create database %s: close: %w", database, cerr)
 		}
 	}()
-	if err := conn.Exec(ctx, "CREATE DATABASE IF NOT EXISTS "+quote(database)); err != nil {
+	stmt := "CREATE DATABASE IF NOT EXISTS " + quote(database)
+	if cluster != "" {
+		stmt += " ON CLUSTER " + cluster
+	}
+	if err := conn.Exec(ctx, stmt); err != nil {
 		return fmt.Errorf("create database %s: %w", database, err)
 	}
 	return nil
 }
 
-func apply(ctx context.Context, conn driver.Conn, database string, migrations []Migration, logger *slog.Logger) ([]string, error) {
-	err := conn.Exec(ctx, "CREATE TABLE IF NOT EXISTS "+Table+
-		" (version UInt32, name String, applied_at DateTime('UTC'))"+
-		" ENGINE = ReplacingMergeTree() ORDER BY version")
+// recordTable is the DDL of Table: on a cluster, one replicated table
+// that every node of every shard shares, so any analytics instance sees
+// what another applied.
+func recordTable(database, cluster string) string {
+	const columns = " (version UInt32, name String, applied_at DateTime('UTC'))"
+	if cluster == "" {
+		return "CREATE TABLE IF NOT EXISTS " + Table + columns + " ENGINE = ReplacingMergeTree() ORDER BY version"
+	}
+	return "CREATE TABLE IF NOT EXISTS " + Table + " ON CLUSTER " + cluster + columns +
+		" ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/" + database + "/" + Table + "', '{replica}') ORDER BY version"
+}
+
+func apply(ctx context.Context, conn driver.Conn, database, recordDDL string, migrations []Migration, logger *slog.Logger) ([]string, error) {
+	err := conn.Exec(ctx, recordDDL)
 	if err != nil {
 		return nil, fmt.Errorf("create %s.%s: %w", database, Table, err)
 	}
@@ -183,19 +204,13 @@ func apply(ctx context.Context, conn driver.Conn, database string, migrations []
 }
 
 // addColumn matches an ALTER TABLE ... ADD COLUMN statement.
-var addColumn = regexp.MustCompile(`(?is)^ALTER\s+TABLE\s+\S+\s+ADD\s+COLUMN\s`)
+var addColumn = regexp.MustCompile(`(?is)^ALTER\s+TABLE\s+\S+(\s+ON\s+CLUSTER\s+\S+)?\s+ADD\s+COLUMN\s`)
 
 // isAddColumn reports whether stmt, past its comment lines, adds a column.
 // 18.16 has no ADD COLUMN IF NOT EXISTS, so such a statement is made
 // idempotent here instead of in its file.
 func isAddColumn(stmt string) bool {
-	var b strings.Builder
-	for line := range strings.Lines(stmt) {
-		if t := strings.TrimSpace(line); t != "" && !strings.HasPrefix(t, "--") {
-			b.WriteString(line)
-		}
-	}
-	return addColumn.MatchString(strings.TrimSpace(b.String()))
+	return addColumn.MatchString(code(stmt))
 }
 
 // Codes a server answers ADD COLUMN with when the column exists: 18.16

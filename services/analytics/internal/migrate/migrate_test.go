@@ -118,11 +118,11 @@ func TestRunAppliesOnce(t *testing.T) {
 	require.NoError(t, err)
 	logger := slog.New(slog.DiscardHandler)
 
-	applied, err := migrate.Run(t.Context(), opts, fsys, logger)
+	applied, err := migrate.Run(t.Context(), opts, fsys, "", logger)
 	require.NoError(t, err)
 	require.Len(t, applied, len(files))
 
-	again, err := migrate.Run(t.Context(), opts, fsys, logger)
+	again, err := migrate.Run(t.Context(), opts, fsys, "", logger)
 	require.NoError(t, err)
 	require.Empty(t, again)
 
@@ -153,7 +153,7 @@ func TestRunAppliesPendingOnly(t *testing.T) {
 	first := fstest.MapFS{
 		"0001_a.sql": {Data: []byte("CREATE TABLE IF NOT EXISTS a (x UInt8) ENGINE = MergeTree() ORDER BY x;\n")},
 	}
-	applied, err := migrate.Run(t.Context(), opts, first, logger)
+	applied, err := migrate.Run(t.Context(), opts, first, "", logger)
 	require.NoError(t, err)
 	require.Equal(t, []string{"0001_a.sql"}, applied)
 
@@ -163,10 +163,10 @@ func TestRunAppliesPendingOnly(t *testing.T) {
 		"0002_b.sql": {Data: []byte("CREATE TABLE b (x UInt8) ENGINE = MergeTree() ORDER BY x;\n" +
 			"INSERT INTO b (x) SELECT 7;\n")},
 	}
-	applied, err = migrate.Run(t.Context(), opts, second, logger)
+	applied, err = migrate.Run(t.Context(), opts, second, "", logger)
 	require.NoError(t, err)
 	require.Equal(t, []string{"0002_b.sql"}, applied)
-	applied, err = migrate.Run(t.Context(), opts, second, logger)
+	applied, err = migrate.Run(t.Context(), opts, second, "", logger)
 	require.NoError(t, err)
 	require.Empty(t, applied)
 
@@ -181,7 +181,7 @@ func TestRunStopsAtFailure(t *testing.T) {
 	cfg := server.Config(t)
 	opts := chconn.Options(cfg, cfg.Database)
 	bad := fstest.MapFS{"0001_bad.sql": {Data: []byte("CREATE TABLE c (x NoSuchType) ENGINE = Memory;\n")}}
-	applied, err := migrate.Run(t.Context(), opts, bad, slog.New(slog.DiscardHandler))
+	applied, err := migrate.Run(t.Context(), opts, bad, "", slog.New(slog.DiscardHandler))
 	require.ErrorContains(t, err, "0001_bad.sql statement 1")
 	require.Empty(t, applied)
 
@@ -199,7 +199,7 @@ func TestRunAddColumnAgain(t *testing.T) {
 	opts := chconn.Options(cfg, cfg.Database)
 	logger := slog.New(slog.DiscardHandler)
 	fsys := fstest.MapFS{"0001_d.sql": {Data: []byte("CREATE TABLE d (x UInt8) ENGINE = MergeTree() ORDER BY x;\n")}}
-	_, err := migrate.Run(t.Context(), opts, fsys, logger)
+	_, err := migrate.Run(t.Context(), opts, fsys, "", logger)
 	require.NoError(t, err)
 	conn := server.Conn(t, cfg)
 	// 0002 ran its first statement, then the process died.
@@ -208,7 +208,7 @@ func TestRunAddColumnAgain(t *testing.T) {
 	fsys["0002_y.sql"] = &fstest.MapFile{Data: []byte("-- y was added before the crash.\n" +
 		"ALTER TABLE d ADD COLUMN y String;\n" +
 		"alter table d add column z UInt8;\n")}
-	applied, err := migrate.Run(t.Context(), opts, fsys, logger)
+	applied, err := migrate.Run(t.Context(), opts, fsys, "", logger)
 	require.NoError(t, err)
 	require.Equal(t, []string{"0002_y.sql"}, applied)
 	var n uint64
@@ -217,7 +217,7 @@ func TestRunAddColumnAgain(t *testing.T) {
 	require.Equal(t, uint64(2), n)
 
 	fsys["0003_m.sql"] = &fstest.MapFile{Data: []byte("ALTER TABLE no_such_table ADD COLUMN y String;\n")}
-	applied, err = migrate.Run(t.Context(), opts, fsys, logger)
+	applied, err = migrate.Run(t.Context(), opts, fsys, "", logger)
 	require.ErrorContains(t, err, "0003_m.sql statement 1")
 	require.Empty(t, applied)
 }

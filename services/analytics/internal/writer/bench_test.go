@@ -43,7 +43,7 @@ func benchDatabase(b *testing.B) (config.ClickHouse, driver.Conn) {
 	ch := server.Config(b)
 	migrations, err := fs.Sub(schemas.ClickHouse, "clickhouse")
 	require.NoError(b, err)
-	_, err = migrate.Run(b.Context(), chconn.Options(ch, ch.Database), migrations, slog.New(slog.DiscardHandler))
+	_, err = migrate.Run(b.Context(), chconn.Options(ch, ch.Database), migrations, "", slog.New(slog.DiscardHandler))
 	require.NoError(b, err)
 	return ch, server.Conn(b, ch)
 }
@@ -213,7 +213,7 @@ func tsv(v any) string {
 	return fmt.Sprint(v)
 }
 
-var tsvEscape = strings.NewReplacer(`\`, `\\`, "\t", `\t`, "\n", `\n`)
+var tsvEscape = strings.NewReplacer(`\`, `\\`, "\t", `\t`, "\n", `\n`, "\r", `\r`, "\x00", `\0`)
 
 // writeTSV writes t's rows to a file, the same columns the writer sends.
 // It returns the path, or "" when there are no rows.

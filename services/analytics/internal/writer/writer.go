@@ -138,7 +138,7 @@ func (w *Writer) Run(ctx context.Context) error {
 
 	startCtx, cancel := context.WithTimeout(ctx, startTimeout)
 	defer cancel()
-	applied, err := migrate.Run(startCtx, chconn.Options(ch, ch.Database), w.migrations, w.logger)
+	applied, err := migrate.Run(startCtx, chconn.Options(ch, ch.Database), w.migrations, ch.Cluster, w.logger)
 	if err != nil {
 		return w.stopped(ctx, fmt.Errorf("migrate: %w", err))
 	}

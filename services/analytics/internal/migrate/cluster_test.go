@@ -1,0 +1,77 @@
+package migrate_test
+
+import (
+	"io/fs"
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/baton-voice/baton/schemas"
+	"github.com/baton-voice/baton/services/analytics/internal/migrate"
+)
+
+func TestForClusterShippedSchema(t *testing.T) {
+	sub, err := fs.Sub(schemas.ClickHouse, "clickhouse")
+	require.NoError(t, err)
+	ms, err := migrate.Load(sub)
+	require.NoError(t, err)
+	cms, err := migrate.ForCluster(ms, migrate.Cluster{Name: "baton_cluster", Database: "baton"})
+	require.NoError(t, err)
+	require.Len(t, cms, len(ms), "one cluster migration per file, same versions")
+
+	all := map[string]string{}
+	for i, m := range cms {
+		require.Equal(t, ms[i].Version, m.Version)
+		require.Equal(t, ms[i].Name, m.Name)
+		for _, stmt := range m.Statements {
+			require.Contains(t, stmt, " ON CLUSTER baton_cluster", stmt)
+			require.NotContains(t, stmt, "\n--", "comments are dropped")
+			first, _, _ := strings.Cut(stmt, "\n")
+			all[first] = stmt
+		}
+	}
+	// calls keeps its version column, on the replicated local table.
+	calls := all["CREATE TABLE IF NOT EXISTS calls_local ON CLUSTER baton_cluster"]
+	require.Contains(t, calls, "ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/baton/calls_local', '{replica}', version)")
+	require.Contains(t, calls, "ORDER BY call_id")
+	// events has no version: no third engine argument.
+	require.Contains(t, all["CREATE TABLE IF NOT EXISTS events_local ON CLUSTER baton_cluster"],
+		"ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/baton/events_local', '{replica}')\n")
+	for _, table := range []string{"events", "calls", "call_ends", "handoffs", "transfer_outcomes", "agent_metrics"} {
+		dist := all["CREATE TABLE IF NOT EXISTS "+table+" ON CLUSTER baton_cluster AS "+table+"_local"]
+		require.Equal(t, "CREATE TABLE IF NOT EXISTS "+table+" ON CLUSTER baton_cluster AS "+table+"_local\n"+
+			"ENGINE = Distributed('baton_cluster', 'baton', '"+table+"_local', cityHash64(call_id))", dist)
+	}
+	// 0003's ADD COLUMN runs on the local table, then on the Distributed one.
+	require.Equal(t, []string{
+		"ALTER TABLE events_local ON CLUSTER baton_cluster ADD COLUMN payload_proto String",
+		"ALTER TABLE events ON CLUSTER baton_cluster ADD COLUMN payload_proto String",
+	}, cms[2].Statements)
+	require.Contains(t, all, "DROP TABLE IF EXISTS handoff_facts ON CLUSTER baton_cluster")
+	require.Contains(t, all, "CREATE VIEW IF NOT EXISTS handoff_facts ON CLUSTER baton_cluster AS")
+}
+
+func TestForClusterRefuses(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		stmt string
+		c    migrate.Cluster
+		want string
+	}{
+		{"no call_id", "CREATE TABLE IF NOT EXISTS x\n(\n    id String\n)\nENGINE = ReplacingMergeTree()\nORDER BY id",
+			migrate.Cluster{Name: "c", Database: "d"}, "no call_id String column"},
+		{"unknown statement", "OPTIMIZE TABLE calls FINAL", migrate.Cluster{Name: "c", Database: "d"}, `no cluster form for "OPTIMIZE TABLE calls FINAL"`},
+		{"alter of a view", "ALTER TABLE handoff_facts ADD COLUMN x String", migrate.Cluster{Name: "c", Database: "d"}, "no earlier migration created as a table"},
+		{"plain MergeTree", "CREATE TABLE IF NOT EXISTS x (call_id String) ENGINE = MergeTree() ORDER BY call_id",
+			migrate.Cluster{Name: "c", Database: "d"}, "no cluster form"},
+		{"cluster name", "DROP TABLE IF EXISTS v", migrate.Cluster{Name: "a'b", Database: "d"}, "must be identifiers"},
+		{"database name", "DROP TABLE IF EXISTS v", migrate.Cluster{Name: "c", Database: ""}, "must be identifiers"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := migrate.ForCluster([]migrate.Migration{{Version: 9, Name: "0009_x.sql", Statements: []string{tc.stmt}}}, tc.c)
+			require.ErrorIs(t, err, migrate.ErrBadMigration)
+			require.ErrorContains(t, err, tc.want)
+		})
+	}
+}
