@@ -10,6 +10,12 @@ SERVICES := ingress router transfer analytics
 APT_PACKAGES := clickhouse-server clickhouse-client sip-tester kcat kamailio chromium \
 	sipvicious nftables iproute2
 GO_TEST_FLAGS ?= -race -count=1
+# A current ClickHouse engine (26.x) for the tests, in process through chDB:
+# npm's @chdb/lib-linux-x64-gnu ships libchdb.so, which chdb-go loads.
+# Decision 0011 says why; the tests behind the `chdb` tag need it.
+CHDB_VERSION := 26.7.3-stable.1
+CHDB_DIR := $(CURDIR)/.cache/chdb-$(CHDB_VERSION)
+CHDB_LIB := $(CHDB_DIR)/node_modules/@chdb/lib-linux-x64-gnu/libchdb.so
 
 .PHONY: help
 help: ## list the targets
@@ -19,6 +25,7 @@ help: ## list the targets
 deps: ## install the Debian packages the stack and tests need (ClickHouse, SIPp, kcat, Kamailio, Chromium)
 	@missing=""; \
 	for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	command -v npm >/dev/null 2>&1 || missing="$$missing nodejs npm"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing:$$missing"; \
 		sudo=""; [ "$$(id -u)" = 0 ] || sudo=sudo; \
@@ -29,6 +36,16 @@ deps: ## install the Debian packages the stack and tests need (ClickHouse, SIPp,
 			$$sudo systemctl disable --now kamailio >/dev/null 2>&1 || true;; \
 		esac; \
 	fi
+
+.PHONY: chdb
+chdb: $(CHDB_LIB) ## fetch libchdb.so (ClickHouse 26.x as a library, from npm) for the current-engine tests
+
+$(CHDB_LIB):
+	@echo "fetching chDB $(CHDB_VERSION) (libchdb.so, about 540 MB) into $(CHDB_DIR)"
+	@mkdir -p $(CHDB_DIR)
+	@npm install --prefix $(CHDB_DIR) --no-save --no-audit --no-fund --loglevel=error \
+		@chdb/lib-linux-x64-gnu@$(CHDB_VERSION)
+	@test -f $@ || { echo "npm did not install $@"; exit 1; }
 
 .PHONY: build
 build: ## build the four services and the baton CLI into bin/
@@ -41,10 +58,10 @@ run: deps build ## run the whole pipeline locally with demo calls (Ctrl-C stops 
 	@$(BIN)/baton dev --bin-dir $(BIN) --run-dir $(CURDIR)/.run
 
 .PHONY: test
-test: deps check build ## unit tests, integration tests and the end-to-end test (real SIPp, kfake, ClickHouse)
+test: deps chdb check build ## unit, integration and end-to-end tests (real SIPp, kfake, ClickHouse 18.16 and 26.x)
 	@for m in $(MODULES); do \
 		echo "== go test $$m"; \
-		(cd $$m && BATON_BIN_DIR=$(BIN) go test $(GO_TEST_FLAGS) ./...); \
+		(cd $$m && BATON_BIN_DIR=$(BIN) CHDB_LIB_PATH=$(CHDB_LIB) go test $(GO_TEST_FLAGS) -tags chdb ./...); \
 	done
 
 .PHONY: test-reliability
@@ -67,7 +84,7 @@ test-unit: ## unit tests only (no SIPp or ClickHouse needed)
 .PHONY: check
 check: ## gofmt, go vet, golangci-lint, and that generated code and go.mod files are current
 	@out=$$(gofmt -l $(MODULES)); if [ -n "$$out" ]; then echo "not gofmt-clean:"; echo "$$out"; exit 1; fi
-	@for m in $(MODULES); do (cd $$m && go vet ./... && go vet -tags reliability ./...); done
+	@for m in $(MODULES); do (cd $$m && go vet ./... && go vet -tags reliability ./... && go vet -tags chdb ./...); done
 	@$(MAKE) --no-print-directory generate-check tidy-check lint
 
 .PHONY: lint

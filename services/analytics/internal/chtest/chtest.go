@@ -41,11 +41,15 @@ const scriptTimeout = 90 * time.Second
 // Server is a private ClickHouse server, or why there is none.
 type Server struct {
 	// Addr is the native TCP host:port.
-	Addr   string
-	dir    string
-	script string
-	err    error
-	short  bool
+	Addr string
+	// HTTPAddr is the HTTP interface's host:port, for queries whose
+	// results a test compares as text (the Go driver's HTTP mode fails on
+	// 18.16; plain HTTP works).
+	HTTPAddr string
+	dir      string
+	script   string
+	err      error
+	short    bool
 }
 
 // Start launches a server unless testing.Short() (flags must be parsed:
@@ -82,6 +86,7 @@ func (s *Server) start() error {
 		out, err := s.run("start", "CH_TCP_PORT="+strconv.Itoa(ports[0]), "CH_HTTP_PORT="+strconv.Itoa(ports[1]))
 		if err == nil {
 			s.Addr = net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[0]))
+			s.HTTPAddr = net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[1]))
 			return nil
 		}
 		errs = append(errs, fmt.Errorf("%s start: %w\n%s", s.script, err, out))
