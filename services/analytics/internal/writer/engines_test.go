@@ -129,6 +129,9 @@ func TestClusterDDLOnCurrentEngine(t *testing.T) {
 
 	cur.exec(t, "CREATE DATABASE IF NOT EXISTS cl")
 	cur.exec(t, "USE cl")
+	// Closing a chDB session that still holds replicated tables can hang
+	// in libchdb's shutdown; drop them first (cleanups run last first).
+	t.Cleanup(func() { cur.exec(t, "DROP DATABASE IF EXISTS cl SYNC") })
 	var statements, locals int
 	for _, m := range cms {
 		for _, stmt := range m.Statements {
