@@ -7,7 +7,7 @@ SHELL := /bin/bash
 MODULES := $(shell go list -m -f '{{.Dir}}' 2>/dev/null)
 BIN := $(CURDIR)/bin
 SERVICES := ingress router transfer analytics
-APT_PACKAGES := clickhouse-server clickhouse-client sip-tester kcat kamailio chromium \
+APT_PACKAGES := clickhouse-server clickhouse-client sip-tester kcat kamailio chromium zookeeper \
 	sipvicious nftables iproute2
 GO_TEST_FLAGS ?= -race -count=1
 # A current ClickHouse engine (26.x) for the tests, in process through chDB:
