@@ -65,10 +65,10 @@ func Start() *Server {
 }
 
 func (s *Server) start() error {
-	if _, err := serverBinary(); err != nil {
+	if _, err := ServerBinary(); err != nil {
 		return err
 	}
-	root, err := repoRoot()
+	root, err := RepoRoot()
 	if err != nil {
 		return err
 	}
@@ -174,8 +174,8 @@ func databaseName(tb testing.TB) string {
 	return "t_" + name + "_" + strings.ToLower(rand.Text()[:8])
 }
 
-// serverBinary finds clickhouse-server the way clickhouse.sh does.
-func serverBinary() (string, error) {
+// ServerBinary finds clickhouse-server the way clickhouse.sh does.
+func ServerBinary() (string, error) {
 	if p := os.Getenv("CLICKHOUSE_SERVER"); p != "" {
 		if _, err := os.Stat(p); err != nil {
 			return "", fmt.Errorf("clickhouse-server is not installed: CLICKHOUSE_SERVER: %w", err)
@@ -188,11 +188,11 @@ func serverBinary() (string, error) {
 	if _, err := os.Stat("/usr/sbin/clickhouse-server"); err == nil {
 		return "/usr/sbin/clickhouse-server", nil
 	}
-	return "", errors.New("clickhouse-server is not installed: not on PATH, not /usr/sbin/clickhouse-server, CLICKHOUSE_SERVER unset")
+	return "", errors.New("clickhouse-server is not installed (apt-get install clickhouse-server): not on PATH, not /usr/sbin/clickhouse-server, CLICKHOUSE_SERVER unset")
 }
 
-// repoRoot walks up from the working directory to the one holding go.work.
-func repoRoot() (string, error) {
+// RepoRoot walks up from the working directory to the one holding go.work.
+func RepoRoot() (string, error) {
 	dir, err := os.Getwd()
 	if err != nil {
 		return "", fmt.Errorf("find repository root: %w", err)

@@ -27,6 +27,7 @@ import (
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 
 	"github.com/baton-voice/baton/services/analytics/internal/chconn"
+	"github.com/baton-voice/baton/services/analytics/internal/chtest"
 	"github.com/baton-voice/baton/services/analytics/internal/config"
 )
 
@@ -81,7 +82,7 @@ func (c *Cluster) start() error {
 	if err := requireBinaries(); err != nil {
 		return err
 	}
-	root, err := repoRoot()
+	root, err := chtest.RepoRoot()
 	if err != nil {
 		return err
 	}
@@ -217,7 +218,7 @@ func parseNodes(out []byte) ([]Node, error) {
 // package to install.
 func requireBinaries() error {
 	var missing []string
-	if _, err := serverBinary(); err != nil {
+	if _, err := chtest.ServerBinary(); err != nil {
 		missing = append(missing, err.Error())
 	}
 	if p := os.Getenv("JAVA"); p != "" {
@@ -241,42 +242,6 @@ func requireBinaries() error {
 		return errors.New(strings.Join(missing, "; "))
 	}
 	return nil
-}
-
-// serverBinary finds clickhouse-server the way clickhouse.sh does.
-func serverBinary() (string, error) {
-	if p := os.Getenv("CLICKHOUSE_SERVER"); p != "" {
-		if _, err := os.Stat(p); err != nil {
-			return "", fmt.Errorf("clickhouse-server is not installed: CLICKHOUSE_SERVER: %w", err)
-		}
-		return p, nil
-	}
-	if p, err := exec.LookPath("clickhouse-server"); err == nil {
-		return p, nil
-	}
-	if _, err := os.Stat("/usr/sbin/clickhouse-server"); err == nil {
-		return "/usr/sbin/clickhouse-server", nil
-	}
-	return "", errors.New("clickhouse-server is not installed (apt-get install clickhouse-server): " +
-		"not on PATH, not /usr/sbin/clickhouse-server, CLICKHOUSE_SERVER unset")
-}
-
-// repoRoot walks up from the working directory to the one holding go.work.
-func repoRoot() (string, error) {
-	dir, err := os.Getwd()
-	if err != nil {
-		return "", fmt.Errorf("find repository root: %w", err)
-	}
-	for {
-		if _, err := os.Stat(filepath.Join(dir, "go.work")); err == nil {
-			return dir, nil
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			return "", errors.New("find repository root: no go.work above the working directory")
-		}
-		dir = parent
-	}
 }
 
 // freeBase finds a base port whose whole span (the ports the script
