@@ -23,16 +23,14 @@ var SQL string
 var SummarySQL string
 
 // Summary returns the summary query for calls that started at or after
-// since, without its comments and final ';'.
+// since. summary.sql is read by Parse, like panels.sql.
 func Summary(since time.Time) string {
-	var b strings.Builder
-	for line := range strings.Lines(SummarySQL) {
-		if !strings.HasPrefix(strings.TrimSpace(line), "--") {
-			b.WriteString(line)
-		}
+	ps, err := Parse(SummarySQL)
+	if err != nil || len(ps) != 1 {
+		// summary.sql is embedded and tested (TestSummary).
+		return ""
 	}
-	sql := strings.TrimSuffix(strings.TrimSpace(b.String()), ";")
-	return strings.ReplaceAll(sql, "{since_ms}", strconv.FormatInt(max(since.UnixMilli(), 0), 10))
+	return strings.ReplaceAll(ps[0].SQL, "{since_ms}", strconv.FormatInt(max(since.UnixMilli(), 0), 10))
 }
 
 // Panel names, as in panels.sql.

@@ -10,6 +10,9 @@
 -- break on event_id. Right-side columns go through ifNull, so a profile
 -- with join_use_nulls = 1 reads '' and 0 as the default profile does.
 -- Runs, with the same rows, on ClickHouse 18.16 and current releases.
+
+-- name: dev_summary
+-- title: Calls and their handoffs
 SELECT
     c.call_id AS call_id,
     caller_number,

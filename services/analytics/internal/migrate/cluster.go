@@ -142,16 +142,5 @@ func tableKey(name string) string { return "table:" + name }
 // fromName is a FROM or JOIN of a plain name (not a subquery).
 var fromName = regexp.MustCompile(`\b((?:FROM|JOIN)\s+)([A-Za-z_][A-Za-z0-9_]*)\b`)
 
-// code is stmt without its comment lines.
-func code(stmt string) string {
-	var b strings.Builder
-	for line := range strings.Lines(stmt) {
-		if t := strings.TrimSpace(line); t != "" && !strings.HasPrefix(t, "--") {
-			b.WriteString(line)
-		}
-	}
-	return strings.TrimSpace(b.String())
-}
-
 // identifier is a name that may be written into SQL unquoted.
 var identifier = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)

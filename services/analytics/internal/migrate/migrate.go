@@ -85,22 +85,22 @@ func Split(sql string) []string {
 	sql = strings.ReplaceAll(sql, "\r\n", "\n")
 	var out []string
 	for _, chunk := range strings.Split(sql+"\n", ";\n") {
-		if hasCode(chunk) {
+		if code(chunk) != "" {
 			out = append(out, strings.TrimSpace(chunk))
 		}
 	}
 	return out
 }
 
-// hasCode reports whether chunk has a line that is not blank or a comment.
-func hasCode(chunk string) bool {
-	for line := range strings.Lines(chunk) {
-		line = strings.TrimSpace(line)
-		if line != "" && !strings.HasPrefix(line, "--") {
-			return true
+// code is stmt without its comment lines.
+func code(stmt string) string {
+	var b strings.Builder
+	for line := range strings.Lines(stmt) {
+		if t := strings.TrimSpace(line); t != "" && !strings.HasPrefix(t, "--") {
+			b.WriteString(line)
 		}
 	}
-	return false
+	return strings.TrimSpace(b.String())
 }
 
 // Run creates the database of opts when missing and applies the pending
