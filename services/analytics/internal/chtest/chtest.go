@@ -46,8 +46,7 @@ type Server struct {
 	// results a test compares as text (the Go driver's HTTP mode fails on
 	// 18.16; plain HTTP works).
 	HTTPAddr string
-	dir      string
-	script   string
+	script   Script
 	err      error
 	short    bool
 }
@@ -72,8 +71,8 @@ func (s *Server) start() error {
 	if err != nil {
 		return err
 	}
-	s.script = filepath.Join(root, "deploy", "local", "clickhouse.sh")
-	s.dir, err = os.MkdirTemp("", "baton-clickhouse-")
+	s.script = Script{Path: filepath.Join(root, "deploy", "local", "clickhouse.sh"), Timeout: scriptTimeout}
+	s.script.Dir, err = os.MkdirTemp("", "baton-clickhouse-")
 	if err != nil {
 		return fmt.Errorf("clickhouse test server: %w", err)
 	}
@@ -83,37 +82,20 @@ func (s *Server) start() error {
 		if err != nil {
 			return fmt.Errorf("clickhouse test server: %w", err)
 		}
-		out, err := s.run("start", "CH_TCP_PORT="+strconv.Itoa(ports[0]), "CH_HTTP_PORT="+strconv.Itoa(ports[1]))
+		out, err := s.script.Run("start", "CH_TCP_PORT="+strconv.Itoa(ports[0]), "CH_HTTP_PORT="+strconv.Itoa(ports[1]))
 		if err == nil {
 			s.Addr = net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[0]))
 			s.HTTPAddr = net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[1]))
 			return nil
 		}
-		errs = append(errs, fmt.Errorf("%s start: %w\n%s", s.script, err, out))
+		errs = append(errs, fmt.Errorf("%s start: %w\n%s", s.script.Path, err, out))
 	}
-	_ = os.RemoveAll(s.dir)
+	_ = os.RemoveAll(s.script.Dir)
 	return fmt.Errorf("clickhouse test server did not start: %w", errors.Join(errs...))
 }
 
 // Stop stops the server and removes its directory.
-func (s *Server) Stop() {
-	if s.dir == "" {
-		return
-	}
-	if out, err := s.run("stop"); err != nil {
-		_, _ = fmt.Fprintf(os.Stderr, "chtest: %s stop: %v\n%s", s.script, err, out)
-		return
-	}
-	_ = os.RemoveAll(s.dir)
-}
-
-func (s *Server) run(cmd string, env ...string) ([]byte, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), scriptTimeout)
-	defer cancel()
-	c := exec.CommandContext(ctx, s.script, cmd, s.dir)
-	c.Env = append(os.Environ(), env...)
-	return c.CombinedOutput()
-}
+func (s *Server) Stop() { s.script.Stop("chtest") }
 
 // Require skips the test under -short and fails it when there is no server.
 func (s *Server) Require(tb testing.TB) {

@@ -9,7 +9,6 @@
 package clustertest
 
 import (
-	"context"
 	"crypto/rand"
 	"errors"
 	"fmt"
@@ -60,8 +59,7 @@ type Cluster struct {
 	Nodes []Node
 	// StartTime is how long the script took to start the cluster.
 	StartTime time.Duration
-	dir       string
-	script    string
+	script    chtest.Script
 	err       error
 	short     bool
 }
@@ -86,8 +84,8 @@ func (c *Cluster) start() error {
 	if err != nil {
 		return err
 	}
-	c.script = filepath.Join(root, "deploy", "local", "clickhouse-cluster.sh")
-	c.dir, err = os.MkdirTemp("", "baton-clickhouse-cluster-")
+	c.script = chtest.Script{Path: filepath.Join(root, "deploy", "local", "clickhouse-cluster.sh"), Timeout: scriptTimeout}
+	c.script.Dir, err = os.MkdirTemp("", "baton-clickhouse-cluster-")
 	if err != nil {
 		return fmt.Errorf("clickhouse test cluster: %w", err)
 	}
@@ -99,51 +97,34 @@ func (c *Cluster) start() error {
 			break
 		}
 		t0 := time.Now()
-		out, err := c.run("start", "CH_CLUSTER_BASE_PORT="+strconv.Itoa(base))
+		out, err := c.script.Run("start", "CH_CLUSTER_BASE_PORT="+strconv.Itoa(base))
 		if err == nil {
 			c.StartTime = time.Since(t0)
 			if c.Nodes, err = parseNodes(out); err == nil {
 				return nil
 			}
-			errs = append(errs, fmt.Errorf("%s start: %w\n%s", c.script, err, out))
+			errs = append(errs, fmt.Errorf("%s start: %w\n%s", c.script.Path, err, out))
 			break
 		}
-		errs = append(errs, fmt.Errorf("%s start: %w\n%s", c.script, err, out))
+		errs = append(errs, fmt.Errorf("%s start: %w\n%s", c.script.Path, err, out))
 		// A failed start stops what it started; make sure before retrying.
-		if out, err := c.run("stop"); err != nil {
-			errs = append(errs, fmt.Errorf("%s stop: %w\n%s", c.script, err, out))
+		if out, err := c.script.Run("stop"); err != nil {
+			errs = append(errs, fmt.Errorf("%s stop: %w\n%s", c.script.Path, err, out))
 			return fmt.Errorf("clickhouse test cluster did not start: %w", errors.Join(errs...))
 		}
 	}
-	if out, err := c.run("stop"); err != nil {
-		errs = append(errs, fmt.Errorf("%s stop: %w\n%s", c.script, err, out))
+	if out, err := c.script.Run("stop"); err != nil {
+		errs = append(errs, fmt.Errorf("%s stop: %w\n%s", c.script.Path, err, out))
 	} else {
-		_ = os.RemoveAll(c.dir)
+		_ = os.RemoveAll(c.script.Dir)
 	}
-	c.dir = ""
+	c.script.Dir = ""
 	return fmt.Errorf("clickhouse test cluster did not start: %w", errors.Join(errs...))
 }
 
 // Stop stops the cluster and removes its directory (kept, with its logs,
 // when the stop fails).
-func (c *Cluster) Stop() {
-	if c.dir == "" {
-		return
-	}
-	if out, err := c.run("stop"); err != nil {
-		_, _ = fmt.Fprintf(os.Stderr, "clustertest: %s stop: %v\n%s", c.script, err, out)
-		return
-	}
-	_ = os.RemoveAll(c.dir)
-}
-
-func (c *Cluster) run(cmd string, env ...string) ([]byte, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), scriptTimeout)
-	defer cancel()
-	x := exec.CommandContext(ctx, c.script, cmd, c.dir)
-	x.Env = append(os.Environ(), env...)
-	return x.CombinedOutput()
-}
+func (c *Cluster) Stop() { c.script.Stop("clustertest") }
 
 // Require skips the test under -short and fails it when there is no cluster.
 func (c *Cluster) Require(tb testing.TB) {

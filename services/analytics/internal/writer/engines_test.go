@@ -401,21 +401,31 @@ func scenario(t *testing.T, topics kafka.Topics) []*kgo.Record {
 			require.NoError(t, err)
 			recs = append(recs, rec)
 		}
-		outcome := func(cmd string, at time.Duration, st batonv1.OutcomeStatus, m batonv1.Method, dest string, code int32, reason string) {
-			add(topics.Transfers, at, &batonv1.TransferOutcome{
-				CommandId: cmd, CallId: id, Status: st, Method: m, Destination: dest,
-				SipCode: code, SipReason: reason, Elapsed: durationpb.New(at - 10*time.Second),
-			})
-		}
-		command := func(n int, at time.Duration, m batonv1.Method, dest, reason string) string {
+		// command publishes a HandoffCommand and returns how to publish
+		// its outcomes.
+		command := func(n int, at time.Duration, m batonv1.Method, dest, reason string) func(time.Duration, batonv1.OutcomeStatus, int32, string) {
 			cmd := fmt.Sprintf("%s-cmd-%d", id, n)
 			add(topics.Handoffs, at, &batonv1.HandoffCommand{
 				CommandId: cmd, CallId: id, Method: m, Destination: dest, Route: "sip:" + dest + "@192.0.2.50:5060",
 				Reason: reason, Utterance: "let me get you someone", Attempt: uint32(n),
 				Headers: []*batonv1.SipHeader{{Name: "X-Customer-Id", Value: strconv.Itoa(1000 + i)}},
 			})
-			return cmd
+			return func(at time.Duration, st batonv1.OutcomeStatus, code int32, sipReason string) {
+				add(topics.Transfers, at, &batonv1.TransferOutcome{
+					CommandId: cmd, CallId: id, Status: st, Method: m, Destination: dest,
+					SipCode: code, SipReason: sipReason, Elapsed: durationpb.New(at - 10*time.Second),
+				})
+			}
 		}
+		const (
+			accepted  = batonv1.OutcomeStatus_OUTCOME_STATUS_ACCEPTED
+			progress  = batonv1.OutcomeStatus_OUTCOME_STATUS_PROGRESS
+			ringing   = batonv1.OutcomeStatus_OUTCOME_STATUS_RINGING
+			answered  = batonv1.OutcomeStatus_OUTCOME_STATUS_ANSWERED
+			bridged   = batonv1.OutcomeStatus_OUTCOME_STATUS_BRIDGED
+			succeeded = batonv1.OutcomeStatus_OUTCOME_STATUS_SUCCEEDED
+			failed    = batonv1.OutcomeStatus_OUTCOME_STATUS_FAILED
+		)
 		kind := i % 7
 		intents := []string{"billing", "sales", "support"}
 		add(topics.Calls, 0, &batonv1.CallStarted{
@@ -429,33 +439,33 @@ func scenario(t *testing.T, topics kafka.Topics) []*kgo.Record {
 		s := func(n int) time.Duration { return time.Duration(n)*time.Second + time.Duration(i)*time.Millisecond }
 		switch kind {
 		case 0:
-			cmd := command(1, s(10), batonv1.Method_METHOD_REFER, "support", "billing_dispute")
-			outcome(cmd, s(10)+40*time.Millisecond, batonv1.OutcomeStatus_OUTCOME_STATUS_ACCEPTED, batonv1.Method_METHOD_REFER, "support", 202, "Accepted")
-			outcome(cmd, s(11), batonv1.OutcomeStatus_OUTCOME_STATUS_PROGRESS, batonv1.Method_METHOD_REFER, "support", 180, "Ringing")
-			outcome(cmd, s(14), batonv1.OutcomeStatus_OUTCOME_STATUS_SUCCEEDED, batonv1.Method_METHOD_REFER, "support", 200, "OK")
+			outcome := command(1, s(10), batonv1.Method_METHOD_REFER, "support", "billing_dispute")
+			outcome(s(10)+40*time.Millisecond, accepted, 202, "Accepted")
+			outcome(s(11), progress, 180, "Ringing")
+			outcome(s(14), succeeded, 200, "OK")
 		case 1:
-			cmd := command(1, s(10), batonv1.Method_METHOD_REFER, "billing", "refund")
-			outcome(cmd, s(10)+60*time.Millisecond, batonv1.OutcomeStatus_OUTCOME_STATUS_FAILED, batonv1.Method_METHOD_REFER, "billing", 603, "Decline")
+			outcome := command(1, s(10), batonv1.Method_METHOD_REFER, "billing", "refund")
+			outcome(s(10)+60*time.Millisecond, failed, 603, "Decline")
 		case 2:
 			busy := command(1, s(10), batonv1.Method_METHOD_INVITE, "sales", "upgrade")
-			outcome(busy, s(11), batonv1.OutcomeStatus_OUTCOME_STATUS_FAILED, batonv1.Method_METHOD_INVITE, "sales", 486, "Busy Here")
+			busy(s(11), failed, 486, "Busy Here")
 			fb := command(2, s(12), batonv1.Method_METHOD_INVITE, "fallback", "upgrade")
-			outcome(fb, s(13), batonv1.OutcomeStatus_OUTCOME_STATUS_PROGRESS, batonv1.Method_METHOD_INVITE, "fallback", 180, "Ringing")
-			outcome(fb, s(13), batonv1.OutcomeStatus_OUTCOME_STATUS_RINGING, batonv1.Method_METHOD_INVITE, "fallback", 180, "Ringing")
-			outcome(fb, s(16), batonv1.OutcomeStatus_OUTCOME_STATUS_PROGRESS, batonv1.Method_METHOD_INVITE, "fallback", 200, "OK")
-			outcome(fb, s(16), batonv1.OutcomeStatus_OUTCOME_STATUS_ANSWERED, batonv1.Method_METHOD_INVITE, "fallback", 200, "OK")
-			outcome(fb, s(17), batonv1.OutcomeStatus_OUTCOME_STATUS_BRIDGED, batonv1.Method_METHOD_INVITE, "fallback", 200, "OK")
-			outcome(fb, s(17), batonv1.OutcomeStatus_OUTCOME_STATUS_SUCCEEDED, batonv1.Method_METHOD_INVITE, "fallback", 200, "OK")
+			fb(s(13), progress, 180, "Ringing")
+			fb(s(13), ringing, 180, "Ringing")
+			fb(s(16), progress, 200, "OK")
+			fb(s(16), answered, 200, "OK")
+			fb(s(17), bridged, 200, "OK")
+			fb(s(17), succeeded, 200, "OK")
 		case 3:
-			cmd := command(1, s(10), batonv1.Method_METHOD_REFER, "sales", "new_order")
-			outcome(cmd, s(11), batonv1.OutcomeStatus_OUTCOME_STATUS_ACCEPTED, batonv1.Method_METHOD_REFER, "sales", 202, "Accepted")
-			outcome(cmd, s(11), batonv1.OutcomeStatus_OUTCOME_STATUS_PROGRESS, batonv1.Method_METHOD_REFER, "sales", 180, "Ringing")
+			outcome := command(1, s(10), batonv1.Method_METHOD_REFER, "sales", "new_order")
+			outcome(s(11), accepted, 202, "Accepted")
+			outcome(s(11), progress, 180, "Ringing")
 		case 4:
-			cmd := command(1, s(10), batonv1.Method_METHOD_BYE, "sbc", "agent_done")
-			outcome(cmd, s(10)+30*time.Millisecond, batonv1.OutcomeStatus_OUTCOME_STATUS_SUCCEEDED, batonv1.Method_METHOD_BYE, "sbc", 200, "OK")
+			outcome := command(1, s(10), batonv1.Method_METHOD_BYE, "sbc", "agent_done")
+			outcome(s(10)+30*time.Millisecond, succeeded, 200, "OK")
 		case 6:
-			cmd := command(1, s(10), batonv1.Method_METHOD_INVITE, "support", "tech_issue")
-			outcome(cmd, s(42), batonv1.OutcomeStatus_OUTCOME_STATUS_FAILED, batonv1.Method_METHOD_INVITE, "support", 408, "Request Timeout")
+			outcome := command(1, s(10), batonv1.Method_METHOD_INVITE, "support", "tech_issue")
+			outcome(s(42), failed, 408, "Request Timeout")
 		}
 		if kind == 0 || kind == 6 {
 			add(topics.Calls, s(5), &batonv1.AgentMetric{CallId: id, Name: "llm_latency_ms", Value: 312.5 + float64(i), Tags: map[string]string{"model": "m1"}})
