@@ -126,10 +126,10 @@ func TestConfigsLoad(t *testing.T) {
 			build.Dir = filepath.Join(repo, "services", svc)
 			out, err := build.CombinedOutput()
 			require.NoError(t, err, "build %s: %s", svc, out)
-			for _, cfg := range []string{
-				filepath.Join(deploy, "config", svc+".yaml"),
-				filepath.Join(repo, "services", svc, svc+".example.yaml"),
-			} {
+			shipped, err := filepath.Glob(filepath.Join(deploy, "config", svc+"*.yaml")) // analytics-cluster.yaml too
+			require.NoError(t, err)
+			require.NotEmpty(t, shipped)
+			for _, cfg := range append(shipped, filepath.Join(repo, "services", svc, svc+".example.yaml")) {
 				out, err := exec.CommandContext(t.Context(), exe, "--check-config", "--config", cfg).CombinedOutput()
 				require.NoError(t, err, "%s rejects %s:\n%s", svc, cfg, out)
 				require.Contains(t, string(out), "config ok")
@@ -142,6 +142,36 @@ func TestConfigsLoad(t *testing.T) {
 			require.ErrorAs(t, err, &exit, "%s accepted an unknown key", svc)
 			require.Equal(t, 2, exit.ExitCode())
 			require.Contains(t, string(out), "no_such_key")
+			if svc == "ingress" {
+				requireFailsClosed(t, exe, filepath.Join(deploy, "config", "ingress.yaml"))
+			}
 		})
 	}
+}
+
+// requireFailsClosed checks that the shipped ingress config listens off
+// loopback only because it lists trunks: the same file without them is
+// refused, so nobody ships an ingress that answers every address.
+func requireFailsClosed(t *testing.T, exe, shipped string) {
+	t.Helper()
+	data, err := os.ReadFile(shipped)
+	require.NoError(t, err)
+	var cfg map[string]any
+	require.NoError(t, yaml.Unmarshal(data, &cfg))
+	require.NotEqual(t, true, cfg["allow_any_source"], "the shipped ingress config must not allow any source")
+	require.NotEmpty(t, cfg["trunks"], "the shipped ingress config must list trunks")
+	for _, tr := range cfg["trunks"].([]any) {
+		for _, src := range tr.(map[string]any)["sources"].([]any) {
+			require.NotContains(t, []string{"0.0.0.0/0", "::/0"}, src, "a shipped trunk open to every address")
+		}
+	}
+	delete(cfg, "trunks")
+	open, err := yaml.Marshal(cfg)
+	require.NoError(t, err)
+	path := filepath.Join(t.TempDir(), "ingress-no-trunks.yaml")
+	require.NoError(t, os.WriteFile(path, open, 0o600))
+	out, err := exec.CommandContext(t.Context(), exe, "--check-config", "--config", path).CombinedOutput()
+	var exit *exec.ExitError
+	require.ErrorAs(t, err, &exit, "ingress started on %s with no trunks:\n%s", cfg["listen"], out)
+	require.Contains(t, string(out), "trunks: none listed")
 }

@@ -46,6 +46,11 @@ func (s *Stack) writeConfigs() error {
 			"external_host": s.opts.SIPHost,
 			"trunk":         "demo-sbc",
 			"rtp":           map[string]any{"host": s.opts.SIPHost, "port_min": rtpPortMin, "port_max": rtpPortMax},
+			"limits":        map[string]any{"max_calls": (rtpPortMax - rtpPortMin + 1) / 2},
+			// Off loopback (the loss tests put SIPp in another network
+			// namespace) ingress refuses to start without trunks unless
+			// told that any source is meant; this local stack means it.
+			"allow_any_source": !isLoopback(s.opts.SIPHost),
 		},
 		"router": {
 			"kafka": kafka("router"),
@@ -127,4 +132,10 @@ func (s *Stack) writeConfigs() error {
 		}
 	}
 	return nil
+}
+
+// isLoopback reports whether host is a loopback IP address.
+func isLoopback(host string) bool {
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }

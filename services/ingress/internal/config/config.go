@@ -37,8 +37,14 @@ type Config struct {
 	// empty means the listen host. Set it behind NAT.
 	ExternalHost string `yaml:"external_host"`
 	// Trunk names the trunk calls arrive on; it is copied into CallStarted.
-	// Only used when Trunks is empty: the one trunk then accepts any source.
+	// Only used when Trunks is empty: the one trunk then accepts any
+	// source, which a listener that is not on loopback may do only with
+	// AllowAnySource.
 	Trunk string `yaml:"trunk"`
+	// AllowAnySource lets a listener that is not on loopback take calls
+	// from every address when no trunk lists its sources. Off by default:
+	// such a config is refused at start (fail closed).
+	AllowAnySource bool `yaml:"allow_any_source"`
 	// Trunks identify callers by source address; a request from an address
 	// no trunk lists is dropped without an answer and counted.
 	Trunks []Trunk `yaml:"trunks"`
@@ -116,7 +122,10 @@ type Trunk struct {
 // Limits are the overload bounds; beyond them a new INVITE gets 503 with
 // Retry-After.
 type Limits struct {
-	// MaxCalls bounds the calls up or being set up at once.
+	// MaxCalls bounds the calls up or being set up at once. Each call holds
+	// one even RTP port, so it may not exceed what rtp.port_min..port_max
+	// carries (RTP.Calls): beyond that, un-ACKed INVITEs would hold every
+	// port and real calls would fail for want of one.
 	MaxCalls int `yaml:"max_calls"`
 	// MaxCPS bounds new INVITEs accepted per second (a token bucket with a
 	// burst of one second's worth); retransmissions are never counted.
@@ -189,13 +198,22 @@ type RTP struct {
 	MediaTimeout time.Duration `yaml:"media_timeout"`
 }
 
+// Calls is how many calls the port range carries: one even port each.
+func (r RTP) Calls() int {
+	first := r.PortMin + r.PortMin%2
+	if r.PortMax < first {
+		return 0
+	}
+	return (r.PortMax-first)/2 + 1
+}
+
 // Default returns the configuration used when no file is given.
 func Default() Config {
 	return Config{
 		Listen:          "127.0.0.1:5060",
 		Trunk:           "default",
 		RTP:             RTP{PortMin: 20000, PortMax: 20999, MediaTimeout: 60 * time.Second},
-		Limits:          Limits{MaxCalls: 5000, MaxCPS: 1000, RetryAfter: 5 * time.Second},
+		Limits:          Limits{MaxCalls: 500, MaxCPS: 1000, RetryAfter: 5 * time.Second},
 		PublishTimeout:  2 * time.Second,
 		DrainTimeout:    30 * time.Second,
 		ShutdownTimeout: 5 * time.Second,
@@ -242,8 +260,22 @@ func (c Config) Validate() error {
 		errs = append(errs, config.Errorf("trunk", "%q, want letters, digits, '.', '_' or '-'", c.Trunk))
 	}
 	errs = append(errs, c.validateTrunks()...)
+	if len(c.Trunks) == 0 && !c.AllowAnySource {
+		for _, l := range c.EffectiveListeners() {
+			if !loopback(l.Address) {
+				errs = append(errs, config.Errorf("trunks", "none listed, and %s listens on %s, which is not loopback: "+
+					"calls would be taken from any address. List each carrier's source ranges in trunks[].sources, "+
+					"or set allow_any_source: true to accept that", l.Transport, l.Address))
+				break
+			}
+		}
+	}
 	if c.Limits.MaxCalls < 1 {
 		errs = append(errs, config.Errorf("limits.max_calls", "%d, want at least 1", c.Limits.MaxCalls))
+	} else if n := c.RTP.Calls(); c.Limits.MaxCalls > n && n > 0 {
+		errs = append(errs, config.Errorf("limits.max_calls", "%d, more than the RTP port range carries: %d calls "+
+			"(one even port each in rtp.port_min..port_max %d-%d); widen the range or lower max_calls",
+			c.Limits.MaxCalls, n, c.RTP.PortMin, c.RTP.PortMax))
 	}
 	if c.Limits.MaxCPS < 1 {
 		errs = append(errs, config.Errorf("limits.max_cps", "%d, want at least 1", c.Limits.MaxCPS))
@@ -287,6 +319,17 @@ func (c Config) Validate() error {
 		errs = append(errs, config.Errorf("log", "%v", err))
 	}
 	return errors.Join(errs...)
+}
+
+// loopback reports whether a listener address binds to loopback only
+// (127.0.0.0/8 or ::1); a wildcard or any other address does not.
+func loopback(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	ip, err := netip.ParseAddr(host)
+	return err == nil && ip.Unmap().IsLoopback()
 }
 
 func (c Config) validateAddress(field, addr string) []error {

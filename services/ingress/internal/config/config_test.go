@@ -30,6 +30,9 @@ func TestValidateNamesFields(t *testing.T) {
 	}{
 		{"bad listen", "listen: nope\n", "listen:"},
 		{"wildcard needs external host", "listen: 0.0.0.0:5060\n", "external_host: required"},
+		{"public listener without trunks", "listen: 192.0.2.7:5060\n", "trunks: none listed, and udp listens on 192.0.2.7:5060, which is not loopback"},
+		{"wildcard listener without trunks", "listeners: [{transport: tcp, address: \"[::]:5060\"}]\nexternal_host: sip.example.com\n", "trunks: none listed, and tcp listens on [::]:5060"},
+		{"max calls beyond the rtp range", "rtp: {port_min: 20000, port_max: 20099}\nlimits: {max_calls: 51}\n", "limits.max_calls: 51, more than the RTP port range carries: 50 calls"},
 		{"bad external host", "external_host: \"a b\"\n", "external_host:"},
 		{"bad trunk", "trunk: \"\"\n", "trunk:"},
 		{"rtp range", "rtp: {port_min: 30000, port_max: 20000}\n", "rtp.port_max:"},
@@ -75,11 +78,41 @@ func TestValidateNamesFields(t *testing.T) {
 func TestExternalHostWins(t *testing.T) {
 	c := Default()
 	c.Listen = "0.0.0.0:5060"
+	c.AllowAnySource = true
 	c.ExternalHost = "198.51.100.4"
 	c.RTP.Host = "10.0.0.5"
 	require.NoError(t, c.Validate())
 	require.Equal(t, "198.51.100.4", c.ContactHost())
 	require.Equal(t, "10.0.0.5", c.RTPHost())
+}
+
+// Fail closed: a listener off loopback needs trunks with sources, or an
+// explicit allow_any_source; loopback alone, or the flag, or a trunk list
+// is enough.
+func TestPublicListenerNeedsTrunks(t *testing.T) {
+	c := Default()
+	c.Listen = "198.51.100.4:5060"
+	require.ErrorContains(t, c.Validate(), "trunks: none listed")
+	c.AllowAnySource = true
+	require.NoError(t, c.Validate())
+	c.AllowAnySource = false
+	c.Trunks = []Trunk{{Name: "carrier", Sources: []string{"203.0.113.0/24"}}}
+	require.NoError(t, c.Validate())
+	c = Default()
+	c.Listen = "[::1]:5060"
+	require.NoError(t, c.Validate(), "loopback takes any source without the flag")
+}
+
+func TestMaxCallsFitsRTPRange(t *testing.T) {
+	c := Default()
+	require.Equal(t, 500, c.RTP.Calls(), "20000-20999: 500 even ports")
+	require.Equal(t, c.RTP.Calls(), c.Limits.MaxCalls, "the default fills the default range")
+	c.RTP.PortMin, c.RTP.PortMax = 20001, 20004 // even ports 20002, 20004
+	require.Equal(t, 2, c.RTP.Calls())
+	c.Limits.MaxCalls = 3
+	require.ErrorContains(t, c.Validate(), "limits.max_calls: 3, more than the RTP port range carries: 2 calls")
+	c.Limits.MaxCalls = 2
+	require.NoError(t, c.Validate())
 }
 
 func TestTrunksKeepDefaults(t *testing.T) {
