@@ -65,7 +65,7 @@ func Listen(addr string, reg *prometheus.Registry, ready ReadyFunc, logger *slog
 		}
 		_, _ = w.Write([]byte("ready\n"))
 	})
-	return &Server{ln: ln, srv: &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}}, nil
+	return &Server{ln: ln, srv: NewHTTPServer(mux, DefaultLimits())}, nil
 }
 
 // Addr is the bound address.

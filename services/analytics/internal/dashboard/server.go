@@ -14,6 +14,8 @@ import (
 	"net/url"
 	"strconv"
 	"time"
+
+	"github.com/baton-voice/baton/pkg/opshttp"
 )
 
 //go:embed page.html
@@ -180,7 +182,7 @@ const shutdownTimeout = 5 * time.Second
 
 // Serve serves h on l until ctx ends, then shuts down gracefully.
 func Serve(ctx context.Context, l net.Listener, h http.Handler, logger *slog.Logger) error {
-	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
+	srv := opshttp.NewHTTPServer(h, opshttp.DefaultLimits())
 	done := make(chan error, 1)
 	go func() { done <- srv.Serve(l) }()
 	select {
