@@ -23,6 +23,10 @@ import (
 // PasswordEnv is the environment variable that holds the ClickHouse password.
 const PasswordEnv = "BATON_CLICKHOUSE_PASSWORD"
 
+// DashboardTokenEnv holds the token the dashboard page and API require
+// (Authorization: Bearer TOKEN, or Basic with TOKEN as the password).
+const DashboardTokenEnv = "BATON_DASHBOARD_TOKEN"
+
 // Config is the analytics configuration file.
 type Config struct {
 	Kafka kafka.Config            `yaml:"kafka"`
@@ -63,7 +67,11 @@ type Batch struct {
 // HTTP is the dashboard's listener.
 type HTTP struct {
 	// Listen is host:port; "" disables the dashboard and /metrics.
+	// Off loopback the page and its API need Token.
 	Listen string `yaml:"listen"`
+	// Token is read from BATON_DASHBOARD_TOKEN only; a token key in the
+	// file is an error.
+	Token string `yaml:"-"`
 }
 
 // ClickHouse is the connection to the ClickHouse server (native protocol).
@@ -114,6 +122,7 @@ func Default() Config {
 func Load(path string, getenv func(string) string) (Config, error) {
 	c := Default()
 	c.ClickHouse.Password = getenv(PasswordEnv)
+	c.HTTP.Token = getenv(DashboardTokenEnv)
 	if path == "" {
 		if err := c.Validate(); err != nil {
 			return Config{}, fmt.Errorf("invalid configuration (no --config given): %w", err)
@@ -128,6 +137,16 @@ func Load(path string, getenv func(string) string) (Config, error) {
 
 // identifier is what a database name may be: it is written into SQL.
 var identifier = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
+
+// loopback reports whether a listen address binds to loopback only.
+func loopback(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback() || host == "localhost"
+}
 
 // Validate returns every problem, each naming its field.
 func (c *Config) Validate() error {
@@ -162,6 +181,10 @@ func (c *Config) Validate() error {
 			errs = append(errs, pkgconfig.Errorf("http.listen", "%q: want host:port, or \"\" to disable", c.HTTP.Listen))
 		} else if n, err := strconv.Atoi(port); err != nil || n < 0 || n > 65535 {
 			errs = append(errs, pkgconfig.Errorf("http.listen", "%q: port must be 0-65535", c.HTTP.Listen))
+		} else if c.HTTP.Token == "" && !loopback(c.HTTP.Listen) {
+			errs = append(errs, pkgconfig.Errorf("http.listen", "%q is not loopback and %s is unset: the dashboard shows call ids "+
+				"and dialed numbers; set the token (clients send Authorization: Bearer TOKEN), or listen on loopback "+
+				"behind an authenticating proxy", c.HTTP.Listen, DashboardTokenEnv))
 		}
 	}
 	switch {

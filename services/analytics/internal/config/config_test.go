@@ -54,6 +54,20 @@ func TestPasswordFromEnvironmentOnly(t *testing.T) {
 	require.ErrorContains(t, err, "password")
 }
 
+// Off loopback the dashboard needs its token, from the environment only.
+func TestDashboardOffLoopbackNeedsToken(t *testing.T) {
+	public := write(t, "http:\n  listen: 0.0.0.0:8081\n")
+	_, err := config.Load(public, env(nil))
+	require.ErrorContains(t, err, "http.listen: \"0.0.0.0:8081\" is not loopback and BATON_DASHBOARD_TOKEN is unset")
+	c, err := config.Load(public, env(map[string]string{config.DashboardTokenEnv: "t0ken"}))
+	require.NoError(t, err)
+	require.Equal(t, "t0ken", c.HTTP.Token)
+	_, err = config.Load(write(t, "http:\n  listen: 127.0.0.1:8081\n"), env(nil))
+	require.NoError(t, err, "loopback needs no token")
+	_, err = config.Load(write(t, "http:\n  token: t0ken\n"), env(nil))
+	require.ErrorContains(t, err, "token", "a token in the file is refused")
+}
+
 func TestExampleConfig(t *testing.T) {
 	c, err := config.Load("../../analytics.example.yaml", env(nil))
 	require.NoError(t, err)

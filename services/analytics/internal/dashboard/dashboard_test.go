@@ -1,6 +1,7 @@
 package dashboard
 
 import (
+	"bytes"
 	"encoding/json"
 	"flag"
 	"fmt"
@@ -281,6 +282,67 @@ func TestHTTP(t *testing.T) {
 	}
 	code, _ = get("/nope")
 	require.Equal(t, http.StatusNotFound, code)
+}
+
+// The page and the API need the token when one is set; metrics and
+// probes do not. Windows and limits are capped, and a failed query's
+// error text stays in the log (issue 14, item 6).
+func TestTokenWindowAndErrors(t *testing.T) {
+	conn := seeded(t)
+	var logs bytes.Buffer
+	h := NewHandler(New(conn), nil, nil, slog.New(slog.NewTextHandler(&logs, nil)), func() time.Time { return to })
+	h.RequireToken("s3cret")
+	srv := httptest.NewServer(h)
+	defer srv.Close()
+	get := func(path string, auth func(*http.Request)) (int, http.Header, string) {
+		req, err := http.NewRequestWithContext(t.Context(), http.MethodGet, srv.URL+path, nil)
+		require.NoError(t, err)
+		if auth != nil {
+			auth(req)
+		}
+		res, err := http.DefaultClient.Do(req)
+		require.NoError(t, err)
+		defer func() { _ = res.Body.Close() }()
+		body, err := io.ReadAll(res.Body)
+		require.NoError(t, err)
+		return res.StatusCode, res.Header, string(body)
+	}
+	bearer := func(tok string) func(*http.Request) {
+		return func(r *http.Request) { r.Header.Set("Authorization", "Bearer "+tok) }
+	}
+	window := "?from=" + strconv.FormatInt(from.Unix(), 10) + "&to=" + to.Format(time.RFC3339) + "&limit=3"
+
+	for _, path := range []string{"/", "/api/dashboard"} {
+		code, hdr, body := get(path+window, nil)
+		require.Equal(t, http.StatusUnauthorized, code, path)
+		require.Contains(t, hdr.Get("WWW-Authenticate"), "Basic")
+		require.NotContains(t, body, "h7", "no call data without the token")
+		code, _, _ = get(path+window, bearer("wrong"))
+		require.Equal(t, http.StatusUnauthorized, code, path)
+		code, _, body = get(path+window, bearer("s3cret"))
+		require.Equal(t, http.StatusOK, code, body)
+		code, _, _ = get(path+window, func(r *http.Request) { r.SetBasicAuth("anyone", "s3cret") })
+		require.Equal(t, http.StatusOK, code, "the browser's Basic prompt")
+	}
+	for _, open := range []string{"/metrics", "/healthz", "/readyz"} {
+		code, _, _ := get(open, nil)
+		require.Equal(t, http.StatusOK, code, open)
+	}
+
+	// from=0 asked for 56 years of FINAL scans; limit=1000 for 1000 rows.
+	for _, bad := range []string{"?from=0", "?since=800h", "?limit=1000", "?limit=201"} {
+		code, _, body := get("/api/dashboard"+bad, bearer("s3cret"))
+		require.Equal(t, http.StatusBadRequest, code, bad+": "+body)
+	}
+	code, _, _ := get("/api/dashboard?since=744h&limit=200", bearer("s3cret"))
+	require.Equal(t, http.StatusOK, code, "31 days and 200 rows are allowed")
+
+	require.NoError(t, conn.Exec(t.Context(), "DROP TABLE calls"))
+	code, _, body := get("/api/dashboard"+window, bearer("s3cret"))
+	require.Equal(t, http.StatusBadGateway, code)
+	require.NotContains(t, body, "calls", "ClickHouse's error text (table names) is not returned")
+	require.NotContains(t, body, "doesn't exist")
+	require.Contains(t, logs.String(), "doesn't exist", "the error is logged in full")
 }
 
 func TestParseVersion(t *testing.T) {

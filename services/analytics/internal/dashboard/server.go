@@ -3,6 +3,7 @@ package dashboard
 import (
 	"bytes"
 	"context"
+	"crypto/subtle"
 	_ "embed"
 	"encoding/json"
 	"errors"
@@ -13,6 +14,7 @@ import (
 	"net/http"
 	"net/url"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/baton-voice/baton/pkg/opshttp"
@@ -48,6 +50,8 @@ type Handler struct {
 	logger  *slog.Logger
 	now     func() time.Time
 	mux     *http.ServeMux
+	// token, when set, is what the page and the API require.
+	token string
 }
 
 // NewHandler returns the handler; metrics (a promhttp handler) and ready
@@ -55,8 +59,8 @@ type Handler struct {
 func NewHandler(queries *Queries, metrics http.Handler, ready func(ctx context.Context) error, logger *slog.Logger,
 	now func() time.Time) *Handler {
 	h := &Handler{queries: queries, metrics: metrics, ready: ready, logger: logger, now: now, mux: http.NewServeMux()}
-	h.mux.HandleFunc("GET /{$}", h.page)
-	h.mux.HandleFunc("GET /api/dashboard", h.api)
+	h.mux.HandleFunc("GET /{$}", h.authorized(h.page))
+	h.mux.HandleFunc("GET /api/dashboard", h.authorized(h.api))
 	h.mux.HandleFunc("GET /metrics", h.writeMetrics)
 	h.mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(http.StatusOK) })
 	h.mux.HandleFunc("GET /readyz", h.readyz)
@@ -64,6 +68,40 @@ func NewHandler(queries *Queries, metrics http.Handler, ready func(ctx context.C
 }
 
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) { h.mux.ServeHTTP(w, r) }
+
+// RequireToken makes the page and the API answer 401 unless the request
+// carries token: Authorization: Bearer TOKEN, or Basic with TOKEN as the
+// password (what a browser's prompt sends). /metrics, /healthz and /readyz
+// stay open for scrapers and probes: they carry no call data.
+func (h *Handler) RequireToken(token string) { h.token = token }
+
+func (h *Handler) authorized(next http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		if h.token != "" && !h.hasToken(r) {
+			w.Header().Set("WWW-Authenticate", `Basic realm="baton dashboard", charset="UTF-8"`)
+			http.Error(w, "unauthorized: send the dashboard token (Authorization: Bearer TOKEN)", http.StatusUnauthorized)
+			return
+		}
+		next(w, r)
+	}
+}
+
+func (h *Handler) hasToken(r *http.Request) bool {
+	got := ""
+	if _, pass, ok := r.BasicAuth(); ok {
+		got = pass
+	} else if v, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer "); ok {
+		got = v
+	}
+	return subtle.ConstantTimeCompare([]byte(got), []byte(h.token)) == 1
+}
+
+// MaxWindow is the longest window one request may ask for: each request
+// runs six FINAL queries over it.
+const MaxWindow = 31 * 24 * time.Hour
+
+// MaxLimit caps the rows of the list panels.
+const MaxLimit = 200
 
 // Window reads the request's window and list limit.
 func Window(q url.Values, now time.Time) (from, to time.Time, limit int, err error) {
@@ -88,10 +126,13 @@ func Window(q url.Values, now time.Time) (from, to time.Time, limit int, err err
 	if !from.Before(to) {
 		return from, to, 0, errors.New("from must be before to")
 	}
+	if to.Sub(from) > MaxWindow {
+		return from, to, 0, fmt.Errorf("window %v: at most %v", to.Sub(from).Round(time.Hour), MaxWindow)
+	}
 	limit = DefaultLimit
 	if s := q.Get("limit"); s != "" {
-		if limit, err = strconv.Atoi(s); err != nil || limit < 1 || limit > 1000 {
-			return from, to, 0, fmt.Errorf("limit %q: want 1-1000", s)
+		if limit, err = strconv.Atoi(s); err != nil || limit < 1 || limit > MaxLimit {
+			return from, to, 0, fmt.Errorf("limit %q: want 1-%d", s, MaxLimit)
 		}
 	}
 	return from, to, limit, nil
@@ -118,15 +159,18 @@ func (h *Handler) report(w http.ResponseWriter, r *http.Request) ([]byte, bool) 
 	defer cancel()
 	rep, err := h.queries.Report(ctx, from, to, limit)
 	if err != nil {
+		// The server's error text names tables and settings: it goes to
+		// the log, the client gets a generic answer.
 		h.logger.ErrorContext(ctx, "dashboard report", "err", err)
-		http.Error(w, "query clickhouse: "+err.Error(), http.StatusBadGateway)
+		http.Error(w, "the ClickHouse query failed; the analytics log has the error", http.StatusBadGateway)
 		return nil, false
 	}
 	// json.Marshal escapes <, > and &, so the result is safe inside the
 	// page's <script> element.
 	data, err := json.Marshal(rep)
 	if err != nil {
-		http.Error(w, err.Error(), http.StatusInternalServerError)
+		h.logger.ErrorContext(ctx, "dashboard report json", "err", err)
+		http.Error(w, "internal error", http.StatusInternalServerError)
 		return nil, false
 	}
 	return data, true

@@ -219,6 +219,9 @@ func (w *Writer) serveDashboard(ctx context.Context, conn driver.Conn, cl *kgo.C
 		})
 	metrics := promhttp.HandlerFor(w.reg, promhttp.HandlerOpts{ErrorLog: slog.NewLogLogger(w.logger.Handler(), slog.LevelWarn)})
 	h := dashboard.NewHandler(dashboard.New(conn), metrics, ready, w.logger, time.Now)
+	if w.cfg.HTTP.Token != "" {
+		h.RequireToken(w.cfg.HTTP.Token)
+	}
 	wg.Go(func() {
 		if err := dashboard.Serve(ctx, l, h, w.logger); err != nil {
 			w.logger.ErrorContext(ctx, "dashboard stopped", "err", err)
