@@ -15,6 +15,11 @@
 // non-2xx status, a body that is not a JSON object or is larger than
 // handoff.MaxPreCallBytes) is published as PreCallData with error set: the
 // call is never held up waiting for the webhook.
+//
+// Redirects are never followed: a 3xx answer is a failure like any other
+// non-2xx status. Following one would send the configured headers (an API
+// key) and the caller's data to wherever the Location points, and make
+// that host's answer the call's results.
 package precall
 
 import (
@@ -84,8 +89,8 @@ type Fetcher struct {
 func New(opts Options, calls Calls, pub Publisher, logger *slog.Logger, now func() time.Time) *Fetcher {
 	return &Fetcher{
 		opts: opts,
-		// The timeout covers connect, redirects and reading the body.
-		client: &http.Client{Timeout: opts.Timeout},
+		// The timeout covers connect and reading the body.
+		client: &http.Client{Timeout: opts.Timeout, CheckRedirect: refuseRedirect},
 		calls:  calls, pub: pub, logger: logger, now: now,
 		queue: make(chan events.Event, queueSize),
 	}
@@ -204,6 +209,11 @@ func (f *Fetcher) fetch(ctx context.Context, started events.Event) (string, erro
 	if err != nil {
 		return "", fmt.Errorf("read webhook response: %w", redact(err))
 	}
+	if resp.StatusCode >= 300 && resp.StatusCode <= 399 {
+		// The Location is not in the error: it is published, and may
+		// carry a secret as the URL may.
+		return "", fmt.Errorf("webhook answered %s: %w", resp.Status, ErrRedirect)
+	}
 	if resp.StatusCode < 200 || resp.StatusCode > 299 {
 		return "", fmt.Errorf("webhook answered %s", resp.Status)
 	}
@@ -219,6 +229,14 @@ func (f *Fetcher) fetch(ctx context.Context, started events.Event) (string, erro
 	}
 	return out.String(), nil
 }
+
+// ErrRedirect is the error of a webhook that answered a redirect (3xx):
+// it is refused, never followed.
+var ErrRedirect = errors.New("redirects are refused; not followed")
+
+// refuseRedirect is the client's CheckRedirect: the 3xx answer itself is
+// returned, so no request ever reaches the redirect's target.
+func refuseRedirect(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
 
 // redact drops the URL from a client error: its query may carry a secret,
 // and the error is published.

@@ -3,6 +3,7 @@ package precall
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
@@ -59,10 +60,15 @@ func startedEvent(t *testing.T, callID string, at time.Time) events.Event {
 // run starts a fetcher against url and returns it with its output.
 func run(t *testing.T, url string, timeout time.Duration, c *calls) (*Fetcher, chanPublisher) {
 	t.Helper()
+	return runWith(t, Options{URL: url, Header: http.Header{"Authorization": {"Bearer s3cret"}}, Timeout: timeout,
+		MaxAge: time.Minute, MaxInFlight: 2, FetchedBy: "router-1"}, c)
+}
+
+// runWith starts a fetcher with opts and returns it with its output.
+func runWith(t *testing.T, opts Options, c *calls) (*Fetcher, chanPublisher) {
+	t.Helper()
 	pub := make(chanPublisher, 16)
-	f := New(Options{URL: url, Header: http.Header{"Authorization": {"Bearer s3cret"}}, Timeout: timeout,
-		MaxAge: time.Minute, MaxInFlight: 2, FetchedBy: "router-1"}, c, pub, slog.New(slog.DiscardHandler),
-		func() time.Time { return now })
+	f := New(opts, c, pub, slog.New(slog.DiscardHandler), func() time.Time { return now })
 	ctx, cancel := context.WithCancel(t.Context())
 	done := make(chan struct{})
 	go func() { defer close(done); f.Run(ctx) }()
@@ -159,6 +165,56 @@ func TestWebhookFailuresArePublishedAsErrors(t *testing.T) {
 		f.Started(startedEvent(t, "c1", now))
 		require.Contains(t, next(t, pub).GetError(), "connection refused")
 	})
+}
+
+// TestRedirectsAreNotFollowed (issue 14, finding 7): a webhook answering
+// a redirect to another host must not hand that host the API key and the
+// caller's data, nor make its answer the call's results. The redirect is
+// a failed fetch, published as PreCallData with an error naming the
+// status, and its target receives nothing.
+func TestRedirectsAreNotFollowed(t *testing.T) {
+	for _, code := range []int{http.StatusMovedPermanently, http.StatusFound, http.StatusSeeOther,
+		http.StatusTemporaryRedirect, http.StatusPermanentRedirect} {
+		t.Run(http.StatusText(code), func(t *testing.T) {
+			var got struct {
+				sync.Mutex
+				requests int
+				apiKeys  []string
+				bodies   []string
+			}
+			elsewhere := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				body, _ := io.ReadAll(r.Body) // recorded as far as it came
+				got.Lock()
+				got.requests++
+				got.apiKeys = append(got.apiKeys, r.Header.Get("X-Api-Key"))
+				got.bodies = append(got.bodies, string(body))
+				got.Unlock()
+				_, _ = io.WriteString(w, `{"data":{"account":{"tier":"gold"}}}`)
+			}))
+			defer elsewhere.Close()
+			var hooked atomic.Int32
+			hook := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				hooked.Add(1)
+				_, _ = io.Copy(io.Discard, r.Body)
+				http.Redirect(w, r, elsewhere.URL+"/steal", code)
+			}))
+			defer hook.Close()
+
+			f, pub := runWith(t, Options{URL: hook.URL + "/hook", Header: http.Header{"X-Api-Key": {"k3y"}},
+				Timeout: 2 * time.Second, MaxAge: time.Minute, MaxInFlight: 2, FetchedBy: "router-1"}, &calls{})
+			f.Started(startedEvent(t, "c1", now))
+			msg := next(t, pub)
+
+			require.Equal(t, int32(1), hooked.Load(), "the webhook itself was called once")
+			require.Empty(t, msg.GetDataJson(), "the redirect target's answer is not the call's results")
+			require.Contains(t, msg.GetError(), fmt.Sprintf("webhook answered %d", code))
+			require.Contains(t, msg.GetError(), "redirects are refused")
+			require.NotContains(t, msg.GetError(), "steal", "the Location is not published")
+			got.Lock()
+			defer got.Unlock()
+			require.Zero(t, got.requests, "the redirect target got a request: X-Api-Key %q, bodies %q", got.apiKeys, got.bodies)
+		})
+	}
 }
 
 func TestNoFetchForOldOrAlreadyFoldedCalls(t *testing.T) {
