@@ -215,11 +215,10 @@ func serveAPI(ctx context.Context, wg *sync.WaitGroup, cfg config.Config, fold *
 	if err != nil {
 		return fmt.Errorf("listen %s: %w", cfg.API.Listen, err)
 	}
-	srv := &http.Server{
-		Handler:           api.New(fold, tables, pub, tokens, logger, time.Now, api.WithMetrics(metrics)),
-		ReadHeaderTimeout: 5 * time.Second,
-		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
-	}
+	// Read, write, idle and header limits: a tokenless client cannot
+	// hold a connection by sending slowly or not at all.
+	srv := opshttp.NewHTTPServer(api.New(fold, tables, pub, tokens, logger, time.Now, api.WithMetrics(metrics)), opshttp.DefaultLimits())
+	srv.ErrorLog = slog.NewLogLogger(logger.Handler(), slog.LevelWarn)
 	wg.Go(func() {
 		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			logger.ErrorContext(ctx, "agent API stopped", "err", err)

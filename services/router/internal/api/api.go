@@ -87,8 +87,9 @@ type Server struct {
 // nothing.
 type Metrics struct {
 	// Rejected counts the writes refused before anything was published
-	// (400), by operation (handoff, state, metrics) and reason
-	// (invalid_json, invalid_header, invalid_variable, …).
+	// (400, or 422 for a per-call cap), by operation (handoff, state,
+	// metrics) and reason (invalid_json, invalid_header, invalid_variable,
+	// state_too_many_keys, …).
 	Rejected *prometheus.CounterVec
 }
 
@@ -96,7 +97,7 @@ type Metrics struct {
 func NewMetrics(reg prometheus.Registerer) *Metrics {
 	m := &Metrics{Rejected: prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "baton_router_api_rejected_total",
-		Help: "Agent API writes refused before publishing (400), by operation and reason.",
+		Help: "Agent API writes refused before publishing (400, or 422 for a per-call cap), by operation and reason.",
 	}, []string{"operation", "reason"})}
 	reg.MustRegister(m.Rejected)
 	return m
@@ -118,6 +119,11 @@ const (
 	RejectInvalidHeader      = "invalid_header"
 	RejectInvalidState       = "invalid_state"
 	RejectInvalidMetric      = "invalid_metric"
+	// RejectStateTooManyKeys and RejectStateTooLarge: the write would grow
+	// the call's state past max_state_keys_per_call or
+	// max_state_bytes_per_call (422).
+	RejectStateTooManyKeys = handoff.StateTooManyKeys
+	RejectStateTooLarge    = handoff.StateTooLarge
 )
 
 // Operations (the operation label of baton_router_api_rejected_total).
@@ -230,6 +236,21 @@ type Problem struct {
 	// handoff is recorded as an event).
 	RequestID string `json:"request_id,omitempty"`
 	Code      string `json:"code,omitempty"`
+	// Limit is set when a write was refused (422) for a per-call cap.
+	Limit *Limit `json:"limit,omitempty"`
+}
+
+// Limit is the per-call cap a refused write would break, with the call's
+// size now and with the write.
+type Limit struct {
+	// Name is the config key: max_state_keys_per_call or
+	// max_state_bytes_per_call.
+	Name string `json:"name"`
+	Max  int    `json:"max"`
+	// Current is the call's size now (committed) and After its size with
+	// the write, in keys or bytes as Name says.
+	Current int `json:"current"`
+	After   int `json:"after"`
 }
 
 func problem(w http.ResponseWriter, status int, title, detail string) {
@@ -420,6 +441,15 @@ func (s *Server) patchState(w http.ResponseWriter, r *http.Request) {
 	}
 	if err != nil {
 		s.reject(w, opState, RejectInvalidState, err)
+		return
+	}
+	// The per-call caps, against the committed state: writes accepted but
+	// not yet folded are not in it, so the fold checks again.
+	table := s.tables.Current()
+	if ex := table.CheckState(handoff.SizeOf(v.State), handoff.PatchedSize(v.State, msg.GetSet(), msg.GetRemoved())); ex != nil {
+		s.metrics.reject(opState, ex.Reason)
+		writeProblem(w, Problem{Type: "about:blank", Title: "call state limit", Status: http.StatusUnprocessableEntity,
+			Detail: ex.Error(), Code: ex.Reason, Limit: &Limit{Name: ex.Limit, Max: ex.Max, Current: ex.Current, After: ex.After}})
 		return
 	}
 	if !s.publish(w, r, v.CallID, msg) {

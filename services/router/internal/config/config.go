@@ -44,6 +44,16 @@ const DefaultMaxHandoffsPerCall = 3
 // MaxMaxHandoffsPerCall bounds max_handoffs_per_call.
 const MaxMaxHandoffsPerCall = 100
 
+// Per-call state caps (max_state_keys_per_call, max_state_bytes_per_call):
+// defaults and bounds.
+const (
+	DefaultMaxStateKeysPerCall  = 256
+	MaxMaxStateKeysPerCall      = 4096
+	DefaultMaxStateBytesPerCall = 64 << 10
+	MinMaxStateBytesPerCall     = 1 << 10
+	MaxMaxStateBytesPerCall     = 4 << 20
+)
+
 // DefaultPollInterval is reload.poll_interval when none is set.
 const DefaultPollInterval = 2 * time.Second
 
@@ -94,6 +104,13 @@ type Config struct {
 	// MaxHandoffsPerCall bounds the handoffs one call may start (rules and
 	// requests alike); a request beyond it is refused (too_many_handoffs).
 	MaxHandoffsPerCall uint32 `yaml:"max_handoffs_per_call"`
+	// MaxStateKeysPerCall and MaxStateBytesPerCall bound one call's state
+	// (what the agent API's PATCH /v1/calls/{id}/state and rules' set.state
+	// write): its keys, and the bytes of its keys and values together. The
+	// API refuses a write that would grow the state past either (422), and
+	// the fold does not apply one from the log.
+	MaxStateKeysPerCall  int `yaml:"max_state_keys_per_call"`
+	MaxStateBytesPerCall int `yaml:"max_state_bytes_per_call"`
 	// OnAllFailed is hangup (a BYE ends the call) or return_to_agent.
 	OnAllFailed string `yaml:"on_all_failed"`
 	// API is the agent HTTP API.
@@ -263,10 +280,14 @@ func Default(hostname string) Config {
 		OnAllFailed:     OnAllFailedHangup,
 
 		MaxHandoffsPerCall: DefaultMaxHandoffsPerCall,
-		API:                API{TokensEnv: "BATON_API_TOKENS"},
-		Reload:             Reload{PollInterval: DefaultPollInterval},
-		Metrics:            opshttp.Config{Listen: DefaultMetricsListen},
-		Tracing:            tracing.DefaultConfig(),
+
+		MaxStateKeysPerCall:  DefaultMaxStateKeysPerCall,
+		MaxStateBytesPerCall: DefaultMaxStateBytesPerCall,
+
+		API:     API{TokensEnv: "BATON_API_TOKENS"},
+		Reload:  Reload{PollInterval: DefaultPollInterval},
+		Metrics: opshttp.Config{Listen: DefaultMetricsListen},
+		Tracing: tracing.DefaultConfig(),
 		PreCall: PreCall{
 			Timeout: DefaultPreCallTimeout, MaxAge: DefaultPreCallMaxAge, MaxInFlight: DefaultPreCallMaxInFlight,
 		},
@@ -336,6 +357,13 @@ func (c *Config) Validate() error {
 	}
 	if c.MaxHandoffsPerCall < 1 || c.MaxHandoffsPerCall > MaxMaxHandoffsPerCall {
 		errs = append(errs, pkgconfig.Errorf("max_handoffs_per_call", "%d: want 1 to %d", c.MaxHandoffsPerCall, MaxMaxHandoffsPerCall))
+	}
+	if n := c.MaxStateKeysPerCall; n < 1 || n > MaxMaxStateKeysPerCall {
+		errs = append(errs, pkgconfig.Errorf("max_state_keys_per_call", "%d: want 1 to %d", n, MaxMaxStateKeysPerCall))
+	}
+	if n := c.MaxStateBytesPerCall; n < MinMaxStateBytesPerCall || n > MaxMaxStateBytesPerCall {
+		errs = append(errs, pkgconfig.Errorf("max_state_bytes_per_call", "%d: want %d to %d",
+			n, MinMaxStateBytesPerCall, MaxMaxStateBytesPerCall))
 	}
 	if p := c.OnAllFailed; p != OnAllFailedHangup && p != OnAllFailedReturnToAgent {
 		errs = append(errs, pkgconfig.Errorf("on_all_failed", "%q: want %s or %s", p, OnAllFailedHangup, OnAllFailedReturnToAgent))
@@ -818,6 +846,8 @@ func (c *Config) Table() (*handoff.Table, error) {
 		Default:            c.DefaultDestination(),
 		MaxAttempts:        c.MaxAttempts,
 		MaxHandoffs:        c.MaxHandoffsPerCall,
+		MaxStateKeys:       c.MaxStateKeysPerCall,
+		MaxStateBytes:      c.MaxStateBytesPerCall,
 		AdHocAnswerTimeout: DefaultAnswerTimeout,
 	}
 	deny, errs := c.denyNumbers()

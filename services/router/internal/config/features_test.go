@@ -426,3 +426,47 @@ max_handoffs_per_call: 0
 	require.ErrorContains(t, err, `router.yaml:11: allowlist.deny_numbers[2]: number prefix "premium"`)
 	require.ErrorContains(t, err, `router.yaml:12: max_handoffs_per_call: 0: want 1 to 100`)
 }
+
+func TestStateCapsPerCall(t *testing.T) {
+	c, err := parse(t, `destinations:
+  - name: support
+    route: sip:support@example.com
+`)
+	require.NoError(t, err)
+	require.Equal(t, 256, c.MaxStateKeysPerCall)
+	require.Equal(t, 64<<10, c.MaxStateBytesPerCall)
+	tbl, err := c.Table()
+	require.NoError(t, err)
+	require.Equal(t, 256, tbl.MaxStateKeys)
+	require.Equal(t, 65536, tbl.MaxStateBytes)
+
+	c, err = parse(t, `destinations:
+  - name: support
+    route: sip:support@example.com
+max_state_keys_per_call: 32
+max_state_bytes_per_call: 8192
+`)
+	require.NoError(t, err)
+	tbl, err = c.Table()
+	require.NoError(t, err)
+	require.Equal(t, 32, tbl.MaxStateKeys)
+	require.Equal(t, 8192, tbl.MaxStateBytes)
+
+	_, err = parse(t, `destinations:
+  - name: support
+    route: sip:support@example.com
+max_state_keys_per_call: 0
+max_state_bytes_per_call: 100
+`)
+	require.ErrorContains(t, err, `router.yaml:4: max_state_keys_per_call: 0: want 1 to 4096`)
+	require.ErrorContains(t, err, `router.yaml:5: max_state_bytes_per_call: 100: want 1024 to 4194304`)
+
+	_, err = parse(t, `destinations:
+  - name: support
+    route: sip:support@example.com
+max_state_keys_per_call: 5000
+max_state_bytes_per_call: 5000000
+`)
+	require.ErrorContains(t, err, `router.yaml:4: max_state_keys_per_call: 5000: want 1 to 4096`)
+	require.ErrorContains(t, err, `router.yaml:5: max_state_bytes_per_call: 5000000: want 1024 to 4194304`)
+}

@@ -69,6 +69,11 @@ type Fold struct {
 	mu    sync.RWMutex
 	view  map[string]*call
 	ended *tombstones
+
+	// refusedState holds the reasons (StateTooManyKeys, StateTooLarge) of
+	// the state writes refused since the last Commit or Rollback; see
+	// RefusedStateWrites.
+	refusedState []string
 }
 
 // call is the state of one live call. A call value is never changed once
@@ -177,6 +182,7 @@ func (f *Fold) Commit() {
 	}
 	f.mu.Unlock()
 	clear(f.undo)
+	f.refusedState = f.refusedState[:0]
 }
 
 // Rollback undoes every change since the last Commit or Rollback.
@@ -189,7 +195,14 @@ func (f *Fold) Rollback() {
 		}
 	}
 	clear(f.undo)
+	f.refusedState = f.refusedState[:0]
 }
+
+// RefusedStateWrites returns the reasons of the state writes the fold
+// refused (StateTooManyKeys, StateTooLarge) since the last Commit or
+// Rollback: the batch's, for the caller to count once it commits. The
+// slice is only valid until the next Apply, Commit or Rollback.
+func (f *Fold) RefusedStateWrites() []string { return f.refusedState }
 
 // touch records the state of a call before its first change in a batch.
 func (f *Fold) touch(id string) {
@@ -223,7 +236,7 @@ func (f *Fold) Apply(ctx context.Context, ev events.Event) []Decision {
 	case *batonv1.HandoffRequested:
 		d = f.handoffRequested(ctx, table, ev, msg)
 	case *batonv1.CallStateChanged:
-		f.stateChanged(ctx, ev, msg)
+		f.stateChanged(ctx, table, ev, msg)
 	case *batonv1.PreCallData:
 		d = f.preCallData(ctx, table, ev, msg)
 	case *batonv1.TransferOutcome:
@@ -387,10 +400,28 @@ func (f *Fold) callEnded(ctx context.Context, ev events.Event) {
 	delete(f.calls, id)
 }
 
-func (f *Fold) stateChanged(ctx context.Context, ev events.Event, msg *batonv1.CallStateChanged) {
+// stateChanged applies an agent's write to a call's state, unless it
+// would grow the state past the table's per-call caps: the API refuses
+// such a write, but writes it accepted against the same committed state
+// may together break a cap, and a record may come from elsewhere. A
+// refused write is not applied at all (never in part), logged, and kept
+// for RefusedStateWrites.
+//
+// Every applied write copies the call's state map (setAll, and mutable's
+// clone once per batch), so a change costs the size of the whole state;
+// the caps bound that cost.
+func (f *Fold) stateChanged(ctx context.Context, table *Table, ev events.Event, msg *batonv1.CallStateChanged) {
 	id := ev.Subject
 	if f.calls[id] == nil {
 		f.logger.WarnContext(ctx, "state change for an unknown call; skipped", "call_id", id, "request_id", msg.GetRequestId())
+		return
+	}
+	state := f.calls[id].state
+	if ex := table.CheckState(SizeOf(state), PatchedSize(state, msg.GetSet(), msg.GetRemoved())); ex != nil {
+		f.refusedState = append(f.refusedState, ex.Reason)
+		f.logger.WarnContext(ctx, "state change refused: per-call cap", "call_id", id, "request_id", msg.GetRequestId(),
+			"event_id", ev.ID, "set_by", msg.GetSetBy(), "reason", ex.Reason, "limit", ex.Limit, "max", ex.Max,
+			"current", ex.Current, "after", ex.After)
 		return
 	}
 	c := f.mutable(id)

@@ -1,7 +1,13 @@
 package handoff
 
 import (
+	"bytes"
 	"encoding/json"
+	"fmt"
+	"log/slog"
+	"maps"
+	"slices"
+	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -103,4 +109,105 @@ func FuzzRenderHeaders(f *testing.F) {
 			t.Fatalf("decision %T", d)
 		}
 	})
+}
+
+// stateChange is an agent's CallStateChanged as read from the log.
+func stateChange(set map[string]string, removed ...string) *batonv1.CallStateChanged {
+	return &batonv1.CallStateChanged{SetBy: "agent-api", Set: set, Removed: removed}
+}
+
+// TestStateIsCappedInTheFold (issue 14, finding 8): whatever the log
+// holds (writes the API accepted against the same committed state, or
+// records from elsewhere), the fold never lets a call's state grow past
+// MaxStateKeys or MaxStateBytes. A write that would is not applied at all,
+// logged and kept for the router to count; one that does not grow what is
+// over a cap still applies.
+func TestStateIsCappedInTheFold(t *testing.T) {
+	table := testTable(t)
+	table.MaxStateKeys, table.MaxStateBytes = 3, 64
+	var logs bytes.Buffer
+	f := New(table, slog.New(slog.NewJSONHandler(&logs, nil)))
+	f.Apply(t.Context(), event(t, "c1", started("c1", nil)))
+	f.Commit()
+
+	// One key per event, ten events: the first three fit.
+	for i := range 10 {
+		require.Empty(t, f.Apply(t.Context(), event(t, "c1", stateChange(map[string]string{fmt.Sprintf("k%d", i): "v"}))))
+	}
+	require.Equal(t, map[string]string{"k0": "v", "k1": "v", "k2": "v"}, f.calls["c1"].state)
+	require.Equal(t, slices.Repeat([]string{StateTooManyKeys}, 7), f.RefusedStateWrites())
+	require.Contains(t, logs.String(), `"msg":"state change refused: per-call cap"`)
+	require.Contains(t, logs.String(), `"limit":"max_state_keys_per_call","max":3,"current":3,"after":4`)
+	f.Commit()
+	require.Empty(t, f.RefusedStateWrites(), "counted once per batch")
+	v, _, _ := f.View("c1")
+	require.Len(t, v.State, 3)
+
+	// A write over the cap is refused whole, never applied in part.
+	f.Apply(t.Context(), event(t, "c2", started("c2", nil)))
+	f.Apply(t.Context(), event(t, "c2", stateChange(map[string]string{"a": "1", "b": "2", "c": "3", "d": "4"})))
+	require.Empty(t, f.calls["c2"].state)
+
+	// At the cap: changing a value, and deleting to make room, apply.
+	f.Apply(t.Context(), event(t, "c1", stateChange(map[string]string{"k0": "w", "k9": "v"}, "k1")))
+	require.Equal(t, map[string]string{"k0": "w", "k2": "v", "k9": "v"}, f.calls["c1"].state)
+	require.Equal(t, []string{StateTooManyKeys}, f.RefusedStateWrites(), "c2's write")
+	f.Commit()
+
+	// Bytes: keys and values together, at most 64.
+	f.Apply(t.Context(), event(t, "c3", started("c3", nil)))
+	f.Apply(t.Context(), event(t, "c3", stateChange(map[string]string{"a": strings.Repeat("x", 63)})))
+	require.Equal(t, StateSize{Keys: 1, Bytes: 64}, SizeOf(f.calls["c3"].state))
+	f.Apply(t.Context(), event(t, "c3", stateChange(map[string]string{"a": strings.Repeat("x", 64)})))
+	f.Apply(t.Context(), event(t, "c3", stateChange(map[string]string{"b": ""})))
+	require.Equal(t, StateSize{Keys: 1, Bytes: 64}, SizeOf(f.calls["c3"].state))
+	require.Equal(t, []string{StateTooLarge, StateTooLarge}, f.RefusedStateWrites())
+
+	// A rolled-back batch counts nothing.
+	f.Rollback()
+	require.Empty(t, f.RefusedStateWrites())
+	require.Nil(t, f.calls["c3"])
+
+	// A call over a cap (lowered by a reload) may shrink, not grow.
+	table.MaxStateKeys = 2
+	f.Apply(t.Context(), event(t, "c1", stateChange(map[string]string{"k3": "v"})))
+	require.Len(t, f.calls["c1"].state, 3)
+	f.Apply(t.Context(), event(t, "c1", stateChange(map[string]string{"k2": "changed"})))
+	require.Equal(t, "changed", f.calls["c1"].state["k2"])
+	f.Apply(t.Context(), event(t, "c1", stateChange(nil, "k0", "k2")))
+	require.Equal(t, map[string]string{"k9": "v"}, f.calls["c1"].state)
+	// An empty change, or one of nothing but unknown removals, is no growth.
+	f.Apply(t.Context(), event(t, "c1", stateChange(nil, "nope")))
+	f.Apply(t.Context(), event(t, "c1", &batonv1.CallStateChanged{}))
+	require.Equal(t, map[string]string{"k9": "v"}, f.calls["c1"].state)
+}
+
+func TestPatchedSize(t *testing.T) {
+	state := map[string]string{"a": "12", "bb": "3"}
+	require.Equal(t, StateSize{Keys: 2, Bytes: 6}, SizeOf(state))
+	for _, tc := range []struct {
+		name    string
+		set     map[string]string
+		removed []string
+		want    StateSize
+	}{
+		{"nothing", nil, nil, StateSize{Keys: 2, Bytes: 6}},
+		{"new key", map[string]string{"ccc": "4567"}, nil, StateSize{Keys: 3, Bytes: 13}},
+		{"replaced value", map[string]string{"a": ""}, nil, StateSize{Keys: 2, Bytes: 4}},
+		{"removed", nil, []string{"bb", "missing"}, StateSize{Keys: 1, Bytes: 3}},
+		{"set then removed", map[string]string{"a": "long value", "new": "x"}, []string{"a", "new"}, StateSize{Keys: 1, Bytes: 3}},
+		{"removed twice", nil, []string{"a", "a"}, StateSize{Keys: 1, Bytes: 3}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			require.Equal(t, tc.want, PatchedSize(state, tc.set, tc.removed))
+			// As the fold applies it.
+			out := setAll(state, tc.set)
+			out = maps.Clone(out)
+			for _, k := range tc.removed {
+				delete(out, k)
+			}
+			require.Equal(t, SizeOf(out), tc.want)
+		})
+	}
+	require.Equal(t, map[string]string{"a": "12", "bb": "3"}, state, "not changed")
 }

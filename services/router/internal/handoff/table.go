@@ -158,6 +158,12 @@ type Table struct {
 	MaxAttempts uint32
 	// MaxHandoffs bounds the handoffs one call may start; 0 is no bound.
 	MaxHandoffs uint32
+	// MaxStateKeys and MaxStateBytes bound a call's state (written by the
+	// agent and by rules): its keys, and the bytes of its keys and values
+	// together. An agent write (CallStateChanged) that would grow the
+	// state past either is not applied. 0 is no bound.
+	MaxStateKeys  int
+	MaxStateBytes int
 	// DeniedNumbers are number prefixes (route.NumberPrefix) no ad-hoc
 	// route may dial, whatever pattern admits it.
 	DeniedNumbers []string

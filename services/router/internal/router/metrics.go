@@ -25,6 +25,10 @@ type Metrics struct {
 	Transactions *prometheus.CounterVec
 	// BatchRecords is the number of records per polled batch.
 	BatchRecords prometheus.Histogram
+	// StateRefused counts agent state writes (CallStateChanged) the fold
+	// did not apply because they would break a per-call cap, by reason
+	// (state_too_many_keys, state_too_large).
+	StateRefused *prometheus.CounterVec
 }
 
 // NewMetrics registers the router's metrics on reg.
@@ -46,8 +50,12 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "baton_router_batch_records", Help: "Records per polled batch.",
 			Buckets: prometheus.ExponentialBuckets(1, 4, 8),
 		}),
+		StateRefused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "baton_router_state_writes_refused_total",
+			Help: "Agent state writes the fold did not apply for breaking a per-call cap (committed), by reason.",
+		}, []string{"reason"}),
 	}
-	reg.MustRegister(m.Commands, m.Refusals, m.Outcomes, m.Transactions, m.BatchRecords)
+	reg.MustRegister(m.Commands, m.Refusals, m.Outcomes, m.Transactions, m.BatchRecords, m.StateRefused)
 	return m
 }
 
@@ -55,11 +63,14 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 type tally struct {
 	decisions []proto.Message
 	outcomes  []*batonv1.TransferOutcome
+	// stateRefused are the reasons of the state writes the fold refused.
+	stateRefused []string
 }
 
 func (t *tally) reset() {
 	t.decisions = t.decisions[:0]
 	t.outcomes = t.outcomes[:0]
+	t.stateRefused = t.stateRefused[:0]
 }
 
 // count adds a committed batch to m (nil: no metrics).
@@ -79,6 +90,9 @@ func (m *Metrics) count(records int, t *tally) {
 	}
 	for _, o := range t.outcomes {
 		m.Outcomes.WithLabelValues(methodLabel(o.GetMethod()), statusLabel(o.GetStatus())).Inc()
+	}
+	for _, reason := range t.stateRefused {
+		m.StateRefused.WithLabelValues(reason).Inc()
 	}
 }
 

@@ -284,6 +284,9 @@ func (r *Router) handle(ctx context.Context, records []*kgo.Record) (out []*kgo.
 			out = append(out, rec)
 		}
 	}
+	// The fold keeps the batch's refused state writes until it commits
+	// or rolls back; they are counted if the transaction commits.
+	r.tally.stateRefused = append(r.tally.stateRefused[:0], r.fold.RefusedStateWrites()...)
 	return out, started
 }
 
