@@ -46,6 +46,10 @@ type Config struct {
 	// SessionTimeout is how long a consumer group waits for a silent member
 	// (crashed, partitioned) before giving its partitions to the others.
 	SessionTimeout time.Duration `yaml:"session_timeout"`
+	// TLS and SASL secure the connections to the brokers (both off by
+	// default, for the local stack's embedded broker).
+	TLS  TLS  `yaml:"tls"`
+	SASL SASL `yaml:"sasl"`
 }
 
 // DefaultConfig returns the configuration for the local stack.
@@ -84,12 +88,13 @@ func (c Config) Validate() error {
 	if c.ProduceTimeout <= 0 {
 		errs = append(errs, fmt.Errorf("kafka.produce_timeout: %v, want a positive duration", c.ProduceTimeout))
 	}
+	errs = append(errs, c.validateSecurity()...)
 	return errors.Join(errs...)
 }
 
 // ClientOpts returns the options every Baton client shares.
 func ClientOpts(c Config, logger *slog.Logger) []kgo.Opt {
-	return []kgo.Opt{
+	return append([]kgo.Opt{
 		kgo.SeedBrokers(c.Brokers...),
 		kgo.ClientID(c.ClientID),
 		// franz-go's logs go through the service's slog handler.
@@ -109,7 +114,7 @@ func ClientOpts(c Config, logger *slog.Logger) []kgo.Opt {
 		// timestamp, which is the event's time, so replayed or backlogged
 		// events would fail at once. Callers bound a produce with a context
 		// deadline of ProduceTimeout instead.
-	}
+	}, c.securityOpts()...)
 }
 
 // ConsumerOpts returns the options of a group consumer that commits by hand
