@@ -20,15 +20,38 @@ const (
 	HeaderTraceParent = "traceparent"
 )
 
-// maxAttributeLen bounds every attribute a decoder accepts, so a hostile
-// record cannot make a consumer hold huge strings.
-const maxAttributeLen = 1024
+// MaxSubjectLen is the longest subject (ce_subject, the call id, which is
+// also the record key) the contract carries, in bytes: Decode refuses a
+// longer one and Encode will not write it. A producer whose call id is
+// longer must refuse the call before it exists (ingress answers such an
+// INVITE 400).
+const MaxSubjectLen = 1024
 
-// Encode turns e into a record for topic, keyed by the call id.
+// maxAttributeLen bounds every attribute header Decode accepts and Encode
+// writes, so a hostile record cannot make a consumer hold huge strings. It
+// is the subject's bound: no attribute is longer than a call id may be.
+const maxAttributeLen = MaxSubjectLen
+
+// Encode turns e into a record for topic, keyed by the call id. It
+// refuses, wrapping ErrInvalidHeader, a record Decode would refuse: a
+// subject longer than MaxSubjectLen or another attribute longer than the
+// same bound.
 func Encode(topic string, e Event) (*kgo.Record, error) {
 	if e.ID == "" || e.Type == "" || e.Source == "" || e.Subject == "" || e.Time.IsZero() || e.Data == nil {
 		return nil, fmt.Errorf("encode event %q of type %q: %w: id, type, source, subject, time and data are required",
 			e.ID, e.Type, ErrMissingHeader)
+	}
+	if len(e.Subject) > MaxSubjectLen {
+		return nil, fmt.Errorf("encode event %s: %w: ce_subject (call id) is %d bytes, limit %d",
+			e.ID, ErrInvalidHeader, len(e.Subject), MaxSubjectLen)
+	}
+	for _, a := range []struct{ name, value string }{
+		{HeaderID, e.ID}, {HeaderSource, e.Source}, {HeaderTraceParent, e.TraceParent},
+	} {
+		if len(a.value) > maxAttributeLen {
+			return nil, fmt.Errorf("encode event of type %s: %w: %s is %d bytes, limit %d",
+				e.Type, ErrInvalidHeader, a.name, len(a.value), maxAttributeLen)
+		}
 	}
 	typ, err := TypeOf(e.Data)
 	if err != nil {
@@ -69,6 +92,7 @@ func Encode(topic string, e Event) (*kgo.Record, error) {
 func Decode(r *kgo.Record) (Event, error) {
 	attrs := make(map[string]string, len(r.Headers))
 	for _, h := range r.Headers {
+		// ce_subject is bounded by MaxSubjectLen, the same value.
 		if len(h.Value) > maxAttributeLen {
 			return Event{}, fmt.Errorf("decode %s/%d@%d: %w: %s is %d bytes", r.Topic, r.Partition, r.Offset,
 				ErrInvalidHeader, h.Key, len(h.Value))

@@ -2,6 +2,8 @@ package events
 
 import (
 	"errors"
+	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -102,6 +104,9 @@ func TestEncodeRejects(t *testing.T) {
 		"no data":       func(e *Event) { e.Data = nil },
 		"type mismatch": func(e *Event) { e.Type = TypeCallStarted },
 		"zero time":     func(e *Event) { e.Time = time.Time{} },
+		"long subject":  func(e *Event) { e.Subject = strings.Repeat("c", MaxSubjectLen+1) },
+		"huge source":   func(e *Event) { e.Source = strings.Repeat("s", 4096) },
+		"huge trace":    func(e *Event) { e.TraceParent = strings.Repeat("0", 4096) },
 	}
 	for name, mutate := range cases {
 		t.Run(name, func(t *testing.T) {
@@ -111,6 +116,40 @@ func TestEncodeRejects(t *testing.T) {
 			require.Error(t, err)
 		})
 	}
+}
+
+// TestEncodeSubjectLimit: Encode writes a subject of MaxSubjectLen bytes,
+// which Decode reads back, and refuses one byte more with a clear error,
+// so no producer publishes a record every consumer rejects (issue 14,
+// finding 10).
+func TestEncodeSubjectLimit(t *testing.T) {
+	at := time.Date(2026, 11, 23, 17, 0, 0, 0, time.UTC)
+	encode := func(subject string) (*kgo.Record, error) {
+		e, err := New("baton/test", subject, &batonv1.CallEnded{CallId: subject}, at)
+		require.NoError(t, err)
+		return Encode("baton.calls", e)
+	}
+
+	longest := strings.Repeat("c", MaxSubjectLen)
+	rec, err := encode(longest)
+	require.NoError(t, err)
+	got, err := Decode(rec)
+	require.NoError(t, err, "what Encode writes, Decode reads")
+	require.Equal(t, longest, got.Subject)
+
+	_, err = encode(longest + "c")
+	require.ErrorIs(t, err, ErrInvalidHeader)
+	require.ErrorContains(t, err, fmt.Sprintf("ce_subject (call id) is %d bytes, limit %d", MaxSubjectLen+1, MaxSubjectLen))
+
+	// Decode applies the same limit to a record written by hand.
+	rec.Key = []byte(longest + "c")
+	for i := range rec.Headers {
+		if rec.Headers[i].Key == HeaderSubject {
+			rec.Headers[i].Value = rec.Key
+		}
+	}
+	_, err = Decode(rec)
+	require.ErrorIs(t, err, ErrInvalidHeader)
 }
 
 func TestDecodeRejects(t *testing.T) {

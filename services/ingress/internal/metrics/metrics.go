@@ -116,6 +116,10 @@ func RegisterCounters(reg prometheus.Registerer, counters Counters) {
 		}, func() float64 { return float64(counters()[key]) }))
 	}
 	reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
+		Name: "baton_ingress_numbers_refused_total",
+		Help: "Caller or callee number sources refused for control characters or invalid UTF-8 (the number is then empty or read from the next source).",
+	}, func() float64 { return float64(counters()["refused_numbers"]) }))
+	reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
 		Name: "baton_ingress_dropped_total", Help: "SIP messages discarded without an answer (garbage, malformed, stray).",
 	}, func() float64 { c := counters(); return float64(c["dropped"] + c["stray_responses"]) }))
 }

@@ -64,9 +64,13 @@ func TestRegisterCountersReadsTheServer(t *testing.T) {
 	st.TrunkOverloadRate.Add(4)
 	st.Dropped.Add(1)
 	st.StrayResponses.Add(1)
+	st.RefusedNumbers.Add(5)
 	require.NoError(t, testutil.GatherAndCompare(reg, strings.NewReader(`# HELP baton_ingress_dropped_total SIP messages discarded without an answer (garbage, malformed, stray).
 # TYPE baton_ingress_dropped_total counter
 baton_ingress_dropped_total 2
+# HELP baton_ingress_numbers_refused_total Caller or callee number sources refused for control characters or invalid UTF-8 (the number is then empty or read from the next source).
+# TYPE baton_ingress_numbers_refused_total counter
+baton_ingress_numbers_refused_total 5
 # HELP baton_ingress_rejected_total SIP requests refused, by reason.
 # TYPE baton_ingress_rejected_total counter
 baton_ingress_rejected_total{reason="acl"} 3

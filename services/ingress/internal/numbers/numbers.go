@@ -3,13 +3,17 @@
 // Remote-Party-ID, Diversion) and normalises them to E.164 with
 // github.com/nyaruka/phonenumbers. The raw user part is always kept; when
 // a value is not a phone number (an extension, a name) the number is the
-// raw value unchanged.
+// raw value unchanged. A user part that holds control characters once
+// percent-decoded (C0, DEL, C1) or is not UTF-8 is never a number: Pick
+// refuses it, as if the source had none, and says so in Number.Refused.
 package numbers
 
 import (
 	"fmt"
 	"net/url"
 	"strings"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/emiago/sipgo/sip"
 	"github.com/nyaruka/phonenumbers"
@@ -46,17 +50,44 @@ type Number struct {
 	E164   string // normalised; the raw value when it is not a phone number
 	Raw    string // the URI user part as received (percent-decoded)
 	Source Source
+	// Refused are the sources, in order, whose user part Pick refused
+	// because it held control characters or was not UTF-8 (see Clean);
+	// their values are never returned.
+	Refused []Source
 }
 
 // Pick returns the number of the first source in order that yields a
-// non-empty user part.
+// non-empty user part that Clean accepts; a source whose user part it
+// refuses counts as one without a user part and is listed in Refused.
 func Pick(req *sip.Request, sources []Source, region string) Number {
+	var refused []Source
 	for _, src := range sources {
-		if raw := userOf(req, src); raw != "" {
-			return Number{E164: Normalize(raw, region), Raw: raw, Source: src}
+		raw := userOf(req, src)
+		if raw == "" {
+			continue
+		}
+		if !Clean(raw) {
+			refused = append(refused, src)
+			continue
+		}
+		return Number{E164: Normalize(raw, region), Raw: raw, Source: src, Refused: refused}
+	}
+	return Number{Refused: refused}
+}
+
+// Clean reports whether a decoded user part may be a number: valid UTF-8
+// without control characters (C0 including NUL, TAB, CR and LF, DEL, and
+// C1), which would reach every terminal and log that shows the number.
+func Clean(s string) bool {
+	if !utf8.ValidString(s) {
+		return false
+	}
+	for _, r := range s {
+		if unicode.IsControl(r) {
+			return false
 		}
 	}
-	return Number{}
+	return true
 }
 
 func userOf(req *sip.Request, src Source) string {
@@ -111,6 +142,7 @@ func AddressURI(v string) string {
 
 // User returns the user part of a sip:, sips: or tel: URI, percent-decoded,
 // without user parameters (";npdi", ";isub=..."); "" for other schemes.
+// Decoding may yield control characters: check the result with Clean.
 func User(uri string) string {
 	scheme, rest, ok := strings.Cut(strings.TrimSpace(uri), ":")
 	if !ok {

@@ -83,6 +83,54 @@ func TestPick(t *testing.T) {
 	}
 }
 
+// TestPickRefusesControlCharacters: a user part that holds control
+// characters once decoded, whether percent-encoded or sent raw behind a
+// quoted-pair backslash, is never a number; Pick falls through to the
+// next source and reports the refusal (issue 14, finding 9).
+func TestPickRefusesControlCharacters(t *testing.T) {
+	owned := "%1b%5b2J%1b%5d0%3bowned%07" // "\x1b[2J\x1b]0;owned\a" once decoded
+	cases := []struct {
+		name, to, from string
+	}{
+		{"percent-encoded in To", "<sip:" + owned + "@baton.example.com>", ""},
+		{"quoted-pair in name-addr", "<sip:\\\x1b%5b2J@baton.example.com>", ""},
+		{"quoted-pair in addr-spec", "sip:\\\x1b%5b2J\\\a@baton.example.com", ""},
+		{"tel URI", "<tel:%1b%5b2J>", ""},
+		{"C1 control (CSI)", "<sip:%c2%9b2J@baton.example.com>", ""},
+		{"not UTF-8", "<sip:%9b2J@baton.example.com>", ""},
+		{"NUL", "<sip:+1555%000100@baton.example.com>", ""},
+		{"percent-encoded in From", "<sip:+14155550123@baton.example.com>", "<sip:" + owned + "@carrier.example.com>;tag=1"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			req := request(t, "")
+			req.ReplaceHeader(sip.NewHeader("To", tc.to))
+			if tc.from != "" {
+				req.ReplaceHeader(sip.NewHeader("From", tc.from))
+			}
+			msg, err := sip.NewParser().ParseSIP([]byte(req.String()))
+			require.NoError(t, err)
+			req = msg.(*sip.Request)
+
+			src := To
+			if tc.from != "" {
+				src = From
+			}
+			got := Pick(req, []Source{src, RequestURI}, "US")
+			require.Equal(t, Number{E164: "+14155550199", Raw: "4155550199", Source: RequestURI, Refused: []Source{src}}, got,
+				"the refused source is skipped, the next one used")
+			got = Pick(req, []Source{src}, "US")
+			require.Equal(t, Number{Refused: []Source{src}}, got, "no source left: no number, as for one without a user part")
+		})
+	}
+	for _, ok := range []string{"+14155550100", "(415) 555-0100", "alice", "Jürgen", "anonymous"} {
+		require.True(t, Clean(ok), ok)
+	}
+	for _, bad := range []string{"\x1b[2J", "a\tb", "a\nb", "\x7f", "\u009b", "\xff", "\x00"} {
+		require.False(t, Clean(bad), "%q", bad)
+	}
+}
+
 func TestValidRegion(t *testing.T) {
 	require.NoError(t, ValidRegion(""))
 	require.NoError(t, ValidRegion("de"))

@@ -19,6 +19,9 @@ var errBadRequest = errors.New("bad request")
 type callFacts struct {
 	started *batonv1.CallStarted
 	skipped []headers.Skipped
+	// callerRefused and calleeRefused are the sources whose user part
+	// numbers.Pick refused (control characters); never published.
+	callerRefused, calleeRefused []numbers.Source
 }
 
 // dialogParams are the parts of the dialog ingress chose itself.
@@ -84,7 +87,9 @@ func readInvite(req *sip.Request, p dialogParams) (callFacts, error) {
 			LocalSdp:         string(p.localSDP),
 			RemoteSdp:        string(req.Body()),
 		},
-		skipped: ex.Skipped,
+		skipped:       ex.Skipped,
+		callerRefused: caller.Refused,
+		calleeRefused: callee.Refused,
 	}, nil
 }
 

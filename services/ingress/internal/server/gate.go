@@ -38,6 +38,9 @@ type Stats struct {
 	TrunkOverloadCalls atomic.Uint64
 	TrunkOverloadRate  atomic.Uint64
 	Draining           atomic.Uint64
+	// RefusedNumbers counts caller and callee sources whose user part held
+	// control characters once decoded; the call goes on without them.
+	RefusedNumbers atomic.Uint64
 }
 
 // Snapshot returns the counters by name.
@@ -52,6 +55,7 @@ func (s *Stats) Snapshot() map[string]uint64 {
 		"trunk_overload_calls": s.TrunkOverloadCalls.Load(),
 		"trunk_overload_rate":  s.TrunkOverloadRate.Load(),
 		"draining":             s.Draining.Load(),
+		"refused_numbers":      s.RefusedNumbers.Load(),
 	}
 }
 

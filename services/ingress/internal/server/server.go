@@ -576,6 +576,12 @@ func (s *Server) onInvite(ctx context.Context, req *sip.Request, tx sip.ServerTr
 	for _, sk := range facts.skipped {
 		log.WarnContext(ctx, "custom header not made a variable", "header", sk.Name, "err", sk.Err)
 	}
+	if n := len(facts.callerRefused) + len(facts.calleeRefused); n > 0 {
+		// The value is not logged: it is what must not reach a terminal.
+		s.stats.RefusedNumbers.Add(uint64(n))
+		log.WarnContext(ctx, "number refused: control characters or not UTF-8 after decoding",
+			"caller_sources", facts.callerRefused, "callee_sources", facts.calleeRefused)
+	}
 
 	c.mu.Lock()
 	c.localTag, c.remoteTag, c.start, c.media = localTag, facts.started.Dialog.RemoteTag, start, media

@@ -14,6 +14,8 @@ import (
 	"net/netip"
 	"strconv"
 	"strings"
+
+	"github.com/baton-voice/baton/pkg/events"
 )
 
 // Header is a response header Reply adds (Unsupported, Accept, ...).
@@ -65,12 +67,19 @@ type Policy struct {
 	// AnswerTypes maps a method to the body type its answer carries; an
 	// Accept header that excludes it gets 406 (RFC 4475 3.2.15).
 	AnswerTypes map[string]string
+	// MaxInviteCallID is the longest Call-ID, in bytes, an INVITE may
+	// carry; a longer one gets 400. The Call-ID becomes the subject and
+	// key of every event of the call, so it may not exceed what the event
+	// contract carries. 0 means no limit.
+	MaxInviteCallID int
 }
 
 // DefaultPolicy is ingress's: no extensions, SDP offers and answers,
-// DTMF relay bodies in INFO.
+// DTMF relay bodies in INFO, and no INVITE whose Call-ID is longer than
+// an event's subject may be (events.MaxSubjectLen).
 func DefaultPolicy() Policy {
 	return Policy{
+		MaxInviteCallID: events.MaxSubjectLen,
 		BodyTypes: map[string][]string{
 			"INVITE": {"application/sdp"},
 			"ACK":    {"application/sdp"},
@@ -174,15 +183,22 @@ func parse(data []byte) message {
 }
 
 // badByte returns the index of a control character that is not HT and not
-// escaped as a quoted-pair (RFC 3261 25.1 allows "\" followed by any
-// octet but CR and LF inside quoted strings), or -1.
+// escaped as a quoted-pair inside a quoted string, or -1. RFC 3261 25.1
+// allows "\" followed by any octet but CR and LF only inside a
+// quoted-string: elsewhere a backslash escapes nothing, so "\" and ESC in
+// a URI is a raw ESC (issue 14: it reached a published number).
 func badByte(s string) int {
+	in := false
 	for i := 0; i < len(s); i++ {
 		c := s[i]
-		if c == '\t' || c >= 0x20 && c != 0x7f {
+		if in && c == '\\' && i+1 < len(s) && s[i+1] != '\r' && s[i+1] != '\n' {
+			i++ // the quoted-pair's octet, whatever it is
 			continue
 		}
-		if c != '\r' && c != '\n' && i > 0 && s[i-1] == '\\' {
+		if c == '"' {
+			in = !in
+		}
+		if c == '\t' || c >= 0x20 && c != 0x7f {
 			continue
 		}
 		return i
@@ -333,8 +349,15 @@ func checkRequest(m *message, data []byte, p Policy) Result {
 	if n, err := strconv.Atoi(mf); err != nil || !allDigits(mf) || n > 255 {
 		return reject(r, 400, "Bad Max-Forwards", "Max-Forwards is not 0-255")
 	}
-	if callID, _ := m.first("Call-ID"); callID == "" || strings.ContainsAny(callID, " \t") {
+	callID, _ := m.first("Call-ID")
+	if callID == "" || strings.ContainsAny(callID, " \t") {
 		return reject(r, 400, "Bad Call-ID", "malformed Call-ID")
+	}
+	if method == "INVITE" && p.MaxInviteCallID > 0 && len(callID) > p.MaxInviteCallID {
+		// Every consumer would reject the call's events: refuse it before
+		// any state exists rather than answer a call nobody can see.
+		return reject(r, 400, "Call-ID Too Long",
+			"Call-ID is "+strconv.Itoa(len(callID))+" bytes, longer than the "+strconv.Itoa(p.MaxInviteCallID)+" an event subject carries")
 	}
 
 	// Body framing (RFC 3261 18.3 and 20.14).

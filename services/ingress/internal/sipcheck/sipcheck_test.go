@@ -10,6 +10,8 @@ import (
 
 	"github.com/emiago/sipgo/sip"
 	"github.com/stretchr/testify/require"
+
+	"github.com/baton-voice/baton/pkg/events"
 )
 
 // corpus is the verdict for every RFC 4475 message in testdata: the status
@@ -216,6 +218,12 @@ func TestCheck(t *testing.T) {
 		{"bare lf in a value", base + "X-Evil: a\nInjected: b\r\nContent-Length: 0\r\n\r\n", 400, false},
 		{"bare cr in a value", base + "X-Evil: a\rb\r\nContent-Length: 0\r\n\r\n", 400, false},
 		{"nul in a value", base + "X-Evil: a\x00b\r\nContent-Length: 0\r\n\r\n", 400, false},
+		// RFC 3261 25.1: a quoted-pair exists only inside a quoted string.
+		{"escaped esc in a uri", strings.Replace(base, "To: <sip:+15550200@", "To: <sip:\\\x1b%5b2J@", 1) + "\r\n", 400, false},
+		{"escaped esc in a value", base + "X-Evil: \\\x1b[2J\r\nContent-Length: 0\r\n\r\n", 400, false},
+		{"escaped esc after a closed quote", base + "X-Evil: \"a\" \\\x1b[2J\r\nContent-Length: 0\r\n\r\n", 400, false},
+		{"escaped backslash then esc", base + "X-Evil: \"a\\\\\x1b\"\r\nContent-Length: 0\r\n\r\n", 400, false},
+		{"escaped esc in a quoted string", strings.Replace(base, "To: <sip:", "To: \"a\\\x1b\\\" b\" <sip:", 1) + "\r\n", 0, false},
 		{"max-forwards not a number", strings.Replace(base, "Max-Forwards: 70", "Max-Forwards: ten", 1) + "\r\n", 400, false},
 		{"missing max-forwards", strings.Replace(base, "Max-Forwards: 70\r\n", "", 1) + "\r\n", 400, false},
 		{"tel request-uri", strings.Replace(base, "sip:+15550200@192.0.2.1 ", "tel:+15550200 ", 1) + "\r\n", 0, false},
@@ -239,6 +247,36 @@ func TestCheck(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestInviteCallIDLimit: an INVITE whose Call-ID the event contract
+// cannot carry as a subject is refused with 400 at the gate (issue 14,
+// finding 10); one at the limit passes.
+func TestInviteCallIDLimit(t *testing.T) {
+	withCallID := func(msg, id string) []byte {
+		return []byte(strings.Replace(msg, "Call-ID: c1", "Call-ID: "+id, 1) + "\r\n")
+	}
+	longest := strings.Repeat("i", events.MaxSubjectLen)
+	require.Equal(t, events.MaxSubjectLen, DefaultPolicy().MaxInviteCallID)
+
+	r := Check(withCallID(base, longest), DefaultPolicy())
+	require.True(t, r.OK(), r.Detail)
+
+	msg := withCallID(base, longest+"i")
+	r = Check(msg, DefaultPolicy())
+	require.False(t, r.Drop, r.Detail)
+	require.Equal(t, 400, r.Status)
+	require.Equal(t, "Call-ID Too Long", r.Reason)
+	require.Equal(t, fmt.Sprintf("Call-ID is %d bytes, longer than the %d an event subject carries",
+		events.MaxSubjectLen+1, events.MaxSubjectLen), r.Detail)
+	res := string(Reply(msg, r, "t", netip.AddrPort{}))
+	require.True(t, strings.HasPrefix(res, "SIP/2.0 400 Call-ID Too Long\r\n"), res)
+
+	// Only a new call's Call-ID becomes an event subject.
+	options := strings.NewReplacer("INVITE", "OPTIONS").Replace(base)
+	require.True(t, Check(withCallID(options, longest+"i"), DefaultPolicy()).OK())
+	// 0 is no limit.
+	require.True(t, Check(msg, Policy{}).OK())
 }
 
 func TestReplyNeverEchoesControlCharacters(t *testing.T) {
