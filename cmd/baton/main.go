@@ -20,6 +20,7 @@ import (
 	"github.com/baton-voice/baton/cmd/baton/internal/replay"
 	"github.com/baton-voice/baton/cmd/baton/internal/report"
 	"github.com/baton-voice/baton/cmd/baton/internal/stack"
+	"github.com/baton-voice/baton/cmd/baton/internal/termsafe"
 	"github.com/baton-voice/baton/cmd/baton/internal/version"
 	"github.com/baton-voice/baton/pkg/observability"
 )
@@ -121,7 +122,7 @@ func (c *callSource) records(ctx context.Context, s *streams) ([]replay.Record, 
 	defer cl.Close()
 	q := replay.Query{CallID: c.Call, Topics: c.Topics, Since: time.Now().Add(-c.Since)}
 	return replay.Fetch(ctx, cl, q, func(topic string, partition int32, scanned, total int64) {
-		fmt.Fprintf(s.err, "\rscanning %s/%d: %d of %d records", topic, partition, scanned, total)
+		fmt.Fprint(s.err, termsafe.Sprintf("\rscanning %s/%d: %d of %d records", topic, partition, scanned, total))
 		if scanned >= total {
 			fmt.Fprintln(s.err)
 		}
@@ -176,7 +177,7 @@ func (c *replayCmd) Run(ctx context.Context, s *streams) error {
 	if err := f.Close(); err != nil {
 		return err
 	}
-	fmt.Fprintf(s.out, "\nwrote %s\n", c.HTML)
+	fmt.Fprint(s.out, termsafe.Sprintf("\nwrote %s\n", c.HTML))
 	return nil
 }
 
@@ -220,7 +221,7 @@ func (c *exportCmd) Run(ctx context.Context, s *streams) error {
 	if err := f.Close(); err != nil {
 		return err
 	}
-	fmt.Fprintf(s.err, "wrote %d records of call %s to %s\n", len(recs), c.Call, c.Out)
+	fmt.Fprint(s.err, termsafe.Sprintf("wrote %d records of call %s to %s\n", len(recs), c.Call, c.Out))
 	return nil
 }
 
@@ -316,7 +317,9 @@ func run(args []string) int {
 	}
 	kctx.BindTo(ctx, (*context.Context)(nil))
 	if err := kctx.Run(&streams{out: os.Stdout, err: os.Stderr}); err != nil {
-		fmt.Fprintf(os.Stderr, "baton %s: %v\n", kctx.Command(), err)
+		// An error may quote a record or a call id: escaped like every
+		// other text output.
+		fmt.Fprint(os.Stderr, termsafe.Sprintf("baton %s: %s\n", kctx.Command(), err))
 		return 1
 	}
 	return 0

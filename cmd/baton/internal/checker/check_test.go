@@ -436,6 +436,24 @@ func TestWriteListsAtMostMaxListed(t *testing.T) {
 	require.Equal(t, maxListed, strings.Count(out.String(), "acknowledged call has no CallStarted"))
 }
 
+// TestWriteEscapesControlCharacters: call ids and record types in the
+// report are caller-chosen text; it prints them escaped (issue 14,
+// finding 9).
+func TestWriteEscapesControlCharacters(t *testing.T) {
+	h := newHistory(t)
+	h.started("call-\x1b[2J\x1b]0;owned\a")
+	rep := Check(h.recs, Options{Calls: []string{"gone-\x1b[2J"}, RequireEnded: true})
+	rep.Topics = append(rep.Topics, TopicStats{Topic: "baton.calls\a", ByType: map[string]int{"type\x1b[2J": 1}})
+	var out strings.Builder
+	require.NoError(t, rep.Write(&out))
+	require.NotContains(t, out.String(), "\x1b")
+	require.NotContains(t, out.String(), "\a")
+	require.Contains(t, out.String(), `call never ended: call call-\x1b[2J\x1b]0;owned\a`)
+	require.Contains(t, out.String(), `acknowledged call has no CallStarted: call gone-\x1b[2J`)
+	require.Contains(t, out.String(), `baton.calls\a`)
+	require.Contains(t, out.String(), `type\x1b[2J 1`)
+}
+
 func TestReadCallIDs(t *testing.T) {
 	ids, err := ReadCallIDs(strings.NewReader("# placed by sipp\n 1-123@127.0.0.1 \n\n2-123@127.0.0.1\n"))
 	require.NoError(t, err)

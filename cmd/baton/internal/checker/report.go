@@ -7,6 +7,8 @@ import (
 	"maps"
 	"slices"
 	"strings"
+
+	"github.com/baton-voice/baton/cmd/baton/internal/termsafe"
 )
 
 // maxListed bounds the findings listed per kind; the counts are exact.
@@ -14,7 +16,8 @@ const maxListed = 20
 
 // Write prints the report: the records per topic, the call figures, the
 // count of findings per kind, then the findings themselves (the first
-// maxListed of each kind) and a last line OK or FAILED.
+// maxListed of each kind) and a last line OK or FAILED. Topics, types and
+// findings (call ids, keys) are printed through termsafe.
 func (r Report) Write(w io.Writer) error {
 	var b strings.Builder
 	fmt.Fprintf(&b, "records read: %d (read_committed, up to the last stable offsets)\n", r.Records)
@@ -25,14 +28,14 @@ func (r Report) Write(w io.Writer) error {
 			if name == "" {
 				name = "undecodable"
 			}
-			types = append(types, fmt.Sprintf("%s %d", name, t.ByType[typ]))
+			types = append(types, fmt.Sprintf("%s %d", name, t.ByType[typ])) // escaped below
 		}
-		fmt.Fprintf(&b, "  %-24s %2d partitions %7d records", t.Topic, t.Partitions, t.Records)
+		fmt.Fprint(&b, termsafe.Sprintf("  %-24s %2d partitions %7d records", t.Topic, t.Partitions, t.Records))
 		if t.AbortedWithheld > 0 {
 			fmt.Fprintf(&b, " (+%d aborted, withheld)", t.AbortedWithheld)
 		}
 		if len(types) > 0 {
-			fmt.Fprintf(&b, ": %s", strings.Join(types, ", "))
+			fmt.Fprint(&b, termsafe.Sprintf(": %s", strings.Join(types, ", ")))
 		}
 		b.WriteString("\n")
 	}
@@ -54,7 +57,7 @@ func (r Report) Write(w io.Writer) error {
 				fmt.Fprintf(&b, "  ... %d more %s findings\n", r.Count(k)-maxListed, k)
 				break
 			}
-			fmt.Fprintf(&b, "  %s\n", f)
+			fmt.Fprint(&b, termsafe.Sprintf("  %s\n", f.String()))
 			listed++
 		}
 	}

@@ -18,6 +18,7 @@ import (
 
 	"google.golang.org/protobuf/proto"
 
+	"github.com/baton-voice/baton/cmd/baton/internal/termsafe"
 	"github.com/baton-voice/baton/pkg/events"
 	batonv1 "github.com/baton-voice/baton/pkg/events/batonv1"
 )
@@ -385,38 +386,38 @@ func orNone(s string) string {
 // fields that changed, the recorded outcome, and which attempts the
 // recording cannot answer for.
 func WriteDiff(w io.Writer, cmp Comparison, rules string) error {
-	fmt.Fprintf(w, "call %s: %d recorded decisions, %d re-decided with %s\n", cmp.CallID, cmp.Recorded, cmp.Redecided, rules)
+	fmt.Fprint(w, termsafe.Sprintf("call %s: %d recorded decisions, %d re-decided with %s\n", cmp.CallID, cmp.Recorded, cmp.Redecided, rules))
 	counts := map[Verdict]int{}
 	for _, r := range cmp.Rows {
 		counts[r.Verdict]++
-		fmt.Fprintf(w, "\nhandoff %d, %s  %s  [%s]\n", r.Handoff, attemptName(&r), short(r.ID), r.Verdict)
+		fmt.Fprint(w, termsafe.Sprintf("\nhandoff %d, %s  %s  [%s]\n", r.Handoff, attemptName(&r), short(r.ID), r.Verdict))
 		if r.Trigger != nil {
-			fmt.Fprintf(w, "  trigger      %s %s\n", r.Trigger.Time.UTC().Format("15:04:05.000"), Step{Event: *r.Trigger}.Summary())
+			fmt.Fprint(w, termsafe.Sprintf("  trigger      %s %s\n", r.Trigger.Time.UTC().Format("15:04:05.000"), Step{Event: *r.Trigger}.Summary()))
 		}
 		switch r.Verdict {
 		case Same:
-			fmt.Fprintf(w, "  same         %s\n", decisionLine(r.Recorded))
+			fmt.Fprint(w, termsafe.Sprintf("  same         %s\n", decisionLine(r.Recorded)))
 		case OnlyRecorded:
-			fmt.Fprintf(w, "  recorded     %s\n  re-decided   nothing\n", decisionLine(r.Recorded))
+			fmt.Fprint(w, termsafe.Sprintf("  recorded     %s\n  re-decided   nothing\n", decisionLine(r.Recorded)))
 		case OnlyRedecided:
-			fmt.Fprintf(w, "  recorded     nothing\n  re-decided   %s\n", decisionLine(r.Redecided))
+			fmt.Fprint(w, termsafe.Sprintf("  recorded     nothing\n  re-decided   %s\n", decisionLine(r.Redecided)))
 		case Changed:
 			for _, c := range r.Changes {
-				fmt.Fprintf(w, "  %s\n", c)
+				fmt.Fprint(w, termsafe.Sprintf("  %s\n", c))
 			}
 		case NotRecorded:
 			if r.Recorded != nil {
-				fmt.Fprintf(w, "  recorded     %s\n", decisionLine(r.Recorded))
+				fmt.Fprint(w, termsafe.Sprintf("  recorded     %s\n", decisionLine(r.Recorded)))
 			} else {
-				fmt.Fprintf(w, "  recorded     nothing\n")
+				fmt.Fprint(w, "  recorded     nothing\n")
 			}
 			if r.Redecided != nil {
-				fmt.Fprintf(w, "  re-decided   %s\n", decisionLine(r.Redecided))
+				fmt.Fprint(w, termsafe.Sprintf("  re-decided   %s\n", decisionLine(r.Redecided)))
 			} else {
-				fmt.Fprintf(w, "  re-decided   nothing\n")
+				fmt.Fprint(w, "  re-decided   nothing\n")
 			}
-			fmt.Fprintf(w, "  why          the chain left the recording at %s; this attempt follows outcomes recorded for the old "+
-				"target, and what the new one would have answered is not recorded\n", r.DivergedAt)
+			fmt.Fprint(w, termsafe.Sprintf("  why          the chain left the recording at %s; this attempt follows outcomes recorded for the old "+
+				"target, and what the new one would have answered is not recorded\n", r.DivergedAt))
 		}
 		if r.Outcome != nil {
 			line := fmt.Sprintf("  outcome      recorded: %s", statusName(r.Outcome.GetStatus()))
@@ -426,10 +427,10 @@ func WriteDiff(w io.Writer, cmp Comparison, rules string) error {
 			if r.Verdict != Same && targetChanged(r.Recorded, r.Redecided) {
 				line += fmt.Sprintf(" from %s; not recorded for %s", targetName(r.Recorded), targetName(r.Redecided))
 			}
-			fmt.Fprintln(w, strings.TrimRight(line, " "))
+			fmt.Fprint(w, termsafe.Sprintf("%s\n", strings.TrimRight(line, " ")))
 		}
 	}
-	_, err := fmt.Fprintf(w, "\n%d same, %d changed, %d only recorded, %d only re-decided, %d not recorded\n",
+	_, err := termsafe.Fprintf(w, "\n%d same, %d changed, %d only recorded, %d only re-decided, %d not recorded\n",
 		counts[Same], counts[Changed], counts[OnlyRecorded], counts[OnlyRedecided], counts[NotRecorded])
 	return err
 }

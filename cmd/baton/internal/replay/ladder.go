@@ -6,7 +6,9 @@ import (
 	"io"
 	"strings"
 	"time"
+	"unicode/utf8"
 
+	"github.com/baton-voice/baton/cmd/baton/internal/termsafe"
 	batonv1 "github.com/baton-voice/baton/pkg/events/batonv1"
 )
 
@@ -123,6 +125,7 @@ func WriteLadder(w io.Writer, arrows []Arrow) error {
 		start = arrows[0].At
 	}
 	for _, a := range arrows {
+		label := termsafe.String(a.Label)
 		line := []byte(strings.Repeat(" ", width))
 		for i := range lanes {
 			line[i*laneWidth] = '|'
@@ -131,7 +134,7 @@ func WriteLadder(w io.Writer, arrows []Arrow) error {
 		var text string
 		if from == to {
 			line[from] = '*'
-			text = string(line) + "  " + lanes[a.From] + ": " + a.Label
+			text = string(line) + "  " + lanes[a.From] + ": " + label
 		} else {
 			lo, hi := min(from, to), max(from, to)
 			for i := lo + 1; i < hi; i++ {
@@ -142,9 +145,8 @@ func WriteLadder(w io.Writer, arrows []Arrow) error {
 			} else {
 				line[lo+1] = '<'
 			}
-			label := a.Label
 			if room := hi - lo - 5; len(label) > room {
-				label = label[:max(room, 0)]
+				label = cut(label, max(room, 0))
 			}
 			mid := lo + (hi-lo-len(label))/2
 			copy(line[mid:], label)
@@ -155,6 +157,14 @@ func WriteLadder(w io.Writer, arrows []Arrow) error {
 		}
 	}
 	return nil
+}
+
+// cut shortens s to at most n bytes without splitting a rune.
+func cut(s string, n int) string {
+	for n > 0 && n < len(s) && !utf8.RuneStart(s[n]) {
+		n--
+	}
+	return s[:n]
 }
 
 // WriteHTML writes a standalone HTML page: the ladder as SVG and the

@@ -9,6 +9,7 @@ import (
 
 	"github.com/twmb/franz-go/pkg/kgo"
 
+	"github.com/baton-voice/baton/cmd/baton/internal/termsafe"
 	"github.com/baton-voice/baton/pkg/events"
 	batonv1 "github.com/baton-voice/baton/pkg/events/batonv1"
 )
@@ -104,15 +105,16 @@ func (s Step) Summary() string {
 }
 
 // WriteTimeline prints the steps with the time since the first and since
-// the previous step.
+// the previous step. Text from the records is printed through termsafe:
+// a value that holds terminal control sequences shows them escaped.
 func WriteTimeline(w io.Writer, callID string, steps []Step) error {
 	if len(steps) == 0 {
-		_, err := fmt.Fprintf(w, "no records for call %s\n", callID)
+		_, err := termsafe.Fprintf(w, "no records for call %s\n", callID)
 		return err
 	}
 	start := steps[0].Time()
 	prev := start
-	fmt.Fprintf(w, "call %s: %d records, first at %s\n\n", callID, len(steps), start.UTC().Format(time.RFC3339Nano))
+	fmt.Fprint(w, termsafe.Sprintf("call %s: %d records, first at %s\n\n", callID, len(steps), start.UTC().Format(time.RFC3339Nano)))
 	fmt.Fprintf(w, "%10s %9s  %-16s %-26s %s\n", "T+", "delta", "topic", "type", "what")
 	for _, s := range steps {
 		t := s.Time()
@@ -120,8 +122,8 @@ func WriteTimeline(w io.Writer, callID string, steps []Step) error {
 		if s.Err != nil {
 			typ = "?"
 		}
-		fmt.Fprintf(w, "%9.3fs %8.3fs  %-16s %-26s %s\n", t.Sub(start).Seconds(), t.Sub(prev).Seconds(),
-			s.Record.Topic, typ, s.Summary())
+		fmt.Fprint(w, termsafe.Sprintf("%9.3fs %8.3fs  %-16s %-26s %s\n", t.Sub(start).Seconds(), t.Sub(prev).Seconds(),
+			s.Record.Topic, typ, s.Summary()))
 		prev = t
 	}
 	return nil

@@ -16,6 +16,7 @@ import (
 	"github.com/ClickHouse/clickhouse-go/v2"
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 
+	"github.com/baton-voice/baton/cmd/baton/internal/termsafe"
 	"github.com/baton-voice/baton/schemas/panels"
 )
 
@@ -62,7 +63,7 @@ func Print(ctx context.Context, conn driver.Conn, o Options, out io.Writer) erro
 	if err := conn.QueryRow(ctx, "SELECT version()").Scan(&version); err != nil {
 		return fmt.Errorf("clickhouse %s: %w", o.Addr, err)
 	}
-	if _, err := fmt.Fprintf(out, "Baton handoffs %s to %s UTC (ClickHouse %s, database %s)\n",
+	if _, err := termsafe.Fprintf(out, "Baton handoffs %s to %s UTC (ClickHouse %s, database %s)\n",
 		o.From.UTC().Format("2006-01-02 15:04"), o.To.UTC().Format("2006-01-02 15:04"), version, o.Database); err != nil {
 		return err
 	}
@@ -80,13 +81,17 @@ func printPanel(ctx context.Context, conn driver.Conn, p panels.Panel, o Options
 		return fmt.Errorf("panel %s: %w", p.Name, err)
 	}
 	defer func() { _ = rows.Close() }()
-	if _, err := fmt.Fprintf(out, "\n%s\n", p.Title); err != nil {
+	if _, err := termsafe.Fprintf(out, "\n%s\n", p.Title); err != nil {
 		return err
 	}
 	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
 	cols := rows.Columns()
 	types := rows.ColumnTypes()
-	if _, err := fmt.Fprintln(tw, "  "+strings.Join(cols, "\t")); err != nil {
+	header := make([]string, len(cols))
+	for i, c := range cols {
+		header[i] = termsafe.String(c)
+	}
+	if _, err := fmt.Fprintln(tw, "  "+strings.Join(header, "\t")); err != nil {
 		return err
 	}
 	n := 0
@@ -100,7 +105,9 @@ func printPanel(ctx context.Context, conn driver.Conn, p panels.Panel, o Options
 		}
 		cells := make([]string, len(dest))
 		for i, d := range dest {
-			cells[i] = format(cols[i], reflect.ValueOf(d).Elem().Interface())
+			// Cells are call ids, numbers, X- values: text the caller
+			// chose, escaped so it cannot drive the terminal or the table.
+			cells[i] = termsafe.String(format(cols[i], reflect.ValueOf(d).Elem().Interface()))
 		}
 		if _, err := fmt.Fprintln(tw, "  "+strings.Join(cells, "\t")); err != nil {
 			return err

@@ -145,4 +145,25 @@ func TestReport(t *testing.T) {
 		require.Contains(t, got, want, got)
 	}
 	require.Equal(t, 5, strings.Count(got, "\n\n"), "five panels:\n%s", got)
+
+	// Numbers, call ids and reasons are caller-chosen text: printed
+	// escaped, never raw (issue 14, finding 9).
+	const owned = "\x1b[2J\x1b]0;owned\a"
+	later := day.Add(24 * time.Hour)
+	b, err := conn.PrepareBatch(t.Context(), "INSERT INTO handoffs (command_id, call_id, requested_at, requested_ms, destination, method, reason)")
+	require.NoError(t, err)
+	require.NoError(t, b.Append("h9", "call-"+owned, later, uint64(later.UnixMilli()), owned, "REFER", owned))
+	require.NoError(t, b.Send())
+	b, err = conn.PrepareBatch(t.Context(), "INSERT INTO calls (call_id, started_at, started_ms, callee_number, version)")
+	require.NoError(t, err)
+	require.NoError(t, b.Append("call-"+owned, later, uint64(later.UnixMilli()), owned, uint64(1)))
+	require.NoError(t, b.Send())
+	out.Reset()
+	require.NoError(t, Run(t.Context(), Options{Addr: addr, Database: "baton", Username: "default",
+		From: later, To: later.Add(time.Hour), Limit: 10}, &out))
+	got = out.String()
+	require.NotContains(t, got, "\x1b", "ESC reached the terminal")
+	require.NotContains(t, got, "\a", "BEL reached the terminal")
+	require.Contains(t, got, `call-\x1b[2J\x1b]0;owned\a  h9`, got)
+	require.Contains(t, got, `\x1b[2J\x1b]0;owned\a  1`, "calls per dialed number:\n%s", got)
 }

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"io"
 	"time"
+
+	"github.com/baton-voice/baton/cmd/baton/internal/termsafe"
 )
 
 // DemoOptions shape `baton dev`.
@@ -40,10 +42,10 @@ func Demo(ctx context.Context, opts Options, d DemoOptions, out io.Writer) (err 
 		}
 		fmt.Fprintf(out, "baton dev: SIPp exited %d; the SBC received %d REFERs (log: %s)\n", res.ExitCode, len(res.Refers), res.LogDir)
 		for _, r := range res.Refers {
-			fmt.Fprintf(out, "  REFER for %s: Refer-To %s\n", r.CallID, r.ReferTo)
+			fmt.Fprint(out, termsafe.Sprintf("  REFER for %s: Refer-To %s\n", r.CallID, r.ReferTo))
 		}
 		for _, f := range res.Failures {
-			fmt.Fprintf(out, "  SBC scenario failure: %s\n", f)
+			fmt.Fprint(out, termsafe.Sprintf("  SBC scenario failure: %s\n", f))
 		}
 
 		conn, err := s.Open()

@@ -10,6 +10,7 @@ import (
 
 	"github.com/ClickHouse/clickhouse-go/v2"
 
+	"github.com/baton-voice/baton/cmd/baton/internal/termsafe"
 	"github.com/baton-voice/baton/schemas/panels"
 )
 
@@ -105,8 +106,8 @@ func PrintHandoffs(w io.Writer, rows []HandoffRow) error {
 		if status == "" {
 			status = "(none yet)"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\n", r.CallID, r.CallerNumber, r.CalleeNumber,
-			r.CustomerID, r.Intent, orDash(r.Destination), orDash(r.Method), status, r.SIPCode)
+		fmt.Fprint(tw, termsafe.Sprintf("%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\n", r.CallID, r.CallerNumber, r.CalleeNumber,
+			r.CustomerID, r.Intent, orDash(r.Destination), orDash(r.Method), status, r.SIPCode))
 	}
 	return tw.Flush()
 }
