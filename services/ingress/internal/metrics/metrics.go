@@ -120,6 +120,10 @@ func RegisterCounters(reg prometheus.Registerer, counters Counters) {
 		Help: "Caller or callee number sources refused for control characters or invalid UTF-8 (the number is then empty or read from the next source).",
 	}, func() float64 { return float64(counters()["refused_numbers"]) }))
 	reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
+		Name: "baton_ingress_rtp_foreign_total",
+		Help: "RTP datagrams dropped for coming from a source the call is not latched to (counted when the call ends).",
+	}, func() float64 { return float64(counters()["foreign_rtp"]) }))
+	reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
 		Name: "baton_ingress_dropped_total", Help: "SIP messages discarded without an answer (garbage, malformed, stray).",
 	}, func() float64 { c := counters(); return float64(c["dropped"] + c["stray_responses"]) }))
 }

@@ -65,12 +65,16 @@ func TestRegisterCountersReadsTheServer(t *testing.T) {
 	st.Dropped.Add(1)
 	st.StrayResponses.Add(1)
 	st.RefusedNumbers.Add(5)
+	st.ForeignRTP.Add(7)
 	require.NoError(t, testutil.GatherAndCompare(reg, strings.NewReader(`# HELP baton_ingress_dropped_total SIP messages discarded without an answer (garbage, malformed, stray).
 # TYPE baton_ingress_dropped_total counter
 baton_ingress_dropped_total 2
 # HELP baton_ingress_numbers_refused_total Caller or callee number sources refused for control characters or invalid UTF-8 (the number is then empty or read from the next source).
 # TYPE baton_ingress_numbers_refused_total counter
 baton_ingress_numbers_refused_total 5
+# HELP baton_ingress_rtp_foreign_total RTP datagrams dropped for coming from a source the call is not latched to (counted when the call ends).
+# TYPE baton_ingress_rtp_foreign_total counter
+baton_ingress_rtp_foreign_total 7
 # HELP baton_ingress_rejected_total SIP requests refused, by reason.
 # TYPE baton_ingress_rejected_total counter
 baton_ingress_rejected_total{reason="acl"} 3

@@ -16,6 +16,10 @@ type Stats struct {
 	// JitterMS is the interarrival jitter of the audio payload (RFC 3550
 	// A.8) at the last packet, in milliseconds.
 	JitterMS float64
+	// Foreign counts datagrams dropped for coming from a source the call
+	// is not latched to (or that neither its SDP nor its trunk allows).
+	// They are in no other count.
+	Foreign uint64
 }
 
 // DTMF is a digit received as RFC 4733 telephone-events.

@@ -116,7 +116,7 @@ func TestReceiverDTMF(t *testing.T) {
 func TestPlay(t *testing.T) {
 	base := freeRange(t)
 	a := NewAllocator("127.0.0.1", base, base+2)
-	s, err := a.Open(nil)
+	s, err := a.Open(nil, nil)
 	require.NoError(t, err)
 	t.Cleanup(func() { _, err := s.Close(); require.NoError(t, err) })
 

@@ -35,7 +35,11 @@ func NewAllocator(host string, portMin, portMax int) *Allocator {
 
 // Open binds the next free port and starts reading what arrives on it;
 // onDTMF (may be nil) gets each RFC 4733 digit, on the reading goroutine.
-func (a *Allocator) Open(onDTMF func(DTMF)) (*Session, error) {
+// allow (may be nil) says which sources besides the SDP's address may
+// send the call's media: the call's trunk, so an SBC whose media comes
+// from another address of its range (NAT) is heard. With allow nil and
+// no SDP address yet, the session takes anything (tests, raw counting).
+func (a *Allocator) Open(onDTMF func(DTMF), allow func(netip.Addr) bool) (*Session, error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if a.max < a.min {
@@ -56,7 +60,7 @@ func (a *Allocator) Open(onDTMF func(DTMF)) (*Session, error) {
 		if err != nil {
 			continue // in use by another call or process; try the next one
 		}
-		s := &Session{conn: conn, port: port, onDTMF: onDTMF, done: make(chan struct{}),
+		s := &Session{conn: conn, port: port, onDTMF: onDTMF, allow: allow, done: make(chan struct{}),
 			recv: receiver{start: time.Now(), media: Media{PayloadType: -1, EventPayloadType: -1, ClockRate: 8000}}}
 		go s.read()
 		return s, nil
@@ -71,6 +75,7 @@ type Session struct {
 	conn   *net.UDPConn
 	port   int
 	onDTMF func(DTMF)
+	allow  func(netip.Addr) bool
 	done   chan struct{}
 	once   sync.Once
 
@@ -78,9 +83,15 @@ type Session struct {
 	recv   receiver
 	remote netip.AddrPort // where to send; zero until known
 	latch  netip.AddrPort // the far end's source, once it sends
-	send   bool           // the direction allows sending
-	player *player
-	lastAt time.Time // when the last datagram arrived; zero before the first
+	// latchAt is when the latched source last sent; cand and candN are
+	// another allowed source and its packets since, for a re-latch.
+	latchAt time.Time
+	cand    netip.AddrPort
+	candN   int
+	foreign uint64 // datagrams dropped: not from the latched source
+	send    bool   // the direction allows sending
+	player  *player
+	lastAt  time.Time // when the last datagram arrived; zero before the first
 }
 
 // Port is the local port RTP is received on.
@@ -90,7 +101,9 @@ func (s *Session) Port() int { return s.port }
 func (s *Session) Stats() Stats {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.recv.stats()
+	st := s.recv.stats()
+	st.Foreign = s.foreign
+	return st
 }
 
 // LastPacket is when the last datagram arrived on the port; zero before
@@ -129,6 +142,15 @@ func (s *Session) target() (netip.AddrPort, uint8, string, bool) {
 	return to, uint8(s.recv.media.PayloadType), s.recv.media.Codec, true
 }
 
+// Re-latching: the latched source must have been silent this long, and
+// the new one must have sent this many packets meanwhile (a NAT rebinding
+// or an SBC moving the stream), so that a stray or forged packet never
+// takes the call's audio.
+const (
+	relatchQuiet   = time.Second
+	relatchPackets = 10
+)
+
 func (s *Session) read() {
 	defer close(s.done)
 	buf := make([]byte, 1500)
@@ -138,17 +160,50 @@ func (s *Session) read() {
 			return // closed
 		}
 		now := time.Now()
+		src := netip.AddrPortFrom(from.Addr().Unmap(), from.Port())
 		s.mu.Lock()
+		if !s.accept(src, now) {
+			s.foreign++
+			s.mu.Unlock()
+			continue
+		}
 		s.lastAt = now
 		d, ok := s.recv.packet(buf[:n], now)
-		if s.remote.IsValid() && !s.latch.IsValid() {
-			s.latch = netip.AddrPortFrom(from.Addr().Unmap(), from.Port())
-		}
 		s.mu.Unlock()
 		if ok && s.onDTMF != nil {
 			s.onDTMF(d)
 		}
 	}
+}
+
+// accept says whether a datagram from src is the call's media, latching
+// to the first allowed source and re-latching only on sustained traffic
+// from another while the latched one is silent. A dropped datagram counts
+// for nothing: not audio, not a digit, not the media timeout's clock.
+// Called with mu held.
+func (s *Session) accept(src netip.AddrPort, now time.Time) bool {
+	if !s.remote.IsValid() && s.allow == nil {
+		return true // no SDP and no trunk to check against: unfiltered
+	}
+	allowed := s.remote.IsValid() && src.Addr() == s.remote.Addr().Unmap() || s.allow != nil && s.allow(src.Addr())
+	switch {
+	case !allowed:
+		return false
+	case !s.remote.IsValid():
+		return true // before the answer's SDP: allowed, but nothing to latch to yet
+	case !s.latch.IsValid() || src == s.latch:
+		s.latch, s.latchAt, s.candN = src, now, 0
+		return true
+	}
+	if src != s.cand {
+		s.cand, s.candN = src, 0
+	}
+	s.candN++
+	if s.candN >= relatchPackets && now.Sub(s.latchAt) >= relatchQuiet {
+		s.latch, s.latchAt, s.candN = src, now, 0
+		return true
+	}
+	return false
 }
 
 // Close stops playing, releases the port and waits for the reader; it is

@@ -36,12 +36,12 @@ func freeRange(t *testing.T) int {
 func TestAllocatorCountsAndExhausts(t *testing.T) {
 	base := freeRange(t)
 	a := NewAllocator("127.0.0.1", base+1, base+4) // even ports base+2, base+4
-	s1, err := a.Open(nil)
+	s1, err := a.Open(nil, nil)
 	require.NoError(t, err)
-	s2, err := a.Open(nil)
+	s2, err := a.Open(nil, nil)
 	require.NoError(t, err)
 	require.Equal(t, []int{base + 2, base + 4}, []int{s1.Port(), s2.Port()})
-	_, err = a.Open(nil)
+	_, err = a.Open(nil, nil)
 	require.True(t, errors.Is(err, ErrNoPorts), "%v", err)
 
 	out, err := net.DialUDP("udp", nil, &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: s1.Port()})
@@ -59,7 +59,7 @@ func TestAllocatorCountsAndExhausts(t *testing.T) {
 	_, err = s1.Close() // twice is fine
 	require.NoError(t, err)
 
-	s3, err := a.Open(nil) // the freed port is reused
+	s3, err := a.Open(nil, nil) // the freed port is reused
 	require.NoError(t, err)
 	require.Equal(t, base+2, s3.Port())
 	for _, s := range []*Session{s2, s3} {

@@ -41,6 +41,10 @@ type Stats struct {
 	// RefusedNumbers counts caller and callee sources whose user part held
 	// control characters once decoded; the call goes on without them.
 	RefusedNumbers atomic.Uint64
+	// ForeignRTP counts RTP datagrams dropped for coming from a source the
+	// call was not latched to, nor signalled in its SDP, nor in its trunk
+	// (added when the call ends).
+	ForeignRTP atomic.Uint64
 }
 
 // Snapshot returns the counters by name.
@@ -56,6 +60,7 @@ func (s *Stats) Snapshot() map[string]uint64 {
 		"trunk_overload_rate":  s.TrunkOverloadRate.Load(),
 		"draining":             s.Draining.Load(),
 		"refused_numbers":      s.RefusedNumbers.Load(),
+		"foreign_rtp":          s.ForeignRTP.Load(),
 	}
 }
 

@@ -537,7 +537,7 @@ func (s *Server) onInvite(ctx context.Context, req *sip.Request, tx sip.ServerTr
 		s.reply(req, tx, sip.StatusNotAcceptableHere, "Not Acceptable Here")
 		return
 	}
-	media, err := s.rtp.Open(s.onRTPDigit(ctx, callID))
+	media, err := s.rtp.Open(s.onRTPDigit(ctx, callID), s.mediaSources(req))
 	if err != nil {
 		log.ErrorContext(ctx, "allocate rtp port", "err", err)
 		s.reply(req, tx, sip.StatusServiceUnavailable, "Service Unavailable", sip.NewHeader("Retry-After", s.retryAfter))
@@ -700,7 +700,9 @@ func (s *Server) ended(ctx context.Context, c *call, by batonv1.Party, method si
 	}
 	d := time.Since(c.start)
 	s.log.InfoContext(ctx, "call ended", "call_id", c.id, "ended_by", by.String(), "method", string(method), "reason", reason,
-		"duration", d.String(), "rtp_packets", st.Packets, "rtp_bytes", st.Bytes, "rtp_lost", st.Lost, "jitter_ms", st.JitterMS)
+		"duration", d.String(), "rtp_packets", st.Packets, "rtp_bytes", st.Bytes, "rtp_lost", st.Lost, "jitter_ms", st.JitterMS,
+		"rtp_foreign", st.Foreign)
+	s.stats.ForeignRTP.Add(st.Foreign)
 	c.mu.Lock()
 	codec := c.codec
 	c.mu.Unlock()
@@ -824,6 +826,14 @@ func (s *Server) onOther(_ context.Context, req *sip.Request, tx sip.ServerTrans
 }
 
 // trunkOf returns the trunk of req's source address, nil when none.
+// mediaSources says which addresses, besides the SDP's, may send a call's
+// RTP: those of the INVITE's trunk (an SBC whose media leaves from another
+// address of its range). Anyone else's packets are dropped and counted.
+func (s *Server) mediaSources(req *sip.Request) func(netip.Addr) bool {
+	t := s.trunkOf(req)
+	return func(a netip.Addr) bool { return t != nil && s.trunks.Lookup(a) == t }
+}
+
 func (s *Server) trunkOf(req *sip.Request) *trunks.Trunk {
 	ap, err := netip.ParseAddrPort(req.Source())
 	if err != nil {
