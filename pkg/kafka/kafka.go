@@ -110,12 +110,24 @@ func ClientOpts(c Config, logger *slog.Logger) []kgo.Opt {
 		// Group members (for clients that join one) are declared dead after
 		// this long without a heartbeat.
 		kgo.SessionTimeout(c.SessionTimeout),
+		// How long a broker may hold a fetch with nothing to return.
+		kgo.FetchMaxWait(FetchMaxWait),
 		// No kgo.RecordDeliveryTimeout: franz-go measures it from the record
 		// timestamp, which is the event's time, so replayed or backlogged
 		// events would fail at once. Callers bound a produce with a context
 		// deadline of ProduceTimeout instead.
 	}, c.securityOpts()...)
 }
+
+// FetchMaxWait is how long a broker may hold a consumer's fetch that has
+// nothing to return (franz-go's default is 5 s). After an assignment,
+// franz-go makes partitions fetchable one at a time and may send the first
+// fetch while only some are ready; a partition ready a moment later does
+// not interrupt the fetch in flight, so its records wait for that fetch
+// to expire. A handoff command then sat 5 s before transfer saw it. 500 ms
+// (the Java client's fetch.max.wait.ms) bounds that wait, for a few idle
+// fetches a second per client.
+const FetchMaxWait = 500 * time.Millisecond
 
 // ConsumerOpts returns the options of a group consumer that commits by hand
 // and reads only committed (transactional) data.
