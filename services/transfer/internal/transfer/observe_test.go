@@ -16,6 +16,7 @@ import (
 
 	"github.com/baton-voice/baton/pkg/events"
 	batonv1 "github.com/baton-voice/baton/pkg/events/batonv1"
+	"github.com/baton-voice/baton/pkg/kafka"
 	"github.com/baton-voice/baton/pkg/tracing"
 )
 
@@ -65,7 +66,7 @@ baton_transfer_in_flight 1
 	// Both outcome records carry the execution span, a child of the
 	// router's.
 	out, err := kgo.NewClient(kgo.SeedBrokers(h.cfg.Brokers...), kgo.ConsumeTopics(h.topics.Transfers),
-		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
+		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()), kgo.FetchMaxWait(kafka.FetchMaxWait))
 	require.NoError(t, err)
 	defer out.Close()
 	var parents []string

@@ -220,6 +220,11 @@ func TestAttemptsOwnTheirCSeqs(t *testing.T) {
 	require.Equal(t, sip.REFER, r.req.Method)
 	require.Greater(t, r.req.CSeq().SeqNo, highest)
 	require.Equal(t, uint32(5+request.CSeqsPerAttempt), r.req.CSeq().SeqNo)
+	// The fallback is accepted (its 202 reached transfer), and the call's
+	// end finishes it: nothing of it is left running when the test ends.
+	requireOutcome(t, h.outcome(t, fallback.CommandId), batonv1.OutcomeStatus_OUTCOME_STATUS_ACCEPTED, 202)
+	h.fact(t, fallback.CallId, &batonv1.CallEnded{CallId: fallback.CallId, EndedBy: batonv1.Party_PARTY_REMOTE, Method: "BYE"})
+	requireOutcome(t, h.outcome(t, fallback.CommandId), batonv1.OutcomeStatus_OUTCOME_STATUS_FAILED, 0)
 }
 
 func TestCommandAge(t *testing.T) {

@@ -52,6 +52,12 @@ type sbc struct {
 	// script, when set, decides the answers instead: the status of the
 	// n-th request (from 1); it may block (the far end thinking).
 	script func(n int, req *sip.Request) int
+	// closing is set (under mu) when the SBC stops: requests that arrive
+	// from then on are not handled. handlers counts the handlers that
+	// began before, which the SBC lets answer before it closes its
+	// sockets.
+	closing  bool
+	handlers sync.WaitGroup
 }
 
 // received is a request as the SBC saw it.
@@ -72,6 +78,12 @@ func startSBC(t *testing.T, answer int, tlsConf ...*tls.Config) *sbc {
 	s := &sbc{addr: conn.LocalAddr().(*net.UDPAddr), answer: answer, got: make(chan received, 64)}
 	handle := func(req *sip.Request, tx sip.ServerTransaction) {
 		s.mu.Lock()
+		if s.closing {
+			s.mu.Unlock()
+			return
+		}
+		s.handlers.Add(1)
+		defer s.handlers.Done()
 		r := received{req: req, source: req.Source()}
 		s.received = append(s.received, r)
 		code, script, n := s.answer, s.script, len(s.received)
@@ -87,7 +99,8 @@ func startSBC(t *testing.T, answer int, tlsConf ...*tls.Config) *sbc {
 			return
 		}
 		res := sip.NewResponseFromRequest(req, code, reasonOf(code), nil)
-		if err := tx.Respond(res); err != nil {
+		if err := tx.Respond(res); err != nil && !s.isClosing() {
+			// When closing, the SBC gave up waiting for this handler.
 			t.Errorf("sbc respond %d: %v", code, err)
 		}
 	}
@@ -106,6 +119,13 @@ func startSBC(t *testing.T, answer int, tlsConf ...*tls.Config) *sbc {
 		wg.Go(func() { _ = srv.ServeTLS(tlsLn) })
 	}
 	t.Cleanup(func() {
+		// A test may end as soon as it has seen a request, before the
+		// handler has answered it: the handlers that began answer on open
+		// sockets first (a script that still blocks is given up on).
+		s.mu.Lock()
+		s.closing = true
+		s.mu.Unlock()
+		s.waitHandlers(t, 5*time.Second)
 		require.NoError(t, ua.Close())
 		_ = conn.Close()
 		_ = ln.Close()
@@ -149,6 +169,27 @@ func reasonOf(code int) string {
 		return "Decline"
 	}
 	return "Status"
+}
+
+func (s *sbc) isClosing() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.closing
+}
+
+// waitHandlers waits up to d for the handlers that began to return.
+func (s *sbc) waitHandlers(t *testing.T, d time.Duration) {
+	t.Helper()
+	done := make(chan struct{})
+	go func() {
+		s.handlers.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-time.After(d):
+		t.Logf("test SBC: a handler still runs after %v; closing anyway", d)
+	}
 }
 
 func (s *sbc) count() int {
@@ -233,7 +274,8 @@ func start(t *testing.T, answer int, tune func(*Options), sipOpts ...uac.Option)
 	require.NoError(t, err)
 	t.Cleanup(pub.Close)
 	out, err := kgo.NewClient(kgo.SeedBrokers(brokers...), kgo.ConsumeTopics(cfg.Topics.Transfers),
-		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
+		// As kafka.ClientOpts does: a 5 s fetch hold would outlast the waits.
+		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()), kgo.FetchMaxWait(kafka.FetchMaxWait))
 	require.NoError(t, err)
 	t.Cleanup(out.Close)
 
