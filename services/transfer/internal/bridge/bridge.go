@@ -104,6 +104,9 @@ type Leg struct {
 	// latched source.
 	remote  atomic.Pointer[netip.AddrPort]
 	latched atomic.Bool
+	// signalled is the IP address of the leg's SDP: only it may latch the
+	// leg (any port of it, for NAT). Nil until an SDP names one.
+	signalled atomic.Pointer[netip.Addr]
 	// clockRate is the RTP clock of the leg's codec (jitter, re-basing).
 	clockRate atomic.Uint32
 	// srtpIn decrypts what the leg receives; srtpOut encrypts what it
@@ -262,10 +265,21 @@ func (l *Leg) SetRemote(addr netip.AddrPort, clockRate uint32, keys Keys) error 
 	if !l.latched.Load() {
 		l.remote.Store(&addr)
 	}
+	l.signal(addr)
 	if l.rtcp != nil && addr.Port() < 65535 {
 		l.SetRTCP(netip.AddrPortFrom(addr.Addr(), addr.Port()+1))
 	}
 	return nil
+}
+
+// signal records the SDP's address as the only one that may latch the
+// leg. An unspecified address (0.0.0.0, hold) keeps the one before.
+func (l *Leg) signal(addr netip.AddrPort) {
+	ip := addr.Addr().Unmap()
+	if !ip.IsValid() || ip.IsUnspecified() {
+		return
+	}
+	l.signalled.Store(&ip)
 }
 
 func profileOf(suite string) (srtp.ProtectionProfile, error) {
@@ -493,6 +507,7 @@ func (b *Bridge) forward(from, to *Leg, pkt []byte, src netip.AddrPort, now time
 // source it hears from.
 func (l *Leg) Move(addr netip.AddrPort) {
 	addr = netip.AddrPortFrom(addr.Addr().Unmap(), addr.Port())
+	l.signal(addr)
 	l.remote.Store(&addr)
 	l.latched.Store(false)
 	if l.rtcp != nil && addr.Port() < 65535 {
@@ -500,12 +515,23 @@ func (l *Leg) Move(addr netip.AddrPort) {
 	}
 }
 
-// accept latches the leg to the first source it hears from and then
-// accepts only that source.
+// accept latches the leg to the first source it hears from at the
+// address its SDP signalled (any port: NAT) and then accepts only that
+// source. A packet from any other address is counted as foreign; before,
+// the first packet from anywhere took the leg, and with it the caller's
+// audio.
 func (l *Leg) accept(src netip.AddrPort) bool {
 	if l.latched.Load() {
 		r := l.remote.Load()
-		return r != nil && *r == src
+		if r != nil && *r == src {
+			return true
+		}
+		l.stats.foreign.Add(1)
+		return false
+	}
+	if sig := l.signalled.Load(); sig != nil && src.Addr().Unmap() != *sig {
+		l.stats.foreign.Add(1)
+		return false
 	}
 	// A copy of its own: storing &src would move src to the heap on every
 	// call, latched or not (one allocation per packet).
@@ -524,12 +550,15 @@ type Drops struct {
 	// Replayed repeated an SRTP index already received (or older than
 	// the replay window).
 	Replayed uint64
+	// Foreign came from a source the leg is not latched to, or, before it
+	// latched, from an address its SDP did not signal.
+	Foreign uint64
 }
 
 // Drops returns the leg's SRTP drops so far (they are part of its
 // statistics' dropped count).
 func (l *Leg) Drops() Drops {
-	return Drops{Unauthentic: l.stats.unauthentic.Load(), Replayed: l.stats.replayed.Load()}
+	return Drops{Unauthentic: l.stats.unauthentic.Load(), Replayed: l.stats.replayed.Load(), Foreign: l.stats.foreign.Load()}
 }
 
 // Stats returns the statistics so far.

@@ -94,6 +94,9 @@ type receiveStats struct {
 	clockRate uint32
 	dropped   atomic.Uint64
 	forwarded atomic.Uint64
+	// foreign counts packets from a source the leg would not latch to
+	// (part of dropped).
+	foreign atomic.Uint64
 	// unauthentic and replayed are the SRTP drops (part of dropped).
 	unauthentic atomic.Uint64
 	replayed    atomic.Uint64
