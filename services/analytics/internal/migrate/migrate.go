@@ -183,16 +183,12 @@ func apply(ctx context.Context, conn driver.Conn, database, recordDDL string, mi
 		if done[m.Version] {
 			continue
 		}
-		for i, stmt := range m.Statements {
-			err := conn.Exec(ctx, stmt)
-			if err != nil && isAddColumn(stmt) && columnExists(err) {
-				// Added by an earlier run that stopped before recording m.
-				logger.InfoContext(ctx, "migration column already added", "database", database, "migration", m.Name, "statement", i+1)
-				err = nil
-			}
-			if err != nil {
-				return applied, fmt.Errorf("migrate %s: %s statement %d: %w", database, m.Name, i+1, err)
-			}
+		ran, err := runFile(ctx, conn, database, m, logger)
+		if err != nil {
+			return applied, err
+		}
+		if !ran {
+			continue // another migrator applied and recorded it meanwhile
 		}
 		if err := record(ctx, conn, m); err != nil {
 			return applied, fmt.Errorf("migrate %s: record %s: %w", database, m.Name, err)
@@ -201,6 +197,59 @@ func apply(ctx context.Context, conn driver.Conn, database, recordDDL string, mi
 		applied = append(applied, m.Name)
 	}
 	return applied, nil
+}
+
+// fileAttempts is how many times one file is run before its error is
+// returned. Several analytics instances may start together and migrate
+// the same database: files are idempotent, but their statements can
+// interleave (one instance drops a view another has just created and is
+// about to read, 0004), so a failed file is run again whole, after a
+// pause, unless another instance has recorded it by then.
+const fileAttempts = 5
+
+// filePause is the pause before the second attempt; it doubles.
+const filePause = 100 * time.Millisecond
+
+// runFile runs m's statements, again after a failure (fileAttempts). It
+// reports false when another migrator recorded m meanwhile.
+func runFile(ctx context.Context, conn driver.Conn, database string, m Migration, logger *slog.Logger) (bool, error) {
+	pause := filePause
+	for attempt := 1; ; attempt++ {
+		err := runStatements(ctx, conn, database, m, logger)
+		if err == nil {
+			return true, nil
+		}
+		if attempt == fileAttempts || ctx.Err() != nil {
+			return false, err
+		}
+		logger.WarnContext(ctx, "migration failed; running it again (another migrator may be running)",
+			"database", database, "migration", m.Name, "attempt", attempt, "err", err)
+		select {
+		case <-ctx.Done():
+			return false, err
+		case <-time.After(pause):
+		}
+		pause *= 2
+		if done, derr := appliedVersions(ctx, conn); derr == nil && done[m.Version] {
+			logger.InfoContext(ctx, "migration applied by another migrator", "database", database, "migration", m.Name)
+			return false, nil
+		}
+	}
+}
+
+func runStatements(ctx context.Context, conn driver.Conn, database string, m Migration, logger *slog.Logger) error {
+	for i, stmt := range m.Statements {
+		err := conn.Exec(ctx, stmt)
+		if err != nil && isAddColumn(stmt) && columnExists(err) {
+			// Added by an earlier run that stopped before recording m.
+			logger.InfoContext(ctx, "migration column already added", "database", database, "migration", m.Name, "statement", i+1)
+			err = nil
+		}
+		if err != nil {
+			return fmt.Errorf("migrate %s: %s statement %d: %w", database, m.Name, i+1, err)
+		}
+	}
+	return nil
 }
 
 // addColumn matches an ALTER TABLE ... ADD COLUMN statement.

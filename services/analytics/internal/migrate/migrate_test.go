@@ -221,3 +221,32 @@ func TestRunAddColumnAgain(t *testing.T) {
 	require.ErrorContains(t, err, "0003_m.sql statement 1")
 	require.Empty(t, applied)
 }
+
+// Analytics instances that start together migrate the same database at
+// once. A file that drops and re-creates dependent views (0004) can then
+// interleave with itself: one migrator drops v1 between another's CREATE
+// v1 and its CREATE v2 that reads v1. A failed file is run again, so
+// every migrator succeeds and the views are there (the scale-out stack
+// test hit this with two analytics instances).
+func TestConcurrentMigratorsConverge(t *testing.T) {
+	fsys := fstest.MapFS{"0001_views.sql": {Data: []byte(
+		"DROP TABLE IF EXISTS v2;\nDROP TABLE IF EXISTS v1;\n" +
+			"CREATE VIEW IF NOT EXISTS v1 AS SELECT 1 AS x;\nCREATE VIEW IF NOT EXISTS v2 AS SELECT x FROM v1;\n")}}
+	for round := range 5 {
+		cfg := server.Config(t)
+		opts := chconn.Options(cfg, cfg.Database)
+		errs := make(chan error, 8)
+		for range 8 {
+			go func() {
+				_, err := migrate.Run(t.Context(), opts, fsys, "", slog.New(slog.DiscardHandler))
+				errs <- err
+			}()
+		}
+		for range 8 {
+			require.NoError(t, <-errs, "round %d", round)
+		}
+		var x uint8
+		require.NoError(t, server.Conn(t, cfg).QueryRow(t.Context(), "SELECT x FROM v2").Scan(&x))
+		require.Equal(t, uint8(1), x)
+	}
+}
