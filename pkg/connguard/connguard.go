@@ -184,8 +184,8 @@ func remoteAddr(c net.Conn) netip.Addr {
 // ERROR, which a silent stranger could use to fill the logs.
 type conn struct {
 	net.Conn
-	l      *Listener
-	src    netip.Addr
+	l    *Listener
+	src  netip.Addr
 	once sync.Once
 }
 
@@ -209,7 +209,7 @@ func (c *conn) Read(b []byte) (int, error) {
 func (c *conn) SetReadDeadline(time.Time) error { return nil }
 
 // SetDeadline sets only the write deadline, for the same reason.
-func (c *conn) SetDeadline(t time.Time) error { return c.Conn.SetWriteDeadline(t) }
+func (c *conn) SetDeadline(t time.Time) error { return c.SetWriteDeadline(t) }
 
 func (c *conn) Close() error {
 	c.release()
