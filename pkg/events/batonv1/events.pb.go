@@ -352,8 +352,18 @@ type Dialog struct {
 	LocalContact string `protobuf:"bytes,10,opt,name=local_contact,json=localContact,proto3" json:"local_contact,omitempty"`
 	// remote_address is the host:port the INVITE arrived from.
 	RemoteAddress string `protobuf:"bytes,11,opt,name=remote_address,json=remoteAddress,proto3" json:"remote_address,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	// next_hop is the IP:port every in-dialog request is sent to, as ingress
+	// checked it when the call started: the host of the first route (or of
+	// remote_target when there is none) when it is an IP literal inside the
+	// call's trunk or the INVITE's own source, else remote_address. A
+	// Contact or Record-Route the caller wrote never picks a destination
+	// outside the trunk, and no name from it is resolved. Empty in events
+	// from before it existed.
+	NextHop string `protobuf:"bytes,12,opt,name=next_hop,json=nextHop,proto3" json:"next_hop,omitempty"`
+	// next_hop_transport is the transport to next_hop.
+	NextHopTransport Transport `protobuf:"varint,13,opt,name=next_hop_transport,json=nextHopTransport,proto3,enum=baton.v1.Transport" json:"next_hop_transport,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *Dialog) Reset() {
@@ -461,6 +471,20 @@ func (x *Dialog) GetRemoteAddress() string {
 		return x.RemoteAddress
 	}
 	return ""
+}
+
+func (x *Dialog) GetNextHop() string {
+	if x != nil {
+		return x.NextHop
+	}
+	return ""
+}
+
+func (x *Dialog) GetNextHopTransport() Transport {
+	if x != nil {
+		return x.NextHopTransport
+	}
+	return Transport_TRANSPORT_UNSPECIFIED
 }
 
 // CallStarted is published by ingress when it accepts an inbound INVITE,
@@ -1204,7 +1228,7 @@ const file_baton_v1_events_proto_rawDesc = "" +
 	"\tSipHeader\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value\x12\x1c\n" +
-	"\toversized\x18\x03 \x01(\bR\toversized\"\x82\x03\n" +
+	"\toversized\x18\x03 \x01(\bR\toversized\"\xe0\x03\n" +
 	"\x06Dialog\x12\x17\n" +
 	"\acall_id\x18\x01 \x01(\tR\x06callId\x12\x1b\n" +
 	"\tlocal_tag\x18\x02 \x01(\tR\blocalTag\x12\x1d\n" +
@@ -1219,7 +1243,9 @@ const file_baton_v1_events_proto_rawDesc = "" +
 	"\x0fnext_local_cseq\x18\t \x01(\rR\rnextLocalCseq\x12#\n" +
 	"\rlocal_contact\x18\n" +
 	" \x01(\tR\flocalContact\x12%\n" +
-	"\x0eremote_address\x18\v \x01(\tR\rremoteAddress\"\xd8\x04\n" +
+	"\x0eremote_address\x18\v \x01(\tR\rremoteAddress\x12\x19\n" +
+	"\bnext_hop\x18\f \x01(\tR\anextHop\x12A\n" +
+	"\x12next_hop_transport\x18\r \x01(\x0e2\x13.baton.v1.TransportR\x10nextHopTransport\"\xd8\x04\n" +
 	"\vCallStarted\x12(\n" +
 	"\x06dialog\x18\x01 \x01(\v2\x10.baton.v1.DialogR\x06dialog\x124\n" +
 	"\vsip_headers\x18\x02 \x03(\v2\x13.baton.v1.SipHeaderR\n" +
@@ -1369,27 +1395,28 @@ var file_baton_v1_events_proto_goTypes = []any{
 }
 var file_baton_v1_events_proto_depIdxs = []int32{
 	0,  // 0: baton.v1.Dialog.transport:type_name -> baton.v1.Transport
-	5,  // 1: baton.v1.CallStarted.dialog:type_name -> baton.v1.Dialog
-	4,  // 2: baton.v1.CallStarted.sip_headers:type_name -> baton.v1.SipHeader
-	12, // 3: baton.v1.CallStarted.variables:type_name -> baton.v1.CallStarted.VariablesEntry
-	1,  // 4: baton.v1.CallEnded.ended_by:type_name -> baton.v1.Party
-	15, // 5: baton.v1.CallEnded.duration:type_name -> google.protobuf.Duration
-	16, // 6: baton.v1.CallEnded.media:type_name -> baton.v1.MediaStats
-	13, // 7: baton.v1.HandoffRequested.variables:type_name -> baton.v1.HandoffRequested.VariablesEntry
-	14, // 8: baton.v1.HandoffRequested.headers:type_name -> baton.v1.HandoffRequested.HeadersEntry
-	2,  // 9: baton.v1.HandoffCommand.method:type_name -> baton.v1.Method
-	4,  // 10: baton.v1.HandoffCommand.headers:type_name -> baton.v1.SipHeader
-	5,  // 11: baton.v1.HandoffCommand.dialog:type_name -> baton.v1.Dialog
-	15, // 12: baton.v1.HandoffCommand.answer_timeout:type_name -> google.protobuf.Duration
-	3,  // 13: baton.v1.TransferOutcome.status:type_name -> baton.v1.OutcomeStatus
-	2,  // 14: baton.v1.TransferOutcome.method:type_name -> baton.v1.Method
-	15, // 15: baton.v1.TransferOutcome.elapsed:type_name -> google.protobuf.Duration
-	17, // 16: baton.v1.TransferOutcome.bridge:type_name -> baton.v1.BridgeStats
-	17, // [17:17] is the sub-list for method output_type
-	17, // [17:17] is the sub-list for method input_type
-	17, // [17:17] is the sub-list for extension type_name
-	17, // [17:17] is the sub-list for extension extendee
-	0,  // [0:17] is the sub-list for field type_name
+	0,  // 1: baton.v1.Dialog.next_hop_transport:type_name -> baton.v1.Transport
+	5,  // 2: baton.v1.CallStarted.dialog:type_name -> baton.v1.Dialog
+	4,  // 3: baton.v1.CallStarted.sip_headers:type_name -> baton.v1.SipHeader
+	12, // 4: baton.v1.CallStarted.variables:type_name -> baton.v1.CallStarted.VariablesEntry
+	1,  // 5: baton.v1.CallEnded.ended_by:type_name -> baton.v1.Party
+	15, // 6: baton.v1.CallEnded.duration:type_name -> google.protobuf.Duration
+	16, // 7: baton.v1.CallEnded.media:type_name -> baton.v1.MediaStats
+	13, // 8: baton.v1.HandoffRequested.variables:type_name -> baton.v1.HandoffRequested.VariablesEntry
+	14, // 9: baton.v1.HandoffRequested.headers:type_name -> baton.v1.HandoffRequested.HeadersEntry
+	2,  // 10: baton.v1.HandoffCommand.method:type_name -> baton.v1.Method
+	4,  // 11: baton.v1.HandoffCommand.headers:type_name -> baton.v1.SipHeader
+	5,  // 12: baton.v1.HandoffCommand.dialog:type_name -> baton.v1.Dialog
+	15, // 13: baton.v1.HandoffCommand.answer_timeout:type_name -> google.protobuf.Duration
+	3,  // 14: baton.v1.TransferOutcome.status:type_name -> baton.v1.OutcomeStatus
+	2,  // 15: baton.v1.TransferOutcome.method:type_name -> baton.v1.Method
+	15, // 16: baton.v1.TransferOutcome.elapsed:type_name -> google.protobuf.Duration
+	17, // 17: baton.v1.TransferOutcome.bridge:type_name -> baton.v1.BridgeStats
+	18, // [18:18] is the sub-list for method output_type
+	18, // [18:18] is the sub-list for method input_type
+	18, // [18:18] is the sub-list for extension type_name
+	18, // [18:18] is the sub-list for extension extendee
+	0,  // [0:18] is the sub-list for field type_name
 }
 
 func init() { file_baton_v1_events_proto_init() }
