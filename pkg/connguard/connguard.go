@@ -197,8 +197,9 @@ func (c *conn) Read(b []byte) (int, error) {
 		}
 	}
 	if err != nil && errors.Is(err, os.ErrDeadlineExceeded) {
+		// The reader closes the connection on EOF (sipgo does; a second
+		// Close here would make sipgo log its pool cleanup failing).
 		c.l.stats.TimedOut.Add(1)
-		_ = c.Close()
 		return n, io.EOF
 	}
 	return n, err
