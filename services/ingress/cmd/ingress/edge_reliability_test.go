@@ -340,7 +340,7 @@ func TestReliabilityScanners(t *testing.T) {
 	sent := counter.packets(t)
 	require.GreaterOrEqual(t, sent, len(runs), "each scanner run sends at least one packet")
 	require.EqualValues(t, sent, aclDrops, "every scanner packet is counted as an ACL drop")
-	for _, reason := range []string{"invalid", "overload_calls", "overload_rate", "trunk_overload_calls", "trunk_overload_rate", "draining"} {
+	for _, reason := range []string{"invalid", "overload_calls", "overload_rate", "trunk_overload_calls", "trunk_overload_rate", "draining", "unacked_source"} {
 		require.Zero(t, rejected(m, reason), reason)
 	}
 
@@ -461,7 +461,7 @@ func TestReliabilityFlood(t *testing.T) {
 
 	m := e.scrape(t)
 	trunkRefusals := rejected(m, "trunk_overload_calls") + rejected(m, "trunk_overload_rate")
-	require.EqualValues(t, refused, trunkRefusals+rejected(m, "overload_calls")+rejected(m, "overload_rate"),
+	require.EqualValues(t, refused, trunkRefusals+rejected(m, "overload_calls")+rejected(m, "overload_rate")+rejected(m, "unacked_source"),
 		"each 503 SIPp saw is one counted refusal")
 
 	got := callsUntilMarker(t, brokers, topics.Calls)

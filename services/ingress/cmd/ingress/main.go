@@ -112,7 +112,7 @@ func run(args []string, stderr io.Writer) int {
 	} else if n > 0 {
 		logger.Warn("ended the calls of an earlier run", "ended", n)
 	}
-	metrics.RegisterCounters(reg, srv.Stats().Snapshot)
+	metrics.RegisterCounters(reg, srv.Counters)
 	stopOps, err := serveOps(ctx, cfg.Metrics.Listen, reg, cl, srv.Addrs, logger)
 	if err != nil {
 		logger.Error("start metrics server", "err", err)

@@ -132,6 +132,28 @@ type Limits struct {
 	MaxCPS int `yaml:"max_cps"`
 	// RetryAfter is the Retry-After of the 503 (whole seconds).
 	RetryAfter time.Duration `yaml:"retry_after"`
+	// MaxUnackedPerSource bounds the calls one source address has between
+	// INVITE and ACK (in setup, or answered and not yet acknowledged);
+	// beyond it a new INVITE from that address gets 503. It applies to a
+	// source that has completed a handshake (sent an ACK) in the last hour,
+	// or that came over TCP or TLS.
+	MaxUnackedPerSource int `yaml:"max_unacked_per_source"`
+	// MaxUnackedUnverified is the same bound for a UDP source that has not
+	// completed a handshake. A forger of another's address never sees the
+	// 200's To tag and so never ACKs: this caps what ingress reflects at a
+	// forged address (each 200 is retransmitted up to 10 times over 32 s).
+	MaxUnackedUnverified int `yaml:"max_unacked_unverified"`
+	// MaxConnections and MaxConnectionsPerSource cap the TCP and TLS
+	// connections open on each stream listener, in all and from one
+	// address; a connection beyond them is closed at accept, as is one
+	// from an address no trunk allows.
+	MaxConnections          int `yaml:"max_connections"`
+	MaxConnectionsPerSource int `yaml:"max_connections_per_source"`
+	// ConnectionFirstRead is how long a new TCP or TLS connection has to
+	// send its first bytes (the TLS handshake included); ConnectionIdle how
+	// long an established one may stay silent (CRLF keep-alives count).
+	ConnectionFirstRead time.Duration `yaml:"connection_first_read_timeout"`
+	ConnectionIdle      time.Duration `yaml:"connection_idle_timeout"`
 }
 
 // EffectiveTrunks returns the trunks in force: the configured ones, or,
@@ -210,10 +232,13 @@ func (r RTP) Calls() int {
 // Default returns the configuration used when no file is given.
 func Default() Config {
 	return Config{
-		Listen:          "127.0.0.1:5060",
-		Trunk:           "default",
-		RTP:             RTP{PortMin: 20000, PortMax: 20999, MediaTimeout: 60 * time.Second},
-		Limits:          Limits{MaxCalls: 500, MaxCPS: 1000, RetryAfter: 5 * time.Second},
+		Listen: "127.0.0.1:5060",
+		Trunk:  "default",
+		RTP:    RTP{PortMin: 20000, PortMax: 20999, MediaTimeout: 60 * time.Second},
+		Limits: Limits{MaxCalls: 500, MaxCPS: 1000, RetryAfter: 5 * time.Second,
+			MaxUnackedPerSource: 100, MaxUnackedUnverified: 8,
+			MaxConnections: 1024, MaxConnectionsPerSource: 64,
+			ConnectionFirstRead: 5 * time.Second, ConnectionIdle: 3 * time.Minute},
 		PublishTimeout:  2 * time.Second,
 		DrainTimeout:    30 * time.Second,
 		ShutdownTimeout: 5 * time.Second,
@@ -282,6 +307,27 @@ func (c Config) Validate() error {
 	}
 	if c.Limits.RetryAfter < time.Second || c.Limits.RetryAfter%time.Second != 0 {
 		errs = append(errs, config.Errorf("limits.retry_after", "%v, want whole seconds, at least 1s", c.Limits.RetryAfter))
+	}
+	if c.Limits.MaxUnackedPerSource < 1 {
+		errs = append(errs, config.Errorf("limits.max_unacked_per_source", "%d, want at least 1", c.Limits.MaxUnackedPerSource))
+	}
+	if c.Limits.MaxUnackedUnverified < 1 || c.Limits.MaxUnackedUnverified > c.Limits.MaxUnackedPerSource {
+		errs = append(errs, config.Errorf("limits.max_unacked_unverified", "%d, want 1 to max_unacked_per_source (%d)",
+			c.Limits.MaxUnackedUnverified, c.Limits.MaxUnackedPerSource))
+	}
+	if c.Limits.MaxConnections < 1 {
+		errs = append(errs, config.Errorf("limits.max_connections", "%d, want at least 1", c.Limits.MaxConnections))
+	}
+	if c.Limits.MaxConnectionsPerSource < 1 || c.Limits.MaxConnectionsPerSource > c.Limits.MaxConnections {
+		errs = append(errs, config.Errorf("limits.max_connections_per_source", "%d, want 1 to max_connections (%d)",
+			c.Limits.MaxConnectionsPerSource, c.Limits.MaxConnections))
+	}
+	if c.Limits.ConnectionFirstRead <= 0 {
+		errs = append(errs, config.Errorf("limits.connection_first_read_timeout", "%v, want more than 0", c.Limits.ConnectionFirstRead))
+	}
+	if c.Limits.ConnectionIdle < c.Limits.ConnectionFirstRead {
+		errs = append(errs, config.Errorf("limits.connection_idle_timeout", "%v, want at least connection_first_read_timeout (%v)",
+			c.Limits.ConnectionIdle, c.Limits.ConnectionFirstRead))
 	}
 	if c.RTP.Host != "" && net.ParseIP(c.RTP.Host) == nil {
 		errs = append(errs, config.Errorf("rtp.host", "%q, want an IP address", c.RTP.Host))

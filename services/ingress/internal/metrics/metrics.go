@@ -107,6 +107,8 @@ func RegisterCounters(reg prometheus.Registerer, counters Counters) {
 		// A trunk's own max_calls or max_cps (trunks[].max_calls, max_cps).
 		"trunk_overload_calls": "trunk_overload_calls",
 		"trunk_overload_rate":  "trunk_overload_rate",
+		// limits.max_unacked_per_source / max_unacked_unverified.
+		"unacked_source": "unacked_source",
 	}
 	for reason, key := range reasons {
 		reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
@@ -123,6 +125,26 @@ func RegisterCounters(reg prometheus.Registerer, counters Counters) {
 		Name: "baton_ingress_rtp_foreign_total",
 		Help: "RTP datagrams dropped for coming from a source the call is not latched to (counted when the call ends).",
 	}, func() float64 { return float64(counters()["foreign_rtp"]) }))
+	for reason, key := range map[string]string{
+		"acl": "connections_refused_acl", "full": "connections_refused_full", "per_source": "connections_refused_source",
+	} {
+		reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name:        "baton_ingress_sip_connections_refused_total",
+			Help:        "TCP and TLS connections closed at accept: source not in a trunk (acl), limits.max_connections (full), limits.max_connections_per_source (per_source).",
+			ConstLabels: prometheus.Labels{"reason": reason},
+		}, func() float64 { return float64(counters()[key]) }))
+	}
+	reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
+		Name: "baton_ingress_sip_connections_timed_out_total",
+		Help: "TCP and TLS connections closed for silence (connection_first_read_timeout or connection_idle_timeout).",
+	}, func() float64 { return float64(counters()["connections_timed_out"]) }))
+	reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
+		Name: "baton_ingress_next_hop_to_source_total",
+		Help: "Calls whose Contact or first Record-Route named a destination outside their trunk (or a host name): in-dialog requests go to the INVITE's source.",
+	}, func() float64 { return float64(counters()["next_hop_to_source"]) }))
+	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "baton_ingress_sip_connections_open", Help: "TCP and TLS connections open now.",
+	}, func() float64 { return float64(counters()["connections_open"]) }))
 	reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
 		Name: "baton_ingress_dropped_total", Help: "SIP messages discarded without an answer (garbage, malformed, stray).",
 	}, func() float64 { c := counters(); return float64(c["dropped"] + c["stray_responses"]) }))

@@ -57,7 +57,17 @@ baton_ingress_calls_total 2
 func TestRegisterCountersReadsTheServer(t *testing.T) {
 	var st server.Stats
 	reg := prometheus.NewRegistry()
-	RegisterCounters(reg, st.Snapshot)
+	conns := map[string]uint64{"connections_refused_acl": 11, "connections_refused_full": 12, "connections_refused_source": 13,
+		"connections_timed_out": 14, "connections_open": 15}
+	RegisterCounters(reg, func() map[string]uint64 {
+		m := st.Snapshot()
+		for k, v := range conns {
+			m[k] = v
+		}
+		return m
+	})
+	st.UnackedSource.Add(6)
+	st.NextHopToSource.Add(8)
 	st.ACLDropped.Add(3)
 	st.Invalid.Add(1)
 	st.OverloadRate.Add(2)
@@ -69,6 +79,9 @@ func TestRegisterCountersReadsTheServer(t *testing.T) {
 	require.NoError(t, testutil.GatherAndCompare(reg, strings.NewReader(`# HELP baton_ingress_dropped_total SIP messages discarded without an answer (garbage, malformed, stray).
 # TYPE baton_ingress_dropped_total counter
 baton_ingress_dropped_total 2
+# HELP baton_ingress_next_hop_to_source_total Calls whose Contact or first Record-Route named a destination outside their trunk (or a host name): in-dialog requests go to the INVITE's source.
+# TYPE baton_ingress_next_hop_to_source_total counter
+baton_ingress_next_hop_to_source_total 8
 # HELP baton_ingress_numbers_refused_total Caller or callee number sources refused for control characters or invalid UTF-8 (the number is then empty or read from the next source).
 # TYPE baton_ingress_numbers_refused_total counter
 baton_ingress_numbers_refused_total 5
@@ -84,5 +97,17 @@ baton_ingress_rejected_total{reason="overload_calls"} 0
 baton_ingress_rejected_total{reason="overload_rate"} 2
 baton_ingress_rejected_total{reason="trunk_overload_calls"} 0
 baton_ingress_rejected_total{reason="trunk_overload_rate"} 4
+baton_ingress_rejected_total{reason="unacked_source"} 6
+# HELP baton_ingress_sip_connections_open TCP and TLS connections open now.
+# TYPE baton_ingress_sip_connections_open gauge
+baton_ingress_sip_connections_open 15
+# HELP baton_ingress_sip_connections_refused_total TCP and TLS connections closed at accept: source not in a trunk (acl), limits.max_connections (full), limits.max_connections_per_source (per_source).
+# TYPE baton_ingress_sip_connections_refused_total counter
+baton_ingress_sip_connections_refused_total{reason="acl"} 11
+baton_ingress_sip_connections_refused_total{reason="full"} 12
+baton_ingress_sip_connections_refused_total{reason="per_source"} 13
+# HELP baton_ingress_sip_connections_timed_out_total TCP and TLS connections closed for silence (connection_first_read_timeout or connection_idle_timeout).
+# TYPE baton_ingress_sip_connections_timed_out_total counter
+baton_ingress_sip_connections_timed_out_total 14
 `)))
 }

@@ -45,6 +45,14 @@ type Stats struct {
 	// call was not latched to, nor signalled in its SDP, nor in its trunk
 	// (added when the call ends).
 	ForeignRTP atomic.Uint64
+	// UnackedSource counts new INVITEs refused with 503 because their
+	// source had limits.max_unacked_per_source (or max_unacked_unverified)
+	// calls between INVITE and ACK.
+	UnackedSource atomic.Uint64
+	// NextHopToSource counts calls whose Contact or first Record-Route
+	// named a destination outside their trunk (or a name, not an IP):
+	// their in-dialog requests go to the INVITE's source instead.
+	NextHopToSource atomic.Uint64
 }
 
 // Snapshot returns the counters by name.
@@ -61,6 +69,8 @@ func (s *Stats) Snapshot() map[string]uint64 {
 		"draining":             s.Draining.Load(),
 		"refused_numbers":      s.RefusedNumbers.Load(),
 		"foreign_rtp":          s.ForeignRTP.Load(),
+		"unacked_source":       s.UnackedSource.Load(),
+		"next_hop_to_source":   s.NextHopToSource.Load(),
 	}
 }
 

@@ -140,6 +140,14 @@ func (s *Server) byeRequest(c *call) (*sip.Request, error) {
 		transport = "UDP"
 	}
 	req := sip.NewRequest(sip.BYE, target)
+	if hop := d.GetNextHop(); hop != "" {
+		// Checked when the call started (nextHop): never a name, never
+		// outside the trunk or the INVITE's source.
+		req.SetDestination(hop)
+		if t := sipTransport(d.GetNextHopTransport()); t != transport {
+			transport, udp = t, nil
+		}
+	}
 	req.SetTransport(transport)
 	via := &sip.ViaHeader{ProtocolName: "SIP", ProtocolVersion: "2.0", Transport: transport, Params: sip.NewParams()}
 	via.Params.Add("branch", sip.GenerateBranch())

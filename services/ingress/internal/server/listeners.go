@@ -11,6 +11,8 @@ import (
 
 	"github.com/emiago/sipgo/sip"
 
+	"github.com/baton-voice/baton/pkg/connguard"
+
 	"github.com/baton-voice/baton/services/ingress/internal/config"
 	"github.com/baton-voice/baton/services/ingress/internal/sipcheck"
 )
@@ -40,18 +42,21 @@ func (s *Server) bind() error {
 			if err != nil {
 				return fmt.Errorf("listen sip tcp on %s: %w", l.Address, err)
 			}
-			s.streams = append(s.streams, stream{transport: config.TCP, ln: ln})
+			s.streams = append(s.streams, stream{transport: config.TCP, ln: s.guard(ln)})
 			addr, params = ln.Addr(), ";transport=tcp"
 		case config.TLS:
 			cert, err := tls.LoadX509KeyPair(l.CertFile, l.KeyFile)
 			if err != nil {
 				return fmt.Errorf("tls listener %s: %w", l.Address, err)
 			}
-			ln, err := tls.Listen("tcp", l.Address, &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12})
+			ln, err := net.Listen("tcp", l.Address)
 			if err != nil {
 				return fmt.Errorf("listen sip tls on %s: %w", l.Address, err)
 			}
-			s.streams = append(s.streams, stream{transport: config.TLS, ln: ln})
+			// The guard sits under TLS, so a refused source never gets a
+			// handshake and the handshake is under the first-read deadline.
+			tlsLn := tls.NewListener(s.guard(ln), &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12})
+			s.streams = append(s.streams, stream{transport: config.TLS, ln: tlsLn})
 			addr, params = ln.Addr(), ";transport=tls"
 		default:
 			return fmt.Errorf("listener %s: transport %q", l.Address, l.Transport)
@@ -73,6 +78,24 @@ func (s *Server) bind() error {
 		}
 	}
 	return nil
+}
+
+// guard bounds what a stream listener holds: sources no trunk allows are
+// closed at accept (before a byte or a TLS handshake), connections are
+// capped in all and per source, and silent ones are closed.
+func (s *Server) guard(ln net.Listener) net.Listener {
+	l := s.cfg.Limits
+	return connguard.Wrap(ln, connguard.Policy{
+		Allow: func(a netip.Addr) bool {
+			if s.trunks.Lookup(a) != nil {
+				return true
+			}
+			s.rejectLog.log(s.log, "connection from an address no trunk allows", "source", a.String())
+			return false
+		},
+		MaxConns: l.MaxConnections, MaxPerSource: l.MaxConnectionsPerSource,
+		FirstRead: l.ConnectionFirstRead, Idle: l.ConnectionIdle,
+	}, &s.conns)
 }
 
 func family(a netip.Addr) string {

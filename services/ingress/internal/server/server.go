@@ -27,6 +27,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
 
+	"github.com/baton-voice/baton/pkg/connguard"
 	"github.com/baton-voice/baton/pkg/events"
 	"github.com/baton-voice/baton/pkg/events/batonv1"
 	"github.com/baton-voice/baton/pkg/sipx"
@@ -69,6 +70,8 @@ type Server struct {
 	admit        *admission
 	retryAfter   string
 	stats        Stats
+	conns        connguard.Stats // of the TCP and TLS listeners
+	handshakes   *handshakes
 	rejectLog    *rateLog
 	draining     atomic.Bool
 	stopped      atomic.Bool   // the read filter drops everything
@@ -105,11 +108,14 @@ func Listen(cfg config.Config, cl *kgo.Client, logger *slog.Logger, opts ...Opti
 	for _, o := range opts {
 		o(s)
 	}
-	if err := s.bind(); err != nil {
-		return nil, errors.Join(err, s.closeListeners())
-	}
 	table, err := trunks.New(cfg.EffectiveTrunks())
 	if err != nil {
+		return nil, err
+	}
+	s.trunks = table
+	s.rejectLog = &rateLog{perSecond: 10}
+	s.handshakes = newHandshakes(cfg.Limits.MaxUnackedPerSource, cfg.Limits.MaxUnackedUnverified)
+	if err := s.bind(); err != nil {
 		return nil, errors.Join(err, s.closeListeners())
 	}
 	clip := rtp.Silence(cfg.Media.Silence)
@@ -120,10 +126,8 @@ func Listen(cfg config.Config, cl *kgo.Client, logger *slog.Logger, opts ...Opti
 	}
 	s.rtp = rtp.NewAllocator(cfg.RTPHost(), cfg.RTP.PortMin, cfg.RTP.PortMax)
 	s.clip = clip
-	s.trunks = table
 	s.policy = sipcheck.DefaultPolicy()
 	s.retryAfter = retryAfterSeconds(cfg.Limits.RetryAfter)
-	s.rejectLog = &rateLog{perSecond: 10}
 	s.calls = map[string]*call{}
 	s.admit = newAdmission(cfg.Limits.MaxCalls, cfg.Limits.MaxCPS, &s.active)
 	// sipgo logs unparsable packets at ERROR with the packet attached:
@@ -154,6 +158,18 @@ func Listen(cfg config.Config, cl *kgo.Client, logger *slog.Logger, opts ...Opti
 
 // Stats returns the server's counters.
 func (s *Server) Stats() *Stats { return &s.stats }
+
+// Counters is Stats.Snapshot with the stream listeners' connection
+// counters added (connections_*).
+func (s *Server) Counters() map[string]uint64 {
+	m := s.stats.Snapshot()
+	m["connections_refused_acl"] = s.conns.RefusedACL.Load()
+	m["connections_refused_full"] = s.conns.RefusedFull.Load()
+	m["connections_refused_source"] = s.conns.RefusedSource.Load()
+	m["connections_timed_out"] = s.conns.TimedOut.Load()
+	m["connections_open"] = uint64(max(s.conns.Open.Load(), 0))
+	return m
+}
 
 // Addr is the first bound UDP address (the real port when the config
 // asked for 0); nil when there is no UDP listener.
@@ -251,7 +267,7 @@ func (s *Server) Serve(ctx context.Context) error {
 	}
 	stopRun()
 	s.shutdown()
-	s.log.Info("sip counters", "counters", s.stats.Snapshot())
+	s.log.Info("sip counters", "counters", s.Counters())
 	for range n {
 		if err := <-served; err != nil && !errors.Is(err, net.ErrClosed) && serveErr == nil {
 			serveErr = fmt.Errorf("serve sip: %w", err)
@@ -520,6 +536,16 @@ func (s *Server) onInvite(ctx context.Context, req *sip.Request, tx sip.ServerTr
 	if s.refuseOrphan(callID, func() { s.reply(req, tx, sip.StatusInternalServerError, "Server Internal Error") }) {
 		return
 	}
+	src := sourceAddr(req)
+	handshakeDone, refused := s.handshakes.begin(src, req.Transport() != "UDP", time.Now())
+	if refused != notRefused {
+		s.stats.UnackedSource.Add(1)
+		s.rejectLog.log(s.log, "invite refused: too many calls from this source without an ack", "source", src.String(),
+			"verified", refused == overUnackedVerified, "call_id", callID)
+		s.reply(req, tx, sip.StatusServiceUnavailable, "Service Unavailable", sip.NewHeader("Retry-After", s.retryAfter))
+		return
+	}
+	defer handshakeDone()
 	// The CANCEL callback goes in before the 100: a CANCEL may follow the
 	// first provisional answer at once (RFC 3261 9.1), and sipgo answers
 	// it 487 whether or not anyone listens.
@@ -572,6 +598,14 @@ func (s *Server) onInvite(ctx context.Context, req *sip.Request, tx sip.ServerTr
 		log.InfoContext(ctx, "invite refused", "err", err)
 		s.reply(req, tx, sip.StatusBadRequest, "Bad Request")
 		return
+	}
+	if hop, transport, signalled := nextHop(facts.started.Dialog, s.trunks, trunk); hop != "" {
+		facts.started.Dialog.NextHop, facts.started.Dialog.NextHopTransport = hop, transport
+		if !signalled {
+			s.stats.NextHopToSource.Add(1)
+			s.rejectLog.log(s.log, "the caller's contact or record-route names a destination outside its trunk; in-dialog requests go to the invite's source",
+				"call_id", callID, "source", req.Source())
+		}
 	}
 	for _, sk := range facts.skipped {
 		log.WarnContext(ctx, "custom header not made a variable", "header", sk.Name, "err", sk.Err)
@@ -640,9 +674,23 @@ func (s *Server) onInvite(ctx context.Context, req *sip.Request, tx sip.ServerTr
 		return
 	}
 	log.InfoContext(ctx, "call answered", "codec", answer.Codec.Name, "rtp_port", media.Port(), "remote_rtp", answer.RemoteAddr)
-	if s.awaitAck(ctx, c, tx, res) && s.clip.Frames() > 0 {
-		media.Play(s.clip)
+	acked := s.awaitAck(ctx, c, tx, res)
+	handshakeDone()
+	if acked {
+		s.handshakes.acked(src, time.Now())
+		if s.clip.Frames() > 0 {
+			media.Play(s.clip)
+		}
 	}
+}
+
+// sourceAddr is the address req came from (zero when unknown).
+func sourceAddr(req *sip.Request) netip.Addr {
+	ap, err := netip.ParseAddrPort(req.Source())
+	if err != nil {
+		return netip.Addr{}
+	}
+	return ap.Addr().Unmap()
 }
 
 // awaitAck retransmits the 200 OK until the ACK arrives (RFC 3261 13.3.1.4;
@@ -835,11 +883,11 @@ func (s *Server) mediaSources(req *sip.Request) func(netip.Addr) bool {
 }
 
 func (s *Server) trunkOf(req *sip.Request) *trunks.Trunk {
-	ap, err := netip.ParseAddrPort(req.Source())
-	if err != nil {
+	src := sourceAddr(req)
+	if !src.IsValid() {
 		return nil
 	}
-	return s.trunks.Lookup(ap.Addr())
+	return s.trunks.Lookup(src)
 }
 
 func (s *Server) reply(req *sip.Request, tx sip.ServerTransaction, code int, reason string, extra ...sip.Header) {

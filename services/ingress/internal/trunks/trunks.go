@@ -52,6 +52,22 @@ func New(trunks []config.Trunk) (*Table, error) {
 
 // Lookup returns the trunk of addr, or nil when no trunk allows it.
 func (t *Table) Lookup(addr netip.Addr) *Trunk {
+	if e := t.best(addr); e != nil {
+		return e.trunk
+	}
+	return nil
+}
+
+// Lists reports whether tr's own ranges name addr: addr's most specific
+// entry is tr's and is narrower than a catch-all (0.0.0.0/0 or ::/0,
+// what a config without trunks allows). It is what a destination taken
+// from a caller's message must pass.
+func (t *Table) Lists(tr *Trunk, addr netip.Addr) bool {
+	e := t.best(addr)
+	return e != nil && e.trunk == tr && e.prefix.Bits() > 0
+}
+
+func (t *Table) best(addr netip.Addr) *entry {
 	addr = addr.Unmap()
 	var best *entry
 	for i := range t.entries {
@@ -60,8 +76,5 @@ func (t *Table) Lookup(addr netip.Addr) *Trunk {
 			best = e
 		}
 	}
-	if best == nil {
-		return nil
-	}
-	return best.trunk
+	return best
 }
