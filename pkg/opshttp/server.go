@@ -9,6 +9,8 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
+	"strings"
 	"sync"
 	"time"
 
@@ -43,6 +45,10 @@ type Server struct {
 func Listen(addr string, reg *prometheus.Registry, ready ReadyFunc, logger *slog.Logger) (*Server, error) {
 	if addr == "" {
 		return nil, nil
+	}
+	addr, err := ExpandListen(addr, os.Getenv)
+	if err != nil {
+		return nil, err
 	}
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
@@ -111,19 +117,48 @@ func Start(ctx context.Context, wg *sync.WaitGroup, addr string, reg *prometheus
 // Config is the metrics section of a service's configuration.
 type Config struct {
 	// Listen is the host:port of /metrics, /healthz and /readyz; "" turns
-	// them off.
+	// them off. The host may be an environment variable, ${NAME}: on
+	// Kubernetes with hostNetwork, ${POD_IP} (from the downward API's
+	// status.podIP) binds the node's cluster address and not every
+	// address the node has, its public ones included.
 	Listen string `yaml:"listen"`
 }
 
-// Validate checks that Listen is "" or host:port.
+// Validate checks that Listen is "" or host:port, and that a ${NAME} in
+// it is set in the environment.
 func (c Config) Validate() error {
 	if c.Listen == "" {
 		return nil
 	}
-	if _, _, err := net.SplitHostPort(c.Listen); err != nil {
+	addr, err := ExpandListen(c.Listen, os.Getenv)
+	if err != nil {
+		return config.Errorf("metrics.listen", "%v", err)
+	}
+	if _, _, err := net.SplitHostPort(addr); err != nil {
 		return config.Errorf("metrics.listen", "%q: want host:port or \"\" (%v)", c.Listen, err)
 	}
 	return nil
+}
+
+// ExpandListen replaces each ${NAME} in addr with getenv(NAME); a name
+// that is unset or empty is an error, so a missing variable never turns
+// into an empty host (which would bind every address).
+func ExpandListen(addr string, getenv func(string) string) (string, error) {
+	var missing []string
+	out := os.Expand(addr, func(name string) string {
+		v := getenv(name)
+		if v == "" {
+			missing = append(missing, name)
+		}
+		if strings.Contains(v, ":") && !strings.HasPrefix(v, "[") {
+			v = "[" + v + "]" // an IPv6 pod IP
+		}
+		return v
+	})
+	if len(missing) > 0 {
+		return "", fmt.Errorf("%q: environment variable %s is not set", addr, strings.Join(missing, ", "))
+	}
+	return out, nil
 }
 
 // All is ready when every check is: it returns the first failure.

@@ -90,3 +90,39 @@ func TestStart(t *testing.T) {
 	cancel()
 	wg.Wait() // the server goroutine ends with ctx
 }
+
+func TestExpandListen(t *testing.T) {
+	env := map[string]string{"POD_IP": "10.0.3.7", "POD_IP6": "fd00::7"}
+	getenv := func(k string) string { return env[k] }
+	for in, want := range map[string]string{
+		"${POD_IP}:9461":  "10.0.3.7:9461",
+		"$POD_IP:9461":    "10.0.3.7:9461",
+		"${POD_IP6}:9461": "[fd00::7]:9461",
+		"127.0.0.1:9461":  "127.0.0.1:9461",
+	} {
+		got, err := ExpandListen(in, getenv)
+		if err != nil || got != want {
+			t.Errorf("ExpandListen(%q) = %q, %v; want %q", in, got, err, want)
+		}
+	}
+	// An unset variable is an error, never an empty host (every address).
+	if got, err := ExpandListen("${NOPE}:9461", getenv); err == nil {
+		t.Fatalf("unset variable expanded to %q", got)
+	}
+	t.Setenv("BATON_TEST_OPS_HOST", "")
+	if err := (Config{Listen: "${BATON_TEST_OPS_HOST}:9461"}).Validate(); err == nil || !strings.Contains(err.Error(), "BATON_TEST_OPS_HOST") {
+		t.Fatalf("Validate with an unset variable: %v", err)
+	}
+	t.Setenv("BATON_TEST_OPS_HOST", "127.0.0.1")
+	if err := (Config{Listen: "${BATON_TEST_OPS_HOST}:0"}).Validate(); err != nil {
+		t.Fatal(err)
+	}
+	s, err := Listen("${BATON_TEST_OPS_HOST}:0", NewRegistry(), All(), slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = s.ln.Close() }()
+	if !strings.HasPrefix(s.Addr(), "127.0.0.1:") {
+		t.Fatalf("bound %s", s.Addr())
+	}
+}

@@ -133,7 +133,8 @@ func TestConfigsLoad(t *testing.T) {
 				check := exec.CommandContext(t.Context(), exe, "--check-config", "--config", cfg)
 				// The shipped analytics dashboard listens off loopback and
 				// so needs its token (the k8s Secret baton-dashboard).
-				check.Env = append(os.Environ(), "BATON_DASHBOARD_TOKEN=deploycheck")
+				// POD_IP: the downward API's status.podIP in deploy/k8s.
+				check.Env = append(os.Environ(), "BATON_DASHBOARD_TOKEN=deploycheck", "POD_IP=10.0.0.7")
 				out, err := check.CombinedOutput()
 				require.NoError(t, err, "%s rejects %s:\n%s", svc, cfg, out)
 				require.Contains(t, string(out), "config ok")
@@ -148,6 +149,9 @@ func TestConfigsLoad(t *testing.T) {
 			require.Contains(t, string(out), "no_such_key")
 			if svc == "ingress" {
 				requireFailsClosed(t, exe, filepath.Join(deploy, "config", "ingress.yaml"))
+			}
+			if svc != "analytics" {
+				requireOpsOnPodIP(t, exe, deploy, svc)
 			}
 		})
 	}
@@ -178,4 +182,34 @@ func requireFailsClosed(t *testing.T, exe, shipped string) {
 	var exit *exec.ExitError
 	require.ErrorAs(t, err, &exit, "ingress started on %s with no trunks:\n%s", cfg["listen"], out)
 	require.Contains(t, string(out), "trunks: none listed")
+}
+
+// requireOpsOnPodIP checks that a shipped service binds /metrics to its
+// pod's address (on hostNetwork, the node's cluster address) and not to
+// every address, and that its manifest provides POD_IP.
+func requireOpsOnPodIP(t *testing.T, exe, deploy, svc string) {
+	t.Helper()
+	data, err := os.ReadFile(filepath.Join(deploy, "config", svc+".yaml"))
+	require.NoError(t, err)
+	var cfg struct {
+		Metrics struct {
+			Listen string `yaml:"listen"`
+		} `yaml:"metrics"`
+	}
+	require.NoError(t, yaml.Unmarshal(data, &cfg))
+	require.True(t, strings.HasPrefix(cfg.Metrics.Listen, "${POD_IP}:"), "%s metrics.listen %q: bind ${POD_IP}, not every address", svc, cfg.Metrics.Listen)
+	manifest, err := os.ReadFile(filepath.Join(deploy, "k8s", svc+".yaml"))
+	require.NoError(t, err)
+	require.Contains(t, string(manifest), "fieldPath: status.podIP", "deploy/k8s/%s.yaml must set POD_IP", svc)
+	// Without POD_IP the service refuses the config rather than bind
+	// every address.
+	check := exec.CommandContext(t.Context(), exe, "--check-config", "--config", filepath.Join(deploy, "config", svc+".yaml"))
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "POD_IP=") {
+			check.Env = append(check.Env, kv)
+		}
+	}
+	out, err := check.CombinedOutput()
+	require.Error(t, err, "%s started its shipped config without POD_IP", svc)
+	require.Contains(t, string(out), "POD_IP")
 }
