@@ -17,6 +17,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -77,6 +78,12 @@ type Options struct {
 	// Tracer, when set, makes each execution a child span of its command's
 	// trace; its outcomes carry that span.
 	Tracer trace.Tracer
+	// Peers is where in-dialog requests (REFER, BYE, re-INVITE) may go
+	// beside public addresses and the address the INVITE came from
+	// (request.Peers.Check); Invite.TrunkHost, when it is an IP address,
+	// is added. A command whose dialog points elsewhere fails before any
+	// SIP is sent (next_hop_not_allowed).
+	Peers request.Peers
 }
 
 // AttemptLog is the durable record of the commands attempted
@@ -98,8 +105,10 @@ type Service struct {
 	opts     Options
 	logger   *slog.Logger
 	reg      *registry
-	wg       sync.WaitGroup
-	now      func() time.Time
+	// peers is opts.Peers with the trunk host added.
+	peers request.Peers
+	wg    sync.WaitGroup
+	now   func() time.Time
 	// onDrain, when set (tests only), runs once shutdown has paused the
 	// handoffs topic.
 	onDrain func()
@@ -118,8 +127,22 @@ func New(cl *kgo.Client, sender Sender, log AttemptLog, opts Options, logger *sl
 		opts:     opts,
 		logger:   logger,
 		reg:      newRegistry(opts.MaxInFlight),
+		peers:    peersOf(opts),
 		now:      time.Now,
 	}
+}
+
+// peersOf is opts.Peers and the trunk host new legs are dialled through,
+// when it is an IP address: transfer is configured to reach it.
+func peersOf(opts Options) request.Peers {
+	p := request.Peers{
+		Networks: slices.Clone(opts.Peers.Networks),
+		Hosts:    slices.Clone(opts.Peers.Hosts),
+	}
+	if trunk, ok := request.PeerHost(opts.Invite.TrunkHost); ok {
+		p.Hosts = append(p.Hosts, trunk)
+	}
+	return p
 }
 
 // Run consumes until ctx ends, then shuts down in two stages: the handoffs
@@ -392,6 +415,9 @@ func (s *Service) detached(ctx, work context.Context, e *execution, log *slog.Lo
 
 // execute carries out one command and publishes its outcomes.
 func (s *Service) execute(ctx context.Context, e *execution, log *slog.Logger) {
+	if !s.admit(ctx, e, log) {
+		return
+	}
 	switch e.cmd.GetMethod() {
 	case batonv1.Method_METHOD_REFER:
 		s.refer(ctx, e, log)
@@ -402,6 +428,37 @@ func (s *Service) execute(ctx context.Context, e *execution, log *slog.Logger) {
 	default:
 		s.notSent(ctx, e, log, "command", RefusedUnknownMethod, fmt.Errorf("unknown method %s", e.cmd.GetMethod()))
 	}
+}
+
+// admit checks, before any SIP, what a command read from Kafka could
+// make transfer do beyond what it was configured for: the caller's
+// dialog, which a REFER, a BYE and a warm transfer's re-INVITE are sent
+// in, must lead to an allowed peer (Peers.Check).
+// A refused command gets its FAILED outcome and a counted reason.
+func (s *Service) admit(ctx context.Context, e *execution, log *slog.Logger) bool {
+	method := e.cmd.GetMethod()
+	what := strings.TrimPrefix(method.String(), "METHOD_")
+	switch method {
+	case batonv1.Method_METHOD_REFER, batonv1.Method_METHOD_INVITE, batonv1.Method_METHOD_BYE:
+	default:
+		return true // refused by execute
+	}
+	if method == batonv1.Method_METHOD_INVITE && (s.opts.Invite.Ports == nil || !s.hasLegs()) {
+		return true // not configured: refused by invite
+	}
+	hop, err := s.peers.Check(e.cmd.GetDialog())
+	if err != nil {
+		s.notSent(ctx, e, log, what, requestReason(err), err)
+		return false
+	}
+	log.DebugContext(ctx, "next hop allowed", "next_hop", hop.String())
+	return true
+}
+
+// hasLegs reports whether the SIP client can start new legs.
+func (s *Service) hasLegs() bool {
+	_, ok := s.sip.(legSender)
+	return ok
 }
 
 // Why a command failed before any SIP was sent: the reason label of
@@ -418,6 +475,9 @@ const (
 	RefusedAlreadyAttempted  = "already_attempted"
 	RefusedTooOld            = "too_old"
 	RefusedMaxInFlight       = "max_in_flight"
+	// RefusedNextHopNotAllowed: the caller's dialog leads to a host name
+	// or to a non-public address outside Options.Peers.
+	RefusedNextHopNotAllowed = "next_hop_not_allowed"
 	RefusedOther             = "other"
 )
 
@@ -427,6 +487,8 @@ func requestReason(err error) string {
 	// Most specific first: a bad route or dialog field wraps the header
 	// value error that found it.
 	switch {
+	case errors.Is(err, request.ErrNextHop):
+		return RefusedNextHopNotAllowed
 	case errors.Is(err, request.ErrRoute), errors.Is(err, sipx.ErrReferTarget):
 		return RefusedInvalidRoute
 	case errors.Is(err, request.ErrDialog):

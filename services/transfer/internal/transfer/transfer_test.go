@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"log/slog"
 	"net"
+	"net/netip"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -241,6 +242,9 @@ type instance struct {
 	cancel   context.CancelFunc
 }
 
+// testPeers is where the tests' SBCs listen.
+var testPeers = netip.MustParsePrefix("127.0.0.1/32")
+
 // attemptTopic is the attempt log of the tests.
 const attemptTopic = "baton.transfer-attempts"
 
@@ -311,6 +315,10 @@ func (h *harness) launch(t *testing.T, tune func(*Options), prepare ...func(*ins
 		MaxCommandAge:   time.Minute,
 		ProduceTimeout:  5 * time.Second,
 		ShutdownTimeout: 5 * time.Second,
+		// The test SBCs and callers listen on 127.0.0.1: the peer
+		// network transfer is configured to reach, as an operator lists
+		// its SBCs' range.
+		Peers: request.Peers{Networks: []netip.Prefix{testPeers}},
 	}
 	if tune != nil {
 		tune(&o)
