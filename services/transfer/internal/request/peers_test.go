@@ -147,3 +147,29 @@ func TestPeerHost(t *testing.T) {
 		require.False(t, ok, in)
 	}
 }
+
+func TestAllowlist(t *testing.T) {
+	a, err := NewAllowlist([]string{"sip:*@agents.example.com", "re:tel:\\+4930[0-9]+", "1???"})
+	require.NoError(t, err)
+	for _, r := range []string{"sip:+4930123456@agents.example.com", "tel:+4930123", "1234"} {
+		require.NoError(t, a.Check(r), r)
+	}
+	for _, r := range []string{"sip:x@evil.example", "sip:x@agents.example.com.evil", "tel:+4930", "tel:+1900555", "12345", "",
+		"sip:x@evil.example;a=@agents.example.com"} {
+		require.ErrorIs(t, a.Check(r), ErrRouteNotAllowed, r)
+	}
+	params, err := NewAllowlist([]string{"sip:*@agents.example.com*"})
+	require.NoError(t, err)
+	require.NoError(t, params.Check("sip:q@agents.example.com;transport=tcp"))
+	require.ErrorIs(t, params.Check("sip:q@agents.example.com;maddr=198.51.100.66"), ErrRouteNotAllowed, "maddr redirects")
+	require.ErrorIs(t, params.Check("sip:q@agents.example.com;x=@y"), ErrRouteNotAllowed, "a second '@'")
+	var none *Allowlist
+	require.NoError(t, none.Check("sip:anything@anywhere"), "no allowlist checks nothing")
+	empty, err := NewAllowlist(nil)
+	require.NoError(t, err)
+	require.ErrorIs(t, empty.Check("sip:x@agents.example.com"), ErrRouteNotAllowed, "an empty allowlist allows nothing")
+	for _, bad := range []string{"re:(", "[", ""} {
+		_, err := NewAllowlist([]string{bad})
+		require.Error(t, err, bad)
+	}
+}

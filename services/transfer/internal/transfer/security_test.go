@@ -175,3 +175,70 @@ func TestHostileRouteSetIsRefused(t *testing.T) {
 	requireOutcome(t, h.outcome(t, cmd.CommandId), batonv1.OutcomeStatus_OUTCOME_STATUS_ACCEPTED, 202)
 	require.Equal(t, "REFER", h.sbc.next(t).req.Method.String())
 }
+
+// attackRoutes sends REFER and INVITE commands whose routes the
+// allowlist (sip:*@agents.example.com) does not admit, in a dialog
+// transfer may use, and checks each fails before any SIP with reason
+// route_not_allowed. dest is a live address the INVITEs name. It returns
+// the number of commands.
+func attackRoutes(t *testing.T, h *harness, dest *trap) int {
+	t.Helper()
+	routes := []struct {
+		method batonv1.Method
+		route  string
+	}{
+		{batonv1.Method_METHOD_REFER, "sip:+19005550100@evil.example"},
+		{batonv1.Method_METHOD_REFER, "sip:+4930123456@agents.example.com.evil.example"},
+		{batonv1.Method_METHOD_REFER, "tel:+19005550100"},
+		{batonv1.Method_METHOD_REFER, "sip:x@evil.example;a=@agents.example.com"},
+		{batonv1.Method_METHOD_REFER, fmt.Sprintf("sip:x@127.0.0.1:%d", dest.port)},
+		{batonv1.Method_METHOD_INVITE, fmt.Sprintf("sip:queue@127.0.0.1:%d", dest.port)},
+		{batonv1.Method_METHOD_INVITE, fmt.Sprintf("sip:queue@127.0.0.1:%d;transport=tcp", dest.port)},
+		{batonv1.Method_METHOD_INVITE, "sip:+19005550100@evil.example"},
+	}
+	for i, r := range routes {
+		cmd := referCommand(h, fmt.Sprintf("route-%d", i))
+		cmd.Method, cmd.Route = r.method, r.route
+		if r.method == batonv1.Method_METHOD_INVITE {
+			cmd.Encryption = encUDPRTP
+		}
+		h.command(t, cmd)
+		o := h.outcome(t, cmd.CommandId)
+		require.Equal(t, batonv1.OutcomeStatus_OUTCOME_STATUS_FAILED.String(), o.GetStatus().String(), "%s: %s", r.route, o.GetDetail())
+		want := strings.TrimPrefix(r.method.String(), "METHOD_") + " not sent: route not allowed"
+		require.True(t, strings.HasPrefix(o.GetDetail(), want), "%s: %s", r.route, o.GetDetail())
+	}
+	return len(routes)
+}
+
+// Transfer checks a command's route against its own allowlist before any
+// SIP: a command written straight to the handoffs topic (no router) to a
+// route outside it sends nothing and fails route_not_allowed. Before,
+// transfer dialled whatever a command named (issue 14, item 11).
+func TestRouteOutsideTheAllowlistIsRefused(t *testing.T) {
+	t.Parallel()
+	metrics := NewMetrics(prometheus.NewRegistry())
+	allow, err := request.NewAllowlist([]string{"sip:*@agents.example.com"})
+	require.NoError(t, err)
+	h := start(t, 202, func(o *Options) {
+		withInvite(nil)(o)
+		o.Metrics = metrics
+		o.Routes = allow
+	})
+	dest := startTrap(t)
+	n := attackRoutes(t, h, dest)
+	time.Sleep(200 * time.Millisecond)
+	require.Zero(t, h.sbc.count(), "no REFER reached the caller's SBC")
+	require.Zero(t, dest.reached(), "no INVITE reached the destination")
+	refer := testutil.ToFloat64(metrics.Refused.WithLabelValues("refer", RefusedRouteNotAllowed))
+	invite := testutil.ToFloat64(metrics.Refused.WithLabelValues("invite", RefusedRouteNotAllowed))
+	require.Equal(t, float64(n), refer+invite)
+	require.Equal(t, 5.0, refer)
+
+	// A route the allowlist admits is sent.
+	cmd := referCommand(h, "allowed")
+	h.command(t, cmd)
+	requireOutcome(t, h.outcome(t, cmd.CommandId), batonv1.OutcomeStatus_OUTCOME_STATUS_ACCEPTED, 202)
+	r := h.sbc.next(t)
+	require.True(t, strings.HasPrefix(r.req.GetHeader("Refer-To").Value(), "<sip:+4930123456@agents.example.com"))
+}

@@ -84,6 +84,11 @@ type Options struct {
 	// is added. A command whose dialog points elsewhere fails before any
 	// SIP is sent (next_hop_not_allowed).
 	Peers request.Peers
+	// Routes, when set, is the route allowlist every REFER and INVITE
+	// command is checked against again before any SIP is sent
+	// (route_not_allowed); nil checks nothing (the router's allowlist
+	// alone decides).
+	Routes *request.Allowlist
 }
 
 // AttemptLog is the durable record of the commands attempted
@@ -431,15 +436,21 @@ func (s *Service) execute(ctx context.Context, e *execution, log *slog.Logger) {
 }
 
 // admit checks, before any SIP, what a command read from Kafka could
-// make transfer do beyond what it was configured for: the caller's
-// dialog, which a REFER, a BYE and a warm transfer's re-INVITE are sent
-// in, must lead to an allowed peer (Peers.Check).
+// make transfer do beyond what it was configured for: the route of a
+// REFER or INVITE must match the route allowlist (Options.Routes), and
+// the caller's dialog, which a REFER, a BYE and a warm transfer's
+// re-INVITE are sent in, must lead to an allowed peer (Peers.Check).
 // A refused command gets its FAILED outcome and a counted reason.
 func (s *Service) admit(ctx context.Context, e *execution, log *slog.Logger) bool {
 	method := e.cmd.GetMethod()
 	what := strings.TrimPrefix(method.String(), "METHOD_")
 	switch method {
-	case batonv1.Method_METHOD_REFER, batonv1.Method_METHOD_INVITE, batonv1.Method_METHOD_BYE:
+	case batonv1.Method_METHOD_REFER, batonv1.Method_METHOD_INVITE:
+		if err := s.opts.Routes.Check(e.cmd.GetRoute()); err != nil {
+			s.notSent(ctx, e, log, what, RefusedRouteNotAllowed, err)
+			return false
+		}
+	case batonv1.Method_METHOD_BYE:
 	default:
 		return true // refused by execute
 	}
@@ -475,6 +486,9 @@ const (
 	RefusedAlreadyAttempted  = "already_attempted"
 	RefusedTooOld            = "too_old"
 	RefusedMaxInFlight       = "max_in_flight"
+	// RefusedRouteNotAllowed: the route matches no pattern of transfer's
+	// route allowlist (Options.Routes).
+	RefusedRouteNotAllowed = "route_not_allowed"
 	// RefusedNextHopNotAllowed: the caller's dialog leads to a host name
 	// or to a non-public address outside Options.Peers.
 	RefusedNextHopNotAllowed = "next_hop_not_allowed"
