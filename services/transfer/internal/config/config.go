@@ -32,6 +32,8 @@ type Config struct {
 	// ExternalHost goes into the Via sent-by (with the listen port), so the
 	// far end answers there; empty means the listen host.
 	ExternalHost string `yaml:"external_host"`
+	// SIP bounds what peers can make the TCP and TLS listeners hold.
+	SIP SIP `yaml:"sip"`
 	// Group is the consumer group every transfer instance joins.
 	Group string `yaml:"group"`
 	// NotifyTimeout bounds the wait for the final NOTIFY after a REFER was
@@ -69,6 +71,25 @@ type Config struct {
 
 // DefaultMetricsListen is where /metrics, /healthz and /readyz are served.
 const DefaultMetricsListen = "127.0.0.1:9463"
+
+// SIP bounds the SIP TCP listener (on the listen port) and the TLS one
+// (tls.listen). Anyone may connect (transfer has no trunk list: any SBC or
+// destination may have to send a BYE in one of its legs), so these are
+// the bound on what strangers can hold.
+type SIP struct {
+	// MaxConnections caps the open connections of each listener; one more
+	// is closed at accept.
+	MaxConnections int `yaml:"max_connections"`
+	// MaxConnectionsPerSource caps a listener's open connections from one
+	// IP address.
+	MaxConnectionsPerSource int `yaml:"max_connections_per_source"`
+	// FirstReadTimeout is how long a new connection has to send its first
+	// bytes (over TLS: to complete the handshake) before it is closed.
+	FirstReadTimeout time.Duration `yaml:"first_read_timeout"`
+	// IdleTimeout closes a connection silent this long (CRLF keep-alives
+	// count as traffic).
+	IdleTimeout time.Duration `yaml:"idle_timeout"`
+}
 
 // Media configures the RTP/SRTP bridge of warm transfers.
 type Media struct {
@@ -158,7 +179,9 @@ type AttemptLog struct {
 // Default returns the configuration used when no file is given.
 func Default() Config {
 	return Config{
-		Listen:          "127.0.0.1:5070",
+		Listen: "127.0.0.1:5070",
+		SIP: SIP{MaxConnections: 1024, MaxConnectionsPerSource: 64,
+			FirstReadTimeout: 5 * time.Second, IdleTimeout: 3 * time.Minute},
 		Group:           "baton-transfer",
 		NotifyTimeout:   32 * time.Second,
 		ByeAfterRefer:   4 * time.Second,
@@ -220,6 +243,7 @@ func (c *Config) Validate() error {
 	if c.ExternalHost != "" && net.ParseIP(c.ExternalHost) == nil && !hostName.MatchString(c.ExternalHost) {
 		errs = append(errs, pkgconfig.Errorf("external_host", "%q, want an IP address or a host name", c.ExternalHost))
 	}
+	errs = append(errs, c.validateSIP()...)
 	if strings.TrimSpace(c.Group) == "" {
 		errs = append(errs, pkgconfig.Errorf("group", "a consumer group id is required"))
 	}
@@ -262,6 +286,26 @@ func (c *Config) Validate() error {
 		errs = append(errs, pkgconfig.Errorf("log", "%v", err))
 	}
 	return errors.Join(errs...)
+}
+
+func (c *Config) validateSIP() []error {
+	var errs []error
+	s := c.SIP
+	if s.MaxConnections < 1 {
+		errs = append(errs, pkgconfig.Errorf("sip.max_connections", "%d, want at least 1", s.MaxConnections))
+	}
+	if s.MaxConnectionsPerSource < 1 || s.MaxConnections >= 1 && s.MaxConnectionsPerSource > s.MaxConnections {
+		errs = append(errs, pkgconfig.Errorf("sip.max_connections_per_source", "%d, want 1 to sip.max_connections (%d)",
+			s.MaxConnectionsPerSource, s.MaxConnections))
+	}
+	if s.FirstReadTimeout <= 0 {
+		errs = append(errs, pkgconfig.Errorf("sip.first_read_timeout", "%v, want a positive duration", s.FirstReadTimeout))
+	}
+	if s.IdleTimeout <= 0 || s.IdleTimeout < s.FirstReadTimeout {
+		errs = append(errs, pkgconfig.Errorf("sip.idle_timeout", "%v, want a positive duration, at least sip.first_read_timeout (%v)",
+			s.IdleTimeout, s.FirstReadTimeout))
+	}
+	return errs
 }
 
 func (c *Config) validateMedia() []error {

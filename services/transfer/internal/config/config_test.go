@@ -28,6 +28,17 @@ func TestDefaultsAreValid(t *testing.T) {
 	require.Equal(t, 4*time.Second, c.ByeAfterRefer)
 	require.Equal(t, "caller", c.Invite.CallerID.Policy)
 	require.Equal(t, "127.0.0.1", c.MediaAddr().String())
+	require.Equal(t, SIP{MaxConnections: 1024, MaxConnectionsPerSource: 64, FirstReadTimeout: 5 * time.Second,
+		IdleTimeout: 3 * time.Minute}, c.SIP)
+}
+
+func TestSIPLimitsLoad(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "t.yaml")
+	doc := "sip:\n  max_connections: 10\n  max_connections_per_source: 2\n  first_read_timeout: 1s\n  idle_timeout: 30s\n"
+	require.NoError(t, os.WriteFile(path, []byte(doc), 0o600))
+	c, err := Load(path)
+	require.NoError(t, err)
+	require.Equal(t, SIP{MaxConnections: 10, MaxConnectionsPerSource: 2, FirstReadTimeout: time.Second, IdleTimeout: 30 * time.Second}, c.SIP)
 }
 
 func TestExampleConfigLoads(t *testing.T) {
@@ -71,6 +82,12 @@ func TestValidateNamesTheField(t *testing.T) {
 		{"tls without cert", "tls:\n  listen: 127.0.0.1:5061\n", "tls.cert_file: tls.cert_file and tls.key_file are required"},
 		{"tls cert missing", "tls:\n  listen: 127.0.0.1:5061\n  cert_file: /nope.pem\n  key_file: /nope.key\n", "tls.cert_file: open /nope.pem"},
 		{"tls listen", "tls:\n  listen: nope\n  cert_file: a\n  key_file: b\n", "t.yaml:2: tls.listen:"},
+		{"sip max connections", "sip:\n  max_connections: 0\n", "t.yaml:2: sip.max_connections: 0, want at least 1"},
+		{"sip per source over the cap", "sip:\n  max_connections: 8\n  max_connections_per_source: 9\n",
+			"t.yaml:3: sip.max_connections_per_source: 9, want 1 to sip.max_connections (8)"},
+		{"sip per source zero", "sip:\n  max_connections_per_source: 0\n", "t.yaml:2: sip.max_connections_per_source:"},
+		{"sip first read", "sip:\n  first_read_timeout: 0s\n", "t.yaml:2: sip.first_read_timeout:"},
+		{"sip idle under first read", "sip:\n  first_read_timeout: 10s\n  idle_timeout: 5s\n", "t.yaml:3: sip.idle_timeout: 5s"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			path := filepath.Join(t.TempDir(), "t.yaml")
