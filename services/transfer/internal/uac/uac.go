@@ -21,6 +21,7 @@ import (
 	"github.com/emiago/sipgo"
 	"github.com/emiago/sipgo/sip"
 
+	"github.com/baton-voice/baton/pkg/connguard"
 	"github.com/baton-voice/baton/pkg/sipx"
 )
 
@@ -42,6 +43,10 @@ type Client struct {
 	// answerers holds the ReInviteFunc of each leg that takes re-INVITEs,
 	// by dialog id.
 	answerers sync.Map
+	// conns counts what the TCP and TLS listeners' guards refused and
+	// closed; guard filters the UDP socket.
+	conns connguard.Stats
+	guard *udpGuard
 }
 
 // transport is one transport's client, its listener and the dialogs of
@@ -73,7 +78,10 @@ type TLS struct {
 // Option configures Listen.
 type Option func(*options)
 
-type options struct{ tls *TLS }
+type options struct {
+	tls    *TLS
+	limits Limits
+}
 
 // WithTLS adds the TLS transport.
 func WithTLS(t TLS) Option { return func(o *options) { o.tls = &t } }
@@ -81,20 +89,51 @@ func WithTLS(t TLS) Option { return func(o *options) { o.tls = &t } }
 // Listen binds listen (host:port, port 0 picks one) for UDP and TCP and
 // builds a client whose requests carry Via sent-by viaHost and the bound
 // port. Close releases it.
+//
+// The TCP and TLS listeners are guarded (WithLimits, connguard): capped in
+// all and per source, and a connection silent for too long, a TLS
+// handshake included, is closed. The UDP socket takes only responses to
+// requests transfer sent and requests in the dialogs of its legs; every
+// other datagram is dropped before sipgo parses it, counted (Counters) and
+// logged at a bounded rate without its bytes (udpGuard says why sipgo's
+// pool needs that).
 func Listen(ctx context.Context, listen, viaHost string, logger *slog.Logger, opts ...Option) (*Client, error) {
 	var o options
 	for _, f := range opts {
 		f(&o)
 	}
-	conn, tcpLn, err := bindPair(ctx, listen)
+	conn, rawTCP, err := bindPair(ctx, listen)
 	if err != nil {
 		return nil, err
 	}
 	local := conn.LocalAddr().String()
 	port := conn.LocalAddr().(*net.UDPAddr).Port
+	c := &Client{served: make(chan struct{}), host: viaHost}
+	// The guards sit right above the sockets, so a connection is counted
+	// and timed from accept, and for TLS before the handshake.
+	tcpLn := connguard.Wrap(rawTCP, o.limits.policy(), &c.conns)
 	listeners := []net.Listener{tcpLn}
 
-	uaOpts := []sipgo.UserAgentOption{sipgo.WithUserAgent("baton-transfer")}
+	// sipgo's transport and transaction layers log through slog.Default
+	// unless told otherwise, parse errors at ERROR with the whole packet:
+	// they get the service's logger, without packets and rate-limited.
+	sipLog := slog.New(quietHandler{next: logger.Handler(), lim: &rateLog{perSecond: logsPerSecond}}).With("component", "sip")
+	c.guard = newUDPGuard(local, logger.With("component", "sip"))
+	uaOpts := []sipgo.UserAgentOption{
+		sipgo.WithUserAgent("baton-transfer"),
+		sipgo.WithUserAgentTransportLayerOptions(
+			sip.WithTransportLayerLogger(sipLog),
+			sip.WithTransportLayerReadFilter(c.guard.filter),
+		),
+		sipgo.WithUserAgentTransactionLayerOptions(
+			sip.WithTransactionLayerLogger(sipLog),
+			// A response that passed the filter but whose transaction
+			// is over (a late retransmission): nothing to do.
+			sip.WithTransactionLayerUnhandledResponseHandler(func(r *sip.Response) {
+				sipLog.Debug("response to a finished transaction", "status", r.StatusCode)
+			}),
+		),
+	}
 	var tlsLn net.Listener
 	if o.tls != nil {
 		var lc net.ListenConfig
@@ -102,7 +141,7 @@ func Listen(ctx context.Context, listen, viaHost string, logger *slog.Logger, op
 		if err != nil {
 			return nil, errors.Join(fmt.Errorf("listen sip tls %s: %w", o.tls.Listen, err), tcpLn.Close(), conn.Close())
 		}
-		tlsLn = tls.NewListener(ln, o.tls.Server)
+		tlsLn = tls.NewListener(connguard.Wrap(ln, o.limits.policy(), &c.conns), o.tls.Server)
 		listeners = append(listeners, tlsLn)
 		if o.tls.Client != nil {
 			uaOpts = append(uaOpts, sipgo.WithUserAgenTLSConfig(o.tls.Client))
@@ -118,14 +157,14 @@ func Listen(ctx context.Context, listen, viaHost string, logger *slog.Logger, op
 	if err != nil {
 		return nil, closeAll(fmt.Errorf("new sip user agent: %w", err))
 	}
-	srv, err := sipgo.NewServer(ua, sipgo.WithServerLogger(logger.With("component", "sip")))
+	srv, err := sipgo.NewServer(ua, sipgo.WithServerLogger(sipLog))
 	if err != nil {
 		return nil, closeAll(errors.Join(fmt.Errorf("new sip server: %w", err), ua.Close()))
 	}
-	c := &Client{ua: ua, conn: conn, served: make(chan struct{}), host: viaHost}
+	c.ua, c.conn = ua, conn
 	newTransport := func(name string, ln net.Listener, port int, extra ...sipgo.ClientOption) (*transport, error) {
 		client, err := sipgo.NewClient(ua, append([]sipgo.ClientOption{
-			sipgo.WithClientLogger(logger.With("component", "sip")),
+			sipgo.WithClientLogger(sipLog),
 			// Via sent-by: the reachable host and the listening port,
 			// never the 0.0.0.0:<ephemeral> a bare client would write.
 			sipgo.WithClientHostname(viaHost),
@@ -162,12 +201,14 @@ func Listen(ctx context.Context, listen, viaHost string, logger *slog.Logger, op
 	srv.OnAck(func(*sip.Request, sip.ServerTransaction) {})
 	srv.OnInvite(c.reInvite)
 	srv.OnNoRoute(refuse)
+	c.guard.inDialog = c.inDialog
+	c.guard.pool = func() *sip.ConnectionPool { return ua.TransportLayer().Pool("udp") }
 	go func() {
 		defer close(c.served)
 		// Responses arrive here and are matched to their transactions;
-		// stray requests get sipgo's default answer. ServeUDP returns when
-		// the user agent closes the socket.
-		_ = srv.ServeUDP(conn)
+		// what the guard lets in besides are requests in our legs.
+		// ServeUDP returns when the user agent closes the socket.
+		_ = srv.ServeUDP(&watchedConn{PacketConn: conn, g: c.guard})
 	}()
 	for _, t := range []*transport{c.tcp, c.tls} {
 		if t == nil {
@@ -217,6 +258,16 @@ func bindPair(ctx context.Context, listen string) (net.PacketConn, net.Listener,
 			return nil, nil, err
 		}
 	}
+}
+
+// inDialog reports whether req belongs to a dialog of one of our legs.
+func (c *Client) inDialog(req *sip.Request) bool {
+	for _, t := range c.transports() {
+		if _, err := t.dialogs.MatchRequestDialog(req); err == nil {
+			return true
+		}
+	}
+	return false
 }
 
 func (c *Client) transports() []*transport {
@@ -435,7 +486,8 @@ const Allow = "INVITE, ACK, CANCEL, BYE, OPTIONS"
 
 // refuse answers a request no handler serves: OPTIONS (a keepalive, in a
 // dialog or not) 200, a method SIP defines 405 and one it does not 501,
-// each with Allow (RFC 3261 8.2.1 and 11.2).
+// each with Allow (RFC 3261 8.2.1 and 11.2). Over UDP only requests in
+// our legs' dialogs get this far; over TCP and TLS any request does.
 func refuse(req *sip.Request, tx sip.ServerTransaction) {
 	code, reason := sipx.Refusal(string(req.Method))
 	if req.Method == sip.OPTIONS {

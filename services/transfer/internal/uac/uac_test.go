@@ -1,8 +1,10 @@
 package uac
 
 import (
+	"errors"
 	"log/slog"
 	"net"
+	"os"
 	"strconv"
 	"testing"
 	"time"
@@ -124,34 +126,75 @@ func newRawPeer(t *testing.T) *rawPeer {
 	return &rawPeer{conn: conn, port: conn.LocalAddr().(*net.UDPAddr).Port}
 }
 
-// request sends a request of method (Via branch z9hG4bK+id, Call-ID id)
-// to c and returns its final response.
-func (p *rawPeer) request(t *testing.T, c *Client, method, id string) *sip.Response {
-	t.Helper()
-	req := method + " sip:baton-transfer@127.0.0.1 SIP/2.0\r\n" +
-		"Via: SIP/2.0/UDP 127.0.0.1:" + strconv.Itoa(p.port) + ";branch=z9hG4bK" + id + "\r\n" +
+// rawRequest is a request of method outside any of c's dialogs (Via branch
+// z9hG4bK+id, Call-ID id) sent by transport from port.
+func rawRequest(method, id, transport string, port int) string {
+	return method + " sip:baton-transfer@127.0.0.1 SIP/2.0\r\n" +
+		"Via: SIP/2.0/" + transport + " 127.0.0.1:" + strconv.Itoa(port) + ";branch=z9hG4bK" + id + "\r\n" +
 		"From: <sip:x@127.0.0.1>;tag=a\r\nTo: <sip:baton-transfer@127.0.0.1>;tag=b\r\n" +
 		"Call-ID: " + id + "\r\nCSeq: 2 " + method + "\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
-	_, err := p.conn.WriteTo([]byte(req), c.Addr())
+}
+
+// send writes msg to c's UDP socket.
+func (p *rawPeer) send(t *testing.T, c *Client, msg string) {
+	t.Helper()
+	_, err := p.conn.WriteTo([]byte(msg), c.Addr())
 	require.NoError(t, err)
-	require.NoError(t, p.conn.SetReadDeadline(time.Now().Add(5*time.Second)))
+}
+
+// silence asserts that nothing comes back within d.
+func (p *rawPeer) silence(t *testing.T, d time.Duration) {
+	t.Helper()
+	require.NoError(t, p.conn.SetReadDeadline(time.Now().Add(d)))
+	n, _, err := p.conn.ReadFrom(make([]byte, 4096))
+	require.Error(t, err, "got an answer: %d bytes", n)
+	require.ErrorIs(t, err, os.ErrDeadlineExceeded)
+}
+
+// tcpRequest sends a request of method outside any dialog (Via branch
+// z9hG4bK+id, Call-ID id) to c over a new TCP connection and returns its
+// final response.
+func tcpRequest(t *testing.T, c *Client, method, id string) *sip.Response {
+	t.Helper()
+	var d net.Dialer
+	conn, err := d.DialContext(t.Context(), "tcp", c.TCPAddr().String())
+	require.NoError(t, err)
+	defer func() { require.NoError(t, conn.Close()) }()
+	port := conn.LocalAddr().(*net.TCPAddr).Port
+	_, err = conn.Write([]byte(rawRequest(method, id, "TCP", port)))
+	require.NoError(t, err)
+	require.NoError(t, conn.SetReadDeadline(time.Now().Add(5*time.Second)))
+	stream := sip.NewParser().NewSIPStream()
 	buf := make([]byte, 4096)
 	for {
-		n, _, err := p.conn.ReadFrom(buf)
+		n, err := conn.Read(buf)
 		require.NoError(t, err)
-		msg, err := sip.NewParser().ParseSIP(buf[:n])
-		require.NoError(t, err)
-		if res, ok := msg.(*sip.Response); ok && res.StatusCode >= 200 {
-			return res
+		var final *sip.Response
+		perr := stream.ParseSIPStream(buf[:n], func(m sip.Message) {
+			if res, ok := m.(*sip.Response); ok && res.StatusCode >= 200 && final == nil {
+				final = res
+			}
+		})
+		if perr != nil && !errors.Is(perr, sip.ErrParseSipPartial) {
+			require.NoError(t, perr)
+		}
+		if final != nil {
+			return final
 		}
 	}
 }
 
 // TestStrayInviteGets481: an INVITE outside any of our legs is answered
-// 481, not taken as a new call (transfer asks; it never answers calls).
+// 481 over TCP, not taken as a new call (transfer asks; it never answers
+// calls). Over UDP it gets nothing: the socket takes only what belongs to
+// transfer's transactions and dialogs (TestUDPTakesOnlyOurs).
 func TestStrayInviteGets481(t *testing.T) {
 	c := listen(t)
-	require.Equal(t, 481, newRawPeer(t).request(t, c, "INVITE", "stray-1").StatusCode)
+	require.Equal(t, 481, tcpRequest(t, c, "INVITE", "stray-1").StatusCode)
+	peer := newRawPeer(t)
+	peer.send(t, c, rawRequest("INVITE", "stray-2", "UDP", peer.port))
+	peer.silence(t, 300*time.Millisecond)
+	require.Eventually(t, func() bool { return c.Counters().UDPStrayRequest == 1 }, 5*time.Second, 10*time.Millisecond)
 }
 
 // TestOtherMethodsGetAllow: what the user agent does not serve is answered
@@ -159,12 +202,11 @@ func TestStrayInviteGets481(t *testing.T) {
 // 501, OPTIONS 200; each names Allow, without UPDATE.
 func TestOtherMethodsGetAllow(t *testing.T) {
 	c := listen(t)
-	peer := newRawPeer(t)
 	for i, tc := range []struct {
 		method string
 		code   int
 	}{{"UPDATE", 405}, {"FROBNICATE", 501}, {"OPTIONS", 200}} {
-		res := peer.request(t, c, tc.method, "other-"+strconv.Itoa(i))
+		res := tcpRequest(t, c, tc.method, "other-"+strconv.Itoa(i))
 		require.Equal(t, tc.code, res.StatusCode, tc.method)
 		allow := res.GetHeader("Allow")
 		require.NotNil(t, allow, tc.method)

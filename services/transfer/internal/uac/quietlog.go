@@ -1,0 +1,117 @@
+package uac
+
+import (
+	"context"
+	"log/slog"
+	"strings"
+	"sync"
+	"time"
+)
+
+// logsPerSecond bounds the records a stranger can make transfer write:
+// dropped datagrams, and sipgo's errors and records that carried a packet.
+const logsPerSecond = 10
+
+// rateLog lets through at most perSecond records a second and counts the
+// ones it held back, so the next record that passes can say how many.
+type rateLog struct {
+	perSecond int
+
+	mu         sync.Mutex
+	window     time.Time
+	n          int
+	suppressed int
+}
+
+// allow reports whether a record may be written now and, if so, how many
+// were held back since the last one written.
+func (l *rateLog) allow() (bool, int) {
+	now := time.Now()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if now.Sub(l.window) >= time.Second {
+		l.window, l.n = now, 0
+	}
+	if l.n >= l.perSecond {
+		l.suppressed++
+		return false, 0
+	}
+	l.n++
+	s := l.suppressed
+	l.suppressed = 0
+	return true, s
+}
+
+// log writes msg at INFO if the rate allows, with "suppressed" when
+// records were held back before it.
+func (l *rateLog) log(ctx context.Context, logger *slog.Logger, msg string, args ...any) {
+	ok, suppressed := l.allow()
+	if !ok {
+		return
+	}
+	if suppressed > 0 {
+		args = append(args, "suppressed", suppressed)
+	}
+	logger.InfoContext(ctx, msg, args...)
+}
+
+// quietHandler is the handler of the logger given to sipgo. sipgo attaches
+// the whole packet ("data") to parse errors and logs them at ERROR, and the
+// parse error itself quotes the packet's first line, so a stranger could
+// write what it likes into transfer's logs, as fast as it can send: the
+// packet is replaced by its length, the error is cut before its first
+// quote, and records that carried a packet, like every ERROR record, are
+// rate-limited.
+type quietHandler struct {
+	next slog.Handler
+	lim  *rateLog
+}
+
+func (h quietHandler) Enabled(ctx context.Context, l slog.Level) bool { return h.next.Enabled(ctx, l) }
+
+func (h quietHandler) Handle(ctx context.Context, r slog.Record) error {
+	out := slog.NewRecord(r.Time, r.Level, r.Message, r.PC)
+	packet := false
+	r.Attrs(func(a slog.Attr) bool {
+		packet = packet || a.Key == "data"
+		return true
+	})
+	r.Attrs(func(a slog.Attr) bool {
+		switch {
+		case a.Key == "data":
+			out.AddAttrs(slog.Int("data_bytes", len(a.Value.String())))
+		case packet && a.Key == "error":
+			out.AddAttrs(slog.String("error", unquoted(a.Value.String())))
+		default:
+			out.AddAttrs(a)
+		}
+		return true
+	})
+	if packet || r.Level >= slog.LevelError {
+		ok, suppressed := h.lim.allow()
+		if !ok {
+			return nil
+		}
+		if suppressed > 0 {
+			out.AddAttrs(slog.Int("suppressed", suppressed))
+		}
+	}
+	return h.next.Handle(ctx, out)
+}
+
+func (h quietHandler) WithAttrs(as []slog.Attr) slog.Handler {
+	return quietHandler{next: h.next.WithAttrs(as), lim: h.lim}
+}
+
+func (h quietHandler) WithGroup(name string) slog.Handler {
+	return quietHandler{next: h.next.WithGroup(name), lim: h.lim}
+}
+
+// unquoted is s up to its first quote: sipgo's parse errors quote the
+// packet ("transmission beginning '...' is not a SIP message").
+func unquoted(s string) string {
+	if i := strings.IndexAny(s, "'\"`"); i >= 0 {
+		return s[:i] + "(packet text removed)"
+	}
+	return s
+}
