@@ -83,7 +83,10 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 	defer stop()
 	context.AfterFunc(ctx, stop)
 
-	var sipOpts []uac.Option
+	sipOpts := []uac.Option{uac.WithLimits(uac.Limits{
+		MaxConns: cfg.SIP.MaxConnections, MaxPerSource: cfg.SIP.MaxConnectionsPerSource,
+		FirstRead: cfg.SIP.FirstReadTimeout, Idle: cfg.SIP.IdleTimeout,
+	})}
 	tlsServer, tlsClient, err := cfg.TLSConfigs()
 	if err != nil {
 		_, _ = fmt.Fprintf(stderr, "transfer: %v\n", err)
@@ -191,6 +194,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 		Tracer:  tracing.Tracer(tp, "transfer"),
 	}, logger)
 	svc.RegisterInFlight(reg)
+	sipClient.RegisterMetrics(reg)
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	opsCtx, stopOps := context.WithCancel(context.WithoutCancel(ctx))

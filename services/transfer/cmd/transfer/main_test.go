@@ -48,6 +48,9 @@ func TestBadConfigExitsWith2(t *testing.T) {
 		{"bad timeout", func(t *testing.T) []string {
 			return []string{"--config", writeConfig(t, "notify_timeout: -1s\n")}
 		}, "transfer.yaml:1: notify_timeout:"},
+		{"bad sip limit", func(t *testing.T) []string {
+			return []string{"--config", writeConfig(t, "sip:\n  first_read_timeout: 0s\n")}
+		}, "transfer.yaml:2: sip.first_read_timeout:"},
 		{"missing file", func(t *testing.T) []string {
 			return []string{"--config", filepath.Join(t.TempDir(), "nope.yaml")}
 		}, "no such file"},
@@ -75,7 +78,8 @@ func TestStartsAndStopsCleanly(t *testing.T) {
 
 func startAndStop(t *testing.T, withTLS bool) {
 	brokers := kafkatest.NewCluster(t, 1)
-	doc := "listen: 127.0.0.1:0\nkafka:\n  brokers: [" + brokers[0] + "]\n  partitions: 1\nmetrics:\n  listen: 127.0.0.1:0\n"
+	doc := "listen: 127.0.0.1:0\nkafka:\n  brokers: [" + brokers[0] + "]\n  partitions: 1\nmetrics:\n  listen: 127.0.0.1:0\n" +
+		"sip:\n  first_read_timeout: 200ms\n"
 	if withTLS {
 		cert, key := writeCert(t)
 		doc += "tls:\n  listen: 127.0.0.1:0\n  cert_file: " + cert + "\n  key_file: " + key + "\n  ca_file: " + cert + "\n"
@@ -98,9 +102,25 @@ func startAndStop(t *testing.T, withTLS bool) {
 		code, _ := httpGet(t, "http://"+addr[1]+"/readyz")
 		return code == http.StatusOK
 	}, 15*time.Second, 20*time.Millisecond, "ready once in the group")
+	// sip.first_read_timeout reaches the TCP listener: a silent
+	// connection is closed and counted.
+	sipTCP := regexp.MustCompile(`"sip_tcp":"([^"]+)"`).FindStringSubmatch(stderr.String())
+	require.NotNil(t, sipTCP)
+	var d net.Dialer
+	silent, err := d.DialContext(t.Context(), "tcp", sipTCP[1])
+	require.NoError(t, err)
+	defer func() { _ = silent.Close() }()
+	require.NoError(t, silent.SetReadDeadline(time.Now().Add(5*time.Second)))
+	_, err = silent.Read(make([]byte, 1))
+	require.ErrorIs(t, err, io.EOF, "closed after sip.first_read_timeout")
 	code, body := httpGet(t, "http://"+addr[1]+"/metrics")
 	require.Equal(t, http.StatusOK, code)
 	require.Contains(t, body, "baton_transfer_in_flight 0")
+	require.Contains(t, body, "baton_transfer_sip_connections_open 0")
+	require.Contains(t, body, `baton_transfer_sip_connections_refused_total{reason="per_source"} 0`)
+	require.Contains(t, body, "baton_transfer_sip_connections_timed_out_total 1")
+	require.Contains(t, body, `baton_transfer_sip_udp_dropped_total{reason="stray_request"} 0`)
+	require.Contains(t, body, "baton_transfer_sip_udp_pool_entries 1")
 	cancel()
 	select {
 	case code := <-done:
