@@ -5,9 +5,12 @@
 // Each outgoing stream keeps one SSRC and continuous sequence numbers and
 // timestamps whatever the source does (a new SSRC after a re-INVITE, a
 // switch of the media source): the rewriter re-bases on every source
-// change and marks the first packet. Each leg latches to the address its
-// packets really come from (symmetric RTP), so NAT and wrong SDP addresses
-// do not matter; before the first packet, media goes to the SDP address.
+// change and marks the first packet. Each leg latches to the port its
+// packets really come from (symmetric RTP, so NAT does not matter) at the
+// address its SDP signalled, and moves to another port of that address
+// only on sustained traffic while the latched one is silent (a NAT
+// rebinding); every other source is dropped and counted. Before the first
+// packet, media goes to the SDP address.
 // A leg may use SRTP (SDES keys, pion/srtp): packets are decrypted as they
 // arrive and encrypted as they leave. Per-direction statistics follow RFC
 // 3550 (loss from sequence numbers, interarrival jitter). Play sends
@@ -107,6 +110,15 @@ type Leg struct {
 	// signalled is the IP address of the leg's SDP: only it may latch the
 	// leg (any port of it, for NAT). Nil until an SDP names one.
 	signalled atomic.Pointer[netip.Addr]
+	// latchAt is when the latched source last sent (unix nanos); cand is
+	// another port of the signalled address and candN its packets since
+	// the latched source last sent, for a re-latch (NAT rebinding). Used
+	// on the pump's worker only, like h.
+	latchAt int64
+	cand    netip.AddrPort
+	candN   int
+	// relatches counts the re-latches to a new port.
+	relatches atomic.Uint64
 	// clockRate is the RTP clock of the leg's codec (jitter, re-basing).
 	clockRate atomic.Uint32
 	// srtpIn decrypts what the leg receives; srtpOut encrypts what it
@@ -471,7 +483,7 @@ func (b *Bridge) forward(from, to *Leg, pkt []byte, src netip.AddrPort, now time
 		return
 	}
 	// Latch only to packets that parsed (and authenticated).
-	if !from.accept(src) {
+	if !from.accept(src, now) {
 		from.stats.dropped.Add(1)
 		return
 	}
@@ -515,21 +527,48 @@ func (l *Leg) Move(addr netip.AddrPort) {
 	}
 }
 
+// Re-latching: once a leg is latched, another port of its signalled
+// address (a NAT rebinding, an SBC moving the stream) takes it over only
+// after the latched source has been silent this long and the new port has
+// sent this many packets since the latched source last did, as ingress's
+// media does: a burst of forged or stray packets from a new port never
+// takes the call's audio, nor do packets sent while the caller talks.
+const (
+	RelatchQuiet   = time.Second
+	RelatchPackets = 10
+)
+
 // accept latches the leg to the first source it hears from at the
 // address its SDP signalled (any port: NAT) and then accepts only that
-// source. A packet from any other address is counted as foreign; before,
-// the first packet from anywhere took the leg, and with it the caller's
-// audio.
-func (l *Leg) accept(src netip.AddrPort) bool {
+// source, or another port of the signalled address once the latched
+// source has been silent for RelatchQuiet and that port has sent
+// RelatchPackets packets since the latched source last did (a re-latch,
+// counted). Every other packet is counted as
+// foreign: before, the first packet from anywhere took the leg, and with
+// it the caller's audio.
+func (l *Leg) accept(src netip.AddrPort, now time.Time) bool {
+	sig := l.signalled.Load()
 	if l.latched.Load() {
 		r := l.remote.Load()
 		if r != nil && *r == src {
+			// The latched source talks: a candidate starts over.
+			l.latchAt, l.candN = now.UnixNano(), 0
 			return true
 		}
-		l.stats.foreign.Add(1)
-		return false
-	}
-	if sig := l.signalled.Load(); sig != nil && src.Addr().Unmap() != *sig {
+		if sig == nil || src.Addr().Unmap() != *sig {
+			l.stats.foreign.Add(1)
+			return false
+		}
+		if src != l.cand {
+			l.cand, l.candN = src, 0
+		}
+		l.candN++
+		if l.candN < RelatchPackets || now.UnixNano()-l.latchAt < int64(RelatchQuiet) {
+			l.stats.foreign.Add(1)
+			return false
+		}
+		l.relatches.Add(1)
+	} else if sig != nil && src.Addr().Unmap() != *sig {
 		l.stats.foreign.Add(1)
 		return false
 	}
@@ -538,8 +577,13 @@ func (l *Leg) accept(src netip.AddrPort) bool {
 	latched := netip.AddrPortFrom(src.Addr().Unmap(), src.Port())
 	l.remote.Store(&latched)
 	l.latched.Store(true)
+	l.latchAt, l.cand, l.candN = now.UnixNano(), netip.AddrPort{}, 0
 	return true
 }
+
+// Relatches is how many times the leg moved to another port of its
+// signalled address after sustained traffic from it (NAT rebinding).
+func (l *Leg) Relatches() uint64 { return l.relatches.Load() }
 
 // Drops are the packets a leg received and did not forward because SRTP
 // refused them.
@@ -550,8 +594,10 @@ type Drops struct {
 	// Replayed repeated an SRTP index already received (or older than
 	// the replay window).
 	Replayed uint64
-	// Foreign came from a source the leg is not latched to, or, before it
-	// latched, from an address its SDP did not signal.
+	// Foreign came from a source the leg is not latched to (another
+	// address, or another port of the signalled one before it re-latched
+	// the leg), or, before it latched, from an address its SDP did not
+	// signal.
 	Foreign uint64
 }
 

@@ -500,8 +500,11 @@ func (s *Service) bridged(ctx context.Context, e *execution, log *slog.Logger, b
 		if d := br.Leg(side).Drops(); d.Unauthentic+d.Replayed > 0 {
 			log.WarnContext(ctx, "srtp packets dropped", "leg", side.String(), "unauthentic", d.Unauthentic, "replayed", d.Replayed)
 		}
+		if d, n := br.Leg(side).Drops(), br.Leg(side).Relatches(); d.Foreign+n > 0 {
+			log.InfoContext(ctx, "media from other sources dropped", "leg", side.String(), "foreign", d.Foreign, "relatches", n)
+		}
 	}
-	s.opts.Metrics.srtpDrops(br)
+	s.opts.Metrics.legDrops(br)
 	s.publish(ctx, e, log, step{status: ended, detail: detail, bridge: stats, ended: why})
 }
 

@@ -35,6 +35,14 @@ type Metrics struct {
 	// direction and reason (unauthentic: failed authentication, a
 	// tampered packet; replayed: an index already received).
 	BridgeSRTPDropped *prometheus.CounterVec
+	// BridgeForeign is the part of BridgeDropped that came from a source
+	// the leg was not latched to (a stranger at its port, or another port
+	// of the peer's address before it re-latched), by direction.
+	BridgeForeign *prometheus.CounterVec
+	// BridgeRelatches counts the legs moved to another port of their
+	// peer's address after sustained traffic from it (NAT rebinding), by
+	// direction.
+	BridgeRelatches *prometheus.CounterVec
 }
 
 // NewMetrics registers transfer's metrics on reg.
@@ -64,8 +72,12 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "baton_transfer_bridge_srtp_dropped_packets_total",
 			Help: "SRTP packets refused on ended bridges (part of the dropped packets), by direction and reason.",
 		}, []string{"direction", "reason"}),
+		BridgeForeign: bridge("foreign_packets",
+			"RTP packets dropped on ended bridges because they came from a source the leg was not latched to (part of the dropped packets), by direction."),
+		BridgeRelatches: bridge("relatches", "Bridge legs moved to another port of their peer's address after sustained traffic (NAT rebinding), by direction."),
 	}
-	reg.MustRegister(m.Commands, m.Outcomes, m.Refused, m.ReferRetries, m.BridgePackets, m.BridgeBytes, m.BridgeLost, m.BridgeDropped, m.BridgeSRTPDropped)
+	reg.MustRegister(m.Commands, m.Outcomes, m.Refused, m.ReferRetries, m.BridgePackets, m.BridgeBytes, m.BridgeLost, m.BridgeDropped,
+		m.BridgeSRTPDropped, m.BridgeForeign, m.BridgeRelatches)
 	return m
 }
 
@@ -114,8 +126,9 @@ func (m *Metrics) outcome(o *batonv1.TransferOutcome) {
 	m.Outcomes.WithLabelValues(label(o.GetMethod().String(), "METHOD_"), label(o.GetStatus().String(), "OUTCOME_STATUS_")).Inc()
 }
 
-// srtpDrops counts an ended bridge's SRTP drops, before its outcome.
-func (m *Metrics) srtpDrops(br *bridge.Bridge) {
+// legDrops counts an ended bridge's SRTP and foreign drops and its
+// re-latches, before its outcome.
+func (m *Metrics) legDrops(br *bridge.Bridge) {
 	if m == nil {
 		return
 	}
@@ -123,6 +136,8 @@ func (m *Metrics) srtpDrops(br *bridge.Bridge) {
 		d := br.Leg(side).Drops()
 		m.BridgeSRTPDropped.WithLabelValues(dir, "unauthentic").Add(float64(d.Unauthentic))
 		m.BridgeSRTPDropped.WithLabelValues(dir, "replayed").Add(float64(d.Replayed))
+		m.BridgeForeign.WithLabelValues(dir).Add(float64(d.Foreign))
+		m.BridgeRelatches.WithLabelValues(dir).Add(float64(br.Leg(side).Relatches()))
 	}
 }
 
