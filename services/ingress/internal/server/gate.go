@@ -124,7 +124,7 @@ func (s *Server) filter(p sip.TransportReadProps, data []byte) ([]byte, error) {
 		return nil, nil
 	}
 	if r.Method == "INVITE" && !r.ToTag {
-		if refused := s.admitInvite(r, trunk); refused.Status != 0 {
+		if refused := s.admitInvite(r, trunk, src.Addr().Unmap(), false); refused.Status != 0 {
 			s.sendRaw(p.LocalAddr, p.RemoteAddr, sipcheck.Reply(data, refused, sip.GenerateTagN(16), src))
 			return nil, nil
 		}
@@ -135,7 +135,14 @@ func (s *Server) filter(p sip.TransportReadProps, data []byte) ([]byte, error) {
 // admitInvite decides on a new INVITE before sipgo sees it; a zero result
 // admits it. A retransmission gets the decision its first copy got and is
 // not counted again.
-func (s *Server) admitInvite(r sipcheck.Result, t *trunks.Trunk) sipcheck.Result {
+//
+// A source at its cap of calls between INVITE and ACK (handshakes) is
+// refused here, statelessly, so the 503 is sent once per INVITE received:
+// a 503 from sipgo's transaction would be retransmitted until an ACK that
+// a forged source never sends. onInvite counts the call in; this check
+// only turns the excess away early. stream says the INVITE came over TCP
+// or TLS.
+func (s *Server) admitInvite(r sipcheck.Result, t *trunks.Trunk, src netip.Addr, stream bool) sipcheck.Result {
 	unavailable := func(detail string) sipcheck.Result {
 		return sipcheck.Result{Status: sip.StatusServiceUnavailable, Reason: "Service Unavailable", Detail: detail,
 			Extra: []sipcheck.Header{{Name: "Retry-After", Value: s.retryAfter}}}
@@ -144,7 +151,14 @@ func (s *Server) admitInvite(r sipcheck.Result, t *trunks.Trunk) sipcheck.Result
 		s.stats.Draining.Add(1)
 		return unavailable("draining")
 	}
-	verdict, fresh := s.admit.decide(r.CallID+"\x00"+r.Branch, t, time.Now())
+	key := r.CallID + "\x00" + r.Branch
+	now := time.Now()
+	if !s.admit.seenBefore(key) && s.handshakes.over(src, stream, now) {
+		s.stats.UnackedSource.Add(1)
+		s.rejectLog.log(s.log, "invite refused: too many calls from this source without an ack", "source", src.String(), "call_id", r.CallID)
+		return unavailable("unacked calls from the source")
+	}
+	verdict, fresh := s.admit.decide(key, t, now)
 	if !fresh {
 		if verdict == admitted {
 			return sipcheck.Result{}
@@ -302,6 +316,15 @@ func (a *admission) decide(key string, t *trunks.Trunk, now time.Time) (verdict,
 	a.next = (a.next + 1) % len(a.ring)
 	a.seen[key] = v
 	return v, true
+}
+
+// seenBefore reports whether an INVITE with key was decided on already
+// (this one is a retransmission).
+func (a *admission) seenBefore(key string) bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	_, ok := a.seen[key]
+	return ok
 }
 
 // enter counts a call of trunk t into the table unless the trunk's

@@ -62,16 +62,28 @@ const (
 func (h *handshakes) begin(src netip.Addr, stream bool, now time.Time) (done func(), r refusal) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	limit, why := h.maxUnverified, overUnackedUnverified
-	if stream || h.isVerified(src, now) {
-		limit, why = h.maxVerified, overUnackedVerified
-	}
-	if h.pending[src] >= limit {
+	if limit, why := h.limit(src, stream, now); h.pending[src] >= limit {
 		return func() {}, why
 	}
 	h.pending[src]++
 	var once sync.Once
 	return func() { once.Do(func() { h.end(src) }) }, notRefused
+}
+
+// over reports whether src is at its cap now (begin would refuse).
+func (h *handshakes) over(src netip.Addr, stream bool, now time.Time) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	limit, _ := h.limit(src, stream, now)
+	return h.pending[src] >= limit
+}
+
+// limit is src's cap and the refusal at it; h.mu is held.
+func (h *handshakes) limit(src netip.Addr, stream bool, now time.Time) (int, refusal) {
+	if stream || h.isVerified(src, now) {
+		return h.maxVerified, overUnackedVerified
+	}
+	return h.maxUnverified, overUnackedUnverified
 }
 
 func (h *handshakes) end(src netip.Addr) {

@@ -180,7 +180,7 @@ func (s *Server) checkStream(req *sip.Request, tx sip.ServerTransaction) bool {
 			s.stats.ACLDropped.Add(1)
 			return false
 		}
-		if refused := s.admitInvite(r, trunk); refused.Status != 0 {
+		if refused := s.admitInvite(r, trunk, sourceAddr(req), true); refused.Status != 0 {
 			s.reply(req, tx, refused.Status, refused.Reason, extraHeaders(refused.Extra)...)
 			return false
 		}
