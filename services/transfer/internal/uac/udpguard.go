@@ -34,7 +34,7 @@ const (
 const pendingInviteTTL = time.Hour
 
 // sweepEvery is how often the guard forgets what has expired; the sweep
-// runs in the socket's reader, on the next datagram after that.
+// runs on the next datagram read or request sent after that.
 const sweepEvery = time.Second
 
 // txLifetime is how long a transaction may still see messages after its
@@ -97,8 +97,8 @@ type udpGuard struct {
 	pool func() *sip.ConnectionPool
 
 	mu sync.Mutex
-	// idle and every override txLifetime() and sweepEvery when set (tests).
-	idle, every time.Duration
+	// life and every override txLifetime() and sweepEvery when set (tests).
+	life, every time.Duration
 	// sent: the top Via branches of requests transfer sent over UDP.
 	sent map[string]*sentTx
 	// heard: the branches of requests taken, until their transactions
@@ -155,12 +155,37 @@ func (g *udpGuard) sending(b []byte) {
 		e = &sentTx{invite: req.IsInvite()}
 		g.sent[branch] = e
 	}
-	ttl := txLifetime()
+	ttl := g.lifetimeLocked()
 	if e.invite {
 		// A CANCEL shares its INVITE's branch; either keeps it open.
 		ttl = max(ttl, pendingInviteTTL)
 	}
 	e.expires = now.Add(ttl)
+	// Sweep here too: a transfer whose peers never answer still sends.
+	g.maybeSweepLocked(now)
+}
+
+// lifetimeLocked is txLifetime(), or its override.
+func (g *udpGuard) lifetimeLocked() time.Duration {
+	if g.life > 0 {
+		return g.life
+	}
+	return txLifetime()
+}
+
+// maybeSweepLocked sweeps if the last sweep is sweepEvery old. Sweeps run
+// under g.mu, like the filter's updates of sources and last, so a source
+// that just passed is never taken for a silent one.
+func (g *udpGuard) maybeSweepLocked(now time.Time) {
+	if now.Before(g.nextSweep) {
+		return
+	}
+	every := sweepEvery
+	if g.every > 0 {
+		every = g.every
+	}
+	g.nextSweep = now.Add(every)
+	g.sweepLocked(now)
 }
 
 // filter is the sip.TransportReadFilter of the user agent: it passes every
@@ -188,14 +213,7 @@ func (g *udpGuard) filter(info sip.TransportReadProps, data []byte) ([]byte, err
 		g.sources[src] = now
 		g.last = src
 	}
-	if now.After(g.nextSweep) {
-		every := sweepEvery
-		if g.every > 0 {
-			every = g.every
-		}
-		g.nextSweep = now.Add(every)
-		g.sweepLocked(now)
-	}
+	g.maybeSweepLocked(now)
 	g.mu.Unlock()
 	if reason == "" {
 		g.stats.Passed.Add(1)
@@ -238,7 +256,7 @@ func (g *udpGuard) admitLocked(msg sip.Message, inDialog bool, now time.Time) st
 			// Answered: retransmissions of the answer may follow for a
 			// transaction's lifetime, no longer.
 			e.invite = false
-			e.expires = now.Add(txLifetime())
+			e.expires = now.Add(g.lifetimeLocked())
 		} else if e.invite {
 			e.expires = now.Add(pendingInviteTTL)
 		}
@@ -262,7 +280,7 @@ func (g *udpGuard) admitLocked(msg sip.Message, inDialog bool, now time.Time) st
 
 func (g *udpGuard) hearLocked(req *sip.Request, now time.Time) {
 	if b := topBranch(req); b != "" {
-		g.heard[b] = now.Add(txLifetime())
+		g.heard[b] = now.Add(g.lifetimeLocked())
 	}
 }
 
@@ -283,10 +301,7 @@ func (g *udpGuard) sweepLocked(now time.Time) {
 	if g.pool != nil {
 		pool = g.pool()
 	}
-	idle := txLifetime()
-	if g.idle > 0 {
-		idle = g.idle
-	}
+	idle := g.lifetimeLocked()
 	for src, seen := range g.sources {
 		if src == g.last || now.Sub(seen) < idle {
 			continue

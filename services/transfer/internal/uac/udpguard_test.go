@@ -351,5 +351,37 @@ func TestUDPLatestSourceKeepsItsEntry(t *testing.T) {
 func quickSweep(c *Client, idle time.Duration) {
 	c.guard.mu.Lock()
 	defer c.guard.mu.Unlock()
-	c.guard.idle, c.guard.every, c.guard.nextSweep = idle, time.Millisecond, time.Time{}
+	c.guard.life, c.guard.every, c.guard.nextSweep = idle, time.Millisecond, time.Time{}
+}
+
+// TestUDPGuardForgetsUnansweredRequests: the branches of requests nobody
+// answers are forgotten after a transaction's lifetime even when nothing
+// at all arrives on the socket (the sweep runs on sends too), and a late
+// answer to one is then dropped.
+func TestUDPGuardForgetsUnansweredRequests(t *testing.T) {
+	c := listen(t)
+	quickSweep(c, 50*time.Millisecond)
+	sent := func() int {
+		c.guard.mu.Lock()
+		defer c.guard.mu.Unlock()
+		return len(c.guard.sent)
+	}
+	blackhole := newRawPeer(t)
+	var first *sip.Request
+	for i := range 20 {
+		ctx, cancel := context.WithTimeout(t.Context(), 20*time.Millisecond)
+		_, err := c.Do(ctx, sip.NewRequest(sip.OPTIONS, sip.Uri{Scheme: "sip", Host: "127.0.0.1", Port: blackhole.port}))
+		cancel()
+		require.ErrorIs(t, err, ErrTimeout)
+		if i == 0 {
+			msg, _ := blackhole.next(t)
+			first = msg.(*sip.Request)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	require.LessOrEqual(t, sent(), 8, "at most the last ~50 ms of requests are remembered")
+	require.Zero(t, c.Counters().UDPPassed+c.Counters().UDPDropped(), "nothing arrived")
+	blackhole.send(t, c, sip.NewResponseFromRequest(first, 200, "OK", nil).String())
+	require.Eventually(t, func() bool { return c.Counters().UDPStrayResponse == 1 }, 5*time.Second, time.Millisecond,
+		"a response after the transaction's lifetime is not let in")
 }
