@@ -77,13 +77,16 @@ func Pick(req *sip.Request, sources []Source, region string) Number {
 
 // Clean reports whether a decoded user part may be a number: valid UTF-8
 // without control characters (C0 including NUL, TAB, CR and LF, DEL, and
-// C1), which would reach every terminal and log that shows the number.
+// C1), which would reach every terminal and log that shows the number, nor
+// format characters (Cf: bidirectional overrides such as U+202E, which
+// make a terminal show text in another order than it is, and zero-width
+// characters), which no number has.
 func Clean(s string) bool {
 	if !utf8.ValidString(s) {
 		return false
 	}
 	for _, r := range s {
-		if unicode.IsControl(r) {
+		if unicode.IsControl(r) || unicode.Is(unicode.Cf, r) {
 			return false
 		}
 	}

@@ -99,6 +99,8 @@ func TestPickRefusesControlCharacters(t *testing.T) {
 		{"C1 control (CSI)", "<sip:%c2%9b2J@baton.example.com>", ""},
 		{"not UTF-8", "<sip:%9b2J@baton.example.com>", ""},
 		{"NUL", "<sip:+1555%000100@baton.example.com>", ""},
+		{"bidirectional override (Cf)", "<sip:+1555%e2%80%ae0100@baton.example.com>", ""},
+		{"zero-width space (Cf)", "<sip:+1555%e2%80%8b0100@baton.example.com>", ""},
 		{"percent-encoded in From", "<sip:+14155550123@baton.example.com>", "<sip:" + owned + "@carrier.example.com>;tag=1"},
 	}
 	for _, tc := range cases {

@@ -3,11 +3,13 @@
 package server
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"net"
 	"runtime"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -330,5 +332,82 @@ func TestReliabilitySecurityMediaTakeover(t *testing.T) {
 		Inputs: fmt.Sprintf("%d PCMU packets and %d RFC 4733 packets of digit 9 (5 digits' worth)", forgedAudio, forgedDigits),
 		Lost: fmt.Sprintf("stranger's packets dropped and counted %d of %d; forged digits published %d; caller's packets counted %d of %d; datagrams sent to the stranger %d (before: the first sender was latched, heard the call and its digits were published)",
 			foreign, forgedAudio+forgedDigits, digits, ended.GetMedia().GetPackets(), genuine, heard),
+	})
+}
+
+// TestReliabilitySecurityEdgeContract: INVITEs whose Call-ID the event
+// contract cannot carry, and numbers that decode to terminal control
+// sequences. Before, a 1,100-byte Call-ID was answered 200 but every
+// consumer rejected its records, and an ESC sequence reached CallStarted
+// and `baton replay`'s terminal.
+func TestReliabilitySecurityEdgeContract(t *testing.T) {
+	topics := kafka.DefaultConfig().Topics
+	brokers := kafkatest.NewCluster(t, 1, topics.All()...)
+	in := startIngress(t, brokers, nil)
+	consumer := newCalls(t, brokers, topics.Calls)
+	sbc := newRawSBC(t)
+	statuses := map[int]int{}
+	// send sends an INVITE and counts its final answer; none within 2 s
+	// counts as 0 (the gate drops what it cannot answer safely).
+	send := func(msg []byte) {
+		id := string(msg[bytes.Index(msg, []byte("Call-ID: "))+9:])
+		id = id[:strings.Index(id, "\r\n")]
+		deadline := time.Now().Add(2 * time.Second)
+		sbc.send(t, in.srv.Addr(), msg)
+		for time.Now().Before(deadline) {
+			res := sbc.read(t, time.Until(deadline))
+			if res == nil {
+				break
+			}
+			if res.StatusCode >= 200 && res.CallID().Value() == id {
+				statuses[res.StatusCode]++
+				return
+			}
+		}
+		statuses[0]++
+	}
+	lengths := []int{events.MaxSubjectLen + 1, 1100, 4000, 8000}
+	for i, n := range lengths {
+		id := fmt.Sprintf("%d-%s", i, strings.Repeat("L", n-2))
+		send(rawRequest(sip.INVITE, in.port, sbc.port, id, "z9hG4bK-long-"+strconv.Itoa(i), "", offer, 1))
+	}
+	controls := []string{"%1b%5b2J%1b%5d0%3bowned%07", "%00", "%7f", "%1b", "%0d%0aX-Evil:%201", "%c2%9b2J", "%e2%80%ae"}
+	for i, c := range controls {
+		msg := rawRequest(sip.INVITE, in.port, sbc.port, "ctl-"+strconv.Itoa(i), "z9hG4bK-ctl-"+strconv.Itoa(i), "", offer, 1)
+		msg = bytes.Replace(msg, []byte("From: <sip:+15550100@127.0.0.1>"), []byte("From: <sip:"+c+"@127.0.0.1>"), 1)
+		msg = bytes.Replace(msg, []byte("To: <sip:+15550200@127.0.0.1>"), []byte("To: <sip:+1555"+c+"@127.0.0.1>"), 1)
+		send(msg)
+	}
+	// Raw control bytes behind a backslash (a quoted-pair outside quotes).
+	raw := rawRequest(sip.INVITE, in.port, sbc.port, "quoted-pair", "z9hG4bK-qp", "", offer, 1)
+	send(bytes.Replace(raw, []byte("To: <sip:+15550200@127.0.0.1>"), []byte("To: <sip:\\\x1b%5b2J\\\a@127.0.0.1>"), 1))
+
+	// Every record on the calls topic, until a sentinel's CallStarted.
+	records := untilSentinel(t, in, consumer)
+	var tooLong, withControls, started int
+	for _, e := range records {
+		if len(e.Subject) > events.MaxSubjectLen {
+			tooLong++
+		}
+		if s, ok := e.Data.(*batonv1.CallStarted); ok {
+			started++
+			for _, v := range []string{s.GetCallerNumber(), s.GetCallerNumberRaw(), s.GetCalleeNumber(), s.GetCalleeNumberRaw()} {
+				if strings.ContainsFunc(v, func(r rune) bool { return r < 0x20 || (r >= 0x7f && r < 0xa0) || r == 0x202e }) {
+					withControls++
+				}
+			}
+		}
+	}
+	require.Zero(t, tooLong)
+	require.Zero(t, withControls)
+	require.Equal(t, len(lengths), statuses[sip.StatusBadRequest], "each long Call-ID refused 400: %v", statuses)
+	reliabilitytest.Report(t, reliabilitytest.Row{
+		Item: 9, Test: t.Name(),
+		Load:   fmt.Sprintf("%d INVITEs over UDP, then a sentinel call", len(lengths)+len(controls)+1),
+		Faults: "findings 9 and 10: Call-IDs the event contract cannot carry; numbers that decode to terminal control sequences",
+		Inputs: fmt.Sprintf("Call-IDs of %v bytes (limit %d); From/To users %v percent-encoded, and a raw ESC/BEL behind backslashes", lengths, events.MaxSubjectLen, controls),
+		Lost: fmt.Sprintf("final answers by status (0: none) %v; %d records read before the sentinel (%d CallStarted): subjects over the limit 0, numbers holding control characters 0; numbers refused after decoding %d (baton_ingress_numbers_refused_total); "+
+			"before: the 1,100-byte Call-ID was a call no consumer could read, and ESC sequences were published and printed",
+			statuses, len(records), started, in.srv.Stats().RefusedNumbers.Load()),
 	})
 }
