@@ -350,8 +350,9 @@ func TestReliabilitySecurityEdgeContract(t *testing.T) {
 	// send sends an INVITE and counts its final answer; none within 2 s
 	// counts as 0 (the gate drops what it cannot answer safely).
 	send := func(msg []byte) {
-		id := string(msg[bytes.Index(msg, []byte("Call-ID: "))+9:])
-		id = id[:strings.Index(id, "\r\n")]
+		_, rest, _ := bytes.Cut(msg, []byte("Call-ID: "))
+		idBytes, _, _ := bytes.Cut(rest, []byte("\r\n"))
+		id := string(idBytes)
 		deadline := time.Now().Add(2 * time.Second)
 		sbc.send(t, in.srv.Addr(), msg)
 		for time.Now().Before(deadline) {
