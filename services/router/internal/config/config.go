@@ -345,7 +345,7 @@ func (c *Config) Validate() error {
 	errs = append(errs, c.validateFallback()...)
 	errs = append(errs, c.validateRules()...)
 	for i, p := range c.Allowlist.Routes {
-		if _, err := handoff.NewPattern(p); err != nil {
+		if _, err := sipx.NewRoutePattern(p); err != nil {
 			errs = append(errs, pkgconfig.Errorf(fmt.Sprintf("allowlist.routes[%d]", i), "%q: %v", p, err))
 		}
 	}
@@ -903,7 +903,7 @@ func (c *Config) Table() (*handoff.Table, error) {
 		t.Rules = append(t.Rules, hr)
 	}
 	for i, p := range c.Allowlist.Routes {
-		pat, err := handoff.NewPattern(p)
+		pat, err := sipx.NewRoutePattern(p)
 		if err != nil {
 			return nil, fmt.Errorf("allowlist.routes[%d]: %w", i, err)
 		}

@@ -10,6 +10,7 @@ import (
 
 	"github.com/baton-voice/baton/pkg/events"
 	batonv1 "github.com/baton-voice/baton/pkg/events/batonv1"
+	"github.com/baton-voice/baton/pkg/sipx"
 	"github.com/baton-voice/baton/services/router/internal/rules"
 )
 
@@ -126,10 +127,10 @@ func TestRuleTimeIsTheEventTime(t *testing.T) {
 func TestTargetsOutsideTheConfigAreRefused(t *testing.T) {
 	table := testTable(t)
 	var err error
-	table.AllowedRoutes = make([]Pattern, 2)
-	table.AllowedRoutes[0], err = NewPattern("sip:*@pbx.example.com")
+	table.AllowedRoutes = make([]sipx.RoutePattern, 2)
+	table.AllowedRoutes[0], err = sipx.NewRoutePattern("sip:*@pbx.example.com")
 	require.NoError(t, err)
-	table.AllowedRoutes[1], err = NewPattern(`re:tel:\+1555[0-9]{7}`)
+	table.AllowedRoutes[1], err = sipx.NewRoutePattern(`re:tel:\+1555[0-9]{7}`)
 	require.NoError(t, err)
 	table.AdHocAnswerTimeout = 30 * time.Second
 	table.DeniedNumbers = []string{"+1555999"}

@@ -6,12 +6,11 @@ package handoff
 import (
 	"crypto/sha256"
 	"encoding/hex"
-	"path"
-	"regexp"
 	"strings"
 	"time"
 
 	batonv1 "github.com/baton-voice/baton/pkg/events/batonv1"
+	"github.com/baton-voice/baton/pkg/sipx"
 	"github.com/baton-voice/baton/services/router/internal/rules"
 	"github.com/baton-voice/baton/services/router/internal/template"
 )
@@ -108,41 +107,6 @@ const (
 	EndReturnToAgent
 )
 
-// Pattern is one route pattern of the transfer-target allowlist.
-type Pattern struct {
-	src string
-	re  *regexp.Regexp // nil: a glob
-}
-
-// NewPattern makes a pattern: "re:<regexp>" is a regular expression that
-// must match the whole route; anything else is a glob (path.Match syntax:
-// '*' any run of characters except '/', '?' one character, [class]).
-func NewPattern(src string) (Pattern, error) {
-	if expr, ok := strings.CutPrefix(src, "re:"); ok {
-		re, err := regexp.Compile("^(?:" + expr + ")$")
-		if err != nil {
-			return Pattern{}, err
-		}
-		return Pattern{src: src, re: re}, nil
-	}
-	if _, err := path.Match(src, ""); err != nil {
-		return Pattern{}, err
-	}
-	return Pattern{src: src}, nil
-}
-
-// Match reports whether route matches the pattern.
-func (p Pattern) Match(route string) bool {
-	if p.re != nil {
-		return p.re.MatchString(route)
-	}
-	ok, _ := path.Match(p.src, route)
-	return ok
-}
-
-// String returns the pattern as configured.
-func (p Pattern) String() string { return p.src }
-
 // Table is what the router knows from its configuration. A Table is never
 // changed once built; a reload builds a new one.
 type Table struct {
@@ -153,7 +117,7 @@ type Table struct {
 	Rules []Rule
 	// AllowedRoutes are the patterns a request may name a route by, beside
 	// the configured destinations.
-	AllowedRoutes []Pattern
+	AllowedRoutes []sipx.RoutePattern
 	// MaxAttempts bounds the commands of one handoff, fallbacks included.
 	MaxAttempts uint32
 	// MaxHandoffs bounds the handoffs one call may start; 0 is no bound.
@@ -189,14 +153,10 @@ func (t *Table) destination(name string) (Destination, bool) {
 	return Destination{}, false
 }
 
-// routeAllowed reports whether an ad-hoc route matches the allowlist.
+// routeAllowed reports whether an ad-hoc route matches the allowlist
+// (sipx.MatchRoute, which also refuses a second '@' and maddr).
 func (t *Table) routeAllowed(route string) bool {
-	for _, p := range t.AllowedRoutes {
-		if p.Match(route) {
-			return true
-		}
-	}
-	return false
+	return sipx.MatchRoute(t.AllowedRoutes, route) == nil
 }
 
 // Allows reports whether a handoff may target target (a destination
