@@ -74,6 +74,8 @@ func (s *Stack) writeConfigs() error {
 			"kafka":         kafka("transfer"),
 			"log":           logs,
 			"external_host": s.opts.SIPHost,
+			// Transfer dials only what the router's destinations name.
+			"routes": map[string]any{"allow": []string{"sip:*@agents.example.com"}},
 		},
 		"analytics": {
 			"kafka": kafka("analytics"),

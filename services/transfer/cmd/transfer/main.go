@@ -167,7 +167,16 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 		return exitFailed
 	}
 	defer func() { _ = mediaPump.Close() }()
+	var routes *request.Allowlist
+	if len(cfg.Routes.Allow) > 0 {
+		if routes, err = request.NewAllowlist(cfg.Routes.Allow); err != nil {
+			logger.Error("routes.allow", "err", err) // validated at load
+			return exitFailed
+		}
+	}
 	svc := transfer.New(cl, sipClient, attemptLog, transfer.Options{
+		Routes:          routes,
+		Peers:           request.Peers{Networks: cfg.PeerNetworks()},
 		Topics:          cfg.Kafka.Topics,
 		NotifyTimeout:   cfg.NotifyTimeout,
 		ByeAfterRefer:   cfg.ByeAfterRefer,

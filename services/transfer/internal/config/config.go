@@ -20,6 +20,7 @@ import (
 	"github.com/baton-voice/baton/pkg/kafka"
 	"github.com/baton-voice/baton/pkg/observability"
 	"github.com/baton-voice/baton/pkg/opshttp"
+	"github.com/baton-voice/baton/pkg/sipx"
 	"github.com/baton-voice/baton/pkg/tracing"
 )
 
@@ -34,6 +35,15 @@ type Config struct {
 	ExternalHost string `yaml:"external_host"`
 	// SIP bounds what peers can make the TCP and TLS listeners hold.
 	SIP SIP `yaml:"sip"`
+	// Routes is transfer's own allowlist of the routes it dials (REFER's
+	// Refer-To, a new leg's INVITE), checked whatever the router decided:
+	// whoever can write to the handoffs topic can otherwise make transfer
+	// call any number.
+	Routes Routes `yaml:"routes"`
+	// Peers are networks of SBCs on non-public addresses that in-dialog
+	// requests may go to when a command's dialog carries no next hop
+	// decided by ingress (events from before Dialog.next_hop).
+	Peers Peers `yaml:"peers"`
 	// Group is the consumer group every transfer instance joins.
 	Group string `yaml:"group"`
 	// NotifyTimeout bounds the wait for the final NOTIFY after a REFER was
@@ -67,6 +77,69 @@ type Config struct {
 	Metrics opshttp.Config `yaml:"metrics"`
 	// Tracing is the OpenTelemetry tracer's setup.
 	Tracing tracing.Config `yaml:"tracing"`
+}
+
+// Routes is the route allowlist of transfer.
+type Routes struct {
+	// Allow lists route patterns in the router's allowlist.routes syntax
+	// (a glob such as "sip:*@pbx.example.com", or "re:" and a regular
+	// expression matching the whole route); they must cover the router's
+	// destinations too. A route with a second '@' or a maddr parameter is
+	// refused whatever they say.
+	Allow []string `yaml:"allow"`
+	// AllowAny turns the check off. With a listener off loopback, an empty
+	// Allow is a config error unless AllowAny is set (fail closed).
+	AllowAny bool `yaml:"allow_any"`
+}
+
+// Peers widens where in-dialog requests may go.
+type Peers struct {
+	// Networks are CIDRs (a bare IP is one address).
+	Networks []string `yaml:"networks"`
+}
+
+// PeerNetworks parses Peers.Networks (validated at load).
+func (c *Config) PeerNetworks() []netip.Prefix {
+	var out []netip.Prefix
+	for _, n := range c.Peers.Networks {
+		if p, err := parsePrefix(n); err == nil {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+func parsePrefix(s string) (netip.Prefix, error) {
+	if strings.Contains(s, "/") {
+		p, err := netip.ParsePrefix(s)
+		return p.Masked(), err
+	}
+	a, err := netip.ParseAddr(s)
+	if err != nil {
+		return netip.Prefix{}, err
+	}
+	return netip.PrefixFrom(a.Unmap(), a.Unmap().BitLen()), nil
+}
+
+func (c *Config) validateRoutes(listenHost string) []error {
+	var errs []error
+	for i, p := range c.Routes.Allow {
+		if _, err := sipx.NewRoutePattern(p); err != nil {
+			errs = append(errs, pkgconfig.Errorf(fmt.Sprintf("routes.allow[%d]", i), "%q: %v", p, err))
+		}
+	}
+	ip := net.ParseIP(listenHost)
+	if len(c.Routes.Allow) == 0 && !c.Routes.AllowAny && (ip == nil || !ip.IsLoopback()) {
+		errs = append(errs, pkgconfig.Errorf("routes.allow",
+			"empty with listen %q off loopback: list the routes transfer may dial (they must cover the router's destinations), or set routes.allow_any: true",
+			c.Listen))
+	}
+	for i, n := range c.Peers.Networks {
+		if _, err := parsePrefix(n); err != nil {
+			errs = append(errs, pkgconfig.Errorf(fmt.Sprintf("peers.networks[%d]", i), "%q: want a CIDR or an IP address", n))
+		}
+	}
+	return errs
 }
 
 // DefaultMetricsListen is where /metrics, /healthz and /readyz are served.
@@ -244,6 +317,8 @@ func (c *Config) Validate() error {
 		errs = append(errs, pkgconfig.Errorf("external_host", "%q, want an IP address or a host name", c.ExternalHost))
 	}
 	errs = append(errs, c.validateSIP()...)
+	listenHost, _, _ := net.SplitHostPort(c.Listen)
+	errs = append(errs, c.validateRoutes(listenHost)...)
 	if strings.TrimSpace(c.Group) == "" {
 		errs = append(errs, pkgconfig.Errorf("group", "a consumer group id is required"))
 	}

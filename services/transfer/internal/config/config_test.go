@@ -7,6 +7,7 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
+	"fmt"
 	"math/big"
 	"os"
 	"path/filepath"
@@ -87,6 +88,8 @@ func TestValidateNamesTheField(t *testing.T) {
 			"t.yaml:3: sip.max_connections_per_source: 9, want 1 to sip.max_connections (8)"},
 		{"sip per source zero", "sip:\n  max_connections_per_source: 0\n", "t.yaml:2: sip.max_connections_per_source:"},
 		{"sip first read", "sip:\n  first_read_timeout: 0s\n", "t.yaml:2: sip.first_read_timeout:"},
+		{"bad route pattern", "routes:\n  allow: [\"re:(\"]\n", "routes.allow[0]"},
+		{"bad peer network", "peers:\n  networks: [10.0.0.0/33]\n", "peers.networks[0]"},
 		{"sip idle under first read", "sip:\n  first_read_timeout: 10s\n  idle_timeout: 5s\n", "t.yaml:3: sip.idle_timeout: 5s"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -102,8 +105,25 @@ func TestExternalHostGoesIntoTheVia(t *testing.T) {
 	c := Default()
 	c.Listen = "0.0.0.0:5070"
 	c.ExternalHost = "transfer.example.com"
+	c.Routes.Allow = []string{"sip:*@pbx.example.com"}
 	require.NoError(t, c.Validate())
 	require.Equal(t, "transfer.example.com", c.ViaHost())
+}
+
+// Off loopback, transfer dials only the routes it lists, unless told to
+// dial any (fail closed, as ingress does with trunks).
+func TestRoutesFailClosedOffLoopback(t *testing.T) {
+	c := Default()
+	require.NoError(t, c.Validate(), "loopback: no list needed")
+	c.Listen, c.ExternalHost = "0.0.0.0:5070", "transfer.example.com"
+	require.ErrorContains(t, c.Validate(), "routes.allow: empty with listen")
+	c.Routes.AllowAny = true
+	require.NoError(t, c.Validate())
+	c.Routes = Routes{Allow: []string{"sip:*@pbx.example.com", `re:tel:\+1555[0-9]{7}`}}
+	require.NoError(t, c.Validate())
+	c.Peers.Networks = []string{"10.20.0.0/16", "192.0.2.7"}
+	require.NoError(t, c.Validate())
+	require.Equal(t, "[10.20.0.0/16 192.0.2.7/32]", fmt.Sprint(c.PeerNetworks()))
 }
 
 func TestTLSConfigs(t *testing.T) {

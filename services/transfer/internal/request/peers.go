@@ -77,13 +77,36 @@ func NextHop(d *batonv1.Dialog) (netip.AddrPort, error) {
 	return netip.AddrPortFrom(ip.Unmap(), uint16(port)), nil
 }
 
+// DecidedHop is the next hop ingress decided for d's in-dialog requests
+// (Dialog.next_hop): an IP literal and port, never unspecified or
+// multicast.
+func DecidedHop(d *batonv1.Dialog) (netip.AddrPort, error) {
+	hop, err := netip.ParseAddrPort(strings.TrimSpace(d.GetNextHop()))
+	if err != nil || hop.Addr().Zone() != "" || hop.Port() == 0 {
+		return netip.AddrPort{}, fmt.Errorf("%w: next_hop %q is not an IP address and port", ErrNextHop, d.GetNextHop())
+	}
+	hop = netip.AddrPortFrom(hop.Addr().Unmap(), hop.Port())
+	if hop.Addr().IsUnspecified() || hop.Addr().IsMulticast() {
+		return netip.AddrPort{}, fmt.Errorf("%w: next_hop %s", ErrNextHop, hop)
+	}
+	return hop, nil
+}
+
 // Check returns the next hop of d's in-dialog requests (NextHop) when
 // they may go there: a public unicast address; the exact address and
 // port the INVITE came from (d.RemoteAddress, the SBC that sent it); or
 // an address within Networks or Hosts. Anything else, loopback,
 // link-local, private, shared (CGNAT), unspecified, multicast or
 // reserved, is ErrNextHop.
+//
+// A dialog whose next_hop ingress decided (DecidedHop) goes there: ingress
+// took the caller's hop only when the call's trunk lists it or the INVITE
+// came from it, which transfer, knowing no trunks, cannot check again (a
+// writer who could forge next_hop could forge remote_address as well).
 func (p Peers) Check(d *batonv1.Dialog) (netip.AddrPort, error) {
+	if d.GetNextHop() != "" {
+		return DecidedHop(d)
+	}
 	hop, err := NextHop(d)
 	if err != nil {
 		return hop, err

@@ -173,3 +173,37 @@ func TestAllowlist(t *testing.T) {
 		require.Error(t, err, bad)
 	}
 }
+
+// A dialog carrying ingress's decided next hop is sent there, whatever its
+// Contact or Record-Route say, over the decided transport; the Route
+// headers and Request-URI are unchanged.
+func TestDecidedNextHopWins(t *testing.T) {
+	d := dialog()
+	d.RemoteTarget = "sip:a@10.9.9.9:6000"
+	d.RouteSet = []string{"<sip:evil.example;lr>"}
+	d.RemoteAddress = "203.0.113.5:5060"
+	d.NextHop, d.NextHopTransport = "203.0.113.5:5060", batonv1.Transport_TRANSPORT_TCP
+	hop, err := Peers{}.Check(d)
+	require.NoError(t, err)
+	require.Equal(t, "203.0.113.5:5060", hop.String())
+	req, err := InDialog(sip.REFER, d, 1)
+	require.NoError(t, err)
+	require.Equal(t, "203.0.113.5:5060", req.Destination())
+	require.Equal(t, "TCP", req.Transport())
+	require.Equal(t, "sip:a@10.9.9.9:6000", req.Recipient.String())
+	require.Equal(t, "<sip:evil.example;lr>", req.Route().Value())
+
+	// A private address in the trunk's ranges is ingress's to allow.
+	d.NextHop = "10.1.2.3:5080"
+	hop, err = Peers{}.Check(d)
+	require.NoError(t, err)
+	require.Equal(t, "10.1.2.3:5080", hop.String())
+
+	for _, bad := range []string{"evil.example:5060", "0.0.0.0:5060", "224.0.0.1:5060", "203.0.113.5", "[fe80::1%eth0]:5060"} {
+		d.NextHop = bad
+		_, err := Peers{Networks: []netip.Prefix{netip.MustParsePrefix("0.0.0.0/0")}}.Check(d)
+		require.ErrorIs(t, err, ErrNextHop, bad)
+		_, err = InDialog(sip.BYE, d, 1)
+		require.ErrorIs(t, err, ErrNextHop, bad)
+	}
+}

@@ -141,6 +141,19 @@ func InDialogCSeq(method sip.RequestMethod, d *batonv1.Dialog, cseq uint32) (*si
 	if transport, err = uriTransport(next, transport); err != nil {
 		return nil, err
 	}
+	if d.GetNextHop() != "" {
+		// Ingress decided where the dialog's requests go when the call
+		// started (the caller's next hop only inside its trunk, else the
+		// INVITE's source); the Route headers and Request-URI stay.
+		hop, err := DecidedHop(d)
+		if err != nil {
+			return nil, err
+		}
+		req.SetDestination(hop.String())
+		if transport, err = dialogTransport(d.GetNextHopTransport()); err != nil {
+			return nil, err
+		}
+	}
 	req.SetTransport(transport)
 	from := &sip.FromHeader{Address: local, Params: sip.NewParams()}
 	from.Params.Add("tag", d.GetLocalTag())
