@@ -14,7 +14,8 @@ const Prefix = "RELIABILITY|"
 
 // Row is one line of the reliability table.
 type Row struct {
-	// Item is the number of the deliverable (1-8).
+	// Item is the row's item in docs/reliability.md (1-8 the reliability
+	// issue's deliverables, 9 the security findings).
 	Item int
 	// Test names the test that measured the row.
 	Test string
