@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"strings"
 	"time"
 
 	"github.com/emiago/sipgo"
@@ -108,50 +107,23 @@ func (s *Server) awaitsAnswer(branch string) bool {
 	return ok
 }
 
-// byeRequest builds the BYE of c's dialog as the UAS sees it (RFC 3261
-// 12.2.1.1): Request-URI = the caller's Contact, Route = the Record-Route
-// set in order, From = the To of the INVITE with ingress's tag, To = its
-// From with the caller's tag, the call's Call-ID, CSeq byeCSeq.
+// byeRequest builds the BYE of c's dialog as the UAS sees it
+// (sipx.InDialog, the rule transfer's in-dialog requests share), sent from
+// the listener the INVITE came to, with CSeq byeCSeq.
 func (s *Server) byeRequest(c *call) (*sip.Request, error) {
 	c.mu.Lock()
-	d, transport, udp := c.dialog, c.transport, c.udp
+	d, udp := c.dialog, c.udp
 	c.mu.Unlock()
 	if d == nil {
 		return nil, errNoDialog
 	}
-	target, err := parseURI("remote target", d.GetRemoteTarget())
+	req, err := sipx.InDialog(sip.BYE, d, byeCSeq)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("%w: %w", errNoDialog, err)
 	}
-	local, err := parseURI("local uri", d.GetLocalUri())
-	if err != nil {
-		return nil, err
-	}
-	remote, err := parseURI("remote uri", d.GetRemoteUri())
-	if err != nil {
-		return nil, err
-	}
-	for _, v := range []string{d.GetCallId(), d.GetLocalTag(), d.GetRemoteTag()} {
-		if err := sipx.ValidateValue(v); err != nil {
-			return nil, fmt.Errorf("%w: %w", errNoDialog, err)
-		}
-	}
-	if transport == "" {
-		transport = "UDP"
-	}
-	req := sip.NewRequest(sip.BYE, target)
-	if hop := d.GetNextHop(); hop != "" {
-		// Checked when the call started (nextHop): never a name, never
-		// outside the trunk or the INVITE's source.
-		req.SetDestination(hop)
-		if t := sipTransport(d.GetNextHopTransport()); t != transport {
-			transport, udp = t, nil
-		}
-	}
-	req.SetTransport(transport)
-	via := &sip.ViaHeader{ProtocolName: "SIP", ProtocolVersion: "2.0", Transport: transport, Params: sip.NewParams()}
+	via := &sip.ViaHeader{ProtocolName: "SIP", ProtocolVersion: "2.0", Transport: req.Transport(), Params: sip.NewParams()}
 	via.Params.Add("branch", sip.GenerateBranch())
-	if udp != nil {
+	if udp != nil && req.Transport() == "UDP" {
 		// From the listener the INVITE came to: the address the caller
 		// knows from our Contact.
 		la := udp.LocalAddr().(*net.UDPAddr)
@@ -161,51 +133,9 @@ func (s *Server) byeRequest(c *call) (*sip.Request, error) {
 			via.Host = la.IP.String()
 		}
 	}
-	req.AppendHeader(via)
-	for _, r := range d.GetRouteSet() {
-		u, err := parseURI("route", r)
-		if err != nil {
-			return nil, err
-		}
-		req.AppendHeader(&sip.RouteHeader{Address: u})
-	}
-	from := &sip.FromHeader{Address: local, Params: sip.NewParams()}
-	from.Params.Add("tag", d.GetLocalTag())
-	to := &sip.ToHeader{Address: remote, Params: sip.NewParams()}
-	to.Params.Add("tag", d.GetRemoteTag())
-	callID := sip.CallIDHeader(d.GetCallId())
-	maxFwd := sip.MaxForwardsHeader(70)
-	req.AppendHeader(from)
-	req.AppendHeader(to)
-	req.AppendHeader(&callID)
-	req.AppendHeader(&sip.CSeqHeader{SeqNo: byeCSeq, MethodName: sip.BYE})
-	req.AppendHeader(&maxFwd)
+	req.PrependHeader(via)
 	req.AppendHeader(sip.NewHeader("User-Agent", "baton-ingress"))
-	req.SetBody(nil)
 	return req, nil
-}
-
-// parseURI reads a URI given bare or as a name-addr (<sip:a@b;lr>).
-func parseURI(field, v string) (sip.Uri, error) {
-	v = strings.TrimSpace(v)
-	if err := sipx.ValidateValue(v); err != nil {
-		return sip.Uri{}, fmt.Errorf("%w: %s: %w", errNoDialog, field, err)
-	}
-	if i := strings.IndexByte(v, '<'); i >= 0 {
-		j := strings.IndexByte(v[i:], '>')
-		if j < 0 {
-			return sip.Uri{}, fmt.Errorf("%w: %s: unclosed '<'", errNoDialog, field)
-		}
-		v = v[i+1 : i+j]
-	}
-	var u sip.Uri
-	if err := sip.ParseUri(v, &u); err != nil {
-		return sip.Uri{}, fmt.Errorf("%w: %s: %w", errNoDialog, field, err)
-	}
-	if u.Host == "" || u.Wildcard {
-		return sip.Uri{}, fmt.Errorf("%w: %s: no host", errNoDialog, field)
-	}
-	return u, nil
 }
 
 // udpFor is the UDP listener req most likely came to: the first of its

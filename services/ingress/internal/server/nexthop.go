@@ -1,14 +1,10 @@
 package server
 
 import (
-	"net"
 	"net/netip"
-	"strconv"
-	"strings"
-
-	"github.com/emiago/sipgo/sip"
 
 	"github.com/baton-voice/baton/pkg/events/batonv1"
+	"github.com/baton-voice/baton/pkg/sipx"
 	"github.com/baton-voice/baton/services/ingress/internal/trunks"
 )
 
@@ -31,68 +27,13 @@ func nextHop(d *batonv1.Dialog, table *trunks.Table, trunk *trunks.Trunk) (hop s
 		return "", d.GetTransport(), false
 	}
 	fallback := netip.AddrPortFrom(source.Addr().Unmap(), source.Port()).String()
-	raw := d.GetRemoteTarget()
-	if rs := d.GetRouteSet(); len(rs) > 0 {
-		raw = rs[0]
-	}
-	u, err := parseURI("next hop", raw)
+	ap, t, err := sipx.SignalledHop(d)
 	if err != nil {
 		return fallback, d.GetTransport(), false
 	}
-	ip, err := netip.ParseAddr(strings.TrimSuffix(strings.TrimPrefix(u.Host, "["), "]"))
-	if err != nil || ip.Zone() != "" {
-		return fallback, d.GetTransport(), false
-	}
-	ip = ip.Unmap()
+	ip := ap.Addr()
 	if ip != source.Addr().Unmap() && (ip.IsUnspecified() || ip.IsMulticast() || !table.Lists(trunk, ip)) {
 		return fallback, d.GetTransport(), false
 	}
-	transport, ok := uriTransport(u, d.GetTransport())
-	if !ok {
-		return fallback, d.GetTransport(), false
-	}
-	port := u.Port
-	if port == 0 {
-		port = 5060
-		if transport == batonv1.Transport_TRANSPORT_TLS {
-			port = 5061
-		}
-	}
-	if port < 1 || port > 65535 {
-		return fallback, d.GetTransport(), false
-	}
-	return net.JoinHostPort(ip.String(), strconv.Itoa(port)), transport, true
-}
-
-// uriTransport is the transport a request to u uses: its transport
-// parameter, TLS for a sips URI, else def; ok is false for a transport
-// ingress does not speak.
-func uriTransport(u sip.Uri, def batonv1.Transport) (batonv1.Transport, bool) {
-	if u.IsEncrypted() {
-		return batonv1.Transport_TRANSPORT_TLS, true
-	}
-	t, ok := u.UriParams.Get("transport")
-	if !ok {
-		return def, true
-	}
-	switch strings.ToLower(t) {
-	case "udp":
-		return batonv1.Transport_TRANSPORT_UDP, true
-	case "tcp":
-		return batonv1.Transport_TRANSPORT_TCP, true
-	case "tls":
-		return batonv1.Transport_TRANSPORT_TLS, true
-	}
-	return def, false
-}
-
-// sipTransport names t as sipgo does.
-func sipTransport(t batonv1.Transport) string {
-	switch t {
-	case batonv1.Transport_TRANSPORT_TCP:
-		return "TCP"
-	case batonv1.Transport_TRANSPORT_TLS:
-		return "TLS"
-	}
-	return "UDP"
+	return ap.String(), sipx.TransportOf(t), true
 }

@@ -1,21 +1,19 @@
 package request
 
 import (
-	"errors"
 	"fmt"
 	"net/netip"
 	"strconv"
 	"strings"
 
-	"github.com/emiago/sipgo/sip"
-
 	batonv1 "github.com/baton-voice/baton/pkg/events/batonv1"
+	"github.com/baton-voice/baton/pkg/sipx"
 )
 
 // ErrNextHop means an in-dialog request would go to an address transfer
 // does not send SIP to: a host name, or a loopback, link-local, private
 // or otherwise special address outside the configured peers.
-var ErrNextHop = errors.New("next hop not allowed")
+var ErrNextHop = sipx.ErrNextHop
 
 // Peers is where in-dialog requests (REFER, BYE, re-INVITE) may go beyond
 // public addresses. The next hop of such a request comes from the caller's
@@ -33,63 +31,16 @@ type Peers struct {
 	Hosts []netip.AddrPort
 }
 
-// NextHop is where the in-dialog requests of d are sent, as sipgo sends
-// them (sip.Request.Destination): the first route of the route set, else
-// the remote target, at the port its URI names or the default port of
-// the request's transport. The host must be an IP address: a host name is
-// ErrNextHop, and no name a caller wrote is ever looked up. A dialog that
-// does not parse is ErrDialog.
+// NextHop is where the in-dialog requests of d are sent when no next hop
+// was decided by ingress (sipx.SignalledHop): a host name is ErrNextHop,
+// and no name a caller wrote is ever looked up; a dialog that does not
+// parse is ErrDialog.
 func NextHop(d *batonv1.Dialog) (netip.AddrPort, error) {
 	if d == nil {
 		return netip.AddrPort{}, fmt.Errorf("%w: the command has no dialog", ErrDialog)
 	}
-	field, raw := "remote_target", d.GetRemoteTarget()
-	if rs := d.GetRouteSet(); len(rs) > 0 {
-		field, raw = "route_set[0]", rs[0]
-	}
-	u, err := parseURI(field, raw)
-	if err != nil {
-		return netip.AddrPort{}, err
-	}
-	if field != "remote_target" && !u.UriParams.Has("lr") {
-		return netip.AddrPort{}, fmt.Errorf("%w: route_set[0] %q is a strict router (no ;lr), not supported", ErrDialog, raw)
-	}
-	transport, err := dialogTransport(d.GetTransport())
-	if err != nil {
-		return netip.AddrPort{}, err
-	}
-	if transport, err = uriTransport(u, transport); err != nil {
-		return netip.AddrPort{}, err
-	}
-	host := strings.TrimSuffix(strings.TrimPrefix(u.Host, "["), "]")
-	ip, err := netip.ParseAddr(host)
-	if err != nil || ip.Zone() != "" {
-		return netip.AddrPort{}, fmt.Errorf("%w: %s host %q is not an IP address: transfer looks up no name a caller wrote",
-			ErrNextHop, field, u.Host)
-	}
-	port := u.Port
-	if port == 0 {
-		port = sip.DefaultPort(transport)
-	}
-	if port < 1 || port > 65535 {
-		return netip.AddrPort{}, fmt.Errorf("%w: %s port %d", ErrDialog, field, u.Port)
-	}
-	return netip.AddrPortFrom(ip.Unmap(), uint16(port)), nil
-}
-
-// DecidedHop is the next hop ingress decided for d's in-dialog requests
-// (Dialog.next_hop): an IP literal and port, never unspecified or
-// multicast.
-func DecidedHop(d *batonv1.Dialog) (netip.AddrPort, error) {
-	hop, err := netip.ParseAddrPort(strings.TrimSpace(d.GetNextHop()))
-	if err != nil || hop.Addr().Zone() != "" || hop.Port() == 0 {
-		return netip.AddrPort{}, fmt.Errorf("%w: next_hop %q is not an IP address and port", ErrNextHop, d.GetNextHop())
-	}
-	hop = netip.AddrPortFrom(hop.Addr().Unmap(), hop.Port())
-	if hop.Addr().IsUnspecified() || hop.Addr().IsMulticast() {
-		return netip.AddrPort{}, fmt.Errorf("%w: next_hop %s", ErrNextHop, hop)
-	}
-	return hop, nil
+	hop, _, err := sipx.SignalledHop(d)
+	return hop, err
 }
 
 // Check returns the next hop of d's in-dialog requests (NextHop) when
@@ -99,13 +50,13 @@ func DecidedHop(d *batonv1.Dialog) (netip.AddrPort, error) {
 // link-local, private, shared (CGNAT), unspecified, multicast or
 // reserved, is ErrNextHop.
 //
-// A dialog whose next_hop ingress decided (DecidedHop) goes there: ingress
+// A dialog whose next_hop ingress decided (sipx.DecidedHop) goes there: ingress
 // took the caller's hop only when the call's trunk lists it or the INVITE
 // came from it, which transfer, knowing no trunks, cannot check again (a
 // writer who could forge next_hop could forge remote_address as well).
 func (p Peers) Check(d *batonv1.Dialog) (netip.AddrPort, error) {
 	if d.GetNextHop() != "" {
-		return DecidedHop(d)
+		return sipx.DecidedHop(d)
 	}
 	hop, err := NextHop(d)
 	if err != nil {

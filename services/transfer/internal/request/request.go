@@ -18,13 +18,10 @@ import (
 )
 
 // MaxForwards is the Max-Forwards of every request (RFC 3261 8.1.1.6).
-const MaxForwards = 70
+const MaxForwards = sipx.MaxForwards
 
 // ErrDialog means the snapshot cannot produce a valid request.
-var ErrDialog = errors.New("unusable dialog snapshot")
-
-// tokenPattern is RFC 3261 token (a tag).
-var tokenPattern = regexp.MustCompile("^[A-Za-z0-9.!%*_+`'~-]+$")
+var ErrDialog = sipx.ErrDialog
 
 // CSeqsPerAttempt is the block of CSeq numbers each attempt of a handoff
 // owns in the caller's dialog: its request, the same request sent again
@@ -65,149 +62,9 @@ func InDialog(method sip.RequestMethod, d *batonv1.Dialog, attempt uint32) (*sip
 
 // InDialogCSeq is InDialog with an explicit CSeq number, for the requests
 // that follow a command's first one (the BYE after a REFER, the BYE after
-// a re-INVITE).
+// a re-INVITE). It is sipx.InDialog, the rule ingress's BYE shares.
 func InDialogCSeq(method sip.RequestMethod, d *batonv1.Dialog, cseq uint32) (*sip.Request, error) {
-	if cseq >= 1<<31 {
-		return nil, fmt.Errorf("%w: cseq %d overflows", ErrDialog, cseq)
-	}
-	if d == nil {
-		return nil, fmt.Errorf("%w: the command has no dialog", ErrDialog)
-	}
-	var missing []string
-	for _, f := range []struct{ name, v string }{
-		{"call_id", d.GetCallId()}, {"local_tag", d.GetLocalTag()}, {"remote_tag", d.GetRemoteTag()},
-		{"local_uri", d.GetLocalUri()}, {"remote_uri", d.GetRemoteUri()}, {"remote_target", d.GetRemoteTarget()},
-	} {
-		if strings.TrimSpace(f.v) == "" {
-			missing = append(missing, f.name)
-		}
-	}
-	if len(missing) > 0 {
-		return nil, fmt.Errorf("%w: missing %s", ErrDialog, strings.Join(missing, ", "))
-	}
-	transport, err := dialogTransport(d.GetTransport())
-	if err != nil {
-		return nil, err
-	}
-	for _, f := range []struct{ name, v string }{
-		{"call_id", d.GetCallId()}, {"local_tag", d.GetLocalTag()}, {"remote_tag", d.GetRemoteTag()},
-		{"local_contact", d.GetLocalContact()},
-	} {
-		if err := sipx.ValidateValue(f.v); err != nil {
-			return nil, fmt.Errorf("%w: %s: %w", ErrDialog, f.name, err)
-		}
-	}
-	// A tag is a token (RFC 3261 25.1): nothing in it may add a parameter
-	// to From or To. A Call-ID is taken as the far end wrote it (some are
-	// not RFC words), but never with a space or a control character.
-	if strings.ContainsFunc(d.GetCallId(), func(r rune) bool { return r <= ' ' || r == 0x7f }) {
-		return nil, fmt.Errorf("%w: call_id %q: spaces or control characters", ErrDialog, d.GetCallId())
-	}
-	for _, f := range []struct{ name, v string }{{"local_tag", d.GetLocalTag()}, {"remote_tag", d.GetRemoteTag()}} {
-		if !tokenPattern.MatchString(f.v) {
-			return nil, fmt.Errorf("%w: %s %q: not a token", ErrDialog, f.name, f.v)
-		}
-	}
-	target, err := parseURI("remote_target", d.GetRemoteTarget())
-	if err != nil {
-		return nil, err
-	}
-	local, err := parseURI("local_uri", d.GetLocalUri())
-	if err != nil {
-		return nil, err
-	}
-	remote, err := parseURI("remote_uri", d.GetRemoteUri())
-	if err != nil {
-		return nil, err
-	}
-
-	req := sip.NewRequest(method, target)
-	next := target // the URI the request is sent to
-	for i, r := range d.GetRouteSet() {
-		u, err := parseURI(fmt.Sprintf("route_set[%d]", i), r)
-		if err != nil {
-			return nil, err
-		}
-		if i == 0 {
-			next = u
-		}
-		if i == 0 && !u.UriParams.Has("lr") {
-			// A strict router would need the Request-URI rewritten
-			// (RFC 3261 12.2.1.1); no SBC Baton meets does that.
-			return nil, fmt.Errorf("%w: route_set[0] %q is a strict router (no ;lr), not supported", ErrDialog, r)
-		}
-		req.AppendHeader(&sip.RouteHeader{Address: u})
-	}
-	if transport, err = uriTransport(next, transport); err != nil {
-		return nil, err
-	}
-	if d.GetNextHop() != "" {
-		// Ingress decided where the dialog's requests go when the call
-		// started (the caller's next hop only inside its trunk, else the
-		// INVITE's source); the Route headers and Request-URI stay.
-		hop, err := DecidedHop(d)
-		if err != nil {
-			return nil, err
-		}
-		req.SetDestination(hop.String())
-		if transport, err = dialogTransport(d.GetNextHopTransport()); err != nil {
-			return nil, err
-		}
-	}
-	req.SetTransport(transport)
-	from := &sip.FromHeader{Address: local, Params: sip.NewParams()}
-	from.Params.Add("tag", d.GetLocalTag())
-	to := &sip.ToHeader{Address: remote, Params: sip.NewParams()}
-	to.Params.Add("tag", d.GetRemoteTag())
-	callID := sip.CallIDHeader(d.GetCallId())
-	maxFwd := sip.MaxForwardsHeader(MaxForwards)
-	req.AppendHeader(from)
-	req.AppendHeader(to)
-	req.AppendHeader(&callID)
-	req.AppendHeader(&sip.CSeqHeader{SeqNo: cseq, MethodName: method})
-	req.AppendHeader(&maxFwd)
-	if c := strings.TrimSpace(d.GetLocalContact()); c != "" {
-		contact := &sip.ContactHeader{}
-		if _, err := sip.ParseAddressValue(c, &contact.Address, &contact.Params); err != nil {
-			return nil, fmt.Errorf("%w: local_contact %q: %w", ErrDialog, c, err)
-		}
-		req.AppendHeader(contact)
-	}
-	return req, nil
-}
-
-// dialogTransport is the transport the call came in over: in-dialog
-// requests use it unless the URI they go to names another.
-func dialogTransport(t batonv1.Transport) (string, error) {
-	switch t {
-	case batonv1.Transport_TRANSPORT_UNSPECIFIED, batonv1.Transport_TRANSPORT_UDP:
-		return "UDP", nil
-	case batonv1.Transport_TRANSPORT_TCP:
-		return "TCP", nil
-	case batonv1.Transport_TRANSPORT_TLS:
-		return "TLS", nil
-	}
-	return "", fmt.Errorf("%w: transport %s is not supported", ErrDialog, t)
-}
-
-// uriTransport is the transport of a request sent to u (RFC 3263 4.1): its
-// transport parameter, TLS for a sips: URI, else def.
-func uriTransport(u sip.Uri, def string) (string, error) {
-	t, ok := u.UriParams.Get("transport")
-	switch {
-	case ok:
-		t = strings.ToUpper(t)
-		if t != "UDP" && t != "TCP" && t != "TLS" {
-			return "", fmt.Errorf("%w: %s: transport %s is not supported (udp, tcp, tls)", ErrDialog, u.String(), t)
-		}
-		if u.IsEncrypted() && t != "TLS" {
-			return "", fmt.Errorf("%w: %s: a sips: URI over %s", ErrDialog, u.String(), t)
-		}
-		return t, nil
-	case u.IsEncrypted():
-		return "TLS", nil
-	}
-	return def, nil
+	return sipx.InDialog(method, d, cseq)
 }
 
 // Refer builds the REFER of a blind transfer: InDialog plus Refer-To
@@ -252,35 +109,8 @@ func Bye(d *batonv1.Dialog, attempt uint32, headers []*batonv1.SipHeader) (*sip.
 	return req, nil
 }
 
-// parseURI reads a URI given bare (sip:a@b;lr) or as a name-addr
-// (<sip:a@b;lr>, "Name" <sip:a@b>); header parameters after '>' are dropped.
-func parseURI(field, s string) (sip.Uri, error) {
-	v := strings.TrimSpace(s)
-	if err := sipx.ValidateValue(v); err != nil {
-		return sip.Uri{}, fmt.Errorf("%w: %s: %w", ErrDialog, field, err)
-	}
-	if i := strings.IndexByte(v, '<'); i >= 0 {
-		j := strings.IndexByte(v[i:], '>')
-		if j < 0 {
-			return sip.Uri{}, fmt.Errorf("%w: %s %q: unclosed '<'", ErrDialog, field, s)
-		}
-		v = v[i+1 : i+j]
-	}
-	if strings.ContainsFunc(v, func(r rune) bool { return r <= ' ' || r == 0x7f || r == '<' || r == '>' || r == '"' }) {
-		return sip.Uri{}, fmt.Errorf("%w: %s %q: spaces, quotes, brackets or control characters in the URI", ErrDialog, field, s)
-	}
-	var u sip.Uri
-	if err := sip.ParseUri(v, &u); err != nil {
-		return sip.Uri{}, fmt.Errorf("%w: %s %q: %w", ErrDialog, field, s, err)
-	}
-	if u.Host == "" || u.Wildcard {
-		return sip.Uri{}, fmt.Errorf("%w: %s %q: no host", ErrDialog, field, s)
-	}
-	if s := strings.ToLower(u.Scheme); s != "sip" && s != "sips" {
-		return sip.Uri{}, fmt.Errorf("%w: %s %q: scheme %q, want sip or sips", ErrDialog, field, s, u.Scheme)
-	}
-	return u, nil
-}
+// parseURI is sipx.ParseURI.
+func parseURI(field, v string) (sip.Uri, error) { return sipx.ParseURI(field, v) }
 
 // Caller-id policies of a new leg's From.
 const (
@@ -333,7 +163,7 @@ func NewLeg(route string, opts LegOptions, d *batonv1.Dialog, cid CallerID, head
 		return nil, err
 	}
 	req := sip.NewRequest(sip.INVITE, target)
-	transport, err := uriTransport(target, "UDP")
+	transport, err := sipx.URITransport(target, "UDP")
 	if err != nil {
 		return nil, err
 	}
