@@ -3,6 +3,8 @@ package replay
 import (
 	"fmt"
 	"io"
+	"maps"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -72,7 +74,7 @@ func (s Step) Summary() string {
 	switch m := s.Event.Data.(type) {
 	case *batonv1.CallStarted:
 		var vars []string
-		for _, k := range sortedKeys(m.GetVariables()) {
+		for _, k := range slices.Sorted(maps.Keys(m.GetVariables())) {
 			vars = append(vars, k+"="+m.GetVariables()[k])
 		}
 		return fmt.Sprintf("call started: %s -> %s from %s (trunk %s) vars [%s]", m.GetCallerNumber(), m.GetCalleeNumber(),
@@ -127,15 +129,6 @@ func WriteTimeline(w io.Writer, callID string, steps []Step) error {
 		prev = t
 	}
 	return nil
-}
-
-func sortedKeys(m map[string]string) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	return keys
 }
 
 func short(id string) string {

@@ -3,7 +3,6 @@ package main
 import (
 	"bufio"
 	"context"
-	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -13,7 +12,6 @@ import (
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kgo"
-	"google.golang.org/protobuf/encoding/protojson"
 
 	"github.com/baton-voice/baton/pkg/events"
 	"github.com/baton-voice/baton/pkg/observability"
@@ -24,28 +22,6 @@ import (
 
 // replayCommand is the first argument that selects replay mode.
 const replayCommand = "replay"
-
-// replayLine is one record in the NDJSON of `baton export`
-// (cmd/baton/internal/replay/export.go): the exact bytes, value as base64,
-// plus the decoded event for people reading it. Both sides must agree.
-type replayLine struct {
-	Topic     string          `json:"topic"`
-	Partition int32           `json:"partition"`
-	Offset    int64           `json:"offset"`
-	Timestamp time.Time       `json:"timestamp"`
-	Key       string          `json:"key"`
-	Headers   []replayHeader  `json:"headers"`
-	Value     []byte          `json:"value"`
-	Event     json.RawMessage `json:"event,omitempty"`
-}
-
-type replayHeader struct {
-	Key   string `json:"key"`
-	Value string `json:"value"`
-}
-
-// maxReplayLine bounds one NDJSON line, as baton's reader does.
-const maxReplayLine = 16 << 20
 
 // replay is `router replay --config FILE`: it reads recorded records as
 // NDJSON on stdin, folds the router's inputs (every record but the
@@ -117,23 +93,14 @@ func readReplayInput(r io.Reader) ([]*kgo.Record, error) {
 		at  time.Time
 	}
 	var ins []input
-	sc := bufio.NewScanner(r)
-	sc.Buffer(make([]byte, 64<<10), maxReplayLine)
-	for n := 1; sc.Scan(); n++ {
-		if len(sc.Bytes()) == 0 {
-			continue
+	nr := events.NewNDJSONReader(r)
+	for {
+		rec, err := nr.Next()
+		if errors.Is(err, io.EOF) {
+			break
 		}
-		var line replayLine
-		if err := json.Unmarshal(sc.Bytes(), &line); err != nil {
-			return nil, fmt.Errorf("line %d: %w", n, err)
-		}
-		if line.Topic == "" {
-			return nil, fmt.Errorf("line %d: no topic: not a baton export", n)
-		}
-		rec := &kgo.Record{Topic: line.Topic, Partition: line.Partition, Offset: line.Offset,
-			Timestamp: line.Timestamp, Key: []byte(line.Key), Value: line.Value}
-		for _, h := range line.Headers {
-			rec.Headers = append(rec.Headers, kgo.RecordHeader{Key: h.Key, Value: []byte(h.Value)})
+		if err != nil {
+			return nil, fmt.Errorf("read records: %w", err)
 		}
 		at := rec.Timestamp
 		if ev, err := events.Decode(rec); err == nil {
@@ -143,9 +110,6 @@ func readReplayInput(r io.Reader) ([]*kgo.Record, error) {
 			at = ev.Time
 		}
 		ins = append(ins, input{rec: rec, at: at})
-	}
-	if err := sc.Err(); err != nil {
-		return nil, fmt.Errorf("read records: %w", err)
 	}
 	sort.SliceStable(ins, func(i, j int) bool { return ins[i].at.Before(ins[j].at) })
 	out := make([]*kgo.Record, len(ins))
@@ -159,19 +123,11 @@ func readReplayInput(r io.Reader) ([]*kgo.Record, error) {
 // in a log: partition and offset are -1.
 func writeReplayOutput(w io.Writer, recs []*kgo.Record) error {
 	bw := bufio.NewWriter(w)
-	enc := json.NewEncoder(bw)
+	nw := events.NewNDJSONWriter(bw)
 	for _, r := range recs {
-		line := replayLine{Topic: r.Topic, Partition: -1, Offset: -1, Timestamp: r.Timestamp.UTC(),
-			Key: string(r.Key), Value: r.Value}
-		for _, h := range r.Headers {
-			line.Headers = append(line.Headers, replayHeader{Key: h.Key, Value: string(h.Value)})
-		}
-		if ev, err := events.Decode(r); err == nil {
-			if data, err := protojson.Marshal(ev.Data); err == nil {
-				line.Event = data
-			}
-		}
-		if err := enc.Encode(line); err != nil {
+		out := *r
+		out.Partition, out.Offset = -1, -1
+		if err := nw.Write(&out); err != nil {
 			return fmt.Errorf("write decision of call %s: %w", r.Key, err)
 		}
 	}

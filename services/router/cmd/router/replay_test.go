@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io"
 	"strings"
 	"testing"
 	"time"
@@ -165,36 +167,34 @@ func recordLive(t *testing.T) (log []*kgo.Record, configPath string, brokers []s
 func writeExport(t *testing.T, recs []*kgo.Record) *bytes.Buffer {
 	t.Helper()
 	var buf bytes.Buffer
-	enc := json.NewEncoder(&buf)
+	w := events.NewNDJSONWriter(&buf)
 	for _, r := range recs {
-		line := replayLine{Topic: r.Topic, Partition: r.Partition, Offset: r.Offset, Timestamp: r.Timestamp.UTC(),
-			Key: string(r.Key), Value: r.Value}
-		for _, h := range r.Headers {
-			line.Headers = append(line.Headers, replayHeader{Key: h.Key, Value: string(h.Value)})
-		}
-		require.NoError(t, enc.Encode(line))
+		require.NoError(t, w.Write(r))
 	}
 	return &buf
 }
 
 func readDecisions(t *testing.T, out *bytes.Buffer) []*kgo.Record {
 	t.Helper()
-	var recs []*kgo.Record
 	for _, l := range bytes.Split(bytes.TrimSpace(out.Bytes()), []byte("\n")) {
-		if len(l) == 0 {
-			continue
+		var line struct {
+			Event json.RawMessage `json:"event"`
 		}
-		var line replayLine
 		require.NoError(t, json.Unmarshal(l, &line))
-		require.Equal(t, int64(-1), line.Offset)
 		require.NotEmpty(t, line.Event, "decoded event for readers")
-		rec := &kgo.Record{Topic: line.Topic, Key: []byte(line.Key), Value: line.Value, Timestamp: line.Timestamp}
-		for _, h := range line.Headers {
-			rec.Headers = append(rec.Headers, kgo.RecordHeader{Key: h.Key, Value: []byte(h.Value)})
+	}
+	var recs []*kgo.Record
+	r := events.NewNDJSONReader(bytes.NewReader(out.Bytes()))
+	for {
+		rec, err := r.Next()
+		if errors.Is(err, io.EOF) {
+			return recs
 		}
+		require.NoError(t, err)
+		require.Equal(t, int64(-1), rec.Offset)
+		rec.Partition, rec.Offset = 0, 0
 		recs = append(recs, rec)
 	}
-	return recs
 }
 
 // TestReplayModeReDecidesARecordedLog records a live router's input and
