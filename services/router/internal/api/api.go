@@ -20,6 +20,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"math"
 	"net/http"
 	"regexp"
@@ -525,7 +526,7 @@ func (req HandoffRequest) check() (string, error) {
 	if len(req.Headers) > maxEntries {
 		return RejectInvalidHeader, fmt.Errorf("headers: at most %d entries", maxEntries)
 	}
-	for _, name := range sortedKeys(req.Headers) {
+	for _, name := range slices.Sorted(maps.Keys(req.Headers)) {
 		if err := sipx.ValidateCustom(name, req.Headers[name]); err != nil {
 			return RejectInvalidHeader, fmt.Errorf("headers.%q: %w", name, err)
 		}
@@ -540,15 +541,6 @@ func oneLine(s string) string {
 		return s
 	}
 	return strings.Join(strings.FieldsFunc(s, func(r rune) bool { return r == '\r' || r == '\n' || r == '\t' }), " ")
-}
-
-func sortedKeys(m map[string]string) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	slices.Sort(keys)
-	return keys
 }
 
 // MetricRequest is the body of POST /v1/calls/{id}/metrics.

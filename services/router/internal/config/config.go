@@ -8,11 +8,11 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"net/url"
 	"regexp"
 	"slices"
-	"sort"
 	"strings"
 	"time"
 
@@ -725,7 +725,7 @@ func methodName(m batonv1.Method) string {
 func validateHeaders(path string, headers map[string]string) []error {
 	var errs []error
 	seen := map[string]string{}
-	for _, name := range sortedKeys(headers) {
+	for _, name := range slices.Sorted(maps.Keys(headers)) {
 		hpath := path + ".headers." + name
 		if err := sipx.ValidateCustom(name, ""); err != nil {
 			errs = append(errs, pkgconfig.Errorf(hpath, "%v", err))
@@ -784,12 +784,12 @@ func (c *Config) validateRules() []error {
 		if r.Handoff != "" && r.Continue {
 			errs = append(errs, pkgconfig.Errorf(path+".continue", "a rule that hands off ends the rules; remove continue"))
 		}
-		for _, k := range sortedKeys(r.Set.Variables) {
+		for _, k := range slices.Sorted(maps.Keys(r.Set.Variables)) {
 			if err := sipx.ValidateValue(r.Set.Variables[k]); err != nil || k == "" {
 				errs = append(errs, pkgconfig.Errorf(path+".set.variables."+k, "invalid variable: %v", err))
 			}
 		}
-		for _, k := range sortedKeys(r.Set.State) {
+		for _, k := range slices.Sorted(maps.Keys(r.Set.State)) {
 			if k == "" {
 				errs = append(errs, pkgconfig.Errorf(path+".set.state", "an empty key"))
 			}
@@ -882,7 +882,7 @@ func (c *Config) Table() (*handoff.Table, error) {
 		if d.OnMissingVariable == OnMissingRefuse {
 			hd.OnMissing = handoff.MissingRefuse
 		}
-		for _, name := range sortedKeys(d.Headers) {
+		for _, name := range slices.Sorted(maps.Keys(d.Headers)) {
 			tpl, err := template.Parse(d.Headers[name])
 			if err != nil {
 				return nil, fmt.Errorf("destinations[%d].headers.%s: %w", i, name, err)
@@ -910,13 +910,4 @@ func (c *Config) Table() (*handoff.Table, error) {
 		t.AllowedRoutes = append(t.AllowedRoutes, pat)
 	}
 	return t, nil
-}
-
-func sortedKeys[V any](m map[string]V) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	return keys
 }

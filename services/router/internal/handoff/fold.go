@@ -6,7 +6,6 @@ import (
 	"log/slog"
 	"maps"
 	"slices"
-	"sort"
 	"strings"
 	"sync"
 
@@ -379,12 +378,12 @@ func setAll(m, kv map[string]string) map[string]string {
 // overlaid with the variables rules set, names normalised.
 func (c *call) ruleVariables() map[string]string {
 	out := make(map[string]string, len(c.variables)+len(c.setVariables))
-	for _, k := range sortedKeys(c.variables) {
+	for _, k := range slices.Sorted(maps.Keys(c.variables)) {
 		if _, dup := out[template.Normalize(k)]; !dup {
 			out[template.Normalize(k)] = c.variables[k]
 		}
 	}
-	for _, k := range sortedKeys(c.setVariables) {
+	for _, k := range slices.Sorted(maps.Keys(c.setVariables)) {
 		out[template.Normalize(k)] = c.setVariables[k]
 	}
 	return out
@@ -615,7 +614,7 @@ func (f *Fold) render(ctx context.Context, c *call, h *handoffState, d Destinati
 // agentHeader finds the agent-supplied value of a header, ignoring case;
 // when several keys match, the smallest wins, so the choice is stable.
 func agentHeader(hs map[string]string, name string) (string, bool) {
-	for _, k := range sortedKeys(hs) {
+	for _, k := range slices.Sorted(maps.Keys(hs)) {
 		if strings.EqualFold(k, name) {
 			return hs[k], true
 		}
@@ -627,7 +626,7 @@ func agentHeader(hs map[string]string, name string) (string, bool) {
 // they are never sent, so internal headers cannot leak to a carrier.
 func droppedHeaders(hs map[string]string, d Destination) []string {
 	var out []string
-	for _, k := range sortedKeys(hs) {
+	for _, k := range slices.Sorted(maps.Keys(hs)) {
 		if _, ok := d.header(k); !ok {
 			out = append(out, k)
 		}
@@ -767,13 +766,4 @@ func (f *Fold) fallback(ctx context.Context, c *call, h *handoffState, ev events
 	f.logger.InfoContext(ctx, "every destination failed; hanging up", "call_id", c.id, "command_id", cmd.GetCommandId(),
 		"attempt", cmd.GetAttempt())
 	return &Decision{ID: cmd.GetCommandId(), Msg: cmd}
-}
-
-func sortedKeys[V any](m map[string]V) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	return keys
 }
