@@ -57,7 +57,7 @@ func TestRouterRidesOutTransactionFailures(t *testing.T) {
 
 			metrics := NewMetrics(prometheus.NewRegistry())
 			h.startWith(Options{Kafka: h.kcfg, Group: "baton-router-test", TransactionalID: "router-outage",
-				Metrics: metrics, EndTimeout: 500 * time.Millisecond}, nil)
+				Metrics: metrics, EndTimeout: 500 * time.Millisecond})
 			h.publish(h.callStarted("call-1"))
 			h.publish(h.callStarted("call-2"))
 

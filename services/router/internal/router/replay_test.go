@@ -72,7 +72,7 @@ func TestReplayGivesTheSameCommands(t *testing.T) {
 	require.NoError(t, err)
 	defer prod.Close()
 	h := &harness{t: t, kcfg: kcfg, table: table, logger: logger, prod: prod}
-	h.start("router-live", nil)
+	h.start("router-live")
 	out := h.consumer(kgo.ReadCommitted())
 
 	clock := time.Date(2025, 3, 1, 11, 59, 58, 0, time.UTC)

@@ -79,10 +79,14 @@ type Router struct {
 	tally   tally
 	// endTimeout bounds producing and ending one transaction.
 	endTimeout time.Duration
-	// beforeEnd, when set (tests only), runs after the batch's records
-	// were produced and before the transaction ends; returning true
-	// aborts the transaction.
-	beforeEnd func(ctx context.Context, produced []*kgo.Record) (abort bool)
+	// abortBeforeEnd, when set, decides after the batch's records are
+	// produced whether to abort the transaction instead of committing it.
+	// It is the one test seam left in the router (set only by
+	// TestAbortedBatchIsHandledAgain): a broker-side fault (kfake's
+	// ControlKey) cannot let a transaction's records be written and then
+	// make the client abort it; failing EndTxn leaves the outcome unknown
+	// to the client, which is a different path (TestRouterRidesOut...).
+	abortBeforeEnd func(produced []*kgo.Record) bool
 }
 
 // New connects a transactional group session. Close it when done.
@@ -206,8 +210,8 @@ func (r *Router) transact(ctx context.Context, records []*kgo.Record) (bool, err
 	}
 	produceErr := promise.Err()
 	abort := produceErr != nil
-	if !abort && r.beforeEnd != nil {
-		abort = r.beforeEnd(txCtx, out)
+	if !abort && r.abortBeforeEnd != nil {
+		abort = r.abortBeforeEnd(out)
 	}
 	committed, err := r.sess.End(txCtx, kgo.TransactionEndTry(!abort))
 	if err != nil {

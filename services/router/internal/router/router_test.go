@@ -9,7 +9,9 @@ import (
 
 	"github.com/stretchr/testify/require"
 	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/pkg/kmsg"
 	"go.uber.org/goleak"
 	"google.golang.org/protobuf/proto"
 
@@ -75,17 +77,22 @@ func newHarnessOn(t *testing.T, brokers []string) *harness {
 }
 
 // start runs a router until the test ends or the returned stop is called.
-func (h *harness) start(txnID string, beforeEnd func(context.Context, []*kgo.Record) bool) (stop func()) {
+func (h *harness) start(txnID string) (stop func()) {
 	h.t.Helper()
-	return h.startWith(Options{Kafka: h.kcfg, Group: "baton-router-test", TransactionalID: txnID}, beforeEnd)
+	return h.startWith(Options{Kafka: h.kcfg, Group: "baton-router-test", TransactionalID: txnID})
 }
 
 // startWith is start with the router's options given.
-func (h *harness) startWith(opts Options, beforeEnd func(context.Context, []*kgo.Record) bool) (stop func()) {
+func (h *harness) startWith(opts Options) (stop func()) {
 	h.t.Helper()
 	rt, err := New(opts, handoff.New(h.table, h.logger), h.logger)
 	require.NoError(h.t, err)
-	rt.beforeEnd = beforeEnd
+	return h.run(rt)
+}
+
+// run runs rt until the test ends or the returned stop is called.
+func (h *harness) run(rt *Router) (stop func()) {
+	h.t.Helper()
 	ctx, cancel := context.WithCancel(h.t.Context())
 	done := make(chan error, 1)
 	go func() { done <- rt.Run(ctx) }()
@@ -167,7 +174,7 @@ func decodeCommand(t *testing.T, rec *kgo.Record) (events.Event, *batonv1.Handof
 
 func TestCallStartedIsHandedOffOnce(t *testing.T) {
 	h := newHarness(t)
-	stopA := h.start("router-a", nil)
+	stopA := h.start("router-a")
 	committed := h.consumer(kgo.ReadCommitted())
 
 	start := h.callStarted("call-1")
@@ -206,7 +213,7 @@ func TestCallStartedIsHandedOffOnce(t *testing.T) {
 	// A new instance has no memory of call-1: replaying its record yields
 	// a command with the same deterministic id and the same payload.
 	stopA()
-	h.start("router-b", nil)
+	h.start("router-b")
 	h.publish(start)
 	recs = next(t, committed, 1)
 	_, again := decodeCommand(t, recs[0])
@@ -215,29 +222,38 @@ func TestCallStartedIsHandedOffOnce(t *testing.T) {
 }
 
 func TestCommandsAreVisibleOnlyAfterCommit(t *testing.T) {
-	h := newHarness(t)
+	topics := kafka.DefaultConfig().Topics
+	cluster, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(1, topics.All()...))
+	require.NoError(t, err)
+	t.Cleanup(cluster.Close)
+	h := newHarnessOn(t, cluster.ListenAddrs())
 	adm := kadm.NewClient(h.prod)
 	type offsets struct{ end, stable int64 }
 	inTxn := make(chan offsets, 1)
 	var calls atomic.Int32
-	h.start("router-visibility", func(ctx context.Context, produced []*kgo.Record) bool {
-		if calls.Add(1) != 1 || len(produced) != 1 {
-			return false
+	// The broker holds the first EndTxn while the test looks at the log:
+	// the command is written but its transaction is open.
+	cluster.ControlKey(int16(kmsg.EndTxn), func(kmsg.Request) (kmsg.Response, error, bool) {
+		if calls.Add(1) != 1 {
+			return nil, nil, false
 		}
-		// The command is written but its transaction is open: the log end
-		// moved, the last stable offset (what read_committed may see) not.
-		var o offsets
-		if end, err := adm.ListEndOffsets(ctx, h.kcfg.Topics.Handoffs); err == nil {
-			off, _ := end.Lookup(h.kcfg.Topics.Handoffs, 0)
-			o.end = off.Offset
-		}
-		if stable, err := adm.ListCommittedOffsets(ctx, h.kcfg.Topics.Handoffs); err == nil {
-			off, _ := stable.Lookup(h.kcfg.Topics.Handoffs, 0)
-			o.stable = off.Offset
-		}
-		inTxn <- o
-		return false
+		cluster.SleepControl(func() {
+			// The log end moved, the last stable offset (what
+			// read_committed may see) not.
+			var o offsets
+			if end, err := adm.ListEndOffsets(t.Context(), h.kcfg.Topics.Handoffs); err == nil {
+				off, _ := end.Lookup(h.kcfg.Topics.Handoffs, 0)
+				o.end = off.Offset
+			}
+			if stable, err := adm.ListCommittedOffsets(t.Context(), h.kcfg.Topics.Handoffs); err == nil {
+				off, _ := stable.Lookup(h.kcfg.Topics.Handoffs, 0)
+				o.stable = off.Offset
+			}
+			inTxn <- o
+		})
+		return nil, nil, false // then handled by the broker as usual
 	})
+	h.start("router-visibility")
 
 	h.publish(h.callStarted("call-1"))
 	select {
@@ -266,9 +282,13 @@ func TestCommandsAreVisibleOnlyAfterCommit(t *testing.T) {
 func TestAbortedBatchIsHandledAgain(t *testing.T) {
 	h := newHarness(t)
 	var calls atomic.Int32
-	h.start("router-abort", func(context.Context, []*kgo.Record) bool {
+	rt, err := New(Options{Kafka: h.kcfg, Group: "baton-router-test", TransactionalID: "router-abort"},
+		handoff.New(h.table, h.logger), h.logger)
+	require.NoError(t, err)
+	rt.abortBeforeEnd = func([]*kgo.Record) bool {
 		return calls.Add(1) == 1 // abort the first transaction only
-	})
+	}
+	h.run(rt)
 
 	start := h.callStarted("call-1")
 	h.publish(start)
