@@ -184,7 +184,7 @@ func TestAgentMetrics(t *testing.T) {
 	w := e.run(e.cfg.Group)
 	conn := server.Conn(t, e.cfg.ClickHouse)
 	e.waitCommitted(e.cfg.Group)
-	require.Zero(t, w.DeadLettered())
+	require.Zero(t, deadLettered(w))
 
 	require.Equal(t, uint64(2), count(t, conn, "agent_metrics", "call_id = ?", "call-m"))
 	var (

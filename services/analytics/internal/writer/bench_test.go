@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/stretchr/testify/require"
 	"github.com/twmb/franz-go/pkg/kgo"
 
@@ -172,14 +173,14 @@ func benchWriter(b *testing.B, calls, round int) (total, steady float64) {
 		case 1:
 			firstAt = time.Now()
 		case 2:
-			firstBatch = w.stats.records.Load()
+			firstBatch = int64(testutil.ToFloat64(w.metrics.records))
 		}
 	}))
 	ctx, cancel := context.WithCancel(b.Context())
 	done := make(chan error, 1)
 	start := time.Now()
 	go func() { done <- w.Run(ctx) }()
-	require.Eventually(b, func() bool { return w.stats.records.Load() == int64(len(recs)) }, 10*time.Minute, 10*time.Millisecond)
+	require.Eventually(b, func() bool { return int64(testutil.ToFloat64(w.metrics.records)) == int64(len(recs)) }, 10*time.Minute, 10*time.Millisecond)
 	end := time.Now()
 	cancel()
 	require.NoError(b, <-done)

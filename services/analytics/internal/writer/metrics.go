@@ -6,7 +6,8 @@ import (
 	"github.com/baton-voice/baton/pkg/kafkahealth"
 )
 
-// metrics are the writer's Prometheus metrics, on its own registry.
+// metrics are the writer's Prometheus metrics, on its own registry, and
+// its only counts: tests and benchmarks read them too.
 type metrics struct {
 	batches      prometheus.Counter
 	records      prometheus.Counter

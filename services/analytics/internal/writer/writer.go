@@ -20,7 +20,6 @@ import (
 	"net"
 	"strconv"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
@@ -70,22 +69,12 @@ type Writer struct {
 	cfg        config.Config
 	migrations fs.FS
 	logger     *slog.Logger
-	// deadLettered counts records sent to the dead-letter topic.
-	deadLettered atomic.Int64
-	stats        stats
 	// afterInsert runs after a batch was written and before its offsets
 	// are committed: the crash test's hook (WithAfterInsert).
 	afterInsert func()
 	reg         *prometheus.Registry
 	metrics     *metrics
 	tracer      trace.Tracer
-}
-
-// stats are the writer's counters (the benchmarks read them).
-type stats struct {
-	batches, records, rows, retries atomic.Int64
-	// lastBatch is the unix nanosecond time the last batch was committed.
-	lastBatch atomic.Int64
 }
 
 // Option changes a Writer.
@@ -116,9 +105,6 @@ func New(cfg config.Config, migrations fs.FS, logger *slog.Logger, opts ...Optio
 	w.metrics = newMetrics(w.reg)
 	return w
 }
-
-// DeadLettered returns how many records went to the dead-letter topic.
-func (w *Writer) DeadLettered() int64 { return w.deadLettered.Load() }
 
 // Run connects to ClickHouse (waiting for it), migrates, creates the
 // topics and consumes until ctx ends. The batch under way when ctx ends is
@@ -312,7 +298,6 @@ func (w *Writer) flush(ctx context.Context, cl *kgo.Client, ins insertFunc, reco
 			break
 		}
 		span.AddEvent("write failed", trace.WithAttributes(attribute.String("error", err.Error())))
-		w.stats.retries.Add(1)
 		w.metrics.retries.Inc()
 		w.logger.ErrorContext(ctx, "write batch; retrying", "records", len(records), "attempt", attempt,
 			"retry_in", pause, "err", err)
@@ -339,10 +324,6 @@ func (w *Writer) flush(ctx context.Context, cl *kgo.Client, ins insertFunc, reco
 	// Rebalances wait while a batch is gathered and written, so a batch
 	// never holds records of a partition this member no longer owns.
 	cl.AllowRebalance()
-	w.stats.batches.Add(1)
-	w.stats.records.Add(int64(len(records)))
-	w.stats.rows.Add(int64(r.len()))
-	w.stats.lastBatch.Store(time.Now().UnixNano())
 	w.metrics.batches.Inc()
 	w.metrics.records.Add(float64(len(records)))
 	w.metrics.events.Add(float64(r.len()))
@@ -403,7 +384,6 @@ func (w *Writer) deadLetter(ctx context.Context, cl *kgo.Client, dead []deadLett
 		return fmt.Errorf("produce %d dead letters to %s: %w", len(out), w.cfg.DeadLetterTopic, err)
 	}
 	for _, d := range dead {
-		w.deadLettered.Add(1)
 		w.metrics.deadLettered.Inc()
 		w.logger.WarnContext(ctx, "record dead-lettered", "call_id", string(d.rec.Key), "topic", d.rec.Topic, "partition", d.rec.Partition,
 			"offset", d.rec.Offset, "dead_letter_topic", w.cfg.DeadLetterTopic, "err", d.err)
