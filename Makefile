@@ -85,7 +85,11 @@ test-unit: ## unit tests only (no SIPp or ClickHouse needed)
 check: ## gofmt, go vet, golangci-lint, and that generated code and go.mod files are current
 	@out=$$(gofmt -l $(MODULES)); if [ -n "$$out" ]; then echo "not gofmt-clean:"; echo "$$out"; exit 1; fi
 	@for m in $(MODULES); do (cd $$m && go vet ./... && go vet -tags reliability ./... && go vet -tags chdb ./...); done
-	@$(MAKE) --no-print-directory generate-check tidy-check lint
+	@$(MAKE) --no-print-directory generate-check tidy-check mod-drift lint
+
+.PHONY: mod-drift
+mod-drift: ## fail when two go.mod files require one dependency at two versions (decision 0012)
+	@scripts/mod-drift
 
 .PHONY: lint
 lint: $(BIN)/golangci-lint ## golangci-lint over every module
