@@ -114,12 +114,6 @@ type Service struct {
 	peers request.Peers
 	wg    sync.WaitGroup
 	now   func() time.Time
-	// onDrain, when set (tests only), runs once shutdown has paused the
-	// handoffs topic.
-	onDrain func()
-	// afterHandle, when set (tests only), runs after a batch was handled
-	// and before its offsets are committed.
-	afterHandle func()
 }
 
 // New builds a Service. cl must be a group consumer of the handoffs and
@@ -171,9 +165,6 @@ func (s *Service) Run(ctx context.Context) error {
 	})
 
 	s.cl.PauseFetchTopics(s.opts.Topics.Handoffs)
-	if s.onDrain != nil {
-		s.onDrain()
-	}
 	pending := s.reg.inFlight()
 	s.logger.InfoContext(ctx, "stopped taking commands; finishing transfers", "in_flight", pending)
 	drain, stop := context.WithTimeout(context.WithoutCancel(ctx), s.opts.ShutdownTimeout)
@@ -261,9 +252,6 @@ func (s *Service) handle(ctx, work context.Context, records []*kgo.Record) error
 		case it.run:
 			s.dispatch(ctx, work, it.ev, it.cmd)
 		}
-	}
-	if s.afterHandle != nil {
-		s.afterHandle()
 	}
 	return errors.Join(errs...)
 }

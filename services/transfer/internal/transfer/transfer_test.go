@@ -3,6 +3,7 @@ package transfer
 import (
 	"context"
 	"crypto/tls"
+	"errors"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -17,6 +18,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/stretchr/testify/require"
+	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"go.uber.org/goleak"
 	"google.golang.org/protobuf/proto"
@@ -25,7 +27,6 @@ import (
 	"github.com/baton-voice/baton/pkg/events"
 	batonv1 "github.com/baton-voice/baton/pkg/events/batonv1"
 	"github.com/baton-voice/baton/pkg/kafka"
-	"github.com/baton-voice/baton/pkg/kafka/kafkatest"
 	"github.com/baton-voice/baton/pkg/sipx"
 	"github.com/baton-voice/baton/services/transfer/internal/attempts"
 	"github.com/baton-voice/baton/services/transfer/internal/request"
@@ -216,6 +217,9 @@ type harness struct {
 	sipOpts []uac.Option
 	topics  kafka.Topics
 	cfg     kafka.Config
+	// cluster is the Kafka cluster: a test can hold or drop requests to it
+	// (ControlKey), as a broker or a network would.
+	cluster *kfake.Cluster
 	logger  *slog.Logger
 	sip     *uac.Client
 	sbc     *sbc
@@ -223,7 +227,7 @@ type harness struct {
 	out     *kgo.Client
 	pending []*batonv1.TransferOutcome
 	// draining closes when shutdown has stopped taking commands.
-	draining chan struct{}
+	draining <-chan struct{}
 	// stop ends Run (as SIGTERM would) and returns its error and how long
 	// it took to return.
 	stop func() (time.Duration, error)
@@ -234,12 +238,61 @@ type harness struct {
 // instance is one transfer process: its SIP socket, attempt log, Kafka
 // client and Service.
 type instance struct {
-	sip      *uac.Client
-	cl       *kgo.Client
-	svc      *Service
-	draining chan struct{}
+	sip *uac.Client
+	cl  *kgo.Client
+	svc *Service
+	// draining closes when the Service logs that shutdown stopped taking
+	// commands (Run, once the handoffs topic is paused).
+	draining <-chan struct{}
 	done     chan error
 	cancel   context.CancelFunc
+}
+
+// transferGroup is the consumer group of the tests' instances.
+const transferGroup = "baton-transfer"
+
+// drainingLog is what Run logs once it paused the handoffs topic.
+const drainingLog = "stopped taking commands; finishing transfers"
+
+// logWatch is a slog.Handler that passes records on to next, at next's
+// levels, and closes seen when a record with the message msg is logged,
+// at any level.
+type logWatch struct {
+	next slog.Handler
+	msg  string
+	once *sync.Once
+	seen chan struct{}
+}
+
+// watchLog is a logger that writes through next and a channel that
+// closes once msg is logged.
+func watchLog(next slog.Handler, msg string) (*slog.Logger, <-chan struct{}) {
+	w := &logWatch{next: next, msg: msg, once: new(sync.Once), seen: make(chan struct{})}
+	return slog.New(w), w.seen
+}
+
+func (w *logWatch) Enabled(context.Context, slog.Level) bool { return true }
+
+func (w *logWatch) Handle(ctx context.Context, r slog.Record) error {
+	if r.Message == w.msg {
+		w.once.Do(func() { close(w.seen) })
+	}
+	if !w.next.Enabled(ctx, r.Level) {
+		return nil
+	}
+	return w.next.Handle(ctx, r)
+}
+
+func (w *logWatch) WithAttrs(attrs []slog.Attr) slog.Handler {
+	c := *w
+	c.next = w.next.WithAttrs(attrs)
+	return &c
+}
+
+func (w *logWatch) WithGroup(name string) slog.Handler {
+	c := *w
+	c.next = w.next.WithGroup(name)
+	return &c
 }
 
 // testPeers is where the tests' SBCs listen.
@@ -251,10 +304,14 @@ const attemptTopic = "baton.transfer-attempts"
 func start(t *testing.T, answer int, tune func(*Options), sipOpts ...uac.Option) *harness {
 	t.Helper()
 	cfg := kafka.DefaultConfig()
-	brokers := kafkatest.NewCluster(t, 3, cfg.Topics.All()...)
+	// As kafkatest.NewCluster does, keeping the cluster for its controls.
+	cluster, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(3, cfg.Topics.All()...))
+	require.NoError(t, err)
+	t.Cleanup(cluster.Close)
+	brokers := cluster.ListenAddrs()
 	cfg.Brokers = brokers
 	logger := slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelWarn}))
-	h := &harness{topics: cfg.Topics, cfg: cfg, logger: logger, sipOpts: sipOpts}
+	h := &harness{topics: cfg.Topics, cfg: cfg, cluster: cluster, logger: logger, sipOpts: sipOpts}
 
 	in := h.launch(t, tune)
 	var once sync.Once
@@ -290,7 +347,7 @@ func start(t *testing.T, answer int, tune func(*Options), sipOpts ...uac.Option)
 
 // launch starts one more transfer instance in the group. Its cleanup is
 // the caller's (cancel, then read done).
-func (h *harness) launch(t *testing.T, tune func(*Options), prepare ...func(*instance)) *instance {
+func (h *harness) launch(t *testing.T, tune func(*Options)) *instance {
 	t.Helper()
 	sipClient, err := uac.Listen(t.Context(), "127.0.0.1:0", "127.0.0.1", h.logger, h.sipOpts...)
 	require.NoError(t, err)
@@ -302,7 +359,7 @@ func (h *harness) launch(t *testing.T, tune func(*Options), prepare ...func(*ins
 	require.NoError(t, err)
 	t.Cleanup(alog.Close)
 
-	opts := append(kafka.ClientOpts(h.cfg, h.logger), kafka.ConsumerOpts("baton-transfer", h.cfg.Topics.Handoffs, h.cfg.Topics.Calls)...)
+	opts := append(kafka.ClientOpts(h.cfg, h.logger), kafka.ConsumerOpts(transferGroup, h.cfg.Topics.Handoffs, h.cfg.Topics.Calls)...)
 	opts = append(opts, kgo.OnPartitionsAssigned(alog.OnAssigned))
 	cl, err := kgo.NewClient(opts...)
 	require.NoError(t, err)
@@ -323,12 +380,9 @@ func (h *harness) launch(t *testing.T, tune func(*Options), prepare ...func(*ins
 	if tune != nil {
 		tune(&o)
 	}
-	svc := New(cl, sipClient, alog, o, h.logger)
-	in := &instance{sip: sipClient, cl: cl, svc: svc, draining: make(chan struct{}), done: make(chan error, 1)}
-	svc.onDrain = func() { close(in.draining) }
-	for _, p := range prepare {
-		p(in)
-	}
+	logger, draining := watchLog(h.logger.Handler(), drainingLog)
+	svc := New(cl, sipClient, alog, o, logger)
+	in := &instance{sip: sipClient, cl: cl, svc: svc, draining: draining, done: make(chan error, 1)}
 	ctx, cancel := context.WithCancel(context.WithoutCancel(t.Context()))
 	in.cancel = cancel
 	go func() { in.done <- svc.Run(ctx) }()
@@ -702,7 +756,11 @@ func TestShutdownLetsAnAcceptedReferFinish(t *testing.T) {
 		_, err := h.stop()
 		stopped <- err
 	}()
-	<-h.draining
+	select {
+	case <-h.draining:
+	case <-time.After(5 * time.Second):
+		t.Fatalf("Run never logged %q", drainingLog)
+	}
 	// Shutdown has begun; the NOTIFY still gets through, and a command
 	// published now is not started.
 	late := referCommand(h, "too-late")
@@ -730,6 +788,25 @@ func TestShutdownAbandonsTransfersAtTheDeadline(t *testing.T) {
 	require.Less(t, took, 5*time.Second, "and no more than that (notify_timeout is 10s)")
 }
 
+// offsetCommitKey is the Kafka API key of OffsetCommit (kmsg.OffsetCommit).
+const offsetCommitKey = 8
+
+// dropRequests makes a kfake cluster drop the requests with the API key
+// while drop says so: it closes the connection each came on, so the
+// request never reaches the cluster's state. Pass the cluster's
+// ControlKey and KeepControl; the request and response types are
+// inferred, so the test names no kmsg type.
+func dropRequests[Req, Resp any](control func(int16, func(Req) (Resp, error, bool)), keep func(), key int16, drop func() bool) {
+	control(key, func(Req) (Resp, error, bool) {
+		var none Resp
+		if !drop() {
+			return none, nil, false
+		}
+		keep()
+		return none, errors.New("request dropped"), true
+	})
+}
+
 // TestCrashAfterReferBeforeCommitSendsNoSecondRefer: an instance records
 // the attempt, sends the REFER and dies before committing the command's
 // offset. The command is redelivered to the next instance, which finds the
@@ -743,30 +820,39 @@ func TestCrashAfterReferBeforeCommitSendsNoSecondRefer(t *testing.T) {
 	require.NoError(t, err)
 	h.in.cl.Close() // leave the group
 
-	var crashed atomic.Bool
-	first := h.launch(t, func(o *Options) { o.ShutdownTimeout = 100 * time.Millisecond }, func(in *instance) {
-		in.svc.afterHandle = func() {
-			if crashed.Load() {
-				return
-			}
-			// The batch's attempt is recorded and its REFER is on its way;
-			// die once the SBC has it, before ConsumeLoop commits.
-			select {
-			case <-h.sbc.got:
-			case <-time.After(5 * time.Second):
-			}
-			crashed.Store(true)
-			in.cl.Close() // no commit, no graceful drain
+	// Until the next instance is dead, no offset commit reaches the
+	// cluster: it drops the connection each one came on, as if the
+	// process had died before the commit was written.
+	var dropping, crashed atomic.Bool
+	lost := make(chan struct{})
+	var once sync.Once
+	dropRequests(h.cluster.ControlKey, h.cluster.KeepControl, offsetCommitKey, func() bool {
+		if !dropping.Load() {
+			return false
 		}
+		crashed.Store(true)
+		once.Do(func() { close(lost) })
+		return true
 	})
+	dropping.Store(true)
+	first := h.launch(t, func(o *Options) { o.ShutdownTimeout = 100 * time.Millisecond })
 	cmd := referCommand(h, "crash")
 	h.command(t, cmd)
+	// The batch's attempt is recorded and its REFER is on its way; die
+	// once the SBC has it and the commit after the batch was lost.
+	h.sbc.next(t)
+	select {
+	case <-lost:
+	case <-time.After(5 * time.Second):
+	}
+	first.cl.Close() // no commit, no graceful drain
 	select {
 	case <-first.done: // Run fails: its client is gone
 	case <-time.After(10 * time.Second):
 		t.Fatal("the crashed instance did not stop")
 	}
 	first.cancel()
+	dropping.Store(false)
 	require.True(t, crashed.Load())
 	require.Equal(t, 1, h.sbc.count(), "the first instance sent the REFER")
 
