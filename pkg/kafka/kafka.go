@@ -14,6 +14,8 @@ import (
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/plugin/kslog"
+
+	"github.com/baton-voice/baton/pkg/config"
 )
 
 // Topics names Baton's topics.
@@ -69,24 +71,24 @@ func DefaultConfig() Config {
 func (c Config) Validate() error {
 	var errs []error
 	if len(c.Brokers) == 0 {
-		errs = append(errs, errors.New("kafka.brokers: at least one broker is required"))
+		errs = append(errs, config.Errorf("kafka.brokers", "at least one broker is required"))
 	}
 	for i, b := range c.Brokers {
 		if b == "" {
-			errs = append(errs, fmt.Errorf("kafka.brokers[%d]: empty address", i))
+			errs = append(errs, config.Errorf(fmt.Sprintf("kafka.brokers[%d]", i), "empty address"))
 		}
 	}
 	if c.Topics.Calls == "" || c.Topics.Handoffs == "" || c.Topics.Transfers == "" {
-		errs = append(errs, errors.New("kafka.topics: calls, handoffs and transfers must all be named"))
+		errs = append(errs, config.Errorf("kafka.topics", "calls, handoffs and transfers must all be named"))
 	}
 	if c.Partitions < 1 {
-		errs = append(errs, fmt.Errorf("kafka.partitions: %d, want at least 1", c.Partitions))
+		errs = append(errs, config.Errorf("kafka.partitions", "%d, want at least 1", c.Partitions))
 	}
 	if c.SessionTimeout < time.Second {
-		errs = append(errs, fmt.Errorf("kafka.session_timeout: %v, want at least 1s", c.SessionTimeout))
+		errs = append(errs, config.Errorf("kafka.session_timeout", "%v, want at least 1s", c.SessionTimeout))
 	}
 	if c.ProduceTimeout <= 0 {
-		errs = append(errs, fmt.Errorf("kafka.produce_timeout: %v, want a positive duration", c.ProduceTimeout))
+		errs = append(errs, config.Errorf("kafka.produce_timeout", "%v, want a positive duration", c.ProduceTimeout))
 	}
 	errs = append(errs, c.validateSecurity()...)
 	return errors.Join(errs...)

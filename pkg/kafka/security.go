@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
-	"errors"
 	"fmt"
 	"os"
 	"strings"
@@ -13,6 +12,8 @@ import (
 	"github.com/twmb/franz-go/pkg/sasl"
 	"github.com/twmb/franz-go/pkg/sasl/plain"
 	"github.com/twmb/franz-go/pkg/sasl/scram"
+
+	"github.com/baton-voice/baton/pkg/config"
 )
 
 // TLS is how a client reaches brokers over TLS.
@@ -57,28 +58,28 @@ func (c Config) validateSecurity() []error {
 			errs = append(errs, err)
 		}
 	} else if c.TLS.CAFile != "" || c.TLS.CertFile != "" || c.TLS.KeyFile != "" || c.TLS.ServerName != "" {
-		errs = append(errs, errors.New("kafka.tls: files or server_name set but enabled is false"))
+		errs = append(errs, config.Errorf("kafka.tls", "files or server_name set but enabled is false"))
 	}
 	switch c.SASL.Mechanism {
 	case "":
 		if c.SASL.Username != "" || c.SASL.PasswordEnv != "" {
-			errs = append(errs, errors.New("kafka.sasl.mechanism: required when username or password_env is set"))
+			errs = append(errs, config.Errorf("kafka.sasl.mechanism", "required when username or password_env is set"))
 		}
 		return errs
 	case SASLPlain, SASLScramSHA256, SASLScramSHA512:
 	default:
-		errs = append(errs, fmt.Errorf("kafka.sasl.mechanism: %q, want %s, %s or %s", c.SASL.Mechanism, SASLPlain, SASLScramSHA256, SASLScramSHA512))
+		errs = append(errs, config.Errorf("kafka.sasl.mechanism", "%q, want %s, %s or %s", c.SASL.Mechanism, SASLPlain, SASLScramSHA256, SASLScramSHA512))
 	}
 	if c.SASL.Username == "" {
-		errs = append(errs, errors.New("kafka.sasl.username: required with a mechanism"))
+		errs = append(errs, config.Errorf("kafka.sasl.username", "required with a mechanism"))
 	}
 	if c.SASL.PasswordEnv == "" {
-		errs = append(errs, errors.New("kafka.sasl.password_env: required with a mechanism (the password never lives in the file)"))
+		errs = append(errs, config.Errorf("kafka.sasl.password_env", "required with a mechanism (the password never lives in the file)"))
 	} else if os.Getenv(c.SASL.PasswordEnv) == "" {
-		errs = append(errs, fmt.Errorf("kafka.sasl.password_env: %s is unset or empty", c.SASL.PasswordEnv))
+		errs = append(errs, config.Errorf("kafka.sasl.password_env", "%s is unset or empty", c.SASL.PasswordEnv))
 	}
 	if c.SASL.Mechanism == SASLPlain && !c.TLS.Enabled {
-		errs = append(errs, errors.New("kafka.sasl.mechanism: PLAIN sends the password in clear; enable kafka.tls"))
+		errs = append(errs, config.Errorf("kafka.sasl.mechanism", "PLAIN sends the password in clear; enable kafka.tls"))
 	}
 	return errs
 }
@@ -89,21 +90,21 @@ func (t TLS) config() (*tls.Config, error) {
 	if t.CAFile != "" {
 		pem, err := os.ReadFile(t.CAFile)
 		if err != nil {
-			return nil, fmt.Errorf("kafka.tls.ca_file: %w", err)
+			return nil, config.Errorf("kafka.tls.ca_file", "%v", err)
 		}
 		pool := x509.NewCertPool()
 		if !pool.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("kafka.tls.ca_file: %s holds no PEM certificate", t.CAFile)
+			return nil, config.Errorf("kafka.tls.ca_file", "%s holds no PEM certificate", t.CAFile)
 		}
 		cfg.RootCAs = pool
 	}
 	if (t.CertFile == "") != (t.KeyFile == "") {
-		return nil, errors.New("kafka.tls.cert_file: cert_file and key_file go together")
+		return nil, config.Errorf("kafka.tls.cert_file", "cert_file and key_file go together")
 	}
 	if t.CertFile != "" {
 		pair, err := tls.LoadX509KeyPair(t.CertFile, t.KeyFile)
 		if err != nil {
-			return nil, fmt.Errorf("kafka.tls.cert_file: %w", err)
+			return nil, config.Errorf("kafka.tls.cert_file", "%v", err)
 		}
 		cfg.Certificates = []tls.Certificate{pair}
 	}

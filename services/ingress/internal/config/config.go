@@ -8,7 +8,6 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/netip"
 	"regexp"
@@ -361,8 +360,8 @@ func (c Config) Validate() error {
 	if err := c.Kafka.Validate(); err != nil {
 		errs = append(errs, err)
 	}
-	if _, err := observability.NewLogger(io.Discard, c.Log, "check"); err != nil {
-		errs = append(errs, config.Errorf("log", "%v", err))
+	if err := c.Log.Validate(); err != nil {
+		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
 }

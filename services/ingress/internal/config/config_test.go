@@ -39,7 +39,7 @@ func TestValidateNamesFields(t *testing.T) {
 		{"rtp host", "rtp: {host: example.com}\n", "rtp.host:"},
 		{"publish timeout", "publish_timeout: 0s\n", "publish_timeout:"},
 		{"kafka", "kafka: {brokers: []}\n", "kafka.brokers"},
-		{"log", "log: {level: loud}\n", "log:"},
+		{"log", "log: {level: loud}\n", "log.level:"},
 		{"unknown key", "listen_addr: x\n", "field listen_addr not found"},
 		{"trunk cidr", "trunks: [{name: a, sources: [10.0.0.0/33]}]\n", "trunks[0].sources[0]:"},
 		{"trunk without sources", "trunks: [{name: a}]\n", "trunks[0].sources:"},

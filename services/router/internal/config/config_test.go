@@ -208,7 +208,7 @@ destinations:
   - name: a
     route: sip:a@example.com
 `,
-			want: []string{`router.yaml: kafka.brokers: at least one broker is required`},
+			want: []string{`router.yaml:2: kafka.brokers: at least one broker is required`},
 		},
 		{
 			name: "unknown field",
