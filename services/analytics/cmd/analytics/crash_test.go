@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -8,37 +9,47 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/ClickHouse/clickhouse-go/v2"
 	"github.com/stretchr/testify/require"
 	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/pkg/kmsg"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/baton-voice/baton/pkg/events"
 	batonv1 "github.com/baton-voice/baton/pkg/events/batonv1"
 	"github.com/baton-voice/baton/pkg/kafka"
-	"github.com/baton-voice/baton/pkg/kafka/kafkatest"
 	"github.com/baton-voice/baton/pkg/logtest"
 	"github.com/baton-voice/baton/services/analytics/internal/chconn"
 )
 
 const crashWait = 90 * time.Second
 
-// The writer dies between an insert and its commit (the crash hook exits
-// the process there, like SIGKILL: no commit, no group leave). Restarted,
-// it reads the uncommitted records again and inserts them again, and every
-// count is still exact.
+// The writer dies between an insert and its commit. The broker holds the
+// writer's second offset commit, which it sends only once that batch's
+// rows are in ClickHouse, and the test SIGKILLs the process while the
+// commit is held: no commit, no group leave. Restarted, it reads the
+// uncommitted records again and inserts them again, and every count is
+// still exact.
 func TestCrashBetweenInsertAndCommit(t *testing.T) {
 	ch := server.Config(t)
 	const calls = 60
 	cfg := kafka.DefaultConfig()
 	cfg.Partitions = 2
-	brokers := kafkatest.NewCluster(t, cfg.Partitions, cfg.Topics.All()...)
+	cluster, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(cfg.Partitions, cfg.Topics.All()...))
+	require.NoError(t, err)
+	t.Cleanup(cluster.Close)
+	brokers := cluster.ListenAddrs()
 	cfg.Brokers = brokers
+	held, release := holdCommit(t, cluster, "crash-test", 2)
 
 	bin := filepath.Join(t.TempDir(), "analytics")
 	build := exec.CommandContext(t.Context(), "go", "build", "-o", bin, ".")
@@ -73,24 +84,35 @@ log:
   level: debug
 `, brokers[0], ch.Addr, ch.Database))
 
-	// First run: exits after its second insert, before that commit.
+	// First run: killed after its second insert, before that commit.
 	first := exec.CommandContext(t.Context(), bin, "--config", path)
-	first.Env = append(os.Environ(), CrashAfterInsertEnv+"=2")
 	var firstLog logtest.Buffer
 	first.Stderr = &firstLog
 	require.NoError(t, first.Start())
 	waitErr := make(chan error, 1)
 	go func() { waitErr <- first.Wait() }()
 	select {
-	case err = <-waitErr:
+	case <-held:
+	case err := <-waitErr:
+		t.Fatalf("the writer exited before its second commit (%v):\n%s", err, firstLog.String())
 	case <-time.After(crashWait):
 		_ = first.Process.Kill()
-		t.Fatalf("the crash hook did not fire:\n%s", firstLog.String())
+		t.Fatalf("the writer did not send a second commit:\n%s", firstLog.String())
 	}
+	require.NoError(t, first.Process.Signal(syscall.SIGKILL))
+	select {
+	case err = <-waitErr:
+	case <-time.After(crashWait):
+		t.Fatalf("the writer did not die of SIGKILL:\n%s", firstLog.String())
+	}
+	release()
 	var exit *exec.ExitError
 	require.ErrorAs(t, err, &exit, firstLog.String())
-	require.Equal(t, exitCrashHook, exit.ExitCode(), firstLog.String())
-	require.Contains(t, firstLog.String(), "test crash hook: exiting after insert, before commit")
+	status, ok := exit.Sys().(syscall.WaitStatus)
+	require.True(t, ok && status.Signaled() && status.Signal() == syscall.SIGKILL,
+		"killed by SIGKILL, not %v:\n%s", exit, firstLog.String())
+	require.Equal(t, 50, batchRecords(t, firstLog.String()),
+		"exactly the first batch was committed before the kill")
 
 	adm := kadm.NewClient(prod)
 	committed := func() int64 {
@@ -114,8 +136,8 @@ log:
 	require.NoError(t, conn.QueryRow(t.Context(), "SELECT count() FROM events").Scan(&raw))
 	require.Equal(t, uint64(100), raw, "two batches of 50 were inserted before the crash")
 
-	// Restart without the hook: it reads from offset 50 on, writes the
-	// second batch again, and goes on to the end.
+	// Restart: it reads from offset 50 on, writes the second batch again,
+	// and goes on to the end.
 	second := exec.CommandContext(t.Context(), bin, "--config", path)
 	var secondLog logtest.Buffer
 	second.Stderr = &secondLog
@@ -168,6 +190,29 @@ log:
 		"SELECT countIf(outcome = 'succeeded'), countIf(outcome = 'failed') FROM handoff_facts").Scan(&succeeded, &failed))
 	require.Equal(t, uint64(calls*2/3), succeeded)
 	require.Equal(t, uint64(calls/3), failed)
+}
+
+// holdCommit makes the broker hold group's nth offset commit; the ones
+// before it go through. held is closed when that commit arrives. After
+// release the commit is dropped unanswered, its connection closed: it
+// commits nothing.
+func holdCommit(t *testing.T, c *kfake.Cluster, group string, nth int32) (held <-chan struct{}, release func()) {
+	t.Helper()
+	heldCh, releaseCh := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	release = func() { once.Do(func() { close(releaseCh) }) }
+	t.Cleanup(release)
+	var commits atomic.Int32
+	c.ControlKey(kmsg.OffsetCommit.Int16(), func(req kmsg.Request) (kmsg.Response, error, bool) {
+		commit, ok := req.(*kmsg.OffsetCommitRequest)
+		if !ok || commit.Group != group || commits.Add(1) < nth {
+			return nil, nil, false
+		}
+		close(heldCh)
+		c.SleepControl(func() { <-releaseCh })
+		return nil, errors.New("offset commit held until its writer was killed"), true
+	})
+	return heldCh, release
 }
 
 // batchRecords sums the records of every "batch written" log line.

@@ -12,8 +12,6 @@ import (
 	"io/fs"
 	"os"
 	"os/signal"
-	"strconv"
-	"sync/atomic"
 	"syscall"
 
 	"github.com/baton-voice/baton/pkg/observability"
@@ -29,15 +27,7 @@ const (
 	exitOK     = 0
 	exitFailed = 1
 	exitConfig = 2
-	// exitCrashHook is the exit code of the crash test's hook.
-	exitCrashHook = 97
 )
-
-// CrashAfterInsertEnv, for tests only: set to N, the process exits with
-// code 97 right after its Nth batch was inserted into ClickHouse and
-// before its offsets are committed, as if it were killed there (no
-// deferred cleanup, no group leave, no commit).
-const CrashAfterInsertEnv = "BATON_ANALYTICS_TEST_CRASH_AFTER_INSERT"
 
 func main() {
 	os.Exit(run(context.Background(), os.Args[1:], os.Stderr, os.Getenv))
@@ -92,16 +82,6 @@ func run(ctx context.Context, args []string, stderr io.Writer, getenv func(strin
 		}
 	}()
 	opts := []writer.Option{writer.WithRegistry(opshttp.NewRegistry()), writer.WithTracer(tracing.Tracer(tp, "analytics"))}
-	if n, err := strconv.Atoi(getenv(CrashAfterInsertEnv)); err == nil && n > 0 {
-		logger.WarnContext(ctx, "test crash hook armed", "env", CrashAfterInsertEnv, "after_inserts", n)
-		var inserts atomic.Int64
-		opts = append(opts, writer.WithAfterInsert(func() {
-			if inserts.Add(1) == int64(n) {
-				logger.WarnContext(ctx, "test crash hook: exiting after insert, before commit")
-				os.Exit(exitCrashHook)
-			}
-		}))
-	}
 	if err := writer.New(cfg, migrations, logger, opts...).Run(ctx); err != nil {
 		logger.ErrorContext(ctx, "analytics stopped", "err", err)
 		return exitFailed
