@@ -17,6 +17,7 @@ import (
 	batonv1 "github.com/baton-voice/baton/pkg/events/batonv1"
 	"github.com/baton-voice/baton/pkg/kafka/kafkatest"
 	"github.com/baton-voice/baton/pkg/logtest"
+	"github.com/baton-voice/baton/pkg/startup"
 )
 
 func TestAPIWithoutTokensExitsWithCode2(t *testing.T) {
@@ -29,7 +30,7 @@ destinations:
     route: sip:support@127.0.0.1:5090
 `)
 	var stderr logtest.Buffer
-	require.Equal(t, exitConfig, run(t.Context(), []string{"--config", path}, &stderr))
+	require.Equal(t, startup.ExitConfig, run(t.Context(), []string{"--config", path}, &stderr))
 	require.Contains(t, stderr.String(), "api.tokens_env: $BATON_TEST_NO_TOKENS holds no token")
 }
 
@@ -122,7 +123,7 @@ destinations:
 	cancel()
 	select {
 	case code := <-exit:
-		require.Equal(t, exitOK, code, "stderr: %s", stderr.String())
+		require.Equal(t, startup.ExitOK, code, "stderr: %s", stderr.String())
 	case <-time.After(20 * time.Second):
 		t.Fatal("router did not stop")
 	}

@@ -6,7 +6,6 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -23,8 +22,8 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/baton-voice/baton/pkg/kafka"
-	"github.com/baton-voice/baton/pkg/observability"
 	"github.com/baton-voice/baton/pkg/opshttp"
+	"github.com/baton-voice/baton/pkg/startup"
 	"github.com/baton-voice/baton/pkg/tracing"
 	"github.com/baton-voice/baton/services/router/internal/api"
 	"github.com/baton-voice/baton/services/router/internal/config"
@@ -32,13 +31,6 @@ import (
 	"github.com/baton-voice/baton/services/router/internal/precall"
 	"github.com/baton-voice/baton/services/router/internal/reload"
 	"github.com/baton-voice/baton/services/router/internal/router"
-)
-
-// Exit codes.
-const (
-	exitOK     = 0
-	exitFailed = 1
-	exitConfig = 2
 )
 
 // ensureTopicsTimeout bounds topic creation at start.
@@ -53,35 +45,28 @@ func main() {
 
 // run is the whole service; it returns the process exit code.
 func run(ctx context.Context, args []string, stderr io.Writer) int {
-	flags := flag.NewFlagSet("router", flag.ContinueOnError)
-	flags.SetOutput(stderr)
-	configPath := flags.String("config", "", "YAML configuration `file` (without it, the defaults)")
-	checkOnly := flags.Bool("check-config", false, "load and validate the configuration, print what is wrong or \"config ok\", and exit (2 when invalid)")
-	if err := flags.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return exitOK
-		}
-		return exitConfig
+	flags, code, done := startup.Parse("router", args, stderr, nil)
+	if done {
+		return code
 	}
 	hostname, err := os.Hostname()
 	if err != nil {
 		hostname = "localhost"
 	}
-	cfg, err := config.Load(*configPath, hostname)
+	cfg, err := config.Load(flags.Config, hostname)
 	if err != nil {
-		return configError(stderr, err)
+		return startup.ConfigError(stderr, "router", err)
 	}
 	table, err := cfg.Table()
 	if err != nil {
-		return configError(stderr, err)
+		return startup.ConfigError(stderr, "router", err)
 	}
-	if *checkOnly {
-		_, _ = fmt.Fprintln(stderr, "config ok")
-		return exitOK
+	if flags.CheckOnly {
+		return startup.Checked(stderr)
 	}
-	logger, err := observability.NewLogger(stderr, cfg.Log, "router")
-	if err != nil {
-		return configError(stderr, err)
+	logger, code, ok := startup.Logger(stderr, "router", cfg.Log)
+	if !ok {
+		return code
 	}
 	var tokens []string
 	if cfg.API.Listen != "" {
@@ -91,35 +76,34 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 			}
 		}
 		if len(tokens) == 0 {
-			return configError(stderr, fmt.Errorf("api.tokens_env: $%s holds no token; the API needs at least one", cfg.API.TokensEnv))
+			return startup.ConfigError(stderr, "router", fmt.Errorf("api.tokens_env: $%s holds no token; the API needs at least one", cfg.API.TokensEnv))
 		}
 	}
 	var preCallHeader http.Header
 	if cfg.PreCall.URL != "" && cfg.PreCall.HeadersEnv != "" {
 		if preCallHeader, err = precall.ParseHeaders(os.Getenv(cfg.PreCall.HeadersEnv)); err != nil {
-			return configError(stderr, fmt.Errorf("precall.headers_env: $%s: %w", cfg.PreCall.HeadersEnv, err))
+			return startup.ConfigError(stderr, "router", fmt.Errorf("precall.headers_env: $%s: %w", cfg.PreCall.HeadersEnv, err))
 		}
 	}
 	for _, w := range cfg.Warnings() {
 		logger.WarnContext(ctx, "config warning", "warning", w)
 	}
-	holder, err := reload.New(table, *configPath, reloader(cfg, hostname, logger), logger)
+	holder, err := reload.New(table, flags.Config, reloader(cfg, hostname, logger), logger)
 	if err != nil {
-		return configError(stderr, err)
+		return startup.ConfigError(stderr, "router", err)
 	}
 
 	// The first SIGINT/SIGTERM stops taking new batches; the one under way
 	// is finished. After it, a second signal kills the process.
-	ctx, stop := signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM)
+	ctx, stop := startup.Signals(ctx)
 	defer stop()
-	context.AfterFunc(ctx, stop)
 
 	fold := handoff.New(holder, logger)
 	reg := opshttp.NewRegistry()
 	tp, shutdownTracing, err := tracing.Setup(ctx, cfg.Tracing, "router")
 	if err != nil {
 		logger.ErrorContext(ctx, "start tracing", "err", err)
-		return exitFailed
+		return startup.ExitFailed
 	}
 	defer func() {
 		if err := shutdownTracing(context.WithoutCancel(ctx)); err != nil {
@@ -134,7 +118,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 		prod, err := kgo.NewClient(kafka.ClientOpts(cfg.Kafka, logger)...)
 		if err != nil {
 			logger.ErrorContext(ctx, "start facts producer", "err", err)
-			return exitFailed
+			return startup.ExitFailed
 		}
 		defer prod.Close() // after every user of it stopped (deferred below)
 		pub = api.NewKafkaPublisher(prod, cfg.Kafka.Topics.Calls, cfg.Kafka.ProduceTimeout)
@@ -155,7 +139,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 	}, fold, logger)
 	if err != nil {
 		logger.ErrorContext(ctx, "start router", "err", err)
-		return exitFailed
+		return startup.ExitFailed
 	}
 	defer rt.Close()
 
@@ -164,10 +148,10 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 	cancel()
 	if err != nil {
 		if ctx.Err() != nil {
-			return exitOK
+			return startup.ExitOK
 		}
 		logger.ErrorContext(ctx, "ensure topics", "err", err)
-		return exitFailed
+		return startup.ExitFailed
 	}
 
 	var wg sync.WaitGroup
@@ -175,7 +159,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 	if cfg.API.Listen != "" {
 		if err := serveAPI(ctx, &wg, cfg, fold, holder, pub, tokens, api.NewMetrics(reg), logger); err != nil {
 			logger.ErrorContext(ctx, "start agent API", "err", err)
-			return exitFailed
+			return startup.ExitFailed
 		}
 	}
 	if fetcher != nil {
@@ -184,7 +168,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 	if err := serveOps(ctx, &wg, cfg.Metrics.Listen, reg, rt, cfg.Group, logger); err != nil {
 		logger.ErrorContext(ctx, "start metrics server", "err", err)
 		stop()
-		return exitFailed
+		return startup.ExitFailed
 	}
 
 	// SIGHUP and file changes reload the destinations and rules.
@@ -198,10 +182,10 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 	if err := rt.Run(ctx); err != nil {
 		logger.ErrorContext(ctx, "router stopped", "err", err)
 		stop()
-		return exitFailed
+		return startup.ExitFailed
 	}
 	logger.InfoContext(ctx, "router stopped")
-	return exitOK
+	return startup.ExitOK
 }
 
 // apiShutdownTimeout bounds the agent API's graceful shutdown.
@@ -257,10 +241,4 @@ func reloader(started config.Config, hostname string, logger *slog.Logger) reloa
 		}
 		return table, cfg.Warnings(), nil
 	}
-}
-
-// configError reports a configuration problem before the logger exists.
-func configError(stderr io.Writer, err error) int {
-	_, _ = fmt.Fprintf(stderr, "router: %v\n", err)
-	return exitConfig
 }

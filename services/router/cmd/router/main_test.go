@@ -19,6 +19,7 @@ import (
 	batonv1 "github.com/baton-voice/baton/pkg/events/batonv1"
 	"github.com/baton-voice/baton/pkg/kafka/kafkatest"
 	"github.com/baton-voice/baton/pkg/logtest"
+	"github.com/baton-voice/baton/pkg/startup"
 )
 
 // childEnv, when set, makes the test binary run the router itself (with
@@ -95,7 +96,7 @@ func TestBadConfigStopsTheServiceWithExitCode2(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			var stderr logtest.Buffer
 			code := run(t.Context(), tc.args(t), &stderr)
-			require.Equal(t, exitConfig, code)
+			require.Equal(t, startup.ExitConfig, code)
 			for _, w := range tc.want {
 				require.Contains(t, stderr.String(), w)
 			}
@@ -105,7 +106,7 @@ func TestBadConfigStopsTheServiceWithExitCode2(t *testing.T) {
 
 func TestHelpExitsZero(t *testing.T) {
 	var stderr logtest.Buffer
-	require.Equal(t, exitOK, run(t.Context(), []string{"--help"}, &stderr))
+	require.Equal(t, startup.ExitOK, run(t.Context(), []string{"--help"}, &stderr))
 	require.Contains(t, stderr.String(), "-config file")
 }
 
@@ -188,7 +189,7 @@ func TestExampleConfigHandsOffEveryCall(t *testing.T) {
 	cancel()
 	select {
 	case code := <-exit:
-		require.Equal(t, exitOK, code, "stderr: %s", stderr.String())
+		require.Equal(t, startup.ExitOK, code, "stderr: %s", stderr.String())
 	case <-time.After(20 * time.Second):
 		t.Fatal("router did not stop")
 	}

@@ -29,6 +29,7 @@ import (
 	batonv1 "github.com/baton-voice/baton/pkg/events/batonv1"
 	"github.com/baton-voice/baton/pkg/kafka/kafkatest"
 	"github.com/baton-voice/baton/pkg/logtest"
+	"github.com/baton-voice/baton/pkg/startup"
 )
 
 // pipeline is the router (this package's run, with its agent API and
@@ -94,7 +95,7 @@ reload:
 		cancel()
 		select {
 		case code := <-exit:
-			if code != exitOK {
+			if code != startup.ExitOK {
 				t.Errorf("router exited %d: %s", code, stderr.String())
 			}
 		case <-time.After(30 * time.Second):

@@ -15,6 +15,7 @@ import (
 
 	"github.com/baton-voice/baton/pkg/events"
 	"github.com/baton-voice/baton/pkg/observability"
+	"github.com/baton-voice/baton/pkg/startup"
 	"github.com/baton-voice/baton/services/router/internal/config"
 	"github.com/baton-voice/baton/services/router/internal/handoff"
 	"github.com/baton-voice/baton/services/router/internal/router"
@@ -42,13 +43,13 @@ func replay(ctx context.Context, args []string, stdin io.Reader, stdout, stderr 
 	configPath := flags.String("config", "", "YAML configuration `file` (without it, the defaults)")
 	if err := flags.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
-			return exitOK
+			return startup.ExitOK
 		}
-		return exitConfig
+		return startup.ExitConfig
 	}
 	if flags.NArg() > 0 {
 		fmt.Fprintf(stderr, "router replay: unexpected argument %q\n", flags.Arg(0))
-		return exitConfig
+		return startup.ExitConfig
 	}
 	hostname, err := os.Hostname()
 	if err != nil {
@@ -56,15 +57,15 @@ func replay(ctx context.Context, args []string, stdin io.Reader, stdout, stderr 
 	}
 	cfg, err := config.Load(*configPath, hostname)
 	if err != nil {
-		return configError(stderr, err)
+		return startup.ConfigError(stderr, "router", err)
 	}
 	table, err := cfg.Table()
 	if err != nil {
-		return configError(stderr, err)
+		return startup.ConfigError(stderr, "router", err)
 	}
 	logger, err := observability.NewLogger(stderr, cfg.Log, "router")
 	if err != nil {
-		return configError(stderr, err)
+		return startup.ConfigError(stderr, "router", err)
 	}
 	for _, w := range cfg.Warnings() {
 		logger.WarnContext(ctx, "config warning", "warning", w)
@@ -73,14 +74,14 @@ func replay(ctx context.Context, args []string, stdin io.Reader, stdout, stderr 
 	in, err := readReplayInput(stdin)
 	if err != nil {
 		fmt.Fprintf(stderr, "router replay: %v\n", err)
-		return exitFailed
+		return startup.ExitFailed
 	}
 	out := router.Decide(ctx, handoff.New(table, logger), cfg.Kafka.Topics.Handoffs, in, logger)
 	if err := writeReplayOutput(stdout, out); err != nil {
 		fmt.Fprintf(stderr, "router replay: %v\n", err)
-		return exitFailed
+		return startup.ExitFailed
 	}
-	return exitOK
+	return startup.ExitOK
 }
 
 // readReplayInput reads the NDJSON records and returns the router's inputs

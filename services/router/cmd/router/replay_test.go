@@ -20,6 +20,7 @@ import (
 	"github.com/baton-voice/baton/pkg/kafka"
 	"github.com/baton-voice/baton/pkg/kafka/kafkatest"
 	"github.com/baton-voice/baton/pkg/logtest"
+	"github.com/baton-voice/baton/pkg/startup"
 )
 
 // replayDestinations is the live router's configuration below the kafka
@@ -84,7 +85,7 @@ func recordLive(t *testing.T) (log []*kgo.Record, configPath string, brokers []s
 		cancel()
 		select {
 		case code := <-exit:
-			require.Equal(t, exitOK, code, "stderr: %s", stderr.String())
+			require.Equal(t, startup.ExitOK, code, "stderr: %s", stderr.String())
 		case <-time.After(20 * time.Second):
 			t.Fatal("router did not stop")
 		}
@@ -216,7 +217,7 @@ func TestReplayModeReDecidesARecordedLog(t *testing.T) {
 		t.Helper()
 		var out, stderr bytes.Buffer
 		code := replay(t.Context(), []string{"--config", path}, writeExport(t, log), &out, &stderr)
-		require.Equal(t, exitOK, code, "stderr: %s", stderr.String())
+		require.Equal(t, startup.ExitOK, code, "stderr: %s", stderr.String())
 		return readDecisions(t, &out)
 	}
 
@@ -267,18 +268,18 @@ func TestReplayModeRejectsBadInput(t *testing.T) {
 		code  int
 		want  string
 	}{
-		{name: "not NDJSON", args: []string{"--config", path}, input: "{\"topic\":\"baton.calls\"}\nnot json\n", code: exitFailed, want: "line 2"},
-		{name: "not an export", args: []string{"--config", path}, input: "{\"key\":\"x\"}\n", code: exitFailed, want: "not a baton export"},
-		{name: "bad config", args: []string{"--config", writeConfig(t, "destinations: []\n")}, code: exitConfig, want: "at least one destination"},
-		{name: "stray argument", args: []string{"--config", path, "extra"}, code: exitConfig, want: `unexpected argument "extra"`},
-		{name: "empty input decides nothing", args: []string{"--config", path}, code: exitOK},
+		{name: "not NDJSON", args: []string{"--config", path}, input: "{\"topic\":\"baton.calls\"}\nnot json\n", code: startup.ExitFailed, want: "line 2"},
+		{name: "not an export", args: []string{"--config", path}, input: "{\"key\":\"x\"}\n", code: startup.ExitFailed, want: "not a baton export"},
+		{name: "bad config", args: []string{"--config", writeConfig(t, "destinations: []\n")}, code: startup.ExitConfig, want: "at least one destination"},
+		{name: "stray argument", args: []string{"--config", path, "extra"}, code: startup.ExitConfig, want: `unexpected argument "extra"`},
+		{name: "empty input decides nothing", args: []string{"--config", path}, code: startup.ExitOK},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var out, stderr bytes.Buffer
 			code := replay(t.Context(), tc.args, strings.NewReader(tc.input), &out, &stderr)
 			require.Equal(t, tc.code, code, "stderr: %s", stderr.String())
 			require.Contains(t, stderr.String(), tc.want)
-			if tc.code != exitOK || tc.want == "" {
+			if tc.code != startup.ExitOK || tc.want == "" {
 				require.Empty(t, out.String())
 			}
 		})
