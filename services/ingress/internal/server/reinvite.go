@@ -92,7 +92,7 @@ func (s *Server) onReInvite(ctx context.Context, c *call, req *sip.Request, tx s
 		// Queued before the 200 so that whatever the far end does next
 		// is published after it.
 		log.InfoContext(ctx, "re-invite answered", "direction", answer.Direction, "codec", answer.Codec.Name, "remote_rtp", answer.RemoteAddr)
-		s.publishAsync(ctx, c.id, callUpdated(c.id, cseq, answer, local, body))
+		s.pub.publishAsync(ctx, c.id, callUpdated(c.id, cseq, answer, local, body))
 	}
 	res := sip.NewResponseFromRequest(req, sip.StatusOK, "OK", local)
 	res.AppendHeader(sip.NewHeader("Contact", s.contactFor(req)))
@@ -120,7 +120,7 @@ func (s *Server) onReInvite(ctx context.Context, c *call, req *sip.Request, tx s
 	c.mu.Unlock()
 	c.applyMedia(answer, time.Now())
 	log.InfoContext(ctx, "re-invite answered in ack", "direction", answer.Direction, "codec", answer.Codec.Name, "remote_rtp", answer.RemoteAddr)
-	s.publishAsync(ctx, c.id, callUpdated(c.id, cseq, answer, local, ack.Body()))
+	s.pub.publishAsync(ctx, c.id, callUpdated(c.id, cseq, answer, local, ack.Body()))
 }
 
 // awaitReinviteAck retransmits the 200 until the ACK with the re-INVITE's
@@ -182,7 +182,7 @@ func mediaOf(a sdp.Answer) (rtp.Media, netip.AddrPort, bool) {
 // onRTPDigit publishes the RFC 4733 digits of a call.
 func (s *Server) onRTPDigit(ctx context.Context, callID string) func(rtp.DTMF) {
 	return func(d rtp.DTMF) {
-		s.publishAsync(ctx, callID, &batonv1.DtmfReceived{CallId: callID, Digit: d.Digit, DurationMs: d.DurationMS, Source: "rfc4733"})
+		s.pub.publishAsync(ctx, callID, &batonv1.DtmfReceived{CallId: callID, Digit: d.Digit, DurationMs: d.DurationMS, Source: "rfc4733"})
 	}
 }
 

@@ -15,7 +15,6 @@ import (
 	"github.com/baton-voice/baton/pkg/events"
 	"github.com/baton-voice/baton/pkg/events/batonv1"
 	"github.com/baton-voice/baton/pkg/kafka"
-	"github.com/baton-voice/baton/pkg/tracing"
 )
 
 // reasonIngressRestart is the CallEnded reason of a call that an earlier
@@ -95,7 +94,7 @@ func (s *Server) EndOrphans(ctx context.Context, since time.Time) (int, error) {
 			Reason:   reasonIngressRestart,
 			Duration: durationpb.New(time.Since(started)),
 		}
-		if err := s.publish(ctx, id, msg); err != nil {
+		if err := s.pub.publish(ctx, id, msg); err != nil {
 			errs = append(errs, err)
 			continue
 		}
@@ -190,52 +189,4 @@ func readTopic(ctx context.Context, cfg kafka.Config, logger *slog.Logger, topic
 		})
 	}
 	return nil
-}
-
-// endedRetryPause is the wait before a CallEnded that Kafka refused is
-// produced again.
-const endedRetryPause = 500 * time.Millisecond
-
-// publishEnded publishes a call's CallEnded like publish, and when Kafka
-// does not take it within publish_timeout (the broker is down or
-// restarting) keeps producing the same record in the background until
-// Kafka takes it or the client closes (shutdown flushes it first): the far
-// end was told the call is over, so the fact must not be dropped. A record
-// franz-go fails was never written (it fails only records no request
-// carried), so producing it again makes no duplicate.
-func (s *Server) publishEnded(ctx context.Context, callID string, msg *batonv1.CallEnded) {
-	ev, err := events.New(Source, callID, msg, time.Now())
-	if err != nil {
-		s.log.ErrorContext(ctx, "publish call ended", "call_id", callID, "err", err)
-		return
-	}
-	ev.TraceParent = tracing.Inject(ctx)
-	rec, err := events.Encode(s.cfg.Kafka.Topics.Calls, ev)
-	if err != nil {
-		s.log.ErrorContext(ctx, "publish call ended", "call_id", callID, "err", err)
-		return
-	}
-	syncCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.PublishTimeout)
-	err = s.cl.ProduceSync(syncCtx, rec).FirstErr()
-	cancel()
-	if err == nil {
-		return
-	}
-	s.log.WarnContext(ctx, "publish call ended; retrying in the background", "call_id", callID, "event_id", ev.ID, "err", err)
-	s.produceUntilTaken(context.WithoutCancel(ctx), rec, callID)
-}
-
-// produceUntilTaken produces rec and produces it again, after a pause,
-// every time it fails, until it is written or the client is closed.
-func (s *Server) produceUntilTaken(ctx context.Context, rec *kgo.Record, callID string) {
-	s.cl.Produce(ctx, rec, func(r *kgo.Record, err error) {
-		switch {
-		case err == nil:
-			s.log.InfoContext(ctx, "call ended published after a retry", "call_id", callID)
-		case errors.Is(err, kgo.ErrClientClosed):
-			s.log.ErrorContext(ctx, "publish call ended: client closed; the next start ends the call", "call_id", callID, "err", err)
-		default:
-			time.AfterFunc(endedRetryPause, func() { s.produceUntilTaken(ctx, r, callID) })
-		}
-	})
 }

@@ -24,14 +24,11 @@ import (
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/trace"
 	"go.opentelemetry.io/otel/trace/noop"
-	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/baton-voice/baton/pkg/connguard"
-	"github.com/baton-voice/baton/pkg/events"
 	"github.com/baton-voice/baton/pkg/events/batonv1"
 	"github.com/baton-voice/baton/pkg/sipx"
-	"github.com/baton-voice/baton/pkg/tracing"
 	"github.com/baton-voice/baton/services/ingress/internal/audio"
 	"github.com/baton-voice/baton/services/ingress/internal/config"
 	"github.com/baton-voice/baton/services/ingress/internal/headers"
@@ -50,8 +47,8 @@ const allow = "INVITE, ACK, BYE, CANCEL, NOTIFY, OPTIONS, INFO"
 // Server is the SIP edge. Build it with Listen, run it with Serve.
 type Server struct {
 	cfg          config.Config
-	cl           *kgo.Client
 	log          *slog.Logger
+	pub          *publisher // the calls topic
 	tracer       trace.Tracer
 	ua           *sipgo.UserAgent
 	sip          *sipgo.Server
@@ -103,8 +100,9 @@ func WithTracer(t trace.Tracer) Option {
 // Listen binds the SIP sockets (so their addresses are known before Serve)
 // and prepares the server. cl publishes to cfg.Kafka.Topics.Calls.
 func Listen(cfg config.Config, cl *kgo.Client, logger *slog.Logger, opts ...Option) (*Server, error) {
-	s := &Server{cfg: cfg, cl: cl, log: logger, contacts: map[string]string{}, drained: make(chan struct{}, 1),
+	s := &Server{cfg: cfg, log: logger, contacts: map[string]string{}, drained: make(chan struct{}, 1),
 		tracer: noop.NewTracerProvider().Tracer(""), t1: sip.T1}
+	s.pub = &publisher{cl: cl, topic: cfg.Kafka.Topics.Calls, timeout: cfg.PublishTimeout, log: logger}
 	for _, o := range opts {
 		o(s)
 	}
@@ -645,7 +643,7 @@ func (s *Server) onInvite(ctx context.Context, req *sip.Request, tx sip.ServerTr
 		s.reply(req, tx, sip.StatusLoopDetected, "Loop Detected")
 		return
 	}
-	if err := s.publish(ctx, callID, facts.started); err != nil {
+	if err := s.pub.publish(ctx, callID, facts.started); err != nil {
 		s.remove(c)
 		closeMedia()
 		log.ErrorContext(ctx, "call refused: publish call started", "err", err)
@@ -764,7 +762,7 @@ func (s *Server) ended(ctx context.Context, c *call, by batonv1.Party, method si
 			Packets: st.Packets, Bytes: st.Bytes, Lost: st.Lost, JitterMs: st.JitterMS, Codec: codec,
 		},
 	}
-	s.publishEnded(ctx, c.id, ended) // restart.go: retried until Kafka takes it
+	s.pub.publishEnded(ctx, c.id, ended) // retried until Kafka takes it
 }
 
 func (s *Server) onAck(req *sip.Request, _ sip.ServerTransaction) {
@@ -827,7 +825,7 @@ func (s *Server) onNotify(ctx context.Context, req *sip.Request, tx sip.ServerTr
 			s.log.WarnContext(ctx, "notify body", "call_id", c.id, "err", err)
 		}
 	}
-	if err := s.publish(ctx, c.id, n); err != nil {
+	if err := s.pub.publish(ctx, c.id, n); err != nil {
 		s.log.ErrorContext(ctx, "publish notify", "call_id", c.id, "err", err)
 		s.reply(req, tx, sip.StatusServiceUnavailable, "Service Unavailable", sip.NewHeader("Retry-After", s.retryAfter))
 		return
@@ -862,7 +860,7 @@ func (s *Server) onInfo(ctx context.Context, req *sip.Request, tx sip.ServerTran
 		return
 	}
 	// Queued before the answer, so it precedes what the far end does next.
-	s.publishAsync(ctx, c.id, &batonv1.DtmfReceived{CallId: c.id, Digit: d.Digit, DurationMs: d.DurationMS, Source: "info"})
+	s.pub.publishAsync(ctx, c.id, &batonv1.DtmfReceived{CallId: c.id, Digit: d.Digit, DurationMs: d.DurationMS, Source: "info"})
 	s.reply(req, tx, sip.StatusOK, "OK")
 }
 
@@ -904,51 +902,8 @@ func (s *Server) reply(req *sip.Request, tx sip.ServerTransaction, code int, rea
 	}
 }
 
-// publish writes msg about callID to the calls topic and waits, at most
-// publish_timeout, until Kafka has it. It outlives ctx's cancellation so a
-// request in flight at shutdown still finishes.
-func (s *Server) publish(ctx context.Context, callID string, msg proto.Message) error {
-	ev, err := events.New(Source, callID, msg, time.Now())
-	if err != nil {
-		return fmt.Errorf("publish call %s: %w", callID, err)
-	}
-	ev.TraceParent = tracing.Inject(ctx)
-	rec, err := events.Encode(s.cfg.Kafka.Topics.Calls, ev)
-	if err != nil {
-		return fmt.Errorf("publish call %s: %w", callID, err)
-	}
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.PublishTimeout)
-	defer cancel()
-	if err := s.cl.ProduceSync(ctx, rec).FirstErr(); err != nil {
-		return fmt.Errorf("publish %s for call %s: %w", ev.Type, callID, err)
-	}
-	return nil
-}
-
 // mediaType is the type/subtype of a Content-Type value, without parameters.
 func mediaType(v string) string {
 	t, _, _ := strings.Cut(v, ";")
 	return strings.TrimSpace(t)
-}
-
-// publishAsync writes msg about callID to the calls topic without waiting;
-// the producer keeps the order per call, failures are logged, and shutdown
-// flushes what is buffered. Facts nothing waits on go this way.
-func (s *Server) publishAsync(ctx context.Context, callID string, msg proto.Message) {
-	ev, err := events.New(Source, callID, msg, time.Now())
-	if err != nil {
-		s.log.ErrorContext(ctx, "publish", "call_id", callID, "err", err)
-		return
-	}
-	ev.TraceParent = tracing.Inject(ctx)
-	rec, err := events.Encode(s.cfg.Kafka.Topics.Calls, ev)
-	if err != nil {
-		s.log.ErrorContext(ctx, "publish", "call_id", callID, "err", err)
-		return
-	}
-	s.cl.Produce(context.WithoutCancel(ctx), rec, func(_ *kgo.Record, err error) {
-		if err != nil {
-			s.log.Error("publish", "call_id", callID, "type", ev.Type, "err", err)
-		}
-	})
 }
