@@ -201,7 +201,7 @@ func serveAPI(ctx context.Context, wg *sync.WaitGroup, cfg config.Config, fold *
 	}
 	// Read, write, idle and header limits: a tokenless client cannot
 	// hold a connection by sending slowly or not at all.
-	srv := opshttp.NewHTTPServer(api.New(fold, tables, pub, tokens, logger, time.Now, api.WithMetrics(metrics)), opshttp.DefaultLimits())
+	srv := opshttp.NewHTTPServer(api.New(fold, tables, pub, tokens, logger, time.Now, metrics), opshttp.DefaultLimits())
 	srv.ErrorLog = slog.NewLogLogger(logger.Handler(), slog.LevelWarn)
 	wg.Go(func() {
 		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {

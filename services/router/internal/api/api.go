@@ -134,21 +134,13 @@ const (
 	opMetrics = "metrics"
 )
 
-// Option configures a Server.
-type Option func(*Server)
-
-// WithMetrics counts the API's rejections in m.
-func WithMetrics(m *Metrics) Option { return func(s *Server) { s.metrics = m } }
-
 // New returns the API. tokens are the accepted bearer tokens (from the
-// environment); now stamps the events it publishes.
+// environment); now stamps the events it publishes; metrics, when not nil,
+// counts the API's rejections.
 func New(calls Calls, tables handoff.Source, pub Publisher, tokens []string, logger *slog.Logger, now func() time.Time,
-	opts ...Option) *Server {
-	s := &Server{calls: calls, tables: tables, pub: pub, logger: logger, now: now,
+	metrics *Metrics) *Server {
+	s := &Server{calls: calls, tables: tables, pub: pub, logger: logger, now: now, metrics: metrics,
 		mux: http.NewServeMux(), paths: http.NewServeMux()}
-	for _, o := range opts {
-		o(s)
-	}
 	for _, t := range tokens {
 		if t = strings.TrimSpace(t); t != "" {
 			s.tokens = append(s.tokens, []byte(t))

@@ -90,7 +90,7 @@ func newFixture(t *testing.T) *fixture {
 	fold := handoff.New(table, logger)
 	pub := &foldPublisher{fold: fold}
 	metrics := NewMetrics(prometheus.NewRegistry())
-	a := New(fold, table, pub, []string{"tok-1", " tok-2 ", ""}, logger, func() time.Time { return at }, WithMetrics(metrics))
+	a := New(fold, table, pub, []string{"tok-1", " tok-2 ", ""}, logger, func() time.Time { return at }, metrics)
 	srv := httptest.NewServer(a)
 	t.Cleanup(srv.Close)
 

@@ -155,5 +155,5 @@ func newFuzzFixture(t *testing.T, table *handoff.Table) *fixture {
 	fold.Apply(t.Context(), ev)
 	fold.Commit()
 	pub := &foldPublisher{fold: fold}
-	return &fixture{api: New(fold, table, pub, []string{"tok-1"}, logger, func() time.Time { return at }), pub: pub, fold: fold}
+	return &fixture{api: New(fold, table, pub, []string{"tok-1"}, logger, func() time.Time { return at }, nil), pub: pub, fold: fold}
 }

@@ -180,7 +180,8 @@ func TestReliabilitySecurityAgentState(t *testing.T) {
 	// The agent API as the router's main serves it.
 	apiMetrics := api.NewMetrics(reg)
 	srv := opshttp.NewHTTPServer(api.New(fold, h.table, api.NewKafkaPublisher(h.prod, h.kcfg.Topics.Calls, h.kcfg.ProduceTimeout),
-		[]string{token}, h.logger, time.Now, api.WithMetrics(apiMetrics)), opshttp.DefaultLimits())
+		[]string{token}, h.logger, time.Now, apiMetrics),
+		opshttp.DefaultLimits())
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
 	served := make(chan error, 1)

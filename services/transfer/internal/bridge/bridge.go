@@ -139,7 +139,7 @@ type Leg struct {
 func New(ports *Ports) (*Bridge, error) {
 	b := &Bridge{done: make(chan struct{}), cname: newCNAME(), pump: ports.Pump}
 	if b.pump == nil {
-		p, err := pump.New(1)
+		p, err := pump.New(1, pump.DefaultLinger)
 		if err != nil {
 			return nil, err
 		}

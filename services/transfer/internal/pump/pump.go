@@ -90,19 +90,11 @@ type registration struct {
 	h Handler
 }
 
-// Option configures New.
-type Option func(*Pump)
-
-// WithLinger sets the pause between a worker's passes over ready sockets
-// while many keep coming (DefaultLinger; 0: none).
-func WithLinger(d time.Duration) Option { return func(p *Pump) { p.linger = max(d, 0) } }
-
-// New starts a pump with n workers (at least 1).
-func New(n int, opts ...Option) (*Pump, error) {
-	p := &Pump{linger: DefaultLinger}
-	for _, o := range opts {
-		o(p)
-	}
+// New starts a pump with n workers (at least 1), each pausing linger
+// between its passes over ready sockets while many keep coming
+// (DefaultLinger is the measured choice; 0: no pause).
+func New(n int, linger time.Duration) (*Pump, error) {
+	p := &Pump{linger: max(linger, 0)}
 	for range max(n, 1) {
 		w, err := newWorker()
 		if err != nil {

@@ -35,7 +35,7 @@ func TestPumpReadsAndWrites(t *testing.T) {
 			defer func() { require.NoError(t, peer.Close()) }()
 			peerAddr := peer.LocalAddr().(*net.UDPAddr).AddrPort()
 
-			p, err := New(2)
+			p, err := New(2, DefaultLinger)
 			require.NoError(t, err)
 			var mu sync.Mutex
 			received := map[int][]got{}

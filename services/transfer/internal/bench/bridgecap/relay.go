@@ -177,7 +177,7 @@ func serve(name string, n int, o relayOptions) error {
 	// The bridges share one pump, a worker per core, as in the service.
 	ports := &bridge.Ports{Host: loopback}
 	if c.relay == "bridge" {
-		if ports.Pump, err = pump.New(runtime.GOMAXPROCS(0), pump.WithLinger(o.linger)); err != nil {
+		if ports.Pump, err = pump.New(runtime.GOMAXPROCS(0), o.linger); err != nil {
 			return err
 		}
 		defer func() { _ = ports.Pump.Close() }() // after the relays
