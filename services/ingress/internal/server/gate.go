@@ -108,7 +108,7 @@ func (s *Server) filter(p sip.TransportReadProps, data []byte) ([]byte, error) {
 	r := sipcheck.Check(data, s.policy)
 	switch {
 	case r.Response && r.OK():
-		if s.awaitsAnswer(r.Branch) {
+		if s.byes.awaitsAnswer(r.Branch) {
 			return data, nil // the answer to a BYE ingress sent
 		}
 		s.stats.StrayResponses.Add(1)

@@ -21,7 +21,7 @@ import (
 // withT1 shortens the T1 of the 2xx retransmission (and so the 64*T1
 // after which an unacknowledged call is ended) for one server.
 func withT1(d time.Duration) Option {
-	return func(s *Server) { s.t1 = d }
+	return func(s *Server) { s.env.t1 = d }
 }
 
 // sipIn is one SIP message the SBC received, with when and from where.
@@ -77,7 +77,7 @@ func (r *rawSBC) awaitBye(t *testing.T, wait time.Duration) (*sip.Request, []tim
 
 func byesInFlight(s *Server) int {
 	n := 0
-	s.byes.Range(func(any, any) bool { n++; return true })
+	s.byes.branches.Range(func(any, any) bool { n++; return true })
 	return n
 }
 

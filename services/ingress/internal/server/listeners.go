@@ -150,6 +150,22 @@ func (s *Server) udpConn(a net.Addr) *net.UDPConn {
 	return nil
 }
 
+// udpFor is the UDP listener req most likely came to: the first of its
+// source's address family, else the first; nil for TCP and TLS.
+func (s *Server) udpFor(req *sip.Request) *net.UDPConn {
+	if req.Transport() != "UDP" || len(s.udp) == 0 {
+		return nil
+	}
+	if src, err := netip.ParseAddrPort(req.Source()); err == nil {
+		for _, c := range s.udp {
+			if family(addrPort(c.LocalAddr()).Addr()) == family(src.Addr()) {
+				return c
+			}
+		}
+	}
+	return s.udp[0]
+}
+
 // checkStream validates a request that came over TCP or TLS, where the
 // read filter sees stream chunks rather than messages and so cannot run
 // the validator before sipgo parses. It runs sipcheck on the request as
@@ -170,7 +186,7 @@ func (s *Server) checkStream(req *sip.Request, tx sip.ServerTransaction) bool {
 		s.stats.Invalid.Add(1)
 		s.rejectLog.log(s.log, "sip request refused", "source", req.Source(), "status", r.Status, "reason", r.Detail, "call_id", r.CallID)
 		if req.Method != sip.ACK {
-			s.reply(req, tx, r.Status, r.Reason, extraHeaders(r.Extra)...)
+			reply(s.log, req, tx, r.Status, r.Reason, extraHeaders(r.Extra)...)
 		}
 		return false
 	}
@@ -181,7 +197,7 @@ func (s *Server) checkStream(req *sip.Request, tx sip.ServerTransaction) bool {
 			return false
 		}
 		if refused := s.admitInvite(r, trunk, sourceAddr(req), true); refused.Status != 0 {
-			s.reply(req, tx, refused.Status, refused.Reason, extraHeaders(refused.Extra)...)
+			reply(s.log, req, tx, refused.Status, refused.Reason, extraHeaders(refused.Extra)...)
 			return false
 		}
 	}

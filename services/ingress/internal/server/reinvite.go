@@ -2,10 +2,7 @@ package server
 
 import (
 	"context"
-	"errors"
 	"net/netip"
-	"strconv"
-	"strings"
 	"time"
 
 	"github.com/emiago/sipgo/sip"
@@ -15,39 +12,48 @@ import (
 	"github.com/baton-voice/baton/services/ingress/internal/sdp"
 )
 
+// reinvite is a re-INVITE whose 200 OK waits for the ACK; the ACK carries
+// the answer when ingress made the offer.
+type reinvite struct {
+	cseq uint32
+	acks chan *sip.Request
+	done chan struct{} // closed when the re-INVITE is through
+}
+
 // onReInvite answers a re-INVITE in an answered dialog (hold, resume, new
 // media address or codec). An offer in the request is answered in the 200
 // with the mirrored direction; a request without SDP gets ingress's offer
 // in the 200 and the answer is read from the ACK (RFC 3261 14.2, RFC 3264).
 // An offer with no codec ingress speaks gets 488 and changes nothing: the
 // call stays up as it was. Ingress only answers; it never re-INVITEs.
-func (s *Server) onReInvite(ctx context.Context, c *call, req *sip.Request, tx sip.ServerTransaction) {
-	log := s.log.With("call_id", c.id)
+// contact is the Contact of the 200.
+func (c *inboundCall) onReInvite(ctx context.Context, req *sip.Request, tx sip.ServerTransaction, contact string) {
+	log := c.env.log.With("call_id", c.id)
 	cseq := req.CSeq().SeqNo
 	ri := &reinvite{cseq: cseq, acks: make(chan *sip.Request, 1), done: make(chan struct{})}
 
 	// The ACK of the last re-INVITE may be on its way through another
 	// goroutine; give it a moment before calling the request pending.
-	awaitReinvite(c)
+	c.awaitReinvite()
 	c.mu.Lock()
 	switch {
 	case c.state == statePending:
 		c.mu.Unlock()
 		// The first INVITE has no final answer yet (RFC 3261 14.2).
-		s.reply(req, tx, sip.StatusInternalServerError, "Server Internal Error", sip.NewHeader("Retry-After", "1"))
+		reply(c.env.log, req, tx, sip.StatusInternalServerError, "Server Internal Error", sip.NewHeader("Retry-After", "1"))
 		return
 	case cseq <= c.remoteCSeq:
 		c.mu.Unlock()
-		s.reply(req, tx, sip.StatusInternalServerError, "Server Internal Error") // out of order, 12.2.2
+		reply(c.env.log, req, tx, sip.StatusInternalServerError, "Server Internal Error") // out of order, 12.2.2
 		return
 	case c.reinvite != nil:
 		c.mu.Unlock()
 		// An offer/answer is still open: the ACK of the last one is due.
-		s.reply(req, tx, sip.StatusRequestPending, "Request Pending")
+		reply(c.env.log, req, tx, sip.StatusRequestPending, "Request Pending")
 		return
 	}
 	c.remoteCSeq = cseq
-	params := sdp.Params{Host: s.cfg.ContactHost(), Port: c.media.Port(), SessionID: c.sdpSession, Version: c.sdpVersion + 1}
+	params := sdp.Params{Host: c.env.sdpHost, Port: c.media.Port(), SessionID: c.sdpSession, Version: c.sdpVersion + 1}
 	c.mu.Unlock()
 
 	body := req.Body()
@@ -60,7 +66,7 @@ func (s *Server) onReInvite(ctx context.Context, c *call, req *sip.Request, tx s
 		answer, err = sdp.Negotiate(body, params)
 		if err != nil {
 			log.InfoContext(ctx, "re-invite offer refused", "err", err)
-			s.reply(req, tx, sip.StatusNotAcceptableHere, "Not Acceptable Here")
+			reply(c.env.log, req, tx, sip.StatusNotAcceptableHere, "Not Acceptable Here")
 			return
 		}
 		local = answer.SDP
@@ -92,10 +98,10 @@ func (s *Server) onReInvite(ctx context.Context, c *call, req *sip.Request, tx s
 		// Queued before the 200 so that whatever the far end does next
 		// is published after it.
 		log.InfoContext(ctx, "re-invite answered", "direction", answer.Direction, "codec", answer.Codec.Name, "remote_rtp", answer.RemoteAddr)
-		s.pub.publishAsync(ctx, c.id, callUpdated(c.id, cseq, answer, local, body))
+		c.env.facts.publishAsync(ctx, c.id, callUpdated(c.id, cseq, answer, local, body))
 	}
 	res := sip.NewResponseFromRequest(req, sip.StatusOK, "OK", local)
-	res.AppendHeader(sip.NewHeader("Contact", s.contactFor(req)))
+	res.AppendHeader(sip.NewHeader("Contact", contact))
 	res.AppendHeader(sip.NewHeader("Allow", allow))
 	ct := sip.ContentTypeHeader("application/sdp")
 	res.AppendHeader(&ct)
@@ -103,7 +109,7 @@ func (s *Server) onReInvite(ctx context.Context, c *call, req *sip.Request, tx s
 		log.WarnContext(ctx, "send 200 ok to re-invite", "err", err)
 	}
 
-	ack := s.awaitReinviteAck(ctx, c, ri, tx, res)
+	ack := c.awaitReinviteAck(ctx, ri, tx, res)
 	if ack == nil || len(body) > 0 {
 		return
 	}
@@ -120,12 +126,12 @@ func (s *Server) onReInvite(ctx context.Context, c *call, req *sip.Request, tx s
 	c.mu.Unlock()
 	c.applyMedia(answer, time.Now())
 	log.InfoContext(ctx, "re-invite answered in ack", "direction", answer.Direction, "codec", answer.Codec.Name, "remote_rtp", answer.RemoteAddr)
-	s.pub.publishAsync(ctx, c.id, callUpdated(c.id, cseq, answer, local, ack.Body()))
+	c.env.facts.publishAsync(ctx, c.id, callUpdated(c.id, cseq, answer, local, ack.Body()))
 }
 
 // awaitReinviteAck retransmits the 200 until the ACK with the re-INVITE's
 // CSeq arrives; nil when it never does.
-func (s *Server) awaitReinviteAck(ctx context.Context, c *call, ri *reinvite, tx sip.ServerTransaction, res *sip.Response) *sip.Request {
+func (c *inboundCall) awaitReinviteAck(ctx context.Context, ri *reinvite, tx sip.ServerTransaction, res *sip.Response) *sip.Request {
 	interval := sip.T1
 	retransmit := time.NewTimer(interval)
 	defer retransmit.Stop()
@@ -137,21 +143,56 @@ func (s *Server) awaitReinviteAck(ctx context.Context, c *call, ri *reinvite, tx
 			return ack
 		case ack := <-tx.Acks():
 			return ack
-		case <-c.ended:
+		case <-c.done:
 			return nil
 		case <-ctx.Done():
 			return nil
 		case <-giveUp.C:
-			s.log.WarnContext(ctx, "no ack for 200 ok to re-invite", "call_id", c.id)
+			c.env.log.WarnContext(ctx, "no ack for 200 ok to re-invite", "call_id", c.id)
 			return nil
 		case <-retransmit.C:
 			if err := tx.Respond(res); err != nil {
-				s.log.WarnContext(ctx, "retransmit 200 ok", "call_id", c.id, "err", err)
+				c.env.log.WarnContext(ctx, "retransmit 200 ok", "call_id", c.id, "err", err)
 			}
 			interval = min(2*interval, sip.T2)
 			retransmit.Reset(interval)
 		}
 	}
+}
+
+// awaitReinvite lets a BYE that follows an ACK wait, briefly, for the
+// re-INVITE the ACK completes, so its CallUpdated is published before the
+// CallEnded (sipgo runs each request on its own goroutine, and an ACK gets
+// no answer the far end could wait for).
+func (c *inboundCall) awaitReinvite() {
+	c.mu.Lock()
+	ri := c.reinvite
+	c.mu.Unlock()
+	if ri == nil {
+		return
+	}
+	t := time.NewTimer(sip.T1)
+	defer t.Stop()
+	select {
+	case <-ri.done:
+	case <-t.C:
+	}
+}
+
+// applyMedia puts an offer/answer into force on c's RTP session and
+// restarts c's media clock.
+func (c *inboundCall) applyMedia(a sdp.Answer, now time.Time) {
+	c.media.SetMedia(mediaOf(a))
+	c.mu.Lock()
+	c.remoteSends, c.mediaSince = remoteSends(a), now
+	c.mu.Unlock()
+}
+
+// remoteSends reports whether an offer/answer lets the caller send RTP:
+// its direction sendrecv or sendonly, and not on hold (a caller holding
+// may send music or nothing at all).
+func remoteSends(a sdp.Answer) bool {
+	return !a.Hold && (a.RemoteDirection == "sendrecv" || a.RemoteDirection == "sendonly")
 }
 
 func callUpdated(callID string, cseq uint32, a sdp.Answer, local, remote []byte) *batonv1.CallUpdated {
@@ -177,87 +218,4 @@ func mediaOf(a sdp.Answer) (rtp.Media, netip.AddrPort, bool) {
 		remote = netip.AddrPort{} // a host name or nothing: no audio is sent
 	}
 	return m, remote, a.Direction == "sendrecv" || a.Direction == "sendonly"
-}
-
-// onRTPDigit publishes the RFC 4733 digits of a call.
-func (s *Server) onRTPDigit(ctx context.Context, callID string) func(rtp.DTMF) {
-	return func(d rtp.DTMF) {
-		s.pub.publishAsync(ctx, callID, &batonv1.DtmfReceived{CallId: callID, Digit: d.Digit, DurationMs: d.DurationMS, Source: "rfc4733"})
-	}
-}
-
-// Reasons an INFO body is refused.
-var errDTMFBody = errors.New("dtmf body")
-
-// parseInfoDTMF reads an INFO body: application/dtmf-relay
-// ("Signal=5\r\nDuration=160") or application/dtmf ("5").
-func parseInfoDTMF(contentType string, body []byte) (rtp.DTMF, error) {
-	var signal, duration string
-	switch strings.ToLower(contentType) {
-	case "application/dtmf-relay":
-		for line := range strings.SplitSeq(string(body), "\n") {
-			k, v, ok := strings.Cut(line, "=")
-			if !ok {
-				continue
-			}
-			switch strings.ToLower(strings.TrimSpace(k)) {
-			case "signal":
-				signal = strings.TrimSpace(v)
-			case "duration":
-				duration = strings.TrimSpace(v)
-			}
-		}
-	case "application/dtmf":
-		signal = strings.TrimSpace(string(body))
-	default:
-		return rtp.DTMF{}, errors.Join(errDTMFBody, errors.New("content type "+contentType))
-	}
-	digit, ok := dtmfDigit(signal)
-	if !ok {
-		return rtp.DTMF{}, errors.Join(errDTMFBody, errors.New("signal "+quote(signal)))
-	}
-	var ms uint32
-	if duration != "" {
-		n, err := parseUint(duration)
-		if err != nil {
-			return rtp.DTMF{}, errors.Join(errDTMFBody, errors.New("duration "+quote(duration)))
-		}
-		ms = n
-	}
-	return rtp.DTMF{Digit: digit, DurationMS: ms}, nil
-}
-
-// dtmfDigit names a signal: one of 0-9 * # A-D (any case), or the RFC 4733
-// codes 10-16 some relays send instead.
-func dtmfDigit(s string) (string, bool) {
-	if len(s) == 1 {
-		ch := strings.ToUpper(s)
-		if strings.ContainsAny(ch, "0123456789*#ABCD") {
-			return ch, true
-		}
-		return "", false
-	}
-	switch strings.ToLower(s) {
-	case "10":
-		return "*", true
-	case "11":
-		return "#", true
-	case "12", "13", "14", "15":
-		return string(rune('A' + s[1] - '2')), true
-	case "16", "flash":
-		return "flash", true
-	}
-	return "", false
-}
-
-func quote(s string) string {
-	if len(s) > 32 {
-		s = s[:32] + "..."
-	}
-	return strconv.Quote(s)
-}
-
-func parseUint(s string) (uint32, error) {
-	n, err := strconv.ParseUint(s, 10, 32)
-	return uint32(n), err
 }
