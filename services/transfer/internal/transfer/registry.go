@@ -2,36 +2,9 @@ package transfer
 
 import (
 	"sync"
-	"time"
 
 	"google.golang.org/protobuf/proto"
-
-	batonv1 "github.com/baton-voice/baton/pkg/events/batonv1"
 )
-
-// factBuffer is how many undelivered facts an execution holds; a REFER
-// sees a handful of NOTIFYs and at most one CallEnded.
-const factBuffer = 32
-
-// execution is one command being carried out.
-type execution struct {
-	cmd    *batonv1.HandoffCommand
-	callID string
-	start  time.Time
-	// age is how old the command was when this process took it: start
-	// minus its event time (the time of the fact that triggered it, a
-	// CallStarted for a handoff decided at the call's start, never before
-	// the call started); 0 when the event time is unknown or ahead of
-	// this clock.
-	// It is taken once, so that deadlines after start run on the
-	// monotonic clock and a step of the wall clock (NTP correcting a
-	// freshly booted machine) cannot move them.
-	age time.Duration
-	// facts receives NotifyReceived and CallEnded of the call, in order.
-	facts chan proto.Message
-	// traceParent is the execution's span, carried by its outcomes.
-	traceParent string
-}
 
 // registry routes a call's facts to the executions waiting on them. It is
 // bounded: at most max executions at once.

@@ -1,15 +1,95 @@
 package transfer
 
+// The re-INVITEs of a warm transfer: the one transfer sends the caller to
+// move its media to the bridge (moveCaller), and those the destination
+// sends once it answered (destinationLeg).
+
 import (
+	"context"
 	"fmt"
+	"net/netip"
+	"strings"
 	"sync"
 
 	"github.com/emiago/sipgo/sip"
 
 	"github.com/baton-voice/baton/pkg/sipx"
 	"github.com/baton-voice/baton/services/transfer/internal/bridge"
+	"github.com/baton-voice/baton/services/transfer/internal/request"
 	"github.com/baton-voice/baton/services/transfer/internal/sdp"
 )
+
+// moveCaller re-INVITEs the caller's dialog to the bridge's caller leg
+// with the destination's codec, ACKs the 2xx and points the leg at the
+// caller's answer; the re-INVITE's CSeq is kept (w.cseq). On failure it
+// ends the new leg and publishes the outcome.
+func (w *warmRun) moveCaller(ctx context.Context) bool {
+	d := w.cmd.GetDialog()
+	codec := w.codec
+	fail := func(code int, reason, detail string) bool {
+		w.byeLeg(ctx)
+		w.publish(ctx, failed(code, reason, detail))
+		return false
+	}
+	cseq, err := request.CSeq(d, w.cmd.GetAttempt())
+	if err != nil {
+		return fail(0, "", "re-INVITE not sent: "+err.Error())
+	}
+	formats := []sdp.Format{codec}
+	for _, f := range w.offer.Formats {
+		if strings.EqualFold(f.Name, "telephone-event") {
+			formats = append(formats, f)
+		}
+	}
+	reoffer := sdp.Session{
+		Origin:  sdp.NextOrigin(originOf(w.cmd.GetLocalSdp()), w.inviteOpts.MediaAddr),
+		Addr:    netip.AddrPortFrom(w.inviteOpts.MediaAddr, uint16(w.br.Leg(bridge.Caller).Port())),
+		Formats: formats,
+	}
+	req, err := request.InDialogCSeq(sip.INVITE, d, cseq)
+	if err != nil {
+		return fail(0, "", "re-INVITE not sent: "+err.Error())
+	}
+	request.WithSDP(req, reoffer.String())
+	res, ok := w.send(ctx, req)
+	if !ok {
+		w.byeLeg(ctx)
+		return false
+	}
+	if !res.IsSuccess() {
+		return fail(res.StatusCode, res.Reason, "caller re-INVITE rejected: the call stays with the agent")
+	}
+	ack, err := request.InDialogCSeq(sip.ACK, d, cseq)
+	if err == nil {
+		err = w.legs.Write(ack)
+	}
+	if err != nil {
+		return fail(res.StatusCode, res.Reason, "caller re-INVITE ACK: "+err.Error())
+	}
+	ans, err := sdp.Parse(string(res.Body()))
+	if err != nil {
+		return fail(res.StatusCode, res.Reason, "caller re-INVITE answer: "+err.Error())
+	}
+	if _, ok := ans.Find(codec); !ok {
+		return fail(488, "Not Acceptable Here", "caller answered without "+codec.Name)
+	}
+	if err := w.br.Leg(bridge.Caller).SetRemote(ans.Addr, codec.ClockRate, bridge.Keys{}); err != nil {
+		return fail(0, "", "caller media: "+err.Error())
+	}
+	if ans.RTCP.IsValid() {
+		w.br.Leg(bridge.Caller).SetRTCP(ans.RTCP)
+	}
+	w.cseq = cseq
+	return true
+}
+
+func originOf(body string) string {
+	s, err := sdp.Parse(body)
+	if err != nil {
+		return ""
+	}
+	return s.Origin
+}
 
 // destinationLeg answers the re-INVITEs a destination sends once it
 // answered: a session refresh (RFC 4028), a hold and its resume, media

@@ -1,0 +1,97 @@
+package transfer
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/emiago/sipgo/sip"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	batonv1 "github.com/baton-voice/baton/pkg/events/batonv1"
+	"github.com/baton-voice/baton/services/transfer/internal/bridge"
+	"github.com/baton-voice/baton/services/transfer/internal/request"
+)
+
+// idlePoll is how often a bridged call checks its media.
+const idlePoll = 200 * time.Millisecond
+
+// bridged runs the bridged call until one side hangs up, the media stops
+// or the process shuts down, ends the other side and publishes ENDED with
+// the bridge's statistics.
+func (w *warmRun) bridged(ctx context.Context) {
+	idle := w.inviteOpts.IdleTimeout
+	tick := time.NewTicker(idlePoll)
+	defer tick.Stop()
+	var detail, why string
+	byeCaller, byeDestination := true, true
+	for detail == "" {
+		select {
+		case <-w.leg.Context().Done():
+			detail, why, byeDestination = "destination hung up", EndDestinationHangup, false
+		case fact := <-w.facts:
+			if f, ok := fact.(*batonv1.CallEnded); ok {
+				detail, why, byeCaller = "caller hung up ("+f.GetMethod()+")", EndCallerHangup, false
+			}
+		case now := <-tick.C:
+			var ignore []bridge.Side
+			if w.dest.onHold() {
+				ignore = append(ignore, bridge.Destination) // a held call is silent
+			}
+			if side, silent := w.br.Idle(now, idle, ignore...); silent {
+				detail, why = fmt.Sprintf("no media from the %s for %v", side, idle), EndMediaTimeout
+			}
+		case <-ctx.Done():
+			detail, why = "transfer shut down", EndShutdown
+		}
+	}
+	// The BYEs outlive a shutdown's cancelled ctx, briefly.
+	byeCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), w.inviteOpts.ByeTimeout)
+	defer cancel()
+	if byeDestination {
+		w.byeLeg(byeCtx)
+	}
+	if byeCaller {
+		if req, err := request.InDialogCSeq(sip.BYE, w.cmd.GetDialog(), w.cseq+1); err == nil {
+			if _, err := w.sip.Do(byeCtx, req); err != nil {
+				w.log.WarnContext(ctx, "caller BYE", "err", err)
+			}
+		}
+	}
+	w.publish(ctx, step{status: ended, detail: detail, bridge: w.stats(ctx), ended: why})
+}
+
+// stats are the ended bridge's statistics; its RTCP and dropped packets
+// are logged and its drops counted.
+func (w *warmRun) stats(ctx context.Context) *batonv1.BridgeStats {
+	br := w.br
+	stats := br.Stats()
+	for _, side := range []bridge.Side{bridge.Caller, bridge.Destination} {
+		l := br.Leg(side)
+		if sent, recv := l.RTCPCounts(); sent+recv > 0 {
+			w.log.InfoContext(ctx, "rtcp", "leg", side.String(), "sent", sent, "received", recv, "rtt", l.RTT().String())
+		}
+	}
+	if since := br.Since(); !since.IsZero() {
+		stats.Duration = durationpb.New(w.now().Sub(since))
+	}
+	for _, side := range []bridge.Side{bridge.Caller, bridge.Destination} {
+		if d := br.Leg(side).Drops(); d.Unauthentic+d.Replayed > 0 {
+			w.log.WarnContext(ctx, "srtp packets dropped", "leg", side.String(), "unauthentic", d.Unauthentic, "replayed", d.Replayed)
+		}
+		if d, n := br.Leg(side).Drops(), br.Leg(side).Relatches(); d.Foreign+n > 0 {
+			w.log.InfoContext(ctx, "media from other sources dropped", "leg", side.String(), "foreign", d.Foreign, "relatches", n)
+		}
+	}
+	w.metrics.legDrops(br)
+	return stats
+}
+
+// byeLeg ends the new leg, logging a failure.
+func (w *warmRun) byeLeg(ctx context.Context) {
+	byeCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), w.inviteOpts.ByeTimeout)
+	defer cancel()
+	if err := w.leg.Bye(byeCtx); err != nil {
+		w.log.WarnContext(ctx, "destination BYE", "err", err)
+	}
+}

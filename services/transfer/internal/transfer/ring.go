@@ -1,0 +1,164 @@
+package transfer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/emiago/sipgo"
+	"github.com/emiago/sipgo/sip"
+
+	batonv1 "github.com/baton-voice/baton/pkg/events/batonv1"
+	"github.com/baton-voice/baton/services/transfer/internal/bridge"
+	"github.com/baton-voice/baton/services/transfer/internal/sdp"
+)
+
+// ring waits for the new leg's answer, publishing RINGING on 18x. The
+// answer timeout or the caller hanging up CANCELs it. It returns true on
+// a 2xx; otherwise the outcome is published.
+func (w *warmRun) ring(ctx context.Context) bool {
+	leg := w.leg
+	timeout := w.inviteOpts.AnswerTimeout
+	if t := w.cmd.GetAnswerTimeout(); t != nil && t.AsDuration() > 0 {
+		timeout = t.AsDuration()
+	}
+	answerCtx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	lastRinging := 0
+	result := make(chan error, 1)
+	go func() {
+		result <- leg.WaitAnswer(answerCtx, sipgo.AnswerOptions{OnResponse: func(res *sip.Response) error {
+			if res.StatusCode > 100 && res.StatusCode < 200 && res.StatusCode != lastRinging {
+				lastRinging = res.StatusCode
+				w.publish(ctx, step{status: ringing, code: res.StatusCode, reason: res.Reason})
+			}
+			return nil
+		}})
+	}()
+	timer := time.NewTimer(timeout)
+	defer timer.Stop()
+	var why string
+	for why == "" {
+		select {
+		case err := <-result:
+			return w.answerResult(ctx, err)
+		case <-timer.C:
+			why = fmt.Sprintf("no answer within %v: cancelled", timeout)
+		case fact := <-w.facts:
+			if _, ok := fact.(*batonv1.CallEnded); ok {
+				why = "caller hung up while the destination was ringing: cancelled"
+			}
+		case <-ctx.Done():
+			why = "transfer shut down while ringing: cancelled"
+		}
+	}
+	cancel(errors.New(why))
+	err := <-result
+	if err == nil {
+		// Answered while being cancelled: take it down again.
+		_ = leg.Ack(ctx)
+		w.byeLeg(ctx)
+	}
+	code := 0
+	if r := leg.InviteResponse; r != nil && r.StatusCode >= 300 {
+		code = r.StatusCode
+	}
+	w.publish(ctx, failed(code, finalReason(leg.InviteResponse, code), why))
+	return false
+}
+
+func finalReason(r *sip.Response, code int) string {
+	if r == nil || code == 0 {
+		return ""
+	}
+	return r.Reason
+}
+
+// answerResult turns WaitAnswer's result into an outcome.
+func (w *warmRun) answerResult(ctx context.Context, err error) bool {
+	var rej *sipgo.ErrDialogResponse
+	switch {
+	case err == nil:
+		return true
+	case errors.As(err, &rej):
+		w.publish(ctx, failed(rej.Res.StatusCode, rej.Res.Reason,
+			fmt.Sprintf("destination answered %d", rej.Res.StatusCode)))
+	case errors.Is(err, sip.ErrTransactionTimeout):
+		w.publish(ctx, failed(0, "", "invite timed out"))
+	default:
+		w.publish(ctx, failed(0, "", "INVITE: "+err.Error()))
+	}
+	return false
+}
+
+// ack confirms the destination's 2xx and publishes ANSWERED. On failure
+// it ends the new leg and publishes the outcome.
+func (w *warmRun) ack(ctx context.Context) bool {
+	if err := w.leg.Ack(ctx); err != nil {
+		w.publish(ctx, failed(w.leg.InviteResponse.StatusCode, w.leg.InviteResponse.Reason, "ACK: "+err.Error()))
+		w.byeLeg(ctx)
+		return false
+	}
+	w.publish(ctx, step{status: answered, code: w.leg.InviteResponse.StatusCode, reason: w.leg.InviteResponse.Reason})
+	return true
+}
+
+// answerDestination takes the destination's SDP answer into the bridge
+// and keeps its codec and the leg that answers its re-INVITEs. On failure
+// it ends the new leg and publishes the outcome.
+func (w *warmRun) answerDestination(ctx context.Context) bool {
+	codec, dest, err := destinationAnswer(w.br, w.offer, w.leg.InviteResponse)
+	if err != nil {
+		w.byeLeg(ctx)
+		w.publish(ctx, failed(0, "", "destination answer: "+err.Error()))
+		return false
+	}
+	w.codec, w.dest = codec, dest
+	w.br.SetCodec(fmt.Sprintf("%s/%d", codec.Name, codec.ClockRate))
+	return true
+}
+
+// destinationAnswer reads the destination's SDP answer into the bridge
+// and returns the codec and the leg that answers its re-INVITEs.
+func destinationAnswer(br *bridge.Bridge, offer sdp.Session, res *sip.Response) (sdp.Format, *destinationLeg, error) {
+	ans, err := sdp.Parse(string(res.Body()))
+	if err != nil {
+		return sdp.Format{}, nil, err
+	}
+	codec, ok := ans.Audio()
+	if !ok {
+		return sdp.Format{}, nil, errors.New("no audio codec in the answer")
+	}
+	if _, ok := offer.Find(codec); !ok {
+		return sdp.Format{}, nil, fmt.Errorf("answered codec %s was not offered", codec.Name)
+	}
+	keys, err := keysOf(offer, ans)
+	if err != nil {
+		return sdp.Format{}, nil, err
+	}
+	if err := br.Leg(bridge.Destination).SetRemote(ans.Addr, codec.ClockRate, keys); err != nil {
+		return sdp.Format{}, nil, err
+	}
+	if ans.RTCP.IsValid() {
+		br.Leg(bridge.Destination).SetRTCP(ans.RTCP)
+	}
+	return codec, newDestinationLeg(br, offer, ans, codec, keys), nil
+}
+
+// keysOf pairs the answer's crypto with the offered one of the same tag.
+func keysOf(offer, ans sdp.Session) (bridge.Keys, error) {
+	if len(offer.Crypto) == 0 {
+		return bridge.Keys{}, nil
+	}
+	if len(ans.Crypto) == 0 {
+		return bridge.Keys{}, errors.New("SRTP offered, plain RTP answered")
+	}
+	a := ans.Crypto[0]
+	for _, c := range offer.Crypto {
+		if c.Tag == a.Tag && c.Suite == a.Suite {
+			return bridge.Keys{Local: c, Remote: a}, nil
+		}
+	}
+	return bridge.Keys{}, fmt.Errorf("answered crypto %d %s was not offered", a.Tag, a.Suite)
+}
