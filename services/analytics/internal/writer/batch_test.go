@@ -73,10 +73,10 @@ func TestBatchBySizeAndTime(t *testing.T) {
 		batches = append(batches, ids)
 		return nil
 	}
-	w := New(e.cfg, nil, e.logger())
+	w := newWriter(cl, insert, Options{Config: e.cfg}, e.logger())
 	ctx, cancel := context.WithCancel(t.Context())
 	done := make(chan error, 1)
-	go func() { done <- w.consume(ctx, cl, insert) }()
+	go func() { done <- w.Run(ctx) }()
 	require.Eventually(t, func() bool { return e.committedSum(t.Context(), e.cfg.Group) == 5 }, waitTimeout, pollEvery)
 	cancel()
 	require.NoError(t, <-done)
@@ -128,10 +128,10 @@ func TestRetryKeepsBatchAndOrder(t *testing.T) {
 		}
 		return nil
 	}
-	w := New(e.cfg, nil, e.logger())
+	w := newWriter(cl, insert, Options{Config: e.cfg}, e.logger())
 	ctx, cancel := context.WithCancel(t.Context())
 	done := make(chan error, 1)
-	go func() { done <- w.consume(ctx, cl, insert) }()
+	go func() { done <- w.Run(ctx) }()
 	<-produced
 	require.Eventually(t, func() bool { return e.committedSum(t.Context(), e.cfg.Group) == 8 }, waitTimeout, pollEvery)
 	cancel()

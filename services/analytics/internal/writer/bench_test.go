@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/stretchr/testify/require"
 	"github.com/twmb/franz-go/pkg/kgo"
@@ -87,8 +88,8 @@ func benchRecords(b *testing.B, topics kafka.Topics, calls int, prefix string) [
 // BenchmarkAnalytics measures, in one run against the same ClickHouse:
 //
 //   - writer rows/s: records pre-loaded into Kafka (kfake over TCP, in this
-//     process) until the writer committed them all, from Run's start
-//     (group join included);
+//     process) until the writer committed them all, from its start
+//     (connect and group join included);
 //   - floor rows/s: clickhouse-client inserting the same rows from
 //     TabSeparated files, one file per table;
 //   - event-to-visible lag: records produced at BENCH_RATE events/s for
@@ -136,7 +137,7 @@ func median(xs []float64) float64 {
 	return s[len(s)/2]
 }
 
-// benchWriter returns the writer's rows/s from Run's start (connect,
+// benchWriter returns the writer's rows/s from its start (connect, client,
 // group join and all) and in steady state: the rows after the first batch
 // over the time from the first batch's insert to the last commit.
 func benchWriter(b *testing.B, calls, round int) (total, steady float64) {
@@ -158,29 +159,40 @@ func benchWriter(b *testing.B, calls, round int) (total, steady float64) {
 	}
 	prod.Close()
 
-	migrations, err := fs.Sub(schemas.ClickHouse, "clickhouse")
-	require.NoError(b, err)
 	var (
 		inserts    int
 		firstAt    time.Time
 		firstBatch int64
 	)
-	var w *Writer
-	// The hook runs on the consume goroutine, one batch at a time.
-	w = New(cfg, migrations, slog.New(slog.DiscardHandler), WithAfterInsert(func() {
+	metrics := NewMetrics(prometheus.NewRegistry())
+	committed := func() int64 { return int64(testutil.ToFloat64(metrics.records)) }
+	start := time.Now()
+	// Connect and make the client as the service's main does.
+	wconn, err := chconn.Open(b.Context(), chconn.Options(ch, ch.Database), slog.New(slog.DiscardHandler))
+	require.NoError(b, err)
+	defer func() { _ = wconn.Close() }()
+	cl, err := kgo.NewClient(ClientOpts(cfg.Kafka, cfg.Group, slog.New(slog.DiscardHandler))...)
+	require.NoError(b, err)
+	defer cl.Close()
+	// The inserts run on the Run goroutine, one batch at a time.
+	ins := func(ctx context.Context, r *rows) error {
+		if err := insert(ctx, wconn, r); err != nil {
+			return err
+		}
 		inserts++
 		switch inserts {
 		case 1:
 			firstAt = time.Now()
 		case 2:
-			firstBatch = int64(testutil.ToFloat64(w.metrics.records))
+			firstBatch = committed()
 		}
-	}))
+		return nil
+	}
+	w := newWriter(cl, ins, Options{Config: cfg, Metrics: metrics}, slog.New(slog.DiscardHandler))
 	ctx, cancel := context.WithCancel(b.Context())
 	done := make(chan error, 1)
-	start := time.Now()
 	go func() { done <- w.Run(ctx) }()
-	require.Eventually(b, func() bool { return int64(testutil.ToFloat64(w.metrics.records)) == int64(len(recs)) }, 10*time.Minute, 10*time.Millisecond)
+	require.Eventually(b, func() bool { return committed() == int64(len(recs)) }, 10*time.Minute, 10*time.Millisecond)
 	end := time.Now()
 	cancel()
 	require.NoError(b, <-done)
@@ -289,8 +301,7 @@ func benchLag(b *testing.B, rate, seconds int) (p50, p99, maxLag time.Duration, 
 	cfg.Group = "bench-lag"
 	ch, conn := benchDatabase(b)
 	cfg.ClickHouse = ch
-	w := New(cfg, nil, slog.New(slog.DiscardHandler))
-	cl, err := kgo.NewClient(w.clientOpts()...)
+	cl, err := kgo.NewClient(ClientOpts(cfg.Kafka, cfg.Group, slog.New(slog.DiscardHandler))...)
 	require.NoError(b, err)
 	defer cl.Close()
 
@@ -312,7 +323,7 @@ func benchLag(b *testing.B, rate, seconds int) (p50, p99, maxLag time.Duration, 
 	}
 	ctx, cancel := context.WithCancel(b.Context())
 	done := make(chan error, 1)
-	go func() { done <- w.consume(ctx, cl, ins) }()
+	go func() { done <- newWriter(cl, ins, Options{Config: cfg}, slog.New(slog.DiscardHandler)).Run(ctx) }()
 
 	// Produce rate events/s in 20 ticks a second, each event stamped with
 	// the time it is produced.

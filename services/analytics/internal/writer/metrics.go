@@ -2,13 +2,11 @@ package writer
 
 import (
 	"github.com/prometheus/client_golang/prometheus"
-
-	"github.com/baton-voice/baton/pkg/kafkahealth"
 )
 
-// metrics are the writer's Prometheus metrics, on its own registry, and
-// its only counts: tests and benchmarks read them too.
-type metrics struct {
+// Metrics are a Writer's Prometheus metrics, and its only counts: tests
+// and benchmarks read them too.
+type Metrics struct {
 	batches      prometheus.Counter
 	records      prometheus.Counter
 	events       prometheus.Counter
@@ -18,14 +16,14 @@ type metrics struct {
 	batchRecords prometheus.Histogram
 	rowsInserted *prometheus.CounterVec
 	insertTime   prometheus.Histogram
-	lag          *prometheus.GaugeVec
 }
 
-func newMetrics(reg prometheus.Registerer) *metrics {
+// NewMetrics makes the metrics and registers them on reg.
+func NewMetrics(reg prometheus.Registerer) *Metrics {
 	counter := func(name, help string) prometheus.Counter {
 		return prometheus.NewCounter(prometheus.CounterOpts{Name: "baton_analytics_" + name, Help: help})
 	}
-	m := &metrics{
+	m := &Metrics{
 		batches:      counter("batches_total", "Batches inserted and committed."),
 		records:      counter("records_total", "Kafka records in committed batches."),
 		events:       counter("events_inserted_total", "Events inserted (rows of the events table)."),
@@ -45,15 +43,14 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "baton_analytics_insert_duration_seconds", Help: "Time to insert one batch's rows into every table (each attempt).",
 			Buckets: prometheus.ExponentialBuckets(0.005, 2, 12),
 		}),
-		lag: kafkahealth.NewLagGauge("analytics"),
 	}
 	reg.MustRegister(m.batches, m.records, m.events, m.retries, m.deadLettered, m.lastBatch, m.batchRecords,
-		m.rowsInserted, m.insertTime, m.lag)
+		m.rowsInserted, m.insertTime)
 	return m
 }
 
 // inserted counts a written batch's rows by table.
-func (m *metrics) inserted(r *rows) {
+func (m *Metrics) inserted(r *rows) {
 	for table, n := range map[string]int{
 		eventsTable.name:       len(r.events),
 		callsTable.name:        len(r.calls),

@@ -1,5 +1,7 @@
-// Package writer is the analytics stage: it consumes every Baton topic in
-// one consumer group and writes ClickHouse.
+// Package writer is the analytics stage's consumer: it reads every Baton
+// topic in one consumer group and writes ClickHouse. The service's main
+// connects to ClickHouse, migrates, creates the Kafka client and the
+// topics, and serves the dashboard; a Writer only consumes and writes.
 //
 // Records are gathered across polls into batches (Batch.MaxRows records or
 // Batch.MaxWait). Delivery is at least once from Kafka and exactly once in
@@ -15,29 +17,20 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io/fs"
 	"log/slog"
-	"net"
 	"strconv"
-	"sync"
 	"time"
 
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/baton-voice/baton/pkg/events"
 	"github.com/baton-voice/baton/pkg/kafka"
-	"github.com/baton-voice/baton/pkg/kafkahealth"
-	"github.com/baton-voice/baton/pkg/opshttp"
 	"github.com/baton-voice/baton/pkg/tracing"
-	"github.com/baton-voice/baton/services/analytics/internal/chconn"
 	"github.com/baton-voice/baton/services/analytics/internal/config"
-	"github.com/baton-voice/baton/services/analytics/internal/dashboard"
-	"github.com/baton-voice/baton/services/analytics/internal/migrate"
 )
 
 // Headers added to a dead-lettered record, next to its own.
@@ -52,126 +45,39 @@ const (
 // shutdown waits for the batch under way.
 const insertTimeout = 30 * time.Second
 
-// startTimeout bounds migrations and topic creation at start.
-const startTimeout = 60 * time.Second
-
 // commitTimeout bounds the offset commit that follows a written batch.
 const commitTimeout = 5 * time.Second
-
-// lagEvery is how often the consumer group's lag is sampled.
-const lagEvery = 5 * time.Second
 
 // insertFunc writes one batch's rows; it must be idempotent.
 type insertFunc func(ctx context.Context, r *rows) error
 
+// Options are a Writer's settings besides its client and connection.
+type Options struct {
+	// Config supplies the batch bounds, the retry pauses, the dead-letter
+	// topic and the produce timeout; the group and topics are logged.
+	Config config.Config
+	// Metrics are the writer's metrics (NewMetrics); nil: metrics of its
+	// own, registered nowhere.
+	Metrics *Metrics
+	// Tracer makes every batch a span linked to the spans of its records'
+	// traceparents; nil: no spans.
+	Tracer trace.Tracer
+}
+
 // Writer consumes Baton's topics into ClickHouse.
 type Writer struct {
-	cfg        config.Config
-	migrations fs.FS
-	logger     *slog.Logger
-	// afterInsert runs after a batch was written and before its offsets
-	// are committed: the crash test's hook (WithAfterInsert).
-	afterInsert func()
-	reg         *prometheus.Registry
-	metrics     *metrics
-	tracer      trace.Tracer
+	cfg     config.Config
+	cl      *kgo.Client
+	insert  insertFunc
+	logger  *slog.Logger
+	metrics *Metrics
+	tracer  trace.Tracer
 }
 
-// Option changes a Writer.
-type Option func(*Writer)
-
-// WithAfterInsert runs f after every batch is inserted and before its
-// offsets are committed. Tests use it to stop the process at that point.
-func WithAfterInsert(f func()) Option { return func(w *Writer) { w.afterInsert = f } }
-
-// WithRegistry registers the writer's metrics on reg (served on
-// http.listen's /metrics); without it the writer makes its own.
-func WithRegistry(reg *prometheus.Registry) Option { return func(w *Writer) { w.reg = reg } }
-
-// WithTracer makes every batch a span linked to the spans of its records'
-// traceparents.
-func WithTracer(t trace.Tracer) Option { return func(w *Writer) { w.tracer = t } }
-
-// New returns a writer for cfg that applies migrations (NNNN_name.sql files
-// at the root of the FS) at start.
-func New(cfg config.Config, migrations fs.FS, logger *slog.Logger, opts ...Option) *Writer {
-	w := &Writer{cfg: cfg, migrations: migrations, logger: logger}
-	for _, o := range opts {
-		o(w)
-	}
-	if w.reg == nil {
-		w.reg = opshttp.NewRegistry()
-	}
-	w.metrics = newMetrics(w.reg)
-	return w
-}
-
-// Run connects to ClickHouse (waiting for it), migrates, creates the
-// topics and consumes until ctx ends. The batch under way when ctx ends is
-// inserted and committed before Run returns. Run returns nil when it
-// stopped because ctx ended.
-func (w *Writer) Run(ctx context.Context) error {
-	ch := w.cfg.ClickHouse
-	// Wait for the server through the default database: the target one
-	// may not exist yet.
-	probe, err := chconn.Open(ctx, chconn.Options(ch, "default"), w.logger)
-	if err != nil {
-		return w.stopped(ctx, err)
-	}
-	if err := probe.Close(); err != nil {
-		w.logger.WarnContext(ctx, "close clickhouse probe", "err", err)
-	}
-
-	startCtx, cancel := context.WithTimeout(ctx, startTimeout)
-	defer cancel()
-	applied, err := migrate.Run(startCtx, chconn.Options(ch, ch.Database), w.migrations, ch.Cluster, w.logger)
-	if err != nil {
-		return w.stopped(ctx, fmt.Errorf("migrate: %w", err))
-	}
-	w.logger.InfoContext(ctx, "migrations done", "database", ch.Database, "applied", len(applied))
-
-	conn, err := chconn.Open(ctx, chconn.Options(ch, ch.Database), w.logger)
-	if err != nil {
-		return w.stopped(ctx, err)
-	}
-	defer func() {
-		if err := conn.Close(); err != nil {
-			w.logger.WarnContext(ctx, "close clickhouse", "err", err)
-		}
-	}()
-
-	topics := w.cfg.Kafka.Topics.All()
-	cl, err := kgo.NewClient(w.clientOpts()...)
-	if err != nil {
-		return fmt.Errorf("kafka client: %w", err)
-	}
-	// Close leaves the group; offsets were committed batch by batch.
-	defer cl.Close()
-	err = kafka.EnsureTopics(startCtx, cl, w.cfg.Kafka.Partitions, w.cfg.Kafka.ReplicationFactor,
-		append(topics, w.cfg.DeadLetterTopic)...)
-	if err != nil {
-		return w.stopped(ctx, fmt.Errorf("ensure topics: %w", err))
-	}
-	cancel()
-
-	var serving sync.WaitGroup
-	defer serving.Wait()
-	httpCtx, stopHTTP := context.WithCancel(ctx)
-	defer stopHTTP()
-	if w.cfg.HTTP.Listen != "" {
-		w.serveDashboard(httpCtx, conn, cl, &serving)
-	}
-	serving.Go(func() { kafkahealth.SampleLag(httpCtx, cl, w.cfg.Group, w.metrics.lag, lagEvery, w.logger) })
-
-	w.logger.InfoContext(ctx, "ready", "group", w.cfg.Group, "topics", topics,
-		"dead_letter_topic", w.cfg.DeadLetterTopic, "database", ch.Database,
-		"batch_max_rows", w.cfg.Batch.MaxRows, "batch_max_wait", w.cfg.Batch.MaxWait)
-	return w.consume(ctx, cl, func(ctx context.Context, r *rows) error { return insert(ctx, conn, r) })
-}
-
-// clientOpts are the group consumer's options.
-func (w *Writer) clientOpts() []kgo.Opt {
-	opts := append(kafka.ClientOpts(w.cfg.Kafka, w.logger), kafka.ConsumerOpts(w.cfg.Group, w.cfg.Kafka.Topics.All()...)...)
+// ClientOpts are the options of the group consumer a Writer reads with:
+// a Writer needs a client made with them.
+func ClientOpts(k kafka.Config, group string, logger *slog.Logger) []kgo.Opt {
+	opts := append(kafka.ClientOpts(k, logger), kafka.ConsumerOpts(group, k.Topics.All()...)...)
 	return append(opts,
 		// A batch gathers records across polls; no rebalance may take a
 		// partition away between a poll and the commit of its batch.
@@ -183,44 +89,29 @@ func (w *Writer) clientOpts() []kgo.Opt {
 	)
 }
 
-// serveDashboard serves the dashboard on cfg.HTTP.Listen until ctx ends. A
-// listener that cannot be opened is logged and the writer goes on without
-// the page: rows matter more than charts.
-func (w *Writer) serveDashboard(ctx context.Context, conn driver.Conn, cl *kgo.Client, wg *sync.WaitGroup) {
-	l, err := net.Listen("tcp", w.cfg.HTTP.Listen)
-	if err != nil {
-		w.logger.ErrorContext(ctx, "dashboard disabled: listen", "listen", w.cfg.HTTP.Listen, "err", err)
-		return
-	}
-	w.logger.InfoContext(ctx, "dashboard listening", "url", "http://"+l.Addr().String()+"/",
-		"metrics", "http://"+l.Addr().String()+"/metrics")
-	ready := opshttp.All(kafkahealth.NewReach(cl).Check, kafkahealth.Joined(cl, w.cfg.Group),
-		func(ctx context.Context) error {
-			pctx, cancel := context.WithTimeout(ctx, time.Second)
-			defer cancel()
-			if err := conn.Ping(pctx); err != nil {
-				return fmt.Errorf("clickhouse ping: %w", err)
-			}
-			return nil
-		})
-	metrics := promhttp.HandlerFor(w.reg, promhttp.HandlerOpts{ErrorLog: slog.NewLogLogger(w.logger.Handler(), slog.LevelWarn)})
-	h := dashboard.NewHandler(dashboard.New(conn), metrics, ready, w.logger, time.Now)
-	if w.cfg.HTTP.Token != "" {
-		h.RequireToken(w.cfg.HTTP.Token)
-	}
-	wg.Go(func() {
-		if err := dashboard.Serve(ctx, l, h, w.logger); err != nil {
-			w.logger.ErrorContext(ctx, "dashboard stopped", "err", err)
-		}
-	})
+// New returns a writer that consumes with cl (made with ClientOpts; its
+// owner closes it after Run returned) and inserts through conn into the
+// migrated database. It also produces dead letters with cl.
+func New(cl *kgo.Client, conn driver.Conn, opts Options, logger *slog.Logger) *Writer {
+	return newWriter(cl, func(ctx context.Context, r *rows) error { return insert(ctx, conn, r) }, opts, logger)
 }
 
-// stopped turns an error caused by the end of ctx into a clean stop.
-func (w *Writer) stopped(ctx context.Context, err error) error {
-	if ctx.Err() != nil {
-		return nil
+// newWriter is New with the inserts done by ins.
+func newWriter(cl *kgo.Client, ins insertFunc, opts Options, logger *slog.Logger) *Writer {
+	m := opts.Metrics
+	if m == nil {
+		m = NewMetrics(prometheus.NewRegistry())
 	}
-	return err
+	return &Writer{cfg: opts.Config, cl: cl, insert: ins, logger: logger, metrics: m, tracer: opts.Tracer}
+}
+
+// Run consumes until ctx ends. The batch under way when ctx ends is
+// inserted and committed before Run returns. Run returns nil when it
+// stopped because ctx ended.
+func (w *Writer) Run(ctx context.Context) error {
+	w.logger.InfoContext(ctx, "ready", "group", w.cfg.Group, "topics", w.cfg.Kafka.Topics.All(),
+		"dead_letter_topic", w.cfg.DeadLetterTopic, "batch_max_rows", w.cfg.Batch.MaxRows, "batch_max_wait", w.cfg.Batch.MaxWait)
+	return w.consume(ctx)
 }
 
 // errStopped ends consume when ctx ended while a batch could not be
@@ -234,10 +125,10 @@ var errStopped = errors.New("stopped before the batch was written")
 // a partition's records are written in order and none is skipped. When ctx
 // ends, the batch under way is written and committed before consume
 // returns nil.
-func (w *Writer) consume(ctx context.Context, cl *kgo.Client, ins insertFunc) error {
+func (w *Writer) consume(ctx context.Context) error {
 	maxRows, maxWait := w.cfg.Batch.MaxRows, w.cfg.Batch.MaxWait
 	// With BlockRebalanceOnPoll, leaving the group (Close) waits for this.
-	defer cl.AllowRebalance()
+	defer w.cl.AllowRebalance()
 	var (
 		pending  []*kgo.Record
 		deadline time.Time
@@ -248,7 +139,7 @@ func (w *Writer) consume(ctx context.Context, cl *kgo.Client, ins insertFunc) er
 			if len(pending) > 0 {
 				pollCtx, cancel = context.WithDeadline(ctx, deadline)
 			}
-			fetches := cl.PollRecords(pollCtx, maxRows-len(pending))
+			fetches := w.cl.PollRecords(pollCtx, maxRows-len(pending))
 			cancel()
 			if fetches.IsClientClosed() {
 				return errors.New("kafka client closed")
@@ -268,7 +159,7 @@ func (w *Writer) consume(ctx context.Context, cl *kgo.Client, ins insertFunc) er
 		}
 		stopping := ctx.Err() != nil
 		if len(pending) > 0 && (len(pending) >= maxRows || !time.Now().Before(deadline) || stopping) {
-			err := w.flush(ctx, cl, ins, pending)
+			err := w.flush(ctx, pending)
 			if errors.Is(err, errStopped) {
 				w.logger.WarnContext(ctx, "batch not written at shutdown; it will be read again", "records", len(pending))
 				return nil
@@ -287,13 +178,13 @@ func (w *Writer) consume(ctx context.Context, cl *kgo.Client, ins insertFunc) er
 // flush writes one batch, retrying with a doubling pause while it fails,
 // then commits its records. It returns errStopped if ctx ended before the
 // batch could be written.
-func (w *Writer) flush(ctx context.Context, cl *kgo.Client, ins insertFunc, records []*kgo.Record) error {
+func (w *Writer) flush(ctx context.Context, records []*kgo.Record) error {
 	r, dead := build(records)
 	ctx, span := w.startBatchSpan(ctx, records)
 	defer span.End()
 	pause := w.cfg.RetryPause
 	for attempt := 1; ; attempt++ {
-		err := w.write(ctx, cl, ins, r, dead)
+		err := w.write(ctx, r, dead)
 		if err == nil {
 			break
 		}
@@ -308,13 +199,10 @@ func (w *Writer) flush(ctx context.Context, cl *kgo.Client, ins insertFunc, reco
 		}
 		pause = min(2*pause, w.cfg.RetryMaxPause)
 	}
-	if w.afterInsert != nil {
-		w.afterInsert()
-	}
 	// A written batch is committed even when shutdown began meanwhile, so
 	// a restart does not write it again.
 	commitCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), commitTimeout)
-	err := cl.CommitRecords(commitCtx, records...)
+	err := w.cl.CommitRecords(commitCtx, records...)
 	cancel()
 	if err != nil {
 		// The rows are in; the records will be read and written again, and
@@ -323,7 +211,7 @@ func (w *Writer) flush(ctx context.Context, cl *kgo.Client, ins insertFunc, reco
 	}
 	// Rebalances wait while a batch is gathered and written, so a batch
 	// never holds records of a partition this member no longer owns.
-	cl.AllowRebalance()
+	w.cl.AllowRebalance()
 	w.metrics.batches.Inc()
 	w.metrics.records.Add(float64(len(records)))
 	w.metrics.events.Add(float64(r.len()))
@@ -337,19 +225,19 @@ func (w *Writer) flush(ctx context.Context, cl *kgo.Client, ins insertFunc, reco
 // write inserts one batch's rows and produces its dead letters. Shutdown
 // does not cut it short: it runs on a context that outlives ctx, bounded
 // by insertTimeout.
-func (w *Writer) write(ctx context.Context, cl *kgo.Client, ins insertFunc, r *rows, dead []deadLetter) error {
+func (w *Writer) write(ctx context.Context, r *rows, dead []deadLetter) error {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), insertTimeout)
 	defer cancel()
 	// Rows first: inserting again is harmless, producing a dead letter
 	// again is not.
 	began := time.Now()
-	err := ins(ctx, r)
+	err := w.insert(ctx, r)
 	w.metrics.insertTime.Observe(time.Since(began).Seconds())
 	if err != nil {
 		return fmt.Errorf("insert %d events: %w", r.len(), err)
 	}
 	if len(dead) > 0 {
-		if err := w.deadLetter(ctx, cl, dead); err != nil {
+		if err := w.deadLetter(ctx, dead); err != nil {
 			return err
 		}
 	}
@@ -359,7 +247,7 @@ func (w *Writer) write(ctx context.Context, cl *kgo.Client, ins insertFunc, r *r
 // deadLetter produces the records that cannot be written to the
 // dead-letter topic, with their key, value and headers, plus why and
 // where they came from.
-func (w *Writer) deadLetter(ctx context.Context, cl *kgo.Client, dead []deadLetter) error {
+func (w *Writer) deadLetter(ctx context.Context, dead []deadLetter) error {
 	ctx, cancel := context.WithTimeout(ctx, w.cfg.Kafka.ProduceTimeout)
 	defer cancel()
 	out := make([]*kgo.Record, len(dead))
@@ -380,7 +268,7 @@ func (w *Writer) deadLetter(ctx context.Context, cl *kgo.Client, dead []deadLett
 			Timestamp: d.rec.Timestamp,
 		}
 	}
-	if err := cl.ProduceSync(ctx, out...).FirstErr(); err != nil {
+	if err := w.cl.ProduceSync(ctx, out...).FirstErr(); err != nil {
 		return fmt.Errorf("produce %d dead letters to %s: %w", len(out), w.cfg.DeadLetterTopic, err)
 	}
 	for _, d := range dead {

@@ -30,8 +30,10 @@ import (
 	"github.com/baton-voice/baton/pkg/kafka"
 	"github.com/baton-voice/baton/pkg/kafka/kafkatest"
 	"github.com/baton-voice/baton/schemas"
+	"github.com/baton-voice/baton/services/analytics/internal/chconn"
 	"github.com/baton-voice/baton/services/analytics/internal/chtest"
 	"github.com/baton-voice/baton/services/analytics/internal/config"
+	"github.com/baton-voice/baton/services/analytics/internal/migrate"
 )
 
 var server *chtest.Server
@@ -92,14 +94,24 @@ func (e *env) produce(recs ...*kgo.Record) {
 	require.NoError(e.t, e.prod.ProduceSync(e.t.Context(), recs...).FirstErr())
 }
 
-// run starts a writer in group until the test ends.
+// run starts a writer in group until the test ends, wired as the
+// service's main wires it: the database migrated, a client made with
+// ClientOpts, the dead-letter topic created.
 func (e *env) run(group string) *Writer {
 	e.t.Helper()
 	cfg := e.cfg
 	cfg.Group = group
+	ch := cfg.ClickHouse
 	migrations, err := fs.Sub(schemas.ClickHouse, "clickhouse")
 	require.NoError(e.t, err)
-	w := New(cfg, migrations, e.logger())
+	_, err = migrate.Run(e.t.Context(), chconn.Options(ch, ch.Database), migrations, ch.Cluster, e.logger())
+	require.NoError(e.t, err)
+	conn := server.Conn(e.t, ch)
+	cl, err := kgo.NewClient(ClientOpts(cfg.Kafka, cfg.Group, e.logger())...)
+	require.NoError(e.t, err)
+	require.NoError(e.t, kafka.EnsureTopics(e.t.Context(), cl, cfg.Kafka.Partitions, cfg.Kafka.ReplicationFactor,
+		cfg.DeadLetterTopic))
+	w := New(cl, conn, Options{Config: cfg}, e.logger())
 	ctx, cancel := context.WithCancel(e.t.Context())
 	done := make(chan error, 1)
 	go func() { done <- w.Run(ctx) }()
@@ -111,6 +123,7 @@ func (e *env) run(group string) *Writer {
 		case <-time.After(waitTimeout):
 			e.t.Error("writer did not stop")
 		}
+		cl.Close()
 	})
 	return w
 }
@@ -144,8 +157,7 @@ func (e *env) waitCommitted(group string) {
 // test ends.
 func (e *env) consumer() *kgo.Client {
 	e.t.Helper()
-	w := New(e.cfg, nil, slog.New(slog.DiscardHandler))
-	cl, err := kgo.NewClient(w.clientOpts()...)
+	cl, err := kgo.NewClient(ClientOpts(e.cfg.Kafka, e.cfg.Group, slog.New(slog.DiscardHandler))...)
 	require.NoError(e.t, err)
 	e.t.Cleanup(cl.Close)
 	return cl
@@ -422,10 +434,10 @@ func TestNoCommitBeforeInsert(t *testing.T) {
 		}
 		return nil
 	}
-	w := New(e.cfg, nil, e.logger())
+	w := newWriter(cl, insert, Options{Config: e.cfg}, e.logger())
 	ctx, cancel := context.WithCancel(t.Context())
 	done := make(chan error, 1)
-	go func() { done <- w.consume(ctx, cl, insert) }()
+	go func() { done <- w.Run(ctx) }()
 
 	require.Eventually(t, func() bool { return committed() == int64(len(recs)) }, waitTimeout, pollEvery)
 	cancel()
@@ -447,7 +459,7 @@ func TestNoCommitBeforeInsert(t *testing.T) {
 }
 
 // SIGTERM during an insert: the insert finishes on a live context and the
-// batch is committed before consume returns.
+// batch is committed before Run returns.
 func TestShutdownFinishesBatch(t *testing.T) {
 	e := newEnv(t, false)
 	recs := callEvents(t, e.cfg.Kafka.Topics, "call-s")
@@ -464,7 +476,7 @@ func TestShutdownFinishesBatch(t *testing.T) {
 		inserted.Add(int32(r.len()))
 		return nil
 	}
-	require.NoError(t, New(e.cfg, nil, e.logger()).consume(ctx, cl, insert))
+	require.NoError(t, newWriter(cl, insert, Options{Config: e.cfg}, e.logger()).Run(ctx))
 	n := inserted.Load()
 	require.Positive(t, n)
 

@@ -108,56 +108,6 @@ func (s *Service) skip(ctx, work context.Context, ev events.Event, cmd *batonv1.
 	return false
 }
 
-// errCommandWhileDraining keeps a batch uncommitted: a command fetched
-// after shutdown began is left to the next owner of its partition.
-var errCommandWhileDraining = errors.New("handoff command while draining; left uncommitted")
-
-// routeFacts is the handler while draining: facts only, no new command.
-// Pausing the handoffs topic strips its buffered records from polls, so a
-// command should never show up here.
-func (s *Service) routeFacts(ctx context.Context, records []*kgo.Record) error {
-	var err error
-	for _, rec := range records {
-		if rec.Topic == s.opts.Topics.Handoffs {
-			err = errCommandWhileDraining
-			continue
-		}
-		if ev, ok := s.decode(ctx, rec); ok {
-			s.route(ctx, ev)
-		}
-	}
-	return err
-}
-
-func (s *Service) decode(ctx context.Context, rec *kgo.Record) (events.Event, bool) {
-	ev, err := events.Decode(rec)
-	if err != nil {
-		// A record that cannot be decoded never will be: skip it rather
-		// than block its partition.
-		s.logger.WarnContext(ctx, "undecodable record skipped", "call_id", string(rec.Key), "topic", rec.Topic,
-			"partition", rec.Partition, "offset", rec.Offset, "err", err)
-		return events.Event{}, false
-	}
-	return ev, true
-}
-
-// route hands NotifyReceived and CallEnded to the executions of their
-// call; other facts are not transfer's business.
-func (s *Service) route(ctx context.Context, ev events.Event) {
-	switch ev.Data.(type) {
-	case *batonv1.NotifyReceived, *batonv1.CallEnded:
-	default:
-		return
-	}
-	delivered, dropped := s.reg.deliver(ev.Subject, ev.Data)
-	if dropped > 0 {
-		s.logger.WarnContext(ctx, "fact dropped: execution not reading", "call_id", ev.Subject, "type", ev.Type)
-	}
-	if delivered > 0 {
-		s.logger.DebugContext(ctx, "fact routed", "call_id", ev.Subject, "type", ev.Type, "executions", delivered)
-	}
-}
-
 // commandAge is how long before start a command's event happened: 0 when
 // its time is unknown or ahead of this clock.
 func commandAge(start, at time.Time) time.Duration {
@@ -216,4 +166,54 @@ func (s *Service) detached(ctx, work context.Context, e *execution, o step) {
 		defer end()
 		e.publish(work, o)
 	})
+}
+
+// errCommandWhileDraining keeps a batch uncommitted: a command fetched
+// after shutdown began is left to the next owner of its partition.
+var errCommandWhileDraining = errors.New("handoff command while draining; left uncommitted")
+
+// routeFacts is the handler while draining: facts only, no new command.
+// Pausing the handoffs topic strips its buffered records from polls, so a
+// command should never show up here.
+func (s *Service) routeFacts(ctx context.Context, records []*kgo.Record) error {
+	var err error
+	for _, rec := range records {
+		if rec.Topic == s.opts.Topics.Handoffs {
+			err = errCommandWhileDraining
+			continue
+		}
+		if ev, ok := s.decode(ctx, rec); ok {
+			s.route(ctx, ev)
+		}
+	}
+	return err
+}
+
+func (s *Service) decode(ctx context.Context, rec *kgo.Record) (events.Event, bool) {
+	ev, err := events.Decode(rec)
+	if err != nil {
+		// A record that cannot be decoded never will be: skip it rather
+		// than block its partition.
+		s.logger.WarnContext(ctx, "undecodable record skipped", "call_id", string(rec.Key), "topic", rec.Topic,
+			"partition", rec.Partition, "offset", rec.Offset, "err", err)
+		return events.Event{}, false
+	}
+	return ev, true
+}
+
+// route hands NotifyReceived and CallEnded to the executions of their
+// call; other facts are not transfer's business.
+func (s *Service) route(ctx context.Context, ev events.Event) {
+	switch ev.Data.(type) {
+	case *batonv1.NotifyReceived, *batonv1.CallEnded:
+	default:
+		return
+	}
+	delivered, dropped := s.reg.deliver(ev.Subject, ev.Data)
+	if dropped > 0 {
+		s.logger.WarnContext(ctx, "fact dropped: execution not reading", "call_id", ev.Subject, "type", ev.Type)
+	}
+	if delivered > 0 {
+		s.logger.DebugContext(ctx, "fact routed", "call_id", ev.Subject, "type", ev.Type, "executions", delivered)
+	}
 }
