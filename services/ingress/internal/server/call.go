@@ -23,12 +23,15 @@ import (
 // from the initial INVITE to its end. The Server admits the INVITE and
 // keeps the call in its table; the call does the rest itself:
 //
+//   - onCancel: a CANCEL of the INVITE (sipgo answers it, and the
+//     INVITE 487);
 //   - open: what the INVITE and ingress's SDP answer settled;
 //   - answer: the 200 OK, retransmitted until the ACK (awaitAck);
 //   - onReInvite (reinvite.go): offer/answer in the dialog;
 //   - onAck, onBye, onInfo, onNotify (indialog.go): the far end's
 //     requests in the dialog;
 //   - mediaTimedOut, moveMedia (mediawatch.go): the media timeout;
+//     rtpDigits (dtmf.go): the RFC 4733 digits of its media session;
 //   - end: the one way a call ends, with an endReason; drop releases
 //     it at shutdown without ending it.
 //
