@@ -5,23 +5,18 @@ package main
 
 import (
 	"context"
-	"errors"
-	"flag"
-	"fmt"
 	"io"
 	"net/netip"
 	"os"
-	"os/signal"
 	"runtime"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/baton-voice/baton/pkg/kafka"
-	"github.com/baton-voice/baton/pkg/observability"
 	"github.com/baton-voice/baton/pkg/opshttp"
+	"github.com/baton-voice/baton/pkg/startup"
 	"github.com/baton-voice/baton/pkg/tracing"
 	"github.com/baton-voice/baton/services/transfer/internal/attempts"
 	"github.com/baton-voice/baton/services/transfer/internal/bridge"
@@ -30,13 +25,6 @@ import (
 	"github.com/baton-voice/baton/services/transfer/internal/request"
 	"github.com/baton-voice/baton/services/transfer/internal/transfer"
 	"github.com/baton-voice/baton/services/transfer/internal/uac"
-)
-
-// Exit codes.
-const (
-	exitOK     = 0
-	exitFailed = 1
-	exitConfig = 2
 )
 
 // ensureTopicsTimeout bounds topic creation at start.
@@ -52,36 +40,26 @@ func main() {
 
 // run is the whole service; it returns the process exit code.
 func run(ctx context.Context, args []string, stderr io.Writer) int {
-	flags := flag.NewFlagSet("transfer", flag.ContinueOnError)
-	flags.SetOutput(stderr)
-	configPath := flags.String("config", "", "YAML configuration `file` (without it, the defaults)")
-	checkOnly := flags.Bool("check-config", false, "load and validate the configuration, print what is wrong or \"config ok\", and exit (2 when invalid)")
-	if err := flags.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return exitOK
-		}
-		return exitConfig
+	flags, code, done := startup.Parse("transfer", args, stderr, nil)
+	if done {
+		return code
 	}
-	cfg, err := config.Load(*configPath)
+	cfg, err := config.Load(flags.Config)
 	if err != nil {
-		_, _ = fmt.Fprintf(stderr, "transfer: %v\n", err)
-		return exitConfig
+		return startup.ConfigError(stderr, "transfer", err)
 	}
-	if *checkOnly {
-		_, _ = fmt.Fprintln(stderr, "config ok")
-		return exitOK
+	if flags.CheckOnly {
+		return startup.Checked(stderr)
 	}
-	logger, err := observability.NewLogger(stderr, cfg.Log, "transfer")
-	if err != nil {
-		_, _ = fmt.Fprintf(stderr, "transfer: %v\n", err)
-		return exitConfig
+	logger, code, ok := startup.Logger(stderr, "transfer", cfg.Log)
+	if !ok {
+		return code
 	}
 
 	// The first SIGINT/SIGTERM stops taking commands; in-flight transfers
 	// get shutdown_timeout. After it, a second signal kills the process.
-	ctx, stop := signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM)
+	ctx, stop := startup.Signals(ctx)
 	defer stop()
-	context.AfterFunc(ctx, stop)
 
 	sipOpts := []uac.Option{uac.WithLimits(uac.Limits{
 		MaxConns: cfg.SIP.MaxConnections, MaxPerSource: cfg.SIP.MaxConnectionsPerSource,
@@ -89,8 +67,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 	})}
 	tlsServer, tlsClient, err := cfg.TLSConfigs()
 	if err != nil {
-		_, _ = fmt.Fprintf(stderr, "transfer: %v\n", err)
-		return exitConfig
+		return startup.ConfigError(stderr, "transfer", err)
 	}
 	if tlsServer != nil {
 		sipOpts = append(sipOpts, uac.WithTLS(uac.TLS{Listen: cfg.TLS.Listen, Server: tlsServer, Client: tlsClient}))
@@ -98,7 +75,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 	sipClient, err := uac.Listen(ctx, cfg.Listen, cfg.ViaHost(), logger, sipOpts...)
 	if err != nil {
 		logger.ErrorContext(ctx, "start sip", "err", err)
-		return exitFailed
+		return startup.ExitFailed
 	}
 	defer func() {
 		if err := sipClient.Close(); err != nil {
@@ -117,10 +94,10 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 	}, logger)
 	if err != nil {
 		if ctx.Err() != nil {
-			return exitOK
+			return startup.ExitOK
 		}
 		logger.ErrorContext(ctx, "open attempt log", "err", err)
-		return exitFailed
+		return startup.ExitFailed
 	}
 	defer attemptLog.Close()
 
@@ -132,7 +109,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 	cl, err := kgo.NewClient(opts...)
 	if err != nil {
 		logger.ErrorContext(ctx, "start kafka client", "err", err)
-		return exitFailed
+		return startup.ExitFailed
 	}
 	// Close leaves the group, so the partitions move on at once.
 	defer cl.Close()
@@ -141,17 +118,17 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 	cancel()
 	if err != nil {
 		if ctx.Err() != nil {
-			return exitOK
+			return startup.ExitOK
 		}
 		logger.ErrorContext(ctx, "ensure topics", "err", err)
-		return exitFailed
+		return startup.ExitFailed
 	}
 
 	reg := opshttp.NewRegistry()
 	tp, shutdownTracing, err := tracing.Setup(ctx, cfg.Tracing, "transfer")
 	if err != nil {
 		logger.ErrorContext(ctx, "start tracing", "err", err)
-		return exitFailed
+		return startup.ExitFailed
 	}
 	defer func() {
 		if err := shutdownTracing(context.WithoutCancel(ctx)); err != nil {
@@ -161,17 +138,17 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 
 	mediaHost, _ := netip.ParseAddr(cfg.Media.Host) // validated
 	// One pump reads every bridge's RTP sockets: a worker per core.
-	mediaPump, err := pump.New(runtime.GOMAXPROCS(0))
+	mediaPump, err := pump.New(runtime.GOMAXPROCS(0), pump.DefaultLinger)
 	if err != nil {
 		logger.ErrorContext(ctx, "start media pump", "err", err)
-		return exitFailed
+		return startup.ExitFailed
 	}
 	defer func() { _ = mediaPump.Close() }()
 	var routes *request.Allowlist
 	if len(cfg.Routes.Allow) > 0 {
 		if routes, err = request.NewAllowlist(cfg.Routes.Allow); err != nil {
 			logger.Error("routes.allow", "err", err) // validated at load
-			return exitFailed
+			return startup.ExitFailed
 		}
 	}
 	svc := transfer.New(cl, sipClient, attemptLog, transfer.Options{
@@ -210,7 +187,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 	defer stopOps() // after the drain: /readyz and the metrics stay up while in-flight transfers finish
 	if err := serveOps(opsCtx, &wg, cfg.Metrics.Listen, reg, cl, sipClient, cfg.Group, logger); err != nil {
 		logger.ErrorContext(ctx, "start metrics server", "err", err)
-		return exitFailed
+		return startup.ExitFailed
 	}
 	sipTLS := ""
 	if a := sipClient.TLSAddr(); a != nil {
@@ -218,10 +195,10 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 	}
 	logger.InfoContext(ctx, "transfer started", "sip", sipClient.Addr().String(), "sip_tcp", sipClient.TCPAddr().String(), "sip_tls", sipTLS, "via_host", cfg.ViaHost(),
 		"group", cfg.Group, "notify_timeout", cfg.NotifyTimeout.String())
-	code := exitOK
+	code = startup.ExitOK
 	if err := svc.Run(ctx); err != nil {
 		logger.ErrorContext(ctx, "transfer stopped", "err", err)
-		code = exitFailed
+		code = startup.ExitFailed
 	}
 
 	flushCtx, cancelFlush := context.WithTimeout(context.WithoutCancel(ctx), cfg.Kafka.ProduceTimeout)

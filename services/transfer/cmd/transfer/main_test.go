@@ -25,6 +25,7 @@ import (
 
 	"github.com/baton-voice/baton/pkg/kafka/kafkatest"
 	"github.com/baton-voice/baton/pkg/logtest"
+	"github.com/baton-voice/baton/pkg/startup"
 )
 
 func TestMain(m *testing.M) {
@@ -58,7 +59,7 @@ func TestBadConfigExitsWith2(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var stderr logtest.Buffer
-			require.Equal(t, exitConfig, run(t.Context(), tc.args(t), &stderr))
+			require.Equal(t, startup.ExitConfig, run(t.Context(), tc.args(t), &stderr))
 			require.Contains(t, stderr.String(), tc.want)
 		})
 	}
@@ -66,7 +67,7 @@ func TestBadConfigExitsWith2(t *testing.T) {
 
 func TestHelpExitsZero(t *testing.T) {
 	var stderr logtest.Buffer
-	require.Equal(t, exitOK, run(t.Context(), []string{"--help"}, &stderr))
+	require.Equal(t, startup.ExitOK, run(t.Context(), []string{"--help"}, &stderr))
 	require.Contains(t, stderr.String(), "-config")
 }
 
@@ -124,7 +125,7 @@ func startAndStop(t *testing.T, withTLS bool) {
 	cancel()
 	select {
 	case code := <-done:
-		require.Equal(t, exitOK, code, stderr.String())
+		require.Equal(t, startup.ExitOK, code, stderr.String())
 	case <-time.After(15 * time.Second):
 		t.Fatal("run did not return after cancel")
 	}
