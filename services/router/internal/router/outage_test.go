@@ -12,11 +12,11 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/stretchr/testify/require"
 	"github.com/twmb/franz-go/pkg/kerr"
-	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/pkg/kmsg"
 
 	"github.com/baton-voice/baton/pkg/kafka"
+	"github.com/baton-voice/baton/pkg/kafka/kafkatest"
 	"github.com/baton-voice/baton/services/router/internal/handoff"
 )
 
@@ -36,9 +36,7 @@ func TestRouterRidesOutTransactionFailures(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			topics := kafka.DefaultConfig().Topics
-			cluster, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(1, topics.All()...))
-			require.NoError(t, err)
-			t.Cleanup(cluster.Close)
+			cluster := kafkatest.Start(t, 1, topics.All()...)
 			h := newHarnessOn(t, cluster.ListenAddrs())
 
 			var outage atomic.Bool
@@ -112,9 +110,7 @@ func TestUnusableErrors(t *testing.T) {
 // the error so the process exits, and the batch is not published.
 func TestFencedRouterStops(t *testing.T) {
 	topics := kafka.DefaultConfig().Topics
-	cluster, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(1, topics.All()...))
-	require.NoError(t, err)
-	t.Cleanup(cluster.Close)
+	cluster := kafkatest.Start(t, 1, topics.All()...)
 	h := newHarnessOn(t, cluster.ListenAddrs())
 
 	// The broker answers the first EndTxn as it would a fenced producer.

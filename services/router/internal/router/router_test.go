@@ -9,7 +9,6 @@ import (
 
 	"github.com/stretchr/testify/require"
 	"github.com/twmb/franz-go/pkg/kadm"
-	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/pkg/kmsg"
 	"go.uber.org/goleak"
@@ -223,9 +222,7 @@ func TestCallStartedIsHandedOffOnce(t *testing.T) {
 
 func TestCommandsAreVisibleOnlyAfterCommit(t *testing.T) {
 	topics := kafka.DefaultConfig().Topics
-	cluster, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(1, topics.All()...))
-	require.NoError(t, err)
-	t.Cleanup(cluster.Close)
+	cluster := kafkatest.Start(t, 1, topics.All()...)
 	h := newHarnessOn(t, cluster.ListenAddrs())
 	adm := kadm.NewClient(h.prod)
 	type offsets struct{ end, stable int64 }

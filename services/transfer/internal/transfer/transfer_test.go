@@ -3,7 +3,6 @@ package transfer
 import (
 	"context"
 	"crypto/tls"
-	"errors"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -20,6 +19,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/pkg/kmsg"
 	"go.uber.org/goleak"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
@@ -27,6 +27,7 @@ import (
 	"github.com/baton-voice/baton/pkg/events"
 	batonv1 "github.com/baton-voice/baton/pkg/events/batonv1"
 	"github.com/baton-voice/baton/pkg/kafka"
+	"github.com/baton-voice/baton/pkg/kafka/kafkatest"
 	"github.com/baton-voice/baton/pkg/sipx"
 	"github.com/baton-voice/baton/services/transfer/internal/attempts"
 	"github.com/baton-voice/baton/services/transfer/internal/request"
@@ -304,10 +305,7 @@ const attemptTopic = "baton.transfer-attempts"
 func start(t *testing.T, answer int, tune func(*Options), sipOpts ...uac.Option) *harness {
 	t.Helper()
 	cfg := kafka.DefaultConfig()
-	// As kafkatest.NewCluster does, keeping the cluster for its controls.
-	cluster, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(3, cfg.Topics.All()...))
-	require.NoError(t, err)
-	t.Cleanup(cluster.Close)
+	cluster := kafkatest.Start(t, 3, cfg.Topics.All()...)
 	brokers := cluster.ListenAddrs()
 	cfg.Brokers = brokers
 	logger := slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelWarn}))
@@ -788,25 +786,6 @@ func TestShutdownAbandonsTransfersAtTheDeadline(t *testing.T) {
 	require.Less(t, took, 5*time.Second, "and no more than that (notify_timeout is 10s)")
 }
 
-// offsetCommitKey is the Kafka API key of OffsetCommit (kmsg.OffsetCommit).
-const offsetCommitKey = 8
-
-// dropRequests makes a kfake cluster drop the requests with the API key
-// while drop says so: it closes the connection each came on, so the
-// request never reaches the cluster's state. Pass the cluster's
-// ControlKey and KeepControl; the request and response types are
-// inferred, so the test names no kmsg type.
-func dropRequests[Req, Resp any](control func(int16, func(Req) (Resp, error, bool)), keep func(), key int16, drop func() bool) {
-	control(key, func(Req) (Resp, error, bool) {
-		var none Resp
-		if !drop() {
-			return none, nil, false
-		}
-		keep()
-		return none, errors.New("request dropped"), true
-	})
-}
-
 // TestCrashAfterReferBeforeCommitSendsNoSecondRefer: an instance records
 // the attempt, sends the REFER and dies before committing the command's
 // offset. The command is redelivered to the next instance, which finds the
@@ -826,7 +805,7 @@ func TestCrashAfterReferBeforeCommitSendsNoSecondRefer(t *testing.T) {
 	var dropping, crashed atomic.Bool
 	lost := make(chan struct{})
 	var once sync.Once
-	dropRequests(h.cluster.ControlKey, h.cluster.KeepControl, offsetCommitKey, func() bool {
+	kafkatest.DropRequests(h.cluster, kmsg.OffsetCommit, func() bool {
 		if !dropping.Load() {
 			return false
 		}
