@@ -27,6 +27,7 @@ import (
 	"github.com/baton-voice/baton/pkg/events"
 	batonv1 "github.com/baton-voice/baton/pkg/events/batonv1"
 	"github.com/baton-voice/baton/pkg/kafka"
+	"github.com/baton-voice/baton/pkg/kafka/kafkatest"
 	"github.com/baton-voice/baton/pkg/logtest"
 	"github.com/baton-voice/baton/services/analytics/internal/chconn"
 )
@@ -44,9 +45,7 @@ func TestCrashBetweenInsertAndCommit(t *testing.T) {
 	const calls = 60
 	cfg := kafka.DefaultConfig()
 	cfg.Partitions = 2
-	cluster, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(cfg.Partitions, cfg.Topics.All()...))
-	require.NoError(t, err)
-	t.Cleanup(cluster.Close)
+	cluster := kafkatest.Start(t, cfg.Partitions, cfg.Topics.All()...)
 	brokers := cluster.ListenAddrs()
 	cfg.Brokers = brokers
 	held, release := holdCommit(t, cluster, "crash-test", 2)

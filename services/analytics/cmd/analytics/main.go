@@ -5,24 +5,20 @@ package main
 
 import (
 	"context"
-	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"io/fs"
 	"log/slog"
 	"os"
-	"os/signal"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kgo"
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/baton-voice/baton/pkg/kafka"
-	"github.com/baton-voice/baton/pkg/observability"
 	"github.com/baton-voice/baton/pkg/opshttp"
+	"github.com/baton-voice/baton/pkg/startup"
 	"github.com/baton-voice/baton/pkg/tracing"
 	"github.com/baton-voice/baton/schemas"
 	"github.com/baton-voice/baton/services/analytics/internal/chconn"
@@ -31,59 +27,44 @@ import (
 	"github.com/baton-voice/baton/services/analytics/internal/writer"
 )
 
-// Exit codes.
-const (
-	exitOK     = 0
-	exitFailed = 1
-	exitConfig = 2
-)
-
 func main() {
 	os.Exit(run(context.Background(), os.Args[1:], os.Stderr, os.Getenv))
 }
 
 // run is the whole service; it returns the process exit code.
 func run(ctx context.Context, args []string, stderr io.Writer, getenv func(string) string) int {
-	flags := flag.NewFlagSet("analytics", flag.ContinueOnError)
-	flags.SetOutput(stderr)
-	configPath := flags.String("config", "", "YAML configuration `file` (without it, the defaults)")
-	checkOnly := flags.Bool("check-config", false, "load and validate the configuration, print what is wrong or \"config ok\", and exit (2 when invalid)")
-	if err := flags.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return exitOK
-		}
-		return exitConfig
+	flags, code, done := startup.Parse("analytics", args, stderr, nil)
+	if done {
+		return code
 	}
-	cfg, err := config.Load(*configPath, getenv)
+	cfg, err := config.Load(flags.Config, getenv)
 	if err != nil {
-		return configError(stderr, err)
+		return startup.ConfigError(stderr, "analytics", err)
 	}
-	if *checkOnly {
-		_, _ = fmt.Fprintln(stderr, "config ok")
-		return exitOK
+	if flags.CheckOnly {
+		return startup.Checked(stderr)
 	}
-	logger, err := observability.NewLogger(stderr, cfg.Log, "analytics")
-	if err != nil {
-		return configError(stderr, err)
+	logger, code, ok := startup.Logger(stderr, "analytics", cfg.Log)
+	if !ok {
+		return code
 	}
 	migrations, err := fs.Sub(schemas.ClickHouse, "clickhouse")
 	if err != nil {
 		logger.ErrorContext(ctx, "embedded migrations", "err", err)
-		return exitFailed
+		return startup.ExitFailed
 	}
 
 	// The first SIGINT/SIGTERM stops taking new batches; the one under way
 	// is inserted and committed. After it, a second signal kills the process.
-	ctx, stop := signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM)
+	ctx, stop := startup.Signals(ctx)
 	defer stop()
-	context.AfterFunc(ctx, stop)
 
 	logger.InfoContext(ctx, "analytics starting", "clickhouse", cfg.ClickHouse.Addr, "database", cfg.ClickHouse.Database,
 		"group", cfg.Group)
 	tp, shutdownTracing, err := tracing.Setup(ctx, cfg.Tracing, "analytics")
 	if err != nil {
 		logger.ErrorContext(ctx, "start tracing", "err", err)
-		return exitFailed
+		return startup.ExitFailed
 	}
 	defer func() {
 		if err := shutdownTracing(context.WithoutCancel(ctx)); err != nil {
@@ -92,10 +73,10 @@ func run(ctx context.Context, args []string, stderr io.Writer, getenv func(strin
 	}()
 	if err := serve(ctx, cfg, migrations, tracing.Tracer(tp, "analytics"), logger); err != nil {
 		logger.ErrorContext(ctx, "analytics stopped", "err", err)
-		return exitFailed
+		return startup.ExitFailed
 	}
 	logger.InfoContext(ctx, "analytics stopped")
-	return exitOK
+	return startup.ExitOK
 }
 
 // startTimeout bounds migrations and topic creation at start.
@@ -167,10 +148,4 @@ func stopped(ctx context.Context, err error) error {
 		return nil
 	}
 	return err
-}
-
-// configError reports a configuration problem before the logger exists.
-func configError(stderr io.Writer, err error) int {
-	_, _ = fmt.Fprintf(stderr, "analytics: %v\n", err)
-	return exitConfig
 }

@@ -16,6 +16,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/baton-voice/baton/pkg/logtest"
+	"github.com/baton-voice/baton/pkg/startup"
 	"github.com/baton-voice/baton/services/analytics/internal/chtest"
 )
 
@@ -52,15 +53,15 @@ func TestExitCodes(t *testing.T) {
 		code int
 		want string
 	}{
-		{"help", func(*testing.T) []string { return []string{"--help"} }, exitOK, "-config file"},
-		{"unknown flag", func(*testing.T) []string { return []string{"--nope"} }, exitConfig, "flag provided but not defined"},
-		{"missing file", func(*testing.T) []string { return []string{"--config", "/nonexistent.yaml"} }, exitConfig, "read config"},
+		{"help", func(*testing.T) []string { return []string{"--help"} }, startup.ExitOK, "-config file"},
+		{"unknown flag", func(*testing.T) []string { return []string{"--nope"} }, startup.ExitConfig, "flag provided but not defined"},
+		{"missing file", func(*testing.T) []string { return []string{"--config", "/nonexistent.yaml"} }, startup.ExitConfig, "read config"},
 		{"bad field", func(t *testing.T) []string {
 			return []string{"--config", writeConfig(t, "group: g\nretry_pause: -1s\n")}
-		}, exitConfig, "analytics.yaml:2: retry_pause"},
+		}, startup.ExitConfig, "analytics.yaml:2: retry_pause"},
 		{"password in file", func(t *testing.T) []string {
 			return []string{"--config", writeConfig(t, "clickhouse:\n  password: x\n")}
-		}, exitConfig, "password"},
+		}, startup.ExitConfig, "password"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -89,7 +90,7 @@ func TestStopWhileWaitingForClickHouse(t *testing.T) {
 	cancel()
 	select {
 	case code := <-done:
-		require.Equal(t, exitOK, code, stderr.String())
+		require.Equal(t, startup.ExitOK, code, stderr.String())
 	case <-time.After(10 * time.Second):
 		t.Fatal("analytics did not stop")
 	}

@@ -6,7 +6,6 @@ package config
 import (
 	"errors"
 	"fmt"
-	"log/slog"
 	"net"
 	"regexp"
 	"slices"
@@ -154,12 +153,8 @@ func (c *Config) Validate() error {
 	if err := c.Kafka.Validate(); err != nil {
 		errs = append(errs, err)
 	}
-	var level slog.Level
-	if err := level.UnmarshalText([]byte(c.Log.Level)); err != nil {
-		errs = append(errs, pkgconfig.Errorf("log.level", "%q: want debug, info, warn or error", c.Log.Level))
-	}
-	if f := strings.ToLower(c.Log.Format); f != "json" && f != "text" && f != "" {
-		errs = append(errs, pkgconfig.Errorf("log.format", "%q: want json or text", c.Log.Format))
+	if err := c.Log.Validate(); err != nil {
+		errs = append(errs, err)
 	}
 	if strings.TrimSpace(c.Group) == "" {
 		errs = append(errs, pkgconfig.Errorf("group", "a consumer group id is required"))
