@@ -81,7 +81,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 		}
 	}()
 
-	srv, err := server.Listen(cfg, cl, logger, server.WithTracer(tracing.Tracer(tp, "ingress")))
+	srv, err := server.Listen(cfg, cl, logger, server.Options{Tracer: tracing.Tracer(tp, "ingress")})
 	if err != nil {
 		logger.ErrorContext(ctx, "start sip", "err", err)
 		return startup.ExitFailed

@@ -20,9 +20,7 @@ import (
 
 // withT1 shortens the T1 of the 2xx retransmission (and so the 64*T1
 // after which an unacknowledged call is ended) for one server.
-func withT1(d time.Duration) Option {
-	return func(s *Server) { s.env.t1 = d }
-}
+func withT1(d time.Duration) Options { return Options{T1: d} }
 
 // sipIn is one SIP message the SBC received, with when and from where.
 type sipIn struct {

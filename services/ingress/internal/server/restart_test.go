@@ -38,7 +38,7 @@ func TestEndOrphans(t *testing.T) {
 	cl, err := kgo.NewClient(kafka.ClientOpts(cfg.Kafka, logger)...)
 	require.NoError(t, err)
 	t.Cleanup(cl.Close)
-	srv, err := Listen(cfg, cl, logger)
+	srv, err := Listen(cfg, cl, logger, Options{})
 	require.NoError(t, err)
 	me := srv.LocalContact()
 	require.NotEmpty(t, me)

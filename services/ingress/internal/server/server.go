@@ -88,19 +88,20 @@ type stream struct {
 	ln        net.Listener
 }
 
-// Option changes how Listen builds the server.
-type Option func(*Server)
-
-// WithTracer traces each INVITE; its span's traceparent rides in
-// CallStarted so router, transfer and analytics continue the trace. The
-// default traces nothing.
-func WithTracer(t trace.Tracer) Option {
-	return func(s *Server) { s.tracer = t }
+// Options are Listen's settings beyond the configuration.
+type Options struct {
+	// Tracer traces each INVITE; its span's traceparent rides in
+	// CallStarted so router, transfer and analytics continue the trace.
+	// Nil traces nothing.
+	Tracer trace.Tracer
+	// T1 is RFC 3261's T1 for the 2xx retransmission (and the 64*T1 after
+	// which an unacknowledged call is ended); 0 is sip.T1.
+	T1 time.Duration
 }
 
 // Listen binds the SIP sockets (so their addresses are known before Serve)
 // and prepares the server. cl publishes to cfg.Kafka.Topics.Calls.
-func Listen(cfg config.Config, cl *kgo.Client, logger *slog.Logger, opts ...Option) (*Server, error) {
+func Listen(cfg config.Config, cl *kgo.Client, logger *slog.Logger, o Options) (*Server, error) {
 	s := &Server{cfg: cfg, log: logger, contacts: map[string]string{}, drained: make(chan struct{}, 1),
 		tracer: noop.NewTracerProvider().Tracer("")}
 	s.pub = &publisher{cl: cl, topic: cfg.Kafka.Topics.Calls, timeout: cfg.PublishTimeout, log: logger}
@@ -110,8 +111,11 @@ func Listen(cfg config.Config, cl *kgo.Client, logger *slog.Logger, opts ...Opti
 		log: logger, remove: s.remove, facts: s.pub, byes: s.byes, foreignRTP: &s.stats.ForeignRTP,
 		t1: sip.T1, sdpHost: cfg.ContactHost(), viaHost: cfg.ExternalHost, retryAfter: s.retryAfter,
 	}
-	for _, o := range opts {
-		o(s)
+	if o.Tracer != nil {
+		s.tracer = o.Tracer
+	}
+	if o.T1 > 0 {
+		s.env.t1 = o.T1
 	}
 	table, err := trunks.New(cfg.EffectiveTrunks())
 	if err != nil {

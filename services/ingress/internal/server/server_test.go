@@ -63,13 +63,13 @@ type ingress struct {
 }
 
 // startIngress runs a server on 127.0.0.1:0 against brokers until the test ends.
-func startIngress(t *testing.T, brokers []string, tune func(*config.Config), opts ...Option) *ingress {
+func startIngress(t *testing.T, brokers []string, tune func(*config.Config), opts ...Options) *ingress {
 	t.Helper()
 	return startIngressLogging(t, brokers, tune, slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelWarn})), opts...)
 }
 
 // startIngressLogging is startIngress with the server logging to logger.
-func startIngressLogging(t *testing.T, brokers []string, tune func(*config.Config), logger *slog.Logger, opts ...Option) *ingress {
+func startIngressLogging(t *testing.T, brokers []string, tune func(*config.Config), logger *slog.Logger, opts ...Options) *ingress {
 	t.Helper()
 	cfg := config.Default()
 	cfg.Listen = "127.0.0.1:0"
@@ -84,7 +84,11 @@ func startIngressLogging(t *testing.T, brokers []string, tune func(*config.Confi
 	require.NoError(t, err)
 	t.Cleanup(cl.Close)
 
-	srv, err := Listen(cfg, cl, logger, opts...)
+	var o Options
+	if len(opts) > 0 {
+		o = opts[0]
+	}
+	srv, err := Listen(cfg, cl, logger, o)
 	require.NoError(t, err)
 	ctx, cancel := context.WithCancel(context.WithoutCancel(t.Context()))
 	done := make(chan struct{})

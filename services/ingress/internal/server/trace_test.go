@@ -28,7 +28,7 @@ func TestInviteTraceRidesInCallStarted(t *testing.T) {
 
 	topics := kafka.DefaultConfig().Topics
 	brokers := kafkatest.NewCluster(t, 1, topics.All()...)
-	in := startIngress(t, brokers, nil, WithTracer(tracing.Tracer(tp, "ingress")))
+	in := startIngress(t, brokers, nil, Options{Tracer: tracing.Tracer(tp, "ingress")})
 	consumer := newCalls(t, brokers, topics.Calls)
 
 	conn, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})

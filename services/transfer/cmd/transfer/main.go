@@ -61,18 +61,18 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 	ctx, stop := startup.Signals(ctx)
 	defer stop()
 
-	sipOpts := []uac.Option{uac.WithLimits(uac.Limits{
+	sipOpts := uac.Options{Limits: uac.Limits{
 		MaxConns: cfg.SIP.MaxConnections, MaxPerSource: cfg.SIP.MaxConnectionsPerSource,
 		FirstRead: cfg.SIP.FirstReadTimeout, Idle: cfg.SIP.IdleTimeout,
-	})}
+	}}
 	tlsServer, tlsClient, err := cfg.TLSConfigs()
 	if err != nil {
 		return startup.ConfigError(stderr, "transfer", err)
 	}
 	if tlsServer != nil {
-		sipOpts = append(sipOpts, uac.WithTLS(uac.TLS{Listen: cfg.TLS.Listen, Server: tlsServer, Client: tlsClient}))
+		sipOpts.TLS = &uac.TLS{Listen: cfg.TLS.Listen, Server: tlsServer, Client: tlsClient}
 	}
-	sipClient, err := uac.Listen(ctx, cfg.Listen, cfg.ViaHost(), logger, sipOpts...)
+	sipClient, err := uac.Listen(ctx, cfg.Listen, cfg.ViaHost(), logger, sipOpts)
 	if err != nil {
 		logger.ErrorContext(ctx, "start sip", "err", err)
 		return startup.ExitFailed

@@ -587,11 +587,11 @@ func TestWarmTransferOverTLS(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
 			destCert, ourCert := newSelfSigned(t, "destination"), newSelfSigned(t, "baton")
-			h := start(t, 202, withInvite(func(o *InviteOptions) { o.TLS = true }), uac.WithTLS(uac.TLS{
+			h := start(t, 202, withInvite(func(o *InviteOptions) { o.TLS = true }), uac.Options{TLS: &uac.TLS{
 				Listen: "127.0.0.1:0",
 				Server: &tls.Config{Certificates: []tls.Certificate{ourCert.cert}, MinVersion: tls.VersionTLS12},
 				Client: &tls.Config{RootCAs: destCert.pool, MinVersion: tls.VersionTLS12},
-			}))
+			}})
 			caller := startCallerSBC(t, 0)
 			dest := startDestination(t, destOptions{suite: tc.suite,
 				tls: &tls.Config{Certificates: []tls.Certificate{destCert.cert}, MinVersion: tls.VersionTLS12}})
@@ -649,11 +649,11 @@ func TestWarmTransferTLSRefused(t *testing.T) {
 	t.Run("untrusted certificate", func(t *testing.T) {
 		t.Parallel()
 		destCert, ourCert, other := newSelfSigned(t, "destination"), newSelfSigned(t, "baton"), newSelfSigned(t, "other")
-		h := start(t, 202, withInvite(func(o *InviteOptions) { o.TLS = true }), uac.WithTLS(uac.TLS{
+		h := start(t, 202, withInvite(func(o *InviteOptions) { o.TLS = true }), uac.Options{TLS: &uac.TLS{
 			Listen: "127.0.0.1:0",
 			Server: &tls.Config{Certificates: []tls.Certificate{ourCert.cert}, MinVersion: tls.VersionTLS12},
 			Client: &tls.Config{RootCAs: other.pool, MinVersion: tls.VersionTLS12},
-		}))
+		}})
 		caller := startCallerSBC(t, 0)
 		dest := startDestination(t, destOptions{suite: "AES_CM_128_HMAC_SHA1_80",
 			tls: &tls.Config{Certificates: []tls.Certificate{destCert.cert}, MinVersion: tls.VersionTLS12}})

@@ -215,9 +215,9 @@ func (s *sbc) next(t *testing.T) received {
 
 // harness is a running transfer service against kfake and a test SBC.
 type harness struct {
-	sipOpts []uac.Option
-	topics  kafka.Topics
-	cfg     kafka.Config
+	sipOptions uac.Options
+	topics     kafka.Topics
+	cfg        kafka.Config
 	// cluster is the Kafka cluster: a test can hold or drop requests to it
 	// (ControlKey), as a broker or a network would.
 	cluster *kfake.Cluster
@@ -302,14 +302,17 @@ var testPeers = netip.MustParsePrefix("127.0.0.1/32")
 // attemptTopic is the attempt log of the tests.
 const attemptTopic = "baton.transfer-attempts"
 
-func start(t *testing.T, answer int, tune func(*Options), sipOpts ...uac.Option) *harness {
+func start(t *testing.T, answer int, tune func(*Options), sip ...uac.Options) *harness {
 	t.Helper()
 	cfg := kafka.DefaultConfig()
 	cluster := kafkatest.Start(t, 3, cfg.Topics.All()...)
 	brokers := cluster.ListenAddrs()
 	cfg.Brokers = brokers
 	logger := slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelWarn}))
-	h := &harness{topics: cfg.Topics, cfg: cfg, cluster: cluster, logger: logger, sipOpts: sipOpts}
+	h := &harness{topics: cfg.Topics, cfg: cfg, cluster: cluster, logger: logger}
+	if len(sip) > 0 {
+		h.sipOptions = sip[0]
+	}
 
 	in := h.launch(t, tune)
 	var once sync.Once
@@ -347,7 +350,7 @@ func start(t *testing.T, answer int, tune func(*Options), sipOpts ...uac.Option)
 // the caller's (cancel, then read done).
 func (h *harness) launch(t *testing.T, tune func(*Options)) *instance {
 	t.Helper()
-	sipClient, err := uac.Listen(t.Context(), "127.0.0.1:0", "127.0.0.1", h.logger, h.sipOpts...)
+	sipClient, err := uac.Listen(t.Context(), "127.0.0.1:0", "127.0.0.1", h.logger, h.sipOptions)
 	require.NoError(t, err)
 	t.Cleanup(func() { require.NoError(t, sipClient.Close()) })
 

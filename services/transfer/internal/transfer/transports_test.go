@@ -125,11 +125,11 @@ func (r *sippRun) messages(t *testing.T) string {
 func TestBlindTransferOverTLS(t *testing.T) {
 	t.Parallel()
 	sbcCert, ourCert := newSelfSigned(t, "sbc"), newSelfSigned(t, "baton")
-	h := start(t, 202, nil, uac.WithTLS(uac.TLS{
+	h := start(t, 202, nil, uac.Options{TLS: &uac.TLS{
 		Listen: "127.0.0.1:0",
 		Server: &tls.Config{Certificates: []tls.Certificate{ourCert.cert}, MinVersion: tls.VersionTLS12},
 		Client: &tls.Config{RootCAs: sbcCert.pool, MinVersion: tls.VersionTLS12},
-	}))
+	}})
 	sbc := startSBC(t, 202, &tls.Config{Certificates: []tls.Certificate{sbcCert.cert}, MinVersion: tls.VersionTLS12})
 	cmd := referCommand(h, "tls")
 	cmd.Dialog = dialogTo(sbc.addr, cmd.CallId)

@@ -29,10 +29,6 @@ type Limits struct {
 	Idle time.Duration
 }
 
-// WithLimits bounds the TCP and TLS listeners; without it connguard's
-// defaults apply.
-func WithLimits(l Limits) Option { return func(o *options) { o.limits = l } }
-
 func (l Limits) policy() connguard.Policy {
 	return connguard.Policy{MaxConns: l.MaxConns, MaxPerSource: l.MaxPerSource, FirstRead: l.FirstRead, Idle: l.Idle}
 }

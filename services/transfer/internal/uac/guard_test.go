@@ -67,8 +67,8 @@ func silentConns(t *testing.T, addr string, n, sources int) []net.Conn {
 func TestSilentTCPConnectionsAreClosed(t *testing.T) {
 	const n, sources, perSource = 300, 10, 32
 	const firstRead = 500 * time.Millisecond
-	c, err := Listen(t.Context(), "127.0.0.1:0", "127.0.0.1", testLogger(t),
-		WithLimits(Limits{MaxConns: 1024, MaxPerSource: perSource, FirstRead: firstRead, Idle: time.Minute}))
+	c, err := Listen(t.Context(), "127.0.0.1:0", "127.0.0.1", testLogger(t), Options{Limits: Limits{MaxConns: 1024, MaxPerSource: perSource, FirstRead: firstRead, Idle: time.Minute}})
+
 	require.NoError(t, err)
 	defer func() { require.NoError(t, c.Close()) }()
 	reg := prometheus.NewRegistry()
@@ -119,8 +119,8 @@ func TestSilentTCPConnectionsAreClosed(t *testing.T) {
 // TestTCPListenerCapsConnections: over sip.max_connections, a connection
 // is refused at accept and counted as full.
 func TestTCPListenerCapsConnections(t *testing.T) {
-	c, err := Listen(t.Context(), "127.0.0.1:0", "127.0.0.1", testLogger(t),
-		WithLimits(Limits{MaxConns: 4, MaxPerSource: 4, FirstRead: 5 * time.Second}))
+	c, err := Listen(t.Context(), "127.0.0.1:0", "127.0.0.1", testLogger(t), Options{Limits: Limits{MaxConns: 4, MaxPerSource: 4, FirstRead: 5 * time.Second}})
+
 	require.NoError(t, err)
 	defer func() { require.NoError(t, c.Close()) }()
 	silentConns(t, c.TCPAddr().String(), 4, 4)
@@ -139,8 +139,8 @@ func TestSilentTLSHandshakeIsClosed(t *testing.T) {
 	const firstRead = 300 * time.Millisecond
 	cert := selfSigned(t)
 	c, err := Listen(t.Context(), "127.0.0.1:0", "127.0.0.1", testLogger(t),
-		WithTLS(TLS{Listen: "127.0.0.1:0", Server: &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}}),
-		WithLimits(Limits{FirstRead: firstRead}))
+		Options{TLS: &TLS{Listen: "127.0.0.1:0", Server: &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}},
+			Limits: Limits{FirstRead: firstRead}})
 	require.NoError(t, err)
 	defer func() { require.NoError(t, c.Close()) }()
 
@@ -164,7 +164,7 @@ func TestSIPLoggerDropsPackets(t *testing.T) {
 	const marker = "MARKER-7c1e"
 	var logs logtest.Buffer
 	logger := slog.New(slog.NewJSONHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	c, err := Listen(t.Context(), "127.0.0.1:0", "127.0.0.1", logger)
+	c, err := Listen(t.Context(), "127.0.0.1:0", "127.0.0.1", logger, Options{})
 	require.NoError(t, err)
 	defer func() { require.NoError(t, c.Close()) }()
 	conn, err := dialFrom(t.Context(), net.IPv4(127, 0, 0, 1), c.TCPAddr().String())

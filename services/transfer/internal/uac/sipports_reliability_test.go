@@ -97,7 +97,7 @@ func TestReliabilitySecurityTransferSIPPorts(t *testing.T) {
 
 	// Now: transfer's client with the default limits.
 	logger, logs := infoLogger()
-	c, err := Listen(t.Context(), "127.0.0.1:0", "127.0.0.1", logger)
+	c, err := Listen(t.Context(), "127.0.0.1:0", "127.0.0.1", logger, Options{})
 	require.NoError(t, err)
 	defer func() { require.NoError(t, c.Close()) }()
 	poolBefore := c.Counters().UDPPoolEntries

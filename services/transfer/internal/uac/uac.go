@@ -75,33 +75,27 @@ type TLS struct {
 	Client *tls.Config
 }
 
-// Option configures Listen.
-type Option func(*options)
-
-type options struct {
-	tls    *TLS
-	limits Limits
+// Options are Listen's settings beyond its address.
+type Options struct {
+	// TLS, when set, adds the TLS transport.
+	TLS *TLS
+	// Limits bound the TCP and TLS listeners; zero fields take
+	// connguard's defaults.
+	Limits Limits
 }
-
-// WithTLS adds the TLS transport.
-func WithTLS(t TLS) Option { return func(o *options) { o.tls = &t } }
 
 // Listen binds listen (host:port, port 0 picks one) for UDP and TCP and
 // builds a client whose requests carry Via sent-by viaHost and the bound
 // port. Close releases it.
 //
-// The TCP and TLS listeners are guarded (WithLimits, connguard): capped in
+// The TCP and TLS listeners are guarded (Options.Limits, connguard): capped in
 // all and per source, and a connection silent for too long, a TLS
 // handshake included, is closed. The UDP socket takes only responses to
 // requests transfer sent and requests in the dialogs of its legs; every
 // other datagram is dropped before sipgo parses it, counted (Counters) and
 // logged at a bounded rate without its bytes (udpGuard says why sipgo's
 // pool needs that).
-func Listen(ctx context.Context, listen, viaHost string, logger *slog.Logger, opts ...Option) (*Client, error) {
-	var o options
-	for _, f := range opts {
-		f(&o)
-	}
+func Listen(ctx context.Context, listen, viaHost string, logger *slog.Logger, o Options) (*Client, error) {
 	conn, rawTCP, err := bindPair(ctx, listen)
 	if err != nil {
 		return nil, err
@@ -111,7 +105,7 @@ func Listen(ctx context.Context, listen, viaHost string, logger *slog.Logger, op
 	c := &Client{served: make(chan struct{}), host: viaHost}
 	// The guards sit right above the sockets, so a connection is counted
 	// and timed from accept, and for TLS before the handshake.
-	tcpLn := connguard.Wrap(rawTCP, o.limits.policy(), &c.conns)
+	tcpLn := connguard.Wrap(rawTCP, o.Limits.policy(), &c.conns)
 	listeners := []net.Listener{tcpLn}
 
 	// sipgo's transport and transaction layers log through slog.Default
@@ -135,16 +129,16 @@ func Listen(ctx context.Context, listen, viaHost string, logger *slog.Logger, op
 		),
 	}
 	var tlsLn net.Listener
-	if o.tls != nil {
+	if o.TLS != nil {
 		var lc net.ListenConfig
-		ln, err := lc.Listen(ctx, "tcp", o.tls.Listen)
+		ln, err := lc.Listen(ctx, "tcp", o.TLS.Listen)
 		if err != nil {
-			return nil, errors.Join(fmt.Errorf("listen sip tls %s: %w", o.tls.Listen, err), tcpLn.Close(), conn.Close())
+			return nil, errors.Join(fmt.Errorf("listen sip tls %s: %w", o.TLS.Listen, err), tcpLn.Close(), conn.Close())
 		}
-		tlsLn = tls.NewListener(connguard.Wrap(ln, o.limits.policy(), &c.conns), o.tls.Server)
+		tlsLn = tls.NewListener(connguard.Wrap(ln, o.Limits.policy(), &c.conns), o.TLS.Server)
 		listeners = append(listeners, tlsLn)
-		if o.tls.Client != nil {
-			uaOpts = append(uaOpts, sipgo.WithUserAgenTLSConfig(o.tls.Client))
+		if o.TLS.Client != nil {
+			uaOpts = append(uaOpts, sipgo.WithUserAgenTLSConfig(o.TLS.Client))
 		}
 	}
 	closeAll := func(err error) error {

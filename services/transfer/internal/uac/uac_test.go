@@ -23,7 +23,7 @@ func testLogger(t *testing.T) *slog.Logger {
 // listen is a client on a loopback port, closed when the test ends.
 func listen(t *testing.T) *Client {
 	t.Helper()
-	c, err := Listen(t.Context(), "127.0.0.1:0", "127.0.0.1", testLogger(t))
+	c, err := Listen(t.Context(), "127.0.0.1:0", "127.0.0.1", testLogger(t), Options{})
 	require.NoError(t, err)
 	t.Cleanup(func() { require.NoError(t, c.Close()) })
 	return c
@@ -35,7 +35,7 @@ func listen(t *testing.T) *Client {
 // Via reaches the transaction.
 func TestRequestsLeaveFromTheListeningSocket(t *testing.T) {
 	logger := testLogger(t)
-	c, err := Listen(t.Context(), "127.0.0.1:0", "transfer.test", logger)
+	c, err := Listen(t.Context(), "127.0.0.1:0", "transfer.test", logger, Options{})
 	require.NoError(t, err)
 	defer func() { require.NoError(t, c.Close()) }()
 
@@ -79,7 +79,7 @@ func TestRequestsLeaveFromTheListeningSocket(t *testing.T) {
 
 func TestListenOnABusyPortFails(t *testing.T) {
 	a := listen(t)
-	_, err := Listen(t.Context(), a.Addr().String(), "127.0.0.1", testLogger(t))
+	_, err := Listen(t.Context(), a.Addr().String(), "127.0.0.1", testLogger(t), Options{})
 	require.ErrorContains(t, err, "listen sip")
 }
 
@@ -97,7 +97,7 @@ func TestInviteOverTLSWithoutTLSFails(t *testing.T) {
 // without TCP.
 func TestTCPListensOnTheUDPPort(t *testing.T) {
 	logger := testLogger(t)
-	c, err := Listen(t.Context(), "127.0.0.1:0", "127.0.0.1", logger)
+	c, err := Listen(t.Context(), "127.0.0.1:0", "127.0.0.1", logger, Options{})
 	require.NoError(t, err)
 	require.Equal(t, c.Addr().Port, c.TCPAddr().Port)
 	require.NoError(t, c.Close())
@@ -106,7 +106,7 @@ func TestTCPListensOnTheUDPPort(t *testing.T) {
 	busy, err := lc.Listen(t.Context(), "tcp", "127.0.0.1:0")
 	require.NoError(t, err)
 	defer func() { require.NoError(t, busy.Close()) }()
-	_, err = Listen(t.Context(), busy.Addr().String(), "127.0.0.1", logger)
+	_, err = Listen(t.Context(), busy.Addr().String(), "127.0.0.1", logger, Options{})
 	require.ErrorContains(t, err, "listen sip tcp")
 }
 

@@ -116,7 +116,7 @@ func (l *leg) bye(fromTag, toTag, branch string, port int) string {
 func TestUDPTakesOnlyOurs(t *testing.T) {
 	const marker = "MARKER-51d0"
 	logger, logs := infoLogger()
-	c, err := Listen(t.Context(), "127.0.0.1:0", "127.0.0.1", logger)
+	c, err := Listen(t.Context(), "127.0.0.1:0", "127.0.0.1", logger, Options{})
 	require.NoError(t, err)
 	defer func() { require.NoError(t, c.Close()) }()
 	stranger := newRawPeer(t)
@@ -172,7 +172,7 @@ func TestUDPFloodFromManySources(t *testing.T) {
 	const addrs, perAddr = 12, 200
 	const marker = "MARKER-e93a"
 	logger, logs := infoLogger()
-	c, err := Listen(t.Context(), "127.0.0.1:0", "127.0.0.1", logger)
+	c, err := Listen(t.Context(), "127.0.0.1:0", "127.0.0.1", logger, Options{})
 	require.NoError(t, err)
 	defer func() { require.NoError(t, c.Close()) }()
 	poolBefore := c.Counters().UDPPoolEntries

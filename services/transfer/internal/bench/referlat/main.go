@@ -113,7 +113,7 @@ func run(w io.Writer, rates []int, duration time.Duration) error {
 	}
 	defer closeSBC()
 
-	sipClient, err := uac.Listen(ctx, "127.0.0.1:0", "127.0.0.1", logger)
+	sipClient, err := uac.Listen(ctx, "127.0.0.1:0", "127.0.0.1", logger, uac.Options{})
 	if err != nil {
 		return err
 	}
