@@ -2,9 +2,7 @@ package server
 
 import (
 	"bytes"
-	"context"
 	"errors"
-	"log/slog"
 	"net"
 	"net/netip"
 	"strconv"
@@ -91,7 +89,7 @@ func (s *Server) filter(p sip.TransportReadProps, data []byte) ([]byte, error) {
 	trunk := s.trunks.Lookup(src.Addr().Unmap())
 	if trunk == nil {
 		s.stats.ACLDropped.Add(1)
-		s.rejectLog.log(s.log, "request from an address no trunk allows", "source", src.String())
+		s.rejectLog.Log(s.log, "request from an address no trunk allows", "source", src.String())
 		if p.Transport != "UDP" {
 			return nil, errACL // sipgo closes the connection
 		}
@@ -115,11 +113,11 @@ func (s *Server) filter(p sip.TransportReadProps, data []byte) ([]byte, error) {
 		return nil, nil
 	case r.Drop:
 		s.stats.Dropped.Add(1)
-		s.rejectLog.log(s.log, "sip message dropped", "source", src.String(), "reason", r.Detail, "call_id", r.CallID)
+		s.rejectLog.Log(s.log, "sip message dropped", "source", src.String(), "reason", r.Detail, "call_id", r.CallID)
 		return nil, nil
 	case !r.OK():
 		s.stats.Invalid.Add(1)
-		s.rejectLog.log(s.log, "sip request refused", "source", src.String(), "status", r.Status, "reason", r.Detail, "call_id", r.CallID)
+		s.rejectLog.Log(s.log, "sip request refused", "source", src.String(), "status", r.Status, "reason", r.Detail, "call_id", r.CallID)
 		s.sendRaw(p.LocalAddr, p.RemoteAddr, sipcheck.Reply(data, r, sip.GenerateTagN(16), src))
 		return nil, nil
 	}
@@ -155,7 +153,7 @@ func (s *Server) admitInvite(r sipcheck.Result, t *trunks.Trunk, src netip.Addr,
 	now := time.Now()
 	if !s.admit.seenBefore(key) && s.handshakes.over(src, stream, now) {
 		s.stats.UnackedSource.Add(1)
-		s.rejectLog.log(s.log, "invite refused: too many calls from this source without an ack", "source", src.String(), "call_id", r.CallID)
+		s.rejectLog.Log(s.log, "invite refused: too many calls from this source without an ack", "source", src.String(), "call_id", r.CallID)
 		return unavailable("unacked calls from the source")
 	}
 	verdict, fresh := s.admit.decide(key, t, now)
@@ -168,19 +166,19 @@ func (s *Server) admitInvite(r sipcheck.Result, t *trunks.Trunk, src netip.Addr,
 	switch verdict {
 	case overCalls:
 		s.stats.OverloadCalls.Add(1)
-		s.rejectLog.log(s.log, "invite refused: max_calls reached", "call_id", r.CallID)
+		s.rejectLog.Log(s.log, "invite refused: max_calls reached", "call_id", r.CallID)
 		return unavailable("max_calls")
 	case overRate:
 		s.stats.OverloadRate.Add(1)
-		s.rejectLog.log(s.log, "invite refused: max_cps reached", "call_id", r.CallID)
+		s.rejectLog.Log(s.log, "invite refused: max_cps reached", "call_id", r.CallID)
 		return unavailable("max_cps")
 	case overTrunkCalls:
 		s.stats.TrunkOverloadCalls.Add(1)
-		s.rejectLog.log(s.log, "invite refused: trunk max_calls reached", "trunk", t.Name, "call_id", r.CallID)
+		s.rejectLog.Log(s.log, "invite refused: trunk max_calls reached", "trunk", t.Name, "call_id", r.CallID)
 		return unavailable("trunk max_calls")
 	case overTrunkRate:
 		s.stats.TrunkOverloadRate.Add(1)
-		s.rejectLog.log(s.log, "invite refused: trunk max_cps reached", "trunk", t.Name, "call_id", r.CallID)
+		s.rejectLog.Log(s.log, "invite refused: trunk max_cps reached", "trunk", t.Name, "call_id", r.CallID)
 		return unavailable("trunk max_cps")
 	}
 	return sipcheck.Result{}
@@ -192,7 +190,7 @@ func (s *Server) sendRaw(local, to net.Addr, msg []byte) {
 		return
 	}
 	if _, err := conn.WriteTo(msg, to); err != nil {
-		s.rejectLog.log(s.log, "send stateless response", "err", err)
+		s.rejectLog.Log(s.log, "send stateless response", "err", err)
 	}
 }
 
@@ -345,85 +343,6 @@ func (a *admission) leave(t *trunks.Trunk) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	a.loadOf(t).active--
-}
-
-// rateLog lets at most perSecond records through each second and reports
-// how many it held back, so a flood of bad packets cannot flood the log.
-type rateLog struct {
-	perSecond int
-
-	mu         sync.Mutex
-	window     time.Time
-	n          int
-	suppressed int
-}
-
-func (l *rateLog) allow() (bool, int) {
-	now := time.Now()
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if now.Sub(l.window) >= time.Second {
-		l.window, l.n = now, 0
-	}
-	if l.n >= l.perSecond {
-		l.suppressed++
-		return false, 0
-	}
-	l.n++
-	s := l.suppressed
-	l.suppressed = 0
-	return true, s
-}
-
-func (l *rateLog) log(logger *slog.Logger, msg string, args ...any) {
-	ok, suppressed := l.allow()
-	if !ok {
-		return
-	}
-	if suppressed > 0 {
-		args = append(args, "suppressed", suppressed)
-	}
-	logger.Info(msg, args...)
-}
-
-// quietHandler wraps the logger given to sipgo: it removes the raw packet
-// sipgo attaches to parse errors ("data") and rate-limits those records.
-type quietHandler struct {
-	next slog.Handler
-	lim  *rateLog
-}
-
-func (h quietHandler) Enabled(ctx context.Context, l slog.Level) bool { return h.next.Enabled(ctx, l) }
-
-func (h quietHandler) Handle(ctx context.Context, r slog.Record) error {
-	out := slog.NewRecord(r.Time, r.Level, r.Message, r.PC)
-	dropped := false
-	r.Attrs(func(a slog.Attr) bool {
-		if a.Key == "data" {
-			dropped = true
-			return true
-		}
-		out.AddAttrs(a)
-		return true
-	})
-	if dropped || r.Level >= slog.LevelError {
-		ok, suppressed := h.lim.allow()
-		if !ok {
-			return nil
-		}
-		if suppressed > 0 {
-			out.AddAttrs(slog.Int("suppressed", suppressed))
-		}
-	}
-	return h.next.Handle(ctx, out)
-}
-
-func (h quietHandler) WithAttrs(as []slog.Attr) slog.Handler {
-	return quietHandler{next: h.next.WithAttrs(as), lim: h.lim}
-}
-
-func (h quietHandler) WithGroup(name string) slog.Handler {
-	return quietHandler{next: h.next.WithGroup(name), lim: h.lim}
 }
 
 func retryAfterSeconds(d time.Duration) string {

@@ -45,7 +45,7 @@ func (s *Server) onInvite(ctx context.Context, req *sip.Request, tx sip.ServerTr
 	handshakeDone, refused := s.handshakes.begin(src, req.Transport() != "UDP", time.Now())
 	if refused != notRefused {
 		s.stats.UnackedSource.Add(1)
-		s.rejectLog.log(s.log, "invite refused: too many calls from this source without an ack", "source", src.String(),
+		s.rejectLog.Log(s.log, "invite refused: too many calls from this source without an ack", "source", src.String(),
 			"verified", refused == overUnackedVerified, "call_id", callID)
 		reply(s.log, req, tx, sip.StatusServiceUnavailable, "Service Unavailable", sip.NewHeader("Retry-After", s.retryAfter))
 		return
@@ -103,7 +103,7 @@ func (s *Server) onInvite(ctx context.Context, req *sip.Request, tx sip.ServerTr
 		facts.started.Dialog.NextHop, facts.started.Dialog.NextHopTransport = hop, transport
 		if !signalled {
 			s.stats.NextHopToSource.Add(1)
-			s.rejectLog.log(s.log, "the caller's contact or record-route names a destination outside its trunk; in-dialog requests go to the invite's source",
+			s.rejectLog.Log(s.log, "the caller's contact or record-route names a destination outside its trunk; in-dialog requests go to the invite's source",
 				"call_id", callID, "source", req.Source())
 		}
 	}

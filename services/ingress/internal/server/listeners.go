@@ -90,7 +90,7 @@ func (s *Server) guard(ln net.Listener) net.Listener {
 			if s.trunks.Lookup(a) != nil {
 				return true
 			}
-			s.rejectLog.log(s.log, "connection from an address no trunk allows", "source", a.String())
+			s.rejectLog.Log(s.log, "connection from an address no trunk allows", "source", a.String())
 			return false
 		},
 		MaxConns: l.MaxConnections, MaxPerSource: l.MaxConnectionsPerSource,
@@ -180,11 +180,11 @@ func (s *Server) checkStream(req *sip.Request, tx sip.ServerTransaction) bool {
 	switch {
 	case r.Drop:
 		s.stats.Dropped.Add(1)
-		s.rejectLog.log(s.log, "sip message dropped", "source", req.Source(), "reason", r.Detail, "call_id", r.CallID)
+		s.rejectLog.Log(s.log, "sip message dropped", "source", req.Source(), "reason", r.Detail, "call_id", r.CallID)
 		return false
 	case !r.OK():
 		s.stats.Invalid.Add(1)
-		s.rejectLog.log(s.log, "sip request refused", "source", req.Source(), "status", r.Status, "reason", r.Detail, "call_id", r.CallID)
+		s.rejectLog.Log(s.log, "sip request refused", "source", req.Source(), "status", r.Status, "reason", r.Detail, "call_id", r.CallID)
 		if req.Method != sip.ACK {
 			reply(s.log, req, tx, r.Status, r.Reason, extraHeaders(r.Extra)...)
 		}

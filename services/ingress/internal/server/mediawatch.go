@@ -9,6 +9,7 @@ import (
 	"github.com/baton-voice/baton/pkg/events"
 	"github.com/baton-voice/baton/pkg/events/batonv1"
 	"github.com/baton-voice/baton/pkg/kafka"
+	"github.com/baton-voice/baton/pkg/observability"
 )
 
 // watchMedia ends, with ingress's BYE, every answered call whose caller
@@ -98,14 +99,14 @@ func (s *Server) followTransfers(ctx context.Context) {
 		return
 	}
 	defer cl.Close()
-	lim := &rateLog{perSecond: 1}
+	lim := observability.NewRateLog(1)
 	for {
 		fs := cl.PollFetches(ctx)
 		if ctx.Err() != nil {
 			return
 		}
 		fs.EachError(func(topic string, _ int32, err error) {
-			lim.log(s.log, "read transfer outcomes", "topic", topic, "err", err)
+			lim.Log(s.log, "read transfer outcomes", "topic", topic, "err", err)
 		})
 		fs.EachRecord(func(r *kgo.Record) {
 			ev, err := events.Decode(r)

@@ -32,6 +32,7 @@ import (
 	"go.opentelemetry.io/otel/trace/noop"
 
 	"github.com/baton-voice/baton/pkg/connguard"
+	"github.com/baton-voice/baton/pkg/observability"
 	"github.com/baton-voice/baton/pkg/sipx"
 	"github.com/baton-voice/baton/services/ingress/internal/audio"
 	"github.com/baton-voice/baton/services/ingress/internal/config"
@@ -70,7 +71,7 @@ type Server struct {
 	stats        Stats
 	conns        connguard.Stats // of the TCP and TLS listeners
 	handshakes   *handshakes
-	rejectLog    *rateLog
+	rejectLog    *observability.RateLog
 	draining     atomic.Bool
 	stopped      atomic.Bool   // the read filter drops everything
 	active       atomic.Int64  // calls in the table, pending ones included
@@ -122,7 +123,7 @@ func Listen(cfg config.Config, cl *kgo.Client, logger *slog.Logger, o Options) (
 		return nil, err
 	}
 	s.trunks = table
-	s.rejectLog = &rateLog{perSecond: 10}
+	s.rejectLog = observability.NewRateLog(10)
 	s.handshakes = newHandshakes(cfg.Limits.MaxUnackedPerSource, cfg.Limits.MaxUnackedUnverified)
 	if err := s.bind(); err != nil {
 		return nil, errors.Join(err, s.closeListeners())
@@ -140,7 +141,7 @@ func Listen(cfg config.Config, cl *kgo.Client, logger *slog.Logger, o Options) (
 	s.admit = newAdmission(cfg.Limits.MaxCalls, cfg.Limits.MaxCPS, &s.active)
 	// sipgo logs unparsable packets at ERROR with the packet attached:
 	// its logger drops the packet and is rate-limited.
-	sipLog := slog.New(quietHandler{next: logger.Handler(), lim: &rateLog{perSecond: 10}}).With("component", "sip")
+	sipLog := slog.New(observability.QuietSIP(logger.Handler(), observability.NewRateLog(10))).With("component", "sip")
 	ua, err := sipgo.NewUA(
 		sipgo.WithUserAgent("baton-ingress"),
 		sipgo.WithUserAgentTransactionLayerOptions(sip.WithTransactionLayerLogger(sipLog)),

@@ -22,6 +22,7 @@ import (
 	"github.com/emiago/sipgo/sip"
 
 	"github.com/baton-voice/baton/pkg/connguard"
+	"github.com/baton-voice/baton/pkg/observability"
 	"github.com/baton-voice/baton/pkg/sipx"
 )
 
@@ -111,7 +112,7 @@ func Listen(ctx context.Context, listen, viaHost string, logger *slog.Logger, o 
 	// sipgo's transport and transaction layers log through slog.Default
 	// unless told otherwise, parse errors at ERROR with the whole packet:
 	// they get the service's logger, without packets and rate-limited.
-	sipLog := slog.New(quietHandler{next: logger.Handler(), lim: &rateLog{perSecond: logsPerSecond}}).With("component", "sip")
+	sipLog := slog.New(observability.QuietSIP(logger.Handler(), observability.NewRateLog(logsPerSecond))).With("component", "sip")
 	c.guard = newUDPGuard(local, logger.With("component", "sip"))
 	uaOpts := []sipgo.UserAgentOption{
 		sipgo.WithUserAgent("baton-transfer"),

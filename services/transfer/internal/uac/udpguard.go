@@ -2,7 +2,6 @@ package uac
 
 import (
 	"bytes"
-	"context"
 	"log/slog"
 	"net"
 	"sync"
@@ -10,6 +9,8 @@ import (
 	"time"
 
 	"github.com/emiago/sipgo/sip"
+
+	"github.com/baton-voice/baton/pkg/observability"
 )
 
 // Why a datagram on the UDP socket was dropped before sipgo saw it.
@@ -87,7 +88,7 @@ type udpGuard struct {
 	parser *sip.Parser
 	local  string
 	log    *slog.Logger
-	lim    *rateLog
+	lim    *observability.RateLog
 	stats  *UDPStats
 	// inDialog reports whether a request belongs to a dialog of one of
 	// transfer's legs; set before the socket is served.
@@ -120,7 +121,7 @@ func newUDPGuard(local string, logger *slog.Logger) *udpGuard {
 		parser:  sip.NewParser(),
 		local:   local,
 		log:     logger,
-		lim:     &rateLog{perSecond: logsPerSecond},
+		lim:     observability.NewRateLog(logsPerSecond),
 		stats:   &UDPStats{},
 		sent:    map[string]*sentTx{},
 		heard:   map[string]time.Time{},
@@ -228,7 +229,7 @@ func (g *udpGuard) filter(info sip.TransportReadProps, data []byte) ([]byte, err
 		g.stats.StrayRequest.Add(1)
 	}
 	// Never the datagram itself: a stranger chooses those bytes.
-	g.lim.log(context.Background(), g.log, "sip datagram dropped", "source", src, "reason", reason, "bytes", len(data))
+	g.lim.Log(g.log, "sip datagram dropped", "source", src, "reason", reason, "bytes", len(data))
 	return nil, nil
 }
 
