@@ -14,6 +14,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/baton-voice/baton/pkg/config"
 )
 
 // Policy is what a guarded listener allows. Zero fields take the defaults
@@ -218,3 +220,54 @@ func (c *conn) Close() error {
 }
 
 func (c *conn) release() { c.once.Do(func() { c.l.give(c.src) }) }
+
+// Config is the configuration section of a guarded listener's bounds, as
+// a service's YAML names it (ingress: limits.connections, transfer: sip).
+type Config struct {
+	// MaxConnections caps the open connections of each listener; one more
+	// is closed at accept.
+	MaxConnections int `yaml:"max_connections"`
+	// MaxConnectionsPerSource caps a listener's open connections from one
+	// IP address.
+	MaxConnectionsPerSource int `yaml:"max_connections_per_source"`
+	// FirstReadTimeout is how long a new connection has to send its first
+	// bytes (over TLS: to complete the handshake) before it is closed.
+	FirstReadTimeout time.Duration `yaml:"first_read_timeout"`
+	// IdleTimeout closes a connection silent this long (CRLF keep-alives
+	// count as traffic).
+	IdleTimeout time.Duration `yaml:"idle_timeout"`
+}
+
+// DefaultConfig is the package defaults as a Config.
+func DefaultConfig() Config {
+	return Config{MaxConnections: DefaultMaxConns, MaxConnectionsPerSource: DefaultMaxPerSource,
+		FirstReadTimeout: DefaultFirstRead, IdleTimeout: DefaultIdle}
+}
+
+// Validate checks c, naming its fields under section ("sip",
+// "limits.connections") so errors carry the file and line.
+func (c Config) Validate(section string) error {
+	var errs []error
+	if c.MaxConnections < 1 {
+		errs = append(errs, config.Errorf(section+".max_connections", "%d, want at least 1", c.MaxConnections))
+	}
+	if c.MaxConnectionsPerSource < 1 || c.MaxConnections >= 1 && c.MaxConnectionsPerSource > c.MaxConnections {
+		errs = append(errs, config.Errorf(section+".max_connections_per_source", "%d, want 1 to %s.max_connections (%d)",
+			c.MaxConnectionsPerSource, section, c.MaxConnections))
+	}
+	if c.FirstReadTimeout <= 0 {
+		errs = append(errs, config.Errorf(section+".first_read_timeout", "%v, want more than 0", c.FirstReadTimeout))
+	}
+	if c.IdleTimeout < c.FirstReadTimeout {
+		errs = append(errs, config.Errorf(section+".idle_timeout", "%v, want at least first_read_timeout (%v)",
+			c.IdleTimeout, c.FirstReadTimeout))
+	}
+	return errors.Join(errs...)
+}
+
+// Policy is the guard's policy for c, with allow as its source check
+// (nil: every source).
+func (c Config) Policy(allow func(netip.Addr) bool) Policy {
+	return Policy{Allow: allow, MaxConns: c.MaxConnections, MaxPerSource: c.MaxConnectionsPerSource,
+		FirstRead: c.FirstReadTimeout, Idle: c.IdleTimeout}
+}

@@ -5,6 +5,7 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"strings"
 	"testing"
 	"time"
 )
@@ -157,5 +158,22 @@ func TestSilentConnectionsAreClosed(t *testing.T) {
 	}
 	if n := l.Stats().TimedOut.Load(); n != 2 {
 		t.Fatalf("TimedOut = %d, want 2", n)
+	}
+}
+
+func TestConfigValidate(t *testing.T) {
+	if err := DefaultConfig().Validate("sip"); err != nil {
+		t.Fatal(err)
+	}
+	bad := Config{MaxConnections: 2, MaxConnectionsPerSource: 3, FirstReadTimeout: time.Second, IdleTimeout: time.Millisecond}
+	err := bad.Validate("limits.connections")
+	for _, want := range []string{"limits.connections.max_connections_per_source", "limits.connections.idle_timeout"} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("want %s in %v", want, err)
+		}
+	}
+	p := DefaultConfig().Policy(nil)
+	if p.MaxConns != DefaultMaxConns || p.Idle != DefaultIdle || p.Allow != nil {
+		t.Errorf("policy %+v", p)
 	}
 }

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/baton-voice/baton/pkg/config"
+	"github.com/baton-voice/baton/pkg/connguard"
 	"github.com/baton-voice/baton/pkg/kafka"
 	"github.com/baton-voice/baton/pkg/observability"
 	"github.com/baton-voice/baton/pkg/opshttp"
@@ -142,17 +143,12 @@ type Limits struct {
 	// 200's To tag and so never ACKs: this caps what ingress reflects at a
 	// forged address (each 200 is retransmitted up to 10 times over 32 s).
 	MaxUnackedUnverified int `yaml:"max_unacked_unverified"`
-	// MaxConnections and MaxConnectionsPerSource cap the TCP and TLS
-	// connections open on each stream listener, in all and from one
-	// address; a connection beyond them is closed at accept, as is one
-	// from an address no trunk allows.
-	MaxConnections          int `yaml:"max_connections"`
-	MaxConnectionsPerSource int `yaml:"max_connections_per_source"`
-	// ConnectionFirstRead is how long a new TCP or TLS connection has to
-	// send its first bytes (the TLS handshake included); ConnectionIdle how
-	// long an established one may stay silent (CRLF keep-alives count).
-	ConnectionFirstRead time.Duration `yaml:"connection_first_read_timeout"`
-	ConnectionIdle      time.Duration `yaml:"connection_idle_timeout"`
+	// Connections bound the TCP and TLS listeners: connections in all and
+	// from one address (beyond them a connection is closed at accept, as is
+	// one from an address no trunk allows), how long a new one has to send
+	// its first bytes (the TLS handshake included) and how long an
+	// established one may stay silent (CRLF keep-alives count).
+	Connections connguard.Config `yaml:"connections"`
 }
 
 // EffectiveTrunks returns the trunks in force: the configured ones, or,
@@ -236,8 +232,7 @@ func Default() Config {
 		RTP:    RTP{PortMin: 20000, PortMax: 20999, MediaTimeout: 60 * time.Second},
 		Limits: Limits{MaxCalls: 500, MaxCPS: 1000, RetryAfter: 5 * time.Second,
 			MaxUnackedPerSource: 100, MaxUnackedUnverified: 8,
-			MaxConnections: 1024, MaxConnectionsPerSource: 64,
-			ConnectionFirstRead: 5 * time.Second, ConnectionIdle: 3 * time.Minute},
+			Connections: connguard.DefaultConfig()},
 		PublishTimeout:  2 * time.Second,
 		DrainTimeout:    30 * time.Second,
 		ShutdownTimeout: 5 * time.Second,
@@ -314,19 +309,8 @@ func (c Config) Validate() error {
 		errs = append(errs, config.Errorf("limits.max_unacked_unverified", "%d, want 1 to max_unacked_per_source (%d)",
 			c.Limits.MaxUnackedUnverified, c.Limits.MaxUnackedPerSource))
 	}
-	if c.Limits.MaxConnections < 1 {
-		errs = append(errs, config.Errorf("limits.max_connections", "%d, want at least 1", c.Limits.MaxConnections))
-	}
-	if c.Limits.MaxConnectionsPerSource < 1 || c.Limits.MaxConnectionsPerSource > c.Limits.MaxConnections {
-		errs = append(errs, config.Errorf("limits.max_connections_per_source", "%d, want 1 to max_connections (%d)",
-			c.Limits.MaxConnectionsPerSource, c.Limits.MaxConnections))
-	}
-	if c.Limits.ConnectionFirstRead <= 0 {
-		errs = append(errs, config.Errorf("limits.connection_first_read_timeout", "%v, want more than 0", c.Limits.ConnectionFirstRead))
-	}
-	if c.Limits.ConnectionIdle < c.Limits.ConnectionFirstRead {
-		errs = append(errs, config.Errorf("limits.connection_idle_timeout", "%v, want at least connection_first_read_timeout (%v)",
-			c.Limits.ConnectionIdle, c.Limits.ConnectionFirstRead))
+	if err := c.Limits.Connections.Validate("limits.connections"); err != nil {
+		errs = append(errs, err)
 	}
 	if c.RTP.Host != "" && net.ParseIP(c.RTP.Host) == nil {
 		errs = append(errs, config.Errorf("rtp.host", "%q, want an IP address", c.RTP.Host))

@@ -85,17 +85,13 @@ func (s *Server) bind() error {
 // capped in all and per source, and silent ones are closed.
 func (s *Server) guard(ln net.Listener) net.Listener {
 	l := s.cfg.Limits
-	return connguard.Wrap(ln, connguard.Policy{
-		Allow: func(a netip.Addr) bool {
-			if s.trunks.Lookup(a) != nil {
-				return true
-			}
-			s.rejectLog.Log(s.log, "connection from an address no trunk allows", "source", a.String())
-			return false
-		},
-		MaxConns: l.MaxConnections, MaxPerSource: l.MaxConnectionsPerSource,
-		FirstRead: l.ConnectionFirstRead, Idle: l.ConnectionIdle,
-	}, &s.conns)
+	return connguard.Wrap(ln, l.Connections.Policy(func(a netip.Addr) bool {
+		if s.trunks.Lookup(a) != nil {
+			return true
+		}
+		s.rejectLog.Log(s.log, "connection from an address no trunk allows", "source", a.String())
+		return false
+	}), &s.conns)
 }
 
 func family(a netip.Addr) string {

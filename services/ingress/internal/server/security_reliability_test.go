@@ -128,7 +128,7 @@ func TestReliabilitySecuritySilentConnections(t *testing.T) {
 	in := startIngress(t, []string{"127.0.0.1:1"}, func(c *config.Config) {
 		c.Listeners = []config.Listener{{Transport: config.TCP, Address: "127.0.0.1:0"}}
 		c.Trunks = []config.Trunk{{Name: "sbc", Sources: []string{"127.0.0.2"}}}
-		c.Limits.ConnectionFirstRead = time.Second
+		c.Limits.Connections.FirstReadTimeout = time.Second
 	})
 	addr := in.srv.Addrs()[0].String()
 	runtime.GC()
@@ -161,7 +161,7 @@ func TestReliabilitySecuritySilentConnections(t *testing.T) {
 	time.Sleep(200 * time.Millisecond)
 	peak := runtime.NumGoroutine()
 	openAtPeak := in.srv.Counters()["connections_open"]
-	time.Sleep(2 * time.Second) // past connection_first_read_timeout
+	time.Sleep(2 * time.Second) // past limits.connections.first_read_timeout
 	open := func() int {
 		n := 0
 		for _, c := range conns {
@@ -179,13 +179,13 @@ func TestReliabilitySecuritySilentConnections(t *testing.T) {
 	m := in.srv.Counters()
 	require.Zero(t, stillOpen, "connections open after the first-read timeout")
 	require.EqualValues(t, strangers, m["connections_refused_acl"])
-	require.LessOrEqual(t, openAtPeak, uint64(in.cfg.Limits.MaxConnectionsPerSource))
-	require.Less(t, peak, before+in.cfg.Limits.MaxConnectionsPerSource+50, "goroutines at the peak")
+	require.LessOrEqual(t, openAtPeak, uint64(in.cfg.Limits.Connections.MaxConnectionsPerSource))
+	require.Less(t, peak, before+in.cfg.Limits.Connections.MaxConnectionsPerSource+50, "goroutines at the peak")
 	reliabilitytest.Report(t, reliabilitytest.Row{
 		Item: 9, Test: t.Name(),
 		Load:   fmt.Sprintf("%d TCP connections from a source no trunk lists, %d from the trunk's address, none sending a byte", strangers, trunk),
 		Faults: "finding 4: idle connections (slowloris on SIP over TCP)",
-		Inputs: fmt.Sprintf("limits.max_connections_per_source %d, connection_first_read_timeout %v", in.cfg.Limits.MaxConnectionsPerSource, in.cfg.Limits.ConnectionFirstRead),
+		Inputs: fmt.Sprintf("limits.connections.max_connections_per_source %d, first_read_timeout %v", in.cfg.Limits.Connections.MaxConnectionsPerSource, in.cfg.Limits.Connections.FirstReadTimeout),
 		Lost: fmt.Sprintf("strangers closed at accept %d (0 bytes read, ACL drops by the read filter %d); trunk connections over the per-source cap refused %d; open at the peak %d, after %v %d; "+
 			"closed for silence %d; goroutines %d before, %d at the peak, %d after (before the fix: 600 connections and a goroutine each held until the peer left)",
 			m["connections_refused_acl"], in.srv.Stats().ACLDropped.Load(), m["connections_refused_source"], openAtPeak, 2*time.Second, stillOpen,

@@ -75,7 +75,7 @@ func TestUnackedCallsPerSourceAreCapped(t *testing.T) {
 
 // TestStreamConnectionsAreBounded: TCP connections from a source no trunk
 // allows are closed at accept; a trunk's silent connection is closed after
-// connection_first_read_timeout; a source holds at most
+// limits.connections.first_read_timeout; a source holds at most
 // max_connections_per_source. Before, 300 silent connections from a
 // stranger stayed open with a goroutine each.
 func TestStreamConnectionsAreBounded(t *testing.T) {
@@ -83,9 +83,9 @@ func TestStreamConnectionsAreBounded(t *testing.T) {
 	in := startIngress(t, []string{"127.0.0.1:1"}, func(c *config.Config) {
 		c.Listeners = []config.Listener{{Transport: config.TCP, Address: "127.0.0.1:0"}}
 		c.Trunks = []config.Trunk{{Name: "sbc", Sources: []string{"127.0.0.2"}}}
-		c.Limits.MaxConnectionsPerSource = 3
-		c.Limits.ConnectionFirstRead = 300 * time.Millisecond
-		c.Limits.ConnectionIdle = time.Second
+		c.Limits.Connections.MaxConnectionsPerSource = 3
+		c.Limits.Connections.FirstReadTimeout = 300 * time.Millisecond
+		c.Limits.Connections.IdleTimeout = time.Second
 	})
 	addr := in.srv.Addrs()[0].String()
 	dialFrom := func(src string) net.Conn {
@@ -129,14 +129,14 @@ func TestStreamConnectionsAreBounded(t *testing.T) {
 	res := p.final(t, streamRequest("TCP", sip.OPTIONS, mine[0].LocalAddr(), "opts", "z9hG4bK-opts", "", 1, "", ""))
 	require.Equal(t, sip.StatusOK, res.StatusCode)
 	for _, conn := range mine[1:] {
-		require.True(t, closed(conn, 2*time.Second), "a silent connection outlived connection_first_read_timeout")
+		require.True(t, closed(conn, 2*time.Second), "a silent connection outlived limits.connections.first_read_timeout")
 	}
 	for range 4 {
 		_, err := mine[0].Write([]byte("\r\n\r\n"))
 		require.NoError(t, err, "a connection sending keep-alives was closed")
 		time.Sleep(300 * time.Millisecond)
 	}
-	require.True(t, closed(mine[0], 3*time.Second), "an idle connection outlived connection_idle_timeout")
+	require.True(t, closed(mine[0], 3*time.Second), "an idle connection outlived limits.connections.idle_timeout")
 	require.EqualValues(t, 3, in.srv.Counters()["connections_timed_out"])
 	require.Eventually(t, func() bool { return in.srv.Counters()["connections_open"] == 0 }, 2*time.Second, 10*time.Millisecond)
 }

@@ -61,10 +61,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 	ctx, stop := startup.Signals(ctx)
 	defer stop()
 
-	sipOpts := uac.Options{Limits: uac.Limits{
-		MaxConns: cfg.SIP.MaxConnections, MaxPerSource: cfg.SIP.MaxConnectionsPerSource,
-		FirstRead: cfg.SIP.FirstReadTimeout, Idle: cfg.SIP.IdleTimeout,
-	}}
+	sipOpts := uac.Options{Limits: cfg.SIP}
 	tlsServer, tlsClient, err := cfg.TLSConfigs()
 	if err != nil {
 		return startup.ConfigError(stderr, "transfer", err)

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	pkgconfig "github.com/baton-voice/baton/pkg/config"
+	"github.com/baton-voice/baton/pkg/connguard"
 	"github.com/baton-voice/baton/pkg/kafka"
 	"github.com/baton-voice/baton/pkg/observability"
 	"github.com/baton-voice/baton/pkg/opshttp"
@@ -148,20 +149,7 @@ const DefaultMetricsListen = "127.0.0.1:9463"
 // (tls.listen). Anyone may connect (transfer has no trunk list: any SBC or
 // destination may have to send a BYE in one of its legs), so these are
 // the bound on what strangers can hold.
-type SIP struct {
-	// MaxConnections caps the open connections of each listener; one more
-	// is closed at accept.
-	MaxConnections int `yaml:"max_connections"`
-	// MaxConnectionsPerSource caps a listener's open connections from one
-	// IP address.
-	MaxConnectionsPerSource int `yaml:"max_connections_per_source"`
-	// FirstReadTimeout is how long a new connection has to send its first
-	// bytes (over TLS: to complete the handshake) before it is closed.
-	FirstReadTimeout time.Duration `yaml:"first_read_timeout"`
-	// IdleTimeout closes a connection silent this long (CRLF keep-alives
-	// count as traffic).
-	IdleTimeout time.Duration `yaml:"idle_timeout"`
-}
+type SIP = connguard.Config
 
 // Media configures the RTP/SRTP bridge of warm transfers.
 type Media struct {
@@ -251,9 +239,8 @@ type AttemptLog struct {
 // Default returns the configuration used when no file is given.
 func Default() Config {
 	return Config{
-		Listen: "127.0.0.1:5070",
-		SIP: SIP{MaxConnections: 1024, MaxConnectionsPerSource: 64,
-			FirstReadTimeout: 5 * time.Second, IdleTimeout: 3 * time.Minute},
+		Listen:          "127.0.0.1:5070",
+		SIP:             connguard.DefaultConfig(),
 		Group:           "baton-transfer",
 		NotifyTimeout:   32 * time.Second,
 		ByeAfterRefer:   4 * time.Second,
@@ -315,7 +302,7 @@ func (c *Config) Validate() error {
 	if c.ExternalHost != "" && net.ParseIP(c.ExternalHost) == nil && !hostName.MatchString(c.ExternalHost) {
 		errs = append(errs, pkgconfig.Errorf("external_host", "%q, want an IP address or a host name", c.ExternalHost))
 	}
-	errs = append(errs, c.validateSIP()...)
+	errs = append(errs, c.SIP.Validate("sip"))
 	listenHost, _, _ := net.SplitHostPort(c.Listen)
 	errs = append(errs, c.validateRoutes(listenHost)...)
 	if strings.TrimSpace(c.Group) == "" {
@@ -360,26 +347,6 @@ func (c *Config) Validate() error {
 		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
-}
-
-func (c *Config) validateSIP() []error {
-	var errs []error
-	s := c.SIP
-	if s.MaxConnections < 1 {
-		errs = append(errs, pkgconfig.Errorf("sip.max_connections", "%d, want at least 1", s.MaxConnections))
-	}
-	if s.MaxConnectionsPerSource < 1 || s.MaxConnections >= 1 && s.MaxConnectionsPerSource > s.MaxConnections {
-		errs = append(errs, pkgconfig.Errorf("sip.max_connections_per_source", "%d, want 1 to sip.max_connections (%d)",
-			s.MaxConnectionsPerSource, s.MaxConnections))
-	}
-	if s.FirstReadTimeout <= 0 {
-		errs = append(errs, pkgconfig.Errorf("sip.first_read_timeout", "%v, want a positive duration", s.FirstReadTimeout))
-	}
-	if s.IdleTimeout <= 0 || s.IdleTimeout < s.FirstReadTimeout {
-		errs = append(errs, pkgconfig.Errorf("sip.idle_timeout", "%v, want a positive duration, at least sip.first_read_timeout (%v)",
-			s.IdleTimeout, s.FirstReadTimeout))
-	}
-	return errs
 }
 
 func (c *Config) validateMedia() []error {

@@ -1,8 +1,6 @@
 package uac
 
 import (
-	"time"
-
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/baton-voice/baton/pkg/connguard"
@@ -17,21 +15,7 @@ import (
 // and whatever destination a command names, so any address may have to
 // send it a BYE in one of its legs; the caps and the timeouts are the
 // bound.
-type Limits struct {
-	// MaxConns caps the open connections of each listener.
-	MaxConns int
-	// MaxPerSource caps a listener's open connections from one IP.
-	MaxPerSource int
-	// FirstRead is how long a new connection has to send its first bytes
-	// (for TLS: to finish the handshake, which the guard sits below).
-	FirstRead time.Duration
-	// Idle is how long a connection may stay silent afterwards.
-	Idle time.Duration
-}
-
-func (l Limits) policy() connguard.Policy {
-	return connguard.Policy{MaxConns: l.MaxConns, MaxPerSource: l.MaxPerSource, FirstRead: l.FirstRead, Idle: l.Idle}
-}
+type Limits = connguard.Config
 
 // Counters is what the client's listeners and UDP socket counted.
 type Counters struct {

@@ -67,7 +67,7 @@ func silentConns(t *testing.T, addr string, n, sources int) []net.Conn {
 func TestSilentTCPConnectionsAreClosed(t *testing.T) {
 	const n, sources, perSource = 300, 10, 32
 	const firstRead = 500 * time.Millisecond
-	c, err := Listen(t.Context(), "127.0.0.1:0", "127.0.0.1", testLogger(t), Options{Limits: Limits{MaxConns: 1024, MaxPerSource: perSource, FirstRead: firstRead, Idle: time.Minute}})
+	c, err := Listen(t.Context(), "127.0.0.1:0", "127.0.0.1", testLogger(t), Options{Limits: Limits{MaxConnections: 1024, MaxConnectionsPerSource: perSource, FirstReadTimeout: firstRead, IdleTimeout: time.Minute}})
 
 	require.NoError(t, err)
 	defer func() { require.NoError(t, c.Close()) }()
@@ -119,7 +119,7 @@ func TestSilentTCPConnectionsAreClosed(t *testing.T) {
 // TestTCPListenerCapsConnections: over sip.max_connections, a connection
 // is refused at accept and counted as full.
 func TestTCPListenerCapsConnections(t *testing.T) {
-	c, err := Listen(t.Context(), "127.0.0.1:0", "127.0.0.1", testLogger(t), Options{Limits: Limits{MaxConns: 4, MaxPerSource: 4, FirstRead: 5 * time.Second}})
+	c, err := Listen(t.Context(), "127.0.0.1:0", "127.0.0.1", testLogger(t), Options{Limits: Limits{MaxConnections: 4, MaxConnectionsPerSource: 4, FirstReadTimeout: 5 * time.Second}})
 
 	require.NoError(t, err)
 	defer func() { require.NoError(t, c.Close()) }()
@@ -140,7 +140,7 @@ func TestSilentTLSHandshakeIsClosed(t *testing.T) {
 	cert := selfSigned(t)
 	c, err := Listen(t.Context(), "127.0.0.1:0", "127.0.0.1", testLogger(t),
 		Options{TLS: &TLS{Listen: "127.0.0.1:0", Server: &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}},
-			Limits: Limits{FirstRead: firstRead}})
+			Limits: Limits{FirstReadTimeout: firstRead}})
 	require.NoError(t, err)
 	defer func() { require.NoError(t, c.Close()) }()
 

@@ -106,7 +106,7 @@ func Listen(ctx context.Context, listen, viaHost string, logger *slog.Logger, o 
 	c := &Client{served: make(chan struct{}), host: viaHost}
 	// The guards sit right above the sockets, so a connection is counted
 	// and timed from accept, and for TLS before the handshake.
-	tcpLn := connguard.Wrap(rawTCP, o.Limits.policy(), &c.conns)
+	tcpLn := connguard.Wrap(rawTCP, o.Limits.Policy(nil), &c.conns)
 	listeners := []net.Listener{tcpLn}
 
 	// sipgo's transport and transaction layers log through slog.Default
@@ -136,7 +136,7 @@ func Listen(ctx context.Context, listen, viaHost string, logger *slog.Logger, o 
 		if err != nil {
 			return nil, errors.Join(fmt.Errorf("listen sip tls %s: %w", o.TLS.Listen, err), tcpLn.Close(), conn.Close())
 		}
-		tlsLn = tls.NewListener(connguard.Wrap(ln, o.Limits.policy(), &c.conns), o.TLS.Server)
+		tlsLn = tls.NewListener(connguard.Wrap(ln, o.Limits.Policy(nil), &c.conns), o.TLS.Server)
 		listeners = append(listeners, tlsLn)
 		if o.TLS.Client != nil {
 			uaOpts = append(uaOpts, sipgo.WithUserAgenTLSConfig(o.TLS.Client))
