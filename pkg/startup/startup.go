@@ -85,3 +85,36 @@ func Signals(ctx context.Context) (context.Context, context.CancelFunc) {
 	context.AfterFunc(ctx, stop)
 	return ctx, stop
 }
+
+// Begun is what Begin read: the command line, the configuration and the
+// logger built from it.
+type Begun[C any] struct {
+	Flags  Flags
+	Config C
+	Logger *slog.Logger
+}
+
+// Begin is the start every service shares: parse the command line, load
+// the configuration (load gets the --config path, "" for the defaults,
+// and returns every problem), end a --check-config run, and build the
+// logger from the configuration's log section (logOf). When done is true
+// the caller returns code at once.
+func Begin[C any](name string, args []string, stderr io.Writer, load func(path string) (C, error),
+	logOf func(C) observability.LogConfig) (b Begun[C], code int, done bool) {
+	flags, code, done := Parse(name, args, stderr, nil)
+	if done {
+		return b, code, true
+	}
+	cfg, err := load(flags.Config)
+	if err != nil {
+		return b, ConfigError(stderr, name, err), true
+	}
+	if flags.CheckOnly {
+		return b, Checked(stderr), true
+	}
+	logger, code, ok := Logger(stderr, name, logOf(cfg))
+	if !ok {
+		return b, code, true
+	}
+	return Begun[C]{Flags: flags, Config: cfg, Logger: logger}, 0, false
+}

@@ -65,3 +65,31 @@ func TestSignalsCancelOnce(t *testing.T) {
 		t.Fatal("SIGTERM did not cancel the context")
 	}
 }
+
+func TestBegin(t *testing.T) {
+	type cfg struct{ path string }
+	load := func(path string) (cfg, error) {
+		if path == "bad.yaml" {
+			return cfg{}, errors.New("bad.yaml:1: x: wrong")
+		}
+		return cfg{path: path}, nil
+	}
+	logOf := func(cfg) observability.LogConfig { return observability.DefaultLogConfig() }
+	var out bytes.Buffer
+	b, _, done := Begin("svc", []string{"--config", "ok.yaml"}, &out, load, logOf)
+	if done || b.Config.path != "ok.yaml" || b.Logger == nil {
+		t.Fatalf("%+v done %v", b, done)
+	}
+	if _, code, done := Begin("svc", []string{"--config", "bad.yaml"}, &out, load, logOf); !done || code != ExitConfig || !strings.Contains(out.String(), "svc: bad.yaml:1") {
+		t.Fatalf("bad config: code %d done %v %q", code, done, out.String())
+	}
+	out.Reset()
+	if _, code, done := Begin("svc", []string{"--check-config"}, &out, load, logOf); !done || code != ExitOK || out.String() != "config ok\n" {
+		t.Fatalf("check: code %d %q", code, out.String())
+	}
+	out.Reset()
+	bad := func(cfg) observability.LogConfig { return observability.LogConfig{Level: "loud"} }
+	if _, code, done := Begin("svc", nil, &out, load, bad); !done || code != ExitConfig {
+		t.Fatalf("bad log: code %d", code)
+	}
+}

@@ -17,6 +17,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/baton-voice/baton/pkg/kafka"
+	"github.com/baton-voice/baton/pkg/observability"
 	"github.com/baton-voice/baton/pkg/opshttp"
 	"github.com/baton-voice/baton/pkg/startup"
 	"github.com/baton-voice/baton/pkg/tracing"
@@ -33,21 +34,13 @@ func main() {
 
 // run is the whole service; it returns the process exit code.
 func run(ctx context.Context, args []string, stderr io.Writer, getenv func(string) string) int {
-	flags, code, done := startup.Parse("analytics", args, stderr, nil)
+	begun, code, done := startup.Begin("analytics", args, stderr,
+		func(path string) (config.Config, error) { return config.Load(path, getenv) },
+		func(c config.Config) observability.LogConfig { return c.Log })
 	if done {
 		return code
 	}
-	cfg, err := config.Load(flags.Config, getenv)
-	if err != nil {
-		return startup.ConfigError(stderr, "analytics", err)
-	}
-	if flags.CheckOnly {
-		return startup.Checked(stderr)
-	}
-	logger, code, ok := startup.Logger(stderr, "analytics", cfg.Log)
-	if !ok {
-		return code
-	}
+	cfg, logger := begun.Config, begun.Logger
 	migrations, err := fs.Sub(schemas.ClickHouse, "clickhouse")
 	if err != nil {
 		logger.ErrorContext(ctx, "embedded migrations", "err", err)

@@ -13,6 +13,7 @@ import (
 
 	pkgconfig "github.com/baton-voice/baton/pkg/config"
 	"github.com/baton-voice/baton/pkg/kafka"
+	"github.com/baton-voice/baton/pkg/observability"
 	"github.com/baton-voice/baton/pkg/opshttp"
 	"github.com/baton-voice/baton/pkg/startup"
 	"github.com/baton-voice/baton/pkg/tracing"
@@ -27,25 +28,17 @@ func main() {
 
 // run is the whole service; it returns the process exit code.
 func run(ctx context.Context, args []string, stderr io.Writer) int {
-	flags, code, done := startup.Parse("ingress", args, stderr, nil)
+	begun, code, done := startup.Begin("ingress", args, stderr, func(path string) (config.Config, error) {
+		cfg := config.Default()
+		if path == "" {
+			return cfg, cfg.Validate()
+		}
+		return cfg, pkgconfig.Load(path, &cfg)
+	}, func(c config.Config) observability.LogConfig { return c.Log })
 	if done {
 		return code
 	}
-	cfg := config.Default()
-	if flags.Config != "" {
-		if err := pkgconfig.Load(flags.Config, &cfg); err != nil {
-			return startup.ConfigError(stderr, "ingress", err)
-		}
-	} else if err := cfg.Validate(); err != nil {
-		return startup.ConfigError(stderr, "ingress", err)
-	}
-	if flags.CheckOnly {
-		return startup.Checked(stderr)
-	}
-	logger, code, ok := startup.Logger(stderr, "ingress", cfg.Log)
-	if !ok {
-		return code
-	}
+	cfg, logger := begun.Config, begun.Logger
 
 	// sipgo refuses to send UDP messages over 1300 bytes (RFC 3261
 	// 18.1.1 asks for TCP there), but a 200 OK echoing a carrier's large

@@ -22,6 +22,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/baton-voice/baton/pkg/kafka"
+	"github.com/baton-voice/baton/pkg/observability"
 	"github.com/baton-voice/baton/pkg/opshttp"
 	"github.com/baton-voice/baton/pkg/startup"
 	"github.com/baton-voice/baton/pkg/tracing"
@@ -45,29 +46,22 @@ func main() {
 
 // run is the whole service; it returns the process exit code.
 func run(ctx context.Context, args []string, stderr io.Writer) int {
-	flags, code, done := startup.Parse("router", args, stderr, nil)
-	if done {
-		return code
-	}
 	hostname, err := os.Hostname()
 	if err != nil {
 		hostname = "localhost"
 	}
-	cfg, err := config.Load(flags.Config, hostname)
-	if err != nil {
-		return startup.ConfigError(stderr, "router", err)
-	}
-	table, err := cfg.Table()
-	if err != nil {
-		return startup.ConfigError(stderr, "router", err)
-	}
-	if flags.CheckOnly {
-		return startup.Checked(stderr)
-	}
-	logger, code, ok := startup.Logger(stderr, "router", cfg.Log)
-	if !ok {
+	var table *handoff.Table
+	begun, code, done := startup.Begin("router", args, stderr, func(path string) (config.Config, error) {
+		cfg, err := config.Load(path, hostname)
+		if err == nil {
+			table, err = cfg.Table()
+		}
+		return cfg, err
+	}, func(c config.Config) observability.LogConfig { return c.Log })
+	if done {
 		return code
 	}
+	cfg, logger, flags := begun.Config, begun.Logger, begun.Flags
 	var tokens []string
 	if cfg.API.Listen != "" {
 		for _, t := range strings.Split(os.Getenv(cfg.API.TokensEnv), ",") {

@@ -15,6 +15,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/baton-voice/baton/pkg/kafka"
+	"github.com/baton-voice/baton/pkg/observability"
 	"github.com/baton-voice/baton/pkg/opshttp"
 	"github.com/baton-voice/baton/pkg/startup"
 	"github.com/baton-voice/baton/pkg/tracing"
@@ -40,21 +41,12 @@ func main() {
 
 // run is the whole service; it returns the process exit code.
 func run(ctx context.Context, args []string, stderr io.Writer) int {
-	flags, code, done := startup.Parse("transfer", args, stderr, nil)
+	begun, code, done := startup.Begin("transfer", args, stderr, config.Load,
+		func(c config.Config) observability.LogConfig { return c.Log })
 	if done {
 		return code
 	}
-	cfg, err := config.Load(flags.Config)
-	if err != nil {
-		return startup.ConfigError(stderr, "transfer", err)
-	}
-	if flags.CheckOnly {
-		return startup.Checked(stderr)
-	}
-	logger, code, ok := startup.Logger(stderr, "transfer", cfg.Log)
-	if !ok {
-		return code
-	}
+	cfg, logger := begun.Config, begun.Logger
 
 	// The first SIGINT/SIGTERM stops taking commands; in-flight transfers
 	// get shutdown_timeout. After it, a second signal kills the process.
