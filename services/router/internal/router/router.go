@@ -60,6 +60,9 @@ type Options struct {
 	Tracer trace.Tracer
 	// EndTimeout bounds producing and ending one transaction (0: 30 s).
 	EndTimeout time.Duration
+	// RestoreLookback is how far back a newly assigned partition's log is
+	// re-read to rebuild its calls' state (0: DefaultRestoreLookback).
+	RestoreLookback time.Duration
 }
 
 // StartWatcher hears of calls that started, after their batch committed.
@@ -79,6 +82,9 @@ type Router struct {
 	tally   tally
 	// endTimeout bounds producing and ending one transaction.
 	endTimeout time.Duration
+	// restore rebuilds the state of partitions assigned to this instance
+	// before their records are handled.
+	restore *restorer
 	// abortBeforeEnd, when set, decides after the batch's records are
 	// produced whether to abort the transaction instead of committing it.
 	// It is the one test seam left in the router (set only by
@@ -109,12 +115,22 @@ func New(opts Options, fold *handoff.Fold, logger *slog.Logger) (*Router, error)
 		// How long a dead instance's open transaction blocks its partitions.
 		kopts = append(kopts, kgo.TransactionTimeout(opts.TransactionTimeout))
 	}
+	lookback := opts.RestoreLookback
+	if lookback <= 0 {
+		lookback = DefaultRestoreLookback
+	}
+	rs := &restorer{
+		clientOpts: append(kafka.ClientOpts(opts.Kafka, logger), kgo.FetchIsolationLevel(kgo.ReadCommitted())),
+		group:      opts.Group, topics: []string{opts.Kafka.Topics.Calls, opts.Kafka.Topics.Transfers},
+		lookback: lookback, logger: logger, pending: map[int32]struct{}{},
+	}
+	kopts = append(kopts, kgo.OnPartitionsAssigned(rs.assigned))
 	sess, err := kgo.NewGroupTransactSession(kopts...)
 	if err != nil {
 		return nil, fmt.Errorf("new transactional session %s: %w", opts.TransactionalID, err)
 	}
 	r := &Router{sess: sess, started: opts.Started, fold: fold, topic: opts.Kafka.Topics.Handoffs, logger: logger,
-		metrics: opts.Metrics, tracer: opts.Tracer, endTimeout: endTimeout}
+		metrics: opts.Metrics, tracer: opts.Tracer, endTimeout: endTimeout, restore: rs}
 	if opts.EndTimeout > 0 {
 		r.endTimeout = opts.EndTimeout
 	}
@@ -150,6 +166,9 @@ func (r *Router) Run(ctx context.Context) error {
 		fetches.EachError(func(topic string, partition int32, err error) {
 			r.logger.WarnContext(ctx, "fetch error", "topic", topic, "partition", partition, "err", err)
 		})
+		if !r.restorePending(ctx) {
+			return nil // ctx ended
+		}
 		records := fetches.Records()
 		if len(records) == 0 {
 			continue
@@ -176,6 +195,33 @@ func (r *Router) Run(ctx context.Context) error {
 		select {
 		case <-ctx.Done():
 			return nil
+		case <-time.After(pause):
+		}
+	}
+}
+
+// restorePending restores the partitions assigned since the last batch,
+// retrying (a broker outage) until it succeeds or ctx ends; it reports
+// false when ctx ended. The batch in hand waits: its records of those
+// partitions come after what the restore reads.
+func (r *Router) restorePending(ctx context.Context) bool {
+	partitions := r.restore.take()
+	if len(partitions) == 0 {
+		return true
+	}
+	wait := backoff.NewExponentialBackOff()
+	wait.InitialInterval, wait.MaxInterval = 100*time.Millisecond, maxFailPause
+	for {
+		_, err := r.restore.restore(ctx, r.fold, partitions)
+		if err == nil {
+			return true
+		}
+		pause := wait.NextBackOff()
+		r.logger.WarnContext(ctx, "restore of assigned partitions failed; retrying", "partitions", partitions,
+			"retry_in", pause.String(), "err", err)
+		select {
+		case <-ctx.Done():
+			return false
 		case <-time.After(pause):
 		}
 	}
