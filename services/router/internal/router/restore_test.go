@@ -1,6 +1,7 @@
 package router
 
 import (
+	"fmt"
 	"testing"
 	"time"
 
@@ -9,6 +10,8 @@ import (
 
 	"github.com/baton-voice/baton/pkg/events"
 	batonv1 "github.com/baton-voice/baton/pkg/events/batonv1"
+	"github.com/baton-voice/baton/pkg/kafka"
+	"github.com/baton-voice/baton/pkg/kafka/kafkatest"
 )
 
 // TestRestartKnowsLiveCalls: a call starts under one router instance,
@@ -39,4 +42,39 @@ func TestRestartKnowsLiveCalls(t *testing.T) {
 	require.NoError(t, err)
 	require.Contains(t, []string{events.TypeHandoffCommand, events.TypeHandoffRefused}, ev.Type,
 		"the new instance decided on a call it learnt from the log")
+}
+
+// TestScaleOutKeepsCallState: one router holds 20 live calls over 6
+// partitions; two more join (the partitions are spread over three
+// instances), then the agent asks for a handoff on every call. Every
+// request is decided, whichever instance now owns its call.
+func TestScaleOutKeepsCallState(t *testing.T) {
+	kcfg := kafka.DefaultConfig()
+	kcfg.Partitions = 6
+	h := newHarnessOn(t, kafkatest.NewCluster(t, kcfg.Partitions, kcfg.Topics.All()...))
+	h.start("router-1")
+	const calls = 20
+	committed := h.consumer(kgo.ReadCommitted())
+	for i := range calls {
+		ev := h.callStarted(fmt.Sprintf("call-%d", i))
+		ev.Time = time.Now()
+		h.publish(ev)
+	}
+	first := next(t, committed, calls) // the rule hands each call off at its start
+	require.Len(t, first, calls)
+
+	h.start("router-2")
+	h.start("router-3")
+	time.Sleep(2 * time.Second) // let the group rebalance over three members
+	for i := range calls {
+		req, err := events.New("baton/api", fmt.Sprintf("call-%d", i),
+			&batonv1.HandoffRequested{RequestId: fmt.Sprintf("r-%d", i), Destination: "support"}, time.Now())
+		require.NoError(t, err)
+		h.publish(req)
+	}
+	decided := map[string]bool{}
+	for _, rec := range next(t, committed, calls) {
+		decided[string(rec.Key)] = true
+	}
+	require.Len(t, decided, calls, "a handoff request for a call that moved was not decided")
 }
