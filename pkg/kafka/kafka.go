@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kadm"
@@ -52,6 +53,13 @@ type Config struct {
 	// default, for the local stack's embedded broker).
 	TLS  TLS  `yaml:"tls"`
 	SASL SASL `yaml:"sasl"`
+	// InstanceID makes this process a static member of its consumer group
+	// (KIP-345): restarted within session_timeout with the same id, it
+	// takes its partitions back at once instead of waiting for the group to
+	// give up on it and rebalance. It may name an environment variable,
+	// ${POD_NAME}; empty keeps dynamic membership. Each instance needs its
+	// own id.
+	InstanceID string `yaml:"instance_id"`
 }
 
 // DefaultConfig returns the configuration for the local stack.
@@ -89,6 +97,11 @@ func (c Config) Validate() error {
 	}
 	if c.ProduceTimeout <= 0 {
 		errs = append(errs, config.Errorf("kafka.produce_timeout", "%v, want a positive duration", c.ProduceTimeout))
+	}
+	if c.InstanceID != "" {
+		if _, err := config.ExpandEnv(c.InstanceID, os.Getenv, nil); err != nil {
+			errs = append(errs, config.Errorf("kafka.instance_id", "%v", err))
+		}
 	}
 	errs = append(errs, c.validateSecurity()...)
 	return errors.Join(errs...)
@@ -130,6 +143,19 @@ func ClientOpts(c Config, logger *slog.Logger) []kgo.Opt {
 // (the Java client's fetch.max.wait.ms) bounds that wait, for a few idle
 // fetches a second per client.
 const FetchMaxWait = 500 * time.Millisecond
+
+// StaticMember returns the group option of c.InstanceID (none when it is
+// empty), for the one client of the process that joins the group.
+func StaticMember(c Config) []kgo.Opt {
+	if c.InstanceID == "" {
+		return nil
+	}
+	id, err := config.ExpandEnv(c.InstanceID, os.Getenv, nil)
+	if err != nil {
+		return nil // refused by Validate
+	}
+	return []kgo.Opt{kgo.InstanceID(id)}
+}
 
 // ConsumerOpts returns the options of a group consumer that commits by hand
 // and reads only committed (transactional) data.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -134,4 +135,23 @@ func TestPartitionForMatchesProducer(t *testing.T) {
 		seen[r.Partition] = true
 	}
 	require.Greater(t, len(seen), 2, "keys spread over partitions")
+}
+
+func TestStaticMember(t *testing.T) {
+	c := DefaultConfig()
+	if len(StaticMember(c)) != 0 {
+		t.Fatal("an empty instance id made a static member")
+	}
+	t.Setenv("BATON_TEST_POD", "router-7")
+	c.InstanceID = "${BATON_TEST_POD}"
+	if err := c.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	if len(StaticMember(c)) != 1 {
+		t.Fatal("no InstanceID option")
+	}
+	t.Setenv("BATON_TEST_POD", "")
+	if err := c.Validate(); err == nil || !strings.Contains(err.Error(), "kafka.instance_id") {
+		t.Fatalf("an unset variable: %v", err)
+	}
 }

@@ -144,21 +144,12 @@ func (c Config) Validate() error {
 // that is unset or empty is an error, so a missing variable never turns
 // into an empty host (which would bind every address).
 func ExpandListen(addr string, getenv func(string) string) (string, error) {
-	var missing []string
-	out := os.Expand(addr, func(name string) string {
-		v := getenv(name)
-		if v == "" {
-			missing = append(missing, name)
-		}
+	return config.ExpandEnv(addr, getenv, func(v string) string {
 		if strings.Contains(v, ":") && !strings.HasPrefix(v, "[") {
 			v = "[" + v + "]" // an IPv6 pod IP
 		}
 		return v
 	})
-	if len(missing) > 0 {
-		return "", fmt.Errorf("%q: environment variable %s is not set", addr, strings.Join(missing, ", "))
-	}
-	return out, nil
 }
 
 // All is ready when every check is: it returns the first failure.

@@ -134,7 +134,7 @@ func TestConfigsLoad(t *testing.T) {
 				// The shipped analytics dashboard listens off loopback and
 				// so needs its token (the k8s Secret baton-dashboard).
 				// POD_IP: the downward API's status.podIP in deploy/k8s.
-				check.Env = append(os.Environ(), "BATON_DASHBOARD_TOKEN=deploycheck", "POD_IP=10.0.0.7")
+				check.Env = append(os.Environ(), "BATON_DASHBOARD_TOKEN=deploycheck", "POD_IP=10.0.0.7", "POD_NAME=baton-router-0")
 				out, err := check.CombinedOutput()
 				require.NoError(t, err, "%s rejects %s:\n%s", svc, cfg, out)
 				require.Contains(t, string(out), "config ok")

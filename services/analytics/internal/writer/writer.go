@@ -78,6 +78,7 @@ type Writer struct {
 // a Writer needs a client made with them.
 func ClientOpts(k kafka.Config, group string, logger *slog.Logger) []kgo.Opt {
 	opts := append(kafka.ClientOpts(k, logger), kafka.ConsumerOpts(group, k.Topics.All()...)...)
+	opts = append(opts, kafka.StaticMember(k)...)
 	return append(opts,
 		// A batch gathers records across polls; no rebalance may take a
 		// partition away between a poll and the commit of its batch.

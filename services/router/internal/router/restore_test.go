@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
+	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/baton-voice/baton/pkg/events"
@@ -77,4 +78,36 @@ func TestScaleOutKeepsCallState(t *testing.T) {
 		decided[string(rec.Key)] = true
 	}
 	require.Len(t, decided, calls, "a handoff request for a call that moved was not decided")
+}
+
+// TestStaticMemberRejoins: a router with kafka.instance_id joins as a
+// static member (the group lists its instance id) and, restarted with the
+// same id, decides for the calls it held.
+func TestStaticMemberRejoins(t *testing.T) {
+	h := newHarness(t)
+	h.kcfg.InstanceID = "router-pod-0"
+	opts := Options{Kafka: h.kcfg, Group: "baton-router-test", TransactionalID: "router-static"}
+	stop := h.startWith(opts)
+	ev := h.callStarted("call-s")
+	ev.Time = time.Now()
+	h.publish(ev)
+	committed := h.consumer(kgo.ReadCommitted())
+	next(t, committed, 1)
+	groups, err := kadm.NewClient(h.prod).DescribeGroups(t.Context(), "baton-router-test")
+	require.NoError(t, err)
+	g := groups["baton-router-test"]
+	require.NoError(t, g.Err)
+	require.Len(t, g.Members, 1)
+	require.NotNil(t, g.Members[0].InstanceID)
+	require.Equal(t, "router-pod-0", *g.Members[0].InstanceID)
+	stop()
+
+	start := time.Now()
+	h.startWith(opts)
+	req, err := events.New("baton/api", "call-s", &batonv1.HandoffRequested{RequestId: "r-s", Destination: "support"}, time.Now())
+	require.NoError(t, err)
+	h.publish(req)
+	recs := next(t, committed, 1)
+	require.Equal(t, "call-s", string(recs[0].Key))
+	t.Logf("restarted static member decided %v after its start", time.Since(start))
 }

@@ -99,6 +99,7 @@ type Router struct {
 func New(opts Options, fold *handoff.Fold, logger *slog.Logger) (*Router, error) {
 	kopts := kafka.ClientOpts(opts.Kafka, logger)
 	kopts = append(kopts, kafka.ConsumerOpts(opts.Group, opts.Kafka.Topics.Calls, opts.Kafka.Topics.Transfers)...)
+	kopts = append(kopts, kafka.StaticMember(opts.Kafka)...)
 	kopts = append(kopts,
 		// Commands and consumed offsets commit in one transaction; the id
 		// is unique per instance so a restarted instance fences its own

@@ -92,6 +92,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 
 	opts := kafka.ClientOpts(cfg.Kafka, logger)
 	opts = append(opts, kafka.ConsumerOpts(cfg.Group, cfg.Kafka.Topics.Handoffs, cfg.Kafka.Topics.Calls)...)
+	opts = append(opts, kafka.StaticMember(cfg.Kafka)...)
 	// Partitions taken over from another instance: read its attempts
 	// before running their commands.
 	opts = append(opts, kgo.OnPartitionsAssigned(attemptLog.OnAssigned))
