@@ -27,6 +27,7 @@ import (
 	"github.com/baton-voice/baton/pkg/startup"
 	"github.com/baton-voice/baton/pkg/tracing"
 	"github.com/baton-voice/baton/services/router/internal/api"
+	"github.com/baton-voice/baton/services/router/internal/callview"
 	"github.com/baton-voice/baton/services/router/internal/config"
 	"github.com/baton-voice/baton/services/router/internal/handoff"
 	"github.com/baton-voice/baton/services/router/internal/precall"
@@ -151,7 +152,15 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	if cfg.API.Listen != "" {
-		if err := serveAPI(ctx, &wg, cfg, fold, holder, pub, tokens, api.NewMetrics(reg), logger); err != nil {
+		// The API reads every partition's calls, not only this instance's.
+		view := callview.New(holder, kafka.ClientOpts(cfg.Kafka, logger),
+			[]string{cfg.Kafka.Topics.Calls, cfg.Kafka.Topics.Transfers}, router.DefaultRestoreLookback, logger)
+		wg.Go(func() {
+			if err := view.Run(ctx); err != nil {
+				logger.ErrorContext(ctx, "call view stopped", "err", err)
+			}
+		})
+		if err := serveAPI(ctx, &wg, cfg, view, holder, pub, tokens, api.NewMetrics(reg), logger); err != nil {
 			logger.ErrorContext(ctx, "start agent API", "err", err)
 			return startup.ExitFailed
 		}
@@ -187,7 +196,7 @@ const apiShutdownTimeout = 5 * time.Second
 
 // serveAPI starts the agent API; it stops when ctx ends, and wg waits
 // for it.
-func serveAPI(ctx context.Context, wg *sync.WaitGroup, cfg config.Config, fold *handoff.Fold, tables handoff.Source,
+func serveAPI(ctx context.Context, wg *sync.WaitGroup, cfg config.Config, calls api.Calls, tables handoff.Source,
 	pub api.Publisher, tokens []string, metrics *api.Metrics, logger *slog.Logger) error {
 	ln, err := net.Listen("tcp", cfg.API.Listen)
 	if err != nil {
@@ -195,7 +204,7 @@ func serveAPI(ctx context.Context, wg *sync.WaitGroup, cfg config.Config, fold *
 	}
 	// Read, write, idle and header limits: a tokenless client cannot
 	// hold a connection by sending slowly or not at all.
-	srv := opshttp.NewHTTPServer(api.New(fold, tables, pub, tokens, logger, time.Now, metrics), opshttp.DefaultLimits())
+	srv := opshttp.NewHTTPServer(api.New(calls, tables, pub, tokens, logger, time.Now, metrics), opshttp.DefaultLimits())
 	srv.ErrorLog = slog.NewLogLogger(logger.Handler(), slog.LevelWarn)
 	wg.Go(func() {
 		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {

@@ -4,10 +4,12 @@
 // AgentMetric), which the fold applies like any other fact, so a call's
 // state stays a fold over its events.
 //
-// Reads are served from this instance's memory, so with several router
-// instances a request must reach the instance that owns the call's
-// partition (or, later, a shared view). A call whose CallStarted was
-// published but not yet folded reads as unknown (404) for that moment.
+// Reads are served from a view of every partition that each router
+// instance keeps (callview), so any instance serves any call, whichever
+// owns its partition and through any rebalance. Until that view has caught
+// up with the log after a start, an unknown call is answered 503 with
+// Retry-After, never a wrong 404. A call whose CallStarted was published a
+// moment ago may still read as unknown (404) for that moment.
 //
 // The API is described by api/openapi.yaml; a test keeps the two equal.
 package api
@@ -271,11 +273,22 @@ func (s *Server) live(w http.ResponseWriter, r *http.Request) (handoff.CallView,
 	case ended:
 		problem(w, http.StatusConflict, "call ended", fmt.Sprintf("call %s has ended", id))
 		return v, false
+	case !found && !s.settled():
+		w.Header().Set("Retry-After", "1")
+		problem(w, http.StatusServiceUnavailable, "catching up", "this instance is still reading the calls from the log; retry")
+		return v, false
 	case !found:
 		problem(w, http.StatusNotFound, "unknown call", fmt.Sprintf("no live call %s", id))
 		return v, false
 	}
 	return v, true
+}
+
+// settled reports whether the calls source has caught up with the log
+// (callview.View.Settled); a source without the notion always has.
+func (s *Server) settled() bool {
+	c, ok := s.calls.(interface{ Settled() bool })
+	return !ok || c.Settled()
 }
 
 // reject answers 400 and counts the rejection.

@@ -1,0 +1,131 @@
+// Package callview keeps, on every router instance, a read-only fold of
+// every partition of the calls and transfers topics, so the agent API on
+// any instance reads any live call: the log is the store every instance
+// can see. The owning instance still decides (its group fold); this view
+// only answers reads and checks writes, and lags the log by a poll.
+//
+// A call the view does not know is unknown only once the view has caught
+// up with the log after its start (Settled: a poll found nothing more);
+// before that the API answers 503 with Retry-After rather than a wrong
+// 404. Afterwards the view trails the log by a poll: a call whose
+// CallStarted was published a moment ago may still read as unknown.
+package callview
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync/atomic"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/baton-voice/baton/pkg/events"
+	"github.com/baton-voice/baton/services/router/internal/handoff"
+)
+
+// View is the shared read view.
+type View struct {
+	fold     *handoff.Fold
+	clOpts   []kgo.Opt
+	topics   []string
+	lookback time.Duration
+	logger   *slog.Logger
+
+	settled atomic.Bool
+}
+
+// New returns a view folding with tables; Run feeds it. clientOpts are
+// the Kafka client options (kafka.ClientOpts); topics the consumed topics.
+func New(tables handoff.Source, clientOpts []kgo.Opt, topics []string, lookback time.Duration, logger *slog.Logger) *View {
+	return &View{
+		fold: handoff.New(tables, slog.New(slog.DiscardHandler)), clOpts: clientOpts, topics: topics,
+		lookback: lookback, logger: logger,
+	}
+}
+
+// View is handoff.Fold.View over every partition.
+func (v *View) View(id string) (handoff.CallView, bool, bool) { return v.fold.View(id) }
+
+// Settled reports whether the view caught up with the log after its start:
+// a call it does not know then is not live.
+func (v *View) Settled() bool { return v.settled.Load() }
+
+// Run reads every partition of the topics, from lookback ago, until ctx
+// ends, folding each poll's records (decisions discarded: the owner
+// publishes them) and committing them to View.
+func (v *View) Run(ctx context.Context) error {
+	cl, err := kgo.NewClient(append(v.clOpts, kgo.FetchIsolationLevel(kgo.ReadCommitted()))...)
+	if err != nil {
+		return fmt.Errorf("call view client: %w", err)
+	}
+	defer cl.Close()
+	start, err := v.startOffsets(ctx, cl)
+	if err != nil {
+		return err
+	}
+	cl.AddConsumePartitions(start)
+	began := time.Now()
+	for {
+		pollCtx := ctx
+		cancel := func() {}
+		if !v.settled.Load() {
+			// While catching up, a poll that brings nothing in a second
+			// means the log is read to its end.
+			pollCtx, cancel = context.WithTimeout(ctx, time.Second)
+		}
+		fetches := cl.PollFetches(pollCtx)
+		cancel()
+		if ctx.Err() != nil {
+			return nil
+		}
+		fetches.EachError(func(topic string, p int32, err error) {
+			if !errors.Is(err, context.DeadlineExceeded) {
+				v.logger.WarnContext(ctx, "call view fetch error", "topic", topic, "partition", p, "err", err)
+			}
+		})
+		n := 0
+		fetches.EachRecord(func(r *kgo.Record) {
+			n++
+			if ev, err := events.Decode(r); err == nil {
+				_ = v.fold.Apply(ctx, ev)
+			}
+		})
+		v.fold.Commit()
+		if n == 0 && !v.settled.Load() {
+			v.settled.Store(true)
+			v.logger.InfoContext(ctx, "call view caught up", "calls", v.fold.Calls(), "took", time.Since(began).String())
+		}
+	}
+}
+
+// startOffsets is, for every partition of the topics, the first offset
+// newer than lookback (by record time, which is the event's time).
+func (v *View) startOffsets(ctx context.Context, cl *kgo.Client) (map[string]map[int32]kgo.Offset, error) {
+	adm := kadm.NewClient(cl)
+	for {
+		listed, err := adm.ListOffsetsAfterMilli(ctx, time.Now().Add(-v.lookback).UnixMilli(), v.topics...)
+		if err == nil {
+			out := map[string]map[int32]kgo.Offset{}
+			listed.Each(func(o kadm.ListedOffset) {
+				if o.Err != nil {
+					return
+				}
+				if out[o.Topic] == nil {
+					out[o.Topic] = map[int32]kgo.Offset{}
+				}
+				out[o.Topic][o.Partition] = kgo.NewOffset().At(o.Offset)
+			})
+			if len(out) > 0 {
+				return out, nil
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(time.Second): // topics not created yet, or the broker away
+		}
+	}
+}

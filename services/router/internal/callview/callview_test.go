@@ -1,0 +1,76 @@
+package callview
+
+import (
+	"fmt"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	pkgconfig "github.com/baton-voice/baton/pkg/config"
+	"github.com/baton-voice/baton/pkg/events"
+	batonv1 "github.com/baton-voice/baton/pkg/events/batonv1"
+	"github.com/baton-voice/baton/pkg/kafka"
+	"github.com/baton-voice/baton/pkg/kafka/kafkatest"
+	"github.com/baton-voice/baton/services/router/internal/api"
+	"github.com/baton-voice/baton/services/router/internal/config"
+)
+
+// The view of one instance reads the calls of every partition, and the
+// API over it answers 503 until it has caught up, then 200 for any call.
+func TestViewServesEveryPartition(t *testing.T) {
+	kcfg := kafka.DefaultConfig()
+	kcfg.Brokers = kafkatest.NewCluster(t, 6, kcfg.Topics.All()...)
+	logger := slog.New(slog.DiscardHandler)
+	prod, err := kgo.NewClient(kafka.ClientOpts(kcfg, logger)...)
+	require.NoError(t, err)
+	t.Cleanup(prod.Close)
+	const calls = 30
+	partitions := map[int32]bool{}
+	for i := range calls {
+		id := fmt.Sprintf("call-%d", i)
+		ev, err := events.New("baton/ingress", id, &batonv1.CallStarted{
+			Dialog: &batonv1.Dialog{CallId: id, LocalTag: "a", RemoteTag: "b", RemoteTarget: "sip:c@10.0.0.1"},
+		}, time.Now())
+		require.NoError(t, err)
+		rec, err := events.Encode(kcfg.Topics.Calls, ev)
+		require.NoError(t, err)
+		res := prod.ProduceSync(t.Context(), rec)
+		require.NoError(t, res.FirstErr())
+		partitions[res[0].Record.Partition] = true
+	}
+	require.Greater(t, len(partitions), 2, "the calls spread over several partitions")
+
+	c := config.Default("test")
+	c.Kafka = kcfg
+	require.NoError(t, pkgconfig.Parse("router.yaml", []byte("destinations:\n  - name: support\n    route: sip:support@127.0.0.1:5090\n    default: true\n"), &c))
+	table, err := c.Table()
+	require.NoError(t, err)
+	v := New(table, kafka.ClientOpts(kcfg, logger), []string{kcfg.Topics.Calls, kcfg.Topics.Transfers}, time.Hour, logger)
+	srv := httptest.NewServer(api.New(v, table, nil, []string{"tok"}, logger, time.Now, nil))
+	t.Cleanup(srv.Close)
+	get := func(id string) *http.Response {
+		req, err := http.NewRequestWithContext(t.Context(), http.MethodGet, srv.URL+"/v1/calls/"+id, nil)
+		require.NoError(t, err)
+		req.Header.Set("Authorization", "Bearer tok")
+		res, err := http.DefaultClient.Do(req)
+		require.NoError(t, err)
+		_ = res.Body.Close()
+		return res
+	}
+	// Not caught up yet: an unknown call is 503 with Retry-After, not 404.
+	res := get("call-0")
+	require.Equal(t, http.StatusServiceUnavailable, res.StatusCode)
+	require.Equal(t, "1", res.Header.Get("Retry-After"))
+
+	go func() { _ = v.Run(t.Context()) }()
+	require.Eventually(t, v.Settled, 20*time.Second, 10*time.Millisecond)
+	for i := range calls {
+		require.Equal(t, http.StatusOK, get(fmt.Sprintf("call-%d", i)).StatusCode, "call-%d", i)
+	}
+	require.Equal(t, http.StatusNotFound, get("no-such-call").StatusCode, "caught up: unknown is 404")
+}
