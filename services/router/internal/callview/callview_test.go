@@ -53,24 +53,27 @@ func TestViewServesEveryPartition(t *testing.T) {
 	v := New(table, kafka.ClientOpts(kcfg, logger), []string{kcfg.Topics.Calls, kcfg.Topics.Transfers}, time.Hour, logger)
 	srv := httptest.NewServer(api.New(v, table, nil, []string{"tok"}, logger, time.Now, nil))
 	t.Cleanup(srv.Close)
-	get := func(id string) *http.Response {
+	// get returns the status and Retry-After of a read of call id.
+	get := func(id string) (int, string) {
 		req, err := http.NewRequestWithContext(t.Context(), http.MethodGet, srv.URL+"/v1/calls/"+id, nil)
 		require.NoError(t, err)
 		req.Header.Set("Authorization", "Bearer tok")
 		res, err := http.DefaultClient.Do(req)
 		require.NoError(t, err)
-		_ = res.Body.Close()
-		return res
+		require.NoError(t, res.Body.Close())
+		return res.StatusCode, res.Header.Get("Retry-After")
 	}
 	// Not caught up yet: an unknown call is 503 with Retry-After, not 404.
-	res := get("call-0")
-	require.Equal(t, http.StatusServiceUnavailable, res.StatusCode)
-	require.Equal(t, "1", res.Header.Get("Retry-After"))
+	status, retry := get("call-0")
+	require.Equal(t, http.StatusServiceUnavailable, status)
+	require.Equal(t, "1", retry)
 
 	go func() { _ = v.Run(t.Context()) }()
 	require.Eventually(t, v.Settled, 20*time.Second, 10*time.Millisecond)
 	for i := range calls {
-		require.Equal(t, http.StatusOK, get(fmt.Sprintf("call-%d", i)).StatusCode, "call-%d", i)
+		status, _ := get(fmt.Sprintf("call-%d", i))
+		require.Equal(t, http.StatusOK, status, "call-%d", i)
 	}
-	require.Equal(t, http.StatusNotFound, get("no-such-call").StatusCode, "caught up: unknown is 404")
+	status, _ = get("no-such-call")
+	require.Equal(t, http.StatusNotFound, status, "caught up: unknown is 404")
 }
