@@ -40,6 +40,34 @@ type restorer struct {
 
 	mu      sync.Mutex
 	pending map[int32]struct{}
+	// folded is, per topic and partition, the offset after the last record
+	// this instance folded in a committed transaction: a partition whose
+	// committed offset is still that (the group gave it back to this
+	// instance, nobody else handled it) needs no restore.
+	folded map[string]map[int32]int64
+}
+
+// committedBatch records the records of a committed transaction.
+func (s *restorer) committedBatch(records []*kgo.Record) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, r := range records {
+		if s.folded[r.Topic] == nil {
+			s.folded[r.Topic] = map[int32]int64{}
+		}
+		if r.Offset+1 > s.folded[r.Topic][r.Partition] {
+			s.folded[r.Topic][r.Partition] = r.Offset + 1
+		}
+	}
+}
+
+// current reports whether this instance's fold already holds topic's
+// partition p up to committed.
+func (s *restorer) current(topic string, p int32, committed int64) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	at, ok := s.folded[topic][p]
+	return ok && at == committed
 }
 
 // assigned is the session's OnPartitionsAssigned: the partitions are
@@ -90,8 +118,18 @@ func (s *restorer) restore(ctx context.Context, fold *handoff.Fold, partitions [
 	}
 	want := map[string]map[int32]kgo.Offset{}
 	ends := map[string]map[int32]int64{}
-	for _, t := range s.topics {
-		for _, p := range partitions {
+	for _, p := range partitions {
+		fresh := true
+		for _, t := range s.topics {
+			c, ok := committed.Lookup(t, p)
+			if ok && c.Err == nil && c.At >= 0 && !s.current(t, p, c.At) {
+				fresh = false
+			}
+		}
+		if fresh {
+			continue // given back to this instance, unchanged: its fold holds it
+		}
+		for _, t := range s.topics {
 			c, ok := committed.Lookup(t, p)
 			if !ok || c.Err != nil || c.At < 0 {
 				continue // nothing committed: the group reads the log from its start

@@ -123,7 +123,7 @@ func New(opts Options, fold *handoff.Fold, logger *slog.Logger) (*Router, error)
 	rs := &restorer{
 		clientOpts: append(kafka.ClientOpts(opts.Kafka, logger), kgo.FetchIsolationLevel(kgo.ReadCommitted())),
 		group:      opts.Group, topics: []string{opts.Kafka.Topics.Calls, opts.Kafka.Topics.Transfers},
-		lookback: lookback, logger: logger, pending: map[int32]struct{}{},
+		lookback: lookback, logger: logger, pending: map[int32]struct{}{}, folded: map[string]map[int32]int64{},
 	}
 	kopts = append(kopts, kgo.OnPartitionsAssigned(rs.assigned))
 	sess, err := kgo.NewGroupTransactSession(kopts...)
@@ -273,6 +273,7 @@ func (r *Router) transact(ctx context.Context, records []*kgo.Record) (bool, err
 		return false, nil
 	}
 	r.fold.Commit()
+	r.restore.committedBatch(records)
 	r.metrics.count(len(records), &r.tally)
 	if r.started != nil {
 		// Outside the transaction: what the watcher does (a webhook call)
