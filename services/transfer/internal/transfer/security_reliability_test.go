@@ -105,19 +105,7 @@ func reliabilityHostileRouteSets(t *testing.T) {
 }
 
 func reliabilityHostileCommands(t *testing.T) {
-	metrics := NewMetrics(prometheus.NewRegistry())
-	allow, err := request.NewAllowlist([]string{"sip:*@agents.example.com"})
-	require.NoError(t, err)
-	h := start(t, 202, func(o *Options) {
-		withInvite(nil)(o)
-		o.Metrics = metrics
-		o.Routes = allow
-	})
-	dest := startTrap(t)
-	n := attackRoutes(t, h, dest)
-	time.Sleep(500 * time.Millisecond)
-	require.Zero(t, h.sbc.count(), "no REFER reached the caller's SBC")
-	require.Zero(t, dest.reached(), "no INVITE reached the destination")
+	h, metrics, dest, n := hostileCommands(t)
 	byReason, total := refusals(metrics, RefusedRouteNotAllowed)
 	require.Equal(t, float64(n), total)
 

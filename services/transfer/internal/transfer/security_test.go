@@ -212,11 +212,13 @@ func attackRoutes(t *testing.T, h *harness, dest *trap) int {
 }
 
 // Transfer checks a command's route against its own allowlist before any
-// SIP: a command written straight to the handoffs topic (no router) to a
-// route outside it sends nothing and fails route_not_allowed. Before,
-// transfer dialled whatever a command named (issue 14, item 11).
-func TestRouteOutsideTheAllowlistIsRefused(t *testing.T) {
-	t.Parallel()
+// hostileCommands runs transfer with the route allowlist
+// sip:*@agents.example.com, publishes attackRoutes' hostile commands
+// straight to the handoffs topic, and checks that no SIP left for them.
+// It returns the harness, its metrics, the destination trap and how many
+// commands were refused.
+func hostileCommands(t *testing.T) (*harness, *Metrics, *trap, int) {
+	t.Helper()
 	metrics := NewMetrics(prometheus.NewRegistry())
 	allow, err := request.NewAllowlist([]string{"sip:*@agents.example.com"})
 	require.NoError(t, err)
@@ -227,9 +229,18 @@ func TestRouteOutsideTheAllowlistIsRefused(t *testing.T) {
 	})
 	dest := startTrap(t)
 	n := attackRoutes(t, h, dest)
-	time.Sleep(200 * time.Millisecond)
+	time.Sleep(500 * time.Millisecond)
 	require.Zero(t, h.sbc.count(), "no REFER reached the caller's SBC")
 	require.Zero(t, dest.reached(), "no INVITE reached the destination")
+	return h, metrics, dest, n
+}
+
+// SIP: a command written straight to the handoffs topic (no router) to a
+// route outside it sends nothing and fails route_not_allowed. Before,
+// transfer dialled whatever a command named (issue 14, item 11).
+func TestRouteOutsideTheAllowlistIsRefused(t *testing.T) {
+	t.Parallel()
+	h, metrics, _, n := hostileCommands(t)
 	refer := testutil.ToFloat64(metrics.Refused.WithLabelValues("refer", RefusedRouteNotAllowed))
 	invite := testutil.ToFloat64(metrics.Refused.WithLabelValues("invite", RefusedRouteNotAllowed))
 	require.Equal(t, float64(n), refer+invite)
