@@ -102,30 +102,63 @@ func (v *View) Run(ctx context.Context) error {
 }
 
 // startOffsets is, for every partition of the topics, the first offset
-// newer than lookback (by record time, which is the event's time).
+// newer than lookback (by record time, which is the event's time). It
+// retries until every partition of every topic is listed: a partition
+// left out (a topic just created, a leader moving) would never be read.
 func (v *View) startOffsets(ctx context.Context, cl *kgo.Client) (map[string]map[int32]kgo.Offset, error) {
 	adm := kadm.NewClient(cl)
 	for {
-		listed, err := adm.ListOffsetsAfterMilli(ctx, time.Now().Add(-v.lookback).UnixMilli(), v.topics...)
+		// The end offsets first: a partition with no record in the window
+		// is listed by its end offset, asked for separately, and a record
+		// produced between the two asks would be skipped. Starting at the
+		// smaller of the two reads it.
+		ends, err := adm.ListEndOffsets(ctx, v.topics...)
+		var listed kadm.ListedOffsets
 		if err == nil {
-			out := map[string]map[int32]kgo.Offset{}
-			listed.Each(func(o kadm.ListedOffset) {
-				if o.Err != nil {
-					return
-				}
-				if out[o.Topic] == nil {
-					out[o.Topic] = map[int32]kgo.Offset{}
-				}
-				out[o.Topic][o.Partition] = kgo.NewOffset().At(o.Offset)
-			})
-			if len(out) > 0 {
+			err = ends.Error()
+		}
+		if err == nil {
+			listed, err = adm.ListOffsetsAfterMilli(ctx, time.Now().Add(-v.lookback).UnixMilli(), v.topics...)
+		}
+		if err == nil {
+			err = listed.Error()
+		}
+		if err == nil {
+			if out, complete := offsetsOf(listed, ends, v.topics); complete {
 				return out, nil
 			}
+			err = errors.New("not every topic listed")
 		}
+		v.logger.DebugContext(ctx, "call view start offsets; retrying", "err", err)
 		select {
 		case <-ctx.Done():
 			return nil, ctx.Err()
 		case <-time.After(time.Second): // topics not created yet, or the broker away
 		}
 	}
+}
+
+// offsetsOf turns listed offsets into consume offsets, each at most the
+// partition's end offset listed before (ends), and reports whether every
+// topic has at least one partition and none failed.
+func offsetsOf(listed, ends kadm.ListedOffsets, topics []string) (map[string]map[int32]kgo.Offset, bool) {
+	out := map[string]map[int32]kgo.Offset{}
+	complete := true
+	listed.Each(func(o kadm.ListedOffset) {
+		end, ok := ends.Lookup(o.Topic, o.Partition)
+		if o.Err != nil || o.Partition < 0 || !ok || end.Err != nil {
+			complete = false
+			return
+		}
+		if out[o.Topic] == nil {
+			out[o.Topic] = map[int32]kgo.Offset{}
+		}
+		out[o.Topic][o.Partition] = kgo.NewOffset().At(min(o.Offset, end.Offset))
+	})
+	for _, t := range topics {
+		if len(out[t]) == 0 {
+			complete = false
+		}
+	}
+	return out, complete
 }

@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	pkgconfig "github.com/baton-voice/baton/pkg/config"
@@ -76,4 +78,43 @@ func TestViewServesEveryPartition(t *testing.T) {
 	}
 	status, _ = get("no-such-call")
 	require.Equal(t, http.StatusNotFound, status, "caught up: unknown is 404")
+}
+
+// A listing that leaves out a topic, or a partition that failed, is not a
+// start: the partition left out would never be read.
+func TestOffsetsOfNeedsEveryPartitionAndMissesNoRecord(t *testing.T) {
+	topics := []string{"calls", "transfers"}
+	ok := func(topic string, p int32, off int64) kadm.ListedOffset {
+		return kadm.ListedOffset{Topic: topic, Partition: p, Offset: off}
+	}
+	full := kadm.ListedOffsets{
+		"calls":     {0: ok("calls", 0, 5), 1: ok("calls", 1, 0)},
+		"transfers": {0: ok("transfers", 0, 2)},
+	}
+	out, complete := offsetsOf(full, full, topics)
+	require.True(t, complete)
+	require.Equal(t, kgo.NewOffset().At(5), out["calls"][0])
+	require.Len(t, out["calls"], 2)
+
+	// A record produced between the end offsets and the time listing is
+	// read: the start is the end listed first, not the later one.
+	later := kadm.ListedOffsets{
+		"calls":     {0: ok("calls", 0, 6), 1: ok("calls", 1, 1)},
+		"transfers": {0: ok("transfers", 0, 2)},
+	}
+	out, complete = offsetsOf(later, full, topics)
+	require.True(t, complete)
+	require.Equal(t, kgo.NewOffset().At(5), out["calls"][0])
+	require.Equal(t, kgo.NewOffset().At(0), out["calls"][1])
+
+	missingTopic := kadm.ListedOffsets{"transfers": {0: ok("transfers", 0, 2)}}
+	_, complete = offsetsOf(missingTopic, missingTopic, topics)
+	require.False(t, complete, "calls not listed")
+
+	failed := kadm.ListedOffsets{
+		"calls":     {0: ok("calls", 0, 5), 1: {Topic: "calls", Partition: 1, Err: kerr.NotLeaderForPartition}},
+		"transfers": {0: ok("transfers", 0, 2)},
+	}
+	_, complete = offsetsOf(failed, full, topics)
+	require.False(t, complete, "calls/1 failed")
 }

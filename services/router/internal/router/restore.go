@@ -1,7 +1,9 @@
 package router
 
 import (
+	"cmp"
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"sort"
@@ -95,6 +97,9 @@ func (s *restorer) take() []int32 {
 	return out
 }
 
+// errNotListed is a partition the broker left out of a listing.
+var errNotListed = errors.New("partition not listed")
+
 // restore folds partitions' history into fold and commits it. It returns
 // how many records it folded.
 func (s *restorer) restore(ctx context.Context, fold *handoff.Fold, partitions []int32) (int, error) {
@@ -135,7 +140,12 @@ func (s *restorer) restore(ctx context.Context, fold *handoff.Fold, partitions [
 				continue // nothing committed: the group reads the log from its start
 			}
 			f, ok := from.Lookup(t, p)
-			if !ok || f.Err != nil || f.Offset >= c.At {
+			if !ok || f.Err != nil {
+				// Skipping would lose the partition's calls: fail, and the
+				// caller retries.
+				return 0, fmt.Errorf("restore: offsets %v back of %s/%d: %w", s.lookback, t, p, cmp.Or(f.Err, errNotListed))
+			}
+			if f.Offset >= c.At {
 				continue
 			}
 			if want[t] == nil {
