@@ -17,19 +17,23 @@ import (
 
 // CloudEvents type attributes, one per message of the contract.
 const (
-	TypeCallStarted      = "baton.call.started.v1"
-	TypeCallEnded        = "baton.call.ended.v1"
-	TypeNotifyReceived   = "baton.call.notify.v1"
-	TypeHandoffRequested = "baton.handoff.requested.v1"
-	TypeHandoffCommand   = "baton.handoff.command.v1"
-	TypeTransferOutcome  = "baton.transfer.outcome.v1"
-	TypeTransferAttempt  = "baton.transfer.attempt.v1"
-	TypeCallStateChanged = "baton.call.state.v1"
-	TypeAgentMetric      = "baton.agent.metric.v1"
-	TypeHandoffRefused   = "baton.handoff.refused.v1"
-	TypePreCallData      = "baton.call.precall.v1"
-	TypeCallUpdated      = "baton.call.updated.v1"
-	TypeDtmfReceived     = "baton.call.dtmf.v1"
+	TypeCallStarted       = "baton.call.started.v1"
+	TypeCallEnded         = "baton.call.ended.v1"
+	TypeNotifyReceived    = "baton.call.notify.v1"
+	TypeHandoffRequested  = "baton.handoff.requested.v1"
+	TypeHandoffCommand    = "baton.handoff.command.v1"
+	TypeTransferOutcome   = "baton.transfer.outcome.v1"
+	TypeTransferAttempt   = "baton.transfer.attempt.v1"
+	TypeCallStateChanged  = "baton.call.state.v1"
+	TypeAgentMetric       = "baton.agent.metric.v1"
+	TypeHandoffRefused    = "baton.handoff.refused.v1"
+	TypePreCallData       = "baton.call.precall.v1"
+	TypeCallUpdated       = "baton.call.updated.v1"
+	TypeDtmfReceived      = "baton.call.dtmf.v1"
+	TypeCallEvicted       = "baton.call.evicted.v1"
+	TypeAgentConnected    = "baton.agent.connected.v1"
+	TypeAgentDisconnected = "baton.agent.disconnected.v1"
+	TypeAgentMarkPlayed   = "baton.agent.mark.v1"
 )
 
 // ContentType is the content-type header of every Baton record.
@@ -113,6 +117,14 @@ func TypeOf(msg proto.Message) (string, error) {
 		return TypeCallUpdated, nil
 	case *batonv1.DtmfReceived:
 		return TypeDtmfReceived, nil
+	case *batonv1.CallEvicted:
+		return TypeCallEvicted, nil
+	case *batonv1.AgentConnected:
+		return TypeAgentConnected, nil
+	case *batonv1.AgentDisconnected:
+		return TypeAgentDisconnected, nil
+	case *batonv1.AgentMarkPlayed:
+		return TypeAgentMarkPlayed, nil
 	default:
 		return "", fmt.Errorf("%w: message %T", ErrUnknownType, msg)
 	}
@@ -147,6 +159,14 @@ func newMessage(typ string) (proto.Message, error) {
 		return &batonv1.CallUpdated{}, nil
 	case TypeDtmfReceived:
 		return &batonv1.DtmfReceived{}, nil
+	case TypeCallEvicted:
+		return &batonv1.CallEvicted{}, nil
+	case TypeAgentConnected:
+		return &batonv1.AgentConnected{}, nil
+	case TypeAgentDisconnected:
+		return &batonv1.AgentDisconnected{}, nil
+	case TypeAgentMarkPlayed:
+		return &batonv1.AgentMarkPlayed{}, nil
 	default:
 		return nil, fmt.Errorf("%w: %q", ErrUnknownType, typ)
 	}

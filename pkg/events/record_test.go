@@ -48,6 +48,11 @@ func sampleMessages() map[string]proto.Message {
 		TypePreCallData:      &batonv1.PreCallData{CallId: dialog.CallId, DataJson: `{"data":{"account":{"tier":"gold"}}}`, FetchedBy: "baton-router-1"},
 		TypeCallUpdated:      &batonv1.CallUpdated{CallId: dialog.CallId, Direction: "recvonly", RemoteDirection: "sendonly", Hold: true, Codec: "PCMU", Cseq: 2},
 		TypeDtmfReceived:     &batonv1.DtmfReceived{CallId: dialog.CallId, Digit: "5", DurationMs: 160, Source: "rfc4733"},
+		TypeCallEvicted:      &batonv1.CallEvicted{CallId: dialog.CallId, Reason: "max_call_duration", IdleMs: 14_400_000, EvictedBy: "router-1"},
+		TypeAgentConnected:   &batonv1.AgentConnected{CallId: dialog.CallId, StreamSid: "MZ1", Url: "wss://bot.example.com/media", Format: "audio/x-mulaw", ConnectMs: 12, Source: "trunk"},
+		TypeAgentDisconnected: &batonv1.AgentDisconnected{CallId: dialog.CallId, StreamSid: "MZ1", Reason: "agent_closed", Action: "hangup",
+			Stats: &batonv1.AgentStreamStats{FramesOut: 500, FramesIn: 250, FramesPlayed: 480, MaxQueueMs: 4000, Marks: 2}},
+		TypeAgentMarkPlayed: &batonv1.AgentMarkPlayed{CallId: dialog.CallId, StreamSid: "MZ1", Name: "goodbye"},
 	}
 }
 

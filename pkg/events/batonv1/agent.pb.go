@@ -362,6 +362,81 @@ func (x *PreCallData) GetError() string {
 	return ""
 }
 
+// CallEvicted is published by the router that owns a call when the call
+// had no event for max_call_duration: the router forgets it (its state,
+// its caps) and says so, so a call that never ended does not hold memory
+// forever and the replay shows why it went.
+type CallEvicted struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	CallId string                 `protobuf:"bytes,1,opt,name=call_id,json=callId,proto3" json:"call_id,omitempty"`
+	// reason is a machine code: max_call_duration.
+	Reason string `protobuf:"bytes,2,opt,name=reason,proto3" json:"reason,omitempty"`
+	// idle_ms is how long the call had no event when it was evicted.
+	IdleMs int64 `protobuf:"varint,3,opt,name=idle_ms,json=idleMs,proto3" json:"idle_ms,omitempty"`
+	// evicted_by names the router instance.
+	EvictedBy     string `protobuf:"bytes,4,opt,name=evicted_by,json=evictedBy,proto3" json:"evicted_by,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CallEvicted) Reset() {
+	*x = CallEvicted{}
+	mi := &file_baton_v1_agent_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CallEvicted) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CallEvicted) ProtoMessage() {}
+
+func (x *CallEvicted) ProtoReflect() protoreflect.Message {
+	mi := &file_baton_v1_agent_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CallEvicted.ProtoReflect.Descriptor instead.
+func (*CallEvicted) Descriptor() ([]byte, []int) {
+	return file_baton_v1_agent_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *CallEvicted) GetCallId() string {
+	if x != nil {
+		return x.CallId
+	}
+	return ""
+}
+
+func (x *CallEvicted) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *CallEvicted) GetIdleMs() int64 {
+	if x != nil {
+		return x.IdleMs
+	}
+	return 0
+}
+
+func (x *CallEvicted) GetEvictedBy() string {
+	if x != nil {
+		return x.EvictedBy
+	}
+	return ""
+}
+
 var File_baton_v1_agent_proto protoreflect.FileDescriptor
 
 const file_baton_v1_agent_proto_rawDesc = "" +
@@ -403,7 +478,13 @@ const file_baton_v1_agent_proto_rawDesc = "" +
 	"\tdata_json\x18\x02 \x01(\tR\bdataJson\x12\x1d\n" +
 	"\n" +
 	"fetched_by\x18\x03 \x01(\tR\tfetchedBy\x12\x14\n" +
-	"\x05error\x18\x04 \x01(\tR\x05errorB9Z7github.com/baton-voice/baton/pkg/events/batonv1;batonv1b\x06proto3"
+	"\x05error\x18\x04 \x01(\tR\x05error\"v\n" +
+	"\vCallEvicted\x12\x17\n" +
+	"\acall_id\x18\x01 \x01(\tR\x06callId\x12\x16\n" +
+	"\x06reason\x18\x02 \x01(\tR\x06reason\x12\x17\n" +
+	"\aidle_ms\x18\x03 \x01(\x03R\x06idleMs\x12\x1d\n" +
+	"\n" +
+	"evicted_by\x18\x04 \x01(\tR\tevictedByB9Z7github.com/baton-voice/baton/pkg/events/batonv1;batonv1b\x06proto3"
 
 var (
 	file_baton_v1_agent_proto_rawDescOnce sync.Once
@@ -417,18 +498,19 @@ func file_baton_v1_agent_proto_rawDescGZIP() []byte {
 	return file_baton_v1_agent_proto_rawDescData
 }
 
-var file_baton_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 6)
+var file_baton_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 7)
 var file_baton_v1_agent_proto_goTypes = []any{
 	(*CallStateChanged)(nil), // 0: baton.v1.CallStateChanged
 	(*AgentMetric)(nil),      // 1: baton.v1.AgentMetric
 	(*HandoffRefused)(nil),   // 2: baton.v1.HandoffRefused
 	(*PreCallData)(nil),      // 3: baton.v1.PreCallData
-	nil,                      // 4: baton.v1.CallStateChanged.SetEntry
-	nil,                      // 5: baton.v1.AgentMetric.TagsEntry
+	(*CallEvicted)(nil),      // 4: baton.v1.CallEvicted
+	nil,                      // 5: baton.v1.CallStateChanged.SetEntry
+	nil,                      // 6: baton.v1.AgentMetric.TagsEntry
 }
 var file_baton_v1_agent_proto_depIdxs = []int32{
-	4, // 0: baton.v1.CallStateChanged.set:type_name -> baton.v1.CallStateChanged.SetEntry
-	5, // 1: baton.v1.AgentMetric.tags:type_name -> baton.v1.AgentMetric.TagsEntry
+	5, // 0: baton.v1.CallStateChanged.set:type_name -> baton.v1.CallStateChanged.SetEntry
+	6, // 1: baton.v1.AgentMetric.tags:type_name -> baton.v1.AgentMetric.TagsEntry
 	2, // [2:2] is the sub-list for method output_type
 	2, // [2:2] is the sub-list for method input_type
 	2, // [2:2] is the sub-list for extension type_name
@@ -447,7 +529,7 @@ func file_baton_v1_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_baton_v1_agent_proto_rawDesc), len(file_baton_v1_agent_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   6,
+			NumMessages:   7,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

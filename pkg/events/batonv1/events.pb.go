@@ -823,10 +823,16 @@ type HandoffRequested struct {
 	// reason is a machine code such as billing_dispute.
 	Reason string `protobuf:"bytes,4,opt,name=reason,proto3" json:"reason,omitempty"`
 	// utterance is what the caller said that led to the handoff.
-	Utterance     string            `protobuf:"bytes,5,opt,name=utterance,proto3" json:"utterance,omitempty"`
-	Variables     map[string]string `protobuf:"bytes,6,rep,name=variables,proto3" json:"variables,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
-	Headers       map[string]string `protobuf:"bytes,7,rep,name=headers,proto3" json:"headers,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
-	RequestedBy   string            `protobuf:"bytes,8,opt,name=requested_by,json=requestedBy,proto3" json:"requested_by,omitempty"`
+	Utterance   string            `protobuf:"bytes,5,opt,name=utterance,proto3" json:"utterance,omitempty"`
+	Variables   map[string]string `protobuf:"bytes,6,rep,name=variables,proto3" json:"variables,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	Headers     map[string]string `protobuf:"bytes,7,rep,name=headers,proto3" json:"headers,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	RequestedBy string            `protobuf:"bytes,8,opt,name=requested_by,json=requestedBy,proto3" json:"requested_by,omitempty"`
+	// after_mark is the agent mark whose audio had to play out before the
+	// handoff was asked for; empty when none was named.
+	AfterMark string `protobuf:"bytes,9,opt,name=after_mark,json=afterMark,proto3" json:"after_mark,omitempty"`
+	// mark_wait says how that wait ended: played, already_played, timeout,
+	// or no_stream (the call has no agent stream).
+	MarkWait      string `protobuf:"bytes,10,opt,name=mark_wait,json=markWait,proto3" json:"mark_wait,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -913,6 +919,20 @@ func (x *HandoffRequested) GetHeaders() map[string]string {
 func (x *HandoffRequested) GetRequestedBy() string {
 	if x != nil {
 		return x.RequestedBy
+	}
+	return ""
+}
+
+func (x *HandoffRequested) GetAfterMark() string {
+	if x != nil {
+		return x.AfterMark
+	}
+	return ""
+}
+
+func (x *HandoffRequested) GetMarkWait() string {
+	if x != nil {
+		return x.MarkWait
 	}
 	return ""
 }
@@ -1280,7 +1300,7 @@ const file_baton_v1_events_proto_rawDesc = "" +
 	"\x12subscription_state\x18\x03 \x01(\tR\x11subscriptionState\x12%\n" +
 	"\x0esipfrag_status\x18\x04 \x01(\x05R\rsipfragStatus\x12%\n" +
 	"\x0esipfrag_reason\x18\x05 \x01(\tR\rsipfragReason\x12\x12\n" +
-	"\x04cseq\x18\x06 \x01(\rR\x04cseq\"\xcb\x03\n" +
+	"\x04cseq\x18\x06 \x01(\rR\x04cseq\"\x87\x04\n" +
 	"\x10HandoffRequested\x12\x17\n" +
 	"\acall_id\x18\x01 \x01(\tR\x06callId\x12\x1d\n" +
 	"\n" +
@@ -1290,7 +1310,11 @@ const file_baton_v1_events_proto_rawDesc = "" +
 	"\tutterance\x18\x05 \x01(\tR\tutterance\x12G\n" +
 	"\tvariables\x18\x06 \x03(\v2).baton.v1.HandoffRequested.VariablesEntryR\tvariables\x12A\n" +
 	"\aheaders\x18\a \x03(\v2'.baton.v1.HandoffRequested.HeadersEntryR\aheaders\x12!\n" +
-	"\frequested_by\x18\b \x01(\tR\vrequestedBy\x1a<\n" +
+	"\frequested_by\x18\b \x01(\tR\vrequestedBy\x12\x1d\n" +
+	"\n" +
+	"after_mark\x18\t \x01(\tR\tafterMark\x12\x1b\n" +
+	"\tmark_wait\x18\n" +
+	" \x01(\tR\bmarkWait\x1a<\n" +
 	"\x0eVariablesEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a:\n" +

@@ -304,6 +304,369 @@ func (x *MediaStats) GetCodec() string {
 	return ""
 }
 
+// AgentConnected is published by ingress when a call's agent stream (a
+// Twilio Media Streams WebSocket) is open and its start message sent.
+type AgentConnected struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	CallId string                 `protobuf:"bytes,1,opt,name=call_id,json=callId,proto3" json:"call_id,omitempty"`
+	// stream_sid is the stream's id, as in the start message.
+	StreamSid string `protobuf:"bytes,2,opt,name=stream_sid,json=streamSid,proto3" json:"stream_sid,omitempty"`
+	// url is the agent endpoint, without its query string or user info.
+	Url string `protobuf:"bytes,3,opt,name=url,proto3" json:"url,omitempty"`
+	// format is the audio format on the stream: audio/x-mulaw or audio/l16.
+	Format string `protobuf:"bytes,4,opt,name=format,proto3" json:"format,omitempty"`
+	// connect_ms is from dialling to the start message sent.
+	ConnectMs int64 `protobuf:"varint,5,opt,name=connect_ms,json=connectMs,proto3" json:"connect_ms,omitempty"`
+	// source says where the endpoint came from: trunk, number, or default.
+	Source        string `protobuf:"bytes,6,opt,name=source,proto3" json:"source,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AgentConnected) Reset() {
+	*x = AgentConnected{}
+	mi := &file_baton_v1_ingress_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AgentConnected) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AgentConnected) ProtoMessage() {}
+
+func (x *AgentConnected) ProtoReflect() protoreflect.Message {
+	mi := &file_baton_v1_ingress_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AgentConnected.ProtoReflect.Descriptor instead.
+func (*AgentConnected) Descriptor() ([]byte, []int) {
+	return file_baton_v1_ingress_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *AgentConnected) GetCallId() string {
+	if x != nil {
+		return x.CallId
+	}
+	return ""
+}
+
+func (x *AgentConnected) GetStreamSid() string {
+	if x != nil {
+		return x.StreamSid
+	}
+	return ""
+}
+
+func (x *AgentConnected) GetUrl() string {
+	if x != nil {
+		return x.Url
+	}
+	return ""
+}
+
+func (x *AgentConnected) GetFormat() string {
+	if x != nil {
+		return x.Format
+	}
+	return ""
+}
+
+func (x *AgentConnected) GetConnectMs() int64 {
+	if x != nil {
+		return x.ConnectMs
+	}
+	return 0
+}
+
+func (x *AgentConnected) GetSource() string {
+	if x != nil {
+		return x.Source
+	}
+	return ""
+}
+
+// AgentDisconnected is published by ingress when a call's agent stream
+// ends, or could not be opened.
+type AgentDisconnected struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	CallId    string                 `protobuf:"bytes,1,opt,name=call_id,json=callId,proto3" json:"call_id,omitempty"`
+	StreamSid string                 `protobuf:"bytes,2,opt,name=stream_sid,json=streamSid,proto3" json:"stream_sid,omitempty"`
+	// reason is a machine code: call_ended, handoff, connect_failed,
+	// agent_closed, read_error, write_timeout, bad_message, message_too_large.
+	Reason string `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
+	Detail string `protobuf:"bytes,4,opt,name=detail,proto3" json:"detail,omitempty"`
+	// action is what ingress did about an agent failure (on_agent_failure):
+	// none, hangup, play_then_hangup, handoff.
+	Action        string            `protobuf:"bytes,5,opt,name=action,proto3" json:"action,omitempty"`
+	Stats         *AgentStreamStats `protobuf:"bytes,6,opt,name=stats,proto3" json:"stats,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AgentDisconnected) Reset() {
+	*x = AgentDisconnected{}
+	mi := &file_baton_v1_ingress_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AgentDisconnected) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AgentDisconnected) ProtoMessage() {}
+
+func (x *AgentDisconnected) ProtoReflect() protoreflect.Message {
+	mi := &file_baton_v1_ingress_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AgentDisconnected.ProtoReflect.Descriptor instead.
+func (*AgentDisconnected) Descriptor() ([]byte, []int) {
+	return file_baton_v1_ingress_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *AgentDisconnected) GetCallId() string {
+	if x != nil {
+		return x.CallId
+	}
+	return ""
+}
+
+func (x *AgentDisconnected) GetStreamSid() string {
+	if x != nil {
+		return x.StreamSid
+	}
+	return ""
+}
+
+func (x *AgentDisconnected) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *AgentDisconnected) GetDetail() string {
+	if x != nil {
+		return x.Detail
+	}
+	return ""
+}
+
+func (x *AgentDisconnected) GetAction() string {
+	if x != nil {
+		return x.Action
+	}
+	return ""
+}
+
+func (x *AgentDisconnected) GetStats() *AgentStreamStats {
+	if x != nil {
+		return x.Stats
+	}
+	return nil
+}
+
+// AgentStreamStats counts one agent stream's traffic.
+type AgentStreamStats struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// frames_out are 20 ms caller frames sent to the agent; frames_in the
+	// agent's media messages received.
+	FramesOut uint64 `protobuf:"varint,1,opt,name=frames_out,json=framesOut,proto3" json:"frames_out,omitempty"`
+	FramesIn  uint64 `protobuf:"varint,2,opt,name=frames_in,json=framesIn,proto3" json:"frames_in,omitempty"`
+	// frames_played are 20 ms frames of agent audio sent as RTP; late are
+	// playout ticks that left more than one frame time behind schedule.
+	FramesPlayed uint64 `protobuf:"varint,3,opt,name=frames_played,json=framesPlayed,proto3" json:"frames_played,omitempty"`
+	Late         uint64 `protobuf:"varint,4,opt,name=late,proto3" json:"late,omitempty"`
+	// dropped are 20 ms frames of agent audio dropped: beyond the playout
+	// bound (oldest first) or cut by a clear.
+	Dropped uint64 `protobuf:"varint,5,opt,name=dropped,proto3" json:"dropped,omitempty"`
+	Cleared uint64 `protobuf:"varint,6,opt,name=cleared,proto3" json:"cleared,omitempty"`
+	// max_queue_ms is the deepest the playout queue got.
+	MaxQueueMs uint64 `protobuf:"varint,7,opt,name=max_queue_ms,json=maxQueueMs,proto3" json:"max_queue_ms,omitempty"`
+	Marks      uint64 `protobuf:"varint,8,opt,name=marks,proto3" json:"marks,omitempty"`
+	// bad_messages counts messages from the agent that were ignored:
+	// malformed JSON, unknown events, payloads that are not base64.
+	BadMessages   uint64 `protobuf:"varint,9,opt,name=bad_messages,json=badMessages,proto3" json:"bad_messages,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AgentStreamStats) Reset() {
+	*x = AgentStreamStats{}
+	mi := &file_baton_v1_ingress_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AgentStreamStats) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AgentStreamStats) ProtoMessage() {}
+
+func (x *AgentStreamStats) ProtoReflect() protoreflect.Message {
+	mi := &file_baton_v1_ingress_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AgentStreamStats.ProtoReflect.Descriptor instead.
+func (*AgentStreamStats) Descriptor() ([]byte, []int) {
+	return file_baton_v1_ingress_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *AgentStreamStats) GetFramesOut() uint64 {
+	if x != nil {
+		return x.FramesOut
+	}
+	return 0
+}
+
+func (x *AgentStreamStats) GetFramesIn() uint64 {
+	if x != nil {
+		return x.FramesIn
+	}
+	return 0
+}
+
+func (x *AgentStreamStats) GetFramesPlayed() uint64 {
+	if x != nil {
+		return x.FramesPlayed
+	}
+	return 0
+}
+
+func (x *AgentStreamStats) GetLate() uint64 {
+	if x != nil {
+		return x.Late
+	}
+	return 0
+}
+
+func (x *AgentStreamStats) GetDropped() uint64 {
+	if x != nil {
+		return x.Dropped
+	}
+	return 0
+}
+
+func (x *AgentStreamStats) GetCleared() uint64 {
+	if x != nil {
+		return x.Cleared
+	}
+	return 0
+}
+
+func (x *AgentStreamStats) GetMaxQueueMs() uint64 {
+	if x != nil {
+		return x.MaxQueueMs
+	}
+	return 0
+}
+
+func (x *AgentStreamStats) GetMarks() uint64 {
+	if x != nil {
+		return x.Marks
+	}
+	return 0
+}
+
+func (x *AgentStreamStats) GetBadMessages() uint64 {
+	if x != nil {
+		return x.BadMessages
+	}
+	return 0
+}
+
+// AgentMarkPlayed is published by ingress when the last frame queued
+// before an agent's mark was sent to the caller as RTP: the utterance
+// before the mark has been played out. A handoff asked for after that
+// mark waits for this event.
+type AgentMarkPlayed struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	CallId        string                 `protobuf:"bytes,1,opt,name=call_id,json=callId,proto3" json:"call_id,omitempty"`
+	StreamSid     string                 `protobuf:"bytes,2,opt,name=stream_sid,json=streamSid,proto3" json:"stream_sid,omitempty"`
+	Name          string                 `protobuf:"bytes,3,opt,name=name,proto3" json:"name,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AgentMarkPlayed) Reset() {
+	*x = AgentMarkPlayed{}
+	mi := &file_baton_v1_ingress_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AgentMarkPlayed) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AgentMarkPlayed) ProtoMessage() {}
+
+func (x *AgentMarkPlayed) ProtoReflect() protoreflect.Message {
+	mi := &file_baton_v1_ingress_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AgentMarkPlayed.ProtoReflect.Descriptor instead.
+func (*AgentMarkPlayed) Descriptor() ([]byte, []int) {
+	return file_baton_v1_ingress_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *AgentMarkPlayed) GetCallId() string {
+	if x != nil {
+		return x.CallId
+	}
+	return ""
+}
+
+func (x *AgentMarkPlayed) GetStreamSid() string {
+	if x != nil {
+		return x.StreamSid
+	}
+	return ""
+}
+
+func (x *AgentMarkPlayed) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
 var File_baton_v1_ingress_proto protoreflect.FileDescriptor
 
 const file_baton_v1_ingress_proto_rawDesc = "" +
@@ -332,7 +695,41 @@ const file_baton_v1_ingress_proto_rawDesc = "" +
 	"\x05bytes\x18\x02 \x01(\x04R\x05bytes\x12\x12\n" +
 	"\x04lost\x18\x03 \x01(\x04R\x04lost\x12\x1b\n" +
 	"\tjitter_ms\x18\x04 \x01(\x01R\bjitterMs\x12\x14\n" +
-	"\x05codec\x18\x05 \x01(\tR\x05codecB9Z7github.com/baton-voice/baton/pkg/events/batonv1;batonv1b\x06proto3"
+	"\x05codec\x18\x05 \x01(\tR\x05codec\"\xa9\x01\n" +
+	"\x0eAgentConnected\x12\x17\n" +
+	"\acall_id\x18\x01 \x01(\tR\x06callId\x12\x1d\n" +
+	"\n" +
+	"stream_sid\x18\x02 \x01(\tR\tstreamSid\x12\x10\n" +
+	"\x03url\x18\x03 \x01(\tR\x03url\x12\x16\n" +
+	"\x06format\x18\x04 \x01(\tR\x06format\x12\x1d\n" +
+	"\n" +
+	"connect_ms\x18\x05 \x01(\x03R\tconnectMs\x12\x16\n" +
+	"\x06source\x18\x06 \x01(\tR\x06source\"\xc5\x01\n" +
+	"\x11AgentDisconnected\x12\x17\n" +
+	"\acall_id\x18\x01 \x01(\tR\x06callId\x12\x1d\n" +
+	"\n" +
+	"stream_sid\x18\x02 \x01(\tR\tstreamSid\x12\x16\n" +
+	"\x06reason\x18\x03 \x01(\tR\x06reason\x12\x16\n" +
+	"\x06detail\x18\x04 \x01(\tR\x06detail\x12\x16\n" +
+	"\x06action\x18\x05 \x01(\tR\x06action\x120\n" +
+	"\x05stats\x18\x06 \x01(\v2\x1a.baton.v1.AgentStreamStatsR\x05stats\"\x96\x02\n" +
+	"\x10AgentStreamStats\x12\x1d\n" +
+	"\n" +
+	"frames_out\x18\x01 \x01(\x04R\tframesOut\x12\x1b\n" +
+	"\tframes_in\x18\x02 \x01(\x04R\bframesIn\x12#\n" +
+	"\rframes_played\x18\x03 \x01(\x04R\fframesPlayed\x12\x12\n" +
+	"\x04late\x18\x04 \x01(\x04R\x04late\x12\x18\n" +
+	"\adropped\x18\x05 \x01(\x04R\adropped\x12\x18\n" +
+	"\acleared\x18\x06 \x01(\x04R\acleared\x12 \n" +
+	"\fmax_queue_ms\x18\a \x01(\x04R\n" +
+	"maxQueueMs\x12\x14\n" +
+	"\x05marks\x18\b \x01(\x04R\x05marks\x12!\n" +
+	"\fbad_messages\x18\t \x01(\x04R\vbadMessages\"]\n" +
+	"\x0fAgentMarkPlayed\x12\x17\n" +
+	"\acall_id\x18\x01 \x01(\tR\x06callId\x12\x1d\n" +
+	"\n" +
+	"stream_sid\x18\x02 \x01(\tR\tstreamSid\x12\x12\n" +
+	"\x04name\x18\x03 \x01(\tR\x04nameB9Z7github.com/baton-voice/baton/pkg/events/batonv1;batonv1b\x06proto3"
 
 var (
 	file_baton_v1_ingress_proto_rawDescOnce sync.Once
@@ -346,18 +743,23 @@ func file_baton_v1_ingress_proto_rawDescGZIP() []byte {
 	return file_baton_v1_ingress_proto_rawDescData
 }
 
-var file_baton_v1_ingress_proto_msgTypes = make([]protoimpl.MessageInfo, 3)
+var file_baton_v1_ingress_proto_msgTypes = make([]protoimpl.MessageInfo, 7)
 var file_baton_v1_ingress_proto_goTypes = []any{
-	(*CallUpdated)(nil),  // 0: baton.v1.CallUpdated
-	(*DtmfReceived)(nil), // 1: baton.v1.DtmfReceived
-	(*MediaStats)(nil),   // 2: baton.v1.MediaStats
+	(*CallUpdated)(nil),       // 0: baton.v1.CallUpdated
+	(*DtmfReceived)(nil),      // 1: baton.v1.DtmfReceived
+	(*MediaStats)(nil),        // 2: baton.v1.MediaStats
+	(*AgentConnected)(nil),    // 3: baton.v1.AgentConnected
+	(*AgentDisconnected)(nil), // 4: baton.v1.AgentDisconnected
+	(*AgentStreamStats)(nil),  // 5: baton.v1.AgentStreamStats
+	(*AgentMarkPlayed)(nil),   // 6: baton.v1.AgentMarkPlayed
 }
 var file_baton_v1_ingress_proto_depIdxs = []int32{
-	0, // [0:0] is the sub-list for method output_type
-	0, // [0:0] is the sub-list for method input_type
-	0, // [0:0] is the sub-list for extension type_name
-	0, // [0:0] is the sub-list for extension extendee
-	0, // [0:0] is the sub-list for field type_name
+	5, // 0: baton.v1.AgentDisconnected.stats:type_name -> baton.v1.AgentStreamStats
+	1, // [1:1] is the sub-list for method output_type
+	1, // [1:1] is the sub-list for method input_type
+	1, // [1:1] is the sub-list for extension type_name
+	1, // [1:1] is the sub-list for extension extendee
+	0, // [0:1] is the sub-list for field type_name
 }
 
 func init() { file_baton_v1_ingress_proto_init() }
@@ -371,7 +773,7 @@ func file_baton_v1_ingress_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_baton_v1_ingress_proto_rawDesc), len(file_baton_v1_ingress_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   3,
+			NumMessages:   7,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
