@@ -204,7 +204,10 @@ func serveAPI(ctx context.Context, wg *sync.WaitGroup, cfg config.Config, calls 
 	}
 	// Read, write, idle and header limits: a tokenless client cannot
 	// hold a connection by sending slowly or not at all.
-	srv := opshttp.NewHTTPServer(api.New(calls, tables, pub, tokens, logger, time.Now, metrics), opshttp.DefaultLimits())
+	a := api.New(calls, tables, pub, tokens, logger, time.Now, metrics).WithMaxMarkWaits(cfg.API.MaxMarkWaits)
+	// Handoffs asked for after a mark wait here; they end with ctx.
+	wg.Go(func() { a.Run(ctx) })
+	srv := opshttp.NewHTTPServer(a, opshttp.DefaultLimits())
 	srv.ErrorLog = slog.NewLogLogger(logger.Handler(), slog.LevelWarn)
 	wg.Go(func() {
 		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {

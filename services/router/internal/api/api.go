@@ -56,9 +56,13 @@ const (
 	maxEntries  = 64
 )
 
-// Calls reads the committed state of a call.
+// Calls reads the committed state of a call. MarkState and Changed serve
+// a handoff asked for after a mark: it waits, without polling, for a
+// Commit that shows the mark played.
 type Calls interface {
 	View(id string) (v handoff.CallView, found, ended bool)
+	MarkState(id, mark string) handoff.MarkState
+	Changed() <-chan struct{}
 }
 
 // Publisher writes an event to the calls topic and waits for the ack.
@@ -84,6 +88,8 @@ type Server struct {
 	// paths routes on the path alone, to tell 405 from 404.
 	paths   *http.ServeMux
 	metrics *Metrics
+	// waits are the handoffs waiting for a mark (see Run).
+	waits *markWaits
 }
 
 // Metrics are the API's Prometheus metrics. A nil *Metrics counts
@@ -94,16 +100,44 @@ type Metrics struct {
 	// metrics) and reason (invalid_json, invalid_header, invalid_variable,
 	// state_too_many_keys, …).
 	Rejected *prometheus.CounterVec
+	// MarkWaits counts the handoffs asked for after a mark, by how their
+	// wait ended (played, already_played, timeout, no_stream, call_gone,
+	// abandoned at shutdown, or full: refused 429).
+	MarkWaits *prometheus.CounterVec
+	// MarkWaiting is the handoffs waiting for a mark now.
+	MarkWaiting prometheus.Gauge
 }
 
 // NewMetrics registers the API's metrics on reg.
 func NewMetrics(reg prometheus.Registerer) *Metrics {
-	m := &Metrics{Rejected: prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "baton_router_api_rejected_total",
-		Help: "Agent API writes refused before publishing (400, or 422 for a per-call cap), by operation and reason.",
-	}, []string{"operation", "reason"})}
-	reg.MustRegister(m.Rejected)
+	m := &Metrics{
+		Rejected: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "baton_router_api_rejected_total",
+			Help: "Agent API writes refused before publishing (400, or 422 for a per-call cap), by operation and reason.",
+		}, []string{"operation", "reason"}),
+		MarkWaits: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "baton_router_api_mark_waits_total",
+			Help: "Handoffs asked for after a mark, by how the wait ended (played, already_played, timeout, no_stream, call_gone, abandoned, full).",
+		}, []string{"result"}),
+		MarkWaiting: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "baton_router_api_mark_waiting",
+			Help: "Handoffs waiting for their mark to play on this instance.",
+		}),
+	}
+	reg.MustRegister(m.Rejected, m.MarkWaits, m.MarkWaiting)
 	return m
+}
+
+func (m *Metrics) markWait(result string) {
+	if m != nil {
+		m.MarkWaits.WithLabelValues(result).Inc()
+	}
+}
+
+func (m *Metrics) waiting(delta float64) {
+	if m != nil {
+		m.MarkWaiting.Add(delta)
+	}
 }
 
 func (m *Metrics) reject(op, reason string) {
@@ -122,6 +156,7 @@ const (
 	RejectInvalidHeader      = "invalid_header"
 	RejectInvalidState       = "invalid_state"
 	RejectInvalidMetric      = "invalid_metric"
+	RejectInvalidMark        = "invalid_mark"
 	// RejectStateTooManyKeys and RejectStateTooLarge: the write would grow
 	// the call's state past max_state_keys_per_call or
 	// max_state_bytes_per_call (422).
@@ -142,7 +177,7 @@ const (
 func New(calls Calls, tables handoff.Source, pub Publisher, tokens []string, logger *slog.Logger, now func() time.Time,
 	metrics *Metrics) *Server {
 	s := &Server{calls: calls, tables: tables, pub: pub, logger: logger, now: now, metrics: metrics,
-		mux: http.NewServeMux(), paths: http.NewServeMux()}
+		mux: http.NewServeMux(), paths: http.NewServeMux(), waits: newMarkWaits(DefaultMaxMarkWaits)}
 	for _, t := range tokens {
 		if t = strings.TrimSpace(t); t != "" {
 			s.tokens = append(s.tokens, []byte(t))
@@ -326,6 +361,10 @@ type CallJSON struct {
 	// PreCallError says why the call has no pre-call data.
 	PreCallError string      `json:"precall_error,omitempty"`
 	Handoff      HandoffJSON `json:"handoff"`
+	// AgentStream is set while the call's agent stream is connected.
+	AgentStream bool `json:"agent_stream,omitempty"`
+	// MarksPlayed are the agent's last marks played out, oldest first.
+	MarksPlayed []string `json:"marks_played,omitempty"`
 }
 
 // HandoffJSON is where a call's handoff stands.
@@ -365,6 +404,7 @@ func (s *Server) getCall(w http.ResponseWriter, r *http.Request) {
 		CallID: v.CallID, CallerNumber: v.CallerNumber, CalleeNumber: v.CalleeNumber,
 		SipHeaders: v.SipHeaders, Variables: v.Variables, State: v.State, Results: v.Results,
 		PreCallError: v.PreCallError, Handoff: handoffJSON(v.Handoff),
+		AgentStream: v.AgentStream, MarksPlayed: v.MarksPlayed,
 	})
 }
 
@@ -381,19 +421,31 @@ func (s *Server) getHandoff(w http.ResponseWriter, r *http.Request) {
 type Accepted struct {
 	RequestID string `json:"request_id"`
 	CallID    string `json:"call_id"`
+	// MarkWait, for a handoff asked for after a mark: waiting (the request
+	// is published once the mark plays or the timeout passes),
+	// already_played or no_stream (published at once).
+	MarkWait string `json:"mark_wait,omitempty"`
 }
 
 func (s *Server) publish(w http.ResponseWriter, r *http.Request, callID string, msg proto.Message) bool {
-	ev, err := events.New(Source, callID, msg, s.now())
-	if err == nil {
-		err = s.pub.Publish(r.Context(), ev)
-	}
-	if err != nil {
+	if err := s.send(r.Context(), callID, msg); err != nil {
 		s.logger.ErrorContext(r.Context(), "publish agent event", "call_id", callID, "err", err)
 		problem(w, http.StatusServiceUnavailable, "unavailable", "the event could not be published; retry")
 		return false
 	}
 	return true
+}
+
+// send publishes msg about callID, stamped now.
+func (s *Server) send(ctx context.Context, callID string, msg proto.Message) error {
+	ev, err := events.New(Source, callID, msg, s.now())
+	if err != nil {
+		return fmt.Errorf("build event of call %s: %w", callID, err)
+	}
+	if err := s.pub.Publish(ctx, ev); err != nil {
+		return fmt.Errorf("publish event of call %s: %w", callID, err)
+	}
+	return nil
 }
 
 var (
@@ -471,6 +523,26 @@ type HandoffRequest struct {
 	Utterance   string            `json:"utterance"`
 	Variables   map[string]string `json:"variables"`
 	Headers     map[string]string `json:"headers"`
+	// AfterMark names the agent's mark whose audio must play out before
+	// the handoff is asked for; MarkTimeoutMS bounds that wait (nil:
+	// DefaultMarkTimeout).
+	AfterMark     string `json:"after_mark"`
+	MarkTimeoutMS *int64 `json:"mark_timeout_ms"`
+}
+
+// Bounds of a handoff's wait for a mark.
+const (
+	DefaultMarkTimeout = 5 * time.Second
+	MinMarkTimeout     = 100 * time.Millisecond
+	MaxMarkTimeout     = 30 * time.Second
+)
+
+// markTimeout is the request's wait for its mark.
+func (req HandoffRequest) markTimeout() time.Duration {
+	if req.MarkTimeoutMS == nil {
+		return DefaultMarkTimeout
+	}
+	return time.Duration(*req.MarkTimeoutMS) * time.Millisecond
 }
 
 func (s *Server) postHandoff(w http.ResponseWriter, r *http.Request) {
@@ -489,6 +561,7 @@ func (s *Server) postHandoff(w http.ResponseWriter, r *http.Request) {
 	msg := &batonv1.HandoffRequested{
 		CallId: v.CallID, RequestId: uuid.NewString(), Destination: req.Destination, Reason: req.Reason,
 		Utterance: oneLine(req.Utterance), Variables: req.Variables, Headers: req.Headers, RequestedBy: RequestedBy,
+		AfterMark: req.AfterMark,
 	}
 	table := s.tables.Current()
 	allowed, code, detail := table.Allows(req.Destination)
@@ -496,8 +569,15 @@ func (s *Server) postHandoff(w http.ResponseWriter, r *http.Request) {
 		allowed, code = false, handoff.RefusedTooManyHandoffs
 		detail = fmt.Sprintf("the call already started %d handoffs (max_handoffs_per_call %d)", v.Handoffs, table.MaxHandoffs)
 	}
-	// A refused target is published too: the router records the refusal
-	// as a HandoffRefused event, so every attempt is in the log.
+	if allowed && req.AfterMark != "" {
+		// The request waits for its mark (or is published at once when
+		// the mark already played, or no agent stream is connected).
+		s.afterMark(w, r, v.CallID, msg, req.markTimeout())
+		return
+	}
+	// A refused target is published too, at once (a refusal waits for no
+	// mark): the router records it as a HandoffRefused event, so every
+	// attempt is in the log.
 	if !s.publish(w, r, v.CallID, msg) {
 		return
 	}
@@ -535,6 +615,24 @@ func (req HandoffRequest) check() (string, error) {
 		if err := sipx.ValidateCustom(name, req.Headers[name]); err != nil {
 			return RejectInvalidHeader, fmt.Errorf("headers.%q: %w", name, err)
 		}
+	}
+	return req.checkMark()
+}
+
+// checkMark validates after_mark and mark_timeout_ms.
+func (req HandoffRequest) checkMark() (string, error) {
+	if len(req.AfterMark) > handoff.MaxMarkLen || sipx.HasControl(req.AfterMark) {
+		return RejectInvalidMark, fmt.Errorf("after_mark: at most %d bytes, no control characters", handoff.MaxMarkLen)
+	}
+	if req.MarkTimeoutMS == nil {
+		return "", nil
+	}
+	if req.AfterMark == "" {
+		return RejectInvalidMark, errors.New("mark_timeout_ms: only with after_mark")
+	}
+	if d := req.markTimeout(); d < MinMarkTimeout || d > MaxMarkTimeout {
+		return RejectInvalidMark, fmt.Errorf("mark_timeout_ms: %d: want %d to %d",
+			*req.MarkTimeoutMS, MinMarkTimeout.Milliseconds(), MaxMarkTimeout.Milliseconds())
 	}
 	return "", nil
 }

@@ -49,6 +49,12 @@ func New(tables handoff.Source, clientOpts []kgo.Opt, topics []string, lookback 
 // View is handoff.Fold.View over every partition.
 func (v *View) View(id string) (handoff.CallView, bool, bool) { return v.fold.View(id) }
 
+// MarkState is handoff.Fold.MarkState over every partition.
+func (v *View) MarkState(id, mark string) handoff.MarkState { return v.fold.MarkState(id, mark) }
+
+// Changed is handoff.Fold.Changed: closed by the view's next Commit.
+func (v *View) Changed() <-chan struct{} { return v.fold.Changed() }
+
 // Settled reports whether the view caught up with the log after its start:
 // a call it does not know then is not live.
 func (v *View) Settled() bool { return v.settled.Load() }

@@ -166,7 +166,17 @@ type API struct {
 	// TokensEnv names the environment variable that holds the accepted
 	// bearer tokens, comma-separated. Tokens never live in the file.
 	TokensEnv string `yaml:"tokens_env"`
+	// MaxMarkWaits bounds the handoff requests (with after_mark) this
+	// instance holds until their mark plays; beyond it a request is
+	// answered 429 with Retry-After.
+	MaxMarkWaits int `yaml:"max_mark_waits"`
 }
+
+// Bounds of api.max_mark_waits.
+const (
+	DefaultMaxMarkWaits = 1000
+	MaxMaxMarkWaits     = 100_000
+)
 
 // Reload configures configuration reloading. SIGHUP always reloads.
 type Reload struct {
@@ -283,7 +293,7 @@ func Default(hostname string) Config {
 		MaxStateKeysPerCall:  DefaultMaxStateKeysPerCall,
 		MaxStateBytesPerCall: DefaultMaxStateBytesPerCall,
 
-		API:     API{TokensEnv: "BATON_API_TOKENS"},
+		API:     API{TokensEnv: "BATON_API_TOKENS", MaxMarkWaits: DefaultMaxMarkWaits},
 		Reload:  Reload{PollInterval: DefaultPollInterval},
 		Metrics: opshttp.Config{Listen: DefaultMetricsListen},
 		Tracing: tracing.DefaultConfig(),
@@ -369,6 +379,9 @@ func (c *Config) Validate() error {
 		}
 		if strings.TrimSpace(c.API.TokensEnv) == "" {
 			errs = append(errs, pkgconfig.Errorf("api.tokens_env", "the environment variable holding the API tokens is required"))
+		}
+		if n := c.API.MaxMarkWaits; n < 1 || n > MaxMaxMarkWaits {
+			errs = append(errs, pkgconfig.Errorf("api.max_mark_waits", "%d: want 1 to %d", n, MaxMaxMarkWaits))
 		}
 	}
 	if c.Reload.PollInterval < 0 {

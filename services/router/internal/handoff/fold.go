@@ -68,6 +68,8 @@ type Fold struct {
 	mu    sync.RWMutex
 	view  map[string]*call
 	ended *tombstones
+	// changed is closed, and replaced, by every Commit (see Changed).
+	changed chan struct{}
 
 	// refusedState holds the reasons (StateTooManyKeys, StateTooLarge) of
 	// the state writes refused since the last Commit or Rollback; see
@@ -98,6 +100,13 @@ type call struct {
 	// handoffs counts the handoffs the call started (a first command
 	// issued), for max_handoffs_per_call.
 	handoffs uint32
+	// marks are the names of the agent's marks played out (AgentMarkPlayed),
+	// the last MaxMarks, oldest first. The slice is shared with committed
+	// states: it is replaced, never appended to in place.
+	marks []string
+	// agentStream is set while the call's agent stream is connected
+	// (AgentConnected, until AgentDisconnected).
+	agentStream bool
 }
 
 func (c *call) clone() *call {
@@ -158,7 +167,7 @@ func New(src Source, logger *slog.Logger) *Fold {
 	return &Fold{
 		tables: src, logger: logger,
 		calls: map[string]*call{}, undo: map[string]*call{},
-		view: map[string]*call{}, ended: newTombstones(maxTombstones),
+		view: map[string]*call{}, ended: newTombstones(maxTombstones), changed: make(chan struct{}),
 	}
 }
 
@@ -179,6 +188,8 @@ func (f *Fold) Commit() {
 		f.ended.add(id)
 		delete(f.view, id)
 	}
+	close(f.changed)
+	f.changed = make(chan struct{})
 	f.mu.Unlock()
 	clear(f.undo)
 	f.refusedState = f.refusedState[:0]
@@ -240,6 +251,12 @@ func (f *Fold) Apply(ctx context.Context, ev events.Event) []Decision {
 		d = f.preCallData(ctx, table, ev, msg)
 	case *batonv1.TransferOutcome:
 		d = f.transferOutcome(ctx, ev, msg)
+	case *batonv1.AgentConnected:
+		f.agentStream(ctx, ev, true)
+	case *batonv1.AgentDisconnected:
+		f.agentStream(ctx, ev, false)
+	case *batonv1.AgentMarkPlayed:
+		f.markPlayed(ctx, ev, msg)
 	case *batonv1.AgentMetric:
 		f.logger.DebugContext(ctx, "agent metric", "call_id", ev.Subject, "name", msg.GetName(), "value", msg.GetValue())
 	default:

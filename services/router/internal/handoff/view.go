@@ -2,6 +2,7 @@ package handoff
 
 import (
 	"maps"
+	"slices"
 	"strings"
 
 	batonv1 "github.com/baton-voice/baton/pkg/events/batonv1"
@@ -32,6 +33,11 @@ type CallView struct {
 	// Handoffs is how many handoffs the call started
 	// (max_handoffs_per_call bounds it).
 	Handoffs uint32
+	// MarksPlayed are the names of the agent's marks played out, the last
+	// MaxMarks, oldest first.
+	MarksPlayed []string
+	// AgentStream is set while the call's agent stream is connected.
+	AgentStream bool
 }
 
 // HandoffView is where a call's handoff stands.
@@ -77,6 +83,8 @@ func (f *Fold) View(id string) (v CallView, found, ended bool) {
 		Results:      c.results(),
 		Handoff:      HandoffView{Status: StatusNone},
 		Handoffs:     c.handoffs,
+		MarksPlayed:  slices.Clone(c.marks),
+		AgentStream:  c.agentStream,
 	}
 	if c.precall != nil {
 		v.PreCallError = c.precall.err
