@@ -3,6 +3,7 @@ module github.com/baton-voice/baton/pkg
 go 1.26.0
 
 require (
+	github.com/coder/websocket v1.8.15
 	github.com/emiago/sipgo v1.7.2
 	github.com/google/uuid v1.6.0
 	github.com/prometheus/client_golang v1.25.0

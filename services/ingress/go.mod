@@ -4,6 +4,7 @@ go 1.26.0
 
 require (
 	github.com/baton-voice/baton/pkg v0.0.0
+	github.com/coder/websocket v1.8.15
 	github.com/emiago/sipgo v1.7.2
 	github.com/nyaruka/phonenumbers v1.8.1
 	github.com/prometheus/client_golang v1.25.0

@@ -53,6 +53,8 @@ type Config struct {
 	RTP    RTP    `yaml:"rtp"`
 	// Media is what ingress plays to the caller once the call is up.
 	Media Media `yaml:"media"`
+	// Agents are the voice-AI agents calls stream their audio to.
+	Agents []Agent `yaml:"agents"`
 	// PublishTimeout bounds the publish of CallStarted; when Kafka does not
 	// accept it in time the INVITE gets 503 and no call exists.
 	PublishTimeout time.Duration `yaml:"publish_timeout"`
@@ -279,6 +281,7 @@ func (c Config) Validate() error {
 		errs = append(errs, config.Errorf("trunk", "%q, want letters, digits, '.', '_' or '-'", c.Trunk))
 	}
 	errs = append(errs, c.validateTrunks()...)
+	errs = append(errs, c.validateAgents()...)
 	if len(c.Trunks) == 0 && !c.AllowAnySource {
 		for _, l := range c.EffectiveListeners() {
 			if !loopback(l.Address) {

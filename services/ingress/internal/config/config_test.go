@@ -56,6 +56,20 @@ func TestValidateNamesFields(t *testing.T) {
 		{"cert on udp", "listeners: [{transport: udp, address: 127.0.0.1:5061, cert_file: a.pem}]\n", "listeners[0].cert_file: only for transport tls"},
 		{"wildcard listener", "listeners: [{transport: tcp, address: \"[::]:5060\"}]\n", "external_host: required when listeners[0].address"},
 		{"greeting missing", "media: {greeting: /nonexistent.wav}\n", "media.greeting:"},
+		{"agent url", "agents: [{name: bot, url: http://bot.example.com/media}]\n", "agents[0].url: \"http://bot.example.com/media\", want a ws:// or wss:// URL"},
+		{"agent url user info", "agents: [{name: bot, url: \"wss://u:p@bot.example.com/\"}]\n", "agents[0].url: user info"},
+		{"agent name twice", "agents: [{name: bot, url: ws://a/, default: true}, {name: bot, url: ws://b/}]\n", "agents[1].name: \"bot\" used twice"},
+		{"agent two defaults", "agents: [{name: a, url: ws://a/, default: true}, {name: b, url: ws://b/, default: true}]\n", "agents[1].default:"},
+		{"agent unknown trunk", "agents: [{name: a, url: ws://a/, trunks: [nowhere]}]\n", "agents[0].trunks[0]: \"nowhere\" is not a configured trunk"},
+		{"agent number twice", "agents: [{name: a, url: ws://a/, numbers: [\"+1555\"]}, {name: b, url: ws://b/, numbers: [\"+1555\"]}]\n", "agents[1].numbers[0]:"},
+		{"agent auth half", "agents: [{name: a, url: ws://a/, auth: {header: Authorization}}]\n", "agents[0].auth: header and env go together"},
+		{"agent auth unset", "agents: [{name: a, url: ws://a/, auth: {header: Authorization, env: BATON_TEST_UNSET_AUTH}}]\n", "agents[0].auth.env: $BATON_TEST_UNSET_AUTH is empty or unset"},
+		{"agent format", "agents: [{name: a, url: ws://a/, format: opus}]\n", "agents[0].format:"},
+		{"agent playout", "agents: [{name: a, url: ws://a/, playout_buffer: 100ms}]\n", "agents[0].playout_buffer:"},
+		{"agent connect timeout", "agents: [{name: a, url: ws://a/, connect_timeout: 1m}]\n", "agents[0].connect_timeout:"},
+		{"agent failure action", "agents: [{name: a, url: ws://a/, on_agent_failure: {action: pray}}]\n", "agents[0].on_agent_failure.action:"},
+		{"agent failure wav", "agents: [{name: a, url: ws://a/, on_agent_failure: {action: play_then_hangup}}]\n", "agents[0].on_agent_failure.wav: required"},
+		{"agent failure destination", "agents: [{name: a, url: ws://a/, on_agent_failure: {action: handoff}}]\n", "agents[0].on_agent_failure.destination:"},
 		{"silence", "media: {silence: -1s}\n", "media.silence:"},
 		{"drain timeout", "drain_timeout: -1s\n", "drain_timeout:"},
 		{"media timeout too short", "rtp: {media_timeout: 500ms}\n", "rtp.media_timeout:"},
@@ -101,6 +115,35 @@ func TestPublicListenerNeedsTrunks(t *testing.T) {
 	c = Default()
 	c.Listen = "[::1]:5060"
 	require.NoError(t, c.Validate(), "loopback takes any source without the flag")
+}
+
+// A call's agent is the one listing its dialed number, else its trunk,
+// else the default.
+func TestAgentFor(t *testing.T) {
+	c := Default()
+	c.Trunks = []Trunk{{Name: "carrier-a", Sources: []string{"10.0.0.1"}}}
+	c.Agents = []Agent{
+		{Name: "fallback", URL: "ws://f/", Default: true},
+		{Name: "by-trunk", URL: "ws://t/", Trunks: []string{"carrier-a"}},
+		{Name: "by-number", URL: "ws://n/", Numbers: []string{"+15550100"}},
+	}
+	require.NoError(t, c.Validate())
+	for _, tc := range []struct{ callee, trunk, want, source string }{
+		{"+15550100", "carrier-a", "by-number", "number"},
+		{"+15550199", "carrier-a", "by-trunk", "trunk"},
+		{"+15550199", "default", "fallback", "default"},
+	} {
+		a, source := c.AgentFor(tc.callee, tc.trunk)
+		require.Equal(t, tc.want, a.Name, tc)
+		require.Equal(t, tc.source, source)
+	}
+	c.Agents = c.Agents[1:]
+	a, _ := c.AgentFor("+15550199", "default")
+	require.Nil(t, a, "no default: no agent")
+	d := Agent{}.WithDefaults()
+	require.Equal(t, FormatMulaw, d.Format)
+	require.Equal(t, FailHangup, d.OnFailure.Action)
+	require.Equal(t, 10*time.Second, d.PlayoutBuffer)
 }
 
 func TestMaxCallsFitsRTPRange(t *testing.T) {

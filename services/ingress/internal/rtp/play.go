@@ -37,14 +37,43 @@ func Silence(d time.Duration) Clip {
 	return Clip{PCMU: bytes.Repeat([]byte{0xff}, n*FrameSamples), PCMA: bytes.Repeat([]byte{0xd5}, n*FrameSamples)}
 }
 
-// Play sends frames to the far end, one every 20 ms, from the session's
-// port: a random SSRC, sequence and timestamp start, the marker bit on the
-// first packet, the timestamp advancing 160 per packet. The payload type
-// and address are those in force when each packet leaves; nothing is sent
-// while the call is on hold, though the clock keeps running. Play returns
-// at once; playing stops at the end of the clip, on Stop or on Close. A
-// second Play replaces the first.
-func (s *Session) Play(clip Clip) {
+// Source feeds a player: one 20 ms frame per tick.
+type Source interface {
+	// Next returns the next frame in codec (PCMU or PCMA); false ends
+	// playing. The frame is used before the next call.
+	Next(codec string) ([]byte, bool)
+	// Sent says the frame Next returned has left as RTP (or was skipped,
+	// on hold); late is set when its tick came more than a frame late.
+	Sent(late bool)
+}
+
+// clipSource plays a clip once.
+type clipSource struct {
+	clip Clip
+	i    int
+}
+
+func (c *clipSource) Next(codec string) ([]byte, bool) {
+	if c.i >= c.clip.Frames() {
+		return nil, false
+	}
+	c.i++
+	return c.clip.frame(codec, c.i-1), true
+}
+
+func (c *clipSource) Sent(bool) {}
+
+// Play plays clip once; see PlayFrom.
+func (s *Session) Play(clip Clip) { s.PlayFrom(&clipSource{clip: clip}) }
+
+// PlayFrom sends src's frames to the far end, one every 20 ms, from the
+// session's port: a random SSRC, sequence and timestamp start, the marker
+// bit on the first packet, the timestamp advancing 160 per packet. The
+// payload type and address are those in force when each packet leaves;
+// nothing is sent while the call is on hold, though the clock keeps
+// running. It returns at once; playing stops when src ends, on Stop or
+// on Close. A second PlayFrom replaces the first.
+func (s *Session) PlayFrom(src Source) {
 	p := &player{quit: make(chan struct{}), done: make(chan struct{})}
 	s.mu.Lock()
 	old := s.player
@@ -53,7 +82,7 @@ func (s *Session) Play(clip Clip) {
 	if old != nil {
 		old.stop()
 	}
-	go p.run(s, clip)
+	go p.run(s, src)
 }
 
 // Stop ends playing, if any, and waits for it.
@@ -78,7 +107,7 @@ func (p *player) stop() {
 	<-p.done
 }
 
-func (p *player) run(s *Session, clip Clip) {
+func (p *player) run(s *Session, src Source) {
 	defer close(p.done)
 	ssrc := rand.Uint32()
 	seq := uint16(rand.Uint32())
@@ -87,8 +116,14 @@ func (p *player) run(s *Session, clip Clip) {
 	tick := time.NewTicker(frameInterval)
 	defer tick.Stop()
 	first := true
-	for i := range clip.Frames() {
-		if to, pt, codec, ok := s.target(); ok {
+	due := time.Now()
+	for {
+		_, _, codec, _ := s.target()
+		frame, ok := src.Next(codec)
+		if !ok {
+			return
+		}
+		if to, pt, _, ok := s.target(); ok {
 			buf = buf[:12]
 			buf[0] = 0x80
 			buf[1] = pt & 0x7f
@@ -99,17 +134,22 @@ func (p *player) run(s *Session, clip Clip) {
 			binary.BigEndian.PutUint16(buf[2:4], seq)
 			binary.BigEndian.PutUint32(buf[4:8], ts)
 			binary.BigEndian.PutUint32(buf[8:12], ssrc)
-			buf = append(buf, clip.frame(codec, i)...)
+			buf = append(buf, frame...)
 			// Errors (ICMP unreachable, closed socket) end nothing: the
 			// call lives on without audio.
 			_, _ = s.conn.WriteToUDPAddrPort(buf, to)
 		}
+		src.Sent(time.Since(due) > frameInterval)
 		seq++
 		ts += FrameSamples
 		select {
 		case <-p.quit:
 			return
 		case <-tick.C:
+		}
+		due = due.Add(frameInterval)
+		if now := time.Now(); now.Sub(due) > 4*frameInterval {
+			due = now // the ticker dropped ticks: measure lateness from here
 		}
 	}
 }

@@ -69,12 +69,12 @@ type receiver struct {
 }
 
 // packet accounts one datagram that arrived at and returns the digit it
-// completes, if any.
-func (r *receiver) packet(b []byte, at time.Time) (DTMF, bool) {
+// completes, if any, and the audio payload it carries, if any (aliasing b).
+func (r *receiver) packet(b []byte, at time.Time) (DTMF, bool, []byte) {
 	r.packets++
 	r.bytes += uint64(len(b))
 	if len(b) < 12 || b[0]>>6 != 2 {
-		return DTMF{}, false // not RTP (STUN, garbage): counted, nothing more
+		return DTMF{}, false, nil // not RTP (STUN, garbage): counted, nothing more
 	}
 	pt := int(b[1] & 0x7f)
 	seq := binary.BigEndian.Uint16(b[2:4])
@@ -83,18 +83,18 @@ func (r *receiver) packet(b []byte, at time.Time) (DTMF, bool) {
 	off := 12 + 4*int(b[0]&0x0f)
 	if b[0]&0x10 != 0 { // header extension
 		if len(b) < off+4 {
-			return DTMF{}, false
+			return DTMF{}, false, nil
 		}
 		off += 4 + 4*int(binary.BigEndian.Uint16(b[off+2:off+4]))
 	}
 	if len(b) < off {
-		return DTMF{}, false
+		return DTMF{}, false, nil
 	}
 	payload := b[off:]
 	if b[0]&0x20 != 0 && len(payload) > 0 { // padding
 		pad := int(payload[len(payload)-1])
 		if pad > len(payload) {
-			return DTMF{}, false
+			return DTMF{}, false, nil
 		}
 		payload = payload[:len(payload)-pad]
 	}
@@ -102,11 +102,13 @@ func (r *receiver) packet(b []byte, at time.Time) (DTMF, bool) {
 	r.sequence(ssrc, seq)
 	switch pt {
 	case r.media.EventPayloadType:
-		return r.event(payload, ts)
+		d, ok := r.event(payload, ts)
+		return d, ok, nil
 	case r.media.PayloadType:
 		r.arrival(ts, at)
+		return DTMF{}, false, payload
 	}
-	return DTMF{}, false
+	return DTMF{}, false, nil
 }
 
 // sequence follows RFC 3550 A.1 without probation: the extended highest

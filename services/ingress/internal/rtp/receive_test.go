@@ -61,7 +61,7 @@ func TestReceiverLossAndJitter(t *testing.T) {
 				if tc.jitter != nil {
 					at = at.Add(tc.jitter[i])
 				}
-				_, ok := r.packet(packet(0, seq, ts, 7, false, make([]byte, 160)), at)
+				_, ok, _ := r.packet(packet(0, seq, ts, 7, false, make([]byte, 160)), at)
 				require.False(t, ok)
 			}
 			st := r.stats()
@@ -87,7 +87,7 @@ func TestReceiverDTMF(t *testing.T) {
 	seq := uint16(100)
 	send := func(ts uint32, p []byte) {
 		seq++
-		if d, ok := r.packet(packet(101, seq, ts, 7, false, p), time.Unix(0, 0)); ok {
+		if d, ok, _ := r.packet(packet(101, seq, ts, 7, false, p), time.Unix(0, 0)); ok {
 			got = append(got, d)
 		}
 	}

@@ -11,6 +11,7 @@ import (
 	"net/netip"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -92,6 +93,20 @@ type Session struct {
 	send    bool   // the direction allows sending
 	player  *player
 	lastAt  time.Time // when the last datagram arrived; zero before the first
+
+	sink atomic.Pointer[func(payload []byte, codec string)]
+}
+
+// SetAudioSink has every audio payload the far end sends (from the
+// latched source, in the negotiated codec) passed to sink, on the
+// reading goroutine, which it must not hold up; the payload is only
+// valid during the call. Nil stops it.
+func (s *Session) SetAudioSink(sink func(payload []byte, codec string)) {
+	if sink == nil {
+		s.sink.Store(nil)
+		return
+	}
+	s.sink.Store(&sink)
 }
 
 // Port is the local port RTP is received on.
@@ -168,10 +183,14 @@ func (s *Session) read() {
 			continue
 		}
 		s.lastAt = now
-		d, ok := s.recv.packet(buf[:n], now)
+		d, ok, audio := s.recv.packet(buf[:n], now)
+		codec := s.recv.media.Codec
 		s.mu.Unlock()
 		if ok && s.onDTMF != nil {
 			s.onDTMF(d)
+		}
+		if sink := s.sink.Load(); sink != nil && len(audio) > 0 {
+			(*sink)(audio, codec)
 		}
 	}
 }

@@ -13,6 +13,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/baton-voice/baton/pkg/events/batonv1"
+	"github.com/baton-voice/baton/services/ingress/internal/agent"
 	"github.com/baton-voice/baton/services/ingress/internal/headers"
 	"github.com/baton-voice/baton/services/ingress/internal/rtp"
 	"github.com/baton-voice/baton/services/ingress/internal/sdp"
@@ -75,6 +76,8 @@ type inboundCall struct {
 	mediaSince  time.Time
 	hangingUp   bool // the media watch picked it
 	mediaMoved  bool // transfer bridged the caller's media elsewhere
+	// agent is the call's open agent stream (agent.go), nil without one.
+	agent *agent.Stream
 }
 
 // callEnv is all a call reaches of the server that answered it: the call
@@ -297,6 +300,7 @@ func (c *inboundCall) end(ctx context.Context, why endReason) {
 			c.env.log.WarnContext(ctx, "bye not sent", "call_id", c.id, "reason", why.reason, "err", err)
 		}
 	}
+	c.closeAgent(ctx, agent.ReasonCallEnded) // its AgentDisconnected goes before CallEnded
 	st := c.release(ctx)
 	d := time.Since(c.start)
 	c.env.log.InfoContext(ctx, "call ended", "call_id", c.id, "ended_by", why.by.String(), "method", string(why.method),
@@ -326,6 +330,12 @@ func (c *inboundCall) end(ctx context.Context, why endReason) {
 // without ending it: no BYE, no CallEnded. The dialog goes with the
 // process; the next start's EndOrphans publishes its CallEnded.
 func (c *inboundCall) drop(ctx context.Context) {
+	c.mu.Lock()
+	stream := c.agent
+	c.mu.Unlock()
+	if c.takeAgent(stream) {
+		stream.Close(agent.ReasonShutdown)
+	}
 	st := c.release(ctx)
 	c.env.log.InfoContext(ctx, "call dropped at shutdown", "call_id", c.id, "rtp_packets", st.Packets)
 }

@@ -14,6 +14,7 @@ import (
 func (c *inboundCall) rtpDigits(ctx context.Context) func(rtp.DTMF) {
 	return func(d rtp.DTMF) {
 		c.env.facts.publishAsync(ctx, c.id, &batonv1.DtmfReceived{CallId: c.id, Digit: d.Digit, DurationMs: d.DurationMS, Source: "rfc4733"})
+		c.agentDTMF(d.Digit)
 	}
 }
 

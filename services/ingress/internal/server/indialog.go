@@ -88,6 +88,7 @@ func (c *inboundCall) onInfo(ctx context.Context, req *sip.Request, tx sip.Serve
 	}
 	// Queued before the answer, so it precedes what the far end does next.
 	c.env.facts.publishAsync(ctx, c.id, &batonv1.DtmfReceived{CallId: c.id, Digit: d.Digit, DurationMs: d.DurationMS, Source: "info"})
+	c.agentDTMF(d.Digit)
 	reply(c.env.log, req, tx, sip.StatusOK, "OK")
 }
 

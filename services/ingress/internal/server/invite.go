@@ -153,7 +153,9 @@ func (s *Server) onInvite(ctx context.Context, req *sip.Request, tx sip.ServerTr
 	handshakeDone()
 	if acked {
 		s.handshakes.acked(src, time.Now())
-		if s.clip.Frames() > 0 {
+		if r, source := s.agentFor(facts.started); r != nil {
+			c.startAgent(ctx, r, source, facts.started)
+		} else if s.clip.Frames() > 0 {
 			media.Play(s.clip)
 		}
 	}

@@ -10,6 +10,7 @@ import (
 	"github.com/baton-voice/baton/pkg/events/batonv1"
 	"github.com/baton-voice/baton/pkg/kafka"
 	"github.com/baton-voice/baton/pkg/observability"
+	"github.com/baton-voice/baton/services/ingress/internal/agent"
 )
 
 // watchMedia ends, with ingress's BYE, every answered call whose caller
@@ -81,6 +82,8 @@ func (c *inboundCall) moveMedia(ctx context.Context) {
 	c.mediaMoved = true
 	c.mu.Unlock()
 	c.env.log.InfoContext(ctx, "media moved to a transfer bridge; no media timeout for the call", "call_id", c.id)
+	// The caller now talks to a person: the agent's stream ends.
+	c.closeAgent(ctx, agent.ReasonHandoff)
 }
 
 // followTransfers reads transfer outcomes published from now on and turns

@@ -63,7 +63,8 @@ type Server struct {
 	contacts     map[string]string // by transport and address family, see contactFor
 	localContact string            // the first listener's
 	rtp          *rtp.Allocator
-	clip         rtp.Clip // played after the ACK: the greeting, silence or nothing
+	clip         rtp.Clip               // played after the ACK: the greeting, silence or nothing
+	agents       map[string]*agentRoute // by name: the calls' voice-AI agents
 	trunks       *trunks.Table
 	policy       sipcheck.Policy
 	admit        *admission
@@ -136,6 +137,9 @@ func Listen(cfg config.Config, cl *kgo.Client, logger *slog.Logger, o Options) (
 	}
 	s.rtp = rtp.NewAllocator(cfg.RTPHost(), cfg.RTP.PortMin, cfg.RTP.PortMax)
 	s.clip = clip
+	if s.agents, err = agentRoutes(cfg); err != nil {
+		return nil, errors.Join(fmt.Errorf("agents: %w", err), s.closeListeners())
+	}
 	s.policy = sipcheck.DefaultPolicy()
 	s.calls = map[string]*inboundCall{}
 	s.admit = newAdmission(cfg.Limits.MaxCalls, cfg.Limits.MaxCPS, &s.active)
