@@ -36,8 +36,8 @@
 //   - a call's records of one topic in more than one partition (their
 //     order is then undefined);
 //   - on the calls topic, a CallEnded, NotifyReceived, CallUpdated or
-//     DtmfReceived before the call's CallStarted, and a NotifyReceived,
-//     CallUpdated, DtmfReceived or CallStarted after its CallEnded;
+//     DtmfReceived (or an agent stream's event) before the call's
+//     CallStarted, and any of them or CallStarted after its CallEnded;
 //   - on the handoffs topic, a handoff's attempts not 1, 2, 3, ... in
 //     order (an attempt not one more than the previous of the same call
 //     and request id);
@@ -437,7 +437,8 @@ func (c *checker) callFact(r Record) {
 			c.add(Duplicate, "duplicate CallEnded", "call %s again at %s", ev.Subject, r.where())
 		}
 		cs.ended++
-	case *batonv1.NotifyReceived, *batonv1.CallUpdated, *batonv1.DtmfReceived:
+	case *batonv1.NotifyReceived, *batonv1.CallUpdated, *batonv1.DtmfReceived,
+		*batonv1.AgentConnected, *batonv1.AgentMarkPlayed, *batonv1.AgentDisconnected:
 		name := typeName(ev.Type)
 		if cs.started == 0 {
 			c.add(OutOfOrder, name+" before CallStarted", "call %s at %s", ev.Subject, r.where())
@@ -587,6 +588,12 @@ func typeName(typ string) string {
 		return "CallUpdated"
 	case events.TypeDtmfReceived:
 		return "DtmfReceived"
+	case events.TypeAgentConnected:
+		return "AgentConnected"
+	case events.TypeAgentMarkPlayed:
+		return "AgentMarkPlayed"
+	case events.TypeAgentDisconnected:
+		return "AgentDisconnected"
 	}
 	return typ
 }

@@ -76,6 +76,12 @@ func Ladder(steps []Step) []Arrow {
 			default:
 				add(at, laneTransfer, laneTransfer, statusName(m.GetStatus()))
 			}
+		case *batonv1.AgentConnected:
+			add(at, laneIngress, laneIngress, "agent stream open")
+		case *batonv1.AgentMarkPlayed:
+			add(at, laneIngress, laneIngress, "agent mark played: "+m.GetName())
+		case *batonv1.AgentDisconnected:
+			add(at, laneIngress, laneIngress, "agent stream ended: "+m.GetReason())
 		case *batonv1.NotifyReceived:
 			add(at, laneSBC, laneIngress, fmt.Sprintf("NOTIFY sipfrag %d", m.GetSipfragStatus()))
 			add(at, laneIngress, laneSBC, "200 OK")

@@ -145,6 +145,42 @@ func TestTimelineAndLadder(t *testing.T) {
 	require.Equal(t, 10, strings.Count(page.String(), `class="msg"`), "one SVG line per message; notes are dots")
 }
 
+// An agent's stream shows in the timeline with its counts, and as notes on
+// ingress's lane of the ladder; a handoff that waited for a mark says so.
+func TestTimelineShowsTheAgent(t *testing.T) {
+	base := time.Date(2026, 12, 6, 9, 0, 0, 0, time.UTC)
+	var recs []*kgo.Record
+	for i, m := range []proto.Message{
+		&batonv1.CallStarted{Dialog: &batonv1.Dialog{CallId: "a1"}},
+		&batonv1.AgentConnected{CallId: "a1", StreamSid: "MZ1", Url: "wss://bot.example.com/media", Format: "audio/x-mulaw", Source: "trunk", ConnectMs: 12},
+		&batonv1.AgentMarkPlayed{CallId: "a1", StreamSid: "MZ1", Name: "goodbye"},
+		&batonv1.HandoffRequested{CallId: "a1", RequestedBy: "agent-api", Reason: "billing", AfterMark: "goodbye", MarkWait: "played"},
+		&batonv1.AgentDisconnected{CallId: "a1", StreamSid: "MZ1", Reason: "call_ended", Action: "none",
+			Stats: &batonv1.AgentStreamStats{FramesOut: 500, FramesIn: 120, FramesPlayed: 240, MaxQueueMs: 2400, Marks: 1}},
+	} {
+		ev, err := events.New("baton/test", "a1", m, base.Add(time.Duration(i)*time.Second))
+		require.NoError(t, err)
+		rec, err := events.Encode(topics.Calls, ev)
+		require.NoError(t, err)
+		recs = append(recs, rec)
+	}
+	steps := Steps(asRecords(recs))
+	var tl bytes.Buffer
+	require.NoError(t, WriteTimeline(&tl, "a1", steps))
+	out := tl.String()
+	require.Contains(t, out, "agent connected: stream MZ1 to wss://bot.example.com/media (audio/x-mulaw, from trunk) in 12 ms")
+	require.Contains(t, out, `agent mark "goodbye" played to the caller`)
+	require.Contains(t, out, `after mark "goodbye" (played)`)
+	require.Contains(t, out, "agent disconnected: call_ended, action none; frames out 500 in 120 played 240")
+	var labels []string
+	for _, a := range Ladder(steps) {
+		if a.From == laneIngress && a.To == laneIngress {
+			labels = append(labels, a.Label)
+		}
+	}
+	require.Equal(t, []string{"agent stream open", "agent mark played: goodbye", "agent stream ended: call_ended"}, labels)
+}
+
 func TestNDJSONRoundTrip(t *testing.T) {
 	recs := asRecords(callEvents(t, "c1", time.Unix(1_700_000_000, 0)))
 	recs = append(recs, asRecords(callEvents(t, "c2", time.Unix(1_700_000_100, 0)))...)

@@ -84,7 +84,29 @@ func (s Step) Summary() string {
 	case *batonv1.NotifyReceived:
 		return fmt.Sprintf("NOTIFY %s (%s): sipfrag %d %s", m.GetEvent(), m.GetSubscriptionState(), m.GetSipfragStatus(), m.GetSipfragReason())
 	case *batonv1.HandoffRequested:
-		return fmt.Sprintf("handoff requested by %s: destination %q reason %q utterance %q", m.GetRequestedBy(), m.GetDestination(), m.GetReason(), m.GetUtterance())
+		out := fmt.Sprintf("handoff requested by %s: destination %q reason %q utterance %q", m.GetRequestedBy(), m.GetDestination(), m.GetReason(), m.GetUtterance())
+		if m.GetAfterMark() != "" {
+			out += fmt.Sprintf(" after mark %q (%s)", m.GetAfterMark(), m.GetMarkWait())
+		}
+		return out
+	case *batonv1.AgentConnected:
+		return fmt.Sprintf("agent connected: stream %s to %s (%s, from %s) in %d ms", m.GetStreamSid(), m.GetUrl(), m.GetFormat(),
+			m.GetSource(), m.GetConnectMs())
+	case *batonv1.AgentMarkPlayed:
+		return fmt.Sprintf("agent mark %q played to the caller", m.GetName())
+	case *batonv1.AgentDisconnected:
+		st := m.GetStats()
+		out := fmt.Sprintf("agent disconnected: %s, action %s; frames out %d in %d played %d late %d dropped %d cleared %d, "+
+			"deepest queue %d ms, marks %d, bad messages %d", m.GetReason(), m.GetAction(), st.GetFramesOut(), st.GetFramesIn(),
+			st.GetFramesPlayed(), st.GetLate(), st.GetDropped(), st.GetCleared(), st.GetMaxQueueMs(), st.GetMarks(), st.GetBadMessages())
+		if m.GetDetail() != "" {
+			out += " (" + m.GetDetail() + ")"
+		}
+		return out
+	case *batonv1.CallEvicted:
+		return fmt.Sprintf("call evicted by %s: %s after %d s without an event", m.GetEvictedBy(), m.GetReason(), m.GetIdleMs()/1000)
+	case *batonv1.DtmfReceived:
+		return fmt.Sprintf("digit %s (%s, %d ms)", m.GetDigit(), m.GetSource(), m.GetDurationMs())
 	case *batonv1.HandoffCommand:
 		var hs []string
 		for _, h := range m.GetHeaders() {

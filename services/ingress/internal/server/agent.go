@@ -108,28 +108,30 @@ func (c *inboundCall) startAgent(ctx context.Context, r *agentRoute, source stri
 			if errors.As(err, &de) {
 				reason = de.Reason
 			}
-			select {
-			case <-c.done:
+			c.mu.Lock()
+			ending := c.ending
+			c.mu.Unlock()
+			if ending {
 				return // the call ended while dialling
-			default:
 			}
 			c.env.log.WarnContext(ctx, "agent not reached", "call_id", c.id, "agent", r.ep.Name,
 				"url", agent.Redacted(r.ep.URL), "reason", reason, "err", err)
 			c.agentFailed(ctx, r, "", reason, err.Error(), agent.Stats{})
 			return
 		}
+		// Under the lock, so that the call's end either sees the stream
+		// (and its AgentDisconnected follows this AgentConnected, before
+		// CallEnded) or comes first (and the stream is closed unseen).
 		c.mu.Lock()
-		select {
-		case <-c.done:
+		if c.ending {
 			c.mu.Unlock()
 			st.Close(agent.ReasonCallEnded)
 			return
-		default:
 		}
 		c.agent = st
-		c.mu.Unlock()
 		c.env.facts.publishAsync(ctx, c.id, &batonv1.AgentConnected{CallId: c.id, StreamSid: st.StreamSid(),
 			Url: agent.Redacted(r.ep.URL), Format: r.ep.Format, ConnectMs: time.Since(began).Milliseconds(), Source: source})
+		c.mu.Unlock()
 		c.env.log.InfoContext(ctx, "agent connected", "call_id", c.id, "agent", r.ep.Name, "stream_sid", st.StreamSid(),
 			"source", source)
 		c.media.SetAudioSink(st.Caller)

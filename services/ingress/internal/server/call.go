@@ -76,8 +76,10 @@ type inboundCall struct {
 	mediaSince  time.Time
 	hangingUp   bool // the media watch picked it
 	mediaMoved  bool // transfer bridged the caller's media elsewhere
-	// agent is the call's open agent stream (agent.go), nil without one.
-	agent *agent.Stream
+	// agent is the call's open agent stream (agent.go), nil without one;
+	// ending is set once the call is ending, after which none is opened.
+	agent  *agent.Stream
+	ending bool
 }
 
 // callEnv is all a call reaches of the server that answered it: the call
@@ -290,6 +292,9 @@ func (c *inboundCall) end(ctx context.Context, why endReason) {
 	if !c.env.remove(c) {
 		return
 	}
+	c.mu.Lock()
+	c.ending = true
+	c.mu.Unlock()
 	var (
 		bye     sip.ClientTransaction
 		byeDone func()
@@ -331,6 +336,7 @@ func (c *inboundCall) end(ctx context.Context, why endReason) {
 // process; the next start's EndOrphans publishes its CallEnded.
 func (c *inboundCall) drop(ctx context.Context) {
 	c.mu.Lock()
+	c.ending = true
 	stream := c.agent
 	c.mu.Unlock()
 	if c.takeAgent(stream) {
