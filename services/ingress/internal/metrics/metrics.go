@@ -142,6 +142,16 @@ func RegisterCounters(reg prometheus.Registerer, counters Counters) {
 		Name: "baton_ingress_next_hop_to_source_total",
 		Help: "Calls whose Contact or first Record-Route named a destination outside their trunk (or a host name): in-dialog requests go to the INVITE's source.",
 	}, func() float64 { return float64(counters()["next_hop_to_source"]) }))
+	for _, m := range []struct{ name, key, help string }{
+		{"baton_ingress_agent_streams_total", "agent_streams", "Agent streams opened (AgentConnected)."},
+		{"baton_ingress_agent_failures_total", "agent_failures", "Agent streams that could not be opened or failed mid-call; on_agent_failure ran for each."},
+		{"baton_ingress_agent_late_frames_total", "agent_late_frames", "20 ms frames of agent audio sent more than a frame late (added when a stream ends)."},
+		{"baton_ingress_agent_dropped_frames_total", "agent_dropped_frames", "20 ms frames of agent audio dropped beyond the playout bound (added when a stream ends)."},
+		{"baton_ingress_agent_bad_messages_total", "agent_bad_messages", "Messages from agents ignored: malformed JSON, unknown events, payloads not base64 (added when a stream ends)."},
+	} {
+		reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: m.name, Help: m.help},
+			func() float64 { return float64(counters()[m.key]) }))
+	}
 	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "baton_ingress_sip_connections_open", Help: "TCP and TLS connections open now.",
 	}, func() float64 { return float64(counters()["connections_open"]) }))

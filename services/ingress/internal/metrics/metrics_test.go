@@ -76,7 +76,27 @@ func TestRegisterCountersReadsTheServer(t *testing.T) {
 	st.StrayResponses.Add(1)
 	st.RefusedNumbers.Add(5)
 	st.ForeignRTP.Add(7)
-	require.NoError(t, testutil.GatherAndCompare(reg, strings.NewReader(`# HELP baton_ingress_dropped_total SIP messages discarded without an answer (garbage, malformed, stray).
+	st.AgentStreams.Add(21)
+	st.AgentFailures.Add(22)
+	st.AgentLateFrames.Add(23)
+	st.AgentDroppedFrames.Add(24)
+	st.AgentBadMessages.Add(25)
+	require.NoError(t, testutil.GatherAndCompare(reg, strings.NewReader(`# HELP baton_ingress_agent_bad_messages_total Messages from agents ignored: malformed JSON, unknown events, payloads not base64 (added when a stream ends).
+# TYPE baton_ingress_agent_bad_messages_total counter
+baton_ingress_agent_bad_messages_total 25
+# HELP baton_ingress_agent_dropped_frames_total 20 ms frames of agent audio dropped beyond the playout bound (added when a stream ends).
+# TYPE baton_ingress_agent_dropped_frames_total counter
+baton_ingress_agent_dropped_frames_total 24
+# HELP baton_ingress_agent_failures_total Agent streams that could not be opened or failed mid-call; on_agent_failure ran for each.
+# TYPE baton_ingress_agent_failures_total counter
+baton_ingress_agent_failures_total 22
+# HELP baton_ingress_agent_late_frames_total 20 ms frames of agent audio sent more than a frame late (added when a stream ends).
+# TYPE baton_ingress_agent_late_frames_total counter
+baton_ingress_agent_late_frames_total 23
+# HELP baton_ingress_agent_streams_total Agent streams opened (AgentConnected).
+# TYPE baton_ingress_agent_streams_total counter
+baton_ingress_agent_streams_total 21
+# HELP baton_ingress_dropped_total SIP messages discarded without an answer (garbage, malformed, stray).
 # TYPE baton_ingress_dropped_total counter
 baton_ingress_dropped_total 2
 # HELP baton_ingress_next_hop_to_source_total Calls whose Contact or first Record-Route named a destination outside their trunk (or a host name): in-dialog requests go to the INVITE's source.

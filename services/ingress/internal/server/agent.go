@@ -129,6 +129,7 @@ func (c *inboundCall) startAgent(ctx context.Context, r *agentRoute, source stri
 			return
 		}
 		c.agent = st
+		c.env.stats.AgentStreams.Add(1)
 		c.env.facts.publishAsync(ctx, c.id, &batonv1.AgentConnected{CallId: c.id, StreamSid: st.StreamSid(),
 			Url: agent.Redacted(r.ep.URL), Format: r.ep.Format, ConnectMs: time.Since(began).Milliseconds(), Source: source})
 		c.mu.Unlock()
@@ -182,6 +183,7 @@ func (c *inboundCall) closeAgent(ctx context.Context, reason string) {
 		return
 	}
 	stats := st.Close(reason)
+	c.countEnd(stats, false)
 	c.env.facts.publishAsync(ctx, c.id, &batonv1.AgentDisconnected{CallId: c.id, StreamSid: st.StreamSid(),
 		Reason: reason, Action: "none", Stats: statsOf(stats)})
 }
@@ -200,6 +202,7 @@ func (c *inboundCall) agentDTMF(digit string) {
 // disconnection with the action taken, then hangs up (after the WAV for
 // play_then_hangup) or asks the router for a handoff.
 func (c *inboundCall) agentFailed(ctx context.Context, r *agentRoute, sid, reason, detail string, stats agent.Stats) {
+	c.countEnd(stats, true)
 	c.env.facts.publishAsync(ctx, c.id, &batonv1.AgentDisconnected{CallId: c.id, StreamSid: sid, Reason: reason,
 		Detail: truncateDetail(detail), Action: r.fail.Action, Stats: statsOf(stats)})
 	switch r.fail.Action {
@@ -221,6 +224,17 @@ func (c *inboundCall) agentFailed(ctx context.Context, r *agentRoute, sid, reaso
 	default:
 		c.end(ctx, byBaton(reasonAgentFailure))
 	}
+}
+
+// countEnd adds an ended stream's figures to the server's counters.
+func (c *inboundCall) countEnd(s agent.Stats, failed bool) {
+	st := c.env.stats
+	if failed {
+		st.AgentFailures.Add(1)
+	}
+	st.AgentLateFrames.Add(s.Late)
+	st.AgentDroppedFrames.Add(s.Dropped)
+	st.AgentBadMessages.Add(s.BadMessages)
 }
 
 func statsOf(s agent.Stats) *batonv1.AgentStreamStats {

@@ -311,6 +311,8 @@ func TestAgentFailure(t *testing.T) {
 		require.Contains(t, []string{"agent_closed", "read_error"}, d.GetReason())
 		require.Equal(t, "hangup", d.GetAction())
 		requireEndedByBaton(t, consumer, "agent-drop", reasonAgentFailure)
+		require.EqualValues(t, 1, in.srv.stats.AgentStreams.Load())
+		require.EqualValues(t, 1, in.srv.stats.AgentFailures.Load())
 	})
 
 	t.Run("unreachable, hand off", func(t *testing.T) {

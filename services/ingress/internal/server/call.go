@@ -94,6 +94,7 @@ type callEnv struct {
 	facts      factPublisher
 	byes       byeSender
 	foreignRTP *atomic.Uint64 // Stats.ForeignRTP
+	stats      *Stats         // the agent stream counters
 
 	t1         time.Duration // RFC 3261 T1 of the 2xx retransmission; sip.T1
 	sdpHost    string        // the address in ingress's SDP

@@ -51,6 +51,11 @@ type Stats struct {
 	// named a destination outside their trunk (or a name, not an IP):
 	// their in-dialog requests go to the INVITE's source instead.
 	NextHopToSource atomic.Uint64
+	// Agent streams (agent.go): opened, failed (the agent could not be
+	// reached or dropped: on_agent_failure ran), and, added when each
+	// ends, agent audio frames played late, dropped beyond the playout
+	// bound, and messages from agents ignored as malformed.
+	AgentStreams, AgentFailures, AgentLateFrames, AgentDroppedFrames, AgentBadMessages atomic.Uint64
 }
 
 // Snapshot returns the counters by name.
@@ -69,6 +74,11 @@ func (s *Stats) Snapshot() map[string]uint64 {
 		"foreign_rtp":          s.ForeignRTP.Load(),
 		"unacked_source":       s.UnackedSource.Load(),
 		"next_hop_to_source":   s.NextHopToSource.Load(),
+		"agent_streams":        s.AgentStreams.Load(),
+		"agent_failures":       s.AgentFailures.Load(),
+		"agent_late_frames":    s.AgentLateFrames.Load(),
+		"agent_dropped_frames": s.AgentDroppedFrames.Load(),
+		"agent_bad_messages":   s.AgentBadMessages.Load(),
 	}
 }
 

@@ -110,7 +110,7 @@ func Listen(cfg config.Config, cl *kgo.Client, logger *slog.Logger, o Options) (
 	s.byes = &byeClient{}
 	s.retryAfter = retryAfterSeconds(cfg.Limits.RetryAfter)
 	s.env = &callEnv{
-		log: logger, remove: s.remove, facts: s.pub, byes: s.byes, foreignRTP: &s.stats.ForeignRTP,
+		log: logger, remove: s.remove, facts: s.pub, byes: s.byes, foreignRTP: &s.stats.ForeignRTP, stats: &s.stats,
 		t1: sip.T1, sdpHost: cfg.ContactHost(), viaHost: cfg.ExternalHost, retryAfter: s.retryAfter,
 	}
 	if o.Tracer != nil {
