@@ -77,6 +77,7 @@ type devCmd struct {
 	Calls   int    `default:"5" help:"Demo calls SIPp places, each with the X- headers of one line of deploy/sipp/calls.csv."`
 	Rate    int    `default:"1" help:"New demo calls per second."`
 	Exit    bool   `help:"Stop the stack after the demo summary instead of running until Ctrl-C."`
+	NoAgent bool   `help:"Leave the demo agent out: a router rule hands every call off at once, as before agents."`
 }
 
 func (c *devCmd) Validate() error {
@@ -94,7 +95,7 @@ func (c *devCmd) Run(ctx context.Context, s *streams) error {
 	opts := stack.DefaultOptions()
 	opts.BinDir, opts.RunDir, opts.RepoDir = c.BinDir, c.RunDir, c.RepoDir
 	opts.Progress, opts.Logger = s.out, logger
-	return stack.Demo(ctx, opts, stack.DemoOptions{Calls: c.Calls, Rate: c.Rate, Exit: c.Exit}, s.out)
+	return stack.Demo(ctx, opts, stack.DemoOptions{Calls: c.Calls, Rate: c.Rate, Exit: c.Exit, Agent: !c.NoAgent}, s.out)
 }
 
 // callSource is where replay and export read a call from.

@@ -87,6 +87,15 @@ func (s *Stack) writeConfigs() error {
 			"http": map[string]any{"listen": s.DashboardAddr},
 		},
 	}
+	if s.opts.AgentURL != "" {
+		// The agent in each call decides when it is handed off.
+		delete(configs["router"], "rules")
+		configs["ingress"]["agents"] = []map[string]any{{
+			"name": "demo-agent", "url": s.opts.AgentURL, "default": true,
+			"on_agent_failure": map[string]any{"action": "handoff", "destination": "support"},
+		}}
+	}
+	routerAPIs := 0
 	for _, inst := range s.instances() {
 		cfg := map[string]any{}
 		for k, v := range configs[inst.service] {
@@ -106,6 +115,19 @@ func (s *Stack) writeConfigs() error {
 		switch inst.service {
 		case "router":
 			cfg["transactional_id"] = "baton-" + inst.name
+			if s.opts.APIToken != "" {
+				p, err := freePort()
+				if err != nil {
+					return fmt.Errorf("api port for %s: %w", inst.name, err)
+				}
+				addr := fmt.Sprintf("127.0.0.1:%d", p)
+				cfg["api"] = map[string]any{"listen": addr, "tokens_env": apiTokensEnv}
+				if routerAPIs == 0 {
+					s.RouterAPI = "http://" + addr
+				}
+				routerAPIs++
+				s.progress("%s agent API on http://%s", inst.name, addr)
+			}
 		case "analytics":
 			if inst.index > 1 {
 				cfg["http"] = map[string]any{"listen": ""} // one dashboard is enough
@@ -135,6 +157,9 @@ func (s *Stack) writeConfigs() error {
 	}
 	return nil
 }
+
+// apiTokensEnv holds the agent API's token in the routers' environment.
+const apiTokensEnv = "BATON_API_TOKENS"
 
 // isLoopback reports whether host is a loopback IP address.
 func isLoopback(host string) bool {

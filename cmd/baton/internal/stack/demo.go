@@ -17,15 +17,30 @@ type DemoOptions struct {
 	Rate int
 	// Exit stops the stack after the summary instead of waiting for ctx.
 	Exit bool
+	// Agent puts the demo agent (demoagent) in every call: it greets the
+	// caller, listens, and asks for the handoff over the agent API.
+	Agent bool
 }
 
 // Demo starts the stack, places the demo calls, prints what happened as
 // read back from ClickHouse and how to look further, then runs until ctx
 // ends (Ctrl-C) unless d.Exit. It stops everything it started.
 func Demo(ctx context.Context, opts Options, d DemoOptions, out io.Writer) (err error) {
+	var agent *demoAgent
+	if d.Agent {
+		if agent, err = listenDemoAgent(opts); err != nil {
+			return err
+		}
+		defer agent.close()
+		opts.AgentURL, opts.APIToken = agent.url, agent.token
+	}
 	s, err := Start(ctx, opts)
 	if err != nil {
 		return err
+	}
+	if agent != nil {
+		agent.serve(s.RouterAPI, opts.Logger)
+		fmt.Fprintf(out, "baton dev: the demo agent listens on %s; ingress streams every call's audio to it (Twilio Media Streams)\n", agent.url)
 	}
 	defer func() {
 		fmt.Fprintln(out, "baton dev: stopping the services, the broker and ClickHouse")
@@ -54,6 +69,9 @@ func Demo(ctx context.Context, opts Options, d DemoOptions, out io.Writer) (err 
 		}
 		defer func() { _ = conn.Close() }()
 		rows, err := WaitHandoffs(ctx, conn, since, d.Calls, 30*time.Second)
+		if agent != nil {
+			agent.print(out)
+		}
 		fmt.Fprintf(out, "\nWhat happened, read back from ClickHouse (database %s on %s):\n\n", s.Database, s.ClickHouseTCP)
 		if perr := PrintHandoffs(out, rows); perr != nil {
 			return perr

@@ -83,6 +83,12 @@ type Options struct {
 	// in one consumer group (default 1). Ingress is the SIP edge: one.
 	Replicas map[string]int
 
+	// AgentURL, when set, puts a voice-AI agent in every call: ingress
+	// streams each call's audio to it (Media Streams), and the router
+	// hands off only when the agent asks (no rule does). APIToken is the
+	// agent API's bearer token; the router serves the API when it is set.
+	AgentURL, APIToken string
+
 	// Progress receives one line per step.
 	Progress io.Writer
 	Logger   *slog.Logger
@@ -118,12 +124,16 @@ type Stack struct {
 	// DashboardAddr is where the first analytics instance serves its
 	// dashboard page.
 	DashboardAddr string
+	// RouterAPI is the first router's agent API (http://host:port), when
+	// Options.APIToken is set.
+	RouterAPI string
 }
 
 type process struct {
 	name string
 	bin  string
 	args []string
+	env  []string // added to baton dev's environment
 	log  string
 	// killed is set by Kill until Restart: Supervise leaves it dead.
 	killed bool
@@ -223,7 +233,11 @@ func Start(ctx context.Context, opts Options) (_ *Stack, err error) {
 	}
 	for _, inst := range s.instances() {
 		s.progress("starting %s", inst.name)
-		if err := s.spawn(inst.name, filepath.Join(opts.BinDir, inst.service), "--config", s.configPath(inst.name)); err != nil {
+		var env []string
+		if inst.service == "router" && opts.APIToken != "" {
+			env = []string{apiTokensEnv + "=" + opts.APIToken}
+		}
+		if err := s.spawnEnv(inst.name, env, filepath.Join(opts.BinDir, inst.service), "--config", s.configPath(inst.name)); err != nil {
 			return nil, err
 		}
 	}
@@ -242,7 +256,12 @@ func (s *Stack) progress(format string, args ...any) {
 func (s *Stack) LogPath(name string) string { return filepath.Join(s.opts.RunDir, "logs", name+".log") }
 
 func (s *Stack) spawn(name, bin string, args ...string) error {
-	p := &process{name: name, bin: bin, args: args, log: s.LogPath(name)}
+	return s.spawnEnv(name, nil, bin, args...)
+}
+
+// spawnEnv is spawn with env added to the process's environment.
+func (s *Stack) spawnEnv(name string, env []string, bin string, args ...string) error {
+	p := &process{name: name, bin: bin, args: args, env: env, log: s.LogPath(name)}
 	if err := p.start(os.O_TRUNC); err != nil {
 		return err
 	}
@@ -262,6 +281,9 @@ func (p *process) start(logMode int) error {
 	// The processes outlive ctx on purpose: Stop ends them with SIGTERM so
 	// each can shut down gracefully, in order.
 	cmd := exec.Command(p.bin, p.args...)
+	if len(p.env) > 0 {
+		cmd.Env = append(os.Environ(), p.env...)
+	}
 	cmd.Stdout, cmd.Stderr = f, f
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {
