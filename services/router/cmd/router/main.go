@@ -93,8 +93,12 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 	ctx, stop := startup.Signals(ctx)
 	defer stop()
 
-	fold := handoff.New(holder, logger)
+	fold := handoff.New(holder, logger).WithMaxCalls(cfg.MaxCalls)
 	reg := opshttp.NewRegistry()
+	holders := map[string]router.Holder{"owner": fold}
+	// A call idle for up to max_call_duration is live: its start must be
+	// re-read by a restore and by the call view.
+	lookback := max(router.DefaultRestoreLookback, cfg.MaxCallDuration)
 	tp, shutdownTracing, err := tracing.Setup(ctx, cfg.Tracing, "router")
 	if err != nil {
 		logger.ErrorContext(ctx, "start tracing", "err", err)
@@ -131,6 +135,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 		Kafka: cfg.Kafka, Group: cfg.Group, TransactionalID: cfg.TransactionalID,
 		TransactionTimeout: cfg.TransactionTimeout, Started: started,
 		Metrics: router.NewMetrics(reg), Tracer: tracing.Tracer(tp, "router"),
+		RestoreLookback: lookback, MaxCallDuration: cfg.MaxCallDuration,
 	}, fold, logger)
 	if err != nil {
 		logger.ErrorContext(ctx, "start router", "err", err)
@@ -154,7 +159,8 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 	if cfg.API.Listen != "" {
 		// The API reads every partition's calls, not only this instance's.
 		view := callview.New(holder, kafka.ClientOpts(cfg.Kafka, logger),
-			[]string{cfg.Kafka.Topics.Calls, cfg.Kafka.Topics.Transfers}, router.DefaultRestoreLookback, logger)
+			[]string{cfg.Kafka.Topics.Calls, cfg.Kafka.Topics.Transfers}, lookback, logger).WithMaxCalls(cfg.MaxCalls)
+		holders["view"] = view
 		wg.Go(func() {
 			if err := view.Run(ctx); err != nil {
 				logger.ErrorContext(ctx, "call view stopped", "err", err)
@@ -165,6 +171,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 			return startup.ExitFailed
 		}
 	}
+	router.RegisterHolders(reg, holders)
 	if fetcher != nil {
 		wg.Go(func() { fetcher.Run(ctx) })
 	}
@@ -242,8 +249,8 @@ func reloader(started config.Config, hostname string, logger *slog.Logger) reloa
 			cfg.TransactionalID != started.TransactionalID || cfg.API != started.API ||
 			cfg.TransactionTimeout != started.TransactionTimeout || cfg.PreCall != started.PreCall ||
 			cfg.Log != started.Log || cfg.Reload != started.Reload || cfg.Metrics != started.Metrics ||
-			cfg.Tracing != started.Tracing {
-			logger.Warn("config reload: kafka, group, transactional_id, transaction_timeout, api, precall, log and reload settings need a restart; kept as started")
+			cfg.Tracing != started.Tracing || cfg.MaxCallDuration != started.MaxCallDuration || cfg.MaxCalls != started.MaxCalls {
+			logger.Warn("config reload: kafka, group, transactional_id, transaction_timeout, api, precall, log, reload, max_call_duration and max_calls settings need a restart; kept as started")
 		}
 		return table, cfg.Warnings(), nil
 	}

@@ -49,6 +49,19 @@ func New(tables handoff.Source, clientOpts []kgo.Opt, topics []string, lookback 
 // View is handoff.Fold.View over every partition.
 func (v *View) View(id string) (handoff.CallView, bool, bool) { return v.fold.View(id) }
 
+// WithMaxCalls bounds the calls the view holds (handoff.Fold.WithMaxCalls);
+// it must be called before Run.
+func (v *View) WithMaxCalls(n int) *View {
+	v.fold.WithMaxCalls(n)
+	return v
+}
+
+// Held is the number of live calls the view holds.
+func (v *View) Held() int { return v.fold.Held() }
+
+// Dropped counts the calls the view did not hold for max_calls.
+func (v *View) Dropped() int64 { return v.fold.Dropped() }
+
 // MarkState is handoff.Fold.MarkState over every partition.
 func (v *View) MarkState(id, mark string) handoff.MarkState { return v.fold.MarkState(id, mark) }
 

@@ -78,6 +78,18 @@ func TestViewServesEveryPartition(t *testing.T) {
 	}
 	status, _ = get("no-such-call")
 	require.Equal(t, http.StatusNotFound, status, "caught up: unknown is 404")
+
+	// A call its owner evicted is forgotten by the view too: unknown (404),
+	// not ended.
+	ev, err := events.New("baton/router", "call-3", &batonv1.CallEvicted{CallId: "call-3", Reason: "max_call_duration",
+		IdleMs: time.Minute.Milliseconds(), EvictedBy: "router-1"}, time.Now().Add(time.Minute))
+	require.NoError(t, err)
+	rec, err := events.Encode(kcfg.Topics.Calls, ev)
+	require.NoError(t, err)
+	require.NoError(t, prod.ProduceSync(t.Context(), rec).FirstErr())
+	require.Eventually(t, func() bool { s, _ := get("call-3"); return s == http.StatusNotFound }, 20*time.Second, 10*time.Millisecond)
+	status, _ = get("call-4")
+	require.Equal(t, http.StatusOK, status)
 }
 
 // A listing that leaves out a topic, or a partition that failed, is not a

@@ -53,6 +53,16 @@ const (
 	MaxMaxStateBytesPerCall     = 4 << 20
 )
 
+// max_call_duration and max_calls: defaults and bounds.
+const (
+	DefaultMaxCallDuration = 4 * time.Hour
+	MinMaxCallDuration     = time.Minute
+	MaxMaxCallDuration     = 7 * 24 * time.Hour
+	DefaultMaxCalls        = 200_000
+	MinMaxCalls            = 100
+	MaxMaxCalls            = 10_000_000
+)
+
 // DefaultPollInterval is reload.poll_interval when none is set.
 const DefaultPollInterval = 2 * time.Second
 
@@ -112,6 +122,15 @@ type Config struct {
 	MaxStateBytesPerCall int `yaml:"max_state_bytes_per_call"`
 	// OnAllFailed is hangup (a BYE ends the call) or return_to_agent.
 	OnAllFailed string `yaml:"on_all_failed"`
+	// MaxCallDuration evicts a call that had no event for this long: its
+	// owner publishes a CallEvicted (reason max_call_duration) and every
+	// fold of the log forgets the call. It also stretches the restore's
+	// and the call view's re-read of the log to at least this far back.
+	MaxCallDuration time.Duration `yaml:"max_call_duration"`
+	// MaxCalls bounds the calls one instance holds, in its own fold and
+	// in its call view each: a call that starts beyond it is not held
+	// (logged once, counted in baton_router_calls_dropped_total).
+	MaxCalls int `yaml:"max_calls"`
 	// API is the agent HTTP API.
 	API API `yaml:"api"`
 	// Reload is how configuration changes are picked up.
@@ -293,6 +312,9 @@ func Default(hostname string) Config {
 		MaxStateKeysPerCall:  DefaultMaxStateKeysPerCall,
 		MaxStateBytesPerCall: DefaultMaxStateBytesPerCall,
 
+		MaxCallDuration: DefaultMaxCallDuration,
+		MaxCalls:        DefaultMaxCalls,
+
 		API:     API{TokensEnv: "BATON_API_TOKENS", MaxMarkWaits: DefaultMaxMarkWaits},
 		Reload:  Reload{PollInterval: DefaultPollInterval},
 		Metrics: opshttp.Config{Listen: DefaultMetricsListen},
@@ -369,6 +391,12 @@ func (c *Config) Validate() error {
 	if n := c.MaxStateBytesPerCall; n < MinMaxStateBytesPerCall || n > MaxMaxStateBytesPerCall {
 		errs = append(errs, pkgconfig.Errorf("max_state_bytes_per_call", "%d: want %d to %d",
 			n, MinMaxStateBytesPerCall, MaxMaxStateBytesPerCall))
+	}
+	if d := c.MaxCallDuration; d < MinMaxCallDuration || d > MaxMaxCallDuration {
+		errs = append(errs, pkgconfig.Errorf("max_call_duration", "%v: want %v to %v", d, MinMaxCallDuration, MaxMaxCallDuration))
+	}
+	if n := c.MaxCalls; n < MinMaxCalls || n > MaxMaxCalls {
+		errs = append(errs, pkgconfig.Errorf("max_calls", "%d: want %d to %d", n, MinMaxCalls, MaxMaxCalls))
 	}
 	if p := c.OnAllFailed; p != OnAllFailedHangup && p != OnAllFailedReturnToAgent {
 		errs = append(errs, pkgconfig.Errorf("on_all_failed", "%q: want %s or %s", p, OnAllFailedHangup, OnAllFailedReturnToAgent))

@@ -8,6 +8,8 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
+	"time"
 
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
@@ -75,6 +77,15 @@ type Fold struct {
 	// the state writes refused since the last Commit or Rollback; see
 	// RefusedStateWrites.
 	refusedState []string
+
+	// evicted holds the calls a CallEvicted removed since the last Commit:
+	// they read as unknown afterwards, not as ended.
+	evicted map[string]bool
+	// limit bounds the calls held (WithMaxCalls); 0 is no bound.
+	limit callLimit
+	// held is the number of committed calls, for metrics on other
+	// goroutines.
+	held atomic.Int64
 }
 
 // call is the state of one live call. A call value is never changed once
@@ -107,6 +118,9 @@ type call struct {
 	// agentStream is set while the call's agent stream is connected
 	// (AgentConnected, until AgentDisconnected).
 	agentStream bool
+	// lastEvent is the latest event time of the call's events folded: a
+	// call idle for max_call_duration is evicted (see Idle, CallEvicted).
+	lastEvent time.Time
 }
 
 func (c *call) clone() *call {
@@ -168,6 +182,7 @@ func New(src Source, logger *slog.Logger) *Fold {
 		tables: src, logger: logger,
 		calls: map[string]*call{}, undo: map[string]*call{},
 		view: map[string]*call{}, ended: newTombstones(maxTombstones), changed: make(chan struct{}),
+		evicted: map[string]bool{},
 	}
 }
 
@@ -183,15 +198,20 @@ func (f *Fold) Commit() {
 			f.view[id] = c
 			continue
 		}
-		// Only callStarted creates and only callEnded deletes: a touched
-		// call that is gone ended in this batch.
-		f.ended.add(id)
+		// Only callStarted creates, and only callEnded and callEvicted
+		// delete: a touched call that is gone ended in this batch, or was
+		// evicted (then it reads as unknown).
+		if !f.evicted[id] {
+			f.ended.add(id)
+		}
 		delete(f.view, id)
 	}
+	f.held.Store(int64(len(f.view)))
 	close(f.changed)
 	f.changed = make(chan struct{})
 	f.mu.Unlock()
 	clear(f.undo)
+	clear(f.evicted)
 	f.refusedState = f.refusedState[:0]
 }
 
@@ -205,6 +225,7 @@ func (f *Fold) Rollback() {
 		}
 	}
 	clear(f.undo)
+	clear(f.evicted)
 	f.refusedState = f.refusedState[:0]
 }
 
@@ -259,9 +280,13 @@ func (f *Fold) Apply(ctx context.Context, ev events.Event) []Decision {
 		f.markPlayed(ctx, ev, msg)
 	case *batonv1.AgentMetric:
 		f.logger.DebugContext(ctx, "agent metric", "call_id", ev.Subject, "name", msg.GetName(), "value", msg.GetValue())
+	case *batonv1.CallEvicted:
+		f.callEvicted(ctx, ev, msg)
+		return nil
 	default:
 		f.logger.DebugContext(ctx, "event ignored", "call_id", ev.Subject, "type", ev.Type)
 	}
+	f.seen(ev)
 	if d == nil {
 		return nil
 	}
@@ -273,6 +298,9 @@ func (f *Fold) callStarted(ctx context.Context, table *Table, ev events.Event, m
 	if c := f.calls[id]; c != nil {
 		f.logger.InfoContext(ctx, "call already started; duplicate ignored", "call_id", id,
 			"event_id", ev.ID, "first_event_id", c.startedID)
+		return nil
+	}
+	if !f.limit.admit(ctx, f.logger, id, len(f.calls)) {
 		return nil
 	}
 	f.touch(id)

@@ -29,6 +29,9 @@ type Metrics struct {
 	// did not apply because they would break a per-call cap, by reason
 	// (state_too_many_keys, state_too_large).
 	StateRefused *prometheus.CounterVec
+	// Evicted counts the calls evicted for max_call_duration (CallEvicted
+	// published, committed).
+	Evicted prometheus.Counter
 }
 
 // NewMetrics registers the router's metrics on reg.
@@ -55,7 +58,11 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help: "Agent state writes the fold did not apply for breaking a per-call cap (committed), by reason.",
 		}, []string{"reason"}),
 	}
-	reg.MustRegister(m.Commands, m.Refusals, m.Outcomes, m.Transactions, m.BatchRecords, m.StateRefused)
+	m.Evicted = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "baton_router_calls_evicted_total",
+		Help: "Calls evicted for having no event for max_call_duration (CallEvicted published, committed).",
+	})
+	reg.MustRegister(m.Commands, m.Refusals, m.Outcomes, m.Transactions, m.BatchRecords, m.StateRefused, m.Evicted)
 	return m
 }
 
@@ -96,6 +103,12 @@ func (m *Metrics) count(records int, t *tally) {
 	}
 }
 
+func (m *Metrics) evicted(n int) {
+	if m != nil && n > 0 {
+		m.Evicted.Add(float64(n))
+	}
+}
+
 func (m *Metrics) aborted() {
 	if m != nil {
 		m.Transactions.WithLabelValues("aborted").Inc()
@@ -117,4 +130,32 @@ func methodLabel(m batonv1.Method) string {
 // statusLabel is "failed" for OUTCOME_STATUS_FAILED.
 func statusLabel(s batonv1.OutcomeStatus) string {
 	return strings.ToLower(strings.TrimPrefix(s.String(), "OUTCOME_STATUS_"))
+}
+
+// Holder is a fold whose calls are measured: the router's own and the
+// call view's.
+type Holder interface {
+	// Held is the number of live calls held.
+	Held() int
+	// Dropped counts the calls not held for max_calls.
+	Dropped() int64
+}
+
+// RegisterHolders registers, for each fold by name (owner, view),
+// baton_router_calls (live calls held) and
+// baton_router_calls_dropped_total (calls not held: max_calls reached).
+func RegisterHolders(reg prometheus.Registerer, folds map[string]Holder) {
+	for name, f := range folds {
+		labels := prometheus.Labels{"fold": name}
+		reg.MustRegister(
+			prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+				Name: "baton_router_calls", Help: "Live calls held, by fold (owner: this instance's partitions; view: every partition).",
+				ConstLabels: labels,
+			}, func() float64 { return float64(f.Held()) }),
+			prometheus.NewCounterFunc(prometheus.CounterOpts{
+				Name: "baton_router_calls_dropped_total", Help: "Calls not held because max_calls were held, by fold.",
+				ConstLabels: labels,
+			}, func() float64 { return float64(f.Dropped()) }),
+		)
+	}
 }

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"sort"
 	"sync"
 	"time"
@@ -42,6 +43,9 @@ type restorer struct {
 
 	mu      sync.Mutex
 	pending map[int32]struct{}
+	// owned are the partitions of the calls topic (topics[0]) this
+	// instance is assigned now.
+	owned map[int32]bool
 	// folded is, per topic and partition, the offset after the last record
 	// this instance folded in a committed transaction: a partition whose
 	// committed offset is still that (the group gave it back to this
@@ -82,6 +86,30 @@ func (s *restorer) assigned(_ context.Context, _ *kgo.Client, assigned map[strin
 			s.pending[p] = struct{}{}
 		}
 	}
+	if s.owned == nil {
+		s.owned = map[int32]bool{}
+	}
+	for _, p := range assigned[s.topics[0]] {
+		s.owned[p] = true
+	}
+}
+
+// revoked is the session's OnPartitionsRevoked and OnPartitionsLost: the
+// partitions are no longer this instance's to evict from.
+func (s *restorer) revoked(_ context.Context, _ *kgo.Client, revoked map[string][]int32) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, p := range revoked[s.topics[0]] {
+		delete(s.owned, p)
+	}
+}
+
+// ownedPartitions returns the partitions of the calls topic this instance
+// is assigned now.
+func (s *restorer) ownedPartitions() map[int32]bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return maps.Clone(s.owned)
 }
 
 // take returns the partitions waiting for a restore and forgets them.

@@ -63,6 +63,15 @@ type Options struct {
 	// RestoreLookback is how far back a newly assigned partition's log is
 	// re-read to rebuild its calls' state (0: DefaultRestoreLookback).
 	RestoreLookback time.Duration
+	// MaxCallDuration evicts a call of this instance's partitions that had
+	// no event for this long, with a CallEvicted on the calls topic (0:
+	// never).
+	MaxCallDuration time.Duration
+	// SweepInterval is how often idle calls are looked for (0:
+	// a tenth of MaxCallDuration, at most DefaultSweepInterval).
+	SweepInterval time.Duration
+	// Now is the clock evictions measure idleness by (nil: time.Now).
+	Now func() time.Time
 }
 
 // StartWatcher hears of calls that started, after their batch committed.
@@ -85,6 +94,8 @@ type Router struct {
 	// restore rebuilds the state of partitions assigned to this instance
 	// before their records are handled.
 	restore *restorer
+	// evict finds and evicts the idle calls of this instance's partitions.
+	evict *evictor
 	// abortBeforeEnd, when set, decides after the batch's records are
 	// produced whether to abort the transaction instead of committing it.
 	// It is the one test seam left in the router (set only by
@@ -125,13 +136,15 @@ func New(opts Options, fold *handoff.Fold, logger *slog.Logger) (*Router, error)
 		group:      opts.Group, topics: []string{opts.Kafka.Topics.Calls, opts.Kafka.Topics.Transfers},
 		lookback: lookback, logger: logger, pending: map[int32]struct{}{}, folded: map[string]map[int32]int64{},
 	}
-	kopts = append(kopts, kgo.OnPartitionsAssigned(rs.assigned))
+	kopts = append(kopts, kgo.OnPartitionsAssigned(rs.assigned), kgo.OnPartitionsRevoked(rs.revoked),
+		kgo.OnPartitionsLost(rs.revoked))
 	sess, err := kgo.NewGroupTransactSession(kopts...)
 	if err != nil {
 		return nil, fmt.Errorf("new transactional session %s: %w", opts.TransactionalID, err)
 	}
 	r := &Router{sess: sess, started: opts.Started, fold: fold, topic: opts.Kafka.Topics.Handoffs, logger: logger,
-		metrics: opts.Metrics, tracer: opts.Tracer, endTimeout: endTimeout, restore: rs}
+		metrics: opts.Metrics, tracer: opts.Tracer, endTimeout: endTimeout, restore: rs,
+		evict: newEvictor(opts, rs, logger)}
 	if opts.EndTimeout > 0 {
 		r.endTimeout = opts.EndTimeout
 	}
@@ -157,7 +170,13 @@ func (r *Router) Run(ctx context.Context) error {
 	fails.InitialInterval, fails.MaxInterval = 100*time.Millisecond, maxFailPause
 	failed := 0
 	for {
-		fetches := r.sess.PollFetches(ctx)
+		pollCtx, cancel := ctx, context.CancelFunc(func() {})
+		if r.evict.on() {
+			// Wake for the eviction sweep even when nothing comes.
+			pollCtx, cancel = context.WithTimeout(ctx, r.evict.every)
+		}
+		fetches := r.sess.PollFetches(pollCtx)
+		cancel()
 		if ctx.Err() != nil {
 			return nil
 		}
@@ -165,16 +184,19 @@ func (r *Router) Run(ctx context.Context) error {
 			return errors.New("kafka client closed")
 		}
 		fetches.EachError(func(topic string, partition int32, err error) {
-			r.logger.WarnContext(ctx, "fetch error", "topic", topic, "partition", partition, "err", err)
+			if !errors.Is(err, context.DeadlineExceeded) {
+				r.logger.WarnContext(ctx, "fetch error", "topic", topic, "partition", partition, "err", err)
+			}
 		})
 		if !r.restorePending(ctx) {
 			return nil // ctx ended
 		}
 		records := fetches.Records()
-		if len(records) == 0 {
+		evictions := r.evict.sweep(ctx, r.fold, r.sess.Client())
+		if len(records) == 0 && len(evictions) == 0 {
 			continue
 		}
-		committed, err := r.transact(ctx, records)
+		committed, err := r.transact(ctx, records, evictions)
 		pause := retryPause
 		switch {
 		case err != nil && unusable(err):
@@ -239,15 +261,18 @@ func unusable(err error) bool {
 		errors.Is(err, kerr.ClusterAuthorizationFailed)
 }
 
-// transact handles one polled batch in one transaction. When the
-// transaction aborts, the fold is rolled back and the session rewinds to
-// the committed offsets, so the next poll returns the batch again.
-func (r *Router) transact(ctx context.Context, records []*kgo.Record) (bool, error) {
+// transact handles one polled batch in one transaction, with the
+// evictions of calls found idle (CallEvicted records for the calls topic).
+// When the transaction aborts, the fold is rolled back and the session
+// rewinds to the committed offsets, so the next poll returns the batch
+// again; the calls still idle are found again by the next sweep.
+func (r *Router) transact(ctx context.Context, records, evictions []*kgo.Record) (bool, error) {
 	if err := r.begin(ctx); err != nil {
 		return false, err
 	}
 	r.tally.reset()
 	out, started := r.handle(ctx, records)
+	out = append(out, evictions...)
 
 	txCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), r.endTimeout)
 	defer cancel()
@@ -274,7 +299,9 @@ func (r *Router) transact(ctx context.Context, records []*kgo.Record) (bool, err
 	}
 	r.fold.Commit()
 	r.restore.committedBatch(records)
+	r.evict.committed(ctx, evictions)
 	r.metrics.count(len(records), &r.tally)
+	r.metrics.evicted(len(evictions))
 	if r.started != nil {
 		// Outside the transaction: what the watcher does (a webhook call)
 		// comes back as a new fact, never as part of this batch.
