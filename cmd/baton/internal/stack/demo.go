@@ -51,7 +51,13 @@ func Demo(ctx context.Context, opts Options, d DemoOptions, out io.Writer) (err 
 		fmt.Fprintf(out, "baton dev: SIPp (playing the carrier's SBC) places %d calls with X- headers into udp://%s\n", d.Calls, s.IngressAddr)
 		// Only this run's calls: the broker and ClickHouse keep earlier runs.
 		since := time.Now().Add(-time.Second)
-		res, err := s.PlaceCalls(ctx, "sbc_refer", d.Calls, d.Rate)
+		// With the agent each call lasts its conversation (about eight
+		// seconds): let them overlap.
+		limit := d.Rate
+		if agent != nil {
+			limit = d.Calls
+		}
+		res, err := s.PlaceCallsLimit(ctx, "sbc_refer", d.Calls, d.Rate, limit)
 		if err != nil {
 			return err
 		}

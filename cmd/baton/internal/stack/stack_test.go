@@ -81,6 +81,12 @@ func startStack(t *testing.T) *Stack {
 // startStackWith starts the pipeline with replicas instances per stage.
 func startStackWith(t *testing.T, replicas map[string]int) *Stack {
 	t.Helper()
+	return startStackTuned(t, func(o *Options) { o.Replicas = replicas })
+}
+
+// startStackTuned starts the pipeline with options tune changed.
+func startStackTuned(t *testing.T, tune func(*Options)) *Stack {
+	t.Helper()
 	if testing.Short() {
 		t.Skip("end-to-end: needs sipp and clickhouse-server; run without -short")
 	}
@@ -91,8 +97,8 @@ func startStackWith(t *testing.T, replicas map[string]int) *Stack {
 		RunDir:   t.TempDir(),
 		RepoDir:  repo,
 		Progress: testWriter{t},
-		Replicas: replicas,
 	}
+	tune(&opts)
 	s, err := Start(t.Context(), opts)
 	require.NoError(t, err)
 	t.Cleanup(func() {

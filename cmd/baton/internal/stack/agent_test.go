@@ -1,0 +1,247 @@
+package stack
+
+import (
+	"bufio"
+	"context"
+	"encoding/binary"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/textproto"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/baton-voice/baton/cmd/baton/internal/checker"
+	"github.com/baton-voice/baton/pkg/agentbot"
+	batonv1 "github.com/baton-voice/baton/pkg/events/batonv1"
+)
+
+// pattern is n bytes of µ-law audio that is never silence (0xff).
+func pattern(n int, seed byte) []byte {
+	b := make([]byte, n)
+	for i := range b {
+		b[i] = (seed + byte(i)) & 0x7f
+	}
+	return b
+}
+
+// TestAgentSpeaksThenHandsOff is the agent issue's "done when", on the
+// whole pipeline: a bot written for the Media Streams protocol hears the
+// caller's audio exactly, speaks an utterance, and asks for the handoff
+// at once with after_mark; the caller (a Go SIP and RTP peer) hears the
+// whole utterance, paced, and only then receives the REFER.
+func TestAgentSpeaksThenHandsOff(t *testing.T) {
+	const token = "agent-e2e-token"
+	utterance := pattern(8000, 5) // one second
+	heard := make(chan [][]byte, 1)
+	handoff := make(chan int, 1)
+	var api string
+	var apiMu sync.Mutex
+	bot := httptest.NewServer(&agentbot.Handler{Serve: func(ctx context.Context, s *agentbot.Session) {
+		var got [][]byte
+		for len(got) < 50 {
+			select {
+			case p := <-s.Media():
+				got = append(got, p)
+			case <-s.Stopped():
+				heard <- got
+				return
+			}
+		}
+		heard <- got
+		if err := s.Play(ctx, utterance, 320, 2, "goodbye"); err != nil {
+			return
+		}
+		apiMu.Lock()
+		base := api
+		apiMu.Unlock()
+		req, _ := http.NewRequestWithContext(ctx, http.MethodPost, base+"/v1/calls/"+s.Start().CallSid+"/handoff",
+			strings.NewReader(`{"reason":"caller_asked","after_mark":"goodbye","mark_timeout_ms":10000}`))
+		req.Header.Set("Authorization", "Bearer "+token)
+		res, err := http.DefaultClient.Do(req)
+		if err != nil {
+			handoff <- 0
+			return
+		}
+		_ = res.Body.Close()
+		handoff <- res.StatusCode
+		<-s.Stopped()
+	}})
+	defer bot.Close()
+	s := startStackTuned(t, func(o *Options) {
+		o.AgentURL = "ws" + strings.TrimPrefix(bot.URL, "http") + "/media"
+		o.APIToken = token
+	})
+	apiMu.Lock()
+	api = s.RouterAPI
+	apiMu.Unlock()
+
+	// The caller: RTP on a socket of its own, SIP over TCP.
+	media, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	require.NoError(t, err)
+	defer func() { _ = media.Close() }()
+	me := fmt.Sprintf("127.0.0.1:%d", s.opts.SBCPort)
+	ln, err := net.Listen("tcp", me)
+	require.NoError(t, err)
+	defer func() { _ = ln.Close() }()
+	conn, err := net.Dial("tcp", s.IngressAddr)
+	require.NoError(t, err)
+	defer func() { _ = conn.Close() }()
+	require.NoError(t, conn.SetDeadline(time.Now().Add(60*time.Second)))
+	in := textproto.NewReader(bufio.NewReader(conn))
+	local := conn.LocalAddr().String()
+	const callID, fromTag = "agent-e2e-1", "sbc-agent-1"
+	send := func(head, body string) {
+		t.Helper()
+		_, err := io.WriteString(conn, strings.ReplaceAll(head, "\n", "\r\n")+"\r\n"+body)
+		require.NoError(t, err)
+	}
+	sdp := strings.ReplaceAll(fmt.Sprintf("v=0\no=sbc 1 1 IN IP4 127.0.0.1\ns=sbc\nc=IN IP4 127.0.0.1\nt=0 0\n"+
+		"m=audio %d RTP/AVP 0\na=rtpmap:0 PCMU/8000\n", media.LocalAddr().(*net.UDPAddr).Port), "\n", "\r\n")
+	send(fmt.Sprintf("INVITE sip:agent@%s;transport=tcp SIP/2.0\n"+
+		"Via: SIP/2.0/TCP %s;branch=z9hG4bK-agent-inv\n"+
+		"From: <sip:sbc@%s>;tag=%s\nTo: <sip:agent@%s>\nCall-ID: %s\nCSeq: 1 INVITE\n"+
+		"Contact: <sip:sbc@%s;transport=tcp>\nMax-Forwards: 70\nX-Customer-Id: CUST-AGENT-1\n"+
+		"Content-Type: application/sdp\nContent-Length: %d\n", s.IngressAddr, local, me, fromTag, s.IngressAddr, callID, me, len(sdp)), sdp)
+	var ok sipMessage
+	for {
+		ok = readSIP(t, in)
+		if !strings.HasPrefix(ok.line, "SIP/2.0 1") {
+			break
+		}
+	}
+	require.Equal(t, "SIP/2.0 200 OK", ok.line)
+	ingressTag := tag(ok.header.Get("To"))
+	contact := strings.Trim(ok.header.Get("Contact"), "<>")
+	var ingressRTP *net.UDPAddr
+	for line := range strings.SplitSeq(ok.body, "\r\n") {
+		if rest, found := strings.CutPrefix(line, "m=audio "); found {
+			port, _, _ := strings.Cut(rest, " ")
+			ingressRTP, err = net.ResolveUDPAddr("udp", "127.0.0.1:"+port)
+			require.NoError(t, err)
+		}
+	}
+	require.NotNil(t, ingressRTP)
+	inDialog := func(method string, cseq int, extra, body string) {
+		send(fmt.Sprintf("%s %s SIP/2.0\nVia: SIP/2.0/TCP %s;branch=z9hG4bK-agent-%d\n"+
+			"From: <sip:sbc@%s>;tag=%s\nTo: <sip:agent@%s>;tag=%s\nCall-ID: %s\nCSeq: %d %s\nMax-Forwards: 70\n%s"+
+			"Content-Length: %d\n", method, contact, local, cseq, me, fromTag, s.IngressAddr, ingressTag, callID, cseq, method,
+			extra, len(body)), body)
+	}
+	inDialog("ACK", 1, "", "")
+
+	// Receive RTP from now on: when each frame of the utterance arrives.
+	type frame struct {
+		at      time.Time
+		payload []byte
+	}
+	frames := make(chan frame, 4096)
+	go func() {
+		buf := make([]byte, 1500)
+		for {
+			n, _, err := media.ReadFromUDP(buf)
+			if err != nil {
+				close(frames)
+				return
+			}
+			if n > 12 && !isSilence(buf[12:n]) {
+				frames <- frame{at: time.Now(), payload: append([]byte(nil), buf[12:n]...)}
+			}
+		}
+	}()
+	// The caller speaks: 50 frames of a known pattern, at 20 ms.
+	var spoken [][]byte
+	for i := range 50 {
+		p := pattern(160, byte(i))
+		spoken = append(spoken, p)
+		pkt := make([]byte, 12, 172)
+		pkt[0], pkt[1] = 0x80, 0
+		binary.BigEndian.PutUint16(pkt[2:], uint16(i+1))
+		binary.BigEndian.PutUint32(pkt[4:], uint32(i*160))
+		binary.BigEndian.PutUint32(pkt[8:], 0x5eed)
+		_, err := media.WriteToUDP(append(pkt, p...), ingressRTP)
+		require.NoError(t, err)
+		time.Sleep(20 * time.Millisecond)
+	}
+	select {
+	case got := <-heard:
+		require.Equal(t, spoken, got, "the agent hears exactly the caller's frames")
+	case <-time.After(20 * time.Second):
+		t.Fatal("the agent heard nothing")
+	}
+
+	// The REFER, on transfer's connection to the SBC.
+	require.NoError(t, ln.(*net.TCPListener).SetDeadline(time.Now().Add(60*time.Second)))
+	rc, err := ln.Accept()
+	require.NoError(t, err)
+	defer func() { _ = rc.Close() }()
+	require.NoError(t, rc.SetDeadline(time.Now().Add(60*time.Second)))
+	refer := readSIP(t, textproto.NewReader(bufio.NewReader(rc)))
+	referAt := time.Now()
+	require.True(t, strings.HasPrefix(refer.line, "REFER "), refer.line)
+	require.Equal(t, 202, <-handoff, "the agent API accepted the handoff request")
+
+	// Everything of the utterance arrived before the REFER.
+	var played []byte
+	var last time.Time
+	for done := false; !done; {
+		select {
+		case f := <-frames:
+			played = append(played, f.payload...)
+			last = f.at
+		default:
+			done = true
+		}
+	}
+	require.Equal(t, utterance, played, "the caller heard the whole utterance before the REFER")
+	require.True(t, last.Before(referAt), "last frame at %v, REFER at %v", last, referAt)
+
+	_, err = io.WriteString(rc, strings.ReplaceAll(fmt.Sprintf("SIP/2.0 202 Accepted\nVia: %s\nFrom: %s\nTo: %s\nCall-ID: %s\nCSeq: %s\nContent-Length: 0\n\n",
+		refer.header.Get("Via"), refer.header.Get("From"), refer.header.Get("To"), callID, refer.header.Get("Cseq")), "\n", "\r\n"))
+	require.NoError(t, err)
+	inDialog("BYE", 2, "", "")
+	for {
+		m := readSIP(t, in)
+		if strings.HasPrefix(m.line, "SIP/2.0 200") {
+			break
+		}
+	}
+
+	// The log: the mark played before the request, which says it waited.
+	recs, err := checker.Read(t.Context(), s.BrokerAddr)
+	require.NoError(t, err)
+	var order []string
+	var requested *batonv1.HandoffRequested
+	for _, r := range recs {
+		if r.Event.Subject != callID {
+			continue
+		}
+		switch m := r.Event.Data.(type) {
+		case *batonv1.AgentMarkPlayed:
+			order = append(order, "mark "+m.GetName())
+		case *batonv1.HandoffRequested:
+			order = append(order, "requested")
+			requested = m
+		case *batonv1.HandoffCommand:
+			order = append(order, "command")
+		}
+	}
+	require.Equal(t, []string{"mark goodbye", "requested", "command"}, order)
+	require.Equal(t, "goodbye", requested.GetAfterMark())
+	require.Equal(t, "played", requested.GetMarkWait())
+}
+
+func isSilence(p []byte) bool {
+	for _, b := range p {
+		if b != 0xff {
+			return false
+		}
+	}
+	return true
+}
