@@ -40,10 +40,12 @@ func TestAgentSpeaksThenHandsOff(t *testing.T) {
 	const token = "agent-e2e-token"
 	utterance := pattern(8000, 5) // one second
 	heard := make(chan [][]byte, 1)
+	connected := make(chan struct{})
 	handoff := make(chan int, 1)
 	var api string
 	var apiMu sync.Mutex
 	bot := httptest.NewServer(&agentbot.Handler{Serve: func(ctx context.Context, s *agentbot.Session) {
+		close(connected)
 		var got [][]byte
 		for len(got) < 50 {
 			select {
@@ -155,7 +157,13 @@ func TestAgentSpeaksThenHandsOff(t *testing.T) {
 			}
 		}
 	}()
-	// The caller speaks: 50 frames of a known pattern, at 20 ms.
+	// The caller speaks once the agent listens (audio before that is not
+	// kept): 50 frames of a known pattern, at 20 ms.
+	select {
+	case <-connected:
+	case <-time.After(20 * time.Second):
+		t.Fatal("no agent stream")
+	}
 	var spoken [][]byte
 	for i := range 50 {
 		p := pattern(160, byte(i))
