@@ -128,6 +128,7 @@ func (c *inboundCall) startAgent(ctx context.Context, r *agentRoute, source stri
 			st.Close(agent.ReasonCallEnded)
 			return
 		}
+		c.media.SetAudioSink(st.Caller)
 		c.agent = st
 		c.env.stats.AgentStreams.Add(1)
 		c.env.facts.publishAsync(ctx, c.id, &batonv1.AgentConnected{CallId: c.id, StreamSid: st.StreamSid(),
@@ -135,7 +136,6 @@ func (c *inboundCall) startAgent(ctx context.Context, r *agentRoute, source stri
 		c.mu.Unlock()
 		c.env.log.InfoContext(ctx, "agent connected", "call_id", c.id, "agent", r.ep.Name, "stream_sid", st.StreamSid(),
 			"source", source)
-		c.media.SetAudioSink(st.Caller)
 		c.media.PlayFrom(st)
 		select {
 		case f := <-failed:
