@@ -31,6 +31,7 @@ import (
 	"github.com/baton-voice/baton/services/router/internal/config"
 	"github.com/baton-voice/baton/services/router/internal/handoff"
 	"github.com/baton-voice/baton/services/router/internal/precall"
+	"github.com/baton-voice/baton/services/router/internal/push"
 	"github.com/baton-voice/baton/services/router/internal/reload"
 	"github.com/baton-voice/baton/services/router/internal/router"
 )
@@ -74,6 +75,10 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 			return startup.ConfigError(stderr, "router", fmt.Errorf("api.tokens_env: $%s holds no token; the API needs at least one", cfg.API.TokensEnv))
 		}
 	}
+	endpoints, err := webhookEndpoints(cfg.Webhooks)
+	if err != nil {
+		return startup.ConfigError(stderr, "router", err)
+	}
 	var preCallHeader http.Header
 	if cfg.PreCall.URL != "" && cfg.PreCall.HeadersEnv != "" {
 		if preCallHeader, err = precall.ParseHeaders(os.Getenv(cfg.PreCall.HeadersEnv)); err != nil {
@@ -95,6 +100,13 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 
 	fold := handoff.New(holder, logger).WithMaxCalls(cfg.MaxCalls)
 	reg := opshttp.NewRegistry()
+	var hooks *push.Webhooks
+	if len(endpoints) > 0 {
+		// The owner's fold: each transition of the calls this instance
+		// owns goes to the webhooks once it commits.
+		hooks = push.NewWebhooks(endpoints, webhookClient(), logger, time.Now, push.NewWebhookMetrics(reg))
+		fold.WithSink(hooks)
+	}
 	holders := map[string]router.Holder{"owner": fold}
 	// A call idle for up to max_call_duration is live: its start must be
 	// re-read by a restore and by the call view.
@@ -161,17 +173,23 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 		view := callview.New(holder, kafka.ClientOpts(cfg.Kafka, logger),
 			[]string{cfg.Kafka.Topics.Calls, cfg.Kafka.Topics.Transfers}, lookback, logger).WithMaxCalls(cfg.MaxCalls)
 		holders["view"] = view
+		// Event streams are served from the view: any instance streams any call.
+		hub := push.NewHub(cfg.API.MaxStreams, cfg.API.MaxStreamsPerCall, push.NewHubMetrics(reg))
+		view.WithSink(hub, streamHistory)
 		wg.Go(func() {
 			if err := view.Run(ctx); err != nil {
 				logger.ErrorContext(ctx, "call view stopped", "err", err)
 			}
 		})
-		if err := serveAPI(ctx, &wg, cfg, view, holder, pub, tokens, api.NewMetrics(reg), logger); err != nil {
+		if err := serveAPI(ctx, &wg, cfg, view, hub, holder, pub, tokens, api.NewMetrics(reg), logger); err != nil {
 			logger.ErrorContext(ctx, "start agent API", "err", err)
 			return startup.ExitFailed
 		}
 	}
 	router.RegisterHolders(reg, holders)
+	if hooks != nil {
+		wg.Go(func() { hooks.Run(ctx) })
+	}
 	if fetcher != nil {
 		wg.Go(func() { fetcher.Run(ctx) })
 	}
@@ -203,7 +221,7 @@ const apiShutdownTimeout = 5 * time.Second
 
 // serveAPI starts the agent API; it stops when ctx ends, and wg waits
 // for it.
-func serveAPI(ctx context.Context, wg *sync.WaitGroup, cfg config.Config, calls api.Calls, tables handoff.Source,
+func serveAPI(ctx context.Context, wg *sync.WaitGroup, cfg config.Config, calls api.Calls, hub *push.Hub, tables handoff.Source,
 	pub api.Publisher, tokens []string, metrics *api.Metrics, logger *slog.Logger) error {
 	ln, err := net.Listen("tcp", cfg.API.Listen)
 	if err != nil {
@@ -211,7 +229,8 @@ func serveAPI(ctx context.Context, wg *sync.WaitGroup, cfg config.Config, calls 
 	}
 	// Read, write, idle and header limits: a tokenless client cannot
 	// hold a connection by sending slowly or not at all.
-	a := api.New(calls, tables, pub, tokens, logger, time.Now, metrics).WithMaxMarkWaits(cfg.API.MaxMarkWaits)
+	a := api.New(calls, tables, pub, tokens, logger, time.Now, metrics).WithMaxMarkWaits(cfg.API.MaxMarkWaits).
+		WithStreams(hub, cfg.API.StreamHeartbeat)
 	// Handoffs asked for after a mark wait here; they end with ctx.
 	wg.Go(func() { a.Run(ctx) })
 	srv := opshttp.NewHTTPServer(a, opshttp.DefaultLimits())
@@ -223,6 +242,7 @@ func serveAPI(ctx context.Context, wg *sync.WaitGroup, cfg config.Config, calls 
 	})
 	wg.Go(func() {
 		<-ctx.Done()
+		hub.Close() // event streams never go idle: end them, or Shutdown waits for them
 		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), apiShutdownTimeout)
 		defer cancel()
 		if err := srv.Shutdown(sctx); err != nil {
@@ -249,9 +269,34 @@ func reloader(started config.Config, hostname string, logger *slog.Logger) reloa
 			cfg.TransactionalID != started.TransactionalID || cfg.API != started.API ||
 			cfg.TransactionTimeout != started.TransactionTimeout || cfg.PreCall != started.PreCall ||
 			cfg.Log != started.Log || cfg.Reload != started.Reload || cfg.Metrics != started.Metrics ||
-			cfg.Tracing != started.Tracing || cfg.MaxCallDuration != started.MaxCallDuration || cfg.MaxCalls != started.MaxCalls {
-			logger.Warn("config reload: kafka, group, transactional_id, transaction_timeout, api, precall, log, reload, max_call_duration and max_calls settings need a restart; kept as started")
+			cfg.Tracing != started.Tracing || cfg.MaxCallDuration != started.MaxCallDuration || cfg.MaxCalls != started.MaxCalls ||
+			!reflect.DeepEqual(cfg.Webhooks, started.Webhooks) {
+			logger.Warn("config reload: kafka, group, transactional_id, transaction_timeout, api, precall, log, reload, max_call_duration, max_calls and webhooks settings need a restart; kept as started")
 		}
 		return table, cfg.Warnings(), nil
 	}
+}
+
+// streamHistory is how many transitions of each call the view keeps for
+// event streams resumed with Last-Event-ID.
+const streamHistory = 32
+
+// webhookEndpoints reads each webhook's secret from the environment.
+func webhookEndpoints(hooks []config.Webhook) ([]push.Endpoint, error) {
+	var out []push.Endpoint
+	for i, h := range hooks {
+		secret := os.Getenv(h.SecretEnv)
+		if secret == "" {
+			return nil, fmt.Errorf("webhooks[%d].secret_env: $%s holds no secret", i, h.SecretEnv)
+		}
+		out = append(out, push.Endpoint{Name: h.Name, URL: h.URL, Secret: []byte(secret), Events: h.Events,
+			MaxInFlight: h.MaxInFlight, MaxQueue: h.MaxQueue, Timeout: h.Timeout, MaxRetry: h.MaxRetry})
+	}
+	return out, nil
+}
+
+// webhookClient posts webhooks: no redirect is followed (the signed body
+// goes only where configured); each POST is bounded by its context.
+func webhookClient() *http.Client {
+	return &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
 }

@@ -38,6 +38,7 @@ import (
 	batonv1 "github.com/baton-voice/baton/pkg/events/batonv1"
 	"github.com/baton-voice/baton/pkg/sipx"
 	"github.com/baton-voice/baton/services/router/internal/handoff"
+	"github.com/baton-voice/baton/services/router/internal/push"
 )
 
 // Source is the ce_source of the events the API publishes.
@@ -90,6 +91,9 @@ type Server struct {
 	metrics *Metrics
 	// waits are the handoffs waiting for a mark (see Run).
 	waits *markWaits
+	// hub serves the event streams (nil: none); see WithStreams.
+	hub       *push.Hub
+	heartbeat time.Duration
 }
 
 // Metrics are the API's Prometheus metrics. A nil *Metrics counts
@@ -206,6 +210,7 @@ func (s *Server) routes() []route {
 		{Route{http.MethodPost, "/v1/calls/{id}/handoff"}, s.postHandoff},
 		{Route{http.MethodGet, "/v1/calls/{id}/handoff"}, s.getHandoff},
 		{Route{http.MethodPost, "/v1/calls/{id}/metrics"}, s.postMetric},
+		{Route{http.MethodGet, "/v1/calls/{id}/events"}, s.streamEvents},
 	}
 }
 

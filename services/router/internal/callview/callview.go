@@ -56,6 +56,14 @@ func (v *View) WithMaxCalls(n int) *View {
 	return v
 }
 
+// WithSink makes s hear the view's committed transitions (the event
+// streams' hub), keeping each call's last history transitions for a
+// stream resumed with Last-Event-ID. It must be called before Run.
+func (v *View) WithSink(s handoff.Sink, history int) *View {
+	v.fold.WithSink(s).WithHistory(history)
+	return v
+}
+
 // Held is the number of live calls the view holds.
 func (v *View) Held() int { return v.fold.Held() }
 

@@ -5,6 +5,7 @@
 package config
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"maps"
@@ -141,6 +142,9 @@ type Config struct {
 	Tracing tracing.Config `yaml:"tracing"`
 	// PreCall is the pre-call webhook.
 	PreCall PreCall `yaml:"precall"`
+	// Webhooks receive the handoff transitions of the calls this instance
+	// owns (package push); none by default.
+	Webhooks []Webhook `yaml:"webhooks"`
 
 	// compiled holds the rule conditions Validate compiled (nil: no when).
 	compiled []*rules.Condition
@@ -189,7 +193,57 @@ type API struct {
 	// instance holds until their mark plays; beyond it a request is
 	// answered 429 with Retry-After.
 	MaxMarkWaits int `yaml:"max_mark_waits"`
+	// MaxStreams and MaxStreamsPerCall bound the event streams (GET
+	// /v1/calls/{id}/events) open on this instance, and for one call;
+	// beyond either a stream is refused 429.
+	MaxStreams        int `yaml:"max_streams"`
+	MaxStreamsPerCall int `yaml:"max_streams_per_call"`
+	// StreamHeartbeat is how often an idle event stream gets a comment
+	// line, so proxies and clients see it alive.
+	StreamHeartbeat time.Duration `yaml:"stream_heartbeat"`
 }
+
+// Webhook is one receiver of handoff transitions.
+type Webhook struct {
+	// Name labels the endpoint's metrics and logs (default webhook-<n>).
+	Name string `yaml:"name"`
+	// URL is an absolute http(s) URL, without credentials.
+	URL string `yaml:"url"`
+	// SecretEnv names the environment variable holding the HMAC secret
+	// the Baton-Signature header is keyed with.
+	SecretEnv string `yaml:"secret_env"`
+	// Events are the transition types sent (requested, refused,
+	// command_issued, accepted, progress, succeeded, failed,
+	// returned_to_agent, call_ended, call_evicted); empty sends all.
+	Events []string `yaml:"events"`
+	// MaxInFlight bounds the POSTs under way at once; a call's
+	// transitions still go one at a time, in order.
+	MaxInFlight int `yaml:"max_in_flight"`
+	// MaxQueue bounds the transitions waiting; when full the oldest is
+	// dropped (baton_router_webhook_dropped_total).
+	MaxQueue int `yaml:"max_queue"`
+	// Timeout bounds one POST; MaxRetry the retries of one transition
+	// (exponential backoff from 200 ms to 30 s).
+	Timeout  time.Duration `yaml:"timeout"`
+	MaxRetry time.Duration `yaml:"max_retry"`
+}
+
+// Bounds and defaults of api streams and webhooks.
+const (
+	DefaultMaxStreams         = 1000
+	DefaultMaxStreamsPerCall  = 4
+	DefaultStreamHeartbeat    = 15 * time.Second
+	DefaultWebhookMaxInFlight = 4
+	DefaultWebhookMaxQueue    = 10_000
+	DefaultWebhookTimeout     = 5 * time.Second
+	DefaultWebhookMaxRetry    = 10 * time.Minute
+	MaxWebhookMaxInFlight     = 64
+	MaxWebhookMaxQueue        = 1_000_000
+	MaxWebhookTimeout         = 30 * time.Second
+	MaxWebhookMaxRetry        = 24 * time.Hour
+	MinStreamHeartbeat        = time.Second
+	MaxStreamHeartbeat        = 5 * time.Minute
+)
 
 // Bounds of api.max_mark_waits.
 const (
@@ -315,7 +369,8 @@ func Default(hostname string) Config {
 		MaxCallDuration: DefaultMaxCallDuration,
 		MaxCalls:        DefaultMaxCalls,
 
-		API:     API{TokensEnv: "BATON_API_TOKENS", MaxMarkWaits: DefaultMaxMarkWaits},
+		API: API{TokensEnv: "BATON_API_TOKENS", MaxMarkWaits: DefaultMaxMarkWaits, MaxStreams: DefaultMaxStreams,
+			MaxStreamsPerCall: DefaultMaxStreamsPerCall, StreamHeartbeat: DefaultStreamHeartbeat},
 		Reload:  Reload{PollInterval: DefaultPollInterval},
 		Metrics: opshttp.Config{Listen: DefaultMetricsListen},
 		Tracing: tracing.DefaultConfig(),
@@ -411,11 +466,21 @@ func (c *Config) Validate() error {
 		if n := c.API.MaxMarkWaits; n < 1 || n > MaxMaxMarkWaits {
 			errs = append(errs, pkgconfig.Errorf("api.max_mark_waits", "%d: want 1 to %d", n, MaxMaxMarkWaits))
 		}
+		if n := c.API.MaxStreams; n < 1 || n > 100_000 {
+			errs = append(errs, pkgconfig.Errorf("api.max_streams", "%d: want 1 to 100000", n))
+		}
+		if n := c.API.MaxStreamsPerCall; n < 1 || n > 100 {
+			errs = append(errs, pkgconfig.Errorf("api.max_streams_per_call", "%d: want 1 to 100", n))
+		}
+		if d := c.API.StreamHeartbeat; d < MinStreamHeartbeat || d > MaxStreamHeartbeat {
+			errs = append(errs, pkgconfig.Errorf("api.stream_heartbeat", "%v: want %v to %v", d, MinStreamHeartbeat, MaxStreamHeartbeat))
+		}
 	}
 	if c.Reload.PollInterval < 0 {
 		errs = append(errs, pkgconfig.Errorf("reload.poll_interval", "%v: want 0 (off) or a positive duration", c.Reload.PollInterval))
 	}
 	errs = append(errs, c.validatePreCall()...)
+	errs = append(errs, c.validateWebhooks()...)
 	return errors.Join(errs...)
 }
 
@@ -480,6 +545,60 @@ func (c *Config) validatePreCall() []error {
 				c.warnf(fmt.Sprintf("rules[%d].after", i),
 					"precall.url is empty: rule %q runs only for pre-call data already in the log (a replay)", r.Name)
 			}
+		}
+	}
+	return errs
+}
+
+// validateWebhooks checks the webhooks and fills their defaults.
+func (c *Config) validateWebhooks() []error {
+	var errs []error
+	names := map[string]int{}
+	for i := range c.Webhooks {
+		w := &c.Webhooks[i]
+		path := fmt.Sprintf("webhooks[%d]", i)
+		if w.Name == "" {
+			w.Name = fmt.Sprintf("webhook-%d", i)
+		}
+		if !destinationName.MatchString(w.Name) {
+			errs = append(errs, pkgconfig.Errorf(path+".name", "%q: want letters, digits, '_', '-' or '.'", w.Name))
+		} else if j, dup := names[w.Name]; dup {
+			errs = append(errs, pkgconfig.Errorf(path+".name", "duplicate webhook %q (also webhooks[%d])", w.Name, j))
+		}
+		names[w.Name] = i
+		u, err := url.Parse(w.URL)
+		switch {
+		case err != nil:
+			errs = append(errs, pkgconfig.Errorf(path+".url", "%v", err))
+		case u.Scheme != "http" && u.Scheme != "https", u.Host == "":
+			errs = append(errs, pkgconfig.Errorf(path+".url", "%q: want an absolute http(s) URL", w.URL))
+		case u.User != nil:
+			errs = append(errs, pkgconfig.Errorf(path+".url", "credentials in the URL; the body is signed with the secret of secret_env"))
+		}
+		if strings.TrimSpace(w.SecretEnv) == "" {
+			errs = append(errs, pkgconfig.Errorf(path+".secret_env", "the environment variable holding the signing secret is required"))
+		}
+		for j, e := range w.Events {
+			if !slices.Contains(handoff.TransitionTypes, e) {
+				errs = append(errs, pkgconfig.Errorf(fmt.Sprintf("%s.events[%d]", path, j), "%q: want one of %s", e,
+					strings.Join(handoff.TransitionTypes, ", ")))
+			}
+		}
+		w.MaxInFlight = cmp.Or(w.MaxInFlight, DefaultWebhookMaxInFlight)
+		w.MaxQueue = cmp.Or(w.MaxQueue, DefaultWebhookMaxQueue)
+		w.Timeout = cmp.Or(w.Timeout, DefaultWebhookTimeout)
+		w.MaxRetry = cmp.Or(w.MaxRetry, DefaultWebhookMaxRetry)
+		if w.MaxInFlight < 1 || w.MaxInFlight > MaxWebhookMaxInFlight {
+			errs = append(errs, pkgconfig.Errorf(path+".max_in_flight", "%d: want 1 to %d", w.MaxInFlight, MaxWebhookMaxInFlight))
+		}
+		if w.MaxQueue < w.MaxInFlight || w.MaxQueue > MaxWebhookMaxQueue {
+			errs = append(errs, pkgconfig.Errorf(path+".max_queue", "%d: want max_in_flight (%d) to %d", w.MaxQueue, w.MaxInFlight, MaxWebhookMaxQueue))
+		}
+		if w.Timeout < 0 || w.Timeout > MaxWebhookTimeout {
+			errs = append(errs, pkgconfig.Errorf(path+".timeout", "%v: want a positive duration up to %v", w.Timeout, MaxWebhookTimeout))
+		}
+		if w.MaxRetry < 0 || w.MaxRetry > MaxWebhookMaxRetry {
+			errs = append(errs, pkgconfig.Errorf(path+".max_retry", "%v: want a positive duration up to %v", w.MaxRetry, MaxWebhookMaxRetry))
 		}
 	}
 	return errs

@@ -65,6 +65,7 @@ func (f *Fold) callEvicted(ctx context.Context, ev events.Event, msg *batonv1.Ca
 		return
 	}
 	f.touch(id)
+	f.emitGone(c, TransitionCallEvicted, ev, msg.GetReason())
 	delete(f.calls, id)
 	f.evicted[id] = true
 	f.logger.InfoContext(ctx, "call evicted", "call_id", id, "reason", msg.GetReason(), "idle_ms", msg.GetIdleMs(),

@@ -86,6 +86,12 @@ type Fold struct {
 	// held is the number of committed calls, for metrics on other
 	// goroutines.
 	held atomic.Int64
+
+	// pending are the transitions of the batch, for sink at Commit.
+	pending []Transition
+	sink    Sink
+	// history is how many transitions a call keeps (WithHistory).
+	history int
 }
 
 // call is the state of one live call. A call value is never changed once
@@ -121,6 +127,11 @@ type call struct {
 	// lastEvent is the latest event time of the call's events folded: a
 	// call idle for max_call_duration is evicted (see Idle, CallEvicted).
 	lastEvent time.Time
+	// seq counts the call's transitions; transitions are its last ones
+	// (WithHistory), shared with committed states: replaced, never
+	// appended to in place.
+	seq         uint32
+	transitions []Transition
 }
 
 func (c *call) clone() *call {
@@ -213,6 +224,10 @@ func (f *Fold) Commit() {
 	clear(f.undo)
 	clear(f.evicted)
 	f.refusedState = f.refusedState[:0]
+	if f.sink != nil && len(f.pending) > 0 {
+		f.sink.Transitions(f.pending)
+	}
+	f.pending = nil
 }
 
 // Rollback undoes every change since the last Commit or Rollback.
@@ -227,6 +242,7 @@ func (f *Fold) Rollback() {
 	clear(f.undo)
 	clear(f.evicted)
 	f.refusedState = f.refusedState[:0]
+	f.pending = nil
 }
 
 // RefusedStateWrites returns the reasons of the state writes the fold
@@ -290,6 +306,7 @@ func (f *Fold) Apply(ctx context.Context, ev events.Event) []Decision {
 	if d == nil {
 		return nil
 	}
+	f.emitDecision(ev.Subject, ev, *d)
 	return []Decision{*d}
 }
 
@@ -441,6 +458,7 @@ func (f *Fold) callEnded(ctx context.Context, ev events.Event) {
 		return
 	}
 	f.touch(id)
+	f.emitGone(f.calls[id], TransitionCallEnded, ev, "")
 	delete(f.calls, id)
 }
 
@@ -497,6 +515,7 @@ func (f *Fold) handoffRequested(ctx context.Context, table *Table, ev events.Eve
 	}
 	c := f.mutable(id)
 	c.handled[ev.ID] = true
+	f.emitRequested(c, ev, msg)
 
 	if h := c.handoff; h != nil && (h.status == StatusRequested || h.status == StatusExecuting || h.status == StatusSucceeded) {
 		return f.refuse(ctx, c, ev, msg, msg.GetDestination(), "", RefusedInProgress,
@@ -740,6 +759,7 @@ func (f *Fold) transferOutcome(ctx context.Context, ev events.Event, msg *batonv
 	if h.ending {
 		return nil // the outcome of the end policy's BYE
 	}
+	f.emitOutcome(c, ev, msg)
 	switch msg.GetStatus() {
 	case batonv1.OutcomeStatus_OUTCOME_STATUS_ACCEPTED, batonv1.OutcomeStatus_OUTCOME_STATUS_PROGRESS:
 		if h.status == StatusRequested {
@@ -753,7 +773,11 @@ func (f *Fold) transferOutcome(ctx context.Context, ev events.Event, msg *batonv
 	case batonv1.OutcomeStatus_OUTCOME_STATUS_FAILED:
 		h.status = StatusFailed
 		h.sipCode, h.sipReason, h.detail = msg.GetSipCode(), msg.GetSipReason(), msg.GetDetail()
-		return f.fallback(ctx, c, h, ev)
+		d := f.fallback(ctx, c, h, ev)
+		if d == nil {
+			f.emitReturned(c, ev)
+		}
+		return d
 	default:
 		return nil
 	}

@@ -38,6 +38,9 @@ type CallView struct {
 	MarksPlayed []string
 	// AgentStream is set while the call's agent stream is connected.
 	AgentStream bool
+	// Transitions are the call's last transitions, oldest first, when the
+	// fold keeps them (WithHistory).
+	Transitions []Transition
 }
 
 // HandoffView is where a call's handoff stands.
@@ -85,6 +88,7 @@ func (f *Fold) View(id string) (v CallView, found, ended bool) {
 		Handoffs:     c.handoffs,
 		MarksPlayed:  slices.Clone(c.marks),
 		AgentStream:  c.agentStream,
+		Transitions:  slices.Clone(c.transitions),
 	}
 	if c.precall != nil {
 		v.PreCallError = c.precall.err

@@ -22,6 +22,10 @@ import (
 // is re-read: a call whose facts are all older is taken as over.
 const DefaultRestoreLookback = 4 * time.Hour
 
+// DefaultRedeliver is how far back a restore pushes the transitions of
+// the history it re-folds again.
+const DefaultRedeliver = time.Minute
+
 // restoreIdle ends a restore read once a poll brings nothing more.
 const restoreIdle = time.Second
 
@@ -39,7 +43,9 @@ type restorer struct {
 	group      string
 	topics     []string
 	lookback   time.Duration
-	logger     *slog.Logger
+	// redeliver is how far back the restored transitions are pushed again.
+	redeliver time.Duration
+	logger    *slog.Logger
 
 	mu      sync.Mutex
 	pending map[int32]struct{}
@@ -223,7 +229,10 @@ func (s *restorer) restore(ctx context.Context, fold *handoff.Fold, partitions [
 	for _, ev := range evs {
 		_ = fold.Apply(ctx, ev) // published when first handled
 	}
-	fold.Commit()
+	// Their transitions were pushed (webhooks) when first folded; those of
+	// the last moments are pushed again, as the instance before may have
+	// died before it could (at least once; receivers dedupe on the id).
+	fold.CommitSince(start.Add(-s.redeliver))
 	s.logger.InfoContext(ctx, "partitions restored", "partitions", partitions, "records", len(evs), "calls", fold.Calls(),
 		"took", time.Since(start).String())
 	return len(evs), nil

@@ -6,6 +6,7 @@
 package router
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -72,6 +73,9 @@ type Options struct {
 	SweepInterval time.Duration
 	// Now is the clock evictions measure idleness by (nil: time.Now).
 	Now func() time.Time
+	// Redeliver is how far back a restore pushes again the transitions of
+	// the history it re-folds (0: DefaultRedeliver).
+	Redeliver time.Duration
 }
 
 // StartWatcher hears of calls that started, after their batch committed.
@@ -134,7 +138,8 @@ func New(opts Options, fold *handoff.Fold, logger *slog.Logger) (*Router, error)
 	rs := &restorer{
 		clientOpts: append(kafka.ClientOpts(opts.Kafka, logger), kgo.FetchIsolationLevel(kgo.ReadCommitted())),
 		group:      opts.Group, topics: []string{opts.Kafka.Topics.Calls, opts.Kafka.Topics.Transfers},
-		lookback: lookback, logger: logger, pending: map[int32]struct{}{}, folded: map[string]map[int32]int64{},
+		lookback: lookback, redeliver: cmp.Or(opts.Redeliver, DefaultRedeliver), logger: logger,
+		pending: map[int32]struct{}{}, folded: map[string]map[int32]int64{},
 	}
 	kopts = append(kopts, kgo.OnPartitionsAssigned(rs.assigned), kgo.OnPartitionsRevoked(rs.revoked),
 		kgo.OnPartitionsLost(rs.revoked))
