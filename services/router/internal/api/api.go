@@ -11,6 +11,11 @@
 // Retry-After, never a wrong 404. A call whose CallStarted was published a
 // moment ago may still read as unknown (404) for that moment.
 //
+// A handoff asked for after the agent's mark (after_mark) is answered at
+// once and published when the view shows the mark played (Run holds the
+// waits). GET /v1/calls/{id}/events streams the call's handoff
+// transitions (server-sent events) from a push.Hub fed by the same view.
+//
 // The API is described by api/openapi.yaml; a test keeps the two equal.
 package api
 
