@@ -105,15 +105,17 @@ func TestWebhookIsSignedAndRetried(t *testing.T) {
 	f.hooks.Transitions([]handoff.Transition{transition("c1", 1, handoff.TransitionRequested)})
 	require.Eventually(t, func() bool { return len(f.recv.ids()) == 1 }, 10*time.Second, 5*time.Millisecond)
 	f.recv.mu.Lock()
-	defer f.recv.mu.Unlock()
 	require.Equal(t, 3, f.recv.tries)
 	require.Equal(t, "c1-ev-1", f.recv.headers[0].Get(HeaderIdempotencyKey))
 	require.Equal(t, Sign([]byte("s3cret"), at, f.recv.bodies[0]), f.recv.headers[0].Get(HeaderSignature))
 	require.Regexp(t, `^t=1796547600,v1=[0-9a-f]{64}$`, f.recv.headers[0].Get(HeaderSignature))
 	require.NotEqual(t, Sign([]byte("other"), at, f.recv.bodies[0]), f.recv.headers[0].Get(HeaderSignature))
 	require.Equal(t, "requested", f.recv.got[0].Type)
+	f.recv.mu.Unlock()
 	require.InDelta(t, 2, testutil.ToFloat64(f.metrics.Retries.WithLabelValues("agent")), 0)
-	require.InDelta(t, 1, testutil.ToFloat64(f.metrics.Deliveries.WithLabelValues("agent", "delivered")), 0)
+	require.Eventually(t, func() bool { // counted once the answer is read
+		return testutil.ToFloat64(f.metrics.Deliveries.WithLabelValues("agent", "delivered")) == 1
+	}, 10*time.Second, 5*time.Millisecond)
 }
 
 // TestWebhookRejectionIsNotRetried: a 4xx (but 408 and 429) is final.
