@@ -84,3 +84,19 @@ func TestEventStreamHeartbeatsAndBounds(t *testing.T) {
 	}
 	require.Equal(t, []string{"id: " + ev.ID, "event: requested"}, got)
 }
+
+// TestEventStreamOutlivesTheServerTimeouts: a stream lives past the
+// server's read and write timeouts (opshttp.DefaultLimits sets both: 30 s
+// and 75 s), which would otherwise cut it.
+func TestEventStreamOutlivesTheServerTimeouts(t *testing.T) {
+	srv, _ := streamFixture(t, 20*time.Millisecond)
+	srv.Config.ReadTimeout, srv.Config.WriteTimeout = 100*time.Millisecond, 100*time.Millisecond
+	resp := openStream(t, srv, "c1")
+	defer func() { _ = resp.Body.Close() }()
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+	lines := bufio.NewScanner(resp.Body)
+	deadline := time.Now().Add(500 * time.Millisecond) // five times both timeouts
+	for time.Now().Before(deadline) {
+		require.True(t, lines.Scan(), "the stream was cut: %v", lines.Err())
+	}
+}
