@@ -20,6 +20,7 @@ import (
 	"net/http"
 	"net/url"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -115,6 +116,7 @@ type Stream struct {
 	frame   [FrameBytes]byte
 
 	framesOut, framesIn, late, outDropped, bad atomic.Uint64
+	writing                                    atomic.Int64 // when the write under way began (Unix ns); 0 when none
 }
 
 // Dial opens the stream and sends connected and start. The stream runs
@@ -165,6 +167,7 @@ func Dial(ctx context.Context, ep Endpoint, st Start, hooks Hooks, logger *slog.
 	var wg sync.WaitGroup
 	wg.Go(s.read)
 	wg.Go(s.write)
+	wg.Go(s.watch)
 	go func() { wg.Wait(); close(s.done) }()
 	return s, nil
 }
@@ -328,15 +331,9 @@ func (s *Stream) marksDone(names []string) {
 
 // read takes the agent's messages until the stream ends.
 func (s *Stream) read() {
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	go func() {
-		select {
-		case <-s.quit:
-			cancel()
-		case <-ctx.Done():
-		}
-	}()
+	// No deadline or cancellation on the read itself (each would cost a
+	// timer per message): Close and fail end it by closing the conn.
+	ctx := context.Background()
 	for {
 		typ, data, err := s.conn.Read(ctx)
 		if err != nil {
@@ -374,7 +371,9 @@ func (s *Stream) read() {
 // readReason names a read error.
 func readReason(err error) string {
 	switch {
-	case websocket.CloseStatus(err) == websocket.StatusMessageTooBig:
+	// coder/websocket reports its read limit with this text only (it
+	// sends the agent close status 1009 itself).
+	case websocket.CloseStatus(err) == websocket.StatusMessageTooBig || strings.Contains(err.Error(), "read limited at"):
 		return ReasonMessageTooBig
 	case websocket.CloseStatus(err) != -1:
 		return ReasonAgentClosed
@@ -394,15 +393,30 @@ func (s *Stream) write() {
 			if msg == nil {
 				return
 			}
-			ctx, cancel := context.WithTimeout(context.Background(), s.ep.WriteTimeout)
-			err := s.conn.Write(ctx, websocket.MessageText, msg)
-			cancel()
+			// The watchdog, not a context per message, bounds the write.
+			s.writing.Store(time.Now().UnixNano())
+			err := s.conn.Write(context.Background(), websocket.MessageText, msg)
+			s.writing.Store(0)
 			if err != nil {
-				reason := ReasonReadError
-				if errors.Is(err, context.DeadlineExceeded) {
-					reason = ReasonWriteTimeout
-				}
-				s.fail(reason, err.Error())
+				s.fail(ReasonReadError, err.Error())
+				return
+			}
+		}
+	}
+}
+
+// watch fails the stream when a write has taken longer than the write
+// timeout: the agent stopped reading. It checks four times per timeout.
+func (s *Stream) watch() {
+	t := time.NewTicker(s.ep.WriteTimeout / 4)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.quit:
+			return
+		case <-t.C:
+			if at := s.writing.Load(); at != 0 && time.Since(time.Unix(0, at)) > s.ep.WriteTimeout {
+				s.fail(ReasonWriteTimeout, fmt.Sprintf("a message to the agent took longer than %v to write", s.ep.WriteTimeout))
 				return
 			}
 		}
@@ -465,6 +479,13 @@ func (s *Stream) Close(reason string) Stats {
 		}
 		s.mu.Unlock()
 		go func() { _ = s.conn.Close(websocket.StatusNormalClosure, reason) }()
+		// The close handshake ends the reader; an agent that does not
+		// answer it is cut off.
+		select {
+		case <-s.done:
+		case <-time.After(time.Second):
+			_ = s.conn.CloseNow()
+		}
 	}
 	<-s.done
 	return s.Stats()
