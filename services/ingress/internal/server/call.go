@@ -270,6 +270,9 @@ type endReason struct {
 	by     batonv1.Party
 	method sip.RequestMethod
 	reason string
+	// byeSent is set when another stage (transfer) already sent the BYE
+	// that ended the dialog: ingress records the end and sends none.
+	byeSent bool
 }
 
 // byRemote is the far end ending the call with method (BYE, or CANCEL
@@ -282,6 +285,11 @@ func byRemote(method sip.RequestMethod, reason string) endReason {
 // with a BYE of its own (docs/decisions/0009).
 func byBaton(reason string) endReason {
 	return endReason{by: batonv1.Party_PARTY_BATON, method: sip.BYE, reason: reason}
+}
+
+// byTransfer is transfer's BYE having ended the dialog, for reason.
+func byTransfer(reason string) endReason {
+	return endReason{by: batonv1.Party_PARTY_BATON, method: sip.BYE, reason: reason, byeSent: true}
 }
 
 // end ends c, once: the first of a BYE, a CANCEL, the ACK wait and the
@@ -300,7 +308,7 @@ func (c *inboundCall) end(ctx context.Context, why endReason) {
 		bye     sip.ClientTransaction
 		byeDone func()
 	)
-	if why.by == batonv1.Party_PARTY_BATON {
+	if why.by == batonv1.Party_PARTY_BATON && !why.byeSent {
 		var err error
 		if bye, byeDone, err = c.sendBye(ctx); err != nil {
 			c.env.log.WarnContext(ctx, "bye not sent", "call_id", c.id, "reason", why.reason, "err", err)

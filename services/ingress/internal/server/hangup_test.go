@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"strings"
 	"testing"
 	"time"
 
@@ -228,4 +229,65 @@ func TestMediaTimeoutSkipsBridgedCalls(t *testing.T) {
 	ev := consumer.next(t)
 	require.Equal(t, events.TypeCallEnded, ev.Type)
 	require.Equal(t, batonv1.Party_PARTY_REMOTE, ev.Data.(*batonv1.CallEnded).GetEndedBy())
+}
+
+// TestTransferByeEndsTheCall (issue 19, 1): when transfer's own BYE ended
+// the caller's dialog (a BYE handoff, the agent leg after a REFER, a
+// bridged call the destination hung up), ingress ends the call on that
+// fact at once, with transfer's reason, and sends no BYE of its own; a
+// caller's hang-up on a bridged call is left to the caller's BYE.
+func TestTransferByeEndsTheCall(t *testing.T) {
+	t.Parallel()
+	topics := kafka.DefaultConfig().Topics
+	brokers := kafkatest.NewCluster(t, 1, topics.All()...)
+	in := startIngress(t, brokers, nil)
+	consumer := newCalls(t, brokers, topics.Calls)
+	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...))
+	require.NoError(t, err)
+	t.Cleanup(cl.Close)
+	outcome := func(o *batonv1.TransferOutcome) {
+		t.Helper()
+		ev, err := events.New("baton/transfer", o.GetCallId(), o, time.Now())
+		require.NoError(t, err)
+		rec, err := events.Encode(topics.Transfers, ev)
+		require.NoError(t, err)
+		require.NoError(t, cl.ProduceSync(t.Context(), rec).FirstErr())
+	}
+	for _, tc := range []struct {
+		name   string
+		o      *batonv1.TransferOutcome
+		reason string
+	}{
+		{"agent leg after refer", &batonv1.TransferOutcome{Status: batonv1.OutcomeStatus_OUTCOME_STATUS_ENDED,
+			Method: batonv1.Method_METHOD_REFER, Reason: "agent_leg_bye", SipCode: 200}, "agent_leg_bye"},
+		{"bye handoff", &batonv1.TransferOutcome{Status: batonv1.OutcomeStatus_OUTCOME_STATUS_SUCCEEDED,
+			Method: batonv1.Method_METHOD_BYE, SipCode: 200}, reasonHandoffBye},
+		{"bridged destination hung up", &batonv1.TransferOutcome{Status: batonv1.OutcomeStatus_OUTCOME_STATUS_ENDED,
+			Method: batonv1.Method_METHOD_INVITE, Reason: "destination_hangup"}, "destination_hangup"},
+	} {
+		c := dial(t, in, "transfer-bye-"+strings.ReplaceAll(tc.name, " ", "-"), "0")
+		require.Equal(t, events.TypeCallStarted, nextOf(t, consumer, events.TypeCallStarted).Type)
+		tc.o.CallId, tc.o.CommandId = c.callID, "cmd-"+c.callID
+		sent := time.Now()
+		outcome(tc.o)
+		ended := nextOf(t, consumer, events.TypeCallEnded)
+		e := ended.Data.(*batonv1.CallEnded)
+		require.Equal(t, c.callID, e.GetCallId(), tc.name)
+		require.Equal(t, batonv1.Party_PARTY_BATON, e.GetEndedBy(), tc.name)
+		require.Equal(t, tc.reason, e.GetReason(), tc.name)
+		require.Less(t, ended.Time.Sub(sent), 5*time.Second, "%s: ended when transfer's BYE ended it", tc.name)
+		_, got := c.sbc.readAny(t, 300*time.Millisecond)
+		require.False(t, got, "%s: ingress sends no BYE of its own", tc.name)
+	}
+	require.Zero(t, in.srv.active.Load(), "no call left")
+
+	// A bridged call the caller hangs up: the caller's BYE ends it at
+	// ingress; the outcome after it changes nothing.
+	c := dial(t, in, "transfer-bye-caller", "0")
+	nextOf(t, consumer, events.TypeCallStarted)
+	outcome(&batonv1.TransferOutcome{CallId: c.callID, CommandId: "cmd-x", Status: batonv1.OutcomeStatus_OUTCOME_STATUS_ENDED,
+		Method: batonv1.Method_METHOD_INVITE, Reason: "caller_hangup"})
+	time.Sleep(300 * time.Millisecond)
+	require.Equal(t, sip.StatusOK, c.inDialog(sip.BYE, "", "").StatusCode, "still up until the caller's BYE")
+	require.Equal(t, batonv1.Party_PARTY_REMOTE, nextOf(t, consumer, events.TypeCallEnded).Data.(*batonv1.CallEnded).GetEndedBy())
 }

@@ -86,10 +86,39 @@ func (c *inboundCall) moveMedia(ctx context.Context) {
 	c.closeAgent(ctx, agent.ReasonHandoff)
 }
 
-// followTransfers reads transfer outcomes published from now on and turns
+// dialogEndedBy says whether an outcome means transfer's BYE ended the
+// caller's dialog with Baton, and the reason to record: a BYE handoff
+// answered (2xx, or 481: already gone); the agent leg ended after a REFER
+// (ENDED agent_leg_bye); a bridged call ended by anything but the
+// caller's own BYE, which reaches ingress itself.
+func dialogEndedBy(o *batonv1.TransferOutcome) (string, bool) {
+	switch o.GetStatus() {
+	case batonv1.OutcomeStatus_OUTCOME_STATUS_SUCCEEDED:
+		if o.GetMethod() == batonv1.Method_METHOD_BYE {
+			return reasonHandoffBye, true
+		}
+	case batonv1.OutcomeStatus_OUTCOME_STATUS_FAILED:
+		if o.GetMethod() == batonv1.Method_METHOD_BYE && o.GetSipCode() == 481 {
+			return reasonHandoffBye, true
+		}
+	case batonv1.OutcomeStatus_OUTCOME_STATUS_ENDED:
+		if r := o.GetReason(); r != "" && r != "caller_hangup" && r != "shutdown" {
+			return r, true
+		}
+	}
+	return "", false
+}
+
+// reasonHandoffBye is CallEnded's reason for a BYE handoff (the SBC took
+// the call back).
+const reasonHandoffBye = "handoff_bye"
+
+// followTransfers reads transfer outcomes published from now on. It turns
 // the media watch off for each call whose media transfer moved to its
 // bridge (BRIDGED, a warm transfer's re-INVITE): the caller's RTP then goes
-// to the bridge, whose own idle timeout takes over. It returns when ctx
+// to the bridge, whose own idle timeout takes over. And it ends each call
+// whose dialog transfer's own BYE ended (dialogEndedBy), so the call ends
+// once, when it did, with the reason transfer gave. It returns when ctx
 // ends.
 func (s *Server) followTransfers(ctx context.Context) {
 	opts := append(kafka.ClientOpts(s.cfg.Kafka, s.log),
@@ -116,10 +145,21 @@ func (s *Server) followTransfers(ctx context.Context) {
 			if err != nil {
 				return // not ingress's business
 			}
-			if o, ok := ev.Data.(*batonv1.TransferOutcome); ok && o.GetStatus() == batonv1.OutcomeStatus_OUTCOME_STATUS_BRIDGED {
-				if c := s.callByID(o.GetCallId()); c != nil {
-					c.moveMedia(ctx)
-				}
+			o, ok := ev.Data.(*batonv1.TransferOutcome)
+			if !ok {
+				return
+			}
+			c := s.callByID(o.GetCallId())
+			if c == nil {
+				return
+			}
+			if o.GetStatus() == batonv1.OutcomeStatus_OUTCOME_STATUS_BRIDGED {
+				c.moveMedia(ctx)
+			}
+			if reason, over := dialogEndedBy(o); over {
+				// Transfer's BYE ended the caller's dialog: the call is
+				// over now, and ingress sends no BYE of its own.
+				go c.end(context.WithoutCancel(ctx), byTransfer(reason))
 			}
 		})
 	}

@@ -28,6 +28,9 @@ const (
 	EndDestinationHangup = "destination_hangup"
 	EndCallerHangup      = "caller_hangup"
 	EndShutdown          = "shutdown"
+	// EndAgentLegBye: after a successful REFER, transfer's BYE ended the
+	// caller's dialog with Baton (the far end sent none).
+	EndAgentLegBye = "agent_leg_bye"
 )
 
 // step is one outcome to publish.

@@ -177,9 +177,12 @@ func (r *referRun) awaitFinalNotify(ctx context.Context) bool {
 // endAgentLeg ends the caller's dialog with Baton after a successful
 // REFER: the far end usually sends BYE itself (its CallEnded fact arrives
 // here), so transfer waits up to ByeAfterRefer for it and only then sends
-// its own BYE, with the CSeq after the REFER's. No outcome follows
-// SUCCEEDED (readers take the last outcome of a REFER as its result);
-// what happened is logged.
+// its own BYE, with the CSeq after the REFER's. Once that BYE has a final
+// answer (2xx, or 481: the dialog was gone) the dialog is over, and an
+// ENDED outcome (reason agent_leg_bye) says so: ingress, which holds the
+// call, ends it on that fact, so the call's end is recorded once, at the
+// time it happened (issue 19). Readers take a REFER's result from its
+// SUCCEEDED or FAILED; ENDED follows a success only.
 func (r *referRun) endAgentLeg(ctx context.Context) {
 	cseq := r.req.CSeq().SeqNo + 1
 	wait := r.byeAfterRefer
@@ -205,10 +208,14 @@ func (r *referRun) endAgentLeg(ctx context.Context) {
 	switch {
 	case err != nil:
 		r.log.WarnContext(ctx, "agent leg BYE", "err", err)
+	case res.StatusCode == sip.StatusCallTransactionDoesNotExists:
+		r.log.InfoContext(ctx, "agent leg already gone", "sip_code", res.StatusCode)
+		r.publish(ctx, step{status: ended, code: res.StatusCode, reason: res.Reason, ended: EndAgentLegBye})
 	case !res.IsSuccess():
 		r.log.WarnContext(ctx, "agent leg BYE rejected", "sip_code", res.StatusCode, "sip_reason", res.Reason)
 	default:
 		r.log.InfoContext(ctx, "agent leg ended", "sip_code", res.StatusCode)
+		r.publish(ctx, step{status: ended, code: res.StatusCode, reason: res.Reason, ended: EndAgentLegBye})
 	}
 }
 

@@ -860,7 +860,7 @@ func TestCrashAfterReferBeforeCommitSendsNoSecondRefer(t *testing.T) {
 
 // TestReferSuccessEndsTheAgentLeg: after the final 2xx NOTIFY, transfer
 // waits bye_after_refer for the far end's BYE and sends its own only when
-// none came. SUCCEEDED stays the last outcome.
+// none came; its BYE's answer is an ENDED outcome (agent_leg_bye).
 func TestReferSuccessEndsTheAgentLeg(t *testing.T) {
 	t.Parallel()
 	for _, tc := range []struct {
@@ -893,6 +893,10 @@ func TestReferSuccessEndsTheAgentLeg(t *testing.T) {
 				require.Equal(t, sip.BYE, bye.Method)
 				require.Equal(t, uint32(8), bye.CSeq().SeqNo, "the REFER's CSeq + 1")
 				require.Equal(t, cmd.Dialog.CallId, bye.CallID().Value())
+				// The dialog's end is a fact: ingress ends the call on it.
+				o := h.outcome(t, cmd.CommandId)
+				requireOutcome(t, o, batonv1.OutcomeStatus_OUTCOME_STATUS_ENDED, 200)
+				require.Equal(t, EndAgentLegBye, o.GetReason())
 			}
 			require.Eventually(t, func() bool { return h.in.svc.reg.inFlight() == 0 }, 5*time.Second, time.Millisecond,
 				"the execution ends")
