@@ -132,6 +132,10 @@ type call struct {
 	// appended to in place.
 	seq         uint32
 	transitions []Transition
+	// localSDP is the SDP ingress last sent the caller (CallStarted, then
+	// each CallUpdated): a warm transfer's re-INVITE continues its
+	// session (RFC 3264 8) and offers only its codecs.
+	localSDP string
 }
 
 func (c *call) clone() *call {
@@ -294,6 +298,10 @@ func (f *Fold) Apply(ctx context.Context, ev events.Event) []Decision {
 		f.agentStream(ctx, ev, false)
 	case *batonv1.AgentMarkPlayed:
 		f.markPlayed(ctx, ev, msg)
+	case *batonv1.CallUpdated:
+		if f.calls[ev.Subject] != nil && msg.GetLocalSdp() != "" {
+			f.mutable(ev.Subject).localSDP = msg.GetLocalSdp()
+		}
 	case *batonv1.AgentMetric:
 		f.logger.DebugContext(ctx, "agent metric", "call_id", ev.Subject, "name", msg.GetName(), "value", msg.GetValue())
 	case *batonv1.CallEvicted:
@@ -331,6 +339,7 @@ func (f *Fold) callStarted(ctx context.Context, table *Table, ev events.Event, m
 		callerNumber: msg.GetCallerNumber(),
 		calleeNumber: msg.GetCalleeNumber(),
 		handled:      map[string]bool{ev.ID: true},
+		localSDP:     msg.GetLocalSdp(),
 	}
 	f.calls[id] = c
 	dest, rule := f.runRules(ctx, table, c, ev, "", phaseStart)
@@ -668,6 +677,10 @@ func (f *Fold) render(ctx context.Context, c *call, h *handoffState, d Destinati
 		Encryption: string(d.Encryption),
 		// INVITE only, like Encryption: the audio played to the destination.
 		Whisper: d.Whisper,
+	}
+	if d.Method == batonv1.Method_METHOD_INVITE {
+		// The session the re-INVITE to the caller continues.
+		cmd.LocalSdp = c.localSDP
 	}
 	if c.dialog != nil {
 		cmd.Dialog = proto.CloneOf(c.dialog)

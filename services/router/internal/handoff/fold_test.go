@@ -213,6 +213,28 @@ func TestSalesDestinationUsesItsMethodAndTimeout(t *testing.T) {
 	require.True(t, proto.Equal(durationpb.New(12*time.Second), cmds[0].GetAnswerTimeout()))
 }
 
+// A warm transfer's command carries the SDP ingress last sent the caller
+// (CallStarted's, then a re-INVITE's CallUpdated), so transfer's re-INVITE
+// continues that session (issue 19, 3); a REFER's carries none.
+func TestInviteCommandCarriesTheCallersSession(t *testing.T) {
+	f, _ := newFold(t)
+	st := started("c1", nil)
+	st.LocalSdp = "v=0\r\no=baton 1 1 IN IP4 10.0.0.2\r\n"
+	require.Empty(t, f.Apply(t.Context(), event(t, "c1", st)))
+	f.Commit()
+	updated := "v=0\r\no=baton 1 2 IN IP4 10.0.0.2\r\n"
+	require.Empty(t, f.Apply(t.Context(), event(t, "c1", &batonv1.CallUpdated{CallId: "c1", LocalSdp: updated})))
+	cmds := commands(t, f.Apply(t.Context(), event(t, "c1", &batonv1.HandoffRequested{CallId: "c1", Destination: "sales"})))
+	require.Len(t, cmds, 1)
+	require.Equal(t, updated, cmds[0].GetLocalSdp(), "the latest offer/answer's SDP")
+
+	f2, _ := newFold(t)
+	require.Empty(t, f2.Apply(t.Context(), event(t, "c2", started("c2", nil))))
+	refer := commands(t, f2.Apply(t.Context(), event(t, "c2", &batonv1.HandoffRequested{CallId: "c2", Destination: "support"})))
+	require.Len(t, refer, 1)
+	require.Empty(t, refer[0].GetLocalSdp())
+}
+
 func TestUnknownAndEndedCallsAreSkipped(t *testing.T) {
 	f, logs := newFold(t)
 	require.Empty(t, f.Apply(t.Context(), event(t, "ghost", &batonv1.HandoffRequested{})))
