@@ -1128,7 +1128,13 @@ type TransferOutcome struct {
 	// elapsed is the time from the command to this outcome.
 	Elapsed *durationpb.Duration `protobuf:"bytes,10,opt,name=elapsed,proto3" json:"elapsed,omitempty"`
 	// bridge is the media summary of a warm transfer, set on ENDED.
-	Bridge        *BridgeStats `protobuf:"bytes,11,opt,name=bridge,proto3" json:"bridge,omitempty"`
+	Bridge *BridgeStats `protobuf:"bytes,11,opt,name=bridge,proto3" json:"bridge,omitempty"`
+	// caller_sdp, on BRIDGED, is the SDP transfer's re-INVITE gave the
+	// caller: the bridge's side of the caller's session. Ingress, the
+	// dialog's UAS, answers the caller's later re-INVITEs (hold, resume,
+	// session refresh) from it, so the caller's media stays on the bridge
+	// and the session's o= version keeps counting up.
+	CallerSdp     string `protobuf:"bytes,12,opt,name=caller_sdp,json=callerSdp,proto3" json:"caller_sdp,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1240,6 +1246,13 @@ func (x *TransferOutcome) GetBridge() *BridgeStats {
 	return nil
 }
 
+func (x *TransferOutcome) GetCallerSdp() string {
+	if x != nil {
+		return x.CallerSdp
+	}
+	return ""
+}
+
 var File_baton_v1_events_proto protoreflect.FileDescriptor
 
 const file_baton_v1_events_proto_rawDesc = "" +
@@ -1341,7 +1354,7 @@ const file_baton_v1_events_proto_rawDesc = "" +
 	"encryption\x18\r \x01(\tR\n" +
 	"encryption\x12\x1b\n" +
 	"\tlocal_sdp\x18\x0e \x01(\tR\blocalSdp\x12\x18\n" +
-	"\awhisper\x18\x0f \x01(\tR\awhisper\"\x94\x03\n" +
+	"\awhisper\x18\x0f \x01(\tR\awhisper\"\xb3\x03\n" +
 	"\x0fTransferOutcome\x12\x1d\n" +
 	"\n" +
 	"command_id\x18\x01 \x01(\tR\tcommandId\x12\x17\n" +
@@ -1356,7 +1369,9 @@ const file_baton_v1_events_proto_rawDesc = "" +
 	"\x06reason\x18\t \x01(\tR\x06reason\x123\n" +
 	"\aelapsed\x18\n" +
 	" \x01(\v2\x19.google.protobuf.DurationR\aelapsed\x12-\n" +
-	"\x06bridge\x18\v \x01(\v2\x15.baton.v1.BridgeStatsR\x06bridge*_\n" +
+	"\x06bridge\x18\v \x01(\v2\x15.baton.v1.BridgeStatsR\x06bridge\x12\x1d\n" +
+	"\n" +
+	"caller_sdp\x18\f \x01(\tR\tcallerSdp*_\n" +
 	"\tTransport\x12\x19\n" +
 	"\x15TRANSPORT_UNSPECIFIED\x10\x00\x12\x11\n" +
 	"\rTRANSPORT_UDP\x10\x01\x12\x11\n" +
