@@ -42,9 +42,9 @@ func TestMain(m *testing.M) {
 
 // The tables the migrations create: each a Distributed table in front of
 // its replicated *_local part.
-var tables = []string{"events", "calls", "call_ends", "handoffs", "transfer_outcomes", "agent_metrics"}
+var tables = []string{"events", "calls", "call_ends", "handoffs", "transfer_outcomes", "agent_metrics", "agent_streams", "agent_connects"}
 
-var views = []string{"handoff_facts", "handoffs_hourly", "calls_hourly"}
+var views = []string{"handoff_facts", "handoffs_hourly", "calls_hourly", "agent_stream_facts"}
 
 // The migrations, applied through node 1 with the cluster set, create the
 // same schema on every node, record themselves in a table every node

@@ -38,7 +38,7 @@ func TestForClusterShippedSchema(t *testing.T) {
 	// events has no version: no third engine argument.
 	require.Contains(t, all["CREATE TABLE IF NOT EXISTS baton.events_local ON CLUSTER baton_cluster"],
 		"ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/baton/events_local', '{replica}')\n")
-	for _, table := range []string{"events", "calls", "call_ends", "handoffs", "transfer_outcomes", "agent_metrics"} {
+	for _, table := range []string{"events", "calls", "call_ends", "handoffs", "transfer_outcomes", "agent_metrics", "agent_streams", "agent_connects"} {
 		dist := all["CREATE TABLE IF NOT EXISTS baton."+table+" ON CLUSTER baton_cluster AS baton."+table+"_local"]
 		require.Equal(t, "CREATE TABLE IF NOT EXISTS baton."+table+" ON CLUSTER baton_cluster AS baton."+table+"_local\n"+
 			"ENGINE = Distributed('baton_cluster', 'baton', '"+table+"_local', cityHash64(call_id))", dist)
@@ -59,6 +59,15 @@ func TestForClusterShippedSchema(t *testing.T) {
 	require.Contains(t, facts, "FROM baton.transfer_outcomes FINAL")
 	require.Contains(t, all["CREATE VIEW IF NOT EXISTS baton.handoffs_hourly ON CLUSTER baton_cluster AS"], "FROM baton.handoff_facts\n")
 	require.NotRegexp(t, `(FROM|JOIN)\s+(handoffs|transfer_outcomes|calls|handoff_facts)\b`, facts)
+	// 0005: the agent stream tables keep their partitions and sorting
+	// key on the replicated local tables; their view reads both, qualified.
+	streams := all["CREATE TABLE IF NOT EXISTS baton.agent_streams_local ON CLUSTER baton_cluster"]
+	require.Contains(t, streams, "ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/baton/agent_streams_local', '{replica}')\n"+
+		"PARTITION BY toYYYYMM(ended_at)\nORDER BY (call_id, stream_sid, event_id)")
+	agent := all["CREATE VIEW IF NOT EXISTS baton.agent_stream_facts ON CLUSTER baton_cluster AS"]
+	require.Contains(t, agent, "FROM baton.agent_streams FINAL")
+	require.Contains(t, agent, "FROM baton.agent_connects FINAL")
+	require.NotRegexp(t, `(FROM|JOIN)\s+agent_`, agent)
 }
 
 func TestForClusterRefuses(t *testing.T) {

@@ -137,7 +137,8 @@ func TestRunAppliesOnce(t *testing.T) {
 	require.NoError(t, conn.QueryRow(t.Context(), "SELECT count() FROM schema_migrations").Scan(&total))
 	require.Equal(t, uint64(len(files)), total)
 
-	for _, table := range []string{"events", "calls", "call_ends", "handoffs", "transfer_outcomes"} {
+	for _, table := range []string{"events", "calls", "call_ends", "handoffs", "transfer_outcomes", "agent_metrics",
+		"agent_streams", "agent_connects", "agent_stream_facts"} {
 		var n uint64
 		require.NoError(t, conn.QueryRow(t.Context(),
 			"SELECT count() FROM system.tables WHERE database = ? AND name = ?", cfg.Database, table).Scan(&n))

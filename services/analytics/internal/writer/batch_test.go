@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/stretchr/testify/require"
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
@@ -200,4 +201,85 @@ func TestAgentMetrics(t *testing.T) {
 	require.Equal(t, []string{"en", "v2"}, vals)
 	require.Equal(t, "r1", requestID)
 	require.Equal(t, uint64(eventTime.UnixMilli()), timeMS)
+}
+
+// AgentConnected and AgentDisconnected become agent_connects and
+// agent_streams rows through the real writer on 18.16, once each although
+// every record was produced twice (a producer's retry: the same ce_id);
+// agent_stream_facts joins a stream's end to its connect.
+func TestAgentStreams(t *testing.T) {
+	e := newEnv(t, true)
+	mk := func(id string, at time.Time, msg proto.Message) *kgo.Record {
+		typ, err := events.TypeOf(msg)
+		require.NoError(t, err)
+		rec, err := events.Encode(e.cfg.Kafka.Topics.Calls, events.Event{
+			ID: id, Type: typ, Source: "baton/ingress", Subject: "call-a", Time: at, Data: msg,
+		})
+		require.NoError(t, err)
+		return rec
+	}
+	ended := eventTime.Add(61*time.Second + 250*time.Millisecond)
+	recs := []*kgo.Record{
+		mk("a-conn", eventTime, &batonv1.AgentConnected{CallId: "call-a", StreamSid: "MZa", Url: "wss://bot.example/a",
+			Format: "audio/l16", ConnectMs: 87, Source: "number"}),
+		mk("a-disc", ended, &batonv1.AgentDisconnected{CallId: "call-a", StreamSid: "MZa", Reason: "write_timeout",
+			Detail: "agent stopped reading", Action: "play_then_hangup", Stats: &batonv1.AgentStreamStats{
+				FramesOut: 3061, FramesIn: 1500, FramesPlayed: 2990, Late: 4, Dropped: 12, Cleared: 25,
+				MaxQueueMs: 4020, Marks: 7, BadMessages: 1,
+			}}),
+		mk("a-fail", ended, &batonv1.AgentDisconnected{CallId: "call-a", Reason: "connect_failed", Detail: "tls: bad certificate", Action: "hangup"}),
+	}
+	e.produce(recs...)
+	e.produce(recs...) // replayed
+	w := e.run(e.cfg.Group)
+	conn := server.Conn(t, e.cfg.ClickHouse)
+	e.waitCommitted(e.cfg.Group)
+	require.Zero(t, deadLettered(w))
+	require.InDelta(t, 4, testutil.ToFloat64(w.metrics.rowsInserted.WithLabelValues("agent_streams")), 0,
+		"both copies of each disconnect were inserted")
+
+	require.Equal(t, uint64(2), count(t, conn, "agent_streams", "call_id = ?", "call-a"), "one row per event id")
+	require.Equal(t, uint64(1), count(t, conn, "agent_connects", "call_id = ?", "call-a"))
+
+	type facts struct {
+		EndedAt                                          time.Time
+		EndedMS                                          uint64
+		Reason, Action, Detail                           string
+		FramesOut, FramesIn, FramesPlayed, Late, Dropped uint64
+		Cleared, MaxQueueMS, Marks, BadMessages          uint64
+		ConnectedMS                                      uint64
+		URL, Format                                      string
+		ConnectMS                                        uint64
+		Source                                           string
+		DurationMS                                       uint64
+	}
+	read := func(sid string) facts {
+		t.Helper()
+		var f facts
+		require.NoError(t, conn.QueryRow(t.Context(), `SELECT ended_at, ended_ms, reason, action, detail,
+			frames_out, frames_in, frames_played, late, dropped, cleared, max_queue_ms, marks, bad_messages,
+			connected_ms, url, format, connect_ms, source, duration_ms
+			FROM agent_stream_facts WHERE call_id = ? AND stream_sid = ?`, "call-a", sid).Scan(
+			&f.EndedAt, &f.EndedMS, &f.Reason, &f.Action, &f.Detail,
+			&f.FramesOut, &f.FramesIn, &f.FramesPlayed, &f.Late, &f.Dropped, &f.Cleared, &f.MaxQueueMS, &f.Marks, &f.BadMessages,
+			&f.ConnectedMS, &f.URL, &f.Format, &f.ConnectMS, &f.Source, &f.DurationMS))
+		f.EndedAt = f.EndedAt.UTC()
+		return f
+	}
+	require.Equal(t, facts{
+		EndedAt: ended.Truncate(time.Second), EndedMS: uint64(ended.UnixMilli()),
+		Reason: "write_timeout", Action: "play_then_hangup", Detail: "agent stopped reading",
+		FramesOut: 3061, FramesIn: 1500, FramesPlayed: 2990, Late: 4, Dropped: 12, Cleared: 25,
+		MaxQueueMS: 4020, Marks: 7, BadMessages: 1,
+		ConnectedMS: uint64(eventTime.UnixMilli()), URL: "wss://bot.example/a", Format: "audio/l16", ConnectMS: 87,
+		Source: "number", DurationMS: 61250,
+	}, read("MZa"))
+	// A stream that never opened has no connect: '' and 0, not NULL.
+	require.Equal(t, facts{
+		EndedAt: ended.Truncate(time.Second), EndedMS: uint64(ended.UnixMilli()),
+		Reason: "connect_failed", Action: "hangup", Detail: "tls: bad certificate",
+	}, read(""))
+	var n uint64
+	require.NoError(t, conn.QueryRow(t.Context(), "SELECT count() FROM agent_stream_facts WHERE call_id = ?", "call-a").Scan(&n))
+	require.Equal(t, uint64(2), n, "one row per ended stream")
 }

@@ -147,8 +147,8 @@ func TestClusterDDLOnCurrentEngine(t *testing.T) {
 		}
 	}
 	t.Logf("%d cluster statements parsed, %d replicated tables created", statements, locals)
-	require.Equal(t, 6, locals, "one replicated table per table of the schema")
-	require.Equal(t, "ReplicatedReplacingMergeTree\t6\n",
+	require.Equal(t, 8, locals, "one replicated table per table of the schema")
+	require.Equal(t, "ReplicatedReplacingMergeTree\t8\n",
 		cur.query(t, "SELECT engine, count() FROM system.tables WHERE database = 'cl' AND name LIKE '%_local' GROUP BY engine FORMAT TabSeparated", 0))
 }
 
@@ -167,6 +167,9 @@ func shippedQueries(t *testing.T, from, to time.Time) []query {
 		{"view handoffs_hourly", "SELECT * FROM handoffs_hourly ORDER BY hour, reason, destination, method"},
 		{"view calls_hourly", "SELECT * FROM calls_hourly ORDER BY hour, callee_number, trunk"},
 		{"agent_metrics", "SELECT name, call_id, value, tags.key, tags.value FROM agent_metrics FINAL ORDER BY name, call_id, event_id"},
+		{"view agent_stream_facts", "SELECT * FROM agent_stream_facts ORDER BY call_id, stream_sid, ended_ms"},
+		{"agent_streams", "SELECT * FROM agent_streams FINAL ORDER BY call_id, stream_sid, event_id"},
+		{"agent_connects", "SELECT * FROM agent_connects FINAL ORDER BY call_id, stream_sid, event_id"},
 		{"call_ends", "SELECT * FROM call_ends FINAL ORDER BY call_id"},
 		{"events", "SELECT event_id, type, call_id, time, time_ms, topic, length(payload_proto) FROM events FINAL ORDER BY call_id, event_id"},
 		{"dev summary", panels.Summary(scenarioStart)},
@@ -300,6 +303,8 @@ func currentEngine(t *testing.T, r *rows) engine {
 		insertTSV(t, e, handoffsTable, r.handoffs, "")
 		insertTSV(t, e, outcomesTable, r.outcomes, "")
 		insertTSV(t, e, agentMetricsTable, r.metrics, "")
+		insertTSV(t, e, agentStreamsTable, r.streams, "")
+		insertTSV(t, e, agentConnectsTable, r.connects, "")
 	}
 	return e
 }
@@ -382,7 +387,10 @@ func callID(i int) string { return fmt.Sprintf("engines-call-%02d", i) }
 //	6 warm INVITE that is never answered (408), agent metrics only
 //
 // Every call starts (with X- variables) and ends; calls 0 and 6 carry
-// agent metrics.
+// agent metrics. Every call has an agent stream: it ends with the handoff
+// (kinds 0, 1, 2, 4), with the call (5), because the agent closed it and
+// on_agent_failure handed off (6), or it never opened (3: connect_failed,
+// hang up, no AgentConnected).
 func scenario(t *testing.T, topics kafka.Topics) []*kgo.Record {
 	t.Helper()
 	var recs []*kgo.Record
@@ -466,6 +474,28 @@ func scenario(t *testing.T, topics kafka.Topics) []*kgo.Record {
 		case 6:
 			outcome := command(1, s(10), batonv1.Method_METHOD_INVITE, "support", "tech_issue")
 			outcome(s(42), failed, 408, "Request Timeout")
+		}
+		sid := "MZ-" + id
+		stats := &batonv1.AgentStreamStats{
+			FramesOut: uint64(400 + i), FramesIn: uint64(200 + i), FramesPlayed: uint64(380 + i),
+			Late: uint64(i % 3), Dropped: uint64(i % 5), Cleared: uint64(i%4) * 10, MaxQueueMs: uint64(200 + 37*i),
+			Marks: uint64(i % 2), BadMessages: uint64(i / 40),
+		}
+		if kind != 3 {
+			add(topics.Calls, s(1), &batonv1.AgentConnected{CallId: id, StreamSid: sid, Url: "wss://bot.example/" + intents[i%3],
+				Format: []string{"audio/x-mulaw", "audio/l16"}[i%2], ConnectMs: int64(50 + i), Source: []string{"trunk", "number"}[i%2]})
+		}
+		switch kind {
+		case 3:
+			add(topics.Calls, s(0)+500*time.Millisecond, &batonv1.AgentDisconnected{CallId: id, Reason: "connect_failed",
+				Detail: "dial tcp 192.0.2.80:443: connect: connection refused", Action: "hangup", Stats: &batonv1.AgentStreamStats{}})
+		case 5:
+			add(topics.Calls, s(59), &batonv1.AgentDisconnected{CallId: id, StreamSid: sid, Reason: "call_ended", Action: "none", Stats: stats})
+		case 6:
+			add(topics.Calls, s(8), &batonv1.AgentDisconnected{CallId: id, StreamSid: sid, Reason: "agent_closed",
+				Detail: "websocket: close 1011", Action: "handoff", Stats: stats})
+		default:
+			add(topics.Calls, s(9), &batonv1.AgentDisconnected{CallId: id, StreamSid: sid, Reason: "handoff", Action: "none", Stats: stats})
 		}
 		if kind == 0 || kind == 6 {
 			add(topics.Calls, s(5), &batonv1.AgentMetric{CallId: id, Name: "llm_latency_ms", Value: 312.5 + float64(i), Tags: map[string]string{"model": "m1"}})

@@ -52,12 +52,14 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 // inserted counts a written batch's rows by table.
 func (m *Metrics) inserted(r *rows) {
 	for table, n := range map[string]int{
-		eventsTable.name:       len(r.events),
-		callsTable.name:        len(r.calls),
-		callEndsTable.name:     len(r.callEnds),
-		handoffsTable.name:     len(r.handoffs),
-		outcomesTable.name:     len(r.outcomes),
-		agentMetricsTable.name: len(r.metrics),
+		eventsTable.name:        len(r.events),
+		callsTable.name:         len(r.calls),
+		callEndsTable.name:      len(r.callEnds),
+		handoffsTable.name:      len(r.handoffs),
+		outcomesTable.name:      len(r.outcomes),
+		agentMetricsTable.name:  len(r.metrics),
+		agentStreamsTable.name:  len(r.streams),
+		agentConnectsTable.name: len(r.connects),
 	} {
 		m.rowsInserted.WithLabelValues(table).Add(float64(n))
 	}

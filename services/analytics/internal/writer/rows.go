@@ -90,6 +90,29 @@ type agentMetricRow struct {
 	RequestID          string
 }
 
+// agentStreamRow is one AgentDisconnected: how an agent stream ended and
+// its statistics (frames are 20 ms).
+type agentStreamRow struct {
+	EventID, CallID, StreamSID  string
+	EndedAt                     time.Time
+	EndedMS                     uint64
+	Reason, Action, Detail      string
+	FramesOut, FramesIn         uint64
+	FramesPlayed, Late, Dropped uint64
+	Cleared, MaxQueueMS         uint64
+	Marks, BadMessages          uint64
+}
+
+// agentConnectRow is one AgentConnected.
+type agentConnectRow struct {
+	EventID, CallID, StreamSID string
+	ConnectedAt                time.Time
+	ConnectedMS                uint64
+	URL, Format                string
+	ConnectMS                  uint64
+	Source                     string
+}
+
 // rows are one batch's rows, one slice per table.
 type rows struct {
 	events   []eventRow
@@ -98,6 +121,8 @@ type rows struct {
 	handoffs []handoffRow
 	outcomes []outcomeRow
 	metrics  []agentMetricRow
+	streams  []agentStreamRow
+	connects []agentConnectRow
 }
 
 func (r *rows) len() int { return len(r.events) }
@@ -145,6 +170,8 @@ func buildParts(records []*kgo.Record, parts int) (*rows, []deadLetter) {
 		r.handoffs = append(r.handoffs, p.r.handoffs...)
 		r.outcomes = append(r.outcomes, p.r.outcomes...)
 		r.metrics = append(r.metrics, p.r.metrics...)
+		r.streams = append(r.streams, p.r.streams...)
+		r.connects = append(r.connects, p.r.connects...)
 		dead = append(dead, p.dead...)
 	}
 	return r, dead
@@ -226,6 +253,20 @@ func (r *rows) add(rec *kgo.Record) error {
 		r.metrics = append(r.metrics, agentMetricRow{
 			EventID: ev.ID, CallID: ev.Subject, Time: at, TimeMS: ms,
 			Name: m.GetName(), Value: m.GetValue(), TagKeys: keys, TagValues: values, RequestID: m.GetRequestId(),
+		})
+	case *batonv1.AgentConnected:
+		r.connects = append(r.connects, agentConnectRow{
+			EventID: ev.ID, CallID: ev.Subject, StreamSID: m.GetStreamSid(), ConnectedAt: at, ConnectedMS: ms,
+			URL: m.GetUrl(), Format: m.GetFormat(), ConnectMS: uint64(max(m.GetConnectMs(), 0)), Source: m.GetSource(),
+		})
+	case *batonv1.AgentDisconnected:
+		st := m.GetStats() // nil reads as zeros
+		r.streams = append(r.streams, agentStreamRow{
+			EventID: ev.ID, CallID: ev.Subject, StreamSID: m.GetStreamSid(), EndedAt: at, EndedMS: ms,
+			Reason: m.GetReason(), Action: m.GetAction(), Detail: m.GetDetail(),
+			FramesOut: st.GetFramesOut(), FramesIn: st.GetFramesIn(), FramesPlayed: st.GetFramesPlayed(),
+			Late: st.GetLate(), Dropped: st.GetDropped(), Cleared: st.GetCleared(), MaxQueueMS: st.GetMaxQueueMs(),
+			Marks: st.GetMarks(), BadMessages: st.GetBadMessages(),
 		})
 	}
 	r.events = append(r.events, eventRow{

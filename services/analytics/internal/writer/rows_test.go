@@ -136,6 +136,11 @@ func TestBuildPartsSameAsOne(t *testing.T) {
 	for i := range 10 {
 		recs = append(recs, callEvents(t, topics, fmt.Sprintf("call-p%d", i))...)
 		recs = append(recs, encode(t, fmt.Sprintf("m%d", i), eventTime, &batonv1.AgentMetric{CallId: "c1", Name: "latency", Value: float64(i)}))
+		sid := fmt.Sprintf("MZ%d", i)
+		recs = append(recs,
+			encode(t, "ac"+sid, eventTime, &batonv1.AgentConnected{CallId: "c1", StreamSid: sid, ConnectMs: int64(i)}),
+			encode(t, "ad"+sid, eventTime, &batonv1.AgentDisconnected{CallId: "c1", StreamSid: sid, Reason: "handoff",
+				Stats: &batonv1.AgentStreamStats{FramesPlayed: uint64(i)}}))
 		if i%3 == 0 {
 			recs = append(recs, encode(t, fmt.Sprintf("bad%d", i), eventTime, &batonv1.HandoffCommand{CallId: "c1"}))
 		}
@@ -147,6 +152,66 @@ func TestBuildPartsSameAsOne(t *testing.T) {
 		require.Equal(t, oneDead, dead, "%d parts", parts)
 	}
 	require.Len(t, oneDead, 4)
-	require.Len(t, one.events, 50)
+	require.Len(t, one.events, 70)
 	require.Len(t, one.metrics, 10)
+	require.Len(t, one.connects, 10)
+	require.Len(t, one.streams, 10)
+	require.Equal(t, uint64(9), one.streams[9].FramesPlayed, "parts are joined in order")
+}
+
+// AgentConnected and AgentDisconnected become one row each, every field
+// and counter in its column; a disconnect without stats (a stream that
+// never opened) counts zeros, and a negative connect_ms reads 0.
+func TestBuildAgentStreams(t *testing.T) {
+	ended := eventTime.Add(95 * time.Second)
+	r, dead := build([]*kgo.Record{
+		encode(t, "conn", eventTime, &batonv1.AgentConnected{CallId: "c1", StreamSid: "MZ1", Url: "wss://bot.example/voice",
+			Format: "audio/x-mulaw", ConnectMs: 143, Source: "trunk"}),
+		encode(t, "disc", ended, &batonv1.AgentDisconnected{CallId: "c1", StreamSid: "MZ1", Reason: "agent_closed",
+			Detail: "close 1011", Action: "handoff", Stats: &batonv1.AgentStreamStats{
+				FramesOut: 4750, FramesIn: 2100, FramesPlayed: 4200, Late: 3, Dropped: 17, Cleared: 40,
+				MaxQueueMs: 5980, Marks: 6, BadMessages: 2,
+			}}),
+		encode(t, "fail", ended, &batonv1.AgentDisconnected{CallId: "c1", Reason: "connect_failed", Detail: "dial tcp: refused", Action: "hangup"}),
+		encode(t, "skew", eventTime, &batonv1.AgentConnected{CallId: "c1", StreamSid: "MZ2", ConnectMs: -5}),
+	})
+	require.Empty(t, dead)
+	require.Len(t, r.events, 4, "the events table keeps every one of them too")
+	require.Equal(t, []agentConnectRow{
+		{EventID: "conn", CallID: "c1", StreamSID: "MZ1", ConnectedAt: eventTime, ConnectedMS: uint64(eventTime.UnixMilli()),
+			URL: "wss://bot.example/voice", Format: "audio/x-mulaw", ConnectMS: 143, Source: "trunk"},
+		{EventID: "skew", CallID: "c1", StreamSID: "MZ2", ConnectedAt: eventTime, ConnectedMS: uint64(eventTime.UnixMilli())},
+	}, r.connects)
+	require.Equal(t, []agentStreamRow{
+		{EventID: "disc", CallID: "c1", StreamSID: "MZ1", EndedAt: ended, EndedMS: uint64(ended.UnixMilli()),
+			Reason: "agent_closed", Action: "handoff", Detail: "close 1011",
+			FramesOut: 4750, FramesIn: 2100, FramesPlayed: 4200, Late: 3, Dropped: 17, Cleared: 40,
+			MaxQueueMS: 5980, Marks: 6, BadMessages: 2},
+		{EventID: "fail", CallID: "c1", EndedAt: ended, EndedMS: uint64(ended.UnixMilli()),
+			Reason: "connect_failed", Action: "hangup", Detail: "dial tcp: refused"},
+	}, r.streams)
+	// Each column function reads its own field: every counter differs, so
+	// a column wired to the wrong field fails here.
+	got := map[string]any{}
+	for _, c := range agentStreamsTable.columns {
+		got[c.name] = c.values(r.streams[:1])
+	}
+	require.Equal(t, map[string]any{
+		"event_id": []string{"disc"}, "call_id": []string{"c1"}, "stream_sid": []string{"MZ1"},
+		"ended_at": []time.Time{ended}, "ended_ms": []uint64{uint64(ended.UnixMilli())},
+		"reason": []string{"agent_closed"}, "action": []string{"handoff"}, "detail": []string{"close 1011"},
+		"frames_out": []uint64{4750}, "frames_in": []uint64{2100}, "frames_played": []uint64{4200},
+		"late": []uint64{3}, "dropped": []uint64{17}, "cleared": []uint64{40}, "max_queue_ms": []uint64{5980},
+		"marks": []uint64{6}, "bad_messages": []uint64{2},
+	}, got)
+	got = map[string]any{}
+	for _, c := range agentConnectsTable.columns {
+		got[c.name] = c.values(r.connects[:1])
+	}
+	require.Equal(t, map[string]any{
+		"event_id": []string{"conn"}, "call_id": []string{"c1"}, "stream_sid": []string{"MZ1"},
+		"connected_at": []time.Time{eventTime}, "connected_ms": []uint64{uint64(eventTime.UnixMilli())},
+		"url": []string{"wss://bot.example/voice"}, "format": []string{"audio/x-mulaw"},
+		"connect_ms": []uint64{143}, "source": []string{"trunk"},
+	}, got)
 }

@@ -77,6 +77,8 @@ func insert(ctx context.Context, conn driver.Conn, r *rows) error {
 		func() error { return handoffsTable.send(ctx, conn, r.handoffs) },
 		func() error { return outcomesTable.send(ctx, conn, r.outcomes) },
 		func() error { return agentMetricsTable.send(ctx, conn, r.metrics) },
+		func() error { return agentStreamsTable.send(ctx, conn, r.streams) },
+		func() error { return agentConnectsTable.send(ctx, conn, r.connects) },
 	}
 	errs := make([]error, len(sends))
 	var wg sync.WaitGroup
@@ -172,4 +174,36 @@ var agentMetricsTable = table[agentMetricRow]{name: "agent_metrics", columns: []
 	col("tags.key", func(r *agentMetricRow) []string { return r.TagKeys }),
 	col("tags.value", func(r *agentMetricRow) []string { return r.TagValues }),
 	col("request_id", func(r *agentMetricRow) string { return r.RequestID }),
+}}
+
+var agentStreamsTable = table[agentStreamRow]{name: "agent_streams", columns: []column[agentStreamRow]{
+	col("event_id", func(r *agentStreamRow) string { return r.EventID }),
+	col("call_id", func(r *agentStreamRow) string { return r.CallID }),
+	col("stream_sid", func(r *agentStreamRow) string { return r.StreamSID }),
+	col("ended_at", func(r *agentStreamRow) time.Time { return r.EndedAt }),
+	col("ended_ms", func(r *agentStreamRow) uint64 { return r.EndedMS }),
+	col("reason", func(r *agentStreamRow) string { return r.Reason }),
+	col("action", func(r *agentStreamRow) string { return r.Action }),
+	col("detail", func(r *agentStreamRow) string { return r.Detail }),
+	col("frames_out", func(r *agentStreamRow) uint64 { return r.FramesOut }),
+	col("frames_in", func(r *agentStreamRow) uint64 { return r.FramesIn }),
+	col("frames_played", func(r *agentStreamRow) uint64 { return r.FramesPlayed }),
+	col("late", func(r *agentStreamRow) uint64 { return r.Late }),
+	col("dropped", func(r *agentStreamRow) uint64 { return r.Dropped }),
+	col("cleared", func(r *agentStreamRow) uint64 { return r.Cleared }),
+	col("max_queue_ms", func(r *agentStreamRow) uint64 { return r.MaxQueueMS }),
+	col("marks", func(r *agentStreamRow) uint64 { return r.Marks }),
+	col("bad_messages", func(r *agentStreamRow) uint64 { return r.BadMessages }),
+}}
+
+var agentConnectsTable = table[agentConnectRow]{name: "agent_connects", columns: []column[agentConnectRow]{
+	col("event_id", func(r *agentConnectRow) string { return r.EventID }),
+	col("call_id", func(r *agentConnectRow) string { return r.CallID }),
+	col("stream_sid", func(r *agentConnectRow) string { return r.StreamSID }),
+	col("connected_at", func(r *agentConnectRow) time.Time { return r.ConnectedAt }),
+	col("connected_ms", func(r *agentConnectRow) uint64 { return r.ConnectedMS }),
+	col("url", func(r *agentConnectRow) string { return r.URL }),
+	col("format", func(r *agentConnectRow) string { return r.Format }),
+	col("connect_ms", func(r *agentConnectRow) uint64 { return r.ConnectMS }),
+	col("source", func(r *agentConnectRow) string { return r.Source }),
 }}

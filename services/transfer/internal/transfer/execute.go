@@ -97,6 +97,9 @@ type execution struct {
 	facts chan proto.Message
 	// traceParent is the execution's span, carried by its outcomes.
 	traceParent string
+	// callerSDP is the SDP a warm transfer's re-INVITE gave the caller;
+	// its BRIDGED outcome carries it (TransferOutcome.caller_sdp).
+	callerSDP string
 }
 
 // run carries out a command whose attempt is recorded: admitted, then the

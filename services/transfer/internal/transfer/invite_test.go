@@ -373,6 +373,9 @@ func TestWarmTransferBridgesMediaBothWays(t *testing.T) {
 			offer, err := sdp.Parse(string(reinvite.Body()))
 			require.NoError(t, err)
 			require.Equal(t, "ingress 77 4 IN IP4 127.0.0.1", offer.Origin)
+			bridgedOutcome := got[len(got)-1]
+			require.Equal(t, string(reinvite.Body()), bridgedOutcome.GetCallerSdp(),
+				"BRIDGED carries the SDP the caller was given, for ingress's later answers")
 			codec, ok := offer.Audio()
 			require.True(t, ok)
 			require.Equal(t, "PCMU", codec.Name)

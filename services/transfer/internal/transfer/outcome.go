@@ -72,6 +72,9 @@ func (e *execution) publish(ctx context.Context, o step) {
 		Elapsed:     durationpb.New(e.now().Sub(e.start)),
 		Bridge:      o.bridge,
 	}
+	if o.status == bridged {
+		out.CallerSdp = e.callerSDP
+	}
 	attrs := []any{"status", o.status.String(), "sip_code", o.code, "sip_reason", out.GetSipReason(), "detail", out.GetDetail()}
 	ev, err := events.New(Source, e.callID, out, e.now())
 	if err != nil {

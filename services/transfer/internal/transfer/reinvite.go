@@ -50,7 +50,8 @@ func (w *warmRun) moveCaller(ctx context.Context) bool {
 	if err != nil {
 		return fail(0, "", "re-INVITE not sent: "+err.Error())
 	}
-	request.WithSDP(req, reoffer.String())
+	w.callerSDP = reoffer.String()
+	request.WithSDP(req, w.callerSDP)
 	res, ok := w.send(ctx, req)
 	if !ok {
 		w.byeLeg(ctx)
