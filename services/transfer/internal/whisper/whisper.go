@@ -1,6 +1,8 @@
 // Package whisper reads the audio a warm transfer plays to its destination
 // before the caller is bridged: a WAV file of 8 kHz mono 16-bit PCM, cut
-// into 20 ms frames and encoded with the leg's G.711 law.
+// into 20 ms frames and encoded with the leg's G.711 law. Load reads a
+// local file; Fetcher gets one from an http(s) URL of an allowed host,
+// within a timeout and a size bound, and caches it.
 package whisper
 
 import (
@@ -36,10 +38,10 @@ func (a Audio) Duration() time.Duration {
 // maxFileSize bounds what Load reads: ten minutes of 8 kHz 16-bit audio.
 const maxFileSize = 10 * 60 * SampleRate * 2
 
-// Load reads a local WAV file (absolute path). URLs are refused. A file
-// longer than maxDur (when positive) is refused.
+// Load reads a local WAV file (absolute path). URLs are refused (Fetcher
+// gets those). A file longer than maxDur (when positive) is refused.
 func Load(path string, maxDur time.Duration) (Audio, error) {
-	if strings.Contains(path, "://") {
+	if IsURL(path) {
 		return Audio{}, fmt.Errorf("%w: %q is a URL: only local files are supported", ErrAudio, path)
 	}
 	f, err := os.Open(path)
@@ -64,12 +66,21 @@ func Load(path string, maxDur time.Duration) (Audio, error) {
 // ParseWAV reads a RIFF/WAVE file of 8 kHz mono 16-bit PCM with at least
 // one sample.
 func ParseWAV(b []byte) (Audio, error) {
-	samples, err := pcm.ParseWAV(b)
+	a, err := decodeWAV(b)
 	if err != nil {
 		return Audio{}, fmt.Errorf("%w: %w", ErrAudio, err)
 	}
+	return a, nil
+}
+
+// decodeWAV is ParseWAV without ErrAudio.
+func decodeWAV(b []byte) (Audio, error) {
+	samples, err := pcm.ParseWAV(b)
+	if err != nil {
+		return Audio{}, err
+	}
 	if len(samples) == 0 {
-		return Audio{}, fmt.Errorf("%w: no samples", ErrAudio)
+		return Audio{}, fmt.Errorf("%w: no samples", pcm.ErrFormat)
 	}
 	return Audio{Samples: samples}, nil
 }
