@@ -1,6 +1,6 @@
-// Package panels holds the dashboard's queries, panels.sql, and reads
-// them: the analytics service's page, the Grafana dashboard and
-// `baton report` all run exactly these.
+// Package panels holds the dashboard's queries, panels.sql and agent.sql,
+// and reads them: the analytics service's page and the Grafana dashboard
+// run all of them (All), `baton report` the handoff panels of panels.sql.
 package panels
 
 import (
@@ -15,6 +15,12 @@ import (
 //
 //go:embed panels.sql
 var SQL string
+
+// AgentSQL is agent.sql: the panels of the agent's media stream and of
+// its metrics, in the same format as panels.sql.
+//
+//go:embed agent.sql
+var AgentSQL string
 
 // SummarySQL is summary.sql: the `baton dev` summary of calls and their
 // handoffs, with the {since_ms} placeholder.
@@ -40,6 +46,14 @@ const (
 	TimeToTransfer       = "time_to_transfer"
 	CallsByDialedNumber  = "calls_by_dialed_number"
 	RecentHandoffs       = "recent_handoffs"
+)
+
+// Panel names, as in agent.sql.
+const (
+	AgentStreamsByReason = "agent_streams_by_reason"
+	AgentFailures        = "agent_failures"
+	AgentPlayout         = "agent_playout"
+	AgentMetricsByName   = "agent_metrics_by_name"
 )
 
 // Panel is one query of panels.sql.
@@ -106,15 +120,20 @@ func Parse(text string) ([]Panel, error) {
 	return out, nil
 }
 
-// All returns the panels of panels.sql, in file order.
+// All returns the panels of panels.sql, then those of agent.sql, each in
+// file order.
 func All() []Panel {
-	ps, err := Parse(SQL)
-	if err != nil {
-		// panels.sql is embedded and tested (TestAll); it cannot be
-		// malformed in a build that passed its tests.
-		return nil
+	var out []Panel
+	for _, text := range []string{SQL, AgentSQL} {
+		ps, err := Parse(text)
+		if err != nil {
+			// Both files are embedded and tested (TestAll); they cannot
+			// be malformed in a build that passed its tests.
+			return nil
+		}
+		out = append(out, ps...)
 	}
-	return ps
+	return out
 }
 
 // Lookup returns the named panel of panels.sql.

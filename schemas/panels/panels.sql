@@ -1,4 +1,4 @@
--- Baton dashboard panels: the one source of every panel's SQL.
+-- Baton dashboard panels of handoffs and calls; agent.sql has the agent's.
 --
 -- The analytics page (internal/dashboard), `baton report` and the Grafana
 -- dashboard (deploy/grafana/baton-handoffs.json) all run these queries.

@@ -7,13 +7,21 @@ import (
 )
 
 func TestAll(t *testing.T) {
-	ps, err := Parse(SQL)
+	handoff, err := Parse(SQL)
 	if err != nil {
 		t.Fatalf("panels.sql: %v", err)
 	}
-	want := []string{HandoffsByReason, SuccessByDestination, TimeToTransfer, CallsByDialedNumber, RecentHandoffs}
+	if len(handoff) != 5 {
+		t.Fatalf("panels.sql has %d panels, want 5 (baton report prints them)", len(handoff))
+	}
+	if _, err := Parse(AgentSQL); err != nil {
+		t.Fatalf("agent.sql: %v", err)
+	}
+	ps := All()
+	want := []string{HandoffsByReason, SuccessByDestination, TimeToTransfer, CallsByDialedNumber, RecentHandoffs,
+		AgentStreamsByReason, AgentFailures, AgentPlayout, AgentMetricsByName}
 	if len(ps) != len(want) {
-		t.Fatalf("panels.sql has %d panels, want %d", len(ps), len(want))
+		t.Fatalf("All has %d panels, want %d", len(ps), len(want))
 	}
 	for i, p := range ps {
 		if p.Name != want[i] || p.Title == "" {
@@ -32,6 +40,15 @@ func TestAll(t *testing.T) {
 	r := ps[0].Render(time.Unix(100, 0), time.Unix(200, 0), 5)
 	if got := r; got == ps[0].SQL {
 		t.Error("Render left the placeholders")
+	}
+	for _, p := range ps {
+		r := p.Render(time.Unix(100, 0), time.Unix(200, 0), 5)
+		if strings.ContainsAny(r, "{}") || strings.Contains(r, "--") || strings.HasSuffix(r, ";") {
+			t.Errorf("panel %s: rendered with a placeholder, comment or final ';':\n%s", p.Name, r)
+		}
+		if !strings.Contains(r, "toDateTime(100)") || !strings.Contains(r, "toDateTime(200)") {
+			t.Errorf("panel %s does not read the window:\n%s", p.Name, r)
+		}
 	}
 }
 

@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -64,10 +65,25 @@ func headless(t *testing.T, bin, url string, args ...string) []byte {
 }
 
 var (
-	rectRe = regexp.MustCompile(`<(?:rect|path) [^>]*class="bar ([a-z-]+)"[^>]*>`)
-	attrRe = regexp.MustCompile(`(data-[a-z-]+)="([^"]*)"`)
-	rowRe  = regexp.MustCompile(`<tr class="handoff" data-call-id="([^"]*)"`)
+	rectRe     = regexp.MustCompile(`<(?:rect|path) [^>]*class="bar ([a-z-]+)"[^>]*>`)
+	attrRe     = regexp.MustCompile(`(data-[a-z0-9-]+)="([^"]*)"`)
+	rowRe      = regexp.MustCompile(`<tr class="handoff" data-call-id="([^"]*)"`)
+	agentRowRe = regexp.MustCompile(`<tr class="(agent-[a-z]+)"[^>]*>`)
 )
+
+// agentRows returns the data-* attributes of every row of the agent
+// tables, by row class, as "key=value ..." in attribute order.
+func agentRows(dom string) map[string][]string {
+	out := map[string][]string{}
+	for _, m := range agentRowRe.FindAllStringSubmatch(dom, -1) {
+		var kv []string
+		for _, a := range attrRe.FindAllStringSubmatch(m[0], -1) {
+			kv = append(kv, strings.TrimPrefix(a[1], "data-")+"="+a[2])
+		}
+		out[m[1]] = append(out[m[1]], strings.Join(kv, " "))
+	}
+	return out
+}
 
 // bars returns the data-* attributes of every drawn bar, by bar class.
 func bars(dom string) map[string][]map[string]string {
@@ -140,6 +156,34 @@ func TestPageInChromium(t *testing.T) {
 		calls = append(calls, m[1])
 	}
 	require.Equal(t, []string{"call-h7", "call-h6", "call-h5"}, calls, "recent handoffs, newest first")
+
+	var streams []reasonBar
+	for _, a := range b["stream-bar"] {
+		streams = append(streams, reasonBar{a["data-hour"], a["data-reason"], a["data-count"]})
+	}
+	require.Equal(t, []reasonBar{
+		{"2025-06-01T10:00:00Z", "call_ended", "1"},
+		{"2025-06-01T10:00:00Z", "connect_failed", "1"},
+		{"2025-06-01T10:00:00Z", "handoff", "1"},
+		{"2025-06-01T11:00:00Z", "agent_closed", "1"},
+		{"2025-06-01T11:00:00Z", "write_timeout", "1"},
+		{"2025-06-01T12:00:00Z", "connect_failed", "1"},
+	}, streams, "agent streams by end reason")
+	agent := agentRows(dom)
+	require.Equal(t, []string{
+		"reason=connect_failed action=hangup streams=2 calls=2",
+		"reason=agent_closed action=handoff streams=1 calls=1",
+		"reason=write_timeout action=play_then_hangup streams=1 calls=1",
+	}, agent["agent-failure"])
+	require.Equal(t, []string{
+		"hour=2025-06-01T10:00:00Z streams=3 late=2 dropped=5 cleared=10 p95=1200 deepest=1200",
+		"hour=2025-06-01T11:00:00Z streams=2 late=8 dropped=50 cleared=20 p95=6000 deepest=6000",
+		"hour=2025-06-01T12:00:00Z streams=1 late=0 dropped=0 cleared=0 p95=0 deepest=0",
+	}, agent["agent-playout"])
+	require.Equal(t, []string{
+		"name=llm_latency_ms samples=4 avg=400 p95=1000",
+		"name=sentiment samples=2 avg=-0.125 p95=0.25",
+	}, agent["agent-metric"])
 
 	// The screenshot: 1280x900, and charts drawn in it (the bars' colors).
 	shot := filepath.Join(t.TempDir(), "dashboard.png")

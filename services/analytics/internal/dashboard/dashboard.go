@@ -1,10 +1,11 @@
 // Package dashboard holds the dashboard queries over Baton's ClickHouse
 // tables and the web page the analytics service serves with them.
 //
-// The SQL lives in schemas/panels (panels.sql), shared with `baton report` and the Grafana
-// dashboard in deploy/grafana. Every query reads deduplicated rows (FINAL
-// tables and the views of migration 0002), so a replayed batch changes no
-// figure, and runs on ClickHouse 18.16 and 24+.
+// The SQL lives in schemas/panels: panels.sql (which `baton report` also
+// prints) and agent.sql; the Grafana dashboard in deploy/grafana runs
+// both. Every query reads deduplicated rows (FINAL tables and the views of
+// migrations 0004 and 0005), so a replayed batch changes no figure, and
+// runs with the same rows on ClickHouse 18.16 and 26.x.
 package dashboard
 
 import (
@@ -74,16 +75,63 @@ type Handoff struct {
 	TimeToTransferMS *uint64   `json:"time_to_transfer_ms"`
 }
 
+// StreamReasonHour is the count of agent streams that ended for one
+// reason in one hour.
+type StreamReasonHour struct {
+	Hour    time.Time `json:"hour"`
+	Reason  string    `json:"reason"`
+	Streams uint64    `json:"streams"`
+}
+
+// AgentFailure is the count of agent streams that failed for one reason
+// and were handled by one on_agent_failure action, and of their calls.
+type AgentFailure struct {
+	Reason  string `json:"reason"`
+	Action  string `json:"action"`
+	Streams uint64 `json:"streams"`
+	Calls   uint64 `json:"calls"`
+}
+
+// PlayoutHour is the playout of the agent streams that ended in one
+// hour: 20 ms frames played, late, dropped and cleared, and the 95th
+// percentile and maximum of each stream's deepest playout queue.
+type PlayoutHour struct {
+	Hour           time.Time `json:"hour"`
+	Streams        uint64    `json:"streams"`
+	FramesPlayed   uint64    `json:"frames_played"`
+	LateFrames     uint64    `json:"late_frames"`
+	DroppedFrames  uint64    `json:"dropped_frames"`
+	ClearedFrames  uint64    `json:"cleared_frames"`
+	P95MaxQueueMS  uint64    `json:"p95_max_queue_ms"`
+	DeepestQueueMS uint64    `json:"deepest_queue_ms"`
+}
+
+// MetricSummary summarises one agent metric's samples.
+type MetricSummary struct {
+	Name    string  `json:"name"`
+	Samples uint64  `json:"samples"`
+	Calls   uint64  `json:"calls"`
+	Avg     float64 `json:"avg"`
+	Min     float64 `json:"min"`
+	P50     float64 `json:"p50"`
+	P95     float64 `json:"p95"`
+	Max     float64 `json:"max"`
+}
+
 // Report is every panel over one window.
 type Report struct {
-	From                 time.Time         `json:"from"`
-	To                   time.Time         `json:"to"`
-	ServerVersion        string            `json:"server_version"`
-	HandoffsByReason     []ReasonHour      `json:"handoffs_by_reason"`
-	SuccessByDestination []DestinationRate `json:"success_by_destination"`
-	TimeToTransfer       []TransferTime    `json:"time_to_transfer"`
-	CallsByDialedNumber  []DialedNumber    `json:"calls_by_dialed_number"`
-	RecentHandoffs       []Handoff         `json:"recent_handoffs"`
+	From                 time.Time          `json:"from"`
+	To                   time.Time          `json:"to"`
+	ServerVersion        string             `json:"server_version"`
+	HandoffsByReason     []ReasonHour       `json:"handoffs_by_reason"`
+	SuccessByDestination []DestinationRate  `json:"success_by_destination"`
+	TimeToTransfer       []TransferTime     `json:"time_to_transfer"`
+	CallsByDialedNumber  []DialedNumber     `json:"calls_by_dialed_number"`
+	RecentHandoffs       []Handoff          `json:"recent_handoffs"`
+	AgentStreamsByReason []StreamReasonHour `json:"agent_streams_by_reason"`
+	AgentFailures        []AgentFailure     `json:"agent_failures"`
+	AgentPlayout         []PlayoutHour      `json:"agent_playout"`
+	AgentMetricsByName   []MetricSummary    `json:"agent_metrics_by_name"`
 }
 
 // Queries runs the panels against one database.
@@ -114,6 +162,18 @@ func (q *Queries) Report(ctx context.Context, from, to time.Time, limit int) (*R
 		return nil, err
 	}
 	if r.RecentHandoffs, err = q.RecentHandoffs(ctx, from, to, limit); err != nil {
+		return nil, err
+	}
+	if r.AgentStreamsByReason, err = q.AgentStreamsByReason(ctx, from, to); err != nil {
+		return nil, err
+	}
+	if r.AgentFailures, err = q.AgentFailures(ctx, from, to); err != nil {
+		return nil, err
+	}
+	if r.AgentPlayout, err = q.AgentPlayout(ctx, from, to); err != nil {
+		return nil, err
+	}
+	if r.AgentMetricsByName, err = q.AgentMetricsByName(ctx, from, to, limit); err != nil {
 		return nil, err
 	}
 	return r, nil
@@ -163,6 +223,45 @@ func (q *Queries) RecentHandoffs(ctx context.Context, from, to time.Time, limit 
 		err := s.Scan(&r.RequestedAt, &r.CallID, &r.CommandID, &r.Reason, &r.Destination, &r.Method, &r.Outcome,
 			&r.SIPCode, &r.TimeToTransferMS)
 		r.RequestedAt = r.RequestedAt.UTC()
+		return r, err
+	})
+}
+
+// AgentStreamsByReason is the agent_streams_by_reason panel.
+func (q *Queries) AgentStreamsByReason(ctx context.Context, from, to time.Time) ([]StreamReasonHour, error) {
+	return query(ctx, q.conn, panels.AgentStreamsByReason, from, to, 0, func(s scanner) (StreamReasonHour, error) {
+		var r StreamReasonHour
+		err := s.Scan(&r.Hour, &r.Reason, &r.Streams)
+		r.Hour = r.Hour.UTC()
+		return r, err
+	})
+}
+
+// AgentFailures is the agent_failures panel, the most frequent first.
+func (q *Queries) AgentFailures(ctx context.Context, from, to time.Time) ([]AgentFailure, error) {
+	return query(ctx, q.conn, panels.AgentFailures, from, to, 0, func(s scanner) (AgentFailure, error) {
+		var r AgentFailure
+		err := s.Scan(&r.Reason, &r.Action, &r.Streams, &r.Calls)
+		return r, err
+	})
+}
+
+// AgentPlayout is the agent_playout panel.
+func (q *Queries) AgentPlayout(ctx context.Context, from, to time.Time) ([]PlayoutHour, error) {
+	return query(ctx, q.conn, panels.AgentPlayout, from, to, 0, func(s scanner) (PlayoutHour, error) {
+		var r PlayoutHour
+		err := s.Scan(&r.Hour, &r.Streams, &r.FramesPlayed, &r.LateFrames, &r.DroppedFrames, &r.ClearedFrames,
+			&r.P95MaxQueueMS, &r.DeepestQueueMS)
+		r.Hour = r.Hour.UTC()
+		return r, err
+	})
+}
+
+// AgentMetricsByName is the agent_metrics_by_name panel.
+func (q *Queries) AgentMetricsByName(ctx context.Context, from, to time.Time, limit int) ([]MetricSummary, error) {
+	return query(ctx, q.conn, panels.AgentMetricsByName, from, to, limit, func(s scanner) (MetricSummary, error) {
+		var r MetricSummary
+		err := s.Scan(&r.Name, &r.Samples, &r.Calls, &r.Avg, &r.Min, &r.P50, &r.P95, &r.Max)
 		return r, err
 	})
 }

@@ -87,6 +87,35 @@ var seedCalls = []struct{ id, callee, time string }{
 	{"c7", "+15550123", "13:00"},
 }
 
+// seedStreams are agent streams (AgentDisconnected rows); a6 ended
+// outside the window, a3 and a8 never connected (no stream sid).
+var seedStreams = []struct {
+	call, sid, time, reason, action            string
+	played, late, dropped, cleared, maxQueueMS uint64
+}{
+	{"a1", "s1", "10:05", "handoff", "none", 900, 2, 0, 10, 400},
+	{"a2", "s2", "10:30", "call_ended", "none", 500, 0, 5, 0, 1200},
+	{"a3", "", "10:40", "connect_failed", "hangup", 0, 0, 0, 0, 0},
+	{"a4", "s4", "11:15", "agent_closed", "handoff", 300, 7, 50, 20, 6000},
+	{"a5", "s5", "11:50", "write_timeout", "play_then_hangup", 100, 1, 0, 0, 200},
+	{"a6", "s6", "09:00", "connect_failed", "hangup", 0, 0, 0, 0, 0},
+	{"a8", "", "12:10", "connect_failed", "hangup", 0, 0, 0, 0, 0},
+}
+
+// seedMetrics are agent metrics; the last one is outside the window.
+var seedMetrics = []struct {
+	id, call, time, name string
+	value                float64
+}{
+	{"m1", "a1", "10:02", "llm_latency_ms", 100},
+	{"m2", "a1", "10:03", "llm_latency_ms", 200},
+	{"m3", "a2", "10:25", "llm_latency_ms", 300},
+	{"m4", "a4", "11:12", "llm_latency_ms", 1000},
+	{"m5", "a1", "10:04", "sentiment", -0.5},
+	{"m6", "a5", "11:40", "sentiment", 0.25},
+	{"m7", "a6", "08:59", "sentiment", 9},
+}
+
 // seeded is a database with migrations applied and the seed inserted
 // twice, as a replay would: every figure must count each row once.
 func seeded(t *testing.T) driver.Conn {
@@ -130,6 +159,22 @@ func insertSeed(t *testing.T, conn driver.Conn) {
 		require.NoError(t, b.Append(c.id, ts, uint64(ts.UnixMilli()), c.callee, "carrier-a", "ev-"+c.id, uint64(ts.UnixMilli())))
 	}
 	require.NoError(t, b.Send())
+	b, err = conn.PrepareBatch(ctx, "INSERT INTO agent_streams (event_id, call_id, stream_sid, ended_at, ended_ms, reason, action, "+
+		"frames_played, late, dropped, cleared, max_queue_ms)")
+	require.NoError(t, err)
+	for _, st := range seedStreams {
+		ts := at(st.time)
+		require.NoError(t, b.Append("ev-"+st.call+"-end", "call-"+st.call, st.sid, ts, uint64(ts.UnixMilli()), st.reason, st.action,
+			st.played, st.late, st.dropped, st.cleared, st.maxQueueMS))
+	}
+	require.NoError(t, b.Send())
+	b, err = conn.PrepareBatch(ctx, "INSERT INTO agent_metrics (event_id, call_id, time, time_ms, name, value)")
+	require.NoError(t, err)
+	for _, m := range seedMetrics {
+		ts := at(m.time)
+		require.NoError(t, b.Append(m.id, "call-"+m.call, ts, uint64(ts.UnixMilli()), m.name, m.value))
+	}
+	require.NoError(t, b.Send())
 }
 
 func u64(v uint64) *uint64 { return &v }
@@ -167,6 +212,32 @@ func want() *Report {
 			{RequestedAt: at("12:15"), CallID: "call-h6", CommandID: "h6", Reason: "complaint", Destination: "support", Method: "BYE", Outcome: "succeeded", SIPCode: 200, TimeToTransferMS: u64(50)},
 			{RequestedAt: at("11:45"), CallID: "call-h5", CommandID: "h5", Reason: "technical", Destination: "sales", Method: "INVITE", Outcome: "succeeded", SIPCode: 200, TimeToTransferMS: u64(2500)},
 		},
+		AgentStreamsByReason: []StreamReasonHour{
+			{Hour: at("10:00"), Reason: "call_ended", Streams: 1},
+			{Hour: at("10:00"), Reason: "connect_failed", Streams: 1},
+			{Hour: at("10:00"), Reason: "handoff", Streams: 1},
+			{Hour: at("11:00"), Reason: "agent_closed", Streams: 1},
+			{Hour: at("11:00"), Reason: "write_timeout", Streams: 1},
+			{Hour: at("12:00"), Reason: "connect_failed", Streams: 1},
+		},
+		// Not call_ended or handoff; the most streams first, then by reason.
+		AgentFailures: []AgentFailure{
+			{Reason: "connect_failed", Action: "hangup", Streams: 2, Calls: 2},
+			{Reason: "agent_closed", Action: "handoff", Streams: 1, Calls: 1},
+			{Reason: "write_timeout", Action: "play_then_hangup", Streams: 1, Calls: 1},
+		},
+		// 10:00: queues 0, 400, 1200, p95 at floor(3*0.95)=2. 11:00: 200,
+		// 6000, p95 at floor(2*0.95)=1.
+		AgentPlayout: []PlayoutHour{
+			{Hour: at("10:00"), Streams: 3, FramesPlayed: 1400, LateFrames: 2, DroppedFrames: 5, ClearedFrames: 10, P95MaxQueueMS: 1200, DeepestQueueMS: 1200},
+			{Hour: at("11:00"), Streams: 2, FramesPlayed: 400, LateFrames: 8, DroppedFrames: 50, ClearedFrames: 20, P95MaxQueueMS: 6000, DeepestQueueMS: 6000},
+			{Hour: at("12:00"), Streams: 1},
+		},
+		// llm_latency_ms sorted 100, 200, 300, 1000: p50 at 2, p95 at 3.
+		AgentMetricsByName: []MetricSummary{
+			{Name: "llm_latency_ms", Samples: 4, Calls: 3, Avg: 400, Min: 100, P50: 300, P95: 1000, Max: 1000},
+			{Name: "sentiment", Samples: 2, Calls: 2, Avg: -0.125, Min: -0.5, P50: 0.25, P95: 0.25, Max: 0.25},
+		},
 	}
 }
 
@@ -191,6 +262,10 @@ func TestPanels(t *testing.T) {
 	require.Equal(t, w.TimeToTransfer, got.TimeToTransfer)
 	require.Equal(t, w.CallsByDialedNumber, got.CallsByDialedNumber)
 	require.Equal(t, w.RecentHandoffs, got.RecentHandoffs)
+	require.Equal(t, w.AgentStreamsByReason, got.AgentStreamsByReason)
+	require.Equal(t, w.AgentFailures, got.AgentFailures)
+	require.Equal(t, w.AgentPlayout, got.AgentPlayout)
+	require.Equal(t, w.AgentMetricsByName, got.AgentMetricsByName)
 	require.Equal(t, w, got)
 }
 
@@ -381,7 +456,8 @@ func TestPanelsParse(t *testing.T) {
 		require.Contains(t, p.SQL, "{from}")
 	}
 	require.Equal(t, []string{panels.HandoffsByReason, panels.SuccessByDestination, panels.TimeToTransfer,
-		panels.CallsByDialedNumber, panels.RecentHandoffs}, names)
+		panels.CallsByDialedNumber, panels.RecentHandoffs, panels.AgentStreamsByReason, panels.AgentFailures,
+		panels.AgentPlayout, panels.AgentMetricsByName}, names)
 	_, err := panels.Parse("SELECT 1;\n")
 	require.Error(t, err, "a query without name and title")
 	r := ps[0].Render(time.Unix(100, 0), time.Unix(200, 0), 5)

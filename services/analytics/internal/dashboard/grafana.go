@@ -9,7 +9,8 @@ import (
 )
 
 // GrafanaPath is where the Grafana dashboard lives, from the repository
-// root. It is generated from panels.sql (go test -run TestGrafana -update).
+// root. It is generated from panels.All(), panels.sql then agent.sql
+// (go test ./internal/dashboard -run TestGeneratedFilesMatchPanels -update).
 const GrafanaPath = "deploy/grafana/baton-handoffs.json"
 
 // grafanaPanel is how each panel is drawn in Grafana.
@@ -38,13 +39,33 @@ var grafanaPanel = map[string]struct {
 		"options": map[string]any{"orientation": "horizontal", "reduceOptions": map[string]any{"values": true, "calcs": []any{}, "fields": "/^calls$/"}},
 	}},
 	panels.RecentHandoffs: {"table", 1, 12, 9, map[string]any{}},
+	panels.AgentStreamsByReason: {"timeseries", 0, 24, 9, map[string]any{
+		"fieldConfig": map[string]any{"defaults": map[string]any{"custom": map[string]any{
+			"drawStyle": "bars", "fillOpacity": 80, "stacking": map[string]any{"mode": "normal"},
+		}}, "overrides": []any{}},
+	}},
+	panels.AgentFailures: {"table", 1, 12, 9, map[string]any{}},
+	panels.AgentPlayout: {"table", 1, 12, 9, map[string]any{
+		"fieldConfig": map[string]any{"defaults": map[string]any{}, "overrides": []any{
+			msColumn("p95_max_queue_ms"), msColumn("deepest_queue_ms"),
+		}},
+	}},
+	panels.AgentMetricsByName: {"table", 1, 12, 9, map[string]any{}},
+}
+
+// msColumn is a table override that shows a column in milliseconds.
+func msColumn(name string) map[string]any {
+	return map[string]any{
+		"matcher":    map[string]any{"id": "byName", "options": name},
+		"properties": []any{map[string]any{"id": "unit", "value": "ms"}},
+	}
 }
 
 // grafanaLimit is the row limit of list panels in Grafana.
 const grafanaLimit = 50
 
 // Grafana returns the dashboard JSON for the grafana-clickhouse-datasource
-// plugin: one panel per query of panels.sql, the window from Grafana's
+// plugin: one panel per query of panels.All(), the window from Grafana's
 // time picker ($__fromTime, $__toTime), the datasource chosen by the
 // ${datasource} variable. The datasource's default database must be the
 // one analytics writes (baton).
@@ -91,7 +112,7 @@ func Grafana() ([]byte, error) {
 		},
 		"uid":           "baton-handoffs",
 		"title":         "Baton handoffs",
-		"description":   "Generated from schemas/panels/panels.sql; the analytics page shows the same panels.",
+		"description":   "Generated from schemas/panels/panels.sql and agent.sql; the analytics page shows the same panels.",
 		"tags":          []any{"baton"},
 		"timezone":      "utc",
 		"schemaVersion": 39,

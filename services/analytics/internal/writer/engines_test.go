@@ -175,7 +175,7 @@ func shippedQueries(t *testing.T, from, to time.Time) []query {
 		{"dev summary", panels.Summary(scenarioStart)},
 	}
 	all := panels.All()
-	require.Len(t, all, 5)
+	require.Len(t, all, 9)
 	for _, p := range all {
 		qs = append(qs, query{"panel " + p.Name, p.Render(from, to, 100)})
 	}
@@ -507,4 +507,139 @@ func scenario(t *testing.T, topics kafka.Topics) []*kgo.Record {
 		})
 	}
 	return recs
+}
+
+// agentDay is the day of the agent fixture; its window is 10:00 to 13:00.
+var agentDay = time.Date(2026, 12, 1, 0, 0, 0, 0, time.UTC)
+
+// agentFixture is a small set of agent events, each record twice (a
+// producer's retry): streams that ended for each kind of reason, two that
+// never opened, one outside the window (a6), one still open (a7), and
+// agent metrics. Every stream connected 5 minutes before it ended.
+func agentFixture(t *testing.T) []*kgo.Record {
+	t.Helper()
+	at := func(hhmm string) time.Time {
+		ts, err := time.Parse("15:04", hhmm)
+		require.NoError(t, err)
+		return agentDay.Add(time.Duration(ts.Hour())*time.Hour + time.Duration(ts.Minute())*time.Minute)
+	}
+	var recs []*kgo.Record
+	add := func(id, call string, ts time.Time, msg proto.Message) {
+		typ, err := events.TypeOf(msg)
+		require.NoError(t, err)
+		rec, err := events.Encode("baton.calls", events.Event{ID: id, Type: typ, Source: "baton/ingress", Subject: "call-" + call, Time: ts, Data: msg})
+		require.NoError(t, err)
+		recs = append(recs, rec, rec)
+	}
+	for i, st := range []struct {
+		call, sid, end, reason, action             string
+		played, late, dropped, cleared, maxQueueMS uint64
+	}{
+		{"a1", "s1", "10:05", "handoff", "none", 900, 2, 0, 10, 400},
+		{"a2", "s2", "10:30", "call_ended", "none", 500, 0, 5, 0, 1200},
+		{"a3", "", "10:40", "connect_failed", "hangup", 0, 0, 0, 0, 0},
+		{"a4", "s4", "11:15", "agent_closed", "handoff", 300, 7, 50, 20, 6000},
+		{"a5", "s5", "11:50", "write_timeout", "play_then_hangup", 100, 1, 0, 0, 200},
+		{"a6", "s6", "09:00", "connect_failed", "hangup", 0, 0, 0, 0, 0},
+		{"a8", "", "12:10", "connect_failed", "hangup", 0, 0, 0, 0, 0},
+	} {
+		end := at(st.end)
+		if st.sid != "" {
+			add("conn-"+st.call, st.call, end.Add(-5*time.Minute), &batonv1.AgentConnected{CallId: "call-" + st.call, StreamSid: st.sid,
+				Url: "wss://bot.example/" + st.call, Format: []string{"audio/x-mulaw", "audio/l16"}[i%2], ConnectMs: int64(100 + i),
+				Source: []string{"trunk", "number"}[i%2]})
+		}
+		add("disc-"+st.call, st.call, end, &batonv1.AgentDisconnected{CallId: "call-" + st.call, StreamSid: st.sid,
+			Reason: st.reason, Action: st.action, Stats: &batonv1.AgentStreamStats{
+				FramesOut: st.played + 10, FramesIn: st.played / 2, FramesPlayed: st.played, Late: st.late, Dropped: st.dropped,
+				Cleared: st.cleared, MaxQueueMs: st.maxQueueMS,
+			}})
+	}
+	add("conn-a7", "a7", at("12:59"), &batonv1.AgentConnected{CallId: "call-a7", StreamSid: "s7", Url: "wss://bot.example/a7"})
+	for _, m := range []struct {
+		id, call, time, name string
+		value                float64
+	}{
+		{"m1", "a1", "10:02", "llm_latency_ms", 100},
+		{"m2", "a1", "10:03", "llm_latency_ms", 200},
+		{"m3", "a2", "10:25", "llm_latency_ms", 300},
+		{"m4", "a4", "11:12", "llm_latency_ms", 1000},
+		{"m5", "a1", "10:04", "sentiment", -0.5},
+		{"m6", "a5", "11:40", "sentiment", 0.25},
+		{"m7", "a6", "08:59", "sentiment", 9},
+	} {
+		add(m.id, m.call, at(m.time), &batonv1.AgentMetric{CallId: "call-" + m.call, Name: m.name, Value: m.value})
+	}
+	return recs
+}
+
+// TestAgentPanelsOnBothEngines writes the agent fixture (every record
+// twice, then the whole batch twice) on 18.16 through the writer's insert
+// and on the current engine through its column lists, and checks that
+// each event id is one row and that agent_stream_facts and every agent
+// panel give the expected figures on both engines, with join_use_nulls 0
+// and 1.
+func TestAgentPanelsOnBothEngines(t *testing.T) {
+	server.Require(t)
+	r, dead := build(agentFixture(t))
+	require.Empty(t, dead)
+	require.Len(t, r.streams, 14, "every disconnect twice in the batch")
+	old := oldEngine(t, r)
+	cur := currentEngine(t, r)
+	from, to := agentDay.Add(10*time.Hour), agentDay.Add(13*time.Hour)
+	panel := func(name string) string {
+		p, err := panels.Lookup(name)
+		require.NoError(t, err)
+		return p.Render(from, to, 3)
+	}
+	tests := []struct{ name, sql, want string }{
+		{"one row per event id",
+			"SELECT (SELECT count() FROM agent_streams FINAL) AS streams, (SELECT count() FROM agent_connects FINAL) AS connects, " +
+				"(SELECT count() FROM agent_metrics FINAL) AS metrics",
+			"streams\tconnects\tmetrics\n7\t6\t7\n"},
+		{"agent_stream_facts",
+			"SELECT call_id, stream_sid, reason, action, frames_out, frames_played, max_queue_ms, url, format, connect_ms, source, duration_ms " +
+				"FROM agent_stream_facts ORDER BY call_id, stream_sid",
+			"call_id\tstream_sid\treason\taction\tframes_out\tframes_played\tmax_queue_ms\turl\tformat\tconnect_ms\tsource\tduration_ms\n" +
+				"call-a1\ts1\thandoff\tnone\t910\t900\t400\twss://bot.example/a1\taudio/x-mulaw\t100\ttrunk\t300000\n" +
+				"call-a2\ts2\tcall_ended\tnone\t510\t500\t1200\twss://bot.example/a2\taudio/l16\t101\tnumber\t300000\n" +
+				"call-a3\t\tconnect_failed\thangup\t10\t0\t0\t\t\t0\t\t0\n" +
+				"call-a4\ts4\tagent_closed\thandoff\t310\t300\t6000\twss://bot.example/a4\taudio/l16\t103\tnumber\t300000\n" +
+				"call-a5\ts5\twrite_timeout\tplay_then_hangup\t110\t100\t200\twss://bot.example/a5\taudio/x-mulaw\t104\ttrunk\t300000\n" +
+				"call-a6\ts6\tconnect_failed\thangup\t10\t0\t0\twss://bot.example/a6\taudio/l16\t105\tnumber\t300000\n" +
+				"call-a8\t\tconnect_failed\thangup\t10\t0\t0\t\t\t0\t\t0\n"},
+		{"panel " + panels.AgentStreamsByReason, panel(panels.AgentStreamsByReason),
+			"hour\treason\tstreams\n" +
+				"2026-12-01 10:00:00\tcall_ended\t1\n" +
+				"2026-12-01 10:00:00\tconnect_failed\t1\n" +
+				"2026-12-01 10:00:00\thandoff\t1\n" +
+				"2026-12-01 11:00:00\tagent_closed\t1\n" +
+				"2026-12-01 11:00:00\twrite_timeout\t1\n" +
+				"2026-12-01 12:00:00\tconnect_failed\t1\n"},
+		{"panel " + panels.AgentFailures, panel(panels.AgentFailures),
+			"reason\taction\tstreams\tcalls\n" +
+				"connect_failed\thangup\t2\t2\n" +
+				"agent_closed\thandoff\t1\t1\n" +
+				"write_timeout\tplay_then_hangup\t1\t1\n"},
+		// 10:00: deepest queues 0, 400, 1200, p95 at floor(3*0.95)=2;
+		// 11:00: 200, 6000, p95 at floor(2*0.95)=1.
+		{"panel " + panels.AgentPlayout, panel(panels.AgentPlayout),
+			"hour\tstreams\tframes_played\tlate_frames\tdropped_frames\tcleared_frames\tp95_max_queue_ms\tdeepest_queue_ms\n" +
+				"2026-12-01 10:00:00\t3\t1400\t2\t5\t10\t1200\t1200\n" +
+				"2026-12-01 11:00:00\t2\t400\t8\t50\t20\t6000\t6000\n" +
+				"2026-12-01 12:00:00\t1\t0\t0\t0\t0\t0\t0\n"},
+		// llm_latency_ms sorted 100, 200, 300, 1000: p50 at 2, p95 at 3.
+		{"panel " + panels.AgentMetricsByName, panel(panels.AgentMetricsByName),
+			"name\tsamples\tcalls\tavg_value\tmin_value\tp50_value\tp95_value\tmax_value\n" +
+				"llm_latency_ms\t4\t3\t400\t100\t300\t1000\t1000\n" +
+				"sentiment\t2\t2\t-0.125\t-0.5\t0.25\t0.25\t0.25\n"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			for _, nulls := range []int{0, 1} {
+				require.Equalf(t, tt.want, old.query(t, tt.sql, nulls), "18.16, join_use_nulls = %d\n%s", nulls, tt.sql)
+				require.Equalf(t, tt.want, cur.query(t, tt.sql, nulls), "current engine, join_use_nulls = %d\n%s", nulls, tt.sql)
+			}
+		})
+	}
 }
