@@ -60,6 +60,51 @@ type Params struct {
 	// Version is the o= version; 0 means SessionID. A re-INVITE's answer
 	// must carry a higher version than the previous SDP (RFC 3264 8).
 	Version uint64
+	// MediaHost, when set, is the c= address instead of Host (the o=
+	// line keeps Host): a bridged call's media is transfer's, its session
+	// still ingress's.
+	MediaHost string
+}
+
+// Bridge is where a session's audio is received, and the o= version of
+// the SDP that said so.
+type Bridge struct {
+	Host    string
+	Port    int
+	Version uint64
+}
+
+// ReadBridge reads the address, port and o= version of an SDP Baton sent
+// (transfer's re-INVITE moving the caller to its bridge).
+func ReadBridge(body []byte) (Bridge, error) {
+	sessionConn, streams, err := parse(body)
+	if err != nil {
+		return Bridge{}, err
+	}
+	audio, _, _ := pickStream(streams)
+	if audio < 0 {
+		return Bridge{}, fmt.Errorf("%w: no audio stream with PCMU or PCMA", ErrNotAcceptable)
+	}
+	host := streams[audio].conn
+	if host == "" {
+		host = sessionConn
+	}
+	port, err := strconv.Atoi(streams[audio].port)
+	if err != nil || port <= 0 || port > 65535 || host == "" {
+		return Bridge{}, fmt.Errorf("%w: no media address in %q", ErrNotAcceptable, truncate(string(body)))
+	}
+	var version uint64
+	for line := range strings.SplitSeq(strings.ReplaceAll(string(body), "\r\n", "\n"), "\n") {
+		if rest, ok := strings.CutPrefix(line, "o="); ok {
+			if f := strings.Fields(rest); len(f) == 6 {
+				version, err = strconv.ParseUint(f[2], 10, 63)
+				if err != nil {
+					return Bridge{}, fmt.Errorf("%w: o= version %q", ErrNotAcceptable, truncate(f[2]))
+				}
+			}
+		}
+	}
+	return Bridge{Host: host, Port: port, Version: version}, nil
 }
 
 func (p Params) version() uint64 {
@@ -164,7 +209,15 @@ func writeSession(b *strings.Builder, p Params) {
 	b.WriteString("v=0\r\n")
 	fmt.Fprintf(b, "o=baton %d %d IN %s %s\r\n", p.SessionID, p.version(), ipVer, p.Host)
 	b.WriteString("s=baton\r\n")
-	fmt.Fprintf(b, "c=IN %s %s\r\n", ipVer, p.Host)
+	conn := p.Host
+	if p.MediaHost != "" {
+		conn = p.MediaHost
+		ipVer = "IP4"
+		if ip := net.ParseIP(conn); ip != nil && ip.To4() == nil {
+			ipVer = "IP6"
+		}
+	}
+	fmt.Fprintf(b, "c=IN %s %s\r\n", ipVer, conn)
 	b.WriteString("t=0 0\r\n")
 }
 

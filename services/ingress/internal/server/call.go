@@ -76,6 +76,9 @@ type inboundCall struct {
 	mediaSince  time.Time
 	hangingUp   bool // the media watch picked it
 	mediaMoved  bool // transfer bridged the caller's media elsewhere
+	// bridge is where the bridge receives the caller's media, once moved
+	// (zero when transfer gave no SDP): re-INVITEs are answered from it.
+	bridge sdp.Bridge
 	// agent is the call's open agent stream (agent.go), nil without one;
 	// ending is set once the call is ending, after which none is opened.
 	agent  *agent.Stream

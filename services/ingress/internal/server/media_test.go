@@ -13,6 +13,7 @@ import (
 
 	"github.com/emiago/sipgo/sip"
 	"github.com/stretchr/testify/require"
+	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/baton-voice/baton/pkg/events"
 	"github.com/baton-voice/baton/pkg/events/batonv1"
@@ -369,5 +370,62 @@ func TestGreetingPlayed(t *testing.T) {
 			res := c.inDialog(sip.BYE, "", "")
 			require.Equal(t, sip.StatusOK, res.StatusCode)
 		})
+	}
+}
+
+// TestReInviteOnBridgedCallAnswersFromTheBridge (issue 19, 2): once
+// transfer moved the caller to its bridge (BRIDGED, with the SDP its
+// re-INVITE gave the caller), the caller's hold, resume or session
+// refresh still reaches ingress, the dialog's UAS; ingress answers with
+// the bridge's address and port, continuing the session's version, so
+// the caller's audio stays on the bridge.
+func TestReInviteOnBridgedCallAnswersFromTheBridge(t *testing.T) {
+	t.Parallel()
+	topics := kafka.DefaultConfig().Topics
+	brokers := kafkatest.NewCluster(t, 1, topics.All()...)
+	in := startIngress(t, brokers, nil)
+	consumer := newCalls(t, brokers, topics.Calls)
+	c := dial(t, in, "reinvite-bridged", "0 101")
+	require.Equal(t, events.TypeCallStarted, consumer.next(t).Type)
+	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...))
+	require.NoError(t, err)
+	t.Cleanup(cl.Close)
+	// Transfer continues ingress's o= line: same session, version + 1.
+	var session, version uint64
+	for line := range strings.SplitSeq(c.answer, "\r\n") {
+		if rest, ok := strings.CutPrefix(line, "o=baton "); ok {
+			_, err := fmt.Sscanf(rest, "%d %d", &session, &version)
+			require.NoError(t, err)
+		}
+	}
+	require.NotZero(t, version)
+	version++
+	bridgeSDP := fmt.Sprintf("v=0\r\no=baton %d %d IN IP4 127.0.0.1\r\ns=baton\r\nc=IN IP4 127.0.0.9\r\nt=0 0\r\n"+
+		"m=audio 41234 RTP/AVP 0 101\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:101 telephone-event/8000\r\na=sendrecv\r\n", session, version)
+	ev, err := events.New("baton/transfer", c.callID, &batonv1.TransferOutcome{CommandId: "cmd-b", CallId: c.callID,
+		Status: batonv1.OutcomeStatus_OUTCOME_STATUS_BRIDGED, Method: batonv1.Method_METHOD_INVITE, CallerSdp: bridgeSDP}, time.Now())
+	require.NoError(t, err)
+	rec, err := events.Encode(topics.Transfers, ev)
+	require.NoError(t, err)
+	require.NoError(t, cl.ProduceSync(t.Context(), rec).FirstErr())
+	require.Eventually(t, func() bool {
+		in.srv.mu.Lock()
+		call := in.srv.calls[c.callID]
+		in.srv.mu.Unlock()
+		call.mu.Lock()
+		defer call.mu.Unlock()
+		return call.bridge.Port != 0
+	}, 10*time.Second, 10*time.Millisecond, "the BRIDGED outcome never reached ingress")
+
+	for _, tc := range []struct{ offerDir, wantDir string }{{"sendonly", "recvonly"}, {"sendrecv", "sendrecv"}} {
+		res := c.inDialog(sip.INVITE, "application/sdp", sbcOffer(c.rtpPort(), "0 101", tc.offerDir))
+		require.Equal(t, sip.StatusOK, res.StatusCode)
+		body := string(res.Body())
+		version++
+		require.Contains(t, body, fmt.Sprintf(" %d IN IP4 ", version), "the session's version continues transfer's")
+		require.Contains(t, body, "c=IN IP4 127.0.0.9\r\n", "the bridge's address, not the anchor's")
+		require.Contains(t, body, "m=audio 41234 ", "the bridge's port")
+		require.Equal(t, tc.wantDir, sdpDirection(t, res.Body()))
+		c.ack("")
 	}
 }

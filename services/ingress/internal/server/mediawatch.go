@@ -11,6 +11,7 @@ import (
 	"github.com/baton-voice/baton/pkg/kafka"
 	"github.com/baton-voice/baton/pkg/observability"
 	"github.com/baton-voice/baton/services/ingress/internal/agent"
+	"github.com/baton-voice/baton/services/ingress/internal/sdp"
 )
 
 // watchMedia ends, with ingress's BYE, every answered call whose caller
@@ -76,10 +77,25 @@ func (c *inboundCall) mediaTimedOut(now time.Time, timeout time.Duration) bool {
 }
 
 // moveMedia turns the media watch off for c, whose RTP now flows through
-// transfer's bridge.
-func (c *inboundCall) moveMedia(ctx context.Context) {
+// transfer's bridge. callerSDP is what transfer's re-INVITE gave the
+// caller: the caller's later re-INVITEs reach ingress (the dialog's UAS)
+// and are answered from it, so the caller's media stays on the bridge.
+func (c *inboundCall) moveMedia(ctx context.Context, callerSDP string) {
+	var br sdp.Bridge
+	if callerSDP != "" {
+		var err error
+		if br, err = sdp.ReadBridge([]byte(callerSDP)); err != nil {
+			c.env.log.WarnContext(ctx, "bridged call: transfer's sdp unusable; re-INVITEs answered from the anchor",
+				"call_id", c.id, "err", err)
+		}
+	}
 	c.mu.Lock()
 	c.mediaMoved = true
+	if br.Port != 0 {
+		c.bridge = br
+		c.sdpVersion = max(c.sdpVersion, br.Version)
+		c.localSDP = []byte(callerSDP)
+	}
 	c.mu.Unlock()
 	c.env.log.InfoContext(ctx, "media moved to a transfer bridge; no media timeout for the call", "call_id", c.id)
 	// The caller now talks to a person: the agent's stream ends.
@@ -154,7 +170,7 @@ func (s *Server) followTransfers(ctx context.Context) {
 				return
 			}
 			if o.GetStatus() == batonv1.OutcomeStatus_OUTCOME_STATUS_BRIDGED {
-				c.moveMedia(ctx)
+				c.moveMedia(ctx, o.GetCallerSdp())
 			}
 			if reason, over := dialogEndedBy(o); over {
 				// Transfer's BYE ended the caller's dialog: the call is

@@ -54,6 +54,12 @@ func (c *inboundCall) onReInvite(ctx context.Context, req *sip.Request, tx sip.S
 	}
 	c.remoteCSeq = cseq
 	params := sdp.Params{Host: c.env.sdpHost, Port: c.media.Port(), SessionID: c.sdpSession, Version: c.sdpVersion + 1}
+	// A bridged call's media is the bridge's: answer with its address,
+	// and leave the anchor alone (issue 19, 2).
+	bridged := c.mediaMoved && c.bridge.Port != 0
+	if bridged {
+		params.MediaHost, params.Port = c.bridge.Host, c.bridge.Port
+	}
 	c.mu.Unlock()
 
 	body := req.Body()
@@ -90,7 +96,7 @@ func (c *inboundCall) onReInvite(ctx context.Context, req *sip.Request, tx sip.S
 		c.mu.Unlock()
 		close(ri.done)
 	}()
-	if len(body) > 0 {
+	if len(body) > 0 && !bridged {
 		c.applyMedia(answer, time.Now())
 	}
 
@@ -124,7 +130,9 @@ func (c *inboundCall) onReInvite(ctx context.Context, req *sip.Request, tx sip.S
 	c.mu.Lock()
 	c.codec = answer.Codec.Name
 	c.mu.Unlock()
-	c.applyMedia(answer, time.Now())
+	if !bridged {
+		c.applyMedia(answer, time.Now())
+	}
 	log.InfoContext(ctx, "re-invite answered in ack", "direction", answer.Direction, "codec", answer.Codec.Name, "remote_rtp", answer.RemoteAddr)
 	c.env.facts.publishAsync(ctx, c.id, callUpdated(c.id, cseq, answer, local, ack.Body()))
 }
