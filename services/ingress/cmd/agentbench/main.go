@@ -41,13 +41,13 @@ import (
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
 	var err error
 	if len(os.Args) > 1 && os.Args[1] == "media" {
-		err = media(ctx, os.Args[2:])
+		err = media(ctx, os.Args[2:], os.Stdout)
 	} else {
 		err = bench(ctx, os.Args[1:])
 	}
+	stop()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "agentbench:", err)
 		os.Exit(1)
@@ -335,7 +335,7 @@ type mediaStats struct {
 }
 
 // media is the child: the ingress side of n calls (agent), or the relay.
-func media(ctx context.Context, args []string) error {
+func media(ctx context.Context, args []string, out io.Writer) error {
 	fs := flag.NewFlagSet("media", flag.ContinueOnError)
 	mode := fs.String("mode", "agent", "agent or relay")
 	bot := fs.String("bot", "", "the bot's ws:// URL")
@@ -385,7 +385,7 @@ func media(ctx context.Context, args []string) error {
 					_, _ = c.WriteToUDPAddrPort(buf[:n], remote)
 				}
 			}()
-			fmt.Println(c.LocalAddr().(*net.UDPAddr).Port)
+			fmt.Fprintln(out, c.LocalAddr().(*net.UDPAddr).Port)
 		default:
 			s, err := alloc.Open(nil, nil)
 			if err != nil {
@@ -396,7 +396,7 @@ func media(ctx context.Context, args []string) error {
 				Playout: 10 * time.Second, WriteTimeout: 5 * time.Second, MaxMessage: 1 << 20},
 				agent.Start{CallSid: "bench-" + strconv.Itoa(p)}, agent.Hooks{}, logger)
 			if err != nil {
-				fmt.Println("fail " + err.Error())
+				fmt.Fprintln(out, "fail "+err.Error())
 				_, _ = s.Close()
 				continue
 			}
@@ -404,16 +404,16 @@ func media(ctx context.Context, args []string) error {
 			s.PlayFrom(st)
 			streams = append(streams, st)
 			sessions = append(sessions, s)
-			fmt.Println(s.Port())
+			fmt.Fprintln(out, s.Port())
 		}
 	}
 	_, _ = io.Copy(io.Discard, os.Stdin) // until the parent closes stdin
-	var out mediaStats
+	var total mediaStats
 	for _, st := range streams {
 		x := st.Close(agent.ReasonCallEnded)
-		out.Late += x.Late
-		out.Dropped += x.Dropped
-		out.Played += x.FramesPlayed
+		total.Late += x.Late
+		total.Dropped += x.Dropped
+		total.Played += x.FramesPlayed
 	}
 	for _, s := range sessions {
 		_, _ = s.Close()
@@ -421,7 +421,7 @@ func media(ctx context.Context, args []string) error {
 	for _, c := range relays {
 		_ = c.Close()
 	}
-	return json.NewEncoder(os.Stdout).Encode(out)
+	return json.NewEncoder(out).Encode(total)
 }
 
 func pct(v []time.Duration, p float64) time.Duration {
