@@ -55,10 +55,7 @@ func Run(ctx context.Context, o Options, out io.Writer) error {
 
 // Print runs every panel over conn and writes it to out as a table.
 func Print(ctx context.Context, conn driver.Conn, o Options, out io.Writer) error {
-	ps, err := panels.Parse(panels.SQL)
-	if err != nil {
-		return err
-	}
+	ps := panels.All() // the handoff panels, then the agent's
 	var version string
 	if err := conn.QueryRow(ctx, "SELECT version()").Scan(&version); err != nil {
 		return fmt.Errorf("clickhouse %s: %w", o.Addr, err)

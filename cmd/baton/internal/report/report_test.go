@@ -16,6 +16,8 @@ import (
 	"github.com/ClickHouse/clickhouse-go/v2"
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 	"github.com/stretchr/testify/require"
+
+	"github.com/baton-voice/baton/schemas/panels"
 )
 
 func repoRoot(t *testing.T) string {
@@ -120,6 +122,10 @@ func TestReport(t *testing.T) {
 		require.NoError(t, b.Append("call-h1", day, uint64(1), "+15550199", uint64(1)))
 		require.NoError(t, b.Append("call-h2", day, uint64(2), "+15550199", uint64(2)))
 		require.NoError(t, b.Send())
+		b, err = conn.PrepareBatch(t.Context(), "INSERT INTO agent_streams (event_id, call_id, stream_sid, ended_at, ended_ms, reason, action, frames_played, late)")
+		require.NoError(t, err)
+		require.NoError(t, b.Append("a1", "call-h1", "MZ1", day, uint64(1), "agent_closed", "hangup", uint64(250), uint64(3)))
+		require.NoError(t, b.Send())
 	}
 
 	var out bytes.Buffer
@@ -141,10 +147,14 @@ func TestReport(t *testing.T) {
 		"Recent handoffs",
 		"call-h3  h3          technical  sales        REFER   pending    0         -",
 		"call-h1  h1          billing    support      REFER   succeeded  200       900",
+		"Agent streams per hour by end reason",
+		"Agent failures by reason and on_agent_failure action",
+		"agent_closed",
 	} {
 		require.Contains(t, got, want, got)
 	}
-	require.Equal(t, 5, strings.Count(got, "\n\n"), "five panels:\n%s", got)
+	require.Equal(t, len(panels.All()), strings.Count(got, "\n\n"), "every panel, the agent's too:\n%s", got)
+	require.Equal(t, 9, len(panels.All()))
 
 	// Numbers, call ids and reasons are caller-chosen text: printed
 	// escaped, never raw (issue 14, finding 9).
