@@ -472,6 +472,38 @@ func TestWarmTransferFailures(t *testing.T) {
 	}
 }
 
+// TestWarmTransferUnreachableDestination (issue 19, 4): a destination that
+// answers nothing is reported when the answer timeout says, as
+// unreachable, with no CANCEL (there is nothing to cancel before a 1xx),
+// not 32 s later when the INVITE's Timer B fires.
+func TestWarmTransferUnreachableDestination(t *testing.T) {
+	t.Parallel()
+	h := start(t, 202, withInvite(nil))
+	caller := startCallerSBC(t, 0)
+	silent, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = silent.Close() })
+	cmd := inviteCommand(caller, "unreachable", fmt.Sprintf("sip:agent@127.0.0.1:%d", silent.LocalAddr().(*net.UDPAddr).Port))
+	cmd.AnswerTimeout = durationpb.New(700 * time.Millisecond)
+	h.command(t, cmd)
+	got := h.statuses(t, cmd.CommandId, batonv1.OutcomeStatus_OUTCOME_STATUS_FAILED)
+	last := got[len(got)-1]
+	require.Contains(t, last.GetDetail(), "no response within 700ms: destination unreachable")
+	require.Zero(t, last.GetSipCode())
+	require.Less(t, last.GetElapsed().AsDuration(), 10*time.Second, "reported at the answer timeout, not at Timer B (32 s)")
+	// Nothing but the INVITE (and its retransmissions) reached it: no CANCEL.
+	buf := make([]byte, 65535)
+	require.NoError(t, silent.SetReadDeadline(time.Now().Add(200*time.Millisecond)))
+	for {
+		n, _, err := silent.ReadFromUDP(buf)
+		if err != nil {
+			break
+		}
+		require.True(t, strings.HasPrefix(string(buf[:n]), "INVITE "), "only INVITEs: %q", buf[:min(n, 40)])
+	}
+	require.Zero(t, caller.count(sip.INVITE), "the caller's media never moved")
+}
+
 func TestWarmTransferCallerRejectsTheReInvite(t *testing.T) {
 	t.Parallel()
 	h := start(t, 202, withInvite(nil))

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync/atomic"
 	"time"
 
 	"github.com/emiago/sipgo"
@@ -26,9 +27,13 @@ func (w *warmRun) ring(ctx context.Context) bool {
 	answerCtx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	lastRinging := 0
+	var provisional atomic.Bool // any 1xx came: there is something to CANCEL
 	result := make(chan error, 1)
 	go func() {
 		result <- leg.WaitAnswer(answerCtx, sipgo.AnswerOptions{OnResponse: func(res *sip.Response) error {
+			if res.StatusCode < 200 {
+				provisional.Store(true)
+			}
 			if res.StatusCode > 100 && res.StatusCode < 200 && res.StatusCode != lastRinging {
 				lastRinging = res.StatusCode
 				w.publish(ctx, step{status: ringing, code: res.StatusCode, reason: res.Reason})
@@ -45,6 +50,9 @@ func (w *warmRun) ring(ctx context.Context) bool {
 			return w.answerResult(ctx, err)
 		case <-timer.C:
 			why = fmt.Sprintf("no answer within %v: cancelled", timeout)
+			if !provisional.Load() {
+				why = fmt.Sprintf("no response within %v: destination unreachable", timeout)
+			}
 		case fact := <-w.facts:
 			if _, ok := fact.(*batonv1.CallEnded); ok {
 				why = "caller hung up while the destination was ringing: cancelled"
@@ -54,19 +62,48 @@ func (w *warmRun) ring(ctx context.Context) bool {
 		}
 	}
 	cancel(errors.New(why))
-	err := <-result
+	// A CANCEL is answered at once (487 follows); with no provisional
+	// response there is nothing to CANCEL (RFC 3261 9.1) and sipgo waits
+	// out the INVITE's Timer B (32 s). The attempt ends now either way,
+	// so the outcome says when and why it ended; an answer that still
+	// comes is taken down.
+	grace := cancelGrace
+	if !provisional.Load() {
+		grace = 0
+	}
+	var err error
+	select {
+	case err = <-result:
+	case <-time.After(grace):
+		err = errAbandoned
+		go func() {
+			if late := <-result; late == nil {
+				actx := context.WithoutCancel(ctx)
+				_ = leg.Ack(actx)
+				w.byeLeg(actx)
+			}
+		}()
+	}
 	if err == nil {
 		// Answered while being cancelled: take it down again.
 		_ = leg.Ack(ctx)
 		w.byeLeg(ctx)
 	}
-	code := 0
-	if r := leg.InviteResponse; r != nil && r.StatusCode >= 300 {
-		code = r.StatusCode
+	code, reason := 0, ""
+	if !errors.Is(err, errAbandoned) { // else WaitAnswer still owns the leg
+		if r := leg.InviteResponse; r != nil && r.StatusCode >= 300 {
+			code, reason = r.StatusCode, finalReason(r, r.StatusCode)
+		}
 	}
-	w.publish(ctx, failed(code, finalReason(leg.InviteResponse, code), why))
+	w.publish(ctx, failed(code, reason, why))
 	return false
 }
+
+// cancelGrace is how long a cancelled INVITE may take to end (its 487);
+// errAbandoned marks one that did not, or had nothing to CANCEL.
+const cancelGrace = 2 * time.Second
+
+var errAbandoned = errors.New("invite abandoned")
 
 func finalReason(r *sip.Response, code int) string {
 	if r == nil || code == 0 {
