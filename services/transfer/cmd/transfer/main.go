@@ -26,6 +26,7 @@ import (
 	"github.com/baton-voice/baton/services/transfer/internal/request"
 	"github.com/baton-voice/baton/services/transfer/internal/transfer"
 	"github.com/baton-voice/baton/services/transfer/internal/uac"
+	"github.com/baton-voice/baton/services/transfer/internal/whisper"
 )
 
 // ensureTopicsTimeout bounds topic creation at start.
@@ -141,6 +142,22 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 			return startup.ExitFailed
 		}
 	}
+	wc := cfg.Invite.Whisper
+	whisperURLs, err := whisper.NewFetcher(whisper.FetchOptions{
+		AllowHosts:   wc.AllowHosts,
+		Timeout:      wc.Timeout,
+		MaxBytes:     wc.MaxBytes,
+		MaxDuration:  wc.MaxDuration,
+		CacheEntries: wc.CacheEntries,
+		CacheBytes:   wc.CacheBytes,
+		CacheTTL:     wc.CacheTTL,
+	}, whisper.NewMetrics(reg), logger)
+	if err != nil {
+		logger.ErrorContext(ctx, "invite.whisper", "err", err) // validated at load
+		return startup.ExitFailed
+	}
+	defer whisperURLs.Close()
+	whisperURLs.RegisterCache(reg)
 	svc := transfer.New(cl, sipClient, attemptLog, transfer.Options{
 		Routes:          routes,
 		Peers:           request.Peers{Networks: cfg.PeerNetworks()},
@@ -165,6 +182,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 			TLS:              tlsServer != nil,
 			TrunkHost:        cfg.Invite.TrunkHost,
 			WhisperMax:       cfg.Invite.Whisper.MaxDuration,
+			WhisperURLs:      whisperURLs,
 		},
 		Metrics: transfer.NewMetrics(reg),
 		Tracer:  tracing.Tracer(tp, "transfer"),

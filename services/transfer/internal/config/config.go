@@ -22,6 +22,7 @@ import (
 	"github.com/baton-voice/baton/pkg/opshttp"
 	"github.com/baton-voice/baton/pkg/sipx"
 	"github.com/baton-voice/baton/pkg/tracing"
+	"github.com/baton-voice/baton/services/transfer/internal/whisper"
 )
 
 // Config is the transfer service's configuration file.
@@ -191,11 +192,26 @@ type Invite struct {
 	Whisper Whisper `yaml:"whisper"`
 }
 
-// Whisper configures whispers.
+// Whisper configures whispers: a command's whisper is a local file or an
+// http(s) URL.
 type Whisper struct {
-	// MaxDuration refuses longer whisper files (the caller waits through
-	// them).
+	// MaxDuration refuses longer whisper files and URLs (the caller waits
+	// through them).
 	MaxDuration time.Duration `yaml:"max_duration"`
+	// AllowHosts are the hosts whisper URLs may name: exact hosts (a name
+	// or an IP address, any port) or "*." and a domain (any host below
+	// it). Empty refuses every URL.
+	AllowHosts []string `yaml:"allow_hosts"`
+	// Timeout bounds one fetch, from the request to the last byte; the
+	// handoff waits for it before any SIP.
+	Timeout time.Duration `yaml:"timeout"`
+	// MaxBytes refuses a longer body without reading beyond it.
+	MaxBytes int64 `yaml:"max_bytes"`
+	// CacheEntries, CacheBytes (of decoded samples) and CacheTTL bound
+	// the cache of fetched whispers; cache_entries 0 turns it off.
+	CacheEntries int           `yaml:"cache_entries"`
+	CacheBytes   int64         `yaml:"cache_bytes"`
+	CacheTTL     time.Duration `yaml:"cache_ttl"`
 }
 
 // TLS configures SIP over TLS for new legs. An empty Listen disables it:
@@ -253,7 +269,8 @@ func Default() Config {
 			AnswerTimeout: 30 * time.Second,
 			CallerID:      CallerID{Policy: "caller"},
 			SRTPSuites:    []string{"AES_CM_128_HMAC_SHA1_80", "AEAD_AES_128_GCM"},
-			Whisper:       Whisper{MaxDuration: 30 * time.Second},
+			Whisper: Whisper{MaxDuration: 30 * time.Second, Timeout: 3 * time.Second, MaxBytes: 2 << 20,
+				CacheEntries: 256, CacheBytes: 64 << 20, CacheTTL: 10 * time.Minute},
 		},
 		Kafka:   kafka.DefaultConfig(),
 		Log:     observability.DefaultLogConfig(),
@@ -417,9 +434,7 @@ func (c *Config) validateTLS() []error {
 			errs = append(errs, pkgconfig.Errorf("invite.trunk_host", "port %q, want 1-65535", port))
 		}
 	}
-	if c.Invite.Whisper.MaxDuration <= 0 {
-		errs = append(errs, pkgconfig.Errorf("invite.whisper.max_duration", "%v, want a positive duration", c.Invite.Whisper.MaxDuration))
-	}
+	errs = append(errs, c.validateWhisper()...)
 	t := c.TLS
 	if t.Listen == "" {
 		if t.CertFile != "" || t.KeyFile != "" || t.CAFile != "" {
@@ -446,6 +461,38 @@ func (c *Config) validateTLS() []error {
 	}
 	return errs
 }
+
+func (c *Config) validateWhisper() []error {
+	var errs []error
+	w := c.Invite.Whisper
+	if w.MaxDuration <= 0 {
+		errs = append(errs, pkgconfig.Errorf("invite.whisper.max_duration", "%v, want a positive duration", w.MaxDuration))
+	}
+	for i, h := range w.AllowHosts {
+		if err := whisper.CheckHostPattern(h); err != nil {
+			errs = append(errs, pkgconfig.Errorf(fmt.Sprintf("invite.whisper.allow_hosts[%d]", i), "%q: %v", h, err))
+		}
+	}
+	if w.Timeout <= 0 {
+		errs = append(errs, pkgconfig.Errorf("invite.whisper.timeout", "%v, want a positive duration", w.Timeout))
+	}
+	if w.MaxBytes < minWhisperBytes {
+		errs = append(errs, pkgconfig.Errorf("invite.whisper.max_bytes", "%d, want at least %d (a WAV header and one frame)", w.MaxBytes, minWhisperBytes))
+	}
+	if w.CacheEntries < 0 {
+		errs = append(errs, pkgconfig.Errorf("invite.whisper.cache_entries", "%d, want 0 (no cache) or more", w.CacheEntries))
+	}
+	if w.CacheEntries > 0 && w.CacheBytes < w.MaxBytes {
+		errs = append(errs, pkgconfig.Errorf("invite.whisper.cache_bytes", "%d, want at least invite.whisper.max_bytes %d", w.CacheBytes, w.MaxBytes))
+	}
+	if w.CacheEntries > 0 && w.CacheTTL <= 0 {
+		errs = append(errs, pkgconfig.Errorf("invite.whisper.cache_ttl", "%v, want a positive duration", w.CacheTTL))
+	}
+	return errs
+}
+
+// minWhisperBytes is a WAV header and one 20 ms frame.
+const minWhisperBytes = 44 + 2*160
 
 func caPool(path string) (*x509.CertPool, error) {
 	pem, err := os.ReadFile(path)

@@ -79,6 +79,17 @@ func TestValidateNamesTheField(t *testing.T) {
 		{"trunk host", "invite:\n  trunk_host: 'a b:5060'\n", "t.yaml:2: invite.trunk_host:"},
 		{"trunk port", "invite:\n  trunk_host: trunk.example:0\n", "invite.trunk_host: port"},
 		{"whisper length", "invite:\n  whisper:\n    max_duration: 0s\n", "t.yaml:3: invite.whisper.max_duration:"},
+		{"whisper host with port", "invite:\n  whisper:\n    allow_hosts:\n      - cdn.example.com\n      - tts.example.com:443\n",
+			"t.yaml:5: invite.whisper.allow_hosts[1]: \"tts.example.com:443\": want a host name"},
+		{"whisper host is a URL", "invite:\n  whisper:\n    allow_hosts: [\"https://cdn.example.com\"]\n",
+			"t.yaml:3: invite.whisper.allow_hosts[0]:"},
+		{"whisper any host", "invite:\n  whisper:\n    allow_hosts: [\"*\"]\n", "invite.whisper.allow_hosts[0]: \"*\""},
+		{"whisper top-level domain", "invite:\n  whisper:\n    allow_hosts: [\"*.com\"]\n", "whole top-level domain"},
+		{"whisper timeout", "invite:\n  whisper:\n    timeout: 0s\n", "t.yaml:3: invite.whisper.timeout:"},
+		{"whisper max bytes", "invite:\n  whisper:\n    max_bytes: 100\n", "t.yaml:3: invite.whisper.max_bytes: 100, want at least 364"},
+		{"whisper cache entries", "invite:\n  whisper:\n    cache_entries: -1\n", "t.yaml:3: invite.whisper.cache_entries:"},
+		{"whisper cache bytes", "invite:\n  whisper:\n    cache_bytes: 1000\n", "t.yaml:3: invite.whisper.cache_bytes: 1000, want at least invite.whisper.max_bytes"},
+		{"whisper cache ttl", "invite:\n  whisper:\n    cache_ttl: 0s\n", "t.yaml:3: invite.whisper.cache_ttl:"},
 		{"tls without listen", "tls:\n  cert_file: /x.pem\n", "tls.listen: required"},
 		{"tls without cert", "tls:\n  listen: 127.0.0.1:5061\n", "tls.cert_file: tls.cert_file and tls.key_file are required"},
 		{"tls cert missing", "tls:\n  listen: 127.0.0.1:5061\n  cert_file: /nope.pem\n  key_file: /nope.key\n", "tls.cert_file: open /nope.pem"},
@@ -99,6 +110,24 @@ func TestValidateNamesTheField(t *testing.T) {
 			require.ErrorContains(t, err, tc.want)
 		})
 	}
+}
+
+// TestWhisperDefaults: whisper URLs are refused until allow_hosts names
+// hosts; the fetch and cache bounds have defaults.
+func TestWhisperDefaults(t *testing.T) {
+	c := Default()
+	require.Equal(t, Whisper{MaxDuration: 30 * time.Second, Timeout: 3 * time.Second, MaxBytes: 2 << 20,
+		CacheEntries: 256, CacheBytes: 64 << 20, CacheTTL: 10 * time.Minute}, c.Invite.Whisper)
+	require.Empty(t, c.Invite.Whisper.AllowHosts)
+
+	path := filepath.Join(t.TempDir(), "t.yaml")
+	doc := "invite:\n  whisper:\n    allow_hosts: [cdn.example.com, \"*.tts.example.net\", 10.0.0.7]\n    timeout: 1s\n    cache_entries: 0\n"
+	require.NoError(t, os.WriteFile(path, []byte(doc), 0o600))
+	c, err := Load(path)
+	require.NoError(t, err)
+	require.Equal(t, []string{"cdn.example.com", "*.tts.example.net", "10.0.0.7"}, c.Invite.Whisper.AllowHosts)
+	require.Equal(t, time.Second, c.Invite.Whisper.Timeout)
+	require.Zero(t, c.Invite.Whisper.CacheEntries, "0 turns the cache off")
 }
 
 func TestExternalHostGoesIntoTheVia(t *testing.T) {

@@ -49,9 +49,18 @@ type InviteOptions struct {
 	TLS bool
 	// WhisperMax refuses whisper files longer than this (0: no limit).
 	WhisperMax time.Duration
+	// WhisperURLs gets whispers named by an http(s) URL; nil refuses
+	// them (whisper.Load does).
+	WhisperURLs WhisperFetcher
 	// TrunkHost (host[:port]) is where tel: and extension routes are
 	// dialled; empty refuses them.
 	TrunkHost string
+}
+
+// WhisperFetcher gets a whisper from a URL (*whisper.Fetcher). Its
+// errors wrap whisper.ErrAudio.
+type WhisperFetcher interface {
+	Fetch(ctx context.Context, rawURL string) (whisper.Audio, error)
 }
 
 // Sender's leg-related methods (uac.Client implements them).
@@ -125,7 +134,7 @@ func (w *warmRun) run(ctx context.Context) {
 
 // check refuses, before a port is bound or anything is sent, a warm
 // transfer this process cannot carry out: not configured, an encryption
-// it does not allow, a whisper file it cannot play.
+// it does not allow, a whisper file or URL it cannot play.
 func (w *warmRun) check(ctx context.Context) bool {
 	o := w.inviteOpts
 	if w.legs == nil || o.Ports == nil {
@@ -138,10 +147,16 @@ func (w *warmRun) check(ctx context.Context) bool {
 		return false
 	}
 	w.enc = enc
-	// The whisper is read before any SIP: a bad file fails the command
-	// with nothing sent.
+	// The whisper is read (or fetched) before any SIP: a bad file or a
+	// refused URL fails the command with nothing sent.
 	if f := w.cmd.GetWhisper(); f != "" {
-		a, err := whisper.Load(f, o.WhisperMax)
+		var a whisper.Audio
+		var err error
+		if whisper.IsURL(f) && o.WhisperURLs != nil {
+			a, err = o.WhisperURLs.Fetch(ctx, f)
+		} else {
+			a, err = whisper.Load(f, o.WhisperMax)
+		}
 		if err != nil {
 			w.notSent(ctx, "INVITE", RefusedInvalidWhisper, err)
 			return false

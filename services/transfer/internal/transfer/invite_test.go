@@ -3,9 +3,13 @@ package transfer
 import (
 	"bytes"
 	"crypto/tls"
+	"crypto/x509"
 	"fmt"
+	"log/slog"
 	"math/rand/v2"
 	"net"
+	"net/http"
+	"net/http/httptest"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -14,6 +18,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -32,6 +37,7 @@ import (
 	"github.com/baton-voice/baton/services/transfer/internal/request"
 	"github.com/baton-voice/baton/services/transfer/internal/sdp"
 	"github.com/baton-voice/baton/services/transfer/internal/uac"
+	"github.com/baton-voice/baton/services/transfer/internal/whisper"
 )
 
 var loopback = netip.MustParseAddr("127.0.0.1")
@@ -711,9 +717,12 @@ func TestWarmTransferWhisper(t *testing.T) {
 	for _, tc := range []struct {
 		name, codec, suite string
 		encode             func(int16) byte
+		// fromURL serves the WAV over https instead of from a file.
+		fromURL bool
 	}{
 		{name: "PCMU, plain RTP", codec: "PCMU", encode: pcm.ULaw},
 		{name: "PCMA, SRTP", codec: "PCMA", suite: "AEAD_AES_128_GCM", encode: pcm.ALaw},
+		{name: "PCMU, whisper from an https URL", codec: "PCMU", encode: pcm.ULaw, fromURL: true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
@@ -722,7 +731,19 @@ func TestWarmTransferWhisper(t *testing.T) {
 			for i := range samples {
 				samples[i] = int16((i%80)*400 - 16000)
 			}
-			h := start(t, 202, withInvite(func(o *InviteOptions) { o.AllowSDESOverUDP = true }))
+			whisperFile := writeWAV(t, samples)
+			var origin *whisperOrigin
+			if tc.fromURL {
+				wav, err := os.ReadFile(whisperFile)
+				require.NoError(t, err)
+				origin = startWhisperOrigin(t, func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write(wav) })
+			}
+			h := start(t, 202, withInvite(func(o *InviteOptions) {
+				o.AllowSDESOverUDP = true
+				if origin != nil {
+					o.WhisperURLs = origin.fetcher(t, nil)
+				}
+			}))
 			caller := startCallerSBC(t, 0)
 			dest := startDestination(t, destOptions{suite: tc.suite, noEcho: true})
 			cmd := inviteCommand(caller, "whisper", "sip:queue@"+dest.addr.String())
@@ -733,7 +754,10 @@ func TestWarmTransferWhisper(t *testing.T) {
 			if tc.suite != "" {
 				cmd.Encryption = "udp_srtp"
 			}
-			cmd.Whisper = writeWAV(t, samples)
+			cmd.Whisper = whisperFile
+			if origin != nil {
+				cmd.Whisper = origin.URL + "/summary.wav?signature=abc"
+			}
 			h.command(t, cmd)
 			h.statuses(t, cmd.CommandId, batonv1.OutcomeStatus_OUTCOME_STATUS_ANSWERED)
 			reinvite := caller.next(t, sip.INVITE)
@@ -782,8 +806,46 @@ func TestWarmTransferWhisper(t *testing.T) {
 
 			h.fact(t, cmd.CallId, &batonv1.CallEnded{CallId: cmd.CallId, EndedBy: batonv1.Party_PARTY_REMOTE, Method: "BYE"})
 			require.Equal(t, batonv1.OutcomeStatus_OUTCOME_STATUS_ENDED.String(), h.outcome(t, cmd.CommandId).GetStatus().String())
+			if origin != nil {
+				require.Equal(t, 1, origin.requests(), "one GET for the whisper")
+			}
 		})
 	}
+}
+
+// whisperOrigin is an https server of whisper WAVs on loopback.
+type whisperOrigin struct {
+	*httptest.Server
+	n atomic.Int64
+}
+
+func startWhisperOrigin(t *testing.T, h http.HandlerFunc) *whisperOrigin {
+	t.Helper()
+	o := &whisperOrigin{}
+	o.Server = httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		o.n.Add(1)
+		h(w, r)
+	}))
+	t.Cleanup(o.Close)
+	return o
+}
+
+func (o *whisperOrigin) requests() int { return int(o.n.Load()) }
+
+// fetcher allows 127.0.0.1 and trusts the origin's certificate.
+func (o *whisperOrigin) fetcher(t *testing.T, tune func(*whisper.FetchOptions)) *whisper.Fetcher {
+	t.Helper()
+	pool := x509.NewCertPool()
+	pool.AddCert(o.Certificate())
+	opts := whisper.FetchOptions{AllowHosts: []string{"127.0.0.1"}, Timeout: 5 * time.Second, MaxBytes: 1 << 20,
+		MaxDuration: 10 * time.Second, CacheEntries: 4, CacheBytes: 4 << 20, CacheTTL: time.Minute, RootCAs: pool}
+	if tune != nil {
+		tune(&opts)
+	}
+	f, err := whisper.NewFetcher(opts, nil, slog.New(slog.DiscardHandler))
+	require.NoError(t, err)
+	t.Cleanup(f.Close)
+	return f
 }
 
 func TestWarmTransferWhisperRefused(t *testing.T) {
@@ -792,7 +854,7 @@ func TestWarmTransferWhisperRefused(t *testing.T) {
 	caller := startCallerSBC(t, 0)
 	long := writeWAV(t, make([]int16, 8000*2))
 	for i, tc := range []struct{ whisper, detail string }{
-		{whisper: "https://cdn.example/w.wav", detail: "is a URL: only local files are supported"},
+		{whisper: "https://cdn.example/w.wav", detail: "is a URL: only local files are supported"}, // no fetcher
 		{whisper: "/nonexistent/w.wav", detail: "no such file"},
 		{whisper: long, detail: "max_duration"},
 	} {
@@ -805,6 +867,64 @@ func TestWarmTransferWhisperRefused(t *testing.T) {
 		require.Contains(t, o.GetDetail(), tc.detail)
 	}
 	require.Zero(t, caller.count(sip.INVITE))
+}
+
+// TestWarmTransferWhisperURLRefused: a whisper URL that cannot be
+// fetched, or whose audio cannot be played, fails the command as a bad
+// file does (invalid_whisper, nothing sent), the detail naming why.
+func TestWarmTransferWhisperURLRefused(t *testing.T) {
+	t.Parallel()
+	good := writeWAV(t, make([]int16, 800))
+	wav, err := os.ReadFile(good)
+	require.NoError(t, err)
+	longWAV, err := os.ReadFile(writeWAV(t, make([]int16, 8000*2)))
+	require.NoError(t, err)
+	origin := startWhisperOrigin(t, func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/mp3":
+			_, _ = w.Write([]byte("ID3\x04 an mp3"))
+		case "/long":
+			_, _ = w.Write(longWAV)
+		case "/big":
+			_, _ = w.Write(bytes.Repeat(wav, 50))
+		case "/slow":
+			<-r.Context().Done()
+		case "/moved":
+			http.Redirect(w, r, "/w.wav", http.StatusMovedPermanently)
+		default:
+			http.NotFound(w, r)
+		}
+	})
+	fetcher := origin.fetcher(t, func(o *whisper.FetchOptions) {
+		o.MaxDuration, o.MaxBytes, o.Timeout = time.Second, int64(40*len(wav)), time.Second
+	})
+	metrics := NewMetrics(prometheus.NewRegistry())
+	h := start(t, 202, func(o *Options) {
+		withInvite(func(o *InviteOptions) { o.WhisperURLs = fetcher })(o)
+		o.Metrics = metrics
+	})
+	caller := startCallerSBC(t, 0)
+	cases := []struct{ whisper, detail string }{
+		{whisper: "https://cdn.example/w.wav", detail: "host cdn.example is not in invite.whisper.allow_hosts"},
+		{whisper: origin.URL + "/missing", detail: "HTTP status 404 Not Found"},
+		{whisper: origin.URL + "/moved", detail: "HTTP status 301 Moved Permanently: redirects are not followed"},
+		{whisper: origin.URL + "/mp3", detail: "not a RIFF/WAVE file"},
+		{whisper: origin.URL + "/long", detail: "more than invite.whisper.max_duration 1s"},
+		{whisper: origin.URL + "/big", detail: "more than invite.whisper.max_bytes"},
+		{whisper: origin.URL + "/slow", detail: "no whole answer within invite.whisper.timeout 1s"},
+	}
+	for i, tc := range cases {
+		cmd := inviteCommand(caller, fmt.Sprintf("whisper-url-refused-%d", i), "sip:queue@127.0.0.1:5999")
+		cmd.Whisper = tc.whisper
+		h.command(t, cmd)
+		o := h.outcome(t, cmd.CommandId)
+		require.Equal(t, batonv1.OutcomeStatus_OUTCOME_STATUS_FAILED.String(), o.GetStatus().String())
+		require.True(t, strings.HasPrefix(o.GetDetail(), "INVITE not sent: unusable whisper: "), o.GetDetail())
+		require.Contains(t, o.GetDetail(), tc.detail)
+	}
+	require.Zero(t, caller.count(sip.INVITE))
+	require.InDelta(t, len(cases), testutil.ToFloat64(metrics.Refused.WithLabelValues("invite", RefusedInvalidWhisper)), 0)
+	require.Equal(t, len(cases)-1, origin.requests(), "no request to the host not allowed")
 }
 
 // TestWarmTransferThroughTrunk: tel: routes and extensions go to
