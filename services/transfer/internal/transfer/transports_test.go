@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -157,4 +158,24 @@ func TestTLSCallWithoutTLSIsRefused(t *testing.T) {
 	require.Equal(t, batonv1.OutcomeStatus_OUTCOME_STATUS_FAILED.String(), o.GetStatus().String(), o.GetDetail())
 	require.Contains(t, o.GetDetail(), "TLS signalling is not configured")
 	require.Zero(t, h.sbc.count(), "nothing reached the SBC")
+}
+
+// TestLargeReferMovesToTCP (issue 19, 7): a REFER carrying three 500-byte
+// X- headers (each within the 1024-byte line limit) is larger than a UDP
+// request may be (RFC 3261 18.1.1); it goes to the SBC over TCP instead of
+// failing with "size of packet larger than MTU".
+func TestLargeReferMovesToTCP(t *testing.T) {
+	t.Parallel()
+	h := start(t, 202, nil)
+	cmd := referCommand(h, "large")
+	for _, name := range []string{"X-Summary-1", "X-Summary-2", "X-Summary-3"} {
+		cmd.Headers = append(cmd.Headers, &batonv1.SipHeader{Name: name, Value: strings.Repeat("a", 500)})
+	}
+	h.command(t, cmd)
+	refer := h.sbc.next(t).req
+	require.Equal(t, sip.REFER, refer.Method)
+	require.Equal(t, "TCP", refer.Transport(), "too large for UDP: sent over TCP")
+	require.Greater(t, len(refer.String()), 1300)
+	require.Contains(t, refer.GetHeader("Refer-To").Value(), strings.Repeat("a", 500))
+	requireOutcome(t, h.outcome(t, cmd.CommandId), batonv1.OutcomeStatus_OUTCOME_STATUS_ACCEPTED, 202)
 }

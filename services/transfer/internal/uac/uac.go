@@ -321,6 +321,7 @@ func (c *Client) TCPAddr() *net.TCPAddr { return c.tcp.ln.Addr().(*net.TCPAddr) 
 // response came (the transaction's timer F fired or ctx's deadline
 // passed), and with ErrNoTLS for TLS without a TLS transport.
 func (c *Client) Do(ctx context.Context, req *sip.Request) (*sip.Response, error) {
+	congestionControlled(req)
 	t, err := c.transportOf(req)
 	if err != nil {
 		return nil, err
@@ -333,6 +334,25 @@ func (c *Client) Do(ctx context.Context, req *sip.Request) (*sip.Response, error
 		return nil, fmt.Errorf("%s %s: %w: %w", req.Method, req.Recipient.String(), ErrTimeout, err)
 	default:
 		return nil, fmt.Errorf("%s %s: %w", req.Method, req.Recipient.String(), err)
+	}
+}
+
+// viaAllowance is the room left for the Via the transport adds to a
+// request before it is sent (its sent-by and branch).
+const viaAllowance = 120
+
+// congestionControlled moves a request too large for UDP to TCP (RFC 3261
+// 18.1.1: within 200 bytes of the path MTU, or over 1300 bytes when the
+// MTU is unknown, a request goes over a congestion-controlled transport;
+// sipgo refuses such a datagram outright). The far end must take TCP on
+// the same address and port, as RFC 3261 18 requires of it. A REFER with
+// the caller's context in long X- headers is the usual case.
+func congestionControlled(req *sip.Request) {
+	if tp := strings.ToUpper(req.Transport()); tp != "UDP" && tp != "" {
+		return
+	}
+	if len(req.String())+viaAllowance > sip.UDPMTUSize-200 {
+		req.SetTransport("TCP")
 	}
 }
 
@@ -370,6 +390,7 @@ var ErrNoTLS = errors.New("TLS signalling is not configured (tls.listen)")
 // session: WaitAnswer (CANCEL when its ctx ends), Ack, Bye, and
 // Context(), done when the far end sent BYE.
 func (c *Client) Invite(ctx context.Context, req *sip.Request) (*sipgo.DialogClientSession, error) {
+	congestionControlled(req)
 	t, err := c.transportOf(req)
 	if err != nil {
 		return nil, err
