@@ -634,12 +634,14 @@ func TestWarmTransferOverTLS(t *testing.T) {
 				Client: &tls.Config{RootCAs: destCert.pool, MinVersion: tls.VersionTLS12},
 			}})
 			caller := startCallerSBC(t, 0)
-			dest := startDestination(t, destOptions{suite: tc.suite,
+			dest := startDestination(t, destOptions{suite: tc.suite, ring: true,
 				tls: &tls.Config{Certificates: []tls.Certificate{destCert.cert}, MinVersion: tls.VersionTLS12}})
 			cmd := inviteCommand(caller, "tls", fmt.Sprintf(tc.route, dest.port()))
 			cmd.Encryption = tc.encryption
 			h.command(t, cmd)
-			h.statuses(t, cmd.CommandId, batonv1.OutcomeStatus_OUTCOME_STATUS_ANSWERED, batonv1.OutcomeStatus_OUTCOME_STATUS_BRIDGED)
+			// A 180 over a TLS leg is RINGING like one over UDP (issue 19, 6).
+			h.statuses(t, cmd.CommandId, batonv1.OutcomeStatus_OUTCOME_STATUS_RINGING,
+				batonv1.OutcomeStatus_OUTCOME_STATUS_ANSWERED, batonv1.OutcomeStatus_OUTCOME_STATUS_BRIDGED)
 
 			inv := dest.invite(t)
 			require.Equal(t, "TLS", inv.Via().Transport, "the INVITE came over TLS")

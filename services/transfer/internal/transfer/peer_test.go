@@ -65,6 +65,8 @@ type destOptions struct {
 	tls *tls.Config
 	// echo sends every packet back (re-encrypted with its own key).
 	noEcho bool
+	// ring sends 180 Ringing before the 200.
+	ring bool
 }
 
 // mediaPacket is one media packet a destination decrypted.
@@ -157,6 +159,12 @@ func startDestination(t *testing.T, o destOptions) *destPeer {
 			Proto: wantProto, Formats: offer.Formats[:1]}
 		if o.suite != "" {
 			ans.Crypto = []sdp.Crypto{ours}
+		}
+		if o.ring {
+			ringing := sip.NewResponseFromRequest(req, 180, "Ringing", nil)
+			ringing.To().Params.Add("tag", "dest-tag")
+			_ = tx.Respond(ringing)
+			time.Sleep(50 * time.Millisecond) // a phone rings a while before it is picked up
 		}
 		res := sip.NewResponseFromRequest(req, 200, "OK", []byte(ans.String()))
 		res.To().Params.Add("tag", "dest-tag")
