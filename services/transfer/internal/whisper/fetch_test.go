@@ -513,3 +513,26 @@ func TestNewFetcherChecksOptions(t *testing.T) {
 }
 
 func slogDiscard() *slog.Logger { return slog.New(slog.DiscardHandler) }
+
+// FuzzHostAllowlist: a valid exact pattern allows itself, a suffix
+// pattern allows only hosts below it, and nothing panics.
+func FuzzHostAllowlist(f *testing.F) {
+	f.Add("cdn.example.com", "cdn.example.com")
+	f.Add("*.example.com", "a.example.com")
+	f.Add("*.example.com", "example.com")
+	f.Add("10.0.0.1", "::ffff:10.0.0.1")
+	f.Add("::1", "[::1]")
+	f.Fuzz(func(t *testing.T, pattern, host string) {
+		l, err := newHostAllowlist([]string{pattern})
+		if err != nil {
+			require.Error(t, CheckHostPattern(pattern))
+			return
+		}
+		if !strings.HasPrefix(pattern, "*.") {
+			require.True(t, l.allows(pattern), "an exact pattern allows itself")
+		}
+		if suffix, ok := strings.CutPrefix(pattern, "*"); ok && l.allows(host) {
+			require.True(t, strings.HasSuffix(strings.ToLower(host), suffix) && len(host) > len(suffix), "%q allowed by %q", host, pattern)
+		}
+	})
+}
