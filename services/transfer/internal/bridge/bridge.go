@@ -127,8 +127,11 @@ type Leg struct {
 	profile         atomic.Pointer[string]
 	// lastRecv is when the leg last received a valid packet (unix nanos).
 	lastRecv atomic.Int64
-	stats    receiveStats
-	out      rewriter
+	// muted is set while the leg's peer does not receive (it holds:
+	// sendonly or inactive): nothing is sent to it.
+	muted atomic.Bool
+	stats receiveStats
+	out   rewriter
 	// sent is what the bridge sent this leg (sender reports).
 	sent sendState
 	// rtcp is nil when RTCP is off.
@@ -494,6 +497,10 @@ func (b *Bridge) forward(from, to *Leg, pkt []byte, src netip.AddrPort, now time
 		from.stats.dropped.Add(1)
 		return
 	}
+	if to.muted.Load() {
+		from.stats.held.Add(1)
+		return
+	}
 	to.out.rewrite(pkt, h, now, to.clockRate.Load())
 	plainLen := len(pkt)
 	if enc := to.srtpOut.Load(); enc != nil {
@@ -513,6 +520,19 @@ func (b *Bridge) forward(from, to *Leg, pkt []byte, src netip.AddrPort, now time
 		to.sent.add(plainLen-h.MarshalSize(), h.Timestamp, now)
 	}
 }
+
+// Held is how many packets from this leg were not forwarded because the
+// other leg's peer held (SetReceiving false).
+func (l *Leg) Held() uint64 { return l.stats.held.Load() }
+
+// SetReceiving says whether the leg's peer receives media (its SDP
+// direction is sendrecv or recvonly). While it does not (hold: sendonly,
+// inactive), nothing is sent to it (RFC 3264 5.1: a sendonly stream's
+// peer must not be sent media); what would have gone is counted as held.
+func (l *Leg) SetReceiving(on bool) { l.muted.Store(!on) }
+
+// Receiving reports whether the leg's peer is sent media (SetReceiving).
+func (l *Leg) Receiving() bool { return !l.muted.Load() }
 
 // Move points the leg at a new address (a re-INVITE moved the peer's
 // media): packets go there until the leg latches again to the first

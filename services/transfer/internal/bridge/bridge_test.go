@@ -253,3 +253,36 @@ func TestBridgeDropsTamperedAndReplayedSRTP(t *testing.T) {
 		})
 	}
 }
+
+// A peer that holds (sendonly or inactive: it does not receive) is sent
+// nothing until it resumes (issue 19, 5); the other direction flows on.
+func TestBridgeSendsNothingToAHeldPeer(t *testing.T) {
+	b, err := New(&Ports{Host: loopback})
+	require.NoError(t, err)
+	t.Cleanup(b.Close)
+	caller, dest := newPeer(t), newPeer(t)
+	require.NoError(t, b.Leg(Caller).SetRemote(caller.addr(), 8000, Keys{}))
+	require.NoError(t, b.Leg(Destination).SetRemote(dest.addr(), 8000, Keys{}))
+	b.Activate()
+	callerPort, destPort := b.Leg(Caller).Port(), b.Leg(Destination).Port()
+
+	caller.send(t, callerPort, 1, 1, 160, []byte{1})
+	dest.recv(t)
+	b.Leg(Destination).SetReceiving(false) // the destination holds
+	for seq := uint16(2); seq < 7; seq++ {
+		caller.send(t, callerPort, 1, seq, uint32(seq)*160, []byte{1})
+	}
+	dest.send(t, destPort, 2, 1, 160, []byte{2})
+	got, _ := caller.recv(t)
+	require.Equal(t, []byte{2}, got.Payload, "the held destination still sends to the caller")
+	require.Eventually(t, func() bool { return b.Leg(Caller).Held() == 5 }, 2*time.Second, time.Millisecond)
+	require.NoError(t, dest.conn.SetReadDeadline(time.Now().Add(100*time.Millisecond)))
+	_, _, err = dest.conn.ReadFromUDPAddrPort(make([]byte, 1500))
+	require.Error(t, err, "nothing reached the held destination")
+
+	b.Leg(Destination).SetReceiving(true) // resume
+	caller.send(t, callerPort, 1, 7, 7*160, []byte{3})
+	got, _ = dest.recv(t)
+	require.Equal(t, []byte{3}, got.Payload)
+	require.Zero(t, b.Leg(Caller).Drops().Foreign)
+}

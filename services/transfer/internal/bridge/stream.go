@@ -94,6 +94,9 @@ type receiveStats struct {
 	clockRate uint32
 	dropped   atomic.Uint64
 	forwarded atomic.Uint64
+	// held counts packets not forwarded because the other leg's peer
+	// holds (Leg.SetReceiving); not part of dropped.
+	held atomic.Uint64
 	// foreign counts packets from a source the leg would not latch to
 	// (part of dropped).
 	foreign atomic.Uint64

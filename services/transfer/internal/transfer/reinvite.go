@@ -173,6 +173,9 @@ func (d *destinationLeg) answer(req *sip.Request) (int, string, []byte) {
 	}
 	d.last, d.remote = next, offer
 	d.held = offer.Direction == "sendonly" || offer.Direction == "inactive" || offer.Addr.Addr().IsUnspecified()
+	// A destination that does not receive (it holds) is sent nothing
+	// until it resumes (issue 19, 5).
+	leg.SetReceiving(!d.held)
 	return 200, "OK", []byte(next.String())
 }
 

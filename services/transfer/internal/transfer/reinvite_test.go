@@ -103,6 +103,9 @@ func TestDestinationReInviteAnswers(t *testing.T) {
 	require.Equal(t, "recvonly", ans.Direction)
 	require.Equal(t, "baton 7 8 IN IP4 127.0.0.1", ans.Origin)
 	require.True(t, d.onHold())
+	held := d.br.Leg(bridge.Destination)
+	// While it holds, the bridge sends it nothing (issue 19, 5).
+	require.False(t, held.Receiving())
 
 	// Resume at a new address: sendrecv, and the leg sends there.
 	moved := theirs
@@ -113,6 +116,7 @@ func TestDestinationReInviteAnswers(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, "sendrecv", ans.Direction)
 	require.False(t, d.onHold())
+	require.True(t, held.Receiving(), "resumed: the bridge sends to it again")
 	remote, ok := d.br.Leg(bridge.Destination).Remote()
 	require.True(t, ok)
 	require.Equal(t, moved.Addr, remote)
