@@ -3,6 +3,7 @@ package transfer
 import (
 	"context"
 	"fmt"
+	"net/netip"
 	"time"
 
 	"github.com/emiago/sipgo/sip"
@@ -25,18 +26,27 @@ func (w *warmRun) bridged(ctx context.Context) {
 	defer tick.Stop()
 	var detail, why string
 	byeCaller, byeDestination := true, true
+	callerHeld := false
 	for detail == "" {
 		select {
 		case <-w.leg.Context().Done():
 			detail, why, byeDestination = "destination hung up", EndDestinationHangup, false
 		case fact := <-w.facts:
-			if f, ok := fact.(*batonv1.CallEnded); ok {
+			switch f := fact.(type) {
+			case *batonv1.CallEnded:
 				detail, why, byeCaller = "caller hung up ("+f.GetMethod()+")", EndCallerHangup, false
+			case *batonv1.CallUpdated:
+				callerHeld = callerUpdate(w.br.Leg(bridge.Caller), f)
+				w.log.InfoContext(ctx, "caller re-INVITE on the bridged call", "direction", f.GetDirection(),
+					"hold", f.GetHold(), "remote_rtp", f.GetRemoteRtpAddress())
 			}
 		case now := <-tick.C:
 			var ignore []bridge.Side
 			if w.dest.onHold() {
 				ignore = append(ignore, bridge.Destination) // a held call is silent
+			}
+			if callerHeld {
+				ignore = append(ignore, bridge.Caller)
 			}
 			if side, silent := w.br.Idle(now, idle, ignore...); silent {
 				detail, why = fmt.Sprintf("no media from the %s for %v", side, idle), EndMediaTimeout
@@ -59,6 +69,22 @@ func (w *warmRun) bridged(ctx context.Context) {
 		}
 	}
 	w.publish(ctx, step{status: ended, detail: detail, bridge: w.stats(ctx), ended: why})
+}
+
+// callerUpdate applies the caller's re-INVITE on a bridged call, which
+// ingress (the dialog's UAS) answered from the bridge's address: the
+// caller is sent media only while Baton's side of the session sends
+// (sendrecv or sendonly), and a new media address is followed. It
+// reports whether the caller holds (its silence then is not a dead leg).
+func callerUpdate(leg *bridge.Leg, u *batonv1.CallUpdated) bool {
+	dir := u.GetDirection()
+	leg.SetReceiving(dir == "sendrecv" || dir == "sendonly" || dir == "")
+	if ap, err := netip.ParseAddrPort(u.GetRemoteRtpAddress()); err == nil && !ap.Addr().IsUnspecified() {
+		if cur, ok := leg.Remote(); !ok || cur.Addr() != ap.Addr() {
+			leg.Move(ap)
+		}
+	}
+	return u.GetHold()
 }
 
 // stats are the ended bridge's statistics; its RTCP and dropped packets

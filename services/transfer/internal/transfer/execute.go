@@ -93,7 +93,8 @@ type execution struct {
 	// monotonic clock and a step of the wall clock (NTP correcting a
 	// freshly booted machine) cannot move them.
 	age time.Duration
-	// facts receives NotifyReceived and CallEnded of the call, in order.
+	// facts receives NotifyReceived, CallUpdated and CallEnded of the
+	// call, in order.
 	facts chan proto.Message
 	// traceParent is the execution's span, carried by its outcomes.
 	traceParent string

@@ -201,11 +201,11 @@ func (s *Service) decode(ctx context.Context, rec *kgo.Record) (events.Event, bo
 	return ev, true
 }
 
-// route hands NotifyReceived and CallEnded to the executions of their
-// call; other facts are not transfer's business.
+// route hands NotifyReceived, CallUpdated and CallEnded to the executions
+// of their call; other facts are not transfer's business.
 func (s *Service) route(ctx context.Context, ev events.Event) {
 	switch ev.Data.(type) {
-	case *batonv1.NotifyReceived, *batonv1.CallEnded:
+	case *batonv1.NotifyReceived, *batonv1.CallEnded, *batonv1.CallUpdated:
 	default:
 		return
 	}

@@ -198,3 +198,29 @@ func TestHeldDestinationIsNotIdle(t *testing.T) {
 	require.Equal(t, bridge.Destination, side)
 	require.True(t, strings.EqualFold(side.String(), "destination"))
 }
+
+// TestCallerHoldOnTheBridge (issue 19, session timers and hold on bridged
+// calls): the caller's re-INVITE reaches ingress, which answers from the
+// bridge and publishes CallUpdated; the bridge then sends the held caller
+// nothing, follows a new address, and sends again on resume.
+func TestCallerHoldOnTheBridge(t *testing.T) {
+	t.Parallel()
+	br, err := bridge.New(&bridge.Ports{Host: netip.MustParseAddr("127.0.0.1")})
+	require.NoError(t, err)
+	t.Cleanup(br.Close)
+	leg := br.Leg(bridge.Caller)
+	require.NoError(t, leg.SetRemote(netip.MustParseAddrPort("127.0.0.1:40000"), 8000, bridge.Keys{}))
+
+	held := callerUpdate(leg, &batonv1.CallUpdated{Direction: "recvonly", RemoteDirection: "sendonly", Hold: true,
+		RemoteRtpAddress: "127.0.0.1:40000"})
+	require.True(t, held)
+	require.False(t, leg.Receiving(), "Baton answered recvonly: nothing is sent to the caller")
+
+	held = callerUpdate(leg, &batonv1.CallUpdated{Direction: "sendrecv", RemoteDirection: "sendrecv",
+		RemoteRtpAddress: "127.0.0.2:40002"})
+	require.False(t, held)
+	require.True(t, leg.Receiving(), "resumed")
+	remote, ok := leg.Remote()
+	require.True(t, ok)
+	require.Equal(t, netip.MustParseAddrPort("127.0.0.2:40002"), remote, "a new media address is followed")
+}
