@@ -832,7 +832,11 @@ type HandoffRequested struct {
 	AfterMark string `protobuf:"bytes,9,opt,name=after_mark,json=afterMark,proto3" json:"after_mark,omitempty"`
 	// mark_wait says how that wait ended: played, already_played, timeout,
 	// or no_stream (the call has no agent stream).
-	MarkWait      string `protobuf:"bytes,10,opt,name=mark_wait,json=markWait,proto3" json:"mark_wait,omitempty"`
+	MarkWait string `protobuf:"bytes,10,opt,name=mark_wait,json=markWait,proto3" json:"mark_wait,omitempty"`
+	// whisper_url is audio for this handoff only (the agent's own TTS of a
+	// context summary), played to a warm transfer's destination before the
+	// bridge; the destination's whisper_hosts must allow its host.
+	WhisperUrl    string `protobuf:"bytes,11,opt,name=whisper_url,json=whisperUrl,proto3" json:"whisper_url,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -933,6 +937,13 @@ func (x *HandoffRequested) GetAfterMark() string {
 func (x *HandoffRequested) GetMarkWait() string {
 	if x != nil {
 		return x.MarkWait
+	}
+	return ""
+}
+
+func (x *HandoffRequested) GetWhisperUrl() string {
+	if x != nil {
+		return x.WhisperUrl
 	}
 	return ""
 }
@@ -1313,7 +1324,7 @@ const file_baton_v1_events_proto_rawDesc = "" +
 	"\x12subscription_state\x18\x03 \x01(\tR\x11subscriptionState\x12%\n" +
 	"\x0esipfrag_status\x18\x04 \x01(\x05R\rsipfragStatus\x12%\n" +
 	"\x0esipfrag_reason\x18\x05 \x01(\tR\rsipfragReason\x12\x12\n" +
-	"\x04cseq\x18\x06 \x01(\rR\x04cseq\"\x87\x04\n" +
+	"\x04cseq\x18\x06 \x01(\rR\x04cseq\"\xa8\x04\n" +
 	"\x10HandoffRequested\x12\x17\n" +
 	"\acall_id\x18\x01 \x01(\tR\x06callId\x12\x1d\n" +
 	"\n" +
@@ -1327,7 +1338,9 @@ const file_baton_v1_events_proto_rawDesc = "" +
 	"\n" +
 	"after_mark\x18\t \x01(\tR\tafterMark\x12\x1b\n" +
 	"\tmark_wait\x18\n" +
-	" \x01(\tR\bmarkWait\x1a<\n" +
+	" \x01(\tR\bmarkWait\x12\x1f\n" +
+	"\vwhisper_url\x18\v \x01(\tR\n" +
+	"whisperUrl\x1a<\n" +
 	"\x0eVariablesEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a:\n" +

@@ -30,6 +30,7 @@ import (
 	"maps"
 	"math"
 	"net/http"
+	"net/url"
 	"regexp"
 	"slices"
 	"strings"
@@ -166,6 +167,7 @@ const (
 	RejectInvalidState       = "invalid_state"
 	RejectInvalidMetric      = "invalid_metric"
 	RejectInvalidMark        = "invalid_mark"
+	RejectInvalidWhisper     = "invalid_whisper"
 	// RejectStateTooManyKeys and RejectStateTooLarge: the write would grow
 	// the call's state past max_state_keys_per_call or
 	// max_state_bytes_per_call (422).
@@ -538,7 +540,14 @@ type HandoffRequest struct {
 	// DefaultMarkTimeout).
 	AfterMark     string `json:"after_mark"`
 	MarkTimeoutMS *int64 `json:"mark_timeout_ms"`
+	// WhisperURL is audio for this handoff only (the agent's TTS of a
+	// context summary), played to a warm transfer's destination before
+	// the bridge; the destination's whisper_hosts must allow its host.
+	WhisperURL string `json:"whisper_url"`
 }
+
+// maxWhisperURL bounds a whisper_url.
+const maxWhisperURL = 2048
 
 // Bounds of a handoff's wait for a mark.
 const (
@@ -571,7 +580,7 @@ func (s *Server) postHandoff(w http.ResponseWriter, r *http.Request) {
 	msg := &batonv1.HandoffRequested{
 		CallId: v.CallID, RequestId: uuid.NewString(), Destination: req.Destination, Reason: req.Reason,
 		Utterance: oneLine(req.Utterance), Variables: req.Variables, Headers: req.Headers, RequestedBy: RequestedBy,
-		AfterMark: req.AfterMark,
+		AfterMark: req.AfterMark, WhisperUrl: req.WhisperURL,
 	}
 	table := s.tables.Current()
 	allowed, code, detail := table.Allows(req.Destination)
@@ -626,7 +635,30 @@ func (req HandoffRequest) check() (string, error) {
 			return RejectInvalidHeader, fmt.Errorf("headers.%q: %w", name, err)
 		}
 	}
+	if reason, err := req.checkWhisper(); err != nil {
+		return reason, err
+	}
 	return req.checkMark()
+}
+
+// checkWhisper validates whisper_url: an absolute http(s) URL with a host
+// and no user info, at most maxWhisperURL bytes. Whether the destination
+// allows its host is the router's decision (handoff.WhisperHostAllowed).
+func (req HandoffRequest) checkWhisper() (string, error) {
+	if req.WhisperURL == "" {
+		return "", nil
+	}
+	if len(req.WhisperURL) > maxWhisperURL || sipx.HasControl(req.WhisperURL) {
+		return RejectInvalidWhisper, fmt.Errorf("whisper_url: at most %d bytes, no control characters", maxWhisperURL)
+	}
+	u, err := url.Parse(req.WhisperURL)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Hostname() == "" {
+		return RejectInvalidWhisper, errors.New("whisper_url: want an absolute http:// or https:// URL")
+	}
+	if u.User != nil {
+		return RejectInvalidWhisper, errors.New("whisper_url: no user info (it would reach events and logs)")
+	}
+	return "", nil
 }
 
 // checkMark validates after_mark and mark_timeout_ms.

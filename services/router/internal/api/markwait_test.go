@@ -256,3 +256,27 @@ func TestHandoffMarkFieldsAreValidated(t *testing.T) {
 	require.Empty(t, f.pub.requests())
 	require.Equal(t, http.StatusAccepted, f.post(t, fmt.Sprintf(`{"after_mark":%q,"mark_timeout_ms":100}`, strings.Repeat("m", 128))).Code)
 }
+
+// whisper_url is checked before anything is published: an absolute
+// http(s) URL, no user info, bounded; a valid one rides in the request.
+func TestHandoffWhisperURLIsValidated(t *testing.T) {
+	f := newMarkFixture(t, newFakeView(true), 10)
+	for _, tc := range []struct{ name, body, detail string }{
+		{"not http", `{"whisper_url":"ftp://tts.example.com/a.wav"}`, "whisper_url: want an absolute http:// or https:// URL"},
+		{"relative", `{"whisper_url":"/a.wav"}`, "whisper_url: want an absolute"},
+		{"user info", `{"whisper_url":"https://u:p@tts.example.com/a.wav"}`, "whisper_url: no user info"},
+		{"too long", fmt.Sprintf(`{"whisper_url":"https://tts.example.com/%s"}`, strings.Repeat("a", 2048)), "whisper_url: at most 2048 bytes"},
+		{"control character", `{"whisper_url":"https://tts.example.com/a\u000a.wav"}`, "whisper_url"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			rec := f.post(t, tc.body)
+			require.Equal(t, http.StatusBadRequest, rec.Code, rec.Body.String())
+			require.Contains(t, rec.Body.String(), tc.detail)
+		})
+	}
+	require.Empty(t, f.pub.requests())
+	require.Equal(t, http.StatusAccepted, f.post(t, `{"whisper_url":"https://tts.example.com/summary/42.wav?sig=x"}`).Code)
+	reqs := f.pub.requests()
+	require.Len(t, reqs, 1)
+	require.Equal(t, "https://tts.example.com/summary/42.wav?sig=x", reqs[0].GetWhisperUrl())
+}

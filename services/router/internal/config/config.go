@@ -316,6 +316,10 @@ type Destination struct {
 	// Whisper is the audio (an absolute path or an http(s) URL) played to
 	// the destination before the caller is bridged; INVITE only.
 	Whisper string `yaml:"whisper"`
+	// WhisperHosts are the hosts an agent may name in a handoff's own
+	// whisper_url (exact host, or *.domain for the hosts below it);
+	// empty, the default, refuses whisper URLs. INVITE only.
+	WhisperHosts []string `yaml:"whisper_hosts"`
 	// Fallback names the destinations tried, in order, when this one fails.
 	Fallback []string `yaml:"fallback"`
 	// OnMissingVariable is empty (render "" and log, the default) or refuse.
@@ -767,8 +771,21 @@ func validateMedia(path string, d Destination, method batonv1.Method, route stri
 			errs = append(errs, pkgconfig.Errorf(path+".whisper", "contains a control character"))
 		}
 	}
+	for j, h := range d.WhisperHosts {
+		field := fmt.Sprintf("%s.whisper_hosts[%d]", path, j)
+		switch {
+		case !invite:
+			errs = append(errs, pkgconfig.Errorf(field, "applies to INVITE only: the whisper plays on the new leg before the bridge"))
+		case !whisperHost.MatchString(h):
+			errs = append(errs, pkgconfig.Errorf(field, "%q: want a host name or IP address, or *.domain (lower case, no scheme or port)", h))
+		}
+	}
 	return errs
 }
+
+// whisperHost is a whisper_hosts entry: a lower-case host name or IPv4
+// address, optionally *. and a domain of at least two labels.
+var whisperHost = regexp.MustCompile(`^(\*\.[a-z0-9-]+(\.[a-z0-9-]+)+|[a-z0-9-]+(\.[a-z0-9-]+)*)$`)
 
 // validateFallback checks that every fallback names another destination
 // once, and that the fallback lists form no cycle.
@@ -1033,6 +1050,7 @@ func (c *Config) Table() (*handoff.Table, error) {
 				hd.Encryption = handoff.EncryptionUDPRTP
 			}
 			hd.Whisper = d.Whisper
+			hd.WhisperHosts = slices.Clone(d.WhisperHosts)
 		}
 		if d.OnMissingVariable == OnMissingRefuse {
 			hd.OnMissing = handoff.MissingRefuse

@@ -104,6 +104,25 @@ rules:
 			},
 		},
 		{
+			name: "whisper hosts",
+			doc: `destinations:
+  - name: a
+    route: sip:a@example.com
+    whisper_hosts: [tts.example.com]
+  - name: b
+    method: INVITE
+    route: tel:+15551234567
+    whisper_hosts: ["https://tts.example.com", "*", "tts.example.com:443", "*.example.com", "TTS.example.com"]
+`,
+			want: []string{
+				`router.yaml:4: destinations[0].whisper_hosts[0]: applies to INVITE only`,
+				`router.yaml:8: destinations[1].whisper_hosts[0]: "https://tts.example.com": want a host name`,
+				`router.yaml:8: destinations[1].whisper_hosts[1]: "*": want a host name`,
+				`router.yaml:8: destinations[1].whisper_hosts[2]: "tts.example.com:443": want a host name`,
+				`router.yaml:8: destinations[1].whisper_hosts[4]: "TTS.example.com": want a host name`,
+			},
+		},
+		{
 			name: "trunk constraints",
 			doc: `trunks:
   - name: twilio

@@ -161,6 +161,8 @@ type handoffState struct {
 	utterance  string
 	reqVars    map[string]string
 	reqHeaders map[string]string
+	// whisperURL is the request's own whisper (HandoffRequested.whisper_url).
+	whisperURL string
 	// origin is the first destination: its fallback list is followed.
 	origin      Destination
 	tried       []string
@@ -562,6 +564,7 @@ func (f *Fold) startHandoff(ctx context.Context, table *Table, c *call, ev event
 		utterance:  req.GetUtterance(),
 		reqVars:    req.GetVariables(),
 		reqHeaders: req.GetHeaders(),
+		whisperURL: req.GetWhisperUrl(),
 		origin:     d,
 	}
 	cmd, code, detail := f.render(ctx, c, h, d, ev.ID)
@@ -681,6 +684,15 @@ func (f *Fold) render(ctx context.Context, c *call, h *handoffState, d Destinati
 	if d.Method == batonv1.Method_METHOD_INVITE {
 		// The session the re-INVITE to the caller continues.
 		cmd.LocalSdp = c.localSDP
+	}
+	if h.whisperURL != "" {
+		// The agent's own whisper for this handoff, where the
+		// destination allows its host.
+		if d.Method != batonv1.Method_METHOD_INVITE || !WhisperHostAllowed(d.WhisperHosts, h.whisperURL) {
+			return nil, RefusedWhisperNotAllowed, fmt.Sprintf("destination %s does not allow the whisper URL's host "+
+				"(whisper_hosts; INVITE destinations only)", d.Name)
+		}
+		cmd.Whisper = h.whisperURL
 	}
 	if c.dialog != nil {
 		cmd.Dialog = proto.CloneOf(c.dialog)

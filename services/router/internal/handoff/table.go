@@ -54,6 +54,9 @@ type Destination struct {
 	// Whisper is the audio played to the destination before bridging
 	// (INVITE only); empty for none.
 	Whisper string
+	// WhisperHosts are the hosts a handoff's own whisper_url may name
+	// (exact, or *.domain for the hosts below it); empty refuses any.
+	WhisperHosts []string
 	// Fallback names the destinations tried, in order, after this one fails.
 	Fallback  []string
 	OnMissing MissingPolicy
