@@ -977,7 +977,12 @@ type HandoffCommand struct {
 	LocalSdp string `protobuf:"bytes,14,opt,name=local_sdp,json=localSdp,proto3" json:"local_sdp,omitempty"`
 	// whisper is the audio (file path or URL) played to the destination of a
 	// warm transfer before the caller is bridged; empty plays nothing.
-	Whisper       string `protobuf:"bytes,15,opt,name=whisper,proto3" json:"whisper,omitempty"`
+	Whisper string `protobuf:"bytes,15,opt,name=whisper,proto3" json:"whisper,omitempty"`
+	// context_in is where a REFER carries the headers: refer_to (empty, the
+	// default: as ?headers of the Refer-To URI, which the transferee copies
+	// into its new INVITE), headers (as the REFER's own headers, for an SBC
+	// that reads them there) or both.
+	ContextIn     string `protobuf:"bytes,16,opt,name=context_in,json=contextIn,proto3" json:"context_in,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1113,6 +1118,13 @@ func (x *HandoffCommand) GetLocalSdp() string {
 func (x *HandoffCommand) GetWhisper() string {
 	if x != nil {
 		return x.Whisper
+	}
+	return ""
+}
+
+func (x *HandoffCommand) GetContextIn() string {
+	if x != nil {
+		return x.ContextIn
 	}
 	return ""
 }
@@ -1346,7 +1358,7 @@ const file_baton_v1_events_proto_rawDesc = "" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a:\n" +
 	"\fHeadersEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x8b\x04\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xaa\x04\n" +
 	"\x0eHandoffCommand\x12\x1d\n" +
 	"\n" +
 	"command_id\x18\x01 \x01(\tR\tcommandId\x12\x17\n" +
@@ -1367,7 +1379,9 @@ const file_baton_v1_events_proto_rawDesc = "" +
 	"encryption\x18\r \x01(\tR\n" +
 	"encryption\x12\x1b\n" +
 	"\tlocal_sdp\x18\x0e \x01(\tR\blocalSdp\x12\x18\n" +
-	"\awhisper\x18\x0f \x01(\tR\awhisper\"\xb3\x03\n" +
+	"\awhisper\x18\x0f \x01(\tR\awhisper\x12\x1d\n" +
+	"\n" +
+	"context_in\x18\x10 \x01(\tR\tcontextIn\"\xb3\x03\n" +
 	"\x0fTransferOutcome\x12\x1d\n" +
 	"\n" +
 	"command_id\x18\x01 \x01(\tR\tcommandId\x12\x17\n" +

@@ -316,6 +316,11 @@ type Destination struct {
 	// Whisper is the audio (an absolute path or an http(s) URL) played to
 	// the destination before the caller is bridged; INVITE only.
 	Whisper string `yaml:"whisper"`
+	// ContextIn is where a REFER carries the destination's headers:
+	// refer_to (default: ?headers of the Refer-To URI, which the
+	// transferee copies into its INVITE), headers (the REFER's own
+	// headers, for an SBC that reads them there) or both. REFER only.
+	ContextIn string `yaml:"context_in"`
 	// WhisperHosts are the hosts an agent may name in a handoff's own
 	// whisper_url (exact host, or *.domain for the hosts below it);
 	// empty, the default, refuses whisper URLs. INVITE only.
@@ -771,6 +776,14 @@ func validateMedia(path string, d Destination, method batonv1.Method, route stri
 			errs = append(errs, pkgconfig.Errorf(path+".whisper", "contains a control character"))
 		}
 	}
+	switch d.ContextIn {
+	case "", "refer_to", "headers", "both":
+		if d.ContextIn != "" && method != batonv1.Method_METHOD_REFER {
+			errs = append(errs, pkgconfig.Errorf(path+".context_in", "applies to REFER only: %s carries its headers itself", methodName(method)))
+		}
+	default:
+		errs = append(errs, pkgconfig.Errorf(path+".context_in", "%q: want refer_to (default), headers or both", d.ContextIn))
+	}
 	for j, h := range d.WhisperHosts {
 		field := fmt.Sprintf("%s.whisper_hosts[%d]", path, j)
 		switch {
@@ -1054,6 +1067,9 @@ func (c *Config) Table() (*handoff.Table, error) {
 		}
 		if d.OnMissingVariable == OnMissingRefuse {
 			hd.OnMissing = handoff.MissingRefuse
+		}
+		if method == batonv1.Method_METHOD_REFER {
+			hd.ContextIn = d.ContextIn
 		}
 		for _, name := range slices.Sorted(maps.Keys(d.Headers)) {
 			tpl, err := template.Parse(d.Headers[name])

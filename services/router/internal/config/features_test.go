@@ -123,6 +123,25 @@ rules:
 			},
 		},
 		{
+			name: "context_in",
+			doc: `destinations:
+  - name: a
+    route: sip:a@example.com
+    context_in: headers
+  - name: b
+    method: INVITE
+    route: tel:+15551234567
+    context_in: both
+  - name: c
+    route: sip:c@example.com
+    context_in: body
+`,
+			want: []string{
+				`router.yaml:8: destinations[1].context_in: applies to REFER only`,
+				`router.yaml:11: destinations[2].context_in: "body": want refer_to (default), headers or both`,
+			},
+		},
+		{
 			name: "trunk constraints",
 			doc: `trunks:
   - name: twilio

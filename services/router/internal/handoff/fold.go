@@ -685,6 +685,9 @@ func (f *Fold) render(ctx context.Context, c *call, h *handoffState, d Destinati
 		// The session the re-INVITE to the caller continues.
 		cmd.LocalSdp = c.localSDP
 	}
+	if d.Method == batonv1.Method_METHOD_REFER {
+		cmd.ContextIn = d.ContextIn
+	}
 	if h.whisperURL != "" {
 		// The agent's own whisper for this handoff, where the
 		// destination allows its host.

@@ -54,6 +54,9 @@ type Destination struct {
 	// Whisper is the audio played to the destination before bridging
 	// (INVITE only); empty for none.
 	Whisper string
+	// ContextIn is where a REFER carries the headers (refer_to, headers,
+	// both; empty is refer_to); REFER only.
+	ContextIn string
 	// WhisperHosts are the hosts a handoff's own whisper_url may name
 	// (exact, or *.domain for the hosts below it); empty refuses any.
 	WhisperHosts []string

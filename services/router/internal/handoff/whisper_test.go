@@ -1,6 +1,7 @@
 package handoff
 
 import (
+	"log/slog"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -52,4 +53,18 @@ func TestHandoffWhisperURL(t *testing.T) {
 		r := refusal(t, g.Apply(t.Context(), event(t, "c2", &batonv1.HandoffRequested{CallId: "c2", Destination: tc.dest, WhisperUrl: tc.url})))
 		require.Equal(t, RefusedWhisperNotAllowed, r.GetReasonCode(), tc.dest)
 	}
+}
+
+// A REFER destination's context_in rides in its commands, so transfer
+// puts the headers where that SBC or transferee reads them.
+func TestReferCommandCarriesContextIn(t *testing.T) {
+	table := testTable(t)
+	support := table.Destinations["support"]
+	support.ContextIn = "both"
+	table.Destinations["support"] = support
+	f := New(table, slog.New(slog.DiscardHandler))
+	require.Empty(t, f.Apply(t.Context(), event(t, "c1", started("c1", nil))))
+	cmds := commands(t, f.Apply(t.Context(), event(t, "c1", &batonv1.HandoffRequested{CallId: "c1", Destination: "support"})))
+	require.Len(t, cmds, 1)
+	require.Equal(t, "both", cmds[0].GetContextIn())
 }

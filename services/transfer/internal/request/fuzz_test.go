@@ -61,8 +61,9 @@ func FuzzRefer(f *testing.F) {
 	f.Add("sip:a@b?Refer-To=sip:evil@x", "X-A", "b", "c", "a", "b", "sip:sbc@h", "")
 	f.Add("sip:a@b", "X-A: b", "c", "c\r\nVia: x", "a;x=y", "b", "sip:sbc@h\nX: y", "<sip:x>\x00")
 	f.Fuzz(func(t *testing.T, route, name, value, callID, localTag, remoteTag, remoteTarget, contact string) {
+		// Both places: the header in the Refer-To URI and as the REFER's own.
 		req, err := Refer(fuzzDialog(callID, localTag, remoteTag, remoteTarget, contact), 1, route,
-			[]*batonv1.SipHeader{{Name: name, Value: value}})
+			[]*batonv1.SipHeader{{Name: name, Value: value}}, ContextBoth)
 		if err != nil {
 			return
 		}

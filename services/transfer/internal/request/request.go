@@ -67,16 +67,35 @@ func InDialogCSeq(method sip.RequestMethod, d *batonv1.Dialog, cseq uint32) (*si
 	return sipx.InDialog(method, d, cseq)
 }
 
+// Where a REFER carries the handoff's headers (HandoffCommand.context_in).
+const (
+	ContextReferTo = "refer_to" // in the Refer-To URI (the default)
+	ContextHeaders = "headers"  // as the REFER's own headers
+	ContextBoth    = "both"
+)
+
 // Refer builds the REFER of a blind transfer: InDialog plus Refer-To
-// (route with the headers embedded, sipx.ReferTo) and Referred-By (the
-// local URI). Headers are validated by sipx; an invalid one is an error and
-// nothing is built.
-func Refer(d *batonv1.Dialog, attempt uint32, route string, headers []*batonv1.SipHeader) (*sip.Request, error) {
+// (route, with the headers embedded as sipx.ReferTo does unless context
+// says headers only) and Referred-By (the local URI); with context headers
+// or both, the headers are also the REFER's own. Headers are validated by
+// sipx; an invalid one is an error and nothing is built.
+func Refer(d *batonv1.Dialog, attempt uint32, route string, headers []*batonv1.SipHeader, context string) (*sip.Request, error) {
 	hs := make([]sipx.Header, 0, len(headers))
 	for _, h := range headers {
+		if err := sipx.ValidateCustom(h.GetName(), h.GetValue()); err != nil {
+			return nil, err
+		}
 		hs = append(hs, sipx.Header{Name: h.GetName(), Value: h.GetValue()})
 	}
-	referTo, err := sipx.ReferTo(route, hs)
+	inURI := hs
+	switch context {
+	case "", ContextReferTo, ContextBoth:
+	case ContextHeaders:
+		inURI = nil
+	default:
+		return nil, fmt.Errorf("context_in %q: want %s, %s or %s", context, ContextReferTo, ContextHeaders, ContextBoth)
+	}
+	referTo, err := sipx.ReferTo(route, inURI)
 	if err != nil {
 		return nil, err
 	}
@@ -86,6 +105,11 @@ func Refer(d *batonv1.Dialog, attempt uint32, route string, headers []*batonv1.S
 	}
 	req.AppendHeader(sip.NewHeader("Refer-To", referTo))
 	req.AppendHeader(sip.NewHeader("Referred-By", "<"+req.From().Address.String()+">"))
+	if context == ContextHeaders || context == ContextBoth {
+		for _, h := range hs {
+			req.AppendHeader(sip.NewHeader(h.Name, h.Value))
+		}
+	}
 	req.SetBody(nil)
 	return req, nil
 }

@@ -45,7 +45,7 @@ func TestReferIsBuiltFromTheSnapshot(t *testing.T) {
 		{Name: "X-Customer-Id", Value: "CUST 42&x=y"},
 		{Name: "X-Intent", Value: "billing_dispute"},
 	}
-	req, err := Refer(dialog(), 2, "sip:+4930123456@agents.example.com", headers)
+	req, err := Refer(dialog(), 2, "sip:+4930123456@agents.example.com", headers, "")
 	require.NoError(t, err)
 	got := parse(t, req)
 
@@ -126,15 +126,15 @@ func TestBadInputsBuildNothing(t *testing.T) {
 		build func() (*sip.Request, error)
 		want  string
 	}{
-		{"no dialog", func() (*sip.Request, error) { return Refer(nil, 1, "sip:a@b", nil) }, "no dialog"},
+		{"no dialog", func() (*sip.Request, error) { return Refer(nil, 1, "sip:a@b", nil, "") }, "no dialog"},
 		{"missing tags", func() (*sip.Request, error) {
 			d := dialog()
 			d.LocalTag, d.RemoteTag = "", ""
 			return Bye(d, 1, nil)
 		}, "missing local_tag, remote_tag"},
-		{"tel route", func() (*sip.Request, error) { return Refer(dialog(), 1, "tel:+15551234567", nil) }, "want sip or sips"},
+		{"tel route", func() (*sip.Request, error) { return Refer(dialog(), 1, "tel:+15551234567", nil, "") }, "want sip or sips"},
 		{"CRLF in a REFER header", func() (*sip.Request, error) {
-			return Refer(dialog(), 1, "sip:a@b", []*batonv1.SipHeader{{Name: "X-A", Value: "x\r\nBYE: y"}})
+			return Refer(dialog(), 1, "sip:a@b", []*batonv1.SipHeader{{Name: "X-A", Value: "x\r\nBYE: y"}}, "")
 		}, "control character"},
 		{"CRLF in a BYE header", func() (*sip.Request, error) {
 			return Bye(dialog(), 1, []*batonv1.SipHeader{{Name: "X-A", Value: "x\nY"}})
@@ -173,7 +173,7 @@ func TestBadInputsBuildNothing(t *testing.T) {
 			return Bye(d, 1, nil)
 		}, "remote_target"},
 		{"URI headers in the REFER route", func() (*sip.Request, error) {
-			return Refer(dialog(), 1, "sip:a@b?Refer-To=sip:evil@x", nil)
+			return Refer(dialog(), 1, "sip:a@b?Refer-To=sip:evil@x", nil, "")
 		}, "bare URI"},
 		{"URI headers in the INVITE route", func() (*sip.Request, error) {
 			return NewLeg("sip:a@b?Refer-To=sip:evil@x", LegOptions{}, dialog(), CallerID{Host: "h"}, nil, "")
@@ -257,7 +257,7 @@ func TestInDialogTransport(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			d := dialog()
 			d.Transport, d.RouteSet, d.RemoteTarget = tc.transport, tc.routes, tc.target
-			req, err := Refer(d, 1, "sip:queue@pbx.example", nil)
+			req, err := Refer(d, 1, "sip:queue@pbx.example", nil, "")
 			require.NoError(t, err)
 			require.Equal(t, tc.want, req.Transport())
 		})
@@ -317,4 +317,31 @@ func TestNewLegOverTLSAndTrunk(t *testing.T) {
 	require.Equal(t, "UDP", req.Transport())
 	require.Equal(t, "sip:+15551234567@trunk.example;user=phone", req.Recipient.String())
 	require.Equal(t, "<sip:+15551234567@trunk.example;user=phone>", req.To().Value(), "the To names the number too")
+}
+
+// context_in says where a REFER carries the handoff's headers: in the
+// Refer-To URI (the default), as the REFER's own headers, or both.
+func TestReferContextPlacement(t *testing.T) {
+	headers := []*batonv1.SipHeader{{Name: "X-Customer-Id", Value: "C-1"}, {Name: "X-Intent", Value: "billing"}}
+	for _, tc := range []struct {
+		context      string
+		inURI, inOwn bool
+	}{
+		{"", true, false}, {ContextReferTo, true, false}, {ContextHeaders, false, true}, {ContextBoth, true, true},
+	} {
+		req, err := Refer(dialog(), 1, "sip:+4930123456@agents.example.com", headers, tc.context)
+		require.NoError(t, err, tc.context)
+		referTo := req.GetHeader("Refer-To").Value()
+		require.Equal(t, tc.inURI, strings.Contains(referTo, "X-Customer-Id=C-1"), "%s: %s", tc.context, referTo)
+		own := req.GetHeader("X-Customer-Id")
+		require.Equal(t, tc.inOwn, own != nil, tc.context)
+		if tc.inOwn {
+			require.Equal(t, "C-1", own.Value())
+			require.Equal(t, "billing", req.GetHeader("X-Intent").Value())
+		}
+	}
+	_, err := Refer(dialog(), 1, "sip:a@b", headers, "somewhere")
+	require.ErrorContains(t, err, `context_in "somewhere"`)
+	_, err = Refer(dialog(), 1, "sip:a@b", []*batonv1.SipHeader{{Name: "X-A", Value: "a\r\nVia: x"}}, ContextHeaders)
+	require.Error(t, err, "an invalid header is refused in every placement")
 }

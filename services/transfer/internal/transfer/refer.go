@@ -52,7 +52,7 @@ func (r *referRun) run(ctx context.Context) {
 
 // newRefer builds the command's REFER with the first CSeq of its attempt.
 func (r *referRun) newRefer() (*sip.Request, error) {
-	return request.Refer(r.cmd.GetDialog(), r.cmd.GetAttempt(), r.cmd.GetRoute(), r.cmd.GetHeaders())
+	return request.Refer(r.cmd.GetDialog(), r.cmd.GetAttempt(), r.cmd.GetRoute(), r.cmd.GetHeaders(), r.cmd.GetContextIn())
 }
 
 // Why a REFER was sent again: the reason label of
