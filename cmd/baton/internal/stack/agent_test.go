@@ -11,6 +11,8 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/textproto"
+	"net/url"
+	"os"
 	"slices"
 	"strings"
 	"sync"
@@ -22,6 +24,7 @@ import (
 	"github.com/baton-voice/baton/cmd/baton/internal/checker"
 	"github.com/baton-voice/baton/pkg/agentbot"
 	batonv1 "github.com/baton-voice/baton/pkg/events/batonv1"
+	"github.com/baton-voice/baton/pkg/pcm"
 )
 
 // pattern is n bytes of µ-law audio that is never silence (0xff).
@@ -259,4 +262,103 @@ func isSilence(p []byte) bool {
 		}
 	}
 	return true
+}
+
+// pcapAudio reads the RTP payloads of a pcap file (Ethernet, IPv4, UDP),
+// in order, joined.
+func pcapAudio(t *testing.T, path string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	require.NoError(t, err)
+	require.GreaterOrEqual(t, len(b), 24)
+	require.Equal(t, uint32(0xa1b2c3d4), binary.LittleEndian.Uint32(b), "a little-endian pcap")
+	require.Equal(t, uint32(1), binary.LittleEndian.Uint32(b[20:]), "Ethernet frames")
+	var audio []byte
+	for off := 24; off+16 <= len(b); {
+		n := int(binary.LittleEndian.Uint32(b[off+8:]))
+		pkt := b[off+16 : off+16+n]
+		off += 16 + n
+		ip := pkt[14:]
+		rtp := ip[int(ip[0]&0x0f)*4+8:]
+		audio = append(audio, rtp[12+4*int(rtp[0]&0x0f):]...)
+	}
+	return audio
+}
+
+// TestAgentHearsASIPpCaller: SIPp as the carrier's SBC (sbc_agent.xml)
+// places a PCMA call and plays Debian's g711a.pcap as the caller's voice;
+// the bot hears it transcoded to µ-law, in order, none lost or changed
+// once its stream is open, then speaks and hands the call off, and SIPp
+// receives the REFER.
+func TestAgentHearsASIPpCaller(t *testing.T) {
+	const token = "agent-sipp-token"
+	const pcap = "/usr/share/sip-tester/g711a.pcap"
+	if _, err := os.Stat(pcap); err != nil {
+		t.Skip("needs Debian sip-tester's g711a.pcap")
+	}
+	var spoken []byte
+	for _, a := range pcapAudio(t, pcap) {
+		spoken = append(spoken, pcm.ULaw(pcm.DecodeALaw(a)))
+	}
+	heard := make(chan []byte, 1)
+	var api string
+	var apiMu sync.Mutex
+	bot := httptest.NewServer(&agentbot.Handler{Serve: func(ctx context.Context, s *agentbot.Session) {
+		var got []byte
+		for len(got) < 100*160 {
+			select {
+			case p := <-s.Media():
+				got = append(got, p...)
+			case <-s.Stopped():
+				heard <- got
+				return
+			}
+		}
+		heard <- got
+		if s.Play(ctx, pattern(1600, 9), 320, 2, "bye") != nil {
+			return
+		}
+		apiMu.Lock()
+		base := api
+		apiMu.Unlock()
+		req, _ := http.NewRequestWithContext(ctx, http.MethodPost, base+"/v1/calls/"+url.PathEscape(s.Start().CallSid)+"/handoff",
+			strings.NewReader(`{"reason":"caller_asked","after_mark":"bye"}`))
+		req.Header.Set("Authorization", "Bearer "+token)
+		if res, err := http.DefaultClient.Do(req); err == nil {
+			_ = res.Body.Close()
+		}
+		<-s.Stopped()
+	}})
+	defer bot.Close()
+	s := startStackTuned(t, func(o *Options) {
+		o.AgentURL = "ws" + strings.TrimPrefix(bot.URL, "http") + "/media"
+		o.APIToken = token
+	})
+	apiMu.Lock()
+	api = s.RouterAPI
+	apiMu.Unlock()
+
+	res, err := s.PlaceCalls(t.Context(), "sbc_agent", 1, 1)
+	require.NoError(t, err)
+	require.Zero(t, res.ExitCode, "SIPp: %v", res.Failures)
+	require.Len(t, res.Refers, 1, "the agent's handoff reached SIPp as a REFER")
+	var got []byte
+	select {
+	case got = <-heard:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the agent heard nothing")
+	}
+	require.Len(t, got, 100*160)
+	// The stream opens a moment after the ACK: what the agent hears starts
+	// at one of the caller's packets (240 bytes each) and is the caller's
+	// audio from there on, exactly.
+	start := -1
+	for k := 0; k*240+len(got) <= len(spoken); k++ {
+		if bytes.Equal(spoken[k*240:k*240+len(got)], got) {
+			start = k
+			break
+		}
+	}
+	require.GreaterOrEqual(t, start, 0, "the agent heard the caller's audio in order, transcoded from PCMA, nothing lost")
+	require.Less(t, start, 10, "and from the first packets on")
 }
