@@ -53,11 +53,12 @@ func Demo(ctx context.Context, opts Options, d DemoOptions, out io.Writer) (err 
 		since := time.Now().Add(-time.Second)
 		// With the agent each call lasts its conversation (about eight
 		// seconds): let them overlap.
-		limit := d.Rate
+		limit, scenario := d.Rate, "sbc_refer"
 		if agent != nil {
-			limit = d.Calls
+			// The caller speaks too (a pcap of G.711): the agent hears it.
+			limit, scenario = d.Calls, "sbc_agent"
 		}
-		res, err := s.PlaceCallsLimit(ctx, "sbc_refer", d.Calls, d.Rate, limit)
+		res, err := s.PlaceCallsLimit(ctx, scenario, d.Calls, d.Rate, limit)
 		if err != nil {
 			return err
 		}
