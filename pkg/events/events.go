@@ -34,6 +34,7 @@ const (
 	TypeAgentConnected    = "baton.agent.connected.v1"
 	TypeAgentDisconnected = "baton.agent.disconnected.v1"
 	TypeAgentMarkPlayed   = "baton.agent.mark.v1"
+	TypeAgentSelected     = "baton.agent.selected.v1"
 )
 
 // ContentType is the content-type header of every Baton record.
@@ -125,6 +126,8 @@ func TypeOf(msg proto.Message) (string, error) {
 		return TypeAgentDisconnected, nil
 	case *batonv1.AgentMarkPlayed:
 		return TypeAgentMarkPlayed, nil
+	case *batonv1.AgentSelected:
+		return TypeAgentSelected, nil
 	default:
 		return "", fmt.Errorf("%w: message %T", ErrUnknownType, msg)
 	}
@@ -167,6 +170,8 @@ func newMessage(typ string) (proto.Message, error) {
 		return &batonv1.AgentDisconnected{}, nil
 	case TypeAgentMarkPlayed:
 		return &batonv1.AgentMarkPlayed{}, nil
+	case TypeAgentSelected:
+		return &batonv1.AgentSelected{}, nil
 	default:
 		return nil, fmt.Errorf("%w: %q", ErrUnknownType, typ)
 	}

@@ -53,6 +53,7 @@ func sampleMessages() map[string]proto.Message {
 		TypeAgentDisconnected: &batonv1.AgentDisconnected{CallId: dialog.CallId, StreamSid: "MZ1", Reason: "agent_closed", Action: "hangup",
 			Stats: &batonv1.AgentStreamStats{FramesOut: 500, FramesIn: 250, FramesPlayed: 480, MaxQueueMs: 4000, Marks: 2}},
 		TypeAgentMarkPlayed: &batonv1.AgentMarkPlayed{CallId: dialog.CallId, StreamSid: "MZ1", Name: "goodbye"},
+		TypeAgentSelected:   &batonv1.AgentSelected{CallId: dialog.CallId, Agent: "billing-bot", Source: "rule:vip"},
 	}
 }
 

@@ -437,6 +437,73 @@ func (x *CallEvicted) GetEvictedBy() string {
 	return ""
 }
 
+// AgentSelected is published by the router when a rule (action agent) or
+// the pre-call webhook's answer ("agent": NAME) chooses the voice-AI agent
+// of a call, overriding ingress's choice by dialed number, trunk or
+// default. Ingress waits agent_selection_wait after the ACK for it before
+// dialling; one that comes later is logged and not followed.
+type AgentSelected struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	CallId string                 `protobuf:"bytes,1,opt,name=call_id,json=callId,proto3" json:"call_id,omitempty"`
+	// agent is the name of an agent in ingress's agents list.
+	Agent string `protobuf:"bytes,2,opt,name=agent,proto3" json:"agent,omitempty"`
+	// source is rule:NAME or precall.
+	Source        string `protobuf:"bytes,3,opt,name=source,proto3" json:"source,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AgentSelected) Reset() {
+	*x = AgentSelected{}
+	mi := &file_baton_v1_agent_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AgentSelected) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AgentSelected) ProtoMessage() {}
+
+func (x *AgentSelected) ProtoReflect() protoreflect.Message {
+	mi := &file_baton_v1_agent_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AgentSelected.ProtoReflect.Descriptor instead.
+func (*AgentSelected) Descriptor() ([]byte, []int) {
+	return file_baton_v1_agent_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *AgentSelected) GetCallId() string {
+	if x != nil {
+		return x.CallId
+	}
+	return ""
+}
+
+func (x *AgentSelected) GetAgent() string {
+	if x != nil {
+		return x.Agent
+	}
+	return ""
+}
+
+func (x *AgentSelected) GetSource() string {
+	if x != nil {
+		return x.Source
+	}
+	return ""
+}
+
 var File_baton_v1_agent_proto protoreflect.FileDescriptor
 
 const file_baton_v1_agent_proto_rawDesc = "" +
@@ -484,7 +551,11 @@ const file_baton_v1_agent_proto_rawDesc = "" +
 	"\x06reason\x18\x02 \x01(\tR\x06reason\x12\x17\n" +
 	"\aidle_ms\x18\x03 \x01(\x03R\x06idleMs\x12\x1d\n" +
 	"\n" +
-	"evicted_by\x18\x04 \x01(\tR\tevictedByB9Z7github.com/baton-voice/baton/pkg/events/batonv1;batonv1b\x06proto3"
+	"evicted_by\x18\x04 \x01(\tR\tevictedBy\"V\n" +
+	"\rAgentSelected\x12\x17\n" +
+	"\acall_id\x18\x01 \x01(\tR\x06callId\x12\x14\n" +
+	"\x05agent\x18\x02 \x01(\tR\x05agent\x12\x16\n" +
+	"\x06source\x18\x03 \x01(\tR\x06sourceB9Z7github.com/baton-voice/baton/pkg/events/batonv1;batonv1b\x06proto3"
 
 var (
 	file_baton_v1_agent_proto_rawDescOnce sync.Once
@@ -498,19 +569,20 @@ func file_baton_v1_agent_proto_rawDescGZIP() []byte {
 	return file_baton_v1_agent_proto_rawDescData
 }
 
-var file_baton_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 7)
+var file_baton_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
 var file_baton_v1_agent_proto_goTypes = []any{
 	(*CallStateChanged)(nil), // 0: baton.v1.CallStateChanged
 	(*AgentMetric)(nil),      // 1: baton.v1.AgentMetric
 	(*HandoffRefused)(nil),   // 2: baton.v1.HandoffRefused
 	(*PreCallData)(nil),      // 3: baton.v1.PreCallData
 	(*CallEvicted)(nil),      // 4: baton.v1.CallEvicted
-	nil,                      // 5: baton.v1.CallStateChanged.SetEntry
-	nil,                      // 6: baton.v1.AgentMetric.TagsEntry
+	(*AgentSelected)(nil),    // 5: baton.v1.AgentSelected
+	nil,                      // 6: baton.v1.CallStateChanged.SetEntry
+	nil,                      // 7: baton.v1.AgentMetric.TagsEntry
 }
 var file_baton_v1_agent_proto_depIdxs = []int32{
-	5, // 0: baton.v1.CallStateChanged.set:type_name -> baton.v1.CallStateChanged.SetEntry
-	6, // 1: baton.v1.AgentMetric.tags:type_name -> baton.v1.AgentMetric.TagsEntry
+	6, // 0: baton.v1.CallStateChanged.set:type_name -> baton.v1.CallStateChanged.SetEntry
+	7, // 1: baton.v1.AgentMetric.tags:type_name -> baton.v1.AgentMetric.TagsEntry
 	2, // [2:2] is the sub-list for method output_type
 	2, // [2:2] is the sub-list for method input_type
 	2, // [2:2] is the sub-list for extension type_name
@@ -529,7 +601,7 @@ func file_baton_v1_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_baton_v1_agent_proto_rawDesc), len(file_baton_v1_agent_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   7,
+			NumMessages:   8,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
