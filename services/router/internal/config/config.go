@@ -341,6 +341,10 @@ type Rule struct {
 	Set RuleSet `yaml:"set"`
 	// Handoff names the destination a matching call is handed off to at once.
 	Handoff string `yaml:"handoff"`
+	// Agent names the voice-AI agent (an entry of ingress's agents) the
+	// call streams to, overriding ingress's choice by number, trunk or
+	// default (AgentSelected; ingress waits agent_selection_wait for it).
+	Agent string `yaml:"agent"`
 	// Continue goes on to the next rule after a match without a handoff;
 	// otherwise a match stops the rules and leaves the call to the agent.
 	Continue bool `yaml:"continue"`
@@ -796,6 +800,9 @@ func validateMedia(path string, d Destination, method batonv1.Method, route stri
 	return errs
 }
 
+// agentName is an agent name as ingress's config allows it.
+var agentName = regexp.MustCompile(`^[A-Za-z0-9._-]{1,64}$`)
+
 // whisperHost is a whisper_hosts entry: a lower-case host name or IPv4
 // address, optionally *. and a domain of at least two labels.
 var whisperHost = regexp.MustCompile(`^(\*\.[a-z0-9-]+(\.[a-z0-9-]+)+|[a-z0-9-]+(\.[a-z0-9-]+)*)$`)
@@ -966,6 +973,9 @@ func (c *Config) validateRules() []error {
 		if r.Handoff != "" && c.destination(r.Handoff) < 0 {
 			errs = append(errs, pkgconfig.Errorf(path+".handoff", "unknown destination %q", r.Handoff))
 		}
+		if r.Agent != "" && !agentName.MatchString(r.Agent) {
+			errs = append(errs, pkgconfig.Errorf(path+".agent", "%q, want an agent name of ingress's agents (letters, digits, '.', '_', '-')", r.Agent))
+		}
 		if r.Handoff != "" && r.Continue {
 			errs = append(errs, pkgconfig.Errorf(path+".continue", "a rule that hands off ends the rules; remove continue"))
 		}
@@ -1082,7 +1092,7 @@ func (c *Config) Table() (*handoff.Table, error) {
 	}
 	for i, r := range c.Rules {
 		hr := handoff.Rule{
-			Name: r.Name, Destination: r.Handoff, Continue: r.Continue,
+			Name: r.Name, Destination: r.Handoff, Continue: r.Continue, Agent: r.Agent,
 			SetVariables: r.Set.Variables, SetState: r.Set.State,
 			AfterPreCall: r.After == AfterPreCall,
 		}

@@ -123,6 +123,19 @@ rules:
 			},
 		},
 		{
+			name: "rule agent",
+			doc: `destinations:
+  - name: a
+    route: sip:a@example.com
+rules:
+  - name: vip
+    agent: "vip bot"
+`,
+			want: []string{
+				`router.yaml:6: rules[0].agent: "vip bot", want an agent name of ingress's agents`,
+			},
+		},
+		{
 			name: "context_in",
 			doc: `destinations:
   - name: a

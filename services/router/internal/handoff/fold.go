@@ -73,6 +73,10 @@ type Fold struct {
 	// changed is closed, and replaced, by every Commit (see Changed).
 	changed chan struct{}
 
+	// agentPicks are the AgentSelected decisions of the event being
+	// applied (a rule's agent action, the pre-call answer's agent).
+	agentPicks []Decision
+
 	// refusedState holds the reasons (StateTooManyKeys, StateTooLarge) of
 	// the state writes refused since the last Commit or Rollback; see
 	// RefusedStateWrites.
@@ -136,6 +140,11 @@ type call struct {
 	// each CallUpdated): a warm transfer's re-INVITE continues its
 	// session (RFC 3264 8) and offers only its codecs.
 	localSDP string
+	// agent is the agent the router chose for the call (AgentSelected),
+	// empty when none did; agentByPrecall is set when the pre-call answer
+	// chose it (rules then leave it).
+	agent          string
+	agentByPrecall bool
 }
 
 func (c *call) clone() *call {
@@ -313,11 +322,13 @@ func (f *Fold) Apply(ctx context.Context, ev events.Event) []Decision {
 		f.logger.DebugContext(ctx, "event ignored", "call_id", ev.Subject, "type", ev.Type)
 	}
 	f.seen(ev)
+	picks := f.agentPicks
+	f.agentPicks = nil
 	if d == nil {
-		return nil
+		return picks
 	}
 	f.emitDecision(ev.Subject, ev, *d)
-	return []Decision{*d}
+	return append(picks, *d)
 }
 
 func (f *Fold) callStarted(ctx context.Context, table *Table, ev events.Event, msg *batonv1.CallStarted) *Decision {
@@ -424,6 +435,9 @@ func (f *Fold) runRules(ctx context.Context, table *Table, c *call, ev events.Ev
 			in.Invalidate()
 		}
 		f.logger.DebugContext(ctx, "rule matched", "call_id", c.id, "rule", r.Name, "handoff", r.Destination)
+		if r.Agent != "" {
+			f.selectAgent(c, ev, r.Agent, "rule:"+r.Name)
+		}
 		if r.Destination != "" {
 			return r.Destination, r.Name
 		}

@@ -119,6 +119,11 @@ func (f *Fold) preCallData(ctx context.Context, table *Table, ev events.Event, m
 		}
 	}
 	c.precall = pc
+	if pc.err == "" {
+		// The pre-call answer may choose the call's agent; it overrides a
+		// rule's choice at the call's start.
+		f.selectAgent(c, ev, precallAgent(msg.GetDataJson()), sourcePrecall)
+	}
 	if pc.err != "" {
 		f.logger.WarnContext(ctx, "pre-call data unavailable; handoffs render without it", "call_id", id,
 			"fetched_by", msg.GetFetchedBy(), "err", pc.err)

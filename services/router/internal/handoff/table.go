@@ -95,6 +95,8 @@ type Rule struct {
 	SetState     map[string]string
 	// Destination, when set, is handed off to at once.
 	Destination string
+	// Agent, when set, chooses the call's voice-AI agent (AgentSelected).
+	Agent string
 	// Continue goes on to the next rule after a match without a handoff.
 	Continue bool
 	// AfterPreCall moves the rule from the call-start pass to the pass

@@ -89,10 +89,13 @@ type Router struct {
 	started StartWatcher
 	fold    *handoff.Fold
 	topic   string
-	logger  *slog.Logger
-	metrics *Metrics
-	tracer  trace.Tracer
-	tally   tally
+	// callsTopic takes the decisions that are facts of the call for
+	// ingress (AgentSelected); every other decision goes to topic.
+	callsTopic string
+	logger     *slog.Logger
+	metrics    *Metrics
+	tracer     trace.Tracer
+	tally      tally
 	// endTimeout bounds producing and ending one transaction.
 	endTimeout time.Duration
 	// restore rebuilds the state of partitions assigned to this instance
@@ -147,7 +150,7 @@ func New(opts Options, fold *handoff.Fold, logger *slog.Logger) (*Router, error)
 	if err != nil {
 		return nil, fmt.Errorf("new transactional session %s: %w", opts.TransactionalID, err)
 	}
-	r := &Router{sess: sess, started: opts.Started, fold: fold, topic: opts.Kafka.Topics.Handoffs, logger: logger,
+	r := &Router{sess: sess, started: opts.Started, fold: fold, topic: opts.Kafka.Topics.Handoffs, callsTopic: opts.Kafka.Topics.Calls, logger: logger,
 		metrics: opts.Metrics, tracer: opts.Tracer, endTimeout: endTimeout, restore: rs,
 		evict: newEvictor(opts, rs, logger)}
 	if opts.EndTimeout > 0 {
@@ -391,7 +394,11 @@ func (r *Router) encode(traceParent string, trigger events.Event, d handoff.Deci
 		TraceParent: traceParent,
 		Data:        d.Msg,
 	}
-	rec, err := events.Encode(r.topic, ev)
+	topic := r.topic
+	if _, ok := d.Msg.(*batonv1.AgentSelected); ok && r.callsTopic != "" {
+		topic = r.callsTopic // ingress reads the calls topic, not the commands
+	}
+	rec, err := events.Encode(topic, ev)
 	if err != nil {
 		return nil, fmt.Errorf("encode decision %s of call %s: %w", d.ID, trigger.Subject, err)
 	}
