@@ -22,7 +22,7 @@ import (
 
 // streamFixture serves the API over a fold whose transitions feed a hub,
 // as the call view does, with one live call c1.
-func streamFixture(t *testing.T, heartbeat time.Duration) (*httptest.Server, *handoff.Fold) {
+func streamFixture(t *testing.T, heartbeat time.Duration, tune ...func(*http.Server)) (*httptest.Server, *handoff.Fold) {
 	t.Helper()
 	c := config.Default("h")
 	require.NoError(t, pkgconfig.Parse("router.yaml", []byte(routerYAML), &c))
@@ -35,7 +35,12 @@ func streamFixture(t *testing.T, heartbeat time.Duration) (*httptest.Server, *ha
 	fold.Apply(t.Context(), ev)
 	fold.Commit()
 	a := New(fold, table, &recorder{}, []string{"tok"}, slog.New(slog.DiscardHandler), time.Now, nil).WithStreams(hub, heartbeat)
-	srv := httptest.NewServer(a)
+	// Tuned before it starts: the server reads its settings once serving.
+	srv := httptest.NewUnstartedServer(a)
+	for _, f := range tune {
+		f(srv.Config)
+	}
+	srv.Start()
 	t.Cleanup(func() { hub.Close(); srv.Close() })
 	return srv, fold
 }
@@ -89,8 +94,9 @@ func TestEventStreamHeartbeatsAndBounds(t *testing.T) {
 // server's read and write timeouts (opshttp.DefaultLimits sets both: 30 s
 // and 75 s), which would otherwise cut it.
 func TestEventStreamOutlivesTheServerTimeouts(t *testing.T) {
-	srv, _ := streamFixture(t, 20*time.Millisecond)
-	srv.Config.ReadTimeout, srv.Config.WriteTimeout = 100*time.Millisecond, 100*time.Millisecond
+	srv, _ := streamFixture(t, 20*time.Millisecond, func(s *http.Server) {
+		s.ReadTimeout, s.WriteTimeout = 100*time.Millisecond, 100*time.Millisecond
+	})
 	resp := openStream(t, srv, "c1")
 	defer func() { _ = resp.Body.Close() }()
 	require.Equal(t, http.StatusOK, resp.StatusCode)
