@@ -67,6 +67,9 @@ type AgentFailure struct {
 	WAV string `yaml:"wav"`
 }
 
+// MaxAgentSelectionWait bounds agent_selection_wait.
+const MaxAgentSelectionWait = 10 * time.Second
+
 // on_agent_failure actions.
 const (
 	FailHangup         = "hangup"
@@ -138,6 +141,11 @@ func (c Config) AgentFor(callee, trunk string) (*Agent, string) {
 
 func (c Config) validateAgents() []error {
 	var errs []error
+	if w := c.AgentSelectionWait; w < 0 || w > MaxAgentSelectionWait {
+		errs = append(errs, config.Errorf("agent_selection_wait", "%v, want 0 (do not wait) to %v", w, MaxAgentSelectionWait))
+	} else if w > 0 && len(c.Agents) == 0 {
+		errs = append(errs, config.Errorf("agent_selection_wait", "set, but no agents are listed"))
+	}
 	names := map[string]bool{}
 	numbers := map[string]string{}
 	trunkOf := map[string]string{}

@@ -55,6 +55,11 @@ type Config struct {
 	Media Media `yaml:"media"`
 	// Agents are the voice-AI agents calls stream their audio to.
 	Agents []Agent `yaml:"agents"`
+	// AgentSelectionWait is how long an answered call waits for the
+	// router's AgentSelected (a rule's agent action, the pre-call answer's
+	// agent) before it dials its agent by number, trunk or default; 0 (the
+	// default) dials at once and follows no selection.
+	AgentSelectionWait time.Duration `yaml:"agent_selection_wait"`
 	// PublishTimeout bounds the publish of CallStarted; when Kafka does not
 	// accept it in time the INVITE gets 503 and no call exists.
 	PublishTimeout time.Duration `yaml:"publish_timeout"`

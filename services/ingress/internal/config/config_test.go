@@ -56,6 +56,8 @@ func TestValidateNamesFields(t *testing.T) {
 		{"cert on udp", "listeners: [{transport: udp, address: 127.0.0.1:5061, cert_file: a.pem}]\n", "listeners[0].cert_file: only for transport tls"},
 		{"wildcard listener", "listeners: [{transport: tcp, address: \"[::]:5060\"}]\n", "external_host: required when listeners[0].address"},
 		{"greeting missing", "media: {greeting: /nonexistent.wav}\n", "media.greeting:"},
+		{"agent selection wait without agents", "agent_selection_wait: 1s\n", "agent_selection_wait: set, but no agents are listed"},
+		{"agent selection wait too long", "agents: [{name: a, url: ws://a/, default: true}]\nagent_selection_wait: 11s\n", "agent_selection_wait: 11s, want 0 (do not wait) to 10s"},
 		{"agent url", "agents: [{name: bot, url: http://bot.example.com/media}]\n", "agents[0].url: \"http://bot.example.com/media\", want a ws:// or wss:// URL"},
 		{"agent url user info", "agents: [{name: bot, url: \"wss://u:p@bot.example.com/\"}]\n", "agents[0].url: user info"},
 		{"agent name twice", "agents: [{name: bot, url: ws://a/, default: true}, {name: bot, url: ws://b/}]\n", "agents[1].name: \"bot\" used twice"},

@@ -76,13 +76,66 @@ func startParams(started *batonv1.CallStarted) map[string]string {
 	return p
 }
 
+// agentSelected keeps the router's latest choice of the call's agent.
+func (c *inboundCall) agentSelected(m *batonv1.AgentSelected) {
+	for {
+		select {
+		case c.selected <- m:
+			return
+		default:
+			select { // a newer choice replaces one not read yet
+			case <-c.selected:
+			default:
+			}
+		}
+	}
+}
+
+// agentChoice is how the call picks its agent: ingress's own choice (r,
+// source; r may be nil), and, when wait is positive, the router's
+// AgentSelected that arrives within wait after the ACK, which overrides
+// it (lookup finds the named agent).
+type agentChoice struct {
+	r      *agentRoute
+	source string
+	wait   time.Duration
+	lookup func(name string) *agentRoute
+}
+
+// choose waits for the router's choice (when asked to) and returns the
+// agent to dial and its source; nil when the call has none, or ended.
+func (c *inboundCall) choose(ctx context.Context, ch agentChoice) (*agentRoute, string) {
+	if ch.wait <= 0 {
+		return ch.r, ch.source
+	}
+	t := time.NewTimer(ch.wait)
+	defer t.Stop()
+	select {
+	case sel := <-c.selected:
+		if r := ch.lookup(sel.GetAgent()); r != nil {
+			return r, "router:" + sel.GetSource()
+		}
+		c.env.log.WarnContext(ctx, "the router chose an agent ingress does not list; using ingress's choice",
+			"call_id", c.id, "agent", sel.GetAgent(), "source", sel.GetSource())
+	case <-t.C:
+	case <-c.done:
+		return nil, ""
+	}
+	return ch.r, ch.source
+}
+
 // startAgent opens the call's agent stream, once the call is confirmed.
-// It runs until the call ends: dialling, then waiting for the stream to
-// fail (on_agent_failure) or the call to end.
-func (c *inboundCall) startAgent(ctx context.Context, r *agentRoute, source string, started *batonv1.CallStarted) {
+// It runs until the call ends: choosing the agent (the router's choice
+// may override ingress's), dialling, then waiting for the stream to fail
+// (on_agent_failure) or the call to end.
+func (c *inboundCall) startAgent(ctx context.Context, ch agentChoice, started *batonv1.CallStarted) {
 	ctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	go func() {
 		defer cancel()
+		r, source := c.choose(ctx, ch)
+		if r == nil {
+			return
+		}
 		failed := make(chan [2]string, 1)
 		hooks := agent.Hooks{
 			Failed: func(reason, detail string) { failed <- [2]string{reason, detail} },

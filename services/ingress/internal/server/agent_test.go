@@ -11,6 +11,7 @@ import (
 
 	"github.com/emiago/sipgo/sip"
 	"github.com/stretchr/testify/require"
+	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/baton-voice/baton/pkg/agentbot"
 	"github.com/baton-voice/baton/pkg/events"
@@ -369,4 +370,65 @@ func TestAgentBadMessages(t *testing.T) {
 	d := nextOf(t, consumer, events.TypeAgentDisconnected).Data.(*batonv1.AgentDisconnected)
 	require.EqualValues(t, 4, d.GetStats().GetBadMessages())
 	require.Equal(t, "call_ended", d.GetReason())
+}
+
+// With agent_selection_wait, the router's AgentSelected (a rule's agent,
+// the pre-call answer's) overrides ingress's choice: the call dials the
+// named agent; with no choice within the wait, its default.
+func TestAgentSelectedByTheRouter(t *testing.T) {
+	t.Setenv("BATON_TEST_AGENT_AUTH", "Bearer bot-token")
+	topics := kafka.DefaultConfig().Topics
+	brokers := kafkatest.NewCluster(t, 1, topics.All()...)
+	byDefault, chosen := startBot(t, nil), startBot(t, nil)
+	in := startIngress(t, brokers, func(c *config.Config) {
+		auth := config.AgentAuth{Header: "Authorization", Env: "BATON_TEST_AGENT_AUTH"}
+		c.Agents = []config.Agent{
+			{Name: "default-bot", URL: byDefault.url, Default: true, Auth: auth},
+			{Name: "billing-bot", URL: chosen.url, Auth: auth},
+		}
+		c.AgentSelectionWait = 2 * time.Second
+	})
+	consumer := newCalls(t, brokers, topics.Calls)
+	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...))
+	require.NoError(t, err)
+	t.Cleanup(cl.Close)
+
+	// The router's choice comes while the call waits.
+	c := dial(t, in, "agent-selected", "0 101")
+	nextOf(t, consumer, events.TypeCallStarted)
+	ev, err := events.New("baton/router", c.callID, &batonv1.AgentSelected{CallId: c.callID, Agent: "billing-bot", Source: "rule:billing"}, time.Now())
+	require.NoError(t, err)
+	rec, err := events.Encode(topics.Calls, ev)
+	require.NoError(t, err)
+	require.NoError(t, cl.ProduceSync(t.Context(), rec).FirstErr())
+	s := chosen.next(t)
+	require.Equal(t, c.callID, s.Start().CallSid)
+	// The calls topic now holds the router's record too: read it raw.
+	var connected *batonv1.AgentConnected
+	for connected == nil {
+		ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+		fs := consumer.cl.PollFetches(ctx)
+		cancel()
+		require.NoError(t, fs.Err0())
+		fs.EachRecord(func(r *kgo.Record) {
+			if ev, err := events.Decode(r); err == nil {
+				if m, ok := ev.Data.(*batonv1.AgentConnected); ok {
+					connected = m
+				}
+			}
+		})
+	}
+	require.Equal(t, "router:rule:billing", connected.GetSource())
+	select {
+	case <-byDefault.sessions:
+		t.Fatal("the default agent was dialled too")
+	default:
+	}
+
+	// No choice within the wait: the default agent.
+	c2 := dial(t, in, "agent-not-selected", "0 101")
+	began := time.Now()
+	s2 := byDefault.next(t)
+	require.Equal(t, c2.callID, s2.Start().CallSid)
+	require.GreaterOrEqual(t, time.Since(began), time.Second, "it waited for the router first")
 }

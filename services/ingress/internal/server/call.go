@@ -83,6 +83,9 @@ type inboundCall struct {
 	// ending is set once the call is ending, after which none is opened.
 	agent  *agent.Stream
 	ending bool
+	// selected holds the router's latest AgentSelected for the call, read
+	// once when it dials its agent (agent_selection_wait).
+	selected chan *batonv1.AgentSelected
 }
 
 // callEnv is all a call reaches of the server that answered it: the call
@@ -131,7 +134,8 @@ const (
 )
 
 func newInboundCall(id string, env *callEnv) *inboundCall {
-	return &inboundCall{env: env, id: id, acked: make(chan struct{}), done: make(chan struct{})}
+	return &inboundCall{env: env, id: id, acked: make(chan struct{}), done: make(chan struct{}),
+		selected: make(chan *batonv1.AgentSelected, 1)}
 }
 
 // onCancel is the INVITE transaction's CANCEL callback: sipgo has

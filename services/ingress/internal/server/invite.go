@@ -153,9 +153,12 @@ func (s *Server) onInvite(ctx context.Context, req *sip.Request, tx sip.ServerTr
 	handshakeDone()
 	if acked {
 		s.handshakes.acked(src, time.Now())
-		if r, source := s.agentFor(facts.started); r != nil {
-			c.startAgent(ctx, r, source, facts.started)
-		} else if s.clip.Frames() > 0 {
+		r, source := s.agentFor(facts.started)
+		switch {
+		case r != nil || s.cfg.AgentSelectionWait > 0:
+			c.startAgent(ctx, agentChoice{r: r, source: source, wait: s.cfg.AgentSelectionWait,
+				lookup: func(name string) *agentRoute { return s.agents[name] }}, facts.started)
+		case s.clip.Frames() > 0:
 			media.Play(s.clip)
 		}
 	}

@@ -129,21 +129,27 @@ func dialogEndedBy(o *batonv1.TransferOutcome) (string, bool) {
 // the call back).
 const reasonHandoffBye = "handoff_bye"
 
-// followTransfers reads transfer outcomes published from now on. It turns
-// the media watch off for each call whose media transfer moved to its
-// bridge (BRIDGED, a warm transfer's re-INVITE): the caller's RTP then goes
-// to the bridge, whose own idle timeout takes over. And it ends each call
-// whose dialog transfer's own BYE ended (dialogEndedBy), so the call ends
-// once, when it did, with the reason transfer gave. It returns when ctx
-// ends.
-func (s *Server) followTransfers(ctx context.Context) {
+// follow reads what other stages publish about ingress's calls, from now
+// on, until ctx ends:
+//   - transfer outcomes: BRIDGED turns the media watch off for the call
+//     (its RTP now goes to the bridge, whose idle timeout takes over) and
+//     gives it the bridge's side of the session; an outcome that says
+//     transfer's own BYE ended the dialog (dialogEndedBy) ends the call,
+//     once, when it happened, with transfer's reason;
+//   - on the calls topic, the router's AgentSelected (when
+//     agent_selection_wait is set): the agent the call dials.
+func (s *Server) follow(ctx context.Context) {
+	topics := []string{s.cfg.Kafka.Topics.Transfers}
+	if s.cfg.AgentSelectionWait > 0 {
+		topics = append(topics, s.cfg.Kafka.Topics.Calls)
+	}
 	opts := append(kafka.ClientOpts(s.cfg.Kafka, s.log),
-		kgo.ConsumeTopics(s.cfg.Kafka.Topics.Transfers),
+		kgo.ConsumeTopics(topics...),
 		kgo.ConsumeResetOffset(kgo.NewOffset().AfterMilli(time.Now().UnixMilli())),
 		kgo.FetchIsolationLevel(kgo.ReadCommitted()))
 	cl, err := kgo.NewClient(opts...)
 	if err != nil {
-		s.log.ErrorContext(ctx, "follow transfer outcomes", "err", err)
+		s.log.ErrorContext(ctx, "follow transfer outcomes and agent selections", "err", err)
 		return
 	}
 	defer cl.Close()
@@ -154,29 +160,37 @@ func (s *Server) followTransfers(ctx context.Context) {
 			return
 		}
 		fs.EachError(func(topic string, _ int32, err error) {
-			lim.Log(s.log, "read transfer outcomes", "topic", topic, "err", err)
+			lim.Log(s.log, "read transfer outcomes and agent selections", "topic", topic, "err", err)
 		})
 		fs.EachRecord(func(r *kgo.Record) {
 			ev, err := events.Decode(r)
 			if err != nil {
 				return // not ingress's business
 			}
-			o, ok := ev.Data.(*batonv1.TransferOutcome)
-			if !ok {
-				return
-			}
-			c := s.callByID(o.GetCallId())
-			if c == nil {
-				return
-			}
-			if o.GetStatus() == batonv1.OutcomeStatus_OUTCOME_STATUS_BRIDGED {
-				c.moveMedia(ctx, o.GetCallerSdp())
-			}
-			if reason, over := dialogEndedBy(o); over {
-				// Transfer's BYE ended the caller's dialog: the call is
-				// over now, and ingress sends no BYE of its own.
-				go c.end(context.WithoutCancel(ctx), byTransfer(reason))
+			switch m := ev.Data.(type) {
+			case *batonv1.TransferOutcome:
+				s.transferOutcome(ctx, m)
+			case *batonv1.AgentSelected:
+				if c := s.callByID(ev.Subject); c != nil {
+					c.agentSelected(m)
+				}
 			}
 		})
+	}
+}
+
+// transferOutcome applies what a transfer outcome means for its call.
+func (s *Server) transferOutcome(ctx context.Context, o *batonv1.TransferOutcome) {
+	c := s.callByID(o.GetCallId())
+	if c == nil {
+		return
+	}
+	if o.GetStatus() == batonv1.OutcomeStatus_OUTCOME_STATUS_BRIDGED {
+		c.moveMedia(ctx, o.GetCallerSdp())
+	}
+	if reason, over := dialogEndedBy(o); over {
+		// Transfer's BYE ended the caller's dialog: the call is over now,
+		// and ingress sends no BYE of its own.
+		go c.end(context.WithoutCancel(ctx), byTransfer(reason))
 	}
 }

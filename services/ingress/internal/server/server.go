@@ -249,15 +249,16 @@ func (s *Server) Serve(ctx context.Context) error {
 	s.sip.OnInfo(handle(s.inDialog((*inboundCall).onInfo)))
 	s.sip.OnNoRoute(handle(s.onOther))
 
+	var watchers sync.WaitGroup
+	defer func() {
+		stopRun()
+		watchers.Wait()
+	}()
 	if s.cfg.RTP.MediaTimeout > 0 {
-		var watchers sync.WaitGroup
-		defer func() {
-			stopRun()
-			watchers.Wait()
-		}()
 		watchers.Go(func() { s.watchMedia(runCtx, s.cfg.RTP.MediaTimeout) })
-		watchers.Go(func() { s.followTransfers(runCtx) })
 	}
+	// Always: transfer's BYE ends calls through it, media timeout or not.
+	watchers.Go(func() { s.follow(runCtx) })
 
 	n := len(s.udp) + len(s.streams)
 	served := make(chan error, n)
