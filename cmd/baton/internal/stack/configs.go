@@ -95,7 +95,6 @@ func (s *Stack) writeConfigs() error {
 			"on_agent_failure": map[string]any{"action": "handoff", "destination": "support"},
 		}}
 	}
-	routerAPIs := 0
 	for _, inst := range s.instances() {
 		cfg := map[string]any{}
 		for k, v := range configs[inst.service] {
@@ -112,6 +111,12 @@ func (s *Stack) writeConfigs() error {
 			cfg["metrics"] = map[string]any{"listen": addr}
 			s.progress("%s metrics on http://%s/metrics", inst.name, addr)
 		}
+		if s.opts.StaticMembership && inst.service != "ingress" {
+			// A fresh section: instances of a service share the other.
+			k := kafka(inst.service)
+			k["instance_id"] = "baton-" + inst.name
+			cfg["kafka"] = k
+		}
 		switch inst.service {
 		case "router":
 			cfg["transactional_id"] = "baton-" + inst.name
@@ -122,10 +127,10 @@ func (s *Stack) writeConfigs() error {
 				}
 				addr := fmt.Sprintf("127.0.0.1:%d", p)
 				cfg["api"] = map[string]any{"listen": addr, "tokens_env": apiTokensEnv}
-				if routerAPIs == 0 {
+				if len(s.RouterAPIs) == 0 {
 					s.RouterAPI = "http://" + addr
 				}
-				routerAPIs++
+				s.RouterAPIs = append(s.RouterAPIs, "http://"+addr)
 				s.progress("%s agent API on http://%s", inst.name, addr)
 			}
 		case "analytics":

@@ -89,6 +89,13 @@ type Options struct {
 	// agent API's bearer token; the router serves the API when it is set.
 	AgentURL, APIToken string
 
+	// StaticMembership gives each router, transfer and analytics instance
+	// its name as kafka.instance_id, as the shipped configs do with
+	// ${POD_NAME}: a static group member restarted with the same id takes
+	// its partitions back at once. Binaries from before kafka.instance_id
+	// refuse the key; leave it off for them.
+	StaticMembership bool
+
 	// Progress receives one line per step.
 	Progress io.Writer
 	Logger   *slog.Logger
@@ -125,8 +132,10 @@ type Stack struct {
 	// dashboard page.
 	DashboardAddr string
 	// RouterAPI is the first router's agent API (http://host:port), when
-	// Options.APIToken is set.
-	RouterAPI string
+	// Options.APIToken is set; RouterAPIs is every router's, in instance
+	// order (router-1, router-2, ...).
+	RouterAPI  string
+	RouterAPIs []string
 }
 
 type process struct {
