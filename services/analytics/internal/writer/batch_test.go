@@ -235,8 +235,10 @@ func TestAgentStreams(t *testing.T) {
 	conn := server.Conn(t, e.cfg.ClickHouse)
 	e.waitCommitted(e.cfg.Group)
 	require.Zero(t, deadLettered(w))
-	require.InDelta(t, 4, testutil.ToFloat64(w.metrics.rowsInserted.WithLabelValues("agent_streams")), 0,
-		"both copies of each disconnect were inserted")
+	// The counters move after the commit: wait for them, not for it.
+	require.Eventually(t, func() bool {
+		return testutil.ToFloat64(w.metrics.rowsInserted.WithLabelValues("agent_streams")) == 4
+	}, 10*time.Second, 10*time.Millisecond, "both copies of each disconnect were inserted")
 
 	require.Equal(t, uint64(2), count(t, conn, "agent_streams", "call_id = ?", "call-a"), "one row per event id")
 	require.Equal(t, uint64(1), count(t, conn, "agent_connects", "call_id = ?", "call-a"))
