@@ -316,6 +316,22 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 func (s *Server) live(w http.ResponseWriter, r *http.Request) (handoff.CallView, bool) {
 	id := r.PathValue("id")
 	v, found, ended := s.calls.View(id)
+	if !found && !ended && s.settled() {
+		// The view trails the log by a poll: a call started a moment ago
+		// may not be in it yet. Wait for a poll that began after this
+		// request before calling it unknown, or answer 503 (never a
+		// wrong 404).
+		if c, ok := s.calls.(interface {
+			CatchUp(ctx context.Context, id string) bool
+		}); ok {
+			if !c.CatchUp(r.Context(), id) {
+				w.Header().Set("Retry-After", "1")
+				problem(w, http.StatusServiceUnavailable, "catching up", "this instance's view of the calls is behind the log; retry")
+				return v, false
+			}
+			v, found, ended = s.calls.View(id)
+		}
+	}
 	switch {
 	case ended:
 		problem(w, http.StatusConflict, "call ended", fmt.Sprintf("call %s has ended", id))

@@ -35,6 +35,52 @@ type View struct {
 	logger   *slog.Logger
 
 	settled atomic.Bool
+	// pollSeq numbers the polls (incremented before each); doneSeq is the
+	// number of the last poll whose records are committed to the fold.
+	pollSeq, doneSeq atomic.Uint64
+	// waits bounds the requests waiting in CatchUp.
+	waits chan struct{}
+}
+
+// Bounds of CatchUp.
+const (
+	catchUpTimeout = 2 * time.Second
+	maxCatchUps    = 256
+	// viewFetchMaxWait and viewPollTimeout bound a poll on an idle log,
+	// so CatchUp is quick when there is nothing new.
+	viewFetchMaxWait = 250 * time.Millisecond
+	viewPollTimeout  = 250 * time.Millisecond
+)
+
+// CatchUp waits until a poll that began after the call (the request
+// asking for id) has been folded: whatever the log held when the request
+// came is then in the view, so a call the view still does not know is
+// not live. It reports false when that did not happen within
+// catchUpTimeout, when too many requests wait already, or when ctx ended
+// (the API then answers 503, never a wrong 404).
+func (v *View) CatchUp(ctx context.Context, id string) bool {
+	select {
+	case v.waits <- struct{}{}:
+		defer func() { <-v.waits }()
+	default:
+		return false
+	}
+	s0 := v.pollSeq.Load()
+	t := time.NewTimer(catchUpTimeout)
+	defer t.Stop()
+	for {
+		changed := v.fold.Changed()
+		if v.doneSeq.Load() > s0 {
+			return true
+		}
+		select {
+		case <-changed:
+		case <-ctx.Done():
+			return false
+		case <-t.C:
+			return false
+		}
+	}
 }
 
 // New returns a view folding with tables; Run feeds it. clientOpts are
@@ -42,7 +88,7 @@ type View struct {
 func New(tables handoff.Source, clientOpts []kgo.Opt, topics []string, lookback time.Duration, logger *slog.Logger) *View {
 	return &View{
 		fold: handoff.New(tables, slog.New(slog.DiscardHandler)), clOpts: clientOpts, topics: topics,
-		lookback: lookback, logger: logger,
+		lookback: lookback, logger: logger, waits: make(chan struct{}, maxCatchUps),
 	}
 }
 
@@ -84,7 +130,8 @@ func (v *View) Settled() bool { return v.settled.Load() }
 // ends, folding each poll's records (decisions discarded: the owner
 // publishes them) and committing them to View.
 func (v *View) Run(ctx context.Context) error {
-	cl, err := kgo.NewClient(append(v.clOpts, kgo.FetchIsolationLevel(kgo.ReadCommitted()))...)
+	cl, err := kgo.NewClient(append(v.clOpts, kgo.FetchIsolationLevel(kgo.ReadCommitted()),
+		kgo.FetchMaxWait(viewFetchMaxWait))...)
 	if err != nil {
 		return fmt.Errorf("call view client: %w", err)
 	}
@@ -96,13 +143,16 @@ func (v *View) Run(ctx context.Context) error {
 	cl.AddConsumePartitions(start)
 	began := time.Now()
 	for {
-		pollCtx := ctx
-		cancel := func() {}
+		// While catching up, a poll that brings nothing in a second means
+		// the log is read to its end. Afterwards a poll ends at the latest
+		// after viewPollTimeout, so an idle log still completes polls for
+		// CatchUp (PollFetches itself waits until there are records).
+		wait := viewPollTimeout
 		if !v.settled.Load() {
-			// While catching up, a poll that brings nothing in a second
-			// means the log is read to its end.
-			pollCtx, cancel = context.WithTimeout(ctx, time.Second)
+			wait = time.Second
 		}
+		pollCtx, cancel := context.WithTimeout(ctx, wait)
+		seq := v.pollSeq.Add(1)
 		fetches := cl.PollFetches(pollCtx)
 		cancel()
 		if ctx.Err() != nil {
@@ -120,6 +170,7 @@ func (v *View) Run(ctx context.Context) error {
 				_ = v.fold.Apply(ctx, ev)
 			}
 		})
+		v.doneSeq.Store(seq) // before Commit wakes the waiters
 		v.fold.Commit()
 		if n == 0 && !v.settled.Load() {
 			v.settled.Store(true)

@@ -90,6 +90,21 @@ func TestViewServesEveryPartition(t *testing.T) {
 	require.Eventually(t, func() bool { s, _ := get("call-3"); return s == http.StatusNotFound }, 20*time.Second, 10*time.Millisecond)
 	status, _ = get("call-4")
 	require.Equal(t, http.StatusOK, status)
+
+	// A call whose start is in the log when the request comes is found,
+	// though the view had not polled it yet: never a wrong 404.
+	for i := range 20 {
+		id := fmt.Sprintf("late-%d", i)
+		ev, err := events.New("baton/ingress", id, &batonv1.CallStarted{
+			Dialog: &batonv1.Dialog{CallId: id, LocalTag: "a", RemoteTag: "b", RemoteTarget: "sip:c@10.0.0.1"},
+		}, time.Now())
+		require.NoError(t, err)
+		rec, err := events.Encode(kcfg.Topics.Calls, ev)
+		require.NoError(t, err)
+		require.NoError(t, prod.ProduceSync(t.Context(), rec).FirstErr())
+		status, _ := get(id)
+		require.Equal(t, http.StatusOK, status, "%s: produced before the request", id)
+	}
 }
 
 // A listing that leaves out a topic, or a partition that failed, is not a
