@@ -36,6 +36,52 @@ func pattern(n int, seed byte) []byte {
 	return b
 }
 
+// agentStack is the pipeline with a test bot as every call's agent and
+// the routers' agent API on.
+type agentStack struct {
+	*Stack
+	token string
+
+	mu  sync.Mutex
+	api string // the first router's API, once the stack is up
+}
+
+// startAgentStack starts the pipeline with serve as the bot of every call.
+func startAgentStack(t *testing.T, token string, serve func(ctx context.Context, s *agentbot.Session, a *agentStack)) *agentStack {
+	t.Helper()
+	a := &agentStack{token: token}
+	bot := httptest.NewServer(&agentbot.Handler{Serve: func(ctx context.Context, s *agentbot.Session) { serve(ctx, s, a) }})
+	t.Cleanup(bot.Close)
+	st := startStackTuned(t, func(o *Options) {
+		o.AgentURL = "ws" + strings.TrimPrefix(bot.URL, "http") + "/media"
+		o.APIToken = token
+	})
+	a.mu.Lock()
+	a.Stack, a.api = st, st.RouterAPI
+	a.mu.Unlock()
+	return a
+}
+
+// handoff asks the agent API for callID's handoff with body; the answer's
+// status, 0 when none came.
+func (a *agentStack) handoff(ctx context.Context, callID, body string) int {
+	a.mu.Lock()
+	base := a.api
+	a.mu.Unlock()
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, base+"/v1/calls/"+url.PathEscape(callID)+"/handoff",
+		strings.NewReader(body))
+	if err != nil {
+		return 0
+	}
+	req.Header.Set("Authorization", "Bearer "+a.token)
+	res, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return 0
+	}
+	_ = res.Body.Close()
+	return res.StatusCode
+}
+
 // TestAgentSpeaksThenHandsOff is the agent issue's "done when", on the
 // whole pipeline: a bot written for the Media Streams protocol hears the
 // caller's audio exactly, speaks an utterance, and asks for the handoff
@@ -47,47 +93,25 @@ func TestAgentSpeaksThenHandsOff(t *testing.T) {
 	heard := make(chan [][]byte, 1)
 	connected := make(chan struct{})
 	handoff := make(chan int, 1)
-	var api string
-	var apiMu sync.Mutex
-	bot := httptest.NewServer(&agentbot.Handler{Serve: func(ctx context.Context, s *agentbot.Session) {
+	s := startAgentStack(t, token, func(ctx context.Context, bot *agentbot.Session, a *agentStack) {
 		close(connected)
 		var got [][]byte
 		for len(got) < 50 {
 			select {
-			case p := <-s.Media():
+			case p := <-bot.Media():
 				got = append(got, p)
-			case <-s.Stopped():
+			case <-bot.Stopped():
 				heard <- got
 				return
 			}
 		}
 		heard <- got
-		if err := s.Play(ctx, utterance, 320, 2, "goodbye"); err != nil {
+		if err := bot.Play(ctx, utterance, 320, 2, "goodbye"); err != nil {
 			return
 		}
-		apiMu.Lock()
-		base := api
-		apiMu.Unlock()
-		req, _ := http.NewRequestWithContext(ctx, http.MethodPost, base+"/v1/calls/"+s.Start().CallSid+"/handoff",
-			strings.NewReader(`{"reason":"caller_asked","after_mark":"goodbye","mark_timeout_ms":10000}`))
-		req.Header.Set("Authorization", "Bearer "+token)
-		res, err := http.DefaultClient.Do(req)
-		if err != nil {
-			handoff <- 0
-			return
-		}
-		_ = res.Body.Close()
-		handoff <- res.StatusCode
-		<-s.Stopped()
-	}})
-	defer bot.Close()
-	s := startStackTuned(t, func(o *Options) {
-		o.AgentURL = "ws" + strings.TrimPrefix(bot.URL, "http") + "/media"
-		o.APIToken = token
+		handoff <- a.handoff(ctx, bot.Start().CallSid, `{"reason":"caller_asked","after_mark":"goodbye","mark_timeout_ms":10000}`)
+		<-bot.Stopped()
 	})
-	apiMu.Lock()
-	api = s.RouterAPI
-	apiMu.Unlock()
 
 	// The caller: RTP on a socket of its own, SIP over TCP.
 	media, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
@@ -301,42 +325,24 @@ func TestAgentHearsASIPpCaller(t *testing.T) {
 		spoken = append(spoken, pcm.ULaw(pcm.DecodeALaw(a)))
 	}
 	heard := make(chan []byte, 1)
-	var api string
-	var apiMu sync.Mutex
-	bot := httptest.NewServer(&agentbot.Handler{Serve: func(ctx context.Context, s *agentbot.Session) {
+	s := startAgentStack(t, token, func(ctx context.Context, bot *agentbot.Session, a *agentStack) {
 		var got []byte
 		for len(got) < 100*160 {
 			select {
-			case p := <-s.Media():
+			case p := <-bot.Media():
 				got = append(got, p...)
-			case <-s.Stopped():
+			case <-bot.Stopped():
 				heard <- got
 				return
 			}
 		}
 		heard <- got
-		if s.Play(ctx, pattern(1600, 9), 320, 2, "bye") != nil {
+		if bot.Play(ctx, pattern(1600, 9), 320, 2, "bye") != nil {
 			return
 		}
-		apiMu.Lock()
-		base := api
-		apiMu.Unlock()
-		req, _ := http.NewRequestWithContext(ctx, http.MethodPost, base+"/v1/calls/"+url.PathEscape(s.Start().CallSid)+"/handoff",
-			strings.NewReader(`{"reason":"caller_asked","after_mark":"bye"}`))
-		req.Header.Set("Authorization", "Bearer "+token)
-		if res, err := http.DefaultClient.Do(req); err == nil {
-			_ = res.Body.Close()
-		}
-		<-s.Stopped()
-	}})
-	defer bot.Close()
-	s := startStackTuned(t, func(o *Options) {
-		o.AgentURL = "ws" + strings.TrimPrefix(bot.URL, "http") + "/media"
-		o.APIToken = token
+		a.handoff(ctx, bot.Start().CallSid, `{"reason":"caller_asked","after_mark":"bye"}`)
+		<-bot.Stopped()
 	})
-	apiMu.Lock()
-	api = s.RouterAPI
-	apiMu.Unlock()
 
 	res, err := s.PlaceCalls(t.Context(), "sbc_agent", 1, 1)
 	require.NoError(t, err)
