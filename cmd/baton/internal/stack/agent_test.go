@@ -1,16 +1,13 @@
 package stack
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/binary"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
-	"net/textproto"
 	"net/url"
 	"os"
 	"slices"
@@ -117,39 +114,10 @@ func TestAgentSpeaksThenHandsOff(t *testing.T) {
 	media, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
 	require.NoError(t, err)
 	defer func() { _ = media.Close() }()
-	me := fmt.Sprintf("127.0.0.1:%d", s.opts.SBCPort)
-	ln, err := net.Listen("tcp", me)
-	require.NoError(t, err)
-	defer func() { _ = ln.Close() }()
-	conn, err := net.Dial("tcp", s.IngressAddr)
-	require.NoError(t, err)
-	defer func() { _ = conn.Close() }()
-	require.NoError(t, conn.SetDeadline(time.Now().Add(60*time.Second)))
-	in := textproto.NewReader(bufio.NewReader(conn))
-	local := conn.LocalAddr().String()
-	const callID, fromTag = "agent-e2e-1", "sbc-agent-1"
-	send := func(head, body string) {
-		t.Helper()
-		_, err := io.WriteString(conn, strings.ReplaceAll(head, "\n", "\r\n")+"\r\n"+body)
-		require.NoError(t, err)
-	}
-	sdp := strings.ReplaceAll(fmt.Sprintf("v=0\no=sbc 1 1 IN IP4 127.0.0.1\ns=sbc\nc=IN IP4 127.0.0.1\nt=0 0\n"+
-		"m=audio %d RTP/AVP 0\na=rtpmap:0 PCMU/8000\n", media.LocalAddr().(*net.UDPAddr).Port), "\n", "\r\n")
-	send(fmt.Sprintf("INVITE sip:agent@%s;transport=tcp SIP/2.0\n"+
-		"Via: SIP/2.0/TCP %s;branch=z9hG4bK-agent-inv\n"+
-		"From: <sip:sbc@%s>;tag=%s\nTo: <sip:agent@%s>\nCall-ID: %s\nCSeq: 1 INVITE\n"+
-		"Contact: <sip:sbc@%s;transport=tcp>\nMax-Forwards: 70\nX-Customer-Id: CUST-AGENT-1\n"+
-		"Content-Type: application/sdp\nContent-Length: %d\n", s.IngressAddr, local, me, fromTag, s.IngressAddr, callID, me, len(sdp)), sdp)
-	var ok sipMessage
-	for {
-		ok = readSIP(t, in)
-		if !strings.HasPrefix(ok.line, "SIP/2.0 1") {
-			break
-		}
-	}
-	require.Equal(t, "SIP/2.0 200 OK", ok.line)
-	ingressTag := tag(ok.header.Get("To"))
-	contact := strings.Trim(ok.header.Get("Contact"), "<>")
+	const callID = "agent-e2e-1"
+	c := newTCPSBC(t, s.Stack, callID, "sbc-agent-1")
+	ok := c.invite("X-Customer-Id: CUST-AGENT-1\n", fmt.Sprintf("v=0\no=sbc 1 1 IN IP4 127.0.0.1\ns=sbc\nc=IN IP4 127.0.0.1\nt=0 0\n"+
+		"m=audio %d RTP/AVP 0\na=rtpmap:0 PCMU/8000\n", media.LocalAddr().(*net.UDPAddr).Port))
 	var ingressRTP *net.UDPAddr
 	for line := range strings.SplitSeq(ok.body, "\r\n") {
 		if rest, found := strings.CutPrefix(line, "m=audio "); found {
@@ -159,13 +127,7 @@ func TestAgentSpeaksThenHandsOff(t *testing.T) {
 		}
 	}
 	require.NotNil(t, ingressRTP)
-	inDialog := func(method string, cseq int, extra, body string) {
-		send(fmt.Sprintf("%s %s SIP/2.0\nVia: SIP/2.0/TCP %s;branch=z9hG4bK-agent-%d\n"+
-			"From: <sip:sbc@%s>;tag=%s\nTo: <sip:agent@%s>;tag=%s\nCall-ID: %s\nCSeq: %d %s\nMax-Forwards: 70\n%s"+
-			"Content-Length: %d\n", method, contact, local, cseq, me, fromTag, s.IngressAddr, ingressTag, callID, cseq, method,
-			extra, len(body)), body)
-	}
-	inDialog("ACK", 1, "", "")
+	c.inDialog("ACK", 1, "", "")
 
 	// Receive RTP from now on: when each frame of the utterance arrives.
 	type frame struct {
@@ -219,12 +181,7 @@ func TestAgentSpeaksThenHandsOff(t *testing.T) {
 	require.Equal(t, spoken[first:first+50], got, "the agent hears exactly the caller's frames")
 
 	// The REFER, on transfer's connection to the SBC.
-	require.NoError(t, ln.(*net.TCPListener).SetDeadline(time.Now().Add(60*time.Second)))
-	rc, err := ln.Accept()
-	require.NoError(t, err)
-	defer func() { _ = rc.Close() }()
-	require.NoError(t, rc.SetDeadline(time.Now().Add(60*time.Second)))
-	refer := readSIP(t, textproto.NewReader(bufio.NewReader(rc)))
+	refer, rc := c.acceptRequest()
 	referAt := time.Now()
 	require.True(t, strings.HasPrefix(refer.line, "REFER "), refer.line)
 	require.Equal(t, 202, <-handoff, "the agent API accepted the handoff request")
@@ -244,12 +201,10 @@ func TestAgentSpeaksThenHandsOff(t *testing.T) {
 	require.Equal(t, utterance, played, "the caller heard the whole utterance before the REFER")
 	require.True(t, last.Before(referAt), "last frame at %v, REFER at %v", last, referAt)
 
-	_, err = io.WriteString(rc, strings.ReplaceAll(fmt.Sprintf("SIP/2.0 202 Accepted\nVia: %s\nFrom: %s\nTo: %s\nCall-ID: %s\nCSeq: %s\nContent-Length: 0\n\n",
-		refer.header.Get("Via"), refer.header.Get("From"), refer.header.Get("To"), callID, refer.header.Get("Cseq")), "\n", "\r\n"))
-	require.NoError(t, err)
-	inDialog("BYE", 2, "", "")
+	c.answer202(refer, rc)
+	c.inDialog("BYE", 2, "", "")
 	for {
-		m := readSIP(t, in)
+		m := readSIP(t, c.in)
 		if strings.HasPrefix(m.line, "SIP/2.0 200") {
 			break
 		}
