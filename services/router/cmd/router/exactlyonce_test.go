@@ -85,6 +85,13 @@ rules:
 		require.Eventually(t, func() bool { return strings.Contains(c.stderr.String(), "router started") },
 			30*time.Second, 10*time.Millisecond, "stderr: %s", c.stderr.String())
 	}
+	// "router started" comes before the group is joined: wait until both
+	// hold partitions, or the calls may all go to the first one and the
+	// second never decides anything before A is killed.
+	for _, c := range []*child{a, b} {
+		require.Eventually(t, func() bool { return strings.Contains(c.stderr.String(), "assigning partitions") },
+			30*time.Second, 10*time.Millisecond, "stderr: %s", c.stderr.String())
+	}
 
 	prod, err := kgo.NewClient(kgo.SeedBrokers(brokers...))
 	require.NoError(t, err)
