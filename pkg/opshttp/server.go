@@ -1,5 +1,5 @@
 // Package opshttp serves a process's operational endpoints: Prometheus
-// /metrics, /healthz and /readyz.
+// /metrics, /healthz and /readyz, and, when asked, Go's /debug/pprof.
 package opshttp
 
 import (
@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"strings"
 	"sync"
@@ -40,13 +41,13 @@ type Server struct {
 	srv *http.Server
 }
 
-// Listen binds addr ("" disables: Listen returns nil, nil) and prepares the
-// handlers; Serve runs them.
-func Listen(addr string, reg *prometheus.Registry, ready ReadyFunc, logger *slog.Logger) (*Server, error) {
-	if addr == "" {
+// Listen binds cfg.Listen ("" disables: Listen returns nil, nil) and
+// prepares the handlers; Serve runs them.
+func Listen(cfg Config, reg *prometheus.Registry, ready ReadyFunc, logger *slog.Logger) (*Server, error) {
+	if cfg.Listen == "" {
 		return nil, nil
 	}
-	addr, err := ExpandListen(addr, os.Getenv)
+	addr, err := ExpandListen(cfg.Listen, os.Getenv)
 	if err != nil {
 		return nil, err
 	}
@@ -71,7 +72,17 @@ func Listen(addr string, reg *prometheus.Registry, ready ReadyFunc, logger *slog
 		}
 		_, _ = w.Write([]byte("ready\n"))
 	})
-	return &Server{ln: ln, srv: NewHTTPServer(mux, DefaultLimits())}, nil
+	limits := DefaultLimits()
+	if cfg.Pprof {
+		mux.HandleFunc("GET /debug/pprof/", pprof.Index)
+		mux.HandleFunc("GET /debug/pprof/cmdline", pprof.Cmdline)
+		mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("GET /debug/pprof/symbol", pprof.Symbol)
+		mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
+		// A CPU profile or trace takes its ?seconds= to write.
+		limits.Write = max(limits.Write, maxProfile+10*time.Second)
+	}
+	return &Server{ln: ln, srv: NewHTTPServer(mux, limits)}, nil
 }
 
 // Addr is the bound address.
@@ -97,11 +108,14 @@ func (s *Server) Serve(ctx context.Context) error {
 	return nil
 }
 
-// Start listens on addr and serves until ctx ends, in a goroutine wg
-// waits for. An empty addr serves nothing and is not an error.
-func Start(ctx context.Context, wg *sync.WaitGroup, addr string, reg *prometheus.Registry, ready ReadyFunc,
+// maxProfile is the longest profile the write limit leaves room for.
+const maxProfile = 60 * time.Second
+
+// Start listens on cfg.Listen and serves until ctx ends, in a goroutine wg
+// waits for. An empty Listen serves nothing and is not an error.
+func Start(ctx context.Context, wg *sync.WaitGroup, cfg Config, reg *prometheus.Registry, ready ReadyFunc,
 	logger *slog.Logger) error {
-	srv, err := Listen(addr, reg, ready, logger)
+	srv, err := Listen(cfg, reg, ready, logger)
 	if err != nil || srv == nil {
 		return err
 	}
@@ -122,12 +136,20 @@ type Config struct {
 	// status.podIP) binds the node's cluster address and not every
 	// address the node has, its public ones included.
 	Listen string `yaml:"listen"`
+	// Pprof serves Go's /debug/pprof on the same listener (CPU and heap
+	// profiles, goroutine dumps; bench/ingress profiles through it). Off
+	// by default: it shows the process's internals to whoever reaches the
+	// listener, so turn it on only where that is the operator.
+	Pprof bool `yaml:"pprof"`
 }
 
 // Validate checks that Listen is "" or host:port, and that a ${NAME} in
 // it is set in the environment.
 func (c Config) Validate() error {
 	if c.Listen == "" {
+		if c.Pprof {
+			return config.Errorf("metrics.pprof", "needs metrics.listen: pprof is served there")
+		}
 		return nil
 	}
 	addr, err := ExpandListen(c.Listen, os.Getenv)

@@ -33,7 +33,7 @@ func TestServer(t *testing.T) {
 	reg.MustRegister(calls)
 	calls.Add(3)
 	var ready atomic.Bool
-	srv, err := Listen("127.0.0.1:0", reg, func(context.Context) error {
+	srv, err := Listen(Config{Listen: "127.0.0.1:0"}, reg, func(context.Context) error {
 		if !ready.Load() {
 			return errors.New("kafka not reachable")
 		}
@@ -64,12 +64,12 @@ func TestServer(t *testing.T) {
 }
 
 func TestListenDisabledAndBusy(t *testing.T) {
-	srv, err := Listen("", NewRegistry(), nil, slog.New(slog.DiscardHandler))
+	srv, err := Listen(Config{}, NewRegistry(), nil, slog.New(slog.DiscardHandler))
 	require.NoError(t, err)
 	require.Nil(t, srv)
-	a, err := Listen("127.0.0.1:0", NewRegistry(), nil, slog.New(slog.DiscardHandler))
+	a, err := Listen(Config{Listen: "127.0.0.1:0"}, NewRegistry(), nil, slog.New(slog.DiscardHandler))
 	require.NoError(t, err)
-	_, err = Listen(a.Addr(), NewRegistry(), nil, slog.New(slog.DiscardHandler))
+	_, err = Listen(Config{Listen: a.Addr()}, NewRegistry(), nil, slog.New(slog.DiscardHandler))
 	require.ErrorContains(t, err, a.Addr())
 	require.NoError(t, a.ln.Close())
 }
@@ -77,16 +77,16 @@ func TestListenDisabledAndBusy(t *testing.T) {
 func TestStart(t *testing.T) {
 	var wg sync.WaitGroup
 	logger := slog.New(slog.DiscardHandler)
-	require.NoError(t, Start(t.Context(), &wg, "", NewRegistry(), nil, logger), "no address serves nothing")
+	require.NoError(t, Start(t.Context(), &wg, Config{}, NewRegistry(), nil, logger), "no address serves nothing")
 	wg.Wait()
 
-	busy, err := Listen("127.0.0.1:0", NewRegistry(), nil, logger)
+	busy, err := Listen(Config{Listen: "127.0.0.1:0"}, NewRegistry(), nil, logger)
 	require.NoError(t, err)
 	defer func() { require.NoError(t, busy.ln.Close()) }()
-	require.ErrorContains(t, Start(t.Context(), &wg, busy.Addr(), NewRegistry(), nil, logger), busy.Addr())
+	require.ErrorContains(t, Start(t.Context(), &wg, Config{Listen: busy.Addr()}, NewRegistry(), nil, logger), busy.Addr())
 
 	ctx, cancel := context.WithCancel(t.Context())
-	require.NoError(t, Start(ctx, &wg, "127.0.0.1:0", NewRegistry(), func(context.Context) error { return nil }, logger))
+	require.NoError(t, Start(ctx, &wg, Config{Listen: "127.0.0.1:0"}, NewRegistry(), func(context.Context) error { return nil }, logger))
 	cancel()
 	wg.Wait() // the server goroutine ends with ctx
 }
@@ -117,7 +117,7 @@ func TestExpandListen(t *testing.T) {
 	if err := (Config{Listen: "${BATON_TEST_OPS_HOST}:0"}).Validate(); err != nil {
 		t.Fatal(err)
 	}
-	s, err := Listen("${BATON_TEST_OPS_HOST}:0", NewRegistry(), All(), slog.New(slog.DiscardHandler))
+	s, err := Listen(Config{Listen: "${BATON_TEST_OPS_HOST}:0"}, NewRegistry(), All(), slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -125,4 +125,28 @@ func TestExpandListen(t *testing.T) {
 	if !strings.HasPrefix(s.Addr(), "127.0.0.1:") {
 		t.Fatalf("bound %s", s.Addr())
 	}
+}
+
+// pprof is served only when asked for, on the same listener, and a
+// profile may take longer than the usual write limit.
+func TestPprofOnlyWhenAsked(t *testing.T) {
+	get := func(cfg Config, path string) int {
+		t.Helper()
+		srv, err := Listen(cfg, NewRegistry(), All(), slog.New(slog.DiscardHandler))
+		require.NoError(t, err)
+		ctx, cancel := context.WithCancel(t.Context())
+		done := make(chan error, 1)
+		go func() { done <- srv.Serve(ctx) }()
+		defer func() { cancel(); require.NoError(t, <-done) }()
+		req, err := http.NewRequestWithContext(t.Context(), http.MethodGet, "http://"+srv.Addr()+path, nil)
+		require.NoError(t, err)
+		res, err := http.DefaultClient.Do(req)
+		require.NoError(t, err)
+		require.NoError(t, res.Body.Close())
+		return res.StatusCode
+	}
+	require.Equal(t, http.StatusNotFound, get(Config{Listen: "127.0.0.1:0"}, "/debug/pprof/cmdline"), "off by default")
+	require.Equal(t, http.StatusOK, get(Config{Listen: "127.0.0.1:0", Pprof: true}, "/debug/pprof/cmdline"))
+	require.Equal(t, http.StatusOK, get(Config{Listen: "127.0.0.1:0", Pprof: true}, "/debug/pprof/profile?seconds=1"))
+	require.ErrorContains(t, Config{Pprof: true}.Validate(), "metrics.pprof: needs metrics.listen")
 }

@@ -87,7 +87,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 		logger.WarnContext(ctx, "ended the calls of an earlier run", "ended", n)
 	}
 	metrics.RegisterCounters(reg, srv.Counters)
-	stopOps, err := serveOps(ctx, cfg.Metrics.Listen, reg, cl, srv.Addrs, logger)
+	stopOps, err := serveOps(ctx, cfg.Metrics, reg, cl, srv.Addrs, logger)
 	if err != nil {
 		logger.ErrorContext(ctx, "start metrics server", "err", err)
 		return startup.ExitFailed

@@ -14,11 +14,11 @@ import (
 	"github.com/baton-voice/baton/pkg/opshttp"
 )
 
-// serveOps serves /metrics, /healthz and /readyz on listen ("" serves
+// serveOps serves /metrics, /healthz and /readyz on ops.Listen ("" serves
 // nothing). Ready: Kafka answers, the SIP listeners are bound and the
 // drain has not begun (sigCtx not done). stop ends the server and waits
 // for it.
-func serveOps(sigCtx context.Context, listen string, reg *prometheus.Registry, cl *kgo.Client, addrs func() []net.Addr,
+func serveOps(sigCtx context.Context, ops opshttp.Config, reg *prometheus.Registry, cl *kgo.Client, addrs func() []net.Addr,
 	logger *slog.Logger) (stop func(), err error) {
 	reach := kafkahealth.NewReach(cl)
 	ready := opshttp.All(
@@ -38,7 +38,7 @@ func serveOps(sigCtx context.Context, listen string, reg *prometheus.Registry, c
 	// The server outlives the signal: /metrics stays up while calls drain.
 	ctx, cancel := context.WithCancel(context.WithoutCancel(sigCtx))
 	var wg sync.WaitGroup
-	if err := opshttp.Start(ctx, &wg, listen, reg, ready, logger); err != nil {
+	if err := opshttp.Start(ctx, &wg, ops, reg, ready, logger); err != nil {
 		cancel()
 		return func() {}, err
 	}

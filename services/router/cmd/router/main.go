@@ -193,7 +193,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 	if fetcher != nil {
 		wg.Go(func() { fetcher.Run(ctx) })
 	}
-	if err := serveOps(ctx, &wg, cfg.Metrics.Listen, reg, rt, cfg.Group, logger); err != nil {
+	if err := serveOps(ctx, &wg, cfg.Metrics, reg, rt, cfg.Group, logger); err != nil {
 		logger.ErrorContext(ctx, "start metrics server", "err", err)
 		stop()
 		return startup.ExitFailed

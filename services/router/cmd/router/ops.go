@@ -20,12 +20,12 @@ const lagEvery = 5 * time.Second
 // the instance is in its consumer group) and samples the group's lag; both
 // stop when ctx ends, and wg waits for them. With no listen address only
 // the lag sampler runs, so nothing is served.
-func serveOps(ctx context.Context, wg *sync.WaitGroup, listen string, reg *prometheus.Registry, rt *router.Router,
+func serveOps(ctx context.Context, wg *sync.WaitGroup, ops opshttp.Config, reg *prometheus.Registry, rt *router.Router,
 	group string, logger *slog.Logger) error {
 	lag := kafkahealth.NewLagGauge("router")
 	reg.MustRegister(lag)
 	ready := opshttp.All(kafkahealth.NewReach(rt.Client()).Check, kafkahealth.Joined(rt.Client(), group))
-	if err := opshttp.Start(ctx, wg, listen, reg, ready, logger); err != nil {
+	if err := opshttp.Start(ctx, wg, ops, reg, ready, logger); err != nil {
 		return err
 	}
 	wg.Go(func() { kafkahealth.SampleLag(ctx, rt.Client(), group, lag, lagEvery, logger) })

@@ -193,7 +193,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 	defer wg.Wait()
 	opsCtx, stopOps := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopOps() // after the drain: /readyz and the metrics stay up while in-flight transfers finish
-	if err := serveOps(opsCtx, &wg, cfg.Metrics.Listen, reg, cl, sipClient, cfg.Group, logger); err != nil {
+	if err := serveOps(opsCtx, &wg, cfg.Metrics, reg, cl, sipClient, cfg.Group, logger); err != nil {
 		logger.ErrorContext(ctx, "start metrics server", "err", err)
 		return startup.ExitFailed
 	}

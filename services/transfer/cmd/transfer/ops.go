@@ -22,7 +22,7 @@ const lagEvery = 5 * time.Second
 // the instance is in its consumer group, the SIP socket is bound) and
 // samples the group's lag, until ctx ends; wg waits for both. With no
 // listen address only the lag sampler runs.
-func serveOps(ctx context.Context, wg *sync.WaitGroup, listen string, reg *prometheus.Registry, cl *kgo.Client,
+func serveOps(ctx context.Context, wg *sync.WaitGroup, ops opshttp.Config, reg *prometheus.Registry, cl *kgo.Client,
 	sipClient *uac.Client, group string, logger *slog.Logger) error {
 	lag := kafkahealth.NewLagGauge("transfer")
 	reg.MustRegister(lag)
@@ -33,7 +33,7 @@ func serveOps(ctx context.Context, wg *sync.WaitGroup, listen string, reg *prome
 		return nil
 	}
 	ready := opshttp.All(kafkahealth.NewReach(cl).Check, kafkahealth.Joined(cl, group), sipBound)
-	if err := opshttp.Start(ctx, wg, listen, reg, ready, logger); err != nil {
+	if err := opshttp.Start(ctx, wg, ops, reg, ready, logger); err != nil {
 		return err
 	}
 	wg.Go(func() { kafkahealth.SampleLag(ctx, cl, group, lag, lagEvery, logger) })
