@@ -18,7 +18,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
-	"net/url"
 	"strconv"
 	"strings"
 	"sync"
@@ -513,14 +512,4 @@ func (s *Stream) Stats() Stats {
 		Dropped: p.Dropped, Cleared: p.Cleared, MaxQueueMS: uint64(p.MaxQueued / 8), Marks: p.Marks,
 		BadMessages: s.bad.Load(), OutDropped: s.outDropped.Load(),
 	}
-}
-
-// Redacted is u without user info and query: what logs and events show.
-func Redacted(u string) string {
-	p, err := url.Parse(u)
-	if err != nil {
-		return "(unparsable)"
-	}
-	p.User, p.RawQuery, p.Fragment = nil, "", ""
-	return p.String()
 }

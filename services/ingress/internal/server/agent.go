@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/baton-voice/baton/pkg/events/batonv1"
+	"github.com/baton-voice/baton/pkg/observability"
 	"github.com/baton-voice/baton/services/ingress/internal/agent"
 	"github.com/baton-voice/baton/services/ingress/internal/audio"
 	"github.com/baton-voice/baton/services/ingress/internal/config"
@@ -168,7 +169,7 @@ func (c *inboundCall) startAgent(ctx context.Context, ch agentChoice, started *b
 				return // the call ended while dialling
 			}
 			c.env.log.WarnContext(ctx, "agent not reached", "call_id", c.id, "agent", r.ep.Name,
-				"url", agent.Redacted(r.ep.URL), "reason", reason, "err", err)
+				"url", observability.RedactURL(r.ep.URL), "reason", reason, "err", err)
 			c.agentFailed(ctx, r, "", reason, err.Error(), agent.Stats{})
 			return
 		}
@@ -185,7 +186,7 @@ func (c *inboundCall) startAgent(ctx context.Context, ch agentChoice, started *b
 		c.agent = st
 		c.env.stats.AgentStreams.Add(1)
 		c.env.facts.publishAsync(ctx, c.id, &batonv1.AgentConnected{CallId: c.id, StreamSid: st.StreamSid(),
-			Url: agent.Redacted(r.ep.URL), Format: r.ep.Format, ConnectMs: time.Since(began).Milliseconds(), Source: source})
+			Url: observability.RedactURL(r.ep.URL), Format: r.ep.Format, ConnectMs: time.Since(began).Milliseconds(), Source: source})
 		c.mu.Unlock()
 		c.env.log.InfoContext(ctx, "agent connected", "call_id", c.id, "agent", r.ep.Name, "stream_sid", st.StreamSid(),
 			"source", source)

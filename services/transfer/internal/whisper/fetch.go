@@ -14,6 +14,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/baton-voice/baton/pkg/observability"
 )
 
 // Why a whisper URL was refused: RefusedError.Reason, and the reason
@@ -321,11 +323,5 @@ func (f *Fetcher) transportError(ctx, fetchCtx context.Context, u *url.URL, err 
 }
 
 func refused(reason string, u *url.URL, err error) *RefusedError {
-	return &RefusedError{Reason: reason, URL: redact(u), Err: err}
-}
-
-// redact is u without credentials, query or fragment.
-func redact(u *url.URL) string {
-	r := url.URL{Scheme: u.Scheme, Host: u.Host, Path: u.Path, RawPath: u.RawPath}
-	return r.String()
+	return &RefusedError{Reason: reason, URL: observability.RedactURL(u.String()), Err: err}
 }
