@@ -144,3 +144,25 @@ func DecodeALaw(a byte) int16 {
 	}
 	return int16(-t)
 }
+
+// The G.711 laws converted into each other through linear PCM, one table
+// each, built once: a PCMA call's audio is transcoded byte by byte, 50
+// frames a second per call.
+var (
+	alawToULaw = transcodeTable(DecodeALaw, ULaw)
+	ulawToALaw = transcodeTable(DecodeULaw, ALaw)
+)
+
+func transcodeTable(decode func(byte) int16, encode func(int16) byte) *[256]byte {
+	var t [256]byte
+	for i := range t {
+		t[i] = encode(decode(byte(i)))
+	}
+	return &t
+}
+
+// ALawToULaw is the µ-law byte of an A-law byte's sample.
+func ALawToULaw(a byte) byte { return alawToULaw[a] }
+
+// ULawToALaw is the A-law byte of a µ-law byte's sample.
+func ULawToALaw(u byte) byte { return ulawToALaw[u] }

@@ -90,3 +90,17 @@ func FuzzParseWAV(f *testing.F) {
 		}
 	})
 }
+
+// The transcoding tables are the laws composed through linear PCM, for
+// every byte.
+func TestTranscodeTables(t *testing.T) {
+	for i := range 256 {
+		b := byte(i)
+		if got, want := ALawToULaw(b), ULaw(DecodeALaw(b)); got != want {
+			t.Fatalf("ALawToULaw(%#x) = %#x, want %#x", b, got, want)
+		}
+		if got, want := ULawToALaw(b), ALaw(DecodeULaw(b)); got != want {
+			t.Fatalf("ULawToALaw(%#x) = %#x, want %#x", b, got, want)
+		}
+	}
+}

@@ -1,11 +1,7 @@
 package agent
 
 import (
-	"context"
 	"encoding/binary"
-	"encoding/json"
-
-	"github.com/coder/websocket"
 
 	"github.com/baton-voice/baton/pkg/pcm"
 )
@@ -38,15 +34,4 @@ func l16x2ToUlaw(b []byte) []byte {
 		out[i] = pcm.ULaw(int16((a + c) / 2))
 	}
 	return out
-}
-
-func jsonMarshal(m any) ([]byte, error) { return json.Marshal(m) }
-
-// wsjsonWrite writes m as JSON in one text frame.
-func wsjsonWrite(ctx context.Context, c *websocket.Conn, m any) error {
-	b, err := json.Marshal(m)
-	if err != nil {
-		return err
-	}
-	return c.Write(ctx, websocket.MessageText, b)
 }

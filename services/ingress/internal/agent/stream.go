@@ -14,6 +14,7 @@ import (
 	"crypto/rand"
 	"encoding/base64"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -25,6 +26,7 @@ import (
 	"time"
 
 	"github.com/coder/websocket"
+	"github.com/coder/websocket/wsjson"
 
 	"github.com/baton-voice/baton/pkg/pcm"
 )
@@ -158,7 +160,7 @@ func Dial(ctx context.Context, ep Endpoint, st Start, hooks Hooks, logger *slog.
 	}
 	s.seq = 1
 	for _, m := range hello {
-		if err := wsjsonWrite(dctx, conn, m); err != nil {
+		if err := wsjson.Write(dctx, conn, m); err != nil {
 			_ = conn.CloseNow()
 			return nil, &DialError{Reason: ReasonConnectFailed, Err: fmt.Errorf("send %T: %w", m, err)}
 		}
@@ -204,7 +206,7 @@ func (s *Stream) Caller(payload []byte, codec string) {
 	}
 	for _, b := range payload {
 		if codec == "PCMA" {
-			b = pcm.ULaw(pcm.DecodeALaw(b))
+			b = pcm.ALawToULaw(b)
 		}
 		s.pending = append(s.pending, b)
 		if len(s.pending) == FrameBytes {
@@ -262,7 +264,7 @@ func (s *Stream) DTMF(digit string) {
 
 // enqueueLocked queues a control message (dtmf, mark, stop).
 func (s *Stream) enqueueLocked(m any) {
-	b, err := jsonMarshal(m)
+	b, err := json.Marshal(m)
 	if err != nil {
 		s.log.Error("agent message", "err", err)
 		return
@@ -286,7 +288,7 @@ func (s *Stream) Next(codec string) ([]byte, bool) {
 	frame, _, due := s.playout.Next(s.frame[:])
 	if codec == "PCMA" {
 		for i, b := range frame {
-			frame[i] = pcm.ALaw(pcm.DecodeULaw(b))
+			frame[i] = pcm.ULawToALaw(b)
 		}
 	}
 	s.mu.Lock()
@@ -448,7 +450,7 @@ func (s *Stream) Close(reason string) Stats {
 	var stop []byte
 	if !already {
 		s.seq++
-		stop, _ = jsonMarshal(stopMsg{Event: "stop", SequenceNumber: itoa(s.seq), StreamSid: s.sid,
+		stop, _ = json.Marshal(stopMsg{Event: "stop", SequenceNumber: itoa(s.seq), StreamSid: s.sid,
 			Stop: stopBody{AccountSid: "baton", CallSid: s.callSid}})
 		s.ended, s.reason = true, reason
 	}
