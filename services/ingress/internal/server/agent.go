@@ -131,7 +131,7 @@ func (c *inboundCall) choose(ctx context.Context, ch agentChoice) (*agentRoute, 
 // (on_agent_failure) or the call to end.
 func (c *inboundCall) startAgent(ctx context.Context, ch agentChoice, started *batonv1.CallStarted) {
 	ctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	go func() {
+	c.env.background.Go(func() {
 		defer cancel()
 		r, source := c.choose(ctx, ch)
 		if r == nil {
@@ -201,7 +201,7 @@ func (c *inboundCall) startAgent(ctx context.Context, ch agentChoice, started *b
 			}
 		case <-c.done:
 		}
-	}()
+	})
 }
 
 // agentSid is the stream id of the call's agent stream, empty without one.

@@ -99,8 +99,9 @@ type callEnv struct {
 	remove     func(*inboundCall) bool
 	facts      factPublisher
 	byes       byeSender
-	foreignRTP *atomic.Uint64 // Stats.ForeignRTP
-	stats      *Stats         // the agent stream counters
+	foreignRTP *atomic.Uint64  // Stats.ForeignRTP
+	stats      *Stats          // the agent stream counters
+	background *sync.WaitGroup // Server.background: a call's goroutines
 
 	t1         time.Duration // RFC 3261 T1 of the 2xx retransmission; sip.T1
 	sdpHost    string        // the address in ingress's SDP

@@ -190,7 +190,14 @@ func (s *Server) transferOutcome(ctx context.Context, o *batonv1.TransferOutcome
 	}
 	if reason, over := dialogEndedBy(o); over {
 		// Transfer's BYE ended the caller's dialog: the call is over now,
-		// and ingress sends no BYE of its own.
-		go c.end(context.WithoutCancel(ctx), byTransfer(reason))
+		// and ingress sends no BYE of its own. Counted in flight like a
+		// request, so shutdown waits for it.
+		if !s.enter() {
+			return // shutting down: every call is dropped anyway
+		}
+		go func() {
+			defer s.inflight.Done()
+			c.end(context.WithoutCancel(ctx), byTransfer(reason))
+		}()
 	}
 }

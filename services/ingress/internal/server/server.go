@@ -82,6 +82,9 @@ type Server struct {
 	calls    map[string]*inboundCall // see table.go
 	closing  bool
 	inflight sync.WaitGroup
+	// background holds what calls run beside their requests (the agent
+	// stream's goroutine): shutdown waits for it after dropping the calls.
+	background sync.WaitGroup
 }
 
 // stream is a TCP or TLS listener.
@@ -111,7 +114,8 @@ func Listen(cfg config.Config, cl *kgo.Client, logger *slog.Logger, o Options) (
 	s.retryAfter = retryAfterSeconds(cfg.Limits.RetryAfter)
 	s.env = &callEnv{
 		log: logger, remove: s.remove, facts: s.pub, byes: s.byes, foreignRTP: &s.stats.ForeignRTP, stats: &s.stats,
-		t1: sip.T1, sdpHost: cfg.ContactHost(), viaHost: cfg.ExternalHost, retryAfter: s.retryAfter,
+		background: &s.background,
+		t1:         sip.T1, sdpHost: cfg.ContactHost(), viaHost: cfg.ExternalHost, retryAfter: s.retryAfter,
 	}
 	if o.Tracer != nil {
 		s.tracer = o.Tracer
@@ -352,6 +356,9 @@ func (s *Server) shutdown(ctx context.Context) {
 	for _, c := range calls {
 		c.drop(ctx)
 	}
+	// Dropped calls end their agent streams; nothing of theirs may
+	// publish once Serve has returned.
+	s.background.Wait()
 }
 
 // inDialog routes a request to the call whose dialog it belongs to, and
