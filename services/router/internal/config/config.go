@@ -800,9 +800,6 @@ func validateMedia(path string, d Destination, method batonv1.Method, route stri
 	return errs
 }
 
-// agentName is an agent name as ingress's config allows it.
-var agentName = regexp.MustCompile(`^[A-Za-z0-9._-]{1,64}$`)
-
 // whisperHost is a whisper_hosts entry: a lower-case host name or IPv4
 // address, optionally *. and a domain of at least two labels.
 var whisperHost = regexp.MustCompile(`^(\*\.[a-z0-9-]+(\.[a-z0-9-]+)+|[a-z0-9-]+(\.[a-z0-9-]+)*)$`)
@@ -973,7 +970,7 @@ func (c *Config) validateRules() []error {
 		if r.Handoff != "" && c.destination(r.Handoff) < 0 {
 			errs = append(errs, pkgconfig.Errorf(path+".handoff", "unknown destination %q", r.Handoff))
 		}
-		if r.Agent != "" && !agentName.MatchString(r.Agent) {
+		if r.Agent != "" && !handoff.ValidAgentName(r.Agent) {
 			errs = append(errs, pkgconfig.Errorf(path+".agent", "%q, want an agent name of ingress's agents (letters, digits, '.', '_', '-')", r.Agent))
 		}
 		if r.Handoff != "" && r.Continue {

@@ -33,7 +33,7 @@ func precallAgent(dataJSON string) string {
 	var top struct {
 		Agent string `json:"agent"`
 	}
-	if json.Unmarshal([]byte(dataJSON), &top) != nil || !agentName.MatchString(top.Agent) {
+	if json.Unmarshal([]byte(dataJSON), &top) != nil || !ValidAgentName(top.Agent) {
 		return ""
 	}
 	return top.Agent
@@ -41,3 +41,7 @@ func precallAgent(dataJSON string) string {
 
 // agentName is an agent name as ingress's config allows it.
 var agentName = regexp.MustCompile(`^[A-Za-z0-9._-]{1,64}$`)
+
+// ValidAgentName reports whether name could name one of ingress's agents
+// (what a rule's agent action and a pre-call answer may choose).
+func ValidAgentName(name string) bool { return agentName.MatchString(name) }
