@@ -174,6 +174,20 @@ func (r *Router) Close() { r.sess.Close() }
 // when the transactional producer can no longer be used: fenced by a newer
 // instance with its transactional id, not authorized, or closed.
 func (r *Router) Run(ctx context.Context) error {
+	// Fence this instance's previous run (the same transactional id) at
+	// once. A run killed inside a transaction leaves it open, and until
+	// the broker's transaction timeout (40 s by default) it holds the
+	// partitions it wrote: read_committed readers (transfer, taking the
+	// commands) stop at it, and so does this instance's stable offset
+	// fetch. Loading the producer id sends InitProducerID, which aborts
+	// it; otherwise that happened only at the first record this run
+	// produced, after the restore that fetch blocks.
+	if _, _, err := r.sess.Client().ProducerID(ctx); err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		return fmt.Errorf("fence the unfinished transactions of a previous run: %w", err)
+	}
 	fails := backoff.NewExponentialBackOff()
 	fails.InitialInterval, fails.MaxInterval = 100*time.Millisecond, maxFailPause
 	failed := 0
