@@ -49,6 +49,12 @@ type Config struct {
 	// SessionTimeout is how long a consumer group waits for a silent member
 	// (crashed, partitioned) before giving its partitions to the others.
 	SessionTimeout time.Duration `yaml:"session_timeout"`
+	// HeartbeatInterval is how often a group member heartbeats. A
+	// rebalance waits for every member to rejoin, and a member learns of
+	// one at its next heartbeat, so this bounds the pause a restart or a
+	// scale event puts on the whole group. At most a third of
+	// session_timeout.
+	HeartbeatInterval time.Duration `yaml:"heartbeat_interval"`
 	// TLS and SASL secure the connections to the brokers (both off by
 	// default, for the local stack's embedded broker).
 	TLS  TLS  `yaml:"tls"`
@@ -72,6 +78,7 @@ func DefaultConfig() Config {
 		ReplicationFactor: -1,
 		ProduceTimeout:    2 * time.Second,
 		SessionTimeout:    45 * time.Second,
+		HeartbeatInterval: time.Second,
 	}
 }
 
@@ -94,6 +101,10 @@ func (c Config) Validate() error {
 	}
 	if c.SessionTimeout < time.Second {
 		errs = append(errs, config.Errorf("kafka.session_timeout", "%v, want at least 1s", c.SessionTimeout))
+	}
+	if c.HeartbeatInterval <= 0 || c.HeartbeatInterval > c.SessionTimeout/3 {
+		errs = append(errs, config.Errorf("kafka.heartbeat_interval", "%v, want more than 0 and at most a third of session_timeout (%v)",
+			c.HeartbeatInterval, c.SessionTimeout/3))
 	}
 	if c.ProduceTimeout <= 0 {
 		errs = append(errs, config.Errorf("kafka.produce_timeout", "%v, want a positive duration", c.ProduceTimeout))
@@ -125,6 +136,7 @@ func ClientOpts(c Config, logger *slog.Logger) []kgo.Opt {
 		// Group members (for clients that join one) are declared dead after
 		// this long without a heartbeat.
 		kgo.SessionTimeout(c.SessionTimeout),
+		kgo.HeartbeatInterval(c.HeartbeatInterval),
 		// How long a broker may hold a fetch with nothing to return.
 		kgo.FetchMaxWait(FetchMaxWait),
 		// No kgo.RecordDeliveryTimeout: franz-go measures it from the record

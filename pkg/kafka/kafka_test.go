@@ -51,6 +51,24 @@ func TestValidateNamesFields(t *testing.T) {
 	require.NoError(t, DefaultConfig().Validate())
 }
 
+// A rebalance waits for each member's next heartbeat, so the interval is
+// configurable, reaches the client, and must leave the session timeout
+// room for missed beats.
+func TestHeartbeatInterval(t *testing.T) {
+	c := DefaultConfig()
+	cl, err := kgo.NewClient(ClientOpts(c, slog.New(slog.DiscardHandler))...)
+	require.NoError(t, err)
+	defer cl.Close()
+	require.Equal(t, time.Second, cl.OptValue(kgo.HeartbeatInterval), "the default reaches the client")
+
+	for _, hb := range []time.Duration{0, -time.Second, 16 * time.Second} {
+		c.HeartbeatInterval = hb
+		require.ErrorContains(t, c.Validate(), "kafka.heartbeat_interval", "%v with a 45s session", hb)
+	}
+	c.HeartbeatInterval = 15 * time.Second
+	require.NoError(t, c.Validate())
+}
+
 func TestConsumeLoopRetriesThenCommits(t *testing.T) {
 	addrs := kafkatest.NewCluster(t, 1, "t")
 	cfg := testConfig(addrs)
