@@ -240,7 +240,7 @@ func TestReliabilityAvailability(t *testing.T) {
 	for i, n := range api.ok {
 		assert.Positive(t, n, "router-%d answered no GET with 200", i+1)
 	}
-	stored := requireClickHouseHolds(t, s, storedEvents(rep))
+	stored := requireClickHouseHolds(t, s, recs, storedEvents(rep))
 	t.Logf("ClickHouse holds %d events = %d distinct in Kafka", stored, storedEvents(rep))
 	if t.Failed() {
 		return // a row is reported only when its criterion held

@@ -205,7 +205,7 @@ func TestReliabilityCrashConsistency(t *testing.T) {
 	}
 	require.GreaterOrEqual(t, rep.Started, len(res.Answered))
 
-	stored := requireClickHouseHolds(t, s, storedEvents(rep))
+	stored := requireClickHouseHolds(t, s, recs, storedEvents(rep))
 
 	refused := 0
 	var codes []string

@@ -1,8 +1,11 @@
 package stack
 
 import (
+	"slices"
 	"testing"
 	"time"
+
+	"github.com/ClickHouse/clickhouse-go/v2"
 
 	"github.com/stretchr/testify/require"
 
@@ -12,6 +15,51 @@ import (
 
 // analyticsTopics are the topics analytics stores in ClickHouse.
 var analyticsTopics = []string{"baton.calls", "baton.handoffs", "baton.transfers"}
+
+// logStoreDiff logs the events consumers were given on analyticsTopics
+// that ClickHouse does not hold, and the event ids ClickHouse holds that
+// no consumer was given, at most 20 of each.
+func logStoreDiff(t *testing.T, conn clickhouse.Conn, recs []checker.Record) {
+	t.Helper()
+	rows, err := conn.Query(t.Context(), "SELECT DISTINCT event_id FROM events")
+	if err != nil {
+		t.Logf("list ClickHouse's event ids: %v", err)
+		return
+	}
+	defer func() { _ = rows.Close() }()
+	stored := map[string]bool{}
+	for rows.Next() {
+		var id string
+		if err := rows.Scan(&id); err != nil {
+			t.Logf("scan an event id: %v", err)
+			return
+		}
+		stored[id] = true
+	}
+	given := map[string]bool{}
+	missing := 0
+	for _, r := range recs {
+		if r.Withheld || r.Err != nil || !slices.Contains(analyticsTopics, r.Topic) {
+			continue
+		}
+		given[r.Event.ID] = true
+		if !stored[r.Event.ID] {
+			if missing++; missing <= 20 {
+				t.Logf("not in ClickHouse: %s/%d@%d %s %s key %q producer %d transactional %v",
+					r.Topic, r.Partition, r.Offset, r.Event.Type, r.Event.ID, r.Key, r.ProducerID, r.Transactional)
+			}
+		}
+	}
+	extra := 0
+	for id := range stored {
+		if !given[id] {
+			if extra++; extra <= 20 {
+				t.Logf("in ClickHouse but given to no consumer: %s", id)
+			}
+		}
+	}
+	t.Logf("ClickHouse lacks %d given events and holds %d ids no consumer was given", missing, extra)
+}
 
 // checkKafka reads every baton.* topic and runs the checker over it.
 func checkKafka(t *testing.T, s *Stack, opts checker.Options) ([]checker.Record, checker.Report) {
@@ -39,7 +87,10 @@ func storedEvents(rep checker.Report) uint64 {
 
 // requireClickHouseHolds waits until ClickHouse's events table holds want
 // rows (FINAL), checks that none is there twice, and returns the count.
-func requireClickHouseHolds(t *testing.T, s *Stack, want uint64) uint64 {
+// When the counts differ it logs which of recs' events ClickHouse lacks
+// (and which it holds that consumers were not given), so a mismatch names
+// its records.
+func requireClickHouseHolds(t *testing.T, s *Stack, recs []checker.Record, want uint64) uint64 {
 	t.Helper()
 	conn, err := s.Open()
 	require.NoError(t, err)
@@ -57,6 +108,9 @@ func requireClickHouseHolds(t *testing.T, s *Stack, want uint64) uint64 {
 			t.Fatal(t.Context().Err())
 		case <-time.After(250 * time.Millisecond):
 		}
+	}
+	if got != want {
+		logStoreDiff(t, conn, recs)
 	}
 	require.Equal(t, want, got, "events in ClickHouse (FINAL) vs committed in Kafka")
 	require.Equal(t, got, distinct, "no event is counted twice")
@@ -118,5 +172,5 @@ func TestScaleOutSurvivesKills(t *testing.T) {
 	}
 
 	// ClickHouse holds every event exactly once, despite the killed writer.
-	requireClickHouseHolds(t, s, storedEvents(rep))
+	requireClickHouseHolds(t, s, recs, storedEvents(rep))
 }
