@@ -324,7 +324,16 @@ func (c *replayCmd) whatIf(ctx context.Context, s *streams) error {
 	}
 	fmt.Fprint(s.err, termsafe.Sprintf("source: clickhouse %s/%s: %d calls from %s to %s\n", c.ClickHouse, c.Database, total,
 		w.From.UTC().Format(time.RFC3339), w.To.UTC().Format(time.RFC3339)))
-	res, err := whatif.Run(ctx, streamFrom(conn, w), whatif.RouterDecider(bin, c.Rules), whatif.Options{
+	tmp, err := os.MkdirTemp("", "baton-whatif-")
+	if err != nil {
+		return err
+	}
+	defer func() { _ = os.RemoveAll(tmp) }()
+	decide, err := whatif.RouterDecider(bin, c.Rules, tmp)
+	if err != nil {
+		return err
+	}
+	res, err := whatif.Run(ctx, streamFrom(conn, w), decide, whatif.Options{
 		Rules: c.Rules, Window: w, Batch: c.Batch, Total: total,
 		Progress: func(done int, total uint64, elapsed time.Duration) {
 			fmt.Fprintf(s.err, "\rre-decided %d of %d calls, %.0f calls/s", done, total, float64(done)/elapsed.Seconds())

@@ -40,7 +40,7 @@ func (r *Result) WriteText(w io.Writer) error {
 		}
 		p("%8d  %s -> %s%s\n", r.Matrix[k], k[0], k[1], mark)
 	}
-	p("\nrules by re-decided hits\n")
+	p("\nrules by calls matched\n")
 	for _, n := range r.RulesNames {
 		p("%8d  %s\n", r.RuleHits[n], n)
 	}
@@ -81,7 +81,7 @@ func (r *Result) WriteMarkdown(w io.Writer, command string) error {
 		}
 		p("| %s | %s | %d |\n", md(k[0]), to, r.Matrix[k])
 	}
-	p("\n## Rules\n\n| rule | re-decided hits |\n| --- | ---: |\n")
+	p("\n## Rules\n\n| rule | calls matched |\n| --- | ---: |\n")
 	for _, n := range r.RulesNames {
 		p("| %s | %d |\n", md(n), r.RuleHits[n])
 	}
@@ -89,8 +89,7 @@ func (r *Result) WriteMarkdown(w io.Writer, command string) error {
 		for i := range nm {
 			nm[i] = md(nm[i])
 		}
-		p("\nRules that never matched in the period: %s. (A rule that only sets variables or state leaves no "+
-			"decision behind and is listed here even when it matched.)\n", strings.Join(nm, ", "))
+		p("\nRules that never matched in the period: %s.\n", strings.Join(nm, ", "))
 	}
 	_, err := io.WriteString(w, b.String())
 	return err

@@ -47,17 +47,6 @@ var Kinds = []Kind{Destination, Method, Headers, Route, OtherFields, RefusalGain
 // Samples is how many call ids a report keeps per kind.
 const Samples = 5
 
-// Decider re-decides a batch of recorded records with a configuration:
-// replay.Redecide with the router binary.
-type Decider func(ctx context.Context, recs []replay.Record) ([]replay.Record, error)
-
-// RouterDecider runs `router replay --config rules`.
-func RouterDecider(routerBin, rules string) Decider {
-	return func(ctx context.Context, recs []replay.Record) ([]replay.Record, error) {
-		return replay.Redecide(ctx, routerBin, rules, recs)
-	}
-}
-
 // Result is the aggregate over the period.
 type Result struct {
 	Rules      string
@@ -72,17 +61,15 @@ type Result struct {
 	SampleIDs  map[Kind][]string
 	Matrix     map[[2]string]int // recorded target → re-decided target, per decision
 	RulesNames []string          // rules of the new configuration, in file order
-	RuleHits   map[string]int    // rule name → re-decided decisions it caused
+	RuleHits   map[string]int    // rule name → calls it matched
 	Elapsed    time.Duration
 	// PerCall holds each call's comparison when Options.KeepCalls is set
 	// (tests compare them call by call); nil otherwise.
 	PerCall map[string]replay.Comparison
 }
 
-// NeverMatched lists the rules of the new configuration that caused no
-// re-decided handoff or agent selection in the period. A rule that only
-// sets variables or state leaves no trace in the decisions, so it is
-// listed too; the report says so.
+// NeverMatched lists the rules of the new configuration that matched no
+// call of the period.
 func (r *Result) NeverMatched() []string {
 	var out []string
 	for _, n := range r.RulesNames {
@@ -148,7 +135,10 @@ func Run(ctx context.Context, src Source, decide Decider, o Options) (*Result, e
 			return err
 		}
 		byCall := map[string][]replay.Record{}
-		for _, d := range decided {
+		for rule, n := range decided.Matches {
+			res.RuleHits[rule] += n
+		}
+		for _, d := range decided.Records {
 			byCall[string(d.Key)] = append(byCall[string(d.Key)], d)
 		}
 		for _, c := range calls {
@@ -174,14 +164,6 @@ func (r *Result) add(callID string, recs, decided []replay.Record) {
 	r.Redecided += cmp.Redecided
 	if r.PerCall != nil {
 		r.PerCall[callID] = cmp
-	}
-	for _, s := range replay.Steps(decided) {
-		if s.Err != nil {
-			continue
-		}
-		if rule, ok := ruleOf(s.Event); ok {
-			r.RuleHits[rule]++
-		}
 	}
 	kinds := map[Kind]bool{}
 	for _, row := range cmp.Rows {
@@ -275,18 +257,6 @@ func Target(ev *events.Event) string {
 		return "refused"
 	}
 	return ev.Type
-}
-
-// ruleOf is the rule that caused a re-decided record: a command whose
-// reason is rule:NAME, or an agent selection from rule:NAME.
-func ruleOf(ev events.Event) (string, bool) {
-	switch m := ev.Data.(type) {
-	case *batonv1.HandoffCommand:
-		return strings.CutPrefix(m.GetReason(), "rule:")
-	case *batonv1.AgentSelected:
-		return strings.CutPrefix(m.GetSource(), "rule:")
-	}
-	return "", false
 }
 
 // RuleNames reads the names of the rules in a router configuration file,
