@@ -185,7 +185,8 @@ type replayCmd struct {
 	Trunk       string `help:"Period: only the calls that came in on this trunk."`
 	Destination string `help:"Period: only the calls with a recorded handoff command to this destination."`
 	Report      string `placeholder:"FILE" help:"Period: also write the what-if report as Markdown to FILE, to attach to a change request."`
-	Batch       int    `default:"500" help:"Period: calls re-decided per router process. Default: ${default}."`
+	Batch       int    `default:"1000" help:"Period: calls re-decided per router process. Default: ${default}."`
+	Workers     int    `default:"2" help:"Period: router processes re-deciding batches at once. Default: ${default}."`
 }
 
 // period reports whether c re-decides a period rather than one call.
@@ -208,6 +209,8 @@ func (c *replayCmd) Validate() error {
 		return errors.New("a period is read from ClickHouse: leave --source and --from-file out")
 	case c.Batch < 1:
 		return fmt.Errorf("--batch %d: want at least 1", c.Batch)
+	case c.Workers < 1:
+		return fmt.Errorf("--workers %d: want at least 1", c.Workers)
 	}
 	if c.period() {
 		_, err := c.window(time.Now())
@@ -334,7 +337,7 @@ func (c *replayCmd) whatIf(ctx context.Context, s *streams) error {
 		return err
 	}
 	res, err := whatif.Run(ctx, streamFrom(conn, w), decide, whatif.Options{
-		Rules: c.Rules, Window: w, Batch: c.Batch, Total: total,
+		Rules: c.Rules, Window: w, Batch: c.Batch, Workers: c.Workers, Total: total,
 		Progress: func(done int, total uint64, elapsed time.Duration) {
 			fmt.Fprintf(s.err, "\rre-decided %d of %d calls, %.0f calls/s", done, total, float64(done)/elapsed.Seconds())
 		},

@@ -9,11 +9,13 @@ package whatif
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"maps"
 	"os"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"gopkg.in/yaml.v3"
@@ -100,6 +102,9 @@ type Options struct {
 	Progress func(done int, total uint64, elapsed time.Duration)
 	// KeepCalls keeps every call's comparison in Result.PerCall.
 	KeepCalls bool
+	// Workers is how many batches are re-decided at once (router
+	// processes); at least 1.
+	Workers int
 }
 
 // Source streams the period's calls in batches: chreplay.Stream bound to
@@ -124,41 +129,111 @@ func Run(ctx context.Context, src Source, decide Decider, o Options) (*Result, e
 	if batch < 1 {
 		batch = 500
 	}
+	workers := max(o.Workers, 1)
 	began := time.Now()
-	err = src(ctx, batch, func(ctx context.Context, calls []chreplay.Call) error {
-		var all []replay.Record
-		for _, c := range calls {
-			all = append(all, c.Records...)
-		}
-		decided, err := decide(ctx, all)
-		if err != nil {
-			return err
-		}
-		byCall := map[string][]replay.Record{}
-		for rule, n := range decided.Matches {
-			res.RuleHits[rule] += n
-		}
-		for _, d := range decided.Records {
-			byCall[string(d.Key)] = append(byCall[string(d.Key)], d)
-		}
-		for _, c := range calls {
-			res.add(c.ID, c.Records, byCall[c.ID])
-		}
-		if o.Progress != nil {
-			o.Progress(res.Calls, o.Total, time.Since(began))
-		}
-		return nil
-	})
-	res.Elapsed = time.Since(began)
-	if err != nil {
-		return res, err
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+
+	// Batches are decided by up to workers router processes at once and
+	// added to the aggregate in the order they were read, so the result
+	// (sample ids included) does not depend on which finished first. At
+	// most 2*workers batches are held.
+	type job struct {
+		calls []chreplay.Call
+		done  chan decidedBatch
 	}
-	return res, nil
+	jobs := make(chan job)
+	order := make(chan job, workers)
+	var wg sync.WaitGroup
+	for range workers {
+		wg.Go(func() {
+			for j := range jobs {
+				j.done <- decideBatch(ctx, decide, j.calls)
+			}
+		})
+	}
+	collected := make(chan struct{})
+	go func() {
+		defer close(collected)
+		for j := range order {
+			b := <-j.done
+			if b.err != nil {
+				cancel(b.err)
+				continue
+			}
+			for rule, n := range b.matches {
+				res.RuleHits[rule] += n
+			}
+			for _, cmp := range b.cmps {
+				res.add(cmp)
+			}
+			if o.Progress != nil {
+				o.Progress(res.Calls, o.Total, time.Since(began))
+			}
+		}
+	}()
+	err = src(ctx, batch, func(ctx context.Context, calls []chreplay.Call) error {
+		j := job{calls: calls, done: make(chan decidedBatch, 1)}
+		select {
+		case order <- j:
+		case <-ctx.Done():
+			return context.Cause(ctx)
+		}
+		select {
+		case jobs <- j:
+			return nil
+		case <-ctx.Done():
+			j.done <- decidedBatch{err: context.Cause(ctx)}
+			return context.Cause(ctx)
+		}
+	})
+	close(jobs)
+	wg.Wait()
+	close(order)
+	<-collected
+	res.Elapsed = time.Since(began)
+	// A batch that failed cancelled ctx: its error says why, not the
+	// cancellation the source saw.
+	if cause := context.Cause(ctx); cause != nil && !errors.Is(cause, context.Canceled) {
+		err = cause
+	}
+	return res, err
 }
 
-// add compares one call and adds it to the aggregate.
-func (r *Result) add(callID string, recs, decided []replay.Record) {
-	cmp := replay.Diff(callID, recs, decided)
+// decidedBatch is one batch's comparisons, or why it failed.
+type decidedBatch struct {
+	cmps    []replay.Comparison
+	matches map[string]int
+	err     error
+}
+
+// decideBatch re-decides a batch of calls and compares each call.
+func decideBatch(ctx context.Context, decide Decider, calls []chreplay.Call) decidedBatch {
+	if err := ctx.Err(); err != nil {
+		return decidedBatch{err: context.Cause(ctx)}
+	}
+	var all []replay.Record
+	for _, c := range calls {
+		all = append(all, c.Records...)
+	}
+	decided, err := decide(ctx, all)
+	if err != nil {
+		return decidedBatch{err: err}
+	}
+	byCall := map[string][]replay.Record{}
+	for _, d := range decided.Records {
+		byCall[string(d.Key)] = append(byCall[string(d.Key)], d)
+	}
+	b := decidedBatch{cmps: make([]replay.Comparison, len(calls)), matches: decided.Matches}
+	for i, c := range calls {
+		b.cmps[i] = replay.Diff(c.ID, c.Records, byCall[c.ID])
+	}
+	return b
+}
+
+// add adds one call's comparison to the aggregate.
+func (r *Result) add(cmp replay.Comparison) {
+	callID := cmp.CallID
 	r.Calls++
 	r.Decisions += cmp.Recorded
 	r.Redecided += cmp.Redecided
