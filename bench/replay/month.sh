@@ -9,8 +9,8 @@
 # (with --from/--to set to the recorded month) re-decides every call of
 # the month in streamed batches and prints the aggregate, its throughput
 # (calls re-decided per second, measured by baton itself) and the report
-# file. It runs twice: with one router process at a time (the baseline)
-# and with --workers 2 (the default), and prints the ratio.
+# file. It runs twice: with one router process at a time (the default,
+# the baseline) and with --workers 2, and prints the ratio.
 #
 # Usage: bench/replay/month.sh [extra baton replay flags, e.g. --batch 2000]
 # Env: CALLS

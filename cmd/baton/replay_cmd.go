@@ -186,7 +186,7 @@ type replayCmd struct {
 	Destination string `help:"Period: only the calls with a recorded handoff command to this destination."`
 	Report      string `placeholder:"FILE" help:"Period: also write the what-if report as Markdown to FILE, to attach to a change request."`
 	Batch       int    `default:"1000" help:"Period: calls re-decided per router process. Default: ${default}."`
-	Workers     int    `default:"2" help:"Period: router processes re-deciding batches at once. Default: ${default}."`
+	Workers     int    `default:"1" help:"Period: router processes re-deciding batches at once; more helps only with idle cores (bench/replay/month.sh measures it). Default: ${default}."`
 }
 
 // period reports whether c re-decides a period rather than one call.
