@@ -27,10 +27,6 @@ const (
 	sourceClickHouse = "clickhouse"
 )
 
-// autoKafkaTimeout bounds the Kafka attempt of --source auto, so an
-// unreachable broker leads to ClickHouse instead of a long wait.
-const autoKafkaTimeout = 30 * time.Second
-
 // span is a duration flag that also takes days: 30d, 12h, 1d12h.
 type span time.Duration
 
@@ -60,20 +56,24 @@ func (d *span) UnmarshalText(b []byte) error {
 
 // callSource is where replay and export read a call from.
 type callSource struct {
-	Call       string   `placeholder:"CALL-ID" help:"The call id (SIP Call-ID): the record key on every topic."`
-	Source     string   `default:"auto" enum:"auto,kafka,clickhouse" help:"Where to read the call: kafka, clickhouse, or auto (Kafka, then ClickHouse when Kafka no longer has the call or its start). The source read is named on stderr. Default: ${default}."`
-	Brokers    []string `default:"127.0.0.1:9092" sep:"," placeholder:"HOST:PORT" help:"Kafka seed brokers."`
-	Topics     []string `default:"baton.calls,baton.handoffs,baton.transfers" sep:"," placeholder:"NAME" help:"Topics to read."`
-	Since      span     `default:"24h" help:"Kafka: read records from this long ago on (the broker finds the offset by timestamp); ClickHouse finds a call at any age. A period re-decided with --rules and no --call: its length back from now. Days allowed: 30d."`
-	FromFile   string   `placeholder:"FILE" type:"existingfile" help:"Read an NDJSON export instead of a broker."`
-	ClickHouse string   `name:"clickhouse" default:"127.0.0.1:19000" placeholder:"HOST:PORT" help:"ClickHouse native TCP address, for --source clickhouse or auto. The password comes from BATON_CLICKHOUSE_PASSWORD. Default: ${default}."`
-	Database   string   `default:"baton" help:"ClickHouse database analytics writes. Default: ${default}."`
-	User       string   `default:"default" help:"ClickHouse user. Default: ${default}."`
+	Call       string        `placeholder:"CALL-ID" help:"The call id (SIP Call-ID): the record key on every topic."`
+	Source     string        `default:"auto" enum:"auto,kafka,clickhouse" help:"Where to read the call: kafka, clickhouse, or auto (Kafka, then ClickHouse when Kafka no longer has the call or its start). The source read is named on stderr. Default: ${default}."`
+	Brokers    []string      `default:"127.0.0.1:9092" sep:"," placeholder:"HOST:PORT" help:"Kafka seed brokers."`
+	Topics     []string      `default:"baton.calls,baton.handoffs,baton.transfers" sep:"," placeholder:"NAME" help:"Topics to read."`
+	KafkaWait  time.Duration `name:"kafka-timeout" default:"30s" help:"--source auto: how long to wait for Kafka before reading ClickHouse (an unreachable broker would otherwise hold the replay). Default: ${default}."`
+	Since      span          `default:"24h" help:"Kafka: read records from this long ago on (the broker finds the offset by timestamp); ClickHouse finds a call at any age. A period re-decided with --rules and no --call: its length back from now. Days allowed: 30d."`
+	FromFile   string        `placeholder:"FILE" type:"existingfile" help:"Read an NDJSON export instead of a broker."`
+	ClickHouse string        `name:"clickhouse" default:"127.0.0.1:19000" placeholder:"HOST:PORT" help:"ClickHouse native TCP address, for --source clickhouse or auto. The password comes from BATON_CLICKHOUSE_PASSWORD. Default: ${default}."`
+	Database   string        `default:"baton" help:"ClickHouse database analytics writes. Default: ${default}."`
+	User       string        `default:"default" help:"ClickHouse user. Default: ${default}."`
 }
 
 func (c *callSource) validate() error {
 	if c.FromFile != "" && c.Source != sourceAuto {
 		return errors.New("--from-file reads a file: leave --source out")
+	}
+	if c.KafkaWait <= 0 {
+		return fmt.Errorf("--kafka-timeout %s: want a positive duration", c.KafkaWait)
 	}
 	return nil
 }
@@ -97,7 +97,7 @@ func (c *callSource) records(ctx context.Context, s *streams) ([]replay.Record, 
 	case sourceClickHouse:
 		return c.clickHouseRecords(ctx, s)
 	}
-	kctx, cancel := context.WithTimeout(ctx, autoKafkaTimeout)
+	kctx, cancel := context.WithTimeout(ctx, c.KafkaWait)
 	recs, err := c.kafkaRecords(kctx, s)
 	cancel()
 	switch {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -46,6 +47,8 @@ func TestReplayFlagErrors(t *testing.T) {
 		{[]string{"replay", "--rules", rules, "--from", "2026-11-02", "--to", "2026-11-01"}, "is not before its end"},
 		{[]string{"replay", "--rules", rules, "--batch", "0"}, "--batch 0"},
 		{[]string{"export", "--source", "clickhouse"}, "--call is required"},
+		{[]string{"replay", "--call", "c", "--kafka-timeout", "0s"}, "--kafka-timeout 0s: want a positive duration"},
+		{[]string{"replay", "--rules", rules, "--workers", "0"}, "--workers 0"},
 	} {
 		var c cli
 		p, err := newParser(&c, &strings.Builder{}, &strings.Builder{}, func(int) { t.Fatal("exit called") })
@@ -97,4 +100,25 @@ func TestReplayPeriodCommand(t *testing.T) {
 	out, _ = runBaton(t, append(args, "--trunk", "sbc-west")...)
 	require.Contains(t, out, "30 calls re-decided in ")
 	require.Contains(t, out, "trunk sbc-west")
+}
+
+// With --source auto and no broker listening, replay waits for Kafka
+// only --kafka-timeout, says why, and reads the call from ClickHouse.
+func TestReplayAutoWithoutBroker(t *testing.T) {
+	ch := clickhousetest.Start(t)
+	conn := ch.Database(t, "baton")
+	clickhousetest.Migrate(t, conn)
+	from := time.Date(2026, 9, 1, 0, 0, 0, 0, time.UTC)
+	var calls []synthcalls.Call
+	require.NoError(t, synthcalls.Generate(t.Context(), synthcalls.Config{Calls: 2, From: from, To: from.Add(time.Hour), Seed: 9}, 2,
+		func(ctx context.Context, cs []synthcalls.Call) error {
+			calls = cs
+			return synthcalls.Load(ctx, conn, cs)
+		}))
+	closed := "127.0.0.1:" + strconv.Itoa(clickhousetest.FreePort(t)) // nothing listens there
+	out, errOut := runBaton(t, "replay", "--call", calls[1].ID, "--brokers", closed, "--kafka-timeout", "1s", "--clickhouse", ch.Addr)
+	require.Contains(t, errOut, "kafka: ")
+	require.Contains(t, errOut, "; reading clickhouse")
+	require.Contains(t, errOut, "source: clickhouse "+ch.Addr+"/baton ("+strconv.Itoa(len(calls[1].Records))+" records")
+	require.Contains(t, out, "call "+calls[1].ID+": "+strconv.Itoa(len(calls[1].Records))+" records")
 }
