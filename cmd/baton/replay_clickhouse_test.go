@@ -96,7 +96,9 @@ func TestReplayFromClickHouseAfterRetention(t *testing.T) {
 
 	source := []string{"--call", call, "--brokers", brokers, "--since", "1000d", "--clickhouse", ch.Addr}
 	changed := filepath.Join("internal", "replay", "testdata", "rules", "changed.yaml")
-	kafkaTimeline, kafkaErr := runBaton(t, append([]string{"replay", "--source", "kafka"}, source...)...)
+	dir := t.TempDir()
+	kafkaHTML, chHTML := filepath.Join(dir, "kafka.html"), filepath.Join(dir, "clickhouse.html")
+	kafkaTimeline, kafkaErr := runBaton(t, append([]string{"replay", "--source", "kafka", "--html", kafkaHTML}, source...)...)
 	require.Contains(t, kafkaErr, "source: kafka")
 	require.Contains(t, kafkaTimeline, "call call-1@sbc: 11 records")
 	kafkaDiff, _ := runBaton(t, append([]string{"replay", "--source", "kafka", "--rules", changed, "--router-bin", router}, source...)...)
@@ -117,10 +119,15 @@ func TestReplayFromClickHouseAfterRetention(t *testing.T) {
 	gone, _ := runBaton(t, append([]string{"replay", "--source", "kafka"}, source...)...)
 	require.Equal(t, "no records for call call-1@sbc\n", gone, "Kafka no longer has the call")
 
-	timeline, stderr := runBaton(t, append([]string{"replay"}, source...)...)
+	timeline, stderr := runBaton(t, append([]string{"replay", "--html", chHTML}, source...)...)
 	require.Contains(t, stderr, "kafka has no record of call call-1@sbc")
 	require.Contains(t, stderr, "source: clickhouse "+ch.Addr+"/baton (11 records")
-	require.Equal(t, kafkaTimeline, timeline, "the same timeline and ladder from ClickHouse")
+	require.Equal(t, strings.ReplaceAll(kafkaTimeline, kafkaHTML, chHTML), timeline, "the same timeline and ladder from ClickHouse")
+	want, err := os.ReadFile(kafkaHTML)
+	require.NoError(t, err)
+	got, err := os.ReadFile(chHTML)
+	require.NoError(t, err)
+	require.Equal(t, string(want), string(got), "the same HTML page")
 
 	diff, _ := runBaton(t, append([]string{"replay", "--rules", changed, "--router-bin", router}, source...)...)
 	require.Equal(t, kafkaDiff, diff, "the same --rules diff from ClickHouse")
