@@ -4,6 +4,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -13,7 +14,6 @@ import (
 	"time"
 
 	"github.com/alecthomas/kong"
-	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/baton-voice/baton/cmd/baton/internal/broker"
 	"github.com/baton-voice/baton/cmd/baton/internal/checker"
@@ -29,8 +29,8 @@ type cli struct {
 	Dev     devCmd     `cmd:"" help:"Run the whole pipeline locally: the embedded broker, a private ClickHouse, the four services and SIPp demo calls; print what happened and how to look further. Ctrl-C stops everything it started."`
 	Report  reportCmd  `cmd:"" help:"Print the dashboard's figures from ClickHouse: handoffs by reason per hour, success rate by destination and method, time to transfer, calls per dialed number, recent handoffs. The password comes from BATON_CLICKHOUSE_PASSWORD."`
 	Broker  brokerCmd  `cmd:"" help:"Run the embedded Kafka-protocol broker (franz-go kfake) for the local stack and tests. Events and committed offsets persist in --data-dir across restarts. Production uses a real Kafka cluster."`
-	Replay  replayCmd  `cmd:"" help:"Show one call as recorded in Kafka: an ordered timeline of facts, commands and outcomes with the time between steps, and a SIP ladder (text, or HTML/SVG with --html). Reads only the partition the call id hashes to, from --since on."`
-	Export  exportCmd  `cmd:"" help:"Write every record of one call as NDJSON (exact bytes plus the decoded event), for 'baton replay --from-file' without a broker."`
+	Replay  replayCmd  `cmd:"" help:"Show one call as recorded in Kafka or ClickHouse: an ordered timeline of facts, commands and outcomes with the time between steps, and a SIP ladder (text, or HTML/SVG with --html). From Kafka it reads only the partition the call id hashes to, from --since on; when Kafka no longer has the call it reads ClickHouse (--source). With --rules and no --call, re-decides every call of a period (--since 30d, --from/--to) from ClickHouse and reports what would change."`
+	Export  exportCmd  `cmd:"" help:"Write every record of one call as NDJSON (exact bytes plus the decoded event), for 'baton replay --from-file' without a broker. Reads Kafka or ClickHouse like replay (--source)."`
 	Check   checkCmd   `cmd:"" help:"Read every record of the Baton topics (read_committed, up to the last stable offsets) and report lost, duplicated and out-of-order events, records of aborted transactions given to consumers, undecodable records and dead letters. Exits 1 when there is any finding."`
 	Version versionCmd `cmd:"" help:"Print baton's version, commit and Go version."`
 }
@@ -98,109 +98,16 @@ func (c *devCmd) Run(ctx context.Context, s *streams) error {
 	return stack.Demo(ctx, opts, stack.DemoOptions{Calls: c.Calls, Rate: c.Rate, Exit: c.Exit, Agent: !c.NoAgent}, s.out)
 }
 
-// callSource is where replay and export read a call from.
-type callSource struct {
-	Call     string        `required:"" placeholder:"CALL-ID" help:"The call id (SIP Call-ID): the record key on every topic."`
-	Brokers  []string      `default:"127.0.0.1:9092" sep:"," placeholder:"HOST:PORT" help:"Kafka seed brokers."`
-	Topics   []string      `default:"baton.calls,baton.handoffs,baton.transfers" sep:"," placeholder:"NAME" help:"Topics to read."`
-	Since    time.Duration `default:"24h" help:"Read records from this long ago on (the broker finds the offset by timestamp)."`
-	FromFile string        `placeholder:"FILE" type:"existingfile" help:"Read an NDJSON export instead of a broker."`
-}
-
-func (c *callSource) records(ctx context.Context, s *streams) ([]replay.Record, error) {
-	if c.FromFile != "" {
-		f, err := os.Open(c.FromFile)
-		if err != nil {
-			return nil, err
-		}
-		defer func() { _ = f.Close() }()
-		return replay.ReadNDJSON(f, c.Call)
-	}
-	cl, err := kgo.NewClient(kgo.SeedBrokers(c.Brokers...))
-	if err != nil {
-		return nil, fmt.Errorf("kafka client: %w", err)
-	}
-	defer cl.Close()
-	q := replay.Query{CallID: c.Call, Topics: c.Topics, Since: time.Now().Add(-c.Since)}
-	return replay.Fetch(ctx, cl, q, func(topic string, partition int32, scanned, total int64) {
-		fmt.Fprint(s.err, termsafe.Sprintf("\rscanning %s/%d: %d of %d records", topic, partition, scanned, total))
-		if scanned >= total {
-			fmt.Fprintln(s.err)
-		}
-	})
-}
-
-type replayCmd struct {
-	callSource
-	HTML      string `name:"html" placeholder:"FILE" help:"Also write the ladder (SVG) and timeline as a standalone HTML page to FILE."`
-	Rules     string `placeholder:"FILE" type:"existingfile" help:"Re-run the router's decisions over the recorded events with this router config (destinations, rules) and print how they differ from the recorded commands, instead of the timeline. Recorded transfer outcomes are replayed as they happened."`
-	RouterBin string `name:"router-bin" placeholder:"FILE" help:"Router binary that re-decides for --rules (router replay). Default: router next to baton, else on PATH."`
-}
-
-func (c *replayCmd) Validate() error {
-	if c.Rules != "" && c.HTML != "" {
-		return fmt.Errorf("--html draws the recording; run it without --rules")
-	}
-	return nil
-}
-
-func (c *replayCmd) Run(ctx context.Context, s *streams) error {
-	recs, err := c.records(ctx, s)
-	if err != nil {
-		return err
-	}
-	if c.Rules != "" {
-		return c.diff(ctx, s, recs)
-	}
-	steps := replay.Steps(recs)
-	if err := replay.WriteTimeline(s.out, c.Call, steps); err != nil {
-		return err
-	}
-	if len(steps) == 0 {
-		return nil
-	}
-	arrows := replay.Ladder(steps)
-	fmt.Fprintln(s.out)
-	if err := replay.WriteLadder(s.out, arrows); err != nil {
-		return err
-	}
-	if c.HTML == "" {
-		return nil
-	}
-	f, err := os.Create(c.HTML)
-	if err != nil {
-		return err
-	}
-	if err := replay.WriteHTML(f, c.Call, steps, arrows); err != nil {
-		_ = f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	fmt.Fprint(s.out, termsafe.Sprintf("\nwrote %s\n", c.HTML))
-	return nil
-}
-
-// diff re-decides the call with --rules and prints the difference.
-func (c *replayCmd) diff(ctx context.Context, s *streams, recs []replay.Record) error {
-	if len(recs) == 0 {
-		return fmt.Errorf("no records for call %s", c.Call)
-	}
-	bin, err := replay.RouterBinary(c.RouterBin)
-	if err != nil {
-		return err
-	}
-	decided, err := replay.Redecide(ctx, bin, c.Rules, recs)
-	if err != nil {
-		return err
-	}
-	return replay.WriteDiff(s.out, replay.Diff(c.Call, recs, decided), c.Rules)
-}
-
 type exportCmd struct {
 	callSource
 	Out string `short:"o" placeholder:"FILE" help:"Write to FILE instead of standard output."`
+}
+
+func (c *exportCmd) Validate() error {
+	if c.Call == "" {
+		return errors.New("--call is required")
+	}
+	return c.validate()
 }
 
 func (c *exportCmd) Run(ctx context.Context, s *streams) error {
