@@ -939,6 +939,10 @@ func validateHeaders(path string, headers map[string]string) []error {
 	return errs
 }
 
+// ReservedRuleName is the rule label of the decisions no rule made
+// (baton_router_rule_hits_total); no rule may take it.
+const ReservedRuleName = "(none)"
+
 func (c *Config) validateRules() []error {
 	var errs []error
 	c.compiled = make([]*rules.Condition, len(c.Rules))
@@ -949,6 +953,8 @@ func (c *Config) validateRules() []error {
 		path := fmt.Sprintf("rules[%d]", i)
 		if r.Name == "" {
 			errs = append(errs, pkgconfig.Errorf(path+".name", "a name is required"))
+		} else if r.Name == ReservedRuleName {
+			errs = append(errs, pkgconfig.Errorf(path+".name", "%q is reserved: the rule-hits metric counts decisions no rule made under it", r.Name))
 		} else if j, dup := names[r.Name]; dup {
 			errs = append(errs, pkgconfig.Errorf(path+".name", "duplicate rule %q (also rules[%d])", r.Name, j))
 		} else {

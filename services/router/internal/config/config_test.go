@@ -183,6 +183,19 @@ rules:
 			},
 		},
 		{
+			name: "reserved rule name",
+			doc: `destinations:
+  - name: support
+    route: sip:support@example.com
+rules:
+  - name: (none)
+    handoff: support
+`,
+			want: []string{
+				`router.yaml:5: rules[0].name: "(none)" is reserved`,
+			},
+		},
+		{
 			name: "group, transactional id and log",
 			doc: `group: ""
 transactional_id: ""

@@ -164,7 +164,10 @@ func (c *call) clone() *call {
 // last outcome. It keeps the table the handoff started under, so a reload
 // never changes a handoff in flight.
 type handoffState struct {
-	table      *Table
+	table *Table
+	// rule is the routing rule that chose the first destination; empty
+	// when none did.
+	rule       string
 	requestID  string
 	reason     string
 	utterance  string
@@ -359,7 +362,7 @@ func (f *Fold) callStarted(ctx context.Context, table *Table, ev events.Event, m
 	if dest == "" {
 		return nil
 	}
-	return f.startHandoff(ctx, table, c, ev, dest, "rule:"+rule, nil)
+	return f.startHandoff(ctx, table, c, ev, dest, rule, "rule:"+rule, nil)
 }
 
 func indexHeaders(hs []*batonv1.SipHeader) map[string][]string {
@@ -547,8 +550,8 @@ func (f *Fold) handoffRequested(ctx context.Context, table *Table, ev events.Eve
 			fmt.Sprintf("handoff %s is %s (destination %s, attempt %d)", h.commandID, h.status, h.destination, h.attempt))
 	}
 	dest, reason := msg.GetDestination(), msg.GetReason()
+	var rule string
 	if dest == "" {
-		var rule string
 		dest, rule = f.runRules(ctx, table, c, ev, reason, phaseRequest)
 		if dest == "" {
 			dest = table.Default
@@ -556,13 +559,22 @@ func (f *Fold) handoffRequested(ctx context.Context, table *Table, ev events.Eve
 			reason = "rule:" + rule
 		}
 	}
-	return f.startHandoff(ctx, table, c, ev, dest, reason, msg)
+	return f.startHandoff(ctx, table, c, ev, dest, rule, reason, msg)
 }
 
 // startHandoff begins a handoff of c to target (a destination name, or a
 // route the allowlist admits) and returns its first command, or the
-// refusal.
-func (f *Fold) startHandoff(ctx context.Context, table *Table, c *call, ev events.Event, target, reason string, req *batonv1.HandoffRequested) *Decision {
+// refusal. rule names the routing rule that chose target ("" when none
+// did); the command, its fallbacks and a refusal carry it.
+func (f *Fold) startHandoff(ctx context.Context, table *Table, c *call, ev events.Event, target, rule, reason string, req *batonv1.HandoffRequested) *Decision {
+	d := f.beginHandoff(ctx, table, c, ev, target, rule, reason, req)
+	if r, ok := d.Msg.(*batonv1.HandoffRefused); ok {
+		r.Rule = rule
+	}
+	return d
+}
+
+func (f *Fold) beginHandoff(ctx context.Context, table *Table, c *call, ev events.Event, target, rule, reason string, req *batonv1.HandoffRequested) *Decision {
 	if table.MaxHandoffs > 0 && c.handoffs >= table.MaxHandoffs {
 		return f.refuse(ctx, c, ev, req, target, "", RefusedTooManyHandoffs,
 			fmt.Sprintf("the call already started %d handoffs (max_handoffs_per_call %d)", c.handoffs, table.MaxHandoffs))
@@ -573,6 +585,7 @@ func (f *Fold) startHandoff(ctx context.Context, table *Table, c *call, ev event
 	}
 	h := &handoffState{
 		table:      table,
+		rule:       rule,
 		requestID:  req.GetRequestId(),
 		reason:     reason,
 		utterance:  req.GetUtterance(),
@@ -694,6 +707,7 @@ func (f *Fold) render(ctx context.Context, c *call, h *handoffState, d Destinati
 		Encryption: string(d.Encryption),
 		// INVITE only, like Encryption: the audio played to the destination.
 		Whisper: d.Whisper,
+		Rule:    h.rule,
 	}
 	if d.Method == batonv1.Method_METHOD_INVITE {
 		// The session the re-INVITE to the caller continues.
