@@ -230,9 +230,13 @@ func writeTable(out io.Writer, reports []Report, call bool, sum Summary) error {
 			if res.Status != 0 {
 				cols[5] = fmt.Sprintf("%d %s", res.Status, res.Reason)
 				cols[6] = res.RTT.Round(100 * time.Microsecond).String()
-				cols[7] = "no"
-				if res.AcceptsRefer {
+				switch {
+				case res.AcceptsRefer:
 					cols[7] = "yes"
+				case len(res.Allow) == 0:
+					cols[7] = "?" // no Allow header: not advertised either way
+				default:
+					cols[7] = "no"
 				}
 			}
 			if res.Cert != nil {
