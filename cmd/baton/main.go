@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/alecthomas/kong"
+	"github.com/emiago/sipgo/sip"
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/baton-voice/baton/cmd/baton/internal/broker"
@@ -318,6 +319,10 @@ func (c *probeCmd) Run(ctx context.Context, s *streams) error {
 	if err != nil {
 		return err
 	}
+	// sipgo logs a few transport events (a connection's reference count
+	// at close) through its package logger, not the one passed to the
+	// user agent; in this one-command process it gets the probe's.
+	sip.SetDefaultLogger(logger)
 	sum, err := probe.Run(ctx, probe.Options{
 		RouterConfig: c.Router, TransferConfig: c.Transfer, Only: c.Only, Timeout: c.Timeout, WarnDays: c.WarnDays,
 		JSON: c.JSON, Call: c.Call, RouterBin: c.RouterBin, Hold: c.Hold, Logger: logger,
