@@ -986,7 +986,10 @@ type HandoffCommand struct {
 	// rule names the routing rule whose match chose the destination of this
 	// handoff (carried by its fallbacks too); empty when no rule did (the
 	// agent named the destination, or the default was used).
-	Rule          string `protobuf:"bytes,17,opt,name=rule,proto3" json:"rule,omitempty"`
+	Rule string `protobuf:"bytes,17,opt,name=rule,proto3" json:"rule,omitempty"`
+	// skipped are the destinations passed over as down (DestinationHealth,
+	// skip_when_down) before this one was chosen, in order.
+	Skipped       []string `protobuf:"bytes,18,rep,name=skipped,proto3" json:"skipped,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1138,6 +1141,13 @@ func (x *HandoffCommand) GetRule() string {
 		return x.Rule
 	}
 	return ""
+}
+
+func (x *HandoffCommand) GetSkipped() []string {
+	if x != nil {
+		return x.Skipped
+	}
+	return nil
 }
 
 // TransferOutcome reports what happened to a HandoffCommand.
@@ -1369,7 +1379,7 @@ const file_baton_v1_events_proto_rawDesc = "" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a:\n" +
 	"\fHeadersEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xbe\x04\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xd8\x04\n" +
 	"\x0eHandoffCommand\x12\x1d\n" +
 	"\n" +
 	"command_id\x18\x01 \x01(\tR\tcommandId\x12\x17\n" +
@@ -1393,7 +1403,8 @@ const file_baton_v1_events_proto_rawDesc = "" +
 	"\awhisper\x18\x0f \x01(\tR\awhisper\x12\x1d\n" +
 	"\n" +
 	"context_in\x18\x10 \x01(\tR\tcontextIn\x12\x12\n" +
-	"\x04rule\x18\x11 \x01(\tR\x04rule\"\xb3\x03\n" +
+	"\x04rule\x18\x11 \x01(\tR\x04rule\x12\x18\n" +
+	"\askipped\x18\x12 \x03(\tR\askipped\"\xb3\x03\n" +
 	"\x0fTransferOutcome\x12\x1d\n" +
 	"\n" +
 	"command_id\x18\x01 \x01(\tR\tcommandId\x12\x17\n" +

@@ -329,6 +329,10 @@ type Destination struct {
 	Fallback []string `yaml:"fallback"`
 	// OnMissingVariable is empty (render "" and log, the default) or refuse.
 	OnMissingVariable string `yaml:"on_missing_variable"`
+	// SkipWhenDown passes the destination over while transfer's
+	// health_checks report it down (its fallbacks, then the default, are
+	// tried; refused destination_down when all are down). Off by default.
+	SkipWhenDown bool `yaml:"skip_when_down"`
 }
 
 // Rule is a routing rule: a CEL condition and its actions (see package
@@ -1068,7 +1072,7 @@ func (c *Config) Table() (*handoff.Table, error) {
 		}
 		hd := handoff.Destination{
 			Name: d.Name, Method: method, Route: route, AnswerTimeout: timeout,
-			Fallback: slices.Clone(d.Fallback),
+			Fallback: slices.Clone(d.Fallback), SkipWhenDown: d.SkipWhenDown,
 		}
 		if method == batonv1.Method_METHOD_INVITE {
 			hd.Encryption = handoff.EncryptionTLSSRTP

@@ -348,3 +348,19 @@ func TestExampleConfigIsValid(t *testing.T) {
 	require.Equal(t, "handoff-everyone", tbl.Rules[len(tbl.Rules)-1].Name)
 	require.Equal(t, []string{"support"}, tbl.Destinations["billing"].Fallback)
 }
+
+func TestSkipWhenDownReachesTheTable(t *testing.T) {
+	c, err := parse(t, `destinations:
+  - name: a
+    route: sip:a@pbx.example.com
+    skip_when_down: true
+    fallback: [b]
+  - name: b
+    route: sip:b@pbx.example.com
+`)
+	require.NoError(t, err)
+	table, err := c.Table()
+	require.NoError(t, err)
+	require.True(t, table.Destinations["a"].SkipWhenDown)
+	require.False(t, table.Destinations["b"].SkipWhenDown, "off by default")
+}

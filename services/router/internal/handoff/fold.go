@@ -96,6 +96,12 @@ type Fold struct {
 	sink    Sink
 	// history is how many transitions a call keeps (WithHistory).
 	history int
+
+	// health is the destinations' health folded from DestinationHealth,
+	// per partition of the transfers topic; healthUndo holds, for every
+	// key changed since the last Commit, its entry before (nil: none).
+	health     map[healthKey]healthEntry
+	healthUndo map[healthKey]*healthEntry
 }
 
 // call is the state of one live call. A call value is never changed once
@@ -241,6 +247,7 @@ func (f *Fold) Commit() {
 	f.mu.Unlock()
 	clear(f.undo)
 	clear(f.evicted)
+	f.commitHealth()
 	f.refusedState = f.refusedState[:0]
 	if f.sink != nil && len(f.pending) > 0 {
 		f.sink.Transitions(f.pending)
@@ -259,6 +266,7 @@ func (f *Fold) Rollback() {
 	}
 	clear(f.undo)
 	clear(f.evicted)
+	f.rollbackHealth()
 	f.refusedState = f.refusedState[:0]
 	f.pending = nil
 }
@@ -320,6 +328,9 @@ func (f *Fold) Apply(ctx context.Context, ev events.Event) []Decision {
 		f.logger.DebugContext(ctx, "agent metric", "call_id", ev.Subject, "name", msg.GetName(), "value", msg.GetValue())
 	case *batonv1.CallEvicted:
 		f.callEvicted(ctx, ev, msg)
+		return nil
+	case *batonv1.DestinationHealth:
+		f.destinationHealth(ctx, ev, msg)
 		return nil
 	default:
 		f.logger.DebugContext(ctx, "event ignored", "call_id", ev.Subject, "type", ev.Type)
@@ -583,6 +594,14 @@ func (f *Fold) beginHandoff(ctx context.Context, table *Table, c *call, ev event
 	if code != "" {
 		return f.refuse(ctx, c, ev, req, target, "", code, detail)
 	}
+	origin := d
+	var skipped []string
+	if d.SkipWhenDown {
+		var ok bool
+		if d, skipped, ok = f.skipDown(ctx, table, c, d, nil); !ok {
+			return f.refuse(ctx, c, ev, req, target, origin.Route, RefusedDestinationDown, downDetail(skipped))
+		}
+	}
 	h := &handoffState{
 		table:      table,
 		rule:       rule,
@@ -592,13 +611,17 @@ func (f *Fold) beginHandoff(ctx context.Context, table *Table, c *call, ev event
 		reqVars:    req.GetVariables(),
 		reqHeaders: req.GetHeaders(),
 		whisperURL: req.GetWhisperUrl(),
-		origin:     d,
+		origin:     origin,
+	}
+	for _, name := range skipped {
+		h.tried = append(h.tried, strings.ToLower(name))
 	}
 	cmd, code, detail := f.render(ctx, c, h, d, ev.ID)
 	if code != "" {
 		return f.refuse(ctx, c, ev, req, target, d.Route, code, detail)
 	}
 	cmd.Attempt = 1
+	cmd.Skipped = skipped
 	h.record(cmd)
 	c.handoff = h
 	c.handoffs++
@@ -846,6 +869,7 @@ func (f *Fold) transferOutcome(ctx context.Context, ev events.Event, msg *batonv
 func (f *Fold) fallback(ctx context.Context, c *call, h *handoffState, ev events.Event) *Decision {
 	table := h.table
 	if h.attempt < table.MaxAttempts {
+		var skipped []string
 		for _, name := range append(slices.Clone(h.origin.Fallback), table.Default) {
 			if slices.Contains(h.tried, strings.ToLower(name)) {
 				continue
@@ -853,6 +877,15 @@ func (f *Fold) fallback(ctx context.Context, c *call, h *handoffState, ev events
 			d, ok := table.destination(name)
 			if !ok {
 				continue // validation makes this unreachable
+			}
+			if d.SkipWhenDown {
+				if down, healthID := f.down(c.id, d.Name); down {
+					f.logger.InfoContext(ctx, "fallback destination down; skipped", "call_id", c.id,
+						"destination", d.Name, "health_event_id", healthID)
+					h.tried = append(h.tried, strings.ToLower(d.Name))
+					skipped = append(skipped, d.Name)
+					continue
+				}
 			}
 			h.tried = append(h.tried, strings.ToLower(d.Name)) // tried even when refused below
 			cmd, code, detail := f.render(ctx, c, h, d, ev.ID)
@@ -862,6 +895,7 @@ func (f *Fold) fallback(ctx context.Context, c *call, h *handoffState, ev events
 				continue
 			}
 			cmd.Attempt = h.attempt + 1
+			cmd.Skipped = skipped
 			h.tried = h.tried[:len(h.tried)-1] // record adds it back
 			h.record(cmd)
 			f.logger.InfoContext(ctx, "transfer failed; falling back", "call_id", c.id, "command_id", cmd.GetCommandId(),
