@@ -3,10 +3,12 @@ package main
 import (
 	"context"
 	"crypto/tls"
+	"errors"
 	"log/slog"
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/baton-voice/baton/pkg/kafka"
 	"github.com/baton-voice/baton/services/transfer/internal/config"
 	"github.com/baton-voice/baton/services/transfer/internal/health"
 )
@@ -22,6 +24,15 @@ func startHealth(ctx context.Context, cfg config.Config, tlsClient *tls.Config, 
 	if err != nil {
 		return nil, err
 	}
+	var pub *health.KafkaPublisher
+	if cfg.HealthChecks.Publish {
+		pub, err = health.NewKafkaPublisher(kafka.ClientOpts(cfg.Kafka, logger), cfg.Kafka.Topics.Transfers,
+			cfg.InstanceName(), cfg.Kafka.ProduceTimeout)
+		if err != nil {
+			return nil, errors.Join(err, checker.Close())
+		}
+		checker.SetPublisher(pub)
+	}
 	ctx, cancel := context.WithCancel(ctx)
 	done := make(chan struct{})
 	go func() {
@@ -29,10 +40,13 @@ func startHealth(ctx context.Context, cfg config.Config, tlsClient *tls.Config, 
 		_ = checker.Run(ctx) // returns when ctx ends
 	}()
 	logger.InfoContext(ctx, "destination health checks on", "interval", cfg.HealthChecks.Interval.String(),
-		"destinations", len(cfg.HealthChecks.Destinations))
+		"destinations", len(cfg.HealthChecks.Destinations), "publish", cfg.HealthChecks.Publish)
 	return func() {
 		cancel()
 		<-done
+		if pub != nil {
+			pub.Close()
+		}
 		if err := checker.Close(); err != nil {
 			logger.WarnContext(ctx, "close health checks", "err", err)
 		}

@@ -21,8 +21,10 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
+	"github.com/twmb/franz-go/pkg/kgo"
 	"go.uber.org/goleak"
 
+	"github.com/baton-voice/baton/pkg/events"
 	"github.com/baton-voice/baton/pkg/kafka/kafkatest"
 	"github.com/baton-voice/baton/pkg/logtest"
 	"github.com/baton-voice/baton/pkg/startup"
@@ -82,7 +84,7 @@ func startAndStop(t *testing.T, withTLS bool) {
 	doc := "listen: 127.0.0.1:0\nkafka:\n  brokers: [" + brokers[0] + "]\n  partitions: 1\nmetrics:\n  listen: 127.0.0.1:0\n" +
 		"sip:\n  first_read_timeout: 200ms\n" +
 		// A destination on a closed port: its health reads down.
-		"health_checks:\n  interval: 1s\n  timeout: 500ms\n  destinations:\n" +
+		"health_checks:\n  interval: 1s\n  timeout: 500ms\n  publish: true\n  destinations:\n" +
 		"    - {name: gone, route: \"sip:x@127.0.0.1:" + closedPort(t) + ";transport=tcp\"}\n"
 	if withTLS {
 		cert, key := writeCert(t)
@@ -131,6 +133,23 @@ func startAndStop(t *testing.T, withTLS bool) {
 			strings.Contains(body, `baton_transfer_destination_checks_total{destination="gone",result="down"}`)
 	}, 10*time.Second, 20*time.Millisecond, "health_checks run and expose the destination down")
 	require.Contains(t, stderr.String(), `"msg":"destination down"`)
+	// publish: the change is a DestinationHealth on the transfers topic.
+	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...), kgo.ConsumeTopics("baton.transfers"),
+		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
+	require.NoError(t, err)
+	defer cl.Close()
+	pollCtx, cancelPoll := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancelPoll()
+	var health *events.Event
+	for health == nil && pollCtx.Err() == nil {
+		for _, rec := range cl.PollFetches(pollCtx).Records() {
+			if ev, err := events.Decode(rec); err == nil && ev.Type == events.TypeDestinationHealth {
+				health = &ev
+			}
+		}
+	}
+	require.NotNil(t, health, "no DestinationHealth on baton.transfers")
+	require.Equal(t, "destination-health/gone", health.Subject)
 	cancel()
 	select {
 	case code := <-done:

@@ -2,8 +2,11 @@
 // OPTIONS (pkg/sipprobe, the check `baton probe` makes) to every
 // destination of health_checks.destinations every interval, and each
 // destination's health as Prometheus metrics. It is off by default
-// (interval 0). Only the metrics expose the result: the router does not
-// learn it (docs/decisions/0016-destination-health.md).
+// (interval 0). With a Publisher (transfer's KafkaPublisher) each change
+// of a destination's state is also a DestinationHealth in every partition
+// of the transfers topic, which the router folds to pass over a
+// destination with skip_when_down while it is down
+// (docs/decisions/0016-destination-health.md).
 package health
 
 import (
@@ -43,6 +46,10 @@ type Config struct {
 	WarnDays int `yaml:"warn_days"`
 	// Destinations are what is checked.
 	Destinations []Destination `yaml:"destinations"`
+	// Publish writes each change of a destination's state as a
+	// DestinationHealth to every partition of the transfers topic, for
+	// the router's skip_when_down. Off by default.
+	Publish bool `yaml:"publish"`
 }
 
 // Destination is one destination to check.
@@ -163,16 +170,21 @@ type Checker struct {
 	prober  *sipprobe.Prober
 	metrics *Metrics
 	logger  *slog.Logger
+	// pub, when set, hears of each change of state (SetPublisher).
+	pub Publisher
 
 	mu   sync.Mutex
 	last map[string]sipprobe.Result
+	// published is the state last published per destination: a change
+	// whose publication failed is published again at the next check.
+	published map[string]bool
 }
 
 // New builds a Checker; resolve turns a route into the SIP URI transfer
 // dials. tlsCfg verifies TLS destinations (transfer's dialler config; nil:
 // the system roots). Close it when done.
 func New(cfg Config, resolve func(route string) (string, error), tlsCfg *tls.Config, metrics *Metrics, logger *slog.Logger) (*Checker, error) {
-	c := &Checker{cfg: cfg, metrics: metrics, logger: logger, last: map[string]sipprobe.Result{}}
+	c := &Checker{cfg: cfg, metrics: metrics, logger: logger, last: map[string]sipprobe.Result{}, published: map[string]bool{}}
 	for _, d := range cfg.Destinations {
 		uri, err := resolve(d.Route)
 		if err != nil {
@@ -189,6 +201,10 @@ func New(cfg Config, resolve func(route string) (string, error), tlsCfg *tls.Con
 	c.prober = p
 	return c, nil
 }
+
+// SetPublisher makes pub hear of every change of a destination's state
+// (and of its first check); call it before Run.
+func (c *Checker) SetPublisher(pub Publisher) { c.pub = pub }
 
 // Close releases the prober's SIP user agent.
 func (c *Checker) Close() error { return c.prober.Close() }
@@ -227,6 +243,27 @@ func (c *Checker) Round(ctx context.Context) {
 	wg.Wait()
 }
 
+// publish tells the publisher of r when its state is not the one last
+// published (checks of one destination never overlap: Round waits).
+func (c *Checker) publish(ctx context.Context, r sipprobe.Result) {
+	if c.pub == nil {
+		return
+	}
+	c.mu.Lock()
+	up, done := c.published[r.Name]
+	c.mu.Unlock()
+	if done && up == r.Up {
+		return
+	}
+	if err := c.pub.Changed(ctx, r); err != nil {
+		c.logger.WarnContext(ctx, "publish destination health; again at the next check", "destination", r.Name, "up", r.Up, "err", err)
+		return
+	}
+	c.mu.Lock()
+	c.published[r.Name] = r.Up
+	c.mu.Unlock()
+}
+
 // Last returns the last result of the destination named name.
 func (c *Checker) Last(name string) (sipprobe.Result, bool) {
 	c.mu.Lock()
@@ -261,6 +298,7 @@ func (c *Checker) record(ctx context.Context, r sipprobe.Result) {
 		}
 		c.metrics.CertExpiring.WithLabelValues(name).Set(warn)
 	}
+	c.publish(ctx, r)
 	if !seen || prev.Up != r.Up {
 		// Log changes only: a destination down for hours is one line.
 		if r.Up {
