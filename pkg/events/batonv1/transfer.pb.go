@@ -292,7 +292,7 @@ func (x *BridgeStats) GetDestinationSrtp() string {
 
 // DestinationHealth is published by transfer's scheduled health checks
 // (health_checks) when a destination's state changes: one copy in every
-// partition of the transfers topic (key "destination-health/<name>"), so
+// partition of the calls topic (key "destination-health/<name>"), so
 // the router folds it per partition, in order with that partition's calls
 // (docs/decisions/0016-destination-health.md).
 type DestinationHealth struct {

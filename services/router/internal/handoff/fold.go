@@ -98,7 +98,7 @@ type Fold struct {
 	history int
 
 	// health is the destinations' health folded from DestinationHealth,
-	// per partition of the transfers topic; healthUndo holds, for every
+	// per partition of the calls topic; healthUndo holds, for every
 	// key changed since the last Commit, its entry before (nil: none).
 	health     map[healthKey]healthEntry
 	healthUndo map[healthKey]*healthEntry

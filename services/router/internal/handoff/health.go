@@ -15,7 +15,7 @@ import (
 const RefusedDestinationDown = "destination_down"
 
 // healthKey is one destination's health as one partition of the
-// transfers topic saw it: transfer writes a copy of each change to every
+// calls topic saw it: transfer writes a copy of each change to every
 // partition, naming the partition and the topic's partition count
 // (decision 0016).
 type healthKey struct {

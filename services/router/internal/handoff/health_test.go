@@ -41,7 +41,7 @@ func request(t *testing.T, f *Fold, callID, dest string) []Decision {
 }
 
 // TestSkipWhenDown: a destination opted in to skip_when_down that the
-// call's partition of the transfers topic says is down is passed over for
+// call's partition of the calls topic says is down is passed over for
 // the next of its fallbacks (the command names it in skipped); health
 // written to another partition does not count; when every candidate is
 // down the handoff is refused destination_down; a destination not opted

@@ -26,7 +26,7 @@ func startHealth(ctx context.Context, cfg config.Config, tlsClient *tls.Config, 
 	}
 	var pub *health.KafkaPublisher
 	if cfg.HealthChecks.Publish {
-		pub, err = health.NewKafkaPublisher(kafka.ClientOpts(cfg.Kafka, logger), cfg.Kafka.Topics.Transfers,
+		pub, err = health.NewKafkaPublisher(kafka.ClientOpts(cfg.Kafka, logger), cfg.Kafka.Topics.Calls,
 			cfg.InstanceName(), cfg.Kafka.ProduceTimeout)
 		if err != nil {
 			return nil, errors.Join(err, checker.Close())

@@ -133,8 +133,8 @@ func startAndStop(t *testing.T, withTLS bool) {
 			strings.Contains(body, `baton_transfer_destination_checks_total{destination="gone",result="down"}`)
 	}, 10*time.Second, 20*time.Millisecond, "health_checks run and expose the destination down")
 	require.Contains(t, stderr.String(), `"msg":"destination down"`)
-	// publish: the change is a DestinationHealth on the transfers topic.
-	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...), kgo.ConsumeTopics("baton.transfers"),
+	// publish: the change is a DestinationHealth on the calls topic.
+	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...), kgo.ConsumeTopics("baton.calls"),
 		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
 	require.NoError(t, err)
 	defer cl.Close()
@@ -148,7 +148,7 @@ func startAndStop(t *testing.T, withTLS bool) {
 			}
 		}
 	}
-	require.NotNil(t, health, "no DestinationHealth on baton.transfers")
+	require.NotNil(t, health, "no DestinationHealth on baton.calls")
 	require.Equal(t, "destination-health/gone", health.Subject)
 	cancel()
 	select {

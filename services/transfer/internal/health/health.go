@@ -4,7 +4,7 @@
 // destination's health as Prometheus metrics. It is off by default
 // (interval 0). With a Publisher (transfer's KafkaPublisher) each change
 // of a destination's state is also a DestinationHealth in every partition
-// of the transfers topic, which the router folds to pass over a
+// of the calls topic, which the router folds to pass over a
 // destination with skip_when_down while it is down
 // (docs/decisions/0016-destination-health.md).
 package health
@@ -47,7 +47,7 @@ type Config struct {
 	// Destinations are what is checked.
 	Destinations []Destination `yaml:"destinations"`
 	// Publish writes each change of a destination's state as a
-	// DestinationHealth to every partition of the transfers topic, for
+	// DestinationHealth to every partition of the calls topic, for
 	// the router's skip_when_down. Off by default.
 	Publish bool `yaml:"publish"`
 }

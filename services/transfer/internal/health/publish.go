@@ -28,7 +28,7 @@ type Publisher interface {
 }
 
 // KafkaPublisher writes a DestinationHealth to every partition of the
-// transfers topic, so the router folds it in order with each partition's
+// calls topic, so the router folds it in order with each partition's
 // calls (decision 0016).
 type KafkaPublisher struct {
 	client   *kgo.Client

@@ -24,7 +24,7 @@ import (
 // of the topic (over the Kafka protocol, kfake), each copy naming its
 // partition and the count; a check that changes nothing publishes nothing.
 func TestKafkaPublisherCopiesToEveryPartition(t *testing.T) {
-	const topic, partitions = "baton.transfers", 3
+	const topic, partitions = "baton.calls", 3
 	brokers := kafkatest.NewCluster(t, partitions, topic)
 	cfg := kafka.DefaultConfig()
 	cfg.Brokers = brokers
