@@ -14,9 +14,11 @@ import (
 	"time"
 
 	"github.com/alecthomas/kong"
+	"github.com/emiago/sipgo/sip"
 
 	"github.com/baton-voice/baton/cmd/baton/internal/broker"
 	"github.com/baton-voice/baton/cmd/baton/internal/checker"
+	"github.com/baton-voice/baton/cmd/baton/internal/probe"
 	"github.com/baton-voice/baton/cmd/baton/internal/replay"
 	"github.com/baton-voice/baton/cmd/baton/internal/report"
 	"github.com/baton-voice/baton/cmd/baton/internal/stack"
@@ -33,6 +35,7 @@ type cli struct {
 	Export  exportCmd  `cmd:"" help:"Write every record of one call as NDJSON (exact bytes plus the decoded event), for 'baton replay --from-file' without a broker. Reads Kafka or ClickHouse like replay (--source)."`
 	Check   checkCmd   `cmd:"" help:"Read every record of the Baton topics (read_committed, up to the last stable offsets) and report lost, duplicated and out-of-order events, records of aborted transactions given to consumers, undecodable records and dead letters. Exits 1 when there is any finding."`
 	Version versionCmd `cmd:"" help:"Print baton's version, commit and Go version."`
+	Probe   probeCmd   `cmd:"" help:"Send SIP OPTIONS to every destination and trunk of the router's config (tel: routes through transfer's trunk_host) over the transport transfer uses (UDP, TCP, TLS) and report reachability, round-trip time, the TLS certificate's validity and expiry, and what the far end advertises (Allow, Supported, REFER). --call places a short test call with the headers the router renders. Exits 1 when a target is down."`
 }
 
 type brokerCmd struct {
@@ -188,6 +191,57 @@ func (c *reportCmd) Run(ctx context.Context, s *streams) error {
 		Addr: c.ClickHouse, Database: c.Database, Username: c.User, Password: os.Getenv(report.PasswordEnv),
 		From: now.Add(-c.Since), To: now, Limit: c.Limit,
 	}, s.out)
+}
+
+type probeCmd struct {
+	Router       string            `required:"" placeholder:"FILE" type:"existingfile" help:"The router's config: its destinations and trunks are probed."`
+	Transfer     string            `placeholder:"FILE" type:"existingfile" help:"Transfer's config: invite.trunk_host (where tel: routes and extensions go) and tls.ca_file/cert_file/key_file (how TLS destinations are verified). Without it tel: routes are skipped and TLS verifies against the system roots."`
+	Only         []string          `name:"only" sep:"," placeholder:"NAME" help:"Probe only these destinations or trunks, comma-separated."`
+	Timeout      time.Duration     `default:"5s" help:"Bound on one probe, and on a test call's wait for its answer. Default: ${default}."`
+	WarnDays     int               `default:"14" placeholder:"N" help:"Warn when a TLS certificate expires within N days. Default: ${default}."`
+	JSON         bool              `name:"json" help:"Write the report as JSON instead of a table."`
+	Call         bool              `help:"Also place a short test call (INVITE with the headers the router renders for the destination, ACK, --hold, BYE) to every destination that answered OPTIONS, and report the answer. Needs the router binary (router replay renders the headers)."`
+	RouterBin    string            `name:"router-bin" placeholder:"FILE" help:"Router binary that renders the test call's headers (router replay). Default: router next to baton, else on PATH."`
+	Var          map[string]string `name:"var" placeholder:"NAME=VALUE" help:"An X- variable of the test call (as X-NAME on a real call), for the destinations' header templates; repeatable."`
+	CallerNumber string            `name:"caller" default:"+15550100000" help:"The test call's caller number. Default: ${default}."`
+	CalleeNumber string            `name:"callee" default:"+15550199999" help:"The test call's dialed number. Default: ${default}."`
+	Hold         time.Duration     `default:"1s" help:"How long an answered test call stays up before its BYE. Default: ${default}."`
+}
+
+func (c *probeCmd) Validate() error {
+	if c.Timeout <= 0 || c.Timeout > time.Minute {
+		return fmt.Errorf("--timeout %s: want more than 0 and at most 1m", c.Timeout)
+	}
+	if c.WarnDays < 0 || c.WarnDays > 3650 {
+		return fmt.Errorf("--warn-days %d: want 0 to 3650", c.WarnDays)
+	}
+	if c.Hold < 0 || c.Hold > time.Minute {
+		return fmt.Errorf("--hold %s: want 0 to 1m", c.Hold)
+	}
+	return nil
+}
+
+func (c *probeCmd) Run(ctx context.Context, s *streams) error {
+	logger, err := observability.NewLogger(s.err, observability.LogConfig{Level: "error", Format: "text"}, "probe")
+	if err != nil {
+		return err
+	}
+	// sipgo logs a few transport events (a connection's reference count
+	// at close) through its package logger, not the one passed to the
+	// user agent; in this one-command process it gets the probe's.
+	sip.SetDefaultLogger(logger)
+	sum, err := probe.Run(ctx, probe.Options{
+		RouterConfig: c.Router, TransferConfig: c.Transfer, Only: c.Only, Timeout: c.Timeout, WarnDays: c.WarnDays,
+		JSON: c.JSON, Call: c.Call, RouterBin: c.RouterBin, Hold: c.Hold, Logger: logger,
+		Test: probe.TestCall{CallerNumber: c.CallerNumber, CalleeNumber: c.CalleeNumber, Variables: c.Var},
+	}, s.out)
+	if err != nil {
+		return err
+	}
+	if sum.Down > 0 {
+		return fmt.Errorf("%d of %d targets down", sum.Down, sum.Up+sum.Down+sum.Skipped)
+	}
+	return nil
 }
 
 type versionCmd struct{}

@@ -35,6 +35,10 @@ const (
 	TypeAgentDisconnected = "baton.agent.disconnected.v1"
 	TypeAgentMarkPlayed   = "baton.agent.mark.v1"
 	TypeAgentSelected     = "baton.agent.selected.v1"
+	// TypeDestinationHealth is transfer's health check of a destination
+	// (a change of state), copied to every partition of the transfers
+	// topic.
+	TypeDestinationHealth = "baton.destination.health.v1"
 )
 
 // ContentType is the content-type header of every Baton record.
@@ -128,6 +132,8 @@ func TypeOf(msg proto.Message) (string, error) {
 		return TypeAgentMarkPlayed, nil
 	case *batonv1.AgentSelected:
 		return TypeAgentSelected, nil
+	case *batonv1.DestinationHealth:
+		return TypeDestinationHealth, nil
 	default:
 		return "", fmt.Errorf("%w: message %T", ErrUnknownType, msg)
 	}
@@ -172,6 +178,8 @@ func newMessage(typ string) (proto.Message, error) {
 		return &batonv1.AgentMarkPlayed{}, nil
 	case TypeAgentSelected:
 		return &batonv1.AgentSelected{}, nil
+	case TypeDestinationHealth:
+		return &batonv1.DestinationHealth{}, nil
 	default:
 		return nil, fmt.Errorf("%w: %q", ErrUnknownType, typ)
 	}

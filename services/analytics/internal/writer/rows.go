@@ -72,6 +72,9 @@ type handoffRow struct {
 	Attempt                                       uint32
 	HeaderNames, HeaderValues                     []string
 	EventID                                       string
+	// Rule is the routing rule that chose the destination (migration
+	// 0007); empty when none did.
+	Rule string
 }
 
 type outcomeRow struct {
@@ -237,7 +240,7 @@ func (r *rows) add(rec *kgo.Record) error {
 			CommandID: m.GetCommandId(), CallID: ev.Subject, RequestedAt: at, RequestedMS: ms,
 			Destination: m.GetDestination(), Method: method(m.GetMethod()), Route: m.GetRoute(),
 			Reason: m.GetReason(), Utterance: m.GetUtterance(), Attempt: m.GetAttempt(),
-			HeaderNames: names, HeaderValues: values, EventID: ev.ID,
+			HeaderNames: names, HeaderValues: values, EventID: ev.ID, Rule: m.GetRule(),
 		})
 	case *batonv1.TransferOutcome:
 		if m.GetCommandId() == "" {

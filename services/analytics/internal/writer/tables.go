@@ -148,6 +148,7 @@ var handoffsTable = table[handoffRow]{name: "handoffs", columns: []column[handof
 	col("headers.name", func(r *handoffRow) []string { return r.HeaderNames }),
 	col("headers.value", func(r *handoffRow) []string { return r.HeaderValues }),
 	col("event_id", func(r *handoffRow) string { return r.EventID }),
+	col("rule", func(r *handoffRow) string { return r.Rule }),
 }}
 
 var outcomesTable = table[outcomeRow]{name: "transfer_outcomes", columns: []column[outcomeRow]{
