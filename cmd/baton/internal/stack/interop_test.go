@@ -1,0 +1,447 @@
+//go:build interop
+
+package stack
+
+import (
+	"bufio"
+	"fmt"
+	"math"
+	"net/http"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/baton-voice/baton/cmd/baton/internal/checker"
+	batonv1 "github.com/baton-voice/baton/pkg/events/batonv1"
+)
+
+// The interop suite (make test-interop): the Baton stack between
+// independent SIP software from Debian. Kamailio 5.6 is the carrier's SBC,
+// baresip 1.0 the caller (a 700 Hz sine for a voice) and a human agent
+// that never answers, linphonec 5.1 the human agent that answers (a
+// 1300 Hz tone for a voice). Each call checks what the people would
+// notice (the tone each side hears) and what Baton recorded: one end per
+// call, with the right reason, at the time of the real BYE (Kamailio's
+// log of it), active_calls back to 0, no stray BYE and no 481.
+
+// The numbers the suite dials; Kamailio routes the humans' to the UAs and
+// the rest to ingress, and the router's rules pick a destination by the
+// number dialled.
+const (
+	callerUser   = "+4930999001"
+	humanUser    = "+4930222001"
+	noAnswerUser = "+4930222002"
+	busyUser     = "+4930222003"
+
+	numBlind       = "+4930111001"
+	numWarm        = "+4930111002"
+	numBusy        = "+4930111003"
+	numNoAnswer    = "+4930111004"
+	numUnreachable = "+4930111005"
+
+	callerHz = 700.0  // what the caller says
+	humanHz  = 1300.0 // what the human agent says
+	// minToneWindows is how many 250 ms windows of a side's tone the
+	// other side must have heard: 2 s of audio.
+	minToneWindows = 8
+)
+
+type interopRig struct {
+	s          *Stack
+	sbc        *kamailio
+	caller     *baresip
+	human      *linphonec
+	noAnswer   *baresip
+	metricsURL string // ingress's /metrics
+}
+
+func startInterop(t *testing.T) *interopRig {
+	t.Helper()
+	requireTools(t, "kamailio", "baresip", "linphonec")
+	repo := repoRoot(t)
+	dir := t.TempDir()
+	r := &interopRig{}
+
+	tone := filepath.Join(dir, "human-1300hz.wav")
+	require.NoError(t, writeSineWAV(tone, humanHz, 120))
+	r.human = startLinphonec(t, repo, dir, humanUser, tone, 41000)
+	r.noAnswer = startBaresip(t, repo, dir, noAnswerUser, 500, "manual", 42000)
+	r.caller = startBaresip(t, repo, dir, callerUser, int(callerHz), "manual", 43000)
+
+	sbcPort := udpPort(t)
+	sbcHost := "127.0.0.1:" + strconv.Itoa(sbcPort)
+	deadPort := udpPort(t) // nothing listens here
+	dest := func(name, method, user string, extra map[string]any) map[string]any {
+		d := map[string]any{"name": name, "method": method, "route": "sip:" + user + "@" + sbcHost,
+			"headers": map[string]string{"X-Customer-Id": "C-" + name, "X-Baton-Call-Id": "$call_id"}}
+		if method == "INVITE" {
+			d["encryption"] = "udp_rtp"
+			d["answer_timeout"] = "4s"
+		}
+		for k, v := range extra {
+			d[k] = v
+		}
+		return d
+	}
+	rule := func(number, dest string) map[string]any {
+		return map[string]any{"name": dest, "when": "callee_number == '" + number + "'", "handoff": dest}
+	}
+	configure := func(instance string, cfg map[string]any) {
+		switch instance {
+		case "router":
+			cfg["destinations"] = []map[string]any{
+				dest("blind", "REFER", humanUser, map[string]any{"default": true}),
+				dest("warm", "INVITE", humanUser, map[string]any{"answer_timeout": "10s"}),
+				dest("busy", "INVITE", busyUser, nil),
+				dest("noanswer", "INVITE", noAnswerUser, nil),
+				{"name": "unreachable", "method": "INVITE", "encryption": "udp_rtp", "answer_timeout": "4s",
+					"route": "sip:nobody@127.0.0.1:" + strconv.Itoa(deadPort)},
+			}
+			// One attempt per handoff: a failed destination is not
+			// followed by the default one, so on_all_failed (hangup)
+			// ends the call.
+			cfg["max_attempts"] = 1
+			cfg["rules"] = []map[string]any{rule(numBlind, "blind"), rule(numWarm, "warm"), rule(numBusy, "busy"),
+				rule(numNoAnswer, "noanswer"), rule(numUnreachable, "unreachable")}
+		case "transfer":
+			cfg["routes"] = map[string]any{"allow": []string{`re:sips?:[^@]+@127\.0\.0\.1:[0-9]+`}}
+			// A REFER's agent leg is hung up soon after the NOTIFY 200.
+			cfg["bye_after_refer"] = "1s"
+			cfg["media"] = map[string]any{"host": "127.0.0.1", "port_min": 44000, "port_max": 44999}
+		case "ingress":
+			if m, ok := cfg["metrics"].(map[string]any); ok {
+				r.metricsURL = fmt.Sprintf("http://%s/metrics", m["listen"])
+			}
+		}
+	}
+	r.s = startStackTuned(t, func(o *Options) { o.Configure = configure })
+	require.NotEmpty(t, r.metricsURL)
+	_, port, _ := strings.Cut(r.s.IngressAddr, ":")
+	r.sbc = startKamailio(t, repo, dir, kamailioVars{
+		Host: "127.0.0.1", Port: sbcPort, Ingress: "127.0.0.1:" + port,
+		Human: r.human.sipAddr, NoAnswer: r.noAnswer.sipAddr,
+		HumanUser: humanUser, NoAnswerUser: noAnswerUser, BusyUser: busyUser,
+	})
+	return r
+}
+
+// TestInterop runs the calls one after another through one rig.
+func TestInterop(t *testing.T) {
+	r := startInterop(t)
+	t.Run("BlindTransfer", r.blindTransfer)
+	t.Run("WarmCallerHangsUp", func(t *testing.T) { r.warm(t, "caller") })
+	t.Run("WarmDestinationHangsUp", func(t *testing.T) { r.warm(t, "destination") })
+	t.Run("Busy", func(t *testing.T) { r.failed(t, numBusy, 486) })
+	// Transfer CANCELs at the answer timeout; baresip answers 487.
+	t.Run("NoAnswer", func(t *testing.T) { r.failed(t, numNoAnswer, 487) })
+	t.Run("Unreachable", func(t *testing.T) { r.failed(t, numUnreachable, 0) })
+	t.Run("OneEndPerCall", r.oneEndPerCall)
+}
+
+// dial has the caller call number through the SBC and waits for the
+// call to be up; it returns the call's Call-ID and the caller's event
+// index after CALL_ESTABLISHED.
+func (r *interopRig) dial(t *testing.T, number string) (string, int) {
+	t.Helper()
+	from := r.caller.eventCount()
+	r.caller.do("dial", "sip:"+number+"@"+r.sbc.addr)
+	ev, next := r.caller.waitEvent("CALL_ESTABLISHED", from, 20*time.Second)
+	callID, _ := ev["id"].(string)
+	if callID == "" {
+		// The SBC's log has it: the INVITE to the number.
+		for _, m := range r.sbc.messages(t) {
+			if !m.Reply && m.Method == "INVITE" && strings.Contains(m.RURI, number) {
+				callID = m.CallID
+			}
+		}
+	}
+	require.NotEmpty(t, callID, "the call's Call-ID (event %v)", ev)
+	return callID, next
+}
+
+// blindTransfer: Baton REFERs the caller to the human agent; baresip
+// follows the REFER through the SBC to linphonec, transfer hangs up
+// Baton's leg, and the caller and the human hear each other.
+func (r *interopRig) blindTransfer(t *testing.T) {
+	recs := len(r.caller.recordings(t))
+	humanAt := r.human.logSize()
+	callID, next := r.dial(t, numBlind)
+
+	// The REFER makes baresip place a second call, to the human, which
+	// linphonec answers; Baton's leg then ends with transfer's BYE.
+	_, next = r.caller.waitEvent("CALL_ESTABLISHED", next, 30*time.Second)
+	r.human.waitLog("connected", humanAt, 10*time.Second)
+	r.requireToneBothWays(t, recs)
+	r.requireEnd(t, callID, "agent_leg_bye", "baton")
+
+	// The people hang up; that call is theirs, not Baton's.
+	humanAt = r.human.logSize()
+	r.caller.do("hangup", "")
+	r.caller.waitEvent("CALL_CLOSED", next, 10*time.Second)
+	r.human.waitLog("ended", humanAt, 10*time.Second)
+}
+
+// warm: Baton calls the human itself and bridges the caller to it; then
+// who hangs up (the caller or the destination) ends the call, once.
+func (r *interopRig) warm(t *testing.T, who string) {
+	recs := len(r.caller.recordings(t))
+	humanAt := r.human.logSize()
+	callID, next := r.dial(t, numWarm)
+	humanAt = r.human.waitLog("connected", humanAt, 20*time.Second)
+	r.waitOutcome(t, callID, batonv1.OutcomeStatus_OUTCOME_STATUS_BRIDGED)
+	r.requireToneBothWays(t, recs)
+
+	switch who {
+	case "caller":
+		r.caller.do("hangup", "")
+		r.caller.waitEvent("CALL_CLOSED", next, 10*time.Second)
+		r.human.waitLog("ended", humanAt, 10*time.Second)
+		r.requireEnd(t, callID, "", "remote")
+	case "destination":
+		r.human.send("terminate")
+		r.caller.waitEvent("CALL_CLOSED", next, 10*time.Second)
+		r.requireEnd(t, callID, "destination_hangup", "baton")
+	}
+}
+
+// failed: the destination is busy (the SBC says 486), never answers (a
+// baresip that rings), or unreachable (nothing listens): the handoff
+// fails with the destination's answer, and the router's on_all_failed
+// (hangup) ends the call with transfer's BYE.
+func (r *interopRig) failed(t *testing.T, number string, code int32) {
+	callID, next := r.dial(t, number)
+	o := r.waitOutcome(t, callID, batonv1.OutcomeStatus_OUTCOME_STATUS_FAILED)
+	require.Equal(t, code, o.GetSipCode(), "FAILED outcome: %v", o)
+	r.caller.waitEvent("CALL_CLOSED", next, 15*time.Second)
+	r.requireEnd(t, callID, "handoff_bye", "baton")
+}
+
+// waitOutcome waits for the call's transfer outcome with status in Kafka.
+func (r *interopRig) waitOutcome(t *testing.T, callID string, status batonv1.OutcomeStatus) *batonv1.TransferOutcome {
+	t.Helper()
+	var got *batonv1.TransferOutcome
+	waitFor(t, "transfer outcome "+status.String()+" for "+callID, 30*time.Second, func() error {
+		recs, err := checker.Read(t.Context(), r.s.BrokerAddr)
+		if err != nil {
+			return err
+		}
+		var seen []string
+		for _, rec := range recs {
+			if o, ok := rec.Event.Data.(*batonv1.TransferOutcome); ok && o.GetCallId() == callID {
+				seen = append(seen, o.GetStatus().String())
+				if o.GetStatus() == status {
+					got = o
+					return nil
+				}
+			}
+		}
+		return fmt.Errorf("outcomes so far %v", seen)
+	})
+	return got
+}
+
+// requireToneBothWays waits until the human has heard the caller's tone
+// and the caller the human's (recordings the caller made after the first
+// skip files), 2 s each.
+func (r *interopRig) requireToneBothWays(t *testing.T, skip int) {
+	t.Helper()
+	waitFor(t, "the human hears the caller's 700 Hz", 20*time.Second, func() error {
+		n, all, err := heardTone([]string{r.human.record}, callerHz)
+		if err != nil {
+			return fmt.Errorf("%w (starts %q)", err, head(r.human.record, 44))
+		}
+		if n < minToneWindows {
+			return fmt.Errorf("%d windows of %v Hz; dominant frequencies heard: %v", n, callerHz, summarize(all))
+		}
+		return nil
+	})
+	waitFor(t, "the caller hears the human's 1300 Hz", 20*time.Second, func() error {
+		files := r.caller.recordings(t)
+		if len(files) <= skip {
+			return fmt.Errorf("no recording yet")
+		}
+		n, all, err := heardTone(files[skip:], humanHz)
+		if err != nil {
+			return err
+		}
+		if n < minToneWindows {
+			return fmt.Errorf("%d windows of %v Hz; dominant frequencies heard: %v", n, humanHz, summarize(all))
+		}
+		return nil
+	})
+}
+
+// head is the first n bytes of a file, for messages.
+func head(path string, n int) string {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return err.Error()
+	}
+	return string(data[:min(n, len(data))])
+}
+
+// summarize counts the dominant frequencies of windows, for messages.
+func summarize(hz []float64) map[float64]int {
+	out := map[float64]int{}
+	for _, h := range hz {
+		out[math.Round(h/10)*10]++
+	}
+	return out
+}
+
+// requireEnd checks the call's end as Baton recorded it: exactly one
+// CallEnded in Kafka and one call_ends row in ClickHouse, with reason and
+// ended_by, at the time (within 1 s) the one BYE of Baton's dialog
+// crossed the SBC; no 481 in the dialog; and ingress's active_calls back
+// to 0.
+func (r *interopRig) requireEnd(t *testing.T, callID, reason, endedBy string) {
+	t.Helper()
+	var byes []sbcMessage
+	waitFor(t, "the BYE of "+callID+" at the SBC", 15*time.Second, func() error {
+		byes = byes[:0]
+		for _, m := range r.sbc.messages(t) {
+			if m.CallID == callID && !m.Reply && m.Method == "BYE" {
+				byes = append(byes, m)
+			}
+		}
+		if len(byes) == 0 {
+			return fmt.Errorf("no BYE yet")
+		}
+		return nil
+	})
+
+	var ended []*batonv1.CallEnded
+	waitFor(t, "CallEnded for "+callID, 15*time.Second, func() error {
+		recs, err := checker.Read(t.Context(), r.s.BrokerAddr)
+		if err != nil {
+			return err
+		}
+		ended = ended[:0]
+		for _, rec := range recs {
+			if e, ok := rec.Event.Data.(*batonv1.CallEnded); ok && e.GetCallId() == callID {
+				ended = append(ended, e)
+			}
+		}
+		if len(ended) == 0 {
+			return fmt.Errorf("none yet")
+		}
+		return nil
+	})
+
+	conn, err := r.s.Open()
+	require.NoError(t, err)
+	defer func() { _ = conn.Close() }()
+	require.NotContains(t, callID, "'")
+	type endRow struct {
+		endedMS                 uint64
+		endedBy, method, reason string
+	}
+	var rows []endRow
+	waitFor(t, "call_ends row for "+callID, 30*time.Second, func() error {
+		q, err := conn.Query(t.Context(), "SELECT ended_ms, ended_by, method, reason FROM call_ends WHERE call_id = '"+callID+"'")
+		if err != nil {
+			return err
+		}
+		defer func() { _ = q.Close() }()
+		rows = rows[:0]
+		for q.Next() {
+			var e endRow
+			if err := q.Scan(&e.endedMS, &e.endedBy, &e.method, &e.reason); err != nil {
+				return err
+			}
+			rows = append(rows, e)
+		}
+		if len(rows) == 0 {
+			return fmt.Errorf("no row yet")
+		}
+		return q.Err()
+	})
+
+	waitFor(t, "ingress's active_calls back to 0", 15*time.Second, func() error {
+		n, err := r.activeCalls(t)
+		if err != nil {
+			return err
+		}
+		if n != 0 {
+			return fmt.Errorf("active_calls %v", n)
+		}
+		return nil
+	})
+
+	// Everything has settled: now the counts are final.
+	var stray []sbcMessage
+	for _, m := range r.sbc.messages(t) {
+		if m.CallID == callID && m.Reply && m.Status == 481 {
+			stray = append(stray, m)
+		}
+	}
+	require.Empty(t, stray, "no request of Baton's dialog was answered 481")
+	require.Len(t, byes, 1, "one BYE in Baton's dialog: %+v", byes)
+	require.Len(t, ended, 1, "one CallEnded: %v", ended)
+	require.Len(t, rows, 1, "one call_ends row: %+v", rows)
+	require.Equal(t, reason, ended[0].GetReason())
+	require.Equal(t, reason, rows[0].reason)
+	require.Equal(t, endedBy, rows[0].endedBy)
+	require.Equal(t, "BYE", rows[0].method)
+	skew := time.UnixMilli(int64(rows[0].endedMS)).Sub(byes[0].At)
+	t.Logf("call %s ended %s by %s; recorded %v after the BYE crossed the SBC", callID, reason, endedBy, skew)
+	require.Less(t, skew.Abs(), time.Second, "recorded end %v vs the BYE at %v",
+		time.UnixMilli(int64(rows[0].endedMS)).UTC(), byes[0].At.UTC())
+}
+
+// activeCalls reads baton_ingress_active_calls from ingress's /metrics.
+func (r *interopRig) activeCalls(t *testing.T) (float64, error) {
+	req, err := http.NewRequestWithContext(t.Context(), http.MethodGet, r.metricsURL, nil)
+	if err != nil {
+		return 0, err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return 0, err
+	}
+	defer func() { _ = resp.Body.Close() }()
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), "baton_ingress_active_calls "); ok {
+			return strconv.ParseFloat(strings.TrimSpace(v), 64)
+		}
+	}
+	return 0, fmt.Errorf("no baton_ingress_active_calls in %s", r.metricsURL)
+}
+
+// oneEndPerCall runs Baton's own consistency checker over everything the
+// calls wrote to Kafka: each call started once and ended once.
+func (r *interopRig) oneEndPerCall(t *testing.T) {
+	recs, err := checker.Read(t.Context(), r.s.BrokerAddr)
+	require.NoError(t, err)
+	starts, ends := map[string]int{}, map[string]int{}
+	for _, rec := range recs {
+		switch m := rec.Event.Data.(type) {
+		case *batonv1.CallStarted:
+			starts[m.GetDialog().GetCallId()]++
+		case *batonv1.CallEnded:
+			ends[m.GetCallId()]++
+		}
+	}
+	require.NotEmpty(t, starts)
+	for id, n := range starts {
+		require.Equal(t, 1, n, "call %s started %d times", id, n)
+		require.Equal(t, 1, ends[id], "call %s ended %d times", id, ends[id])
+	}
+	ids := slices.Sorted(func(yield func(string) bool) {
+		for id := range ends {
+			if !yield(id) {
+				return
+			}
+		}
+	})
+	for _, id := range ids {
+		require.Equal(t, 1, starts[id], "call %s ended but never started", id)
+	}
+}
