@@ -102,8 +102,11 @@ func readWAV(path string) (wav, error) {
 		id := string(data[off : off+4])
 		size := int(binary.LittleEndian.Uint32(data[off+4:]))
 		end := off + 8 + size
-		if end > len(data) || (id == "data" && size == 0) {
-			end = len(data) // a recording still being written
+		if end > len(data) || id == "data" {
+			// The samples run to the end of the file: a recording
+			// still being written has a size of 0, or of what it held
+			// when linphonec paused it, in its header.
+			end = len(data)
 		}
 		body := data[off+8 : end]
 		switch id {

@@ -286,20 +286,20 @@ func (b *baresip) read() {
 
 // do sends one command (a menu long command, as "/dial" takes it) and
 // returns its response's data.
-func (b *baresip) do(command, params string) string {
-	b.t.Helper()
+func (b *baresip) do(t *testing.T, command, params string) string {
+	t.Helper()
 	b.token++
 	msg, err := json.Marshal(map[string]string{"command": command, "params": params, "token": strconv.Itoa(b.token)})
-	require.NoError(b.t, err)
+	require.NoError(t, err)
 	_, err = fmt.Fprintf(b.conn, "%d:%s,", len(msg), msg)
-	require.NoError(b.t, err)
+	require.NoError(t, err)
 	select {
 	case r := <-b.resp:
 		data, _ := r["data"].(string)
-		require.Equal(b.t, true, r["ok"], "%s %s: %s", command, params, data)
+		require.Equal(t, true, r["ok"], "%s %s: %s", command, params, data)
 		return data
 	case <-time.After(10 * time.Second):
-		b.t.Fatalf("%s: no response to %s %s", b.name, command, params)
+		t.Fatalf("%s: no response to %s %s", b.name, command, params)
 		return ""
 	}
 }
@@ -307,12 +307,12 @@ func (b *baresip) do(command, params string) string {
 // waitEvent waits for the next event of type typ (CALL_ESTABLISHED,
 // CALL_CLOSED, ...) after the first skip events, and returns it with the
 // index after it.
-func (b *baresip) waitEvent(typ string, from int, limit time.Duration) (map[string]any, int) {
-	b.t.Helper()
+func (b *baresip) waitEvent(t *testing.T, typ string, from int, limit time.Duration) (map[string]any, int) {
+	t.Helper()
 	var ev map[string]any
 	next := from
-	waitFor(b.t, b.name+" event "+typ, limit, func() error {
-		b.proc.alive(b.t)
+	waitFor(t, b.name+" event "+typ, limit, func() error {
+		b.proc.alive(t)
 		b.mu.Lock()
 		defer b.mu.Unlock()
 		for i := from; i < len(b.events); i++ {
@@ -380,9 +380,9 @@ func startLinphonec(t *testing.T, repo, dir, user, play string, rtpMin int) *lin
 	l.proc = startPeerEnv(t, "linphonec-"+user, filepath.Join(dir, "linphonec-"+user+".log"), pr,
 		[]string{"HOME=" + home}, "linphonec", "-c", rc, "-a", "-d", "3")
 	t.Cleanup(func() { _ = pw.Close() })
-	l.send("soundcard use files")
-	l.send("play " + play)
-	l.send("record " + l.record)
+	l.send(t, "soundcard use files")
+	l.send(t, "play "+play)
+	l.send(t, "record "+l.record)
 	waitFor(t, "linphonec listening on "+l.sipAddr, 20*time.Second, func() error {
 		l.proc.alive(t)
 		ctx, cancel := contextTimeout(t, time.Second)
@@ -393,19 +393,19 @@ func startLinphonec(t *testing.T, repo, dir, user, play string, rtpMin int) *lin
 }
 
 // send writes one command line to linphonec.
-func (l *linphonec) send(line string) {
-	l.t.Helper()
+func (l *linphonec) send(t *testing.T, line string) {
+	t.Helper()
 	_, err := io.WriteString(l.stdin, line+"\n")
-	require.NoError(l.t, err)
+	require.NoError(t, err)
 }
 
 // waitLog waits until linphonec's output has a line containing s, after
 // offset bytes, and returns the offset after it.
-func (l *linphonec) waitLog(s string, offset int, limit time.Duration) int {
-	l.t.Helper()
+func (l *linphonec) waitLog(t *testing.T, s string, offset int, limit time.Duration) int {
+	t.Helper()
 	next := offset
-	waitFor(l.t, "linphonec saying "+strconv.Quote(s), limit, func() error {
-		l.proc.alive(l.t)
+	waitFor(t, "linphonec saying "+strconv.Quote(s), limit, func() error {
+		l.proc.alive(t)
 		data, err := os.ReadFile(l.proc.log)
 		if err != nil {
 			return err
