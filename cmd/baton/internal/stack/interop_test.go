@@ -35,10 +35,12 @@ import (
 // the rest to ingress, and the router's rules pick a destination by the
 // number dialled.
 const (
-	callerUser   = "+4930999001"
-	humanUser    = "+4930222001"
-	noAnswerUser = "+4930222002"
-	busyUser     = "+4930222003"
+	callerUser = "+4930999001"
+	// transfereeUser is linphonec calling, to be REFERred.
+	transfereeUser = "+4930999002"
+	humanUser      = "+4930222001"
+	noAnswerUser   = "+4930222002"
+	busyUser       = "+4930222003"
 
 	numBlind       = "+4930111001"
 	numWarm        = "+4930111002"
@@ -54,11 +56,13 @@ const (
 )
 
 type interopRig struct {
-	s          *Stack
-	sbc        *kamailio
-	caller     *baresip
-	human      *linphonec
-	noAnswer   *baresip
+	s        *Stack
+	sbc      *kamailio
+	caller   *baresip
+	human    *linphonec
+	noAnswer *baresip
+	// transferee is linphonec as a caller: what it does with a REFER.
+	transferee *linphonec
 	metricsURL string // ingress's /metrics
 }
 
@@ -79,6 +83,9 @@ func startInterop(t *testing.T) *interopRig {
 	r.human = startLinphonec(t, repo, dir, humanUser, tone, 41000)
 	r.noAnswer = startBaresip(t, repo, dir, noAnswerUser, 500, "manual", 42000)
 	r.caller = startBaresip(t, repo, dir, callerUser, int(callerHz), "manual", 43000)
+	callerTone := filepath.Join(dir, "caller-700hz.wav")
+	require.NoError(t, writeSineWAV(callerTone, callerHz, 120))
+	r.transferee = startLinphonec(t, repo, dir, transfereeUser, callerTone, 45000)
 
 	sbcPort := udpPort(t)
 	sbcHost := "127.0.0.1:" + strconv.Itoa(sbcPort)
@@ -141,6 +148,7 @@ func startInterop(t *testing.T) *interopRig {
 func TestInterop(t *testing.T) {
 	r := startInterop(t)
 	t.Run("BlindTransfer", r.blindTransfer)
+	t.Run("BlindTransferLinphonecCaller", r.blindTransferLinphonec)
 	t.Run("WarmCallerHangsUp", func(t *testing.T) { r.warm(t, "caller") })
 	t.Run("WarmDestinationHangsUp", func(t *testing.T) { r.warm(t, "destination") })
 	t.Run("WarmHoldResumeRefresh", r.warmHoldResumeRefresh)
@@ -189,6 +197,9 @@ func (r *interopRig) blindTransfer(t *testing.T) {
 	// linphonec answers; Baton's leg then ends with transfer's BYE.
 	_, next = r.caller.waitEvent(t, "CALL_ESTABLISHED", next, 30*time.Second)
 	r.human.waitLog(t, "connected", humanAt, 10*time.Second)
+	// baresip keeps Refer-To's headers in its INVITE's Request-URI.
+	r.human.waitLog(t, "INVITE sip:"+humanUser+"@127.0.0.1", humanAt, time.Second)
+	r.human.waitLog(t, "X-Customer-Id=C-blind", humanAt, time.Second)
 	r.requireToneBothWays(t, recs)
 	r.requireEnd(t, callID, "agent_leg_bye", "baton")
 
@@ -196,6 +207,36 @@ func (r *interopRig) blindTransfer(t *testing.T) {
 	humanAt = r.human.logSize()
 	r.caller.do(t, "hangup", "")
 	r.caller.waitEvent(t, "CALL_CLOSED", next, 10*time.Second)
+	r.human.waitLog(t, "ended", humanAt, 10*time.Second)
+}
+
+// blindTransferLinphonec: linphonec is the caller Baton REFERs. It holds
+// Baton's call before it follows the REFER (so that call's RTP stops, and
+// with it any media timeout), and it turns Refer-To's headers into real
+// headers of its INVITE. Transfer's BYE must still end Baton's call at
+// once, once.
+func (r *interopRig) blindTransferLinphonec(t *testing.T) {
+	if err := os.Remove(r.human.record); err != nil && !errors.Is(err, os.ErrNotExist) {
+		require.NoError(t, err)
+	}
+	humanAt := r.human.logSize()
+	callerAt := r.transferee.logSize()
+	r.transferee.send(t, "call sip:"+numBlind+"@"+r.sbc.addr)
+	r.human.waitLog(t, "connected", humanAt, 30*time.Second)
+	r.human.waitLog(t, "X-Customer-Id: C-blind", humanAt, time.Second)
+	var callID string
+	for _, m := range r.sbc.messages(t) {
+		if !m.Reply && m.Method == "INVITE" && strings.Contains(m.RURI, numBlind) {
+			callID = m.CallID
+		}
+	}
+	require.NotEmpty(t, callID)
+	r.requireMoreTone(t, 0, "", humanSide)
+	r.requireEnd(t, callID, "agent_leg_bye", "baton")
+	r.transferee.waitLog(t, "ended", callerAt, 10*time.Second)
+
+	humanAt = r.human.logSize()
+	r.transferee.send(t, "terminate")
 	r.human.waitLog(t, "ended", humanAt, 10*time.Second)
 }
 
