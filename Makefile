@@ -8,7 +8,7 @@ MODULES := $(shell go list -m -f '{{.Dir}}' 2>/dev/null)
 BIN := $(CURDIR)/bin
 SERVICES := ingress router transfer analytics
 APT_PACKAGES := clickhouse-server clickhouse-client sip-tester kcat kamailio chromium zookeeper \
-	sipvicious nftables iproute2 baresip linphone-cli
+	sipvicious nftables iproute2 baresip linphone-cli kamailio-tls-modules
 GO_TEST_FLAGS ?= -race -count=1
 # A current ClickHouse engine (26.x) for the tests, in process through chDB:
 # npm's @chdb/lib-linux-x64-gnu ships libchdb.so, which chdb-go loads.

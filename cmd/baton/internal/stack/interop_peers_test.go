@@ -5,9 +5,16 @@ package stack
 import (
 	"bufio"
 	"bytes"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/json"
+	"encoding/pem"
 	"fmt"
 	"io"
+	"math/big"
 	"net"
 	"os"
 	"os/exec"
@@ -120,6 +127,11 @@ type kamailio struct {
 }
 
 type kamailioVars struct {
+	// TLSPort, when set, adds a TLS listener with the certificate and
+	// key TLSConfig's profiles name.
+	TLSPort   int
+	TLSConfig string
+
 	Host, ModulePath                  string
 	Port                              int
 	Ingress, Human, NoAnswer          string
@@ -133,6 +145,10 @@ func startKamailio(t *testing.T, repo, dir string, v kamailioVars) *kamailio {
 	require.NoError(t, err)
 	require.NotEmpty(t, mods, "kamailio's modules (tm.so) not found under /usr/lib/*/kamailio/modules")
 	v.ModulePath = filepath.Dir(mods[0])
+	if v.TLSPort != 0 {
+		_, err := os.Stat(filepath.Join(v.ModulePath, "tls.so"))
+		require.NoError(t, err, "kamailio's tls module: install kamailio-tls-modules (make deps)")
+	}
 	cfg := filepath.Join(dir, "kamailio.cfg")
 	render(t, repo, "kamailio.cfg.tmpl", cfg, v)
 	out, err := exec.Command("kamailio", "-c", "-f", cfg).CombinedOutput()
@@ -147,6 +163,33 @@ func startKamailio(t *testing.T, repo, dir string, v kamailioVars) *kamailio {
 		return sipOptions(ctx, k.addr)
 	})
 	return k
+}
+
+// writeCert writes a self-signed certificate for 127.0.0.1 (its own CA)
+// and its key as PEM files in dir: Kamailio's and transfer's TLS.
+func writeCert(t *testing.T, dir string) (certFile, keyFile string) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	require.NoError(t, err)
+	tpl := &x509.Certificate{
+		SerialNumber:          big.NewInt(1),
+		Subject:               pkix.Name{CommonName: "127.0.0.1"},
+		IPAddresses:           []net.IP{net.ParseIP("127.0.0.1")},
+		NotBefore:             time.Now().Add(-time.Hour),
+		NotAfter:              time.Now().Add(24 * time.Hour),
+		KeyUsage:              x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
+		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
+		BasicConstraintsValid: true,
+		IsCA:                  true,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tpl, tpl, &key.PublicKey, key)
+	require.NoError(t, err)
+	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
+	require.NoError(t, err)
+	certFile, keyFile = filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
+	require.NoError(t, os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644))
+	require.NoError(t, os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}), 0o600))
+	return certFile, keyFile
 }
 
 // sbcMessage is one request or reply Kamailio logged (an "IOP" line).
@@ -362,14 +405,16 @@ type linphonec struct {
 type linphonecVars struct {
 	Host, User              string
 	SIPPort, RTPMin, RTPMax int
+	// SRTP accepts SDES SRTP offers as well as plain RTP ones.
+	SRTP bool
 }
 
 // startLinphonec runs linphonec answering every call itself (-a), playing
 // play (a WAV file) into its calls and recording what it hears.
-func startLinphonec(t *testing.T, repo, dir, user, play string, rtpMin int) *linphonec {
+func startLinphonec(t *testing.T, repo, dir, user, play string, rtpMin int, srtp bool) *linphonec {
 	t.Helper()
 	requireTools(t, "linphonec")
-	v := linphonecVars{Host: "127.0.0.1", User: user, SIPPort: udpPort(t), RTPMin: rtpMin, RTPMax: rtpMin + 99}
+	v := linphonecVars{Host: "127.0.0.1", User: user, SIPPort: udpPort(t), RTPMin: rtpMin, RTPMax: rtpMin + 99, SRTP: srtp}
 	home := filepath.Join(dir, "linphonec-"+user)
 	rc := filepath.Join(home, "linphonerc")
 	render(t, repo, "linphonec/linphonerc.tmpl", rc, v)

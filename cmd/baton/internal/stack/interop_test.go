@@ -47,6 +47,7 @@ const (
 	numBusy        = "+4930111003"
 	numNoAnswer    = "+4930111004"
 	numUnreachable = "+4930111005"
+	numWarmSRTP    = "+4930111006"
 
 	callerHz = 700.0  // what the caller says
 	humanHz  = 1300.0 // what the human agent says
@@ -80,15 +81,18 @@ func startInterop(t *testing.T) *interopRig {
 
 	tone := filepath.Join(dir, "human-1300hz.wav")
 	require.NoError(t, writeSineWAV(tone, humanHz, 120))
-	r.human = startLinphonec(t, repo, dir, humanUser, tone, 41000)
+	r.human = startLinphonec(t, repo, dir, humanUser, tone, 41000, true)
 	r.noAnswer = startBaresip(t, repo, dir, noAnswerUser, 500, "manual", 42000)
 	r.caller = startBaresip(t, repo, dir, callerUser, int(callerHz), "manual", 43000)
 	callerTone := filepath.Join(dir, "caller-700hz.wav")
 	require.NoError(t, writeSineWAV(callerTone, callerHz, 120))
-	r.transferee = startLinphonec(t, repo, dir, transfereeUser, callerTone, 45000)
+	r.transferee = startLinphonec(t, repo, dir, transfereeUser, callerTone, 45000, false)
 
-	sbcPort := udpPort(t)
+	sbcPort, sbcTLSPort, transferTLSPort := udpPort(t), udpPort(t), udpPort(t)
 	sbcHost := "127.0.0.1:" + strconv.Itoa(sbcPort)
+	cert, key := writeCert(t, dir)
+	tlsCfg := filepath.Join(dir, "kamailio-tls.cfg")
+	render(t, repo, "kamailio-tls.cfg.tmpl", tlsCfg, map[string]string{"Cert": cert, "Key": key})
 	deadPort := udpPort(t) // nothing listens here
 	dest := func(name, method, user string, extra map[string]any) map[string]any {
 		d := map[string]any{"name": name, "method": method, "route": "sip:" + user + "@" + sbcHost,
@@ -113,6 +117,10 @@ func startInterop(t *testing.T) *interopRig {
 				dest("warm", "INVITE", humanUser, map[string]any{"answer_timeout": "10s"}),
 				dest("busy", "INVITE", busyUser, nil),
 				dest("noanswer", "INVITE", noAnswerUser, nil),
+				// SRTP over TLS: transfer reaches the SBC over TLS, with
+				// SDES keys for the human's leg in its SDP.
+				{"name": "warm-srtp", "method": "INVITE", "encryption": "tls_srtp", "answer_timeout": "10s",
+					"route": "sips:" + humanUser + "@127.0.0.1:" + strconv.Itoa(sbcTLSPort)},
 				{"name": "unreachable", "method": "INVITE", "encryption": "udp_rtp", "answer_timeout": "4s",
 					"route": "sip:nobody@127.0.0.1:" + strconv.Itoa(deadPort)},
 			}
@@ -121,12 +129,15 @@ func startInterop(t *testing.T) *interopRig {
 			// ends the call.
 			cfg["max_attempts"] = 1
 			cfg["rules"] = []map[string]any{rule(numBlind, "blind"), rule(numWarm, "warm"), rule(numBusy, "busy"),
-				rule(numNoAnswer, "noanswer"), rule(numUnreachable, "unreachable")}
+				rule(numNoAnswer, "noanswer"), rule(numUnreachable, "unreachable"),
+				rule(numWarmSRTP, "warm-srtp")}
 		case "transfer":
 			cfg["routes"] = map[string]any{"allow": []string{`re:sips?:[^@]+@127\.0\.0\.1:[0-9]+`}}
 			// A REFER's agent leg is hung up soon after the NOTIFY 200.
 			cfg["bye_after_refer"] = "1s"
 			cfg["media"] = map[string]any{"host": "127.0.0.1", "port_min": 44000, "port_max": 44999}
+			cfg["tls"] = map[string]any{"listen": "127.0.0.1:" + strconv.Itoa(transferTLSPort),
+				"cert_file": cert, "key_file": key, "ca_file": cert}
 		case "ingress":
 			if m, ok := cfg["metrics"].(map[string]any); ok {
 				r.metricsURL = fmt.Sprintf("http://%s/metrics", m["listen"])
@@ -140,6 +151,7 @@ func startInterop(t *testing.T) *interopRig {
 		Host: "127.0.0.1", Port: sbcPort, Ingress: "127.0.0.1:" + port,
 		Human: r.human.sipAddr, NoAnswer: r.noAnswer.sipAddr,
 		HumanUser: humanUser, NoAnswerUser: noAnswerUser, BusyUser: busyUser,
+		TLSPort: sbcTLSPort, TLSConfig: tlsCfg,
 	})
 	return r
 }
@@ -152,6 +164,7 @@ func TestInterop(t *testing.T) {
 	t.Run("WarmCallerHangsUp", func(t *testing.T) { r.warm(t, "caller") })
 	t.Run("WarmDestinationHangsUp", func(t *testing.T) { r.warm(t, "destination") })
 	t.Run("WarmHoldResumeRefresh", r.warmHoldResumeRefresh)
+	t.Run("WarmSRTPOverTLS", r.warmSRTP)
 	t.Run("Busy", func(t *testing.T) { r.failed(t, numBusy, 486) })
 	// Transfer CANCELs at the answer timeout; baresip answers 487.
 	t.Run("NoAnswer", func(t *testing.T) { r.failed(t, numNoAnswer, 487) })
@@ -328,6 +341,27 @@ func (r *interopRig) warmHoldResumeRefresh(t *testing.T) {
 	r.caller.do(t, "hangup", "")
 	r.caller.waitEvent(t, "CALL_CLOSED", next, 10*time.Second)
 	r.requireEnd(t, callID, "", "remote")
+}
+
+// warmSRTP: a warm transfer whose new leg is SIP over TLS to the SBC with
+// SRTP (SDES) media: the human's linphonec answers the SRTP offer, the
+// bridge turns the caller's RTP into SRTP and back, both people hear each
+// other, the 180 that came back over TLS is recorded as RINGING (issue
+// 19, 6), and the human's hangup ends the call once.
+func (r *interopRig) warmSRTP(t *testing.T) {
+	recs := len(r.caller.recordings(t))
+	humanAt := r.human.logSize()
+	callID, next := r.dial(t, numWarmSRTP)
+	r.human.waitLog(t, "connected", humanAt, 20*time.Second)
+	r.human.waitLog(t, "RTP/SAVP", humanAt, time.Second)
+	r.human.waitLog(t, "a=crypto:", humanAt, time.Second)
+	r.waitOutcome(t, callID, batonv1.OutcomeStatus_OUTCOME_STATUS_BRIDGED)
+	r.waitOutcome(t, callID, batonv1.OutcomeStatus_OUTCOME_STATUS_RINGING)
+	r.requireToneBothWays(t, recs)
+
+	r.human.send(t, "terminate")
+	r.caller.waitEvent(t, "CALL_CLOSED", next, 10*time.Second)
+	r.requireEnd(t, callID, "destination_hangup", "baton")
 }
 
 // failed: the destination is busy (the SBC says 486), never answers (a
