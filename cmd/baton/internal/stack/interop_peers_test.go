@@ -331,19 +331,33 @@ func (b *baresip) read() {
 // returns its response's data.
 func (b *baresip) do(t *testing.T, command, params string) string {
 	t.Helper()
+	data, err := b.try(command, params)
+	require.NoError(t, err)
+	return data
+}
+
+// try is do that returns the failure instead of failing the test.
+func (b *baresip) try(command, params string) (string, error) {
+	b.mu.Lock()
 	b.token++
-	msg, err := json.Marshal(map[string]string{"command": command, "params": params, "token": strconv.Itoa(b.token)})
-	require.NoError(t, err)
-	_, err = fmt.Fprintf(b.conn, "%d:%s,", len(msg), msg)
-	require.NoError(t, err)
+	token := b.token
+	b.mu.Unlock()
+	msg, err := json.Marshal(map[string]string{"command": command, "params": params, "token": strconv.Itoa(token)})
+	if err != nil {
+		return "", err
+	}
+	if _, err := fmt.Fprintf(b.conn, "%d:%s,", len(msg), msg); err != nil {
+		return "", fmt.Errorf("%s: send %s: %w", b.name, command, err)
+	}
 	select {
 	case r := <-b.resp:
 		data, _ := r["data"].(string)
-		require.Equal(t, true, r["ok"], "%s %s: %s", command, params, data)
-		return data
+		if r["ok"] != true {
+			return data, fmt.Errorf("%s: %s %s: %s", b.name, command, params, data)
+		}
+		return data, nil
 	case <-time.After(10 * time.Second):
-		t.Fatalf("%s: no response to %s %s", b.name, command, params)
-		return ""
+		return "", fmt.Errorf("%s: no response to %s %s", b.name, command, params)
 	}
 }
 
