@@ -95,6 +95,16 @@ func (s *Stack) writeConfigs() error {
 			"on_agent_failure": map[string]any{"action": "handoff", "destination": "support"},
 		}}
 	}
+	if d := s.opts.Demo; d != nil {
+		// The demo's destinations and rules (demoroutes.go); transfer may
+		// dial its SIPp destinations too.
+		for k, v := range demoRouter(*d) {
+			configs["router"][k] = v
+		}
+		configs["transfer"]["routes"] = map[string]any{"allow": []string{
+			"sip:*@agents.example.com", "sip:*@" + d.BusyAddr, "sip:*@" + d.AnswerAddr,
+		}}
+	}
 	for _, inst := range s.instances() {
 		cfg := map[string]any{}
 		for k, v := range configs[inst.service] {
