@@ -84,7 +84,8 @@ func (s *Stack) writeConfigs() error {
 				"addr":     s.ClickHouseTCP,
 				"database": s.Database,
 			},
-			"http": map[string]any{"listen": s.DashboardAddr},
+			// The recent-handoffs table shows these X- headers of each call.
+			"http": map[string]any{"listen": s.DashboardAddr, "context": []string{"Customer-Id", "Intent", "Language"}},
 		},
 	}
 	if s.opts.AgentURL != "" {

@@ -148,10 +148,10 @@ Look further:
   the handoffs in ClickHouse:
     clickhouse-client --port %[2]d -d %[3]s -q "SELECT call_id, destination, method, reason FROM handoffs FINAL"
     clickhouse-client --port %[2]d -d %[3]s -q "SELECT call_id, status, sip_code, elapsed_ms FROM transfer_outcomes FINAL ORDER BY time_ms"
-  place more calls (SIPp as the SBC):
-    sipp %[4]s -sf deploy/sipp/sbc_refer.xml -inf deploy/sipp/calls.csv -i 127.0.0.1 -p 5062 -m 5 -r 1 \
-      -default_behaviors all,-bye -trace_logs -log_file /tmp/refer.log
-  the dashboard (handoffs by reason, success rates, time to transfer, recent handoffs):
+  place more calls (SIPp as the SBC; each line of demo_calls.csv takes another path):
+    sipp %[4]s -sf deploy/sipp/sbc_demo.xml -inf deploy/sipp/demo_calls.csv -i 127.0.0.1 -p 5062 -m 8 -r 2 \
+      -default_behaviors all,-bye -trace_logs -log_file /tmp/demo.log
+  the dashboard (filters by window, trunk, destination, method and outcome; a call id opens its timeline):
     http://%[6]s/        and in the terminal: bin/baton report --clickhouse %[7]s
   one call's timeline and SIP ladder:
     bin/baton replay --call CALL-ID --brokers %[1]s
