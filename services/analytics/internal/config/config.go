@@ -179,9 +179,7 @@ func (c *Config) Validate() error {
 		errs = append(errs, pkgconfig.Errorf("http.context", "%d variables: at most 16", len(c.HTTP.Context)))
 	}
 	for i, name := range c.HTTP.Context {
-		if name == "" || len(name) > 64 || strings.ContainsFunc(name, func(r rune) bool {
-			return !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_')
-		}) {
+		if name == "" || len(name) > 64 || strings.ContainsFunc(name, notNameRune) {
 			errs = append(errs, pkgconfig.Errorf(fmt.Sprintf("http.context[%d]", i), "%q: want 1-64 letters, digits, '-' or '_'", name))
 		}
 	}
@@ -226,4 +224,10 @@ func (c ClickHouse) validate() []error {
 		errs = append(errs, pkgconfig.Errorf("clickhouse.dial_timeout", "%v: want a positive duration", c.DialTimeout))
 	}
 	return errs
+}
+
+// notNameRune reports a rune a call variable's name cannot hold: not a
+// letter, digit, '-' or '_'.
+func notNameRune(r rune) bool {
+	return (r < 'a' || r > 'z') && (r < 'A' || r > 'Z') && (r < '0' || r > '9') && r != '-' && r != '_'
 }

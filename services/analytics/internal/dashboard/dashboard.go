@@ -67,15 +67,15 @@ type DialedNumber struct {
 type Handoff struct {
 	Trunk            string            `json:"trunk"`
 	Context          map[string]string `json:"context,omitempty"`
-	RequestedAt      time.Time `json:"requested_at"`
-	CallID           string    `json:"call_id"`
-	CommandID        string    `json:"command_id"`
-	Reason           string    `json:"reason"`
-	Destination      string    `json:"destination"`
-	Method           string    `json:"method"`
-	Outcome          string    `json:"outcome"`
-	SIPCode          int32     `json:"sip_code"`
-	TimeToTransferMS *uint64   `json:"time_to_transfer_ms"`
+	RequestedAt      time.Time         `json:"requested_at"`
+	CallID           string            `json:"call_id"`
+	CommandID        string            `json:"command_id"`
+	Reason           string            `json:"reason"`
+	Destination      string            `json:"destination"`
+	Method           string            `json:"method"`
+	Outcome          string            `json:"outcome"`
+	SIPCode          int32             `json:"sip_code"`
+	TimeToTransferMS *uint64           `json:"time_to_transfer_ms"`
 }
 
 // StreamReasonHour is the count of agent streams that ended for one
@@ -211,7 +211,7 @@ func validVariable(n string) bool {
 		return false
 	}
 	for _, r := range n {
-		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_') {
+		if (r < 'a' || r > 'z') && (r < 'A' || r > 'Z') && (r < '0' || r > '9') && r != '-' && r != '_' {
 			return false
 		}
 	}

@@ -573,24 +573,9 @@ func TestFilterOf(t *testing.T) {
 // an unknown call is 404, an oversized id 400; the filters ride along.
 func TestCallDrillDown(t *testing.T) {
 	conn := seeded(t)
-	start := at("11:30")
-	msgs := []proto.Message{
+	seedCallEvents(t, conn, "call-h4", at("11:30"),
 		&batonv1.CallStarted{CallerNumber: "+4930555000101", Variables: map[string]string{"Customer-Id": "CUST-1"}},
-		&batonv1.HandoffCommand{CallId: "call-h4", CommandId: "h4", Destination: "sales", Method: batonv1.Method_METHOD_REFER},
-	}
-	for i, m := range msgs {
-		ev, err := events.New("baton/test", "call-h4", m, start.Add(time.Duration(i)*250*time.Millisecond))
-		require.NoError(t, err)
-		payload, err := proto.Marshal(m)
-		require.NoError(t, err)
-		for range 2 { // replayed: read once
-			b, err := conn.PrepareBatch(t.Context(), "INSERT INTO events (event_id, type, call_id, source, time, time_ms, topic, partition, offset, payload_proto)")
-			require.NoError(t, err)
-			require.NoError(t, b.Append(ev.ID, ev.Type, "call-h4", ev.Source, ev.Time, uint64(ev.Time.UnixMilli()),
-				"baton.calls", int32(0), int64(i), string(payload)))
-			require.NoError(t, b.Send())
-		}
-	}
+		&batonv1.HandoffCommand{CallId: "call-h4", CommandId: "h4", Destination: "sales", Method: batonv1.Method_METHOD_REFER})
 	h := NewHandler(New(conn), nil, nil, slog.New(slog.DiscardHandler), func() time.Time { return to })
 	srv := httptest.NewServer(h)
 	defer srv.Close()
@@ -624,5 +609,24 @@ func TestCallDrillDown(t *testing.T) {
 		require.NoError(t, err)
 		_ = res.Body.Close()
 		require.Equal(t, code, res.StatusCode, path)
+	}
+}
+
+// seedCallEvents stores msgs as the call's events, 250 ms apart from
+// start, each twice (a replay): the events table as the writer fills it.
+func seedCallEvents(t *testing.T, conn driver.Conn, callID string, start time.Time, msgs ...proto.Message) {
+	t.Helper()
+	for i, m := range msgs {
+		ev, err := events.New("baton/test", callID, m, start.Add(time.Duration(i)*250*time.Millisecond))
+		require.NoError(t, err)
+		payload, err := proto.Marshal(m)
+		require.NoError(t, err)
+		for range 2 {
+			b, err := conn.PrepareBatch(t.Context(), "INSERT INTO events (event_id, type, call_id, source, time, time_ms, topic, partition, offset, payload_proto)")
+			require.NoError(t, err)
+			require.NoError(t, b.Append(ev.ID, ev.Type, callID, ev.Source, ev.Time, uint64(ev.Time.UnixMilli()),
+				"baton.calls", int32(0), int64(i), string(payload)))
+			require.NoError(t, b.Send())
+		}
 	}
 }

@@ -214,7 +214,7 @@ var gridFilter = panels.Filter{Trunk: "carrier-a", Destination: "support", Metho
 
 // grafanaMacros expands the time macros the way grafana-clickhouse-datasource
 // does ($__fromTime and $__toTime become toDateTime(<unix seconds>)) and
-// the filter variables as Grafana's sqlstring format does (quoted, ''
+// the filter variables as Grafana's sqlstring format does (quoted, ”
 // for a quote; empty: any); a macro or variable it does not know fails
 // the test, so a new one gets expanded here before the dashboard may use
 // it.
