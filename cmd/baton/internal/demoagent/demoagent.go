@@ -228,6 +228,13 @@ func (a *Agent) handoff(ctx context.Context, callID, reason, destination string)
 	defer func() { _ = res.Body.Close() }()
 	msg, _ := io.ReadAll(io.LimitReader(res.Body, 4096))
 	if res.StatusCode != http.StatusAccepted {
+		// A problem+json answer names its code (number_denied, ...).
+		var problem struct {
+			Code string `json:"code"`
+		}
+		if json.Unmarshal(msg, &problem) == nil && problem.Code != "" {
+			return res.StatusCode, fmt.Errorf("handoff request: %s: %s", res.Status, problem.Code)
+		}
 		return res.StatusCode, fmt.Errorf("handoff request: %s: %s", res.Status, bytes.TrimSpace(msg))
 	}
 	return res.StatusCode, nil

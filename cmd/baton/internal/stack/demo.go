@@ -122,12 +122,12 @@ func Demo(ctx context.Context, opts Options, d DemoOptions, out io.Writer) (err 
 			return perr
 		}
 		if opts.Demo != nil && err == nil {
-			stories, serr := Stories(ctx, conn, rows)
+			stories, serr := WaitStories(ctx, conn, rows, 10*time.Second)
 			if serr != nil {
 				return serr
 			}
 			fmt.Fprintln(out, "\nBy what happened (each kind's call opens in bin/baton replay and on the dashboard):")
-			PrintStories(out, stories, s.BrokerAddr)
+			PrintStories(out, stories, s.BrokerAddr, s.DashboardAddr)
 			fmt.Fprintf(out, "\nThe rules behind them (%s):\n", s.configPath("router"))
 			printDemoRoutes(out, *opts.Demo)
 		}

@@ -63,24 +63,31 @@ func TestDemoTellsEveryStory(t *testing.T) {
 	// The summary, read back from ClickHouse, groups them.
 	require.Contains(t, text, "8 calls, 5 kinds of handoff:")
 	referred := storyLines(text, StoryReferred+": 4 calls")
-	require.Len(t, referred, 5, "four calls and a replay line")
+	require.Len(t, referred, 6, "four calls, a replay line and a dashboard link")
 	for i, want := range []string{"REFER billing succeeded (200 OK)", "REFER tech-support succeeded", "REFER support succeeded", "REFER vip-desk succeeded"} {
 		require.Contains(t, referred[i], want)
 	}
 	require.Contains(t, referred[3], DemoVIPNumber)
 	fallback := storyLines(text, StoryFallback+": 1 call")
-	require.Len(t, fallback, 2)
+	require.Len(t, fallback, 3)
 	require.Contains(t, fallback[0], "INVITE sales failed (486 Busy Here), then REFER support succeeded (200 OK)")
 	bridged := storyLines(text, StoryBridged+": 1 call")
-	require.Len(t, bridged, 2)
-	require.Contains(t, bridged[0], "INVITE fraud-team succeeded (200 OK)")
+	require.Len(t, bridged, 3)
+	require.Contains(t, bridged[0], "INVITE fraud-team succeeded (200 OK); audio bridged PCMA/8000: ")
+	// The caller's pcap crossed the bridge and the destination echoed it.
+	m := regexp.MustCompile(`(\d+) packets caller to destination, (\d+) back`).FindStringSubmatch(bridged[0])
+	require.NotNil(t, m, bridged[0])
+	require.NotEqual(t, "0", m[1], "no caller audio reached the destination")
+	require.NotEqual(t, "0", m[2], "no audio came back from the destination")
 	handback := storyLines(text, StoryHandback+": 1 call")
-	require.Len(t, handback, 2)
+	require.Len(t, handback, 3)
 	require.Contains(t, handback[0], "BYE sbc-retention succeeded (200 OK)")
 	refused := storyLines(text, StoryRefused+": 1 call")
-	require.Len(t, refused, 2)
+	require.Len(t, refused, 3)
 	require.Contains(t, refused[0], "sip:+19005550100@agents.example.com refused (number_denied), then REFER support succeeded (200 OK)")
 	require.Len(t, replayLine.FindAllString(text, -1), 5, "one replay command per kind")
+	require.Len(t, regexp.MustCompile(`or open it: http://127\.0\.0\.1:\d+/calls/\d+-\d+@127\.0\.0\.1\n`).FindAllString(text, -1), 5,
+		"one dashboard link per kind")
 }
 
 // storyLines returns the summary's lines under one kind's header line

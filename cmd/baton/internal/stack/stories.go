@@ -4,8 +4,10 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net/url"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/ClickHouse/clickhouse-go/v2"
 	"google.golang.org/protobuf/proto"
@@ -33,6 +35,9 @@ type CallStory struct {
 	HandoffRow
 	Attempts []Attempt
 	Refusals []Refusal
+	// Bridge is a warm transfer's media summary, from its ENDED outcome;
+	// nil until the bridged call ended.
+	Bridge *batonv1.BridgeStats
 }
 
 // Story kinds, in the order the summary prints them.
@@ -90,13 +95,18 @@ func (c CallStory) What() string {
 	if len(parts) == 0 {
 		return "no handoff"
 	}
-	return strings.Join(parts, ", then ")
+	out := strings.Join(parts, ", then ")
+	if b := c.Bridge; b != nil {
+		out += fmt.Sprintf("; audio bridged %s: %d packets caller to destination, %d back, %.1f s",
+			b.GetCodec(), b.GetCallerToDestination().GetPackets(), b.GetDestinationToCaller().GetPackets(), b.GetDuration().AsDuration().Seconds())
+	}
+	return out
 }
 
-// Stories reads the calls that started at or after since with every
-// handoff and refusal they had: the summary's rows (schemas/panels),
-// handoff_facts and the events table's HandoffRefused payloads. Plain
-// SELECTs that 18.16 and current servers read alike.
+// Stories reads the calls of rows with every handoff and refusal they
+// had and a warm transfer's media summary: handoff_facts, and the events
+// table's HandoffRefused and TransferOutcome payloads. Plain SELECTs that
+// 18.16 and current servers read alike.
 func Stories(ctx context.Context, conn clickhouse.Conn, rows []HandoffRow) ([]CallStory, error) {
 	if len(rows) == 0 {
 		return nil, nil
@@ -131,16 +141,26 @@ func Stories(ctx context.Context, conn clickhouse.Conn, rows []HandoffRow) ([]Ca
 		return nil, err
 	}
 	_ = res.Close()
-	q = "SELECT call_id, payload_proto FROM events FINAL WHERE type = " + quote(events.TypeHandoffRefused) +
-		" AND call_id IN (" + in + ") ORDER BY call_id, time_ms, event_id"
+	q = "SELECT call_id, type, payload_proto FROM events FINAL WHERE type IN (" + quote(events.TypeHandoffRefused) + ", " +
+		quote(events.TypeTransferOutcome) + ") AND call_id IN (" + in + ") ORDER BY call_id, time_ms, event_id"
 	if res, err = conn.Query(ctx, q); err != nil {
 		return nil, fmt.Errorf("query refusals: %w", err)
 	}
 	defer func() { _ = res.Close() }()
 	for res.Next() {
-		var id, payload string
-		if err := res.Scan(&id, &payload); err != nil {
+		var id, typ, payload string
+		if err := res.Scan(&id, &typ, &payload); err != nil {
 			return nil, fmt.Errorf("scan refusals: %w", err)
+		}
+		if typ == events.TypeTransferOutcome {
+			var m batonv1.TransferOutcome
+			if err := proto.Unmarshal([]byte(payload), &m); err != nil {
+				return nil, fmt.Errorf("transfer outcome of %s: %w", id, err)
+			}
+			if c := byID[id]; c != nil && m.GetBridge() != nil {
+				c.Bridge = m.GetBridge()
+			}
+			continue
 		}
 		var m batonv1.HandoffRefused
 		if err := proto.Unmarshal([]byte(payload), &m); err != nil {
@@ -163,8 +183,8 @@ func quote(s string) string {
 }
 
 // PrintStories writes the calls grouped by what happened, with one replay
-// command per kind.
-func PrintStories(w io.Writer, stories []CallStory, broker string) {
+// command and one dashboard link (dashboard is host:port) per kind.
+func PrintStories(w io.Writer, stories []CallStory, broker, dashboard string) {
 	groups := map[string][]CallStory{}
 	for _, c := range stories {
 		groups[c.Kind()] = append(groups[c.Kind()], c)
@@ -186,6 +206,7 @@ func PrintStories(w io.Writer, stories []CallStory, broker string) {
 			fmt.Fprint(w, termsafe.Sprintf("    %-16s X-Intent %-20s %s\n", c.CallerNumber, c.Intent, c.What()))
 		}
 		fmt.Fprint(w, termsafe.Sprintf("    replay one: bin/baton replay --call %s --brokers %s\n", shellQuote(calls[0].CallID), broker))
+		fmt.Fprint(w, termsafe.Sprintf("    or open it: http://%s/calls/%s\n", dashboard, url.PathEscape(calls[0].CallID)))
 	}
 }
 
@@ -215,4 +236,29 @@ func Kinds(stories []CallStory) []string {
 		}
 	}
 	return out
+}
+
+// WaitStories is Stories, read again until every bridged call has its
+// media summary (its ENDED outcome reached ClickHouse) or limit passes.
+func WaitStories(ctx context.Context, conn clickhouse.Conn, rows []HandoffRow, limit time.Duration) ([]CallStory, error) {
+	ctx, cancel := context.WithTimeout(ctx, limit)
+	defer cancel()
+	for {
+		stories, err := Stories(ctx, conn, rows)
+		if err != nil {
+			if ctx.Err() != nil && stories == nil {
+				return Stories(context.WithoutCancel(ctx), conn, rows)
+			}
+			return nil, err
+		}
+		waiting := slices.ContainsFunc(stories, func(c CallStory) bool { return c.Kind() == StoryBridged && c.Bridge == nil })
+		if !waiting {
+			return stories, nil
+		}
+		select {
+		case <-ctx.Done():
+			return stories, nil
+		case <-time.After(250 * time.Millisecond):
+		}
+	}
 }
