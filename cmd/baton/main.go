@@ -77,7 +77,7 @@ type devCmd struct {
 	BinDir  string `default:"bin" placeholder:"DIR" help:"Directory with the built binaries: ingress, router, transfer, analytics and baton (make build)."`
 	RunDir  string `default:".run" placeholder:"DIR" help:"Directory for the broker's and ClickHouse's data, the generated service configs and every log."`
 	RepoDir string `default:"." placeholder:"DIR" help:"Repository root: deploy/local/clickhouse.sh and deploy/sipp/ are read from it."`
-	Calls   int    `default:"5" help:"Demo calls SIPp places, each with the X- headers of one line of deploy/sipp/calls.csv."`
+	Calls   int    `default:"8" help:"Demo calls SIPp places, each with the caller and X- headers of one line of deploy/sipp/demo_calls.csv (deploy/sipp/calls.csv with --no-agent); 8 shows every kind of handoff."`
 	Rate    int    `default:"1" help:"New demo calls per second."`
 	Exit    bool   `help:"Stop the stack after the demo summary instead of running until Ctrl-C."`
 	NoAgent bool   `help:"Leave the demo agent out: a router rule hands every call off at once, as before agents."`

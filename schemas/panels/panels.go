@@ -52,6 +52,11 @@ const (
 	TimeToTransfer       = "time_to_transfer"
 	CallsByDialedNumber  = "calls_by_dialed_number"
 	RecentHandoffs       = "recent_handoffs"
+	// FailuresBySIPCode, HandoffsByTrunk and TimeToTransferByDestination
+	// follow them in panels.sql.
+	FailuresBySIPCode           = "failures_by_sip_code"
+	HandoffsByTrunk             = "handoffs_by_trunk"
+	TimeToTransferByDestination = "time_to_transfer_by_destination"
 )
 
 // Panel names, as in agent.sql.
@@ -71,27 +76,62 @@ const (
 type Panel struct {
 	Name  string
 	Title string
-	// SQL has the {from}, {to} and {limit} placeholders.
+	// SQL has the {from}, {to} and {limit} placeholders, and the filter
+	// placeholders (FilterNames) where the panel filters.
 	SQL string
 }
 
-// Render returns the panel's SQL for a window and a row limit.
+// Filter narrows the handoff panels; an empty field means any value.
+type Filter struct {
+	Trunk, Destination, Method, Outcome string
+}
+
+// FilterNames are the filter placeholders ({trunk}, ...) and the Grafana
+// variables that fill them, in this order.
+var FilterNames = []string{"trunk", "destination", "method", "outcome"}
+
+// values returns f's fields in FilterNames order.
+func (f Filter) values() []string { return []string{f.Trunk, f.Destination, f.Method, f.Outcome} }
+
+// Render returns the panel's SQL for a window and a row limit, with no
+// filter.
 func (p Panel) Render(from, to time.Time, limit int) string {
-	return strings.NewReplacer(
+	return p.RenderFilter(from, to, limit, Filter{})
+}
+
+// RenderFilter returns the panel's SQL for a window, a row limit and a
+// filter; the filter's values become quoted string literals.
+func (p Panel) RenderFilter(from, to time.Time, limit int, f Filter) string {
+	pairs := []string{
 		"{from}", dateTime(from),
 		"{to}", dateTime(to),
 		"{limit}", strconv.Itoa(limit),
-	).Replace(p.SQL)
+	}
+	for i, v := range f.values() {
+		pairs = append(pairs, "{"+FilterNames[i]+"}", Quote(v))
+	}
+	return strings.NewReplacer(pairs...).Replace(p.SQL)
 }
 
 // Grafana returns the panel's SQL with the grafana-clickhouse-datasource
-// time macros.
+// time macros, and the dashboard's text-box variables, quoted by Grafana
+// (${trunk:sqlstring}), for the filters.
 func (p Panel) Grafana(limit int) string {
-	return strings.NewReplacer(
+	pairs := []string{
 		"{from}", "$__fromTime",
 		"{to}", "$__toTime",
 		"{limit}", strconv.Itoa(limit),
-	).Replace(p.SQL)
+	}
+	for _, name := range FilterNames {
+		pairs = append(pairs, "{"+name+"}", "${"+name+":sqlstring}")
+	}
+	return strings.NewReplacer(pairs...).Replace(p.SQL)
+}
+
+// Quote returns s as a ClickHouse string literal: backslash and quote
+// escaped with a backslash, as 18.16 and current releases read them.
+func Quote(s string) string {
+	return "'" + strings.NewReplacer(`\`, `\\`, `'`, `\'`).Replace(s) + "'"
 }
 
 // dateTime is t as a ClickHouse DateTime expression; 18.16 and 24+ both

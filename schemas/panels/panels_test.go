@@ -11,8 +11,8 @@ func TestAll(t *testing.T) {
 	if err != nil {
 		t.Fatalf("panels.sql: %v", err)
 	}
-	if len(handoff) != 5 {
-		t.Fatalf("panels.sql has %d panels, want 5 (baton report prints them)", len(handoff))
+	if len(handoff) != 8 {
+		t.Fatalf("panels.sql has %d panels, want 8 (baton report prints them)", len(handoff))
 	}
 	if _, err := Parse(AgentSQL); err != nil {
 		t.Fatalf("agent.sql: %v", err)
@@ -22,6 +22,7 @@ func TestAll(t *testing.T) {
 	}
 	ps := All()
 	want := []string{HandoffsByReason, SuccessByDestination, TimeToTransfer, CallsByDialedNumber, RecentHandoffs,
+		FailuresBySIPCode, HandoffsByTrunk, TimeToTransferByDestination,
 		AgentStreamsByReason, AgentFailures, AgentPlayout, AgentMetricsByName, RulesByHits}
 	if len(ps) != len(want) {
 		t.Fatalf("All has %d panels, want %d", len(ps), len(want))
@@ -66,5 +67,40 @@ func TestSummary(t *testing.T) {
 	}
 	if got := Summary(time.Unix(-5, 0)); !strings.Contains(got, "started_ms >= 0\n") {
 		t.Errorf("a time before 1970 must read as 0:\n%s", got)
+	}
+}
+
+// Every handoff panel filters by all four fields, as quoted literals; a
+// value cannot end its literal; Grafana's SQL names the variables.
+func TestRenderFilter(t *testing.T) {
+	f := Filter{Trunk: "sbc-1", Destination: `it's\`, Method: "REFER", Outcome: "failed"}
+	for _, p := range All() {
+		r := p.RenderFilter(time.Unix(100, 0), time.Unix(200, 0), 5, f)
+		if strings.ContainsAny(r, "{}") {
+			t.Errorf("panel %s: a placeholder is left:\n%s", p.Name, r)
+		}
+		g := p.Grafana(5)
+		if strings.Contains(g, "{trunk}") || strings.Contains(g, "{outcome}") {
+			t.Errorf("panel %s: Grafana SQL keeps a filter placeholder:\n%s", p.Name, g)
+		}
+		if !strings.Contains(p.SQL, "{destination}") {
+			continue // the agent panels
+		}
+		for _, lit := range []string{"'sbc-1'", `'it\'s\\'`, "'REFER'", "'failed'"} {
+			if !strings.Contains(r, lit) {
+				t.Errorf("panel %s does not filter on %s:\n%s", p.Name, lit, r)
+			}
+		}
+		for _, v := range []string{"${trunk:sqlstring}", "${destination:sqlstring}", "${method:sqlstring}", "${outcome:sqlstring}"} {
+			if !strings.Contains(g, v) {
+				t.Errorf("panel %s: Grafana SQL lacks %s", p.Name, v)
+			}
+		}
+		if strings.Contains(p.Render(time.Unix(100, 0), time.Unix(200, 0), 5), "'sbc-1'") {
+			t.Errorf("panel %s: Render filters", p.Name)
+		}
+	}
+	if got := Quote(`a'b\c`); got != `'a\'b\\c'` {
+		t.Errorf("Quote = %s", got)
 	}
 }

@@ -1,7 +1,7 @@
 -- Baton dashboard panel of the routing rules: which rule chose the
 -- destination of each handoff (handoffs.rule, migration 0007).
 --
--- Same format, placeholders and rules as panels.sql; All() reads this file
+-- Same format, placeholders (filters included) and rules as panels.sql; All() reads this file
 -- after agent.sql. A handoff counts once, at its first command (attempt
 -- 1): its fallbacks and the end policy's BYE are not hits. "(none)" is
 -- the handoffs no rule chose (the agent named the destination, or the
@@ -14,6 +14,10 @@
 SELECT if(rule = '', '(none)', rule) AS rule_name, count() AS hits, uniqExact(destination) AS destinations
 FROM handoffs FINAL
 WHERE requested_at >= {from} AND requested_at < {to} AND attempt = 1
+  AND ({destination} = '' OR destination = {destination})
+  AND ({method} = '' OR method = {method})
+  AND ({outcome} = '' OR command_id IN (SELECT command_id FROM handoff_facts WHERE outcome = {outcome}))
+  AND ({trunk} = '' OR call_id IN (SELECT call_id FROM calls FINAL WHERE trunk = {trunk}))
 GROUP BY rule_name
 ORDER BY hits DESC, rule_name
 LIMIT {limit};

@@ -3,7 +3,10 @@
 // Baton's. For each call it greets the caller with a shipped recording,
 // listens, and after a pause (or at once when the caller presses a key)
 // says it is passing the call on and asks Baton's agent API for a
-// handoff that waits until that sentence has played (after_mark).
+// handoff that waits until that sentence has played (after_mark). When
+// the caller asked for a number (the X-Requested-Number variable), it
+// asks for that number first; if Baton refuses it, it asks again and
+// lets Baton's rules decide.
 package demoagent
 
 import (
@@ -16,6 +19,7 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"strings"
 	"sync"
 	"time"
 
@@ -37,8 +41,18 @@ type Options struct {
 	// Destination is the destination the handoff asks for (empty: the
 	// router's rules and default decide).
 	Destination string
+	// NumberRoute turns the number a caller asked for (the call's
+	// RequestedNumberParam variable, when it starts with '+') into the
+	// route the agent asks for: "{number}" is replaced by it. Empty:
+	// requested numbers are ignored.
+	NumberRoute string
 	Logger      *slog.Logger
 }
+
+// RequestedNumberParam is the customParameters key (the X-Requested-Number
+// header as ingress names the call variable) of the number the caller
+// asked to be put through to.
+const RequestedNumberParam = "Requested-Number"
 
 // Result is what the agent did on one call.
 type Result struct {
@@ -49,7 +63,12 @@ type Result struct {
 	Digit string
 	// Status is the agent API's answer to the handoff request (202).
 	Status int
-	Err    error
+	// Asked is the route the agent asked for first, from the number the
+	// caller requested; Refused is Baton's answer when it refused it
+	// (the problem's detail), after which the agent asked again without
+	// a destination.
+	Asked, Refused string
+	Err            error
 }
 
 // Agent is the demo agent; its Handler serves the streams.
@@ -150,7 +169,19 @@ func (a *Agent) serve(ctx context.Context, s *agentbot.Session) {
 	if r.Digit != "" {
 		reason = "caller_pressed_key"
 	}
-	r.Status, r.Err = a.handoff(ctx, st.CallSid, reason)
+	if num := st.CustomParameters[RequestedNumberParam]; a.o.NumberRoute != "" && strings.HasPrefix(num, "+") {
+		r.Asked = strings.ReplaceAll(a.o.NumberRoute, "{number}", num)
+		status, err := a.handoff(ctx, st.CallSid, "caller_asked_for_number", r.Asked)
+		if status != http.StatusForbidden {
+			r.Status, r.Err = status, err
+			log.Info("demo agent asked for the caller's number", "route", r.Asked, "status", r.Status, "err", r.Err)
+			<-s.Stopped()
+			return
+		}
+		r.Refused = err.Error()
+		log.Info("Baton refused the caller's number; asking again", "route", r.Asked, "err", err)
+	}
+	r.Status, r.Err = a.handoff(ctx, st.CallSid, reason, a.o.Destination)
 	log.Info("demo agent asked for a handoff", "status", r.Status, "err", r.Err)
 	<-s.Stopped()
 }
@@ -173,10 +204,11 @@ func (a *Agent) await(s *agentbot.Session, name string) bool {
 
 // handoff asks the agent API for the call's handoff, to go out once the
 // handoff sentence has played.
-func (a *Agent) handoff(ctx context.Context, callID, reason string) (int, error) {
+// destination is a destination name or a route; empty lets Baton decide.
+func (a *Agent) handoff(ctx context.Context, callID, reason, destination string) (int, error) {
 	req := map[string]any{"reason": reason, "after_mark": "handoff", "utterance": "connecting you to a person now"}
-	if a.o.Destination != "" {
-		req["destination"] = a.o.Destination
+	if destination != "" {
+		req["destination"] = destination
 	}
 	body, err := json.Marshal(req)
 	if err != nil {
@@ -196,6 +228,13 @@ func (a *Agent) handoff(ctx context.Context, callID, reason string) (int, error)
 	defer func() { _ = res.Body.Close() }()
 	msg, _ := io.ReadAll(io.LimitReader(res.Body, 4096))
 	if res.StatusCode != http.StatusAccepted {
+		// A problem+json answer names its code (number_denied, ...).
+		var problem struct {
+			Code string `json:"code"`
+		}
+		if json.Unmarshal(msg, &problem) == nil && problem.Code != "" {
+			return res.StatusCode, fmt.Errorf("handoff request: %s: %s", res.Status, problem.Code)
+		}
 		return res.StatusCode, fmt.Errorf("handoff request: %s: %s", res.Status, bytes.TrimSpace(msg))
 	}
 	return res.StatusCode, nil

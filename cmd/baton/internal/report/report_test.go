@@ -147,6 +147,9 @@ func TestReport(t *testing.T) {
 		"Recent handoffs",
 		"call-h3  h3          technical  sales        REFER   pending    0         -",
 		"call-h1  h1          billing    support      REFER   succeeded  200       900",
+		"Failures by SIP code and reason",
+		"Handoffs per trunk",
+		"Time to transfer by destination (ms)",
 		"Agent streams per hour by end reason",
 		"Agent failures by reason and on_agent_failure action",
 		"agent_closed",
@@ -154,7 +157,7 @@ func TestReport(t *testing.T) {
 		require.Contains(t, got, want, got)
 	}
 	require.Equal(t, len(panels.All()), strings.Count(got, "\n\n"), "every panel, the agent's too:\n%s", got)
-	require.Equal(t, 10, len(panels.All()))
+	require.Equal(t, 13, len(panels.All()))
 
 	// Numbers, call ids and reasons are caller-chosen text: printed
 	// escaped, never raw (issue 14, finding 9).

@@ -18,8 +18,16 @@ import (
 // came back.
 type Refer struct {
 	CallID  string
-	Sent    map[string]string // x_customer_id, x_intent, x_language
+	Sent    map[string]string // x_customer_id, x_intent, x_language (and caller in sbc_demo)
 	ReferTo string
+}
+
+// Ending is how sbc_demo.xml saw a call end without a REFER: a warm
+// transfer's re-INVITE (Kind "REINVITE") or a hand-back BYE ("HANDBACK"),
+// with the log line's other fields (via, x_handback_reason, ...).
+type Ending struct {
+	Kind, CallID string
+	Fields       map[string]string
 }
 
 // CallsResult is what a SIPp run reported.
@@ -27,6 +35,8 @@ type CallsResult struct {
 	// ExitCode is SIPp's: 0 when every call passed.
 	ExitCode int
 	Refers   []Refer
+	// Endings are the re-INVITEs and hand-back BYEs sbc_demo.xml logged.
+	Endings []Ending
 	// Failures are the scenario's failure markers (REFER_TIMEOUT, ...).
 	Failures []string
 	LogDir   string
@@ -56,6 +66,12 @@ func (s *Stack) PlaceCalls(ctx context.Context, scenario string, n int, rate int
 // (PlaceCalls allows rate): when calls take longer than a second, as
 // while a stage restarts, a higher limit keeps the rate.
 func (s *Stack) PlaceCallsLimit(ctx context.Context, scenario string, n, rate, limit int) (CallsResult, error) {
+	return s.PlaceCallsFrom(ctx, scenario, "calls.csv", n, rate, limit)
+}
+
+// PlaceCallsFrom is PlaceCallsLimit with the injection file
+// deploy/sipp/<csv> instead of calls.csv.
+func (s *Stack) PlaceCallsFrom(ctx context.Context, scenario, csv string, n, rate, limit int) (CallsResult, error) {
 	sipp, err := exec.LookPath("sipp")
 	if err != nil {
 		return CallsResult{}, errors.New("sipp not found on PATH: install Debian's sip-tester (make deps)")
@@ -68,7 +84,7 @@ func (s *Stack) PlaceCallsLimit(ctx context.Context, scenario string, n, rate, l
 	args := []string{
 		s.IngressAddr,
 		"-sf", filepath.Join(sippDir, scenario+".xml"),
-		"-inf", filepath.Join(sippDir, "calls.csv"),
+		"-inf", filepath.Join(sippDir, csv),
 		"-s", "agent",
 		"-i", "127.0.0.1", "-p", strconv.Itoa(s.opts.SBCPort),
 		"-m", strconv.Itoa(n), "-r", strconv.Itoa(rate), "-l", strconv.Itoa(max(limit, 1)),
@@ -104,7 +120,7 @@ func (s *Stack) PlaceCallsLimit(ctx context.Context, scenario string, n, rate, l
 		}
 		res.ExitCode = exit.ExitCode()
 	}
-	res.Refers, res.Failures, err = readReferLog(filepath.Join(dir, "refer.log"))
+	res.Refers, res.Endings, res.Failures, err = readReferLog(filepath.Join(dir, "refer.log"))
 	if err != nil {
 		return res, err
 	}
@@ -214,16 +230,20 @@ func readShortMessageLog(path string) (placed, answered []string, refused map[in
 // readReferLog parses the scenario's log lines:
 //
 //	REFER call_id=... x_customer_id=... x_intent=... x_language=... via=... refer_to=<...>
-func readReferLog(path string) ([]Refer, []string, error) {
+//
+// and sbc_demo.xml's REINVITE and HANDBACK lines (key=value, no spaces in
+// values) as endings.
+func readReferLog(path string) ([]Refer, []Ending, []string, error) {
 	f, err := os.Open(path)
 	if errors.Is(err, os.ErrNotExist) {
-		return nil, nil, nil
+		return nil, nil, nil, nil
 	}
 	if err != nil {
-		return nil, nil, fmt.Errorf("read sipp log: %w", err)
+		return nil, nil, nil, fmt.Errorf("read sipp log: %w", err)
 	}
 	defer func() { _ = f.Close() }()
 	var refers []Refer
+	var endings []Ending
 	var failures []string
 	sc := bufio.NewScanner(f)
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
@@ -238,15 +258,26 @@ func readReferLog(path string) ([]Refer, []string, error) {
 				k, v, _ := strings.Cut(field, "=")
 				if k == "call_id" {
 					r.CallID = v
-				} else if strings.HasPrefix(k, "x_") {
+				} else if strings.HasPrefix(k, "x_") || k == "caller" {
 					r.Sent[k] = v
 				}
 			}
 			refers = append(refers, r)
-		case "", "HANGUP":
+		case "REINVITE", "HANDBACK":
+			e := Ending{Kind: word, Fields: map[string]string{}}
+			for _, field := range strings.Fields(rest) {
+				k, v, _ := strings.Cut(field, "=")
+				if k == "call_id" {
+					e.CallID = v
+				} else {
+					e.Fields[k] = v
+				}
+			}
+			endings = append(endings, e)
+		case "", "HANGUP", "BRIDGE_HANGUP":
 		default:
 			failures = append(failures, line)
 		}
 	}
-	return refers, failures, sc.Err()
+	return refers, endings, failures, sc.Err()
 }

@@ -84,7 +84,8 @@ func (s *Stack) writeConfigs() error {
 				"addr":     s.ClickHouseTCP,
 				"database": s.Database,
 			},
-			"http": map[string]any{"listen": s.DashboardAddr},
+			// The recent-handoffs table shows these X- headers of each call.
+			"http": map[string]any{"listen": s.DashboardAddr, "context": []string{"Customer-Id", "Intent", "Language"}},
 		},
 	}
 	if s.opts.AgentURL != "" {
@@ -93,6 +94,16 @@ func (s *Stack) writeConfigs() error {
 		configs["ingress"]["agents"] = []map[string]any{{
 			"name": "demo-agent", "url": s.opts.AgentURL, "default": true,
 			"on_agent_failure": map[string]any{"action": "handoff", "destination": "support"},
+		}}
+	}
+	if d := s.opts.Demo; d != nil {
+		// The demo's destinations and rules (demoroutes.go); transfer may
+		// dial its SIPp destinations too.
+		for k, v := range demoRouter(*d) {
+			configs["router"][k] = v
+		}
+		configs["transfer"]["routes"] = map[string]any{"allow": []string{
+			"sip:*@agents.example.com", "sip:*@" + d.BusyAddr, "sip:*@" + d.AnswerAddr,
 		}}
 	}
 	for _, inst := range s.instances() {

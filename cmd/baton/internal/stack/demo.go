@@ -22,6 +22,26 @@ type DemoOptions struct {
 	Agent bool
 }
 
+func countEndings(es []Ending, kind string) int {
+	n := 0
+	for _, e := range es {
+		if e.Kind == kind {
+			n++
+		}
+	}
+	return n
+}
+
+// printDemoRoutes lists the demo's destinations and what sends a call
+// to each.
+func printDemoRoutes(out io.Writer, r DemoRoutes) {
+	dests, _ := demoRouter(r)["destinations"].([]map[string]any)
+	for _, d := range dests {
+		fmt.Fprintf(out, "  %-14s %s\n", d["name"], d["description"])
+	}
+	fmt.Fprintln(out, "  (any route)    a premium-rate number the caller asks for (X-Requested-Number): refused, number_denied")
+}
+
 // Demo starts the stack, places the demo calls, prints what happened as
 // read back from ClickHouse and how to look further, then runs until ctx
 // ends (Ctrl-C) unless d.Exit. It stops everything it started.
@@ -33,13 +53,21 @@ func Demo(ctx context.Context, opts Options, d DemoOptions, out io.Writer) (err 
 		}
 		defer agent.close()
 		opts.AgentURL, opts.APIToken = agent.url, agent.token
+		// The far ends of the demo's warm transfers, up before the
+		// router's config names them.
+		routes, stop, err := startDemoDests(opts.RunDir, opts.RepoDir)
+		if err != nil {
+			return err
+		}
+		defer stop()
+		opts.Demo = &routes
 	}
 	s, err := Start(ctx, opts)
 	if err != nil {
 		return err
 	}
 	if agent != nil {
-		agent.serve(s.RouterAPI, opts.Logger)
+		agent.serve(s.RouterAPI, demoNumberRoute, opts.Logger)
 		fmt.Fprintf(out, "baton dev: the demo agent listens on %s; ingress streams every call's audio to it (Twilio Media Streams)\n", agent.url)
 	}
 	defer func() {
@@ -53,18 +81,28 @@ func Demo(ctx context.Context, opts Options, d DemoOptions, out io.Writer) (err 
 		since := time.Now().Add(-time.Second)
 		// With the agent each call lasts its conversation (about eight
 		// seconds): let them overlap.
-		limit, scenario := d.Rate, "sbc_refer"
+		limit, scenario, csv := d.Rate, "sbc_refer", "calls.csv"
 		if agent != nil {
 			// The caller speaks too (a pcap of G.711): the agent hears it.
-			limit, scenario = d.Calls, "sbc_agent"
+			// Each line of demo_calls.csv drives another rule.
+			limit, scenario, csv = d.Calls, "sbc_demo", "demo_calls.csv"
 		}
-		res, err := s.PlaceCallsLimit(ctx, scenario, d.Calls, d.Rate, limit)
+		res, err := s.PlaceCallsFrom(ctx, scenario, csv, d.Calls, d.Rate, limit)
 		if err != nil {
 			return err
 		}
-		fmt.Fprintf(out, "baton dev: SIPp exited %d; the SBC received %d REFERs (log: %s)\n", res.ExitCode, len(res.Refers), res.LogDir)
+		fmt.Fprintf(out, "baton dev: SIPp exited %d; the SBC received %d REFERs, %d re-INVITEs and %d hand-back BYEs (log: %s)\n",
+			res.ExitCode, len(res.Refers), countEndings(res.Endings, "REINVITE"), countEndings(res.Endings, "HANDBACK"), res.LogDir)
 		for _, r := range res.Refers {
 			fmt.Fprint(out, termsafe.Sprintf("  REFER for %s: Refer-To %s\n", r.CallID, r.ReferTo))
+		}
+		for _, e := range res.Endings {
+			switch e.Kind {
+			case "REINVITE":
+				fmt.Fprint(out, termsafe.Sprintf("  re-INVITE for %s from %s: the caller's media moves to the bridge (port %s)\n", e.CallID, e.Fields["via"], e.Fields["bridge_port"]))
+			case "HANDBACK":
+				fmt.Fprint(out, termsafe.Sprintf("  BYE for %s from %s: handed back, X-Handback-Reason %s\n", e.CallID, e.Fields["via"], e.Fields["x_handback_reason"]))
+			}
 		}
 		for _, f := range res.Failures {
 			fmt.Fprint(out, termsafe.Sprintf("  SBC scenario failure: %s\n", f))
@@ -83,6 +121,16 @@ func Demo(ctx context.Context, opts Options, d DemoOptions, out io.Writer) (err 
 		if perr := PrintHandoffs(out, rows); perr != nil {
 			return perr
 		}
+		if opts.Demo != nil && err == nil {
+			stories, serr := WaitStories(ctx, conn, rows, 10*time.Second)
+			if serr != nil {
+				return serr
+			}
+			fmt.Fprintln(out, "\nBy what happened (each kind's call opens in bin/baton replay and on the dashboard):")
+			PrintStories(out, stories, s.BrokerAddr, s.DashboardAddr)
+			fmt.Fprintf(out, "\nThe rules behind them (%s):\n", s.configPath("router"))
+			printDemoRoutes(out, *opts.Demo)
+		}
 		if err != nil {
 			return fmt.Errorf("demo calls: %w", err)
 		}
@@ -100,10 +148,10 @@ Look further:
   the handoffs in ClickHouse:
     clickhouse-client --port %[2]d -d %[3]s -q "SELECT call_id, destination, method, reason FROM handoffs FINAL"
     clickhouse-client --port %[2]d -d %[3]s -q "SELECT call_id, status, sip_code, elapsed_ms FROM transfer_outcomes FINAL ORDER BY time_ms"
-  place more calls (SIPp as the SBC):
-    sipp %[4]s -sf deploy/sipp/sbc_refer.xml -inf deploy/sipp/calls.csv -i 127.0.0.1 -p 5062 -m 5 -r 1 \
-      -default_behaviors all,-bye -trace_logs -log_file /tmp/refer.log
-  the dashboard (handoffs by reason, success rates, time to transfer, recent handoffs):
+  place more calls (SIPp as the SBC; each line of demo_calls.csv takes another path):
+    sipp %[4]s -sf deploy/sipp/sbc_demo.xml -inf deploy/sipp/demo_calls.csv -i 127.0.0.1 -p 5062 -m 8 -r 2 \
+      -default_behaviors all,-bye -trace_logs -log_file /tmp/demo.log
+  the dashboard (filters by window, trunk, destination, method and outcome; a call id opens its timeline):
     http://%[6]s/        and in the terminal: bin/baton report --clickhouse %[7]s
   one call's timeline and SIP ladder:
     bin/baton replay --call CALL-ID --brokers %[1]s

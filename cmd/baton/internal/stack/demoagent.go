@@ -48,9 +48,10 @@ func listenDemoAgent(opts Options) (*demoAgent, error) {
 }
 
 // serve starts answering streams, asking api for the handoffs.
-func (d *demoAgent) serve(api string, logger *slog.Logger) {
+// numberRoute is demoagent.Options.NumberRoute.
+func (d *demoAgent) serve(api, numberRoute string, logger *slog.Logger) {
 	d.agent = demoagent.New(demoagent.Options{API: api, Token: d.token, Greeting: d.greeting, Handoff: d.handoff,
-		Listen: 2 * time.Second, Logger: logger})
+		Listen: 2 * time.Second, NumberRoute: numberRoute, Logger: logger})
 	d.srv = &http.Server{Handler: d.agent.Handler(), ReadHeaderTimeout: 5 * time.Second}
 	go func() {
 		if err := d.srv.Serve(d.ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
@@ -78,6 +79,9 @@ func (d *demoAgent) print(out io.Writer) {
 		what := fmt.Sprintf("greeted the caller, heard %d frames of their audio", r.Heard)
 		if r.Digit != "" {
 			what += ", caller pressed " + r.Digit
+		}
+		if r.Refused != "" {
+			what += ", asked for " + r.Asked + " as the caller wished: refused (" + r.Refused + "), so asked again"
 		}
 		switch {
 		case r.Err != nil:

@@ -89,6 +89,11 @@ type Options struct {
 	// agent API's bearer token; the router serves the API when it is set.
 	AgentURL, APIToken string
 
+	// Demo, when set, gives the router the demo's destinations and rules
+	// (demoroutes.go) with these SIPp destinations for its warm
+	// transfers; rules then decide each agent's handoff.
+	Demo *DemoRoutes
+
 	// StaticMembership gives each router, transfer and analytics instance
 	// its name as kafka.instance_id, as the shipped configs do with
 	// ${POD_NAME}: a static group member restarted with the same id takes

@@ -59,7 +59,13 @@ func serveDashboard(ctx context.Context, wg *sync.WaitGroup, cfg config.Config, 
 			return nil
 		})
 	metrics := promhttp.HandlerFor(reg, promhttp.HandlerOpts{ErrorLog: slog.NewLogLogger(logger.Handler(), slog.LevelWarn)})
-	h := dashboard.NewHandler(dashboard.New(conn), metrics, ready, logger, time.Now)
+	queries, err := dashboard.New(conn).WithContext(cfg.HTTP.Context)
+	if err != nil { // config.Validate checked it already
+		logger.ErrorContext(ctx, "dashboard disabled", "err", err)
+		_ = l.Close()
+		return
+	}
+	h := dashboard.NewHandler(queries, metrics, ready, logger, time.Now)
 	if cfg.HTTP.Token != "" {
 		h.RequireToken(cfg.HTTP.Token)
 	}

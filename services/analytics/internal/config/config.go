@@ -71,6 +71,10 @@ type HTTP struct {
 	// Token is read from BATON_DASHBOARD_TOKEN only; a token key in the
 	// file is an error.
 	Token string `yaml:"-"`
+	// Context are the call variables (X- headers as CallStarted names
+	// them: Customer-Id for X-Customer-Id) the recent-handoffs table shows
+	// as columns; at most 16, checked when the dashboard starts.
+	Context []string `yaml:"context"`
 }
 
 // ClickHouse is the connection to the ClickHouse server (native protocol).
@@ -171,6 +175,14 @@ func (c *Config) Validate() error {
 	if c.Batch.MaxWait <= 0 {
 		errs = append(errs, pkgconfig.Errorf("batch.max_wait", "%v: want a positive duration", c.Batch.MaxWait))
 	}
+	if len(c.HTTP.Context) > 16 {
+		errs = append(errs, pkgconfig.Errorf("http.context", "%d variables: at most 16", len(c.HTTP.Context)))
+	}
+	for i, name := range c.HTTP.Context {
+		if name == "" || len(name) > 64 || strings.ContainsFunc(name, notNameRune) {
+			errs = append(errs, pkgconfig.Errorf(fmt.Sprintf("http.context[%d]", i), "%q: want 1-64 letters, digits, '-' or '_'", name))
+		}
+	}
 	if c.HTTP.Listen != "" {
 		if _, port, err := net.SplitHostPort(c.HTTP.Listen); err != nil {
 			errs = append(errs, pkgconfig.Errorf("http.listen", "%q: want host:port, or \"\" to disable", c.HTTP.Listen))
@@ -212,4 +224,10 @@ func (c ClickHouse) validate() []error {
 		errs = append(errs, pkgconfig.Errorf("clickhouse.dial_timeout", "%v: want a positive duration", c.DialTimeout))
 	}
 	return errs
+}
+
+// notNameRune reports a rune a call variable's name cannot hold: not a
+// letter, digit, '-' or '_'.
+func notNameRune(r rune) bool {
+	return (r < 'a' || r > 'z') && (r < 'A' || r > 'Z') && (r < '0' || r > '9') && r != '-' && r != '_'
 }

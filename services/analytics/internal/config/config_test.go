@@ -105,3 +105,15 @@ func TestValidate(t *testing.T) {
 		})
 	}
 }
+
+// http.context names the call variables the dashboard shows: names of
+// letters, digits, '-' and '_', at most 16 of them.
+func TestDashboardContext(t *testing.T) {
+	c, err := config.Load(write(t, "http:\n  context: [Customer-Id, intent_2]\n"), env(nil))
+	require.NoError(t, err)
+	require.Equal(t, []string{"Customer-Id", "intent_2"}, c.HTTP.Context)
+	_, err = config.Load(write(t, "http:\n  context: [\"a b\"]\n"), env(nil))
+	require.ErrorContains(t, err, "http.context[0]")
+	_, err = config.Load(write(t, "http:\n  context: [a, b, c, d, e, f, g, h, i, j, k, l, m, n, o, p, q]\n"), env(nil))
+	require.ErrorContains(t, err, "at most 16")
+}

@@ -121,6 +121,7 @@ func TestPageInChromium(t *testing.T) {
 		{"2025-06-01T11:00:00Z", "billing", "1"},
 		{"2025-06-01T11:00:00Z", "technical", "2"},
 		{"2025-06-01T12:00:00Z", "complaint", "2"},
+		{"2025-06-01T12:00:00Z", "fraud", "1"},
 	}, reasons)
 
 	type rateBar struct{ destination, method, rate, succeeded, failed, pending string }
@@ -129,6 +130,7 @@ func TestPageInChromium(t *testing.T) {
 		rates = append(rates, rateBar{a["data-destination"], a["data-method"], a["data-rate"], a["data-succeeded"], a["data-failed"], a["data-pending"]})
 	}
 	require.Equal(t, []rateBar{
+		{"fraud", "INVITE", "1.0000", "1", "0", "0"},
 		{"sales", "INVITE", "1.0000", "1", "0", "1"},
 		{"sales", "REFER", "1.0000", "1", "0", "0"},
 		{"support", "BYE", "1.0000", "1", "0", "0"},
@@ -155,7 +157,7 @@ func TestPageInChromium(t *testing.T) {
 	for _, m := range rowRe.FindAllStringSubmatch(dom, -1) {
 		calls = append(calls, m[1])
 	}
-	require.Equal(t, []string{"call-h7", "call-h6", "call-h5"}, calls, "recent handoffs, newest first")
+	require.Equal(t, []string{"call-h10", "call-h7", "call-h6"}, calls, "recent handoffs, newest first")
 
 	var streams []reasonBar
 	for _, a := range b["stream-bar"] {

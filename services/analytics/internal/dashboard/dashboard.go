@@ -62,17 +62,20 @@ type DialedNumber struct {
 }
 
 // Handoff is one recent handoff. TimeToTransferMS is nil until it
-// succeeded.
+// succeeded. Trunk and Context are its call's: the trunk, and the call
+// variables (X- headers) the operator chose (Queries.WithContext).
 type Handoff struct {
-	RequestedAt      time.Time `json:"requested_at"`
-	CallID           string    `json:"call_id"`
-	CommandID        string    `json:"command_id"`
-	Reason           string    `json:"reason"`
-	Destination      string    `json:"destination"`
-	Method           string    `json:"method"`
-	Outcome          string    `json:"outcome"`
-	SIPCode          int32     `json:"sip_code"`
-	TimeToTransferMS *uint64   `json:"time_to_transfer_ms"`
+	Trunk            string            `json:"trunk"`
+	Context          map[string]string `json:"context,omitempty"`
+	RequestedAt      time.Time         `json:"requested_at"`
+	CallID           string            `json:"call_id"`
+	CommandID        string            `json:"command_id"`
+	Reason           string            `json:"reason"`
+	Destination      string            `json:"destination"`
+	Method           string            `json:"method"`
+	Outcome          string            `json:"outcome"`
+	SIPCode          int32             `json:"sip_code"`
+	TimeToTransferMS *uint64           `json:"time_to_transfer_ms"`
 }
 
 // StreamReasonHour is the count of agent streams that ended for one
@@ -118,70 +121,193 @@ type MetricSummary struct {
 	Max     float64 `json:"max"`
 }
 
-// Report is every panel over one window.
+// SIPFailure counts the failed handoffs to one destination decided by
+// one SIP status.
+type SIPFailure struct {
+	SIPCode     int32  `json:"sip_code"`
+	SIPReason   string `json:"sip_reason"`
+	Destination string `json:"destination"`
+	Failures    uint64 `json:"failures"`
+	Calls       uint64 `json:"calls"`
+}
+
+// TrunkHandoffs is how the handoffs of one trunk's calls ended.
+type TrunkHandoffs struct {
+	Trunk     string `json:"trunk"`
+	Handoffs  uint64 `json:"handoffs"`
+	Succeeded uint64 `json:"succeeded"`
+	Failed    uint64 `json:"failed"`
+	Pending   uint64 `json:"pending"`
+}
+
+// DestinationTime are the percentiles of the time to transfer to one
+// destination by one method.
+type DestinationTime struct {
+	Destination string `json:"destination"`
+	Method      string `json:"method"`
+	Transfers   uint64 `json:"transfers"`
+	P50MS       uint64 `json:"p50_ms"`
+	P90MS       uint64 `json:"p90_ms"`
+	MaxMS       uint64 `json:"max_ms"`
+}
+
+// Report is every panel over one window and filter.
 type Report struct {
 	From                 time.Time          `json:"from"`
 	To                   time.Time          `json:"to"`
+	Filter               Filter             `json:"filter"`
+	ContextColumns       []string           `json:"context_columns"`
 	ServerVersion        string             `json:"server_version"`
 	HandoffsByReason     []ReasonHour       `json:"handoffs_by_reason"`
 	SuccessByDestination []DestinationRate  `json:"success_by_destination"`
 	TimeToTransfer       []TransferTime     `json:"time_to_transfer"`
 	CallsByDialedNumber  []DialedNumber     `json:"calls_by_dialed_number"`
 	RecentHandoffs       []Handoff          `json:"recent_handoffs"`
+	FailuresBySIPCode    []SIPFailure       `json:"failures_by_sip_code"`
+	HandoffsByTrunk      []TrunkHandoffs    `json:"handoffs_by_trunk"`
+	TimeByDestination    []DestinationTime  `json:"time_to_transfer_by_destination"`
 	AgentStreamsByReason []StreamReasonHour `json:"agent_streams_by_reason"`
 	AgentFailures        []AgentFailure     `json:"agent_failures"`
 	AgentPlayout         []PlayoutHour      `json:"agent_playout"`
 	AgentMetricsByName   []MetricSummary    `json:"agent_metrics_by_name"`
 }
 
+// Filter narrows the handoff panels (panels.Filter); empty fields match
+// anything.
+type Filter = panels.Filter
+
 // Queries runs the panels against one database.
 type Queries struct {
 	conn driver.Conn
+	// context are the call variables shown with each recent handoff.
+	context []string
 }
 
 // New returns the queries over conn, whose database holds Baton's tables.
 func New(conn driver.Conn) *Queries { return &Queries{conn: conn} }
 
+// MaxContextColumns bounds the call variables a dashboard shows.
+const MaxContextColumns = 16
+
+// WithContext shows these call variables (their names as CallStarted
+// has them, e.g. Customer-Id for X-Customer-Id) with each recent
+// handoff. Names must be 1-64 letters, digits, '-' or '_'.
+func (q *Queries) WithContext(names []string) (*Queries, error) {
+	if len(names) > MaxContextColumns {
+		return nil, fmt.Errorf("dashboard context: %d variables, at most %d", len(names), MaxContextColumns)
+	}
+	for _, n := range names {
+		if !validVariable(n) {
+			return nil, fmt.Errorf("dashboard context: variable %q: want 1-64 letters, digits, '-' or '_'", n)
+		}
+	}
+	c := *q
+	c.context = append([]string(nil), names...)
+	return &c, nil
+}
+
+func validVariable(n string) bool {
+	if n == "" || len(n) > 64 {
+		return false
+	}
+	for _, r := range n {
+		if (r < 'a' || r > 'z') && (r < 'A' || r > 'Z') && (r < '0' || r > '9') && r != '-' && r != '_' {
+			return false
+		}
+	}
+	return true
+}
+
 // Report runs every panel over [from, to), lists limited to limit rows.
 func (q *Queries) Report(ctx context.Context, from, to time.Time, limit int) (*Report, error) {
+	return q.ReportFilter(ctx, from, to, limit, Filter{})
+}
+
+// ReportFilter is Report with the handoff panels narrowed by f.
+func (q *Queries) ReportFilter(ctx context.Context, from, to time.Time, limit int, f Filter) (*Report, error) {
 	v, err := ServerVersion(ctx, q.conn)
 	if err != nil {
 		return nil, err
 	}
-	r := &Report{From: from.UTC(), To: to.UTC(), ServerVersion: v.String()}
-	if r.HandoffsByReason, err = q.HandoffsByReason(ctx, from, to); err != nil {
+	r := &Report{From: from.UTC(), To: to.UTC(), Filter: f, ContextColumns: append([]string{}, q.context...), ServerVersion: v.String()}
+	w := window{from: from, to: to, limit: limit, filter: f}
+	if r.HandoffsByReason, err = q.HandoffsByReason(ctx, w); err != nil {
 		return nil, err
 	}
-	if r.SuccessByDestination, err = q.SuccessByDestination(ctx, from, to); err != nil {
+	if r.SuccessByDestination, err = q.SuccessByDestination(ctx, w); err != nil {
 		return nil, err
 	}
-	if r.TimeToTransfer, err = q.TimeToTransfer(ctx, from, to); err != nil {
+	if r.TimeToTransfer, err = q.TimeToTransfer(ctx, w); err != nil {
 		return nil, err
 	}
-	if r.CallsByDialedNumber, err = q.CallsByDialedNumber(ctx, from, to, limit); err != nil {
+	if r.CallsByDialedNumber, err = q.CallsByDialedNumber(ctx, w); err != nil {
 		return nil, err
 	}
-	if r.RecentHandoffs, err = q.RecentHandoffs(ctx, from, to, limit); err != nil {
+	if r.RecentHandoffs, err = q.RecentHandoffs(ctx, w); err != nil {
 		return nil, err
 	}
-	if r.AgentStreamsByReason, err = q.AgentStreamsByReason(ctx, from, to); err != nil {
+	if r.FailuresBySIPCode, err = q.FailuresBySIPCode(ctx, w); err != nil {
 		return nil, err
 	}
-	if r.AgentFailures, err = q.AgentFailures(ctx, from, to); err != nil {
+	if r.HandoffsByTrunk, err = q.HandoffsByTrunk(ctx, w); err != nil {
 		return nil, err
 	}
-	if r.AgentPlayout, err = q.AgentPlayout(ctx, from, to); err != nil {
+	if r.TimeByDestination, err = q.TimeToTransferByDestination(ctx, w); err != nil {
 		return nil, err
 	}
-	if r.AgentMetricsByName, err = q.AgentMetricsByName(ctx, from, to, limit); err != nil {
+	if r.AgentStreamsByReason, err = q.AgentStreamsByReason(ctx, w); err != nil {
+		return nil, err
+	}
+	if r.AgentFailures, err = q.AgentFailures(ctx, w); err != nil {
+		return nil, err
+	}
+	if r.AgentPlayout, err = q.AgentPlayout(ctx, w); err != nil {
+		return nil, err
+	}
+	if r.AgentMetricsByName, err = q.AgentMetricsByName(ctx, w); err != nil {
 		return nil, err
 	}
 	return r, nil
 }
 
+// window is what every panel query takes: [from, to), the list limit and
+// the filter.
+type window struct {
+	from, to time.Time
+	limit    int
+	filter   Filter
+}
+
+// FailuresBySIPCode is the failures_by_sip_code panel.
+func (q *Queries) FailuresBySIPCode(ctx context.Context, w window) ([]SIPFailure, error) {
+	return query(ctx, q.conn, panels.FailuresBySIPCode, w, func(s scanner) (SIPFailure, error) {
+		var r SIPFailure
+		err := s.Scan(&r.SIPCode, &r.SIPReason, &r.Destination, &r.Failures, &r.Calls)
+		return r, err
+	})
+}
+
+// HandoffsByTrunk is the handoffs_by_trunk panel.
+func (q *Queries) HandoffsByTrunk(ctx context.Context, w window) ([]TrunkHandoffs, error) {
+	return query(ctx, q.conn, panels.HandoffsByTrunk, w, func(s scanner) (TrunkHandoffs, error) {
+		var r TrunkHandoffs
+		err := s.Scan(&r.Trunk, &r.Handoffs, &r.Succeeded, &r.Failed, &r.Pending)
+		return r, err
+	})
+}
+
+// TimeToTransferByDestination is the time_to_transfer_by_destination panel.
+func (q *Queries) TimeToTransferByDestination(ctx context.Context, w window) ([]DestinationTime, error) {
+	return query(ctx, q.conn, panels.TimeToTransferByDestination, w, func(s scanner) (DestinationTime, error) {
+		var r DestinationTime
+		err := s.Scan(&r.Destination, &r.Method, &r.Transfers, &r.P50MS, &r.P90MS, &r.MaxMS)
+		return r, err
+	})
+}
+
 // HandoffsByReason is the handoffs_by_reason panel.
-func (q *Queries) HandoffsByReason(ctx context.Context, from, to time.Time) ([]ReasonHour, error) {
-	return query(ctx, q.conn, panels.HandoffsByReason, from, to, 0, func(s scanner) (ReasonHour, error) {
+func (q *Queries) HandoffsByReason(ctx context.Context, w window) ([]ReasonHour, error) {
+	return query(ctx, q.conn, panels.HandoffsByReason, w, func(s scanner) (ReasonHour, error) {
 		var r ReasonHour
 		err := s.Scan(&r.Hour, &r.Reason, &r.Handoffs)
 		r.Hour = r.Hour.UTC()
@@ -190,8 +316,8 @@ func (q *Queries) HandoffsByReason(ctx context.Context, from, to time.Time) ([]R
 }
 
 // SuccessByDestination is the success_by_destination panel.
-func (q *Queries) SuccessByDestination(ctx context.Context, from, to time.Time) ([]DestinationRate, error) {
-	return query(ctx, q.conn, panels.SuccessByDestination, from, to, 0, func(s scanner) (DestinationRate, error) {
+func (q *Queries) SuccessByDestination(ctx context.Context, w window) ([]DestinationRate, error) {
+	return query(ctx, q.conn, panels.SuccessByDestination, w, func(s scanner) (DestinationRate, error) {
 		var r DestinationRate
 		err := s.Scan(&r.Destination, &r.Method, &r.Handoffs, &r.Succeeded, &r.Failed, &r.Pending, &r.SuccessRate)
 		return r, err
@@ -199,8 +325,8 @@ func (q *Queries) SuccessByDestination(ctx context.Context, from, to time.Time) 
 }
 
 // TimeToTransfer is the time_to_transfer panel.
-func (q *Queries) TimeToTransfer(ctx context.Context, from, to time.Time) ([]TransferTime, error) {
-	return query(ctx, q.conn, panels.TimeToTransfer, from, to, 0, func(s scanner) (TransferTime, error) {
+func (q *Queries) TimeToTransfer(ctx context.Context, w window) ([]TransferTime, error) {
+	return query(ctx, q.conn, panels.TimeToTransfer, w, func(s scanner) (TransferTime, error) {
 		var r TransferTime
 		err := s.Scan(&r.Method, &r.Transfers, &r.P50MS, &r.P90MS, &r.P99MS, &r.MaxMS)
 		return r, err
@@ -208,28 +334,83 @@ func (q *Queries) TimeToTransfer(ctx context.Context, from, to time.Time) ([]Tra
 }
 
 // CallsByDialedNumber is the calls_by_dialed_number panel.
-func (q *Queries) CallsByDialedNumber(ctx context.Context, from, to time.Time, limit int) ([]DialedNumber, error) {
-	return query(ctx, q.conn, panels.CallsByDialedNumber, from, to, limit, func(s scanner) (DialedNumber, error) {
+func (q *Queries) CallsByDialedNumber(ctx context.Context, w window) ([]DialedNumber, error) {
+	return query(ctx, q.conn, panels.CallsByDialedNumber, w, func(s scanner) (DialedNumber, error) {
 		var r DialedNumber
 		err := s.Scan(&r.Number, &r.Calls)
 		return r, err
 	})
 }
 
-// RecentHandoffs is the recent_handoffs panel, newest first.
-func (q *Queries) RecentHandoffs(ctx context.Context, from, to time.Time, limit int) ([]Handoff, error) {
-	return query(ctx, q.conn, panels.RecentHandoffs, from, to, limit, func(s scanner) (Handoff, error) {
+// RecentHandoffs is the recent_handoffs panel, newest first, with each
+// call's trunk and chosen context variables.
+func (q *Queries) RecentHandoffs(ctx context.Context, w window) ([]Handoff, error) {
+	hs, err := query(ctx, q.conn, panels.RecentHandoffs, w, func(s scanner) (Handoff, error) {
 		var r Handoff
 		err := s.Scan(&r.RequestedAt, &r.CallID, &r.CommandID, &r.Reason, &r.Destination, &r.Method, &r.Outcome,
 			&r.SIPCode, &r.TimeToTransferMS)
 		r.RequestedAt = r.RequestedAt.UTC()
 		return r, err
 	})
+	if err != nil || len(hs) == 0 {
+		return hs, err
+	}
+	calls, err := q.callContext(ctx, hs)
+	if err != nil {
+		return nil, err
+	}
+	for i := range hs {
+		c := calls[hs[i].CallID]
+		hs[i].Trunk = c.trunk
+		if len(q.context) > 0 {
+			hs[i].Context = map[string]string{}
+			for _, name := range q.context {
+				hs[i].Context[name] = c.vars[name]
+			}
+		}
+	}
+	return hs, nil
+}
+
+type callVars struct {
+	trunk string
+	vars  map[string]string
+}
+
+// callContext reads the trunk and variables of the handoffs' calls.
+func (q *Queries) callContext(ctx context.Context, hs []Handoff) (map[string]callVars, error) {
+	ids := make([]string, 0, len(hs))
+	for _, h := range hs {
+		ids = append(ids, panels.Quote(h.CallID))
+	}
+	rows, err := q.conn.Query(ctx, "SELECT call_id, trunk, variables.key, variables.value FROM calls FINAL WHERE call_id IN ("+
+		strings.Join(ids, ", ")+")")
+	if err != nil {
+		return nil, fmt.Errorf("recent handoffs: call context: %w", err)
+	}
+	defer func() { _ = rows.Close() }()
+	out := map[string]callVars{}
+	for rows.Next() {
+		var id string
+		var c callVars
+		var keys, values []string
+		if err := rows.Scan(&id, &c.trunk, &keys, &values); err != nil {
+			return nil, fmt.Errorf("recent handoffs: call context: %w", err)
+		}
+		c.vars = map[string]string{}
+		for i, k := range keys {
+			if i < len(values) {
+				c.vars[k] = values[i]
+			}
+		}
+		out[id] = c
+	}
+	return out, rows.Err()
 }
 
 // AgentStreamsByReason is the agent_streams_by_reason panel.
-func (q *Queries) AgentStreamsByReason(ctx context.Context, from, to time.Time) ([]StreamReasonHour, error) {
-	return query(ctx, q.conn, panels.AgentStreamsByReason, from, to, 0, func(s scanner) (StreamReasonHour, error) {
+func (q *Queries) AgentStreamsByReason(ctx context.Context, w window) ([]StreamReasonHour, error) {
+	return query(ctx, q.conn, panels.AgentStreamsByReason, w, func(s scanner) (StreamReasonHour, error) {
 		var r StreamReasonHour
 		err := s.Scan(&r.Hour, &r.Reason, &r.Streams)
 		r.Hour = r.Hour.UTC()
@@ -238,8 +419,8 @@ func (q *Queries) AgentStreamsByReason(ctx context.Context, from, to time.Time) 
 }
 
 // AgentFailures is the agent_failures panel, the most frequent first.
-func (q *Queries) AgentFailures(ctx context.Context, from, to time.Time) ([]AgentFailure, error) {
-	return query(ctx, q.conn, panels.AgentFailures, from, to, 0, func(s scanner) (AgentFailure, error) {
+func (q *Queries) AgentFailures(ctx context.Context, w window) ([]AgentFailure, error) {
+	return query(ctx, q.conn, panels.AgentFailures, w, func(s scanner) (AgentFailure, error) {
 		var r AgentFailure
 		err := s.Scan(&r.Reason, &r.Action, &r.Streams, &r.Calls)
 		return r, err
@@ -247,8 +428,8 @@ func (q *Queries) AgentFailures(ctx context.Context, from, to time.Time) ([]Agen
 }
 
 // AgentPlayout is the agent_playout panel.
-func (q *Queries) AgentPlayout(ctx context.Context, from, to time.Time) ([]PlayoutHour, error) {
-	return query(ctx, q.conn, panels.AgentPlayout, from, to, 0, func(s scanner) (PlayoutHour, error) {
+func (q *Queries) AgentPlayout(ctx context.Context, w window) ([]PlayoutHour, error) {
+	return query(ctx, q.conn, panels.AgentPlayout, w, func(s scanner) (PlayoutHour, error) {
 		var r PlayoutHour
 		err := s.Scan(&r.Hour, &r.Streams, &r.FramesPlayed, &r.LateFrames, &r.DroppedFrames, &r.ClearedFrames,
 			&r.P95MaxQueueMS, &r.DeepestQueueMS)
@@ -258,8 +439,8 @@ func (q *Queries) AgentPlayout(ctx context.Context, from, to time.Time) ([]Playo
 }
 
 // AgentMetricsByName is the agent_metrics_by_name panel.
-func (q *Queries) AgentMetricsByName(ctx context.Context, from, to time.Time, limit int) ([]MetricSummary, error) {
-	return query(ctx, q.conn, panels.AgentMetricsByName, from, to, limit, func(s scanner) (MetricSummary, error) {
+func (q *Queries) AgentMetricsByName(ctx context.Context, w window) ([]MetricSummary, error) {
+	return query(ctx, q.conn, panels.AgentMetricsByName, w, func(s scanner) (MetricSummary, error) {
 		var r MetricSummary
 		err := s.Scan(&r.Name, &r.Samples, &r.Calls, &r.Avg, &r.Min, &r.P50, &r.P95, &r.Max)
 		return r, err
@@ -270,13 +451,13 @@ type scanner interface{ Scan(dest ...any) error }
 
 // query runs a panel and scans every row with scan. Empty results are
 // empty slices, so the JSON API never returns null for a list.
-func query[T any](ctx context.Context, conn driver.Conn, name string, from, to time.Time, limit int,
+func query[T any](ctx context.Context, conn driver.Conn, name string, w window,
 	scan func(scanner) (T, error)) ([]T, error) {
 	p, err := panels.Lookup(name)
 	if err != nil {
 		return nil, err
 	}
-	rows, err := conn.Query(ctx, p.Render(from, to, max(limit, 1)))
+	rows, err := conn.Query(ctx, p.RenderFilter(w.from, w.to, max(w.limit, 1), w.filter))
 	if err != nil {
 		return nil, fmt.Errorf("panel %s: %w", name, err)
 	}

@@ -10,15 +10,20 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"os"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
+	"google.golang.org/protobuf/proto"
 
+	"github.com/baton-voice/baton/pkg/events"
+	batonv1 "github.com/baton-voice/baton/pkg/events/batonv1"
 	"github.com/baton-voice/baton/schemas"
 	"github.com/baton-voice/baton/services/analytics/internal/chconn"
 	"github.com/baton-voice/baton/services/analytics/internal/chtest"
@@ -77,6 +82,9 @@ var seedHandoffs = []seedHandoff{
 	{"h7", "complaint", "sales", "INVITE", "12:30", []seedOutcome{{"accepted", 100, 10}}},
 	{"h8", "billing", "support", "REFER", "09:00", []seedOutcome{{"succeeded", 200, 999}}},
 	{"h9", "billing", "support", "REFER", "13:30", []seedOutcome{{"failed", 486, 999}}},
+	// A warm transfer as transfer reports it now: ringing, answered,
+	// bridged (its success, migration 0008), ended.
+	{"h10", "fraud", "fraud", "INVITE", "12:40", []seedOutcome{{"ringing", 180, 300}, {"answered", 200, 900}, {"bridged", 200, 1000}, {"ended", 0, 5000}}},
 }
 
 // seedCalls: dialed number and start; the last one is outside the window.
@@ -85,6 +93,8 @@ var seedCalls = []struct{ id, callee, time string }{
 	{"c4", "+15550199", "11:00"}, {"c5", "+15550199", "11:05"},
 	{"c6", "+15550123", "12:00"},
 	{"c7", "+15550123", "13:00"},
+	// h4's call: the one handoff whose call is in the calls table.
+	{"call-h4", "+15550777", "11:30"},
 }
 
 // seedStreams are agent streams (AgentDisconnected rows); a6 ended
@@ -182,14 +192,16 @@ func u64(v uint64) *uint64 { return &v }
 // want is the report of the seed over [from, to) with limit 3.
 func want() *Report {
 	return &Report{
-		From: from, To: to, ServerVersion: "",
+		From: from, To: to, ServerVersion: "", ContextColumns: []string{},
 		HandoffsByReason: []ReasonHour{
 			{Hour: at("10:00"), Reason: "billing", Handoffs: 2},
 			{Hour: at("11:00"), Reason: "billing", Handoffs: 1},
 			{Hour: at("11:00"), Reason: "technical", Handoffs: 2},
 			{Hour: at("12:00"), Reason: "complaint", Handoffs: 2},
+			{Hour: at("12:00"), Reason: "fraud", Handoffs: 1},
 		},
 		SuccessByDestination: []DestinationRate{
+			{Destination: "fraud", Method: "INVITE", Handoffs: 1, Succeeded: 1, SuccessRate: 1},
 			{Destination: "sales", Method: "INVITE", Handoffs: 2, Succeeded: 1, Failed: 0, Pending: 1, SuccessRate: 1},
 			{Destination: "sales", Method: "REFER", Handoffs: 1, Succeeded: 1, SuccessRate: 1},
 			{Destination: "support", Method: "BYE", Handoffs: 1, Succeeded: 1, SuccessRate: 1},
@@ -197,7 +209,8 @@ func want() *Report {
 		},
 		TimeToTransfer: []TransferTime{
 			{Method: "BYE", Transfers: 1, P50MS: 50, P90MS: 50, P99MS: 50, MaxMS: 50},
-			{Method: "INVITE", Transfers: 1, P50MS: 2500, P90MS: 2500, P99MS: 2500, MaxMS: 2500},
+			// Sorted 1000, 2500: positions floor(2*0.5)=1 and up.
+			{Method: "INVITE", Transfers: 2, P50MS: 2500, P90MS: 2500, P99MS: 2500, MaxMS: 2500},
 			// Sorted 800, 1200, 2000: positions floor(3*0.5)=1, floor(3*0.9)=2.
 			{Method: "REFER", Transfers: 3, P50MS: 1200, P90MS: 2000, P99MS: 2000, MaxMS: 2000},
 		},
@@ -208,9 +221,20 @@ func want() *Report {
 			{Number: "+15550123", Calls: 1},
 		},
 		RecentHandoffs: []Handoff{
+			{RequestedAt: at("12:40"), CallID: "call-h10", CommandID: "h10", Reason: "fraud", Destination: "fraud", Method: "INVITE", Outcome: "succeeded", SIPCode: 200, TimeToTransferMS: u64(1000)},
 			{RequestedAt: at("12:30"), CallID: "call-h7", CommandID: "h7", Reason: "complaint", Destination: "sales", Method: "INVITE", Outcome: "pending"},
 			{RequestedAt: at("12:15"), CallID: "call-h6", CommandID: "h6", Reason: "complaint", Destination: "support", Method: "BYE", Outcome: "succeeded", SIPCode: 200, TimeToTransferMS: u64(50)},
-			{RequestedAt: at("11:45"), CallID: "call-h5", CommandID: "h5", Reason: "technical", Destination: "sales", Method: "INVITE", Outcome: "succeeded", SIPCode: 200, TimeToTransferMS: u64(2500)},
+		},
+		FailuresBySIPCode: []SIPFailure{{SIPCode: 603, Destination: "support", Failures: 1, Calls: 1}},
+		// Seven handoffs whose call is unknown, h4's on carrier-a.
+		HandoffsByTrunk: []TrunkHandoffs{
+			{Trunk: "", Handoffs: 7, Succeeded: 5, Failed: 1, Pending: 1},
+			{Trunk: "carrier-a", Handoffs: 1, Succeeded: 1},
+		},
+		TimeByDestination: []DestinationTime{
+			{Destination: "fraud", Method: "INVITE", Transfers: 1, P50MS: 1000, P90MS: 1000, MaxMS: 1000},
+			{Destination: "sales", Method: "INVITE", Transfers: 1, P50MS: 2500, P90MS: 2500, MaxMS: 2500},
+			{Destination: "sales", Method: "REFER", Transfers: 1, P50MS: 2000, P90MS: 2000, MaxMS: 2000},
 		},
 		AgentStreamsByReason: []StreamReasonHour{
 			{Hour: at("10:00"), Reason: "call_ended", Streams: 1},
@@ -262,6 +286,9 @@ func TestPanels(t *testing.T) {
 	require.Equal(t, w.TimeToTransfer, got.TimeToTransfer)
 	require.Equal(t, w.CallsByDialedNumber, got.CallsByDialedNumber)
 	require.Equal(t, w.RecentHandoffs, got.RecentHandoffs)
+	require.Equal(t, w.FailuresBySIPCode, got.FailuresBySIPCode)
+	require.Equal(t, w.HandoffsByTrunk, got.HandoffsByTrunk)
+	require.Equal(t, w.TimeByDestination, got.TimeByDestination)
 	require.Equal(t, w.AgentStreamsByReason, got.AgentStreamsByReason)
 	require.Equal(t, w.AgentFailures, got.AgentFailures)
 	require.Equal(t, w.AgentPlayout, got.AgentPlayout)
@@ -282,6 +309,8 @@ func TestHandoffFacts(t *testing.T) {
 		{"h3", "failed", 603, nil, nil, nil},
 		{"h5", "succeeded", 200, u64(400), u64(1500), u64(2500)},
 		{"h7", "pending", 0, nil, nil, nil},
+		// bridged is the warm transfer's success; answered its answer.
+		{"h10", "succeeded", 200, u64(300), u64(900), u64(1000)},
 	}
 	for _, tt := range tests {
 		t.Run(tt.id, func(t *testing.T) {
@@ -456,11 +485,148 @@ func TestPanelsParse(t *testing.T) {
 		require.Contains(t, p.SQL, "{from}")
 	}
 	require.Equal(t, []string{panels.HandoffsByReason, panels.SuccessByDestination, panels.TimeToTransfer,
-		panels.CallsByDialedNumber, panels.RecentHandoffs, panels.AgentStreamsByReason, panels.AgentFailures,
+		panels.CallsByDialedNumber, panels.RecentHandoffs, panels.FailuresBySIPCode, panels.HandoffsByTrunk,
+		panels.TimeToTransferByDestination, panels.AgentStreamsByReason, panels.AgentFailures,
 		panels.AgentPlayout, panels.AgentMetricsByName, panels.RulesByHits}, names)
 	_, err := panels.Parse("SELECT 1;\n")
 	require.Error(t, err, "a query without name and title")
 	r := ps[0].Render(time.Unix(100, 0), time.Unix(200, 0), 5)
 	require.Contains(t, r, "toStartOfHour(toDateTime(100))")
 	require.Contains(t, ps[0].Grafana(5), "$__fromTime")
+}
+
+// The filters narrow the handoff panels to the matching handoffs, and
+// the recent handoffs carry their call's trunk and chosen variables.
+func TestFilters(t *testing.T) {
+	conn := seeded(t)
+	// A later version of h4's call with its X- variables.
+	ts := at("11:30")
+	b, err := conn.PrepareBatch(t.Context(), "INSERT INTO calls (call_id, started_at, started_ms, callee_number, trunk, "+
+		"`variables.key`, `variables.value`, event_id, version)")
+	require.NoError(t, err)
+	require.NoError(t, b.Append("call-h4", ts, uint64(ts.UnixMilli()), "+15550777", "carrier-a", []string{"Customer-Id", "Intent"},
+		[]string{"CUST-1", "upgrade"}, "ev-call-h4", uint64(ts.UnixMilli())+1))
+	require.NoError(t, b.Send())
+	q, err := New(conn).WithContext([]string{"Customer-Id", "Language"})
+	require.NoError(t, err)
+
+	got, err := q.ReportFilter(t.Context(), from, to, 10, Filter{Trunk: "carrier-a"})
+	require.NoError(t, err)
+	require.Len(t, got.RecentHandoffs, 1)
+	h := got.RecentHandoffs[0]
+	require.Equal(t, "h4", h.CommandID)
+	require.Equal(t, "carrier-a", h.Trunk)
+	require.Equal(t, map[string]string{"Customer-Id": "CUST-1", "Language": ""}, h.Context)
+	require.Equal(t, []string{"Customer-Id", "Language"}, got.ContextColumns)
+	require.Equal(t, []TrunkHandoffs{{Trunk: "carrier-a", Handoffs: 1, Succeeded: 1}}, got.HandoffsByTrunk)
+	require.Equal(t, []ReasonHour{{Hour: at("11:00"), Reason: "technical", Handoffs: 1}}, got.HandoffsByReason)
+	require.Equal(t, DialedNumber{Number: "+15550100", Calls: 3}, got.CallsByDialedNumber[0], "every seeded call is on carrier-a")
+
+	got, err = q.ReportFilter(t.Context(), from, to, 10, Filter{Trunk: "carrier-b"})
+	require.NoError(t, err)
+	require.Empty(t, got.CallsByDialedNumber)
+	require.Empty(t, got.RecentHandoffs)
+
+	got, err = q.ReportFilter(t.Context(), from, to, 10, Filter{Destination: "sales", Method: "REFER"})
+	require.NoError(t, err)
+	require.Equal(t, []DialedNumber{{Number: "+15550777", Calls: 1}}, got.CallsByDialedNumber, "the calls with such a handoff")
+
+	got, err = q.ReportFilter(t.Context(), from, to, 10, Filter{Destination: "support", Outcome: "failed"})
+	require.NoError(t, err)
+	require.Len(t, got.RecentHandoffs, 1)
+	require.Equal(t, "h3", got.RecentHandoffs[0].CommandID)
+	require.Equal(t, []SIPFailure{{SIPCode: 603, Destination: "support", Failures: 1, Calls: 1}}, got.FailuresBySIPCode)
+	require.Empty(t, got.TimeByDestination)
+	require.Empty(t, got.CallsByDialedNumber, "no call in the calls table had a failed support handoff")
+
+	got, err = q.ReportFilter(t.Context(), from, to, 10, Filter{Method: "INVITE"})
+	require.NoError(t, err)
+	for _, r := range got.SuccessByDestination {
+		require.Equal(t, "INVITE", r.Method)
+	}
+	require.Len(t, got.SuccessByDestination, 2)
+	require.Len(t, got.RecentHandoffs, 3, "h5, h7, h10")
+
+	// A quote in a value stays inside its literal.
+	got, err = q.ReportFilter(t.Context(), from, to, 10, Filter{Destination: `x' OR 1=1 --`})
+	require.NoError(t, err)
+	require.Empty(t, got.RecentHandoffs)
+
+	_, err = New(conn).WithContext([]string{"bad name"})
+	require.Error(t, err)
+}
+
+// FilterOf takes the URL's filter and refuses what is not a filter value.
+func TestFilterOf(t *testing.T) {
+	f, err := FilterOf(url.Values{"trunk": {"carrier-a"}, "destination": {"support"}, "method": {"REFER"}, "outcome": {"failed"}})
+	require.NoError(t, err)
+	require.Equal(t, Filter{Trunk: "carrier-a", Destination: "support", Method: "REFER", Outcome: "failed"}, f)
+	for _, bad := range []url.Values{
+		{"method": {"OPTIONS"}}, {"outcome": {"maybe"}}, {"trunk": {strings.Repeat("a", 129)}}, {"destination": {"a\nb"}},
+	} {
+		_, err := FilterOf(bad)
+		require.Error(t, err, "%v", bad)
+	}
+}
+
+// A call's page and API read its events from ClickHouse, payloads decoded;
+// an unknown call is 404, an oversized id 400; the filters ride along.
+func TestCallDrillDown(t *testing.T) {
+	conn := seeded(t)
+	seedCallEvents(t, conn, "call-h4", at("11:30"),
+		&batonv1.CallStarted{CallerNumber: "+4930555000101", Variables: map[string]string{"Customer-Id": "CUST-1"}},
+		&batonv1.HandoffCommand{CallId: "call-h4", CommandId: "h4", Destination: "sales", Method: batonv1.Method_METHOD_REFER})
+	h := NewHandler(New(conn), nil, nil, slog.New(slog.DiscardHandler), func() time.Time { return to })
+	srv := httptest.NewServer(h)
+	defer srv.Close()
+
+	res, err := http.Get(srv.URL + "/api/calls/call-h4")
+	require.NoError(t, err)
+	var c Call
+	require.NoError(t, json.NewDecoder(res.Body).Decode(&c))
+	_ = res.Body.Close()
+	require.Equal(t, http.StatusOK, res.StatusCode)
+	require.Len(t, c.Events, 2)
+	require.Equal(t, events.TypeCallStarted, c.Events[0].Type)
+	require.Equal(t, int64(250), c.Events[1].OffsetMS)
+	require.Contains(t, c.Events[0].Payload, `"caller_number":"+4930555000101"`)
+	require.Contains(t, c.Events[1].Payload, `"destination":"sales"`)
+
+	res, err = http.Get(srv.URL + "/calls/call-h4?trunk=carrier-a")
+	require.NoError(t, err)
+	body, _ := io.ReadAll(res.Body)
+	_ = res.Body.Close()
+	require.Equal(t, http.StatusOK, res.StatusCode)
+	require.NotContains(t, string(body), "/*CALL*/null")
+	require.Contains(t, string(body), `"call_id":"call-h4"`)
+
+	for path, code := range map[string]int{
+		"/api/calls/nope":                        http.StatusNotFound,
+		"/api/calls/" + strings.Repeat("x", 300): http.StatusBadRequest,
+		"/api/dashboard?method=OPTIONS":          http.StatusBadRequest,
+	} {
+		res, err := http.Get(srv.URL + path)
+		require.NoError(t, err)
+		_ = res.Body.Close()
+		require.Equal(t, code, res.StatusCode, path)
+	}
+}
+
+// seedCallEvents stores msgs as the call's events, 250 ms apart from
+// start, each twice (a replay): the events table as the writer fills it.
+func seedCallEvents(t *testing.T, conn driver.Conn, callID string, start time.Time, msgs ...proto.Message) {
+	t.Helper()
+	for i, m := range msgs {
+		ev, err := events.New("baton/test", callID, m, start.Add(time.Duration(i)*250*time.Millisecond))
+		require.NoError(t, err)
+		payload, err := proto.Marshal(m)
+		require.NoError(t, err)
+		for range 2 {
+			b, err := conn.PrepareBatch(t.Context(), "INSERT INTO events (event_id, type, call_id, source, time, time_ms, topic, partition, offset, payload_proto)")
+			require.NoError(t, err)
+			require.NoError(t, b.Append(ev.ID, ev.Type, callID, ev.Source, ev.Time, uint64(ev.Time.UnixMilli()),
+				"baton.calls", int32(0), int64(i), string(payload)))
+			require.NoError(t, b.Send())
+		}
+	}
 }

@@ -38,7 +38,10 @@ var grafanaPanel = map[string]struct {
 	panels.CallsByDialedNumber: {"bargauge", 1, 12, 9, map[string]any{
 		"options": map[string]any{"orientation": "horizontal", "reduceOptions": map[string]any{"values": true, "calcs": []any{}, "fields": "/^calls$/"}},
 	}},
-	panels.RecentHandoffs: {"table", 1, 12, 9, map[string]any{}},
+	panels.RecentHandoffs:              {"table", 1, 24, 9, map[string]any{}},
+	panels.FailuresBySIPCode:           {"table", 1, 12, 9, map[string]any{}},
+	panels.HandoffsByTrunk:             {"table", 1, 12, 9, map[string]any{}},
+	panels.TimeToTransferByDestination: {"table", 1, 12, 9, map[string]any{}},
 	panels.AgentStreamsByReason: {"timeseries", 0, 24, 9, map[string]any{
 		"fieldConfig": map[string]any{"defaults": map[string]any{"custom": map[string]any{
 			"drawStyle": "bars", "fillOpacity": 80, "stacking": map[string]any{"mode": "normal"},
@@ -60,6 +63,22 @@ func msColumn(name string) map[string]any {
 		"matcher":    map[string]any{"id": "byName", "options": name},
 		"properties": []any{map[string]any{"id": "unit", "value": "ms"}},
 	}
+}
+
+// templating is the datasource variable and one text-box variable per
+// filter (panels.FilterNames), empty meaning any, as on the analytics
+// page; the panels read them as ${trunk:sqlstring}.
+func templating() []any {
+	list := []any{map[string]any{
+		"name": "datasource", "label": "ClickHouse", "type": "datasource", "query": "grafana-clickhouse-datasource",
+	}}
+	for _, name := range panels.FilterNames {
+		list = append(list, map[string]any{
+			"name": name, "label": name + " (empty: any)", "type": "textbox", "query": "",
+			"current": map[string]any{"text": "", "value": ""},
+		})
+	}
+	return list
 }
 
 // grafanaLimit is the row limit of list panels in Grafana.
@@ -120,10 +139,8 @@ func Grafana() ([]byte, error) {
 		"editable":      true,
 		"refresh":       "30s",
 		"time":          map[string]any{"from": "now-24h", "to": "now"},
-		"templating": map[string]any{"list": []any{map[string]any{
-			"name": "datasource", "label": "ClickHouse", "type": "datasource", "query": "grafana-clickhouse-datasource",
-		}}},
-		"panels": out,
+		"templating":    map[string]any{"list": templating()},
+		"panels":        out,
 	}
 	var buf bytes.Buffer
 	enc := json.NewEncoder(&buf)

@@ -5,7 +5,9 @@ import (
 	"flag"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 
@@ -59,5 +61,52 @@ func TestGeneratedFilesMatchPanels(t *testing.T) {
 		require.Contains(t, sql, "$__fromTime")
 		require.NotContains(t, sql, "{from}")
 		require.NotContains(t, sql, "{limit}")
+	}
+}
+
+// The Grafana dashboard runs the page's SQL: each panel's rawSql, with
+// Grafana's time macros and its filter variables expanded as Grafana
+// would (${x:sqlstring} quotes the value), is the query the analytics page
+// sends for the same window and filter; the variables are there.
+func TestGrafanaRunsThePageSQL(t *testing.T) {
+	data, err := os.ReadFile(filepath.Join(repoRoot(t), GrafanaPath))
+	require.NoError(t, err)
+	var d struct {
+		Templating struct {
+			List []struct {
+				Name string `json:"name"`
+				Type string `json:"type"`
+			} `json:"list"`
+		} `json:"templating"`
+		Panels []struct {
+			Title   string `json:"title"`
+			Targets []struct {
+				RawSQL string `json:"rawSql"`
+			} `json:"targets"`
+		} `json:"panels"`
+	}
+	require.NoError(t, json.Unmarshal(data, &d))
+	vars := map[string]string{}
+	for _, v := range d.Templating.List {
+		vars[v.Name] = v.Type
+	}
+	for _, name := range []string{"trunk", "destination", "method", "outcome"} {
+		require.Equal(t, "textbox", vars[name], "variable %s", name)
+	}
+	from, to := time.Unix(1_750_000_000, 0), time.Unix(1_750_086_400, 0)
+	for _, f := range []Filter{{}, {Trunk: "carrier-a", Destination: "support", Method: "REFER", Outcome: "failed"}} {
+		values := map[string]string{"trunk": f.Trunk, "destination": f.Destination, "method": f.Method, "outcome": f.Outcome}
+		pairs := []string{"$__fromTime", "toDateTime(1750000000)", "$__toTime", "toDateTime(1750086400)"}
+		for name, v := range values {
+			pairs = append(pairs, "${"+name+":sqlstring}", "'"+strings.ReplaceAll(v, "'", "''")+"'")
+		}
+		expand := strings.NewReplacer(pairs...)
+		all := panels.All()
+		require.Len(t, d.Panels, len(all))
+		for i, p := range all {
+			require.Equal(t, p.Title, d.Panels[i].Title)
+			require.Equal(t, p.RenderFilter(from, to, grafanaLimit, f), expand.Replace(d.Panels[i].Targets[0].RawSQL),
+				"panel %s with filter %+v", p.Name, f)
+		}
 	}
 }

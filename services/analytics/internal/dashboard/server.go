@@ -23,6 +23,12 @@ import (
 //go:embed page.html
 var pageHTML []byte
 
+//go:embed call.html
+var callHTML []byte
+
+// callMarker is replaced in call.html by the call's events as JSON.
+var callMarker = []byte("/*CALL*/null")
+
 // reportMarker is replaced in page.html by the report as JSON, so the
 // first drawing needs no request; the page then refreshes from the API.
 var reportMarker = []byte("/*REPORT*/null")
@@ -37,12 +43,16 @@ const queryTimeout = 30 * time.Second
 //
 //	GET /                  the page, charts drawn from the report inline
 //	GET /api/dashboard     the report as JSON
+//	GET /calls/{id}        one call's timeline: its events from ClickHouse
+//	GET /api/calls/{id}    the same as JSON
 //	GET /metrics           the writer's metrics (Prometheus)
 //	GET /healthz           200: the process is alive
 //	GET /readyz            200 when ready says so, else 503 and why
 //
 // The window is ?from=&to= (RFC 3339 or unix seconds; to defaults to now)
-// or ?since=24h (a Go duration back from now); limit=N caps the lists.
+// or ?since=24h (a Go duration back from now); limit=N caps the lists;
+// trunk=, destination=, method= and outcome= filter the handoff panels
+// (FilterOf).
 type Handler struct {
 	queries *Queries
 	metrics http.Handler
@@ -61,6 +71,8 @@ func NewHandler(queries *Queries, metrics http.Handler, ready func(ctx context.C
 	h := &Handler{queries: queries, metrics: metrics, ready: ready, logger: logger, now: now, mux: http.NewServeMux()}
 	h.mux.HandleFunc("GET /{$}", h.authorized(h.page))
 	h.mux.HandleFunc("GET /api/dashboard", h.authorized(h.api))
+	h.mux.HandleFunc("GET /calls/{id}", h.authorized(h.callPage))
+	h.mux.HandleFunc("GET /api/calls/{id}", h.authorized(h.callAPI))
 	h.mux.HandleFunc("GET /metrics", h.writeMetrics)
 	h.mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(http.StatusOK) })
 	h.mux.HandleFunc("GET /readyz", h.readyz)
@@ -138,6 +150,33 @@ func Window(q url.Values, now time.Time) (from, to time.Time, limit int, err err
 	return from, to, limit, nil
 }
 
+// maxFilterLen bounds one filter value.
+const maxFilterLen = 128
+
+// FilterOf reads the request's filter: ?trunk=&destination=&method=&outcome=
+// (empty or absent: any). method is REFER, INVITE or BYE; outcome
+// succeeded, failed or pending; trunk and destination at most 128 bytes
+// of printable text.
+func FilterOf(q url.Values) (Filter, error) {
+	f := Filter{Trunk: q.Get("trunk"), Destination: q.Get("destination"), Method: q.Get("method"), Outcome: q.Get("outcome")}
+	for name, v := range map[string]string{"trunk": f.Trunk, "destination": f.Destination} {
+		if len(v) > maxFilterLen || strings.ContainsFunc(v, func(r rune) bool { return r < 0x20 || r == 0x7f }) {
+			return Filter{}, fmt.Errorf("%s: at most %d bytes, no control characters", name, maxFilterLen)
+		}
+	}
+	switch f.Method {
+	case "", "REFER", "INVITE", "BYE":
+	default:
+		return Filter{}, fmt.Errorf("method %q: want REFER, INVITE or BYE", f.Method)
+	}
+	switch f.Outcome {
+	case "", "succeeded", "failed", "pending":
+	default:
+		return Filter{}, fmt.Errorf("outcome %q: want succeeded, failed or pending", f.Outcome)
+	}
+	return f, nil
+}
+
 func parseTime(s string) (time.Time, error) {
 	if n, err := strconv.ParseInt(s, 10, 64); err == nil {
 		return time.Unix(n, 0).UTC(), nil
@@ -157,7 +196,12 @@ func (h *Handler) report(w http.ResponseWriter, r *http.Request) ([]byte, bool) 
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), queryTimeout)
 	defer cancel()
-	rep, err := h.queries.Report(ctx, from, to, limit)
+	f, err := FilterOf(r.URL.Query())
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return nil, false
+	}
+	rep, err := h.queries.ReportFilter(ctx, from, to, limit, f)
 	if err != nil {
 		// The server's error text names tables and settings: it goes to
 		// the log, the client gets a generic answer.
@@ -188,6 +232,54 @@ func (h *Handler) page(w http.ResponseWriter, r *http.Request) {
 
 func (h *Handler) api(w http.ResponseWriter, r *http.Request) {
 	data, ok := h.report(w, r)
+	if !ok {
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	_, _ = w.Write(data)
+}
+
+// call reads the call the path names, answering the error itself.
+func (h *Handler) call(w http.ResponseWriter, r *http.Request) ([]byte, bool) {
+	id := r.PathValue("id")
+	if id == "" || len(id) > MaxCallIDLen {
+		http.Error(w, fmt.Sprintf("call id: want 1-%d bytes", MaxCallIDLen), http.StatusBadRequest)
+		return nil, false
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), queryTimeout)
+	defer cancel()
+	c, err := h.queries.Call(ctx, id)
+	if errors.Is(err, ErrNoCall) {
+		http.Error(w, "no events of this call in ClickHouse", http.StatusNotFound)
+		return nil, false
+	}
+	if err != nil {
+		h.logger.ErrorContext(ctx, "dashboard call", "err", err)
+		http.Error(w, "the ClickHouse query failed; the analytics log has the error", http.StatusBadGateway)
+		return nil, false
+	}
+	data, err := json.Marshal(c) // escapes <, > and &: safe in <script>
+	if err != nil {
+		h.logger.ErrorContext(ctx, "dashboard call json", "err", err)
+		http.Error(w, "internal error", http.StatusInternalServerError)
+		return nil, false
+	}
+	return data, true
+}
+
+func (h *Handler) callPage(w http.ResponseWriter, r *http.Request) {
+	data, ok := h.call(w, r)
+	if !ok {
+		return
+	}
+	w.Header().Set("Content-Type", "text/html; charset=utf-8")
+	w.Header().Set("Cache-Control", "no-store")
+	_, _ = w.Write(bytes.Replace(callHTML, callMarker, data, 1))
+}
+
+func (h *Handler) callAPI(w http.ResponseWriter, r *http.Request) {
+	data, ok := h.call(w, r)
 	if !ok {
 		return
 	}

@@ -175,9 +175,16 @@ func shippedQueries(t *testing.T, from, to time.Time) []query {
 		{"dev summary", panels.Summary(scenarioStart)},
 	}
 	all := panels.All()
-	require.Len(t, all, 10)
+	require.Len(t, all, 13)
 	for _, p := range all {
 		qs = append(qs, query{"panel " + p.Name, p.Render(from, to, 100)})
+		// And filtered, as the page sends it: the scenario's failures
+		// are not support REFERs, so that panel filters on the trunk.
+		f := gridFilter
+		if p.Name == panels.FailuresBySIPCode {
+			f = panels.Filter{Trunk: gridFilter.Trunk}
+		}
+		qs = append(qs, query{"panel " + p.Name + " filtered", p.RenderFilter(from, to, 100, f)})
 	}
 
 	path := filepath.Join("..", "..", "..", "..", dashboard.GrafanaPath)
@@ -201,17 +208,27 @@ func shippedQueries(t *testing.T, from, to time.Time) []query {
 	return qs
 }
 
+// gridFilter is a filter every handoff panel applies; the rows it keeps
+// must match on both engines too.
+var gridFilter = panels.Filter{Trunk: "carrier-a", Destination: "support", Method: "REFER"}
+
 // grafanaMacros expands the time macros the way grafana-clickhouse-datasource
-// does ($__fromTime and $__toTime become toDateTime(<unix seconds>)); a
-// macro it does not know fails the test, so a new one gets expanded here
-// before the dashboard may use it.
+// does ($__fromTime and $__toTime become toDateTime(<unix seconds>)) and
+// the filter variables as Grafana's sqlstring format does (quoted, ”
+// for a quote; empty: any); a macro or variable it does not know fails
+// the test, so a new one gets expanded here before the dashboard may use
+// it.
 func grafanaMacros(t *testing.T, sql string, from, to time.Time) string {
 	t.Helper()
-	out := strings.NewReplacer(
-		"$__fromTime", "toDateTime("+strconv.FormatInt(from.Unix(), 10)+")",
-		"$__toTime", "toDateTime("+strconv.FormatInt(to.Unix(), 10)+")",
-	).Replace(sql)
-	require.NotContainsf(t, out, "$__", "a Grafana macro this test does not expand: %s", sql)
+	pairs := []string{
+		"$__fromTime", "toDateTime(" + strconv.FormatInt(from.Unix(), 10) + ")",
+		"$__toTime", "toDateTime(" + strconv.FormatInt(to.Unix(), 10) + ")",
+	}
+	for _, name := range panels.FilterNames {
+		pairs = append(pairs, "${"+name+":sqlstring}", "''")
+	}
+	out := strings.NewReplacer(pairs...).Replace(sql)
+	require.NotContainsf(t, out, "$", "a Grafana macro or variable this test does not expand: %s", sql)
 	return out
 }
 
