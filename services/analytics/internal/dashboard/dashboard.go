@@ -109,6 +109,14 @@ type PlayoutHour struct {
 	DeepestQueueMS uint64    `json:"deepest_queue_ms"`
 }
 
+// RuleHits is how many handoffs one routing rule chose (their first
+// command), "(none)" for those no rule chose.
+type RuleHits struct {
+	Rule         string `json:"rule"`
+	Hits         uint64 `json:"hits"`
+	Destinations uint64 `json:"destinations"`
+}
+
 // MetricSummary summarises one agent metric's samples.
 type MetricSummary struct {
 	Name    string  `json:"name"`
@@ -170,6 +178,7 @@ type Report struct {
 	AgentFailures        []AgentFailure     `json:"agent_failures"`
 	AgentPlayout         []PlayoutHour      `json:"agent_playout"`
 	AgentMetricsByName   []MetricSummary    `json:"agent_metrics_by_name"`
+	RulesByHits          []RuleHits         `json:"rules_by_hits"`
 }
 
 // Filter narrows the handoff panels (panels.Filter); empty fields match
@@ -265,6 +274,9 @@ func (q *Queries) ReportFilter(ctx context.Context, from, to time.Time, limit in
 		return nil, err
 	}
 	if r.AgentMetricsByName, err = q.AgentMetricsByName(ctx, w); err != nil {
+		return nil, err
+	}
+	if r.RulesByHits, err = q.RulesByHits(ctx, w); err != nil {
 		return nil, err
 	}
 	return r, nil
@@ -443,6 +455,15 @@ func (q *Queries) AgentMetricsByName(ctx context.Context, w window) ([]MetricSum
 	return query(ctx, q.conn, panels.AgentMetricsByName, w, func(s scanner) (MetricSummary, error) {
 		var r MetricSummary
 		err := s.Scan(&r.Name, &r.Samples, &r.Calls, &r.Avg, &r.Min, &r.P50, &r.P95, &r.Max)
+		return r, err
+	})
+}
+
+// RulesByHits is the rules_by_hits panel.
+func (q *Queries) RulesByHits(ctx context.Context, w window) ([]RuleHits, error) {
+	return query(ctx, q.conn, panels.RulesByHits, w, func(s scanner) (RuleHits, error) {
+		var r RuleHits
+		err := s.Scan(&r.Rule, &r.Hits, &r.Destinations)
 		return r, err
 	})
 }

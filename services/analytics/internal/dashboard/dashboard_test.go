@@ -145,11 +145,14 @@ func seeded(t *testing.T) driver.Conn {
 func insertSeed(t *testing.T, conn driver.Conn) {
 	t.Helper()
 	ctx := t.Context()
-	b, err := conn.PrepareBatch(ctx, "INSERT INTO handoffs (command_id, call_id, requested_at, requested_ms, destination, method, reason, attempt, event_id)")
+	b, err := conn.PrepareBatch(ctx, "INSERT INTO handoffs (command_id, call_id, requested_at, requested_ms, destination, method, reason, attempt, event_id, rule)")
 	require.NoError(t, err)
+	// The deciding rule by reason; the others were chosen by no rule.
+	rules := map[string]string{"billing": "billing-desk", "technical": "tech-desk"}
 	for _, h := range seedHandoffs {
 		ts := at(h.time)
-		require.NoError(t, b.Append(h.id, "call-"+h.id, ts, uint64(ts.UnixMilli()), h.destination, h.method, h.reason, uint32(1), "ev-"+h.id))
+		require.NoError(t, b.Append(h.id, "call-"+h.id, ts, uint64(ts.UnixMilli()), h.destination, h.method, h.reason, uint32(1), "ev-"+h.id,
+			rules[h.reason]))
 	}
 	require.NoError(t, b.Send())
 	b, err = conn.PrepareBatch(ctx, "INSERT INTO transfer_outcomes (event_id, command_id, call_id, time, time_ms, status, method, destination, sip_code, elapsed_ms)")
@@ -262,6 +265,13 @@ func want() *Report {
 			{Name: "llm_latency_ms", Samples: 4, Calls: 3, Avg: 400, Min: 100, P50: 300, P95: 1000, Max: 1000},
 			{Name: "sentiment", Samples: 2, Calls: 2, Avg: -0.125, Min: -0.5, P50: 0.25, P95: 0.25, Max: 0.25},
 		},
+		// In the window: billing h1-h3 (support), technical h4-h5 (sales),
+		// no rule h6, h7, h10 (support, sales, fraud); ties by name.
+		RulesByHits: []RuleHits{
+			{Rule: "(none)", Hits: 3, Destinations: 3},
+			{Rule: "billing-desk", Hits: 3, Destinations: 1},
+			{Rule: "tech-desk", Hits: 2, Destinations: 1},
+		},
 	}
 }
 
@@ -293,6 +303,7 @@ func TestPanels(t *testing.T) {
 	require.Equal(t, w.AgentFailures, got.AgentFailures)
 	require.Equal(t, w.AgentPlayout, got.AgentPlayout)
 	require.Equal(t, w.AgentMetricsByName, got.AgentMetricsByName)
+	require.Equal(t, w.RulesByHits, got.RulesByHits)
 	require.Equal(t, w, got)
 }
 
