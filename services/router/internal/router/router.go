@@ -20,8 +20,8 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/baton-voice/baton/pkg/events"
-	"github.com/baton-voice/baton/pkg/hops"
 	batonv1 "github.com/baton-voice/baton/pkg/events/batonv1"
+	"github.com/baton-voice/baton/pkg/hops"
 	"github.com/baton-voice/baton/pkg/kafka"
 	"github.com/baton-voice/baton/pkg/tracing"
 	"github.com/baton-voice/baton/services/router/internal/handoff"
