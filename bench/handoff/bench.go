@@ -198,4 +198,3 @@ func ratio(a, b time.Duration) string {
 	}
 	return fmt.Sprintf("%.2fx", float64(a)/float64(b))
 }
-
