@@ -268,6 +268,9 @@ destinations:
 listen: 127.0.0.1:%d
 routes:
   allow: ["sip:*@agents.example.com"]
+# 1000 handoffs/s keep more than the default 1024 transfers open (each
+# until its call ended).
+max_in_flight: 8192
 `, s.transferSIP), nil
 	case "analytics":
 		c := common
