@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"os"
 	"runtime"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -64,7 +65,9 @@ func bench(ctx context.Context, o options, w io.Writer) (err error) {
 		Transport: &http.Transport{MaxIdleConnsPerHost: 512, MaxConnsPerHost: 512}}}
 
 	fmt.Fprintf(w, "handoff bench: baton broker (kfake) %s, ingress, router (agent API), transfer, analytics, clickhouse-server on loopback\n", s.broker)
-	fmt.Fprintf(w, "%d CPUs, %s; hop times from %s and the events' ce_time\n", runtime.NumCPU(), runtime.Version(), hops.Env)
+	load, _ := os.ReadFile("/proc/loadavg") // shown only: a shared machine's load moves every figure
+	fmt.Fprintf(w, "%d CPUs, load %s, %s; hop times from %s and the events' ce_time\n", runtime.NumCPU(),
+		strings.Join(strings.Fields(string(load))[:min(3, len(strings.Fields(string(load))))], " "), runtime.Version(), hops.Env)
 
 	// Warm up: a few calls end to end, so groups are joined and caches warm.
 	if _, err := level(ctx, o, w, s, sbc, ag, base, st, "warm", 10, 10, false); err != nil {
