@@ -81,6 +81,7 @@ p1=$(cpu_ticks "$ipid")
 ustime=$(sed 's/^.*) //' "/proc/$ipid/stat" | awk '{print $12 " " $13}')
 curl -sf "http://127.0.0.1:$mport/debug/pprof/allocs" -o "$out/allocs.pprof"
 wait "$spid" || true
+[[ $out != "$work" ]] && cp "$work/sipp.txt" "$out/sipp.txt"
 after=$(cpu_ticks "$ipid")
 ok=$(grep -E '^ *Successful call' "$work/sipp.txt" | tail -1 | awk -F'|' '{gsub(/ /,"",$3); print $3}')
 failed=$(grep -E '^ *Failed call' "$work/sipp.txt" | tail -1 | awk -F'|' '{gsub(/ /,"",$3); print $3}')
