@@ -76,7 +76,7 @@ var referHops = []hop{
 	{"API -> Kafka -> router poll", pAPI, hops.RouterConsumed},
 	{"router decide", hops.RouterConsumed, hops.RouterDecided},
 	{"router produce + commit", hops.RouterDecided, hops.RouterCommitted},
-	{"EndTxn returned -> transfer poll (<0: sooner)", hops.RouterCommitted, hops.TransferConsumed},
+	{"EndTxn -> transfer poll (<0: sooner)", hops.RouterCommitted, hops.TransferConsumed},
 	{"transfer attempt log + build", hops.TransferConsumed, hops.TransferSending},
 	{"send: SIP client -> SBC socket", hops.TransferSending, pRefer},
 	{"= agent POST -> REFER on the wire", pAgentPost, pRefer},
