@@ -157,7 +157,7 @@ pids+=("$bpid")
 iport=$(free_port)
 cat >"$work/ingress.yaml" <<CFG
 listen: 127.0.0.1:$iport
-limits: {max_calls: 100000, max_cps: 100000}
+limits: {max_calls: 15000, max_cps: 100000}
 rtp: {port_min: 30000, port_max: 59999}
 kafka: {brokers: ["127.0.0.1:$bport"], partitions: 6, replication_factor: 1}
 log: {level: warn}
