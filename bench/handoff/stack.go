@@ -62,7 +62,7 @@ func startProcess(name, bin, logPath string, env []string, stdout io.Writer, arg
 func (p *process) exited() error {
 	select {
 	case <-p.done:
-		return fmt.Errorf("%s exited (%v); see %s", p.name, p.err, p.log.Name())
+		return fmt.Errorf("%s exited (%w); see %s", p.name, p.err, p.log.Name())
 	default:
 		return nil
 	}
