@@ -62,6 +62,9 @@ func startProcess(name, bin, logPath string, env []string, stdout io.Writer, arg
 func (p *process) exited() error {
 	select {
 	case <-p.done:
+		if p.err == nil {
+			return fmt.Errorf("%s exited; see %s", p.name, p.log.Name())
+		}
 		return fmt.Errorf("%s exited (%w); see %s", p.name, p.err, p.log.Name())
 	default:
 		return nil
