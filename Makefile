@@ -124,7 +124,11 @@ tidy-check: ## fail when a go.mod or go.sum is not tidy
 	done
 
 .PHONY: bench
-bench: ## run the Go benchmarks of every module
+bench: ## the ingress, router and handoff benches, briefly, with their ratios (bench/all.sh; never fails on timing)
+	@bench/all.sh
+
+.PHONY: bench-go
+bench-go: ## run the Go benchmarks of every module
 	@for m in $(MODULES); do (cd $$m && go test -run '^$$' -bench . -benchmem ./...); done
 
 .PHONY: clean

@@ -7,10 +7,14 @@
 # CPU profile's flat time grouped by where it is spent (the table kept in
 # bench/ingress/README.md), and the top functions of both profiles.
 #
+# RTP=1 plays deploy/sipp/ingress_basic.xml instead (the same call with a
+# PCMA offer and SIPp playing g711a.pcap to ingress for its 1 s: RTP
+# flowing; CALL_MS does not apply).
+#
 # Usage: bench/ingress/profile.sh
 # Env: RATE (default 500), DURATION (seconds, default 30), CALL_MS
-#      (default 1000), PROFILE_S (default 20), OUT (where the profiles are
-#      kept; default a temporary dir, removed).
+#      (default 1000), PROFILE_S (default 20), RTP (1: with RTP), OUT
+#      (where the profiles are kept; default a temporary dir, removed).
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/../.." && pwd)
@@ -56,7 +60,9 @@ pids+=("$ipid")
 for _ in $(seq 100); do curl -sf "http://127.0.0.1:$mport/readyz" >/dev/null && break; sleep 0.1; done
 
 before=$(cpu_ticks "$ipid")
-sipp -sn uac "127.0.0.1:$iport" -i 127.0.0.1 -p "$(free_port)" -mi 127.0.0.1 -mp "$(($(free_port) & ~1))" \
+scenario=(-sn uac)
+[[ ${RTP:-} == 1 ]] && scenario=(-sf "$root/deploy/sipp/ingress_basic.xml")
+sipp "${scenario[@]}" "127.0.0.1:$iport" -i 127.0.0.1 -p "$(free_port)" -mi 127.0.0.1 -mp "$(($(free_port) & ~1))" \
 	-r "$rate" -m "$((rate * duration))" -l "$((rate * (call_ms / 1000 + 3)))" -d "$call_ms" \
 	-timeout "$((duration + 60))s" -timeout_error -max_recv_loops 10000 -nostdin >"$work/sipp.txt" 2>&1 &
 spid=$!
@@ -75,10 +81,11 @@ p1=$(cpu_ticks "$ipid")
 ustime=$(sed 's/^.*) //' "/proc/$ipid/stat" | awk '{print $12 " " $13}')
 curl -sf "http://127.0.0.1:$mport/debug/pprof/allocs" -o "$out/allocs.pprof"
 wait "$spid" || true
+[[ $out != "$work" ]] && cp "$work/sipp.txt" "$out/sipp.txt"
 after=$(cpu_ticks "$ipid")
 ok=$(grep -E '^ *Successful call' "$work/sipp.txt" | tail -1 | awk -F'|' '{gsub(/ /,"",$3); print $3}')
 failed=$(grep -E '^ *Failed call' "$work/sipp.txt" | tail -1 | awk -F'|' '{gsub(/ /,"",$3); print $3}')
-echo "== ingress at $rate calls/s for ${duration}s (${call_ms} ms calls) on $(nproc) CPUs"
+echo "== ingress at $rate calls/s for ${duration}s (${call_ms} ms calls$([[ ${RTP:-} == 1 ]] && echo ", RTP: g711a.pcap for 1 s")) on $(nproc) CPUs"
 awk -v ok="${ok:-0}" -v f="${failed:-0}" -v t="$((after - before))" -v tck="$tck" \
 	'BEGIN {printf "calls ok %d, failed %d; ingress cpu %.0f ms, %.3f cpu-ms per call\n", ok, f, t*1000/tck, ok ? t*1000/tck/ok : 0}'
 

@@ -12,7 +12,9 @@
 #     bench/ingress/sipgouas, the same stateless 200s through sipgo's server
 #     transactions (the floor of any sipgo-based server), once as Go
 #     schedules it by default and once with GOMAXPROCS=1 (sipgo-p1, its
-#     cheapest setting at these rates). Printed:
+#     cheapest setting at these rates); ingress too runs twice, by default
+#     and with GOMAXPROCS=1 (ingress-p1, a second process on its own port
+#     and broker topics). Printed:
 #     successful and failed calls, CPU-ms per call of the target (utime +
 #     stime from /proc/<pid>/stat, summed over Kamailio's processes; the
 #     broker's CPU is printed apart), and the ratio ingress/Kamailio.
@@ -154,10 +156,12 @@ bport=$(free_tcp)
 "$bin/baton" broker --listen "127.0.0.1:$bport" --data-dir "$work/broker" >"$work/broker.log" 2>&1 &
 bpid=$!
 pids+=("$bpid")
+for _ in $(seq 300); do (echo >"/dev/tcp/127.0.0.1/$bport") 2>/dev/null && break; sleep 0.1; done
 iport=$(free_port)
 cat >"$work/ingress.yaml" <<CFG
 listen: 127.0.0.1:$iport
-limits: {max_calls: 100000, max_cps: 100000}
+metrics: {listen: "127.0.0.1:$(free_tcp)"}
+limits: {max_calls: 15000, max_cps: 100000}
 rtp: {port_min: 30000, port_max: 59999}
 kafka: {brokers: ["127.0.0.1:$bport"], partitions: 6, replication_factor: 1}
 log: {level: warn}
@@ -166,6 +170,21 @@ CFG
 ipid=$!
 pids+=("$ipid")
 wait_udp "$iport"
+# The same with GOMAXPROCS=1: its own RTP range and topics.
+i1port=$(free_port)
+cat >"$work/ingress-p1.yaml" <<CFG
+listen: 127.0.0.1:$i1port
+metrics: {listen: "127.0.0.1:$(free_tcp)"}
+limits: {max_calls: 5000, max_cps: 100000}
+rtp: {port_min: 20000, port_max: 29999}
+kafka: {brokers: ["127.0.0.1:$bport"], partitions: 6, replication_factor: 1,
+  topics: {calls: p1.calls, handoffs: p1.handoffs, transfers: p1.transfers}}
+log: {level: warn}
+CFG
+GOMAXPROCS=1 "$bin/ingress" --config "$work/ingress-p1.yaml" >"$work/ingress-p1.log" 2>&1 &
+i1pid=$!
+pids+=("$i1pid")
+wait_udp "$i1port"
 
 for rate in "${rate_list[@]}"; do
 	load uas "$uport" "$rate" "$upid"
@@ -176,7 +195,8 @@ for rate in "${rate_list[@]}"; do
 	load ingress "$iport" "$rate" "$ipid"
 	b1=$(cpu_ticks "$bpid")
 	awk -v t="$((b1 - b0))" -v tck="$tck" 'BEGIN {printf "          (broker during the ingress run: cpu %.0f ms)\n", t*1000/tck}'
+	load ingress-p1 "$i1port" "$rate" "$i1pid"
 done
 echo
-awk '$1=="kamailio" {k[$2]=$(NF-1)} $1=="ingress" {i[$2]=$(NF-1)} $1=="uas" {u[$2]=$(NF-1)} $1=="sipgo" {g[$2]=$(NF-1)} $1=="sipgo-p1" {g1[$2]=$(NF-1)}
-	END {for (r in i) if (k[r] > 0 && g[r] > 0 && g1[r] > 0) printf "at %d cps: ingress/kamailio %.1fx, sipgo-stateless/kamailio %.1fx (GOMAXPROCS=1: %.1fx), ingress/sipgo-stateless %.1fx cpu per call (floor sipp uas: %.3f cpu-ms/call)\n", r, i[r]/k[r], g[r]/k[r], g1[r]/k[r], i[r]/g[r], u[r]}' "$work/load.txt" | sort -t' ' -k2 -n
+awk '$1=="kamailio" {k[$2]=$(NF-1)} $1=="ingress" {i[$2]=$(NF-1)} $1=="uas" {u[$2]=$(NF-1)} $1=="sipgo" {g[$2]=$(NF-1)} $1=="sipgo-p1" {g1[$2]=$(NF-1)} $1=="ingress-p1" {i1[$2]=$(NF-1)}
+	END {for (r in i) if (k[r] > 0 && g[r] > 0 && g1[r] > 0) printf "at %d cps: ingress/kamailio %.1fx, sipgo-stateless/kamailio %.1fx (GOMAXPROCS=1: %.1fx), ingress/sipgo-stateless %.1fx cpu per call (floor sipp uas: %.3f cpu-ms/call); GOMAXPROCS=1: ingress-p1/sipgo-stateless %.1fx, ingress-p1/sipgo-p1 %.1fx\n", r, i[r]/k[r], g[r]/k[r], g1[r]/k[r], i[r]/g[r], u[r], i1[r]/g[r], i1[r]/g1[r]}' "$work/load.txt" | sort -t' ' -k2 -n

@@ -16,6 +16,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 	"go.opentelemetry.io/otel/trace"
 
+	"github.com/baton-voice/baton/pkg/hops"
 	"github.com/baton-voice/baton/pkg/kafka"
 	"github.com/baton-voice/baton/pkg/observability"
 	"github.com/baton-voice/baton/pkg/opshttp"
@@ -131,7 +132,12 @@ func serve(ctx context.Context, cfg config.Config, migrations fs.FS, tracer trac
 	defer stopOps()
 	serveOps(opsCtx, &wg, cfg, reg, conn, cl, logger)
 
-	w := writer.New(cl, conn, writer.Options{Config: cfg, Metrics: writer.NewMetrics(reg), Tracer: tracer}, logger)
+	hopLog, err := hops.FromEnv(os.Getenv)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = hopLog.Close() }()
+	w := writer.New(cl, conn, writer.Options{Config: cfg, Metrics: writer.NewMetrics(reg), Tracer: tracer, Hops: hopLog}, logger)
 	return w.Run(ctx)
 }
 

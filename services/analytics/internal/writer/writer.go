@@ -28,6 +28,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/baton-voice/baton/pkg/events"
+	"github.com/baton-voice/baton/pkg/hops"
 	"github.com/baton-voice/baton/pkg/kafka"
 	"github.com/baton-voice/baton/pkg/tracing"
 	"github.com/baton-voice/baton/services/analytics/internal/config"
@@ -62,6 +63,9 @@ type Options struct {
 	// Tracer makes every batch a span linked to the spans of its records'
 	// traceparents; nil: no spans.
 	Tracer trace.Tracer
+	// Hops, when set, records when each transfer outcome was polled and
+	// when its row was written (bench/handoff); nil records nothing.
+	Hops *hops.Log
 }
 
 // Writer consumes Baton's topics into ClickHouse.
@@ -72,6 +76,7 @@ type Writer struct {
 	logger  *slog.Logger
 	metrics *Metrics
 	tracer  trace.Tracer
+	hops    *hops.Log
 }
 
 // ClientOpts are the options of the group consumer a Writer reads with:
@@ -103,7 +108,7 @@ func newWriter(cl *kgo.Client, ins insertFunc, opts Options, logger *slog.Logger
 	if m == nil {
 		m = NewMetrics(prometheus.NewRegistry())
 	}
-	return &Writer{cfg: opts.Config, cl: cl, insert: ins, logger: logger, metrics: m, tracer: opts.Tracer}
+	return &Writer{cfg: opts.Config, cl: cl, insert: ins, logger: logger, metrics: m, tracer: opts.Tracer, hops: opts.Hops}
 }
 
 // Run consumes until ctx ends. The batch under way when ctx ends is
@@ -152,6 +157,9 @@ func (w *Writer) consume(ctx context.Context) error {
 				w.logger.WarnContext(ctx, "fetch error", "topic", topic, "partition", partition, "err", err)
 			})
 			if recs := fetches.Records(); len(recs) > 0 {
+				if w.hops.On() {
+					w.markHops(hops.AnalyticsPolled, recs)
+				}
 				if len(pending) == 0 {
 					deadline = time.Now().Add(maxWait)
 				}
@@ -213,6 +221,9 @@ func (w *Writer) flush(ctx context.Context, records []*kgo.Record) error {
 	// Rebalances wait while a batch is gathered and written, so a batch
 	// never holds records of a partition this member no longer owns.
 	w.cl.AllowRebalance()
+	if w.hops.On() {
+		w.markHops(hops.AnalyticsWritten, records)
+	}
 	w.metrics.batches.Inc()
 	w.metrics.records.Add(float64(len(records)))
 	w.metrics.events.Add(float64(r.len()))
@@ -221,6 +232,18 @@ func (w *Writer) flush(ctx context.Context, records []*kgo.Record) error {
 	w.metrics.inserted(r)
 	w.logger.DebugContext(ctx, "batch written", "records", len(records), "events", r.len(), "dead_letters", len(dead))
 	return nil
+}
+
+// markHops records point now for the transfer outcomes among records.
+func (w *Writer) markHops(point string, records []*kgo.Record) {
+	now := time.Now()
+	for _, rec := range records {
+		for _, h := range rec.Headers {
+			if h.Key == events.HeaderType && string(h.Value) == events.TypeTransferOutcome {
+				w.hops.Mark(point, string(rec.Key), now)
+			}
+		}
+	}
 }
 
 // write inserts one batch's rows and produces its dead letters. Shutdown

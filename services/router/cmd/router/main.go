@@ -21,6 +21,7 @@ import (
 
 	"github.com/twmb/franz-go/pkg/kgo"
 
+	"github.com/baton-voice/baton/pkg/hops"
 	"github.com/baton-voice/baton/pkg/kafka"
 	"github.com/baton-voice/baton/pkg/observability"
 	"github.com/baton-voice/baton/pkg/opshttp"
@@ -143,11 +144,17 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 		}, fold, pub, logger, time.Now)
 		started = fetcher
 	}
+	hopLog, err := hops.FromEnv(os.Getenv)
+	if err != nil {
+		logger.ErrorContext(ctx, "start router", "err", err)
+		return startup.ExitFailed
+	}
+	defer func() { _ = hopLog.Close() }()
 	rt, err := router.New(router.Options{
 		Kafka: cfg.Kafka, Group: cfg.Group, TransactionalID: cfg.TransactionalID,
 		TransactionTimeout: cfg.TransactionTimeout, Started: started,
 		Metrics: router.NewMetrics(reg), Tracer: tracing.Tracer(tp, "router"),
-		RestoreLookback: lookback, MaxCallDuration: cfg.MaxCallDuration,
+		RestoreLookback: lookback, MaxCallDuration: cfg.MaxCallDuration, Hops: hopLog,
 	}, fold, logger)
 	if err != nil {
 		logger.ErrorContext(ctx, "start router", "err", err)

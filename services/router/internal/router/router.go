@@ -21,6 +21,7 @@ import (
 
 	"github.com/baton-voice/baton/pkg/events"
 	batonv1 "github.com/baton-voice/baton/pkg/events/batonv1"
+	"github.com/baton-voice/baton/pkg/hops"
 	"github.com/baton-voice/baton/pkg/kafka"
 	"github.com/baton-voice/baton/pkg/tracing"
 	"github.com/baton-voice/baton/services/router/internal/handoff"
@@ -76,6 +77,9 @@ type Options struct {
 	// Redeliver is how far back a restore pushes again the transitions of
 	// the history it re-folds (0: DefaultRedeliver).
 	Redeliver time.Duration
+	// Hops, when set, records when each decision's trigger was polled,
+	// decided and committed (bench/handoff); nil records nothing.
+	Hops *hops.Log
 }
 
 // StartWatcher hears of calls that started, after their batch committed.
@@ -96,6 +100,9 @@ type Router struct {
 	metrics    *Metrics
 	tracer     trace.Tracer
 	tally      tally
+	hops       *hops.Log
+	// polled is when the batch being handled was polled (hops only).
+	polled time.Time
 	// endTimeout bounds producing and ending one transaction.
 	endTimeout time.Duration
 	// restore rebuilds the state of partitions assigned to this instance
@@ -152,7 +159,7 @@ func New(opts Options, fold *handoff.Fold, logger *slog.Logger) (*Router, error)
 	}
 	r := &Router{sess: sess, started: opts.Started, fold: fold, topic: opts.Kafka.Topics.Handoffs, callsTopic: opts.Kafka.Topics.Calls, logger: logger,
 		metrics: opts.Metrics, tracer: opts.Tracer, endTimeout: endTimeout, restore: rs,
-		evict: newEvictor(opts, rs, logger)}
+		evict: newEvictor(opts, rs, logger), hops: opts.Hops}
 	if opts.EndTimeout > 0 {
 		r.endTimeout = opts.EndTimeout
 	}
@@ -199,6 +206,9 @@ func (r *Router) Run(ctx context.Context) error {
 		}
 		fetches := r.sess.PollFetches(pollCtx)
 		cancel()
+		if r.hops.On() {
+			r.polled = time.Now()
+		}
 		if ctx.Err() != nil {
 			return nil
 		}
@@ -294,6 +304,10 @@ func (r *Router) transact(ctx context.Context, records, evictions []*kgo.Record)
 	}
 	r.tally.reset()
 	out, started := r.handle(ctx, records)
+	var decided time.Time
+	if r.hops.On() {
+		decided = time.Now()
+	}
 	out = append(out, evictions...)
 
 	txCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), r.endTimeout)
@@ -320,6 +334,9 @@ func (r *Router) transact(ctx context.Context, records, evictions []*kgo.Record)
 		return false, nil
 	}
 	r.fold.Commit()
+	if r.hops.On() {
+		r.markHops(out, decided)
+	}
 	r.restore.committedBatch(records)
 	r.evict.committed(ctx, evictions)
 	r.metrics.count(len(records), &r.tally)
@@ -389,6 +406,18 @@ func (r *Router) handle(ctx context.Context, records []*kgo.Record) (out []*kgo.
 	// or rolls back; they are counted if the transaction commits.
 	r.tally.stateRefused = append(r.tally.stateRefused[:0], r.fold.RefusedStateWrites()...)
 	return out, started
+}
+
+// markHops records the hops of a committed batch's decisions: polled,
+// decided and committed, keyed by call id.
+func (r *Router) markHops(out []*kgo.Record, decided time.Time) {
+	committed := time.Now()
+	for _, rec := range out {
+		id := string(rec.Key)
+		r.hops.Mark(hops.RouterConsumed, id, r.polled)
+		r.hops.Mark(hops.RouterDecided, id, decided)
+		r.hops.Mark(hops.RouterCommitted, id, committed)
+	}
 }
 
 // encode makes the record of a decision (a command or a refusal). Its

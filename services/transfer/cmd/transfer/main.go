@@ -14,6 +14,7 @@ import (
 
 	"github.com/twmb/franz-go/pkg/kgo"
 
+	"github.com/baton-voice/baton/pkg/hops"
 	"github.com/baton-voice/baton/pkg/kafka"
 	"github.com/baton-voice/baton/pkg/observability"
 	"github.com/baton-voice/baton/pkg/opshttp"
@@ -158,7 +159,14 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 	}
 	defer whisperURLs.Close()
 	whisperURLs.RegisterCache(reg)
+	hopLog, err := hops.FromEnv(os.Getenv)
+	if err != nil {
+		logger.ErrorContext(ctx, "start transfer", "err", err)
+		return startup.ExitFailed
+	}
+	defer func() { _ = hopLog.Close() }()
 	svc := transfer.New(cl, sipClient, attemptLog, transfer.Options{
+		Hops:            hopLog,
 		Routes:          routes,
 		Peers:           request.Peers{Networks: cfg.PeerNetworks()},
 		Topics:          cfg.Kafka.Topics,

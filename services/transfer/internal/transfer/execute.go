@@ -35,6 +35,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	batonv1 "github.com/baton-voice/baton/pkg/events/batonv1"
+	"github.com/baton-voice/baton/pkg/hops"
 	"github.com/baton-voice/baton/pkg/tracing"
 	"github.com/baton-voice/baton/services/transfer/internal/request"
 	"github.com/baton-voice/baton/services/transfer/internal/uac"
@@ -65,6 +66,7 @@ type deps struct {
 	metrics *Metrics
 	tracer  trace.Tracer
 	now     func() time.Time
+	hops    *hops.Log
 }
 
 // producer publishes records; *kgo.Client is the real one.
@@ -148,6 +150,9 @@ func (e *execution) startSpan(ctx context.Context) (end func()) {
 func (e *execution) send(ctx context.Context, req *sip.Request) (*sip.Response, bool) {
 	e.log.InfoContext(ctx, "sending request", "method", req.Method.String(), "request_uri", req.Recipient.String(),
 		"destination", req.Destination(), "cseq", req.CSeq().SeqNo)
+	if e.hops.On() {
+		e.hops.Mark(hops.TransferSending, e.callID, time.Now())
+	}
 	res, err := e.sip.Do(ctx, req)
 	switch {
 	case err == nil:

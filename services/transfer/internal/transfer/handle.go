@@ -11,6 +11,7 @@ import (
 
 	"github.com/baton-voice/baton/pkg/events"
 	batonv1 "github.com/baton-voice/baton/pkg/events/batonv1"
+	"github.com/baton-voice/baton/pkg/hops"
 )
 
 // handle records the attempts of a batch's new commands, then dispatches
@@ -28,10 +29,17 @@ func (s *Service) handle(ctx, work context.Context, records []*kgo.Record) error
 	var freshCalls []string
 	var freshIdx []int
 	synced := false
+	var polled time.Time
+	if s.deps.hops.On() {
+		polled = time.Now()
+	}
 	for _, rec := range records {
 		ev, ok := s.decode(ctx, rec)
 		if !ok {
 			continue
+		}
+		if s.deps.hops.On() {
+			s.markHop(ev, polled)
 		}
 		cmd, isCmd := ev.Data.(*batonv1.HandoffCommand)
 		items = append(items, item{ev: ev, cmd: cmd})
@@ -215,5 +223,15 @@ func (s *Service) route(ctx context.Context, ev events.Event) {
 	}
 	if delivered > 0 {
 		s.logger.DebugContext(ctx, "fact routed", "call_id", ev.Subject, "type", ev.Type, "executions", delivered)
+	}
+}
+
+// markHop records when a command or a NOTIFY fact was polled.
+func (s *Service) markHop(ev events.Event, polled time.Time) {
+	switch ev.Data.(type) {
+	case *batonv1.HandoffCommand:
+		s.deps.hops.Mark(hops.TransferConsumed, ev.Subject, polled)
+	case *batonv1.NotifyReceived:
+		s.deps.hops.Mark(hops.TransferNotify, ev.Subject, polled)
 	}
 }

@@ -31,6 +31,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	batonv1 "github.com/baton-voice/baton/pkg/events/batonv1"
+	"github.com/baton-voice/baton/pkg/hops"
 	"github.com/baton-voice/baton/pkg/kafka"
 	"github.com/baton-voice/baton/services/transfer/internal/attempts"
 	"github.com/baton-voice/baton/services/transfer/internal/request"
@@ -87,6 +88,10 @@ type Options struct {
 	// (route_not_allowed); nil checks nothing (the router's allowlist
 	// alone decides).
 	Routes *request.Allowlist
+	// Hops, when set, records when each command and NOTIFY fact was
+	// polled and when each request was handed to the SIP client
+	// (bench/handoff); nil records nothing.
+	Hops *hops.Log
 }
 
 // AttemptLog is the durable record of the commands attempted
@@ -136,6 +141,7 @@ func New(cl *kgo.Client, sender Sender, log AttemptLog, opts Options, logger *sl
 			metrics:        opts.Metrics,
 			tracer:         opts.Tracer,
 			now:            time.Now,
+			hops:           opts.Hops,
 		},
 	}
 }
