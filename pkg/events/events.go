@@ -35,6 +35,10 @@ const (
 	TypeAgentDisconnected = "baton.agent.disconnected.v1"
 	TypeAgentMarkPlayed   = "baton.agent.mark.v1"
 	TypeAgentSelected     = "baton.agent.selected.v1"
+	// TypeOutboundRequested and TypeOutboundProgress are an outbound
+	// call's request (agent API) and its steps (ingress).
+	TypeOutboundRequested = "baton.outbound.requested.v1"
+	TypeOutboundProgress  = "baton.outbound.progress.v1"
 )
 
 // ContentType is the content-type header of every Baton record.
@@ -128,6 +132,10 @@ func TypeOf(msg proto.Message) (string, error) {
 		return TypeAgentMarkPlayed, nil
 	case *batonv1.AgentSelected:
 		return TypeAgentSelected, nil
+	case *batonv1.OutboundCallRequested:
+		return TypeOutboundRequested, nil
+	case *batonv1.OutboundCallProgress:
+		return TypeOutboundProgress, nil
 	default:
 		return "", fmt.Errorf("%w: message %T", ErrUnknownType, msg)
 	}
@@ -172,6 +180,10 @@ func newMessage(typ string) (proto.Message, error) {
 		return &batonv1.AgentMarkPlayed{}, nil
 	case TypeAgentSelected:
 		return &batonv1.AgentSelected{}, nil
+	case TypeOutboundRequested:
+		return &batonv1.OutboundCallRequested{}, nil
+	case TypeOutboundProgress:
+		return &batonv1.OutboundCallProgress{}, nil
 	default:
 		return nil, fmt.Errorf("%w: %q", ErrUnknownType, typ)
 	}
