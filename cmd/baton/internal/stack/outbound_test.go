@@ -58,7 +58,7 @@ func postOutbound(t *testing.T, api, token, body string) (int, map[string]any) {
 // UAS whose regexps check them (it exits 1 otherwise), the answered call
 // streams the called party's speech to the test bot, and its events
 // (progress, CallStarted direction outbound, CallEnded) are on
-// baton.calls.
+// baton.calls; while it is up, GET /v1/calls/{id} reads it.
 func TestOutboundCallThroughTheAPI(t *testing.T) {
 	const token = "outbound-e2e-token"
 	sipp, err := exec.LookPath("sipp")
@@ -109,6 +109,18 @@ func TestOutboundCallThroughTheAPI(t *testing.T) {
 		t.Fatal("the outbound call's audio never reached the agent")
 	}
 	require.Equal(t, callID, session.Start().CallSid)
+	// Answered, it is a call of the agent API like an inbound one.
+	req, err := http.NewRequestWithContext(t.Context(), http.MethodGet, s.RouterAPI+"/v1/calls/"+callID, nil)
+	require.NoError(t, err)
+	req.Header.Set("Authorization", "Bearer "+token)
+	res, err := http.DefaultClient.Do(req)
+	require.NoError(t, err)
+	var call map[string]any
+	require.NoError(t, json.NewDecoder(res.Body).Decode(&call))
+	require.NoError(t, res.Body.Close())
+	require.Equal(t, http.StatusOK, res.StatusCode, call)
+	require.Equal(t, "+15551234567", call["callee_number"])
+	require.Equal(t, "renewals", call["variables"].(map[string]any)["campaign"])
 	speech := 0
 	for speech < 25 {
 		select {

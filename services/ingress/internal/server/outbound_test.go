@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
+	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"google.golang.org/protobuf/types/known/durationpb"
 
@@ -73,6 +74,36 @@ func withOutbound(port, maxCalls int, group, url string) func(*config.Config) {
 		if url != "" {
 			c.Agents = []config.Agent{{Name: "sales-bot", URL: url,
 				Auth: config.AgentAuth{Header: "Authorization", Env: "BATON_TEST_AGENT_AUTH"}}}
+		}
+	}
+}
+
+// awaitGroup waits until the outbound group is stable with a member that
+// holds the calls topic, so what the tests time is the placing, not the
+// group's forming (which a loaded machine may take long over).
+func awaitGroup(t *testing.T, brokers []string, group string) {
+	t.Helper()
+	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...))
+	require.NoError(t, err)
+	defer cl.Close()
+	adm := kadm.NewClient(cl)
+	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
+	defer cancel()
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		described, err := adm.DescribeGroups(ctx, group)
+		if err == nil {
+			if g, ok := described[group]; ok && g.State == "Stable" && len(g.Members) == 1 {
+				if a, ok := g.Members[0].Assigned.AsConsumer(); ok && len(a.Topics) > 0 {
+					return
+				}
+			}
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("the outbound group %s never formed", group)
+		case <-tick.C:
 		}
 	}
 }
@@ -164,6 +195,7 @@ func TestOutboundCallAnsweredStreamsToItsAgent(t *testing.T) {
 	in := startIngressLogging(t, brokers, withOutbound(port, 2, "outbound-answer", b.url), slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelInfo})))
 	consumer := newCalls(t, brokers, topics.Calls)
 	req := newRequester(t, brokers, topics.Calls)
+	awaitGroup(t, brokers, "outbound-answer")
 
 	id := req.request(t, "0190f3a2-7c1e-7b3d-9a41-5c0e2f6d8b10", "carrier", "+15551234567", 10*time.Second, time.Now())
 	require.Equal(t, batonv1.OutboundStatus_OUTBOUND_STATUS_TRYING, progressOf(t, ofCall(t, consumer, id)).GetStatus())
@@ -242,6 +274,7 @@ func TestOutboundCallBusy(t *testing.T) {
 	port, uas := startSIPpUAS(t, "dest_busy.xml", 1)
 	startIngressLogging(t, brokers, withOutbound(port, 2, "outbound-busy", ""), slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelInfo})))
 	consumer := newCalls(t, brokers, topics.Calls)
+	awaitGroup(t, brokers, "outbound-busy")
 	id := newRequester(t, brokers, topics.Calls).request(t, "busy-1", "carrier", "+15551234567", 10*time.Second, time.Now())
 	require.Equal(t, batonv1.OutboundStatus_OUTBOUND_STATUS_TRYING, progressOf(t, ofCall(t, consumer, id)).GetStatus())
 	busy := progressOf(t, ofCall(t, consumer, id))
@@ -265,6 +298,7 @@ func TestOutboundCallNoAnswerAndTrunkCap(t *testing.T) {
 	startIngressLogging(t, brokers, withOutbound(port, 1, "outbound-no-answer", ""), slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelInfo})))
 	consumer := newCalls(t, brokers, topics.Calls)
 	req := newRequester(t, brokers, topics.Calls)
+	awaitGroup(t, brokers, "outbound-no-answer")
 
 	first := req.request(t, "ring-1", "carrier", "+15551234567", 3*time.Second, time.Now())
 	require.Equal(t, batonv1.OutboundStatus_OUTBOUND_STATUS_TRYING, progressOf(t, ofCall(t, consumer, first)).GetStatus())
