@@ -58,7 +58,8 @@ func postOutbound(t *testing.T, api, token, body string) (int, map[string]any) {
 // UAS whose regexps check them (it exits 1 otherwise), the answered call
 // streams the called party's speech to the test bot, and its events
 // (progress, CallStarted direction outbound, CallEnded) are on
-// baton.calls; while it is up, GET /v1/calls/{id} reads it.
+// baton.calls; while it is up, GET /v1/calls/{id} reads it, and the
+// agent's handoff REFERs the called party (transfer's outcome SUCCEEDED).
 func TestOutboundCallThroughTheAPI(t *testing.T) {
 	const token = "outbound-e2e-token"
 	sipp, err := exec.LookPath("sipp")
@@ -73,9 +74,10 @@ func TestOutboundCallThroughTheAPI(t *testing.T) {
 		o.OutboundTarget = "127.0.0.1:" + strconv.Itoa(uasPort)
 	})
 
-	// The called party: answers, checks the X- headers, speaks, hangs up.
+	// The called party: answers, checks the X- headers, speaks, takes the
+	// REFER of the handoff, NOTIFYs its progress, hangs up.
 	var out bytes.Buffer
-	uas := exec.CommandContext(t.Context(), sipp, "-sf", filepath.Join(repoRoot(t), "deploy", "sipp", "outbound_answer.xml"),
+	uas := exec.CommandContext(t.Context(), sipp, "-sf", filepath.Join(repoRoot(t), "deploy", "sipp", "outbound_answer_refer.xml"),
 		"-i", "127.0.0.1", "-p", strconv.Itoa(uasPort), "-mi", "127.0.0.1", "-mp", strconv.Itoa(freeLoopbackUDP(t)&^1),
 		"-m", "1", "-timeout", "60s", "-timeout_error", "-nostdin")
 	uas.Stdout, uas.Stderr = &out, &out
@@ -132,6 +134,16 @@ func TestOutboundCallThroughTheAPI(t *testing.T) {
 			t.Fatalf("the agent heard %d frames of the called party's speech", speech)
 		}
 	}
+	// The agent hands the call off like an inbound one: transfer REFERs
+	// the called party in the dialog ingress's INVITE made.
+	hreq, err := http.NewRequestWithContext(t.Context(), http.MethodPost, s.RouterAPI+"/v1/calls/"+callID+"/handoff",
+		strings.NewReader(`{"reason":"caller_asked"}`))
+	require.NoError(t, err)
+	hreq.Header.Set("Authorization", "Bearer "+token)
+	hres, err := http.DefaultClient.Do(hreq)
+	require.NoError(t, err)
+	require.NoError(t, hres.Body.Close())
+	require.Equal(t, http.StatusAccepted, hres.StatusCode)
 	select {
 	case err := <-done:
 		done <- err
@@ -170,4 +182,22 @@ func TestOutboundCallThroughTheAPI(t *testing.T) {
 		events.TypeOutboundRequested, "OUTBOUND_STATUS_TRYING", "OUTBOUND_STATUS_RINGING",
 		events.TypeCallStarted, "OUTBOUND_STATUS_ANSWERED", events.TypeCallEnded,
 	}, story)
+
+	// The handoff succeeded: the called party's final NOTIFY said 200.
+	tr, err := kgo.NewClient(kgo.SeedBrokers(s.BrokerAddr), kgo.ConsumeTopics("baton.transfers"),
+		kgo.FetchIsolationLevel(kgo.ReadCommitted()), kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
+	require.NoError(t, err)
+	defer tr.Close()
+	var outcome *batonv1.TransferOutcome
+	for ctx.Err() == nil && outcome.GetStatus() != batonv1.OutcomeStatus_OUTCOME_STATUS_SUCCEEDED {
+		tr.PollFetches(ctx).EachRecord(func(r *kgo.Record) {
+			if ev, err := events.Decode(r); err == nil && ev.Subject == callID {
+				if o, ok := ev.Data.(*batonv1.TransferOutcome); ok {
+					outcome = o
+				}
+			}
+		})
+	}
+	require.Equal(t, batonv1.OutcomeStatus_OUTCOME_STATUS_SUCCEEDED, outcome.GetStatus(), "%v", outcome)
+	require.Equal(t, batonv1.Method_METHOD_REFER, outcome.GetMethod())
 }
