@@ -141,7 +141,9 @@ func (p *placement) progress(ctx context.Context, status batonv1.OutboundStatus,
 		CallId: p.id, RequestId: p.req.GetRequestId(), Status: status, SipCode: int32(code), SipReason: reason,
 		Detail: detail, Trunk: p.req.GetTrunk(), Elapsed: durationpb.New(time.Since(p.start)), PlacedBy: p.o.placedBy,
 	}
-	p.o.s.pub.publishAsync(ctx, p.id, msg)
+	// A step at shutdown (the CANCEL of a ringing call) is still published:
+	// Serve waits for the placements, and the producer is flushed after.
+	p.o.s.pub.publishAsync(context.WithoutCancel(ctx), p.id, msg)
 	p.o.s.log.InfoContext(ctx, "outbound call", "call_id", p.id, "trunk", p.req.GetTrunk(), "status", status.String(),
 		"sip_code", code, "detail", detail)
 }
@@ -383,6 +385,9 @@ func (p *placement) unanswered(ctx context.Context, err error, last *sip.Respons
 		code, reason = last.StatusCode, last.Reason
 	}
 	switch {
+	case ctx.Err() != nil:
+		// Ingress is shutting down: sipgo CANCELled the INVITE.
+		p.fail(ctx, code, reason, outboundShutdown+": the call was cancelled")
 	case timedOut:
 		p.progress(ctx, batonv1.OutboundStatus_OUTBOUND_STATUS_NO_ANSWER, code, reason,
 			fmt.Sprintf("no answer within %v; cancelled", p.req.GetAnswerTimeout().AsDuration()))
@@ -392,8 +397,6 @@ func (p *placement) unanswered(ctx context.Context, err error, last *sip.Respons
 		p.progress(ctx, batonv1.OutboundStatus_OUTBOUND_STATUS_NO_ANSWER, code, reason, "")
 	case code != 0:
 		p.fail(ctx, code, reason, "")
-	case ctx.Err() != nil:
-		p.fail(ctx, 0, "", outboundShutdown)
 	default:
 		p.fail(ctx, 0, "", "no answer to the invite: "+err.Error())
 	}

@@ -330,3 +330,26 @@ func TestOutboundCallNoAnswerAndTrunkCap(t *testing.T) {
 	require.Equal(t, batonv1.OutboundStatus_OUTBOUND_STATUS_FAILED, f.GetStatus())
 	require.Contains(t, f.GetDetail(), "unknown_trunk")
 }
+
+// TestOutboundCallCancelledAtShutdown: ingress stopping while a call
+// rings CANCELs it (SIPp answers 200 and 487, or exits 1) and reports it
+// FAILED (shutdown) before Serve returns.
+func TestOutboundCallCancelledAtShutdown(t *testing.T) {
+	sippBin(t)
+	topics := kafka.DefaultConfig().Topics
+	brokers := kafkatest.NewCluster(t, 1, topics.All()...)
+	port, uas := startSIPpUAS(t, "dest_no_answer.xml", 1)
+	in := startIngressLogging(t, brokers, withOutbound(port, 1, "outbound-shutdown", ""),
+		slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelInfo})))
+	consumer := newCalls(t, brokers, topics.Calls)
+	awaitGroup(t, brokers, "outbound-shutdown")
+	id := newRequester(t, brokers, topics.Calls).request(t, "stop-1", "carrier", "+15551234567", 30*time.Second, time.Now())
+	require.Equal(t, batonv1.OutboundStatus_OUTBOUND_STATUS_TRYING, progressOf(t, ofCall(t, consumer, id)).GetStatus())
+	require.Equal(t, batonv1.OutboundStatus_OUTBOUND_STATUS_RINGING, progressOf(t, ofCall(t, consumer, id)).GetStatus())
+	in.stop()
+	f := progressOf(t, ofCall(t, consumer, id))
+	require.Equal(t, batonv1.OutboundStatus_OUTBOUND_STATUS_FAILED, f.GetStatus())
+	require.Contains(t, f.GetDetail(), "shutdown")
+	require.EqualValues(t, 487, f.GetSipCode())
+	uas.wait(t)
+}
