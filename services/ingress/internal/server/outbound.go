@@ -307,12 +307,12 @@ func (p *placement) dial(ctx context.Context, t config.OutboundTrunk, target net
 	res := sess.InviteResponse
 	answer, err := sdp.ReadAnswer(res.Body(), offer)
 	if err != nil {
-		p.abandon(ctx, sess, forget, closeMedia, 0, "", "answer sdp: "+err.Error())
+		p.abandon(ctx, sess, udp, forget, closeMedia, 0, "", "answer sdp: "+err.Error())
 		return nil, false
 	}
 	started, err := p.callStarted(invite, res, trunk, s.localContact, offer)
 	if err != nil {
-		p.abandon(ctx, sess, forget, closeMedia, 0, "", err.Error())
+		p.abandon(ctx, sess, udp, forget, closeMedia, 0, "", err.Error())
 		return nil, false
 	}
 	if hop, transport, _ := nextHop(started.GetDialog(), s.trunks, trunk); hop != "" {
@@ -321,12 +321,12 @@ func (p *placement) dial(ctx context.Context, t config.OutboundTrunk, target net
 	c.open(callSetup{dialog: started.GetDialog(), trunk: trunk, udp: udp, media: media, answer: answer,
 		start: p.start, sessionID: sessionID})
 	if err := s.add(c); err != nil {
-		p.abandon(ctx, sess, forget, closeMedia, 0, "", "over limits: "+err.Error())
+		p.abandon(ctx, sess, udp, forget, closeMedia, 0, "", "over limits: "+err.Error())
 		return nil, false
 	}
 	if err := s.pub.publish(ctx, p.id, started); err != nil {
 		s.remove(c)
-		p.abandon(ctx, sess, forget, closeMedia, 0, "", "publish call started: "+err.Error())
+		p.abandon(ctx, sess, udp, forget, closeMedia, 0, "", "publish call started: "+err.Error())
 		return nil, false
 	}
 	// From here the call is its own, like an answered inbound one.
@@ -360,13 +360,12 @@ func (p *placement) dial(ctx context.Context, t config.OutboundTrunk, target net
 
 // abandon ends an answered call ingress cannot take: ACK, then BYE, and
 // FAILED with detail.
-func (p *placement) abandon(ctx context.Context, sess *sipgo.DialogClientSession, forget, closeMedia func(), code int, reason, detail string) {
-	if err := sess.Ack(ctx); err == nil {
-		byeCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 32*time.Second)
-		if err := sess.Bye(byeCtx); err != nil {
-			p.o.s.log.WarnContext(ctx, "outbound call: bye", "call_id", p.id, "err", err)
-		}
-		cancel()
+func (p *placement) abandon(ctx context.Context, sess *sipgo.DialogClientSession, udp *net.UDPConn, forget, closeMedia func(),
+	code int, reason, detail string) {
+	if err := sess.Ack(ctx); err != nil {
+		p.o.s.log.WarnContext(ctx, "outbound call: ack", "call_id", p.id, "err", err)
+	} else if err := p.bye(ctx, sess, udp); err != nil {
+		p.o.s.log.WarnContext(ctx, "outbound call: bye", "call_id", p.id, "err", err)
 	}
 	forget()
 	closeMedia()
@@ -411,18 +410,9 @@ func (p *placement) invite(to, from sip.Uri, localTag string, target netip.AddrP
 	}
 	udp := s.udp[0]
 	req := sip.NewRequest(sip.INVITE, to)
-	la := udp.LocalAddr().(*net.UDPAddr)
-	req.Laddr = sip.Addr{IP: la.IP, Port: la.Port}
 	req.SetTransport("UDP")
 	req.SetDestination(target.String())
-	via := &sip.ViaHeader{ProtocolName: "SIP", ProtocolVersion: "2.0", Transport: "UDP", Params: sip.NewParams(),
-		Host: s.env.viaHost, Port: la.Port}
-	if via.Host == "" {
-		via.Host = la.IP.String()
-	}
-	via.Params.Add("branch", sip.GenerateBranch())
-	via.Params.Add("rport", "")
-	req.AppendHeader(via)
+	s.fromListener(req, udp)
 	fromH := &sip.FromHeader{Address: from, Params: sip.NewParams()}
 	fromH.Params.Add("tag", localTag)
 	req.AppendHeader(fromH)
@@ -446,6 +436,46 @@ func (p *placement) invite(to, from sip.Uri, localTag string, target netip.AddrP
 	req.AppendHeader(&ct)
 	req.SetBody(offer)
 	return req, udp, nil
+}
+
+// fromListener sends req from the UDP listener udp (its Laddr) with a Via
+// of its own: the answers come back to the listener, through the read
+// filter, which knows the branch once it is stored.
+func (s *Server) fromListener(req *sip.Request, udp *net.UDPConn) {
+	la := udp.LocalAddr().(*net.UDPAddr)
+	req.Laddr = sip.Addr{IP: la.IP, Port: la.Port}
+	via := &sip.ViaHeader{ProtocolName: "SIP", ProtocolVersion: "2.0", Transport: "UDP", Params: sip.NewParams(),
+		Host: s.env.viaHost, Port: la.Port}
+	if via.Host == "" {
+		via.Host = la.IP.String()
+	}
+	via.Params.Add("branch", sip.GenerateBranch())
+	via.Params.Add("rport", "")
+	req.PrependHeader(via)
+}
+
+// bye ends an answered (and ACKed) call ingress will not take: a BYE in
+// the dialog from the listener, to the address the 2xx came from.
+func (p *placement) bye(ctx context.Context, sess *sipgo.DialogClientSession, udp *net.UDPConn) error {
+	s := p.o.s
+	res := sess.InviteResponse
+	target := sess.InviteRequest.Recipient
+	if c := res.Contact(); c != nil {
+		target = c.Address
+	}
+	req := sip.NewRequest(sip.BYE, *target.Clone())
+	req.SetTransport("UDP")
+	req.SetDestination(res.Source())
+	s.fromListener(req, udp)
+	branch, _ := req.Via().Params.Get("branch")
+	s.byes.branches.Store(branch, struct{}{})
+	defer s.byes.branches.Delete(branch)
+	byeCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 64*s.env.t1)
+	defer cancel()
+	if err := sess.WriteBye(byeCtx, req); err != nil {
+		return fmt.Errorf("bye: %w", err)
+	}
+	return nil
 }
 
 // callStarted is the CallStarted of an answered outbound call: the dialog

@@ -353,3 +353,24 @@ func TestOutboundCallCancelledAtShutdown(t *testing.T) {
 	require.EqualValues(t, 487, f.GetSipCode())
 	uas.wait(t)
 }
+
+// TestOutboundCallAnswerIngressCannotTake: a 200 whose SDP has none of
+// the offered codecs is ACKed and ended with ingress's BYE (SIPp exits 1
+// without it), the call reported FAILED, and no call starts.
+func TestOutboundCallAnswerIngressCannotTake(t *testing.T) {
+	sippBin(t)
+	topics := kafka.DefaultConfig().Topics
+	brokers := kafkatest.NewCluster(t, 1, topics.All()...)
+	port, uas := startSIPpUAS(t, "outbound_bad_answer.xml", 1)
+	in := startIngressLogging(t, brokers, withOutbound(port, 1, "outbound-bad-answer", ""),
+		slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelInfo})))
+	consumer := newCalls(t, brokers, topics.Calls)
+	awaitGroup(t, brokers, "outbound-bad-answer")
+	id := newRequester(t, brokers, topics.Calls).request(t, "g729-1", "carrier", "+15551234567", 10*time.Second, time.Now())
+	require.Equal(t, batonv1.OutboundStatus_OUTBOUND_STATUS_TRYING, progressOf(t, ofCall(t, consumer, id)).GetStatus())
+	f := progressOf(t, ofCall(t, consumer, id))
+	require.Equal(t, batonv1.OutboundStatus_OUTBOUND_STATUS_FAILED, f.GetStatus())
+	require.Contains(t, f.GetDetail(), "answer sdp")
+	uas.wait(t) // the BYE came, from the listener, and was answered
+	require.Zero(t, in.srv.active.Load())
+}
