@@ -8,7 +8,7 @@ MODULES := $(shell go list -m -f '{{.Dir}}' 2>/dev/null)
 BIN := $(CURDIR)/bin
 SERVICES := ingress router transfer analytics
 APT_PACKAGES := clickhouse-server clickhouse-client sip-tester kcat kamailio chromium zookeeper \
-	sipvicious nftables iproute2
+	sipvicious nftables iproute2 baresip linphone-cli kamailio-tls-modules
 GO_TEST_FLAGS ?= -race -count=1
 # A current ClickHouse engine (26.x) for the tests, in process through chDB:
 # npm's @chdb/lib-linux-x64-gnu ships libchdb.so, which chdb-go loads.
@@ -77,6 +77,10 @@ test-reliability: deps build ## the reliability and security suite: faults, floo
 	@echo "== reliability table (.run/reliability.md; docs/reliability.md shows a run of it)"
 	@cat .run/reliability.md
 
+.PHONY: test-interop
+test-interop: deps build ## the interop suite: Kamailio, baresip and linphonec (Debian) as SBC, caller and human agents (docs/interop.md)
+	@cd cmd/baton && BATON_BIN_DIR=$(BIN) go test -tags interop -count=1 -timeout 10m -v -run 'TestInterop|TestGoertzel' ./internal/stack/
+
 .PHONY: test-unit
 test-unit: ## unit tests only (no SIPp or ClickHouse needed)
 	@for m in $(MODULES); do (cd $$m && go test $(GO_TEST_FLAGS) -short ./...); done
@@ -84,7 +88,7 @@ test-unit: ## unit tests only (no SIPp or ClickHouse needed)
 .PHONY: check
 check: ## gofmt, go vet, golangci-lint, and that generated code and go.mod files are current
 	@out=$$(gofmt -l $(MODULES)); if [ -n "$$out" ]; then echo "not gofmt-clean:"; echo "$$out"; exit 1; fi
-	@for m in $(MODULES); do (cd $$m && go vet ./... && go vet -tags reliability ./... && go vet -tags chdb ./...); done
+	@for m in $(MODULES); do (cd $$m && go vet ./... && go vet -tags reliability ./... && go vet -tags chdb ./... && go vet -tags interop ./...); done
 	@$(MAKE) --no-print-directory generate-check tidy-check mod-drift lint
 
 .PHONY: mod-drift

@@ -6,6 +6,8 @@ require (
 	github.com/ClickHouse/clickhouse-go/v2 v2.50.0
 	github.com/alecthomas/kong v1.17.0
 	github.com/baton-voice/baton/pkg v0.0.0
+	github.com/chdb-io/chdb-go v1.11.0
+	github.com/emiago/sipgo v1.7.2
 	github.com/stretchr/testify v1.12.1
 	github.com/twmb/franz-go v1.22.2
 	github.com/twmb/franz-go/pkg/kadm v1.19.0
@@ -17,10 +19,11 @@ require (
 
 require (
 	github.com/coder/websocket v1.8.15 // indirect
-	github.com/emiago/sipgo v1.7.2 // indirect
+	github.com/ebitengine/purego v0.10.1 // indirect
 	github.com/gobwas/httphead v0.1.0 // indirect
 	github.com/gobwas/pool v0.2.1 // indirect
 	github.com/gobwas/ws v1.3.2 // indirect
+	github.com/icholy/digest v1.2.0 // indirect
 	golang.org/x/sync v0.24.0 // indirect
 )
 

@@ -4,6 +4,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -13,10 +14,11 @@ import (
 	"time"
 
 	"github.com/alecthomas/kong"
-	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/emiago/sipgo/sip"
 
 	"github.com/baton-voice/baton/cmd/baton/internal/broker"
 	"github.com/baton-voice/baton/cmd/baton/internal/checker"
+	"github.com/baton-voice/baton/cmd/baton/internal/probe"
 	"github.com/baton-voice/baton/cmd/baton/internal/replay"
 	"github.com/baton-voice/baton/cmd/baton/internal/report"
 	"github.com/baton-voice/baton/cmd/baton/internal/stack"
@@ -29,10 +31,11 @@ type cli struct {
 	Dev     devCmd     `cmd:"" help:"Run the whole pipeline locally: the embedded broker, a private ClickHouse, the four services and SIPp demo calls; print what happened and how to look further. Ctrl-C stops everything it started."`
 	Report  reportCmd  `cmd:"" help:"Print the dashboard's figures from ClickHouse: handoffs by reason per hour, success rate by destination and method, time to transfer, calls per dialed number, recent handoffs. The password comes from BATON_CLICKHOUSE_PASSWORD."`
 	Broker  brokerCmd  `cmd:"" help:"Run the embedded Kafka-protocol broker (franz-go kfake) for the local stack and tests. Events and committed offsets persist in --data-dir across restarts. Production uses a real Kafka cluster."`
-	Replay  replayCmd  `cmd:"" help:"Show one call as recorded in Kafka: an ordered timeline of facts, commands and outcomes with the time between steps, and a SIP ladder (text, or HTML/SVG with --html). Reads only the partition the call id hashes to, from --since on."`
-	Export  exportCmd  `cmd:"" help:"Write every record of one call as NDJSON (exact bytes plus the decoded event), for 'baton replay --from-file' without a broker."`
+	Replay  replayCmd  `cmd:"" help:"Show one call as recorded in Kafka or ClickHouse: an ordered timeline of facts, commands and outcomes with the time between steps, and a SIP ladder (text, or HTML/SVG with --html). From Kafka it reads only the partition the call id hashes to, from --since on; when Kafka no longer has the call it reads ClickHouse (--source). With --rules and no --call, re-decides every call of a period (--since 30d, --from/--to) from ClickHouse and reports what would change."`
+	Export  exportCmd  `cmd:"" help:"Write every record of one call as NDJSON (exact bytes plus the decoded event), for 'baton replay --from-file' without a broker. Reads Kafka or ClickHouse like replay (--source)."`
 	Check   checkCmd   `cmd:"" help:"Read every record of the Baton topics (read_committed, up to the last stable offsets) and report lost, duplicated and out-of-order events, records of aborted transactions given to consumers, undecodable records and dead letters. Exits 1 when there is any finding."`
 	Version versionCmd `cmd:"" help:"Print baton's version, commit and Go version."`
+	Probe   probeCmd   `cmd:"" help:"Send SIP OPTIONS to every destination and trunk of the router's config (tel: routes through transfer's trunk_host) over the transport transfer uses (UDP, TCP, TLS) and report reachability, round-trip time, the TLS certificate's validity and expiry, and what the far end advertises (Allow, Supported, REFER). --call places a short test call with the headers the router renders. Exits 1 when a target is down."`
 }
 
 type brokerCmd struct {
@@ -98,109 +101,16 @@ func (c *devCmd) Run(ctx context.Context, s *streams) error {
 	return stack.Demo(ctx, opts, stack.DemoOptions{Calls: c.Calls, Rate: c.Rate, Exit: c.Exit, Agent: !c.NoAgent}, s.out)
 }
 
-// callSource is where replay and export read a call from.
-type callSource struct {
-	Call     string        `required:"" placeholder:"CALL-ID" help:"The call id (SIP Call-ID): the record key on every topic."`
-	Brokers  []string      `default:"127.0.0.1:9092" sep:"," placeholder:"HOST:PORT" help:"Kafka seed brokers."`
-	Topics   []string      `default:"baton.calls,baton.handoffs,baton.transfers" sep:"," placeholder:"NAME" help:"Topics to read."`
-	Since    time.Duration `default:"24h" help:"Read records from this long ago on (the broker finds the offset by timestamp)."`
-	FromFile string        `placeholder:"FILE" type:"existingfile" help:"Read an NDJSON export instead of a broker."`
-}
-
-func (c *callSource) records(ctx context.Context, s *streams) ([]replay.Record, error) {
-	if c.FromFile != "" {
-		f, err := os.Open(c.FromFile)
-		if err != nil {
-			return nil, err
-		}
-		defer func() { _ = f.Close() }()
-		return replay.ReadNDJSON(f, c.Call)
-	}
-	cl, err := kgo.NewClient(kgo.SeedBrokers(c.Brokers...))
-	if err != nil {
-		return nil, fmt.Errorf("kafka client: %w", err)
-	}
-	defer cl.Close()
-	q := replay.Query{CallID: c.Call, Topics: c.Topics, Since: time.Now().Add(-c.Since)}
-	return replay.Fetch(ctx, cl, q, func(topic string, partition int32, scanned, total int64) {
-		fmt.Fprint(s.err, termsafe.Sprintf("\rscanning %s/%d: %d of %d records", topic, partition, scanned, total))
-		if scanned >= total {
-			fmt.Fprintln(s.err)
-		}
-	})
-}
-
-type replayCmd struct {
-	callSource
-	HTML      string `name:"html" placeholder:"FILE" help:"Also write the ladder (SVG) and timeline as a standalone HTML page to FILE."`
-	Rules     string `placeholder:"FILE" type:"existingfile" help:"Re-run the router's decisions over the recorded events with this router config (destinations, rules) and print how they differ from the recorded commands, instead of the timeline. Recorded transfer outcomes are replayed as they happened."`
-	RouterBin string `name:"router-bin" placeholder:"FILE" help:"Router binary that re-decides for --rules (router replay). Default: router next to baton, else on PATH."`
-}
-
-func (c *replayCmd) Validate() error {
-	if c.Rules != "" && c.HTML != "" {
-		return fmt.Errorf("--html draws the recording; run it without --rules")
-	}
-	return nil
-}
-
-func (c *replayCmd) Run(ctx context.Context, s *streams) error {
-	recs, err := c.records(ctx, s)
-	if err != nil {
-		return err
-	}
-	if c.Rules != "" {
-		return c.diff(ctx, s, recs)
-	}
-	steps := replay.Steps(recs)
-	if err := replay.WriteTimeline(s.out, c.Call, steps); err != nil {
-		return err
-	}
-	if len(steps) == 0 {
-		return nil
-	}
-	arrows := replay.Ladder(steps)
-	fmt.Fprintln(s.out)
-	if err := replay.WriteLadder(s.out, arrows); err != nil {
-		return err
-	}
-	if c.HTML == "" {
-		return nil
-	}
-	f, err := os.Create(c.HTML)
-	if err != nil {
-		return err
-	}
-	if err := replay.WriteHTML(f, c.Call, steps, arrows); err != nil {
-		_ = f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	fmt.Fprint(s.out, termsafe.Sprintf("\nwrote %s\n", c.HTML))
-	return nil
-}
-
-// diff re-decides the call with --rules and prints the difference.
-func (c *replayCmd) diff(ctx context.Context, s *streams, recs []replay.Record) error {
-	if len(recs) == 0 {
-		return fmt.Errorf("no records for call %s", c.Call)
-	}
-	bin, err := replay.RouterBinary(c.RouterBin)
-	if err != nil {
-		return err
-	}
-	decided, err := replay.Redecide(ctx, bin, c.Rules, recs)
-	if err != nil {
-		return err
-	}
-	return replay.WriteDiff(s.out, replay.Diff(c.Call, recs, decided), c.Rules)
-}
-
 type exportCmd struct {
 	callSource
 	Out string `short:"o" placeholder:"FILE" help:"Write to FILE instead of standard output."`
+}
+
+func (c *exportCmd) Validate() error {
+	if c.Call == "" {
+		return errors.New("--call is required")
+	}
+	return c.validate()
 }
 
 func (c *exportCmd) Run(ctx context.Context, s *streams) error {
@@ -281,6 +191,57 @@ func (c *reportCmd) Run(ctx context.Context, s *streams) error {
 		Addr: c.ClickHouse, Database: c.Database, Username: c.User, Password: os.Getenv(report.PasswordEnv),
 		From: now.Add(-c.Since), To: now, Limit: c.Limit,
 	}, s.out)
+}
+
+type probeCmd struct {
+	Router       string            `required:"" placeholder:"FILE" type:"existingfile" help:"The router's config: its destinations and trunks are probed."`
+	Transfer     string            `placeholder:"FILE" type:"existingfile" help:"Transfer's config: invite.trunk_host (where tel: routes and extensions go) and tls.ca_file/cert_file/key_file (how TLS destinations are verified). Without it tel: routes are skipped and TLS verifies against the system roots."`
+	Only         []string          `name:"only" sep:"," placeholder:"NAME" help:"Probe only these destinations or trunks, comma-separated."`
+	Timeout      time.Duration     `default:"5s" help:"Bound on one probe, and on a test call's wait for its answer. Default: ${default}."`
+	WarnDays     int               `default:"14" placeholder:"N" help:"Warn when a TLS certificate expires within N days. Default: ${default}."`
+	JSON         bool              `name:"json" help:"Write the report as JSON instead of a table."`
+	Call         bool              `help:"Also place a short test call (INVITE with the headers the router renders for the destination, ACK, --hold, BYE) to every destination that answered OPTIONS, and report the answer. Needs the router binary (router replay renders the headers)."`
+	RouterBin    string            `name:"router-bin" placeholder:"FILE" help:"Router binary that renders the test call's headers (router replay). Default: router next to baton, else on PATH."`
+	Var          map[string]string `name:"var" placeholder:"NAME=VALUE" help:"An X- variable of the test call (as X-NAME on a real call), for the destinations' header templates; repeatable."`
+	CallerNumber string            `name:"caller" default:"+15550100000" help:"The test call's caller number. Default: ${default}."`
+	CalleeNumber string            `name:"callee" default:"+15550199999" help:"The test call's dialed number. Default: ${default}."`
+	Hold         time.Duration     `default:"1s" help:"How long an answered test call stays up before its BYE. Default: ${default}."`
+}
+
+func (c *probeCmd) Validate() error {
+	if c.Timeout <= 0 || c.Timeout > time.Minute {
+		return fmt.Errorf("--timeout %s: want more than 0 and at most 1m", c.Timeout)
+	}
+	if c.WarnDays < 0 || c.WarnDays > 3650 {
+		return fmt.Errorf("--warn-days %d: want 0 to 3650", c.WarnDays)
+	}
+	if c.Hold < 0 || c.Hold > time.Minute {
+		return fmt.Errorf("--hold %s: want 0 to 1m", c.Hold)
+	}
+	return nil
+}
+
+func (c *probeCmd) Run(ctx context.Context, s *streams) error {
+	logger, err := observability.NewLogger(s.err, observability.LogConfig{Level: "error", Format: "text"}, "probe")
+	if err != nil {
+		return err
+	}
+	// sipgo logs a few transport events (a connection's reference count
+	// at close) through its package logger, not the one passed to the
+	// user agent; in this one-command process it gets the probe's.
+	sip.SetDefaultLogger(logger)
+	sum, err := probe.Run(ctx, probe.Options{
+		RouterConfig: c.Router, TransferConfig: c.Transfer, Only: c.Only, Timeout: c.Timeout, WarnDays: c.WarnDays,
+		JSON: c.JSON, Call: c.Call, RouterBin: c.RouterBin, Hold: c.Hold, Logger: logger,
+		Test: probe.TestCall{CallerNumber: c.CallerNumber, CalleeNumber: c.CalleeNumber, Variables: c.Var},
+	}, s.out)
+	if err != nil {
+		return err
+	}
+	if sum.Down > 0 {
+		return fmt.Errorf("%d of %d targets down", sum.Down, sum.Up+sum.Down+sum.Skipped)
+	}
+	return nil
 }
 
 type versionCmd struct{}

@@ -39,6 +39,10 @@ const (
 	// call's request (agent API) and its steps (ingress).
 	TypeOutboundRequested = "baton.outbound.requested.v1"
 	TypeOutboundProgress  = "baton.outbound.progress.v1"
+	// TypeDestinationHealth is transfer's health check of a destination
+	// (a change of state), copied to every partition of the transfers
+	// topic.
+	TypeDestinationHealth = "baton.destination.health.v1"
 )
 
 // ContentType is the content-type header of every Baton record.
@@ -136,6 +140,8 @@ func TypeOf(msg proto.Message) (string, error) {
 		return TypeOutboundRequested, nil
 	case *batonv1.OutboundCallProgress:
 		return TypeOutboundProgress, nil
+	case *batonv1.DestinationHealth:
+		return TypeDestinationHealth, nil
 	default:
 		return "", fmt.Errorf("%w: message %T", ErrUnknownType, msg)
 	}
@@ -184,6 +190,8 @@ func newMessage(typ string) (proto.Message, error) {
 		return &batonv1.OutboundCallRequested{}, nil
 	case TypeOutboundProgress:
 		return &batonv1.OutboundCallProgress{}, nil
+	case TypeDestinationHealth:
+		return &batonv1.DestinationHealth{}, nil
 	default:
 		return nil, fmt.Errorf("%w: %q", ErrUnknownType, typ)
 	}

@@ -22,6 +22,12 @@ var SQL string
 //go:embed agent.sql
 var AgentSQL string
 
+// RulesSQL is rules.sql: the panel of the routing rules' hits, in the same
+// format as panels.sql.
+//
+//go:embed rules.sql
+var RulesSQL string
+
 // SummarySQL is summary.sql: the `baton dev` summary of calls and their
 // handoffs, with the {since_ms} placeholder.
 //
@@ -54,6 +60,11 @@ const (
 	AgentFailures        = "agent_failures"
 	AgentPlayout         = "agent_playout"
 	AgentMetricsByName   = "agent_metrics_by_name"
+)
+
+// Panel names, as in rules.sql.
+const (
+	RulesByHits = "rules_by_hits"
 )
 
 // Panel is one query of panels.sql.
@@ -120,14 +131,14 @@ func Parse(text string) ([]Panel, error) {
 	return out, nil
 }
 
-// All returns the panels of panels.sql, then those of agent.sql, each in
-// file order.
+// All returns the panels of panels.sql, then those of agent.sql, then
+// those of rules.sql, each in file order.
 func All() []Panel {
 	var out []Panel
-	for _, text := range []string{SQL, AgentSQL} {
+	for _, text := range []string{SQL, AgentSQL, RulesSQL} {
 		ps, err := Parse(text)
 		if err != nil {
-			// Both files are embedded and tested (TestAll); they cannot
+			// The files are embedded and tested (TestAll); they cannot
 			// be malformed in a build that passed its tests.
 			return nil
 		}

@@ -17,9 +17,12 @@ func TestAll(t *testing.T) {
 	if _, err := Parse(AgentSQL); err != nil {
 		t.Fatalf("agent.sql: %v", err)
 	}
+	if _, err := Parse(RulesSQL); err != nil {
+		t.Fatalf("rules.sql: %v", err)
+	}
 	ps := All()
 	want := []string{HandoffsByReason, SuccessByDestination, TimeToTransfer, CallsByDialedNumber, RecentHandoffs,
-		AgentStreamsByReason, AgentFailures, AgentPlayout, AgentMetricsByName}
+		AgentStreamsByReason, AgentFailures, AgentPlayout, AgentMetricsByName, RulesByHits}
 	if len(ps) != len(want) {
 		t.Fatalf("All has %d panels, want %d", len(ps), len(want))
 	}

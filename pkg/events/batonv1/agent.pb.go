@@ -201,7 +201,10 @@ type HandoffRefused struct {
 	ReasonCode string `protobuf:"bytes,5,opt,name=reason_code,json=reasonCode,proto3" json:"reason_code,omitempty"`
 	Detail     string `protobuf:"bytes,6,opt,name=detail,proto3" json:"detail,omitempty"`
 	// trigger_id is the id of the event that asked for the handoff.
-	TriggerId     string `protobuf:"bytes,7,opt,name=trigger_id,json=triggerId,proto3" json:"trigger_id,omitempty"`
+	TriggerId string `protobuf:"bytes,7,opt,name=trigger_id,json=triggerId,proto3" json:"trigger_id,omitempty"`
+	// rule names the routing rule whose match chose the refused destination;
+	// empty when no rule did.
+	Rule          string `protobuf:"bytes,8,opt,name=rule,proto3" json:"rule,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -281,6 +284,13 @@ func (x *HandoffRefused) GetDetail() string {
 func (x *HandoffRefused) GetTriggerId() string {
 	if x != nil {
 		return x.TriggerId
+	}
+	return ""
+}
+
+func (x *HandoffRefused) GetRule() string {
+	if x != nil {
+		return x.Rule
 	}
 	return ""
 }
@@ -528,7 +538,7 @@ const file_baton_v1_agent_proto_rawDesc = "" +
 	"request_id\x18\x05 \x01(\tR\trequestId\x1a7\n" +
 	"\tTagsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xd8\x01\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xec\x01\n" +
 	"\x0eHandoffRefused\x12\x17\n" +
 	"\acall_id\x18\x01 \x01(\tR\x06callId\x12\x1d\n" +
 	"\n" +
@@ -539,7 +549,8 @@ const file_baton_v1_agent_proto_rawDesc = "" +
 	"reasonCode\x12\x16\n" +
 	"\x06detail\x18\x06 \x01(\tR\x06detail\x12\x1d\n" +
 	"\n" +
-	"trigger_id\x18\a \x01(\tR\ttriggerId\"x\n" +
+	"trigger_id\x18\a \x01(\tR\ttriggerId\x12\x12\n" +
+	"\x04rule\x18\b \x01(\tR\x04rule\"x\n" +
 	"\vPreCallData\x12\x17\n" +
 	"\acall_id\x18\x01 \x01(\tR\x06callId\x12\x1b\n" +
 	"\tdata_json\x18\x02 \x01(\tR\bdataJson\x12\x1d\n" +

@@ -1043,7 +1043,14 @@ type HandoffCommand struct {
 	// default: as ?headers of the Refer-To URI, which the transferee copies
 	// into its new INVITE), headers (as the REFER's own headers, for an SBC
 	// that reads them there) or both.
-	ContextIn     string `protobuf:"bytes,16,opt,name=context_in,json=contextIn,proto3" json:"context_in,omitempty"`
+	ContextIn string `protobuf:"bytes,16,opt,name=context_in,json=contextIn,proto3" json:"context_in,omitempty"`
+	// rule names the routing rule whose match chose the destination of this
+	// handoff (carried by its fallbacks too); empty when no rule did (the
+	// agent named the destination, or the default was used).
+	Rule string `protobuf:"bytes,17,opt,name=rule,proto3" json:"rule,omitempty"`
+	// skipped are the destinations passed over as down (DestinationHealth,
+	// skip_when_down) before this one was chosen, in order.
+	Skipped       []string `protobuf:"bytes,18,rep,name=skipped,proto3" json:"skipped,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1188,6 +1195,20 @@ func (x *HandoffCommand) GetContextIn() string {
 		return x.ContextIn
 	}
 	return ""
+}
+
+func (x *HandoffCommand) GetRule() string {
+	if x != nil {
+		return x.Rule
+	}
+	return ""
+}
+
+func (x *HandoffCommand) GetSkipped() []string {
+	if x != nil {
+		return x.Skipped
+	}
+	return nil
 }
 
 // TransferOutcome reports what happened to a HandoffCommand.
@@ -1420,7 +1441,7 @@ const file_baton_v1_events_proto_rawDesc = "" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a:\n" +
 	"\fHeadersEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xaa\x04\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xd8\x04\n" +
 	"\x0eHandoffCommand\x12\x1d\n" +
 	"\n" +
 	"command_id\x18\x01 \x01(\tR\tcommandId\x12\x17\n" +
@@ -1443,7 +1464,9 @@ const file_baton_v1_events_proto_rawDesc = "" +
 	"\tlocal_sdp\x18\x0e \x01(\tR\blocalSdp\x12\x18\n" +
 	"\awhisper\x18\x0f \x01(\tR\awhisper\x12\x1d\n" +
 	"\n" +
-	"context_in\x18\x10 \x01(\tR\tcontextIn\"\xb3\x03\n" +
+	"context_in\x18\x10 \x01(\tR\tcontextIn\x12\x12\n" +
+	"\x04rule\x18\x11 \x01(\tR\x04rule\x12\x18\n" +
+	"\askipped\x18\x12 \x03(\tR\askipped\"\xb3\x03\n" +
 	"\x0fTransferOutcome\x12\x1d\n" +
 	"\n" +
 	"command_id\x18\x01 \x01(\tR\tcommandId\x12\x17\n" +

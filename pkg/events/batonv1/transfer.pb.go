@@ -290,6 +290,112 @@ func (x *BridgeStats) GetDestinationSrtp() string {
 	return ""
 }
 
+// DestinationHealth is published by transfer's scheduled health checks
+// (health_checks) when a destination's state changes: one copy in every
+// partition of the calls topic (key "destination-health/<name>"), so
+// the router folds it per partition, in order with that partition's calls
+// (docs/decisions/0016-destination-health.md).
+type DestinationHealth struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// destination is the name in health_checks.destinations (the router's
+	// destination name).
+	Destination string `protobuf:"bytes,1,opt,name=destination,proto3" json:"destination,omitempty"`
+	// up: the OPTIONS got a final answer below 500.
+	Up bool `protobuf:"varint,2,opt,name=up,proto3" json:"up,omitempty"`
+	// status is that answer's code, 0 without one.
+	Status int32 `protobuf:"varint,3,opt,name=status,proto3" json:"status,omitempty"`
+	// detail says why the destination is down.
+	Detail string `protobuf:"bytes,4,opt,name=detail,proto3" json:"detail,omitempty"`
+	// checked_by names the transfer instance.
+	CheckedBy string `protobuf:"bytes,5,opt,name=checked_by,json=checkedBy,proto3" json:"checked_by,omitempty"`
+	// partition is the partition this copy was written to, of partitions
+	// in the topic then: the router finds a call's partition from its id
+	// with the producers' key hash and that count.
+	Partition     int32 `protobuf:"varint,6,opt,name=partition,proto3" json:"partition,omitempty"`
+	Partitions    int32 `protobuf:"varint,7,opt,name=partitions,proto3" json:"partitions,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DestinationHealth) Reset() {
+	*x = DestinationHealth{}
+	mi := &file_baton_v1_transfer_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DestinationHealth) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DestinationHealth) ProtoMessage() {}
+
+func (x *DestinationHealth) ProtoReflect() protoreflect.Message {
+	mi := &file_baton_v1_transfer_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DestinationHealth.ProtoReflect.Descriptor instead.
+func (*DestinationHealth) Descriptor() ([]byte, []int) {
+	return file_baton_v1_transfer_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *DestinationHealth) GetDestination() string {
+	if x != nil {
+		return x.Destination
+	}
+	return ""
+}
+
+func (x *DestinationHealth) GetUp() bool {
+	if x != nil {
+		return x.Up
+	}
+	return false
+}
+
+func (x *DestinationHealth) GetStatus() int32 {
+	if x != nil {
+		return x.Status
+	}
+	return 0
+}
+
+func (x *DestinationHealth) GetDetail() string {
+	if x != nil {
+		return x.Detail
+	}
+	return ""
+}
+
+func (x *DestinationHealth) GetCheckedBy() string {
+	if x != nil {
+		return x.CheckedBy
+	}
+	return ""
+}
+
+func (x *DestinationHealth) GetPartition() int32 {
+	if x != nil {
+		return x.Partition
+	}
+	return 0
+}
+
+func (x *DestinationHealth) GetPartitions() int32 {
+	if x != nil {
+		return x.Partitions
+	}
+	return 0
+}
+
 var File_baton_v1_transfer_proto protoreflect.FileDescriptor
 
 const file_baton_v1_transfer_proto_rawDesc = "" +
@@ -316,7 +422,18 @@ const file_baton_v1_transfer_proto_rawDesc = "" +
 	"\x05codec\x18\x04 \x01(\tR\x05codec\x12\x1f\n" +
 	"\vcaller_srtp\x18\x05 \x01(\tR\n" +
 	"callerSrtp\x12)\n" +
-	"\x10destination_srtp\x18\x06 \x01(\tR\x0fdestinationSrtpB9Z7github.com/baton-voice/baton/pkg/events/batonv1;batonv1b\x06proto3"
+	"\x10destination_srtp\x18\x06 \x01(\tR\x0fdestinationSrtp\"\xd2\x01\n" +
+	"\x11DestinationHealth\x12 \n" +
+	"\vdestination\x18\x01 \x01(\tR\vdestination\x12\x0e\n" +
+	"\x02up\x18\x02 \x01(\bR\x02up\x12\x16\n" +
+	"\x06status\x18\x03 \x01(\x05R\x06status\x12\x16\n" +
+	"\x06detail\x18\x04 \x01(\tR\x06detail\x12\x1d\n" +
+	"\n" +
+	"checked_by\x18\x05 \x01(\tR\tcheckedBy\x12\x1c\n" +
+	"\tpartition\x18\x06 \x01(\x05R\tpartition\x12\x1e\n" +
+	"\n" +
+	"partitions\x18\a \x01(\x05R\n" +
+	"partitionsB9Z7github.com/baton-voice/baton/pkg/events/batonv1;batonv1b\x06proto3"
 
 var (
 	file_baton_v1_transfer_proto_rawDescOnce sync.Once
@@ -330,19 +447,20 @@ func file_baton_v1_transfer_proto_rawDescGZIP() []byte {
 	return file_baton_v1_transfer_proto_rawDescData
 }
 
-var file_baton_v1_transfer_proto_msgTypes = make([]protoimpl.MessageInfo, 3)
+var file_baton_v1_transfer_proto_msgTypes = make([]protoimpl.MessageInfo, 4)
 var file_baton_v1_transfer_proto_goTypes = []any{
 	(*TransferAttempt)(nil),       // 0: baton.v1.TransferAttempt
 	(*MediaStreamStats)(nil),      // 1: baton.v1.MediaStreamStats
 	(*BridgeStats)(nil),           // 2: baton.v1.BridgeStats
-	(*timestamppb.Timestamp)(nil), // 3: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),   // 4: google.protobuf.Duration
+	(*DestinationHealth)(nil),     // 3: baton.v1.DestinationHealth
+	(*timestamppb.Timestamp)(nil), // 4: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),   // 5: google.protobuf.Duration
 }
 var file_baton_v1_transfer_proto_depIdxs = []int32{
-	3, // 0: baton.v1.TransferAttempt.attempted_at:type_name -> google.protobuf.Timestamp
+	4, // 0: baton.v1.TransferAttempt.attempted_at:type_name -> google.protobuf.Timestamp
 	1, // 1: baton.v1.BridgeStats.caller_to_destination:type_name -> baton.v1.MediaStreamStats
 	1, // 2: baton.v1.BridgeStats.destination_to_caller:type_name -> baton.v1.MediaStreamStats
-	4, // 3: baton.v1.BridgeStats.duration:type_name -> google.protobuf.Duration
+	5, // 3: baton.v1.BridgeStats.duration:type_name -> google.protobuf.Duration
 	4, // [4:4] is the sub-list for method output_type
 	4, // [4:4] is the sub-list for method input_type
 	4, // [4:4] is the sub-list for extension type_name
@@ -361,7 +479,7 @@ func file_baton_v1_transfer_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_baton_v1_transfer_proto_rawDesc), len(file_baton_v1_transfer_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   3,
+			NumMessages:   4,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

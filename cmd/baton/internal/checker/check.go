@@ -393,6 +393,11 @@ func (c *checker) record(r Record) {
 		return
 	}
 	c.ids[ev.ID] = r.where()
+	if ev.Type == events.TypeDestinationHealth {
+		// Transfer's health of a destination, copied to every partition
+		// of the calls topic (decision 0016): no call's fact.
+		return
+	}
 	switch r.Topic {
 	case c.topics.Attempts:
 		c.attempt(r)

@@ -108,6 +108,20 @@ func TestCleanHistoryIsOK(t *testing.T) {
 	require.True(t, strings.HasSuffix(out.String(), "OK\n"), out.String())
 }
 
+// TestDestinationHealthIsNoCallFact: transfer's DestinationHealth, one
+// copy per partition of the calls topic under one key, is neither a call
+// split across partitions nor a fact before CallStarted.
+func TestDestinationHealthIsNoCallFact(t *testing.T) {
+	h := newHistory(t)
+	h.goodCall("a")
+	for p := range int32(3) {
+		h.put("baton.calls", p, "destination-health/support", &batonv1.DestinationHealth{Destination: "support", Partition: p, Partitions: 3})
+	}
+	rep := Check(h.recs, strict)
+	require.True(t, rep.OK(), rep.Problems())
+	require.Equal(t, 1, rep.Started)
+}
+
 func TestRules(t *testing.T) {
 	tests := []struct {
 		name  string

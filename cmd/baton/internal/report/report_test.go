@@ -154,7 +154,7 @@ func TestReport(t *testing.T) {
 		require.Contains(t, got, want, got)
 	}
 	require.Equal(t, len(panels.All()), strings.Count(got, "\n\n"), "every panel, the agent's too:\n%s", got)
-	require.Equal(t, 9, len(panels.All()))
+	require.Equal(t, 10, len(panels.All()))
 
 	// Numbers, call ids and reasons are caller-chosen text: printed
 	// escaped, never raw (issue 14, finding 9).

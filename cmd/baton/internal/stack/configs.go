@@ -154,6 +154,9 @@ func (s *Stack) writeConfigs() error {
 			cfg["listen"] = net.JoinHostPort(s.opts.SIPHost, strconv.Itoa(port))
 		}
 		name := inst.name
+		if s.opts.Configure != nil {
+			s.opts.Configure(name, cfg)
+		}
 		data, err := yaml.Marshal(cfg)
 		if err != nil {
 			return fmt.Errorf("config for %s: %w", name, err)

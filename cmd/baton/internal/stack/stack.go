@@ -104,6 +104,11 @@ type Options struct {
 	// refuse the key; leave it off for them.
 	StaticMembership bool
 
+	// Configure, when set, may change each instance's config (by its
+	// instance name) before it is written: the interop suite points the
+	// router's destinations and transfer's routes at its own peers.
+	Configure func(instance string, cfg map[string]any)
+
 	// Progress receives one line per step.
 	Progress io.Writer
 	Logger   *slog.Logger

@@ -457,7 +457,7 @@ func TestPanelsParse(t *testing.T) {
 	}
 	require.Equal(t, []string{panels.HandoffsByReason, panels.SuccessByDestination, panels.TimeToTransfer,
 		panels.CallsByDialedNumber, panels.RecentHandoffs, panels.AgentStreamsByReason, panels.AgentFailures,
-		panels.AgentPlayout, panels.AgentMetricsByName}, names)
+		panels.AgentPlayout, panels.AgentMetricsByName, panels.RulesByHits}, names)
 	_, err := panels.Parse("SELECT 1;\n")
 	require.Error(t, err, "a query without name and title")
 	r := ps[0].Render(time.Unix(100, 0), time.Unix(200, 0), 5)

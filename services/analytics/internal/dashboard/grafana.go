@@ -51,6 +51,7 @@ var grafanaPanel = map[string]struct {
 		}},
 	}},
 	panels.AgentMetricsByName: {"table", 1, 12, 9, map[string]any{}},
+	panels.RulesByHits:        {"table", 1, 12, 9, map[string]any{}},
 }
 
 // msColumn is a table override that shows a column in milliseconds.

@@ -175,7 +175,7 @@ func shippedQueries(t *testing.T, from, to time.Time) []query {
 		{"dev summary", panels.Summary(scenarioStart)},
 	}
 	all := panels.All()
-	require.Len(t, all, 9)
+	require.Len(t, all, 10)
 	for _, p := range all {
 		qs = append(qs, query{"panel " + p.Name, p.Render(from, to, 100)})
 	}
@@ -415,7 +415,7 @@ func scenario(t *testing.T, topics kafka.Topics) []*kgo.Record {
 			cmd := fmt.Sprintf("%s-cmd-%d", id, n)
 			add(topics.Handoffs, at, &batonv1.HandoffCommand{
 				CommandId: cmd, CallId: id, Method: m, Destination: dest, Route: "sip:" + dest + "@192.0.2.50:5060",
-				Reason: reason, Utterance: "let me get you someone", Attempt: uint32(n),
+				Reason: reason, Utterance: "let me get you someone", Attempt: uint32(n), Rule: []string{"", "vip", "billing"}[i%3],
 				Headers: []*batonv1.SipHeader{{Name: "X-Customer-Id", Value: strconv.Itoa(1000 + i)}},
 			})
 			return func(at time.Duration, st batonv1.OutcomeStatus, code int32, sipReason string) {

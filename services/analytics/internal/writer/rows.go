@@ -36,6 +36,10 @@ type eventRow struct {
 	// PayloadProto is the record's value as it came: the Protobuf
 	// message that Type names (decision 0008).
 	PayloadProto []byte
+	// CETime and TraceParent are the record's ce_time and traceparent
+	// headers as sent (0006), so a replay from ClickHouse rebuilds the
+	// record byte for byte.
+	CETime, TraceParent string
 }
 
 type callRow struct {
@@ -68,6 +72,9 @@ type handoffRow struct {
 	Attempt                                       uint32
 	HeaderNames, HeaderValues                     []string
 	EventID                                       string
+	// Rule is the routing rule that chose the destination (migration
+	// 0007); empty when none did.
+	Rule string
 }
 
 type outcomeRow struct {
@@ -233,7 +240,7 @@ func (r *rows) add(rec *kgo.Record) error {
 			CommandID: m.GetCommandId(), CallID: ev.Subject, RequestedAt: at, RequestedMS: ms,
 			Destination: m.GetDestination(), Method: method(m.GetMethod()), Route: m.GetRoute(),
 			Reason: m.GetReason(), Utterance: m.GetUtterance(), Attempt: m.GetAttempt(),
-			HeaderNames: names, HeaderValues: values, EventID: ev.ID,
+			HeaderNames: names, HeaderValues: values, EventID: ev.ID, Rule: m.GetRule(),
 		})
 	case *batonv1.TransferOutcome:
 		if m.GetCommandId() == "" {
@@ -272,8 +279,19 @@ func (r *rows) add(rec *kgo.Record) error {
 	r.events = append(r.events, eventRow{
 		EventID: ev.ID, Type: ev.Type, CallID: ev.Subject, Source: ev.Source, Time: at, TimeMS: ms,
 		Topic: rec.Topic, Partition: rec.Partition, Offset: rec.Offset, PayloadProto: rec.Value,
+		CETime: header(rec, events.HeaderTime), TraceParent: header(rec, events.HeaderTraceParent),
 	})
 	return nil
+}
+
+// header is the value of rec's header key, "" when absent.
+func header(rec *kgo.Record, key string) string {
+	for _, h := range rec.Headers {
+		if h.Key == key {
+			return string(h.Value)
+		}
+	}
+	return ""
 }
 
 // variables flattens a map into Nested arrays, sorted by key.

@@ -100,6 +100,8 @@ var eventsTable = table[eventRow]{name: "events", columns: []column[eventRow]{
 	col("partition", func(r *eventRow) int32 { return r.Partition }),
 	col("offset", func(r *eventRow) int64 { return r.Offset }),
 	col("payload_proto", func(r *eventRow) []byte { return r.PayloadProto }),
+	col("ce_time", func(r *eventRow) string { return r.CETime }),
+	col("traceparent", func(r *eventRow) string { return r.TraceParent }),
 }}
 
 var callsTable = table[callRow]{name: "calls", columns: []column[callRow]{
@@ -146,6 +148,7 @@ var handoffsTable = table[handoffRow]{name: "handoffs", columns: []column[handof
 	col("headers.name", func(r *handoffRow) []string { return r.HeaderNames }),
 	col("headers.value", func(r *handoffRow) []string { return r.HeaderValues }),
 	col("event_id", func(r *handoffRow) string { return r.EventID }),
+	col("rule", func(r *handoffRow) string { return r.Rule }),
 }}
 
 var outcomesTable = table[outcomeRow]{name: "transfer_outcomes", columns: []column[outcomeRow]{

@@ -196,6 +196,7 @@ func callEventsAt(t testing.TB, topics kafka.Topics, callID string, start time.T
 		mk("handoff", topics.Handoffs, start.Add(step), &batonv1.HandoffCommand{
 			CommandId: cmdID, CallId: callID, Method: batonv1.Method_METHOD_REFER, Destination: "support",
 			Route: "sip:support@127.0.0.1:5090", Reason: "billing_dispute", Utterance: "a human please", Attempt: 1,
+			Rule:    "billing",
 			Headers: []*batonv1.SipHeader{{Name: "X-Customer-Id", Value: "42"}},
 		}),
 		mk("outcome", topics.Transfers, start.Add(2*step), &batonv1.TransferOutcome{
@@ -271,13 +272,14 @@ func TestEndToEnd(t *testing.T) {
 	require.True(t, startedAt.Equal(eventTime.Truncate(time.Second)), "started_at %v", startedAt)
 
 	var (
-		method, destination, reason string
-		attempt                     uint32
-		hNames, hValues             []string
+		method, destination, reason, rule string
+		attempt                           uint32
+		hNames, hValues                   []string
 	)
-	require.NoError(t, conn.QueryRow(t.Context(), `SELECT method, destination, reason, attempt, headers.name, headers.value
+	require.NoError(t, conn.QueryRow(t.Context(), `SELECT method, destination, reason, attempt, headers.name, headers.value, rule
 		FROM handoffs FINAL WHERE command_id = ? AND call_id = ?`, "call-e2e-cmd-1", "call-e2e").
-		Scan(&method, &destination, &reason, &attempt, &hNames, &hValues))
+		Scan(&method, &destination, &reason, &attempt, &hNames, &hValues, &rule))
+	require.Equal(t, "billing", rule, "the rule column (migration 0007) is filled")
 	require.Equal(t, "REFER", method)
 	require.Equal(t, "support", destination)
 	require.Equal(t, "billing_dispute", reason)

@@ -428,4 +428,14 @@ func TestReInviteOnBridgedCallAnswersFromTheBridge(t *testing.T) {
 		require.Equal(t, tc.wantDir, sdpDirection(t, res.Body()))
 		c.ack("")
 	}
+
+	// A session refresh (RFC 4028): the same offer again. The answer is
+	// unchanged, so it keeps its version (RFC 3264 8: the version moves
+	// only with a change).
+	res := c.inDialog(sip.INVITE, "application/sdp", sbcOffer(c.rtpPort(), "0 101", "sendrecv"))
+	require.Equal(t, sip.StatusOK, res.StatusCode)
+	require.Contains(t, string(res.Body()), fmt.Sprintf("o=baton %d %d IN IP4 ", session, version),
+		"an unchanged answer keeps the session's version")
+	require.Contains(t, string(res.Body()), "m=audio 41234 ", "the bridge's port")
+	c.ack("")
 }

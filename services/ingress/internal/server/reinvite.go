@@ -1,6 +1,7 @@
 package server
 
 import (
+	"bytes"
 	"context"
 	"net/netip"
 	"time"
@@ -53,7 +54,11 @@ func (c *inboundCall) onReInvite(ctx context.Context, req *sip.Request, tx sip.S
 		return
 	}
 	c.remoteCSeq = cseq
-	params := sdp.Params{Host: c.env.sdpHost, Port: c.media.Port(), SessionID: c.sdpSession, Version: c.sdpVersion + 1}
+	// Built at the session's current version first: an answer equal to
+	// the last description sent (a session refresh, RFC 4028) keeps it;
+	// any change moves it on by one (RFC 3264 8).
+	params := sdp.Params{Host: c.env.sdpHost, Port: c.media.Port(), SessionID: c.sdpSession, Version: c.sdpVersion}
+	last := c.localSDP
 	// A bridged call's media is the bridge's: answer with its address,
 	// and leave the anchor alone (issue 19, 2).
 	bridged := c.mediaMoved && c.bridge.Port != 0
@@ -67,17 +72,28 @@ func (c *inboundCall) onReInvite(ctx context.Context, req *sip.Request, tx sip.S
 		answer sdp.Answer
 		local  []byte
 	)
-	if len(body) > 0 {
+	describe := func() error {
+		if len(body) == 0 {
+			local = sdp.Offer(params)
+			return nil
+		}
 		var err error
 		answer, err = sdp.Negotiate(body, params)
-		if err != nil {
+		local = answer.SDP
+		return err
+	}
+	if err := describe(); err != nil {
+		log.InfoContext(ctx, "re-invite offer refused", "err", err)
+		reply(c.env.log, req, tx, sip.StatusNotAcceptableHere, "Not Acceptable Here")
+		return
+	}
+	if !bytes.Equal(local, last) {
+		params.Version++
+		if err := describe(); err != nil {
 			log.InfoContext(ctx, "re-invite offer refused", "err", err)
 			reply(c.env.log, req, tx, sip.StatusNotAcceptableHere, "Not Acceptable Here")
 			return
 		}
-		local = answer.SDP
-	} else {
-		local = sdp.Offer(params)
 	}
 
 	c.mu.Lock()

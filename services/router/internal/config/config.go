@@ -332,6 +332,10 @@ type Destination struct {
 	Fallback []string `yaml:"fallback"`
 	// OnMissingVariable is empty (render "" and log, the default) or refuse.
 	OnMissingVariable string `yaml:"on_missing_variable"`
+	// SkipWhenDown passes the destination over while transfer's
+	// health_checks report it down (its fallbacks, then the default, are
+	// tried; refused destination_down when all are down). Off by default.
+	SkipWhenDown bool `yaml:"skip_when_down"`
 }
 
 // Rule is a routing rule: a CEL condition and its actions (see package
@@ -943,6 +947,10 @@ func validateHeaders(path string, headers map[string]string) []error {
 	return errs
 }
 
+// ReservedRuleName is the rule label of the decisions no rule made
+// (baton_router_rule_hits_total); no rule may take it.
+const ReservedRuleName = "(none)"
+
 func (c *Config) validateRules() []error {
 	var errs []error
 	c.compiled = make([]*rules.Condition, len(c.Rules))
@@ -953,6 +961,8 @@ func (c *Config) validateRules() []error {
 		path := fmt.Sprintf("rules[%d]", i)
 		if r.Name == "" {
 			errs = append(errs, pkgconfig.Errorf(path+".name", "a name is required"))
+		} else if r.Name == ReservedRuleName {
+			errs = append(errs, pkgconfig.Errorf(path+".name", "%q is reserved: the rule-hits metric counts decisions no rule made under it", r.Name))
 		} else if j, dup := names[r.Name]; dup {
 			errs = append(errs, pkgconfig.Errorf(path+".name", "duplicate rule %q (also rules[%d])", r.Name, j))
 		} else {
@@ -1066,7 +1076,7 @@ func (c *Config) Table() (*handoff.Table, error) {
 		}
 		hd := handoff.Destination{
 			Name: d.Name, Method: method, Route: route, AnswerTimeout: timeout,
-			Fallback: slices.Clone(d.Fallback),
+			Fallback: slices.Clone(d.Fallback), SkipWhenDown: d.SkipWhenDown,
 		}
 		if method == batonv1.Method_METHOD_INVITE {
 			hd.Encryption = handoff.EncryptionTLSSRTP

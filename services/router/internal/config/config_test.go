@@ -183,6 +183,19 @@ rules:
 			},
 		},
 		{
+			name: "reserved rule name",
+			doc: `destinations:
+  - name: support
+    route: sip:support@example.com
+rules:
+  - name: (none)
+    handoff: support
+`,
+			want: []string{
+				`router.yaml:5: rules[0].name: "(none)" is reserved`,
+			},
+		},
+		{
 			name: "group, transactional id and log",
 			doc: `group: ""
 transactional_id: ""
@@ -334,4 +347,20 @@ func TestExampleConfigIsValid(t *testing.T) {
 	require.Equal(t, "sip:support@127.0.0.1:5090", tbl.Destinations["support"].Route)
 	require.Equal(t, "handoff-everyone", tbl.Rules[len(tbl.Rules)-1].Name)
 	require.Equal(t, []string{"support"}, tbl.Destinations["billing"].Fallback)
+}
+
+func TestSkipWhenDownReachesTheTable(t *testing.T) {
+	c, err := parse(t, `destinations:
+  - name: a
+    route: sip:a@pbx.example.com
+    skip_when_down: true
+    fallback: [b]
+  - name: b
+    route: sip:b@pbx.example.com
+`)
+	require.NoError(t, err)
+	table, err := c.Table()
+	require.NoError(t, err)
+	require.True(t, table.Destinations["a"].SkipWhenDown)
+	require.False(t, table.Destinations["b"].SkipWhenDown, "off by default")
 }

@@ -96,6 +96,12 @@ type Fold struct {
 	sink    Sink
 	// history is how many transitions a call keeps (WithHistory).
 	history int
+
+	// health is the destinations' health folded from DestinationHealth,
+	// per partition of the calls topic; healthUndo holds, for every
+	// key changed since the last Commit, its entry before (nil: none).
+	health     map[healthKey]healthEntry
+	healthUndo map[healthKey]*healthEntry
 }
 
 // call is the state of one live call. A call value is never changed once
@@ -164,7 +170,10 @@ func (c *call) clone() *call {
 // last outcome. It keeps the table the handoff started under, so a reload
 // never changes a handoff in flight.
 type handoffState struct {
-	table      *Table
+	table *Table
+	// rule is the routing rule that chose the first destination; empty
+	// when none did.
+	rule       string
 	requestID  string
 	reason     string
 	utterance  string
@@ -238,6 +247,7 @@ func (f *Fold) Commit() {
 	f.mu.Unlock()
 	clear(f.undo)
 	clear(f.evicted)
+	f.commitHealth()
 	f.refusedState = f.refusedState[:0]
 	if f.sink != nil && len(f.pending) > 0 {
 		f.sink.Transitions(f.pending)
@@ -256,6 +266,7 @@ func (f *Fold) Rollback() {
 	}
 	clear(f.undo)
 	clear(f.evicted)
+	f.rollbackHealth()
 	f.refusedState = f.refusedState[:0]
 	f.pending = nil
 }
@@ -318,6 +329,9 @@ func (f *Fold) Apply(ctx context.Context, ev events.Event) []Decision {
 	case *batonv1.CallEvicted:
 		f.callEvicted(ctx, ev, msg)
 		return nil
+	case *batonv1.DestinationHealth:
+		f.destinationHealth(ctx, ev, msg)
+		return nil
 	default:
 		f.logger.DebugContext(ctx, "event ignored", "call_id", ev.Subject, "type", ev.Type)
 	}
@@ -359,7 +373,7 @@ func (f *Fold) callStarted(ctx context.Context, table *Table, ev events.Event, m
 	if dest == "" {
 		return nil
 	}
-	return f.startHandoff(ctx, table, c, ev, dest, "rule:"+rule, nil)
+	return f.startHandoff(ctx, table, c, ev, dest, rule, "rule:"+rule, nil)
 }
 
 func indexHeaders(hs []*batonv1.SipHeader) map[string][]string {
@@ -547,8 +561,8 @@ func (f *Fold) handoffRequested(ctx context.Context, table *Table, ev events.Eve
 			fmt.Sprintf("handoff %s is %s (destination %s, attempt %d)", h.commandID, h.status, h.destination, h.attempt))
 	}
 	dest, reason := msg.GetDestination(), msg.GetReason()
+	var rule string
 	if dest == "" {
-		var rule string
 		dest, rule = f.runRules(ctx, table, c, ev, reason, phaseRequest)
 		if dest == "" {
 			dest = table.Default
@@ -556,13 +570,22 @@ func (f *Fold) handoffRequested(ctx context.Context, table *Table, ev events.Eve
 			reason = "rule:" + rule
 		}
 	}
-	return f.startHandoff(ctx, table, c, ev, dest, reason, msg)
+	return f.startHandoff(ctx, table, c, ev, dest, rule, reason, msg)
 }
 
 // startHandoff begins a handoff of c to target (a destination name, or a
 // route the allowlist admits) and returns its first command, or the
-// refusal.
-func (f *Fold) startHandoff(ctx context.Context, table *Table, c *call, ev events.Event, target, reason string, req *batonv1.HandoffRequested) *Decision {
+// refusal. rule names the routing rule that chose target ("" when none
+// did); the command, its fallbacks and a refusal carry it.
+func (f *Fold) startHandoff(ctx context.Context, table *Table, c *call, ev events.Event, target, rule, reason string, req *batonv1.HandoffRequested) *Decision {
+	d := f.beginHandoff(ctx, table, c, ev, target, rule, reason, req)
+	if r, ok := d.Msg.(*batonv1.HandoffRefused); ok {
+		r.Rule = rule
+	}
+	return d
+}
+
+func (f *Fold) beginHandoff(ctx context.Context, table *Table, c *call, ev events.Event, target, rule, reason string, req *batonv1.HandoffRequested) *Decision {
 	if table.MaxHandoffs > 0 && c.handoffs >= table.MaxHandoffs {
 		return f.refuse(ctx, c, ev, req, target, "", RefusedTooManyHandoffs,
 			fmt.Sprintf("the call already started %d handoffs (max_handoffs_per_call %d)", c.handoffs, table.MaxHandoffs))
@@ -571,21 +594,34 @@ func (f *Fold) startHandoff(ctx context.Context, table *Table, c *call, ev event
 	if code != "" {
 		return f.refuse(ctx, c, ev, req, target, "", code, detail)
 	}
+	origin := d
+	var skipped []string
+	if d.SkipWhenDown {
+		var ok bool
+		if d, skipped, ok = f.skipDown(ctx, table, c, d, nil); !ok {
+			return f.refuse(ctx, c, ev, req, target, origin.Route, RefusedDestinationDown, downDetail(skipped))
+		}
+	}
 	h := &handoffState{
 		table:      table,
+		rule:       rule,
 		requestID:  req.GetRequestId(),
 		reason:     reason,
 		utterance:  req.GetUtterance(),
 		reqVars:    req.GetVariables(),
 		reqHeaders: req.GetHeaders(),
 		whisperURL: req.GetWhisperUrl(),
-		origin:     d,
+		origin:     origin,
+	}
+	for _, name := range skipped {
+		h.tried = append(h.tried, strings.ToLower(name))
 	}
 	cmd, code, detail := f.render(ctx, c, h, d, ev.ID)
 	if code != "" {
 		return f.refuse(ctx, c, ev, req, target, d.Route, code, detail)
 	}
 	cmd.Attempt = 1
+	cmd.Skipped = skipped
 	h.record(cmd)
 	c.handoff = h
 	c.handoffs++
@@ -694,6 +730,7 @@ func (f *Fold) render(ctx context.Context, c *call, h *handoffState, d Destinati
 		Encryption: string(d.Encryption),
 		// INVITE only, like Encryption: the audio played to the destination.
 		Whisper: d.Whisper,
+		Rule:    h.rule,
 	}
 	if d.Method == batonv1.Method_METHOD_INVITE {
 		// The session the re-INVITE to the caller continues.
@@ -832,6 +869,7 @@ func (f *Fold) transferOutcome(ctx context.Context, ev events.Event, msg *batonv
 func (f *Fold) fallback(ctx context.Context, c *call, h *handoffState, ev events.Event) *Decision {
 	table := h.table
 	if h.attempt < table.MaxAttempts {
+		var skipped []string
 		for _, name := range append(slices.Clone(h.origin.Fallback), table.Default) {
 			if slices.Contains(h.tried, strings.ToLower(name)) {
 				continue
@@ -839,6 +877,15 @@ func (f *Fold) fallback(ctx context.Context, c *call, h *handoffState, ev events
 			d, ok := table.destination(name)
 			if !ok {
 				continue // validation makes this unreachable
+			}
+			if d.SkipWhenDown {
+				if down, healthID := f.down(c.id, d.Name); down {
+					f.logger.InfoContext(ctx, "fallback destination down; skipped", "call_id", c.id,
+						"destination", d.Name, "health_event_id", healthID)
+					h.tried = append(h.tried, strings.ToLower(d.Name))
+					skipped = append(skipped, d.Name)
+					continue
+				}
 			}
 			h.tried = append(h.tried, strings.ToLower(d.Name)) // tried even when refused below
 			cmd, code, detail := f.render(ctx, c, h, d, ev.ID)
@@ -848,6 +895,7 @@ func (f *Fold) fallback(ctx context.Context, c *call, h *handoffState, ev events
 				continue
 			}
 			cmd.Attempt = h.attempt + 1
+			cmd.Skipped = skipped
 			h.tried = h.tried[:len(h.tried)-1] // record adds it back
 			h.record(cmd)
 			f.logger.InfoContext(ctx, "transfer failed; falling back", "call_id", c.id, "command_id", cmd.GetCommandId(),

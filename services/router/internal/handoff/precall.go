@@ -137,7 +137,7 @@ func (f *Fold) preCallData(ctx context.Context, table *Table, ev events.Event, m
 	if dest == "" {
 		return nil
 	}
-	return f.startHandoff(ctx, table, c, ev, dest, "rule:"+rule, nil)
+	return f.startHandoff(ctx, table, c, ev, dest, rule, "rule:"+rule, nil)
 }
 
 // results is the call's pre-call data, nil when none was folded.

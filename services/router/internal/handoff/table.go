@@ -63,6 +63,10 @@ type Destination struct {
 	// Fallback names the destinations tried, in order, after this one fails.
 	Fallback  []string
 	OnMissing MissingPolicy
+	// SkipWhenDown passes the destination over while transfer's health
+	// checks say it is down (DestinationHealth, decision 0016): its
+	// fallbacks, then the default, are tried instead.
+	SkipWhenDown bool
 }
 
 // header finds the destination's header named name, ignoring case.

@@ -32,7 +32,17 @@ type Metrics struct {
 	// Evicted counts the calls evicted for max_call_duration (CallEvicted
 	// published, committed).
 	Evicted prometheus.Counter
+	// RuleHits counts handoff decisions by the routing rule that chose the
+	// destination (NoRule when none did: the agent named it, or the
+	// default) and by decision (command: a handoff began; refused). A
+	// handoff counts once, at its first command: fallbacks are not hits.
+	// The rule label is bounded by the configured rule names.
+	RuleHits *prometheus.CounterVec
 }
+
+// NoRule is the rule label of a decision no routing rule made. Rule names
+// cannot take it (config.ReservedRuleName).
+const NoRule = "(none)"
 
 // NewMetrics registers the router's metrics on reg.
 func NewMetrics(reg prometheus.Registerer) *Metrics {
@@ -62,7 +72,11 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		Name: "baton_router_calls_evicted_total",
 		Help: "Calls evicted for having no event for max_call_duration (CallEvicted published, committed).",
 	})
-	reg.MustRegister(m.Commands, m.Refusals, m.Outcomes, m.Transactions, m.BatchRecords, m.StateRefused, m.Evicted)
+	m.RuleHits = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "baton_router_rule_hits_total",
+		Help: "Handoff decisions (committed) by the routing rule that chose the destination ((none): no rule) and decision (command, refused).",
+	}, []string{"rule", "decision"})
+	reg.MustRegister(m.Commands, m.Refusals, m.Outcomes, m.Transactions, m.BatchRecords, m.StateRefused, m.Evicted, m.RuleHits)
 	return m
 }
 
@@ -91,8 +105,12 @@ func (m *Metrics) count(records int, t *tally) {
 		switch d := d.(type) {
 		case *batonv1.HandoffCommand:
 			m.Commands.WithLabelValues(methodLabel(d.GetMethod())).Inc()
+			if d.GetAttempt() == 1 {
+				m.RuleHits.WithLabelValues(ruleLabel(d.GetRule()), "command").Inc()
+			}
 		case *batonv1.HandoffRefused:
 			m.Refusals.WithLabelValues(d.GetReasonCode()).Inc()
+			m.RuleHits.WithLabelValues(ruleLabel(d.GetRule()), "refused").Inc()
 		}
 	}
 	for _, o := range t.outcomes {
@@ -120,6 +138,14 @@ func (m *Metrics) failed() {
 	if m != nil {
 		m.Transactions.WithLabelValues("failed").Inc()
 	}
+}
+
+// ruleLabel is the rule label of a decision's rule.
+func ruleLabel(rule string) string {
+	if rule == "" {
+		return NoRule
+	}
+	return rule
 }
 
 // methodLabel is "refer" for METHOD_REFER.

@@ -12,6 +12,7 @@ import (
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 	"go.opentelemetry.io/otel/trace"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/baton-voice/baton/pkg/events"
 	batonv1 "github.com/baton-voice/baton/pkg/events/batonv1"
@@ -71,6 +72,9 @@ func TestTraceAndMetrics(t *testing.T) {
 	require.Equal(t, parent.SpanID(), decide.Parent.SpanID())
 	require.Eventually(t, func() bool { return testutil.ToFloat64(metrics.Commands.WithLabelValues("refer")) == 1 },
 		waitTimeout, 10*time.Millisecond)
+	// The rule that chose the destination is on the command and counted.
+	require.Equal(t, "handoff-everyone", cmdEv.Data.(*batonv1.HandoffCommand).GetRule())
+	require.Equal(t, 1.0, testutil.ToFloat64(metrics.RuleHits.WithLabelValues("handoff-everyone", "command")))
 
 	// A request for a route outside the allowlist is refused.
 	req, err := events.New("baton/test", "traced-1", &batonv1.HandoffRequested{RequestId: "r1",
@@ -84,5 +88,26 @@ func TestTraceAndMetrics(t *testing.T) {
 	require.NotEmpty(t, reason)
 	require.Eventually(t, func() bool { return testutil.ToFloat64(metrics.Refusals.WithLabelValues(reason)) == 1 },
 		waitTimeout, 10*time.Millisecond)
+	// The agent named the route: no rule made that decision.
+	require.Empty(t, refused.Data.(*batonv1.HandoffRefused).GetRule())
+	require.Equal(t, 1.0, testutil.ToFloat64(metrics.RuleHits.WithLabelValues(NoRule, "refused")))
 	require.Equal(t, 0.0, testutil.ToFloat64(metrics.Transactions.WithLabelValues("aborted")))
+}
+
+// TestRuleHitsCountHandoffsOnce: a handoff is a hit of its rule at its
+// first command; its fallbacks and the end policy's BYE are not hits, and
+// a decision without a rule counts under NoRule.
+func TestRuleHitsCountHandoffsOnce(t *testing.T) {
+	m := NewMetrics(prometheus.NewRegistry())
+	m.count(4, &tally{decisions: []proto.Message{
+		&batonv1.HandoffCommand{Method: batonv1.Method_METHOD_REFER, Attempt: 1, Rule: "vip"},
+		&batonv1.HandoffCommand{Method: batonv1.Method_METHOD_REFER, Attempt: 2, Rule: "vip"},
+		&batonv1.HandoffCommand{Method: batonv1.Method_METHOD_BYE, Attempt: 3},
+		&batonv1.HandoffCommand{Method: batonv1.Method_METHOD_INVITE, Attempt: 1},
+		&batonv1.HandoffRefused{ReasonCode: "missing_variable", Rule: "vip"},
+	}})
+	require.Equal(t, 1.0, testutil.ToFloat64(m.RuleHits.WithLabelValues("vip", "command")))
+	require.Equal(t, 1.0, testutil.ToFloat64(m.RuleHits.WithLabelValues("vip", "refused")))
+	require.Equal(t, 1.0, testutil.ToFloat64(m.RuleHits.WithLabelValues(NoRule, "command")))
+	require.Equal(t, 3, testutil.CollectAndCount(m.RuleHits), "one series per rule and decision seen")
 }

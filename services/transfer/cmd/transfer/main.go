@@ -189,6 +189,12 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 	}, logger)
 	svc.RegisterInFlight(reg)
 	sipClient.RegisterMetrics(reg)
+	stopHealth, err := startHealth(ctx, cfg, tlsClient, reg, logger)
+	if err != nil {
+		logger.ErrorContext(ctx, "start health checks", "err", err)
+		return startup.ExitFailed
+	}
+	defer stopHealth()
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	opsCtx, stopOps := context.WithCancel(context.WithoutCancel(ctx))

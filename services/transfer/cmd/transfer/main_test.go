@@ -21,8 +21,10 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
+	"github.com/twmb/franz-go/pkg/kgo"
 	"go.uber.org/goleak"
 
+	"github.com/baton-voice/baton/pkg/events"
 	"github.com/baton-voice/baton/pkg/kafka/kafkatest"
 	"github.com/baton-voice/baton/pkg/logtest"
 	"github.com/baton-voice/baton/pkg/startup"
@@ -80,7 +82,10 @@ func TestStartsAndStopsCleanly(t *testing.T) {
 func startAndStop(t *testing.T, withTLS bool) {
 	brokers := kafkatest.NewCluster(t, 1)
 	doc := "listen: 127.0.0.1:0\nkafka:\n  brokers: [" + brokers[0] + "]\n  partitions: 1\nmetrics:\n  listen: 127.0.0.1:0\n" +
-		"sip:\n  first_read_timeout: 200ms\n"
+		"sip:\n  first_read_timeout: 200ms\n" +
+		// A destination on a closed port: its health reads down.
+		"health_checks:\n  interval: 1s\n  timeout: 500ms\n  publish: true\n  destinations:\n" +
+		"    - {name: gone, route: \"sip:x@127.0.0.1:" + closedPort(t) + ";transport=tcp\"}\n"
 	if withTLS {
 		cert, key := writeCert(t)
 		doc += "tls:\n  listen: 127.0.0.1:0\n  cert_file: " + cert + "\n  key_file: " + key + "\n  ca_file: " + cert + "\n"
@@ -122,6 +127,29 @@ func startAndStop(t *testing.T, withTLS bool) {
 	require.Contains(t, body, "baton_transfer_sip_connections_timed_out_total 1")
 	require.Contains(t, body, `baton_transfer_sip_udp_dropped_total{reason="stray_request"} 0`)
 	require.Contains(t, body, "baton_transfer_sip_udp_pool_entries 1")
+	require.Eventually(t, func() bool {
+		_, body := httpGet(t, "http://"+addr[1]+"/metrics")
+		return strings.Contains(body, `baton_transfer_destination_up{destination="gone"} 0`) &&
+			strings.Contains(body, `baton_transfer_destination_checks_total{destination="gone",result="down"}`)
+	}, 10*time.Second, 20*time.Millisecond, "health_checks run and expose the destination down")
+	require.Contains(t, stderr.String(), `"msg":"destination down"`)
+	// publish: the change is a DestinationHealth on the calls topic.
+	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...), kgo.ConsumeTopics("baton.calls"),
+		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
+	require.NoError(t, err)
+	defer cl.Close()
+	pollCtx, cancelPoll := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancelPoll()
+	var health *events.Event
+	for health == nil && pollCtx.Err() == nil {
+		for _, rec := range cl.PollFetches(pollCtx).Records() {
+			if ev, err := events.Decode(rec); err == nil && ev.Type == events.TypeDestinationHealth {
+				health = &ev
+			}
+		}
+	}
+	require.NotNil(t, health, "no DestinationHealth on baton.calls")
+	require.Equal(t, "destination-health/gone", health.Subject)
 	cancel()
 	select {
 	case code := <-done:
@@ -148,6 +176,16 @@ func writeCert(t *testing.T) (certFile, keyFile string) {
 	require.NoError(t, os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600))
 	require.NoError(t, os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kb}), 0o600))
 	return certFile, keyFile
+}
+
+// closedPort is a TCP port on loopback nothing listens on.
+func closedPort(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	port := ln.Addr().(*net.TCPAddr).Port
+	require.NoError(t, ln.Close())
+	return fmt.Sprint(port)
 }
 
 func httpGet(t *testing.T, url string) (int, string) {

@@ -22,6 +22,8 @@ import (
 	"github.com/baton-voice/baton/pkg/opshttp"
 	"github.com/baton-voice/baton/pkg/sipx"
 	"github.com/baton-voice/baton/pkg/tracing"
+	"github.com/baton-voice/baton/services/transfer/internal/health"
+	"github.com/baton-voice/baton/services/transfer/internal/request"
 	"github.com/baton-voice/baton/services/transfer/internal/whisper"
 )
 
@@ -78,6 +80,9 @@ type Config struct {
 	Metrics opshttp.Config `yaml:"metrics"`
 	// Tracing is the OpenTelemetry tracer's setup.
 	Tracing tracing.Config `yaml:"tracing"`
+	// HealthChecks sends OPTIONS to destinations on a schedule and
+	// exposes their health as metrics; off by default.
+	HealthChecks health.Config `yaml:"health_checks"`
 }
 
 // Routes is the route allowlist of transfer.
@@ -272,10 +277,11 @@ func Default() Config {
 			Whisper: Whisper{MaxDuration: 30 * time.Second, Timeout: 3 * time.Second, MaxBytes: 2 << 20,
 				CacheEntries: 256, CacheBytes: 64 << 20, CacheTTL: 10 * time.Minute},
 		},
-		Kafka:   kafka.DefaultConfig(),
-		Log:     observability.DefaultLogConfig(),
-		Metrics: opshttp.Config{Listen: DefaultMetricsListen},
-		Tracing: tracing.DefaultConfig(),
+		Kafka:        kafka.DefaultConfig(),
+		Log:          observability.DefaultLogConfig(),
+		Metrics:      opshttp.Config{Listen: DefaultMetricsListen},
+		Tracing:      tracing.DefaultConfig(),
+		HealthChecks: health.DefaultConfig(),
 	}
 }
 
@@ -357,6 +363,7 @@ func (c *Config) Validate() error {
 			"%v, want more than max_command_age %v: a redelivered command older than the retention would run again",
 			c.AttemptLog.Retention, c.MaxCommandAge))
 	}
+	errs = append(errs, c.HealthChecks.Validate("health_checks", c.HealthRoute, c.routeAllowed)...)
 	if err := c.Kafka.Validate(); err != nil {
 		errs = append(errs, err)
 	}
@@ -528,6 +535,30 @@ func (c *Config) TLSConfigs() (server, client *tls.Config, err error) {
 		client.RootCAs = pool
 	}
 	return server, client, nil
+}
+
+// HealthRoute is the SIP URI a health check of route dials: the route
+// as a command's would be dialled (request.Target: tel: routes and
+// extensions through invite.trunk_host).
+func (c *Config) HealthRoute(route string) (string, error) {
+	u, err := request.Target(route, request.LegOptions{TrunkHost: c.Invite.TrunkHost})
+	if err != nil {
+		return "", err
+	}
+	return u.String(), nil
+}
+
+// routeAllowed checks a route against routes.allow, as a command's is
+// (an empty list allows every route, as at run time).
+func (c *Config) routeAllowed(route string) error {
+	if len(c.Routes.Allow) == 0 {
+		return nil
+	}
+	a, err := request.NewAllowlist(c.Routes.Allow)
+	if err != nil {
+		return nil // reported under routes.allow
+	}
+	return a.Check(route)
 }
 
 var callerNumber = regexp.MustCompile(`^\+?[0-9]{1,20}$`)

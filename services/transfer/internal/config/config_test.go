@@ -102,6 +102,13 @@ func TestValidateNamesTheField(t *testing.T) {
 		{"bad route pattern", "routes:\n  allow: [\"re:(\"]\n", "routes.allow[0]"},
 		{"bad peer network", "peers:\n  networks: [10.0.0.0/33]\n", "peers.networks[0]"},
 		{"sip idle under first read", "sip:\n  first_read_timeout: 10s\n  idle_timeout: 5s\n", "t.yaml:3: sip.idle_timeout: 5s"},
+		{"health checks with nothing to check", "health_checks:\n  interval: 30s\n", "health_checks.destinations: empty"},
+		{"health check route outside routes.allow",
+			"routes:\n  allow: [\"sip:*@pbx.example.com\"]\nhealth_checks:\n  interval: 30s\n  destinations:\n    - name: evil\n      route: sip:x@evil.example.com\n",
+			"t.yaml:7: health_checks.destinations[0].route:"},
+		{"health check tel route without trunk host",
+			"health_checks:\n  interval: 30s\n  destinations:\n    - name: phone\n      route: tel:+15551234567\n",
+			"t.yaml:5: health_checks.destinations[0].route: route not supported: route \"tel:+15551234567\" is a tel: URI: set invite.trunk_host"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			path := filepath.Join(t.TempDir(), "t.yaml")
@@ -110,6 +117,21 @@ func TestValidateNamesTheField(t *testing.T) {
 			require.ErrorContains(t, err, tc.want)
 		})
 	}
+}
+
+// TestHealthChecksLoad: off by default; a tel: route goes through
+// invite.trunk_host as a command's would.
+func TestHealthChecksLoad(t *testing.T) {
+	require.False(t, Default().HealthChecks.Enabled())
+	path := filepath.Join(t.TempDir(), "t.yaml")
+	require.NoError(t, os.WriteFile(path, []byte("invite:\n  trunk_host: sbc.example.com:5080\nhealth_checks:\n  interval: 30s\n"+
+		"  destinations:\n    - name: phone\n      route: tel:+15551234567\n      transport: tcp\n"), 0o600))
+	c, err := Load(path)
+	require.NoError(t, err)
+	require.True(t, c.HealthChecks.Enabled())
+	uri, err := c.HealthRoute(c.HealthChecks.Destinations[0].Route)
+	require.NoError(t, err)
+	require.Equal(t, "sip:+15551234567@sbc.example.com:5080;user=phone", uri)
 }
 
 // TestWhisperDefaults: whisper URLs are refused until allow_hosts names
