@@ -35,6 +35,10 @@ const (
 	TypeAgentDisconnected = "baton.agent.disconnected.v1"
 	TypeAgentMarkPlayed   = "baton.agent.mark.v1"
 	TypeAgentSelected     = "baton.agent.selected.v1"
+	// TypeOutboundRequested and TypeOutboundProgress are an outbound
+	// call's request (agent API) and its steps (ingress).
+	TypeOutboundRequested = "baton.outbound.requested.v1"
+	TypeOutboundProgress  = "baton.outbound.progress.v1"
 	// TypeDestinationHealth is transfer's health check of a destination
 	// (a change of state), copied to every partition of the transfers
 	// topic.
@@ -132,6 +136,10 @@ func TypeOf(msg proto.Message) (string, error) {
 		return TypeAgentMarkPlayed, nil
 	case *batonv1.AgentSelected:
 		return TypeAgentSelected, nil
+	case *batonv1.OutboundCallRequested:
+		return TypeOutboundRequested, nil
+	case *batonv1.OutboundCallProgress:
+		return TypeOutboundProgress, nil
 	case *batonv1.DestinationHealth:
 		return TypeDestinationHealth, nil
 	default:
@@ -178,6 +186,10 @@ func newMessage(typ string) (proto.Message, error) {
 		return &batonv1.AgentMarkPlayed{}, nil
 	case TypeAgentSelected:
 		return &batonv1.AgentSelected{}, nil
+	case TypeOutboundRequested:
+		return &batonv1.OutboundCallRequested{}, nil
+	case TypeOutboundProgress:
+		return &batonv1.OutboundCallProgress{}, nil
 	case TypeDestinationHealth:
 		return &batonv1.DestinationHealth{}, nil
 	default:

@@ -54,6 +54,11 @@ func sampleMessages() map[string]proto.Message {
 			Stats: &batonv1.AgentStreamStats{FramesOut: 500, FramesIn: 250, FramesPlayed: 480, MaxQueueMs: 4000, Marks: 2}},
 		TypeAgentMarkPlayed: &batonv1.AgentMarkPlayed{CallId: dialog.CallId, StreamSid: "MZ1", Name: "goodbye"},
 		TypeAgentSelected:   &batonv1.AgentSelected{CallId: dialog.CallId, Agent: "billing-bot", Source: "rule:vip"},
+		TypeOutboundRequested: &batonv1.OutboundCallRequested{CallId: dialog.CallId, RequestId: "r2", Trunk: "carrier-a",
+			To: "+15550100", From: "+15550199", Headers: []*batonv1.SipHeader{{Name: "X-Campaign", Value: "renewals"}},
+			Agent: "billing-bot", AnswerTimeout: durationpb.New(20 * time.Second), RequestedBy: "agent-api"},
+		TypeOutboundProgress: &batonv1.OutboundCallProgress{CallId: dialog.CallId, RequestId: "r2",
+			Status: batonv1.OutboundStatus_OUTBOUND_STATUS_BUSY, SipCode: 486, SipReason: "Busy Here", Trunk: "carrier-a"},
 	}
 }
 

@@ -80,6 +80,56 @@ func (Transport) EnumDescriptor() ([]byte, []int) {
 	return file_baton_v1_events_proto_rawDescGZIP(), []int{0}
 }
 
+// CallDirection says who placed a call.
+type CallDirection int32
+
+const (
+	CallDirection_CALL_DIRECTION_UNSPECIFIED CallDirection = 0
+	CallDirection_CALL_DIRECTION_INBOUND     CallDirection = 1
+	CallDirection_CALL_DIRECTION_OUTBOUND    CallDirection = 2
+)
+
+// Enum value maps for CallDirection.
+var (
+	CallDirection_name = map[int32]string{
+		0: "CALL_DIRECTION_UNSPECIFIED",
+		1: "CALL_DIRECTION_INBOUND",
+		2: "CALL_DIRECTION_OUTBOUND",
+	}
+	CallDirection_value = map[string]int32{
+		"CALL_DIRECTION_UNSPECIFIED": 0,
+		"CALL_DIRECTION_INBOUND":     1,
+		"CALL_DIRECTION_OUTBOUND":    2,
+	}
+)
+
+func (x CallDirection) Enum() *CallDirection {
+	p := new(CallDirection)
+	*p = x
+	return p
+}
+
+func (x CallDirection) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (CallDirection) Descriptor() protoreflect.EnumDescriptor {
+	return file_baton_v1_events_proto_enumTypes[1].Descriptor()
+}
+
+func (CallDirection) Type() protoreflect.EnumType {
+	return &file_baton_v1_events_proto_enumTypes[1]
+}
+
+func (x CallDirection) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use CallDirection.Descriptor instead.
+func (CallDirection) EnumDescriptor() ([]byte, []int) {
+	return file_baton_v1_events_proto_rawDescGZIP(), []int{1}
+}
+
 // Party says who ended a call.
 type Party int32
 
@@ -116,11 +166,11 @@ func (x Party) String() string {
 }
 
 func (Party) Descriptor() protoreflect.EnumDescriptor {
-	return file_baton_v1_events_proto_enumTypes[1].Descriptor()
+	return file_baton_v1_events_proto_enumTypes[2].Descriptor()
 }
 
 func (Party) Type() protoreflect.EnumType {
-	return &file_baton_v1_events_proto_enumTypes[1]
+	return &file_baton_v1_events_proto_enumTypes[2]
 }
 
 func (x Party) Number() protoreflect.EnumNumber {
@@ -129,7 +179,7 @@ func (x Party) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use Party.Descriptor instead.
 func (Party) EnumDescriptor() ([]byte, []int) {
-	return file_baton_v1_events_proto_rawDescGZIP(), []int{1}
+	return file_baton_v1_events_proto_rawDescGZIP(), []int{2}
 }
 
 // Method is how a handoff is carried out.
@@ -172,11 +222,11 @@ func (x Method) String() string {
 }
 
 func (Method) Descriptor() protoreflect.EnumDescriptor {
-	return file_baton_v1_events_proto_enumTypes[2].Descriptor()
+	return file_baton_v1_events_proto_enumTypes[3].Descriptor()
 }
 
 func (Method) Type() protoreflect.EnumType {
-	return &file_baton_v1_events_proto_enumTypes[2]
+	return &file_baton_v1_events_proto_enumTypes[3]
 }
 
 func (x Method) Number() protoreflect.EnumNumber {
@@ -185,7 +235,7 @@ func (x Method) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use Method.Descriptor instead.
 func (Method) EnumDescriptor() ([]byte, []int) {
-	return file_baton_v1_events_proto_rawDescGZIP(), []int{2}
+	return file_baton_v1_events_proto_rawDescGZIP(), []int{3}
 }
 
 // OutcomeStatus is where a transfer command stands.
@@ -246,11 +296,11 @@ func (x OutcomeStatus) String() string {
 }
 
 func (OutcomeStatus) Descriptor() protoreflect.EnumDescriptor {
-	return file_baton_v1_events_proto_enumTypes[3].Descriptor()
+	return file_baton_v1_events_proto_enumTypes[4].Descriptor()
 }
 
 func (OutcomeStatus) Type() protoreflect.EnumType {
-	return &file_baton_v1_events_proto_enumTypes[3]
+	return &file_baton_v1_events_proto_enumTypes[4]
 }
 
 func (x OutcomeStatus) Number() protoreflect.EnumNumber {
@@ -259,7 +309,7 @@ func (x OutcomeStatus) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use OutcomeStatus.Descriptor instead.
 func (OutcomeStatus) EnumDescriptor() ([]byte, []int) {
-	return file_baton_v1_events_proto_rawDescGZIP(), []int{3}
+	return file_baton_v1_events_proto_rawDescGZIP(), []int{4}
 }
 
 // SipHeader is one header line exactly as received, in order. Repeated
@@ -510,8 +560,12 @@ type CallStarted struct {
 	OversizedHeaders uint32 `protobuf:"varint,11,opt,name=oversized_headers,json=oversizedHeaders,proto3" json:"oversized_headers,omitempty"`
 	LocalSdp         string `protobuf:"bytes,12,opt,name=local_sdp,json=localSdp,proto3" json:"local_sdp,omitempty"`
 	RemoteSdp        string `protobuf:"bytes,13,opt,name=remote_sdp,json=remoteSdp,proto3" json:"remote_sdp,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// direction is INBOUND for a call the carrier sent, OUTBOUND for a
+	// call Baton placed (POST /v1/calls, OutboundCallRequested). Events
+	// from before the field existed are inbound (UNSPECIFIED).
+	Direction     CallDirection `protobuf:"varint,14,opt,name=direction,proto3,enum=baton.v1.CallDirection" json:"direction,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *CallStarted) Reset() {
@@ -633,6 +687,13 @@ func (x *CallStarted) GetRemoteSdp() string {
 		return x.RemoteSdp
 	}
 	return ""
+}
+
+func (x *CallStarted) GetDirection() CallDirection {
+	if x != nil {
+		return x.Direction
+	}
+	return CallDirection_CALL_DIRECTION_UNSPECIFIED
 }
 
 // CallEnded is published when a call's dialog ends.
@@ -1322,7 +1383,7 @@ const file_baton_v1_events_proto_rawDesc = "" +
 	" \x01(\tR\flocalContact\x12%\n" +
 	"\x0eremote_address\x18\v \x01(\tR\rremoteAddress\x12\x19\n" +
 	"\bnext_hop\x18\f \x01(\tR\anextHop\x12A\n" +
-	"\x12next_hop_transport\x18\r \x01(\x0e2\x13.baton.v1.TransportR\x10nextHopTransport\"\xd8\x04\n" +
+	"\x12next_hop_transport\x18\r \x01(\x0e2\x13.baton.v1.TransportR\x10nextHopTransport\"\x8f\x05\n" +
 	"\vCallStarted\x12(\n" +
 	"\x06dialog\x18\x01 \x01(\v2\x10.baton.v1.DialogR\x06dialog\x124\n" +
 	"\vsip_headers\x18\x02 \x03(\v2\x13.baton.v1.SipHeaderR\n" +
@@ -1340,7 +1401,8 @@ const file_baton_v1_events_proto_rawDesc = "" +
 	"\x11oversized_headers\x18\v \x01(\rR\x10oversizedHeaders\x12\x1b\n" +
 	"\tlocal_sdp\x18\f \x01(\tR\blocalSdp\x12\x1d\n" +
 	"\n" +
-	"remote_sdp\x18\r \x01(\tR\tremoteSdp\x1a<\n" +
+	"remote_sdp\x18\r \x01(\tR\tremoteSdp\x125\n" +
+	"\tdirection\x18\x0e \x01(\x0e2\x17.baton.v1.CallDirectionR\tdirection\x1a<\n" +
 	"\x0eVariablesEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xe3\x01\n" +
@@ -1426,7 +1488,11 @@ const file_baton_v1_events_proto_rawDesc = "" +
 	"\x15TRANSPORT_UNSPECIFIED\x10\x00\x12\x11\n" +
 	"\rTRANSPORT_UDP\x10\x01\x12\x11\n" +
 	"\rTRANSPORT_TCP\x10\x02\x12\x11\n" +
-	"\rTRANSPORT_TLS\x10\x03*A\n" +
+	"\rTRANSPORT_TLS\x10\x03*h\n" +
+	"\rCallDirection\x12\x1e\n" +
+	"\x1aCALL_DIRECTION_UNSPECIFIED\x10\x00\x12\x1a\n" +
+	"\x16CALL_DIRECTION_INBOUND\x10\x01\x12\x1b\n" +
+	"\x17CALL_DIRECTION_OUTBOUND\x10\x02*A\n" +
 	"\x05Party\x12\x15\n" +
 	"\x11PARTY_UNSPECIFIED\x10\x00\x12\x10\n" +
 	"\fPARTY_REMOTE\x10\x01\x12\x0f\n" +
@@ -1460,52 +1526,54 @@ func file_baton_v1_events_proto_rawDescGZIP() []byte {
 	return file_baton_v1_events_proto_rawDescData
 }
 
-var file_baton_v1_events_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
+var file_baton_v1_events_proto_enumTypes = make([]protoimpl.EnumInfo, 5)
 var file_baton_v1_events_proto_msgTypes = make([]protoimpl.MessageInfo, 11)
 var file_baton_v1_events_proto_goTypes = []any{
 	(Transport)(0),              // 0: baton.v1.Transport
-	(Party)(0),                  // 1: baton.v1.Party
-	(Method)(0),                 // 2: baton.v1.Method
-	(OutcomeStatus)(0),          // 3: baton.v1.OutcomeStatus
-	(*SipHeader)(nil),           // 4: baton.v1.SipHeader
-	(*Dialog)(nil),              // 5: baton.v1.Dialog
-	(*CallStarted)(nil),         // 6: baton.v1.CallStarted
-	(*CallEnded)(nil),           // 7: baton.v1.CallEnded
-	(*NotifyReceived)(nil),      // 8: baton.v1.NotifyReceived
-	(*HandoffRequested)(nil),    // 9: baton.v1.HandoffRequested
-	(*HandoffCommand)(nil),      // 10: baton.v1.HandoffCommand
-	(*TransferOutcome)(nil),     // 11: baton.v1.TransferOutcome
-	nil,                         // 12: baton.v1.CallStarted.VariablesEntry
-	nil,                         // 13: baton.v1.HandoffRequested.VariablesEntry
-	nil,                         // 14: baton.v1.HandoffRequested.HeadersEntry
-	(*durationpb.Duration)(nil), // 15: google.protobuf.Duration
-	(*MediaStats)(nil),          // 16: baton.v1.MediaStats
-	(*BridgeStats)(nil),         // 17: baton.v1.BridgeStats
+	(CallDirection)(0),          // 1: baton.v1.CallDirection
+	(Party)(0),                  // 2: baton.v1.Party
+	(Method)(0),                 // 3: baton.v1.Method
+	(OutcomeStatus)(0),          // 4: baton.v1.OutcomeStatus
+	(*SipHeader)(nil),           // 5: baton.v1.SipHeader
+	(*Dialog)(nil),              // 6: baton.v1.Dialog
+	(*CallStarted)(nil),         // 7: baton.v1.CallStarted
+	(*CallEnded)(nil),           // 8: baton.v1.CallEnded
+	(*NotifyReceived)(nil),      // 9: baton.v1.NotifyReceived
+	(*HandoffRequested)(nil),    // 10: baton.v1.HandoffRequested
+	(*HandoffCommand)(nil),      // 11: baton.v1.HandoffCommand
+	(*TransferOutcome)(nil),     // 12: baton.v1.TransferOutcome
+	nil,                         // 13: baton.v1.CallStarted.VariablesEntry
+	nil,                         // 14: baton.v1.HandoffRequested.VariablesEntry
+	nil,                         // 15: baton.v1.HandoffRequested.HeadersEntry
+	(*durationpb.Duration)(nil), // 16: google.protobuf.Duration
+	(*MediaStats)(nil),          // 17: baton.v1.MediaStats
+	(*BridgeStats)(nil),         // 18: baton.v1.BridgeStats
 }
 var file_baton_v1_events_proto_depIdxs = []int32{
 	0,  // 0: baton.v1.Dialog.transport:type_name -> baton.v1.Transport
 	0,  // 1: baton.v1.Dialog.next_hop_transport:type_name -> baton.v1.Transport
-	5,  // 2: baton.v1.CallStarted.dialog:type_name -> baton.v1.Dialog
-	4,  // 3: baton.v1.CallStarted.sip_headers:type_name -> baton.v1.SipHeader
-	12, // 4: baton.v1.CallStarted.variables:type_name -> baton.v1.CallStarted.VariablesEntry
-	1,  // 5: baton.v1.CallEnded.ended_by:type_name -> baton.v1.Party
-	15, // 6: baton.v1.CallEnded.duration:type_name -> google.protobuf.Duration
-	16, // 7: baton.v1.CallEnded.media:type_name -> baton.v1.MediaStats
-	13, // 8: baton.v1.HandoffRequested.variables:type_name -> baton.v1.HandoffRequested.VariablesEntry
-	14, // 9: baton.v1.HandoffRequested.headers:type_name -> baton.v1.HandoffRequested.HeadersEntry
-	2,  // 10: baton.v1.HandoffCommand.method:type_name -> baton.v1.Method
-	4,  // 11: baton.v1.HandoffCommand.headers:type_name -> baton.v1.SipHeader
-	5,  // 12: baton.v1.HandoffCommand.dialog:type_name -> baton.v1.Dialog
-	15, // 13: baton.v1.HandoffCommand.answer_timeout:type_name -> google.protobuf.Duration
-	3,  // 14: baton.v1.TransferOutcome.status:type_name -> baton.v1.OutcomeStatus
-	2,  // 15: baton.v1.TransferOutcome.method:type_name -> baton.v1.Method
-	15, // 16: baton.v1.TransferOutcome.elapsed:type_name -> google.protobuf.Duration
-	17, // 17: baton.v1.TransferOutcome.bridge:type_name -> baton.v1.BridgeStats
-	18, // [18:18] is the sub-list for method output_type
-	18, // [18:18] is the sub-list for method input_type
-	18, // [18:18] is the sub-list for extension type_name
-	18, // [18:18] is the sub-list for extension extendee
-	0,  // [0:18] is the sub-list for field type_name
+	6,  // 2: baton.v1.CallStarted.dialog:type_name -> baton.v1.Dialog
+	5,  // 3: baton.v1.CallStarted.sip_headers:type_name -> baton.v1.SipHeader
+	13, // 4: baton.v1.CallStarted.variables:type_name -> baton.v1.CallStarted.VariablesEntry
+	1,  // 5: baton.v1.CallStarted.direction:type_name -> baton.v1.CallDirection
+	2,  // 6: baton.v1.CallEnded.ended_by:type_name -> baton.v1.Party
+	16, // 7: baton.v1.CallEnded.duration:type_name -> google.protobuf.Duration
+	17, // 8: baton.v1.CallEnded.media:type_name -> baton.v1.MediaStats
+	14, // 9: baton.v1.HandoffRequested.variables:type_name -> baton.v1.HandoffRequested.VariablesEntry
+	15, // 10: baton.v1.HandoffRequested.headers:type_name -> baton.v1.HandoffRequested.HeadersEntry
+	3,  // 11: baton.v1.HandoffCommand.method:type_name -> baton.v1.Method
+	5,  // 12: baton.v1.HandoffCommand.headers:type_name -> baton.v1.SipHeader
+	6,  // 13: baton.v1.HandoffCommand.dialog:type_name -> baton.v1.Dialog
+	16, // 14: baton.v1.HandoffCommand.answer_timeout:type_name -> google.protobuf.Duration
+	4,  // 15: baton.v1.TransferOutcome.status:type_name -> baton.v1.OutcomeStatus
+	3,  // 16: baton.v1.TransferOutcome.method:type_name -> baton.v1.Method
+	16, // 17: baton.v1.TransferOutcome.elapsed:type_name -> google.protobuf.Duration
+	18, // 18: baton.v1.TransferOutcome.bridge:type_name -> baton.v1.BridgeStats
+	19, // [19:19] is the sub-list for method output_type
+	19, // [19:19] is the sub-list for method input_type
+	19, // [19:19] is the sub-list for extension type_name
+	19, // [19:19] is the sub-list for extension extendee
+	0,  // [0:19] is the sub-list for field type_name
 }
 
 func init() { file_baton_v1_events_proto_init() }
@@ -1520,7 +1588,7 @@ func file_baton_v1_events_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_baton_v1_events_proto_rawDesc), len(file_baton_v1_events_proto_rawDesc)),
-			NumEnums:      4,
+			NumEnums:      5,
 			NumMessages:   11,
 			NumExtensions: 0,
 			NumServices:   0,

@@ -48,6 +48,13 @@ func Ladder(steps []Step) []Arrow {
 			if n := len(m.GetVariables()); n > 0 {
 				label += fmt.Sprintf(" (%d X- headers)", n)
 			}
+			if m.GetDirection() == batonv1.CallDirection_CALL_DIRECTION_OUTBOUND {
+				// Ingress placed it (decision 0018): the INVITE went out.
+				add(at, laneIngress, laneSBC, label)
+				add(at, laneSBC, laneIngress, "200 OK")
+				add(at, laneIngress, laneRouter, "CallStarted (outbound)")
+				break
+			}
 			add(at, laneSBC, laneIngress, label)
 			add(at, laneIngress, laneRouter, "CallStarted")
 			add(at, laneIngress, laneSBC, "200 OK")

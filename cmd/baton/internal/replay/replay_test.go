@@ -11,6 +11,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/baton-voice/baton/pkg/events"
 	batonv1 "github.com/baton-voice/baton/pkg/events/batonv1"
@@ -203,4 +204,39 @@ func TestNDJSONRoundTrip(t *testing.T) {
 	require.ErrorContains(t, err, "line 1")
 	_, err = ReadNDJSON(strings.NewReader("not json\n"), "")
 	require.ErrorContains(t, err, "line 1")
+}
+
+// TestTimelineShowsAnOutboundCall: the request, its progress and the
+// answered call read as what they are.
+func TestTimelineShowsAnOutboundCall(t *testing.T) {
+	base := time.Date(2026, 12, 6, 9, 0, 0, 0, time.UTC)
+	var recs []*kgo.Record
+	for i, m := range []proto.Message{
+		&batonv1.OutboundCallRequested{CallId: "o1", RequestedBy: "agent-api", From: "+15550001111", To: "+15551234567",
+			Trunk: "carrier-a", Agent: "sales-bot", AnswerTimeout: durationpb.New(20 * time.Second),
+			Headers: []*batonv1.SipHeader{{Name: "X-Campaign", Value: "renewals"}}},
+		&batonv1.OutboundCallProgress{CallId: "o1", Status: batonv1.OutboundStatus_OUTBOUND_STATUS_RINGING, SipCode: 180, SipReason: "Ringing"},
+		&batonv1.CallStarted{Dialog: &batonv1.Dialog{CallId: "o1"}, CallerNumber: "+15550001111", CalleeNumber: "+15551234567",
+			Trunk: "carrier-a", Direction: batonv1.CallDirection_CALL_DIRECTION_OUTBOUND},
+		&batonv1.OutboundCallProgress{CallId: "o1", Status: batonv1.OutboundStatus_OUTBOUND_STATUS_FAILED, Detail: "trunk_busy"},
+	} {
+		ev, err := events.New("baton/test", "o1", m, base.Add(time.Duration(i)*time.Second))
+		require.NoError(t, err)
+		rec, err := events.Encode(topics.Calls, ev)
+		require.NoError(t, err)
+		recs = append(recs, rec)
+	}
+	var tl bytes.Buffer
+	require.NoError(t, WriteTimeline(&tl, "o1", Steps(asRecords(recs))))
+	out := tl.String()
+	require.Contains(t, out, `outbound call requested by agent-api: +15550001111 -> +15551234567 (trunk carrier-a, agent "sales-bot", answer timeout 20s) headers [X-Campaign=renewals]`)
+	require.Contains(t, out, "outbound call ringing SIP 180 Ringing")
+	require.Contains(t, out, "outbound call answered: +15550001111 -> +15551234567")
+	require.Contains(t, out, "outbound call failed (trunk_busy)")
+	var arrows []string
+	for _, a := range Ladder(Steps(asRecords(recs))) {
+		arrows = append(arrows, fmt.Sprintf("%d>%d %s", a.From, a.To, a.Label))
+	}
+	require.Equal(t, []string{fmt.Sprintf("%d>%d INVITE", laneIngress, laneSBC), fmt.Sprintf("%d>%d 200 OK", laneSBC, laneIngress),
+		fmt.Sprintf("%d>%d CallStarted (outbound)", laneIngress, laneRouter)}, arrows, "the INVITE goes out")
 }

@@ -77,8 +77,28 @@ func (s Step) Summary() string {
 		for _, k := range slices.Sorted(maps.Keys(m.GetVariables())) {
 			vars = append(vars, k+"="+m.GetVariables()[k])
 		}
-		return fmt.Sprintf("call started: %s -> %s from %s (trunk %s) vars [%s]", m.GetCallerNumber(), m.GetCalleeNumber(),
+		started := "call started"
+		if m.GetDirection() == batonv1.CallDirection_CALL_DIRECTION_OUTBOUND {
+			started = "outbound call answered"
+		}
+		return fmt.Sprintf("%s: %s -> %s from %s (trunk %s) vars [%s]", started, m.GetCallerNumber(), m.GetCalleeNumber(),
 			m.GetSourceAddress(), m.GetTrunk(), strings.Join(vars, " "))
+	case *batonv1.OutboundCallRequested:
+		var hs []string
+		for _, h := range m.GetHeaders() {
+			hs = append(hs, h.GetName()+"="+h.GetValue())
+		}
+		return fmt.Sprintf("outbound call requested by %s: %s -> %s (trunk %s, agent %q, answer timeout %v) headers [%s]",
+			m.GetRequestedBy(), m.GetFrom(), m.GetTo(), m.GetTrunk(), m.GetAgent(), m.GetAnswerTimeout().AsDuration(), strings.Join(hs, " "))
+	case *batonv1.OutboundCallProgress:
+		out := "outbound call " + strings.ToLower(strings.TrimPrefix(m.GetStatus().String(), "OUTBOUND_STATUS_"))
+		if m.GetSipCode() != 0 {
+			out += fmt.Sprintf(" SIP %d %s", m.GetSipCode(), m.GetSipReason())
+		}
+		if m.GetDetail() != "" {
+			out += " (" + m.GetDetail() + ")"
+		}
+		return out
 	case *batonv1.CallEnded:
 		return fmt.Sprintf("call ended by %s with %s %s", partyName(m.GetEndedBy()), m.GetMethod(), m.GetReason())
 	case *batonv1.NotifyReceived:

@@ -106,6 +106,9 @@ func (s *Stack) writeConfigs() error {
 			"sip:*@agents.example.com", "sip:*@" + d.BusyAddr, "sip:*@" + d.AnswerAddr,
 		}}
 	}
+	if s.opts.OutboundTarget != "" {
+		s.outboundConfigs(configs)
+	}
 	for _, inst := range s.instances() {
 		cfg := map[string]any{}
 		for k, v := range configs[inst.service] {
@@ -184,4 +187,22 @@ const apiTokensEnv = "BATON_API_TOKENS"
 func isLoopback(host string) bool {
 	ip := net.ParseIP(host)
 	return ip != nil && ip.IsLoopback()
+}
+
+// outboundConfigs adds the outbound trunk of Options.OutboundTarget.
+func (s *Stack) outboundConfigs(configs map[string]map[string]any) {
+	host := s.opts.SIPHost
+	if host == "" {
+		host = "127.0.0.1"
+	}
+	configs["ingress"]["trunks"] = []map[string]any{{"name": "demo-sbc", "sources": []string{host}}}
+	configs["ingress"]["outbound"] = map[string]any{"trunks": []map[string]any{{
+		"name": "demo-sbc", "target": s.opts.OutboundTarget, "domain": "carrier.example", "max_calls": 2,
+	}}}
+	configs["router"]["outbound"] = map[string]any{"trunks": []map[string]any{{
+		"name": "demo-sbc", "allow": []string{"+1555*"}, "deny_numbers": []string{"+1555900"},
+		"caller_ids":     []string{"+15550001111"},
+		"headers":        map[string]string{"X-Campaign": "{campaign}", "X-Baton-Call": "baton-$call_id"},
+		"answer_timeout": "10s", "max_calls_per_second": 10,
+	}}}
 }

@@ -94,6 +94,14 @@ type Options struct {
 	// transfers; rules then decide each agent's handoff.
 	Demo *DemoRoutes
 
+	// OutboundTarget, when set (IP:port of the called party), lets agents
+	// place outbound calls (POST /v1/calls, decision 0018) through the
+	// trunk demo-sbc: ingress lists that trunk (loopback) and sends its
+	// INVITEs there; the router allows +1555 numbers on it, denies
+	// +1555900 (premium), presents +15550001111 and sends X-Campaign and
+	// X-Baton-Call.
+	OutboundTarget string
+
 	// StaticMembership gives each router, transfer and analytics instance
 	// its name as kafka.instance_id, as the shipped configs do with
 	// ${POD_NAME}: a static group member restarted with the same id takes

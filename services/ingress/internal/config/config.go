@@ -60,6 +60,9 @@ type Config struct {
 	// agent) before it dials its agent by number, trunk or default; 0 (the
 	// default) dials at once and follows no selection.
 	AgentSelectionWait time.Duration `yaml:"agent_selection_wait"`
+	// Outbound places the calls agents ask for (outbound.go); off by
+	// default.
+	Outbound Outbound `yaml:"outbound"`
 	// PublishTimeout bounds the publish of CallStarted; when Kafka does not
 	// accept it in time the INVITE gets 503 and no call exists.
 	PublishTimeout time.Duration `yaml:"publish_timeout"`
@@ -287,6 +290,7 @@ func (c Config) Validate() error {
 	}
 	errs = append(errs, c.validateTrunks()...)
 	errs = append(errs, c.validateAgents()...)
+	errs = append(errs, c.validateOutbound()...)
 	if len(c.Trunks) == 0 && !c.AllowAnySource {
 		for _, l := range c.EffectiveListeners() {
 			if !loopback(l.Address) {

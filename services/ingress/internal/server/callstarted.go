@@ -86,6 +86,7 @@ func readInvite(req *sip.Request, p dialogParams) (callFacts, error) {
 			OversizedHeaders: ex.Oversized,
 			LocalSdp:         string(p.localSDP),
 			RemoteSdp:        string(req.Body()),
+			Direction:        batonv1.CallDirection_CALL_DIRECTION_INBOUND,
 		},
 		skipped:       ex.Skipped,
 		callerRefused: caller.Refused,

@@ -263,6 +263,8 @@ func (s *Server) Serve(ctx context.Context) error {
 	}
 	// Always: transfer's BYE ends calls through it, media timeout or not.
 	watchers.Go(func() { s.follow(runCtx) })
+	// Outbound calls agents ask for (outbound.go); none without trunks.
+	watchers.Go(func() { s.runOutbound(runCtx) })
 
 	n := len(s.udp) + len(s.streams)
 	served := make(chan error, n)

@@ -236,8 +236,12 @@ func serveAPI(ctx context.Context, wg *sync.WaitGroup, cfg config.Config, calls 
 	}
 	// Read, write, idle and header limits: a tokenless client cannot
 	// hold a connection by sending slowly or not at all.
+	policy, err := cfg.OutboundPolicy()
+	if err != nil {
+		return errors.Join(fmt.Errorf("outbound policy: %w", err), ln.Close())
+	}
 	a := api.New(calls, tables, pub, tokens, logger, time.Now, metrics).WithMaxMarkWaits(cfg.API.MaxMarkWaits).
-		WithStreams(hub, cfg.API.StreamHeartbeat)
+		WithStreams(hub, cfg.API.StreamHeartbeat).WithOutbound(policy)
 	// Handoffs asked for after a mark wait here; they end with ctx.
 	wg.Go(func() { a.Run(ctx) })
 	srv := opshttp.NewHTTPServer(a, opshttp.DefaultLimits())

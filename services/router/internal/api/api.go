@@ -44,6 +44,7 @@ import (
 	batonv1 "github.com/baton-voice/baton/pkg/events/batonv1"
 	"github.com/baton-voice/baton/pkg/sipx"
 	"github.com/baton-voice/baton/services/router/internal/handoff"
+	"github.com/baton-voice/baton/services/router/internal/outbound"
 	"github.com/baton-voice/baton/services/router/internal/push"
 )
 
@@ -100,6 +101,8 @@ type Server struct {
 	// hub serves the event streams (nil: none); see WithStreams.
 	hub       *push.Hub
 	heartbeat time.Duration
+	// outbound decides POST /v1/calls (nil: refuses all); see WithOutbound.
+	outbound *outbound.Policy
 }
 
 // Metrics are the API's Prometheus metrics. A nil *Metrics counts
@@ -218,6 +221,7 @@ func (s *Server) routes() []route {
 		{Route{http.MethodGet, "/v1/calls/{id}/handoff"}, s.getHandoff},
 		{Route{http.MethodPost, "/v1/calls/{id}/metrics"}, s.postMetric},
 		{Route{http.MethodGet, "/v1/calls/{id}/events"}, s.streamEvents},
+		{Route{http.MethodPost, "/v1/calls"}, s.postOutbound},
 	}
 }
 

@@ -145,6 +145,9 @@ type Config struct {
 	// Webhooks receive the handoff transitions of the calls this instance
 	// owns (package push); none by default.
 	Webhooks []Webhook `yaml:"webhooks"`
+	// Outbound is the policy of the calls agents place (POST /v1/calls);
+	// none by default, which refuses every outbound call.
+	Outbound Outbound `yaml:"outbound"`
 
 	// compiled holds the rule conditions Validate compiled (nil: no when).
 	compiled []*rules.Condition
@@ -498,6 +501,7 @@ func (c *Config) Validate() error {
 	}
 	errs = append(errs, c.validatePreCall()...)
 	errs = append(errs, c.validateWebhooks()...)
+	errs = append(errs, c.validateOutbound()...)
 	return errors.Join(errs...)
 }
 
