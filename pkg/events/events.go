@@ -35,6 +35,8 @@ const (
 	TypeAgentDisconnected = "baton.agent.disconnected.v1"
 	TypeAgentMarkPlayed   = "baton.agent.mark.v1"
 	TypeAgentSelected     = "baton.agent.selected.v1"
+	// TypeReferRefusalLearned: transfer learned that a trunk refuses REFER.
+	TypeReferRefusalLearned = "baton.transfer.refer_refusal.v1"
 )
 
 // ContentType is the content-type header of every Baton record.
@@ -128,6 +130,8 @@ func TypeOf(msg proto.Message) (string, error) {
 		return TypeAgentMarkPlayed, nil
 	case *batonv1.AgentSelected:
 		return TypeAgentSelected, nil
+	case *batonv1.ReferRefusalLearned:
+		return TypeReferRefusalLearned, nil
 	default:
 		return "", fmt.Errorf("%w: message %T", ErrUnknownType, msg)
 	}
@@ -172,6 +176,8 @@ func newMessage(typ string) (proto.Message, error) {
 		return &batonv1.AgentMarkPlayed{}, nil
 	case TypeAgentSelected:
 		return &batonv1.AgentSelected{}, nil
+	case TypeReferRefusalLearned:
+		return &batonv1.ReferRefusalLearned{}, nil
 	default:
 		return nil, fmt.Errorf("%w: %q", ErrUnknownType, typ)
 	}

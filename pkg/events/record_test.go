@@ -54,6 +54,8 @@ func sampleMessages() map[string]proto.Message {
 			Stats: &batonv1.AgentStreamStats{FramesOut: 500, FramesIn: 250, FramesPlayed: 480, MaxQueueMs: 4000, Marks: 2}},
 		TypeAgentMarkPlayed: &batonv1.AgentMarkPlayed{CallId: dialog.CallId, StreamSid: "MZ1", Name: "goodbye"},
 		TypeAgentSelected:   &batonv1.AgentSelected{CallId: dialog.CallId, Agent: "billing-bot", Source: "rule:vip"},
+		TypeReferRefusalLearned: &batonv1.ReferRefusalLearned{Trunk: "carrier-a", CallId: dialog.CallId, CommandId: "c1",
+			Destination: "support", SipCode: 405, SipReason: "Method Not Allowed", Instance: "transfer-1"},
 	}
 }
 

@@ -63,7 +63,7 @@ func (w *warmRun) bridged(ctx context.Context) {
 	}
 	if byeCaller {
 		if req, err := request.InDialogCSeq(sip.BYE, w.cmd.GetDialog(), w.cseq+1); err == nil {
-			if _, err := w.sip.Do(byeCtx, req); err != nil {
+			if _, err := w.do(byeCtx, req); err != nil {
 				w.log.WarnContext(ctx, "caller BYE", "err", err)
 			}
 		}

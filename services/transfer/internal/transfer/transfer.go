@@ -87,6 +87,26 @@ type Options struct {
 	// (route_not_allowed); nil checks nothing (the router's allowlist
 	// alone decides).
 	Routes *request.Allowlist
+	// Trunks are the SBCs and carriers requests go to, matched by next
+	// hop: their digest credentials and how long a REFER refusal is
+	// remembered.
+	Trunks []Trunk
+	// Destinations are transfer's settings of the router's destinations,
+	// by lowercased name: the REFER fallback and the new leg's
+	// credentials.
+	Destinations map[string]Destination
+	// Refusals remembers the trunks that refuse REFER across restarts
+	// (attempts.Log); nil remembers them in this process only.
+	Refusals RefusalLog
+}
+
+// RefusalLog is the durable memory of the trunks that refuse REFER
+// (attempts.Log is the real one).
+type RefusalLog interface {
+	// ReferRefused returns until when trunk is known to refuse REFER.
+	ReferRefused(trunk string) (time.Time, bool)
+	// LearnReferRefusal makes the refusal durable.
+	LearnReferRefusal(ctx context.Context, m *batonv1.ReferRefusalLearned) error
 }
 
 // AttemptLog is the durable record of the commands attempted
@@ -133,6 +153,9 @@ func New(cl *kgo.Client, sender Sender, log AttemptLog, opts Options, logger *sl
 			inviteOpts:     opts.Invite,
 			routes:         opts.Routes,
 			peers:          peersOf(opts),
+			trunks:         opts.Trunks,
+			destinations:   opts.Destinations,
+			refusals:       refusalsOf(opts.Refusals),
 			metrics:        opts.Metrics,
 			tracer:         opts.Tracer,
 			now:            time.Now,
