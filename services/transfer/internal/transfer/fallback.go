@@ -127,10 +127,14 @@ func (m *memoryRefusals) LearnReferRefusal(_ context.Context, l *batonv1.ReferRe
 	return nil
 }
 
-// refusalsOf is l, or a memory of this process's when l is nil.
-func refusalsOf(l RefusalLog) RefusalLog {
-	if l == nil {
-		return &memoryRefusals{until: map[string]time.Time{}}
+// refusalsOf is l; when l is nil, the attempt log when it is a
+// RefusalLog, else a memory of this process's.
+func refusalsOf(l RefusalLog, attempts AttemptLog) RefusalLog {
+	if l != nil {
+		return l
 	}
-	return l
+	if r, ok := attempts.(RefusalLog); ok {
+		return r
+	}
+	return &memoryRefusals{until: map[string]time.Time{}}
 }

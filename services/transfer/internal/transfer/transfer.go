@@ -95,8 +95,9 @@ type Options struct {
 	// by lowercased name: the REFER fallback and the new leg's
 	// credentials.
 	Destinations map[string]Destination
-	// Refusals remembers the trunks that refuse REFER across restarts
-	// (attempts.Log); nil remembers them in this process only.
+	// Refusals remembers the trunks that refuse REFER across restarts;
+	// nil takes the AttemptLog when it is one (attempts.Log is), else
+	// remembers them in this process only.
 	Refusals RefusalLog
 }
 
@@ -155,7 +156,7 @@ func New(cl *kgo.Client, sender Sender, log AttemptLog, opts Options, logger *sl
 			peers:          peersOf(opts),
 			trunks:         opts.Trunks,
 			destinations:   opts.Destinations,
-			refusals:       refusalsOf(opts.Refusals),
+			refusals:       refusalsOf(opts.Refusals, log),
 			metrics:        opts.Metrics,
 			tracer:         opts.Tracer,
 			now:            time.Now,
