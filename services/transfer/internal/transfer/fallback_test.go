@@ -2,6 +2,7 @@ package transfer
 
 import (
 	"net/netip"
+	"strconv"
 	"testing"
 	"time"
 
@@ -132,4 +133,33 @@ func TestReferRefusedWithoutFallbackFails(t *testing.T) {
 	requireOutcome(t, h.outcome(t, cmd.CommandId), batonv1.OutcomeStatus_OUTCOME_STATUS_FAILED, 405)
 	require.Zero(t, caller.count(sip.BYE))
 	require.Zero(t, caller.count(sip.INVITE))
+}
+
+// TestNotifyFailureFallsBack: a REFER accepted and then reported failed
+// by its NOTIFY (sipfrag 486) falls back too, here to a BYE after the
+// REFER's CSeq; a failed transfer target is not learned as a refusal.
+func TestNotifyFailureFallsBack(t *testing.T) {
+	t.Parallel()
+	h := start(t, 202, func(o *Options) {
+		o.Destinations = map[string]Destination{"support": {ReferFallback: FallbackBye}}
+		o.Trunks = []Trunk{{Name: "sbc", Networks: []netip.Prefix{testPeers}, ReferRefusalTTL: time.Hour}}
+	})
+	cmd := referCommand(h, "notify-486")
+	h.command(t, cmd)
+	requireOutcome(t, h.outcome(t, cmd.CommandId), batonv1.OutcomeStatus_OUTCOME_STATUS_ACCEPTED, 202)
+	refer := h.sbc.next(t).req
+	require.Equal(t, sip.REFER, refer.Method)
+	h.fact(t, cmd.CallId, &batonv1.NotifyReceived{CallId: cmd.CallId, Event: "refer;id=" + strconv.Itoa(int(refer.CSeq().SeqNo)),
+		SubscriptionState: "terminated;reason=noresource", SipfragStatus: 486, SipfragReason: "Busy Here"})
+	o := h.outcome(t, cmd.CommandId)
+	requireOutcome(t, o, batonv1.OutcomeStatus_OUTCOME_STATUS_PROGRESS, 486)
+	require.Contains(t, o.GetDetail(), "falling back to bye")
+	o = h.outcome(t, cmd.CommandId)
+	requireOutcome(t, o, batonv1.OutcomeStatus_OUTCOME_STATUS_SUCCEEDED, 200)
+	require.Equal(t, batonv1.Method_METHOD_BYE, o.GetMethod())
+	bye := h.sbc.next(t).req
+	require.Equal(t, sip.BYE, bye.Method)
+	require.Equal(t, refer.CSeq().SeqNo+1, bye.CSeq().SeqNo)
+	require.Equal(t, "CUST-10042", bye.GetHeader("X-Customer-Id").Value(), "the BYE hands the context back")
+	require.Empty(t, h.learned, "a failed target is not a REFER refusal")
 }
