@@ -82,10 +82,12 @@ func startKamailio(t *testing.T, password, destURI string) *kamailio {
 // module, challenges the REFER and the BYE in the caller's dialog (401,
 // SHA-256) and, as the destination's proxy, the new leg's INVITE (407);
 // transfer answers each with the trunk's credentials and the next CSeq,
-// and the warm transfer bridges to the SIPp destination behind it.
+// and the warm transfer bridges to the SIPp destination behind it; the
+// BYE that ends the new leg, routed through Kamailio, is challenged and
+// answered too.
 func TestDigestAgainstKamailio(t *testing.T) {
 	t.Parallel()
-	dest := startSIPp(t, "dest_answer.xml")
+	dest := startSIPp(t, "dest_answer_rr.xml")
 	carrier := startKamailio(t, testPassword, "sip:127.0.0.1:"+strconv.Itoa(dest.port))
 	metrics := NewMetrics(prometheus.NewRegistry())
 	h := start(t, 202, func(o *Options) {
@@ -122,12 +124,14 @@ func TestDigestAgainstKamailio(t *testing.T) {
 	log, err := dest.wait(t)
 	require.NoError(t, err, "sipp: %s", log)
 	require.Contains(t, log, "x_customer_id=CUST-7")
+	require.Contains(t, log, "BYE call_id=", "the destination got the BYE once it was authorized")
 
 	klog := carrier.log()
 	for _, want := range []string{
 		`CHALLENGE 401 REFER cseq=10\b`, `AUTHORIZED REFER cseq=11\b`,
 		`CHALLENGE 401 BYE cseq=20\b`, `AUTHORIZED BYE cseq=21\b`,
 		`CHALLENGE 407 INVITE cseq=(\d+)`, `AUTHORIZED INVITE cseq=(\d+)`,
+		`CHALLENGE 401 BYE routed call=\S+ cseq=(\d+)`, `AUTHORIZED BYE routed call=\S+ cseq=(\d+)`,
 	} {
 		require.Regexp(t, regexp.MustCompile(want), klog)
 	}
@@ -135,7 +139,11 @@ func TestDigestAgainstKamailio(t *testing.T) {
 	c2, _ := strconv.Atoi(regexp.MustCompile(`AUTHORIZED INVITE cseq=(\d+)`).FindStringSubmatch(klog)[1])
 	require.Equal(t, c1+1, c2)
 	require.Equal(t, 1.0, testutil.ToFloat64(metrics.AuthChallenges.WithLabelValues("refer", AuthAnswered)))
-	require.Equal(t, 1.0, testutil.ToFloat64(metrics.AuthChallenges.WithLabelValues("bye", AuthAnswered)))
+	b1, _ := strconv.Atoi(regexp.MustCompile(`CHALLENGE 401 BYE routed call=\S+ cseq=(\d+)`).FindStringSubmatch(klog)[1])
+	b2, _ := strconv.Atoi(regexp.MustCompile(`AUTHORIZED BYE routed call=\S+ cseq=(\d+)`).FindStringSubmatch(klog)[1])
+	require.Equal(t, b1+1, b2, "the destination leg's BYE with credentials takes the next CSeq")
+	require.Equal(t, 2.0, testutil.ToFloat64(metrics.AuthChallenges.WithLabelValues("bye", AuthAnswered)),
+		"the BYE in the caller's dialog and the one to the destination")
 	require.Equal(t, 1.0, testutil.ToFloat64(metrics.AuthChallenges.WithLabelValues("invite", AuthAnswered)))
 	requireNoSecret(t, h, testPassword)
 }
