@@ -26,6 +26,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	batonv1 "github.com/baton-voice/baton/pkg/events/batonv1"
+	"github.com/baton-voice/baton/services/transfer/internal/request"
 	"github.com/baton-voice/baton/services/transfer/internal/sipauth"
 )
 
@@ -124,6 +125,12 @@ type challengingSBC struct {
 	reqs       []*sip.Request
 	nonces     int
 	stalesDone bool
+	// staleEach, when set, answers every good answer to a fresh nonce
+	// with a stale challenge (each request costs three CSeqs); refer,
+	// when set, is the answer to an authorized REFER.
+	staleEach   bool
+	staleNonces map[string]bool
+	refer       int
 }
 
 func startChallengingSBC(t *testing.T, code int, password string, stale bool, offer ...string) *challengingSBC {
@@ -133,7 +140,7 @@ func startChallengingSBC(t *testing.T, code int, password string, stale bool, of
 	srv, err := sipgo.NewServer(ua)
 	require.NoError(t, err)
 	conn, ln := listenUDPAndTCP(t)
-	s := &challengingSBC{addr: conn.LocalAddr().(*net.UDPAddr), code: code, offer: offer, stale: stale, password: password}
+	s := &challengingSBC{staleNonces: map[string]bool{}, addr: conn.LocalAddr().(*net.UDPAddr), code: code, offer: offer, stale: stale, password: password}
 	handle := func(req *sip.Request, tx sip.ServerTransaction) {
 		_ = tx.Respond(s.answer(req))
 	}
@@ -170,6 +177,9 @@ func (s *challengingSBC) challenge(req *sip.Request, stale bool) *sip.Response {
 			v += ", stale=true"
 		}
 		res.AppendHeader(sip.NewHeader(name, v))
+		if stale {
+			s.staleNonces[fmt.Sprintf("n%d%s", s.nonces, strings.ToLower(alg))] = true
+		}
 	}
 	return res
 }
@@ -195,7 +205,13 @@ func (s *challengingSBC) answer(req *sip.Request) *sip.Response {
 		s.stalesDone = true
 		return s.challenge(req, true)
 	}
+	if s.staleEach && !s.staleNonces[cred.Nonce] {
+		return s.challenge(req, true)
+	}
 	code := 202
+	if s.refer != 0 && req.Method == sip.REFER {
+		code = s.refer
+	}
 	if req.Method == sip.BYE {
 		code = 200
 	}
@@ -292,5 +308,35 @@ func TestInDialogChallenges(t *testing.T) {
 			require.Equal(t, 1.0, testutil.ToFloat64(metrics.AuthChallenges.WithLabelValues(strings.ToLower(reqs[0].Method.String()), tc.result)))
 			requireNoSecret(t, h, testPassword)
 		})
+	}
+}
+
+// TestChallengesStayInTheAttemptsCSeqBlock: an SBC that challenges every
+// REFER twice (a fresh nonce, then stale) and then answers 481 soon after
+// the call started makes transfer retry; answers and retries stop before
+// they leave the attempt's block of CSeq numbers (one kept for the BYE),
+// so the router's next attempt in the dialog still counts up.
+func TestChallengesStayInTheAttemptsCSeqBlock(t *testing.T) {
+	t.Parallel()
+	sbcSide := startChallengingSBC(t, 401, testPassword, false, "SHA-256")
+	sbcSide.mu.Lock()
+	sbcSide.staleEach, sbcSide.refer = true, sip.StatusCallTransactionDoesNotExists
+	sbcSide.mu.Unlock()
+	h := start(t, 202, func(o *Options) {
+		o.Trunks = []Trunk{{Name: "carrier", Networks: []netip.Prefix{testPeers},
+			Auth: &sipauth.Credentials{Username: "baton", Password: testPassword}}}
+	})
+	cmd := referCommand(h, "cseq-block")
+	cmd.Dialog = dialogTo(sbcSide.addr, cmd.CallId)
+	cmd.Dialog.NextLocalCseq = 100
+	h.command(t, cmd)
+	o := h.outcome(t, cmd.CommandId)
+	require.Equal(t, batonv1.OutcomeStatus_OUTCOME_STATUS_FAILED.String(), o.GetStatus().String(), o.GetDetail())
+	require.Contains(t, o.GetDetail(), "no CSeq left in the attempt's block")
+	reqs := sbcSide.requests()
+	last := reqs[len(reqs)-1].CSeq().SeqNo
+	require.Equal(t, uint32(100+request.CSeqsPerAttempt-2), last, "the block's last number but one, and no further")
+	for i := 1; i < len(reqs); i++ {
+		require.Equal(t, reqs[i-1].CSeq().SeqNo+1, reqs[i].CSeq().SeqNo, "each request takes the next CSeq")
 	}
 }

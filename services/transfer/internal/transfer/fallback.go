@@ -77,6 +77,10 @@ func (r *referRun) learn(ctx context.Context, req *sip.Request, res *sip.Respons
 // (past the REFERs sent; 0 when none was). Its outcomes name the
 // fallback's method.
 func (r *referRun) fallBack(ctx context.Context, fallback string, cseq uint32) {
+	if cseq != 0 && !r.cseqLeft(cseq) {
+		r.publish(ctx, failed(0, "", "REFER refused; no CSeq left in the attempt's block for the "+fallback+" fallback"))
+		return
+	}
 	r.cseqFloor = cseq
 	switch fallback {
 	case FallbackInvite:

@@ -127,6 +127,9 @@ func (r *referRun) retryEarly481(ctx context.Context, res *sip.Response) (*sip.R
 			return res, fmt.Sprintf("REFER rejected, and again after %d retries within 64*T1 of the call's start", retries), true
 		}
 		cseq := r.req.CSeq().SeqNo + 1
+		if !r.cseqLeft(cseq) { // digest answers took numbers too
+			return res, fmt.Sprintf("REFER rejected, and again after %d retries; no CSeq left in the attempt's block", retries), true
+		}
 		r.log.InfoContext(ctx, "REFER answered 481 soon after the call started: sending it again", "sip_code", res.StatusCode,
 			"retry", retries+1, "pause", pause.String(), "cseq", cseq, "call_age_at_least", (r.age + r.now().Sub(r.start)).String())
 		f, err := r.waitCallEnded(ctx, pause)

@@ -10,6 +10,7 @@ import (
 
 	"github.com/emiago/sipgo/sip"
 
+	"github.com/baton-voice/baton/services/transfer/internal/request"
 	"github.com/baton-voice/baton/services/transfer/internal/sipauth"
 )
 
@@ -150,6 +151,10 @@ func (e *execution) answerChallenge(ctx context.Context, s *sipauth.Session, req
 		e.log.WarnContext(ctx, "challenge not answered: cseq overflows", "method", method)
 		return false
 	}
+	if req.CallID() != nil && req.CallID().Value() == e.cmd.GetDialog().GetCallId() && !e.cseqLeft(cseq) {
+		e.log.WarnContext(ctx, "challenge not answered: no CSeq left in the attempt's block", "method", method, "cseq", cseq)
+		return false
+	}
 	a, err := s.Answer(req, res)
 	if err != nil {
 		result := AuthUnsupported
@@ -180,3 +185,15 @@ const (
 	AuthRejected    = "rejected"
 	AuthUnsupported = "unsupported"
 )
+
+// cseqLeft reports whether a request in the caller's dialog may take
+// cseq: it stays inside the attempt's block of request.CSeqsPerAttempt
+// numbers with one left for the agent leg's BYE, so the router's next
+// attempt in the dialog never follows a higher CSeq.
+func (e *execution) cseqLeft(cseq uint32) bool {
+	first, err := request.CSeq(e.cmd.GetDialog(), e.cmd.GetAttempt())
+	if err != nil {
+		return false
+	}
+	return cseq <= first+request.CSeqsPerAttempt-2
+}
