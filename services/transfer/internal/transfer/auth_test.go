@@ -85,7 +85,7 @@ func TestWarmTransferAnswersA407(t *testing.T) {
 	require.NotContains(t, string(msgs), testPassword, "the password never travels")
 }
 
-// requireNoSecret: no log line of the instances and no record on the
+// requireNoSecret: no log line of the instances (info and above) and no record on the
 // transfers topic or the attempt log holds secret.
 func requireNoSecret(t *testing.T, h *harness, secret string) {
 	t.Helper()

@@ -230,7 +230,7 @@ type harness struct {
 	pending []*batonv1.TransferOutcome
 	// learned are the ReferRefusalLearned read from the transfers topic.
 	learned []*batonv1.ReferRefusalLearned
-	// logs holds every log line of the instances, at every level.
+	// logs holds the log lines of the instances, info and above.
 	logs *lockedBuffer
 	// draining closes when shutdown has stopped taking commands.
 	draining <-chan struct{}
@@ -315,7 +315,7 @@ func start(t *testing.T, answer int, tune func(*Options), sip ...uac.Options) *h
 	cfg.Brokers = brokers
 	logs := &lockedBuffer{}
 	logger := slog.New(slog.NewMultiHandler(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelWarn}),
-		slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})))
+		slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelInfo})))
 	h := &harness{topics: cfg.Topics, cfg: cfg, cluster: cluster, logger: logger, logs: logs}
 	if len(sip) > 0 {
 		h.sipOptions = sip[0]
