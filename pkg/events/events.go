@@ -43,6 +43,8 @@ const (
 	// (a change of state), copied to every partition of the transfers
 	// topic.
 	TypeDestinationHealth = "baton.destination.health.v1"
+	// TypeReferRefusalLearned: transfer learned that a trunk refuses REFER.
+	TypeReferRefusalLearned = "baton.transfer.refer_refusal.v1"
 )
 
 // ContentType is the content-type header of every Baton record.
@@ -142,6 +144,8 @@ func TypeOf(msg proto.Message) (string, error) {
 		return TypeOutboundProgress, nil
 	case *batonv1.DestinationHealth:
 		return TypeDestinationHealth, nil
+	case *batonv1.ReferRefusalLearned:
+		return TypeReferRefusalLearned, nil
 	default:
 		return "", fmt.Errorf("%w: message %T", ErrUnknownType, msg)
 	}
@@ -192,6 +196,8 @@ func newMessage(typ string) (proto.Message, error) {
 		return &batonv1.OutboundCallProgress{}, nil
 	case TypeDestinationHealth:
 		return &batonv1.DestinationHealth{}, nil
+	case TypeReferRefusalLearned:
+		return &batonv1.ReferRefusalLearned{}, nil
 	default:
 		return nil, fmt.Errorf("%w: %q", ErrUnknownType, typ)
 	}

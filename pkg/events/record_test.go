@@ -59,6 +59,8 @@ func sampleMessages() map[string]proto.Message {
 			Agent: "billing-bot", AnswerTimeout: durationpb.New(20 * time.Second), RequestedBy: "agent-api"},
 		TypeOutboundProgress: &batonv1.OutboundCallProgress{CallId: dialog.CallId, RequestId: "r2",
 			Status: batonv1.OutboundStatus_OUTBOUND_STATUS_BUSY, SipCode: 486, SipReason: "Busy Here", Trunk: "carrier-a"},
+		TypeReferRefusalLearned: &batonv1.ReferRefusalLearned{Trunk: "carrier-a", CallId: dialog.CallId, CommandId: "c1",
+			Destination: "support", SipCode: 405, SipReason: "Method Not Allowed", Instance: "transfer-1"},
 	}
 }
 

@@ -396,6 +396,127 @@ func (x *DestinationHealth) GetPartitions() int32 {
 	return 0
 }
 
+// ReferRefusalLearned is written by transfer when a trunk refused a REFER
+// (405, 501 or 603 to the REFER itself): for the trunk's
+// refer_refusal_ttl, handoffs through that trunk whose destination has a
+// refer_fallback skip the REFER and go straight to the fallback. It is
+// written twice: on the transfers topic keyed by the call id (the call's
+// timeline shows it), and on the attempt log keyed by
+// "refer-refusal/<trunk>" (compaction keeps the latest per trunk; every
+// transfer instance restores it from there at start).
+type ReferRefusalLearned struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// trunk is the name of the trunk (transfer's trunks config) the REFER
+	// was sent to.
+	Trunk       string `protobuf:"bytes,1,opt,name=trunk,proto3" json:"trunk,omitempty"`
+	CallId      string `protobuf:"bytes,2,opt,name=call_id,json=callId,proto3" json:"call_id,omitempty"`
+	CommandId   string `protobuf:"bytes,3,opt,name=command_id,json=commandId,proto3" json:"command_id,omitempty"`
+	Destination string `protobuf:"bytes,4,opt,name=destination,proto3" json:"destination,omitempty"`
+	// sip_code and sip_reason are the REFER's final response.
+	SipCode   int32                  `protobuf:"varint,5,opt,name=sip_code,json=sipCode,proto3" json:"sip_code,omitempty"`
+	SipReason string                 `protobuf:"bytes,6,opt,name=sip_reason,json=sipReason,proto3" json:"sip_reason,omitempty"`
+	LearnedAt *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=learned_at,json=learnedAt,proto3" json:"learned_at,omitempty"`
+	// until is when the refusal is forgotten and a REFER is tried again.
+	Until *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=until,proto3" json:"until,omitempty"`
+	// instance names the transfer process that learned it.
+	Instance      string `protobuf:"bytes,9,opt,name=instance,proto3" json:"instance,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReferRefusalLearned) Reset() {
+	*x = ReferRefusalLearned{}
+	mi := &file_baton_v1_transfer_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReferRefusalLearned) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReferRefusalLearned) ProtoMessage() {}
+
+func (x *ReferRefusalLearned) ProtoReflect() protoreflect.Message {
+	mi := &file_baton_v1_transfer_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReferRefusalLearned.ProtoReflect.Descriptor instead.
+func (*ReferRefusalLearned) Descriptor() ([]byte, []int) {
+	return file_baton_v1_transfer_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *ReferRefusalLearned) GetTrunk() string {
+	if x != nil {
+		return x.Trunk
+	}
+	return ""
+}
+
+func (x *ReferRefusalLearned) GetCallId() string {
+	if x != nil {
+		return x.CallId
+	}
+	return ""
+}
+
+func (x *ReferRefusalLearned) GetCommandId() string {
+	if x != nil {
+		return x.CommandId
+	}
+	return ""
+}
+
+func (x *ReferRefusalLearned) GetDestination() string {
+	if x != nil {
+		return x.Destination
+	}
+	return ""
+}
+
+func (x *ReferRefusalLearned) GetSipCode() int32 {
+	if x != nil {
+		return x.SipCode
+	}
+	return 0
+}
+
+func (x *ReferRefusalLearned) GetSipReason() string {
+	if x != nil {
+		return x.SipReason
+	}
+	return ""
+}
+
+func (x *ReferRefusalLearned) GetLearnedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.LearnedAt
+	}
+	return nil
+}
+
+func (x *ReferRefusalLearned) GetUntil() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Until
+	}
+	return nil
+}
+
+func (x *ReferRefusalLearned) GetInstance() string {
+	if x != nil {
+		return x.Instance
+	}
+	return ""
+}
+
 var File_baton_v1_transfer_proto protoreflect.FileDescriptor
 
 const file_baton_v1_transfer_proto_rawDesc = "" +
@@ -433,7 +554,20 @@ const file_baton_v1_transfer_proto_rawDesc = "" +
 	"\tpartition\x18\x06 \x01(\x05R\tpartition\x12\x1e\n" +
 	"\n" +
 	"partitions\x18\a \x01(\x05R\n" +
-	"partitionsB9Z7github.com/baton-voice/baton/pkg/events/batonv1;batonv1b\x06proto3"
+	"partitions\"\xc8\x02\n" +
+	"\x13ReferRefusalLearned\x12\x14\n" +
+	"\x05trunk\x18\x01 \x01(\tR\x05trunk\x12\x17\n" +
+	"\acall_id\x18\x02 \x01(\tR\x06callId\x12\x1d\n" +
+	"\n" +
+	"command_id\x18\x03 \x01(\tR\tcommandId\x12 \n" +
+	"\vdestination\x18\x04 \x01(\tR\vdestination\x12\x19\n" +
+	"\bsip_code\x18\x05 \x01(\x05R\asipCode\x12\x1d\n" +
+	"\n" +
+	"sip_reason\x18\x06 \x01(\tR\tsipReason\x129\n" +
+	"\n" +
+	"learned_at\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\tlearnedAt\x120\n" +
+	"\x05until\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\x05until\x12\x1a\n" +
+	"\binstance\x18\t \x01(\tR\binstanceB9Z7github.com/baton-voice/baton/pkg/events/batonv1;batonv1b\x06proto3"
 
 var (
 	file_baton_v1_transfer_proto_rawDescOnce sync.Once
@@ -447,25 +581,28 @@ func file_baton_v1_transfer_proto_rawDescGZIP() []byte {
 	return file_baton_v1_transfer_proto_rawDescData
 }
 
-var file_baton_v1_transfer_proto_msgTypes = make([]protoimpl.MessageInfo, 4)
+var file_baton_v1_transfer_proto_msgTypes = make([]protoimpl.MessageInfo, 5)
 var file_baton_v1_transfer_proto_goTypes = []any{
 	(*TransferAttempt)(nil),       // 0: baton.v1.TransferAttempt
 	(*MediaStreamStats)(nil),      // 1: baton.v1.MediaStreamStats
 	(*BridgeStats)(nil),           // 2: baton.v1.BridgeStats
 	(*DestinationHealth)(nil),     // 3: baton.v1.DestinationHealth
-	(*timestamppb.Timestamp)(nil), // 4: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),   // 5: google.protobuf.Duration
+	(*ReferRefusalLearned)(nil),   // 4: baton.v1.ReferRefusalLearned
+	(*timestamppb.Timestamp)(nil), // 5: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),   // 6: google.protobuf.Duration
 }
 var file_baton_v1_transfer_proto_depIdxs = []int32{
-	4, // 0: baton.v1.TransferAttempt.attempted_at:type_name -> google.protobuf.Timestamp
+	5, // 0: baton.v1.TransferAttempt.attempted_at:type_name -> google.protobuf.Timestamp
 	1, // 1: baton.v1.BridgeStats.caller_to_destination:type_name -> baton.v1.MediaStreamStats
 	1, // 2: baton.v1.BridgeStats.destination_to_caller:type_name -> baton.v1.MediaStreamStats
-	5, // 3: baton.v1.BridgeStats.duration:type_name -> google.protobuf.Duration
-	4, // [4:4] is the sub-list for method output_type
-	4, // [4:4] is the sub-list for method input_type
-	4, // [4:4] is the sub-list for extension type_name
-	4, // [4:4] is the sub-list for extension extendee
-	0, // [0:4] is the sub-list for field type_name
+	6, // 3: baton.v1.BridgeStats.duration:type_name -> google.protobuf.Duration
+	5, // 4: baton.v1.ReferRefusalLearned.learned_at:type_name -> google.protobuf.Timestamp
+	5, // 5: baton.v1.ReferRefusalLearned.until:type_name -> google.protobuf.Timestamp
+	6, // [6:6] is the sub-list for method output_type
+	6, // [6:6] is the sub-list for method input_type
+	6, // [6:6] is the sub-list for extension type_name
+	6, // [6:6] is the sub-list for extension extendee
+	0, // [0:6] is the sub-list for field type_name
 }
 
 func init() { file_baton_v1_transfer_proto_init() }
@@ -479,7 +616,7 @@ func file_baton_v1_transfer_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_baton_v1_transfer_proto_rawDesc), len(file_baton_v1_transfer_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   4,
+			NumMessages:   5,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

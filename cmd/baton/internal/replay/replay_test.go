@@ -12,6 +12,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/baton-voice/baton/pkg/events"
 	batonv1 "github.com/baton-voice/baton/pkg/events/batonv1"
@@ -180,6 +181,20 @@ func TestTimelineShowsTheAgent(t *testing.T) {
 		}
 	}
 	require.Equal(t, []string{"agent stream open", "agent mark played: goodbye", "agent stream ended: call_ended"}, labels)
+}
+
+// TestTimelineShowsAReferRefusalLearned: transfer's learned REFER
+// refusal is a step of the call's timeline.
+func TestTimelineShowsAReferRefusalLearned(t *testing.T) {
+	at := time.Date(2026, 12, 6, 9, 0, 0, 0, time.UTC)
+	ev, err := events.New("baton/transfer", "r1", &batonv1.ReferRefusalLearned{Trunk: "carrier-a", CallId: "r1", SipCode: 405,
+		SipReason: "Method Not Allowed", Until: timestamppb.New(at.Add(time.Hour))}, at)
+	require.NoError(t, err)
+	rec, err := events.Encode(topics.Transfers, ev)
+	require.NoError(t, err)
+	var tl bytes.Buffer
+	require.NoError(t, WriteTimeline(&tl, "r1", Steps(asRecords([]*kgo.Record{rec}))))
+	require.Contains(t, tl.String(), "trunk carrier-a refuses REFER (SIP 405 Method Not Allowed): fallback until 2026-12-06T10:00:00Z")
 }
 
 func TestNDJSONRoundTrip(t *testing.T) {

@@ -134,6 +134,9 @@ func (s Step) Summary() string {
 		}
 		return fmt.Sprintf("command %s: %s to %s (%s) attempt %d, reason %q, headers [%s]", short(m.GetCommandId()),
 			methodName(m.GetMethod()), m.GetDestination(), m.GetRoute(), m.GetAttempt(), m.GetReason(), strings.Join(hs, " "))
+	case *batonv1.ReferRefusalLearned:
+		return fmt.Sprintf("trunk %s refuses REFER (SIP %d %s): fallback until %s", m.GetTrunk(), m.GetSipCode(),
+			m.GetSipReason(), m.GetUntil().AsTime().UTC().Format(time.RFC3339))
 	case *batonv1.TransferOutcome:
 		out := fmt.Sprintf("outcome of %s: %s %s", short(m.GetCommandId()), statusName(m.GetStatus()), methodName(m.GetMethod()))
 		if m.GetSipCode() != 0 {

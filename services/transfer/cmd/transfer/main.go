@@ -55,6 +55,10 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 	ctx, stop := startup.Signals(ctx)
 	defer stop()
 
+	trunkList, destinations, err := trunks(cfg, os.Getenv)
+	if err != nil {
+		return startup.ConfigError(stderr, "transfer", err)
+	}
 	sipOpts := uac.Options{Limits: cfg.SIP}
 	tlsServer, tlsClient, err := cfg.TLSConfigs()
 	if err != nil {
@@ -192,8 +196,11 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 			WhisperMax:       cfg.Invite.Whisper.MaxDuration,
 			WhisperURLs:      whisperURLs,
 		},
-		Metrics: transfer.NewMetrics(reg),
-		Tracer:  tracing.Tracer(tp, "transfer"),
+		Metrics:      transfer.NewMetrics(reg),
+		Tracer:       tracing.Tracer(tp, "transfer"),
+		Trunks:       trunkList,
+		Destinations: destinations,
+		Refusals:     attemptLog,
 	}, logger)
 	svc.RegisterInFlight(reg)
 	sipClient.RegisterMetrics(reg)

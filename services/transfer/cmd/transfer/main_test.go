@@ -28,6 +28,7 @@ import (
 	"github.com/baton-voice/baton/pkg/kafka/kafkatest"
 	"github.com/baton-voice/baton/pkg/logtest"
 	"github.com/baton-voice/baton/pkg/startup"
+	"github.com/baton-voice/baton/services/transfer/internal/config"
 )
 
 func TestMain(m *testing.M) {
@@ -58,6 +59,14 @@ func TestBadConfigExitsWith2(t *testing.T) {
 			return []string{"--config", filepath.Join(t.TempDir(), "nope.yaml")}
 		}, "no such file"},
 		{"unknown flag", func(*testing.T) []string { return []string{"--nope"} }, "flag provided but not defined"},
+		{"trunk password unset", func(t *testing.T) []string {
+			return []string{"--config", writeConfig(t, "trunks:\n  - name: carrier\n    hosts: [192.0.2.1]\n    auth:\n"+
+				"      username: baton\n      password_env: BATON_TEST_UNSET_TRUNK_PASSWORD\n")}
+		}, "trunks[0].auth: environment variable BATON_TEST_UNSET_TRUNK_PASSWORD is empty or unset"},
+		{"destination password file missing", func(t *testing.T) []string {
+			return []string{"--config", writeConfig(t, "destinations:\n  support:\n    auth:\n      username: baton\n"+
+				"      password_file: "+filepath.Join(t.TempDir(), "nope")+"\n")}
+		}, "destinations.support.auth: password file"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var stderr logtest.Buffer
@@ -65,6 +74,27 @@ func TestBadConfigExitsWith2(t *testing.T) {
 			require.Contains(t, stderr.String(), tc.want)
 		})
 	}
+}
+
+// TestTrunksReadTheirSecrets: the passwords come from the environment
+// and secret files, and the trunks keep their networks and names.
+func TestTrunksReadTheirSecrets(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "pw")
+	require.NoError(t, os.WriteFile(file, []byte("file-secret\n"), 0o600))
+	var cfg config.Config
+	cfg.Trunks = []config.Trunk{{Name: "carrier", Hosts: []string{"192.0.2.0/24", "SBC.example"}, ReferRefusalTTL: time.Hour,
+		Auth: &config.Auth{Username: "baton", PasswordEnv: "PW"}}}
+	cfg.Destinations = map[string]config.Destination{"Support": {ReferFallback: "invite",
+		Auth: &config.Auth{Username: "b2", PasswordFile: file}}}
+	trunkList, dests, err := trunks(cfg, func(k string) string { return map[string]string{"PW": "env-secret"}[k] })
+	require.NoError(t, err)
+	require.Len(t, trunkList, 1)
+	require.Equal(t, "env-secret", trunkList[0].Auth.Password)
+	require.Equal(t, []string{"sbc.example"}, trunkList[0].Hosts)
+	require.Len(t, trunkList[0].Networks, 1)
+	require.Equal(t, time.Hour, trunkList[0].ReferRefusalTTL)
+	require.Equal(t, "file-secret", dests["support"].Auth.Password, "destination names are matched lower-cased")
+	require.Equal(t, "invite", dests["support"].ReferFallback)
 }
 
 func TestHelpExitsZero(t *testing.T) {

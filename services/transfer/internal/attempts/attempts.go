@@ -53,6 +53,9 @@ type Log struct {
 
 	mu   sync.Mutex
 	seen map[string]Attempt
+	// refusals holds, per trunk, until when it is known to refuse REFER
+	// (ReferRefusalLearned records, keyed refer-refusal/<trunk>).
+	refusals map[string]time.Time
 	// next is the next offset the reader will return, per partition.
 	next map[int32]int64
 	// stale is set when this process got new handoffs partitions: their
@@ -103,6 +106,7 @@ func Open(ctx context.Context, clientOpts []kgo.Opt, o Options, logger *slog.Log
 		logger:    logger,
 		now:       time.Now,
 		seen:      map[string]Attempt{},
+		refusals:  map[string]time.Time{},
 		next:      map[int32]int64{},
 		stale:     true,
 		pruned:    time.Now(),
@@ -141,10 +145,14 @@ func (l *Log) tail(ctx context.Context) {
 			l.logger.WarnContext(ctx, "attempt log fetch error", "topic", topic, "partition", partition, "err", err)
 		})
 		fetches.EachRecord(func(rec *kgo.Record) {
-			a, err := decode(rec)
+			a, refusal, err := decode(rec)
 			l.mu.Lock()
 			defer l.mu.Unlock()
 			l.next[rec.Partition] = rec.Offset + 1
+			if refusal != nil {
+				l.learnLocked(refusal)
+				return
+			}
 			if err != nil {
 				l.logger.WarnContext(ctx, "attempt record skipped", "topic", rec.Topic, "partition", rec.Partition,
 					"offset", rec.Offset, "err", err)
@@ -157,17 +165,62 @@ func (l *Log) tail(ctx context.Context) {
 	}
 }
 
-func decode(rec *kgo.Record) (Attempt, error) {
+// decode reads an attempt, or a REFER refusal learned (then non-nil).
+func decode(rec *kgo.Record) (Attempt, *batonv1.ReferRefusalLearned, error) {
 	ev, err := events.Decode(rec)
 	if err != nil {
-		return Attempt{}, err
+		return Attempt{}, nil, err
+	}
+	if r, ok := ev.Data.(*batonv1.ReferRefusalLearned); ok {
+		return Attempt{}, r, nil
 	}
 	m, ok := ev.Data.(*batonv1.TransferAttempt)
 	if !ok {
-		return Attempt{}, fmt.Errorf("%s on the attempt log", ev.Type)
+		return Attempt{}, nil, fmt.Errorf("%s on the attempt log", ev.Type)
 	}
 	return Attempt{CommandID: m.GetCommandId(), CallID: m.GetCallId(), Method: m.GetMethod(),
-		AttemptedAt: m.GetAttemptedAt().AsTime(), Instance: m.GetInstance()}, nil
+		AttemptedAt: m.GetAttemptedAt().AsTime(), Instance: m.GetInstance()}, nil, nil
+}
+
+// refusalKeyPrefix keys REFER refusals on the log: compaction keeps the
+// latest per trunk.
+const refusalKeyPrefix = "refer-refusal/"
+
+// learnLocked keeps the latest refusal of its trunk, in log order.
+func (l *Log) learnLocked(r *batonv1.ReferRefusalLearned) {
+	l.refusals[r.GetTrunk()] = r.GetUntil().AsTime()
+}
+
+// ReferRefused returns until when trunk is known to refuse REFER: what
+// this or another instance learned, restored from the log at start.
+func (l *Log) ReferRefused(trunk string) (time.Time, bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	t, ok := l.refusals[trunk]
+	return t, ok
+}
+
+// LearnReferRefusal writes a refusal to the log (one synchronous produce,
+// keyed refer-refusal/<trunk>) and remembers it.
+func (l *Log) LearnReferRefusal(ctx context.Context, m *batonv1.ReferRefusalLearned) error {
+	if m.GetInstance() == "" {
+		m.Instance = l.instance
+	}
+	ev, err := events.New(Source, refusalKeyPrefix+m.GetTrunk(), m, l.now())
+	if err != nil {
+		return fmt.Errorf("refer refusal of trunk %s: %w", m.GetTrunk(), err)
+	}
+	rec, err := events.Encode(l.topic, ev)
+	if err != nil {
+		return fmt.Errorf("refer refusal of trunk %s: %w", m.GetTrunk(), err)
+	}
+	if err := l.cl.ProduceSync(ctx, rec).FirstErr(); err != nil {
+		return fmt.Errorf("record refer refusal of trunk %s: %w", m.GetTrunk(), err)
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.learnLocked(m)
+	return nil
 }
 
 // Invalidate marks the index stale: the next EnsureSynced reads the topic

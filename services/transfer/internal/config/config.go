@@ -47,6 +47,13 @@ type Config struct {
 	// requests may go to when a command's dialog carries no next hop
 	// decided by ingress (events from before Dialog.next_hop).
 	Peers Peers `yaml:"peers"`
+	// Trunks are the SBCs and carriers transfer sends to: digest
+	// credentials, and how long a REFER refusal is remembered.
+	Trunks []Trunk `yaml:"trunks"`
+	// Destinations are transfer's own settings of the router's
+	// destinations, by name: the REFER fallback and a new leg's
+	// credentials.
+	Destinations map[string]Destination `yaml:"destinations"`
 	// Group is the consumer group every transfer instance joins.
 	Group string `yaml:"group"`
 	// NotifyTimeout bounds the wait for the final NOTIFY after a REFER was
@@ -347,6 +354,7 @@ func (c *Config) Validate() error {
 		errs = append(errs, pkgconfig.Errorf("shutdown_timeout", "%v, want a positive duration", c.ShutdownTimeout))
 	}
 	errs = append(errs, c.validateMedia()...)
+	errs = append(errs, c.validateTrunks()...)
 	errs = append(errs, c.validateTLS()...)
 	if strings.TrimSpace(c.AttemptLog.Topic) == "" {
 		errs = append(errs, pkgconfig.Errorf("attempt_log.topic", "a topic name is required"))

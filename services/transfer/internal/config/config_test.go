@@ -109,6 +109,20 @@ func TestValidateNamesTheField(t *testing.T) {
 		{"health check tel route without trunk host",
 			"health_checks:\n  interval: 30s\n  destinations:\n    - name: phone\n      route: tel:+15551234567\n",
 			"t.yaml:5: health_checks.destinations[0].route: route not supported: route \"tel:+15551234567\" is a tel: URI: set invite.trunk_host"},
+		{"trunk without name", "trunks:\n  - hosts: [192.0.2.1]\n", "trunks[0].name: required"},
+		{"trunk without hosts", "trunks:\n  - name: a\n", "trunks[0].hosts:"},
+		{"trunk bad host", "trunks:\n  - name: a\n    hosts: ['a b']\n", "trunks[0].hosts[0]:"},
+		{"trunk twice", "trunks:\n  - name: a\n    hosts: [192.0.2.1]\n  - name: A\n    hosts: [192.0.2.2]\n", "trunks[1].name: \"A\" is used twice"},
+		{"auth password inline is not a field", "trunks:\n  - name: a\n    hosts: [192.0.2.1]\n    auth:\n      username: u\n      password: x\n",
+			"field password not found"},
+		{"auth without a secret", "trunks:\n  - name: a\n    hosts: [192.0.2.1]\n    auth:\n      username: u\n",
+			"trunks[0].auth: set exactly one of password_env and password_file"},
+		{"auth with both secrets", "destinations:\n  support:\n    auth:\n      username: u\n      password_env: P\n      password_file: /p\n",
+			"destinations.support.auth: set exactly one"},
+		{"auth without username", "destinations:\n  support:\n    auth:\n      password_env: P\n", "destinations.support.auth.username:"},
+		{"refusal ttl over the retention", "trunks:\n  - name: a\n    hosts: [192.0.2.1]\n    refer_refusal_ttl: 48h\n",
+			"trunks[0].refer_refusal_ttl: 48h0m0s, want 0 (off) up to attempt_log.retention"},
+		{"refer fallback", "destinations:\n  support:\n    refer_fallback: hangup\n", "destinations.support.refer_fallback: \"hangup\""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			path := filepath.Join(t.TempDir(), "t.yaml")
@@ -212,4 +226,31 @@ func writeCert(t *testing.T, dir string) (certFile, keyFile string) {
 	require.NoError(t, os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600))
 	require.NoError(t, os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kb}), 0o600))
 	return certFile, keyFile
+}
+
+// TestTrunkCredentials: a password comes from the environment or a
+// secret file (one trailing newline dropped), and a missing one is an
+// error that names it.
+func TestTrunkCredentials(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "pw")
+	require.NoError(t, os.WriteFile(file, []byte("from-file\n"), 0o600))
+	env := map[string]string{"TRUNK_PW": "from-env"}
+	getenv := func(k string) string { return env[k] }
+
+	c, err := (&Auth{Username: "u", Realm: "r", PasswordEnv: "TRUNK_PW"}).Credentials(getenv)
+	require.NoError(t, err)
+	require.Equal(t, "from-env", c.Password)
+	require.Equal(t, "r", c.Realm)
+	c, err = (&Auth{Username: "u", PasswordFile: file}).Credentials(getenv)
+	require.NoError(t, err)
+	require.Equal(t, "from-file", c.Password)
+	_, err = (&Auth{Username: "u", PasswordEnv: "UNSET"}).Credentials(getenv)
+	require.ErrorContains(t, err, "environment variable UNSET is empty or unset")
+	_, err = (&Auth{Username: "u", PasswordFile: file + ".missing"}).Credentials(getenv)
+	require.ErrorContains(t, err, "password file")
+
+	tr := Trunk{Hosts: []string{"192.0.2.0/24", "10.0.0.1", "SBC.example.com"}}
+	nets, names := tr.TrunkNetworks()
+	require.Len(t, nets, 2)
+	require.Equal(t, []string{"sbc.example.com"}, names)
 }

@@ -2,16 +2,19 @@ package transfer
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/netip"
 	"time"
 
+	"github.com/emiago/sipgo"
 	"github.com/emiago/sipgo/sip"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	batonv1 "github.com/baton-voice/baton/pkg/events/batonv1"
 	"github.com/baton-voice/baton/services/transfer/internal/bridge"
 	"github.com/baton-voice/baton/services/transfer/internal/request"
+	"github.com/baton-voice/baton/services/transfer/internal/sipauth"
 )
 
 // idlePoll is how often a bridged call checks its media.
@@ -63,7 +66,7 @@ func (w *warmRun) bridged(ctx context.Context) {
 	}
 	if byeCaller {
 		if req, err := request.InDialogCSeq(sip.BYE, w.cmd.GetDialog(), w.cseq+1); err == nil {
-			if _, err := w.sip.Do(byeCtx, req); err != nil {
+			if _, err := w.do(byeCtx, req); err != nil {
 				w.log.WarnContext(ctx, "caller BYE", "err", err)
 			}
 		}
@@ -117,7 +120,30 @@ func (w *warmRun) stats(ctx context.Context) *batonv1.BridgeStats {
 func (w *warmRun) byeLeg(ctx context.Context) {
 	byeCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), w.inviteOpts.ByeTimeout)
 	defer cancel()
-	if err := w.leg.Bye(byeCtx); err != nil {
+	err := w.leg.Bye(byeCtx)
+	var s *sipauth.Session
+	for {
+		var rej sipgo.ErrDialogResponse
+		if !errors.As(err, &rej) || !sipauth.Challenged(rej.Res) {
+			break
+		}
+		// The destination's side challenged the BYE: the same BYE in the
+		// leg's dialog with credentials (sipgo numbers its CSeq).
+		bye := sip.NewRequest(sip.BYE, w.leg.InviteResponse.Contact().Address)
+		bye.AppendHeader(&sip.CSeqHeader{SeqNo: rej.Res.CSeq().SeqNo, MethodName: sip.BYE})
+		if s == nil {
+			creds, ok := w.credentialsFor(w.leg.InviteRequest, true)
+			if !ok {
+				break
+			}
+			s = sipauth.NewSession(creds)
+		}
+		if !w.answerChallenge(ctx, s, bye, rej.Res) {
+			break
+		}
+		err = w.leg.WriteBye(byeCtx, bye)
+	}
+	if err != nil {
 		w.log.WarnContext(ctx, "destination BYE", "err", err)
 	}
 }

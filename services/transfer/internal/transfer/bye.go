@@ -15,6 +15,9 @@ func (e *execution) bye(ctx context.Context) {
 		e.notSent(ctx, "BYE", requestReason(err), err)
 		return
 	}
+	if e.cseqFloor > req.CSeq().SeqNo { // a fallback after the REFERs
+		req.CSeq().SeqNo = e.cseqFloor
+	}
 	res, ok := e.send(ctx, req)
 	if !ok {
 		return

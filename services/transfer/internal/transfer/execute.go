@@ -67,6 +67,11 @@ type deps struct {
 	tracer  trace.Tracer
 	now     func() time.Time
 	hops    *hops.Log
+	// trunks, destinations and refusals are Options.Trunks,
+	// Options.Destinations and Options.Refusals (or memory).
+	trunks       []Trunk
+	destinations map[string]Destination
+	refusals     RefusalLog
 }
 
 // producer publishes records; *kgo.Client is the real one.
@@ -103,6 +108,12 @@ type execution struct {
 	// callerSDP is the SDP a warm transfer's re-INVITE gave the caller;
 	// its BRIDGED outcome carries it (TransferOutcome.caller_sdp).
 	callerSDP string
+	// method is the method being carried out: the command's, or its
+	// REFER's fallback (outcomes name it).
+	method batonv1.Method
+	// cseqFloor, when set, is the lowest CSeq the next request in the
+	// caller's dialog may take: a fallback follows the REFERs sent.
+	cseqFloor uint32
 }
 
 // run carries out a command whose attempt is recorded: admitted, then the
@@ -153,7 +164,7 @@ func (e *execution) send(ctx context.Context, req *sip.Request) (*sip.Response, 
 	if e.hops.On() {
 		e.hops.Mark(hops.TransferSending, e.callID, time.Now())
 	}
-	res, err := e.sip.Do(ctx, req)
+	res, err := e.do(ctx, req)
 	switch {
 	case err == nil:
 		return res, true

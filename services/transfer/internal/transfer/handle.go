@@ -156,6 +156,7 @@ func (s *Service) newExecution(ev events.Event, cmd *batonv1.HandoffCommand) *ex
 		deps:        s.deps,
 		log:         s.logger.With("call_id", callID, "command_id", cmd.GetCommandId()),
 		cmd:         cmd,
+		method:      cmd.GetMethod(),
 		callID:      callID,
 		start:       start,
 		age:         commandAge(start, ev.Time),

@@ -108,8 +108,9 @@ func (w *warmRun) run(ctx context.Context) {
 	if !ok {
 		return
 	}
-	defer func() { _ = leg.Close() }()
 	w.leg = leg
+	// ring may replace the leg (an INVITE sent again with credentials).
+	defer func() { _ = w.leg.Close() }()
 	if !w.ring(ctx) {
 		return
 	}

@@ -227,6 +227,11 @@ func startCallerSBC(t *testing.T, reject int) *callerSBC {
 		_ = tx.Respond(res)
 	})
 	srv.OnAck(func(req *sip.Request, _ sip.ServerTransaction) { record(req) })
+	// An SBC with "take back and transfer" off: REFER is not allowed.
+	srv.OnRefer(func(req *sip.Request, tx sip.ServerTransaction) {
+		record(req)
+		_ = tx.Respond(sip.NewResponseFromRequest(req, sip.StatusMethodNotAllowed, "Method Not Allowed", nil))
+	})
 	srv.OnBye(func(req *sip.Request, tx sip.ServerTransaction) {
 		record(req)
 		_ = tx.Respond(sip.NewResponseFromRequest(req, 200, "OK", nil))

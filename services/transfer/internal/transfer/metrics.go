@@ -43,6 +43,14 @@ type Metrics struct {
 	// peer's address after sustained traffic from it (NAT rebinding), by
 	// direction.
 	BridgeRelatches *prometheus.CounterVec
+	// AuthChallenges counts the digest challenges (401/407) to transfer's
+	// requests, by method and result (answered, stale_retried, rejected,
+	// unsupported).
+	AuthChallenges *prometheus.CounterVec
+	// ReferFallbacks counts the REFERs that fell back, by fallback
+	// (invite, bye) and why (refused: the REFER's answer; notify: a
+	// failed sipfrag; learned: the trunk is known to refuse REFER).
+	ReferFallbacks *prometheus.CounterVec
 }
 
 // NewMetrics registers transfer's metrics on reg.
@@ -75,9 +83,15 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		BridgeForeign: bridge("foreign_packets",
 			"RTP packets dropped on ended bridges because they came from a source the leg was not latched to (part of the dropped packets), by direction."),
 		BridgeRelatches: bridge("relatches", "Bridge legs moved to another port of their peer's address after sustained traffic (NAT rebinding), by direction."),
+		AuthChallenges: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "baton_transfer_auth_challenges_total", Help: "Digest challenges to transfer's requests, by method and result.",
+		}, []string{"method", "result"}),
+		ReferFallbacks: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "baton_transfer_refer_fallbacks_total", Help: "REFERs that fell back to INVITE or BYE, by fallback and why.",
+		}, []string{"fallback", "why"}),
 	}
 	reg.MustRegister(m.Commands, m.Outcomes, m.Refused, m.ReferRetries, m.BridgePackets, m.BridgeBytes, m.BridgeLost, m.BridgeDropped,
-		m.BridgeSRTPDropped, m.BridgeForeign, m.BridgeRelatches)
+		m.BridgeSRTPDropped, m.BridgeForeign, m.BridgeRelatches, m.AuthChallenges, m.ReferFallbacks)
 	return m
 }
 
@@ -103,6 +117,18 @@ func (m *Metrics) refused(method batonv1.Method, reason string) {
 func (m *Metrics) referRetry(reason string) {
 	if m != nil {
 		m.ReferRetries.WithLabelValues(reason).Inc()
+	}
+}
+
+func (m *Metrics) auth(method, result string) {
+	if m != nil {
+		m.AuthChallenges.WithLabelValues(strings.ToLower(method), result).Inc()
+	}
+}
+
+func (m *Metrics) referFallback(fallback, why string) {
+	if m != nil {
+		m.ReferFallbacks.WithLabelValues(fallback, why).Inc()
 	}
 }
 

@@ -16,10 +16,12 @@ const (
 	accepted  = batonv1.OutcomeStatus_OUTCOME_STATUS_ACCEPTED
 	progress  = batonv1.OutcomeStatus_OUTCOME_STATUS_PROGRESS
 	succeeded = batonv1.OutcomeStatus_OUTCOME_STATUS_SUCCEEDED
-	ringing   = batonv1.OutcomeStatus_OUTCOME_STATUS_RINGING
-	answered  = batonv1.OutcomeStatus_OUTCOME_STATUS_ANSWERED
-	bridged   = batonv1.OutcomeStatus_OUTCOME_STATUS_BRIDGED
-	ended     = batonv1.OutcomeStatus_OUTCOME_STATUS_ENDED
+	// succeededStatus is succeeded where a local name shadows it.
+	succeededStatus = succeeded
+	ringing         = batonv1.OutcomeStatus_OUTCOME_STATUS_RINGING
+	answered        = batonv1.OutcomeStatus_OUTCOME_STATUS_ANSWERED
+	bridged         = batonv1.OutcomeStatus_OUTCOME_STATUS_BRIDGED
+	ended           = batonv1.OutcomeStatus_OUTCOME_STATUS_ENDED
 )
 
 // End reasons: the reason of an ENDED outcome, why the bridged call ended.
@@ -63,7 +65,7 @@ func (e *execution) publish(ctx context.Context, o step) {
 		CommandId:   printable(e.cmd.GetCommandId()),
 		CallId:      printable(e.callID),
 		Status:      o.status,
-		Method:      e.cmd.GetMethod(),
+		Method:      e.method,
 		Destination: printable(e.cmd.GetDestination()),
 		SipCode:     int32(o.code),
 		SipReason:   printable(o.reason),

@@ -31,6 +31,15 @@ func (r *referRun) run(ctx context.Context) {
 		r.notSent(ctx, "REFER", requestReason(err), err)
 		return
 	}
+	fallback := r.destination().ReferFallback
+	if trunk, until, ok := r.learnedRefusal(req); ok && fallback != "" {
+		// Known to refuse REFER: straight to the fallback, nothing sent.
+		r.metrics.referFallback(fallback, FallbackWhyLearned)
+		r.publish(ctx, step{status: progress, detail: fmt.Sprintf("trunk %s refuses REFER (learned, until %s): %s instead",
+			trunk, until.UTC().Format(time.RFC3339), fallback)})
+		r.fallBack(ctx, fallback, 0)
+		return
+	}
 	res, ok := r.send(ctx, req)
 	if !ok {
 		return
@@ -41,12 +50,27 @@ func (r *referRun) run(ctx context.Context) {
 		return
 	}
 	if !res.IsSuccess() {
+		if refusesRefer(res.StatusCode) {
+			r.learn(ctx, r.req, res)
+			if fallback != "" {
+				r.metrics.referFallback(fallback, FallbackWhyRefused)
+				r.publish(ctx, step{status: progress, code: res.StatusCode, reason: res.Reason,
+					detail: fmt.Sprintf("REFER refused %d: falling back to %s", res.StatusCode, fallback)})
+				r.fallBack(ctx, fallback, r.req.CSeq().SeqNo+1)
+				return
+			}
+		}
 		r.publish(ctx, failed(res.StatusCode, res.Reason, detail))
 		return
 	}
 	r.publish(ctx, step{status: accepted, code: res.StatusCode, reason: res.Reason})
-	if r.awaitFinalNotify(ctx) {
+	succeeded, fellThrough := r.awaitFinalNotify(ctx, fallback)
+	switch {
+	case succeeded:
 		r.endAgentLeg(ctx)
+	case fellThrough:
+		r.metrics.referFallback(fallback, FallbackWhyNotify)
+		r.fallBack(ctx, fallback, r.req.CSeq().SeqNo+1)
 	}
 }
 
@@ -103,6 +127,9 @@ func (r *referRun) retryEarly481(ctx context.Context, res *sip.Response) (*sip.R
 			return res, fmt.Sprintf("REFER rejected, and again after %d retries within 64*T1 of the call's start", retries), true
 		}
 		cseq := r.req.CSeq().SeqNo + 1
+		if !r.cseqLeft(cseq) { // digest answers took numbers too
+			return res, fmt.Sprintf("REFER rejected, and again after %d retries; no CSeq left in the attempt's block", retries), true
+		}
 		r.log.InfoContext(ctx, "REFER answered 481 soon after the call started: sending it again", "sip_code", res.StatusCode,
 			"retry", retries+1, "pause", pause.String(), "cseq", cseq, "call_age_at_least", (r.age + r.now().Sub(r.start)).String())
 		f, err := r.waitCallEnded(ctx, pause)
@@ -137,8 +164,9 @@ func (r *referRun) retryEarly481(ctx context.Context, res *sip.Response) (*sip.R
 // awaitFinalNotify publishes what the NOTIFYs about the accepted REFER
 // say until a final one, the call's end, or the answer timeout (the
 // command's answer_timeout, else NotifyTimeout). It reports whether the
-// transfer succeeded.
-func (r *referRun) awaitFinalNotify(ctx context.Context) bool {
+// transfer succeeded, and whether a final failing sipfrag leaves the
+// call to the fallback (set: it is published as PROGRESS, not FAILED).
+func (r *referRun) awaitFinalNotify(ctx context.Context, fallback string) (succeeded, fellThrough bool) {
 	cseq := r.req.CSeq().SeqNo
 	timeout := r.notifyTimeout
 	if t := r.cmd.GetAnswerTimeout(); t != nil && t.AsDuration() > 0 {
@@ -154,22 +182,30 @@ func (r *referRun) awaitFinalNotify(ctx context.Context) bool {
 				if !isOurs(f.GetEvent(), cseq) {
 					continue
 				}
-				if o, final := sipfragStep(f); o.status != batonv1.OutcomeStatus_OUTCOME_STATUS_UNSPECIFIED {
+				o, final := sipfragStep(f)
+				if o.status == batonv1.OutcomeStatus_OUTCOME_STATUS_UNSPECIFIED {
+					continue
+				}
+				if final && o.status != succeededStatus && o.code >= 300 && fallback != "" {
+					o.status = progress
+					o.detail += ": falling back to " + fallback
 					r.publish(ctx, o)
-					if final {
-						return o.status == succeeded
-					}
+					return false, true
+				}
+				r.publish(ctx, o)
+				if final {
+					return o.status == succeededStatus, false
 				}
 			case *batonv1.CallEnded:
 				r.publish(ctx, failed(0, "", "call ended before the transfer completed"))
-				return false
+				return false, false
 			}
 		case <-timer.C:
 			r.publish(ctx, failed(0, "", fmt.Sprintf("no final NOTIFY within %v", timeout)))
-			return false
+			return false, false
 		case <-ctx.Done():
 			r.log.WarnContext(ctx, "transfer abandoned at shutdown: REFER accepted, no final NOTIFY yet")
-			return false
+			return false, false
 		}
 	}
 }
@@ -204,7 +240,7 @@ func (r *referRun) endAgentLeg(ctx context.Context) {
 		return
 	}
 	r.log.InfoContext(ctx, "no BYE from the far end: ending the agent leg", "wait", wait.String(), "cseq", cseq)
-	res, err := r.sip.Do(ctx, req)
+	res, err := r.do(ctx, req)
 	switch {
 	case err != nil:
 		r.log.WarnContext(ctx, "agent leg BYE", "err", err)

@@ -35,6 +35,7 @@ func (w *warmRun) moveCaller(ctx context.Context) bool {
 	if err != nil {
 		return fail(0, "", "re-INVITE not sent: "+err.Error())
 	}
+	cseq = max(cseq, w.cseqFloor) // after a refused REFER's
 	formats := []sdp.Format{codec}
 	for _, f := range w.offer.Formats {
 		if strings.EqualFold(f.Name, "telephone-event") {
@@ -57,6 +58,7 @@ func (w *warmRun) moveCaller(ctx context.Context) bool {
 		w.byeLeg(ctx)
 		return false
 	}
+	cseq = req.CSeq().SeqNo // one more per digest challenge answered
 	if !res.IsSuccess() {
 		return fail(res.StatusCode, res.Reason, "caller re-INVITE rejected: the call stays with the agent")
 	}

@@ -13,6 +13,7 @@ import (
 	batonv1 "github.com/baton-voice/baton/pkg/events/batonv1"
 	"github.com/baton-voice/baton/services/transfer/internal/bridge"
 	"github.com/baton-voice/baton/services/transfer/internal/sdp"
+	"github.com/baton-voice/baton/services/transfer/internal/sipauth"
 )
 
 // ring waits for the new leg's answer, publishing RINGING on 18x. The
@@ -28,25 +29,39 @@ func (w *warmRun) ring(ctx context.Context) bool {
 	defer cancel(nil)
 	lastRinging := 0
 	var provisional atomic.Bool // any 1xx came: there is something to CANCEL
-	result := make(chan error, 1)
-	go func() {
-		result <- leg.WaitAnswer(answerCtx, sipgo.AnswerOptions{OnResponse: func(res *sip.Response) error {
-			if res.StatusCode < 200 {
-				provisional.Store(true)
-			}
-			if res.StatusCode > 100 && res.StatusCode < 200 && res.StatusCode != lastRinging {
-				lastRinging = res.StatusCode
-				w.publish(ctx, step{status: ringing, code: res.StatusCode, reason: res.Reason})
-			}
-			return nil
-		}})
-	}()
+	wait := func(leg *sipgo.DialogClientSession) chan error {
+		provisional.Store(false)
+		result := make(chan error, 1)
+		go func() {
+			result <- leg.WaitAnswer(answerCtx, sipgo.AnswerOptions{OnResponse: func(res *sip.Response) error {
+				if res.StatusCode < 200 {
+					provisional.Store(true)
+				}
+				if res.StatusCode > 100 && res.StatusCode < 200 && res.StatusCode != lastRinging {
+					lastRinging = res.StatusCode
+					w.publish(ctx, step{status: ringing, code: res.StatusCode, reason: res.Reason})
+				}
+				return nil
+			}})
+		}()
+		return result
+	}
+	result := wait(leg)
 	timer := time.NewTimer(timeout)
 	defer timer.Stop()
+	var auth *sipauth.Session
 	var why string
 	for why == "" {
 		select {
 		case err := <-result:
+			if next := w.reauth(ctx, err, &auth); next != nil {
+				// Challenged: the same INVITE again, with credentials,
+				// within the same answer timeout.
+				_ = leg.Close()
+				leg, w.leg = next, next
+				result = wait(leg)
+				continue
+			}
 			return w.answerResult(ctx, err)
 		case <-timer.C:
 			why = fmt.Sprintf("no answer within %v: cancelled", timeout)
@@ -97,6 +112,37 @@ func (w *warmRun) ring(ctx context.Context) bool {
 	}
 	w.publish(ctx, failed(code, reason, why))
 	return false
+}
+
+// reauth answers a digest challenge to the new leg's INVITE: it sends the
+// INVITE again with the destination's (or the trunk's) credentials and
+// the next CSeq, and returns the new leg; nil when err is no challenge or
+// it is not answered (the challenge is then the outcome).
+func (w *warmRun) reauth(ctx context.Context, err error, s **sipauth.Session) *sipgo.DialogClientSession {
+	var rej *sipgo.ErrDialogResponse
+	if !errors.As(err, &rej) || !sipauth.Challenged(rej.Res) {
+		return nil
+	}
+	req := w.leg.InviteRequest
+	if *s == nil {
+		creds, ok := w.credentialsFor(req, true)
+		if !ok {
+			w.log.WarnContext(ctx, "INVITE challenged: no credentials for its destination or trunk",
+				"sip_code", rej.Res.StatusCode, "next_hop", nextHopHost(req))
+			return nil
+		}
+		*s = sipauth.NewSession(creds)
+	}
+	next := req.Clone()
+	if !w.answerChallenge(ctx, *s, next, rej.Res) {
+		return nil
+	}
+	leg, err := w.legs.Invite(ctx, next)
+	if err != nil {
+		w.log.WarnContext(ctx, "INVITE with credentials not sent", "err", err)
+		return nil
+	}
+	return leg
 }
 
 // cancelGrace is how long a cancelled INVITE may take to end (its 487);

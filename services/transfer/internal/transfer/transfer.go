@@ -92,6 +92,27 @@ type Options struct {
 	// polled and when each request was handed to the SIP client
 	// (bench/handoff); nil records nothing.
 	Hops *hops.Log
+	// Trunks are the SBCs and carriers requests go to, matched by next
+	// hop: their digest credentials and how long a REFER refusal is
+	// remembered.
+	Trunks []Trunk
+	// Destinations are transfer's settings of the router's destinations,
+	// by lowercased name: the REFER fallback and the new leg's
+	// credentials.
+	Destinations map[string]Destination
+	// Refusals remembers the trunks that refuse REFER across restarts;
+	// nil takes the AttemptLog when it is one (attempts.Log is), else
+	// remembers them in this process only.
+	Refusals RefusalLog
+}
+
+// RefusalLog is the durable memory of the trunks that refuse REFER
+// (attempts.Log is the real one).
+type RefusalLog interface {
+	// ReferRefused returns until when trunk is known to refuse REFER.
+	ReferRefused(trunk string) (time.Time, bool)
+	// LearnReferRefusal makes the refusal durable.
+	LearnReferRefusal(ctx context.Context, m *batonv1.ReferRefusalLearned) error
 }
 
 // AttemptLog is the durable record of the commands attempted
@@ -138,6 +159,9 @@ func New(cl *kgo.Client, sender Sender, log AttemptLog, opts Options, logger *sl
 			inviteOpts:     opts.Invite,
 			routes:         opts.Routes,
 			peers:          peersOf(opts),
+			trunks:         opts.Trunks,
+			destinations:   opts.Destinations,
+			refusals:       refusalsOf(opts.Refusals, log),
 			metrics:        opts.Metrics,
 			tracer:         opts.Tracer,
 			now:            time.Now,

@@ -1,6 +1,7 @@
 package transfer
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"log/slog"
@@ -227,6 +228,10 @@ type harness struct {
 	pub     *kgo.Client
 	out     *kgo.Client
 	pending []*batonv1.TransferOutcome
+	// learned are the ReferRefusalLearned read from the transfers topic.
+	learned []*batonv1.ReferRefusalLearned
+	// logs holds the log lines of the instances, info and above.
+	logs *lockedBuffer
 	// draining closes when shutdown has stopped taking commands.
 	draining <-chan struct{}
 	// stop ends Run (as SIGTERM would) and returns its error and how long
@@ -308,8 +313,10 @@ func start(t *testing.T, answer int, tune func(*Options), sip ...uac.Options) *h
 	cluster := kafkatest.Start(t, 3, cfg.Topics.All()...)
 	brokers := cluster.ListenAddrs()
 	cfg.Brokers = brokers
-	logger := slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelWarn}))
-	h := &harness{topics: cfg.Topics, cfg: cfg, cluster: cluster, logger: logger}
+	logs := &lockedBuffer{}
+	logger := slog.New(slog.NewMultiHandler(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelWarn}),
+		slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelInfo})))
+	h := &harness{topics: cfg.Topics, cfg: cfg, cluster: cluster, logger: logger, logs: logs}
 	if len(sip) > 0 {
 		h.sipOptions = sip[0]
 	}
@@ -427,12 +434,35 @@ func (h *harness) outcome(t *testing.T, commandID string) *batonv1.TransferOutco
 			ev, err := events.Decode(rec)
 			require.NoError(t, err)
 			require.Equal(t, Source, ev.Source)
+			if l, ok := ev.Data.(*batonv1.ReferRefusalLearned); ok {
+				require.Equal(t, l.GetCallId(), string(rec.Key), "keyed by call id")
+				h.learned = append(h.learned, l)
+				continue
+			}
 			o, ok := ev.Data.(*batonv1.TransferOutcome)
 			require.True(t, ok, "unexpected %T on the transfers topic", ev.Data)
 			require.Equal(t, o.GetCallId(), string(rec.Key), "outcomes are keyed by call id")
 			h.pending = append(h.pending, o)
 		}
 	}
+}
+
+// lockedBuffer is a log sink safe for concurrent writers.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }
 
 // dialogTo is the snapshot of a call with the SBC at addr.
