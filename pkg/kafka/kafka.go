@@ -101,8 +101,7 @@ func (c Config) Validate() error {
 	}
 	if c.SessionTimeout < time.Second {
 		errs = append(errs, config.Errorf("kafka.session_timeout", "%v, want at least 1s", c.SessionTimeout))
-	}
-	if c.HeartbeatInterval <= 0 || c.HeartbeatInterval > c.SessionTimeout/3 {
+	} else if c.HeartbeatInterval <= 0 || c.HeartbeatInterval > c.SessionTimeout/3 {
 		errs = append(errs, config.Errorf("kafka.heartbeat_interval", "%v, want more than 0 and at most a third of session_timeout (%v)",
 			c.HeartbeatInterval, c.SessionTimeout/3))
 	}
