@@ -732,8 +732,10 @@ func (f *Fold) render(ctx context.Context, c *call, h *handoffState, d Destinati
 		Whisper: d.Whisper,
 		Rule:    h.rule,
 	}
-	if d.Method == batonv1.Method_METHOD_INVITE {
-		// The session the re-INVITE to the caller continues.
+	if d.Method == batonv1.Method_METHOD_INVITE || d.Method == batonv1.Method_METHOD_REFER {
+		// The session the re-INVITE to the caller continues: a warm
+		// transfer's, or a REFER's fallback to one (transfer's
+		// refer_fallback: invite, decision 0017).
 		cmd.LocalSdp = c.localSDP
 	}
 	if d.Method == batonv1.Method_METHOD_REFER {

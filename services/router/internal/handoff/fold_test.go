@@ -215,7 +215,8 @@ func TestSalesDestinationUsesItsMethodAndTimeout(t *testing.T) {
 
 // A warm transfer's command carries the SDP ingress last sent the caller
 // (CallStarted's, then a re-INVITE's CallUpdated), so transfer's re-INVITE
-// continues that session (issue 19, 3); a REFER's carries none.
+// continues that session (issue 19, 3); a REFER's carries it too, for
+// transfer's fallback to a warm transfer when the REFER is refused.
 func TestInviteCommandCarriesTheCallersSession(t *testing.T) {
 	f, _ := newFold(t)
 	st := started("c1", nil)
@@ -229,10 +230,13 @@ func TestInviteCommandCarriesTheCallersSession(t *testing.T) {
 	require.Equal(t, updated, cmds[0].GetLocalSdp(), "the latest offer/answer's SDP")
 
 	f2, _ := newFold(t)
-	require.Empty(t, f2.Apply(t.Context(), event(t, "c2", started("c2", nil))))
+	st2 := started("c2", nil)
+	st2.LocalSdp = "v=0\r\no=baton 7 3 IN IP4 10.0.0.2\r\n"
+	require.Empty(t, f2.Apply(t.Context(), event(t, "c2", st2)))
 	refer := commands(t, f2.Apply(t.Context(), event(t, "c2", &batonv1.HandoffRequested{CallId: "c2", Destination: "support"})))
 	require.Len(t, refer, 1)
-	require.Empty(t, refer[0].GetLocalSdp())
+	require.Equal(t, batonv1.Method_METHOD_REFER, refer[0].GetMethod())
+	require.Equal(t, st2.LocalSdp, refer[0].GetLocalSdp())
 }
 
 func TestUnknownAndEndedCallsAreSkipped(t *testing.T) {
