@@ -5,6 +5,7 @@ go 1.26.0
 require (
 	github.com/baton-voice/baton/pkg v0.0.0
 	github.com/emiago/sipgo v1.7.2
+	github.com/google/uuid v1.6.0
 	github.com/icholy/digest v1.2.0
 	github.com/pion/rtcp v1.2.19
 	github.com/pion/rtp v1.10.6
@@ -33,7 +34,6 @@ require (
 	github.com/gobwas/httphead v0.1.0 // indirect
 	github.com/gobwas/pool v0.2.1 // indirect
 	github.com/gobwas/ws v1.3.2 // indirect
-	github.com/google/uuid v1.6.0 // indirect
 	github.com/grpc-ecosystem/grpc-gateway/v2 v2.30.0 // indirect
 	github.com/klauspost/compress v1.20.3 // indirect
 	github.com/kylelemons/godebug v1.1.0 // indirect

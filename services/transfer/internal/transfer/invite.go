@@ -10,6 +10,7 @@ import (
 
 	"github.com/emiago/sipgo"
 	"github.com/emiago/sipgo/sip"
+	"github.com/google/uuid"
 
 	batonv1 "github.com/baton-voice/baton/pkg/events/batonv1"
 	"github.com/baton-voice/baton/services/transfer/internal/bridge"
@@ -91,6 +92,17 @@ type warmRun struct {
 	dest *destinationLeg
 	// cseq is the caller's re-INVITE's; the caller's BYE takes the next.
 	cseq uint32
+	// ringSeen, when the SIP client offers it, returns the first 18x
+	// the transport read for the new leg (provisionalWatcher);
+	// stopRingWatch ends that watch.
+	ringSeen      func() (uac.Provisional, bool)
+	stopRingWatch func()
+}
+
+// provisionalWatcher records a leg's first 18x in wire order, which
+// sipgo's transaction layer may not deliver (uac.Client.WatchProvisional).
+type provisionalWatcher interface {
+	WatchProvisional(callID string) (seen func() (uac.Provisional, bool), stop func())
 }
 
 func (w *warmRun) run(ctx context.Context) {
@@ -104,6 +116,11 @@ func (w *warmRun) run(ctx context.Context) {
 	}
 	defer br.Close()
 	w.br = br
+	defer func() {
+		if w.stopRingWatch != nil {
+			w.stopRingWatch()
+		}
+	}()
 	leg, ok := w.dial(ctx)
 	if !ok {
 		return
@@ -188,6 +205,15 @@ func (w *warmRun) dial(ctx context.Context) (*sipgo.DialogClientSession, bool) {
 	req.AppendHeader(sip.NewHeader("Allow", uac.Allow)) // what the destination may send us
 	w.log.InfoContext(ctx, "sending request", "method", "INVITE", "request_uri", req.Recipient.String(),
 		"encryption", w.enc, "media_port", w.br.Leg(bridge.Destination).Port())
+	if pw, ok := w.legs.(provisionalWatcher); ok {
+		// Before the INVITE goes (a 180 may come back at once), so the
+		// Call-ID sipgo would add on sending is chosen here.
+		if req.CallID() == nil {
+			id := sip.CallIDHeader(uuid.NewString())
+			req.AppendHeader(&id)
+		}
+		w.ringSeen, w.stopRingWatch = pw.WatchProvisional(req.CallID().Value())
+	}
 	leg, err := w.legs.Invite(ctx, req)
 	if err != nil {
 		w.publish(ctx, failed(0, "", err.Error()))

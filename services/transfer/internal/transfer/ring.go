@@ -62,6 +62,13 @@ func (w *warmRun) ring(ctx context.Context) bool {
 				result = wait(leg)
 				continue
 			}
+			if lastRinging == 0 && w.ringSeen != nil {
+				// An 18x came before the final response on the wire but
+				// reached the transaction after it, which dropped it.
+				if p, ok := w.ringSeen(); ok {
+					w.publish(ctx, step{status: ringing, code: p.Code, reason: p.Reason})
+				}
+			}
 			return w.answerResult(ctx, err)
 		case <-timer.C:
 			why = fmt.Sprintf("no answer within %v: cancelled", timeout)

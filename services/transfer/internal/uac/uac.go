@@ -48,6 +48,8 @@ type Client struct {
 	// closed; guard filters the UDP socket.
 	conns connguard.Stats
 	guard *udpGuard
+	// prov records the 18x responses of ringing legs in wire order.
+	prov *provisionals
 }
 
 // transport is one transport's client, its listener and the dialogs of
@@ -103,7 +105,7 @@ func Listen(ctx context.Context, listen, viaHost string, logger *slog.Logger, o 
 	}
 	local := conn.LocalAddr().String()
 	port := conn.LocalAddr().(*net.UDPAddr).Port
-	c := &Client{served: make(chan struct{}), host: viaHost}
+	c := &Client{served: make(chan struct{}), host: viaHost, prov: newProvisionals()}
 	// The guards sit right above the sockets, so a connection is counted
 	// and timed from accept, and for TLS before the handshake.
 	tcpLn := connguard.Wrap(rawTCP, o.Limits.Policy(nil), &c.conns)
@@ -118,7 +120,13 @@ func Listen(ctx context.Context, listen, viaHost string, logger *slog.Logger, o 
 		sipgo.WithUserAgent("baton-transfer"),
 		sipgo.WithUserAgentTransportLayerOptions(
 			sip.WithTransportLayerLogger(sipLog),
-			sip.WithTransportLayerReadFilter(c.guard.filter),
+			sip.WithTransportLayerReadFilter(func(info sip.TransportReadProps, data []byte) ([]byte, error) {
+				data, err := c.guard.filter(info, data)
+				if len(data) > 0 {
+					c.prov.observe(data)
+				}
+				return data, err
+			}),
 		),
 		sipgo.WithUserAgentTransactionLayerOptions(
 			sip.WithTransactionLayerLogger(sipLog),
@@ -315,6 +323,15 @@ func (c *Client) Addr() *net.UDPAddr { return c.conn.LocalAddr().(*net.UDPAddr) 
 
 // TCPAddr is the TCP listener's address.
 func (c *Client) TCPAddr() *net.TCPAddr { return c.tcp.ln.Addr().(*net.TCPAddr) }
+
+// WatchProvisional records the first 18x response to an INVITE with
+// callID in the order the transport read it: sipgo may hand a 180 to the
+// transaction after the 200 that followed it on the wire, and then drops
+// it (see provisionals). seen returns it; stop ends the watch and must
+// be called.
+func (c *Client) WatchProvisional(callID string) (seen func() (Provisional, bool), stop func()) {
+	return c.prov.watch(callID)
+}
 
 // Do sends req in a client transaction over the transport it names and
 // returns its final response. It fails with ErrTimeout when no final
