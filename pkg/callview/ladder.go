@@ -113,4 +113,3 @@ func orDefault(s, def string) string {
 	}
 	return s
 }
-

@@ -63,6 +63,7 @@ func topicRank(topic string) int {
 		return 2
 	}
 }
+
 // Summary is one line saying what a step means.
 func (s Step) Summary() string {
 	if s.Err != nil {
