@@ -207,3 +207,11 @@ func kafkaRecord(r callview.Record) *kgo.Record {
 	return &kgo.Record{Topic: r.Topic, Partition: r.Partition, Offset: r.Offset, Key: r.Key, Value: r.Value, Headers: r.Headers,
 		Timestamp: r.Timestamp}
 }
+
+// fill puts each value at its marker and never looks for a marker in a
+// value it put in: a call's text that spells the next marker stays text.
+func TestFill(t *testing.T) {
+	got := fill([]byte("a<1>b<2>c<2>"), []byte("<1>"), []byte("<2>"), []byte("<2>"), []byte("X"))
+	require.Equal(t, "a<2>bXc<2>", string(got))
+	require.Equal(t, "a<1>b", string(fill([]byte("a<1>b"), []byte("<9>"), []byte("X"))), "a missing marker changes nothing")
+}
