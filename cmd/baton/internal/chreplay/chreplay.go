@@ -15,10 +15,9 @@ import (
 
 	"github.com/ClickHouse/clickhouse-go/v2"
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
-	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/baton-voice/baton/cmd/baton/internal/replay"
-	"github.com/baton-voice/baton/pkg/events"
+	"github.com/baton-voice/baton/pkg/callview"
 )
 
 // Options say which ClickHouse to read.
@@ -54,60 +53,14 @@ func Open(ctx context.Context, o Options) (driver.Conn, error) {
 }
 
 // Columns are the events columns a record is rebuilt from, in the order
-// Scan reads them.
-const Columns = "topic, partition, offset, event_id, type, source, call_id, time_ms, ce_time, traceparent, payload_proto"
+// Scan reads them (callview.Columns).
+const Columns = callview.Columns
 
-// Row is one events row.
-type Row struct {
-	Topic         string
-	Partition     int32
-	Offset        int64
-	EventID, Type string
-	Source        string
-	CallID        string
-	TimeMS        uint64
-	CETime        string
-	TraceParent   string
-	Payload       string
-}
+// Row is one events row (callview.Row); Row.Record rebuilds its record.
+type Row = callview.Row
 
-// Record rebuilds the Kafka record the row was written from: key is the
-// call id, value the payload bytes, headers as events.Encode writes them
-// and the timestamp the event time in milliseconds, as the producer set
-// it. A row written before migration 0006 has no ce_time; it is rebuilt
-// from time_ms (milliseconds only) and exact reports false.
-func (r Row) Record() (rec replay.Record, exact bool) {
-	at := time.UnixMilli(int64(r.TimeMS)).UTC()
-	ceTime, exact := r.CETime, r.CETime != ""
-	if !exact {
-		ceTime = at.Format(time.RFC3339Nano)
-	}
-	headers := []kgo.RecordHeader{
-		{Key: events.HeaderSpecVersion, Value: []byte(events.SpecVersion)},
-		{Key: events.HeaderID, Value: []byte(r.EventID)},
-		{Key: events.HeaderType, Value: []byte(r.Type)},
-		{Key: events.HeaderSource, Value: []byte(r.Source)},
-		{Key: events.HeaderTime, Value: []byte(ceTime)},
-		{Key: events.HeaderSubject, Value: []byte(r.CallID)},
-		{Key: events.HeaderContentType, Value: []byte(events.ContentType)},
-	}
-	if r.TraceParent != "" {
-		headers = append(headers, kgo.RecordHeader{Key: events.HeaderTraceParent, Value: []byte(r.TraceParent)})
-	}
-	return replay.Record{Topic: r.Topic, Partition: r.Partition, Offset: r.Offset, Key: []byte(r.CallID),
-		Value: []byte(r.Payload), Headers: headers, Timestamp: at}, exact
-}
-
-// scanner is what Scan reads a row from: driver.Rows.
-type scanner interface{ Scan(dest ...any) error }
-
-// Scan reads one row of Columns.
-func Scan(s scanner) (Row, error) {
-	var r Row
-	err := s.Scan(&r.Topic, &r.Partition, &r.Offset, &r.EventID, &r.Type, &r.Source, &r.CallID, &r.TimeMS,
-		&r.CETime, &r.TraceParent, &r.Payload)
-	return r, err
-}
+// Scan reads one row of Columns (callview.Scan).
+func Scan(s callview.Scanner) (Row, error) { return callview.Scan(s) }
 
 // Info says what a read found.
 type Info struct {
@@ -143,17 +96,16 @@ func Fetch(ctx context.Context, conn driver.Conn, callID string, topics []string
 	defer func() { _ = rows.Close() }()
 	var info Info
 	var out []replay.Record
-	seen := map[string]bool{}
+	var seen callview.Dedup
 	for rows.Next() {
 		r, err := Scan(rows)
 		if err != nil {
 			return nil, info, fmt.Errorf("read call %s from clickhouse: %w", callID, err)
 		}
 		info.Rows++
-		if seen[r.EventID] {
+		if !seen.First(r) {
 			continue
 		}
-		seen[r.EventID] = true
 		rec, exact := r.Record()
 		if !exact {
 			info.Inexact++

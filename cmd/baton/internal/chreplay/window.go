@@ -9,6 +9,7 @@ import (
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 
 	"github.com/baton-voice/baton/cmd/baton/internal/replay"
+	"github.com/baton-voice/baton/pkg/callview"
 )
 
 // Window selects the calls of a period: those that started in [From, To),
@@ -133,16 +134,15 @@ func readCalls(ctx context.Context, conn driver.Conn, ids, topics []string) ([]C
 	}
 	defer func() { _ = rows.Close() }()
 	byID := make(map[string]*Call, len(ids))
-	seen := map[string]bool{}
+	var seen callview.Dedup
 	for rows.Next() {
 		r, err := Scan(rows)
 		if err != nil {
 			return nil, fmt.Errorf("read %d calls: %w", len(ids), err)
 		}
-		if seen[r.EventID] {
+		if !seen.First(r) {
 			continue
 		}
-		seen[r.EventID] = true
 		c := byID[r.CallID]
 		if c == nil {
 			c = &Call{ID: r.CallID}

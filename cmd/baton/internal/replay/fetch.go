@@ -16,17 +16,6 @@ import (
 	"github.com/baton-voice/baton/pkg/kafka"
 )
 
-// Record is one Kafka record of the call, as read.
-type Record struct {
-	Topic     string
-	Partition int32
-	Offset    int64
-	Key       []byte
-	Value     []byte
-	Headers   []kgo.RecordHeader
-	Timestamp time.Time
-}
-
 // Query says which call to find and where to look.
 type Query struct {
 	CallID string

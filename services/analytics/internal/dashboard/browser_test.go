@@ -1,7 +1,9 @@
 package dashboard
 
 import (
+	"bytes"
 	"context"
+	"image/png"
 	"log/slog"
 	"net/http/httptest"
 	"os"
@@ -25,15 +27,23 @@ const ScreenshotsEnv = "BATON_DASHBOARD_SCREENSHOTS"
 // protocol (chromedp) as a person would: the page loads with every
 // handoff, they pick method INVITE and apply (the URL then carries the
 // filter, and the recent handoffs are INVITEs only), click a call id (its
-// timeline opens with the events read back from ClickHouse), and go back
-// (the filtered page again, the filter still chosen).
+// SIP ladder and timeline open, drawn as `baton replay --html` draws them
+// from the events read back from ClickHouse, the ladder painted on
+// screen), and go back (the filtered page again, the filter still chosen).
 func TestClickThrough(t *testing.T) {
 	bin := chromium(t)
 	conn := seeded(t)
 	seedCallEvents(t, conn, "call-h10", at("12:40"),
-		&batonv1.CallStarted{CallerNumber: "+4930555000105", Variables: map[string]string{"Customer-Id": "CUST-58260", "Intent": "fraud_report"}},
-		&batonv1.HandoffCommand{CallId: "call-h10", CommandId: "h10", Destination: "fraud", Method: batonv1.Method_METHOD_INVITE},
-		&batonv1.TransferOutcome{CallId: "call-h10", CommandId: "h10", Status: batonv1.OutcomeStatus_OUTCOME_STATUS_BRIDGED, SipCode: 200, SipReason: "OK"})
+		&batonv1.CallStarted{CallerNumber: "+4930555000105", CalleeNumber: "+15550100", Trunk: "carrier-a",
+			SourceAddress: "192.0.2.10:5060", Variables: map[string]string{"Customer-Id": "CUST-58260", "Intent": "fraud_report"}},
+		&batonv1.AgentConnected{CallId: "call-h10", StreamSid: "MZ10", Url: "wss://bot.example.com/media", Format: "audio/x-mulaw", ConnectMs: 14},
+		&batonv1.HandoffRequested{CallId: "call-h10", RequestedBy: "agent-api", Reason: "fraud_report", Destination: "fraud",
+			Utterance: "someone used my card"},
+		&batonv1.HandoffCommand{CallId: "call-h10", CommandId: "h10", Destination: "fraud", Method: batonv1.Method_METHOD_INVITE,
+			Route: "sip:fraud@pbx.example.com", Attempt: 1, Reason: "fraud_report"},
+		&batonv1.TransferOutcome{CallId: "call-h10", CommandId: "h10", Method: batonv1.Method_METHOD_INVITE,
+			Status: batonv1.OutcomeStatus_OUTCOME_STATUS_BRIDGED, SipCode: 200, SipReason: "OK"},
+		&batonv1.CallEnded{CallId: "call-h10", EndedBy: batonv1.Party_PARTY_REMOTE, Method: "BYE"})
 	q, err := New(conn).WithContext([]string{"Customer-Id"})
 	require.NoError(t, err)
 	srv := httptest.NewServer(NewHandler(q, nil, nil, slog.New(slog.DiscardHandler), func() time.Time { return to }))
@@ -81,13 +91,32 @@ func TestClickThrough(t *testing.T) {
 	filtered := rows()
 	active := text(chromedp.Text(chromedp.CSS("#active")))
 	shot("dashboard-filtered.png")
-	// Open the newest call's timeline.
+	// Open the newest call's ladder and timeline.
 	do(chromedp.Click(chromedp.CSS("a.call-link")))
-	waitFor(t, ctx, `document.querySelectorAll("tr.event").length > 0`)
+	waitFor(t, ctx, `document.querySelectorAll("tr.event").length > 0 && document.querySelectorAll("#ladder svg line.msg").length > 0`)
 	callID := text(chromedp.Text(chromedp.CSS("#call-id")))
 	types, err := chromedp.Run(ctx, chromedp.Evaluate[[]string](`[...document.querySelectorAll("tr.event")].map(r => r.dataset.type)`))
 	require.NoError(t, err)
+	// The arrows' labels, top to bottom (the lane names are bold).
+	arrows, err := chromedp.Run(ctx, chromedp.Evaluate[[]string](
+		`[...document.querySelectorAll("#ladder svg text[text-anchor=middle]:not([font-weight])")].map(e => e.textContent)`))
+	require.NoError(t, err)
+	notes, err := chromedp.Run(ctx, chromedp.Evaluate[[]string](
+		`[...document.querySelectorAll("#ladder svg circle")].map(c => c.nextElementSibling.textContent)`))
+	require.NoError(t, err)
+	// The ladder is laid out on screen: inside the first screenful, as
+	// wide as replay draws it.
+	ladderBox, err := chromedp.Run(ctx, chromedp.Evaluate[[]int](
+		`(r => [r.top, r.bottom, r.width].map(Math.round))(document.querySelector("#ladder svg").getBoundingClientRect())`))
+	require.NoError(t, err)
+	steps, err := chromedp.Run(ctx, chromedp.Evaluate[[]string](
+		`[...document.querySelectorAll("#replay-timeline tr")].slice(1).map(r => r.cells[3].textContent)`))
+	require.NoError(t, err)
 	shot("dashboard-call.png")
+	callPNG, err := os.ReadFile(filepath.Join(shots, "dashboard-call.png"))
+	require.NoError(t, err)
+	callImg, err := png.Decode(bytes.NewReader(callPNG))
+	require.NoError(t, err)
 	// And back.
 	// The browser's back (history.back(); chromedp's NavigateBack waits
 	// for a load event a page restored from the back-forward cache never
@@ -106,7 +135,18 @@ func TestClickThrough(t *testing.T) {
 	require.Equal(t, []string{"call-h10", "call-h7", "call-h5"}, filtered, "INVITE handoffs only, newest first")
 	require.Equal(t, "filtered: method=INVITE", active)
 	require.Equal(t, "call-h10", callID)
-	require.Equal(t, []string{"baton.call.started.v1", "baton.handoff.command.v1", "baton.transfer.outcome.v1"}, types)
+	require.Equal(t, []string{"baton.call.started.v1", "baton.agent.connected.v1", "baton.handoff.requested.v1", "baton.handoff.command.v1",
+		"baton.transfer.outcome.v1", "baton.call.ended.v1"}, types)
+	require.Equal(t, []string{"INVITE (2 X- headers)", "CallStarted", "200 OK", "INVITE -> fraud", "BYE", "200 OK"}, arrows,
+		"the SIP ladder, as baton replay draws it")
+	require.Equal(t, []string{"agent stream open", "handoff requested: fraud_report", "bridged"}, notes)
+	require.Len(t, steps, 6)
+	require.Equal(t, "call started: +4930555000105 -> +15550100 from 192.0.2.10:5060 (trunk carrier-a) vars [Customer-Id=CUST-58260 Intent=fraud_report]", steps[0])
+	require.Equal(t, `command h10: INVITE to fraud (sip:fraud@pbx.example.com) attempt 1, reason "fraud_report", headers []`, steps[3])
+	require.Less(t, ladderBox[0], 1000, "the ladder starts in the first screenful")
+	require.Greater(t, ladderBox[1], ladderBox[0])
+	require.Equal(t, 970, ladderBox[2], "replay's ladder width")
+	require.Positive(t, countColor(callImg, 0xcc, 0x66, 0x00), "no pixel of the ladder's note dots: the ladder is not painted")
 	require.Equal(t, url, backURL)
 	require.Equal(t, filtered, back)
 	require.Equal(t, "INVITE", method)

@@ -10,6 +10,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 	"google.golang.org/protobuf/encoding/protojson"
 
+	"github.com/baton-voice/baton/pkg/callview"
 	"github.com/baton-voice/baton/pkg/events"
 	"github.com/baton-voice/baton/schemas/panels"
 )
@@ -34,49 +35,86 @@ type CallEvent struct {
 	Payload   string    `json:"payload"`
 }
 
+// TimelineStep is one step of the call as `baton replay` prints it.
+type TimelineStep struct {
+	Time  time.Time `json:"time"`
+	Topic string    `json:"topic"`
+	Type  string    `json:"type"`
+	What  string    `json:"what"`
+}
+
+// LadderArrow is one message of the call's ladder, between two lanes
+// (SBC, ingress, router, transfer); From == To is a note on a lane.
+type LadderArrow struct {
+	At    time.Time `json:"at"`
+	From  string    `json:"from"`
+	To    string    `json:"to"`
+	Label string    `json:"label"`
+}
+
 // Call is one call's timeline.
 type Call struct {
 	CallID string      `json:"call_id"`
 	Events []CallEvent `json:"events"`
+	// Timeline and Ladder are what `baton replay` shows for the same
+	// records: the events rebuilt as the Kafka records they were
+	// written from and drawn by pkg/callview.
+	Timeline []TimelineStep `json:"timeline"`
+	Ladder   []LadderArrow  `json:"ladder"`
 	// Truncated says the call has more than MaxCallEvents events.
 	Truncated bool `json:"truncated"`
+
+	steps  []callview.Step
+	arrows []callview.Arrow
 }
+
+// LadderSVG is the call's ladder as `baton replay --html` draws it.
+func (c *Call) LadderSVG() string { return callview.LadderSVG(c.arrows) }
+
+// TimelineTable is the call's timeline as `baton replay --html` draws it.
+func (c *Call) TimelineTable() string { return callview.TimelineTable(c.steps) }
 
 // ErrNoCall is returned when ClickHouse holds no event of the call.
 var ErrNoCall = errors.New("no events of this call in ClickHouse")
 
-// Call reads a call's events from the events table in time order, each
-// payload decoded by pkg/events (the same decoder the services use).
+// Call reads a call's events from the events table in time order (at
+// most MaxCallEvents), rebuilds each as the Kafka record it was written
+// from (callview.Row, as `baton replay --clickhouse` does) and decodes it
+// with pkg/events, the decoder the services use.
 func (q *Queries) Call(ctx context.Context, callID string) (*Call, error) {
 	if callID == "" || len(callID) > MaxCallIDLen {
 		return nil, fmt.Errorf("call id: want 1-%d bytes", MaxCallIDLen)
 	}
-	rows, err := q.conn.Query(ctx, "SELECT event_id, type, source, time_ms, topic, partition, offset, payload_proto "+
-		"FROM events FINAL WHERE call_id = "+panels.Quote(callID)+
+	rows, err := q.conn.Query(ctx, "SELECT "+callview.Columns+" FROM events FINAL WHERE call_id = "+panels.Quote(callID)+
 		" ORDER BY time_ms, topic, partition, offset, event_id LIMIT "+strconv.Itoa(MaxCallEvents+1))
 	if err != nil {
 		return nil, fmt.Errorf("call events: %w", err)
 	}
 	defer func() { _ = rows.Close() }()
 	c := &Call{CallID: callID, Events: []CallEvent{}}
+	var recs []callview.Record
+	var seen callview.Dedup
 	var first int64
 	for rows.Next() {
-		var e CallEvent
-		var ms uint64
-		var payload string
-		if err := rows.Scan(&e.EventID, &e.Type, &e.Source, &ms, &e.Topic, &e.Partition, &e.Offset, &payload); err != nil {
+		r, err := callview.Scan(rows)
+		if err != nil {
 			return nil, fmt.Errorf("call events: scan: %w", err)
+		}
+		if !seen.First(r) {
+			continue // FINAL merges duplicates; this keeps it so if a server does not
 		}
 		if len(c.Events) == MaxCallEvents {
 			c.Truncated = true
 			break
 		}
-		e.Time = time.UnixMilli(int64(ms)).UTC()
+		rec, _ := r.Record()
+		recs = append(recs, rec)
+		e := CallEvent{EventID: r.EventID, Type: r.Type, Source: r.Source, Time: time.UnixMilli(int64(r.TimeMS)).UTC(),
+			Topic: r.Topic, Partition: r.Partition, Offset: r.Offset, Payload: decodePayload(rec)}
 		if len(c.Events) == 0 {
-			first = int64(ms)
+			first = int64(r.TimeMS)
 		}
-		e.OffsetMS = int64(ms) - first
-		e.Payload = decodePayload(callID, e, []byte(payload))
+		e.OffsetMS = int64(r.TimeMS) - first
 		c.Events = append(c.Events, e)
 	}
 	if err := rows.Err(); err != nil {
@@ -85,24 +123,26 @@ func (q *Queries) Call(ctx context.Context, callID string) (*Call, error) {
 	if len(c.Events) == 0 {
 		return nil, ErrNoCall
 	}
+	c.steps = callview.Steps(recs)
+	c.arrows = callview.Ladder(c.steps)
+	c.Timeline = make([]TimelineStep, 0, len(c.steps))
+	for _, s := range c.steps {
+		c.Timeline = append(c.Timeline, TimelineStep{Time: s.Time().UTC(), Topic: s.Record.Topic, Type: s.Event.Type, What: s.Summary()})
+	}
+	lanes := callview.Lanes()
+	c.Ladder = make([]LadderArrow, 0, len(c.arrows))
+	for _, a := range c.arrows {
+		c.Ladder = append(c.Ladder, LadderArrow{At: a.At.UTC(), From: lanes[a.From], To: lanes[a.To], Label: a.Label})
+	}
 	return c, nil
 }
 
 // decodePayload returns the payload as protojson, or why it cannot: the
-// record is rebuilt from the row (the CloudEvents attributes analytics
-// kept) and read by events.Decode, which checks it as a consumer would.
-func decodePayload(callID string, e CallEvent, payload []byte) string {
-	rec := &kgo.Record{Topic: e.Topic, Partition: e.Partition, Offset: e.Offset, Key: []byte(callID), Value: payload,
-		Headers: []kgo.RecordHeader{
-			{Key: events.HeaderSpecVersion, Value: []byte(events.SpecVersion)},
-			{Key: events.HeaderID, Value: []byte(e.EventID)},
-			{Key: events.HeaderType, Value: []byte(e.Type)},
-			{Key: events.HeaderSource, Value: []byte(e.Source)},
-			{Key: events.HeaderTime, Value: []byte(e.Time.Format(time.RFC3339Nano))},
-			{Key: events.HeaderSubject, Value: []byte(callID)},
-			{Key: events.HeaderContentType, Value: []byte(events.ContentType)},
-		}}
-	ev, err := events.Decode(rec)
+// record rebuilt from the row is read by events.Decode, which checks it
+// as a consumer would.
+func decodePayload(r callview.Record) string {
+	ev, err := events.Decode(&kgo.Record{Topic: r.Topic, Partition: r.Partition, Offset: r.Offset, Key: r.Key, Value: r.Value,
+		Headers: r.Headers, Timestamp: r.Timestamp})
 	if err != nil {
 		return "(undecodable: " + err.Error() + ")"
 	}

@@ -26,8 +26,14 @@ var pageHTML []byte
 //go:embed call.html
 var callHTML []byte
 
-// callMarker is replaced in call.html by the call's events as JSON.
-var callMarker = []byte("/*CALL*/null")
+// The markers of call.html, in the order they appear: the call's SVG
+// ladder and timeline table (pkg/callview, as `baton replay --html` draws
+// them), then its events as JSON.
+var (
+	ladderMarker   = []byte("<!--LADDER-->")
+	timelineMarker = []byte("<!--TIMELINE-->")
+	callMarker     = []byte("/*CALL*/null")
+)
 
 // reportMarker is replaced in page.html by the report as JSON, so the
 // first drawing needs no request; the page then refreshes from the API.
@@ -43,7 +49,8 @@ const queryTimeout = 30 * time.Second
 //
 //	GET /                  the page, charts drawn from the report inline
 //	GET /api/dashboard     the report as JSON
-//	GET /calls/{id}        one call's timeline: its events from ClickHouse
+//	GET /calls/{id}        one call's ladder and timeline, as `baton replay
+//	                       --html` draws them, from its events in ClickHouse
 //	GET /api/calls/{id}    the same as JSON
 //	GET /metrics           the writer's metrics (Prometheus)
 //	GET /healthz           200: the process is alive
@@ -241,51 +248,70 @@ func (h *Handler) api(w http.ResponseWriter, r *http.Request) {
 }
 
 // call reads the call the path names, answering the error itself.
-func (h *Handler) call(w http.ResponseWriter, r *http.Request) ([]byte, bool) {
+func (h *Handler) call(w http.ResponseWriter, r *http.Request) (*Call, []byte, bool) {
 	id := r.PathValue("id")
 	if id == "" || len(id) > MaxCallIDLen {
 		http.Error(w, fmt.Sprintf("call id: want 1-%d bytes", MaxCallIDLen), http.StatusBadRequest)
-		return nil, false
+		return nil, nil, false
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), queryTimeout)
 	defer cancel()
 	c, err := h.queries.Call(ctx, id)
 	if errors.Is(err, ErrNoCall) {
 		http.Error(w, "no events of this call in ClickHouse", http.StatusNotFound)
-		return nil, false
+		return nil, nil, false
 	}
 	if err != nil {
 		h.logger.ErrorContext(ctx, "dashboard call", "err", err)
 		http.Error(w, "the ClickHouse query failed; the analytics log has the error", http.StatusBadGateway)
-		return nil, false
+		return nil, nil, false
 	}
 	data, err := json.Marshal(c) // escapes <, > and &: safe in <script>
 	if err != nil {
 		h.logger.ErrorContext(ctx, "dashboard call json", "err", err)
 		http.Error(w, "internal error", http.StatusInternalServerError)
-		return nil, false
+		return nil, nil, false
 	}
-	return data, true
+	return c, data, true
 }
 
 func (h *Handler) callPage(w http.ResponseWriter, r *http.Request) {
-	data, ok := h.call(w, r)
+	c, data, ok := h.call(w, r)
 	if !ok {
 		return
 	}
 	w.Header().Set("Content-Type", "text/html; charset=utf-8")
 	w.Header().Set("Cache-Control", "no-store")
-	_, _ = w.Write(bytes.Replace(callHTML, callMarker, data, 1))
+	// callview escapes every value from the records; the JSON escapes <,
+	// > and &. fill never looks for a marker in what it put in.
+	_, _ = w.Write(fill(callHTML, ladderMarker, []byte(c.LadderSVG()), timelineMarker, []byte(c.TimelineTable()), callMarker, data))
 }
 
 func (h *Handler) callAPI(w http.ResponseWriter, r *http.Request) {
-	data, ok := h.call(w, r)
+	_, data, ok := h.call(w, r)
 	if !ok {
 		return
 	}
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("Cache-Control", "no-store")
 	_, _ = w.Write(data)
+}
+
+// fill replaces the first of each marker in page, taken in turn from
+// where the last one was, with its value: pairs is marker, value, ...
+// A marker the page lacks leaves the rest unchanged.
+func fill(page []byte, pairs ...[]byte) []byte {
+	out := make([]byte, 0, len(page))
+	rest := page
+	for i := 0; i+1 < len(pairs); i += 2 {
+		before, after, ok := bytes.Cut(rest, pairs[i])
+		if !ok {
+			break
+		}
+		out = append(append(out, before...), pairs[i+1]...)
+		rest = after
+	}
+	return append(out, rest...)
 }
 
 func (h *Handler) writeMetrics(w http.ResponseWriter, r *http.Request) {
