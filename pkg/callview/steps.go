@@ -125,6 +125,12 @@ func (s Step) Summary() string {
 		return fmt.Sprintf("call evicted by %s: %s after %d s without an event", m.GetEvictedBy(), m.GetReason(), m.GetIdleMs()/1000)
 	case *batonv1.DtmfReceived:
 		return fmt.Sprintf("digit %s (%s, %d ms)", m.GetDigit(), m.GetSource(), m.GetDurationMs())
+	case *batonv1.InboundReferReceived:
+		out := fmt.Sprintf("far end REFERred the call to %s (%s, referred by %q)", m.GetReferTo(), m.GetReferId(), m.GetReferredBy())
+		if len(m.GetStrippedHeaders()) > 0 {
+			out += "; embedded headers dropped: " + strings.Join(m.GetStrippedHeaders(), ", ")
+		}
+		return out
 	case *batonv1.HandoffCommand:
 		var hs []string
 		for _, h := range m.GetHeaders() {

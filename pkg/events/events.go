@@ -45,6 +45,9 @@ const (
 	TypeDestinationHealth = "baton.destination.health.v1"
 	// TypeReferRefusalLearned: transfer learned that a trunk refuses REFER.
 	TypeReferRefusalLearned = "baton.transfer.refer_refusal.v1"
+	// TypeInboundRefer: the far end REFERred a call and ingress's
+	// refer.policy handed it to the router (docs/decisions/0019).
+	TypeInboundRefer = "baton.call.refer.v1"
 )
 
 // ContentType is the content-type header of every Baton record.
@@ -146,6 +149,8 @@ func TypeOf(msg proto.Message) (string, error) {
 		return TypeDestinationHealth, nil
 	case *batonv1.ReferRefusalLearned:
 		return TypeReferRefusalLearned, nil
+	case *batonv1.InboundReferReceived:
+		return TypeInboundRefer, nil
 	default:
 		return "", fmt.Errorf("%w: message %T", ErrUnknownType, msg)
 	}
@@ -198,6 +203,8 @@ func newMessage(typ string) (proto.Message, error) {
 		return &batonv1.DestinationHealth{}, nil
 	case TypeReferRefusalLearned:
 		return &batonv1.ReferRefusalLearned{}, nil
+	case TypeInboundRefer:
+		return &batonv1.InboundReferReceived{}, nil
 	default:
 		return nil, fmt.Errorf("%w: %q", ErrUnknownType, typ)
 	}

@@ -61,6 +61,8 @@ func sampleMessages() map[string]proto.Message {
 			Status: batonv1.OutboundStatus_OUTBOUND_STATUS_BUSY, SipCode: 486, SipReason: "Busy Here", Trunk: "carrier-a"},
 		TypeReferRefusalLearned: &batonv1.ReferRefusalLearned{Trunk: "carrier-a", CallId: dialog.CallId, CommandId: "c1",
 			Destination: "support", SipCode: 405, SipReason: "Method Not Allowed", Instance: "transfer-1"},
+		TypeInboundRefer: &batonv1.InboundReferReceived{CallId: dialog.CallId, ReferId: "r1", ReferTo: "sip:+15550300@pbx.example",
+			ReferredBy: "<sip:+15550100@sbc.example>", StrippedHeaders: []string{"X-Bill-To"}, NotifyCseq: 268435456, Cseq: 2},
 	}
 }
 

@@ -667,6 +667,118 @@ func (x *AgentMarkPlayed) GetName() string {
 	return ""
 }
 
+// InboundReferReceived is published by ingress when the far end (the
+// carrier or PBX) sent a REFER in a call's dialog and ingress's
+// refer.policy is route (docs/decisions/0019): ingress answered 202 and
+// NOTIFYed 100 Trying; the router decides the handoff like an agent's
+// request for refer_to (allowlist, denied numbers), and ingress NOTIFYs
+// the referrer of the outcome. A REFER ingress refuses itself (Replaces,
+// a bad Refer-To, the per-dialog bound) is never published.
+type InboundReferReceived struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	CallId string                 `protobuf:"bytes,1,opt,name=call_id,json=callId,proto3" json:"call_id,omitempty"`
+	// refer_id names this REFER within the call (ingress's count, r1, r2,
+	// ...): it is the handoff's request_id, so the router's HandoffRefused
+	// and the command name it.
+	ReferId string `protobuf:"bytes,2,opt,name=refer_id,json=referId,proto3" json:"refer_id,omitempty"`
+	// refer_to is the Refer-To URI with its embedded headers (?...) and
+	// its display name removed: the handoff's target.
+	ReferTo string `protobuf:"bytes,3,opt,name=refer_to,json=referTo,proto3" json:"refer_to,omitempty"`
+	// referred_by is the Referred-By header's value, as received
+	// (validated: no control characters), empty when absent.
+	ReferredBy string `protobuf:"bytes,4,opt,name=referred_by,json=referredBy,proto3" json:"referred_by,omitempty"`
+	// stripped_headers names the headers that were embedded in the
+	// Refer-To URI and dropped (never sent on), for the log and replay.
+	StrippedHeaders []string `protobuf:"bytes,5,rep,name=stripped_headers,json=strippedHeaders,proto3" json:"stripped_headers,omitempty"`
+	// notify_cseq is the CSeq number of the 100 Trying NOTIFY ingress sent;
+	// the requests of the handoff number above it (the router raises the
+	// dialog's next_local_cseq to notify_cseq + 1).
+	NotifyCseq uint32 `protobuf:"varint,6,opt,name=notify_cseq,json=notifyCseq,proto3" json:"notify_cseq,omitempty"`
+	// cseq is the REFER's own CSeq number.
+	Cseq          uint32 `protobuf:"varint,7,opt,name=cseq,proto3" json:"cseq,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *InboundReferReceived) Reset() {
+	*x = InboundReferReceived{}
+	mi := &file_baton_v1_ingress_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *InboundReferReceived) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*InboundReferReceived) ProtoMessage() {}
+
+func (x *InboundReferReceived) ProtoReflect() protoreflect.Message {
+	mi := &file_baton_v1_ingress_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use InboundReferReceived.ProtoReflect.Descriptor instead.
+func (*InboundReferReceived) Descriptor() ([]byte, []int) {
+	return file_baton_v1_ingress_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *InboundReferReceived) GetCallId() string {
+	if x != nil {
+		return x.CallId
+	}
+	return ""
+}
+
+func (x *InboundReferReceived) GetReferId() string {
+	if x != nil {
+		return x.ReferId
+	}
+	return ""
+}
+
+func (x *InboundReferReceived) GetReferTo() string {
+	if x != nil {
+		return x.ReferTo
+	}
+	return ""
+}
+
+func (x *InboundReferReceived) GetReferredBy() string {
+	if x != nil {
+		return x.ReferredBy
+	}
+	return ""
+}
+
+func (x *InboundReferReceived) GetStrippedHeaders() []string {
+	if x != nil {
+		return x.StrippedHeaders
+	}
+	return nil
+}
+
+func (x *InboundReferReceived) GetNotifyCseq() uint32 {
+	if x != nil {
+		return x.NotifyCseq
+	}
+	return 0
+}
+
+func (x *InboundReferReceived) GetCseq() uint32 {
+	if x != nil {
+		return x.Cseq
+	}
+	return 0
+}
+
 var File_baton_v1_ingress_proto protoreflect.FileDescriptor
 
 const file_baton_v1_ingress_proto_rawDesc = "" +
@@ -729,7 +841,17 @@ const file_baton_v1_ingress_proto_rawDesc = "" +
 	"\acall_id\x18\x01 \x01(\tR\x06callId\x12\x1d\n" +
 	"\n" +
 	"stream_sid\x18\x02 \x01(\tR\tstreamSid\x12\x12\n" +
-	"\x04name\x18\x03 \x01(\tR\x04nameB9Z7github.com/baton-voice/baton/pkg/events/batonv1;batonv1b\x06proto3"
+	"\x04name\x18\x03 \x01(\tR\x04name\"\xe6\x01\n" +
+	"\x14InboundReferReceived\x12\x17\n" +
+	"\acall_id\x18\x01 \x01(\tR\x06callId\x12\x19\n" +
+	"\brefer_id\x18\x02 \x01(\tR\areferId\x12\x19\n" +
+	"\brefer_to\x18\x03 \x01(\tR\areferTo\x12\x1f\n" +
+	"\vreferred_by\x18\x04 \x01(\tR\n" +
+	"referredBy\x12)\n" +
+	"\x10stripped_headers\x18\x05 \x03(\tR\x0fstrippedHeaders\x12\x1f\n" +
+	"\vnotify_cseq\x18\x06 \x01(\rR\n" +
+	"notifyCseq\x12\x12\n" +
+	"\x04cseq\x18\a \x01(\rR\x04cseqB9Z7github.com/baton-voice/baton/pkg/events/batonv1;batonv1b\x06proto3"
 
 var (
 	file_baton_v1_ingress_proto_rawDescOnce sync.Once
@@ -743,15 +865,16 @@ func file_baton_v1_ingress_proto_rawDescGZIP() []byte {
 	return file_baton_v1_ingress_proto_rawDescData
 }
 
-var file_baton_v1_ingress_proto_msgTypes = make([]protoimpl.MessageInfo, 7)
+var file_baton_v1_ingress_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
 var file_baton_v1_ingress_proto_goTypes = []any{
-	(*CallUpdated)(nil),       // 0: baton.v1.CallUpdated
-	(*DtmfReceived)(nil),      // 1: baton.v1.DtmfReceived
-	(*MediaStats)(nil),        // 2: baton.v1.MediaStats
-	(*AgentConnected)(nil),    // 3: baton.v1.AgentConnected
-	(*AgentDisconnected)(nil), // 4: baton.v1.AgentDisconnected
-	(*AgentStreamStats)(nil),  // 5: baton.v1.AgentStreamStats
-	(*AgentMarkPlayed)(nil),   // 6: baton.v1.AgentMarkPlayed
+	(*CallUpdated)(nil),          // 0: baton.v1.CallUpdated
+	(*DtmfReceived)(nil),         // 1: baton.v1.DtmfReceived
+	(*MediaStats)(nil),           // 2: baton.v1.MediaStats
+	(*AgentConnected)(nil),       // 3: baton.v1.AgentConnected
+	(*AgentDisconnected)(nil),    // 4: baton.v1.AgentDisconnected
+	(*AgentStreamStats)(nil),     // 5: baton.v1.AgentStreamStats
+	(*AgentMarkPlayed)(nil),      // 6: baton.v1.AgentMarkPlayed
+	(*InboundReferReceived)(nil), // 7: baton.v1.InboundReferReceived
 }
 var file_baton_v1_ingress_proto_depIdxs = []int32{
 	5, // 0: baton.v1.AgentDisconnected.stats:type_name -> baton.v1.AgentStreamStats
@@ -773,7 +896,7 @@ func file_baton_v1_ingress_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_baton_v1_ingress_proto_rawDesc), len(file_baton_v1_ingress_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   7,
+			NumMessages:   8,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

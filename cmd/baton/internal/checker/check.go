@@ -35,8 +35,8 @@
 // Out of order (records of one key in one partition, by offset):
 //   - a call's records of one topic in more than one partition (their
 //     order is then undefined);
-//   - on the calls topic, a CallEnded, NotifyReceived, CallUpdated or
-//     DtmfReceived (or an agent stream's event) before the call's
+//   - on the calls topic, a CallEnded, NotifyReceived, CallUpdated,
+//     DtmfReceived or InboundReferReceived (or an agent stream's event) before the call's
 //     CallStarted, and any of them or CallStarted after its CallEnded;
 //   - on the handoffs topic, a handoff's attempts not 1, 2, 3, ... in
 //     order (an attempt not one more than the previous of the same call
@@ -443,7 +443,7 @@ func (c *checker) callFact(r Record) {
 		}
 		cs.ended++
 	case *batonv1.NotifyReceived, *batonv1.CallUpdated, *batonv1.DtmfReceived,
-		*batonv1.AgentConnected, *batonv1.AgentMarkPlayed, *batonv1.AgentDisconnected:
+		*batonv1.AgentConnected, *batonv1.AgentMarkPlayed, *batonv1.AgentDisconnected, *batonv1.InboundReferReceived:
 		name := typeName(ev.Type)
 		if cs.started == 0 {
 			c.add(OutOfOrder, name+" before CallStarted", "call %s at %s", ev.Subject, r.where())
@@ -593,6 +593,8 @@ func typeName(typ string) string {
 		return "CallUpdated"
 	case events.TypeDtmfReceived:
 		return "DtmfReceived"
+	case events.TypeInboundRefer:
+		return "InboundReferReceived"
 	case events.TypeAgentConnected:
 		return "AgentConnected"
 	case events.TypeAgentMarkPlayed:

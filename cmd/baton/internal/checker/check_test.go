@@ -313,6 +313,16 @@ func TestRules(t *testing.T) {
 			want: []string{"out of order: NotifyReceived before CallStarted", "out of order: DtmfReceived after CallEnded"},
 		},
 		{
+			name: "inbound REFER outside the call",
+			build: func(h *history) {
+				h.put("baton.calls", 0, "a", &batonv1.InboundReferReceived{CallId: "a", ReferId: "r1"})
+				h.started("a")
+				h.ended("a")
+				h.put("baton.calls", 0, "a", &batonv1.InboundReferReceived{CallId: "a", ReferId: "r2"})
+			},
+			want: []string{"out of order: InboundReferReceived before CallStarted", "out of order: InboundReferReceived after CallEnded"},
+		},
+		{
 			name: "agent facts after the end are fine",
 			build: func(h *history) {
 				h.started("a")

@@ -63,6 +63,9 @@ type Config struct {
 	// Outbound places the calls agents ask for (outbound.go); off by
 	// default.
 	Outbound Outbound `yaml:"outbound"`
+	// Refer is what ingress does with the far end's REFERs (refer.go);
+	// refuse (405) by default.
+	Refer Refer `yaml:"refer"`
 	// PublishTimeout bounds the publish of CallStarted; when Kafka does not
 	// accept it in time the INVITE gets 503 and no call exists.
 	PublishTimeout time.Duration `yaml:"publish_timeout"`
@@ -291,6 +294,7 @@ func (c Config) Validate() error {
 	errs = append(errs, c.validateTrunks()...)
 	errs = append(errs, c.validateAgents()...)
 	errs = append(errs, c.validateOutbound()...)
+	errs = append(errs, c.validateRefer()...)
 	if len(c.Trunks) == 0 && !c.AllowAnySource {
 		for _, l := range c.EffectiveListeners() {
 			if !loopback(l.Address) {

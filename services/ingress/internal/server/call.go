@@ -86,6 +86,8 @@ type inboundCall struct {
 	// selected holds the router's latest AgentSelected for the call, read
 	// once when it dials its agent (agent_selection_wait).
 	selected chan *batonv1.AgentSelected
+	// refers is the far end's REFERs under refer.policy route (refer.go).
+	refers referState
 }
 
 // callEnv is all a call reaches of the server that answered it: the call

@@ -72,13 +72,19 @@ func (c *inboundCall) awaitBye(ctx context.Context, tx sip.ClientTransaction, do
 // (sipx.InDialog, the rule transfer's in-dialog requests share), sent from
 // the listener the INVITE came to, with CSeq byeCSeq.
 func (c *inboundCall) byeRequest() (*sip.Request, error) {
+	return c.request(sip.BYE, byeCSeq)
+}
+
+// request builds method in c's dialog with CSeq cseq, as byeRequest
+// does: ingress's BYE, and the NOTIFYs of an inbound REFER (refer.go).
+func (c *inboundCall) request(method sip.RequestMethod, cseq uint32) (*sip.Request, error) {
 	c.mu.Lock()
 	d, udp := c.dialog, c.udp
 	c.mu.Unlock()
 	if d == nil {
 		return nil, errNoDialog
 	}
-	req, err := sipx.InDialog(sip.BYE, d, byeCSeq)
+	req, err := sipx.InDialog(method, d, cseq)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", errNoDialog, err)
 	}

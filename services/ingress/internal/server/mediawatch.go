@@ -143,6 +143,10 @@ func (s *Server) follow(ctx context.Context) {
 	if s.cfg.AgentSelectionWait > 0 {
 		topics = append(topics, s.cfg.Kafka.Topics.Calls)
 	}
+	if s.cfg.Refer.Routes() {
+		// The router's decisions on inbound REFERs (refer.go).
+		topics = append(topics, s.cfg.Kafka.Topics.Handoffs)
+	}
 	opts := append(kafka.ClientOpts(s.cfg.Kafka, s.log),
 		kgo.ConsumeTopics(topics...),
 		kgo.ConsumeResetOffset(kgo.NewOffset().AfterMilli(time.Now().UnixMilli())),
@@ -169,7 +173,18 @@ func (s *Server) follow(ctx context.Context) {
 			}
 			switch m := ev.Data.(type) {
 			case *batonv1.TransferOutcome:
+				if c := s.callByID(m.GetCallId()); c != nil {
+					c.referOutcome(m)
+				}
 				s.transferOutcome(ctx, m)
+			case *batonv1.HandoffCommand:
+				if c := s.callByID(ev.Subject); c != nil {
+					c.referCommand(m)
+				}
+			case *batonv1.HandoffRefused:
+				if c := s.callByID(ev.Subject); c != nil {
+					c.referRefused(m)
+				}
 			case *batonv1.AgentSelected:
 				if c := s.callByID(ev.Subject); c != nil {
 					c.agentSelected(m)

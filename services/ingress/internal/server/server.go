@@ -251,6 +251,7 @@ func (s *Server) Serve(ctx context.Context) error {
 	s.sip.OnNotify(handle(s.inDialog((*inboundCall).onNotify)))
 	s.sip.OnOptions(handle(s.onOptions))
 	s.sip.OnInfo(handle(s.inDialog((*inboundCall).onInfo)))
+	s.sip.OnRefer(handle(s.onRefer))
 	s.sip.OnNoRoute(handle(s.onOther))
 
 	var watchers sync.WaitGroup

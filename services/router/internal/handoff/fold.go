@@ -308,6 +308,8 @@ func (f *Fold) Apply(ctx context.Context, ev events.Event) []Decision {
 		f.callEnded(ctx, ev)
 	case *batonv1.HandoffRequested:
 		d = f.handoffRequested(ctx, table, ev, msg)
+	case *batonv1.InboundReferReceived:
+		d = f.inboundRefer(ctx, table, ev, msg)
 	case *batonv1.CallStateChanged:
 		f.stateChanged(ctx, table, ev, msg)
 	case *batonv1.PreCallData:
