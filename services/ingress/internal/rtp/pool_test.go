@@ -235,3 +235,23 @@ func TestNoReuseReleasesThePort(t *testing.T) {
 	require.True(t, bindable(t, s.Port()))
 	require.NoError(t, a.Close())
 }
+
+// A session closed before it plays (the call ended right after its ACK)
+// sends nothing: its socket may already be the next call's.
+func TestPlayAfterCloseSendsNothing(t *testing.T) {
+	base := freeRange(t)
+	a := NewAllocator("127.0.0.1", base, base+1, WithReuse(1, time.Second))
+	t.Cleanup(func() { closeAllocator(t, a) })
+	s, err := a.Open(nil, nil)
+	require.NoError(t, err)
+	peer, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	require.NoError(t, err)
+	t.Cleanup(func() { require.NoError(t, peer.Close()) })
+	s.SetMedia(pcmu, peer.LocalAddr().(*net.UDPAddr).AddrPort(), true)
+	closeSession(t, s)
+
+	s.Play(Silence(time.Second))
+	require.NoError(t, peer.SetReadDeadline(time.Now().Add(200*time.Millisecond)))
+	_, _, err = peer.ReadFromUDPAddrPort(make([]byte, 1500))
+	require.Error(t, err, "a closed session played")
+}

@@ -279,6 +279,7 @@ type Session struct {
 	foreign uint64 // datagrams dropped: not from the latched source
 	send    bool   // the direction allows sending
 	player  *player
+	closed  bool           // Close began: no more playing
 	lastAt  time.Time      // when the last datagram arrived; zero before the first
 	lastSrc netip.AddrPort // the source of the last accepted datagram
 	// stale is the previous call's stream on a reused socket, dropped
@@ -437,6 +438,7 @@ func (s *Session) Close() (Stats, error) {
 	s.once.Do(func() {
 		s.mu.Lock()
 		p := s.player
+		s.closed = true
 		s.mu.Unlock()
 		if p != nil {
 			p.stop()
