@@ -191,6 +191,8 @@ func (s *Server) Counters() map[string]uint64 {
 	m["connections_refused_source"] = s.conns.RefusedSource.Load()
 	m["connections_timed_out"] = s.conns.TimedOut.Load()
 	m["connections_open"] = uint64(max(s.conns.Open.Load(), 0))
+	m["rtp_idle_dropped"] = s.rtp.DroppedIdle()
+	m["rtp_sockets_idle"] = uint64(s.rtp.Idle())
 	return m
 }
 
