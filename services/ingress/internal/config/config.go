@@ -226,6 +226,16 @@ type RTP struct {
 	// reason media_timeout) when no RTP arrived on its port for this long
 	// while the caller is expected to send; 0 disables it.
 	MediaTimeout time.Duration `yaml:"media_timeout"`
+	// Reuse keeps a call's RTP socket, bound and read, when the call ends
+	// and gives it to a later call, oldest first (at most limits.max_calls
+	// idle; the range bounds them all): a call then costs no socket
+	// set-up and teardown system calls and no goroutine of its own.
+	Reuse bool `yaml:"reuse"`
+	// Quarantine is how long a released socket stays idle before it is
+	// reused (unless the range has no other free port), and how long after
+	// that the previous call's stream (its last source and SSRC) is
+	// dropped on it: a late packet of one call is never heard in the next.
+	Quarantine time.Duration `yaml:"quarantine"`
 }
 
 // Calls is how many calls the port range carries: one even port each.
@@ -242,7 +252,7 @@ func Default() Config {
 	return Config{
 		Listen: "127.0.0.1:5060",
 		Trunk:  "default",
-		RTP:    RTP{PortMin: 20000, PortMax: 20999, MediaTimeout: 60 * time.Second},
+		RTP:    RTP{PortMin: 20000, PortMax: 20999, MediaTimeout: 60 * time.Second, Reuse: true, Quarantine: 2 * time.Second},
 		Limits: Limits{MaxCalls: 500, MaxCPS: 1000, RetryAfter: 5 * time.Second,
 			MaxUnackedPerSource: 100, MaxUnackedUnverified: 8,
 			Connections: connguard.DefaultConfig()},
@@ -339,6 +349,9 @@ func (c Config) Validate() error {
 	}
 	if t := c.RTP.MediaTimeout; t != 0 && (t < time.Second || t > 24*time.Hour) {
 		errs = append(errs, config.Errorf("rtp.media_timeout", "%v, want 0 (off) or 1s to 24h", t))
+	}
+	if q := c.RTP.Quarantine; q < 100*time.Millisecond || q > time.Minute {
+		errs = append(errs, config.Errorf("rtp.quarantine", "%v, want 100ms to 1m", q))
 	}
 	if c.Media.Greeting != "" {
 		if _, err := audio.Load(c.Media.Greeting); err != nil {

@@ -76,6 +76,8 @@ func TestValidateNamesFields(t *testing.T) {
 		{"drain timeout", "drain_timeout: -1s\n", "drain_timeout:"},
 		{"media timeout too short", "rtp: {media_timeout: 500ms}\n", "rtp.media_timeout:"},
 		{"media timeout negative", "rtp: {media_timeout: -1s}\n", "rtp.media_timeout:"},
+		{"rtp quarantine too short", "rtp: {quarantine: 10ms}\n", "rtp.quarantine: 10ms, want 100ms to 1m"},
+		{"rtp quarantine too long", "rtp: {quarantine: 2m}\n", "rtp.quarantine:"},
 		{"trunk max calls", "trunks: [{name: a, sources: [10.0.0.1], max_calls: -1}]\n", "trunks[0].max_calls:"},
 		{"trunk max cps", "trunks: [{name: a, sources: [10.0.0.1], max_cps: -5}]\n", "trunks[0].max_cps:"},
 	}

@@ -125,6 +125,14 @@ func RegisterCounters(reg prometheus.Registerer, counters Counters) {
 		Name: "baton_ingress_rtp_foreign_total",
 		Help: "RTP datagrams dropped for coming from a source the call is not latched to (counted when the call ends).",
 	}, func() float64 { return float64(counters()["foreign_rtp"]) }))
+	reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
+		Name: "baton_ingress_rtp_idle_dropped_total",
+		Help: "RTP datagrams that reached a socket kept for reuse (rtp.reuse) between calls: heard by no call.",
+	}, func() float64 { return float64(counters()["rtp_idle_dropped"]) }))
+	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "baton_ingress_rtp_sockets_idle",
+		Help: "RTP sockets kept bound between calls for reuse (rtp.reuse; at most limits.max_calls).",
+	}, func() float64 { return float64(counters()["rtp_sockets_idle"]) }))
 	for reason, key := range map[string]string{
 		"acl": "connections_refused_acl", "full": "connections_refused_full", "per_source": "connections_refused_source",
 	} {

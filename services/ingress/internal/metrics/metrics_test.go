@@ -58,7 +58,7 @@ func TestRegisterCountersReadsTheServer(t *testing.T) {
 	var st server.Stats
 	reg := prometheus.NewRegistry()
 	conns := map[string]uint64{"connections_refused_acl": 11, "connections_refused_full": 12, "connections_refused_source": 13,
-		"connections_timed_out": 14, "connections_open": 15}
+		"connections_timed_out": 14, "connections_open": 15, "rtp_idle_dropped": 16, "rtp_sockets_idle": 17}
 	RegisterCounters(reg, func() map[string]uint64 {
 		m := st.Snapshot()
 		for k, v := range conns {
@@ -108,6 +108,12 @@ baton_ingress_numbers_refused_total 5
 # HELP baton_ingress_rtp_foreign_total RTP datagrams dropped for coming from a source the call is not latched to (counted when the call ends).
 # TYPE baton_ingress_rtp_foreign_total counter
 baton_ingress_rtp_foreign_total 7
+# HELP baton_ingress_rtp_idle_dropped_total RTP datagrams that reached a socket kept for reuse (rtp.reuse) between calls: heard by no call.
+# TYPE baton_ingress_rtp_idle_dropped_total counter
+baton_ingress_rtp_idle_dropped_total 16
+# HELP baton_ingress_rtp_sockets_idle RTP sockets kept bound between calls for reuse (rtp.reuse; at most limits.max_calls).
+# TYPE baton_ingress_rtp_sockets_idle gauge
+baton_ingress_rtp_sockets_idle 17
 # HELP baton_ingress_rejected_total SIP requests refused, by reason.
 # TYPE baton_ingress_rejected_total counter
 baton_ingress_rejected_total{reason="acl"} 3

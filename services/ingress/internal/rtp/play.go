@@ -72,10 +72,15 @@ func (s *Session) Play(clip Clip) { s.PlayFrom(&clipSource{clip: clip}) }
 // payload type and address are those in force when each packet leaves;
 // nothing is sent while the call is on hold, though the clock keeps
 // running. It returns at once; playing stops when src ends, on Stop or
-// on Close. A second PlayFrom replaces the first.
+// on Close. A second PlayFrom replaces the first. After Close it does
+// nothing: the socket may already carry another call.
 func (s *Session) PlayFrom(src Source) {
 	p := &player{quit: make(chan struct{}), done: make(chan struct{})}
 	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return
+	}
 	old := s.player
 	s.player = p
 	s.mu.Unlock()

@@ -139,7 +139,13 @@ func Listen(cfg config.Config, cl *kgo.Client, logger *slog.Logger, o Options) (
 			return nil, errors.Join(err, s.closeListeners())
 		}
 	}
-	s.rtp = rtp.NewAllocator(cfg.RTPHost(), cfg.RTP.PortMin, cfg.RTP.PortMax)
+	var reuse []rtp.Option
+	if cfg.RTP.Reuse {
+		// At most max_calls idle sockets: as many as the calls the range
+		// carries at once (Validate), so the pool never outgrows it.
+		reuse = append(reuse, rtp.WithReuse(cfg.Limits.MaxCalls, cfg.RTP.Quarantine))
+	}
+	s.rtp = rtp.NewAllocator(cfg.RTPHost(), cfg.RTP.PortMin, cfg.RTP.PortMax, reuse...)
 	s.clip = clip
 	if s.agents, err = agentRoutes(cfg); err != nil {
 		return nil, errors.Join(fmt.Errorf("agents: %w", err), s.closeListeners())
@@ -185,6 +191,8 @@ func (s *Server) Counters() map[string]uint64 {
 	m["connections_refused_source"] = s.conns.RefusedSource.Load()
 	m["connections_timed_out"] = s.conns.TimedOut.Load()
 	m["connections_open"] = uint64(max(s.conns.Open.Load(), 0))
+	m["rtp_idle_dropped"] = s.rtp.DroppedIdle()
+	m["rtp_sockets_idle"] = uint64(s.rtp.Idle())
 	return m
 }
 
@@ -358,6 +366,10 @@ func (s *Server) shutdown(ctx context.Context) {
 	s.mu.Unlock()
 	for _, c := range calls {
 		c.drop(ctx)
+	}
+	// The dropped calls gave their sockets back: release every port.
+	if err := s.rtp.Close(); err != nil {
+		s.log.Warn("close rtp sockets", "err", err)
 	}
 	// Dropped calls end their agent streams; nothing of theirs may
 	// publish once Serve has returned.
