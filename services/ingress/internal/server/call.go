@@ -345,7 +345,7 @@ func (c *inboundCall) end(ctx context.Context, why endReason) {
 		},
 	}
 	// Queued, not awaited: a fact once the BYE is answered, retried until
-	// Kafka takes it, flushed at shutdown (docs/decisions/0019).
+	// Kafka takes it, flushed at shutdown (docs/decisions/0021).
 	c.env.facts.publishEnded(ctx, c.id, ended)
 	if bye != nil {
 		c.awaitBye(ctx, bye, byeDone)

@@ -17,7 +17,7 @@ import (
 )
 
 // CallEnded is queued, not awaited, before the BYE's 200 (issue 18,
-// docs/decisions/0019), and a graceful shutdown still writes it: the
+// docs/decisions/0021), and a graceful shutdown still writes it: the
 // broker holds every produce request from the BYE on, the BYE is answered
 // 200 meanwhile, Serve returns, and the flush main does after Serve waits
 // for the CallEnded, which then is in the topic once.
