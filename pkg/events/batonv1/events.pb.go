@@ -1239,7 +1239,13 @@ type TransferOutcome struct {
 	// dialog's UAS, answers the caller's later re-INVITEs (hold, resume,
 	// session refresh) from it, so the caller's media stays on the bridge
 	// and the session's o= version keeps counting up.
-	CallerSdp     string `protobuf:"bytes,12,opt,name=caller_sdp,json=callerSdp,proto3" json:"caller_sdp,omitempty"`
+	CallerSdp string `protobuf:"bytes,12,opt,name=caller_sdp,json=callerSdp,proto3" json:"caller_sdp,omitempty"`
+	// release, on a warm transfer whose destination has release_bridge
+	// replaces, is Baton's attempt to leave the media path: a REFER with
+	// Replaces (RFC 3891) to the caller's side naming the destination leg.
+	// On ENDED (reason bridge_released) it succeeded; on a PROGRESS after
+	// BRIDGED it was refused or failed and the bridge stays.
+	Release       *BridgeRelease `protobuf:"bytes,13,opt,name=release,proto3" json:"release,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1358,6 +1364,71 @@ func (x *TransferOutcome) GetCallerSdp() string {
 	return ""
 }
 
+func (x *TransferOutcome) GetRelease() *BridgeRelease {
+	if x != nil {
+		return x.Release
+	}
+	return nil
+}
+
+// BridgeRelease is what became of a REFER with Replaces sent to leave a
+// bridged call's media path.
+type BridgeRelease struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// released: the caller's side accepted the REFER and its NOTIFY
+	// reported 2xx; Baton left the media path and the bridge was closed.
+	Released bool `protobuf:"varint,1,opt,name=released,proto3" json:"released,omitempty"`
+	// refer_to is the Refer-To sent: the destination's URI with the
+	// Replaces naming Baton's dialog with the destination.
+	ReferTo       string `protobuf:"bytes,2,opt,name=refer_to,json=referTo,proto3" json:"refer_to,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BridgeRelease) Reset() {
+	*x = BridgeRelease{}
+	mi := &file_baton_v1_events_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BridgeRelease) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BridgeRelease) ProtoMessage() {}
+
+func (x *BridgeRelease) ProtoReflect() protoreflect.Message {
+	mi := &file_baton_v1_events_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BridgeRelease.ProtoReflect.Descriptor instead.
+func (*BridgeRelease) Descriptor() ([]byte, []int) {
+	return file_baton_v1_events_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *BridgeRelease) GetReleased() bool {
+	if x != nil {
+		return x.Released
+	}
+	return false
+}
+
+func (x *BridgeRelease) GetReferTo() string {
+	if x != nil {
+		return x.ReferTo
+	}
+	return ""
+}
+
 var File_baton_v1_events_proto protoreflect.FileDescriptor
 
 const file_baton_v1_events_proto_rawDesc = "" +
@@ -1466,7 +1537,7 @@ const file_baton_v1_events_proto_rawDesc = "" +
 	"\n" +
 	"context_in\x18\x10 \x01(\tR\tcontextIn\x12\x12\n" +
 	"\x04rule\x18\x11 \x01(\tR\x04rule\x12\x18\n" +
-	"\askipped\x18\x12 \x03(\tR\askipped\"\xb3\x03\n" +
+	"\askipped\x18\x12 \x03(\tR\askipped\"\xe6\x03\n" +
 	"\x0fTransferOutcome\x12\x1d\n" +
 	"\n" +
 	"command_id\x18\x01 \x01(\tR\tcommandId\x12\x17\n" +
@@ -1483,7 +1554,11 @@ const file_baton_v1_events_proto_rawDesc = "" +
 	" \x01(\v2\x19.google.protobuf.DurationR\aelapsed\x12-\n" +
 	"\x06bridge\x18\v \x01(\v2\x15.baton.v1.BridgeStatsR\x06bridge\x12\x1d\n" +
 	"\n" +
-	"caller_sdp\x18\f \x01(\tR\tcallerSdp*_\n" +
+	"caller_sdp\x18\f \x01(\tR\tcallerSdp\x121\n" +
+	"\arelease\x18\r \x01(\v2\x17.baton.v1.BridgeReleaseR\arelease\"F\n" +
+	"\rBridgeRelease\x12\x1a\n" +
+	"\breleased\x18\x01 \x01(\bR\breleased\x12\x19\n" +
+	"\brefer_to\x18\x02 \x01(\tR\areferTo*_\n" +
 	"\tTransport\x12\x19\n" +
 	"\x15TRANSPORT_UNSPECIFIED\x10\x00\x12\x11\n" +
 	"\rTRANSPORT_UDP\x10\x01\x12\x11\n" +
@@ -1527,7 +1602,7 @@ func file_baton_v1_events_proto_rawDescGZIP() []byte {
 }
 
 var file_baton_v1_events_proto_enumTypes = make([]protoimpl.EnumInfo, 5)
-var file_baton_v1_events_proto_msgTypes = make([]protoimpl.MessageInfo, 11)
+var file_baton_v1_events_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
 var file_baton_v1_events_proto_goTypes = []any{
 	(Transport)(0),              // 0: baton.v1.Transport
 	(CallDirection)(0),          // 1: baton.v1.CallDirection
@@ -1542,38 +1617,40 @@ var file_baton_v1_events_proto_goTypes = []any{
 	(*HandoffRequested)(nil),    // 10: baton.v1.HandoffRequested
 	(*HandoffCommand)(nil),      // 11: baton.v1.HandoffCommand
 	(*TransferOutcome)(nil),     // 12: baton.v1.TransferOutcome
-	nil,                         // 13: baton.v1.CallStarted.VariablesEntry
-	nil,                         // 14: baton.v1.HandoffRequested.VariablesEntry
-	nil,                         // 15: baton.v1.HandoffRequested.HeadersEntry
-	(*durationpb.Duration)(nil), // 16: google.protobuf.Duration
-	(*MediaStats)(nil),          // 17: baton.v1.MediaStats
-	(*BridgeStats)(nil),         // 18: baton.v1.BridgeStats
+	(*BridgeRelease)(nil),       // 13: baton.v1.BridgeRelease
+	nil,                         // 14: baton.v1.CallStarted.VariablesEntry
+	nil,                         // 15: baton.v1.HandoffRequested.VariablesEntry
+	nil,                         // 16: baton.v1.HandoffRequested.HeadersEntry
+	(*durationpb.Duration)(nil), // 17: google.protobuf.Duration
+	(*MediaStats)(nil),          // 18: baton.v1.MediaStats
+	(*BridgeStats)(nil),         // 19: baton.v1.BridgeStats
 }
 var file_baton_v1_events_proto_depIdxs = []int32{
 	0,  // 0: baton.v1.Dialog.transport:type_name -> baton.v1.Transport
 	0,  // 1: baton.v1.Dialog.next_hop_transport:type_name -> baton.v1.Transport
 	6,  // 2: baton.v1.CallStarted.dialog:type_name -> baton.v1.Dialog
 	5,  // 3: baton.v1.CallStarted.sip_headers:type_name -> baton.v1.SipHeader
-	13, // 4: baton.v1.CallStarted.variables:type_name -> baton.v1.CallStarted.VariablesEntry
+	14, // 4: baton.v1.CallStarted.variables:type_name -> baton.v1.CallStarted.VariablesEntry
 	1,  // 5: baton.v1.CallStarted.direction:type_name -> baton.v1.CallDirection
 	2,  // 6: baton.v1.CallEnded.ended_by:type_name -> baton.v1.Party
-	16, // 7: baton.v1.CallEnded.duration:type_name -> google.protobuf.Duration
-	17, // 8: baton.v1.CallEnded.media:type_name -> baton.v1.MediaStats
-	14, // 9: baton.v1.HandoffRequested.variables:type_name -> baton.v1.HandoffRequested.VariablesEntry
-	15, // 10: baton.v1.HandoffRequested.headers:type_name -> baton.v1.HandoffRequested.HeadersEntry
+	17, // 7: baton.v1.CallEnded.duration:type_name -> google.protobuf.Duration
+	18, // 8: baton.v1.CallEnded.media:type_name -> baton.v1.MediaStats
+	15, // 9: baton.v1.HandoffRequested.variables:type_name -> baton.v1.HandoffRequested.VariablesEntry
+	16, // 10: baton.v1.HandoffRequested.headers:type_name -> baton.v1.HandoffRequested.HeadersEntry
 	3,  // 11: baton.v1.HandoffCommand.method:type_name -> baton.v1.Method
 	5,  // 12: baton.v1.HandoffCommand.headers:type_name -> baton.v1.SipHeader
 	6,  // 13: baton.v1.HandoffCommand.dialog:type_name -> baton.v1.Dialog
-	16, // 14: baton.v1.HandoffCommand.answer_timeout:type_name -> google.protobuf.Duration
+	17, // 14: baton.v1.HandoffCommand.answer_timeout:type_name -> google.protobuf.Duration
 	4,  // 15: baton.v1.TransferOutcome.status:type_name -> baton.v1.OutcomeStatus
 	3,  // 16: baton.v1.TransferOutcome.method:type_name -> baton.v1.Method
-	16, // 17: baton.v1.TransferOutcome.elapsed:type_name -> google.protobuf.Duration
-	18, // 18: baton.v1.TransferOutcome.bridge:type_name -> baton.v1.BridgeStats
-	19, // [19:19] is the sub-list for method output_type
-	19, // [19:19] is the sub-list for method input_type
-	19, // [19:19] is the sub-list for extension type_name
-	19, // [19:19] is the sub-list for extension extendee
-	0,  // [0:19] is the sub-list for field type_name
+	17, // 17: baton.v1.TransferOutcome.elapsed:type_name -> google.protobuf.Duration
+	19, // 18: baton.v1.TransferOutcome.bridge:type_name -> baton.v1.BridgeStats
+	13, // 19: baton.v1.TransferOutcome.release:type_name -> baton.v1.BridgeRelease
+	20, // [20:20] is the sub-list for method output_type
+	20, // [20:20] is the sub-list for method input_type
+	20, // [20:20] is the sub-list for extension type_name
+	20, // [20:20] is the sub-list for extension extendee
+	0,  // [0:20] is the sub-list for field type_name
 }
 
 func init() { file_baton_v1_events_proto_init() }
@@ -1589,7 +1666,7 @@ func file_baton_v1_events_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_baton_v1_events_proto_rawDesc), len(file_baton_v1_events_proto_rawDesc)),
 			NumEnums:      5,
-			NumMessages:   11,
+			NumMessages:   12,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
