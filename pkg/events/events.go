@@ -45,6 +45,9 @@ const (
 	TypeDestinationHealth = "baton.destination.health.v1"
 	// TypeReferRefusalLearned: transfer learned that a trunk refuses REFER.
 	TypeReferRefusalLearned = "baton.transfer.refer_refusal.v1"
+	// TypeBridgeHeld: a transfer instance holds a warm transfer's bridge
+	// (its lease on the attempt log), or claims a lost one.
+	TypeBridgeHeld = "baton.transfer.bridge_held.v1"
 )
 
 // ContentType is the content-type header of every Baton record.
@@ -146,6 +149,8 @@ func TypeOf(msg proto.Message) (string, error) {
 		return TypeDestinationHealth, nil
 	case *batonv1.ReferRefusalLearned:
 		return TypeReferRefusalLearned, nil
+	case *batonv1.BridgeHeld:
+		return TypeBridgeHeld, nil
 	default:
 		return "", fmt.Errorf("%w: message %T", ErrUnknownType, msg)
 	}
@@ -198,6 +203,8 @@ func newMessage(typ string) (proto.Message, error) {
 		return &batonv1.DestinationHealth{}, nil
 	case TypeReferRefusalLearned:
 		return &batonv1.ReferRefusalLearned{}, nil
+	case TypeBridgeHeld:
+		return &batonv1.BridgeHeld{}, nil
 	default:
 		return nil, fmt.Errorf("%w: %q", ErrUnknownType, typ)
 	}

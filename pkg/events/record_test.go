@@ -11,6 +11,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	batonv1 "github.com/baton-voice/baton/pkg/events/batonv1"
 )
@@ -61,6 +62,8 @@ func sampleMessages() map[string]proto.Message {
 			Status: batonv1.OutboundStatus_OUTBOUND_STATUS_BUSY, SipCode: 486, SipReason: "Busy Here", Trunk: "carrier-a"},
 		TypeReferRefusalLearned: &batonv1.ReferRefusalLearned{Trunk: "carrier-a", CallId: dialog.CallId, CommandId: "c1",
 			Destination: "support", SipCode: 405, SipReason: "Method Not Allowed", Instance: "transfer-1"},
+		TypeBridgeHeld: &batonv1.BridgeHeld{CommandId: "c1", CallId: dialog.CallId, Destination: "support", Instance: "transfer-1",
+			Caller: dialog, LeaseUntil: timestamppb.New(time.Date(2026, 11, 23, 17, 0, 30, 0, time.UTC))},
 	}
 }
 

@@ -29,6 +29,15 @@ func (w *warmRun) bridged(ctx context.Context) {
 	defer tick.Stop()
 	rel := w.newRelease()
 	defer rel.stop()
+	// The bridge is held on the log while it is up (lost.go).
+	var renew <-chan time.Time
+	if w.bridges != nil {
+		w.holdBridge(ctx)
+		t := time.NewTicker(w.bridgeLease / 3)
+		defer t.Stop()
+		renew = t.C
+	}
+	claimed := false
 	legDone := w.leg.Context().Done()
 	var detail, why string
 	byeCaller, byeDestination := true, true
@@ -46,6 +55,12 @@ func (w *warmRun) bridged(ctx context.Context) {
 				continue
 			}
 			detail, why, byeDestination = "destination hung up", EndDestinationHangup, false
+		case <-renew:
+			if !w.holdBridge(ctx) {
+				// Its lease passed (this process stalled) and another
+				// instance ended the call: it sends the BYEs and the outcome.
+				detail, why, claimed = "bridge claimed by another instance", EndBridgeLost, true
+			}
 		case <-rel.due:
 			rel.send(ctx)
 		case <-rel.expired:
@@ -87,6 +102,11 @@ func (w *warmRun) bridged(ctx context.Context) {
 			detail, why = "transfer shut down", EndShutdown
 		}
 	}
+	if claimed {
+		w.log.WarnContext(ctx, "bridge claimed by another instance after its lease passed: left to it", "reason", why)
+		return
+	}
+	defer w.endBridge(ctx)
 	// The BYEs outlive a shutdown's cancelled ctx, briefly.
 	byeCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), w.inviteOpts.ByeTimeout)
 	defer cancel()

@@ -91,6 +91,8 @@ type warmRun struct {
 	dest *destinationLeg
 	// cseq is the caller's re-INVITE's; the caller's BYE takes the next.
 	cseq uint32
+	// bridgedAt is when the bridge's lease was first written.
+	bridgedAt time.Time
 }
 
 func (w *warmRun) run(ctx context.Context) {
