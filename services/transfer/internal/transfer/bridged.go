@@ -63,6 +63,9 @@ func (w *warmRun) bridged(ctx context.Context) {
 			}
 		case <-rel.due:
 			rel.send(ctx)
+			if w.bridges != nil && !w.holdBridge(ctx) { // the lease carries the caller's next CSeq
+				detail, why, claimed = "bridge claimed by another instance", EndBridgeLost, true
+			}
 		case <-rel.expired:
 			rel.expire(ctx)
 			if destGone {

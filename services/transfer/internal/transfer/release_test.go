@@ -23,12 +23,14 @@ import (
 )
 
 // releasing configures the destination "queue" to release its bridge
-// with a REFER with Replaces, delay after BRIDGED.
+// with a REFER with Replaces, delay after BRIDGED; bridges are held on
+// the attempt log with a lease.
 func releasing(metrics *Metrics, delay time.Duration) func(*Options) {
 	return func(o *Options) {
 		withInvite(nil)(o)
 		o.Metrics = metrics
 		o.Destinations = map[string]Destination{"queue": {ReleaseBridge: ReleaseReplaces, ReleaseDelay: delay}}
+		o.BridgeLease = time.Second // held on the log meanwhile, as in production
 	}
 }
 
