@@ -29,10 +29,10 @@ func (w *warmRun) bridged(ctx context.Context) {
 	defer tick.Stop()
 	rel := w.newRelease()
 	defer rel.stop()
-	// The bridge is held on the log while it is up (lost.go).
+	// The bridge is held on the log while it is up (lost.go): run wrote
+	// its first lease; renewed here.
 	var renew <-chan time.Time
 	if w.bridges != nil {
-		w.holdBridge(ctx)
 		t := time.NewTicker(w.bridgeLease / 3)
 		defer t.Stop()
 		renew = t.C

@@ -131,6 +131,9 @@ func (w *warmRun) run(ctx context.Context) {
 		return
 	}
 	w.br.Activate()
+	// Held on the log before BRIDGED is told: a process that dies from
+	// here on leaves a bridge another instance ends (lost.go).
+	w.holdBridge(ctx)
 	w.publish(ctx, step{status: bridged, code: 200, reason: "OK"})
 	w.bridged(ctx)
 }
