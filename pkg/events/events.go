@@ -48,6 +48,9 @@ const (
 	// TypeInboundRefer: the far end REFERred a call and ingress's
 	// refer.policy handed it to the router (docs/decisions/0019).
 	TypeInboundRefer = "baton.call.refer.v1"
+	// TypeBridgeHeld: a transfer instance holds a warm transfer's bridge
+	// (its lease on the attempt log), or claims a lost one.
+	TypeBridgeHeld = "baton.transfer.bridge_held.v1"
 )
 
 // ContentType is the content-type header of every Baton record.
@@ -151,6 +154,8 @@ func TypeOf(msg proto.Message) (string, error) {
 		return TypeReferRefusalLearned, nil
 	case *batonv1.InboundReferReceived:
 		return TypeInboundRefer, nil
+	case *batonv1.BridgeHeld:
+		return TypeBridgeHeld, nil
 	default:
 		return "", fmt.Errorf("%w: message %T", ErrUnknownType, msg)
 	}
@@ -205,6 +210,8 @@ func newMessage(typ string) (proto.Message, error) {
 		return &batonv1.ReferRefusalLearned{}, nil
 	case TypeInboundRefer:
 		return &batonv1.InboundReferReceived{}, nil
+	case TypeBridgeHeld:
+		return &batonv1.BridgeHeld{}, nil
 	default:
 		return nil, fmt.Errorf("%w: %q", ErrUnknownType, typ)
 	}

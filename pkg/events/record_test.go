@@ -11,6 +11,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	batonv1 "github.com/baton-voice/baton/pkg/events/batonv1"
 )
@@ -63,6 +64,8 @@ func sampleMessages() map[string]proto.Message {
 			Destination: "support", SipCode: 405, SipReason: "Method Not Allowed", Instance: "transfer-1"},
 		TypeInboundRefer: &batonv1.InboundReferReceived{CallId: dialog.CallId, ReferId: "r1", ReferTo: "sip:+15550300@pbx.example",
 			ReferredBy: "<sip:+15550100@sbc.example>", StrippedHeaders: []string{"X-Bill-To"}, NotifyCseq: 268435456, Cseq: 2},
+		TypeBridgeHeld: &batonv1.BridgeHeld{CommandId: "c1", CallId: dialog.CallId, Destination: "support", Instance: "transfer-1",
+			Caller: dialog, LeaseUntil: timestamppb.New(time.Date(2026, 11, 23, 17, 0, 30, 0, time.UTC))},
 	}
 }
 

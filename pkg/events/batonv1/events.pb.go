@@ -15,6 +15,7 @@ import (
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
 	durationpb "google.golang.org/protobuf/types/known/durationpb"
+	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
 	reflect "reflect"
 	sync "sync"
 	unsafe "unsafe"
@@ -1239,7 +1240,13 @@ type TransferOutcome struct {
 	// dialog's UAS, answers the caller's later re-INVITEs (hold, resume,
 	// session refresh) from it, so the caller's media stays on the bridge
 	// and the session's o= version keeps counting up.
-	CallerSdp     string `protobuf:"bytes,12,opt,name=caller_sdp,json=callerSdp,proto3" json:"caller_sdp,omitempty"`
+	CallerSdp string `protobuf:"bytes,12,opt,name=caller_sdp,json=callerSdp,proto3" json:"caller_sdp,omitempty"`
+	// release, on a warm transfer whose destination has release_bridge
+	// replaces, is Baton's attempt to leave the media path: a REFER with
+	// Replaces (RFC 3891) to the caller's side naming the destination leg.
+	// On ENDED (reason bridge_released) it succeeded; on a PROGRESS after
+	// BRIDGED it was refused or failed and the bridge stays.
+	Release       *BridgeRelease `protobuf:"bytes,13,opt,name=release,proto3" json:"release,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1358,11 +1365,202 @@ func (x *TransferOutcome) GetCallerSdp() string {
 	return ""
 }
 
+func (x *TransferOutcome) GetRelease() *BridgeRelease {
+	if x != nil {
+		return x.Release
+	}
+	return nil
+}
+
+// BridgeRelease is what became of a REFER with Replaces sent to leave a
+// bridged call's media path.
+type BridgeRelease struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// released: the caller's side accepted the REFER and its NOTIFY
+	// reported 2xx; Baton left the media path and the bridge was closed.
+	Released bool `protobuf:"varint,1,opt,name=released,proto3" json:"released,omitempty"`
+	// refer_to is the Refer-To sent: the destination's URI with the
+	// Replaces naming Baton's dialog with the destination.
+	ReferTo       string `protobuf:"bytes,2,opt,name=refer_to,json=referTo,proto3" json:"refer_to,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BridgeRelease) Reset() {
+	*x = BridgeRelease{}
+	mi := &file_baton_v1_events_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BridgeRelease) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BridgeRelease) ProtoMessage() {}
+
+func (x *BridgeRelease) ProtoReflect() protoreflect.Message {
+	mi := &file_baton_v1_events_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BridgeRelease.ProtoReflect.Descriptor instead.
+func (*BridgeRelease) Descriptor() ([]byte, []int) {
+	return file_baton_v1_events_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *BridgeRelease) GetReleased() bool {
+	if x != nil {
+		return x.Released
+	}
+	return false
+}
+
+func (x *BridgeRelease) GetReferTo() string {
+	if x != nil {
+		return x.ReferTo
+	}
+	return ""
+}
+
+// BridgeHeld is written by transfer on its attempt log, keyed
+// "bridge/<command_id>", while a warm transfer's bridge is up: when it is
+// bridged, then every third of the bridge lease with a new lease_until (a
+// heartbeat), and a tombstone (null value) when the bridge ends. A record
+// whose lease_until has passed belongs to a transfer instance that died
+// holding the bridge: another instance claims it (the same record with
+// released_by set; the first claim in the log wins) and releases the call
+// with BYEs to both sides and an ENDED outcome, reason bridge_lost
+// (docs/decisions/0020).
+type BridgeHeld struct {
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	CommandId   string                 `protobuf:"bytes,1,opt,name=command_id,json=commandId,proto3" json:"command_id,omitempty"`
+	CallId      string                 `protobuf:"bytes,2,opt,name=call_id,json=callId,proto3" json:"call_id,omitempty"`
+	Destination string                 `protobuf:"bytes,3,opt,name=destination,proto3" json:"destination,omitempty"`
+	// instance names the transfer process holding the bridge.
+	Instance  string                 `protobuf:"bytes,4,opt,name=instance,proto3" json:"instance,omitempty"`
+	BridgedAt *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=bridged_at,json=bridgedAt,proto3" json:"bridged_at,omitempty"`
+	// lease_until is when the bridge counts as lost without a newer record.
+	LeaseUntil *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=lease_until,json=leaseUntil,proto3" json:"lease_until,omitempty"`
+	// caller is the caller's dialog with Baton; its next_local_cseq is the
+	// CSeq of the BYE that ends it.
+	Caller *Dialog `protobuf:"bytes,7,opt,name=caller,proto3" json:"caller,omitempty"`
+	// destination_leg is Baton's dialog with the destination (Baton the
+	// UAC; local = Baton's From, remote = the destination's To and
+	// Contact); its next_local_cseq is its BYE's.
+	DestinationLeg *Dialog `protobuf:"bytes,8,opt,name=destination_leg,json=destinationLeg,proto3" json:"destination_leg,omitempty"`
+	// released_by, on a claim, names the instance that releases the lost
+	// bridge.
+	ReleasedBy    string `protobuf:"bytes,9,opt,name=released_by,json=releasedBy,proto3" json:"released_by,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BridgeHeld) Reset() {
+	*x = BridgeHeld{}
+	mi := &file_baton_v1_events_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BridgeHeld) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BridgeHeld) ProtoMessage() {}
+
+func (x *BridgeHeld) ProtoReflect() protoreflect.Message {
+	mi := &file_baton_v1_events_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BridgeHeld.ProtoReflect.Descriptor instead.
+func (*BridgeHeld) Descriptor() ([]byte, []int) {
+	return file_baton_v1_events_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *BridgeHeld) GetCommandId() string {
+	if x != nil {
+		return x.CommandId
+	}
+	return ""
+}
+
+func (x *BridgeHeld) GetCallId() string {
+	if x != nil {
+		return x.CallId
+	}
+	return ""
+}
+
+func (x *BridgeHeld) GetDestination() string {
+	if x != nil {
+		return x.Destination
+	}
+	return ""
+}
+
+func (x *BridgeHeld) GetInstance() string {
+	if x != nil {
+		return x.Instance
+	}
+	return ""
+}
+
+func (x *BridgeHeld) GetBridgedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.BridgedAt
+	}
+	return nil
+}
+
+func (x *BridgeHeld) GetLeaseUntil() *timestamppb.Timestamp {
+	if x != nil {
+		return x.LeaseUntil
+	}
+	return nil
+}
+
+func (x *BridgeHeld) GetCaller() *Dialog {
+	if x != nil {
+		return x.Caller
+	}
+	return nil
+}
+
+func (x *BridgeHeld) GetDestinationLeg() *Dialog {
+	if x != nil {
+		return x.DestinationLeg
+	}
+	return nil
+}
+
+func (x *BridgeHeld) GetReleasedBy() string {
+	if x != nil {
+		return x.ReleasedBy
+	}
+	return ""
+}
+
 var File_baton_v1_events_proto protoreflect.FileDescriptor
 
 const file_baton_v1_events_proto_rawDesc = "" +
 	"\n" +
-	"\x15baton/v1/events.proto\x12\bbaton.v1\x1a\x16baton/v1/ingress.proto\x1a\x17baton/v1/transfer.proto\x1a\x1egoogle/protobuf/duration.proto\"S\n" +
+	"\x15baton/v1/events.proto\x12\bbaton.v1\x1a\x16baton/v1/ingress.proto\x1a\x17baton/v1/transfer.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"S\n" +
 	"\tSipHeader\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value\x12\x1c\n" +
@@ -1466,7 +1664,7 @@ const file_baton_v1_events_proto_rawDesc = "" +
 	"\n" +
 	"context_in\x18\x10 \x01(\tR\tcontextIn\x12\x12\n" +
 	"\x04rule\x18\x11 \x01(\tR\x04rule\x12\x18\n" +
-	"\askipped\x18\x12 \x03(\tR\askipped\"\xb3\x03\n" +
+	"\askipped\x18\x12 \x03(\tR\askipped\"\xe6\x03\n" +
 	"\x0fTransferOutcome\x12\x1d\n" +
 	"\n" +
 	"command_id\x18\x01 \x01(\tR\tcommandId\x12\x17\n" +
@@ -1483,7 +1681,26 @@ const file_baton_v1_events_proto_rawDesc = "" +
 	" \x01(\v2\x19.google.protobuf.DurationR\aelapsed\x12-\n" +
 	"\x06bridge\x18\v \x01(\v2\x15.baton.v1.BridgeStatsR\x06bridge\x12\x1d\n" +
 	"\n" +
-	"caller_sdp\x18\f \x01(\tR\tcallerSdp*_\n" +
+	"caller_sdp\x18\f \x01(\tR\tcallerSdp\x121\n" +
+	"\arelease\x18\r \x01(\v2\x17.baton.v1.BridgeReleaseR\arelease\"F\n" +
+	"\rBridgeRelease\x12\x1a\n" +
+	"\breleased\x18\x01 \x01(\bR\breleased\x12\x19\n" +
+	"\brefer_to\x18\x02 \x01(\tR\areferTo\"\x80\x03\n" +
+	"\n" +
+	"BridgeHeld\x12\x1d\n" +
+	"\n" +
+	"command_id\x18\x01 \x01(\tR\tcommandId\x12\x17\n" +
+	"\acall_id\x18\x02 \x01(\tR\x06callId\x12 \n" +
+	"\vdestination\x18\x03 \x01(\tR\vdestination\x12\x1a\n" +
+	"\binstance\x18\x04 \x01(\tR\binstance\x129\n" +
+	"\n" +
+	"bridged_at\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\tbridgedAt\x12;\n" +
+	"\vlease_until\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"leaseUntil\x12(\n" +
+	"\x06caller\x18\a \x01(\v2\x10.baton.v1.DialogR\x06caller\x129\n" +
+	"\x0fdestination_leg\x18\b \x01(\v2\x10.baton.v1.DialogR\x0edestinationLeg\x12\x1f\n" +
+	"\vreleased_by\x18\t \x01(\tR\n" +
+	"releasedBy*_\n" +
 	"\tTransport\x12\x19\n" +
 	"\x15TRANSPORT_UNSPECIFIED\x10\x00\x12\x11\n" +
 	"\rTRANSPORT_UDP\x10\x01\x12\x11\n" +
@@ -1527,53 +1744,61 @@ func file_baton_v1_events_proto_rawDescGZIP() []byte {
 }
 
 var file_baton_v1_events_proto_enumTypes = make([]protoimpl.EnumInfo, 5)
-var file_baton_v1_events_proto_msgTypes = make([]protoimpl.MessageInfo, 11)
+var file_baton_v1_events_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
 var file_baton_v1_events_proto_goTypes = []any{
-	(Transport)(0),              // 0: baton.v1.Transport
-	(CallDirection)(0),          // 1: baton.v1.CallDirection
-	(Party)(0),                  // 2: baton.v1.Party
-	(Method)(0),                 // 3: baton.v1.Method
-	(OutcomeStatus)(0),          // 4: baton.v1.OutcomeStatus
-	(*SipHeader)(nil),           // 5: baton.v1.SipHeader
-	(*Dialog)(nil),              // 6: baton.v1.Dialog
-	(*CallStarted)(nil),         // 7: baton.v1.CallStarted
-	(*CallEnded)(nil),           // 8: baton.v1.CallEnded
-	(*NotifyReceived)(nil),      // 9: baton.v1.NotifyReceived
-	(*HandoffRequested)(nil),    // 10: baton.v1.HandoffRequested
-	(*HandoffCommand)(nil),      // 11: baton.v1.HandoffCommand
-	(*TransferOutcome)(nil),     // 12: baton.v1.TransferOutcome
-	nil,                         // 13: baton.v1.CallStarted.VariablesEntry
-	nil,                         // 14: baton.v1.HandoffRequested.VariablesEntry
-	nil,                         // 15: baton.v1.HandoffRequested.HeadersEntry
-	(*durationpb.Duration)(nil), // 16: google.protobuf.Duration
-	(*MediaStats)(nil),          // 17: baton.v1.MediaStats
-	(*BridgeStats)(nil),         // 18: baton.v1.BridgeStats
+	(Transport)(0),                // 0: baton.v1.Transport
+	(CallDirection)(0),            // 1: baton.v1.CallDirection
+	(Party)(0),                    // 2: baton.v1.Party
+	(Method)(0),                   // 3: baton.v1.Method
+	(OutcomeStatus)(0),            // 4: baton.v1.OutcomeStatus
+	(*SipHeader)(nil),             // 5: baton.v1.SipHeader
+	(*Dialog)(nil),                // 6: baton.v1.Dialog
+	(*CallStarted)(nil),           // 7: baton.v1.CallStarted
+	(*CallEnded)(nil),             // 8: baton.v1.CallEnded
+	(*NotifyReceived)(nil),        // 9: baton.v1.NotifyReceived
+	(*HandoffRequested)(nil),      // 10: baton.v1.HandoffRequested
+	(*HandoffCommand)(nil),        // 11: baton.v1.HandoffCommand
+	(*TransferOutcome)(nil),       // 12: baton.v1.TransferOutcome
+	(*BridgeRelease)(nil),         // 13: baton.v1.BridgeRelease
+	(*BridgeHeld)(nil),            // 14: baton.v1.BridgeHeld
+	nil,                           // 15: baton.v1.CallStarted.VariablesEntry
+	nil,                           // 16: baton.v1.HandoffRequested.VariablesEntry
+	nil,                           // 17: baton.v1.HandoffRequested.HeadersEntry
+	(*durationpb.Duration)(nil),   // 18: google.protobuf.Duration
+	(*MediaStats)(nil),            // 19: baton.v1.MediaStats
+	(*BridgeStats)(nil),           // 20: baton.v1.BridgeStats
+	(*timestamppb.Timestamp)(nil), // 21: google.protobuf.Timestamp
 }
 var file_baton_v1_events_proto_depIdxs = []int32{
 	0,  // 0: baton.v1.Dialog.transport:type_name -> baton.v1.Transport
 	0,  // 1: baton.v1.Dialog.next_hop_transport:type_name -> baton.v1.Transport
 	6,  // 2: baton.v1.CallStarted.dialog:type_name -> baton.v1.Dialog
 	5,  // 3: baton.v1.CallStarted.sip_headers:type_name -> baton.v1.SipHeader
-	13, // 4: baton.v1.CallStarted.variables:type_name -> baton.v1.CallStarted.VariablesEntry
+	15, // 4: baton.v1.CallStarted.variables:type_name -> baton.v1.CallStarted.VariablesEntry
 	1,  // 5: baton.v1.CallStarted.direction:type_name -> baton.v1.CallDirection
 	2,  // 6: baton.v1.CallEnded.ended_by:type_name -> baton.v1.Party
-	16, // 7: baton.v1.CallEnded.duration:type_name -> google.protobuf.Duration
-	17, // 8: baton.v1.CallEnded.media:type_name -> baton.v1.MediaStats
-	14, // 9: baton.v1.HandoffRequested.variables:type_name -> baton.v1.HandoffRequested.VariablesEntry
-	15, // 10: baton.v1.HandoffRequested.headers:type_name -> baton.v1.HandoffRequested.HeadersEntry
+	18, // 7: baton.v1.CallEnded.duration:type_name -> google.protobuf.Duration
+	19, // 8: baton.v1.CallEnded.media:type_name -> baton.v1.MediaStats
+	16, // 9: baton.v1.HandoffRequested.variables:type_name -> baton.v1.HandoffRequested.VariablesEntry
+	17, // 10: baton.v1.HandoffRequested.headers:type_name -> baton.v1.HandoffRequested.HeadersEntry
 	3,  // 11: baton.v1.HandoffCommand.method:type_name -> baton.v1.Method
 	5,  // 12: baton.v1.HandoffCommand.headers:type_name -> baton.v1.SipHeader
 	6,  // 13: baton.v1.HandoffCommand.dialog:type_name -> baton.v1.Dialog
-	16, // 14: baton.v1.HandoffCommand.answer_timeout:type_name -> google.protobuf.Duration
+	18, // 14: baton.v1.HandoffCommand.answer_timeout:type_name -> google.protobuf.Duration
 	4,  // 15: baton.v1.TransferOutcome.status:type_name -> baton.v1.OutcomeStatus
 	3,  // 16: baton.v1.TransferOutcome.method:type_name -> baton.v1.Method
-	16, // 17: baton.v1.TransferOutcome.elapsed:type_name -> google.protobuf.Duration
-	18, // 18: baton.v1.TransferOutcome.bridge:type_name -> baton.v1.BridgeStats
-	19, // [19:19] is the sub-list for method output_type
-	19, // [19:19] is the sub-list for method input_type
-	19, // [19:19] is the sub-list for extension type_name
-	19, // [19:19] is the sub-list for extension extendee
-	0,  // [0:19] is the sub-list for field type_name
+	18, // 17: baton.v1.TransferOutcome.elapsed:type_name -> google.protobuf.Duration
+	20, // 18: baton.v1.TransferOutcome.bridge:type_name -> baton.v1.BridgeStats
+	13, // 19: baton.v1.TransferOutcome.release:type_name -> baton.v1.BridgeRelease
+	21, // 20: baton.v1.BridgeHeld.bridged_at:type_name -> google.protobuf.Timestamp
+	21, // 21: baton.v1.BridgeHeld.lease_until:type_name -> google.protobuf.Timestamp
+	6,  // 22: baton.v1.BridgeHeld.caller:type_name -> baton.v1.Dialog
+	6,  // 23: baton.v1.BridgeHeld.destination_leg:type_name -> baton.v1.Dialog
+	24, // [24:24] is the sub-list for method output_type
+	24, // [24:24] is the sub-list for method input_type
+	24, // [24:24] is the sub-list for extension type_name
+	24, // [24:24] is the sub-list for extension extendee
+	0,  // [0:24] is the sub-list for field type_name
 }
 
 func init() { file_baton_v1_events_proto_init() }
@@ -1589,7 +1814,7 @@ func file_baton_v1_events_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_baton_v1_events_proto_rawDesc), len(file_baton_v1_events_proto_rawDesc)),
 			NumEnums:      5,
-			NumMessages:   11,
+			NumMessages:   13,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

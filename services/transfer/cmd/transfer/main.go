@@ -201,6 +201,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 		Trunks:       trunkList,
 		Destinations: destinations,
 		Refusals:     attemptLog,
+		BridgeLease:  cfg.AttemptLog.BridgeLease,
 	}, logger)
 	svc.RegisterInFlight(reg)
 	sipClient.RegisterMetrics(reg)

@@ -26,7 +26,7 @@ func trunks(cfg config.Config, getenv func(string) string) ([]transfer.Trunk, ma
 	}
 	dests := make(map[string]transfer.Destination, len(cfg.Destinations))
 	for name, d := range cfg.Destinations {
-		td := transfer.Destination{ReferFallback: d.ReferFallback}
+		td := transfer.Destination{ReferFallback: d.ReferFallback, ReleaseBridge: d.ReleaseBridge, ReleaseDelay: d.ReleaseDelay}
 		if d.Auth != nil {
 			c, err := d.Auth.Credentials(getenv)
 			if err != nil {

@@ -56,6 +56,10 @@ type Log struct {
 	// refusals holds, per trunk, until when it is known to refuse REFER
 	// (ReferRefusalLearned records, keyed refer-refusal/<trunk>).
 	refusals map[string]time.Time
+	// bridges holds the bridges held now (BridgeHeld records, keyed
+	// bridge/<command id>), by command id: the latest heartbeat, and
+	// once claimed the first claimer (bridges.go).
+	bridges map[string]*heldBridge
 	// next is the next offset the reader will return, per partition.
 	next map[int32]int64
 	// stale is set when this process got new handoffs partitions: their
@@ -107,6 +111,7 @@ func Open(ctx context.Context, clientOpts []kgo.Opt, o Options, logger *slog.Log
 		now:       time.Now,
 		seen:      map[string]Attempt{},
 		refusals:  map[string]time.Time{},
+		bridges:   map[string]*heldBridge{},
 		next:      map[int32]int64{},
 		stale:     true,
 		pruned:    time.Now(),
@@ -145,6 +150,9 @@ func (l *Log) tail(ctx context.Context) {
 			l.logger.WarnContext(ctx, "attempt log fetch error", "topic", topic, "partition", partition, "err", err)
 		})
 		fetches.EachRecord(func(rec *kgo.Record) {
+			if l.readBridge(ctx, rec) {
+				return
+			}
 			a, refusal, err := decode(rec)
 			l.mu.Lock()
 			defer l.mu.Unlock()

@@ -262,6 +262,11 @@ type AttemptLog struct {
 	// Instance names this process in its attempt records; empty means
 	// the host name and the process id.
 	Instance string `yaml:"instance"`
+	// BridgeLease is how long a bridge is held on the log without a
+	// heartbeat (renewed every third of it) before another instance ends
+	// the call as lost (docs/decisions/0020); 0 turns it off: a bridge
+	// whose instance dies is then lost silently.
+	BridgeLease time.Duration `yaml:"bridge_lease"`
 }
 
 // Default returns the configuration used when no file is given.
@@ -275,7 +280,7 @@ func Default() Config {
 		MaxInFlight:     1024,
 		MaxCommandAge:   5 * time.Minute,
 		ShutdownTimeout: 10 * time.Second,
-		AttemptLog:      AttemptLog{Topic: "baton.transfer-attempts", Retention: 24 * time.Hour},
+		AttemptLog:      AttemptLog{Topic: "baton.transfer-attempts", Retention: 24 * time.Hour, BridgeLease: 15 * time.Second},
 		Media:           Media{Host: "127.0.0.1", IdleTimeout: 30 * time.Second, RTCPInterval: 5 * time.Second},
 		Invite: Invite{
 			AnswerTimeout: 30 * time.Second,
@@ -363,6 +368,9 @@ func (c *Config) Validate() error {
 		if t == c.AttemptLog.Topic {
 			errs = append(errs, pkgconfig.Errorf("attempt_log.topic", "%q is also a kafka.topics entry; it needs its own topic", t))
 		}
+	}
+	if l := c.AttemptLog.BridgeLease; l != 0 && (l < time.Second || l >= c.AttemptLog.Retention) {
+		errs = append(errs, pkgconfig.Errorf("attempt_log.bridge_lease", "%v, want 0 (off) or 1s up to below attempt_log.retention", l))
 	}
 	if c.AttemptLog.Retention <= 0 {
 		errs = append(errs, pkgconfig.Errorf("attempt_log.retention", "%v, want a positive duration", c.AttemptLog.Retention))

@@ -123,6 +123,10 @@ func TestValidateNamesTheField(t *testing.T) {
 		{"refusal ttl over the retention", "trunks:\n  - name: a\n    hosts: [192.0.2.1]\n    refer_refusal_ttl: 48h\n",
 			"trunks[0].refer_refusal_ttl: 48h0m0s, want 0 (off) up to attempt_log.retention"},
 		{"refer fallback", "destinations:\n  support:\n    refer_fallback: hangup\n", "destinations.support.refer_fallback: \"hangup\""},
+		{"bridge lease", "attempt_log:\n  bridge_lease: 10ms\n", "attempt_log.bridge_lease: 10ms, want 0 (off) or 1s"},
+		{"release bridge", "destinations:\n  support:\n    release_bridge: refer\n", "destinations.support.release_bridge: \"refer\", want replaces"},
+		{"release delay", "destinations:\n  support:\n    release_bridge: replaces\n    release_delay: -1s\n",
+			"destinations.support.release_delay: -1s, want 0 up to 1h"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			path := filepath.Join(t.TempDir(), "t.yaml")

@@ -39,7 +39,19 @@ type Destination struct {
 	// Auth answers the challenges of a new leg's INVITE to this
 	// destination (before the trunk's).
 	Auth *Auth `yaml:"auth"`
+	// ReleaseBridge, "replaces", makes a warm transfer to this
+	// destination leave the media path once bridged: after ReleaseDelay
+	// (the whisper heard, the human greeted), Baton sends the caller's
+	// side a REFER with Replaces (RFC 3891) naming its dialog with the
+	// destination. Empty (the default) keeps the bridge until the call
+	// ends.
+	ReleaseBridge string `yaml:"release_bridge"`
+	// ReleaseDelay is how long after BRIDGED the REFER is sent.
+	ReleaseDelay time.Duration `yaml:"release_delay"`
 }
+
+// ReleaseBridge values.
+const ReleaseReplaces = "replaces"
 
 // Auth is a digest credential. The password is never in the file: it is
 // read from the environment variable PasswordEnv or the file
@@ -145,6 +157,14 @@ func (c *Config) validateTrunks() []error {
 			errs = append(errs, pkgconfig.Errorf(f+".refer_fallback", "%q, want invite, bye or empty", d.ReferFallback))
 		}
 		errs = append(errs, d.Auth.validate(f+".auth")...)
+		switch d.ReleaseBridge {
+		case "", ReleaseReplaces:
+		default:
+			errs = append(errs, pkgconfig.Errorf(f+".release_bridge", "%q, want replaces or empty", d.ReleaseBridge))
+		}
+		if d.ReleaseDelay < 0 || d.ReleaseDelay > time.Hour {
+			errs = append(errs, pkgconfig.Errorf(f+".release_delay", "%v, want 0 up to 1h", d.ReleaseDelay))
+		}
 	}
 	return errs
 }

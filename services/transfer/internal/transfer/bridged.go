@@ -27,17 +27,64 @@ func (w *warmRun) bridged(ctx context.Context) {
 	idle := w.inviteOpts.IdleTimeout
 	tick := time.NewTicker(idlePoll)
 	defer tick.Stop()
+	rel := w.newRelease()
+	defer rel.stop()
+	// The bridge is held on the log while it is up (lost.go): run wrote
+	// its first lease; renewed here.
+	var renew <-chan time.Time
+	if w.bridges != nil {
+		t := time.NewTicker(w.bridgeLease / 3)
+		defer t.Stop()
+		renew = t.C
+	}
+	claimed := false
+	legDone := w.leg.Context().Done()
 	var detail, why string
 	byeCaller, byeDestination := true, true
 	callerHeld := false
+	// destGone: the destination ended its leg while a release's REFER
+	// waited for its NOTIFY (the INVITE with Replaces took the leg over,
+	// or the human hung up: the NOTIFY tells).
+	destGone, released := false, false
 	for detail == "" {
 		select {
-		case <-w.leg.Context().Done():
+		case <-legDone:
+			if rel.pending {
+				destGone, legDone = true, nil
+				w.log.InfoContext(ctx, "destination ended its leg while the bridge is being released; waiting for the NOTIFY")
+				continue
+			}
 			detail, why, byeDestination = "destination hung up", EndDestinationHangup, false
+		case <-renew:
+			if !w.holdBridge(ctx) {
+				// Its lease passed (this process stalled) and another
+				// instance ended the call: it sends the BYEs and the outcome.
+				detail, why, claimed = "bridge claimed by another instance", EndBridgeLost, true
+			}
+		case <-rel.due:
+			rel.send(ctx)
+			if w.bridges != nil && !w.holdBridge(ctx) { // the lease carries the caller's next CSeq
+				detail, why, claimed = "bridge claimed by another instance", EndBridgeLost, true
+			}
+		case <-rel.expired:
+			rel.expire(ctx)
+			if destGone {
+				detail, why, byeDestination = "destination hung up", EndDestinationHangup, false
+			}
 		case fact := <-w.facts:
 			switch f := fact.(type) {
 			case *batonv1.CallEnded:
 				detail, why, byeCaller = "caller hung up ("+f.GetMethod()+")", EndCallerHangup, false
+			case *batonv1.NotifyReceived:
+				switch rel.notify(ctx, f) {
+				case releaseDone:
+					detail, why, released = "caller connected to the destination (REFER with Replaces): Baton left the media path",
+						EndBridgeReleased, true
+				case releaseFailed:
+					if destGone {
+						detail, why, byeDestination = "destination hung up", EndDestinationHangup, false
+					}
+				}
 			case *batonv1.CallUpdated:
 				callerHeld = callerUpdate(w.br.Leg(bridge.Caller), f)
 				w.log.InfoContext(ctx, "caller re-INVITE on the bridged call", "direction", f.GetDirection(),
@@ -58,9 +105,21 @@ func (w *warmRun) bridged(ctx context.Context) {
 			detail, why = "transfer shut down", EndShutdown
 		}
 	}
+	if claimed {
+		w.log.WarnContext(ctx, "bridge claimed by another instance after its lease passed: left to it", "reason", why)
+		return
+	}
+	defer w.endBridge(ctx)
 	// The BYEs outlive a shutdown's cancelled ctx, briefly.
 	byeCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), w.inviteOpts.ByeTimeout)
 	defer cancel()
+	var release *batonv1.BridgeRelease
+	if released {
+		release = rel.released()
+		// The destination's leg was taken over: it ends it itself; Baton
+		// ends it when it does not within ByeTimeout.
+		byeDestination = !destGone && !w.awaitLegEnd(ctx, w.inviteOpts.ByeTimeout)
+	}
 	if byeDestination {
 		w.byeLeg(byeCtx)
 	}
@@ -71,7 +130,7 @@ func (w *warmRun) bridged(ctx context.Context) {
 			}
 		}
 	}
-	w.publish(ctx, step{status: ended, detail: detail, bridge: w.stats(ctx), ended: why})
+	w.publish(ctx, step{status: ended, detail: detail, bridge: w.stats(ctx), ended: why, release: release})
 }
 
 // callerUpdate applies the caller's re-INVITE on a bridged call, which

@@ -72,6 +72,10 @@ type deps struct {
 	trunks       []Trunk
 	destinations map[string]Destination
 	refusals     RefusalLog
+	// bridges and bridgeLease hold bridges on the log (lost.go); nil when
+	// off.
+	bridges     BridgeLog
+	bridgeLease time.Duration
 }
 
 // producer publishes records; *kgo.Client is the real one.

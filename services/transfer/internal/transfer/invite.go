@@ -97,6 +97,8 @@ type warmRun struct {
 	// stopRingWatch ends that watch.
 	ringSeen      func() (uac.Provisional, bool)
 	stopRingWatch func()
+	// bridgedAt is when the bridge's lease was first written.
+	bridgedAt time.Time
 }
 
 // provisionalWatcher records a leg's first 18x in wire order, which
@@ -146,6 +148,9 @@ func (w *warmRun) run(ctx context.Context) {
 		return
 	}
 	w.br.Activate()
+	// Held on the log before BRIDGED is told: a process that dies from
+	// here on leaves a bridge another instance ends (lost.go).
+	w.holdBridge(ctx)
 	w.publish(ctx, step{status: bridged, code: 200, reason: "OK"})
 	w.bridged(ctx)
 }

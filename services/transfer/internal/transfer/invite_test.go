@@ -186,6 +186,10 @@ type callerSBC struct {
 	// answerAt, when valid, is the media address of the re-INVITE's
 	// answer instead of media's (a relay in front of it); under mu.
 	answerAt netip.AddrPort
+	// referAnswer, when set, is the REFER's answer (else 405); under mu.
+	referAnswer int
+	// ua is the SBC's user agent (a test can make a client of it).
+	ua *sipgo.UserAgent
 }
 
 func startCallerSBC(t *testing.T, reject int) *callerSBC {
@@ -197,7 +201,7 @@ func startCallerSBC(t *testing.T, reject int) *callerSBC {
 	conn, ln := listenUDPAndTCP(t)
 	media, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(netip.AddrPortFrom(loopback, 0)))
 	require.NoError(t, err)
-	c := &callerSBC{addr: conn.LocalAddr().(*net.UDPAddr), media: media, got: make(chan *sip.Request, 16), reject: reject}
+	c := &callerSBC{addr: conn.LocalAddr().(*net.UDPAddr), media: media, got: make(chan *sip.Request, 16), reject: reject, ua: ua}
 	record := func(req *sip.Request) {
 		c.mu.Lock()
 		c.reqs = append(c.reqs, req)
@@ -228,9 +232,16 @@ func startCallerSBC(t *testing.T, reject int) *callerSBC {
 	})
 	srv.OnAck(func(req *sip.Request, _ sip.ServerTransaction) { record(req) })
 	// An SBC with "take back and transfer" off: REFER is not allowed.
+	// A test may make it take REFER (referAnswer).
 	srv.OnRefer(func(req *sip.Request, tx sip.ServerTransaction) {
+		c.mu.Lock()
+		code := c.referAnswer
+		c.mu.Unlock()
+		if code == 0 {
+			code = sip.StatusMethodNotAllowed
+		}
+		_ = tx.Respond(sip.NewResponseFromRequest(req, code, reasonOf(code), nil))
 		record(req)
-		_ = tx.Respond(sip.NewResponseFromRequest(req, sip.StatusMethodNotAllowed, "Method Not Allowed", nil))
 	})
 	srv.OnBye(func(req *sip.Request, tx sip.ServerTransaction) {
 		record(req)

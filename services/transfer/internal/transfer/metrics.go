@@ -51,6 +51,10 @@ type Metrics struct {
 	// (invite, bye) and why (refused: the REFER's answer; notify: a
 	// failed sipfrag; learned: the trunk is known to refuse REFER).
 	ReferFallbacks *prometheus.CounterVec
+	// BridgeReleases counts the bridged calls Baton tried to leave with a
+	// REFER with Replaces, by result (released, kept: refused or failed,
+	// not_sent).
+	BridgeReleases *prometheus.CounterVec
 }
 
 // NewMetrics registers transfer's metrics on reg.
@@ -89,9 +93,12 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		ReferFallbacks: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "baton_transfer_refer_fallbacks_total", Help: "REFERs that fell back to INVITE or BYE, by fallback and why.",
 		}, []string{"fallback", "why"}),
+		BridgeReleases: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "baton_transfer_bridge_releases_total", Help: "Bridged calls Baton tried to leave with a REFER with Replaces, by result.",
+		}, []string{"result"}),
 	}
 	reg.MustRegister(m.Commands, m.Outcomes, m.Refused, m.ReferRetries, m.BridgePackets, m.BridgeBytes, m.BridgeLost, m.BridgeDropped,
-		m.BridgeSRTPDropped, m.BridgeForeign, m.BridgeRelatches, m.AuthChallenges, m.ReferFallbacks)
+		m.BridgeSRTPDropped, m.BridgeForeign, m.BridgeRelatches, m.AuthChallenges, m.ReferFallbacks, m.BridgeReleases)
 	return m
 }
 
@@ -129,6 +136,12 @@ func (m *Metrics) auth(method, result string) {
 func (m *Metrics) referFallback(fallback, why string) {
 	if m != nil {
 		m.ReferFallbacks.WithLabelValues(fallback, why).Inc()
+	}
+}
+
+func (m *Metrics) bridgeRelease(result string) {
+	if m != nil {
+		m.BridgeReleases.WithLabelValues(result).Inc()
 	}
 }
 

@@ -45,6 +45,8 @@ type step struct {
 	// ended, on an ENDED outcome, is the end reason; it replaces the
 	// command's reason in the outcome.
 	ended string
+	// release is what became of a bridge release (release.go).
+	release *batonv1.BridgeRelease
 }
 
 func failed(code int, reason, detail string) step {
@@ -73,6 +75,7 @@ func (e *execution) publish(ctx context.Context, o step) {
 		Reason:      printable(reason),
 		Elapsed:     durationpb.New(e.now().Sub(e.start)),
 		Bridge:      o.bridge,
+		Release:     o.release,
 	}
 	if o.status == bridged {
 		out.CallerSdp = e.callerSDP

@@ -104,6 +104,13 @@ type Options struct {
 	// nil takes the AttemptLog when it is one (attempts.Log is), else
 	// remembers them in this process only.
 	Refusals RefusalLog
+	// BridgeLease, when positive, holds every bridge on the log with this
+	// lease, and ends the calls of bridges whose instance stopped renewing
+	// theirs (lost.go); 0 turns it off.
+	BridgeLease time.Duration
+	// Bridges is where bridges are held; nil takes the AttemptLog when it
+	// is one (attempts.Log is).
+	Bridges BridgeLog
 }
 
 // RefusalLog is the durable memory of the trunks that refuse REFER
@@ -162,6 +169,8 @@ func New(cl *kgo.Client, sender Sender, log AttemptLog, opts Options, logger *sl
 			trunks:         opts.Trunks,
 			destinations:   opts.Destinations,
 			refusals:       refusalsOf(opts.Refusals, log),
+			bridges:        bridgesOf(opts.Bridges, log, opts.BridgeLease),
+			bridgeLease:    opts.BridgeLease,
 			metrics:        opts.Metrics,
 			tracer:         opts.Tracer,
 			now:            time.Now,
@@ -199,6 +208,14 @@ func (s *Service) Run(ctx context.Context) error {
 	// Executions outlive ctx: they stop at the shutdown deadline.
 	work, abandon := context.WithCancel(context.WithoutCancel(ctx))
 	defer abandon()
+	if s.deps.bridges != nil {
+		swept := make(chan struct{})
+		defer func() { <-swept }()
+		go func() {
+			defer close(swept)
+			s.sweepLostBridges(ctx, work)
+		}()
+	}
 	err := kafka.ConsumeLoop(ctx, s.cl, s.logger, retryPause, func(ctx context.Context, records []*kgo.Record) error {
 		return s.handle(ctx, work, records)
 	})

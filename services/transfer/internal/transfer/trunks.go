@@ -41,7 +41,16 @@ type Destination struct {
 	// Auth, when set, answers the challenges of the new leg's INVITE to
 	// this destination (ahead of the trunk's).
 	Auth *sipauth.Credentials
+	// ReleaseBridge, ReleaseReplaces, has a warm transfer to this
+	// destination leave the media path ReleaseDelay after BRIDGED (a
+	// REFER with Replaces to the caller's side, release.go); "" keeps
+	// the bridge.
+	ReleaseBridge string
+	ReleaseDelay  time.Duration
 }
+
+// ReleaseBridge values.
+const ReleaseReplaces = "replaces"
 
 // ReferFallback values.
 const (
