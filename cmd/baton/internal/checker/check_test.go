@@ -122,6 +122,26 @@ func TestDestinationHealthIsNoCallFact(t *testing.T) {
 	require.Equal(t, 1, rep.Started)
 }
 
+// TestAttemptLogTombstonesAreNoFinding: transfer ends a bridge's lease
+// on the attempt log with a compaction delete (no value, so no event);
+// the same record on a call topic is still undecodable.
+func TestAttemptLogTombstonesAreNoFinding(t *testing.T) {
+	h := newHistory(t)
+	h.goodCall("a")
+	tombstone := func(topic string) {
+		k := tp{topic, 0}
+		h.recs = append(h.recs, Record{Topic: topic, Offset: h.next[k], Key: "bridge/cmd-a", Tombstone: true,
+			Err: errors.New("decode: missing ce_id")})
+		h.next[k]++
+	}
+	tombstone("baton.transfer-attempts")
+	rep := Check(h.recs, strict)
+	require.True(t, rep.OK(), rep.Problems())
+	tombstone("baton.transfers")
+	rep = Check(h.recs, strict)
+	require.Equal(t, 1, rep.Count(Undecodable), rep.Problems())
+}
+
 func TestRules(t *testing.T) {
 	tests := []struct {
 		name  string

@@ -37,6 +37,9 @@ type Record struct {
 	Event events.Event
 	// Err is why the record does not decode as a Baton event.
 	Err error
+	// Tombstone is set for a record with no value: a compaction delete
+	// (transfer ends a bridge's lease on the attempt log with one).
+	Tombstone bool
 }
 
 // where names a record's position for findings.
@@ -144,7 +147,7 @@ func Read(ctx context.Context, brokers string, topics ...string) ([]Record, erro
 		rec := Record{
 			Topic: r.Topic, Partition: r.Partition, Offset: r.Offset, Key: string(r.Key),
 			ProducerID: r.ProducerID, Transactional: r.Attrs.IsTransactional(),
-			Aborted: aborted[k][r.Offset], Withheld: !got[k][r.Offset],
+			Aborted: aborted[k][r.Offset], Withheld: !got[k][r.Offset], Tombstone: r.Value == nil,
 		}
 		rec.Event, rec.Err = events.Decode(r)
 		out = append(out, rec)
