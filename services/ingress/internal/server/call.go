@@ -117,7 +117,7 @@ type factPublisher interface {
 	publish(ctx context.Context, callID string, msg proto.Message) error
 	// publishAsync queues msg: for facts nothing waits on.
 	publishAsync(ctx context.Context, callID string, msg proto.Message)
-	// publishEnded queues msg and retries it until Kafka has it.
+	// publishEnded retries until Kafka has msg.
 	publishEnded(ctx context.Context, callID string, msg *batonv1.CallEnded)
 }
 
@@ -344,9 +344,7 @@ func (c *inboundCall) end(ctx context.Context, why endReason) {
 			Packets: st.Packets, Bytes: st.Bytes, Lost: st.Lost, JitterMs: st.JitterMS, Codec: codec,
 		},
 	}
-	// Queued, not awaited: a fact once the BYE is answered, retried until
-	// Kafka takes it, flushed at shutdown (docs/decisions/0021).
-	c.env.facts.publishEnded(ctx, c.id, ended)
+	c.env.facts.publishEnded(ctx, c.id, ended) // retried until Kafka takes it
 	if bye != nil {
 		c.awaitBye(ctx, bye, byeDone)
 	}

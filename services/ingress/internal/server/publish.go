@@ -73,17 +73,13 @@ func (p *publisher) publishAsync(ctx context.Context, callID string, msg proto.M
 // produced again.
 const endedRetryPause = 500 * time.Millisecond
 
-// publishEnded queues a call's CallEnded without waiting, and keeps
-// producing the same record until Kafka takes it or the client closes:
-// the far end was told the call is over, so the fact must not be dropped.
-// It is in the producer's buffer when this returns, so the BYE's 200 that
-// follows never precedes it there, and shutdown's flush writes it. It
-// carries no deadline: franz-go retries it until the broker takes it
-// (a broker outage only delays it); a record franz-go fails was never
-// written (it fails only records no request carried), so producing it
-// again makes no duplicate. Waiting here instead would hold the BYE's
-// answer for a produce round trip and give every CallEnded a request of
-// its own; queued, it shares a batch with the others (bench/ingress).
+// publishEnded publishes a call's CallEnded like publish, and when Kafka
+// does not take it within publish_timeout (the broker is down or
+// restarting) keeps producing the same record in the background until
+// Kafka takes it or the client closes (shutdown flushes it first): the far
+// end was told the call is over, so the fact must not be dropped. A record
+// franz-go fails was never written (it fails only records no request
+// carried), so producing it again makes no duplicate.
 func (p *publisher) publishEnded(ctx context.Context, callID string, msg *batonv1.CallEnded) {
 	ev, err := events.New(Source, callID, msg, time.Now())
 	if err != nil {
@@ -96,6 +92,13 @@ func (p *publisher) publishEnded(ctx context.Context, callID string, msg *batonv
 		p.log.ErrorContext(ctx, "publish call ended", "call_id", callID, "err", err)
 		return
 	}
+	syncCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), p.timeout)
+	err = p.cl.ProduceSync(syncCtx, rec).FirstErr()
+	cancel()
+	if err == nil {
+		return
+	}
+	p.log.WarnContext(ctx, "publish call ended; retrying in the background", "call_id", callID, "event_id", ev.ID, "err", err)
 	p.produceUntilTaken(context.WithoutCancel(ctx), rec, callID)
 }
 
@@ -105,10 +108,10 @@ func (p *publisher) produceUntilTaken(ctx context.Context, rec *kgo.Record, call
 	p.cl.Produce(ctx, rec, func(r *kgo.Record, err error) {
 		switch {
 		case err == nil:
+			p.log.InfoContext(ctx, "call ended published after a retry", "call_id", callID)
 		case errors.Is(err, kgo.ErrClientClosed):
 			p.log.ErrorContext(ctx, "publish call ended: client closed; the next start ends the call", "call_id", callID, "err", err)
 		default:
-			p.log.WarnContext(ctx, "publish call ended; retrying", "call_id", callID, "err", err)
 			time.AfterFunc(endedRetryPause, func() { p.produceUntilTaken(ctx, r, callID) })
 		}
 	})

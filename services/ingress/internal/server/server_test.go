@@ -53,7 +53,6 @@ type ingress struct {
 	srv  *Server
 	cfg  config.Config
 	port int
-	cl   *kgo.Client // the calls topic's producer, as main's
 	// stop shuts the server down and waits for Serve; it runs at cleanup
 	// too, and only once.
 	stop func()
@@ -108,7 +107,7 @@ func startIngressLogging(t *testing.T, brokers []string, tune func(*config.Confi
 	if a := srv.Addr(); a != nil {
 		port = a.Port
 	}
-	return &ingress{srv: srv, cfg: cfg, port: port, cl: cl, stop: stop, cancel: cancel, done: done}
+	return &ingress{srv: srv, cfg: cfg, port: port, stop: stop, cancel: cancel, done: done}
 }
 
 func newSBC(t *testing.T) *sipgo.Client {
