@@ -675,6 +675,9 @@ func looksLikeRoute(s string) bool {
 // detail when a header is invalid or a required variable is missing.
 func (f *Fold) render(ctx context.Context, c *call, h *handoffState, d Destination, triggerID string) (*batonv1.HandoffCommand, string, string) {
 	commandID := CommandID(c.id, triggerID)
+	if h.reason == InboundReferReason {
+		d = asTransferee(d)
+	}
 	scope := template.Call{
 		System: map[string]string{
 			"call_id":           c.id,

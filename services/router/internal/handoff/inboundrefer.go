@@ -50,24 +50,22 @@ func (f *Fold) inboundRefer(ctx context.Context, table *Table, ev events.Event, 
 		Reason:      InboundReferReason,
 		RequestedBy: InboundReferRequester,
 	}
-	d := f.handoffRequested(ctx, table, ev, req)
-	if d == nil {
-		return nil
+	return f.handoffRequested(ctx, table, ev, req)
+}
+
+// asTransferee is the destination an inbound REFER's handoff uses, its
+// first command and every fallback alike: Baton is the transferee (RFC
+// 3515) and calls the target itself. REFERring the far end back to the
+// target it asked Baton to reach would loop, so a REFER destination
+// becomes an INVITE leg (TLS with SRTP unless it names its encryption).
+func asTransferee(d Destination) Destination {
+	if d.Method != batonv1.Method_METHOD_REFER {
+		return d
 	}
-	if cmd, ok := d.Msg.(*batonv1.HandoffCommand); ok && cmd.GetMethod() == batonv1.Method_METHOD_REFER {
-		// Baton is the transferee (RFC 3515): it calls the target itself.
-		// REFERring the far end back to the target it asked Baton to
-		// reach would loop, so a REFER destination becomes an INVITE leg.
-		cmd.Method = batonv1.Method_METHOD_INVITE
-		cmd.ContextIn = ""
-		cmd.Encryption = string(EncryptionTLSSRTP)
-		if d, ok := table.destination(cmd.GetDestination()); ok && d.Encryption != "" {
-			cmd.Encryption = string(d.Encryption)
-		}
-		cmd.LocalSdp = f.calls[id].localSDP
-		if h := f.calls[id].handoff; h != nil && h.commandID == cmd.GetCommandId() {
-			h.method = batonv1.Method_METHOD_INVITE
-		}
+	d.Method = batonv1.Method_METHOD_INVITE
+	d.ContextIn = ""
+	if d.Encryption == "" {
+		d.Encryption = EncryptionTLSSRTP
 	}
 	return d
 }

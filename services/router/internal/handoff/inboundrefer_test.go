@@ -115,3 +115,28 @@ func TestInboundReferRollsBack(t *testing.T) {
 	again := commands(t, f.Apply(t.Context(), ev))
 	require.Equal(t, first[0].GetCommandId(), again[0].GetCommandId())
 }
+
+// An inbound REFER's fallbacks are INVITE legs too: Baton is the
+// transferee for every attempt of that handoff, not only the first, so a
+// REFER destination in the fallback list never REFERs the far end back.
+func TestInboundReferFallbacksAreInviteLegs(t *testing.T) {
+	table := referTable(t)
+	desk := table.Destinations["desk"]
+	desk.Fallback = []string{"queue"}
+	table.Destinations["desk"] = desk
+	table.Destinations["queue"] = Destination{Name: "queue", Method: batonv1.Method_METHOD_REFER,
+		Route: "sip:queue@pbx.example.com", AnswerTimeout: time.Second, ContextIn: "both"}
+	f := New(table, discard())
+	f.Apply(t.Context(), event(t, "c1", started("c1", nil)))
+	first := one(t, f.Apply(t.Context(), event(t, "c1", refer("sip:+15550300@127.0.0.1:5092"))))
+	require.Equal(t, "desk", first.GetDestination())
+	next := one(t, f.Apply(t.Context(), event(t, "c1", outcome(first, failed, 486))))
+	require.Equal(t, "queue", next.GetDestination())
+	require.Equal(t, batonv1.Method_METHOD_INVITE, next.GetMethod(), "the fallback calls the target, it does not REFER back")
+	require.Equal(t, string(EncryptionTLSSRTP), next.GetEncryption())
+	require.Empty(t, next.GetContextIn())
+	require.Equal(t, InboundReferReason, next.GetReason())
+	f.Commit()
+	v, _, _ := f.View("c1")
+	require.Equal(t, "INVITE", v.Handoff.Method)
+}
