@@ -63,7 +63,9 @@ func (r *referRun) learn(ctx context.Context, req *sip.Request, res *sip.Respons
 		LearnedAt:   timestamppb.New(now),
 		Until:       timestamppb.New(now.Add(t.ReferRefusalTTL)),
 	}
-	if err := r.refusals.LearnReferRefusal(ctx, m); err != nil {
+	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), r.produceTimeout)
+	defer cancel()
+	if err := r.refusals.LearnReferRefusal(pctx, m); err != nil {
 		r.log.WarnContext(ctx, "REFER refusal not recorded", "trunk", t.Name, "err", err)
 	}
 	r.log.InfoContext(ctx, "trunk refuses REFER: remembered", "trunk", t.Name, "sip_code", res.StatusCode,

@@ -26,6 +26,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	batonv1 "github.com/baton-voice/baton/pkg/events/batonv1"
+	"github.com/baton-voice/baton/pkg/sipx"
 	"github.com/baton-voice/baton/services/transfer/internal/attempts"
 	"github.com/baton-voice/baton/services/transfer/internal/request"
 )
@@ -81,7 +82,11 @@ func (w *warmRun) holdBridge(ctx context.Context) bool {
 		BridgedAt: timestamppb.New(w.bridgedAt), LeaseUntil: timestamppb.New(now.Add(w.bridgeLease)),
 		Caller: caller, DestinationLeg: legDialog(w.leg.InviteRequest, w.leg.InviteResponse),
 	}
-	err := w.bridges.HoldBridge(ctx, m)
+	// Bounded like every produce (kafka.Config.ProduceTimeout): during a
+	// broker outage the bridged loop must still see the call's end.
+	pctx, cancel := context.WithTimeout(ctx, w.produceTimeout)
+	err := w.bridges.HoldBridge(pctx, m)
+	cancel()
 	switch {
 	case errors.Is(err, attempts.ErrBridgeClaimed):
 		return false
@@ -125,7 +130,7 @@ func legDialog(req *sip.Request, res *sip.Response) *batonv1.Dialog {
 	d := &batonv1.Dialog{
 		CallId: req.CallID().Value(), LocalTag: fromTag, RemoteTag: toTag,
 		LocalUri: req.From().Address.String(), RemoteUri: req.To().Address.String(),
-		RemoteTarget: target, RouteSet: routes, Transport: dialogTransport(req.Transport()),
+		RemoteTarget: target, RouteSet: routes, Transport: sipx.TransportOf(req.Transport()),
 		NextLocalCseq: req.CSeq().SeqNo + 1,
 	}
 	if c := req.Contact(); c != nil {
@@ -135,16 +140,6 @@ func legDialog(req *sip.Request, res *sip.Response) *batonv1.Dialog {
 		d.NextHop, d.NextHopTransport = hop.String(), d.Transport
 	}
 	return d
-}
-
-func dialogTransport(t string) batonv1.Transport {
-	switch strings.ToUpper(t) {
-	case "TCP":
-		return batonv1.Transport_TRANSPORT_TCP
-	case "TLS":
-		return batonv1.Transport_TRANSPORT_TLS
-	}
-	return batonv1.Transport_TRANSPORT_UDP
 }
 
 // sweepLostBridges looks, every third of the lease until ctx ends, for
@@ -167,7 +162,9 @@ func (s *Service) sweepLostBridges(ctx, work context.Context) {
 			if s.reg.known(id) {
 				continue // this process runs it
 			}
-			won, err := s.deps.bridges.ClaimBridge(ctx, m)
+			pctx, cancel := context.WithTimeout(ctx, s.deps.produceTimeout)
+			won, err := s.deps.bridges.ClaimBridge(pctx, m)
+			cancel()
 			if err != nil {
 				s.logger.WarnContext(ctx, "lost bridge not claimed", "call_id", m.GetCallId(), "command_id", id, "err", err)
 				continue
