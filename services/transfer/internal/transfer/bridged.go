@@ -62,8 +62,12 @@ func (w *warmRun) bridged(ctx context.Context) {
 				detail, why, claimed = "bridge claimed by another instance", EndBridgeLost, true
 			}
 		case <-rel.due:
-			rel.send(ctx)
-			if w.bridges != nil && !w.holdBridge(ctx) { // the lease carries the caller's next CSeq
+			// A fresh lease first: the REFER holds this loop (and so the
+			// renewals) up to two thirds of one.
+			if w.holdBridge(ctx) {
+				rel.send(ctx)
+			}
+			if !w.holdBridge(ctx) { // the lease carries the caller's next CSeq
 				detail, why, claimed = "bridge claimed by another instance", EndBridgeLost, true
 			}
 		case <-rel.expired:

@@ -92,7 +92,16 @@ func (r *bridgeRelease) send(ctx context.Context) {
 	}
 	referTo := req.GetHeader("Refer-To").Value()
 	w.log.InfoContext(ctx, "releasing the bridge", "method", "REFER", "refer_to", referTo, "cseq", req.CSeq().SeqNo)
-	res, err := w.do(ctx, req)
+	rctx := ctx
+	if w.bridges != nil && w.bridgeLease > 0 {
+		// The bridged loop waits for this REFER and renews the lease only
+		// after it: an SBC that never answers must not let the lease pass,
+		// or another instance would end a working call.
+		var cancel context.CancelFunc
+		rctx, cancel = context.WithTimeout(ctx, w.bridgeLease*2/3)
+		defer cancel()
+	}
+	res, err := w.do(rctx, req)
 	// The CSeq is taken whatever came back: the caller's BYE follows it.
 	w.cseq = req.CSeq().SeqNo
 	switch {
