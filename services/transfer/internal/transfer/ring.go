@@ -83,31 +83,36 @@ func (w *warmRun) ring(ctx context.Context) bool {
 			why = "transfer shut down while ringing: cancelled"
 		}
 	}
-	cancel(errors.New(why))
-	// A CANCEL is answered at once (487 follows); with no provisional
-	// response there is nothing to CANCEL (RFC 3261 9.1) and sipgo waits
-	// out the INVITE's Timer B (32 s). The attempt ends now either way,
-	// so the outcome says when and why it ended; an answer that still
-	// comes is taken down.
-	grace := cancelGrace
-	if !provisional.Load() {
-		grace = 0
+	// A CANCEL is answered at once (487 follows). With no provisional
+	// response there is nothing to CANCEL (RFC 3261 9.1): sipgo would wait
+	// for one up to the INVITE's Timer B (32 s), so its wait is ended at
+	// once (WaitAnswerForceCancelErr) and no CANCEL is sent. The attempt
+	// ends now either way, so the outcome says when and why it ended.
+	if provisional.Load() {
+		cancel(errors.New(why))
+	} else {
+		cancel(sipgo.WaitAnswerForceCancelErr)
+	}
+	// answered: a 2xx won the race with the CANCEL. WaitAnswer then fails
+	// (it was cancelled) but keeps the 2xx as the leg's response; that
+	// call is taken down again.
+	answered := func(err error) bool {
+		return err == nil || leg.InviteResponse != nil && leg.InviteResponse.IsSuccess()
 	}
 	var err error
 	select {
 	case err = <-result:
-	case <-time.After(grace):
+	case <-time.After(cancelGrace):
 		err = errAbandoned
 		go func() {
-			if late := <-result; late == nil {
+			if late := <-result; answered(late) {
 				actx := context.WithoutCancel(ctx)
 				_ = leg.Ack(actx)
 				w.byeLeg(actx)
 			}
 		}()
 	}
-	if err == nil {
-		// Answered while being cancelled: take it down again.
+	if !errors.Is(err, errAbandoned) && answered(err) {
 		_ = leg.Ack(ctx)
 		w.byeLeg(ctx)
 	}
