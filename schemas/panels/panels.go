@@ -128,10 +128,10 @@ func (p Panel) Grafana(limit int) string {
 	return strings.NewReplacer(pairs...).Replace(p.SQL)
 }
 
-// Quote returns s as a ClickHouse string literal: backslash and quote
-// escaped with a backslash, as 18.16 and current releases read them.
+// Quote returns s as a ClickHouse string literal: backslash, quote and
+// NUL escaped with a backslash, as 18.16 and current releases read them.
 func Quote(s string) string {
-	return "'" + strings.NewReplacer(`\`, `\\`, `'`, `\'`).Replace(s) + "'"
+	return "'" + strings.NewReplacer(`\`, `\\`, `'`, `\'`, "\x00", `\0`).Replace(s) + "'"
 }
 
 // dateTime is t as a ClickHouse DateTime expression; 18.16 and 24+ both

@@ -18,6 +18,7 @@ import (
 
 	"github.com/baton-voice/baton/cmd/baton/internal/replay"
 	"github.com/baton-voice/baton/pkg/callview"
+	"github.com/baton-voice/baton/schemas/panels"
 )
 
 // Options say which ClickHouse to read.
@@ -76,7 +77,7 @@ type Info struct {
 // CallQuery is the SQL that reads one call: the primary key (call_id,
 // event_id) leads straight to its granules.
 func CallQuery(callID string, topics []string) string {
-	q := "SELECT " + Columns + " FROM events WHERE call_id = " + Quote(callID)
+	q := "SELECT " + Columns + " FROM events WHERE call_id = " + panels.Quote(callID)
 	if len(topics) > 0 {
 		q += " AND topic IN (" + quoteList(topics) + ")"
 	}
@@ -119,31 +120,10 @@ func Fetch(ctx context.Context, conn driver.Conn, callID string, topics []string
 	return out, info, nil
 }
 
-// Quote is a ClickHouse string literal of s: backslash and quote escaped,
-// as the server's lexer reads them (18.16 and current servers alike).
-func Quote(s string) string {
-	var b strings.Builder
-	b.Grow(len(s) + 2)
-	b.WriteByte('\'')
-	for i := 0; i < len(s); i++ {
-		switch c := s[i]; c {
-		case '\\', '\'':
-			b.WriteByte('\\')
-			b.WriteByte(c)
-		case 0:
-			b.WriteString(`\0`)
-		default:
-			b.WriteByte(c)
-		}
-	}
-	b.WriteByte('\'')
-	return b.String()
-}
-
 func quoteList(ss []string) string {
 	q := make([]string, len(ss))
 	for i, s := range ss {
-		q[i] = Quote(s)
+		q[i] = panels.Quote(s)
 	}
 	return strings.Join(q, ", ")
 }

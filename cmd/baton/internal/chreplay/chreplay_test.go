@@ -13,6 +13,7 @@ import (
 	"github.com/baton-voice/baton/cmd/baton/internal/synthcalls"
 	"github.com/baton-voice/baton/pkg/events"
 	batonv1 "github.com/baton-voice/baton/pkg/events/batonv1"
+	"github.com/baton-voice/baton/schemas/panels"
 )
 
 // rowOf is the events row analytics writes for rec (writer.rows.add).
@@ -74,7 +75,7 @@ func TestQuote(t *testing.T) {
 		"nul\x00byte": `'nul\0byte'`,
 		"":            `''`,
 	} {
-		require.Equal(t, want, Quote(in), in)
+		require.Equal(t, want, panels.Quote(in), in)
 	}
 }
 

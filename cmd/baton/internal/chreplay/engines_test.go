@@ -28,6 +28,7 @@ import (
 	"github.com/baton-voice/baton/cmd/baton/internal/replay"
 	"github.com/baton-voice/baton/cmd/baton/internal/synthcalls"
 	"github.com/baton-voice/baton/pkg/events"
+	"github.com/baton-voice/baton/schemas/panels"
 )
 
 // tsvRows reads rows of Columns with payload_proto as hex, as the
@@ -102,11 +103,11 @@ func TestQueriesOnCurrentEngine(t *testing.T) {
 				}
 			}
 			evRows = append(evRows, fmt.Sprintf("(%s, %s, %s, %s, toDateTime(%d), %d, %s, %d, %d, unhex('%x'), %s, '')",
-				Quote(ev.ID), Quote(ev.Type), Quote(c.ID), Quote(ev.Source), ev.Time.Unix(), ev.Time.UnixMilli(), Quote(rec.Topic),
-				rec.Partition, rec.Offset, rec.Value, Quote(ceTime)))
+				panels.Quote(ev.ID), panels.Quote(ev.Type), panels.Quote(c.ID), panels.Quote(ev.Source), ev.Time.Unix(), ev.Time.UnixMilli(), panels.Quote(rec.Topic),
+				rec.Partition, rec.Offset, rec.Value, panels.Quote(ceTime)))
 			if ev.Type == events.TypeCallStarted {
-				callRows = append(callRows, fmt.Sprintf("(%s, toDateTime(%d), %d, %s, %d)", Quote(c.ID), ev.Time.Unix(),
-					ev.Time.UnixMilli(), Quote(c.Trunk), ev.Time.UnixMilli()))
+				callRows = append(callRows, fmt.Sprintf("(%s, toDateTime(%d), %d, %s, %d)", panels.Quote(c.ID), ev.Time.Unix(),
+					ev.Time.UnixMilli(), panels.Quote(c.Trunk), ev.Time.UnixMilli()))
 			}
 		}
 	}

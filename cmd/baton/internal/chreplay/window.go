@@ -10,6 +10,7 @@ import (
 
 	"github.com/baton-voice/baton/cmd/baton/internal/replay"
 	"github.com/baton-voice/baton/pkg/callview"
+	"github.com/baton-voice/baton/schemas/panels"
 )
 
 // Window selects the calls of a period: those that started in [From, To),
@@ -37,10 +38,10 @@ func (w Window) Validate() error {
 func (w Window) callsWhere() string {
 	q := fmt.Sprintf("started_at >= toDateTime(%d) AND started_at < toDateTime(%d)", w.From.Unix(), w.To.Unix())
 	if w.Trunk != "" {
-		q += " AND trunk = " + Quote(w.Trunk)
+		q += " AND trunk = " + panels.Quote(w.Trunk)
 	}
 	if w.Destination != "" {
-		q += " AND call_id IN (SELECT call_id FROM handoffs WHERE destination = " + Quote(w.Destination) + ")"
+		q += " AND call_id IN (SELECT call_id FROM handoffs WHERE destination = " + panels.Quote(w.Destination) + ")"
 	}
 	return q
 }

@@ -15,6 +15,7 @@ import (
 	"github.com/baton-voice/baton/cmd/baton/internal/termsafe"
 	"github.com/baton-voice/baton/pkg/events"
 	batonv1 "github.com/baton-voice/baton/pkg/events/batonv1"
+	"github.com/baton-voice/baton/schemas/panels"
 )
 
 // Attempt is one handoff command of a call and what became of it
@@ -115,7 +116,7 @@ func Stories(ctx context.Context, conn clickhouse.Conn, rows []HandoffRow) ([]Ca
 	byID := map[string]*CallStory{}
 	stories := make([]CallStory, len(rows))
 	for i, r := range rows {
-		ids[i] = quote(r.CallID)
+		ids[i] = panels.Quote(r.CallID)
 		stories[i] = CallStory{HandoffRow: r}
 		byID[r.CallID] = &stories[i]
 	}
@@ -141,8 +142,8 @@ func Stories(ctx context.Context, conn clickhouse.Conn, rows []HandoffRow) ([]Ca
 		return nil, err
 	}
 	_ = res.Close()
-	q = "SELECT call_id, type, payload_proto FROM events FINAL WHERE type IN (" + quote(events.TypeHandoffRefused) + ", " +
-		quote(events.TypeTransferOutcome) + ") AND call_id IN (" + in + ") ORDER BY call_id, time_ms, event_id"
+	q = "SELECT call_id, type, payload_proto FROM events FINAL WHERE type IN (" + panels.Quote(events.TypeHandoffRefused) + ", " +
+		panels.Quote(events.TypeTransferOutcome) + ") AND call_id IN (" + in + ") ORDER BY call_id, time_ms, event_id"
 	if res, err = conn.Query(ctx, q); err != nil {
 		return nil, fmt.Errorf("query refusals: %w", err)
 	}
@@ -175,11 +176,6 @@ func Stories(ctx context.Context, conn clickhouse.Conn, rows []HandoffRow) ([]Ca
 		}
 	}
 	return stories, res.Err()
-}
-
-// quote is s as a ClickHouse string literal.
-func quote(s string) string {
-	return "'" + strings.NewReplacer(`\`, `\\`, `'`, `\'`).Replace(s) + "'"
 }
 
 // PrintStories writes the calls grouped by what happened, with one replay
