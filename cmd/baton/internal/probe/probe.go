@@ -12,6 +12,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/baton-voice/baton/cmd/baton/internal/replay"
 	"github.com/baton-voice/baton/cmd/baton/internal/termsafe"
 	"github.com/baton-voice/baton/pkg/sipprobe"
 )
@@ -153,7 +154,7 @@ func callAll(ctx context.Context, p *sipprobe.Prober, opts Options, reports []Re
 	}
 	var rendered map[string]Rendered
 	if len(names) > 0 {
-		bin, err := RouterBinary(opts.RouterBin)
+		bin, err := replay.RouterBinary(opts.RouterBin)
 		if err != nil {
 			return err
 		}

@@ -6,9 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"time"
 
@@ -18,29 +16,6 @@ import (
 	batonv1 "github.com/baton-voice/baton/pkg/events/batonv1"
 	"github.com/baton-voice/baton/pkg/sipprobe"
 )
-
-// RouterBinary finds the router that renders a test call's headers:
-// explicit when set, else the router next to the running baton binary,
-// else router on PATH.
-func RouterBinary(explicit string) (string, error) {
-	if explicit != "" {
-		if _, err := os.Stat(explicit); err != nil {
-			return "", fmt.Errorf("router binary: %w", err)
-		}
-		return explicit, nil
-	}
-	if self, err := os.Executable(); err == nil {
-		next := filepath.Join(filepath.Dir(self), "router")
-		if fi, err := os.Stat(next); err == nil && !fi.IsDir() && fi.Mode()&0o111 != 0 {
-			return next, nil
-		}
-	}
-	path, err := exec.LookPath("router")
-	if err != nil {
-		return "", errors.New("no router binary next to baton or on PATH; name it with --router-bin (make build puts it in bin/)")
-	}
-	return path, nil
-}
 
 // TestCall is the call a test call pretends to hand off: its numbers and
 // X- variables, which the destination's header templates read.
