@@ -279,7 +279,7 @@ func (r *rows) add(rec *kgo.Record) error {
 	r.events = append(r.events, eventRow{
 		EventID: ev.ID, Type: ev.Type, CallID: ev.Subject, Source: ev.Source, Time: at, TimeMS: ms,
 		Topic: rec.Topic, Partition: rec.Partition, Offset: rec.Offset, PayloadProto: rec.Value,
-		CETime: header(rec, events.HeaderTime), TraceParent: header(rec, events.HeaderTraceParent),
+		CETime: header(rec, events.HeaderTime), TraceParent: ev.TraceParent,
 	})
 	return nil
 }

@@ -230,8 +230,9 @@ func (p *placement) dial(ctx context.Context, t config.OutboundTrunk, target net
 		domain = target.Addr().String()
 	}
 	to, err := outboundURI(p.req.GetTo(), domain)
+	var from sip.Uri
 	if err == nil {
-		_, err = outboundURI(p.req.GetFrom(), domain)
+		from, err = outboundURI(p.req.GetFrom(), domain)
 	}
 	for _, h := range p.req.GetHeaders() {
 		if err == nil {
@@ -242,7 +243,6 @@ func (p *placement) dial(ctx context.Context, t config.OutboundTrunk, target net
 		p.fail(ctx, 0, "", outboundInvalid+": "+err.Error())
 		return nil, false
 	}
-	from, _ := outboundURI(p.req.GetFrom(), domain)
 
 	c := newInboundCall(p.id, s.env)
 	media, err := s.rtp.Open(c.rtpDigits(ctx), func(a netip.Addr) bool { return s.trunks.Lookup(a) == trunk })
